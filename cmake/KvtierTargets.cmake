@@ -1,0 +1,30 @@
+# Helpers that give every project target the same warnings-as-errors policy. Third-party headers
+# come in as SYSTEM includes through their imported targets, so -Werror applies to our code only.
+function(kvtier_warnings target)
+  target_compile_options(${target} PRIVATE
+    $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Werror -Wshadow=local -Wnon-virtual-dtor
+                               -Wno-missing-field-initializers>
+    $<$<COMPILE_LANGUAGE:CUDA>:-Werror=all-warnings -Xcompiler=-Wall,-Wextra,-Werror>)
+endfunction()
+
+# kvtier_library(NAME SOURCES ... DEPS ...): a module library with project-wide settings.
+function(kvtier_library name)
+  cmake_parse_arguments(ARG "" "" "SOURCES;DEPS;PRIVATE_DEPS" ${ARGN})
+  add_library(${name} STATIC ${ARG_SOURCES})
+  target_include_directories(${name} PUBLIC ${PROJECT_SOURCE_DIR})
+  target_link_libraries(${name} PUBLIC ${ARG_DEPS} PRIVATE ${ARG_PRIVATE_DEPS})
+  kvtier_warnings(${name})
+endfunction()
+
+# kvtier_test(NAME SOURCES ... DEPS ... LABELS ...): one GoogleTest binary registered with ctest.
+function(kvtier_test name)
+  cmake_parse_arguments(ARG "" "TIMEOUT" "SOURCES;DEPS;LABELS" ${ARGN})
+  add_executable(${name} ${ARG_SOURCES})
+  target_link_libraries(${name} PRIVATE ${ARG_DEPS} GTest::gtest GTest::gmock GTest::gtest_main)
+  kvtier_warnings(${name})
+  if(NOT ARG_TIMEOUT)
+    set(ARG_TIMEOUT 300)
+  endif()
+  gtest_discover_tests(${name} PROPERTIES LABELS "${ARG_LABELS}" TIMEOUT ${ARG_TIMEOUT}
+                       DISCOVERY_TIMEOUT 60)
+endfunction()

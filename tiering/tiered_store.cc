@@ -1,0 +1,795 @@
+#include "tiering/tiered_store.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "tiering/memory_tier.h"
+#include "tiering/ranked_policy.h"
+
+namespace kvtier {
+
+// Lock-free counters: bumped on data paths without the store lock.
+struct TieredStore::Counters_ {
+  std::array<std::atomic<uint64_t>, kNumTiers> hits{};
+  std::atomic<uint64_t> misses{0};
+  std::atomic<uint64_t> puts{0};
+  std::atomic<uint64_t> put_duplicates{0};
+  std::array<std::array<std::atomic<uint64_t>, 3>, kNumTiers> evictions{};
+  std::array<std::array<std::atomic<uint64_t>, kNumTiers>, kNumTiers> migrations{};
+  std::array<std::array<std::atomic<uint64_t>, kNumTiers>, kNumTiers> migrated_bytes{};
+  std::atomic<uint64_t> sink_overflows{0};
+  std::atomic<uint64_t> sink_replacements{0};
+  std::array<std::atomic<uint64_t>, kNumTiers> io_errors{};
+};
+
+namespace {
+
+constexpr std::array<Tier, kNumTiers> kAllTiers = {Tier::kHbm, Tier::kDram, Tier::kNvme};
+
+void Bump(std::atomic<uint64_t>& c, uint64_t n = 1) { c.fetch_add(n, std::memory_order_relaxed); }
+
+absl::Status CheckWatermarks(absl::string_view tier, const TierOptions& t) {
+  if (!(t.low_watermark > 0 && t.low_watermark <= t.high_watermark && t.high_watermark <= 1)) {
+    return absl::InvalidArgumentError(absl::StrCat(tier, " watermarks must satisfy 0 < low (",
+                                                   t.low_watermark, ") <= high (",
+                                                   t.high_watermark, ") <= 1"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status NotFound(const PageKey& key) {
+  return absl::NotFoundError(absl::StrCat("page ", key.ToHex(), " is not cached"));
+}
+
+}  // namespace
+
+TieredStore::TieredStore(const StoreOptions& options, StoreParts parts)
+    : options_(options),
+      clock_(options.clock != nullptr ? options.clock : SteadyClock::Get()),
+      copy_engine_(std::move(parts.copy_engine)),
+      policy_(std::move(parts.policy)),
+      counters_(std::make_unique<Counters_>()) {
+  backends_[TierIndex(Tier::kHbm)] = std::move(parts.hbm);
+  backends_[TierIndex(Tier::kDram)] = std::move(parts.dram);
+  backends_[TierIndex(Tier::kNvme)] = std::move(parts.nvme);
+}
+
+TieredStore::~TieredStore() = default;
+
+absl::StatusOr<std::unique_ptr<TieredStore>> TieredStore::Create(const StoreOptions& options,
+                                                                 StoreParts parts) {
+  if (options.page_bytes == 0) return absl::InvalidArgumentError("page_bytes must be > 0");
+  if (options.tokens_per_page == 0) {
+    return absl::InvalidArgumentError("tokens_per_page must be > 0");
+  }
+  if (!(options.frequency_half_life_ms > 0)) {
+    return absl::InvalidArgumentError("frequency_half_life_ms must be > 0");
+  }
+  if (!(options.attention_ewma_alpha > 0 && options.attention_ewma_alpha <= 1)) {
+    return absl::InvalidArgumentError("attention_ewma_alpha must be in (0, 1]");
+  }
+  if (absl::Status s = CheckWatermarks("hbm", options.hbm); !s.ok()) return s;
+  if (absl::Status s = CheckWatermarks("dram", options.dram); !s.ok()) return s;
+  if (parts.policy == nullptr) parts.policy = std::make_unique<LruPolicy>();
+  if (parts.copy_engine == nullptr) parts.copy_engine = std::make_unique<CpuCopyEngine>(1);
+  std::unique_ptr<TieredStore> store(new TieredStore(options, std::move(parts)));
+  if (absl::Status s = store->Init(); !s.ok()) return s;
+  return store;
+}
+
+absl::Status TieredStore::Init() {
+  const uint64_t bytes = options_.page_bytes;
+  auto& hbm = backends_[TierIndex(Tier::kHbm)];
+  if (hbm == nullptr && options_.hbm.slots > 0) {
+    HbmBackend choice = options_.hbm_backend;
+    if (choice == HbmBackend::kAuto) {
+      choice = CudaDeviceAvailable() && copy_engine_->CanAccess(MemoryKind::kDevice)
+                   ? HbmBackend::kCuda
+                   : HbmBackend::kHostEmulated;
+    }
+    absl::StatusOr<std::unique_ptr<MemoryRegion>> region =
+        choice == HbmBackend::kCuda
+            ? CreateCudaDeviceRegion(bytes * options_.hbm.slots, options_.cuda_device)
+            : CreateHostEmulatedDeviceRegion(bytes * options_.hbm.slots);
+    if (!region.ok()) return region.status();
+    absl::StatusOr<std::unique_ptr<MemoryTier>> tier = MemoryTier::Create(
+        Tier::kHbm, *std::move(region), options_.hbm.slots, bytes, copy_engine_.get());
+    if (!tier.ok()) return tier.status();
+    hbm = *std::move(tier);
+  }
+  auto& dram = backends_[TierIndex(Tier::kDram)];
+  if (dram == nullptr && options_.dram.slots > 0) {
+    absl::StatusOr<std::unique_ptr<MemoryRegion>> region =
+        CreateMemfdRegion("dram-pool", bytes * options_.dram.slots, options_.pin_dram);
+    if (!region.ok()) return region.status();
+    absl::StatusOr<std::unique_ptr<MemoryTier>> tier = MemoryTier::Create(
+        Tier::kDram, *std::move(region), options_.dram.slots, bytes, copy_engine_.get());
+    if (!tier.ok()) return tier.status();
+    dram = *std::move(tier);
+  }
+  absl::MutexLock lock(&mu_);
+  bool any = false;
+  for (Tier t : kAllTiers) {
+    const auto& backend = backends_[TierIndex(t)];
+    if (backend == nullptr) continue;
+    if (backend->tier() != t) {
+      return absl::InvalidArgumentError(absl::StrCat("backend '", backend->name(), "' serves ",
+                                                     TierName(backend->tier()), ", not ",
+                                                     TierName(t)));
+    }
+    if (backend->slot_bytes() < bytes) {
+      return absl::InvalidArgumentError(absl::StrCat(TierName(t), " slots of ",
+                                                     backend->slot_bytes(),
+                                                     " bytes are smaller than a page of ", bytes));
+    }
+    if (backend->slot_count() == 0) {
+      return absl::InvalidArgumentError(absl::StrCat(TierName(t), " tier has no slots"));
+    }
+    slots_[TierIndex(t)].emplace(backend->slot_count());
+    any = true;
+  }
+  if (!any) return absl::InvalidArgumentError("the store needs at least one tier with slots");
+  hbm_backend_name_ = hbm != nullptr ? std::string(hbm->name()) : "none";
+  bounce_.resize(bytes);
+  // A persistent tier brings back what it held before a restart.
+  for (Tier t : kAllTiers) {
+    auto& backend = backends_[TierIndex(t)];
+    if (backend == nullptr) continue;
+    absl::Status s = backend->Recover([this](const RecoveredPage& page)
+                                          ABSL_NO_THREAD_SAFETY_ANALYSIS { AdoptRecovered(page); });
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+void TieredStore::AdoptRecovered(const RecoveredPage& page) {
+  // Recovered pages belong to the tier that reported them; namespaces are re-registered by
+  // clients, and a page's namespace id is only trusted once its salt-chained key is asked for.
+  const Tier t = Tier::kNvme;
+  auto& slots = slots_[TierIndex(t)];
+  if (!slots.has_value() || page.meta.bytes != options_.page_bytes || !slots->Claim(page.slot)) {
+    backends_[TierIndex(t)]->Release(page.slot);
+    return;
+  }
+  PageEntry e;
+  e.ns = page.meta.ns;
+  e.slot = page.slot;
+  e.tier = t;
+  e.cls = page.meta.cls;
+  e.state = PageState::kReady;
+  e.stats.insert_ns = e.stats.last_access_ns = Now();
+  e.stats.tokens = options_.tokens_per_page;
+  if (!index_.Insert(page.meta.key, e)) {
+    slots->Free(page.slot);
+    backends_[TierIndex(t)]->Release(page.slot);
+    return;
+  }
+  ++pages_by_class_[TierIndex(t)][static_cast<int>(e.cls)];
+  policy_->OnInsert(page.meta.key, e);
+  ++recovered_pages_;
+}
+
+absl::StatusOr<NamespaceId> TieredStore::AddNamespace(const std::string& name,
+                                                      uint32_t sink_slots) {
+  if (name.empty()) return absl::InvalidArgumentError("namespace name is empty");
+  absl::MutexLock lock(&mu_);
+  if (auto it = namespace_ids_.find(name); it != namespace_ids_.end()) {
+    if (namespaces_[it->second].sink_reserved != sink_slots) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("namespace '", name, "' exists with ", namespaces_[it->second].sink_reserved,
+                       " sink slots, not ", sink_slots));
+    }
+    return it->second;
+  }
+  if (sink_slots > 0) {
+    const auto& hbm = slots_[TierIndex(Tier::kHbm)];
+    const uint32_t hbm_slots = hbm.has_value() ? hbm->capacity() : 0;
+    if (uint64_t{total_sink_reserved_} + sink_slots > hbm_slots ||
+        hbm->used() - total_sink_used_ + total_sink_reserved_ + sink_slots > hbm_slots) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "cannot reserve ", sink_slots, " sink slots for '", name, "': HBM has ", hbm_slots,
+          " slots, ", total_sink_reserved_, " already reserved, ",
+          hbm.has_value() ? hbm->used() - total_sink_used_ : 0, " used by other pages"));
+    }
+  }
+  const NamespaceId id = static_cast<NamespaceId>(namespaces_.size());
+  namespaces_.push_back(NamespaceState{name, NamespaceSalt(name), sink_slots, 0, {}});
+  namespace_ids_.emplace(name, id);
+  total_sink_reserved_ += sink_slots;
+  return id;
+}
+
+absl::StatusOr<PageKey> TieredStore::NamespaceSaltOf(NamespaceId ns) const {
+  absl::MutexLock lock(&mu_);
+  if (ns >= namespaces_.size()) {
+    return absl::NotFoundError(absl::StrCat("unknown namespace id ", ns));
+  }
+  return namespaces_[ns].salt;
+}
+
+uint32_t TieredStore::SemanticCapacity(Tier t) const {
+  const auto& s = slots_[TierIndex(t)];
+  if (!s.has_value()) return 0;
+  return s->capacity() - (t == Tier::kHbm ? total_sink_reserved_ : 0);
+}
+
+uint32_t TieredStore::SemanticUsed(Tier t) const {
+  const auto& s = slots_[TierIndex(t)];
+  if (!s.has_value()) return 0;
+  return s->used() - (t == Tier::kHbm ? total_sink_used_ : 0);
+}
+
+std::optional<Tier> TieredStore::Below(Tier t) const {
+  for (int i = TierIndex(t) + 1; i < kNumTiers; ++i) {
+    if (backends_[i] != nullptr) return static_cast<Tier>(i);
+  }
+  return std::nullopt;
+}
+
+std::optional<Tier> TieredStore::Above(Tier t) const {
+  for (int i = TierIndex(t) - 1; i >= 0; --i) {
+    if (backends_[i] != nullptr) return static_cast<Tier>(i);
+  }
+  return std::nullopt;
+}
+
+bool TieredStore::Evictable(const PageKey& key) const {
+  std::optional<PageEntry> e = index_.Find(key);
+  return e.has_value() && e->pin_count == 0 && e->state == PageState::kReady && !e->in_sink_slot;
+}
+
+std::optional<uint32_t> TieredStore::AcquireSemanticSlot(Tier t, int depth) {
+  auto& slots = slots_[TierIndex(t)];
+  if (!slots.has_value()) return std::nullopt;
+  if (SemanticUsed(t) < SemanticCapacity(t)) return slots->Allocate();
+  if (depth > kNumTiers) return std::nullopt;
+  std::vector<PageKey> victims;
+  policy_->LeastValuable(t, 1, [this](const PageKey& k) { return Evictable(k); }, victims);
+  if (victims.empty()) return std::nullopt;
+  const PageKey victim = victims.front();
+  const std::optional<Tier> below = Below(t);
+  bool moved = false;
+  if (below.has_value()) moved = MoveLocked(victim, *below, false, depth + 1).ok();
+  if (!moved) {
+    // Bottom tier, or nothing below can take it: the page leaves the cache.
+    if (std::optional<PageEntry> e = index_.Find(victim); e.has_value() && e->tier == t) {
+      DropLocked(victim, *e);
+    }
+  }
+  if (SemanticUsed(t) < SemanticCapacity(t)) return slots->Allocate();
+  return std::nullopt;
+}
+
+std::optional<uint32_t> TieredStore::AcquireSinkSlot(NamespaceId ns) {
+  NamespaceState& n = namespaces_[ns];
+  if (n.sink_reserved == 0) return std::nullopt;
+  if (n.sink_used == n.sink_reserved) {
+    // Replace the least recently used unpinned sink of this namespace: it leaves the reserve and
+    // goes on as an ordinary page one tier down (or is dropped if there is none).
+    std::optional<PageKey> lru;
+    uint64_t lru_ns = UINT64_MAX;
+    for (const PageKey& k : n.sinks_in_slots) {
+      std::optional<PageEntry> e = index_.Find(k);
+      if (e.has_value() && e->pin_count == 0 && e->state == PageState::kReady &&
+          e->stats.last_access_ns < lru_ns) {
+        lru = k;
+        lru_ns = e->stats.last_access_ns;
+      }
+    }
+    if (!lru.has_value()) return std::nullopt;
+    std::optional<Tier> below = Below(Tier::kHbm);
+    bool moved = below.has_value() && MoveLocked(*lru, *below, false, 1).ok();
+    if (!moved) {
+      if (std::optional<PageEntry> e = index_.Find(*lru); e.has_value()) DropLocked(*lru, *e);
+    }
+    Bump(counters_->sink_replacements);
+    if (n.sink_used == n.sink_reserved) return std::nullopt;
+  }
+  std::optional<uint32_t> slot = slots_[TierIndex(Tier::kHbm)]->Allocate();
+  if (slot.has_value()) {
+    ++n.sink_used;
+    ++total_sink_used_;
+  }
+  return slot;
+}
+
+void TieredStore::ReleaseSlot(Tier t, uint32_t slot, bool sink_slot, NamespaceId ns) {
+  backends_[TierIndex(t)]->Release(slot);
+  slots_[TierIndex(t)]->Free(slot);
+  if (sink_slot) {
+    --namespaces_[ns].sink_used;
+    --total_sink_used_;
+  }
+}
+
+absl::Status TieredStore::CopyBetween(TierBackend& from, uint32_t from_slot, TierBackend& to,
+                                      uint32_t to_slot, const PageMeta& meta) {
+  absl::Status result;
+  if (const std::byte* src = from.HostSlot(from_slot); src != nullptr) {
+    const ConstBuffer buf{src, meta.bytes};
+    to.Write({SlotWrite{to_slot, meta, absl::MakeConstSpan(&buf, 1)}},
+             absl::MakeSpan(&result, 1));
+  } else if (std::byte* dst = to.HostSlot(to_slot); dst != nullptr) {
+    const MutableBuffer buf{dst, meta.bytes};
+    from.Read({SlotRead{from_slot, meta, absl::MakeConstSpan(&buf, 1)}},
+              absl::MakeSpan(&result, 1));
+  } else {
+    const MutableBuffer in{bounce_.data(), meta.bytes};
+    from.Read({SlotRead{from_slot, meta, absl::MakeConstSpan(&in, 1)}},
+              absl::MakeSpan(&result, 1));
+    if (result.ok()) {
+      const ConstBuffer out{bounce_.data(), meta.bytes};
+      to.Write({SlotWrite{to_slot, meta, absl::MakeConstSpan(&out, 1)}},
+               absl::MakeSpan(&result, 1));
+    }
+  }
+  return result;
+}
+
+absl::Status TieredStore::MoveLocked(const PageKey& key, Tier to, bool into_sink_slot,
+                                     int depth) {
+  std::optional<PageEntry> found = index_.Find(key);
+  if (!found.has_value()) return NotFound(key);
+  const PageEntry e = *found;
+  if (e.tier == to && e.in_sink_slot == into_sink_slot) return absl::OkStatus();
+  if (e.pin_count > 0 || e.state != PageState::kReady) {
+    return absl::FailedPreconditionError(absl::StrCat("page ", key.ToHex(), " is pinned"));
+  }
+  if (backends_[TierIndex(to)] == nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat("no ", TierName(to), " tier"));
+  }
+  // Keep the page from being chosen again while room is made below it.
+  index_.Update(key, [](PageEntry& x) { ++x.pin_count; });
+  std::optional<uint32_t> slot =
+      into_sink_slot ? AcquireSinkSlot(e.ns) : AcquireSemanticSlot(to, depth);
+  index_.Update(key, [](PageEntry& x) { --x.pin_count; });
+  if (!slot.has_value()) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("no room in ", TierName(to), " for page ", key.ToHex()));
+  }
+  const PageMeta meta{key, e.ns, e.cls, options_.page_bytes};
+  absl::Status copied =
+      CopyBetween(*backends_[TierIndex(e.tier)], e.slot, *backends_[TierIndex(to)], *slot, meta);
+  if (!copied.ok()) {
+    ReleaseSlot(to, *slot, into_sink_slot, e.ns);
+    Bump(counters_->io_errors[TierIndex(to)]);
+    return copied;
+  }
+  ReleaseSlot(e.tier, e.slot, e.in_sink_slot, e.ns);
+  if (e.in_sink_slot) std::erase(namespaces_[e.ns].sinks_in_slots, key);
+  if (into_sink_slot) namespaces_[e.ns].sinks_in_slots.push_back(key);
+  PageEntry moved;
+  index_.Update(key, [&](PageEntry& x) {
+    x.tier = to;
+    x.slot = *slot;
+    x.in_sink_slot = into_sink_slot;
+    moved = x;
+  });
+  --pages_by_class_[TierIndex(e.tier)][static_cast<int>(e.cls)];
+  ++pages_by_class_[TierIndex(to)][static_cast<int>(e.cls)];
+  Bump(counters_->migrations[TierIndex(e.tier)][TierIndex(to)]);
+  Bump(counters_->migrated_bytes[TierIndex(e.tier)][TierIndex(to)], options_.page_bytes);
+  policy_->OnMove(key, e.tier, moved);
+  return absl::OkStatus();
+}
+
+void TieredStore::DropLocked(const PageKey& key, const PageEntry& e) {
+  ReleaseSlot(e.tier, e.slot, e.in_sink_slot, e.ns);
+  if (e.in_sink_slot) std::erase(namespaces_[e.ns].sinks_in_slots, key);
+  index_.Erase(key);
+  if (!e.parent.is_null()) {
+    index_.Update(e.parent, [](PageEntry& p) {
+      if (p.cached_children > 0) --p.cached_children;
+    });
+    if (std::optional<PageEntry> p = index_.Find(e.parent); p.has_value()) {
+      policy_->OnUpdate(e.parent, *p);
+    }
+  }
+  --pages_by_class_[TierIndex(e.tier)][static_cast<int>(e.cls)];
+  Bump(counters_->evictions[TierIndex(e.tier)][static_cast<int>(e.cls)]);
+  policy_->OnRemove(key, e);
+}
+
+void TieredStore::RecordAccess(const PageKey& key, PageEntry& e) {
+  const uint64_t now = Now();
+  const double elapsed_ms = now > e.stats.last_access_ns
+                                ? static_cast<double>(now - e.stats.last_access_ns) / 1e6
+                                : 0.0;
+  e.stats.frequency = static_cast<float>(
+      e.stats.frequency * std::exp2(-elapsed_ms / options_.frequency_half_life_ms) + 1.0);
+  e.stats.last_access_ns = now;
+  ++e.stats.access_count;
+  (void)key;
+}
+
+PageClass TieredStore::ClassifyOnPut(const PutOptions& o, ClassSource* source) const {
+  if (o.class_hint != PageClass::kUnknown) {
+    *source = ClassSource::kHint;
+    return o.class_hint;
+  }
+  if (options_.sink_tokens > 0 &&
+      uint64_t{o.position} * options_.tokens_per_page < options_.sink_tokens) {
+    *source = ClassSource::kPosition;
+    return PageClass::kSink;
+  }
+  *source = ClassSource::kNone;
+  return PageClass::kUnknown;
+}
+
+absl::StatusOr<PageEntry> TieredStore::FindOwned(NamespaceId ns, const PageKey& key) const {
+  std::optional<PageEntry> e = index_.Find(key);
+  if (!e.has_value() || e->ns != ns || e->state != PageState::kReady) return NotFound(key);
+  return *e;
+}
+
+absl::StatusOr<Tier> TieredStore::Put(NamespaceId ns, const PageKey& key,
+                                      absl::Span<const ConstBuffer> src,
+                                      const PutOptions& options) {
+  if (key.is_null()) return absl::InvalidArgumentError("null page key");
+  uint64_t total = 0;
+  for (const ConstBuffer& b : src) total += b.size;
+  if (total != options_.page_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("page data of ", total,
+                                                   " bytes, expected ", options_.page_bytes));
+  }
+  if (options.tier.has_value() && backends_[TierIndex(*options.tier)] == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("no ", TierName(*options.tier), " tier"));
+  }
+  ClassSource source;
+  const PageClass cls = ClassifyOnPut(options, &source);
+  PageEntry entry;
+  {
+    absl::MutexLock lock(&mu_);
+    if (ns >= namespaces_.size()) {
+      return absl::NotFoundError(absl::StrCat("unknown namespace id ", ns));
+    }
+    if (std::optional<PageEntry> existing = index_.Find(key); existing.has_value()) {
+      if (existing->ns != ns) {
+        return absl::AlreadyExistsError(
+            absl::StrCat("key ", key.ToHex(), " belongs to another namespace"));
+      }
+      Bump(counters_->put_duplicates);
+      if (existing->state == PageState::kReady) {
+        PageEntry updated;
+        index_.Update(key, [&](PageEntry& x) {
+          RecordAccess(key, x);
+          updated = x;
+        });
+        policy_->OnAccess(key, updated);
+      }
+      return existing->tier;
+    }
+    bool sink_slot = false;
+    std::optional<uint32_t> slot;
+    Tier tier = options.tier.value_or(Tier::kHbm);
+    if (!options.tier.has_value() && cls == PageClass::kSink && has_tier(Tier::kHbm)) {
+      slot = AcquireSinkSlot(ns);
+      sink_slot = slot.has_value();
+      if (!sink_slot && namespaces_[ns].sink_reserved > 0) Bump(counters_->sink_overflows);
+    }
+    // The fastest tier with room, demoting the policy's victims to make it.
+    for (Tier t : kAllTiers) {
+      if (slot.has_value()) break;
+      if (TierIndex(t) < TierIndex(tier) || backends_[TierIndex(t)] == nullptr) continue;
+      slot = AcquireSemanticSlot(t, 0);
+      tier = t;
+    }
+    if (!slot.has_value()) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("no tier has room for page ", key.ToHex(), ": every page is pinned"));
+    }
+    entry.parent = options.parent;
+    entry.ns = ns;
+    entry.slot = *slot;
+    entry.pin_count = 1;  // the writer's pin: the slot cannot be reused while bytes land
+    entry.position = options.position;
+    entry.tier = tier;
+    entry.cls = cls;
+    entry.class_source = source;
+    entry.state = PageState::kFilling;
+    entry.in_sink_slot = sink_slot;
+    entry.stats.insert_ns = Now();
+    entry.stats.tokens = options.tokens != 0 ? options.tokens : options_.tokens_per_page;
+    index_.Insert(key, entry);
+    if (sink_slot) namespaces_[ns].sinks_in_slots.push_back(key);
+    ++pages_by_class_[TierIndex(tier)][static_cast<int>(cls)];
+  }
+  absl::Status written;
+  backends_[TierIndex(entry.tier)]->Write(
+      {SlotWrite{entry.slot, PageMeta{key, ns, cls, options_.page_bytes}, src}},
+      absl::MakeSpan(&written, 1));
+  absl::MutexLock lock(&mu_);
+  if (!written.ok()) {
+    Bump(counters_->io_errors[TierIndex(entry.tier)]);
+    ReleaseSlot(entry.tier, entry.slot, entry.in_sink_slot, ns);
+    if (entry.in_sink_slot) std::erase(namespaces_[ns].sinks_in_slots, key);
+    --pages_by_class_[TierIndex(entry.tier)][static_cast<int>(cls)];
+    index_.Erase(key);
+    return written;
+  }
+  PageEntry ready;
+  index_.Update(key, [&](PageEntry& x) {
+    x.state = PageState::kReady;
+    --x.pin_count;
+    RecordAccess(key, x);
+    ready = x;
+  });
+  if (!options.parent.is_null()) {
+    index_.Update(options.parent, [](PageEntry& p) { ++p.cached_children; });
+    if (std::optional<PageEntry> p = index_.Find(options.parent); p.has_value()) {
+      policy_->OnUpdate(options.parent, *p);
+    }
+  }
+  policy_->OnInsert(key, ready);
+  Bump(counters_->puts);
+  return ready.tier;
+}
+
+absl::StatusOr<Tier> TieredStore::Get(NamespaceId ns, const PageKey& key,
+                                      absl::Span<const MutableBuffer> dst) {
+  uint64_t total = 0;
+  for (const MutableBuffer& b : dst) total += b.size;
+  if (total != options_.page_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("destination of ", total,
+                                                   " bytes, expected ", options_.page_bytes));
+  }
+  PageEntry entry;
+  {
+    absl::MutexLock lock(&mu_);
+    absl::StatusOr<PageEntry> found = FindOwned(ns, key);
+    if (!found.ok()) {
+      Bump(counters_->misses);
+      return found.status();
+    }
+    index_.Update(key, [&](PageEntry& x) {
+      ++x.pin_count;  // the reader's pin: the page cannot move while its bytes are copied out
+      RecordAccess(key, x);
+      entry = x;
+    });
+    policy_->OnAccess(key, entry);
+  }
+  absl::Status read;
+  backends_[TierIndex(entry.tier)]->Read(
+      {SlotRead{entry.slot, PageMeta{key, ns, entry.cls, options_.page_bytes}, dst}},
+      absl::MakeSpan(&read, 1));
+  absl::MutexLock lock(&mu_);
+  index_.Update(key, [](PageEntry& x) { --x.pin_count; });
+  if (!read.ok()) {
+    // A page that cannot be read is gone: drop it so it is recomputed, never served wrong.
+    Bump(counters_->io_errors[TierIndex(entry.tier)]);
+    Bump(counters_->misses);
+    if (std::optional<PageEntry> e = index_.Find(key); e.has_value() && e->pin_count == 0) {
+      DropLocked(key, *e);
+    }
+    return read;
+  }
+  Bump(counters_->hits[TierIndex(entry.tier)]);
+  return entry.tier;
+}
+
+LookupResult TieredStore::LookupPrefix(NamespaceId ns, absl::Span<const PageKey> keys) const {
+  LookupResult result;
+  result.tiers.resize(keys.size());
+  result.prefix_pages = index_.LookupPrefix(ns, keys, absl::MakeSpan(result.tiers));
+  result.tiers.resize(result.prefix_pages);
+  return result;
+}
+
+absl::Status TieredStore::Touch(NamespaceId ns, const PageKey& key) {
+  absl::MutexLock lock(&mu_);
+  absl::StatusOr<PageEntry> found = FindOwned(ns, key);
+  if (!found.ok()) return found.status();
+  PageEntry e;
+  index_.Update(key, [&](PageEntry& x) {
+    RecordAccess(key, x);
+    e = x;
+  });
+  policy_->OnAccess(key, e);
+  return absl::OkStatus();
+}
+
+absl::Status TieredStore::Pin(NamespaceId ns, absl::Span<const PageKey> keys) {
+  absl::MutexLock lock(&mu_);
+  for (const PageKey& key : keys) {
+    if (absl::StatusOr<PageEntry> e = FindOwned(ns, key); !e.ok()) return e.status();
+  }
+  for (const PageKey& key : keys) index_.Update(key, [](PageEntry& x) { ++x.pin_count; });
+  return absl::OkStatus();
+}
+
+absl::Status TieredStore::Unpin(NamespaceId ns, absl::Span<const PageKey> keys) {
+  absl::MutexLock lock(&mu_);
+  for (const PageKey& key : keys) {
+    absl::StatusOr<PageEntry> e = FindOwned(ns, key);
+    if (!e.ok()) return e.status();
+    if (e->pin_count == 0) {
+      return absl::FailedPreconditionError(absl::StrCat("page ", key.ToHex(), " is not pinned"));
+    }
+  }
+  for (const PageKey& key : keys) index_.Update(key, [](PageEntry& x) { --x.pin_count; });
+  return absl::OkStatus();
+}
+
+absl::Status TieredStore::ReportAttention(NamespaceId ns, const PageKey& key,
+                                          const AttentionSample& sample) {
+  if (!(sample.mass >= 0 && sample.mass <= 1 && sample.breadth >= 0 && sample.breadth <= 1 &&
+        sample.value_norm >= 0 && std::isfinite(sample.value_norm) && sample.mass_entropy >= 0 &&
+        sample.mass_entropy <= 1)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "attention sample out of range: mass=", sample.mass, " breadth=", sample.breadth,
+        " value_norm=", sample.value_norm, " entropy=", sample.mass_entropy));
+  }
+  absl::MutexLock lock(&mu_);
+  absl::StatusOr<PageEntry> found = FindOwned(ns, key);
+  if (!found.ok()) return found.status();
+  const float a = static_cast<float>(options_.attention_ewma_alpha);
+  PageEntry e;
+  index_.Update(key, [&](PageEntry& x) {
+    PageStats& s = x.stats;
+    // The first report seeds the averages instead of being diluted by the zero they start at.
+    const float w = s.stat_reports == 0 ? 1.0f : a;
+    s.attention_mass += w * (sample.mass - s.attention_mass);
+    s.breadth += w * (sample.breadth - s.breadth);
+    s.value_norm += w * (sample.value_norm - s.value_norm);
+    s.mass_entropy += w * (sample.mass_entropy - s.mass_entropy);
+    ++s.stat_reports;
+    e = x;
+  });
+  policy_->OnUpdate(key, e);
+  return absl::OkStatus();
+}
+
+absl::Status TieredStore::SetClass(NamespaceId ns, const PageKey& key, PageClass cls,
+                                   ClassSource source) {
+  absl::MutexLock lock(&mu_);
+  absl::StatusOr<PageEntry> found = FindOwned(ns, key);
+  if (!found.ok()) return found.status();
+  // A weaker source never overrides a stronger one (hint > position > measured).
+  if (found->class_source != ClassSource::kNone && found->class_source < source) {
+    return absl::OkStatus();
+  }
+  PageEntry e;
+  index_.Update(key, [&](PageEntry& x) {
+    x.cls = cls;
+    x.class_source = source;
+    e = x;
+  });
+  --pages_by_class_[TierIndex(e.tier)][static_cast<int>(found->cls)];
+  ++pages_by_class_[TierIndex(e.tier)][static_cast<int>(cls)];
+  policy_->OnUpdate(key, e);
+  if (cls == PageClass::kSink && !e.in_sink_slot && has_tier(Tier::kHbm) && e.pin_count == 0 &&
+      namespaces_[ns].sink_used < namespaces_[ns].sink_reserved) {
+    return MoveLocked(key, Tier::kHbm, /*into_sink_slot=*/true, 0);
+  }
+  if (cls != PageClass::kSink && e.in_sink_slot && e.pin_count == 0) {
+    // No longer a sink: it leaves the reserve and competes like any page.
+    absl::Status s = MoveLocked(key, Tier::kHbm, false, 0);
+    if (!s.ok()) s = MoveLocked(key, Below(Tier::kHbm).value_or(Tier::kHbm), false, 0);
+    return s;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status TieredStore::Evict(NamespaceId ns, const PageKey& key) {
+  absl::MutexLock lock(&mu_);
+  absl::StatusOr<PageEntry> e = FindOwned(ns, key);
+  if (!e.ok()) return e.status();
+  if (e->pin_count > 0) {
+    return absl::FailedPreconditionError(absl::StrCat("page ", key.ToHex(), " is pinned"));
+  }
+  DropLocked(key, *e);
+  return absl::OkStatus();
+}
+
+absl::Status TieredStore::Move(NamespaceId ns, const PageKey& key, Tier to) {
+  absl::MutexLock lock(&mu_);
+  absl::StatusOr<PageEntry> e = FindOwned(ns, key);
+  if (!e.ok()) return e.status();
+  return MoveLocked(key, to, false, 0);
+}
+
+PlannerReport TieredStore::Maintain(const MaintainOptions& options) {
+  PlannerReport report;
+  absl::MutexLock lock(&mu_);
+  auto budget_left = [&] {
+    return options.max_migration_bytes == 0 ||
+           report.bytes_moved + options_.page_bytes <= options.max_migration_bytes;
+  };
+  const auto eligible = [this](const PageKey& k) { return Evictable(k); };
+  // Demote (or drop at the bottom) until every tier is back at its low watermark.
+  for (Tier t : kAllTiers) {
+    if (!slots_[TierIndex(t)].has_value()) continue;
+    const TierOptions& o = t == Tier::kHbm ? options_.hbm : options_.dram;
+    const uint32_t cap = SemanticCapacity(t);
+    const double high = t == Tier::kNvme ? 1.0 : o.high_watermark;
+    const double low = t == Tier::kNvme ? 1.0 : o.low_watermark;
+    if (SemanticUsed(t) <= high * cap) continue;
+    const auto target = static_cast<uint32_t>(low * cap);
+    std::vector<PageKey> victims;
+    policy_->LeastValuable(t, SemanticUsed(t) - target, eligible, victims);
+    const std::optional<Tier> below = Below(t);
+    for (const PageKey& victim : victims) {
+      if (SemanticUsed(t) <= target) break;
+      if (below.has_value()) {
+        if (!budget_left()) break;
+        if (MoveLocked(victim, *below, false, 1).ok()) {
+          ++report.demoted;
+          report.bytes_moved += options_.page_bytes;
+          continue;
+        }
+      }
+      if (std::optional<PageEntry> e = index_.Find(victim); e.has_value() && e->tier == t) {
+        DropLocked(victim, *e);
+        ++report.dropped;
+      }
+    }
+  }
+  if (!options.promote) return report;
+  // Promote the most valuable pages of each lower tier into free room above (no displacement:
+  // a promotion that evicts is the policy's call, made through its own ranking above).
+  for (Tier t : {Tier::kDram, Tier::kNvme}) {
+    const std::optional<Tier> above = Above(t);
+    if (!slots_[TierIndex(t)].has_value() || !above.has_value()) continue;
+    const TierOptions& o = *above == Tier::kHbm ? options_.hbm : options_.dram;
+    const auto target = static_cast<uint32_t>(o.low_watermark * SemanticCapacity(*above));
+    if (SemanticUsed(*above) >= target) continue;
+    std::vector<PageKey> candidates;
+    policy_->MostValuable(t, target - SemanticUsed(*above), eligible, candidates);
+    for (const PageKey& key : candidates) {
+      if (!budget_left() || SemanticUsed(*above) >= target) break;
+      if (MoveLocked(key, *above, false, kNumTiers).ok()) {
+        ++report.promoted;
+        report.bytes_moved += options_.page_bytes;
+      }
+    }
+  }
+  return report;
+}
+
+std::optional<PageEntry> TieredStore::Find(NamespaceId ns, const PageKey& key) const {
+  std::optional<PageEntry> e = index_.Find(key);
+  if (!e.has_value() || e->ns != ns) return std::nullopt;
+  return e;
+}
+
+TierUsage TieredStore::Usage(Tier tier) const {
+  absl::MutexLock lock(&mu_);
+  TierUsage u;
+  const auto& slots = slots_[TierIndex(tier)];
+  if (!slots.has_value()) return u;
+  u.present = true;
+  u.backend = std::string(backends_[TierIndex(tier)]->name());
+  u.capacity_slots = slots->capacity();
+  u.used_slots = slots->used();
+  if (tier == Tier::kHbm) {
+    u.sink_reserved_slots = total_sink_reserved_;
+    u.sink_used_slots = total_sink_used_;
+  }
+  u.pages_by_class = pages_by_class_[TierIndex(tier)];
+  return u;
+}
+
+StoreCounters TieredStore::Counters() const {
+  StoreCounters c;
+  const auto load = [](const std::atomic<uint64_t>& a) {
+    return a.load(std::memory_order_relaxed);
+  };
+  for (int t = 0; t < kNumTiers; ++t) {
+    c.hits[t] = load(counters_->hits[t]);
+    c.io_errors[t] = load(counters_->io_errors[t]);
+    for (int k = 0; k < 3; ++k) c.evictions[t][k] = load(counters_->evictions[t][k]);
+    for (int u = 0; u < kNumTiers; ++u) {
+      c.migrations[t][u] = load(counters_->migrations[t][u]);
+      c.migrated_bytes[t][u] = load(counters_->migrated_bytes[t][u]);
+    }
+  }
+  c.misses = load(counters_->misses);
+  c.puts = load(counters_->puts);
+  c.put_duplicates = load(counters_->put_duplicates);
+  c.sink_overflows = load(counters_->sink_overflows);
+  c.sink_replacements = load(counters_->sink_replacements);
+  return c;
+}
+
+}  // namespace kvtier

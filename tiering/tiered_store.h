@@ -1,0 +1,261 @@
+// TieredStore: the in-process page store over HBM, DRAM and (optionally) NVMe tiers.
+//
+// It owns placement mechanics: slot allocation per tier, the page index, reserved sink slots per
+// namespace, moving pages between tiers, and watermarks. Which pages to move is asked of a
+// PlacementPolicy (LRU by default), so policies swap without touching this file.
+//
+// Thread model: every public method is thread-safe. Metadata changes are serialized under one
+// store mutex; the bytes of Put and Get are copied *outside* it, under a pin that keeps the page
+// from moving (a page being written is invisible until published). LookupPrefix never takes the
+// store mutex, only the index's shard locks. Moves made by the planner copy under the store mutex.
+//
+// Reserved sink slots: each namespace may reserve HBM slots that only SINK pages use, outside the
+// semantic budget. A sink in a reserved slot is never a victim of semantic pressure; when a
+// namespace's reserve is full, a new sink replaces that namespace's least recently used *unpinned*
+// sink (which moves down a tier as an ordinary page), and if every reserved sink is pinned the new
+// sink competes as an ordinary page ("sink overflow", counted).
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/types/span.h"
+#include "tiering/clock.h"
+#include "tiering/copy_engine.h"
+#include "tiering/memory_region.h"
+#include "tiering/page_index.h"
+#include "tiering/policy.h"
+#include "tiering/slot_allocator.h"
+#include "tiering/tier_backend.h"
+
+namespace kvtier {
+
+struct TierOptions {
+  // Page slots in the tier; 0 leaves the tier out. For HBM this includes reserved sink slots.
+  uint32_t slots = 0;
+  // The planner starts demoting when occupancy exceeds high_watermark of the tier's semantic
+  // capacity and stops at low_watermark. Must satisfy 0 < low <= high <= 1.
+  double high_watermark = 0.95;
+  double low_watermark = 0.85;
+};
+
+struct StoreOptions {
+  // Bytes of every page (Layout::page_bytes()). Required.
+  uint64_t page_bytes = 0;
+  TierOptions hbm{.slots = 0};
+  TierOptions dram{.slots = 0};
+  // Which memory backs HBM: a real GPU (cuda), host memory standing in for one, or auto (cuda
+  // when this build has CUDA and a GPU is present). Chosen once at Create and reported.
+  HbmBackend hbm_backend = HbmBackend::kAuto;
+  int cuda_device = 0;
+  // Pin the DRAM pool with cudaHostRegister when CUDA is live (faster, zero-copy-mappable).
+  bool pin_dram = true;
+  // StreamingLLM's attention sinks: pages covering the first `sink_tokens` tokens of a sequence
+  // are sinks by position. Default 4; 0 disables position-based classification.
+  uint32_t sink_tokens = 4;
+  // Tokens per page, for the position rule and recompute cost. Default 16 (vLLM's block size).
+  uint32_t tokens_per_page = 16;
+  // Half-life of the decayed access frequency. Default 30 s of store clock.
+  double frequency_half_life_ms = 30'000;
+  // Weight of a new attention report in the EWMAs (0 < alpha <= 1). Default 0.2.
+  double attention_ewma_alpha = 0.2;
+  // Time source; nullptr means the steady clock. Must outlive the store.
+  const Clock* clock = nullptr;
+};
+
+// Parts a caller may inject; anything left null gets the default.
+struct StoreParts {
+  std::unique_ptr<PlacementPolicy> policy;  // default: LruPolicy
+  std::unique_ptr<CopyEngine> copy_engine;  // default: CpuCopyEngine(1)
+  std::unique_ptr<TierBackend> hbm;         // default: built from options (HBM backend choice)
+  std::unique_ptr<TierBackend> dram;        // default: memfd pool from options
+  std::unique_ptr<TierBackend> nvme;        // default: no NVMe tier
+};
+
+struct PutOptions {
+  PageKey parent;             // previous page of the sequence (null for the first)
+  uint32_t position = 0;      // index of this page within its sequence
+  uint32_t tokens = 0;        // tokens covered; 0 means tokens_per_page
+  PageClass class_hint = PageClass::kUnknown;  // the worker's memory-intent hint
+  std::optional<Tier> tier;   // place in this tier instead of the fastest with room
+};
+
+// One attention-statistics observation for a page (per decode step or window).
+struct AttentionSample {
+  float mass = 0;        // share of attention mass received, 0..1
+  float breadth = 0;     // share of queries above the breadth threshold, 0..1
+  float value_norm = 0;  // mean value-vector L2 norm
+  float mass_entropy = 1;
+};
+
+struct LookupResult {
+  size_t prefix_pages = 0;  // pages [0, prefix_pages) are cached
+  std::vector<Tier> tiers;  // tier of each of those pages
+};
+
+struct TierUsage {
+  bool present = false;
+  std::string backend;
+  uint32_t capacity_slots = 0;
+  uint32_t used_slots = 0;
+  uint32_t sink_reserved_slots = 0;  // HBM only
+  uint32_t sink_used_slots = 0;      // HBM only
+  std::array<uint32_t, 3> pages_by_class{};  // indexed by PageClass
+};
+
+struct StoreCounters {
+  std::array<uint64_t, kNumTiers> hits{};
+  uint64_t misses = 0;
+  uint64_t puts = 0;
+  uint64_t put_duplicates = 0;
+  std::array<std::array<uint64_t, 3>, kNumTiers> evictions{};         // [tier][class]
+  std::array<std::array<uint64_t, kNumTiers>, kNumTiers> migrations{};  // [from][to]
+  std::array<std::array<uint64_t, kNumTiers>, kNumTiers> migrated_bytes{};
+  uint64_t sink_overflows = 0;
+  uint64_t sink_replacements = 0;
+  std::array<uint64_t, kNumTiers> io_errors{};
+};
+
+struct MaintainOptions {
+  // Bytes the planner may move in one run (0 = unlimited): migrations compete with inference
+  // for PCIe and disk bandwidth.
+  uint64_t max_migration_bytes = 0;
+  bool promote = true;
+};
+
+struct PlannerReport {
+  uint32_t demoted = 0;
+  uint32_t promoted = 0;
+  uint32_t dropped = 0;
+  uint64_t bytes_moved = 0;
+};
+
+class TieredStore {
+ public:
+  static absl::StatusOr<std::unique_ptr<TieredStore>> Create(const StoreOptions& options,
+                                                             StoreParts parts = {});
+  ~TieredStore();
+  TieredStore(const TieredStore&) = delete;
+  TieredStore& operator=(const TieredStore&) = delete;
+
+  // Registers a namespace (model fingerprint + tenant) with `sink_slots` reserved HBM slots.
+  // Registering an existing name returns its id (the reserve must match).
+  absl::StatusOr<NamespaceId> AddNamespace(const std::string& name, uint32_t sink_slots);
+  // The salt that namespace's keys are chained from.
+  absl::StatusOr<PageKey> NamespaceSaltOf(NamespaceId ns) const;
+
+  // Stores a page gathered from `src` (pieces in page order, summing to page_bytes). A key that is
+  // already present is not rewritten (same key, same bytes) and counts as an access. Returns the
+  // tier the page is in.
+  absl::StatusOr<Tier> Put(NamespaceId ns, const PageKey& key, absl::Span<const ConstBuffer> src,
+                           const PutOptions& options = {});
+  // Copies a page into `dst` (pieces in page order); NotFound on a miss. Returns the serving tier.
+  absl::StatusOr<Tier> Get(NamespaceId ns, const PageKey& key,
+                           absl::Span<const MutableBuffer> dst);
+  // Longest cached prefix of `keys`; does not count as an access.
+  LookupResult LookupPrefix(NamespaceId ns, absl::Span<const PageKey> keys) const;
+  // Records an access without copying (the caller served the bytes some other way).
+  absl::Status Touch(NamespaceId ns, const PageKey& key);
+
+  // Pins every page of `keys` (all or nothing): pinned pages are never moved or evicted.
+  absl::Status Pin(NamespaceId ns, absl::Span<const PageKey> keys);
+  absl::Status Unpin(NamespaceId ns, absl::Span<const PageKey> keys);
+
+  // Feeds attention statistics into the page's EWMAs.
+  absl::Status ReportAttention(NamespaceId ns, const PageKey& key, const AttentionSample& sample);
+  // Sets the class (e.g. from the sink classifier); a sink is moved into a reserved slot when
+  // one is free.
+  absl::Status SetClass(NamespaceId ns, const PageKey& key, PageClass cls, ClassSource source);
+
+  // Drops a page from every tier. FailedPrecondition if pinned.
+  absl::Status Evict(NamespaceId ns, const PageKey& key);
+  // Moves a page to `to`, making room there by the policy. FailedPrecondition if pinned.
+  absl::Status Move(NamespaceId ns, const PageKey& key, Tier to);
+
+  // One planner pass: every tier back under its high watermark, free room promoted into.
+  PlannerReport Maintain(const MaintainOptions& options = {});
+
+  std::optional<PageEntry> Find(NamespaceId ns, const PageKey& key) const;
+  TierUsage Usage(Tier tier) const;
+  StoreCounters Counters() const;
+  size_t page_count() const { return index_.size(); }
+  uint64_t page_bytes() const { return options_.page_bytes; }
+  // "cuda" or "host-emulated": which HBM backend is live.
+  absl::string_view hbm_backend() const { return hbm_backend_name_; }
+  absl::string_view policy_name() const { return policy_->name(); }
+  bool has_tier(Tier t) const { return backends_[TierIndex(t)] != nullptr; }
+  const StoreOptions& options() const { return options_; }
+  // Adopts pages a persistent tier recovered (called once by Create for NVMe).
+  uint32_t recovered_pages() const { return recovered_pages_; }
+
+ private:
+  struct NamespaceState {
+    std::string name;
+    PageKey salt;
+    uint32_t sink_reserved = 0;
+    uint32_t sink_used = 0;
+    std::vector<PageKey> sinks_in_slots;  // small: bounded by sink_reserved
+  };
+  struct Counters_;
+
+  TieredStore(const StoreOptions& options, StoreParts parts);
+  absl::Status Init();
+
+  uint64_t Now() const { return clock_->NowNs(); }
+  uint32_t SemanticCapacity(Tier t) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  uint32_t SemanticUsed(Tier t) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::optional<Tier> Below(Tier t) const;
+  std::optional<Tier> Above(Tier t) const;
+  bool Evictable(const PageKey& key) const;
+
+  // Returns a free slot in `t` for an ordinary page, demoting or dropping the policy's victims
+  // to make one. nullopt when nothing can be moved (all pinned).
+  std::optional<uint32_t> AcquireSemanticSlot(Tier t, int depth) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ReleaseSlot(Tier t, uint32_t slot, bool sink_slot, NamespaceId ns)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Moves one unpinned page; on a copy failure the page is dropped and the error counted.
+  absl::Status MoveLocked(const PageKey& key, Tier to, bool into_sink_slot, int depth)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void DropLocked(const PageKey& key, const PageEntry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status CopyBetween(TierBackend& from, uint32_t from_slot, TierBackend& to,
+                           uint32_t to_slot, const PageMeta& meta)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Claims a reserved sink slot for `ns`, replacing its LRU unpinned sink if the reserve is full.
+  std::optional<uint32_t> AcquireSinkSlot(NamespaceId ns) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RecordAccess(const PageKey& key, PageEntry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  PageClass ClassifyOnPut(const PutOptions& o, ClassSource* source) const;
+  absl::StatusOr<PageEntry> FindOwned(NamespaceId ns, const PageKey& key) const;
+  void AdoptRecovered(const RecoveredPage& page) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const StoreOptions options_;
+  const Clock* const clock_;
+  std::unique_ptr<CopyEngine> copy_engine_;
+  std::array<std::unique_ptr<TierBackend>, kNumTiers> backends_;
+  std::string hbm_backend_name_;
+  PageIndex index_;
+
+  mutable absl::Mutex mu_;
+  std::unique_ptr<PlacementPolicy> policy_ ABSL_GUARDED_BY(mu_);
+  std::array<std::optional<SlotAllocator>, kNumTiers> slots_ ABSL_GUARDED_BY(mu_);
+  std::vector<NamespaceState> namespaces_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, NamespaceId> namespace_ids_ ABSL_GUARDED_BY(mu_);
+  uint32_t total_sink_reserved_ ABSL_GUARDED_BY(mu_) = 0;
+  uint32_t total_sink_used_ ABSL_GUARDED_BY(mu_) = 0;
+  std::array<std::array<uint32_t, 3>, kNumTiers> pages_by_class_ ABSL_GUARDED_BY(mu_){};
+  std::vector<std::byte> bounce_ ABSL_GUARDED_BY(mu_);  // for moves between two non-host tiers
+  uint32_t recovered_pages_ = 0;
+
+  std::unique_ptr<Counters_> counters_;
+};
+
+}  // namespace kvtier

@@ -1,0 +1,349 @@
+#include "client/client.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "client/defaults.h"
+#include "client/seqpacket.h"
+
+namespace kvtier {
+namespace {
+
+// Replies are small (a lookup of the largest batch is a few KiB); this bounds a broken daemon.
+constexpr size_t kMaxReplyBytes = 4 << 20;
+
+absl::Status FromWire(const wire::Error& e) {
+  return absl::Status(static_cast<absl::StatusCode>(e.code()), e.message());
+}
+
+Tier TierFromByte(char c) { return static_cast<Tier>(static_cast<uint8_t>(c)); }
+
+void ToWire(const AttentionBatch& s, wire::AttentionStats* out) {
+  out->mutable_mass()->Add(s.mass.begin(), s.mass.end());
+  out->mutable_breadth()->Add(s.breadth.begin(), s.breadth.end());
+  out->mutable_value_norm()->Add(s.value_norm.begin(), s.value_norm.end());
+  out->mutable_mass_entropy()->Add(s.mass_entropy.begin(), s.mass_entropy.end());
+}
+
+}  // namespace
+
+// ---- Mapping, WorkerBuffers ----
+
+absl::StatusOr<Mapping> Mapping::Map(int fd, size_t bytes, bool writable) {
+  void* p =
+      ::mmap(nullptr, bytes, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) {
+    return absl::InternalError(absl::StrCat("mmap of ", bytes, " bytes: ", std::strerror(errno)));
+  }
+  Mapping m;
+  m.data_ = static_cast<std::byte*>(p);
+  m.size_ = bytes;
+  return m;
+}
+Mapping::Mapping(Mapping&& o) noexcept
+    : data_(std::exchange(o.data_, nullptr)), size_(std::exchange(o.size_, 0)) {}
+Mapping& Mapping::operator=(Mapping&& o) noexcept {
+  if (this != &o) {
+    Reset();
+    data_ = std::exchange(o.data_, nullptr);
+    size_ = std::exchange(o.size_, 0);
+  }
+  return *this;
+}
+void Mapping::Reset() {
+  if (data_ != nullptr) ::munmap(data_, size_);
+  data_ = nullptr;
+  size_ = 0;
+}
+
+absl::StatusOr<WorkerBuffers> WorkerBuffers::Create(const Layout& layout) {
+  WorkerBuffers b;
+  const uint64_t bytes = layout.buffer_bytes();
+  for (uint32_t i = 0; i < layout.buffer_count(); ++i) {
+    UniqueFd fd(::memfd_create("kvtier-worker-kv", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+    if (!fd.valid()) return absl::InternalError(absl::StrCat("memfd_create: ", strerror(errno)));
+    if (::ftruncate(fd.get(), static_cast<off_t>(bytes)) != 0) {
+      return absl::InternalError(absl::StrCat("ftruncate to ", bytes, ": ", strerror(errno)));
+    }
+    // The daemon maps these; a buffer that shrank under it would fault the daemon.
+    if (::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_SEAL) != 0) {
+      return absl::InternalError(absl::StrCat("sealing memfd: ", strerror(errno)));
+    }
+    absl::StatusOr<Mapping> m = Mapping::Map(fd.get(), bytes, /*writable=*/true);
+    if (!m.ok()) return m.status();
+    b.fds_.push_back(std::move(fd));
+    b.maps_.push_back(*std::move(m));
+  }
+  return b;
+}
+
+std::vector<int> WorkerBuffers::fds() const {
+  std::vector<int> out;
+  for (const UniqueFd& fd : fds_) out.push_back(fd.get());
+  return out;
+}
+std::vector<uint64_t> WorkerBuffers::sizes() const {
+  std::vector<uint64_t> out;
+  for (const Mapping& m : maps_) out.push_back(m.size());
+  return out;
+}
+
+absl::Status WorkerBuffers::WriteBlock(const Layout& layout, uint32_t block_id,
+                                       absl::Span<const std::byte> page) const {
+  if (page.size() != layout.page_bytes()) return absl::InvalidArgumentError("page size");
+  std::vector<Piece> pieces;
+  if (absl::Status s = layout.AppendPieces(block_id, pieces); !s.ok()) return s;
+  for (const Piece& p : pieces) {
+    std::memcpy(maps_[p.buffer].data() + p.offset, page.data() + p.page_offset, p.length);
+  }
+  return absl::OkStatus();
+}
+absl::Status WorkerBuffers::ReadBlock(const Layout& layout, uint32_t block_id,
+                                      absl::Span<std::byte> page) const {
+  if (page.size() != layout.page_bytes()) return absl::InvalidArgumentError("page size");
+  std::vector<Piece> pieces;
+  if (absl::Status s = layout.AppendPieces(block_id, pieces); !s.ok()) return s;
+  for (const Piece& p : pieces) {
+    std::memcpy(page.data() + p.page_offset, maps_[p.buffer].data() + p.offset, p.length);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<LayoutSpec> FlatLayoutFor(uint64_t page_bytes, uint32_t num_blocks) {
+  // kPageContiguous, 1 layer, 1 KV head, bf16, 16 tokens: a page is 2*16*head_dim*2 bytes.
+  if (page_bytes == 0 || page_bytes % 64 != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("page_bytes ", page_bytes, " is not a positive multiple of 64"));
+  }
+  LayoutSpec s;
+  s.layers = 1;
+  s.kv_heads = 1;
+  s.head_dim = static_cast<uint32_t>(page_bytes / 64);
+  s.dtype = DType::kBF16;
+  s.tokens_per_page = 16;
+  s.tensor_layout = TensorLayout::kPageContiguous;
+  s.num_blocks = num_blocks;
+  return s;
+}
+
+void AppendKeyWords(absl::Span<const PageKey> keys,
+                    google::protobuf::RepeatedField<uint64_t>* words) {
+  words->Reserve(words->size() + static_cast<int>(2 * keys.size()));
+  for (const PageKey& k : keys) {
+    words->AddAlreadyReserved(k.hi);
+    words->AddAlreadyReserved(k.lo);
+  }
+}
+
+// ---- Client ----
+
+absl::StatusOr<std::unique_ptr<Client>> Client::Connect(absl::string_view socket_path) {
+  absl::StatusOr<UniqueFd> fd =
+      ConnectSeqpacket(socket_path.empty() ? absl::string_view(kDefaultSocketPath) : socket_path);
+  if (!fd.ok()) return fd.status();
+  return std::unique_ptr<Client>(new Client(*std::move(fd)));
+}
+
+Client::~Client() = default;
+
+absl::StatusOr<OpHandle> Client::Submit(wire::Request& request, absl::Span<const int> fds) {
+  const uint64_t id = next_id_.fetch_add(1, std::memory_order_relaxed);
+  request.set_id(id);
+  absl::MutexLock lock(&send_mu_);
+  if (!request.SerializeToString(&send_buffer_)) {
+    return absl::InternalError("request does not serialize");
+  }
+  if (absl::Status s = SendDatagram(socket_.get(), send_buffer_, fds); !s.ok()) return s;
+  return id;
+}
+
+absl::StatusOr<Client::Received> Client::Await(OpHandle id) {
+  absl::MutexLock lock(&recv_mu_);
+  while (true) {
+    if (auto it = parked_.find(id); it != parked_.end()) {
+      Received r = std::move(it->second);
+      parked_.erase(it);
+      return r;
+    }
+    absl::StatusOr<Datagram> d = ReceiveDatagram(socket_.get(), recv_buffer_, kMaxReplyBytes);
+    if (!d.ok()) return d.status();
+    if (d->eof) return absl::UnavailableError("kvtierd closed the connection");
+    if (d->truncated) return absl::DataLossError("reply larger than the client's limit");
+    Received r;
+    if (!r.response.ParseFromArray(recv_buffer_.data(), static_cast<int>(d->size))) {
+      return absl::DataLossError("reply does not parse");
+    }
+    r.fds = std::move(d->fds);
+    if (r.response.id() == id) return r;
+    // An unsolicited error (id 0) is the daemon explaining why it closes the connection.
+    if (r.response.id() == 0 && r.response.has_error()) return FromWire(r.response.error());
+    parked_.emplace(r.response.id(), std::move(r));
+  }
+}
+
+absl::StatusOr<wire::Response> Client::Call(wire::Request& request, absl::Span<const int> fds) {
+  absl::StatusOr<OpHandle> id = Submit(request, fds);
+  if (!id.ok()) return id.status();
+  absl::StatusOr<Received> r = Await(*id);
+  if (!r.ok()) return r.status();
+  if (r->response.has_error() && r->response.error().code() != 0) {
+    return FromWire(r->response.error());
+  }
+  return std::move(r->response);
+}
+
+absl::StatusOr<HelloInfo> Client::Hello(absl::string_view namespace_name, const LayoutSpec& layout,
+                                        bool want_dram_pool, absl::string_view client_name) {
+  wire::Request req;
+  wire::Hello* h = req.mutable_hello();
+  h->set_protocol_version(kProtocolVersion);
+  h->set_namespace_name(std::string(namespace_name));
+  h->set_want_dram_pool(want_dram_pool);
+  h->set_client_name(std::string(client_name));
+  wire::Layout* l = h->mutable_layout();
+  l->set_layers(layout.layers);
+  l->set_kv_heads(layout.kv_heads);
+  l->set_head_dim(layout.head_dim);
+  l->set_dtype(static_cast<uint32_t>(layout.dtype));
+  l->set_tokens_per_page(layout.tokens_per_page);
+  l->set_tensor_layout(static_cast<uint32_t>(layout.tensor_layout));
+  l->set_num_blocks(layout.num_blocks);
+  absl::StatusOr<OpHandle> id = Submit(req, {});
+  if (!id.ok()) return id.status();
+  absl::StatusOr<Received> r = Await(*id);
+  if (!r.ok()) return r.status();
+  if (r->response.has_error()) return FromWire(r->response.error());
+  const wire::HelloReply& hr = r->response.hello();
+  HelloInfo info;
+  info.salt = PageKey{hr.salt_hi(), hr.salt_lo()};
+  info.page_bytes = hr.page_bytes();
+  info.hbm_backend = hr.hbm_backend();
+  info.max_inflight_ops = hr.max_inflight_ops();
+  info.max_pinned_pages = hr.max_pinned_pages();
+  info.max_batch_pages = hr.max_batch_pages();
+  if (want_dram_pool && hr.dram_pool_slots() > 0) {
+    if (r->fds.size() != 1) return absl::DataLossError("hello reply lacks the DRAM pool fd");
+    absl::StatusOr<Mapping> m =
+        Mapping::Map(r->fds[0].get(), hr.dram_pool_slots() * hr.dram_slot_bytes(), false);
+    if (!m.ok()) return m.status();
+    dram_pool_ = *std::move(m);
+    dram_slots_ = hr.dram_pool_slots();
+    dram_slot_bytes_ = hr.dram_slot_bytes();
+  }
+  return info;
+}
+
+absl::Status Client::RegisterBuffers(absl::Span<const int> fds, absl::Span<const uint64_t> sizes) {
+  wire::Request req;
+  req.mutable_register_buffers()->mutable_sizes()->Add(sizes.begin(), sizes.end());
+  return Call(req, fds).status();
+}
+
+absl::StatusOr<LookupReply> Client::Lookup(absl::Span<const PageKey> keys, bool with_dram_slots) {
+  wire::Request req;
+  AppendKeyWords(keys, req.mutable_lookup()->mutable_key_words());
+  req.mutable_lookup()->set_with_dram_slots(with_dram_slots);
+  absl::StatusOr<wire::Response> r = Call(req);
+  if (!r.ok()) return r.status();
+  const wire::LookupReply& lr = r->lookup();
+  LookupReply out;
+  out.prefix_pages = lr.prefix_pages();
+  out.tiers.reserve(lr.tiers().size());
+  for (char c : lr.tiers()) out.tiers.push_back(TierFromByte(c));
+  out.dram_slots.assign(lr.dram_slots().begin(), lr.dram_slots().end());
+  return out;
+}
+
+absl::StatusOr<OpHandle> Client::LoadAsync(absl::Span<const PageKey> keys,
+                                           absl::Span<const uint32_t> block_ids) {
+  wire::Request req;
+  AppendKeyWords(keys, req.mutable_load()->mutable_key_words());
+  req.mutable_load()->mutable_block_ids()->Add(block_ids.begin(), block_ids.end());
+  return Submit(req, {});
+}
+
+absl::StatusOr<OpHandle> Client::StoreAsync(absl::Span<const PageKey> keys,
+                                            absl::Span<const uint32_t> block_ids,
+                                            const StoreHints& hints, const AttentionBatch* stats) {
+  wire::Request req;
+  wire::Store* s = req.mutable_store();
+  AppendKeyWords(keys, s->mutable_key_words());
+  s->mutable_block_ids()->Add(block_ids.begin(), block_ids.end());
+  s->set_parent_hi(hints.parent.hi);
+  s->set_parent_lo(hints.parent.lo);
+  s->set_first_position(hints.first_position);
+  if (!hints.class_hints.empty()) {
+    std::string* h = s->mutable_class_hints();
+    for (PageClass c : hints.class_hints) h->push_back(static_cast<char>(c));
+  }
+  if (stats != nullptr) ToWire(*stats, s->mutable_stats());
+  return Submit(req, {});
+}
+
+absl::StatusOr<PageResults> Client::Wait(OpHandle op) {
+  absl::StatusOr<Received> r = Await(op);
+  if (!r.ok()) return r.status();
+  if (r->response.has_error()) return FromWire(r->response.error());
+  const wire::PageStatusReply& p = r->response.pages();
+  PageResults out;
+  for (int32_t c : p.codes()) out.codes.push_back(static_cast<absl::StatusCode>(c));
+  for (char c : p.tiers()) out.tiers.push_back(TierFromByte(c));
+  out.first_error = p.first_error();
+  out.ok_pages = p.ok_pages();
+  return out;
+}
+
+absl::Status Client::Report(absl::Span<const PageKey> keys, const AttentionBatch& stats) {
+  wire::Request req;
+  AppendKeyWords(keys, req.mutable_report()->mutable_key_words());
+  ToWire(stats, req.mutable_report()->mutable_stats());
+  return Call(req).status();
+}
+
+absl::Status Client::Pin(absl::Span<const PageKey> keys) {
+  wire::Request req;
+  AppendKeyWords(keys, req.mutable_pin()->mutable_key_words());
+  return Call(req).status();
+}
+
+absl::Status Client::Unpin(absl::Span<const PageKey> keys) {
+  wire::Request req;
+  AppendKeyWords(keys, req.mutable_unpin()->mutable_key_words());
+  return Call(req).status();
+}
+
+absl::StatusOr<uint32_t> Client::Release(absl::Span<const PageKey> keys) {
+  wire::Request req;
+  AppendKeyWords(keys, req.mutable_release()->mutable_key_words());
+  absl::StatusOr<wire::Response> r = Call(req);
+  if (!r.ok()) return r.status();
+  return r->count().pages();
+}
+
+absl::StatusOr<wire::StatusReply> Client::Status() {
+  wire::Request req;
+  req.mutable_status();
+  absl::StatusOr<wire::Response> r = Call(req);
+  if (!r.ok()) return r.status();
+  return r->status();
+}
+
+absl::StatusOr<wire::StatsReply> Client::Stats() {
+  wire::Request req;
+  req.mutable_stats();
+  absl::StatusOr<wire::Response> r = Call(req);
+  if (!r.ok()) return r.status();
+  return r->stats();
+}
+
+absl::Span<const std::byte> Client::DramSlot(uint32_t slot) const {
+  if (dram_pool_.data() == nullptr || slot >= dram_slots_) return {};
+  return {dram_pool_.data() + slot * dram_slot_bytes_, dram_slot_bytes_};
+}
+
+}  // namespace kvtier

@@ -1,0 +1,177 @@
+// kvtier::Client: the C++ library an inference worker links to talk to kvtierd.
+//
+// One Client is one connection (one session, one namespace). Every call is batched. Load and
+// Store are asynchronous: *Async submits and returns an OpHandle at once; Wait(handle) returns the
+// per-page outcome. Several operations may be in flight (up to the daemon's max_inflight_ops).
+//
+// Thread model: every method may be called from any thread. Sends are serialized by a mutex;
+// replies are read by whichever thread is waiting (no background thread, so a synchronous call is
+// one send and one receive on the caller's thread) and replies for other waiters are parked for
+// them.
+#pragma once
+
+#include <sys/mman.h>
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/types/span.h"
+#include "client/proto/kvtier.pb.h"
+#include "client/unique_fd.h"
+#include "tiering/layout.h"
+#include "tiering/page_key.h"
+#include "tiering/types.h"
+
+namespace kvtier {
+
+// A shared mapping of a file descriptor, unmapped in the destructor.
+class Mapping {
+ public:
+  Mapping() = default;
+  static absl::StatusOr<Mapping> Map(int fd, size_t bytes, bool writable);
+  ~Mapping() { Reset(); }
+  Mapping(Mapping&& o) noexcept;
+  Mapping& operator=(Mapping&& o) noexcept;
+  Mapping(const Mapping&) = delete;
+  Mapping& operator=(const Mapping&) = delete;
+  std::byte* data() const { return data_; }
+  size_t size() const { return size_; }
+
+ private:
+  void Reset();
+  std::byte* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+// The worker's KV buffers on a machine without a GPU: one memfd per layout buffer, sealed
+// against shrinking (the daemon refuses buffers that could shrink under its mapping) and mapped
+// here read-write.
+class WorkerBuffers {
+ public:
+  static absl::StatusOr<WorkerBuffers> Create(const Layout& layout);
+  size_t count() const { return fds_.size(); }
+  std::vector<int> fds() const;
+  std::vector<uint64_t> sizes() const;
+  std::byte* buffer(size_t i) const { return maps_[i].data(); }
+  // Copies a contiguous page image into / out of block `block_id`'s pieces.
+  absl::Status WriteBlock(const Layout& layout, uint32_t block_id,
+                          absl::Span<const std::byte> page) const;
+  absl::Status ReadBlock(const Layout& layout, uint32_t block_id, absl::Span<std::byte> page) const;
+
+ private:
+  std::vector<UniqueFd> fds_;
+  std::vector<Mapping> maps_;
+};
+
+// A flat (kPageContiguous) layout whose page is exactly `page_bytes` (a multiple of 64): what
+// tools and tests use when they only need pages of the daemon's size.
+absl::StatusOr<LayoutSpec> FlatLayoutFor(uint64_t page_bytes, uint32_t num_blocks);
+
+struct HelloInfo {
+  PageKey salt;  // chain keys from this (ChainKeys in tiering/page_key.h)
+  uint64_t page_bytes = 0;
+  std::string hbm_backend;
+  uint32_t max_inflight_ops = 0;
+  uint32_t max_pinned_pages = 0;
+  uint32_t max_batch_pages = 0;
+};
+
+struct LookupReply {
+  size_t prefix_pages = 0;
+  std::vector<Tier> tiers;           // per prefix page
+  std::vector<uint32_t> dram_slots;  // when requested: per prefix page, kNoSlot if not in DRAM
+  static constexpr uint32_t kNoSlot = 0xffffffffu;
+};
+
+// Per-page outcome of a Load or Store.
+struct PageResults {
+  std::vector<absl::StatusCode> codes;
+  std::vector<Tier> tiers;
+  std::string first_error;
+  uint32_t ok_pages = 0;
+};
+
+struct StoreHints {
+  PageKey parent;                      // parent of keys[0]; null at a sequence start
+  uint32_t first_position = 0;         // position of keys[0] within its sequence
+  std::vector<PageClass> class_hints;  // empty, or one per key: memory intent
+};
+
+struct AttentionBatch {  // empty, or one entry per key in each vector
+  std::vector<float> mass, breadth, value_norm, mass_entropy;
+};
+
+using OpHandle = uint64_t;
+
+class Client {
+ public:
+  // Connects to kvtierd; `socket_path` empty means kDefaultSocketPath.
+  static absl::StatusOr<std::unique_ptr<Client>> Connect(absl::string_view socket_path = "");
+  ~Client();
+
+  // The versioned handshake: names the namespace and the worker's layout. With want_dram_pool
+  // the daemon's DRAM pool is mapped read-only here (zero-copy reads, see ReadDramSlot).
+  absl::StatusOr<HelloInfo> Hello(absl::string_view namespace_name, const LayoutSpec& layout,
+                                  bool want_dram_pool = false, absl::string_view client_name = "");
+  absl::Status RegisterBuffers(absl::Span<const int> fds, absl::Span<const uint64_t> sizes);
+
+  absl::StatusOr<LookupReply> Lookup(absl::Span<const PageKey> keys, bool with_dram_slots = false);
+  absl::StatusOr<OpHandle> LoadAsync(absl::Span<const PageKey> keys,
+                                     absl::Span<const uint32_t> block_ids);
+  absl::StatusOr<OpHandle> StoreAsync(absl::Span<const PageKey> keys,
+                                      absl::Span<const uint32_t> block_ids,
+                                      const StoreHints& hints = {},
+                                      const AttentionBatch* stats = nullptr);
+  absl::StatusOr<PageResults> Wait(OpHandle op);
+  absl::Status Report(absl::Span<const PageKey> keys, const AttentionBatch& stats);
+  absl::Status Pin(absl::Span<const PageKey> keys);
+  absl::Status Unpin(absl::Span<const PageKey> keys);
+  // This session's pins on `keys` (all of them when empty) are dropped: the sequence is done.
+  absl::StatusOr<uint32_t> Release(absl::Span<const PageKey> keys = {});
+  absl::StatusOr<wire::StatusReply> Status();
+  absl::StatusOr<wire::StatsReply> Stats();
+
+  // The mapped DRAM pool (after Hello with want_dram_pool): bytes of `slot`, valid while the page
+  // is pinned. Empty span when not mapped or out of range.
+  absl::Span<const std::byte> DramSlot(uint32_t slot) const;
+
+  // Low level: sends any request (id assigned here) and waits for its response. For tools and
+  // tests that need to send what the typed calls never would.
+  absl::StatusOr<wire::Response> Call(wire::Request& request, absl::Span<const int> fds = {});
+  int socket_fd() const { return socket_.get(); }
+
+ private:
+  explicit Client(UniqueFd socket) : socket_(std::move(socket)) {}
+  absl::StatusOr<OpHandle> Submit(wire::Request& request, absl::Span<const int> fds);
+  struct Received {
+    wire::Response response;
+    std::vector<UniqueFd> fds;
+  };
+  absl::StatusOr<Received> Await(OpHandle id);
+
+  UniqueFd socket_;
+  std::atomic<uint64_t> next_id_{1};
+  absl::Mutex send_mu_;
+  std::string send_buffer_ ABSL_GUARDED_BY(send_mu_);
+  absl::Mutex recv_mu_ ABSL_ACQUIRED_AFTER(send_mu_);
+  std::string recv_buffer_ ABSL_GUARDED_BY(recv_mu_);
+  absl::flat_hash_map<uint64_t, Received> parked_ ABSL_GUARDED_BY(recv_mu_);
+  Mapping dram_pool_;
+  uint64_t dram_slot_bytes_ = 0;
+  uint32_t dram_slots_ = 0;
+};
+
+// Packs keys as the wire's (hi, lo) word pairs.
+void AppendKeyWords(absl::Span<const PageKey> keys,
+                    google::protobuf::RepeatedField<uint64_t>* words);
+
+}  // namespace kvtier

@@ -1,0 +1,61 @@
+/* kvtier C ABI: the client library for languages that bind C (Python ctypes, Rust, Go).
+ *
+ * Every function returns 0 on success or an absl::StatusCode value (> 0) on failure; the message
+ * of the last failure on a handle is kvtier_last_error(handle). Keys are 16-byte {hi, lo} pairs.
+ * A handle is one connection; calls on one handle may come from any thread.
+ * Load and store are asynchronous: *_submit returns an op id, kvtier_wait fills per-page codes. */
+#ifndef KVTIER_C_H_
+#define KVTIER_C_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct kvtier_client kvtier_client;
+typedef struct {
+  uint64_t hi, lo;
+} kvtier_key;
+typedef struct {
+  uint32_t layers, kv_heads, head_dim, dtype, tokens_per_page, tensor_layout, num_blocks;
+} kvtier_layout;
+
+/* socket_path NULL or "" means the default (kvtier-data/kvtierd.sock). NULL on failure;
+ * *error_code (if not NULL) gets the status code. */
+kvtier_client* kvtier_connect(const char* socket_path, int* error_code);
+void kvtier_close(kvtier_client* client);
+const char* kvtier_last_error(const kvtier_client* client);
+
+/* Handshake; salt_out (may be NULL) gets the namespace's key salt. */
+int kvtier_hello(kvtier_client* client, const char* namespace_name, const kvtier_layout* layout,
+                 kvtier_key* salt_out);
+/* Registers memfd buffers (sealed against shrinking) in layout order. */
+int kvtier_register_buffers(kvtier_client* client, const int* fds, const uint64_t* sizes,
+                            size_t count);
+/* Longest cached prefix of keys; tiers_out (may be NULL) holds count bytes (0 HBM, 1 DRAM, 2 NVMe).
+ */
+int kvtier_lookup(kvtier_client* client, const kvtier_key* keys, size_t count,
+                  size_t* prefix_pages_out, uint8_t* tiers_out);
+int kvtier_load_submit(kvtier_client* client, const kvtier_key* keys, const uint32_t* block_ids,
+                       size_t count, uint64_t* op_out);
+/* parent: the parent of keys[0] (NULL at a sequence start); class_hints NULL or count bytes. */
+int kvtier_store_submit(kvtier_client* client, const kvtier_key* keys, const uint32_t* block_ids,
+                        size_t count, const kvtier_key* parent, uint32_t first_position,
+                        const uint8_t* class_hints, uint64_t* op_out);
+/* Waits for an op; page_codes_out (may be NULL) holds one status code per page of the op. */
+int kvtier_wait(kvtier_client* client, uint64_t op, int32_t* page_codes_out, size_t capacity,
+                uint32_t* ok_pages_out);
+int kvtier_pin(kvtier_client* client, const kvtier_key* keys, size_t count);
+int kvtier_unpin(kvtier_client* client, const kvtier_key* keys, size_t count);
+int kvtier_release(kvtier_client* client, const kvtier_key* keys, size_t count);
+
+/* Chained page keys of the full blocks of tokens (DESIGN.md §2); returns the number written. */
+size_t kvtier_chain_keys(kvtier_key salt, const int32_t* tokens, size_t token_count,
+                         size_t tokens_per_page, kvtier_key* keys_out, size_t capacity);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* KVTIER_C_H_ */

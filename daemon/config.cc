@@ -1,0 +1,343 @@
+#include "daemon/config.h"
+
+#include <sys/un.h>
+
+#include <algorithm>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "yaml-cpp/yaml.h"
+
+namespace kvtier {
+namespace {
+
+constexpr char kDefaultYaml[] =
+    R"(# kvtierd embedded default: a non-root user, no GPU, run from any directory.
+data_dir: kvtier-data
+socket_path: kvtier-data/kvtierd.sock
+socket_mode: 0600
+store:
+  page_bytes: 65536
+  hbm_pages: 256
+  dram_pages: 1024
+  hbm_backend: auto
+namespaces:
+  - name: "*"
+    sink_slots: 16
+)";
+
+template <typename T>
+absl::Status Read(const YAML::Node& node, const std::string& key, T& out) {
+  try {
+    out = node.as<T>();
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(key, ": ", e.what()));
+  }
+  return absl::OkStatus();
+}
+
+// Visits every key of a map, failing on keys the callback does not know.
+template <typename Fn>
+absl::Status ForEachKey(const YAML::Node& map, const std::string& path, Fn fn) {
+  if (!map.IsMap()) return absl::InvalidArgumentError(absl::StrCat(path, ": expected a map"));
+  for (const auto& kv : map) {
+    const std::string key = kv.first.as<std::string>();
+    const std::string full = path.empty() ? key : absl::StrCat(path, ".", key);
+    absl::StatusOr<bool> known = fn(key, kv.second, full);
+    if (!known.ok()) return known.status();
+    if (!*known) return absl::InvalidArgumentError(absl::StrCat(full, ": unknown key"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ReadMode(const YAML::Node& node, const std::string& key, uint32_t& out) {
+  // Modes are written in octal (0600); YAML 1.2 reads "0600" as decimal 600, so parse by hand.
+  std::string text;
+  if (absl::Status s = Read(node, key, text); !s.ok()) return s;
+  try {
+    size_t used = 0;
+    out = static_cast<uint32_t>(std::stoul(text, &used, 8));
+    if (used != text.size()) throw std::invalid_argument("trailing");
+  } catch (const std::exception&) {
+    return absl::InvalidArgumentError(absl::StrCat(key, ": '", text, "' is not an octal mode"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ReadLayout(const YAML::Node& node, const std::string& path, LayoutSpec& out) {
+  return ForEachKey(node, path,
+                    [&](const std::string& k, const YAML::Node& v,
+                        const std::string& full) -> absl::StatusOr<bool> {
+                      uint32_t x = 0;
+                      if (absl::Status s = Read(v, full, x); !s.ok()) return s;
+                      if (k == "layers")
+                        out.layers = x;
+                      else if (k == "kv_heads")
+                        out.kv_heads = x;
+                      else if (k == "head_dim")
+                        out.head_dim = x;
+                      else if (k == "dtype")
+                        out.dtype = static_cast<DType>(x);
+                      else if (k == "tokens_per_page")
+                        out.tokens_per_page = x;
+                      else if (k == "tensor_layout")
+                        out.tensor_layout = static_cast<TensorLayout>(x);
+                      else
+                        return false;
+                      return true;
+                    });
+}
+
+}  // namespace
+
+absl::string_view EmbeddedDefaultConfigYaml() { return kDefaultYaml; }
+
+absl::Status ApplyConfigYaml(absl::string_view yaml, DaemonConfig& c) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(std::string(yaml));
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("config: ", e.what()));
+  }
+  if (root.IsNull()) return absl::OkStatus();
+  return ForEachKey(
+      root, "",
+      [&](const std::string& k, const YAML::Node& v,
+          const std::string& full) -> absl::StatusOr<bool> {
+        if (k == "data_dir") {
+          if (absl::Status s = Read(v, full, c.data_dir); !s.ok()) return s;
+          return true;
+        }
+        if (k == "socket_path") {
+          if (absl::Status s = Read(v, full, c.socket_path); !s.ok()) return s;
+          return true;
+        }
+        if (k == "socket_mode") {
+          if (absl::Status s = ReadMode(v, full, c.socket_mode); !s.ok()) return s;
+          return true;
+        }
+        if (k == "admin_uids") {
+          if (absl::Status s = Read(v, full, c.admin_uids); !s.ok()) return s;
+          return true;
+        }
+        if (k == "store") {
+          absl::Status s = ForEachKey(v, full,
+                                      [&](const std::string& sk, const YAML::Node& sv,
+                                          const std::string& sf) -> absl::StatusOr<bool> {
+                                        absl::Status r;
+                                        if (sk == "page_bytes")
+                                          r = Read(sv, sf, c.store.page_bytes);
+                                        else if (sk == "hbm_pages")
+                                          r = Read(sv, sf, c.store.hbm_pages);
+                                        else if (sk == "dram_pages")
+                                          r = Read(sv, sf, c.store.dram_pages);
+                                        else if (sk == "hbm_backend")
+                                          r = Read(sv, sf, c.store.hbm_backend);
+                                        else if (sk == "sink_tokens")
+                                          r = Read(sv, sf, c.store.sink_tokens);
+                                        else if (sk == "tokens_per_page")
+                                          r = Read(sv, sf, c.store.tokens_per_page);
+                                        else if (sk == "maintain_interval_ms")
+                                          r = Read(sv, sf, c.store.maintain_interval_ms);
+                                        else
+                                          return false;
+                                        if (!r.ok()) return r;
+                                        return true;
+                                      });
+          if (!s.ok()) return s;
+          return true;
+        }
+        if (k == "nvme") {
+          absl::Status s = ForEachKey(v, full,
+                                      [&](const std::string& sk, const YAML::Node& sv,
+                                          const std::string& sf) -> absl::StatusOr<bool> {
+                                        absl::Status r;
+                                        if (sk == "directories")
+                                          r = Read(sv, sf, c.nvme.directories);
+                                        else if (sk == "capacity_bytes")
+                                          r = Read(sv, sf, c.nvme.capacity_bytes);
+                                        else
+                                          return false;
+                                        if (!r.ok()) return r;
+                                        return true;
+                                      });
+          if (!s.ok()) return s;
+          return true;
+        }
+        if (k == "limits") {
+          LimitsConfig& l = c.limits;
+          absl::Status s = ForEachKey(v, full,
+                                      [&](const std::string& sk, const YAML::Node& sv,
+                                          const std::string& sf) -> absl::StatusOr<bool> {
+                                        absl::Status r;
+                                        if (sk == "max_message_bytes")
+                                          r = Read(sv, sf, l.max_message_bytes);
+                                        else if (sk == "max_batch_pages")
+                                          r = Read(sv, sf, l.max_batch_pages);
+                                        else if (sk == "max_inflight_ops")
+                                          r = Read(sv, sf, l.max_inflight_ops);
+                                        else if (sk == "max_pinned_pages")
+                                          r = Read(sv, sf, l.max_pinned_pages);
+                                        else if (sk == "max_buffers")
+                                          r = Read(sv, sf, l.max_buffers);
+                                        else if (sk == "max_consecutive_errors")
+                                          r = Read(sv, sf, l.max_consecutive_errors);
+                                        else if (sk == "io_threads")
+                                          r = Read(sv, sf, l.io_threads);
+                                        else if (sk == "max_connections")
+                                          r = Read(sv, sf, l.max_connections);
+                                        else
+                                          return false;
+                                        if (!r.ok()) return r;
+                                        return true;
+                                      });
+          if (!s.ok()) return s;
+          return true;
+        }
+        if (k == "namespaces") {
+          if (!v.IsSequence())
+            return absl::InvalidArgumentError(absl::StrCat(full, ": expected a list"));
+          c.namespaces.clear();
+          for (size_t i = 0; i < v.size(); ++i) {
+            NamespaceRule rule;
+            const std::string path = absl::StrCat(full, "[", i, "]");
+            absl::Status s = ForEachKey(v[i], path,
+                                        [&](const std::string& nk, const YAML::Node& nv,
+                                            const std::string& nf) -> absl::StatusOr<bool> {
+                                          absl::Status r;
+                                          if (nk == "name")
+                                            r = Read(nv, nf, rule.name);
+                                          else if (nk == "uids")
+                                            r = Read(nv, nf, rule.uids);
+                                          else if (nk == "gids")
+                                            r = Read(nv, nf, rule.gids);
+                                          else if (nk == "sink_slots")
+                                            r = Read(nv, nf, rule.sink_slots);
+                                          else if (nk == "layout") {
+                                            LayoutSpec spec;
+                                            r = ReadLayout(nv, nf, spec);
+                                            rule.layout = spec;
+                                          } else
+                                            return false;
+                                          if (!r.ok()) return r;
+                                          return true;
+                                        });
+            if (!s.ok()) return s;
+            c.namespaces.push_back(std::move(rule));
+          }
+          return true;
+        }
+        return false;
+      });
+}
+
+absl::Status ValidateConfig(const DaemonConfig& c) {
+  auto bad = [](absl::string_view key, auto... why) {
+    return absl::InvalidArgumentError(absl::StrCat(key, ": ", why...));
+  };
+  if (c.data_dir.empty()) return bad("data_dir", "must not be empty");
+  if (c.socket_path.empty()) return bad("socket_path", "must not be empty");
+  if (c.socket_path.size() >= sizeof(sockaddr_un{}.sun_path)) {
+    return bad("socket_path", "'", c.socket_path, "' is ", c.socket_path.size(), " bytes, at most ",
+               sizeof(sockaddr_un{}.sun_path) - 1);
+  }
+  if (c.socket_mode > 0777) return bad("socket_mode", "must be a permission mode <= 0777");
+  if (c.store.page_bytes == 0) return bad("store.page_bytes", "must be > 0");
+  if (c.store.hbm_pages == 0 && c.store.dram_pages == 0) {
+    return bad("store.dram_pages", "no tier has slots (store.hbm_pages is 0 too)");
+  }
+  if (c.store.dram_pages == 0) {
+    return bad("store.dram_pages", "must be > 0: the DRAM pool is what workers map");
+  }
+  if (!ParseHbmBackend(c.store.hbm_backend).ok()) {
+    return bad("store.hbm_backend", "'", c.store.hbm_backend,
+               "' is not auto, cuda or host-emulated");
+  }
+  if (c.store.tokens_per_page == 0) return bad("store.tokens_per_page", "must be > 0");
+  if (c.store.maintain_interval_ms == 0) return bad("store.maintain_interval_ms", "must be > 0");
+  if (c.nvme.enabled() && c.nvme.capacity_bytes < c.store.page_bytes) {
+    return bad("nvme.capacity_bytes", c.nvme.capacity_bytes, " holds no page of ",
+               c.store.page_bytes, " bytes");
+  }
+  if (!c.nvme.enabled() && c.nvme.capacity_bytes != 0) {
+    return bad("nvme.directories", "empty while nvme.capacity_bytes is set");
+  }
+  const LimitsConfig& l = c.limits;
+  if (l.max_message_bytes < 4096 || l.max_message_bytes > (64u << 20)) {
+    return bad("limits.max_message_bytes", l.max_message_bytes, " is outside [4096, 64 MiB]");
+  }
+  if (l.max_batch_pages == 0) return bad("limits.max_batch_pages", "must be > 0");
+  if (l.max_inflight_ops == 0) return bad("limits.max_inflight_ops", "must be > 0");
+  if (l.max_buffers == 0) return bad("limits.max_buffers", "must be > 0");
+  if (l.max_consecutive_errors == 0) return bad("limits.max_consecutive_errors", "must be > 0");
+  if (l.io_threads == 0 || l.io_threads > 256)
+    return bad("limits.io_threads", "must be in [1, 256]");
+  if (l.max_connections == 0) return bad("limits.max_connections", "must be > 0");
+  if (c.namespaces.empty()) return bad("namespaces", "no namespace rule: nobody could connect");
+  uint64_t sinks = 0;
+  for (size_t i = 0; i < c.namespaces.size(); ++i) {
+    const NamespaceRule& r = c.namespaces[i];
+    const std::string key = absl::StrCat("namespaces[", i, "]");
+    if (r.name.empty()) return bad(key + ".name", "must not be empty");
+    if (r.name.find('*') != std::string::npos && r.name.back() != '*') {
+      return bad(key + ".name", "'*' may only end a name");
+    }
+    sinks += r.sink_slots;
+    if (r.layout.has_value()) {
+      LayoutSpec spec = *r.layout;
+      spec.num_blocks = 1;
+      absl::StatusOr<Layout> layout = Layout::Create(spec);
+      if (!layout.ok()) return bad(key + ".layout", layout.status().message());
+      if (layout->page_bytes() != c.store.page_bytes) {
+        return bad(key + ".layout", "pages of ", layout->page_bytes(),
+                   " bytes, but store.page_bytes is ", c.store.page_bytes);
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+const NamespaceRule* FindRule(const DaemonConfig& c, absl::string_view name) {
+  for (const NamespaceRule& r : c.namespaces) {
+    if (r.name.back() == '*') {
+      if (absl::StartsWith(name, absl::string_view(r.name).substr(0, r.name.size() - 1))) return &r;
+    } else if (r.name == name) {
+      return &r;
+    }
+  }
+  return nullptr;
+}
+
+bool Allowed(const NamespaceRule& rule, uid_t uid, gid_t gid, uid_t owner_uid) {
+  if (rule.uids.empty() && rule.gids.empty()) return uid == owner_uid;
+  return std::find(rule.uids.begin(), rule.uids.end(), uid) != rule.uids.end() ||
+         std::find(rule.gids.begin(), rule.gids.end(), gid) != rule.gids.end();
+}
+
+std::string ConfigToYaml(const DaemonConfig& c) {
+  YAML::Emitter out;
+  out << YAML::BeginMap;
+  out << YAML::Key << "data_dir" << YAML::Value << c.data_dir;
+  out << YAML::Key << "socket_path" << YAML::Value << c.socket_path;
+  char mode[8];
+  std::snprintf(mode, sizeof(mode), "0%o", c.socket_mode);
+  out << YAML::Key << "socket_mode" << YAML::Value << mode;
+  out << YAML::Key << "store" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "page_bytes" << YAML::Value << c.store.page_bytes;
+  out << YAML::Key << "hbm_pages" << YAML::Value << c.store.hbm_pages;
+  out << YAML::Key << "dram_pages" << YAML::Value << c.store.dram_pages;
+  out << YAML::Key << "hbm_backend" << YAML::Value << c.store.hbm_backend;
+  out << YAML::EndMap;
+  out << YAML::Key << "namespaces" << YAML::Value << YAML::BeginSeq;
+  for (const NamespaceRule& r : c.namespaces) {
+    out << YAML::BeginMap << YAML::Key << "name" << YAML::Value << r.name;
+    out << YAML::Key << "sink_slots" << YAML::Value << r.sink_slots;
+    if (!r.uids.empty()) out << YAML::Key << "uids" << YAML::Value << YAML::Flow << r.uids;
+    if (!r.gids.empty()) out << YAML::Key << "gids" << YAML::Value << YAML::Flow << r.gids;
+    out << YAML::EndMap;
+  }
+  out << YAML::EndSeq << YAML::EndMap;
+  return out.c_str();
+}
+
+}  // namespace kvtier

@@ -1,0 +1,89 @@
+// kvtierd's options: one struct per section, every field with its default and why, loaded from
+// YAML (the embedded default, then a --config file over it, then flags) and validated once at
+// start. Errors name the key ("store.page_bytes: ...").
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "tiering/layout.h"
+#include "tiering/memory_region.h"
+
+namespace kvtier {
+
+struct StoreConfig {
+  // Bytes of every page; each namespace's layout must produce exactly this. Default 64 KiB (a
+  // laptop-sized stand-in for Llama-3-8B's 2 MiB).
+  uint64_t page_bytes = 64 * 1024;
+  uint32_t hbm_pages = 256;          // HBM slots (host-emulated without a GPU); 0 leaves HBM out
+  uint32_t dram_pages = 1024;        // DRAM slots (the memfd shared with workers)
+  std::string hbm_backend = "auto";  // auto, cuda or host-emulated
+  uint32_t sink_tokens = 4;          // StreamingLLM sinks: the first tokens of a sequence
+  uint32_t tokens_per_page = 16;
+  uint32_t maintain_interval_ms = 100;  // planner pass period
+};
+
+// The NVMe tier: preallocated files under `directories`. Absent (no directories) by default.
+struct NvmeConfig {
+  std::vector<std::string> directories;
+  uint64_t capacity_bytes = 0;  // total over all directories
+  bool enabled() const { return !directories.empty(); }
+};
+
+struct LimitsConfig {
+  // Largest datagram accepted; larger ones get an error reply. Default 1 MiB (4096 keys of a
+  // Store with hints and stats fit in ~200 KiB).
+  uint32_t max_message_bytes = 1 << 20;
+  uint32_t max_batch_pages = 4096;    // keys in one request
+  uint32_t max_inflight_ops = 64;     // Load/Store submitted but not yet answered, per connection
+  uint32_t max_pinned_pages = 65536;  // pins held by one connection
+  uint32_t max_buffers = 1024;        // registered KV buffers per connection
+  // Consecutive bad requests after which a connection is no longer trusted and is closed.
+  uint32_t max_consecutive_errors = 16;
+  uint32_t io_threads = 2;  // threads that run Load and Store copies
+  uint32_t max_connections = 256;
+};
+
+// Who may use a namespace. `name` is exact, or a prefix ending in '*' ("*" matches all). Empty
+// uids and gids mean "the daemon's own uid only".
+struct NamespaceRule {
+  std::string name;
+  std::vector<uid_t> uids;
+  std::vector<gid_t> gids;
+  uint32_t sink_slots = 16;  // reserved HBM slots for this namespace's sinks
+  std::optional<LayoutSpec>
+      layout;  // when set, workers must present exactly this (num_blocks aside)
+};
+
+struct DaemonConfig {
+  std::string data_dir = "kvtier-data";  // created 0700 when missing
+  std::string socket_path = "kvtier-data/kvtierd.sock";
+  uint32_t socket_mode = 0600;    // who may connect at all; SO_PEERCRED rules decide the rest
+  std::vector<uid_t> admin_uids;  // may call Status/Stats; empty: the daemon's own uid
+  StoreConfig store;
+  NvmeConfig nvme;
+  LimitsConfig limits;
+  std::vector<NamespaceRule> namespaces;
+};
+
+// The embedded default: works for a non-root user with no GPU, from the current directory.
+absl::string_view EmbeddedDefaultConfigYaml();
+
+// Applies `yaml` over `config` (keys absent in yaml keep their value). Unknown keys are errors.
+absl::Status ApplyConfigYaml(absl::string_view yaml, DaemonConfig& config);
+// Checks every value; the error names the key.
+absl::Status ValidateConfig(const DaemonConfig& config);
+// Which rule governs `name`, if any (the first match in file order).
+const NamespaceRule* FindRule(const DaemonConfig& config, absl::string_view name);
+// Whether `uid`/`gid` may use `rule` (owner_uid: the daemon's uid).
+bool Allowed(const NamespaceRule& rule, uid_t uid, gid_t gid, uid_t owner_uid);
+std::string ConfigToYaml(const DaemonConfig& config);
+
+}  // namespace kvtier

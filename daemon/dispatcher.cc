@@ -1,0 +1,688 @@
+#include "daemon/dispatcher.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "client/defaults.h"
+#include "tiering/clock.h"
+
+namespace kvtier {
+namespace {
+
+constexpr size_t kMaxNamespaceNameBytes = 256;
+
+std::string SpecString(const LayoutSpec& s) {
+  return absl::StrCat("{layers ", s.layers, ", kv_heads ", s.kv_heads, ", head_dim ", s.head_dim,
+                      ", dtype ", static_cast<int>(s.dtype), ", tokens_per_page ",
+                      s.tokens_per_page, ", tensor_layout ", static_cast<int>(s.tensor_layout),
+                      "}");
+}
+
+bool SameShape(LayoutSpec a, LayoutSpec b) {
+  a.num_blocks = b.num_blocks = 0;  // each worker has its own block count
+  return a == b;
+}
+
+const char* BodyName(wire::Request::BodyCase c) {
+  switch (c) {
+    case wire::Request::kHello:
+      return "Hello";
+    case wire::Request::kRegisterBuffers:
+      return "RegisterBuffers";
+    case wire::Request::kLookup:
+      return "Lookup";
+    case wire::Request::kLoad:
+      return "Load";
+    case wire::Request::kStore:
+      return "Store";
+    case wire::Request::kReport:
+      return "Report";
+    case wire::Request::kPin:
+      return "Pin";
+    case wire::Request::kUnpin:
+      return "Unpin";
+    case wire::Request::kRelease:
+      return "Release";
+    case wire::Request::kStatus:
+      return "Status";
+    case wire::Request::kStats:
+      return "Stats";
+    case wire::Request::BODY_NOT_SET:
+      break;
+  }
+  return "(none)";
+}
+
+void SetError(wire::Response& resp, const absl::Status& s) {
+  resp.clear_body();
+  resp.mutable_error()->set_code(static_cast<int32_t>(s.code()));
+  resp.mutable_error()->set_message(std::string(s.message()));
+}
+
+void FillTier(const TieredStore& store, Tier t, wire::TierStatus& out) {
+  const TierUsage u = store.Usage(t);
+  const StoreCounters c = store.Counters();
+  out.set_tier(std::string(TierName(t)));
+  out.set_backend(u.backend);
+  out.set_capacity_slots(u.capacity_slots);
+  out.set_used_slots(u.used_slots);
+  out.set_sink_reserved_slots(u.sink_reserved_slots);
+  out.set_sink_used_slots(u.sink_used_slots);
+  out.set_hits(c.hits[TierIndex(t)]);
+  uint64_t ev = 0;
+  for (uint64_t e : c.evictions[TierIndex(t)]) ev += e;
+  out.set_evictions(ev);
+}
+
+// Checks the per-page attention arrays: absent, or one value per key.
+absl::Status CheckStats(const wire::AttentionStats& st, size_t n) {
+  for (int size :
+       {st.mass_size(), st.breadth_size(), st.value_norm_size(), st.mass_entropy_size()}) {
+    if (size != 0 && static_cast<size_t>(size) != n) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("attention stats hold ", size, " values for ", n, " pages"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+AttentionSample SampleAt(const wire::AttentionStats& st, int i) {
+  AttentionSample a;
+  if (st.mass_size() > i) a.mass = st.mass(i);
+  if (st.breadth_size() > i) a.breadth = st.breadth(i);
+  if (st.value_norm_size() > i) a.value_norm = st.value_norm(i);
+  if (st.mass_entropy_size() > i) a.mass_entropy = st.mass_entropy(i);
+  return a;
+}
+
+bool HasStats(const wire::AttentionStats& st) {
+  return st.mass_size() + st.breadth_size() + st.value_norm_size() + st.mass_entropy_size() > 0;
+}
+
+}  // namespace
+
+Dispatcher::Dispatcher(const DaemonConfig& config, TieredStore& store, DaemonCounters& counters,
+                       Executor executor, uid_t owner_uid, uint64_t start_ns)
+    : config_(config),
+      store_(store),
+      counters_(counters),
+      executor_(std::move(executor)),
+      owner_uid_(owner_uid),
+      start_ns_(start_ns) {}
+
+Dispatcher::Verdict Dispatcher::Handle(const std::shared_ptr<Session>& session, Incoming in) {
+  Session& s = *session;
+  // Reused per connection thread: parsing into a cleared message keeps its allocations.
+  thread_local wire::Request req;
+  thread_local wire::Response resp;
+  resp.Clear();
+  auto reject = [&](const absl::Status& status, bool close) {
+    counters_.bad_requests.fetch_add(1, std::memory_order_relaxed);
+    SetError(resp, status);
+    s.Send(resp);
+    if (close || ++s.consecutive_errors >= config_.limits.max_consecutive_errors) {
+      counters_.closed_untrusted.fetch_add(1, std::memory_order_relaxed);
+      return Verdict::kClose;
+    }
+    return Verdict::kKeep;
+  };
+  if (in.fds_truncated) {
+    // Descriptors were dropped in transit: what the peer thinks it registered is unknowable.
+    return reject(absl::DataLossError("file descriptors were truncated in transit (more than "
+                                      "253 in one message?); closing the connection"),
+                  true);
+  }
+  if (in.truncated) {
+    return reject(absl::ResourceExhaustedError(absl::StrCat(
+                      "message of ", in.size, " bytes exceeds limits.max_message_bytes (",
+                      config_.limits.max_message_bytes, ")")),
+                  false);
+  }
+  req.Clear();
+  if (!req.ParseFromArray(in.bytes.data(), static_cast<int>(in.bytes.size()))) {
+    return reject(absl::InvalidArgumentError(absl::StrCat("message of ", in.bytes.size(),
+                                                          " bytes does not parse as a kvtier.wire "
+                                                          "Request")),
+                  false);
+  }
+  resp.set_id(req.id());
+  if (!in.fds.empty() && req.body_case() != wire::Request::kRegisterBuffers &&
+      req.body_case() != wire::Request::kHello) {
+    return reject(absl::InvalidArgumentError(absl::StrCat(
+                      in.fds.size(), " file descriptors attached to a ", BodyName(req.body_case()),
+                      " request; only RegisterBuffers carries descriptors")),
+                  false);
+  }
+  UniqueFd attach;
+  Outcome out = Dispatch(session, req, in.fds, resp, attach);
+  if (!out.status.ok()) return reject(out.status, out.close);
+  s.consecutive_errors = 0;
+  if (out.fd == -2) return Verdict::kKeep;  // answered asynchronously
+  s.Send(resp, attach.get());
+  return Verdict::kKeep;
+}
+
+Dispatcher::Outcome Dispatcher::Dispatch(const std::shared_ptr<Session>& session,
+                                         const wire::Request& req, std::vector<UniqueFd>& fds,
+                                         wire::Response& resp, UniqueFd& attach) {
+  Session& s = *session;
+  const auto body = req.body_case();
+  if (body == wire::Request::kHello)
+    return HandleHello(s, req.hello(), *resp.mutable_hello(), attach);
+  if (body == wire::Request::kStatus || body == wire::Request::kStats) {
+    if (!IsAdmin(s)) {
+      counters_.auth_refused.fetch_add(1, std::memory_order_relaxed);
+      return {absl::PermissionDeniedError(
+                  absl::StrCat("uid ", s.peer().uid, " may not read daemon status (admin_uids)")),
+              false};
+    }
+    if (body == wire::Request::kStatus) {
+      FillStatus(*resp.mutable_status());
+    } else {
+      FillStats(*resp.mutable_stats());
+    }
+    return {};
+  }
+  if (body == wire::Request::BODY_NOT_SET) {
+    return {absl::InvalidArgumentError("request carries no operation (missing or unknown body)")};
+  }
+  if (!s.hello_done) {
+    return {absl::FailedPreconditionError(
+        absl::StrCat(BodyName(body), " before Hello: the first request must be the handshake"))};
+  }
+  switch (body) {
+    case wire::Request::kRegisterBuffers:
+      return {HandleRegister(s, req.register_buffers(), fds, *resp.mutable_register_buffers())};
+    case wire::Request::kLookup:
+      return {HandleLookup(s, req.lookup(), *resp.mutable_lookup())};
+    case wire::Request::kLoad:
+    case wire::Request::kStore: {
+      absl::Status st = SubmitLoadStore(session, req);
+      if (!st.ok()) return {st};
+      return {absl::OkStatus(), false, -2};
+    }
+    case wire::Request::kReport:
+      return {HandleReport(s, req.report(), *resp.mutable_count())};
+    case wire::Request::kPin: {
+      absl::Status st = HandlePin(s, req.pin());
+      resp.mutable_count()->set_pages(static_cast<uint32_t>(req.pin().key_words_size() / 2));
+      return {st};
+    }
+    case wire::Request::kUnpin: {
+      absl::Status st = HandleUnpin(s, req.unpin());
+      resp.mutable_count()->set_pages(static_cast<uint32_t>(req.unpin().key_words_size() / 2));
+      return {st};
+    }
+    case wire::Request::kRelease:
+      return {HandleRelease(s, req.release(), *resp.mutable_count())};
+    default:
+      return {absl::InternalError("unreachable request kind")};
+  }
+}
+
+bool Dispatcher::IsAdmin(const Session& s) const {
+  if (config_.admin_uids.empty()) return s.peer().uid == owner_uid_;
+  return std::find(config_.admin_uids.begin(), config_.admin_uids.end(), s.peer().uid) !=
+         config_.admin_uids.end();
+}
+
+Dispatcher::Outcome Dispatcher::HandleHello(Session& s, const wire::Hello& h, wire::HelloReply& out,
+                                            UniqueFd& attach) {
+  if (h.protocol_version() != kProtocolVersion) {
+    return {absl::FailedPreconditionError(absl::StrCat("protocol version ", h.protocol_version(),
+                                                       " is not supported; this kvtierd speaks "
+                                                       "version ",
+                                                       kProtocolVersion)),
+            true};
+  }
+  if (s.hello_done) {
+    return {absl::FailedPreconditionError(
+        absl::StrCat("Hello already done on this connection (namespace '", s.namespace_name,
+                     "'); open another connection for another namespace"))};
+  }
+  const std::string& name = h.namespace_name();
+  if (name.empty() || name.size() > kMaxNamespaceNameBytes) {
+    return {absl::InvalidArgumentError(absl::StrCat(
+        "namespace name of ", name.size(), " bytes; must be 1..", kMaxNamespaceNameBytes))};
+  }
+  const NamespaceRule* rule = FindRule(config_, name);
+  if (rule == nullptr || !Allowed(*rule, s.peer().uid, s.peer().gid, owner_uid_)) {
+    counters_.auth_refused.fetch_add(1, std::memory_order_relaxed);
+    return {absl::PermissionDeniedError(absl::StrCat(
+                "uid ", s.peer().uid, " gid ", s.peer().gid, " may not use namespace '", name, "'",
+                rule == nullptr ? " (no namespace rule matches it)" : "")),
+            true};
+  }
+  LayoutSpec spec;
+  spec.layers = h.layout().layers();
+  spec.kv_heads = h.layout().kv_heads();
+  spec.head_dim = h.layout().head_dim();
+  if (h.layout().dtype() > static_cast<uint32_t>(DType::kFP8) ||
+      h.layout().tensor_layout() > static_cast<uint32_t>(TensorLayout::kPageContiguous)) {
+    return {absl::InvalidArgumentError(absl::StrCat("layout dtype ", h.layout().dtype(),
+                                                    " or tensor_layout ",
+                                                    h.layout().tensor_layout(), " is unknown"))};
+  }
+  spec.dtype = static_cast<DType>(h.layout().dtype());
+  spec.tokens_per_page = h.layout().tokens_per_page();
+  spec.tensor_layout = static_cast<TensorLayout>(h.layout().tensor_layout());
+  spec.num_blocks = h.layout().num_blocks();
+  absl::StatusOr<Layout> layout = Layout::Create(spec);
+  if (!layout.ok()) {
+    return {absl::InvalidArgumentError(absl::StrCat("layout: ", layout.status().message()))};
+  }
+  if (layout->page_bytes() != store_.page_bytes()) {
+    return {absl::InvalidArgumentError(absl::StrCat(
+        "layout ", SpecString(spec), " makes pages of ", layout->page_bytes(),
+        " bytes; this kvtierd stores pages of ", store_.page_bytes(), " (store.page_bytes)"))};
+  }
+  if (rule->layout.has_value() && !SameShape(*rule->layout, spec)) {
+    return {absl::InvalidArgumentError(absl::StrCat("layout ", SpecString(spec),
+                                                    " does not match namespace '", name,
+                                                    "' layout ", SpecString(*rule->layout)))};
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    auto [it, inserted] = namespace_layouts_.try_emplace(name, spec);
+    if (!inserted && !SameShape(it->second, spec)) {
+      return {absl::InvalidArgumentError(
+          absl::StrCat("layout ", SpecString(spec), " does not match namespace '", name,
+                       "' layout ", SpecString(it->second), " presented by its first worker"))};
+    }
+  }
+  absl::StatusOr<NamespaceId> ns = store_.AddNamespace(name, rule->sink_slots);
+  if (!ns.ok()) return {ns.status()};
+  absl::StatusOr<PageKey> salt = store_.NamespaceSaltOf(*ns);
+  if (!salt.ok()) return {salt.status()};
+  if (h.want_dram_pool()) {
+    const TieredStore::SharedPool pool = store_.dram_pool();
+    if (pool.fd >= 0) {
+      // A read-only descriptor of the same memfd: a worker may map the pool but never write it.
+      attach.Reset(::open(absl::StrCat("/proc/self/fd/", pool.fd).c_str(), O_RDONLY | O_CLOEXEC));
+      if (!attach.valid()) {
+        return {absl::InternalError(
+            absl::StrCat("reopening the DRAM pool read-only: ", std::strerror(errno)))};
+      }
+      out.set_dram_pool_slots(pool.slots);
+      out.set_dram_slot_bytes(pool.slot_bytes);
+    }
+  }
+  s.hello_done = true;
+  s.ns = *ns;
+  s.namespace_name = name;
+  s.layout = *std::move(layout);
+  out.set_protocol_version(kProtocolVersion);
+  out.set_salt_hi(salt->hi);
+  out.set_salt_lo(salt->lo);
+  out.set_page_bytes(store_.page_bytes());
+  out.set_hbm_backend(std::string(store_.hbm_backend()));
+  const LimitsConfig& l = config_.limits;
+  out.set_max_message_bytes(l.max_message_bytes);
+  out.set_max_inflight_ops(l.max_inflight_ops);
+  out.set_max_pinned_pages(l.max_pinned_pages);
+  out.set_max_batch_pages(l.max_batch_pages);
+  return {absl::OkStatus(), false, attach.get()};
+}
+
+absl::Status Dispatcher::HandleRegister(Session& s, const wire::RegisterBuffers& r,
+                                        std::vector<UniqueFd>& fds,
+                                        wire::RegisterBuffersReply& out) {
+  if (r.cuda_ipc_handles_size() > 0) {
+    return absl::UnimplementedError(absl::StrCat(
+        "cuda_ipc_handles: opening CUDA IPC buffers is not implemented in this kvtierd (HBM "
+        "backend '",
+        store_.hbm_backend(), "'); register memfd buffers"));
+  }
+  const Layout& layout = *s.layout;
+  const size_t want = layout.buffer_count();
+  if (fds.size() != want || static_cast<size_t>(r.sizes_size()) != want) {
+    return absl::InvalidArgumentError(absl::StrCat("RegisterBuffers carries ", fds.size(),
+                                                   " descriptors and ", r.sizes_size(),
+                                                   " sizes; the layout needs ", want, " buffers"));
+  }
+  if (want > config_.limits.max_buffers) {
+    return absl::ResourceExhaustedError(absl::StrCat(want, " buffers exceed limits.max_buffers (",
+                                                     config_.limits.max_buffers, ")"));
+  }
+  std::vector<Mapping> maps;
+  maps.reserve(want);
+  for (size_t i = 0; i < want; ++i) {
+    const uint64_t size = r.sizes(static_cast<int>(i));
+    if (size < layout.buffer_bytes()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "buffer ", i, " of ", size, " bytes; the layout needs ", layout.buffer_bytes()));
+    }
+    struct stat st {};
+    if (::fstat(fds[i].get(), &st) != 0 || !S_ISREG(st.st_mode)) {
+      return absl::InvalidArgumentError(absl::StrCat("buffer ", i, " is not a memfd"));
+    }
+    if (static_cast<uint64_t>(st.st_size) < size) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("buffer ", i, " claims ", size, " bytes but its memfd holds ", st.st_size));
+    }
+    // A buffer that could shrink would fault the daemon (SIGBUS) in the middle of a copy.
+    const int seals = ::fcntl(fds[i].get(), F_GET_SEALS);
+    if (seals < 0 || (seals & F_SEAL_SHRINK) == 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("buffer ", i, " is not sealed against shrinking (F_SEAL_SHRINK)"));
+    }
+    absl::StatusOr<Mapping> m = Mapping::Map(fds[i].get(), size, /*writable=*/true);
+    if (!m.ok()) return m.status();
+    maps.push_back(*std::move(m));
+  }
+  s.buffers = std::make_shared<const BufferSet>(std::move(maps), &counters_);
+  out.set_buffers(static_cast<uint32_t>(want));
+  return absl::OkStatus();
+}
+
+absl::Status Dispatcher::Keys(const google::protobuf::RepeatedField<uint64_t>& words,
+                              std::vector<PageKey>& out) const {
+  if (words.size() % 2 != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("key_words holds ", words.size(), " words; keys are (hi, lo) pairs"));
+  }
+  const size_t n = static_cast<size_t>(words.size()) / 2;
+  if (n > config_.limits.max_batch_pages) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat(n, " keys in one request exceed limits.max_batch_pages (",
+                     config_.limits.max_batch_pages, ")"));
+  }
+  out.resize(n);
+  for (size_t i = 0; i < n; ++i) out[i] = PageKey{words[2 * i], words[2 * i + 1]};
+  return absl::OkStatus();
+}
+
+absl::Status Dispatcher::HandleLookup(Session& s, const wire::Lookup& r, wire::LookupReply& out) {
+  thread_local std::vector<PageKey> keys;
+  if (absl::Status st = Keys(r.key_words(), keys); !st.ok()) return st;
+  counters_.lookups.fetch_add(1, std::memory_order_relaxed);
+  const LookupResult found = store_.LookupPrefix(s.ns, keys);
+  out.set_prefix_pages(static_cast<uint32_t>(found.prefix_pages));
+  std::string* tiers = out.mutable_tiers();
+  tiers->resize(found.prefix_pages);
+  for (size_t i = 0; i < found.prefix_pages; ++i) (*tiers)[i] = static_cast<char>(found.tiers[i]);
+  if (r.with_dram_slots()) {
+    for (size_t i = 0; i < found.prefix_pages; ++i) {
+      std::optional<PageEntry> e = store_.Find(s.ns, keys[i]);
+      out.add_dram_slots(e.has_value() && e->tier == Tier::kDram ? e->slot : 0xffffffffu);
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Dispatcher::SubmitLoadStore(const std::shared_ptr<Session>& session,
+                                         const wire::Request& req) {
+  Session& s = *session;
+  const bool is_store = req.body_case() == wire::Request::kStore;
+  const auto& words = is_store ? req.store().key_words() : req.load().key_words();
+  const auto& blocks = is_store ? req.store().block_ids() : req.load().block_ids();
+  if (s.buffers == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(is_store ? "Store" : "Load", " before RegisterBuffers"));
+  }
+  std::vector<PageKey> keys;
+  if (absl::Status st = Keys(words, keys); !st.ok()) return st;
+  if (static_cast<size_t>(blocks.size()) != keys.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(keys.size(), " keys but ", blocks.size(), " block ids"));
+  }
+  if (is_store) {
+    const wire::Store& st = req.store();
+    if (!st.class_hints().empty() && st.class_hints().size() != keys.size()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(st.class_hints().size(), " class hints for ", keys.size(), " pages"));
+    }
+    for (char c : st.class_hints()) {
+      if (static_cast<uint8_t>(c) > static_cast<uint8_t>(PageClass::kSemantic)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("class hint ", static_cast<int>(c), " is not UNKNOWN, SINK or SEMANTIC"));
+      }
+    }
+    if (absl::Status a = CheckStats(st.stats(), keys.size()); !a.ok()) return a;
+  }
+  const uint32_t inflight = s.inflight.load(std::memory_order_relaxed);
+  if (inflight >= config_.limits.max_inflight_ops) {
+    return absl::ResourceExhaustedError(absl::StrCat(inflight,
+                                                     " operations in flight on this connection; "
+                                                     "limits.max_inflight_ops is ",
+                                                     config_.limits.max_inflight_ops));
+  }
+  s.inflight.fetch_add(1, std::memory_order_relaxed);
+  counters_.inflight_ops.fetch_add(1, std::memory_order_relaxed);
+  (is_store ? counters_.stores : counters_.loads).fetch_add(1, std::memory_order_relaxed);
+
+  // Everything the operation needs, owned by it: the request is reused once Handle returns.
+  struct Op {
+    std::shared_ptr<Session> session;
+    std::shared_ptr<const BufferSet> buffers;
+    Layout layout;
+    NamespaceId ns;
+    uint64_t id;
+    bool is_store;
+    std::vector<PageKey> keys;
+    std::vector<uint32_t> blocks;
+    PageKey parent;
+    uint32_t first_position;
+    std::string class_hints;
+    wire::AttentionStats stats;
+  };
+  auto op =
+      std::make_shared<Op>(Op{session, s.buffers, *s.layout, s.ns, req.id(), is_store,
+                              std::move(keys), std::vector<uint32_t>(blocks.begin(), blocks.end()),
+                              PageKey{}, 0, std::string(), wire::AttentionStats()});
+  if (is_store) {
+    op->parent = PageKey{req.store().parent_hi(), req.store().parent_lo()};
+    op->first_position = req.store().first_position();
+    op->class_hints = req.store().class_hints();
+    op->stats = req.store().stats();
+  }
+  executor_([this, op] {
+    Session& ss = *op->session;
+    auto finish = [&] {
+      ss.inflight.fetch_sub(1, std::memory_order_relaxed);
+      counters_.inflight_ops.fetch_sub(1, std::memory_order_relaxed);
+    };
+    if (ss.ended.load(std::memory_order_acquire)) {
+      // The worker is gone: nobody will read these pages, so the copy is not made.
+      counters_.ops_cancelled.fetch_add(1, std::memory_order_relaxed);
+      finish();
+      return;
+    }
+    wire::Response resp;
+    resp.set_id(op->id);
+    wire::PageStatusReply& pages = *resp.mutable_pages();
+    const size_t n = op->keys.size();
+    pages.mutable_codes()->Reserve(static_cast<int>(n));
+    std::string& tiers = *pages.mutable_tiers();
+    tiers.assign(n, static_cast<char>(0xff));
+    std::vector<Piece> pieces;
+    pieces.reserve(op->layout.pieces_per_page());
+    std::vector<MutableBuffer> dst;
+    std::vector<ConstBuffer> src;
+    dst.reserve(op->layout.pieces_per_page());
+    src.reserve(op->layout.pieces_per_page());
+    uint32_t ok = 0;
+    for (size_t i = 0; i < n; ++i) {
+      pieces.clear();
+      const absl::Status placed = op->layout.AppendPieces(op->blocks[i], pieces);
+      absl::StatusOr<Tier> tier = absl::InternalError("unset");
+      if (!placed.ok()) {
+        tier = placed;
+      } else {
+        if (op->is_store) {
+          src.clear();
+          for (const Piece& p : pieces) {
+            src.push_back({op->buffers->base(p.buffer) + p.offset, p.length});
+          }
+          PutOptions po;
+          po.parent = i == 0 ? op->parent : op->keys[i - 1];
+          po.position = op->first_position + static_cast<uint32_t>(i);
+          if (!op->class_hints.empty()) {
+            po.class_hint = static_cast<PageClass>(static_cast<uint8_t>(op->class_hints[i]));
+          }
+          tier = store_.Put(op->ns, op->keys[i], src, po);
+          if (tier.ok() && HasStats(op->stats)) {
+            store_.ReportAttention(op->ns, op->keys[i], SampleAt(op->stats, static_cast<int>(i)))
+                .IgnoreError();  // the page is stored; a racing eviction only loses the sample
+          }
+        } else {
+          dst.clear();
+          for (const Piece& p : pieces) {
+            dst.push_back({op->buffers->base(p.buffer) + p.offset, p.length});
+          }
+          tier = store_.Get(op->ns, op->keys[i], dst);
+        }
+      }
+      pages.add_codes(static_cast<int32_t>(tier.status().code()));
+      if (tier.ok()) {
+        tiers[i] = static_cast<char>(*tier);
+        ++ok;
+      } else if (pages.first_error().empty()) {
+        pages.set_first_error(absl::StrCat("page ", i, ": ", tier.status().message()));
+      }
+    }
+    pages.set_ok_pages(ok);
+    ss.Send(resp);
+    finish();
+  });
+  return absl::OkStatus();
+}
+
+absl::Status Dispatcher::HandleReport(Session& s, const wire::Report& r, wire::CountReply& out) {
+  std::vector<PageKey> keys;
+  if (absl::Status st = Keys(r.key_words(), keys); !st.ok()) return st;
+  if (absl::Status st = CheckStats(r.stats(), keys.size()); !st.ok()) return st;
+  uint32_t applied = 0;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    if (store_.ReportAttention(s.ns, keys[i], SampleAt(r.stats(), static_cast<int>(i))).ok()) {
+      ++applied;
+    }
+  }
+  out.set_pages(applied);
+  return absl::OkStatus();
+}
+
+absl::Status Dispatcher::HandlePin(Session& s, const wire::Pin& r) {
+  std::vector<PageKey> keys;
+  if (absl::Status st = Keys(r.key_words(), keys); !st.ok()) return st;
+  if (s.pinned + keys.size() > config_.limits.max_pinned_pages) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("pinning ", keys.size(), " more pages would hold ", s.pinned + keys.size(),
+                     "; limits.max_pinned_pages is ", config_.limits.max_pinned_pages));
+  }
+  if (absl::Status st = store_.Pin(s.ns, keys); !st.ok()) return st;
+  for (const PageKey& k : keys) ++s.pins[k];
+  s.pinned += static_cast<uint32_t>(keys.size());
+  counters_.pinned_pages.fetch_add(static_cast<uint32_t>(keys.size()), std::memory_order_relaxed);
+  return absl::OkStatus();
+}
+
+absl::Status Dispatcher::HandleUnpin(Session& s, const wire::Unpin& r) {
+  std::vector<PageKey> keys;
+  if (absl::Status st = Keys(r.key_words(), keys); !st.ok()) return st;
+  absl::flat_hash_map<PageKey, uint32_t> want;
+  for (const PageKey& k : keys) ++want[k];
+  for (const auto& [k, n] : want) {
+    auto it = s.pins.find(k);
+    if (it == s.pins.end() || it->second < n) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("page ", k.ToHex(), " is not pinned ", n, " times by this connection"));
+    }
+  }
+  if (absl::Status st = store_.Unpin(s.ns, keys); !st.ok()) return st;
+  for (const auto& [k, n] : want) {
+    auto it = s.pins.find(k);
+    if ((it->second -= n) == 0) s.pins.erase(it);
+  }
+  s.pinned -= static_cast<uint32_t>(keys.size());
+  counters_.pinned_pages.fetch_sub(static_cast<uint32_t>(keys.size()), std::memory_order_relaxed);
+  return absl::OkStatus();
+}
+
+absl::Status Dispatcher::HandleRelease(Session& s, const wire::Release& r, wire::CountReply& out) {
+  std::vector<PageKey> keys;
+  if (absl::Status st = Keys(r.key_words(), keys); !st.ok()) return st;
+  std::vector<PageKey> unpin;
+  if (keys.empty()) {
+    for (const auto& [k, n] : s.pins) unpin.insert(unpin.end(), n, k);
+    s.pins.clear();
+  } else {
+    for (const PageKey& k : keys) {
+      if (auto it = s.pins.find(k); it != s.pins.end()) {
+        unpin.insert(unpin.end(), it->second, k);
+        s.pins.erase(it);
+      }
+    }
+  }
+  // Pins held by a session are store pins on pages that cannot be evicted, so Unpin succeeds.
+  if (absl::Status st = store_.Unpin(s.ns, unpin); !st.ok()) return st;
+  s.pinned -= static_cast<uint32_t>(unpin.size());
+  counters_.pinned_pages.fetch_sub(static_cast<uint32_t>(unpin.size()), std::memory_order_relaxed);
+  out.set_pages(static_cast<uint32_t>(unpin.size()));
+  return absl::OkStatus();
+}
+
+void Dispatcher::EndSession(Session& s) {
+  s.ended.store(true, std::memory_order_release);
+  const bool held = s.pinned > 0 || s.inflight.load(std::memory_order_relaxed) > 0;
+  if (s.pinned > 0) {
+    wire::Release all;
+    wire::CountReply ignored;
+    if (absl::Status st = HandleRelease(s, all, ignored); !st.ok()) {
+      std::fprintf(stderr, "kvtierd: session %llu: releasing pins: %s\n",
+                   static_cast<unsigned long long>(s.id()), st.ToString().c_str());
+    }
+  }
+  if (held) counters_.leases_expired.fetch_add(1, std::memory_order_relaxed);
+  // Queued operations see `ended` and are cancelled; running ones keep their own reference.
+  s.buffers.reset();
+}
+
+void Dispatcher::FillStatus(wire::StatusReply& out) const {
+  out.set_version("kvtier 0.1.0");
+  out.set_protocol_version(kProtocolVersion);
+  out.set_pid(static_cast<uint32_t>(::getpid()));
+  out.set_uptime_ms((SteadyClock::Get()->NowNs() - start_ns_) / 1'000'000);
+  out.set_socket_path(config_.socket_path);
+  out.set_hbm_backend(std::string(store_.hbm_backend()));
+  out.set_policy(std::string(store_.policy_name()));
+  out.set_page_bytes(store_.page_bytes());
+  for (Tier t : {Tier::kHbm, Tier::kDram, Tier::kNvme}) {
+    if (store_.has_tier(t)) FillTier(store_, t, *out.add_tiers());
+  }
+  absl::MutexLock lock(&mu_);
+  out.set_namespaces(static_cast<uint32_t>(namespace_layouts_.size()));
+}
+
+void Dispatcher::FillStats(wire::StatsReply& out) const {
+  for (Tier t : {Tier::kHbm, Tier::kDram, Tier::kNvme}) {
+    if (store_.has_tier(t)) FillTier(store_, t, *out.add_tiers());
+  }
+  const StoreCounters c = store_.Counters();
+  out.set_pages(store_.page_count());
+  out.set_misses(c.misses);
+  out.set_puts(c.puts);
+  out.set_put_duplicates(c.put_duplicates);
+  auto r = [](const auto& a) { return a.load(std::memory_order_relaxed); };
+  out.set_sessions(r(counters_.sessions));
+  out.set_pinned_pages(r(counters_.pinned_pages));
+  out.set_inflight_ops(r(counters_.inflight_ops));
+  out.set_registered_buffers(r(counters_.registered_buffers));
+  out.set_connections_total(r(counters_.connections_total));
+  out.set_auth_refused(r(counters_.auth_refused));
+  out.set_bad_requests(r(counters_.bad_requests));
+  out.set_connections_closed_untrusted(r(counters_.closed_untrusted));
+  out.set_leases_expired(r(counters_.leases_expired));
+  out.set_ops_cancelled(r(counters_.ops_cancelled));
+  out.set_lookups(r(counters_.lookups));
+  out.set_loads(r(counters_.loads));
+  out.set_stores(r(counters_.stores));
+}
+
+}  // namespace kvtier

@@ -1,0 +1,17 @@
+// The one place kvtierd constructs its NVMe tier backend from the config's `nvme` section; the
+// [nvme] issue's TierBackend is wired here and nowhere else.
+#pragma once
+
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "daemon/config.h"
+#include "tiering/tier_backend.h"
+
+namespace kvtier {
+
+// Called once at start when `nvme.directories` is non-empty.
+absl::StatusOr<std::unique_ptr<TierBackend>> MakeNvmeBackend(const NvmeConfig& nvme,
+                                                             uint64_t page_bytes);
+
+}  // namespace kvtier

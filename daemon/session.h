@@ -1,0 +1,104 @@
+// Session: one worker connection's state inside kvtierd (namespace, layout, mapped buffers, pins,
+// in-flight operations). Its lease is the connection: when the socket reports EOF (the kernel
+// closes a killed worker's socket at once) the dispatcher ends the session, releasing its pins,
+// cancelling its queued operations and unmapping its buffers.
+//
+// Thread model: the connection thread owns everything below "connection thread only". Async
+// operations run on the I/O pool holding a shared_ptr to the session and to the BufferSet they
+// were submitted against, so an unmapping never races a copy. Send() is thread-safe.
+#pragma once
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "client/client.h"
+#include "client/proto/kvtier.pb.h"
+#include "tiering/layout.h"
+#include "tiering/page_key.h"
+#include "tiering/types.h"
+
+namespace kvtier {
+
+struct PeerCredentials {
+  pid_t pid = 0;
+  uid_t uid = 0;
+  gid_t gid = 0;
+};
+
+// Daemon-wide counters, read by Stats. Relaxed atomics: each is an independent tally.
+struct DaemonCounters {
+  std::atomic<uint32_t> sessions{0};
+  std::atomic<uint32_t> pinned_pages{0};
+  std::atomic<uint32_t> inflight_ops{0};
+  std::atomic<uint32_t> registered_buffers{0};
+  std::atomic<uint64_t> connections_total{0};
+  std::atomic<uint64_t> auth_refused{0};
+  std::atomic<uint64_t> bad_requests{0};
+  std::atomic<uint64_t> closed_untrusted{0};
+  std::atomic<uint64_t> leases_expired{0};
+  std::atomic<uint64_t> ops_cancelled{0};
+  std::atomic<uint64_t> lookups{0};
+  std::atomic<uint64_t> loads{0};
+  std::atomic<uint64_t> stores{0};
+};
+
+// A worker's registered KV buffers, mapped into the daemon. Unmapped when the last operation
+// using them and the session have let go.
+class BufferSet {
+ public:
+  BufferSet(std::vector<Mapping> maps, DaemonCounters* counters);
+  ~BufferSet();
+  BufferSet(const BufferSet&) = delete;
+  BufferSet& operator=(const BufferSet&) = delete;
+  size_t count() const { return maps_.size(); }
+  std::byte* base(size_t i) const { return maps_[i].data(); }
+  size_t size(size_t i) const { return maps_[i].size(); }
+
+ private:
+  std::vector<Mapping> maps_;
+  DaemonCounters* counters_;
+};
+
+class Session {
+ public:
+  // Delivers one encoded datagram, with `fd` attached when >= 0. Thread-safe.
+  using SendFn = std::function<void(absl::string_view bytes, int fd)>;
+  Session(uint64_t id, PeerCredentials peer, SendFn send)
+      : id_(id), peer_(peer), send_(std::move(send)) {}
+
+  uint64_t id() const { return id_; }
+  const PeerCredentials& peer() const { return peer_; }
+  // Serializes and sends `response`; dropped silently once the session has ended.
+  void Send(const wire::Response& response, int fd = -1);
+
+  std::atomic<bool> ended{false};
+  std::atomic<uint32_t> inflight{0};
+
+  // ---- connection thread only ----
+  bool hello_done = false;
+  NamespaceId ns = 0;
+  std::string namespace_name;
+  std::optional<Layout> layout;
+  std::shared_ptr<const BufferSet> buffers;
+  absl::flat_hash_map<PageKey, uint32_t> pins;  // key -> pins this session holds on it
+  uint32_t pinned = 0;
+  uint32_t consecutive_errors = 0;
+
+ private:
+  const uint64_t id_;
+  const PeerCredentials peer_;
+  absl::Mutex send_mu_;
+  const SendFn send_;
+};
+
+}  // namespace kvtier

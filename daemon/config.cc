@@ -273,8 +273,8 @@ absl::Status ValidateConfig(const DaemonConfig& c) {
   if (l.io_threads == 0 || l.io_threads > 256)
     return bad("limits.io_threads", "must be in [1, 256]");
   if (l.max_connections == 0) return bad("limits.max_connections", "must be > 0");
+  if (l.max_namespaces == 0) return bad("limits.max_namespaces", "must be > 0");
   if (c.namespaces.empty()) return bad("namespaces", "no namespace rule: nobody could connect");
-  uint64_t sinks = 0;
   for (size_t i = 0; i < c.namespaces.size(); ++i) {
     const NamespaceRule& r = c.namespaces[i];
     const std::string key = absl::StrCat("namespaces[", i, "]");
@@ -282,7 +282,6 @@ absl::Status ValidateConfig(const DaemonConfig& c) {
     if (r.name.find('*') != std::string::npos && r.name.back() != '*') {
       return bad(key + ".name", "'*' may only end a name");
     }
-    sinks += r.sink_slots;
     if (r.layout.has_value()) {
       LayoutSpec spec = *r.layout;
       spec.num_blocks = 1;

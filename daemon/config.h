@@ -49,6 +49,8 @@ struct LimitsConfig {
   uint32_t max_consecutive_errors = 16;
   uint32_t io_threads = 2;  // threads that run Load and Store copies
   uint32_t max_connections = 256;
+  // Distinct namespaces workers may create; each holds a salt, a layout and reserved sink slots.
+  uint32_t max_namespaces = 1024;
 };
 
 // Who may use a namespace. `name` is exact, or a prefix ending in '*' ("*" matches all). Empty

@@ -1,11 +1,15 @@
-// kvtier-demo: drives a prefix-reuse workload through an in-process TieredStore and prints what
-// landed in each tier. The [daemon] milestone replaces it with kvtierd plus a client workload.
+// kvtier-demo: drives a prefix-reuse workload through kvtier's tiers and prints what landed where.
+// With --socket it is a worker of a running kvtierd (the README's first command, scripts/demo);
+// without, it runs the store in-process.
+#include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "daemon/client_workload.h"
 #include "daemon/workload.h"
 #include "tiering/tiered_store.h"
 
@@ -18,11 +22,60 @@ ABSL_FLAG(uint32_t, hbm_pages, 256, "HBM tier slots (host-emulated without a GPU
 ABSL_FLAG(uint32_t, dram_pages, 1024, "DRAM tier slots");
 ABSL_FLAG(uint32_t, sink_slots, 16, "reserved HBM sink slots for the demo namespace");
 ABSL_FLAG(std::string, hbm_backend, "auto", "auto, cuda or host-emulated");
+ABSL_FLAG(std::string, socket, "",
+          "drive the workload through the kvtierd serving this socket "
+          "instead of an in-process store");
+ABSL_FLAG(uint32_t, worker_index, 0, "with --socket: this worker's index among --workers");
+ABSL_FLAG(uint32_t, workers, 1, "with --socket: worker processes sharing the workload");
 
 namespace {
 
+std::vector<kvtier::MooncakeRequest> LoadRequests(std::string& source) {
+  using namespace kvtier;
+  if (const std::string path = absl::GetFlag(FLAGS_trace); !path.empty()) {
+    absl::StatusOr<std::vector<MooncakeRequest>> trace = ReadMooncakeTraceFile(path);
+    if (!trace.ok()) {
+      std::fprintf(stderr, "error: %s\n", trace.status().ToString().c_str());
+      std::exit(1);
+    }
+    source = path;
+    return *std::move(trace);
+  }
+  GeneratedWorkloadOptions gen;
+  gen.requests = absl::GetFlag(FLAGS_requests);
+  source = "generated";
+  return GenerateWorkload(gen);
+}
+
+int RunThroughDaemon() {
+  using namespace kvtier;
+  std::string source;
+  const std::vector<MooncakeRequest> requests = LoadRequests(source);
+  ClientReplayOptions o;
+  o.socket_path = absl::GetFlag(FLAGS_socket);
+  o.worker_index = absl::GetFlag(FLAGS_worker_index);
+  o.workers = std::max(1u, absl::GetFlag(FLAGS_workers));
+  absl::StatusOr<ReplayStats> stats = ReplayThroughDaemon(o, requests);
+  if (!stats.ok()) {
+    std::fprintf(stderr, "worker %u: error: %s\n", o.worker_index,
+                 stats.status().ToString().c_str());
+    return 1;
+  }
+  std::printf(
+      "worker %u/%u via kvtierd: %llu requests from %s, blocks %llu, prefix hits %llu "
+      "(%.1f%%), stored %llu, verified %.1f MiB, mismatches %llu\n",
+      o.worker_index, o.workers, static_cast<unsigned long long>(stats->requests), source.c_str(),
+      static_cast<unsigned long long>(stats->blocks),
+      static_cast<unsigned long long>(stats->hit_blocks),
+      stats->blocks ? 100.0 * stats->hit_blocks / stats->blocks : 0.0,
+      static_cast<unsigned long long>(stats->stored_blocks), stats->verified_bytes / 1048576.0,
+      static_cast<unsigned long long>(stats->mismatches));
+  return stats->mismatches == 0 ? 0 : 3;
+}
+
 int Run() {
   using namespace kvtier;
+  if (!absl::GetFlag(FLAGS_socket).empty()) return RunThroughDaemon();
   absl::StatusOr<HbmBackend> backend = ParseHbmBackend(absl::GetFlag(FLAGS_hbm_backend));
   if (!backend.ok()) {
     std::fprintf(stderr, "error: %s\n", backend.status().ToString().c_str());

@@ -289,6 +289,12 @@ Dispatcher::Outcome Dispatcher::HandleHello(Session& s, const wire::Hello& h, wi
   }
   {
     absl::MutexLock lock(&mu_);
+    if (!namespace_layouts_.contains(name) &&
+        namespace_layouts_.size() >= config_.limits.max_namespaces) {
+      return {absl::ResourceExhaustedError(
+          absl::StrCat("namespace '", name, "' would be number ", namespace_layouts_.size() + 1,
+                       "; limits.max_namespaces is ", config_.limits.max_namespaces))};
+    }
     auto [it, inserted] = namespace_layouts_.try_emplace(name, spec);
     if (!inserted && !SameShape(it->second, spec)) {
       return {absl::InvalidArgumentError(

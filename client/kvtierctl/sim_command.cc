@@ -76,9 +76,9 @@ constexpr char kSimUsage[] =
     "         [--nvme-fraction F] [--block-tokens N] [--json]\n"
     "  fractions are of the trace's distinct pages; the NVMe tier is a memory stand-in.\n"
     "  planner: --max-migration-pages N (64 per pass, 0 = unlimited), --sink-slots N (1),\n"
-    "           --half-life-ms MS (60000, prefix), --attention-half-life-ms MS (2000),\n"
-    "           --step-ms MS (25 per decode step)\n"
-    "  kvtier score: --w-frequency W (1), --w-utility W (1), --hysteresis H (0.5)\n"
+    "           --half-life-ms MS (600000, prefix), --attention-half-life-ms MS (250),\n"
+    "           --step-ms MS (25 per decode step), --attention-alpha A (0.2, EWMA weight)\n"
+    "  kvtier score: --w-frequency W (1), --w-utility W (1), --hysteresis H (2)\n"
     "  cost model (Llama-3-8B bf16 on one H100): --hbm-gbps (3350) --dram-gbps (50)\n"
     "           --nvme-gbps (6) --prefill-tokens-per-s (20000) --bytes-per-token (131072)\n";
 
@@ -99,6 +99,7 @@ int SimCommand(int argc, char** argv) {
                                              {"half-life-ms", false},
                                              {"attention-half-life-ms", false},
                                              {"step-ms", false},
+                                             {"attention-alpha", false},
                                              {"w-frequency", false},
                                              {"w-utility", false},
                                              {"hysteresis", false},
@@ -131,7 +132,7 @@ int SimCommand(int argc, char** argv) {
       Get(flags, "sink-slots", o.sink_slots) &&
       Get(flags, "half-life-ms", o.frequency_half_life_ms) &&
       Get(flags, "attention-half-life-ms", o.attention_half_life_ms) &&
-      Get(flags, "step-ms", o.step_ms) &&
+      Get(flags, "step-ms", o.step_ms) && Get(flags, "attention-alpha", o.attention_ewma_alpha) &&
       Get(flags, "w-frequency", o.policy.kvtier.frequency_weight) &&
       Get(flags, "w-utility", o.policy.kvtier.utility_weight) &&
       Get(flags, "hysteresis", o.policy.kvtier.hysteresis) &&

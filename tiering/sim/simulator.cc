@@ -53,6 +53,7 @@ absl::StatusOr<std::unique_ptr<SimStore>> BuildStore(const SimOptions& o, const 
   PolicyConfig config = o.policy;
   config.kvtier.frequency_half_life_ms = half_life_ms;
   config.streaming.tokens_per_page = tokens_per_page;
+  config.h2o.ewma_alpha = o.attention_ewma_alpha;
   absl::StatusOr<std::unique_ptr<PlacementPolicy>> p = MakePolicy(policy, config);
   if (!p.ok()) return p.status();
   StoreOptions so;
@@ -69,6 +70,7 @@ absl::StatusOr<std::unique_ptr<SimStore>> BuildStore(const SimOptions& o, const 
   so.sink_tokens = sink_tokens;
   so.tokens_per_page = tokens_per_page;
   so.frequency_half_life_ms = half_life_ms;
+  so.attention_ewma_alpha = o.attention_ewma_alpha;
   so.clock = &s->clock;
   StoreParts parts;
   parts.policy = *std::move(p);

@@ -76,6 +76,7 @@ constexpr char kSimUsage[] =
     "         [--nvme-fraction F] [--block-tokens N] [--json]\n"
     "  fractions are of the trace's distinct pages; the NVMe tier is a memory stand-in.\n"
     "  planner: --max-migration-pages N (64 per pass, 0 = unlimited), --sink-slots N (1),\n"
+    "           --sink-tokens N (4: pages holding the first N tokens are sinks by position),\n"
     "           --half-life-ms MS (600000, prefix), --attention-half-life-ms MS (250),\n"
     "           --step-ms MS (25 per decode step), --attention-alpha A (0.2, EWMA weight)\n"
     "  kvtier score: --w-frequency W (1), --w-utility W (1), --hysteresis H (2)\n"
@@ -100,6 +101,7 @@ int SimCommand(int argc, char** argv) {
                                              {"attention-half-life-ms", false},
                                              {"step-ms", false},
                                              {"attention-alpha", false},
+                                             {"sink-tokens", false},
                                              {"w-frequency", false},
                                              {"w-utility", false},
                                              {"hysteresis", false},
@@ -130,6 +132,7 @@ int SimCommand(int argc, char** argv) {
       Get(flags, "nvme-fraction", o.nvme_fraction) && Get(flags, "block-tokens", o.block_tokens) &&
       Get(flags, "max-migration-pages", o.max_migration_pages) &&
       Get(flags, "sink-slots", o.sink_slots) &&
+      Get(flags, "sink-tokens", o.classifier.sink_tokens) &&
       Get(flags, "half-life-ms", o.frequency_half_life_ms) &&
       Get(flags, "attention-half-life-ms", o.attention_half_life_ms) &&
       Get(flags, "step-ms", o.step_ms) && Get(flags, "attention-alpha", o.attention_ewma_alpha) &&

@@ -1,5 +1,7 @@
 // The planner (TieredStore::Maintain with displacement) driven by policies: promotion by value,
 // the migration cap, hysteresis, and what happens when the sink reserve is full.
+#include "tiering/policy/planner.h"
+
 #include <memory>
 #include <random>
 #include <vector>
@@ -104,6 +106,38 @@ TEST(PlannerTest, KvtierHysteresisHoldsBackSmallGains) {
     EXPECT_EQ(r.promoted, hysteresis == 0.0 ? 1u : 0u) << "hysteresis " << hysteresis;
     EXPECT_EQ(f->store->Find(f->ns, demoted)->tier, hysteresis == 0.0 ? Tier::kHbm : Tier::kDram);
   }
+}
+
+TEST(PlannerTest, TokenBucketCapsMigrationBandwidth) {
+  std::mt19937_64 rng = testing::SeededRng();
+  auto f = Make(std::make_unique<LruPolicy>(), 3, 8, 0, rng, 8);
+  std::vector<PageKey> old(f->keys.begin(), f->keys.begin() + 5);
+  std::shuffle(old.begin(), old.end(), rng);
+  const std::vector<PageKey> hot(old.begin(), old.begin() + 3);
+  for (const PageKey& k : hot) {
+    f->clock.AdvanceNs(1'000'000);
+    ASSERT_TRUE(f->store->Touch(f->ns, k).ok());
+  }
+  // One page per millisecond, at most four pages banked.
+  absl::StatusOr<Planner> planner =
+      Planner::Create(f->store.get(), &f->clock,
+                      PlannerOptions{.max_migration_bytes_per_s = kPageBytes * 1000.0,
+                                     .burst_bytes = 4 * kPageBytes});
+  ASSERT_TRUE(planner.ok()) << planner.status();
+  EXPECT_EQ(planner->RunOnce().promoted, 0u);  // no time has passed: nothing to spend
+  f->clock.AdvanceNs(2'000'000);               // two pages' worth: one swap
+  PlannerReport r = planner->RunOnce();
+  EXPECT_EQ(r.promoted, 1u);
+  EXPECT_EQ(r.bytes_moved, 2 * kPageBytes);
+  EXPECT_EQ(InHbm(*f, hot), 1);
+  f->clock.AdvanceNs(1'000'000'000);  // a second idle: the bucket holds only its burst, 2 swaps
+  r = planner->RunOnce();
+  EXPECT_EQ(r.promoted, 2u);
+  EXPECT_LE(r.bytes_moved, 4 * kPageBytes);
+  EXPECT_EQ(InHbm(*f, hot), 3);
+  EXPECT_FALSE(
+      Planner::Create(f->store.get(), &f->clock, PlannerOptions{.max_migration_bytes_per_s = 0})
+          .ok());
 }
 
 // Reserve full: a new sink replaces the least recently used unpinned sink (which goes on as an

@@ -89,11 +89,20 @@ double H2oPolicy::Rank(const PageKey& key, const PageEntry& e) const {
 // --- ARC ---------------------------------------------------------------------------------------
 
 void ArcPolicy::Remember(Ghost& g, const PageKey& key, size_t capacity) {
-  if (!g.keys.insert(key).second) return;
-  g.order.push_back(key);
-  while (g.order.size() > std::max<size_t>(capacity, 1)) {
-    g.keys.erase(g.order.front());
+  const uint64_t seq = g.next++;
+  g.keys[key] = seq;
+  g.order.push_back({key, seq});
+  while (g.keys.size() > std::max<size_t>(capacity, 1) && !g.order.empty()) {
+    const auto [old, old_seq] = g.order.front();
     g.order.pop_front();
+    if (auto it = g.keys.find(old); it != g.keys.end() && it->second == old_seq) g.keys.erase(it);
+  }
+  // Stale entries cannot outnumber live ones by much: compact when they would.
+  if (g.order.size() > 2 * std::max<size_t>(capacity, 1) + 16) {
+    std::erase_if(g.order, [&g](const std::pair<PageKey, uint64_t>& e) {
+      auto it = g.keys.find(e.first);
+      return it == g.keys.end() || it->second != e.second;
+    });
   }
 }
 
@@ -110,8 +119,7 @@ void ArcPolicy::Enter(const PageKey& key, const PageEntry& e) {
     t.p = std::max(0.0, t.p - std::max(1.0, b1 / b2));
     frequent = true;
   }
-  // The erased key stays in the deque as a stale entry; Remember trims by deque length, so ghost
-  // lists hold at most `capacity` entries either way.
+  // The erased key stays in the ghost's deque as a stale entry (see Ghost).
   const uint64_t last = e.stats.last_access_ns;
   (frequent ? t.t2 : t.t1).insert({last, key});
   where_[key] = Where{e.tier, frequent, last};

@@ -115,9 +115,12 @@ class ArcPolicy final : public PlacementPolicy {
 
  private:
   using Ordered = absl::btree_set<std::pair<uint64_t, PageKey>>;
+  // Keys that recently left a list, oldest first. A key leaving the ghost list early (a ghost
+  // hit) leaves a stale entry in `order`; the sequence number tells stale from live.
   struct Ghost {
-    std::deque<PageKey> order;
-    absl::flat_hash_set<PageKey> keys;
+    std::deque<std::pair<PageKey, uint64_t>> order;
+    absl::flat_hash_map<PageKey, uint64_t> keys;  // key -> sequence number of its live entry
+    uint64_t next = 0;
   };
   struct TierState {
     Ordered t1, t2;

@@ -741,7 +741,39 @@ PlannerReport TieredStore::Maintain(const MaintainOptions& options) {
       }
     }
   }
+  if (options.displace) DisplaceLocked(options, report);
   return report;
+}
+
+void TieredStore::DisplaceLocked(const MaintainOptions& options, PlannerReport& report) {
+  const auto eligible = [this](const PageKey& k) { return Evictable(k); };
+  const auto moved_bytes = [this] {
+    uint64_t total = 0;
+    for (const auto& row : counters_->migrated_bytes) {
+      for (const auto& c : row) total += c.load(std::memory_order_relaxed);
+    }
+    return total;
+  };
+  std::vector<PageKey> candidate, victim;
+  for (Tier t : {Tier::kDram, Tier::kNvme}) {
+    const std::optional<Tier> above = Above(t);
+    if (!slots_[TierIndex(t)].has_value() || !above.has_value()) continue;
+    // Each swap moves at least two pages (more when the displaced page cascades further down).
+    while (options.max_migration_bytes == 0 ||
+           report.bytes_moved + 2 * options_.page_bytes <= options.max_migration_bytes) {
+      candidate.clear();
+      victim.clear();
+      policy_->MostValuable(t, 1, eligible, candidate);
+      policy_->LeastValuable(*above, 1, eligible, victim);
+      if (candidate.empty() || victim.empty()) break;
+      if (!(policy_->Value(candidate.front()) > policy_->Value(victim.front()))) break;
+      const uint64_t before = moved_bytes();
+      if (!MoveLocked(candidate.front(), *above, false, 1).ok()) break;
+      ++report.promoted;
+      ++report.demoted;
+      report.bytes_moved += moved_bytes() - before;
+    }
+  }
 }
 
 std::optional<PageEntry> TieredStore::Find(NamespaceId ns, const PageKey& key) const {

@@ -131,6 +131,11 @@ struct MaintainOptions {
   // for PCIe and disk bandwidth.
   uint64_t max_migration_bytes = 0;
   bool promote = true;
+  // After filling free room, also promote by displacement: while the most valuable page of a
+  // lower tier has a higher policy Value than the least valuable page of the tier above, move it
+  // up (the page it displaces goes down a tier). Policies build their own hysteresis into Value.
+  // Default false (the original fill-only behaviour). Bounded by max_migration_bytes.
+  bool displace = false;
 };
 
 struct PlannerReport {
@@ -226,6 +231,9 @@ class TieredStore {
   absl::Status MoveLocked(const PageKey& key, Tier to, bool into_sink_slot, int depth)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DropLocked(const PageKey& key, const PageEntry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Maintain's displacement pass (MaintainOptions::displace).
+  void DisplaceLocked(const MaintainOptions& options, PlannerReport& report)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status CopyBetween(TierBackend& from, uint32_t from_slot, TierBackend& to, uint32_t to_slot,
                            const PageMeta& meta) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Claims a reserved sink slot for `ns`, replacing its LRU unpinned sink if the reserve is full.

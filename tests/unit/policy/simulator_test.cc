@@ -85,14 +85,14 @@ TEST(SimulatorTest, LruWithDramTierMatchesHandComputation) {
 }
 
 // Every token of every request is either a hit in some tier or a miss, under every policy and
-// tier shape; the first 400 requests of the example trace keep the test fast under ASan.
+// tier shape; the first 250 requests of the example trace keep the test fast under ASan.
 TEST(SimulatorTest, ExampleTraceConservesTokens) {
   const std::string path =
       std::string(KVTIER_SHARED_DIR) + "/data/traces/mooncake_synthetic_trace.jsonl";
   if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " not present";
   absl::StatusOr<std::vector<MooncakeRequest>> trace = ReadMooncakeTraceFile(path);
   ASSERT_TRUE(trace.ok()) << trace.status();
-  trace->resize(std::min<size_t>(trace->size(), 400));
+  trace->resize(std::min<size_t>(trace->size(), 250));
   std::mt19937_64 rng = testing::SeededRng();
   uint64_t total = 0;
   for (const MooncakeRequest& r : *trace) {

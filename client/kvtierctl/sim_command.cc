@@ -75,7 +75,8 @@ constexpr char kSimUsage[] =
     "         [--policies kvtier,lru,lfu,arc,streaming,h2o] --hbm-fraction F --dram-fraction F\n"
     "         [--nvme-fraction F] [--block-tokens N] [--json]\n"
     "  fractions are of the trace's distinct pages; the NVMe tier is a memory stand-in.\n"
-    "  planner: --max-migration-pages N (64 per pass, 0 = unlimited), --sink-slots N (1),\n"
+    "  planner: --migration-gbps G (12.5 modeled GB/s on average, 0 = no cap),\n"
+    "           --max-migration-pages N (64 in one pass), --sink-slots N (1),\n"
     "           --sink-tokens N (4: pages holding the first N tokens are sinks by position),\n"
     "           --half-life-ms MS (600000, prefix), --attention-half-life-ms MS (250),\n"
     "           --step-ms MS (25 per decode step), --attention-alpha A (0.2, EWMA weight)\n"
@@ -102,6 +103,7 @@ int SimCommand(int argc, char** argv) {
                                              {"step-ms", false},
                                              {"attention-alpha", false},
                                              {"sink-tokens", false},
+                                             {"migration-gbps", false},
                                              {"w-frequency", false},
                                              {"w-utility", false},
                                              {"hysteresis", false},
@@ -131,7 +133,7 @@ int SimCommand(int argc, char** argv) {
       Get(flags, "hbm-fraction", o.hbm_fraction) && Get(flags, "dram-fraction", o.dram_fraction) &&
       Get(flags, "nvme-fraction", o.nvme_fraction) && Get(flags, "block-tokens", o.block_tokens) &&
       Get(flags, "max-migration-pages", o.max_migration_pages) &&
-      Get(flags, "sink-slots", o.sink_slots) &&
+      Get(flags, "migration-gbps", o.migration_gbps) && Get(flags, "sink-slots", o.sink_slots) &&
       Get(flags, "sink-tokens", o.classifier.sink_tokens) &&
       Get(flags, "half-life-ms", o.frequency_half_life_ms) &&
       Get(flags, "attention-half-life-ms", o.attention_half_life_ms) &&

@@ -11,6 +11,7 @@
 #include "tiering/memory_region.h"
 #include "tiering/memory_tier.h"
 #include "tiering/page_key.h"
+#include "tiering/policy/planner.h"
 #include "tiering/tiered_store.h"
 
 namespace kvtier {
@@ -23,7 +24,17 @@ struct SimStore {
   ManualClock clock;
   std::unique_ptr<CpuCopyEngine> nvme_engine;
   std::unique_ptr<TieredStore> store;
+  std::optional<Planner> planner;  // absent: no bandwidth cap, Maintain with the page cap only
   NamespaceId ns = 0;
+  MaintainOptions maintain;
+
+  void Plan() {
+    if (planner.has_value()) {
+      planner->RunOnce();
+    } else {
+      store->Maintain(maintain);
+    }
+  }
 };
 
 uint32_t Slots(double fraction, uint64_t distinct) {
@@ -91,6 +102,22 @@ absl::StatusOr<std::unique_ptr<SimStore>> BuildStore(const SimOptions& o, const 
       s->store->AddNamespace(kNamespace, std::min(sink_slots, r.hbm_slots - 1));
   if (!ns.ok()) return ns.status();
   s->ns = *ns;
+  s->maintain =
+      MaintainOptions{.max_migration_bytes = uint64_t{o.max_migration_pages} * o.sim_page_bytes,
+                      .promote = true,
+                      .displace = true};
+  if (o.migration_gbps > 0) {
+    // The planner's budget is in the store's bytes; the simulation's pages stand for pages of
+    // tokens_per_page x bytes_per_token modeled bytes.
+    const double scale = o.sim_page_bytes / (tokens_per_page * o.cost.bytes_per_token);
+    absl::StatusOr<Planner> planner = Planner::Create(
+        s->store.get(), &s->clock,
+        PlannerOptions{
+            .max_migration_bytes_per_s = o.migration_gbps * 1e9 * scale,
+            .burst_bytes = uint64_t{std::max(o.max_migration_pages, 1u)} * o.sim_page_bytes});
+    if (!planner.ok()) return planner.status();
+    s->planner.emplace(*std::move(planner));
+  }
   r.policy = policy;
   r.distinct_pages = distinct;
   return s;
@@ -156,10 +183,6 @@ absl::StatusOr<std::vector<SimResult>> SimulatePrefixTrace(
       distinct.insert(parent);
     }
   }
-  const MaintainOptions maintain{
-      .max_migration_bytes = uint64_t{o.max_migration_pages} * o.sim_page_bytes,
-      .promote = true,
-      .displace = true};
   std::vector<std::byte> page(o.sim_page_bytes);
   std::vector<SimResult> results;
   for (const std::string& policy : o.policies) {
@@ -208,7 +231,7 @@ absl::StatusOr<std::vector<SimResult>> SimulatePrefixTrace(
       if (pinned) {
         if (absl::Status u = store.Unpin(s.ns, prefix); !u.ok()) return u;
       }
-      store.Maintain(maintain);
+      s.Plan();
     }
     Finish(o, store, o.block_tokens, r);
     r.wall_seconds = Seconds(start);
@@ -227,10 +250,6 @@ absl::StatusOr<std::vector<SimResult>> SimulateAttentionTrace(const AttentionTra
   for (uint32_t i = 0; i < pages; ++i) {
     keys[i] = ChainKeyFromId(salt, i == 0 ? PageKey{} : keys[i - 1], i);
   }
-  const MaintainOptions maintain{
-      .max_migration_bytes = uint64_t{o.max_migration_pages} * o.sim_page_bytes,
-      .promote = true,
-      .displace = true};
   SinkClassifierOptions classifier_options = o.classifier;
   classifier_options.tokens_per_page = trace.tokens_per_page;
   const SinkClassifier classifier(classifier_options);
@@ -307,7 +326,7 @@ absl::StatusOr<std::vector<SimResult>> SimulateAttentionTrace(const AttentionTra
         if (!store.ReportAttention(s.ns, key, sample).ok()) continue;  // dropped page
         if (is_kvtier) (void)ClassifyAfterReport(store, s.ns, key, classifier);
       }
-      store.Maintain(maintain);
+      s.Plan();
     }
     Finish(o, store, trace.tokens_per_page, r);
     r.attention_recall = mass_total > 0 ? mass_hbm / mass_total : 0;

@@ -62,7 +62,11 @@ struct SimOptions {
   // first block of a shared prefix is its most shared page, not a sink). Default 1: the position
   // sink takes it; a measured sink beyond a full reserve still ranks above every other page.
   uint32_t sink_slots = 1;
-  // Migration cap per planner pass, in pages (0 = unlimited). Default 64.
+  // The planner (tiering/policy/planner.h) spends at most `migration_gbps` of modeled bytes on
+  // migrations on average, with at most `max_migration_pages` in one pass. Default 12.5 GB/s, a
+  // quarter of the PCIe link the loads themselves use; 0 means no bandwidth cap (only the
+  // per-pass page cap).
+  double migration_gbps = 12.5;
   uint32_t max_migration_pages = 64;
   // Half-life of decayed frequency, in store-clock ms (store and kvtier policy). Default 10 min:
   // reuse in the example trace (17 min long) spans minutes; chosen on that trace, see

@@ -1,6 +1,7 @@
 // The simulator against a hand computation, and the attention-trace format and generator.
 #include "tiering/sim/simulator.h"
 
+#include <filesystem>
 #include <random>
 #include <sstream>
 
@@ -81,6 +82,37 @@ TEST(SimulatorTest, LruWithDramTierMatchesHandComputation) {
   EXPECT_EQ(r.miss_tokens, 16u);
   EXPECT_EQ(r.pages_migrated, 4u);
   EXPECT_EQ(r.bytes_migrated, static_cast<uint64_t>(4 * 4 * o.cost.bytes_per_token));
+}
+
+// Every token of every request is either a hit in some tier or a miss, under every policy and
+// tier shape; the first 250 requests of the example trace keep the test fast under ASan.
+TEST(SimulatorTest, ExampleTraceConservesTokens) {
+  const std::string path =
+      std::string(KVTIER_SHARED_DIR) + "/data/traces/mooncake_synthetic_trace.jsonl";
+  if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " not present";
+  absl::StatusOr<std::vector<MooncakeRequest>> trace = ReadMooncakeTraceFile(path);
+  ASSERT_TRUE(trace.ok()) << trace.status();
+  trace->resize(std::min<size_t>(trace->size(), 250));
+  std::mt19937_64 rng = testing::SeededRng();
+  uint64_t total = 0;
+  for (const MooncakeRequest& r : *trace) {
+    for (size_t b = 0; b < r.hash_ids.size(); ++b) {
+      const uint64_t begin = b * 512;
+      total += r.input_length <= begin ? 1 : std::min<uint64_t>(512, r.input_length - begin);
+    }
+  }
+  SimOptions o;
+  o.hbm_fraction = 0.02 + 0.1 * std::uniform_real_distribution<double>(0, 1)(rng);
+  o.dram_fraction = 0.1;
+  o.nvme_fraction = 0.1;
+  absl::StatusOr<std::vector<SimResult>> results = SimulatePrefixTrace(*trace, o);
+  ASSERT_TRUE(results.ok()) << results.status();
+  for (const SimResult& r : *results) {
+    EXPECT_EQ(r.hit_tokens_hbm + r.hit_tokens_dram + r.hit_tokens_nvme + r.miss_tokens, total)
+        << r.policy << " hbm fraction " << o.hbm_fraction;
+    EXPECT_GT(r.hit_tokens_hbm, 0u) << r.policy;
+    EXPECT_GT(r.miss_tokens, 0u) << r.policy;
+  }
 }
 
 TEST(AttentionTraceTest, RoundTripsThroughTheFormat) {

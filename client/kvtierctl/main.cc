@@ -1,38 +1,47 @@
-// kvtierctl: the operator's and benchmarker's tool. One table of commands; each is a function
-// over its own arguments (argv[0] is the command name).
+// kvtierctl: the operator's tool. A table of subcommands; each lives in its own file.
 #include <cstdio>
 #include <cstring>
 
-#include "client/kvtierctl/rpc_commands.h"
+#include "client/kvtierctl/commands.h"
 
 namespace {
 
 struct Command {
   const char* name;
   const char* summary;
-  int (*run)(int, char**);
+  int (*run)(int argc, char** argv);
 };
 
+// One line per command (bench nvme joins here).
 constexpr Command kCommands[] = {
-    {"status", "daemon version, backends and tier occupancy", kvtier::ctl::RunStatus},
-    {"stats", "daemon counters (sessions, pins, errors, hits)", kvtier::ctl::RunStats},
-    {"bench", "bench rpc [--json]: lookup latency and throughput vs Redis", kvtier::ctl::RunBench},
+    {"status", "daemon version, backends and tier occupancy (--socket PATH)",
+     kvtier::ctl::RunStatus},
+    {"stats", "daemon counters: sessions, pins, errors, hits (--socket PATH, --json)",
+     kvtier::ctl::RunStats},
+    {"bench", "bench rpc [--json]: lookup latency and throughput against Redis",
+     kvtier::ctl::RunBench},
+    {"sim", "replay a trace through the tiered store under each placement policy",
+     kvtier::ctl::SimCommand},
+    {"gen-attention", "write a synthetic decode-attention trace for `sim --format attention`",
+     kvtier::ctl::GenAttentionCommand},
 };
 
-int Usage() {
-  std::fprintf(stderr,
-               "usage: kvtierctl <command> [args]   (--socket PATH, default "
-               "kvtier-data/kvtierd.sock)\n");
-  for (const Command& c : kCommands) std::fprintf(stderr, "  %-8s %s\n", c.name, c.summary);
-  return 2;
+int Usage(FILE* out) {
+  std::fprintf(out, "usage: kvtierctl <command> [flags]   (kvtierctl <command> --help)\n\n");
+  for (const Command& c : kCommands) std::fprintf(out, "  %-12s %s\n", c.name, c.summary);
+  return out == stdout ? 0 : 2;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2) return Usage();
+  if (argc < 2) return Usage(stderr);
+  if (std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "help") == 0) {
+    return Usage(stdout);
+  }
   for (const Command& c : kCommands) {
     if (std::strcmp(argv[1], c.name) == 0) return c.run(argc - 1, argv + 1);
   }
-  return Usage();
+  std::fprintf(stderr, "kvtierctl: unknown command '%s'\n", argv[1]);
+  return Usage(stderr);
 }

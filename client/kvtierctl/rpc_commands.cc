@@ -1,5 +1,5 @@
 // status, stats and `bench rpc`: kvtierctl commands that talk to a running kvtierd.
-#include "client/kvtierctl/rpc_commands.h"
+#include "client/kvtierctl/commands.h"
 
 #include <sys/utsname.h>
 #include <unistd.h>

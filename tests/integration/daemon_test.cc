@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -17,7 +18,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "client/client.h"
+#include "client/kvtier_c.h"
 #include "client/seqpacket.h"
+#include "daemon/workload.h"
 #include "gtest/gtest.h"
 #include "tests/integration/daemon_harness.h"
 
@@ -440,6 +443,66 @@ TEST(DaemonIntegration, EachBadInputGetsItsErrorAndTheDaemonServesTheNextClient)
   const wire::StatsReply st = Stats(*d);
   EXPECT_GE(st.bad_requests(), 12u);
   EXPECT_GE(st.connections_closed_untrusted(), 2u);
+  EXPECT_EQ(d->Stop(), 0);
+}
+
+TEST(DaemonIntegration, TheCAbiStoresLooksUpAndLoads) {
+  const uint64_t seed = TestSeed();
+  std::mt19937_64 rng(seed);
+  absl::StatusOr<DaemonProcess> d = DaemonProcess::Start(kBaseConfig);
+  ASSERT_TRUE(d.ok()) << d.status();
+  int err = -1;
+  kvtier_client* c = kvtier_connect(d->socket_path().c_str(), &err);
+  ASSERT_NE(c, nullptr) << err;
+  const LayoutSpec s = WorkerLayout();
+  const kvtier_layout l{s.layers, s.kv_heads, s.head_dim, 0, s.tokens_per_page, 0, s.num_blocks};
+  kvtier_key salt{};
+  ASSERT_EQ(kvtier_hello(c, "test/c-abi", &l, &salt), 0) << kvtier_last_error(c);
+  absl::StatusOr<Layout> layout = Layout::Create(s);
+  absl::StatusOr<WorkerBuffers> b = WorkerBuffers::Create(*layout);
+  ASSERT_TRUE(b.ok());
+  const std::vector<int> fds = b->fds();
+  const std::vector<uint64_t> sizes = b->sizes();
+  ASSERT_EQ(kvtier_register_buffers(c, fds.data(), sizes.data(), fds.size()), 0)
+      << kvtier_last_error(c);
+  constexpr size_t kPages = 6;
+  std::vector<int32_t> tokens(kPages * s.tokens_per_page);
+  for (int32_t& t : tokens) t = static_cast<int32_t>(rng() % 50000);
+  kvtier_key keys[kPages];
+  ASSERT_EQ(kvtier_chain_keys(salt, tokens.data(), tokens.size(), s.tokens_per_page, keys, kPages),
+            kPages);
+  std::vector<std::byte> page(layout->page_bytes()), got(layout->page_bytes());
+  uint32_t store_blocks[kPages], load_blocks[kPages];
+  for (uint32_t i = 0; i < kPages; ++i) {
+    store_blocks[i] = i;
+    load_blocks[i] = 40 + i;
+    FillPage(PageKey{keys[i].hi, keys[i].lo}, absl::MakeSpan(page));
+    ASSERT_TRUE(b->WriteBlock(*layout, i, page).ok());
+  }
+  uint64_t op = 0;
+  ASSERT_EQ(kvtier_store_submit(c, keys, store_blocks, kPages, nullptr, 0, nullptr, &op), 0);
+  int32_t codes[kPages];
+  uint32_t ok_pages = 0;
+  ASSERT_EQ(kvtier_wait(c, op, codes, kPages, &ok_pages), 0);
+  EXPECT_EQ(ok_pages, kPages) << kvtier_last_error(c);
+  size_t prefix = 0;
+  uint8_t tiers[kPages];
+  ASSERT_EQ(kvtier_lookup(c, keys, kPages, &prefix, tiers), 0);
+  EXPECT_EQ(prefix, kPages);
+  ASSERT_EQ(kvtier_pin(c, keys, kPages), 0);
+  ASSERT_EQ(kvtier_load_submit(c, keys, load_blocks, kPages, &op), 0);
+  ASSERT_EQ(kvtier_wait(c, op, codes, kPages, &ok_pages), 0);
+  EXPECT_EQ(ok_pages, kPages) << kvtier_last_error(c);
+  for (uint32_t i = 0; i < kPages; ++i) {
+    FillPage(PageKey{keys[i].hi, keys[i].lo}, absl::MakeSpan(page));
+    ASSERT_TRUE(b->ReadBlock(*layout, load_blocks[i], absl::MakeSpan(got)).ok());
+    EXPECT_EQ(std::memcmp(page.data(), got.data(), page.size()), 0) << "page " << i;
+  }
+  // Errors come back as status codes with a message.
+  EXPECT_EQ(kvtier_unpin(c, keys, kPages), 0);
+  EXPECT_EQ(kvtier_unpin(c, keys, 1), static_cast<int>(absl::StatusCode::kFailedPrecondition));
+  EXPECT_NE(std::string(kvtier_last_error(c)).find("not pinned"), std::string::npos);
+  kvtier_close(c);
   EXPECT_EQ(d->Stop(), 0);
 }
 

@@ -8,6 +8,8 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "client/defaults.h"
 #include "client/seqpacket.h"
 
@@ -170,7 +172,16 @@ absl::StatusOr<Client::Received> Client::Await(OpHandle id) {
       parked_.erase(it);
       return r;
     }
-    absl::StatusOr<Datagram> d = ReceiveDatagram(socket_.get(), recv_buffer_, kMaxReplyBytes);
+    absl::StatusOr<Datagram> d = absl::UnavailableError("would block");
+    if (const uint32_t spin_us = spin_wait_us_.load(std::memory_order_relaxed); spin_us > 0) {
+      const absl::Time until = absl::Now() + absl::Microseconds(spin_us);
+      do {
+        d = ReceiveDatagram(socket_.get(), recv_buffer_, kMaxReplyBytes, /*nonblocking=*/true);
+      } while (!d.ok() && IsWouldBlock(d.status()) && absl::Now() < until);
+    }
+    if (!d.ok() && IsWouldBlock(d.status())) {
+      d = ReceiveDatagram(socket_.get(), recv_buffer_, kMaxReplyBytes);
+    }
     if (!d.ok()) return d.status();
     if (d->eof) return absl::UnavailableError("kvtierd closed the connection");
     if (d->truncated) return absl::DataLossError("reply larger than the client's limit");

@@ -149,6 +149,11 @@ class Client {
   absl::StatusOr<wire::Response> Call(wire::Request& request, absl::Span<const int> fds = {});
   int socket_fd() const { return socket_.get(); }
 
+  // Spin-then-block: a waiting call polls the socket for up to `spin_us` microseconds before it
+  // sleeps. A reply then lands on a running CPU instead of waking an idle one, which on VMs costs
+  // tens of microseconds; the price is a busy CPU while waiting. Default 0 (always sleep).
+  void set_spin_wait_us(uint32_t spin_us) { spin_wait_us_ = spin_us; }
+
  private:
   explicit Client(UniqueFd socket) : socket_(std::move(socket)) {}
   absl::StatusOr<OpHandle> Submit(wire::Request& request, absl::Span<const int> fds);
@@ -168,6 +173,7 @@ class Client {
   Mapping dram_pool_;
   uint64_t dram_slot_bytes_ = 0;
   uint32_t dram_slots_ = 0;
+  std::atomic<uint32_t> spin_wait_us_{0};
 };
 
 // Packs keys as the wire's (hi, lo) word pairs.

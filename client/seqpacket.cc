@@ -38,7 +38,12 @@ absl::Status SendDatagram(int socket, absl::string_view bytes, absl::Span<const 
   }
 }
 
-absl::StatusOr<Datagram> ReceiveDatagram(int socket, std::string& buffer, size_t max_bytes) {
+bool IsWouldBlock(const absl::Status& s) {
+  return s.code() == absl::StatusCode::kUnavailable && s.message() == "would block";
+}
+
+absl::StatusOr<Datagram> ReceiveDatagram(int socket, std::string& buffer, size_t max_bytes,
+                                         bool nonblocking) {
   // One byte more than the limit, so an oversized datagram is told apart from one that fits.
   if (buffer.size() < max_bytes + 1) buffer.resize(max_bytes + 1);
   iovec iov{buffer.data(), max_bytes + 1};
@@ -51,9 +56,12 @@ absl::StatusOr<Datagram> ReceiveDatagram(int socket, std::string& buffer, size_t
   ssize_t n;
   while (true) {
     // MSG_TRUNC makes the kernel report the datagram's real length even when it did not fit.
-    n = ::recvmsg(socket, &msg, MSG_CMSG_CLOEXEC | MSG_TRUNC);
+    n = ::recvmsg(socket, &msg, MSG_CMSG_CLOEXEC | MSG_TRUNC | (nonblocking ? MSG_DONTWAIT : 0));
     if (n >= 0) break;
     if (errno == EINTR) continue;
+    if (nonblocking && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      return absl::UnavailableError("would block");
+    }
     return absl::UnavailableError(absl::StrCat("recvmsg: ", std::strerror(errno)));
   }
   Datagram d;

@@ -30,8 +30,11 @@ struct Datagram {
 };
 
 // Receives one datagram into `buffer` (its size is the limit; one extra byte detects overrun).
-// Blocks; EINTR is retried.
-absl::StatusOr<Datagram> ReceiveDatagram(int socket, std::string& buffer, size_t max_bytes);
+// Blocks; EINTR is retried. With `nonblocking`, returns kUnavailable "would block" at once when
+// nothing is queued (see IsWouldBlock).
+absl::StatusOr<Datagram> ReceiveDatagram(int socket, std::string& buffer, size_t max_bytes,
+                                         bool nonblocking = false);
+bool IsWouldBlock(const absl::Status& s);
 
 // Connects a SOCK_SEQPACKET socket to `path`.
 absl::StatusOr<UniqueFd> ConnectSeqpacket(absl::string_view path);

@@ -1,6 +1,4 @@
 // status, stats and `bench rpc`: kvtierctl commands that talk to a running kvtierd.
-#include "client/kvtierctl/commands.h"
-
 #include <sys/utsname.h>
 #include <unistd.h>
 
@@ -18,6 +16,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "client/client.h"
+#include "client/kvtierctl/commands.h"
 #include "client/kvtierctl/redis_baseline.h"
 
 namespace kvtier::ctl {
@@ -29,6 +28,7 @@ struct Args {
   uint32_t iterations = 5000;
   uint64_t seed = 0;
   std::string redis = "redis-server";
+  uint32_t spin_us = 0;
   std::vector<std::string> positional;
 };
 
@@ -49,6 +49,8 @@ bool ParseArgs(int argc, char** argv, Args& a) {
       if (!value(v) || !absl::SimpleAtoi(v, &a.iterations) || a.iterations == 0) return false;
     } else if (arg == "--seed") {
       if (!value(v) || !absl::SimpleAtoi(v, &a.seed)) return false;
+    } else if (arg == "--spin_us") {
+      if (!value(v) || !absl::SimpleAtoi(v, &a.spin_us)) return false;
     } else if (arg == "--redis_server") {
       if (!value(a.redis)) return false;
     } else if (!arg.empty() && arg[0] == '-') {
@@ -166,9 +168,11 @@ struct KvtierTarget : Target {
   std::string ns;
   LayoutSpec layout;
   std::vector<PageKey> keys;
+  uint32_t spin_us = 0;
   absl::StatusOr<std::function<absl::Status(size_t)>> Open() override {
     absl::StatusOr<std::unique_ptr<Client>> c = Client::Connect(socket);
     if (!c.ok()) return c.status();
+    (*c)->set_spin_wait_us(spin_us);
     if (absl::StatusOr<HelloInfo> h = (*c)->Hello(ns, layout); !h.ok()) return h.status();
     std::shared_ptr<Client> client = *std::move(c);
     return std::function<absl::Status(size_t)>([client, this](size_t n) -> absl::Status {
@@ -310,6 +314,7 @@ int RunBenchRpc(const Args& a) {
   kv.socket = a.socket;
   kv.ns = ns;
   kv.layout = *spec;
+  kv.spin_us = a.spin_us;
   kv.keys = ChainKeys(hello->salt, tokens, spec->tokens_per_page);
   std::vector<std::byte> page(layout->page_bytes());
   std::vector<uint32_t> blocks(kBenchPages);
@@ -356,20 +361,22 @@ int RunBenchRpc(const Args& a) {
   const double r_t1 = kf->tput1 / rf->tput1, r_t8 = kf->tput8 / rf->tput8;
   const double r_t1_256 = kf->tput1_256 / rf->tput1_256, r_t8_256 = kf->tput8_256 / rf->tput8_256;
   if (a.json) {
-    std::printf("%s\n",
-                absl::StrCat("{\"bench\":\"rpc\",\"date\":\"", when, "\",\"machine\":\"",
-                             u.nodename, " ", u.machine, " ", cpus, " cpus\",\"seed\":", seed,
-                             ",\"iterations\":", a.iterations, ",\"keys_per_batch\":[1,256]",
-                             ",\"kvtier\":", FiguresJson(*kf), ",\"redis\":", FiguresJson(*rf),
-                             ",\"ratios_kvtier_over_redis\":{\"lookups_per_s_batch1_threads1\":",
-                             r_t1, ",\"lookups_per_s_batch1_threads8\":", r_t8,
-                             ",\"lookups_per_s_batch256_threads1\":", r_t1_256,
-                             ",\"lookups_per_s_batch256_threads8\":", r_t8_256,
-                             ",\"batch256_p99_redis_over_kvtier\":", r_p99_256, "}}")
-                    .c_str());
+    std::printf(
+        "%s\n",
+        absl::StrCat("{\"bench\":\"rpc\",\"date\":\"", when, "\",\"machine\":\"", u.nodename, " ",
+                     u.machine, " ", cpus, " cpus\",\"seed\":", seed, ",\"iterations\":",
+                     a.iterations, ",\"client_spin_us\":", a.spin_us, ",\"keys_per_batch\":[1,256]",
+                     ",\"kvtier\":", FiguresJson(*kf), ",\"redis\":", FiguresJson(*rf),
+                     ",\"ratios_kvtier_over_redis\":{\"lookups_per_s_batch1_threads1\":", r_t1,
+                     ",\"lookups_per_s_batch1_threads8\":", r_t8,
+                     ",\"lookups_per_s_batch256_threads1\":", r_t1_256,
+                     ",\"lookups_per_s_batch256_threads8\":", r_t8_256,
+                     ",\"batch256_p99_redis_over_kvtier\":", r_p99_256, "}}")
+            .c_str());
   } else {
-    std::printf("bench rpc on %s (%u cpus), %s, %u iterations, seed %llu\n", u.nodename, cpus,
-                when.c_str(), a.iterations, static_cast<unsigned long long>(seed));
+    std::printf("bench rpc on %s (%u cpus), %s, %u iterations, seed %llu, client spin %u us\n",
+                u.nodename, cpus, when.c_str(), a.iterations, static_cast<unsigned long long>(seed),
+                a.spin_us);
     std::printf("%-34s %12s %12s %8s\n", "", "kvtier", "redis", "ratio");
     auto row = [](const char* name, double k, double r, double ratio) {
       std::printf("%-34s %12.1f %12.1f %8.2f\n", name, k, r, ratio);
@@ -399,7 +406,7 @@ int RunBench(int argc, char** argv) {
   if (!ParseArgs(argc, argv, a) || a.positional.empty() || a.positional[0] != "rpc") {
     std::fprintf(stderr,
                  "usage: kvtierctl bench rpc [--json] [--iterations N] [--seed S] "
-                 "[--socket PATH] [--redis_server BIN]\n");
+                 "[--socket PATH] [--redis_server BIN] [--spin_us N]\n");
     return 2;
   }
   return RunBenchRpc(a);

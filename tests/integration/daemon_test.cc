@@ -446,6 +446,22 @@ TEST(DaemonIntegration, EachBadInputGetsItsErrorAndTheDaemonServesTheNextClient)
   EXPECT_EQ(d->Stop(), 0);
 }
 
+TEST(DaemonIntegration, SigtermWithAWorkerHoldingPinsAndQueuedLoadsExitsCleanly) {
+  const uint64_t seed = TestSeed();
+  absl::StatusOr<DaemonProcess> d = DaemonProcess::Start(kBaseConfig);
+  ASSERT_TRUE(d.ok()) << d.status();
+  absl::StatusOr<pid_t> w = SpawnWorkerUntil(
+      {"hold", d->socket_path(), "test/sigterm", absl::StrCat(seed + 2), "32"}, "ready");
+  ASSERT_TRUE(w.ok()) << w.status();
+  const std::string socket = d->socket_path();
+  // In-flight operations finish or are cancelled, the lease ends, the socket is removed, exit 0.
+  EXPECT_EQ(d->Stop(), 0);
+  EXPECT_FALSE(std::filesystem::exists(socket));
+  ::kill(*w, SIGKILL);
+  int status;
+  ::waitpid(*w, &status, 0);
+}
+
 TEST(DaemonIntegration, TheCAbiStoresLooksUpAndLoads) {
   const uint64_t seed = TestSeed();
   std::mt19937_64 rng(seed);

@@ -116,6 +116,10 @@ absl::Status ApplyConfigYaml(absl::string_view yaml, DaemonConfig& c) {
           if (absl::Status s = ReadMode(v, full, c.socket_mode); !s.ok()) return s;
           return true;
         }
+        if (k == "http_address") {
+          if (absl::Status s = Read(v, full, c.http_address); !s.ok()) return s;
+          return true;
+        }
         if (k == "admin_uids") {
           if (absl::Status s = Read(v, full, c.admin_uids); !s.ok()) return s;
           return true;
@@ -242,6 +246,9 @@ absl::Status ValidateConfig(const DaemonConfig& c) {
                sizeof(sockaddr_un{}.sun_path) - 1);
   }
   if (c.socket_mode > 0777) return bad("socket_mode", "must be a permission mode <= 0777");
+  if (!c.http_address.empty() && c.http_address.rfind(':') == std::string::npos) {
+    return bad("http_address", "'", c.http_address, "' is not host:port (empty disables it)");
+  }
   if (c.store.page_bytes == 0) return bad("store.page_bytes", "must be > 0");
   if (c.store.hbm_pages == 0 && c.store.dram_pages == 0) {
     return bad("store.dram_pages", "no tier has slots (store.hbm_pages is 0 too)");
@@ -321,6 +328,7 @@ std::string ConfigToYaml(const DaemonConfig& c) {
   char mode[8];
   std::snprintf(mode, sizeof(mode), "0%o", c.socket_mode);
   out << YAML::Key << "socket_mode" << YAML::Value << mode;
+  out << YAML::Key << "http_address" << YAML::Value << c.http_address;
   out << YAML::Key << "store" << YAML::Value << YAML::BeginMap;
   out << YAML::Key << "page_bytes" << YAML::Value << c.store.page_bytes;
   out << YAML::Key << "hbm_pages" << YAML::Value << c.store.hbm_pages;

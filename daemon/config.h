@@ -67,7 +67,10 @@ struct NamespaceRule {
 struct DaemonConfig {
   std::string data_dir = "kvtier-data";  // created 0700 when missing
   std::string socket_path = "kvtier-data/kvtierd.sock";
-  uint32_t socket_mode = 0600;    // who may connect at all; SO_PEERCRED rules decide the rest
+  uint32_t socket_mode = 0600;  // who may connect at all; SO_PEERCRED rules decide the rest
+  // Admin HTTP endpoint (GET /metrics, /healthz, /readyz), host:port; port 0 picks a free one.
+  // Empty disables it. Default 127.0.0.1:9400, reachable from this node only.
+  std::string http_address = "127.0.0.1:9400";
   std::vector<uid_t> admin_uids;  // may call Status/Stats; empty: the daemon's own uid
   StoreConfig store;
   NvmeConfig nvme;

@@ -5,8 +5,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cstring>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "client/defaults.h"
@@ -105,16 +107,51 @@ bool HasStats(const wire::AttentionStats& st) {
   return st.mass_size() + st.breadth_size() + st.value_norm_size() + st.mass_entropy_size() > 0;
 }
 
+std::optional<RpcOp> OpOf(wire::Request::BodyCase c) {
+  switch (c) {
+    case wire::Request::kHello:
+      return RpcOp::kHello;
+    case wire::Request::kRegisterBuffers:
+      return RpcOp::kRegisterBuffers;
+    case wire::Request::kLookup:
+      return RpcOp::kLookup;
+    case wire::Request::kLoad:
+      return RpcOp::kLoad;
+    case wire::Request::kStore:
+      return RpcOp::kStore;
+    case wire::Request::kReport:
+      return RpcOp::kReport;
+    case wire::Request::kPin:
+      return RpcOp::kPin;
+    case wire::Request::kUnpin:
+      return RpcOp::kUnpin;
+    case wire::Request::kRelease:
+      return RpcOp::kRelease;
+    case wire::Request::kStatus:
+    case wire::Request::kStats:
+      return RpcOp::kStats;
+    case wire::Request::BODY_NOT_SET:
+      break;
+  }
+  return std::nullopt;
+}
+
+double SecondsSince(uint64_t start_ns) {
+  return static_cast<double>(SteadyClock::Get()->NowNs() - start_ns) * 1e-9;
+}
+
 }  // namespace
 
 Dispatcher::Dispatcher(const DaemonConfig& config, TieredStore& store, DaemonCounters& counters,
-                       Executor executor, uid_t owner_uid, uint64_t start_ns)
+                       Executor executor, uid_t owner_uid, uint64_t start_ns,
+                       DaemonMetrics* metrics)
     : config_(config),
       store_(store),
       counters_(counters),
       executor_(std::move(executor)),
       owner_uid_(owner_uid),
-      start_ns_(start_ns) {}
+      start_ns_(start_ns),
+      metrics_(metrics) {}
 
 Dispatcher::Verdict Dispatcher::Handle(const std::shared_ptr<Session>& session, Incoming in) {
   Session& s = *session;
@@ -122,8 +159,24 @@ Dispatcher::Verdict Dispatcher::Handle(const std::shared_ptr<Session>& session, 
   thread_local wire::Request req;
   thread_local wire::Response resp;
   resp.Clear();
+  const uint64_t t0 = metrics_ != nullptr ? SteadyClock::Get()->NowNs() : 0;
   auto reject = [&](const absl::Status& status, bool close) {
     counters_.bad_requests.fetch_add(1, std::memory_order_relaxed);
+    if (metrics_ != nullptr) {
+      metrics_->BadRequest();
+      if (status.code() == absl::StatusCode::kResourceExhausted) {
+        if (in.truncated) metrics_->QuotaRejected(QuotaKind::kMessageBytes);
+        if (status.message().find("max_pinned_pages") != absl::string_view::npos) {
+          metrics_->QuotaRejected(QuotaKind::kPinnedPages);
+        }
+        if (status.message().find("max_inflight_ops") != absl::string_view::npos) {
+          metrics_->QuotaRejected(QuotaKind::kInflightOps);
+        }
+      }
+      if (std::optional<RpcOp> op = OpOf(req.body_case()); op.has_value() && !in.truncated) {
+        metrics_->Request(*op, SecondsSince(t0), false);
+      }
+    }
     SetError(resp, status);
     s.Send(resp);
     if (close || ++s.consecutive_errors >= config_.limits.max_consecutive_errors) {
@@ -163,7 +216,12 @@ Dispatcher::Verdict Dispatcher::Handle(const std::shared_ptr<Session>& session, 
   Outcome out = Dispatch(session, req, in.fds, resp, attach);
   if (!out.status.ok()) return reject(out.status, out.close);
   s.consecutive_errors = 0;
-  if (out.fd == -2) return Verdict::kKeep;  // answered asynchronously
+  if (out.fd == -2) return Verdict::kKeep;  // answered asynchronously (and timed there)
+  if (metrics_ != nullptr) {
+    if (std::optional<RpcOp> op = OpOf(req.body_case()); op.has_value()) {
+      metrics_->Request(*op, SecondsSince(t0), true);
+    }
+  }
   s.Send(resp, attach.get());
   return Verdict::kKeep;
 }
@@ -235,6 +293,7 @@ bool Dispatcher::IsAdmin(const Session& s) const {
 Dispatcher::Outcome Dispatcher::HandleHello(Session& s, const wire::Hello& h, wire::HelloReply& out,
                                             UniqueFd& attach) {
   if (h.protocol_version() != kProtocolVersion) {
+    if (metrics_ != nullptr) metrics_->Refused(RefusalReason::kVersion);
     return {absl::FailedPreconditionError(absl::StrCat("protocol version ", h.protocol_version(),
                                                        " is not supported; this kvtierd speaks "
                                                        "version ",
@@ -254,6 +313,9 @@ Dispatcher::Outcome Dispatcher::HandleHello(Session& s, const wire::Hello& h, wi
   const NamespaceRule* rule = FindRule(config_, name);
   if (rule == nullptr || !Allowed(*rule, s.peer().uid, s.peer().gid, owner_uid_)) {
     counters_.auth_refused.fetch_add(1, std::memory_order_relaxed);
+    if (metrics_ != nullptr) {
+      metrics_->Refused(rule == nullptr ? RefusalReason::kNamespace : RefusalReason::kCredentials);
+    }
     return {absl::PermissionDeniedError(absl::StrCat(
                 "uid ", s.peer().uid, " gid ", s.peer().gid, " may not use namespace '", name, "'",
                 rule == nullptr ? " (no namespace rule matches it)" : "")),
@@ -412,7 +474,20 @@ absl::Status Dispatcher::HandleLookup(Session& s, const wire::Lookup& r, wire::L
   out.set_prefix_pages(static_cast<uint32_t>(found.prefix_pages));
   std::string* tiers = out.mutable_tiers();
   tiers->resize(found.prefix_pages);
-  for (size_t i = 0; i < found.prefix_pages; ++i) (*tiers)[i] = static_cast<char>(found.tiers[i]);
+  std::array<uint64_t, kNumTiers> hits{};
+  for (size_t i = 0; i < found.prefix_pages; ++i) {
+    (*tiers)[i] = static_cast<char>(found.tiers[i]);
+    ++hits[TierIndex(found.tiers[i])];
+  }
+  if (metrics_ != nullptr) {
+    const uint64_t tokens = s.layout->spec().tokens_per_page;
+    for (Tier t : {Tier::kHbm, Tier::kDram, Tier::kNvme}) {
+      if (hits[TierIndex(t)] > 0) metrics_->HitTokens(t, hits[TierIndex(t)] * tokens);
+    }
+    if (keys.size() > found.prefix_pages) {
+      metrics_->MissTokens((keys.size() - found.prefix_pages) * tokens);
+    }
+  }
   if (r.with_dram_slots()) {
     for (size_t i = 0; i < found.prefix_pages; ++i) {
       std::optional<PageEntry> e = store_.Find(s.ns, keys[i]);
@@ -477,6 +552,7 @@ absl::Status Dispatcher::SubmitLoadStore(const std::shared_ptr<Session>& session
     uint32_t first_position;
     std::string class_hints;
     wire::AttentionStats stats;
+    uint64_t submitted_ns = 0;
   };
   auto op =
       std::make_shared<Op>(Op{session, s.buffers, *s.layout, s.ns, req.id(), is_store,
@@ -488,6 +564,7 @@ absl::Status Dispatcher::SubmitLoadStore(const std::shared_ptr<Session>& session
     op->class_hints = req.store().class_hints();
     op->stats = req.store().stats();
   }
+  if (metrics_ != nullptr) op->submitted_ns = SteadyClock::Get()->NowNs();
   executor_([this, op] {
     Session& ss = *op->session;
     auto finish = [&] {
@@ -554,6 +631,10 @@ absl::Status Dispatcher::SubmitLoadStore(const std::shared_ptr<Session>& session
       }
     }
     pages.set_ok_pages(ok);
+    if (metrics_ != nullptr) {
+      metrics_->Request(op->is_store ? RpcOp::kStore : RpcOp::kLoad, SecondsSince(op->submitted_ns),
+                        ok == n);
+    }
     ss.Send(resp);
     finish();
   });

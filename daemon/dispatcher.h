@@ -23,6 +23,7 @@
 #include "absl/synchronization/mutex.h"
 #include "client/unique_fd.h"
 #include "daemon/config.h"
+#include "daemon/observability/daemon_metrics.h"
 #include "daemon/session.h"
 #include "tiering/tiered_store.h"
 
@@ -41,8 +42,10 @@ struct Incoming {
 
 class Dispatcher {
  public:
+  // `metrics` may be null (the fuzz target); otherwise it must outlive the dispatcher.
   Dispatcher(const DaemonConfig& config, TieredStore& store, DaemonCounters& counters,
-             Executor executor, uid_t owner_uid, uint64_t start_ns);
+             Executor executor, uid_t owner_uid, uint64_t start_ns,
+             DaemonMetrics* metrics = nullptr);
 
   enum class Verdict { kKeep, kClose };
   Verdict Handle(const std::shared_ptr<Session>& session, Incoming in);
@@ -78,6 +81,7 @@ class Dispatcher {
   const Executor executor_;
   const uid_t owner_uid_;
   const uint64_t start_ns_;
+  DaemonMetrics* const metrics_;
 
   mutable absl::Mutex mu_;
   // The layout each namespace's first worker presented (num_blocks aside): later workers must

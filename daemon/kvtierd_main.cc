@@ -17,6 +17,10 @@
 #include "client/unique_fd.h"
 #include "daemon/config.h"
 #include "daemon/nvme_hook.h"
+#include "daemon/observability/admin_http.h"
+#include "daemon/observability/daemon_metrics.h"
+#include "daemon/observability/metrics.h"
+#include "daemon/observability/store_metrics.h"
 #include "daemon/server.h"
 #include "tiering/tiered_store.h"
 
@@ -99,10 +103,29 @@ int Run() {
     std::fprintf(stderr, "kvtierd: store: %s\n", store.status().ToString().c_str());
     return 1;
   }
-  absl::StatusOr<std::unique_ptr<kvtier::Server>> server = kvtier::Server::Create(*config, **store);
+  // Metrics outlive the server and the HTTP endpoint that reads them (declared first).
+  kvtier::metrics::Registry registry;
+  kvtier::BindStoreMetrics(registry, **store);
+  kvtier::DaemonMetrics daemon_metrics(registry);
+  absl::StatusOr<std::unique_ptr<kvtier::Server>> server =
+      kvtier::Server::Create(*config, **store, &daemon_metrics);
   if (!server.ok()) {
     std::fprintf(stderr, "kvtierd: %s\n", server.status().ToString().c_str());
     return 1;
+  }
+  std::unique_ptr<kvtier::AdminHttpServer> http;
+  if (!config->http_address.empty()) {
+    kvtier::AdminHttpOptions http_options;
+    http_options.address = config->http_address;
+    absl::StatusOr<std::unique_ptr<kvtier::AdminHttpServer>> started =
+        kvtier::AdminHttpServer::Start(http_options, &registry, nullptr);
+    if (!started.ok()) {
+      std::fprintf(stderr, "kvtierd: http_address: %s\n", started.status().ToString().c_str());
+      return 1;
+    }
+    http = *std::move(started);
+    std::fprintf(stderr, "kvtierd: metrics on http://%s/metrics (port %d)\n",
+                 config->http_address.c_str(), http->port());
   }
   const kvtier::TieredStore::SharedPool pool = (*store)->dram_pool();
   std::fprintf(stderr,
@@ -113,6 +136,7 @@ int Run() {
                static_cast<unsigned long long>(options.page_bytes),
                std::string((*store)->policy_name()).c_str());
   absl::Status served = (*server)->Serve(stop.get());
+  http.reset();  // stop scrapes before the store they read goes away
   server->reset();
   store->reset();
   if (!served.ok()) {

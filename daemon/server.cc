@@ -59,7 +59,7 @@ absl::Status EnsureDataDir(const std::string& dir) {
 }
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Create(const DaemonConfig& config,
-                                                       TieredStore& store) {
+                                                       TieredStore& store, DaemonMetrics* metrics) {
   const std::string& path = config.socket_path;
   // A socket file left by a daemon that died: remove it, but never one a live daemon serves.
   if (absl::StatusOr<UniqueFd> probe = ConnectSeqpacket(path); probe.ok()) {
@@ -83,18 +83,20 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const DaemonConfig& confi
   if (::listen(fd.get(), 128) != 0) {
     return absl::InternalError(absl::StrCat("listen: ", std::strerror(errno)));
   }
-  return std::unique_ptr<Server>(new Server(config, store, std::move(fd)));
+  return std::unique_ptr<Server>(new Server(config, store, std::move(fd), metrics));
 }
 
-Server::Server(const DaemonConfig& config, TieredStore& store, UniqueFd listener)
+Server::Server(const DaemonConfig& config, TieredStore& store, UniqueFd listener,
+               DaemonMetrics* metrics)
     : config_(config),
       store_(store),
       listener_(std::move(listener)),
+      metrics_(metrics),
       pool_(std::make_unique<WorkerPool>(config.limits.io_threads)),
       dispatcher_(
           config, store, counters_,
           [this](std::function<void()> t) { pool_->Submit(std::move(t)); }, ::geteuid(),
-          SteadyClock::Get()->NowNs()) {}
+          SteadyClock::Get()->NowNs(), metrics) {}
 
 Server::~Server() { ::unlink(config_.socket_path.c_str()); }
 
@@ -102,7 +104,13 @@ absl::Status Server::Serve(int stop_fd) {
   absl::Notification stop_planner;
   std::thread planner([&] {
     const absl::Duration period = absl::Milliseconds(config_.store.maintain_interval_ms);
-    while (!stop_planner.WaitForNotificationWithTimeout(period)) store_.Maintain();
+    while (!stop_planner.WaitForNotificationWithTimeout(period)) {
+      const uint64_t start = SteadyClock::Get()->NowNs();
+      store_.Maintain();
+      if (metrics_ != nullptr) {
+        metrics_->PlannerRun(static_cast<double>(SteadyClock::Get()->NowNs() - start) * 1e-9);
+      }
+    }
   });
   absl::Status result;
   while (true) {
@@ -122,6 +130,7 @@ absl::Status Server::Serve(int stop_fd) {
     counters_.connections_total.fetch_add(1, std::memory_order_relaxed);
     absl::MutexLock lock(&mu_);
     if (connection_threads_ >= config_.limits.max_connections) {
+      if (metrics_ != nullptr) metrics_->Refused(RefusalReason::kLimit);
       wire::Response resp;
       resp.mutable_error()->set_code(static_cast<int>(absl::StatusCode::kResourceExhausted));
       resp.mutable_error()->set_message(absl::StrCat("kvtierd serves ",
@@ -145,6 +154,7 @@ absl::Status Server::Serve(int stop_fd) {
     live_fds_[id] = raw;
     ++connection_threads_;
     counters_.sessions.fetch_add(1, std::memory_order_relaxed);
+    if (metrics_ != nullptr) metrics_->SessionOpened();
     std::thread([this, session, raw] { ServeConnection(session, raw); }).detach();
   }
   // Shut every connection down: each thread sees EOF and ends its session's lease.
@@ -183,6 +193,7 @@ void Server::ServeConnection(std::shared_ptr<Session> session, int fd) {
   }
   session.reset();
   counters_.sessions.fetch_sub(1, std::memory_order_relaxed);
+  if (metrics_ != nullptr) metrics_->SessionClosed();
   absl::MutexLock lock(&mu_);
   --connection_threads_;  // last: Serve may return (and destroy this) once it reaches zero
 }

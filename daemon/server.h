@@ -46,20 +46,23 @@ class WorkerPool {
 
 class Server {
  public:
+  // `metrics` may be null; otherwise it must outlive the server.
   static absl::StatusOr<std::unique_ptr<Server>> Create(const DaemonConfig& config,
-                                                        TieredStore& store);
+                                                        TieredStore& store,
+                                                        DaemonMetrics* metrics = nullptr);
   ~Server();
   // Serves until `stop_fd` is readable, then shuts down as described above.
   absl::Status Serve(int stop_fd);
 
  private:
-  Server(const DaemonConfig& config, TieredStore& store, UniqueFd listener);
+  Server(const DaemonConfig& config, TieredStore& store, UniqueFd listener, DaemonMetrics* metrics);
   void ServeConnection(std::shared_ptr<Session> session, int fd);
 
   const DaemonConfig& config_;
   TieredStore& store_;
   UniqueFd listener_;
   DaemonCounters counters_;
+  DaemonMetrics* const metrics_;
   std::unique_ptr<WorkerPool> pool_;
   Dispatcher dispatcher_;
 

@@ -27,7 +27,8 @@
 namespace kvtier::testing {
 namespace {
 
-constexpr char kBaseConfig[] = R"(store:
+constexpr char kBaseConfig[] = R"(http_address: 127.0.0.1:0
+store:
   page_bytes: 32768
   hbm_pages: 8
   dram_pages: 128

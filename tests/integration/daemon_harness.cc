@@ -19,6 +19,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "client/seqpacket.h"
+#include "client/unique_fd.h"
 
 namespace kvtier::testing {
 
@@ -99,9 +100,12 @@ size_t DaemonProcess::MappedAreas(const std::string& name) const {
 }
 
 namespace {
-pid_t SpawnWithPipe(const std::vector<std::string>& args, int& read_fd) {
+// Starts the worker with its stdout on a pipe; `read_end` receives the pipe's read end.
+pid_t SpawnWithPipe(const std::vector<std::string>& args, UniqueFd& read_end) {
   int p[2];
   if (::pipe2(p, O_CLOEXEC) != 0) return -1;
+  read_end.Reset(p[0]);
+  UniqueFd write_end(p[1]);
   std::vector<std::string> full = {KVTIER_WORKER_BIN};
   full.insert(full.end(), args.begin(), args.end());
   std::vector<char*> argv;
@@ -109,23 +113,20 @@ pid_t SpawnWithPipe(const std::vector<std::string>& args, int& read_fd) {
   argv.push_back(nullptr);
   const pid_t pid = ::fork();
   if (pid == 0) {
-    ::dup2(p[1], 1);
+    ::dup2(write_end.get(), 1);
     ::execv(argv[0], argv.data());
     ::_exit(127);
   }
-  ::close(p[1]);  // the parent keeps only the read end (test code: no RAII type for pipes here)
-  read_fd = p[0];
-  return pid;
+  return pid;  // the parent's write end closes here, so EOF follows the worker's exit
 }
 }  // namespace
 
 WorkerResult RunWorker(const std::vector<std::string>& args) {
-  int fd = -1;
-  const pid_t pid = SpawnWithPipe(args, fd);
+  UniqueFd out;
+  const pid_t pid = SpawnWithPipe(args, out);
   WorkerResult r;
   char buf[4096];
-  for (ssize_t n; (n = ::read(fd, buf, sizeof(buf))) > 0;) r.output.append(buf, n);
-  ::close(fd);
+  for (ssize_t n; (n = ::read(out.get(), buf, sizeof(buf))) > 0;) r.output.append(buf, n);
   int status = 0;
   ::waitpid(pid, &status, 0);
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
@@ -134,19 +135,18 @@ WorkerResult RunWorker(const std::vector<std::string>& args) {
 
 absl::StatusOr<pid_t> SpawnWorkerUntil(const std::vector<std::string>& args,
                                        const std::string& ready_line) {
-  int fd = -1;
-  const pid_t pid = SpawnWithPipe(args, fd);
-  std::string out;
+  UniqueFd out;
+  const pid_t pid = SpawnWithPipe(args, out);
+  std::string text;
   char buf[256];
-  for (ssize_t n;
-       out.find(ready_line) == std::string::npos && (n = ::read(fd, buf, sizeof(buf))) > 0;) {
-    out.append(buf, n);
+  for (ssize_t n; text.find(ready_line) == std::string::npos &&
+                  (n = ::read(out.get(), buf, sizeof(buf))) > 0;) {
+    text.append(buf, n);
   }
-  ::close(fd);
-  if (out.find(ready_line) == std::string::npos) {
+  if (text.find(ready_line) == std::string::npos) {
     int status;
     ::waitpid(pid, &status, 0);
-    return absl::InternalError(absl::StrCat("worker never printed '", ready_line, "': ", out));
+    return absl::InternalError(absl::StrCat("worker never printed '", ready_line, "': ", text));
   }
   return pid;
 }

@@ -24,6 +24,9 @@ struct PageMeta {
   NamespaceId ns = 0;
   PageClass cls = PageClass::kUnknown;
   uint64_t bytes = 0;
+  // Salt of the page's namespace (NamespaceSalt of its name). Unlike `ns`, it means the same in
+  // the next run: persistent tiers store it so recovered pages find their namespace again.
+  PageKey ns_salt;
 };
 
 // One page to read or write: its slot and the scattered memory on the other side.

@@ -154,6 +154,13 @@ void TieredStore::AdoptRecovered(const RecoveredPage& page) {
   }
   PageEntry e;
   e.ns = page.meta.ns;
+  if (!page.meta.ns_salt.is_null()) {
+    // Bind the page to a placeholder namespace for its salt; AddNamespace claims it by name.
+    auto [it, inserted] = recovered_namespaces_.try_emplace(
+        page.meta.ns_salt, static_cast<NamespaceId>(namespaces_.size()));
+    if (inserted) namespaces_.push_back(NamespaceState{"", page.meta.ns_salt, 0, 0, {}});
+    e.ns = it->second;
+  }
   e.slot = page.slot;
   e.tier = t;
   e.cls = page.meta.cls;
@@ -193,8 +200,17 @@ absl::StatusOr<NamespaceId> TieredStore::AddNamespace(const std::string& name,
           hbm.has_value() ? hbm->used() - total_sink_used_ : 0, " used by other pages"));
     }
   }
-  const NamespaceId id = static_cast<NamespaceId>(namespaces_.size());
-  namespaces_.push_back(NamespaceState{name, NamespaceSalt(name), sink_slots, 0, {}});
+  const PageKey salt = NamespaceSalt(name);
+  NamespaceId id = static_cast<NamespaceId>(namespaces_.size());
+  if (auto it = recovered_namespaces_.find(salt); it != recovered_namespaces_.end()) {
+    // Pages recovered from a persistent tier were waiting for this name: they keep their id.
+    id = it->second;
+    recovered_namespaces_.erase(it);
+    namespaces_[id].name = name;
+    namespaces_[id].sink_reserved = sink_slots;
+  } else {
+    namespaces_.push_back(NamespaceState{name, salt, sink_slots, 0, {}});
+  }
   namespace_ids_.emplace(name, id);
   total_sink_reserved_ += sink_slots;
   return id;
@@ -348,7 +364,8 @@ absl::Status TieredStore::MoveLocked(const PageKey& key, Tier to, bool into_sink
     return absl::ResourceExhaustedError(
         absl::StrCat("no room in ", TierName(to), " for page ", key.ToHex()));
   }
-  const PageMeta meta{key, e.ns, e.cls, options_.page_bytes};
+  const PageMeta meta{key, e.ns, e.cls, options_.page_bytes,
+                      e.ns < namespaces_.size() ? namespaces_[e.ns].salt : PageKey{}};
   absl::Status copied =
       CopyBetween(*backends_[TierIndex(e.tier)], e.slot, *backends_[TierIndex(to)], *slot, meta);
   if (!copied.ok()) {
@@ -439,6 +456,7 @@ absl::StatusOr<Tier> TieredStore::Put(NamespaceId ns, const PageKey& key,
   ClassSource source;
   const PageClass cls = ClassifyOnPut(options, &source);
   PageEntry entry;
+  PageKey ns_salt;
   {
     absl::MutexLock lock(&mu_);
     if (ns >= namespaces_.size()) {
@@ -491,13 +509,14 @@ absl::StatusOr<Tier> TieredStore::Put(NamespaceId ns, const PageKey& key,
     entry.in_sink_slot = sink_slot;
     entry.stats.insert_ns = Now();
     entry.stats.tokens = options.tokens != 0 ? options.tokens : options_.tokens_per_page;
+    ns_salt = namespaces_[ns].salt;
     index_.Insert(key, entry);
     if (sink_slot) namespaces_[ns].sinks_in_slots.push_back(key);
     ++pages_by_class_[TierIndex(tier)][static_cast<int>(cls)];
   }
   absl::Status written;
   backends_[TierIndex(entry.tier)]->Write(
-      {SlotWrite{entry.slot, PageMeta{key, ns, cls, options_.page_bytes}, src}},
+      {SlotWrite{entry.slot, PageMeta{key, ns, cls, options_.page_bytes, ns_salt}, src}},
       absl::MakeSpan(&written, 1));
   absl::MutexLock lock(&mu_);
   if (!written.ok()) {

@@ -123,14 +123,18 @@ void IoRing::Prep(io_uring_sqe* sqe, IoRequest* r) {
   const int fd = fixed_files_ ? static_cast<int>(r->file) : fds_[r->file];
   switch (r->op) {
     case NvmeFaultInjector::Op::kRead:
-      if (fixed_buffers_ && r->buffer >= 0) {
+      if (r->vectored) {
+        io_uring_prep_readv(sqe, fd, &r->iov[r->iov_first], 2 - r->iov_first, r->offset);
+      } else if (fixed_buffers_ && r->buffer >= 0) {
         io_uring_prep_read_fixed(sqe, fd, r->data, r->length, r->offset, r->buffer);
       } else {
         io_uring_prep_read(sqe, fd, r->data, r->length, r->offset);
       }
       break;
     case NvmeFaultInjector::Op::kWrite:
-      if (fixed_buffers_ && r->buffer >= 0) {
+      if (r->vectored) {
+        io_uring_prep_writev(sqe, fd, &r->iov[r->iov_first], 2 - r->iov_first, r->offset);
+      } else if (fixed_buffers_ && r->buffer >= 0) {
         io_uring_prep_write_fixed(sqe, fd, r->data, r->length, r->offset, r->buffer);
       } else {
         io_uring_prep_write(sqe, fd, r->data, r->length, r->offset);

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <liburing.h>
+#include <sys/uio.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -37,7 +38,31 @@ struct IoRequest {
   IoWaiter* waiter = nullptr;
   uint32_t id = 0;         // the caller's name for this request
   int result = 0;          // bytes transferred or -errno, set on completion
+  // Vectored (readv/writev) instead of data/buffer: the header block in staging, the payload
+  // straight from or into the caller's memory (zero-copy). iov[0] may be emptied by a short
+  // transfer; the live vectors start at `iov_first`.
+  bool vectored = false;
+  uint8_t iov_first = 0;
+  iovec iov[2] = {};
 };
+
+// Moves `r` past `n` transferred bytes (a short transfer about to be continued).
+inline void Advance(IoRequest& r, uint32_t n) {
+  r.offset += n;
+  r.length -= n;
+  if (!r.vectored) {
+    r.data += n;
+    return;
+  }
+  while (n > 0) {
+    iovec& v = r.iov[r.iov_first];
+    const size_t k = n < v.iov_len ? n : v.iov_len;
+    v.iov_base = static_cast<char*>(v.iov_base) + k;
+    v.iov_len -= k;
+    n -= static_cast<uint32_t>(k);
+    if (v.iov_len == 0 && r.iov_first < 1) ++r.iov_first;
+  }
+}
 
 // Collects the completions of one caller's batch.
 class IoWaiter {

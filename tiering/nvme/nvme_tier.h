@@ -11,6 +11,12 @@
 // next start. An index entry whose bytes were later overwritten (a Release whose delete was lost)
 // fails the header/checksum check on read and is dropped: a page is intact or absent, never wrong.
 //
+// Zero-copy: a page whose memory is one 4 KiB-aligned piece (a DRAM-tier slot) moves between
+// the disk and that memory directly (readv/writev with the header block from staging); other
+// pages pass through a registered staging buffer. On a failed read (an error status) the
+// caller's destination may hold unverified bytes: it must not use them, and the tier never
+// reports them as a page.
+//
 // Thread model: Write/Read/Release may be called from many threads at once for different slots
 // (TierBackend's contract). Submissions are serialized by `submit_mu_`; one dedicated thread reaps
 // completions and hands them back to the waiting caller, who copies, checksums and resubmits. A

@@ -66,6 +66,12 @@ class TierBackend {
   // The slot no longer holds a page (eviction or move); a persistent tier forgets it.
   virtual void Release(uint32_t /*slot*/) {}
 
+  // Host memory that pages will be moved from and to (the DRAM pool), offered once before any
+  // I/O so a backend can register it for zero-copy transfers. Optional: the default ignores it.
+  virtual absl::Status RegisterHostMemory(absl::Span<const MutableBuffer> /*regions*/) {
+    return absl::OkStatus();
+  }
+
   // Persistent tiers report the pages they hold from an earlier run; memory tiers none.
   virtual absl::Status Recover(const std::function<void(const RecoveredPage&)>& /*visit*/) {
     return absl::OkStatus();

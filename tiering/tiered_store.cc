@@ -132,6 +132,19 @@ absl::Status TieredStore::Init() {
   if (!any) return absl::InvalidArgumentError("the store needs at least one tier with slots");
   hbm_backend_name_ = hbm != nullptr ? std::string(hbm->name()) : "none";
   bounce_.resize(bytes);
+  // Host-addressable pools are offered to every backend once, so one that moves pages by DMA
+  // (NVMe over io_uring) can register them and skip a copy; a refusal only costs that copy.
+  std::vector<MutableBuffer> host_pools;
+  for (Tier t : kAllTiers) {
+    const auto& b = backends_[TierIndex(t)];
+    if (b != nullptr && b->HostSlot(0) != nullptr) {
+      host_pools.push_back(MutableBuffer{b->HostSlot(0), uint64_t{b->slot_count()} * b->slot_bytes()});
+    }
+  }
+  for (Tier t : kAllTiers) {
+    auto& backend = backends_[TierIndex(t)];
+    if (backend != nullptr && !host_pools.empty()) (void)backend->RegisterHostMemory(host_pools);
+  }
   // A persistent tier brings back what it held before a restart.
   for (Tier t : kAllTiers) {
     auto& backend = backends_[TierIndex(t)];

@@ -28,17 +28,21 @@ struct Args {
   bool json = false;
   uint64_t capacity_mib = 4096;
   uint32_t write_threads = 2;
-  uint32_t write_batch = 0;  // pages per Write call; 0: queue_depth / write_threads
+  // Pages per Write call (each call ends with one data sync and one index sync, as a planner's
+  // demotion batch would). 0: 4 * queue_depth / write_threads.
+  uint32_t write_batch = 0;
+  uint32_t read_threads = 0;  // 0: queue_depth (one page in flight per thread)
   bool sync_data = true;
   bool sync_index = true;
   bool sqpoll = false;
+  bool register_memory = true;
 };
 
 int Usage(const char* why) {
   std::fprintf(stderr,
                "error: %s\nusage: bench nvme --dir D [--page-bytes N] [--queue-depth N] "
                "[--seconds S] [--json] [--capacity-mib N] [--write-threads N] [--write-batch N] "
-               "[--no-sync] [--no-sync-data] [--no-sync-index] [--sqpoll]\n",
+               "[--no-sync] [--no-sync-data] [--no-sync-index] [--no-register] [--sqpoll]\n",
                why);
   return 2;
 }
@@ -86,6 +90,8 @@ int RunBenchNvme(int argc, char** argv) {
            a.write_threads > 0;
     } else if (f == "--write-batch") {
       ok = (v = value()) != nullptr && absl::SimpleAtoi(v, &a.write_batch);
+    } else if (f == "--read-threads") {
+      ok = (v = value()) != nullptr && absl::SimpleAtoi(v, &a.read_threads);
     } else if (f == "--json") {
       a.json = true;
     } else if (f == "--no-sync") {
@@ -94,6 +100,8 @@ int RunBenchNvme(int argc, char** argv) {
       a.sync_data = false;
     } else if (f == "--no-sync-index") {
       a.sync_index = false;
+    } else if (f == "--no-register") {
+      a.register_memory = false;
     } else if (f == "--sqpoll") {
       a.sqpoll = true;
     } else {
@@ -124,17 +132,27 @@ int RunBenchNvme(int argc, char** argv) {
   }
   NvmeTier& tier = **created;
 
-  // Sources: a few random pages (never zeros) so the disk sees real data; keys are unique.
+  // Sources and read destinations live in one 4 KiB-aligned arena registered with the tier, as
+  // the DRAM pool is in the daemon, so whole pages move without a copy (the tier's zero-copy
+  // path); --no-register measures the staging-copy path instead. Random bytes, never zeros.
   std::mt19937_64 rng(std::random_device{}());
-  // They are 4 KiB-aligned, as DRAM-tier slots (memfd) are, so the tier's zero-copy path is what
-  // gets measured; pages of other sizes or alignment go through its staging copy.
   constexpr int kSources = 4;
-  std::vector<AlignedPage> sources;
+  const uint64_t page_span = (a.page_bytes + 4095) / 4096 * 4096;
+  const uint32_t max_dst = a.queue_depth;
+  AlignedPage arena(page_span * (kSources + max_dst));
+  std::vector<std::byte*> sources;
   for (int k = 0; k < kSources; ++k) {
-    sources.emplace_back(a.page_bytes);
+    sources.push_back(arena.data() + k * page_span);
     for (size_t i = 0; i + 8 <= a.page_bytes; i += 8) {
       const uint64_t v = rng();
-      std::memcpy(sources.back().data() + i, &v, 8);
+      std::memcpy(sources.back() + i, &v, 8);
+    }
+  }
+  std::atomic<uint32_t> next_dst{0};
+  if (a.register_memory) {
+    const MutableBuffer region{arena.data(), page_span * (kSources + max_dst)};
+    if (absl::Status s = tier.RegisterHostMemory({region}); !s.ok()) {
+      std::fprintf(stderr, "warning: %s\n", s.ToString().c_str());
     }
   }
   std::vector<PageKey> keys(o.slots);
@@ -144,7 +162,7 @@ int RunBenchNvme(int argc, char** argv) {
   // slots, cycling over the files as fio's sequential write cycles over its file.
   const uint32_t wt = std::min(a.write_threads, a.queue_depth);
   const uint32_t wbatch =
-      a.write_batch != 0 ? a.write_batch : std::max<uint32_t>(1, a.queue_depth / wt);
+      a.write_batch != 0 ? a.write_batch : std::max<uint32_t>(1, 4 * a.queue_depth / wt);
   std::atomic<uint64_t> next_slot{0};
   std::atomic<uint64_t> pages_written{0};
   std::atomic<uint64_t> write_errors{0};
@@ -164,7 +182,7 @@ int RunBenchNvme(int argc, char** argv) {
           const auto slot = static_cast<uint32_t>((first + i) % o.slots);
           tier.Release(slot);
           keys[slot] = PageKey{r() | 1, r()};
-          bufs[i] = ConstBuffer{sources[(first + i) % kSources].data(), a.page_bytes};
+          bufs[i] = ConstBuffer{sources[(first + i) % kSources], a.page_bytes};
           writes[i] = SlotWrite{slot, PageMeta{keys[slot], 0, PageClass::kSemantic, a.page_bytes},
                                 absl::MakeConstSpan(&bufs[i], 1)};
         }
@@ -192,31 +210,44 @@ int RunBenchNvme(int argc, char** argv) {
     std::fprintf(stderr, "error: no page was written\n");
     return 1;
   }
-  // Read phase: queue_depth readers, one whole page each in flight (fio's iodepth), random slots.
+  // Read phase: queue_depth pages in flight over random slots (fio's iodepth), spread over
+  // read_threads callers that each read queue_depth / read_threads pages per call. A page's
+  // latency is its call's: from submission until it is verified and in the caller's memory.
+  const uint32_t rt = std::min(a.read_threads != 0 ? a.read_threads : a.queue_depth, a.queue_depth);
+  const uint32_t rbatch = std::max<uint32_t>(1, a.queue_depth / rt);
   std::atomic<uint64_t> pages_read{0};
   std::atomic<uint64_t> read_errors{0};
-  std::vector<std::vector<float>> lat_us(a.queue_depth);
+  std::vector<std::vector<float>> lat_us(rt);
   const auto r_start = Clock::now();
   const auto r_end = r_start + std::chrono::duration_cast<Clock::duration>(
                                    std::chrono::duration<double>(a.seconds));
-  for (uint32_t t = 0; t < a.queue_depth; ++t) {
+  for (uint32_t t = 0; t < rt; ++t) {
     threads.emplace_back([&, t] {
       std::mt19937_64 r(1000 + t);
-      AlignedPage dst(a.page_bytes);
-      const MutableBuffer buf{dst.data(), a.page_bytes};
+      std::vector<MutableBuffer> bufs;
+      for (uint32_t i = 0; i < rbatch; ++i) {
+        const uint32_t d = next_dst.fetch_add(1);
+        bufs.push_back(MutableBuffer{arena.data() + (kSources + d) * page_span, a.page_bytes});
+      }
+      std::vector<SlotRead> reads(rbatch);
+      std::vector<absl::Status> results(rbatch);
       lat_us[t].reserve(1 << 16);
-      absl::Status result;
       while (Clock::now() < r_end) {
-        const uint32_t slot = readable[r() % readable.size()];
+        for (uint32_t i = 0; i < rbatch; ++i) {
+          const uint32_t slot = readable[r() % readable.size()];
+          reads[i] = SlotRead{slot, PageMeta{keys[slot], 0, PageClass::kSemantic, a.page_bytes},
+                              absl::MakeConstSpan(&bufs[i], 1)};
+        }
         const auto t0 = Clock::now();
-        tier.Read({SlotRead{slot, PageMeta{keys[slot], 0, PageClass::kSemantic, a.page_bytes},
-                            absl::MakeConstSpan(&buf, 1)}},
-                  absl::MakeSpan(&result, 1));
-        lat_us[t].push_back(static_cast<float>(Seconds(Clock::now() - t0) * 1e6));
-        if (result.ok()) {
-          pages_read.fetch_add(1, std::memory_order_relaxed);
-        } else {
-          read_errors.fetch_add(1, std::memory_order_relaxed);
+        tier.Read(reads, absl::MakeSpan(results));
+        const auto us = static_cast<float>(Seconds(Clock::now() - t0) * 1e6);
+        for (uint32_t i = 0; i < rbatch; ++i) {
+          lat_us[t].push_back(us);
+          if (results[i].ok()) {
+            pages_read.fetch_add(1, std::memory_order_relaxed);
+          } else {
+            read_errors.fetch_add(1, std::memory_order_relaxed);
+          }
         }
       }
     });

@@ -83,6 +83,7 @@ absl::StatusOr<std::unique_ptr<IoRing>> IoRing::Create(const Options& options,
   for (uint32_t i = 0; i < pool.count(); ++i) {
     iovs[i] = iovec{pool.data(static_cast<int>(i)), pool.buffer_bytes()};
   }
+  ring->staging_iovs_ = iovs;
   if (int rc = io_uring_register_buffers(&ring->ring_, iovs.data(),
                                          static_cast<unsigned>(iovs.size()));
       rc == 0) {
@@ -119,22 +120,38 @@ IoRing::~IoRing() {
   if (ring_live_) io_uring_queue_exit(&ring_);
 }
 
+absl::Status IoRing::RegisterExtraBuffers(absl::Span<const iovec> extra) {
+  absl::MutexLock lock(&submit_mu_);
+  if (!fixed_buffers_) {
+    return absl::FailedPreconditionError("the ring runs without registered buffers");
+  }
+  std::vector<iovec> all = staging_iovs_;
+  all.insert(all.end(), extra.begin(), extra.end());
+  io_uring_unregister_buffers(&ring_);
+  int rc = io_uring_register_buffers(&ring_, all.data(), static_cast<unsigned>(all.size()));
+  if (rc == 0) return absl::OkStatus();
+  // Put the staging buffers back so the copy path keeps its fixed buffers.
+  const absl::Status err = absl::UnavailableError(
+      absl::StrCat("io_uring_register_buffers: ", std::strerror(-rc)));
+  if (io_uring_register_buffers(&ring_, staging_iovs_.data(),
+                                static_cast<unsigned>(staging_iovs_.size())) != 0) {
+    fixed_buffers_ = false;
+  }
+  return err;
+}
+
 void IoRing::Prep(io_uring_sqe* sqe, IoRequest* r) {
   const int fd = fixed_files_ ? static_cast<int>(r->file) : fds_[r->file];
   switch (r->op) {
     case NvmeFaultInjector::Op::kRead:
-      if (r->vectored) {
-        io_uring_prep_readv(sqe, fd, &r->iov[r->iov_first], 2 - r->iov_first, r->offset);
-      } else if (fixed_buffers_ && r->buffer >= 0) {
+      if (fixed_buffers_ && r->buffer >= 0) {
         io_uring_prep_read_fixed(sqe, fd, r->data, r->length, r->offset, r->buffer);
       } else {
         io_uring_prep_read(sqe, fd, r->data, r->length, r->offset);
       }
       break;
     case NvmeFaultInjector::Op::kWrite:
-      if (r->vectored) {
-        io_uring_prep_writev(sqe, fd, &r->iov[r->iov_first], 2 - r->iov_first, r->offset);
-      } else if (fixed_buffers_ && r->buffer >= 0) {
+      if (fixed_buffers_ && r->buffer >= 0) {
         io_uring_prep_write_fixed(sqe, fd, r->data, r->length, r->offset, r->buffer);
       } else {
         io_uring_prep_write(sqe, fd, r->data, r->length, r->offset);

@@ -31,37 +31,20 @@ class IoWaiter;
 struct IoRequest {
   NvmeFaultInjector::Op op = NvmeFaultInjector::Op::kRead;
   uint32_t file = 0;       // index of the registered file
-  int buffer = -1;         // index of the registered staging buffer, -1 for none
+  int buffer = -1;         // index of the registered buffer `data` lies in, -1 for none
   std::byte* data = nullptr;
   uint32_t length = 0;
   uint64_t offset = 0;
   IoWaiter* waiter = nullptr;
   uint32_t id = 0;         // the caller's name for this request
   int result = 0;          // bytes transferred or -errno, set on completion
-  // Vectored (readv/writev) instead of data/buffer: the header block in staging, the payload
-  // straight from or into the caller's memory (zero-copy). iov[0] may be emptied by a short
-  // transfer; the live vectors start at `iov_first`.
-  bool vectored = false;
-  uint8_t iov_first = 0;
-  iovec iov[2] = {};
 };
 
 // Moves `r` past `n` transferred bytes (a short transfer about to be continued).
 inline void Advance(IoRequest& r, uint32_t n) {
+  r.data += n;
   r.offset += n;
   r.length -= n;
-  if (!r.vectored) {
-    r.data += n;
-    return;
-  }
-  while (n > 0) {
-    iovec& v = r.iov[r.iov_first];
-    const size_t k = n < v.iov_len ? n : v.iov_len;
-    v.iov_base = static_cast<char*>(v.iov_base) + k;
-    v.iov_len -= k;
-    n -= static_cast<uint32_t>(k);
-    if (v.iov_len == 0 && r.iov_first < 1) ++r.iov_first;
-  }
 }
 
 // Collects the completions of one caller's batch.
@@ -131,10 +114,14 @@ class IoRing {
   // Queues and submits `requests`; each later completes through its waiter. On error nothing of
   // the failed remainder was queued: those requests are completed with the error right away.
   void Submit(absl::Span<IoRequest* const> requests);
+  // Registers `extra` after the staging buffers (indices count.. of the pool onward), replacing
+  // any earlier extra set. Only while no I/O is in flight.
+  absl::Status RegisterExtraBuffers(absl::Span<const iovec> extra);
   const std::string& describe() const { return describe_; }
 
  private:
   IoRing(const Options& options, std::vector<int> fds);
+  std::vector<iovec> staging_iovs_;
   void ReapLoop();
   void Prep(io_uring_sqe* sqe, IoRequest* r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(submit_mu_);
 

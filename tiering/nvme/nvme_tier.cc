@@ -85,15 +85,6 @@ absl::Status CheckIo(uint32_t slot, uint32_t slot_count, uint64_t page_bytes, ui
   return absl::OkStatus();
 }
 
-// A page the disk can move straight from or into the caller's memory: one piece, its address
-// and length 4 KiB-aligned (a DRAM-tier slot, an aligned worker buffer). Saves a copy per page,
-// which on a small host is what stands between the tier and the disk's bandwidth.
-template <typename Buffer>
-bool ZeroCopyEligible(absl::Span<const Buffer> bufs) {
-  return bufs.size() == 1 && reinterpret_cast<uintptr_t>(bufs[0].data) % nvme::kBlockBytes == 0 &&
-         bufs[0].size % nvme::kBlockBytes == 0;
-}
-
 absl::Status ErrnoStatus(int err, absl::string_view what) {
   const std::string msg = absl::StrCat(what, ": ", std::strerror(err));
   switch (err) {
@@ -288,6 +279,46 @@ absl::Status NvmeTier::OpenFile(uint32_t i, uint32_t slots_in_file) {
   return absl::OkStatus();
 }
 
+template <typename Buffer>
+int NvmeTier::DirectBuffer(absl::Span<const Buffer> bufs) const {
+  if (bufs.size() != 1 || bufs[0].size % nvme::kBlockBytes != 0) return -1;
+  const auto p = reinterpret_cast<uintptr_t>(bufs[0].data);
+  if (p % nvme::kBlockBytes != 0) return -1;
+  for (const HostRegion& r : host_regions_) {
+    if (p >= r.begin && p + bufs[0].size <= r.end) return r.buffer_index;
+  }
+  return -1;
+}
+
+absl::Status NvmeTier::RegisterHostMemory(absl::Span<const MutableBuffer> regions) {
+  std::vector<iovec> extra;
+  std::vector<HostRegion> added;
+  for (const MutableBuffer& m : regions) {
+    if (m.data == nullptr || m.size == 0) continue;
+    added.push_back(HostRegion{reinterpret_cast<uintptr_t>(m.data),
+                               reinterpret_cast<uintptr_t>(m.data) + m.size,
+                               static_cast<int>(staging_->count() + host_regions_.size() +
+                                                added.size())});
+    extra.push_back(iovec{m.data, m.size});
+  }
+  if (extra.empty()) return absl::OkStatus();
+  std::vector<iovec> all;
+  for (const HostRegion& r : host_regions_) {
+    all.push_back(iovec{reinterpret_cast<void*>(r.begin), r.end - r.begin});
+  }
+  all.insert(all.end(), extra.begin(), extra.end());
+  if (absl::Status s = ring_->RegisterExtraBuffers(all); !s.ok()) {
+    Log(absl::StrCat("could not register ", extra.size(),
+                     " host region(s) with the ring (", s.ToString(),
+                     "): those pages go through staging copies"));
+    return s;
+  }
+  host_regions_.insert(host_regions_.end(), added.begin(), added.end());
+  Log(absl::StrCat("registered ", extra.size(), " host region(s) with the ring: aligned pages in "
+                   "them move without a copy"));
+  return absl::OkStatus();
+}
+
 std::string NvmeTier::SlotFilePath(uint32_t slot) const { return files_[FileOf(slot)].path; }
 
 uint64_t NvmeTier::SlotFileOffset(uint32_t slot) const {
@@ -320,7 +351,6 @@ NvmeCounters NvmeTier::counters() const {
 
 void NvmeTier::Write(absl::Span<const SlotWrite> writes, absl::Span<absl::Status> results) {
   const size_t n = writes.size();
-  std::vector<IoRequest> reqs(n);
   std::vector<uint32_t> crcs(n);
   std::vector<uint32_t> pending;
   pending.reserve(n);
@@ -336,10 +366,16 @@ void NvmeTier::Write(absl::Span<const SlotWrite> writes, absl::Span<absl::Status
     }
     pending.push_back(static_cast<uint32_t>(i));
   }
-  IoWaiter waiter(n + files_.size());
+  // Each page is one request (header block + payload, copied into staging) or, when its memory
+  // is registered with the ring, two: the header block from staging and the payload straight
+  // from the caller's memory. Request 2i is the first, 2i+1 the second; parts[i] counts them.
+  std::vector<IoRequest> reqs(2 * n);
+  std::vector<uint8_t> parts(n, 0);
+  std::vector<int> bufs(n, -1);
+  IoWaiter waiter(2 * n);
   size_t next = 0;
-  // Copy each page into a staging buffer (header block + payload), checksum it, and hand it to
-  // the ring a few at a time so the disk works while the next pages are copied.
+  // Copy (or checksum in place) each page, and hand it to the ring a few at a time so the disk
+  // works while the next pages are prepared.
   auto launch = [&](size_t outstanding, std::vector<IoRequest*>& out) {
     while (next < pending.size()) {
       const int buf = staging_->Acquire(/*wait=*/outstanding == 0 && out.empty());
@@ -347,10 +383,10 @@ void NvmeTier::Write(absl::Span<const SlotWrite> writes, absl::Span<absl::Status
       const uint32_t i = pending[next++];
       const SlotWrite& w = writes[i];
       std::byte* block = staging_->data(buf);
-      const bool zero_copy = ZeroCopyEligible(w.src);
+      const int direct = DirectBuffer(w.src);
       uint32_t crc = 0;
       const uint64_t io_payload = RoundUpToBlock(w.meta.bytes);
-      if (zero_copy) {
+      if (direct >= 0) {
         crc = nvme::Crc32c(w.src[0].data, w.src[0].size);
       } else {
         std::byte* dst = block + kHeaderBlockBytes;
@@ -370,34 +406,42 @@ void NvmeTier::Write(absl::Span<const SlotWrite> writes, absl::Span<absl::Status
       h.payload_crc = crc;
       nvme::EncodeHeader(h, block);
       crcs[i] = crc;
-      reqs[i] = IoRequest{Op::kWrite,
-                          FileOf(w.slot),
-                          buf,
-                          block,
-                          static_cast<uint32_t>(kHeaderBlockBytes + io_payload),
-                          SlotFileOffset(w.slot),
-                          &waiter,
-                          i,
-                          0};
-      if (zero_copy) {
-        reqs[i].vectored = true;
-        reqs[i].iov[0] = iovec{block, kHeaderBlockBytes};
-        reqs[i].iov[1] = iovec{const_cast<std::byte*>(w.src[0].data), w.src[0].size};
+      bufs[i] = buf;
+      const uint64_t at = SlotFileOffset(w.slot);
+      const uint32_t file = FileOf(w.slot);
+      if (direct >= 0) {
+        reqs[2 * i] = IoRequest{Op::kWrite, file, buf, block, kHeaderBlockBytes, at, &waiter,
+                                2 * i, 0};
+        reqs[2 * i + 1] = IoRequest{Op::kWrite, file, direct,
+                                    const_cast<std::byte*>(w.src[0].data),
+                                    static_cast<uint32_t>(w.src[0].size), at + kHeaderBlockBytes,
+                                    &waiter, 2 * i + 1, 0};
+        parts[i] = 2;
+        out.push_back(&reqs[2 * i]);
+        out.push_back(&reqs[2 * i + 1]);
+      } else {
+        reqs[2 * i] = IoRequest{Op::kWrite, file, buf, block,
+                                static_cast<uint32_t>(kHeaderBlockBytes + io_payload), at, &waiter,
+                                2 * i, 0};
+        parts[i] = 1;
+        out.push_back(&reqs[2 * i]);
       }
-      out.push_back(&reqs[i]);
-      if (out.size() >= kSubmitChunk) return next < pending.size() ? Launch::kChunk : Launch::kDone;
+      if (out.size() >= 2 * kSubmitChunk) {
+        return next < pending.size() ? Launch::kChunk : Launch::kDone;
+      }
     }
     return Launch::kDone;
   };
   auto finish = [&](uint32_t id) {
+    const uint32_t i = id / 2;
     IoRequest& r = reqs[id];
-    staging_->Release(r.buffer);
-    if (r.result < 0) {
+    if (r.result < 0 && results[i].ok()) {
       Bump(counters_->write_errors);
       if (IsNoSpace(-r.result)) NoteNoSpace(absl::StrCat("writing ", files_[r.file].path));
-      results[id] = ErrnoStatus(-r.result, absl::StrCat("nvme write of slot ", writes[id].slot,
-                                                        " to ", files_[r.file].path));
+      results[i] = ErrnoStatus(-r.result, absl::StrCat("nvme write of slot ", writes[i].slot,
+                                                       " to ", files_[r.file].path));
     }
+    if (--parts[i] == 0) staging_->Release(bufs[i]);
   };
   Drive(*ring_, waiter, absl::MakeSpan(reqs), counters_->short_ios, launch, finish);
 
@@ -487,7 +531,6 @@ void NvmeTier::Write(absl::Span<const SlotWrite> writes, absl::Span<absl::Status
 
 void NvmeTier::Read(absl::Span<const SlotRead> reads, absl::Span<absl::Status> results) {
   const size_t n = reads.size();
-  std::vector<IoRequest> reqs(n);
   std::vector<uint32_t> pending;
   pending.reserve(n);
   for (size_t i = 0; i < n; ++i) {
@@ -502,7 +545,13 @@ void NvmeTier::Read(absl::Span<const SlotRead> reads, absl::Span<absl::Status> r
     }
     pending.push_back(static_cast<uint32_t>(i));
   }
-  IoWaiter waiter(n);
+  // As in Write: one request per page into staging, or two (header block into staging, payload
+  // straight into registered caller memory).
+  std::vector<IoRequest> reqs(2 * n);
+  std::vector<uint8_t> parts(n, 0);
+  std::vector<int> bufs(n, -1);
+  std::vector<uint8_t> direct_read(n, 0);
+  IoWaiter waiter(2 * n);
   size_t next = 0;
   auto launch = [&](size_t outstanding, std::vector<IoRequest*>& out) {
     while (next < pending.size()) {
@@ -510,58 +559,69 @@ void NvmeTier::Read(absl::Span<const SlotRead> reads, absl::Span<absl::Status> r
       if (buf < 0) return Launch::kBlocked;
       const uint32_t i = pending[next++];
       const SlotRead& r = reads[i];
-      reqs[i] = IoRequest{Op::kRead,
-                          FileOf(r.slot),
-                          buf,
-                          staging_->data(buf),
-                          static_cast<uint32_t>(kHeaderBlockBytes + RoundUpToBlock(r.meta.bytes)),
-                          SlotFileOffset(r.slot),
-                          &waiter,
-                          i,
-                          0};
-      if (ZeroCopyEligible(r.dst)) {
-        reqs[i].vectored = true;
-        reqs[i].iov[0] = iovec{reqs[i].data, kHeaderBlockBytes};
-        reqs[i].iov[1] = iovec{r.dst[0].data, r.dst[0].size};
+      bufs[i] = buf;
+      const uint64_t at = SlotFileOffset(r.slot);
+      const uint32_t file = FileOf(r.slot);
+      const int direct = DirectBuffer(r.dst);
+      if (direct >= 0) {
+        reqs[2 * i] = IoRequest{Op::kRead, file, buf, staging_->data(buf), kHeaderBlockBytes, at,
+                                &waiter, 2 * i, 0};
+        reqs[2 * i + 1] = IoRequest{Op::kRead, file, direct, r.dst[0].data,
+                                    static_cast<uint32_t>(r.dst[0].size), at + kHeaderBlockBytes,
+                                    &waiter, 2 * i + 1, 0};
+        parts[i] = 2;
+        direct_read[i] = 1;
+        out.push_back(&reqs[2 * i]);
+        out.push_back(&reqs[2 * i + 1]);
+      } else {
+        reqs[2 * i] = IoRequest{Op::kRead, file, buf, staging_->data(buf),
+                                static_cast<uint32_t>(kHeaderBlockBytes +
+                                                      RoundUpToBlock(r.meta.bytes)),
+                                at, &waiter, 2 * i, 0};
+        parts[i] = 1;
+        out.push_back(&reqs[2 * i]);
       }
-      out.push_back(&reqs[i]);
-      // Reads need no copying before submission: submit the whole window at once.
+      // Reads need no preparation: submit the whole window at once.
     }
     return Launch::kDone;
   };
   auto finish = [&](uint32_t id) {
-    IoRequest& req = reqs[id];
-    const SlotRead& r = reads[id];
-    const nvme::SlotState& st = slot_state_[r.slot];
-    const std::byte* block = staging_->data(req.buffer);
-    if (req.result < 0) {
+    const uint32_t i = id / 2;
+    const IoRequest& req = reqs[id];
+    const SlotRead& r = reads[i];
+    if (req.result < 0 && results[i].ok()) {
       Bump(counters_->read_errors);
-      results[id] = ErrnoStatus(-req.result, absl::StrCat("nvme read of slot ", r.slot, " from ",
-                                                          files_[req.file].path));
-    } else {
-      // Verify before a single byte reaches the caller: header, key, length and payload crc32c
-      // must all agree with what was indexed.
+      results[i] = ErrnoStatus(-req.result, absl::StrCat("nvme read of slot ", r.slot, " from ",
+                                                         files_[req.file].path));
+    }
+    if (--parts[i] > 0) return;
+    const nvme::SlotState& st = slot_state_[r.slot];
+    const std::byte* block = staging_->data(bufs[i]);
+    if (results[i].ok()) {
+      // Verify before a single byte counts as read: header, key, length and payload crc32c must
+      // all agree with what was indexed.
       const std::optional<nvme::PageHeader> h = nvme::DecodeHeader(block);
-      const std::byte* payload = req.vectored ? r.dst[0].data : block + kHeaderBlockBytes;
+      const std::byte* payload = direct_read[i] ? r.dst[0].data : block + kHeaderBlockBytes;
       if (!h.has_value() || h->key != r.meta.key || h->length != r.meta.bytes ||
           h->payload_crc != st.crc || nvme::Crc32c(payload, r.meta.bytes) != st.crc) {
         Bump(counters_->checksum_mismatches);
-        results[id] = absl::DataLossError(
+        results[i] = absl::DataLossError(
             absl::StrCat("nvme page ", r.meta.key.ToHex(), " in slot ", r.slot, " of ",
                          files_[req.file].path, " failed verification: ",
                          !h.has_value() ? "bad header" : "key, length or checksum mismatch"));
       } else {
-        for (const MutableBuffer& b : r.dst) {
-          if (req.vectored) break;  // the disk already put the bytes there
-          std::memcpy(b.data, payload, b.size);
-          payload += b.size;
+        if (!direct_read[i]) {
+          for (const MutableBuffer& b : r.dst) {
+            std::memcpy(b.data, payload, b.size);
+            payload += b.size;
+          }
         }
         Bump(counters_->pages_read);
         Bump(counters_->bytes_read, r.meta.bytes);
       }
     }
-    staging_->Release(req.buffer);
-    if (!results[id].ok()) DropSlot(r.slot);
+    staging_->Release(bufs[i]);
+    if (!results[i].ok()) DropSlot(r.slot);
   };
   Drive(*ring_, waiter, absl::MakeSpan(reqs), counters_->short_ios, launch, finish);
 }

@@ -11,11 +11,11 @@
 // next start. An index entry whose bytes were later overwritten (a Release whose delete was lost)
 // fails the header/checksum check on read and is dropped: a page is intact or absent, never wrong.
 //
-// Zero-copy: a page whose memory is one 4 KiB-aligned piece (a DRAM-tier slot) moves between
-// the disk and that memory directly (readv/writev with the header block from staging); other
-// pages pass through a registered staging buffer. On a failed read (an error status) the
-// caller's destination may hold unverified bytes: it must not use them, and the tier never
-// reports them as a page.
+// Zero-copy: host memory registered with RegisterHostMemory (the DRAM pool) joins the ring's
+// fixed buffers; a page that is one 4 KiB-aligned piece of it moves between the disk and that
+// memory directly (the header block still goes through staging). Other pages pass through a
+// registered staging buffer. On a failed read (an error status) the caller's destination may
+// hold unverified bytes: it must not use them, and the tier never reports them as a page.
 //
 // Thread model: Write/Read/Release may be called from many threads at once for different slots
 // (TierBackend's contract). Submissions are serialized by `submit_mu_`; one dedicated thread reaps
@@ -121,6 +121,9 @@ class NvmeTier final : public TierBackend {
   void Read(absl::Span<const SlotRead> reads, absl::Span<absl::Status> results) override;
   void Release(uint32_t slot) override;
   absl::Status Recover(const std::function<void(const RecoveredPage&)>& visit) override;
+  // Registers host memory (e.g. the DRAM pool) with the ring once, for zero-copy moves. Call
+  // before the first I/O; a refusal is logged and leaves those pages on the copy path.
+  absl::Status RegisterHostMemory(absl::Span<const MutableBuffer> regions) override;
 
   NvmeCounters counters() const;
   // False once the file system filled up: new pages are refused, stored ones still served.
@@ -142,6 +145,10 @@ class NvmeTier final : public TierBackend {
   void Log(absl::string_view line) const;
   void NoteNoSpace(absl::string_view what);
   uint32_t FileOf(uint32_t slot) const { return slot % file_count_; }
+  // Registered buffer index of a page whose memory is one aligned piece of a registered host
+  // region, else -1.
+  template <typename Buffer>
+  int DirectBuffer(absl::Span<const Buffer> bufs) const;
   // Drops a page whose bytes cannot be trusted: forgets the slot and deletes its index entry.
   void DropSlot(uint32_t slot);
 
@@ -156,6 +163,12 @@ class NvmeTier final : public TierBackend {
   // One entry per slot. Entries of different slots are touched by different threads (the store
   // never hands one slot to two threads), so they need no lock of their own.
   std::unique_ptr<nvme::SlotState[]> slot_state_;
+  struct HostRegion {
+    uintptr_t begin = 0;
+    uintptr_t end = 0;
+    int buffer_index = -1;
+  };
+  std::vector<HostRegion> host_regions_;  // set before I/O starts, read-only after
   std::atomic<bool> admitting_{true};
   std::atomic<bool> logged_no_space_{false};
   std::unique_ptr<Counters_> counters_;

@@ -86,8 +86,7 @@ int RunBenchNvme(int argc, char** argv) {
     } else if (f == "--capacity-mib") {
       ok = (v = value()) != nullptr && absl::SimpleAtoi(v, &a.capacity_mib);
     } else if (f == "--write-threads") {
-      ok = (v = value()) != nullptr && absl::SimpleAtoi(v, &a.write_threads) &&
-           a.write_threads > 0;
+      ok = (v = value()) != nullptr && absl::SimpleAtoi(v, &a.write_threads) && a.write_threads > 0;
     } else if (f == "--write-batch") {
       ok = (v = value()) != nullptr && absl::SimpleAtoi(v, &a.write_batch);
     } else if (f == "--read-threads") {
@@ -115,8 +114,8 @@ int RunBenchNvme(int argc, char** argv) {
   o.dirs = {(std::filesystem::path(a.dir) / "kvtier-bench").string()};
   o.index_dir = (std::filesystem::path(a.dir) / "kvtier-bench-index").string();
   o.page_bytes = a.page_bytes;
-  o.slots = static_cast<uint32_t>(std::max<uint64_t>(
-      a.queue_depth * 2, (a.capacity_mib << 20) / a.page_bytes));
+  o.slots = static_cast<uint32_t>(
+      std::max<uint64_t>(a.queue_depth * 2, (a.capacity_mib << 20) / a.page_bytes));
   o.queue_depth = a.queue_depth;
   o.sync_data = a.sync_data;
   o.sync_index = a.sync_index;
@@ -275,8 +274,8 @@ int RunBenchNvme(int argc, char** argv) {
         static_cast<unsigned long long>(pages_read.load()),
         static_cast<unsigned long long>(write_errors.load()),
         static_cast<unsigned long long>(read_errors.load()),
-        static_cast<unsigned long long>(c.checksum_mismatches), a.sync_data && a.sync_index ? "true" : "false",
-        tier.Describe().c_str());
+        static_cast<unsigned long long>(c.checksum_mismatches),
+        a.sync_data && a.sync_index ? "true" : "false", tier.Describe().c_str());
   } else {
     std::printf("nvme bench on %s (%s)\n", a.dir.c_str(), tier.Describe().c_str());
     std::printf("  write_gbps  %.3f  (%llu pages)\n", write_gbps,

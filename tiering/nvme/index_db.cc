@@ -1,9 +1,11 @@
 #include "tiering/nvme/index_db.h"
 
 #include <rocksdb/db.h>
+#include <rocksdb/env.h>
 #include <rocksdb/options.h>
 #include <rocksdb/write_batch.h>
 
+#include <cstdarg>
 #include <ctime>
 #include <filesystem>
 #include <system_error>
@@ -21,8 +23,19 @@ absl::Status FromRocks(const rocksdb::Status& s, absl::string_view what) {
   return absl::InternalError(msg);
 }
 
+// RocksDB's own info log would be one more file in the index directory that needs space: on a
+// full file system its failed append trips an assertion in Debian's RocksDB build. The tier logs
+// what matters itself, so RocksDB's chatter goes nowhere.
+class SilentLogger : public rocksdb::Logger {
+ public:
+  SilentLogger() : rocksdb::Logger(rocksdb::InfoLogLevel::FATAL_LEVEL) {}
+  using rocksdb::Logger::Logv;
+  void Logv(const char* /*format*/, va_list /*ap*/) override {}
+};
+
 rocksdb::Status OpenDb(const std::string& dir, std::unique_ptr<rocksdb::DB>& out) {
   rocksdb::Options options;
+  options.info_log = std::make_shared<SilentLogger>();
   options.create_if_missing = true;
   // The index is small (one ~90-byte record per page); keep RocksDB's own footprint small too.
   options.write_buffer_size = 8 << 20;
@@ -38,8 +51,13 @@ rocksdb::Status OpenDb(const std::string& dir, std::unique_ptr<rocksdb::DB>& out
 
 }  // namespace
 
-IndexDb::IndexDb(std::unique_ptr<rocksdb::DB> db, bool existed)
-    : db_(std::move(db)), existed_(existed) {}
+IndexDb::IndexDb(std::unique_ptr<rocksdb::DB> db, bool existed, bool read_only)
+    : db_(std::move(db)), existed_(existed), read_only_(read_only) {}
+
+absl::Status IndexDb::Written(absl::Status s) {
+  if (!s.ok()) failed_.store(true, std::memory_order_relaxed);
+  return s;
+}
 
 IndexDb::~IndexDb() = default;
 
@@ -53,8 +71,21 @@ absl::StatusOr<std::unique_ptr<IndexDb>> IndexDb::Open(
   }
   std::unique_ptr<rocksdb::DB> db;
   rocksdb::Status s = OpenDb(dir, db);
-  if (s.ok()) return std::unique_ptr<IndexDb>(new IndexDb(std::move(db), existed));
+  if (s.ok()) return std::unique_ptr<IndexDb>(new IndexDb(std::move(db), existed, false));
   if (!existed) return FromRocks(s, absl::StrCat("creating index at ", dir));
+  if (s.IsNoSpace() || (s.IsIOError() && s.ToString().find("No space") != std::string::npos)) {
+    // A full file system is no reason to forget an intact index: serve it read-only.
+    rocksdb::Options ro;
+    ro.info_log = std::make_shared<SilentLogger>();
+    rocksdb::DB* rdb = nullptr;
+    rocksdb::Status r = rocksdb::DB::OpenForReadOnly(ro, dir, &rdb);
+    if (r.ok()) {
+      log(absl::StrCat("file system of index ", dir, " is full (", s.ToString(),
+                       "): index opened read-only; stored pages are served, none admitted"));
+      return std::unique_ptr<IndexDb>(
+          new IndexDb(std::unique_ptr<rocksdb::DB>(rdb), existed, true));
+    }
+  }
   // An index we cannot read is not one we can trust: set it aside (for a post-mortem) and start
   // empty. Its slots become free, and the pages in them are never served.
   const std::string aside = absl::StrCat(dir, ".unreadable-", std::time(nullptr));
@@ -68,27 +99,28 @@ absl::StatusOr<std::unique_ptr<IndexDb>> IndexDb::Open(
   std::filesystem::create_directories(dir, ec);
   s = OpenDb(dir, db);
   if (!s.ok()) return FromRocks(s, absl::StrCat("creating index at ", dir));
-  return std::unique_ptr<IndexDb>(new IndexDb(std::move(db), false));
+  return std::unique_ptr<IndexDb>(new IndexDb(std::move(db), false, false));
 }
 
 absl::Status IndexDb::Apply(absl::Span<const Put> puts, absl::Span<const std::string> deletes,
                             bool sync) {
+  if (!writable()) return absl::FailedPreconditionError("index is read-only after an error");
   rocksdb::WriteBatch batch;
   for (const std::string& k : deletes) batch.Delete(k);
   for (const Put& p : puts) batch.Put(p.key, p.value);
   rocksdb::WriteOptions wo;
   wo.sync = sync;
-  return FromRocks(db_->Write(wo, &batch), "write");
+  return Written(FromRocks(db_->Write(wo, &batch), "write"));
 }
 
 absl::Status IndexDb::Delete(absl::string_view key) {
+  if (!writable()) return absl::FailedPreconditionError("index is read-only after an error");
   rocksdb::WriteOptions wo;
   wo.sync = false;
-  return FromRocks(db_->Delete(wo, rocksdb::Slice(key.data(), key.size())), "delete");
+  return Written(FromRocks(db_->Delete(wo, rocksdb::Slice(key.data(), key.size())), "delete"));
 }
 
-absl::Status IndexDb::ForEach(
-    const std::function<void(absl::string_view, absl::string_view)>& fn) {
+absl::Status IndexDb::ForEach(const std::function<void(absl::string_view, absl::string_view)>& fn) {
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
   for (it->SeekToFirst(); it->Valid(); it->Next()) {
     fn(absl::string_view(it->key().data(), it->key().size()),

@@ -2,6 +2,7 @@
 // Internal to the NVMe tier. RocksDB is thread-safe; so is this wrapper.
 #pragma once
 
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <string>
@@ -41,11 +42,18 @@ class IndexDb {
 
   // Whether the index directory existed before Open (false: the tier starts empty by design).
   bool existed() const { return existed_; }
+  // False when the index was opened read-only (its file system was full at start) or a write to
+  // it has failed: RocksDB must not be written again after an I/O error (its writer asserts), so
+  // the tier stops admitting and forgets released pages in memory only.
+  bool writable() const { return !read_only_ && !failed_.load(std::memory_order_relaxed); }
 
  private:
-  IndexDb(std::unique_ptr<rocksdb::DB> db, bool existed);
+  IndexDb(std::unique_ptr<rocksdb::DB> db, bool existed, bool read_only);
+  absl::Status Written(absl::Status s);
   std::unique_ptr<rocksdb::DB> db_;
   bool existed_ = false;
+  bool read_only_ = false;
+  std::atomic<bool> failed_{false};
 };
 
 }  // namespace kvtier::nvme

@@ -22,7 +22,8 @@ absl::StatusOr<std::unique_ptr<StagingPool>> StagingPool::Create(uint32_t count,
                                                                  size_t buffer_bytes) {
   if (count == 0 || buffer_bytes == 0 || buffer_bytes % 4096 != 0) {
     return absl::InvalidArgumentError(absl::StrCat("staging pool of ", count, " buffers of ",
-                                                   buffer_bytes, " bytes (must be 4 KiB multiples)"));
+                                                   buffer_bytes,
+                                                   " bytes (must be 4 KiB multiples)"));
   }
   const size_t bytes = size_t{count} * buffer_bytes;
   // MAP_POPULATE: fault every page in now, not on the first page that passes through.
@@ -39,7 +40,8 @@ absl::StatusOr<std::unique_ptr<StagingPool>> StagingPool::Create(uint32_t count,
 int StagingPool::Acquire(bool wait) {
   absl::MutexLock lock(&mu_);
   if (wait) {
-    mu_.Await(absl::Condition(+[](std::vector<int>* f) { return !f->empty(); }, &free_));
+    mu_.Await(absl::Condition(
+        +[](std::vector<int>* f) { return !f->empty(); }, &free_));
   } else if (free_.empty()) {
     return -1;
   }
@@ -84,18 +86,18 @@ absl::StatusOr<std::unique_ptr<IoRing>> IoRing::Create(const Options& options,
     iovs[i] = iovec{pool.data(static_cast<int>(i)), pool.buffer_bytes()};
   }
   ring->staging_iovs_ = iovs;
-  if (int rc = io_uring_register_buffers(&ring->ring_, iovs.data(),
-                                         static_cast<unsigned>(iovs.size()));
+  if (int rc =
+          io_uring_register_buffers(&ring->ring_, iovs.data(), static_cast<unsigned>(iovs.size()));
       rc == 0) {
     ring->fixed_buffers_ = true;
     notes.push_back("registered buffers");
   } else {
-    notes.push_back(absl::StrCat("unregistered buffers (io_uring_register_buffers: ",
-                                 std::strerror(-rc), ")"));
+    notes.push_back(
+        absl::StrCat("unregistered buffers (io_uring_register_buffers: ", std::strerror(-rc), ")"));
   }
   if (options.sqpoll) notes.push_back("sqpoll");
-  ring->describe_ = absl::StrCat("io_uring, ", options.entries, " entries, ",
-                                 absl::StrJoin(notes, ", "));
+  ring->describe_ =
+      absl::StrCat("io_uring, ", options.entries, " entries, ", absl::StrJoin(notes, ", "));
   ring->reaper_ = std::thread([r = ring.get()] { r->ReapLoop(); });
   return ring;
 }
@@ -117,7 +119,13 @@ IoRing::~IoRing() {
     }
     reaper_.join();
   }
-  if (ring_live_) io_uring_queue_exit(&ring_);
+  if (ring_live_) {
+    // Unregister synchronously: ring teardown is deferred in the kernel, and until it runs the
+    // registered files stay referenced (their space is not freed, a restart's files differ).
+    if (fixed_files_) io_uring_unregister_files(&ring_);
+    if (fixed_buffers_) io_uring_unregister_buffers(&ring_);
+    io_uring_queue_exit(&ring_);
+  }
 }
 
 absl::Status IoRing::RegisterExtraBuffers(absl::Span<const iovec> extra) {
@@ -131,8 +139,8 @@ absl::Status IoRing::RegisterExtraBuffers(absl::Span<const iovec> extra) {
   int rc = io_uring_register_buffers(&ring_, all.data(), static_cast<unsigned>(all.size()));
   if (rc == 0) return absl::OkStatus();
   // Put the staging buffers back so the copy path keeps its fixed buffers.
-  const absl::Status err = absl::UnavailableError(
-      absl::StrCat("io_uring_register_buffers: ", std::strerror(-rc)));
+  const absl::Status err =
+      absl::UnavailableError(absl::StrCat("io_uring_register_buffers: ", std::strerror(-rc)));
   if (io_uring_register_buffers(&ring_, staging_iovs_.data(),
                                 static_cast<unsigned>(staging_iovs_.size())) != 0) {
     fixed_buffers_ = false;

@@ -30,14 +30,14 @@ class IoWaiter;
 // its completion has been delivered to `waiter`.
 struct IoRequest {
   NvmeFaultInjector::Op op = NvmeFaultInjector::Op::kRead;
-  uint32_t file = 0;       // index of the registered file
-  int buffer = -1;         // index of the registered buffer `data` lies in, -1 for none
+  uint32_t file = 0;  // index of the registered file
+  int buffer = -1;    // index of the registered buffer `data` lies in, -1 for none
   std::byte* data = nullptr;
   uint32_t length = 0;
   uint64_t offset = 0;
   IoWaiter* waiter = nullptr;
-  uint32_t id = 0;         // the caller's name for this request
-  int result = 0;          // bytes transferred or -errno, set on completion
+  uint32_t id = 0;  // the caller's name for this request
+  int result = 0;   // bytes transferred or -errno, set on completion
 };
 
 // Moves `r` past `n` transferred bytes (a short transfer about to be continued).
@@ -105,8 +105,8 @@ class IoRing {
   // Registers `fds` and the pool's buffers. A registration the kernel refuses (e.g. locked-memory
   // limit) falls back to unregistered I/O; `describe()` says which is live.
   static absl::StatusOr<std::unique_ptr<IoRing>> Create(const Options& options,
-                                                         absl::Span<const int> fds,
-                                                         const StagingPool& pool);
+                                                        absl::Span<const int> fds,
+                                                        const StagingPool& pool);
   ~IoRing();
   IoRing(const IoRing&) = delete;
   IoRing& operator=(const IoRing&) = delete;

@@ -23,7 +23,9 @@ namespace nvme {
 struct SlotFile {
   SlotFile() = default;
   SlotFile(SlotFile&& o) noexcept
-      : path(std::move(o.path)), fd(std::exchange(o.fd, -1)), created(o.created),
+      : path(std::move(o.path)),
+        fd(std::exchange(o.fd, -1)),
+        created(o.created),
         allocated_slots(o.allocated_slots) {}
   SlotFile& operator=(SlotFile&&) = delete;
   ~SlotFile() {
@@ -70,7 +72,8 @@ template <typename Buffer>
 absl::Status CheckIo(uint32_t slot, uint32_t slot_count, uint64_t page_bytes, uint64_t bytes,
                      absl::Span<const Buffer> bufs) {
   if (slot >= slot_count) {
-    return absl::OutOfRangeError(absl::StrCat("slot ", slot, " out of range [0, ", slot_count, ")"));
+    return absl::OutOfRangeError(
+        absl::StrCat("slot ", slot, " out of range [0, ", slot_count, ")"));
   }
   if (bytes == 0 || bytes > page_bytes) {
     return absl::InvalidArgumentError(
@@ -203,6 +206,15 @@ void NvmeTier::NoteNoSpace(absl::string_view what) {
 }
 
 absl::Status NvmeTier::Open() {
+  // The index opens first: on a nearly full file system it gets its few blocks before the slot
+  // files take the rest.
+  const std::string index_dir = options_.index_dir.empty()
+                                    ? (std::filesystem::path(options_.dirs[0]) / "index").string()
+                                    : options_.index_dir;
+  absl::StatusOr<std::unique_ptr<nvme::IndexDb>> index =
+      nvme::IndexDb::Open(index_dir, [this](absl::string_view l) { Log(l); });
+  if (!index.ok()) return index.status();
+  index_ = *std::move(index);
   const auto nfiles = static_cast<uint32_t>(options_.dirs.size());
   const uint32_t per_file = (options_.slots + nfiles - 1) / nfiles;
   files_.reserve(nfiles);
@@ -213,13 +225,6 @@ absl::Status NvmeTier::Open() {
   for (uint32_t s = 0; s < options_.slots; ++s) {
     slot_state_[s].backed = s / nfiles < files_[FileOf(s)].allocated_slots;
   }
-  const std::string index_dir = options_.index_dir.empty()
-                                    ? (std::filesystem::path(options_.dirs[0]) / "index").string()
-                                    : options_.index_dir;
-  absl::StatusOr<std::unique_ptr<nvme::IndexDb>> index =
-      nvme::IndexDb::Open(index_dir, [this](absl::string_view l) { Log(l); });
-  if (!index.ok()) return index.status();
-  index_ = *std::move(index);
   absl::StatusOr<std::unique_ptr<nvme::StagingPool>> pool =
       nvme::StagingPool::Create(options_.queue_depth, slot_disk_bytes_);
   if (!pool.ok()) return pool.status();
@@ -271,7 +276,7 @@ absl::Status NvmeTier::OpenFile(uint32_t i, uint32_t slots_in_file) {
       return ErrnoStatus(errno, absl::StrCat("nvme tier: fallocate(", f.path, ", ", want, ")"));
     }
   }
-  struct stat st{};
+  struct stat st {};
   if (fstat(f.fd, &st) == 0 && st.st_size < want && ftruncate(f.fd, want) != 0) {
     return ErrnoStatus(errno, absl::StrCat("nvme tier: ftruncate(", f.path, ", ", want, ")"));
   }
@@ -295,10 +300,9 @@ absl::Status NvmeTier::RegisterHostMemory(absl::Span<const MutableBuffer> region
   std::vector<HostRegion> added;
   for (const MutableBuffer& m : regions) {
     if (m.data == nullptr || m.size == 0) continue;
-    added.push_back(HostRegion{reinterpret_cast<uintptr_t>(m.data),
-                               reinterpret_cast<uintptr_t>(m.data) + m.size,
-                               static_cast<int>(staging_->count() + host_regions_.size() +
-                                                added.size())});
+    added.push_back(HostRegion{
+        reinterpret_cast<uintptr_t>(m.data), reinterpret_cast<uintptr_t>(m.data) + m.size,
+        static_cast<int>(staging_->count() + host_regions_.size() + added.size())});
     extra.push_back(iovec{m.data, m.size});
   }
   if (extra.empty()) return absl::OkStatus();
@@ -308,13 +312,13 @@ absl::Status NvmeTier::RegisterHostMemory(absl::Span<const MutableBuffer> region
   }
   all.insert(all.end(), extra.begin(), extra.end());
   if (absl::Status s = ring_->RegisterExtraBuffers(all); !s.ok()) {
-    Log(absl::StrCat("could not register ", extra.size(),
-                     " host region(s) with the ring (", s.ToString(),
-                     "): those pages go through staging copies"));
+    Log(absl::StrCat("could not register ", extra.size(), " host region(s) with the ring (",
+                     s.ToString(), "): those pages go through staging copies"));
     return s;
   }
   host_regions_.insert(host_regions_.end(), added.begin(), added.end());
-  Log(absl::StrCat("registered ", extra.size(), " host region(s) with the ring: aligned pages in "
+  Log(absl::StrCat("registered ", extra.size(),
+                   " host region(s) with the ring: aligned pages in "
                    "them move without a copy"));
   return absl::OkStatus();
 }
@@ -358,6 +362,14 @@ void NvmeTier::Write(absl::Span<const SlotWrite> writes, absl::Span<absl::Status
     const SlotWrite& w = writes[i];
     results[i] = CheckIo(w.slot, options_.slots, options_.page_bytes, w.meta.bytes, w.src);
     if (!results[i].ok()) continue;
+    if (!index_->writable()) {
+      // Nothing can be indexed, so nothing can be stored (counted; logged once when it broke).
+      Bump(counters_->rejected_full);
+      results[i] = absl::ResourceExhaustedError(
+          "nvme tier is not admitting: its index is "
+          "read-only (full file system or a failed write)");
+      continue;
+    }
     if (!admitting() && !slot_state_[w.slot].backed) {
       Bump(counters_->rejected_full);
       results[i] = absl::ResourceExhaustedError(
@@ -410,19 +422,30 @@ void NvmeTier::Write(absl::Span<const SlotWrite> writes, absl::Span<absl::Status
       const uint64_t at = SlotFileOffset(w.slot);
       const uint32_t file = FileOf(w.slot);
       if (direct >= 0) {
-        reqs[2 * i] = IoRequest{Op::kWrite, file, buf, block, kHeaderBlockBytes, at, &waiter,
-                                2 * i, 0};
-        reqs[2 * i + 1] = IoRequest{Op::kWrite, file, direct,
+        reqs[2 * i] =
+            IoRequest{Op::kWrite, file, buf, block, kHeaderBlockBytes, at, &waiter, 2 * i, 0};
+        reqs[2 * i + 1] = IoRequest{Op::kWrite,
+                                    file,
+                                    direct,
                                     const_cast<std::byte*>(w.src[0].data),
-                                    static_cast<uint32_t>(w.src[0].size), at + kHeaderBlockBytes,
-                                    &waiter, 2 * i + 1, 0};
+                                    static_cast<uint32_t>(w.src[0].size),
+                                    at + kHeaderBlockBytes,
+                                    &waiter,
+                                    2 * i + 1,
+                                    0};
         parts[i] = 2;
         out.push_back(&reqs[2 * i]);
         out.push_back(&reqs[2 * i + 1]);
       } else {
-        reqs[2 * i] = IoRequest{Op::kWrite, file, buf, block,
-                                static_cast<uint32_t>(kHeaderBlockBytes + io_payload), at, &waiter,
-                                2 * i, 0};
+        reqs[2 * i] = IoRequest{Op::kWrite,
+                                file,
+                                buf,
+                                block,
+                                static_cast<uint32_t>(kHeaderBlockBytes + io_payload),
+                                at,
+                                &waiter,
+                                2 * i,
+                                0};
         parts[i] = 1;
         out.push_back(&reqs[2 * i]);
       }
@@ -449,8 +472,8 @@ void NvmeTier::Write(absl::Span<const SlotWrite> writes, absl::Span<absl::Status
   if (options_.sync_data) {
     std::vector<IoRequest> syncs(files_.size());
     std::vector<bool> touched(files_.size(), false);
-    for (uint32_t i : pending) touched[FileOf(writes[i].slot)] = touched[FileOf(writes[i].slot)] ||
-                                                                 results[i].ok();
+    for (uint32_t i : pending)
+      touched[FileOf(writes[i].slot)] = touched[FileOf(writes[i].slot)] || results[i].ok();
     std::vector<IoRequest*> batch;
     IoWaiter sync_waiter(files_.size());
     for (uint32_t f = 0; f < files_.size(); ++f) {
@@ -501,7 +524,12 @@ void NvmeTier::Write(absl::Span<const SlotWrite> writes, absl::Span<absl::Status
   if (!puts.empty()) {
     absl::Status s = index_->Apply(puts, deletes, options_.sync_index);
     if (!s.ok()) {
-      if (absl::IsResourceExhausted(s)) NoteNoSpace("index write");
+      if (absl::IsResourceExhausted(s)) {
+        NoteNoSpace("index write");
+      } else {
+        Log(absl::StrCat("index write failed (", s.ToString(), "): no longer admitting pages"));
+        admitting_.store(false, std::memory_order_relaxed);
+      }
       for (uint32_t i : pending) {
         if (!results[i].ok()) continue;
         Bump(counters_->write_errors);
@@ -564,20 +592,32 @@ void NvmeTier::Read(absl::Span<const SlotRead> reads, absl::Span<absl::Status> r
       const uint32_t file = FileOf(r.slot);
       const int direct = DirectBuffer(r.dst);
       if (direct >= 0) {
-        reqs[2 * i] = IoRequest{Op::kRead, file, buf, staging_->data(buf), kHeaderBlockBytes, at,
-                                &waiter, 2 * i, 0};
-        reqs[2 * i + 1] = IoRequest{Op::kRead, file, direct, r.dst[0].data,
-                                    static_cast<uint32_t>(r.dst[0].size), at + kHeaderBlockBytes,
-                                    &waiter, 2 * i + 1, 0};
+        reqs[2 * i] = IoRequest{Op::kRead, file,  buf, staging_->data(buf), kHeaderBlockBytes, at,
+                                &waiter,   2 * i, 0};
+        reqs[2 * i + 1] = IoRequest{Op::kRead,
+                                    file,
+                                    direct,
+                                    r.dst[0].data,
+                                    static_cast<uint32_t>(r.dst[0].size),
+                                    at + kHeaderBlockBytes,
+                                    &waiter,
+                                    2 * i + 1,
+                                    0};
         parts[i] = 2;
         direct_read[i] = 1;
         out.push_back(&reqs[2 * i]);
         out.push_back(&reqs[2 * i + 1]);
       } else {
-        reqs[2 * i] = IoRequest{Op::kRead, file, buf, staging_->data(buf),
-                                static_cast<uint32_t>(kHeaderBlockBytes +
-                                                      RoundUpToBlock(r.meta.bytes)),
-                                at, &waiter, 2 * i, 0};
+        reqs[2 * i] =
+            IoRequest{Op::kRead,
+                      file,
+                      buf,
+                      staging_->data(buf),
+                      static_cast<uint32_t>(kHeaderBlockBytes + RoundUpToBlock(r.meta.bytes)),
+                      at,
+                      &waiter,
+                      2 * i,
+                      0};
         parts[i] = 1;
         out.push_back(&reqs[2 * i]);
       }
@@ -591,8 +631,8 @@ void NvmeTier::Read(absl::Span<const SlotRead> reads, absl::Span<absl::Status> r
     const SlotRead& r = reads[i];
     if (req.result < 0 && results[i].ok()) {
       Bump(counters_->read_errors);
-      results[i] = ErrnoStatus(-req.result, absl::StrCat("nvme read of slot ", r.slot, " from ",
-                                                         files_[req.file].path));
+      results[i] = ErrnoStatus(
+          -req.result, absl::StrCat("nvme read of slot ", r.slot, " from ", files_[req.file].path));
     }
     if (--parts[i] > 0) return;
     const nvme::SlotState& st = slot_state_[r.slot];

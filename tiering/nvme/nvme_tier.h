@@ -94,14 +94,14 @@ struct NvmeCounters {
   uint64_t pages_read = 0;
   uint64_t bytes_written = 0;
   uint64_t bytes_read = 0;
-  uint64_t write_errors = 0;        // a write, sync or index update failed
-  uint64_t read_errors = 0;         // EIO and friends: page dropped
-  uint64_t short_ios = 0;           // short transfers seen (resubmitted or failed)
-  uint64_t checksum_mismatches = 0; // header or payload did not verify: page dropped
-  uint64_t enospc = 0;              // ENOSPC/EFBIG seen (after which admission stops)
-  uint64_t rejected_full = 0;       // writes refused because the tier stopped admitting
-  uint64_t recovered_pages = 0;     // index entries handed to the store at start
-  uint64_t recovery_dropped = 0;    // index entries dropped at start (bad record, lost file, ...)
+  uint64_t write_errors = 0;         // a write, sync or index update failed
+  uint64_t read_errors = 0;          // EIO and friends: page dropped
+  uint64_t short_ios = 0;            // short transfers seen (resubmitted or failed)
+  uint64_t checksum_mismatches = 0;  // header or payload did not verify: page dropped
+  uint64_t enospc = 0;               // ENOSPC/EFBIG seen (after which admission stops)
+  uint64_t rejected_full = 0;        // writes refused because the tier stopped admitting
+  uint64_t recovered_pages = 0;      // index entries handed to the store at start
+  uint64_t recovery_dropped = 0;     // index entries dropped at start (bad record, lost file, ...)
 };
 
 class NvmeTier final : public TierBackend {

@@ -32,10 +32,10 @@ struct PageHeader {
   uint16_t version = kFormatVersion;
   uint8_t cls = 0;
   uint8_t reserved0 = 0;
-  uint32_t ns = 0;         // namespace id of the run that wrote it (informational)
+  uint32_t ns = 0;  // namespace id of the run that wrote it (informational)
   PageKey key;
-  PageKey ns_salt;         // the namespace's salt: what survives a restart
-  uint64_t length = 0;     // payload bytes
+  PageKey ns_salt;      // the namespace's salt: what survives a restart
+  uint64_t length = 0;  // payload bytes
   uint32_t payload_crc = 0;
   uint32_t header_crc = 0;  // crc32c of every field above
 };

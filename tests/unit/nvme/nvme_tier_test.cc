@@ -47,8 +47,7 @@ struct LogSink {
   }
 };
 
-NvmeTierOptions Options(const ScratchDir& dir, uint64_t page_bytes, uint32_t slots,
-                        int dirs = 1) {
+NvmeTierOptions Options(const ScratchDir& dir, uint64_t page_bytes, uint32_t slots, int dirs = 1) {
   NvmeTierOptions o;
   for (int i = 0; i < dirs; ++i) o.dirs.push_back(dir.sub("d" + std::to_string(i)));
   o.index_dir = dir.sub("index");
@@ -78,9 +77,9 @@ void WriteAll(NvmeTier& tier, std::vector<Page>& pages, std::mt19937_64& rng,
       pieces[i].push_back(ConstBuffer{b.data() + off, n});
       off += n;
     }
-    writes.push_back(SlotWrite{pages[i].slot, PageMeta{pages[i].key, 7, PageClass::kSemantic,
-                                                       b.size(), PageKey{1, 2}},
-                               pieces[i]});
+    writes.push_back(SlotWrite{
+        pages[i].slot, PageMeta{pages[i].key, 7, PageClass::kSemantic, b.size(), PageKey{1, 2}},
+        pieces[i]});
   }
   std::vector<absl::Status> results(writes.size());
   tier.Write(writes, absl::MakeSpan(results));
@@ -91,7 +90,8 @@ void WriteAll(NvmeTier& tier, std::vector<Page>& pages, std::mt19937_64& rng,
   for (const absl::Status& s : results) ASSERT_TRUE(s.ok()) << s;
 }
 
-absl::Status ReadOne(NvmeTier& tier, uint32_t slot, const PageKey& key, std::vector<std::byte>& out) {
+absl::Status ReadOne(NvmeTier& tier, uint32_t slot, const PageKey& key,
+                     std::vector<std::byte>& out) {
   // Two pieces, to exercise the scatter.
   const size_t half = out.size() / 2 + 1;
   const MutableBuffer dst[2] = {{out.data(), half}, {out.data() + half, out.size() - half}};
@@ -165,7 +165,8 @@ TEST(NvmeTier, RestartRecoversIndexedPagesAndForgetsReleasedOnes) {
   ASSERT_TRUE((*tier)->Recover([&](const RecoveredPage& p) { found.push_back(p); }).ok());
   ASSERT_EQ(found.size(), 10u);
   for (const RecoveredPage& r : found) {
-    auto it = std::find_if(pages.begin(), pages.end(), [&](const Page& p) { return p.slot == r.slot; });
+    auto it =
+        std::find_if(pages.begin(), pages.end(), [&](const Page& p) { return p.slot == r.slot; });
     ASSERT_NE(it, pages.end());
     EXPECT_NE(r.slot, pages[3].slot);
     EXPECT_NE(r.slot, pages[8].slot);

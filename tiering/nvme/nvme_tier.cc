@@ -232,7 +232,8 @@ absl::Status NvmeTier::Open() {
   std::vector<int> fds;
   for (const nvme::SlotFile& f : files_) fds.push_back(f.fd);
   nvme::IoRing::Options ro;
-  ro.entries = options_.queue_depth + nfiles + 1;
+  // A page may take two requests (header + payload) and each file one sync.
+  ro.entries = 2 * options_.queue_depth + nfiles + 1;
   ro.sqpoll = options_.sqpoll;
   ro.sqpoll_idle_ms = options_.sqpoll_idle_ms;
   ro.fault_injector = options_.fault_injector;

@@ -150,6 +150,25 @@ TEST(NvmeTier, RoundTripsRandomPagesAcrossDirectories) {
   EXPECT_EQ((*tier)->counters().pages_written, 40u);
 }
 
+TEST(NvmeTier, SqpollRoundTrip) {
+  std::mt19937_64 rng(TestSeed("SqpollRoundTrip"));
+  ScratchDir dir("nvme-sqpoll");
+  const uint64_t page_bytes = 16 * 1024;
+  NvmeTierOptions o = Options(dir, page_bytes, 16);
+  o.sqpoll = true;
+  o.sqpoll_idle_ms = 10;
+  auto tier = NvmeTier::Create(o);
+  ASSERT_TRUE(tier.ok()) << tier.status();
+  EXPECT_NE((*tier)->Describe().find("sqpoll"), std::string::npos) << (*tier)->Describe();
+  std::vector<Page> pages = MakePages(rng, 16, page_bytes);
+  WriteAll(**tier, pages, rng);
+  for (const Page& p : pages) {
+    std::vector<std::byte> out(page_bytes);
+    ASSERT_TRUE(ReadOne(**tier, p.slot, p.key, out).ok());
+    EXPECT_EQ(out, p.bytes);
+  }
+}
+
 TEST(NvmeTier, RestartRecoversIndexedPagesAndForgetsReleasedOnes) {
   std::mt19937_64 rng(TestSeed("RestartRecoversIndexedPagesAndForgetsReleasedOnes"));
   ScratchDir dir("nvme-restart");

@@ -74,6 +74,15 @@ int RunBenchNvme(int argc, char** argv) {
     auto value = [&]() -> const char* { return i + 1 < argc ? argv[++i] : nullptr; };
     const char* v = nullptr;
     bool ok = true;
+    if (f == "--help" || f == "-h") {
+      std::printf(
+          "usage: bench nvme --dir D [--page-bytes N] [--queue-depth N] [--seconds S] [--json]\n"
+          "  [--capacity-mib N] [--write-threads N] [--write-batch N] [--read-threads N]\n"
+          "  [--no-sync] [--no-sync-data] [--no-sync-index] [--no-register] [--sqpoll]\n"
+          "Writes then reads whole pages through the NVMe tier (io_uring, RocksDB index,\n"
+          "crc32c) under D and prints write_gbps, read_gbps, read_p50_us, read_p99_us.\n");
+      return 0;
+    }
     if (f == "--dir") {
       ok = (v = value()) != nullptr;
       if (ok) a.dir = v;

@@ -33,7 +33,7 @@ bench=()
 if [ -n "${KVTIER_BENCH_NVME:-}" ]; then
   bench=("$KVTIER_BENCH_NVME")
 elif kvtierctl=$(command -v kvtierctl || ls build/client/kvtierctl/kvtierctl 2>/dev/null) &&
-     "$kvtierctl" bench nvme --help 2>&1 | grep -q -- --dir; then
+     grep -q -- --dir <<<"$("$kvtierctl" bench nvme --help 2>&1 || true)"; then
   bench=("$kvtierctl" bench nvme)
 else
   bench=(build/bench/nvme/kvtier-bench-nvme)

@@ -9,8 +9,9 @@
 #include "daemon/workload.h"
 #include "tiering/tiered_store.h"
 
-ABSL_FLAG(std::string, trace, "", "Mooncake-format trace (JSON lines) to replay instead of the "
-                                  "generated workload");
+ABSL_FLAG(std::string, trace, "",
+          "Mooncake-format trace (JSON lines) to replay instead of the "
+          "generated workload");
 ABSL_FLAG(uint32_t, requests, 2000, "requests in the generated workload");
 ABSL_FLAG(uint64_t, page_bytes, 64 * 1024, "bytes per page (scaled down from 2 MiB for a laptop)");
 ABSL_FLAG(uint32_t, hbm_pages, 256, "HBM tier slots (host-emulated without a GPU)");
@@ -70,13 +71,14 @@ int Run() {
     return 1;
   }
   const StoreCounters c = (*store)->Counters();
-  std::printf("blocks %llu, prefix hits %llu (%.1f%%), stored %llu, verified %.1f MiB, "
-              "mismatches %llu\n",
-              static_cast<unsigned long long>(stats->blocks),
-              static_cast<unsigned long long>(stats->hit_blocks),
-              stats->blocks ? 100.0 * stats->hit_blocks / stats->blocks : 0.0,
-              static_cast<unsigned long long>(stats->stored_blocks),
-              stats->verified_bytes / 1048576.0, static_cast<unsigned long long>(stats->mismatches));
+  std::printf(
+      "blocks %llu, prefix hits %llu (%.1f%%), stored %llu, verified %.1f MiB, "
+      "mismatches %llu\n",
+      static_cast<unsigned long long>(stats->blocks),
+      static_cast<unsigned long long>(stats->hit_blocks),
+      stats->blocks ? 100.0 * stats->hit_blocks / stats->blocks : 0.0,
+      static_cast<unsigned long long>(stats->stored_blocks), stats->verified_bytes / 1048576.0,
+      static_cast<unsigned long long>(stats->mismatches));
   std::printf("%-5s %-14s %9s %9s %7s %9s %9s %9s %9s\n", "tier", "backend", "capacity", "pages",
               "sinks", "semantic", "unknown", "hits", "evicted");
   for (Tier t : {Tier::kHbm, Tier::kDram, Tier::kNvme}) {

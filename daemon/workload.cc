@@ -83,8 +83,8 @@ absl::StatusOr<ReplayStats> ReplayPrefixWorkload(TieredStore& store, NamespaceId
       put.position = static_cast<uint32_t>(i);
       absl::StatusOr<Tier> stored = store.Put(ns, keys[i], absl::MakeConstSpan(&src, 1), put);
       if (!stored.ok()) {
-        return absl::Status(stored.status().code(),
-                            absl::StrCat("request ", stats.requests, ": ", stored.status().message()));
+        return absl::Status(stored.status().code(), absl::StrCat("request ", stats.requests, ": ",
+                                                                 stored.status().message()));
       }
       ++stats.stored_blocks;
     }

@@ -15,10 +15,10 @@ namespace kvtier {
 
 struct GeneratedWorkloadOptions {
   uint32_t requests = 2000;
-  uint32_t documents = 64;          // distinct shared prefixes
+  uint32_t documents = 64;  // distinct shared prefixes
   uint32_t blocks_per_document = 24;
-  uint32_t private_blocks = 2;      // unique blocks at the end of each request
-  double zipf_s = 1.1;              // popularity skew of documents
+  uint32_t private_blocks = 2;  // unique blocks at the end of each request
+  double zipf_s = 1.1;          // popularity skew of documents
   uint64_t seed = 42;
 };
 

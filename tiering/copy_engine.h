@@ -7,11 +7,11 @@
 
 #include <cstddef>
 #include <memory>
-#include "absl/strings/string_view.h"
 #include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
 #include "tiering/memory_region.h"

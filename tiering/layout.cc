@@ -22,7 +22,9 @@ size_t DTypeBytes(DType d) {
 namespace {
 
 // Multiplies and reports overflow instead of wrapping.
-bool MulOverflows(uint64_t a, uint64_t b, uint64_t* out) { return __builtin_mul_overflow(a, b, out); }
+bool MulOverflows(uint64_t a, uint64_t b, uint64_t* out) {
+  return __builtin_mul_overflow(a, b, out);
+}
 
 }  // namespace
 
@@ -38,8 +40,7 @@ absl::StatusOr<Layout> Layout::Create(const LayoutSpec& spec) {
   }
   const size_t dtype_bytes = DTypeBytes(spec.dtype);
   if (dtype_bytes == 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("unknown dtype ", static_cast<int>(spec.dtype)));
+    return absl::InvalidArgumentError(absl::StrCat("unknown dtype ", static_cast<int>(spec.dtype)));
   }
   switch (spec.tensor_layout) {
     case TensorLayout::kVllmPerLayer:
@@ -53,7 +54,8 @@ absl::StatusOr<Layout> Layout::Create(const LayoutSpec& spec) {
   Layout layout(spec);
   uint64_t half = 0, page = 0, buffer = 0;
   if (MulOverflows(uint64_t{spec.tokens_per_page} * spec.kv_heads, spec.head_dim, &half) ||
-      MulOverflows(half, dtype_bytes, &half) || MulOverflows(half, 2 * uint64_t{spec.layers}, &page) ||
+      MulOverflows(half, dtype_bytes, &half) ||
+      MulOverflows(half, 2 * uint64_t{spec.layers}, &page) ||
       MulOverflows(page, spec.num_blocks, &buffer)) {
     return absl::InvalidArgumentError("layout sizes overflow 64 bits");
   }
@@ -73,9 +75,8 @@ uint32_t Layout::buffer_count() const {
 }
 
 uint64_t Layout::buffer_bytes() const {
-  const uint64_t per_block = spec_.tensor_layout == TensorLayout::kPageContiguous
-                                 ? page_bytes_
-                                 : 2 * half_piece_bytes_;
+  const uint64_t per_block =
+      spec_.tensor_layout == TensorLayout::kPageContiguous ? page_bytes_ : 2 * half_piece_bytes_;
   return per_block * spec_.num_blocks;
 }
 
@@ -93,8 +94,8 @@ uint32_t Layout::pieces_per_page() const {
 
 absl::Status Layout::AppendPieces(uint32_t block_id, std::vector<Piece>& out) const {
   if (block_id >= spec_.num_blocks) {
-    return absl::OutOfRangeError(absl::StrCat("block id ", block_id, " out of range [0, ",
-                                              spec_.num_blocks, ")"));
+    return absl::OutOfRangeError(
+        absl::StrCat("block id ", block_id, " out of range [0, ", spec_.num_blocks, ")"));
   }
   const uint64_t half = half_piece_bytes_;
   switch (spec_.tensor_layout) {
@@ -109,8 +110,8 @@ absl::Status Layout::AppendPieces(uint32_t block_id, std::vector<Piece>& out) co
       break;
     case TensorLayout::kBlockMajorPerLayer:
       for (uint32_t layer = 0; layer < spec_.layers; ++layer) {
-        out.push_back(Piece{layer, uint64_t{block_id} * 2 * half, 2 * half,
-                            uint64_t{layer} * 2 * half});
+        out.push_back(
+            Piece{layer, uint64_t{block_id} * 2 * half, 2 * half, uint64_t{layer} * 2 * half});
       }
       break;
     case TensorLayout::kPageContiguous:

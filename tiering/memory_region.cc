@@ -78,8 +78,7 @@ class CudaRegion final : public MemoryRegion {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<MemoryRegion>> CreateMemfdRegion(absl::string_view name,
-                                                                size_t bytes,
-                                                                bool pin_for_cuda) {
+                                                                size_t bytes, bool pin_for_cuda) {
   if (bytes == 0) return absl::InvalidArgumentError("memfd region of 0 bytes");
   const size_t size = RoundUpToOsPage(bytes);
   const std::string fd_name = absl::StrCat("kvtier-", name);
@@ -96,7 +95,8 @@ absl::StatusOr<std::unique_ptr<MemoryRegion>> CreateMemfdRegion(absl::string_vie
     close(fd);
     return s;
   }
-  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  // MAP_POPULATE: fault every page in now, not on the first page copy of the data path.
+  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
   if (p == MAP_FAILED) {
     absl::Status s = ErrnoError(absl::StrCat("mmap memfd of ", size, " bytes"));
     close(fd);
@@ -112,7 +112,8 @@ absl::StatusOr<std::unique_ptr<MemoryRegion>> CreateMemfdRegion(absl::string_vie
 absl::StatusOr<std::unique_ptr<MemoryRegion>> CreateHostEmulatedDeviceRegion(size_t bytes) {
   if (bytes == 0) return absl::InvalidArgumentError("device region of 0 bytes");
   const size_t size = RoundUpToOsPage(bytes);
-  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE,
+                 -1, 0);
   if (p == MAP_FAILED) return ErrnoError(absl::StrCat("mmap ", size, " bytes"));
   return std::make_unique<AnonymousRegion>(static_cast<std::byte*>(p), size);
 }

@@ -10,9 +10,9 @@
 #include <cstddef>
 #include <memory>
 #include <string>
-#include "absl/strings/string_view.h"
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace kvtier {
 
@@ -39,8 +39,7 @@ class MemoryRegion {
 // With `pin_for_cuda` and a CUDA build with a device, also cudaHostRegister'd; a failed pin is
 // logged once and reported by pinned(), not fatal.
 absl::StatusOr<std::unique_ptr<MemoryRegion>> CreateMemfdRegion(absl::string_view name,
-                                                                size_t bytes,
-                                                                bool pin_for_cuda);
+                                                                size_t bytes, bool pin_for_cuda);
 
 // Host memory standing in for a GPU on machines without one.
 absl::StatusOr<std::unique_ptr<MemoryRegion>> CreateHostEmulatedDeviceRegion(size_t bytes);

@@ -12,7 +12,8 @@ template <typename Buffer>
 absl::Status CheckIo(uint32_t slot, uint32_t slot_count, uint64_t slot_bytes, uint64_t page_bytes,
                      absl::Span<const Buffer> bufs) {
   if (slot >= slot_count) {
-    return absl::OutOfRangeError(absl::StrCat("slot ", slot, " out of range [0, ", slot_count, ")"));
+    return absl::OutOfRangeError(
+        absl::StrCat("slot ", slot, " out of range [0, ", slot_count, ")"));
   }
   if (page_bytes > slot_bytes) {
     return absl::InvalidArgumentError(
@@ -37,9 +38,11 @@ MemoryTier::MemoryTier(Tier tier, std::unique_ptr<MemoryRegion> region, uint32_t
       slot_bytes_(slot_bytes),
       engine_(engine) {}
 
-absl::StatusOr<std::unique_ptr<MemoryTier>> MemoryTier::Create(
-    Tier tier, std::unique_ptr<MemoryRegion> region, uint32_t slot_count, uint64_t slot_bytes,
-    CopyEngine* engine) {
+absl::StatusOr<std::unique_ptr<MemoryTier>> MemoryTier::Create(Tier tier,
+                                                               std::unique_ptr<MemoryRegion> region,
+                                                               uint32_t slot_count,
+                                                               uint64_t slot_bytes,
+                                                               CopyEngine* engine) {
   if (region == nullptr || engine == nullptr) {
     return absl::InvalidArgumentError("memory tier needs a region and a copy engine");
   }

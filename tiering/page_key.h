@@ -7,10 +7,10 @@
 
 #include <cstdint>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <vector>
 
 #include "absl/hash/hash.h"
+#include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 
 namespace kvtier {
@@ -36,7 +36,8 @@ PageKey NamespaceSalt(absl::string_view namespace_name);
 // Key of one block given its parent's key (a null key for the first block of a sequence).
 PageKey ChainKey(const PageKey& salt, const PageKey& parent, absl::Span<const int32_t> tokens);
 
-// Keys of every *full* block of `tokens` (a trailing partial block has no key: it is not shareable).
+// Keys of every *full* block of `tokens` (a trailing partial block has no key: it is not
+// shareable).
 std::vector<PageKey> ChainKeys(const PageKey& salt, absl::Span<const int32_t> tokens,
                                size_t tokens_per_page);
 

@@ -7,10 +7,10 @@
 #pragma once
 
 #include <cstdint>
-#include "absl/strings/string_view.h"
 #include <vector>
 
 #include "absl/functional/function_ref.h"
+#include "absl/strings/string_view.h"
 #include "tiering/page_index.h"
 #include "tiering/page_key.h"
 #include "tiering/types.h"

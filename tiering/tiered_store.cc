@@ -32,8 +32,8 @@ void Bump(std::atomic<uint64_t>& c, uint64_t n = 1) { c.fetch_add(n, std::memory
 absl::Status CheckWatermarks(absl::string_view tier, const TierOptions& t) {
   if (!(t.low_watermark > 0 && t.low_watermark <= t.high_watermark && t.high_watermark <= 1)) {
     return absl::InvalidArgumentError(absl::StrCat(tier, " watermarks must satisfy 0 < low (",
-                                                   t.low_watermark, ") <= high (",
-                                                   t.high_watermark, ") <= 1"));
+                                                   t.low_watermark, ") <= high (", t.high_watermark,
+                                                   ") <= 1"));
   }
   return absl::OkStatus();
 }
@@ -197,9 +197,9 @@ absl::StatusOr<NamespaceId> TieredStore::AddNamespace(const std::string& name,
   absl::MutexLock lock(&mu_);
   if (auto it = namespace_ids_.find(name); it != namespace_ids_.end()) {
     if (namespaces_[it->second].sink_reserved != sink_slots) {
-      return absl::AlreadyExistsError(
-          absl::StrCat("namespace '", name, "' exists with ", namespaces_[it->second].sink_reserved,
-                       " sink slots, not ", sink_slots));
+      return absl::AlreadyExistsError(absl::StrCat("namespace '", name, "' exists with ",
+                                                   namespaces_[it->second].sink_reserved,
+                                                   " sink slots, not ", sink_slots));
     }
     return it->second;
   }
@@ -275,7 +275,8 @@ std::optional<uint32_t> TieredStore::AcquireSemanticSlot(Tier t, int depth) {
   if (SemanticUsed(t) < SemanticCapacity(t)) return slots->Allocate();
   if (depth > kNumTiers) return std::nullopt;
   std::vector<PageKey> victims;
-  policy_->LeastValuable(t, 1, [this](const PageKey& k) { return Evictable(k); }, victims);
+  policy_->LeastValuable(
+      t, 1, [this](const PageKey& k) { return Evictable(k); }, victims);
   if (victims.empty()) return std::nullopt;
   const PageKey victim = victims.front();
   const std::optional<Tier> below = Below(t);
@@ -338,16 +339,14 @@ absl::Status TieredStore::CopyBetween(TierBackend& from, uint32_t from_slot, Tie
   absl::Status result;
   if (const std::byte* src = from.HostSlot(from_slot); src != nullptr) {
     const ConstBuffer buf{src, meta.bytes};
-    to.Write({SlotWrite{to_slot, meta, absl::MakeConstSpan(&buf, 1)}},
-             absl::MakeSpan(&result, 1));
+    to.Write({SlotWrite{to_slot, meta, absl::MakeConstSpan(&buf, 1)}}, absl::MakeSpan(&result, 1));
   } else if (std::byte* dst = to.HostSlot(to_slot); dst != nullptr) {
     const MutableBuffer buf{dst, meta.bytes};
     from.Read({SlotRead{from_slot, meta, absl::MakeConstSpan(&buf, 1)}},
               absl::MakeSpan(&result, 1));
   } else {
     const MutableBuffer in{bounce_.data(), meta.bytes};
-    from.Read({SlotRead{from_slot, meta, absl::MakeConstSpan(&in, 1)}},
-              absl::MakeSpan(&result, 1));
+    from.Read({SlotRead{from_slot, meta, absl::MakeConstSpan(&in, 1)}}, absl::MakeSpan(&result, 1));
     if (result.ok()) {
       const ConstBuffer out{bounce_.data(), meta.bytes};
       to.Write({SlotWrite{to_slot, meta, absl::MakeConstSpan(&out, 1)}},
@@ -357,8 +356,7 @@ absl::Status TieredStore::CopyBetween(TierBackend& from, uint32_t from_slot, Tie
   return result;
 }
 
-absl::Status TieredStore::MoveLocked(const PageKey& key, Tier to, bool into_sink_slot,
-                                     int depth) {
+absl::Status TieredStore::MoveLocked(const PageKey& key, Tier to, bool into_sink_slot, int depth) {
   std::optional<PageEntry> found = index_.Find(key);
   if (!found.has_value()) return NotFound(key);
   const PageEntry e = *found;
@@ -424,9 +422,8 @@ void TieredStore::DropLocked(const PageKey& key, const PageEntry& e) {
 
 void TieredStore::RecordAccess(const PageKey& key, PageEntry& e) {
   const uint64_t now = Now();
-  const double elapsed_ms = now > e.stats.last_access_ns
-                                ? static_cast<double>(now - e.stats.last_access_ns) / 1e6
-                                : 0.0;
+  const double elapsed_ms =
+      now > e.stats.last_access_ns ? static_cast<double>(now - e.stats.last_access_ns) / 1e6 : 0.0;
   e.stats.frequency = static_cast<float>(
       e.stats.frequency * std::exp2(-elapsed_ms / options_.frequency_half_life_ms) + 1.0);
   e.stats.last_access_ns = now;
@@ -461,8 +458,8 @@ absl::StatusOr<Tier> TieredStore::Put(NamespaceId ns, const PageKey& key,
   uint64_t total = 0;
   for (const ConstBuffer& b : src) total += b.size;
   if (total != options_.page_bytes) {
-    return absl::InvalidArgumentError(absl::StrCat("page data of ", total,
-                                                   " bytes, expected ", options_.page_bytes));
+    return absl::InvalidArgumentError(
+        absl::StrCat("page data of ", total, " bytes, expected ", options_.page_bytes));
   }
   if (options.tier.has_value() && backends_[TierIndex(*options.tier)] == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat("no ", TierName(*options.tier), " tier"));
@@ -564,8 +561,8 @@ absl::StatusOr<Tier> TieredStore::Get(NamespaceId ns, const PageKey& key,
   uint64_t total = 0;
   for (const MutableBuffer& b : dst) total += b.size;
   if (total != options_.page_bytes) {
-    return absl::InvalidArgumentError(absl::StrCat("destination of ", total,
-                                                   " bytes, expected ", options_.page_bytes));
+    return absl::InvalidArgumentError(
+        absl::StrCat("destination of ", total, " bytes, expected ", options_.page_bytes));
   }
   PageEntry entry;
   {
@@ -777,7 +774,39 @@ PlannerReport TieredStore::Maintain(const MaintainOptions& options) {
       }
     }
   }
+  if (options.displace) DisplaceLocked(options, report);
   return report;
+}
+
+void TieredStore::DisplaceLocked(const MaintainOptions& options, PlannerReport& report) {
+  const auto eligible = [this](const PageKey& k) { return Evictable(k); };
+  const auto moved_bytes = [this] {
+    uint64_t total = 0;
+    for (const auto& row : counters_->migrated_bytes) {
+      for (const auto& c : row) total += c.load(std::memory_order_relaxed);
+    }
+    return total;
+  };
+  std::vector<PageKey> candidate, victim;
+  for (Tier t : {Tier::kDram, Tier::kNvme}) {
+    const std::optional<Tier> above = Above(t);
+    if (!slots_[TierIndex(t)].has_value() || !above.has_value()) continue;
+    // Each swap moves at least two pages (more when the displaced page cascades further down).
+    while (options.max_migration_bytes == 0 ||
+           report.bytes_moved + 2 * options_.page_bytes <= options.max_migration_bytes) {
+      candidate.clear();
+      victim.clear();
+      policy_->MostValuable(t, 1, eligible, candidate);
+      policy_->LeastValuable(*above, 1, eligible, victim);
+      if (candidate.empty() || victim.empty()) break;
+      if (!(policy_->Value(candidate.front()) > policy_->Value(victim.front()))) break;
+      const uint64_t before = moved_bytes();
+      if (!MoveLocked(candidate.front(), *above, false, 1).ok()) break;
+      ++report.promoted;
+      ++report.demoted;
+      report.bytes_moved += moved_bytes() - before;
+    }
+  }
 }
 
 std::optional<PageEntry> TieredStore::Find(NamespaceId ns, const PageKey& key) const {

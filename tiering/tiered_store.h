@@ -83,11 +83,11 @@ struct StoreParts {
 };
 
 struct PutOptions {
-  PageKey parent;             // previous page of the sequence (null for the first)
-  uint32_t position = 0;      // index of this page within its sequence
-  uint32_t tokens = 0;        // tokens covered; 0 means tokens_per_page
+  PageKey parent;                              // previous page of the sequence (null for the first)
+  uint32_t position = 0;                       // index of this page within its sequence
+  uint32_t tokens = 0;                         // tokens covered; 0 means tokens_per_page
   PageClass class_hint = PageClass::kUnknown;  // the worker's memory-intent hint
-  std::optional<Tier> tier;   // place in this tier instead of the fastest with room
+  std::optional<Tier> tier;  // place in this tier instead of the fastest with room
 };
 
 // One attention-statistics observation for a page (per decode step or window).
@@ -108,8 +108,8 @@ struct TierUsage {
   std::string backend;
   uint32_t capacity_slots = 0;
   uint32_t used_slots = 0;
-  uint32_t sink_reserved_slots = 0;  // HBM only
-  uint32_t sink_used_slots = 0;      // HBM only
+  uint32_t sink_reserved_slots = 0;          // HBM only
+  uint32_t sink_used_slots = 0;              // HBM only
   std::array<uint32_t, 3> pages_by_class{};  // indexed by PageClass
 };
 
@@ -118,7 +118,7 @@ struct StoreCounters {
   uint64_t misses = 0;
   uint64_t puts = 0;
   uint64_t put_duplicates = 0;
-  std::array<std::array<uint64_t, 3>, kNumTiers> evictions{};         // [tier][class]
+  std::array<std::array<uint64_t, 3>, kNumTiers> evictions{};           // [tier][class]
   std::array<std::array<uint64_t, kNumTiers>, kNumTiers> migrations{};  // [from][to]
   std::array<std::array<uint64_t, kNumTiers>, kNumTiers> migrated_bytes{};
   uint64_t sink_overflows = 0;
@@ -131,6 +131,11 @@ struct MaintainOptions {
   // for PCIe and disk bandwidth.
   uint64_t max_migration_bytes = 0;
   bool promote = true;
+  // After filling free room, also promote by displacement: while the most valuable page of a
+  // lower tier has a higher policy Value than the least valuable page of the tier above, move it
+  // up (the page it displaces goes down a tier). Policies build their own hysteresis into Value.
+  // Default false (the original fill-only behaviour). Bounded by max_migration_bytes.
+  bool displace = false;
 };
 
 struct PlannerReport {
@@ -160,8 +165,7 @@ class TieredStore {
   absl::StatusOr<Tier> Put(NamespaceId ns, const PageKey& key, absl::Span<const ConstBuffer> src,
                            const PutOptions& options = {});
   // Copies a page into `dst` (pieces in page order); NotFound on a miss. Returns the serving tier.
-  absl::StatusOr<Tier> Get(NamespaceId ns, const PageKey& key,
-                           absl::Span<const MutableBuffer> dst);
+  absl::StatusOr<Tier> Get(NamespaceId ns, const PageKey& key, absl::Span<const MutableBuffer> dst);
   // Longest cached prefix of `keys`; does not count as an access.
   LookupResult LookupPrefix(NamespaceId ns, absl::Span<const PageKey> keys) const;
   // Records an access without copying (the caller served the bytes some other way).
@@ -227,9 +231,11 @@ class TieredStore {
   absl::Status MoveLocked(const PageKey& key, Tier to, bool into_sink_slot, int depth)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DropLocked(const PageKey& key, const PageEntry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status CopyBetween(TierBackend& from, uint32_t from_slot, TierBackend& to,
-                           uint32_t to_slot, const PageMeta& meta)
+  // Maintain's displacement pass (MaintainOptions::displace).
+  void DisplaceLocked(const MaintainOptions& options, PlannerReport& report)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status CopyBetween(TierBackend& from, uint32_t from_slot, TierBackend& to, uint32_t to_slot,
+                           const PageMeta& meta) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Claims a reserved sink slot for `ns`, replacing its LRU unpinned sink if the reserve is full.
   std::optional<uint32_t> AcquireSinkSlot(NamespaceId ns) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RecordAccess(const PageKey& key, PageEntry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -9,8 +9,7 @@
 namespace kvtier {
 namespace {
 
-absl::StatusOr<uint64_t> UnsignedField(const nlohmann::json& obj, const char* name,
-                                       uint64_t max) {
+absl::StatusOr<uint64_t> UnsignedField(const nlohmann::json& obj, const char* name, uint64_t max) {
   auto it = obj.find(name);
   if (it == obj.end()) return absl::InvalidArgumentError(absl::StrCat("missing '", name, "'"));
   if (!it->is_number_integer() || it->get<int64_t>() < 0 ||

@@ -1,0 +1,41 @@
+// kvtierctl: the operator's tool. A table of subcommands; each lives in its own file.
+#include <cstdio>
+#include <cstring>
+
+#include "client/kvtierctl/commands.h"
+
+namespace {
+
+struct Command {
+  const char* name;
+  const char* summary;
+  int (*run)(int argc, char** argv);
+};
+
+// One line per command (status, stats, bench rpc, bench nvme join here).
+constexpr Command kCommands[] = {
+    {"sim", "replay a trace through the tiered store under each placement policy",
+     kvtier::ctl::SimCommand},
+    {"gen-attention", "write a synthetic decode-attention trace for `sim --format attention`",
+     kvtier::ctl::GenAttentionCommand},
+};
+
+int Usage(FILE* out) {
+  std::fprintf(out, "usage: kvtierctl <command> [flags]   (kvtierctl <command> --help)\n\n");
+  for (const Command& c : kCommands) std::fprintf(out, "  %-12s %s\n", c.name, c.summary);
+  return out == stdout ? 0 : 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) return Usage(stderr);
+  if (std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "help") == 0) {
+    return Usage(stdout);
+  }
+  for (const Command& c : kCommands) {
+    if (std::strcmp(argv[1], c.name) == 0) return c.run(argc - 1, argv + 1);
+  }
+  std::fprintf(stderr, "kvtierctl: unknown command '%s'\n", argv[1]);
+  return Usage(stderr);
+}

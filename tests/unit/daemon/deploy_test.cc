@@ -1,0 +1,97 @@
+// Checks the operator-facing files in deploy/ against what the daemon really exports: every
+// kvtier_* series a dashboard panel or alert rule names must exist, and promtool must accept the
+// rules and the scrape configuration.
+#include <fstream>
+#include <regex>
+#include <set>
+#include <sstream>
+
+#include "daemon/observability/daemon_metrics.h"
+#include "daemon/observability/store_metrics.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+
+namespace kvtier {
+namespace {
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// Series names a scrape of a daemon would show: each family, plus _bucket/_sum/_count for
+// histograms.
+std::set<std::string> ExportedSeries() {
+  StoreOptions o;
+  o.page_bytes = 4096;
+  o.hbm.slots = 4;
+  o.dram.slots = 4;
+  o.hbm_backend = HbmBackend::kHostEmulated;
+  auto store = *TieredStore::Create(o);
+  metrics::Registry r;
+  BindStoreMetrics(r, *store);
+  DaemonMetrics daemon(r);
+  std::set<std::string> names;
+  std::istringstream text(r.Serialize());
+  for (std::string line; std::getline(text, line);) {
+    std::smatch m;
+    if (std::regex_match(line, m, std::regex("# TYPE (\\S+) (\\S+)"))) {
+      names.insert(m[1]);
+      if (m[2] == "histogram") {
+        for (const char* suffix : {"_bucket", "_sum", "_count"}) names.insert(m[1].str() + suffix);
+      }
+    }
+  }
+  return names;
+}
+
+std::set<std::string> NamedSeries(const std::string& promql) {
+  std::set<std::string> out;
+  const std::regex name("kvtier_[a-zA-Z0-9_]+");
+  for (auto it = std::sregex_iterator(promql.begin(), promql.end(), name);
+       it != std::sregex_iterator(); ++it) {
+    out.insert(it->str());
+  }
+  return out;
+}
+
+TEST(DeployTest, EveryDashboardPanelQueriesOnlyExportedMetrics) {
+  const std::set<std::string> exported = ExportedSeries();
+  ASSERT_GT(exported.size(), 20u);
+  const nlohmann::json dash = nlohmann::json::parse(
+      ReadFile(std::string(KVTIER_SOURCE_DIR) + "/deploy/grafana/kvtier-dashboard.json"));
+  ASSERT_TRUE(dash.contains("panels"));
+  int queries = 0;
+  for (const auto& panel : dash["panels"]) {
+    EXPECT_FALSE(panel.value("description", "").empty()) << panel["title"];
+    for (const auto& target : panel["targets"]) {
+      const std::string expr = target["expr"];
+      const std::set<std::string> named = NamedSeries(expr);
+      EXPECT_FALSE(named.empty()) << "panel '" << panel["title"] << "' names no kvtier metric";
+      for (const std::string& series : named) {
+        EXPECT_TRUE(exported.count(series))
+            << "panel '" << panel["title"] << "' queries " << series << ", which is not exported";
+      }
+      ++queries;
+    }
+  }
+  EXPECT_GE(queries, 14);
+}
+
+TEST(DeployTest, AlertRulesPassPromtoolAndNameExportedMetrics) {
+  const std::string rules = std::string(KVTIER_SOURCE_DIR) + "/deploy/prometheus/alerts.yml";
+  ASSERT_EQ(std::system(("promtool check rules " + rules + " > /dev/null").c_str()), 0);
+  const std::string config = std::string(KVTIER_SOURCE_DIR) + "/deploy/prometheus/prometheus.yml";
+  ASSERT_EQ(std::system(("promtool check config " + config + " > /dev/null").c_str()), 0);
+  const std::set<std::string> exported = ExportedSeries();
+  const std::set<std::string> named = NamedSeries(ReadFile(rules));
+  EXPECT_GE(named.size(), 4u);
+  for (const std::string& series : named) {
+    EXPECT_TRUE(exported.count(series)) << "alert rule names " << series << ", not exported";
+  }
+}
+
+}  // namespace
+}  // namespace kvtier

@@ -1,0 +1,248 @@
+// Rankings of kvtier and the classic policies, checked on entries whose right order is known.
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "test_seed.h"
+#include "tiering/policy/classic_policies.h"
+#include "tiering/policy/kvtier_policy.h"
+#include "tiering/policy/policy_factory.h"
+#include "tiering/tiered_store.h"
+
+namespace kvtier {
+namespace {
+
+PageKey RandomKey(std::mt19937_64& rng) { return PageKey{rng() | 1, rng()}; }
+
+std::vector<PageKey> Victims(PlacementPolicy& p, Tier t, size_t n) {
+  std::vector<PageKey> out;
+  p.LeastValuable(
+      t, n, [](const PageKey&) { return true; }, out);
+  return out;
+}
+
+TEST(KvtierPolicyTest, FrequencyTermOrdersLikeDecayedFrequencyAtAnyTime) {
+  std::mt19937_64 rng = testing::SeededRng();
+  KvtierPolicyOptions o;
+  o.frequency_half_life_ms = 1000 + rng() % 60'000;
+  const KvtierPolicy policy(o);
+  std::uniform_real_distribution<double> u(0.0, 1.0);
+  for (int trial = 0; trial < 2000; ++trial) {
+    PageStats a, b;
+    a.frequency = static_cast<float>(1 + 50 * u(rng));
+    b.frequency = static_cast<float>(1 + 50 * u(rng));
+    a.last_access_ns = 1'000'000ull * (rng() % 100'000);
+    b.last_access_ns = 1'000'000ull * (rng() % 100'000);
+    const uint64_t now =
+        std::max(a.last_access_ns, b.last_access_ns) + 1'000'000ull * (rng() % 500'000);
+    auto decayed = [&](const PageStats& s) {
+      return s.frequency * std::exp2(-static_cast<double>(now - s.last_access_ns) / 1e6 /
+                                     o.frequency_half_life_ms);
+    };
+    const double da = decayed(a), db = decayed(b);
+    if (std::fabs(da - db) < 1e-6 * std::max(da, db)) continue;  // a tie within rounding
+    EXPECT_EQ(policy.FrequencyTerm(a) > policy.FrequencyTerm(b), da > db) << "trial " << trial;
+  }
+}
+
+PageEntry Entry(Tier tier, uint64_t t_ns, float freq) {
+  PageEntry e;
+  e.tier = tier;
+  e.state = PageState::kReady;
+  e.stats.last_access_ns = t_ns;
+  e.stats.frequency = freq;
+  e.stats.tokens = 16;
+  return e;
+}
+
+TEST(KvtierPolicyTest, PrefixChainsEvictLeafFirst) {
+  std::mt19937_64 rng = testing::SeededRng();
+  KvtierPolicy policy;
+  // A chain root -> mid -> leaf, all touched together (equal frequency and recency), plus a
+  // second leaf under root: the leaves go first, the root (two cached children) last.
+  const PageKey root = RandomKey(rng), mid = RandomKey(rng), leaf = RandomKey(rng),
+                leaf2 = RandomKey(rng);
+  const uint64_t t = 1'000'000'000ull + rng() % 1'000'000'000ull;
+  PageEntry e = Entry(Tier::kHbm, t, 3.0f);
+  PageEntry root_e = e, mid_e = e, leaf_e = e, leaf2_e = e;
+  root_e.cached_children = 2;
+  mid_e.cached_children = 1;
+  policy.OnInsert(mid, mid_e);
+  policy.OnInsert(leaf, leaf_e);
+  policy.OnInsert(root, root_e);
+  policy.OnInsert(leaf2, leaf2_e);
+  const std::vector<PageKey> order = Victims(policy, Tier::kHbm, 4);
+  ASSERT_EQ(order.size(), 4u);
+  EXPECT_TRUE((order[0] == leaf && order[1] == leaf2) || (order[0] == leaf2 && order[1] == leaf));
+  EXPECT_EQ(order[2], mid);
+  EXPECT_EQ(order[3], root);
+}
+
+TEST(KvtierPolicyTest, ValueNormGatesAttentionUtilityAndSinksRankOnTop) {
+  std::mt19937_64 rng = testing::SeededRng();
+  KvtierPolicy policy;
+  std::uniform_real_distribution<float> u(0.0f, 1.0f);
+  const uint64_t t = 5'000'000'000ull;
+  PageEntry drained = Entry(Tier::kHbm, t, 4.0f);
+  drained.stats.stat_reports = 5;
+  drained.stats.attention_mass = 0.3f + 0.1f * u(rng);
+  drained.stats.breadth = 0.95f;
+  drained.stats.value_norm = 0.03f;  // hot, but carries nothing
+  PageEntry semantic = drained;
+  semantic.stats.attention_mass = drained.stats.attention_mass * 0.5f;  // half the mass
+  semantic.stats.value_norm = 1.0f + 0.5f * u(rng);
+  PageEntry sink = drained;
+  sink.cls = PageClass::kSink;
+  const PageKey kd = RandomKey(rng), ks = RandomKey(rng), kk = RandomKey(rng);
+  policy.OnInsert(kd, drained);
+  policy.OnInsert(ks, semantic);
+  policy.OnInsert(kk, sink);
+  EXPECT_LT(policy.Value(kd), policy.Value(ks));
+  EXPECT_GT(policy.Value(kk), policy.Value(ks));
+  EXPECT_EQ(Victims(policy, Tier::kHbm, 1).front(), kd);
+}
+
+TEST(KvtierPolicyTest, HysteresisIsABonusPerTierOfHeight) {
+  std::mt19937_64 rng = testing::SeededRng();
+  KvtierPolicyOptions o;
+  o.hysteresis = 0.25 + static_cast<double>(rng() % 100) / 50;
+  KvtierPolicy policy(o);
+  const PageKey k = RandomKey(rng);
+  PageEntry e = Entry(Tier::kDram, 7'000'000'000ull, 2.5f);
+  policy.OnInsert(k, e);
+  const double in_dram = policy.Value(k);
+  e.tier = Tier::kHbm;
+  policy.OnMove(k, Tier::kDram, e);
+  EXPECT_NEAR(policy.Value(k) - in_dram, o.hysteresis, 1e-9);
+}
+
+TEST(ClassicPoliciesTest, LfuEvictsLeastCountedThenLeastRecent) {
+  std::mt19937_64 rng = testing::SeededRng();
+  LfuPolicy lfu;
+  std::vector<std::pair<uint32_t, PageKey>> pages;
+  for (int i = 0; i < 20; ++i) {
+    PageEntry e = Entry(Tier::kHbm, 1'000'000ull * (1 + rng() % 1000), 1.0f);
+    e.stats.access_count = 1 + static_cast<uint32_t>(rng() % 50);
+    const PageKey k = RandomKey(rng);
+    // Make counts distinct so the expected order is unique.
+    e.stats.access_count = e.stats.access_count * 100 + i;
+    pages.push_back({e.stats.access_count, k});
+    lfu.OnInsert(k, e);
+  }
+  std::sort(pages.begin(), pages.end());
+  const std::vector<PageKey> order = Victims(lfu, Tier::kHbm, pages.size());
+  ASSERT_EQ(order.size(), pages.size());
+  for (size_t i = 0; i < pages.size(); ++i) EXPECT_EQ(order[i], pages[i].second) << i;
+}
+
+TEST(ClassicPoliciesTest, ArcResistsScansAndAdaptsOnGhostHits) {
+  std::mt19937_64 rng = testing::SeededRng();
+  ArcPolicy arc;
+  uint64_t t = 1'000;
+  // Two pages used twice (frequency list), then a scan of one-time pages.
+  std::vector<PageKey> hot = {RandomKey(rng), RandomKey(rng)};
+  for (const PageKey& k : hot) {
+    PageEntry e = Entry(Tier::kHbm, ++t, 1.0f);
+    e.stats.access_count = 1;
+    arc.OnInsert(k, e);
+    e.stats.access_count = 2;
+    e.stats.last_access_ns = ++t;
+    arc.OnAccess(k, e);
+  }
+  std::vector<PageKey> scan;
+  for (int i = 0; i < 6; ++i) {
+    scan.push_back(RandomKey(rng));
+    PageEntry e = Entry(Tier::kHbm, ++t, 1.0f);
+    e.stats.access_count = 1;
+    arc.OnInsert(scan.back(), e);
+  }
+  // With p = 0 the victims come from the recency list: every scan page before a hot one.
+  std::vector<PageKey> order = Victims(arc, Tier::kHbm, 8);
+  ASSERT_EQ(order.size(), 8u);
+  for (size_t i = 0; i < scan.size(); ++i) EXPECT_EQ(order[i], scan[i]) << i;
+  // A scan page evicted and asked for again (a ghost hit in B1) grows T1's target.
+  PageEntry gone = Entry(Tier::kHbm, t, 1.0f);
+  gone.stats.access_count = 1;
+  arc.OnRemove(scan.front(), gone);
+  const double before = arc.target_recent(Tier::kHbm);
+  gone.stats.last_access_ns = ++t;
+  arc.OnInsert(scan.front(), gone);
+  EXPECT_GT(arc.target_recent(Tier::kHbm), before);
+}
+
+TEST(ClassicPoliciesTest, StreamingKeepsPositionSinksAndRecentWindow) {
+  std::mt19937_64 rng = testing::SeededRng();
+  StreamingLlmPolicy streaming;
+  std::vector<PageKey> keys;
+  for (uint32_t pos = 0; pos < 10; ++pos) {
+    PageEntry e = Entry(Tier::kHbm, 100 + pos, 1.0f);
+    e.position = pos;
+    e.stats.insert_ns = 100 + pos;
+    keys.push_back(RandomKey(rng));
+    streaming.OnInsert(keys.back(), e);
+  }
+  const std::vector<PageKey> order = Victims(streaming, Tier::kHbm, 10);
+  ASSERT_EQ(order.size(), 10u);
+  for (uint32_t i = 0; i < 9; ++i) EXPECT_EQ(order[i], keys[i + 1]) << i;  // oldest first
+  EXPECT_EQ(order[9], keys[0]);                                            // the sink last
+}
+
+// H2O through the real store: accumulated attention is the sum of the raw reported masses, even
+// though the store keeps only an EWMA; the recent window is never a victim.
+TEST(ClassicPoliciesTest, H2oAccumulatesRawMassThroughTheStore) {
+  std::mt19937_64 rng = testing::SeededRng();
+  StoreOptions o;
+  o.page_bytes = 64;
+  o.hbm.slots = 16;
+  o.hbm_backend = HbmBackend::kHostEmulated;
+  o.sink_tokens = 0;
+  auto policy = std::make_unique<H2oPolicy>(H2oOptions{.recent_pages = 2, .ewma_alpha = 0.2});
+  H2oPolicy* h2o = policy.get();
+  StoreParts parts;
+  parts.policy = std::move(policy);
+  absl::StatusOr<std::unique_ptr<TieredStore>> store = TieredStore::Create(o, std::move(parts));
+  ASSERT_TRUE(store.ok()) << store.status();
+  absl::StatusOr<NamespaceId> ns = (*store)->AddNamespace("h", 0);
+  ASSERT_TRUE(ns.ok());
+  std::vector<PageKey> keys;
+  std::vector<std::byte> bytes(64, std::byte{0x5a});
+  for (int i = 0; i < 8; ++i) {
+    keys.push_back(RandomKey(rng));
+    const ConstBuffer src{bytes.data(), bytes.size()};
+    ASSERT_TRUE((*store)->Put(*ns, keys.back(), absl::MakeConstSpan(&src, 1)).ok());
+  }
+  std::vector<double> sums(keys.size(), 0.0);
+  std::uniform_real_distribution<float> u(0.0f, 0.2f);
+  for (int step = 0; step < 30; ++step) {
+    for (size_t i = 0; i < keys.size(); ++i) {
+      const float m = u(rng) * static_cast<float>(i + 1) / 8;
+      sums[i] += m;
+      ASSERT_TRUE(
+          (*store)->ReportAttention(*ns, keys[i], AttentionSample{m, 0.5f, 1.0f, 0.5f}).ok());
+    }
+  }
+  for (size_t i = 0; i < keys.size(); ++i) {
+    EXPECT_NEAR(h2o->accumulated(keys[i]), sums[i], 1e-3 * (1 + sums[i])) << i;
+  }
+  // Victims: the non-recent pages (0..5) by accumulated mass; pages 6 and 7 are the window.
+  std::vector<PageKey> order = Victims(*h2o, Tier::kHbm, 8);
+  ASSERT_EQ(order.size(), 8u);
+  for (size_t i = 0; i < 6; ++i) EXPECT_NE(order[i], keys[6]) << i;
+  for (size_t i = 0; i < 6; ++i) EXPECT_NE(order[i], keys[7]) << i;
+  for (size_t i = 1; i < 6; ++i) {
+    EXPECT_LE(h2o->accumulated(order[i - 1]), h2o->accumulated(order[i])) << i;
+  }
+}
+
+TEST(PolicyFactoryTest, BuildsEveryNamedPolicyAndRejectsOthers) {
+  for (const std::string& name : PolicyNames()) {
+    absl::StatusOr<std::unique_ptr<PlacementPolicy>> p = MakePolicy(name);
+    ASSERT_TRUE(p.ok()) << name;
+    EXPECT_EQ((*p)->name(), name);
+  }
+  EXPECT_FALSE(MakePolicy("fifo").ok());
+}
+
+}  // namespace
+}  // namespace kvtier

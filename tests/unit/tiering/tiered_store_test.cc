@@ -1,0 +1,367 @@
+#include "tiering/tiered_store.h"
+
+#include <cstring>
+#include <thread>
+
+#include "gtest/gtest.h"
+#include "tests/unit/tiering/test_seed.h"
+
+namespace kvtier {
+namespace {
+
+constexpr uint64_t kPage = 4096;
+
+class TieredStoreTest : public ::testing::Test {
+ protected:
+  void Make(uint32_t hbm, uint32_t dram, uint32_t sink_slots = 0) {
+    StoreOptions o;
+    o.page_bytes = kPage;
+    o.hbm.slots = hbm;
+    o.dram.slots = dram;
+    o.hbm_backend = HbmBackend::kHostEmulated;
+    o.clock = &clock_;
+    auto s = TieredStore::Create(o);
+    ASSERT_TRUE(s.ok()) << s.status();
+    store_ = *std::move(s);
+    auto ns = store_->AddNamespace("model-a/tenant-1", sink_slots);
+    ASSERT_TRUE(ns.ok()) << ns.status();
+    ns_ = *ns;
+  }
+
+  // Page contents are a function of the key, so any mix-up shows as a mismatch.
+  std::vector<std::byte> Contents(const PageKey& k) {
+    std::vector<std::byte> v(kPage);
+    std::mt19937_64 g(k.lo ^ (k.hi << 1));
+    for (size_t i = 0; i < kPage; i += 8) {
+      const uint64_t x = g();
+      std::memcpy(&v[i], &x, 8);
+    }
+    return v;
+  }
+  PageKey Key(uint64_t i) { return PageKey{0x5eed, i + 1}; }
+
+  absl::StatusOr<Tier> Put(uint64_t i, PutOptions o = {}) {
+    clock_.AdvanceNs(1000);
+    const std::vector<std::byte> data = Contents(Key(i));
+    const ConstBuffer src{data.data(), data.size()};
+    if (o.position == 0 && o.class_hint == PageClass::kUnknown) o.position = 1;  // not a sink
+    return store_->Put(ns_, Key(i), absl::MakeConstSpan(&src, 1), o);
+  }
+  absl::StatusOr<Tier> GetAndCheck(uint64_t i) {
+    clock_.AdvanceNs(1000);
+    std::vector<std::byte> out(kPage);
+    const MutableBuffer dst{out.data(), out.size()};
+    absl::StatusOr<Tier> t = store_->Get(ns_, Key(i), absl::MakeConstSpan(&dst, 1));
+    if (t.ok()) {
+      EXPECT_EQ(out, Contents(Key(i))) << "page " << i << " came back different";
+    }
+    return t;
+  }
+  Tier TierOf(uint64_t i) { return store_->Find(ns_, Key(i))->tier; }
+
+  ManualClock clock_;
+  std::unique_ptr<TieredStore> store_;
+  NamespaceId ns_ = 0;
+};
+
+TEST_F(TieredStoreTest, RandomScatteredPagesRoundTripBitIdentical) {
+  Make(8, 32);
+  auto rng = testing::SeededRng();
+  for (int i = 0; i < 30; ++i) {
+    // Random piece boundaries on both sides, as a worker's layout would scatter them.
+    std::vector<std::byte> page(kPage);
+    for (auto& b : page) b = static_cast<std::byte>(rng());
+    std::vector<ConstBuffer> src;
+    size_t off = 0;
+    while (off < kPage) {
+      const size_t n = std::min<size_t>(kPage - off, 1 + rng() % 1500);
+      src.push_back({page.data() + off, n});
+      off += n;
+    }
+    const PageKey key{rng(), rng()};
+    PutOptions o;
+    o.position = 5;
+    ASSERT_TRUE(store_->Put(ns_, key, src, o).ok());
+    std::vector<std::byte> out(kPage);
+    std::vector<MutableBuffer> dst;
+    off = 0;
+    while (off < kPage) {
+      const size_t n = std::min<size_t>(kPage - off, 1 + rng() % 700);
+      dst.push_back({out.data() + off, n});
+      off += n;
+    }
+    ASSERT_TRUE(store_->Get(ns_, key, dst).ok());
+    ASSERT_EQ(out, page) << "page " << i;
+  }
+  EXPECT_EQ(store_->Counters().puts, 30u);
+}
+
+TEST_F(TieredStoreTest, FullHbmDemotesTheLeastRecentlyUsedPageToDram) {
+  Make(4, 16);
+  for (int i = 0; i < 4; ++i) ASSERT_EQ(*Put(i), Tier::kHbm);
+  ASSERT_TRUE(GetAndCheck(0).ok());  // page 0 is now the most recent; page 1 the least
+  ASSERT_EQ(*Put(4), Tier::kHbm);
+  EXPECT_EQ(TierOf(1), Tier::kDram);
+  EXPECT_EQ(TierOf(0), Tier::kHbm);
+  EXPECT_EQ(*GetAndCheck(1), Tier::kDram);
+  const StoreCounters c = store_->Counters();
+  EXPECT_EQ(c.migrations[TierIndex(Tier::kHbm)][TierIndex(Tier::kDram)], 1u);
+  EXPECT_EQ(c.migrated_bytes[TierIndex(Tier::kHbm)][TierIndex(Tier::kDram)], kPage);
+  EXPECT_EQ(c.hits[TierIndex(Tier::kDram)], 1u);
+  EXPECT_EQ(c.hits[TierIndex(Tier::kHbm)], 1u);
+}
+
+TEST_F(TieredStoreTest, BottomTierDropsAndMissesAreCounted) {
+  Make(2, 2);
+  for (int i = 0; i < 6; ++i) ASSERT_TRUE(Put(i).ok());
+  EXPECT_EQ(store_->page_count(), 4u);
+  EXPECT_EQ(GetAndCheck(0).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(GetAndCheck(1).status().code(), absl::StatusCode::kNotFound);
+  for (int i = 2; i < 6; ++i) EXPECT_TRUE(GetAndCheck(i).ok()) << i;
+  const StoreCounters c = store_->Counters();
+  EXPECT_EQ(c.misses, 2u);
+  EXPECT_EQ(c.evictions[TierIndex(Tier::kDram)][static_cast<int>(PageClass::kUnknown)], 2u);
+  EXPECT_EQ(store_->Usage(Tier::kHbm).used_slots + store_->Usage(Tier::kDram).used_slots, 4u);
+}
+
+TEST_F(TieredStoreTest, PinnedSinksInReservedSlotsOutliveAnyPressure) {
+  Make(6, 4, /*sink_slots=*/2);
+  PutOptions sink;
+  sink.class_hint = PageClass::kSink;
+  ASSERT_EQ(*Put(100, sink), Tier::kHbm);
+  PutOptions first;  // position 0: a sink by position (the first 4 tokens)
+  first.position = 0;
+  first.class_hint = PageClass::kUnknown;
+  clock_.AdvanceNs(1000);
+  {
+    const std::vector<std::byte> d = Contents(Key(101));
+    const ConstBuffer src{d.data(), d.size()};
+    ASSERT_TRUE(store_->Put(ns_, Key(101), absl::MakeConstSpan(&src, 1), first).ok());
+  }
+  EXPECT_EQ(store_->Find(ns_, Key(101))->class_source, ClassSource::kPosition);
+  ASSERT_TRUE(store_->Pin(ns_, {Key(100), Key(101)}).ok());
+  EXPECT_EQ(store_->Usage(Tier::kHbm).sink_used_slots, 2u);
+  // Heavy churn of semantic pages, accessing them far more often than the sinks.
+  for (int i = 0; i < 200; ++i) {
+    ASSERT_TRUE(Put(i).ok());
+    ASSERT_TRUE(GetAndCheck(i).ok());
+    store_->Maintain();
+  }
+  for (uint64_t s : {100, 101}) {
+    std::optional<PageEntry> e = store_->Find(ns_, Key(s));
+    ASSERT_TRUE(e.has_value()) << "sink " << s << " was evicted";
+    EXPECT_EQ(e->tier, Tier::kHbm);
+    EXPECT_TRUE(e->in_sink_slot);
+    EXPECT_EQ(e->cls, PageClass::kSink);
+    EXPECT_TRUE(GetAndCheck(s).ok());
+  }
+  // Semantic pages used only the semantic budget: 6 HBM slots minus 2 reserved.
+  EXPECT_LE(store_->Usage(Tier::kHbm).used_slots, 6u);
+  EXPECT_EQ(store_->Usage(Tier::kHbm).pages_by_class[static_cast<int>(PageClass::kSink)], 2u);
+}
+
+TEST_F(TieredStoreTest, FullSinkReserveReplacesAnUnpinnedSinkOrOverflows) {
+  Make(4, 8, /*sink_slots=*/1);
+  PutOptions sink;
+  sink.class_hint = PageClass::kSink;
+  ASSERT_TRUE(Put(1, sink).ok());
+  ASSERT_TRUE(Put(2, sink).ok());  // reserve full, sink 1 unpinned: 2 replaces it
+  EXPECT_TRUE(store_->Find(ns_, Key(2))->in_sink_slot);
+  EXPECT_FALSE(store_->Find(ns_, Key(1))->in_sink_slot);
+  EXPECT_EQ(TierOf(1), Tier::kDram);
+  EXPECT_EQ(store_->Counters().sink_replacements, 1u);
+  ASSERT_TRUE(store_->Pin(ns_, {Key(2)}).ok());
+  ASSERT_TRUE(Put(3, sink).ok());  // reserve full of pinned sinks: 3 competes as a page
+  EXPECT_FALSE(store_->Find(ns_, Key(3))->in_sink_slot);
+  EXPECT_EQ(store_->Find(ns_, Key(3))->cls, PageClass::kSink);
+  EXPECT_EQ(store_->Counters().sink_overflows, 1u);
+  EXPECT_TRUE(GetAndCheck(1).ok());
+}
+
+TEST_F(TieredStoreTest, PinnedPagesNeverMoveAndCannotBeEvicted) {
+  Make(2, 2);
+  ASSERT_TRUE(Put(0).ok());
+  ASSERT_TRUE(Put(1).ok());
+  ASSERT_TRUE(store_->Pin(ns_, {Key(0), Key(1)}).ok());
+  ASSERT_EQ(*Put(2), Tier::kDram) << "HBM is all pinned: the new page lands below";
+  ASSERT_TRUE(Put(3).ok());
+  EXPECT_EQ(store_->Evict(ns_, Key(0)).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(store_->Move(ns_, Key(0), Tier::kDram).code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(store_->Pin(ns_, {Key(2), Key(3)}).ok());
+  EXPECT_EQ(Put(4).status().code(), absl::StatusCode::kResourceExhausted);
+  ASSERT_TRUE(store_->Unpin(ns_, {Key(0)}).ok());
+  EXPECT_EQ(store_->Unpin(ns_, {Key(0)}).code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(Put(4).ok()) << "an unpinned page can now make room";
+  EXPECT_EQ(TierOf(1), Tier::kHbm);
+  for (int i : {1, 2, 3}) EXPECT_TRUE(GetAndCheck(i).ok());
+  // Pin is all-or-nothing: a missing key pins nothing.
+  EXPECT_EQ(store_->Pin(ns_, {Key(4), Key(77)}).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->Find(ns_, Key(4))->pin_count, 0u);
+}
+
+TEST_F(TieredStoreTest, NamespacesCannotSeeEachOthersPages) {
+  Make(4, 4);
+  auto other = store_->AddNamespace("model-a/tenant-2", 0);
+  ASSERT_TRUE(other.ok());
+  ASSERT_TRUE(Put(0).ok());
+  std::vector<std::byte> out(kPage);
+  const MutableBuffer dst{out.data(), out.size()};
+  EXPECT_EQ(store_->Get(*other, Key(0), absl::MakeConstSpan(&dst, 1)).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->LookupPrefix(*other, {Key(0)}).prefix_pages, 0u);
+  EXPECT_EQ(store_->LookupPrefix(ns_, {Key(0)}).prefix_pages, 1u);
+  EXPECT_EQ(store_->Evict(*other, Key(0)).code(), absl::StatusCode::kNotFound);
+  const std::vector<std::byte> d = Contents(Key(0));
+  const ConstBuffer src{d.data(), d.size()};
+  EXPECT_EQ(store_->Put(*other, Key(0), absl::MakeConstSpan(&src, 1)).status().code(),
+            absl::StatusCode::kAlreadyExists);
+  EXPECT_NE(*store_->NamespaceSaltOf(ns_), *store_->NamespaceSaltOf(*other));
+}
+
+TEST_F(TieredStoreTest, BadArgumentsGetClearErrorsAndChangeNothing) {
+  Make(2, 2);
+  std::vector<std::byte> small(100);
+  const ConstBuffer src{small.data(), small.size()};
+  absl::Status s = store_->Put(ns_, Key(0), absl::MakeConstSpan(&src, 1)).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("100 bytes, expected 4096"), absl::string_view::npos) << s;
+  EXPECT_EQ(store_->Put(99, Key(0), {}).status().code(), absl::StatusCode::kInvalidArgument);
+  const std::vector<std::byte> d = Contents(Key(0));
+  const ConstBuffer full{d.data(), d.size()};
+  EXPECT_EQ(store_->Put(99, Key(0), absl::MakeConstSpan(&full, 1)).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->Put(ns_, PageKey{}, absl::MakeConstSpan(&full, 1)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  PutOptions to_nvme;
+  to_nvme.tier = Tier::kNvme;
+  EXPECT_EQ(store_->Put(ns_, Key(0), absl::MakeConstSpan(&full, 1), to_nvme).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(store_->page_count(), 0u);
+  EXPECT_EQ(store_->AddNamespace("", 0).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(store_->AddNamespace("too-many-sinks", 3).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(store_->ReportAttention(ns_, Key(0), {.mass = 2}).code(),
+            absl::StatusCode::kInvalidArgument);
+
+  StoreOptions bad;
+  bad.page_bytes = kPage;
+  bad.dram.slots = 4;
+  bad.dram.low_watermark = 0.9;
+  bad.dram.high_watermark = 0.5;
+  EXPECT_EQ(TieredStore::Create(bad).status().code(), absl::StatusCode::kInvalidArgument);
+  bad.dram = TierOptions{.slots = 0};
+  EXPECT_EQ(TieredStore::Create(bad).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(TieredStoreTest, MaintainBringsTiersBackToTheLowWatermarkAndPromotesIntoRoom) {
+  StoreOptions o;
+  o.page_bytes = kPage;
+  o.hbm = {.slots = 10, .high_watermark = 0.8, .low_watermark = 0.5};
+  o.dram = {.slots = 20, .high_watermark = 1.0, .low_watermark = 0.9};
+  o.hbm_backend = HbmBackend::kHostEmulated;
+  o.clock = &clock_;
+  store_ = *TieredStore::Create(o);
+  ns_ = *store_->AddNamespace("ns", 0);
+  for (int i = 0; i < 10; ++i) ASSERT_EQ(*Put(i), Tier::kHbm);
+  PlannerReport r = store_->Maintain({.promote = false});
+  EXPECT_EQ(r.demoted, 5u);
+  EXPECT_EQ(store_->Usage(Tier::kHbm).used_slots, 5u);
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_EQ(TierOf(i), Tier::kDram) << "oldest pages go down";
+  }
+  // Room below the low watermark is filled with the most valuable DRAM pages, within budget.
+  ASSERT_TRUE(store_->Evict(ns_, Key(9)).ok());
+  ASSERT_TRUE(store_->Evict(ns_, Key(8)).ok());
+  ASSERT_TRUE(GetAndCheck(1).ok());  // page 1 is now the most recently used DRAM page
+  r = store_->Maintain({.max_migration_bytes = kPage});
+  EXPECT_EQ(r.promoted, 1u);
+  EXPECT_EQ(r.bytes_moved, kPage);
+  EXPECT_EQ(TierOf(1), Tier::kHbm);
+  for (int i = 0; i < 8; ++i) EXPECT_TRUE(GetAndCheck(i).ok());
+}
+
+TEST_F(TieredStoreTest, DuplicatePutIsAnAccessNotARewrite) {
+  Make(4, 4);
+  ASSERT_TRUE(Put(0).ok());
+  const uint32_t before = store_->Find(ns_, Key(0))->stats.access_count;
+  ASSERT_TRUE(Put(0).ok());
+  EXPECT_EQ(store_->Find(ns_, Key(0))->stats.access_count, before + 1);
+  EXPECT_EQ(store_->Counters().put_duplicates, 1u);
+  EXPECT_EQ(store_->Counters().puts, 1u);
+  EXPECT_EQ(store_->page_count(), 1u);
+}
+
+TEST_F(TieredStoreTest, FrequencyDecaysWithTheConfiguredHalfLife) {
+  Make(4, 4);
+  ASSERT_TRUE(Put(0).ok());                 // frequency 1 at insert
+  clock_.AdvanceNs(30'000ull * 1'000'000);  // one half-life (30 s default)
+  ASSERT_TRUE(store_->Touch(ns_, Key(0)).ok());
+  EXPECT_NEAR(store_->Find(ns_, Key(0))->stats.frequency, 1.5, 1e-3);
+}
+
+TEST_F(TieredStoreTest, AttentionReportsFeedTheEwmasAndSinksMoveIntoReservedSlots) {
+  Make(4, 4, /*sink_slots=*/1);
+  ASSERT_EQ(*Put(0), Tier::kHbm);
+  ASSERT_TRUE(
+      store_
+          ->ReportAttention(ns_, Key(0),
+                            {.mass = 0.5, .breadth = 1, .value_norm = 0.1, .mass_entropy = 0.2})
+          .ok());
+  ASSERT_TRUE(
+      store_
+          ->ReportAttention(ns_, Key(0),
+                            {.mass = 1.0, .breadth = 1, .value_norm = 0.1, .mass_entropy = 0.2})
+          .ok());
+  const PageStats s = store_->Find(ns_, Key(0))->stats;
+  EXPECT_NEAR(s.attention_mass, 0.5 + 0.2 * 0.5, 1e-6);  // seeded by the first, then alpha 0.2
+  EXPECT_EQ(s.stat_reports, 2u);
+  ASSERT_TRUE(store_->SetClass(ns_, Key(0), PageClass::kSink, ClassSource::kMeasured).ok());
+  EXPECT_TRUE(store_->Find(ns_, Key(0))->in_sink_slot);
+  EXPECT_EQ(store_->Usage(Tier::kHbm).sink_used_slots, 1u);
+  // A stronger source (a hint) may overrule a measurement; a measurement never overrules a hint.
+  ASSERT_TRUE(store_->SetClass(ns_, Key(0), PageClass::kSemantic, ClassSource::kHint).ok());
+  EXPECT_FALSE(store_->Find(ns_, Key(0))->in_sink_slot);
+  ASSERT_TRUE(store_->SetClass(ns_, Key(0), PageClass::kSink, ClassSource::kMeasured).ok());
+  EXPECT_EQ(store_->Find(ns_, Key(0))->cls, PageClass::kSemantic);
+  EXPECT_TRUE(GetAndCheck(0).ok());
+}
+
+TEST_F(TieredStoreTest, ConcurrentWorkersNeverReadAWrongPage) {
+  Make(16, 48);
+  const uint64_t seed = testing::TestSeed();
+  std::printf("[ seed     ] KVTIER_TEST_SEED=%llu\n", static_cast<unsigned long long>(seed));
+  std::atomic<int> wrong{0}, hits{0};
+  std::vector<std::thread> workers;
+  for (int t = 0; t < 4; ++t) {
+    workers.emplace_back([&, t] {
+      std::mt19937_64 rng(seed + t);
+      std::vector<std::byte> out(kPage);
+      for (int i = 0; i < 1500; ++i) {
+        const uint64_t id = rng() % 120;  // more pages than slots: constant eviction
+        if (rng() % 2) {
+          const std::vector<std::byte> d = Contents(Key(id));
+          const ConstBuffer src{d.data(), d.size()};
+          PutOptions o;
+          o.position = 3;
+          absl::Status s = store_->Put(ns_, Key(id), absl::MakeConstSpan(&src, 1), o).status();
+          if (!s.ok() && s.code() != absl::StatusCode::kResourceExhausted) ++wrong;
+        } else {
+          const MutableBuffer dst{out.data(), out.size()};
+          if (store_->Get(ns_, Key(id), absl::MakeConstSpan(&dst, 1)).ok()) {
+            ++hits;
+            if (out != Contents(Key(id))) ++wrong;
+          }
+        }
+        if (i % 100 == 0) store_->Maintain();
+      }
+    });
+  }
+  for (auto& w : workers) w.join();
+  EXPECT_EQ(wrong.load(), 0);
+  EXPECT_GT(hits.load(), 0);
+  EXPECT_EQ(store_->Usage(Tier::kHbm).used_slots + store_->Usage(Tier::kDram).used_slots,
+            store_->page_count());
+}
+
+}  // namespace
+}  // namespace kvtier

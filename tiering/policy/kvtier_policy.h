@@ -1,0 +1,75 @@
+// KvtierPolicy: sink-aware frequency x utility ranking (DESIGN.md §4).
+//
+// Every page that is not a sink is ranked by
+//
+//   rank = w_f * F + w_u * U + hysteresis * (tiers above the bottom the page sits in)
+//
+// F is the decayed access frequency in log form. A frequency decaying with half-life H, last
+// reported as f at time t, is f * 2^-(now - t)/H at `now`; its log2 is log2(f) + t/H - now/H. The
+// last term is the same for every page, so ranking by F = log2(f) + t/H orders pages exactly as
+// their decayed frequencies at any instant, and F only changes when the page is accessed — which
+// is what RankedPolicy needs (a rank must change only on a reported event).
+//
+// U is the page's utility, normalised and in log2 form, from whichever source the workload gives:
+// - attention (decode): u = (mass / reference_mass) * (0.5 + 0.5 * breadth) *
+//   min(1, value_norm / reference_value_norm). Value norm multiplies: a page whose values are near
+//   zero changes the output little however much mass it receives (value-state drain).
+// - prefix reuse: u = (tokens / reference_tokens) * (1 + cached_children). A page is worth the
+//   recompute it saves, and a parent is worth more than any one child (a child is useless
+//   without it), so chains are evicted leaf first as in SGLang's radix cache.
+// U = log2(max(u, utility_floor)). Summing weighted logs makes the score a weighted geometric
+// mean of the normalised signals: scale-free, and the only combination that stays time-invariant
+// under exponential decay.
+//
+// Sinks (class kSink, from any source) rank above every other page: outside the reserved slots
+// (when the reserve is full or not configured) they still should not be the first victims.
+// Hysteresis is a bonus per tier of height, so a lower-tier page must beat the page it would
+// displace by `hysteresis` before the planner swaps them (no bouncing on noise).
+//
+// Thread model: as every PlacementPolicy, called only under the store's lock.
+#pragma once
+
+#include "tiering/ranked_policy.h"
+
+namespace kvtier {
+
+struct KvtierPolicyOptions {
+  // w_f: weight of the log-frequency term. Default 1.
+  double frequency_weight = 1.0;
+  // w_u: weight of the log-utility term. Default 1 (equal say for frequency and utility).
+  double utility_weight = 1.0;
+  // Half-life of the decayed frequency; must equal StoreOptions::frequency_half_life_ms, since
+  // the store decays the count and this policy ranks it. Default 30 s, as the store's.
+  double frequency_half_life_ms = 30'000;
+  // Rank bonus per tier above the bottom (log2 units). Default 2: a candidate must be 4x more
+  // valuable than the page it displaces, because a swap costs two page moves over PCIe (or the
+  // drive) and has to pay them back; on the example prefix trace 0.5 migrated ~25 % more bytes
+  // for no fewer misses (bench/RESULTS.md).
+  double hysteresis = 2.0;
+  // Normalisers: the mass of a page receiving a uniform share among ~100 pages, the mean value
+  // norm, one page's tokens. Only ratios matter for the order; these keep U near 0 for an
+  // ordinary page so w_f and w_u weigh comparable magnitudes.
+  double reference_mass = 0.01;
+  double reference_value_norm = 1.0;
+  double reference_tokens = 16;
+  // Smallest utility considered, so log2 stays finite (a page with no signal at all). 1e-3.
+  double utility_floor = 1e-3;
+};
+
+class KvtierPolicy final : public RankedPolicy {
+ public:
+  explicit KvtierPolicy(const KvtierPolicyOptions& options = {}) : options_(options) {}
+  absl::string_view name() const override { return "kvtier"; }
+
+  // The parts of the rank, exposed for tests and for the simulator's explanations.
+  double FrequencyTerm(const PageStats& stats) const;
+  double UtilityTerm(const PageEntry& entry) const;
+
+ protected:
+  double Rank(const PageKey& key, const PageEntry& entry) const override;
+
+ private:
+  KvtierPolicyOptions options_;
+};
+
+}  // namespace kvtier

@@ -107,7 +107,9 @@ absl::Status IndexDb::Apply(absl::Span<const Put> puts, absl::Span<const std::st
   if (!writable()) return absl::FailedPreconditionError("index is read-only after an error");
   rocksdb::WriteBatch batch;
   for (const std::string& k : deletes) batch.Delete(k);
-  for (const Put& p : puts) batch.Put(p.key, p.value);
+  for (const Put& p : puts) {
+    batch.Put(rocksdb::Slice(p.key, sizeof(p.key)), rocksdb::Slice(p.value, sizeof(p.value)));
+  }
   rocksdb::WriteOptions wo;
   wo.sync = sync;
   return Written(FromRocks(db_->Write(wo, &batch), "write"));

@@ -11,6 +11,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
+#include "tiering/nvme/page_format.h"
 
 namespace rocksdb {
 class DB;
@@ -30,8 +31,8 @@ class IndexDb {
   IndexDb& operator=(const IndexDb&) = delete;
 
   struct Put {
-    std::string key;
-    std::string value;
+    char key[kIndexKeyBytes];
+    char value[kIndexRecordBytes];
   };
   // One atomic batch of puts and deletes; `sync` makes it durable (WAL fsync) before returning.
   absl::Status Apply(absl::Span<const Put> puts, absl::Span<const std::string> deletes, bool sync);

@@ -520,7 +520,9 @@ void NvmeTier::Write(absl::Span<const SlotWrite> writes, absl::Span<absl::Status
     rec.ns = w.meta.ns;
     rec.ns_salt = w.meta.ns_salt;
     rec.written_unix_ms = now_ms;
-    puts.push_back({nvme::EncodeIndexKey(w.meta.key), nvme::EncodeIndexRecord(rec)});
+    nvme::IndexDb::Put& put = puts.emplace_back();
+    nvme::EncodeIndexKey(w.meta.key, put.key);
+    nvme::EncodeIndexRecord(rec, put.value);
   }
   if (!puts.empty()) {
     absl::Status s = index_->Apply(puts, deletes, options_.sync_index);

@@ -11,12 +11,12 @@ namespace {
 // Fixed-width little-endian record: version(2) file(2) slot(4) offset(8) length(8) crc(4) cls(1)
 // pad(3) ns(4) salt(16) written_unix_ms(8) record_crc(4).
 constexpr size_t kRecordBytes = 2 + 2 + 4 + 8 + 8 + 4 + 1 + 3 + 4 + 16 + 8 + 4;
+static_assert(kRecordBytes == kIndexRecordBytes);
 
 template <typename T>
-void Put(std::string& out, T v) {
-  char b[sizeof(T)];
-  std::memcpy(b, &v, sizeof(T));
-  out.append(b, sizeof(T));
+void Put(char*& p, T v) {
+  std::memcpy(p, &v, sizeof(T));
+  p += sizeof(T);
 }
 template <typename T>
 T Get(const char*& p) {
@@ -63,12 +63,15 @@ std::optional<PageHeader> DecodeHeader(const std::byte* block) {
   return h;
 }
 
-std::string EncodeIndexKey(const PageKey& key) {
-  std::string out;
-  out.reserve(16);
+void EncodeIndexKey(const PageKey& key, char* out) {
   // Big-endian so RocksDB's bytewise order equals PageKey order.
-  for (int i = 7; i >= 0; --i) out.push_back(static_cast<char>(key.hi >> (8 * i)));
-  for (int i = 7; i >= 0; --i) out.push_back(static_cast<char>(key.lo >> (8 * i)));
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>(key.hi >> (8 * (7 - i)));
+  for (int i = 0; i < 8; ++i) out[8 + i] = static_cast<char>(key.lo >> (8 * (7 - i)));
+}
+
+std::string EncodeIndexKey(const PageKey& key) {
+  std::string out(kIndexKeyBytes, '\0');
+  EncodeIndexKey(key, out.data());
   return out;
 }
 
@@ -80,22 +83,27 @@ std::optional<PageKey> DecodeIndexKey(absl::string_view bytes) {
   return k;
 }
 
+void EncodeIndexRecord(const IndexRecord& r, char* out) {
+  char* p = out;
+  Put(p, kFormatVersion);
+  Put(p, r.file);
+  Put(p, r.slot);
+  Put(p, r.offset);
+  Put(p, r.length);
+  Put(p, r.payload_crc);
+  Put(p, r.cls);
+  std::memset(p, 0, 3);
+  p += 3;
+  Put(p, r.ns);
+  Put(p, r.ns_salt.hi);
+  Put(p, r.ns_salt.lo);
+  Put(p, r.written_unix_ms);
+  Put(p, Crc32c(reinterpret_cast<const std::byte*>(out), kRecordBytes - 4));
+}
+
 std::string EncodeIndexRecord(const IndexRecord& r) {
-  std::string out;
-  out.reserve(kRecordBytes);
-  Put(out, kFormatVersion);
-  Put(out, r.file);
-  Put(out, r.slot);
-  Put(out, r.offset);
-  Put(out, r.length);
-  Put(out, r.payload_crc);
-  Put(out, r.cls);
-  out.append(3, '\0');
-  Put(out, r.ns);
-  Put(out, r.ns_salt.hi);
-  Put(out, r.ns_salt.lo);
-  Put(out, r.written_unix_ms);
-  Put(out, Crc32c(reinterpret_cast<const std::byte*>(out.data()), out.size()));
+  std::string out(kRecordBytes, '\0');
+  EncodeIndexRecord(r, out.data());
   return out;
 }
 

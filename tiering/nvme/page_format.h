@@ -66,6 +66,13 @@ struct IndexRecord {
   uint64_t written_unix_ms = 0;
 };
 
+inline constexpr size_t kIndexKeyBytes = 16;
+inline constexpr size_t kIndexRecordBytes = 64;
+
+// Fixed-size encoders writing into caller storage: the write path encodes one key and one record
+// per page and allocates for neither.
+void EncodeIndexKey(const PageKey& key, char* out);       // kIndexKeyBytes
+void EncodeIndexRecord(const IndexRecord& r, char* out);  // kIndexRecordBytes
 std::string EncodeIndexKey(const PageKey& key);
 std::optional<PageKey> DecodeIndexKey(absl::string_view bytes);
 std::string EncodeIndexRecord(const IndexRecord& r);

@@ -114,6 +114,53 @@ std::vector<Page> MakePages(std::mt19937_64& rng, uint32_t count, uint64_t page_
   return pages;
 }
 
+TEST(NvmeFormat, HeaderAndIndexRecordRoundTripAndRejectDamage) {
+  std::mt19937_64 rng(TestSeed("HeaderAndIndexRecordRoundTripAndRejectDamage"));
+  nvme::PageHeader h;
+  h.cls = 2;
+  h.ns = static_cast<uint32_t>(rng());
+  h.key = RandomKey(rng);
+  h.ns_salt = RandomKey(rng);
+  h.length = rng() % (1 << 30);
+  h.payload_crc = static_cast<uint32_t>(rng());
+  std::vector<std::byte> block(nvme::kHeaderBlockBytes);
+  nvme::EncodeHeader(h, block.data());
+  std::optional<nvme::PageHeader> back = nvme::DecodeHeader(block.data());
+  ASSERT_TRUE(back.has_value());
+  EXPECT_EQ(back->key, h.key);
+  EXPECT_EQ(back->ns_salt, h.ns_salt);
+  EXPECT_EQ(back->length, h.length);
+  EXPECT_EQ(back->payload_crc, h.payload_crc);
+  block[rng() % sizeof(nvme::PageHeader)] ^= std::byte{0x04};
+  EXPECT_FALSE(nvme::DecodeHeader(block.data()).has_value());
+
+  nvme::IndexRecord r;
+  r.file = 3;
+  r.slot = static_cast<uint32_t>(rng());
+  r.offset = rng();
+  r.length = rng();
+  r.payload_crc = static_cast<uint32_t>(rng());
+  r.cls = 1;
+  r.ns = 9;
+  r.ns_salt = RandomKey(rng);
+  r.written_unix_ms = rng();
+  std::string enc = nvme::EncodeIndexRecord(r);
+  ASSERT_EQ(enc.size(), nvme::kIndexRecordBytes);
+  std::optional<nvme::IndexRecord> rb = nvme::DecodeIndexRecord(enc);
+  ASSERT_TRUE(rb.has_value());
+  EXPECT_EQ(rb->slot, r.slot);
+  EXPECT_EQ(rb->offset, r.offset);
+  EXPECT_EQ(rb->ns_salt, r.ns_salt);
+  EXPECT_EQ(rb->written_unix_ms, r.written_unix_ms);
+  enc[rng() % enc.size()] ^= 0x20;
+  EXPECT_FALSE(nvme::DecodeIndexRecord(enc).has_value());
+  const PageKey k = RandomKey(rng);
+  EXPECT_EQ(nvme::DecodeIndexKey(nvme::EncodeIndexKey(k)), k);
+  // crc32c check value of "123456789" (RFC 3720).
+  const char* digits = "123456789";
+  EXPECT_EQ(nvme::Crc32c(reinterpret_cast<const std::byte*>(digits), 9), 0xE3069283u);
+}
+
 TEST(NvmeTier, RoundTripsRandomPagesAcrossDirectories) {
   std::mt19937_64 rng(TestSeed("RoundTripsRandomPagesAcrossDirectories"));
   ScratchDir dir("nvme-rt");

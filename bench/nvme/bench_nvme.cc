@@ -276,7 +276,8 @@ int RunBenchNvme(int argc, char** argv) {
         "{\"bench\":\"nvme\",\"dir\":\"%s\",\"page_bytes\":%llu,\"queue_depth\":%u,"
         "\"seconds\":%.3f,\"write_gbps\":%.4f,\"read_gbps\":%.4f,\"read_p50_us\":%.1f,"
         "\"read_p99_us\":%.1f,\"pages_written\":%llu,\"pages_read\":%llu,\"write_errors\":%llu,"
-        "\"read_errors\":%llu,\"checksum_mismatches\":%llu,\"sync\":%s,\"io\":\"%s\"}\n",
+        "\"read_errors\":%llu,\"checksum_mismatches\":%llu,\"zero_copy_pages\":%llu,"
+        "\"staged_pages\":%llu,\"sync\":%s,\"io\":\"%s\"}\n",
         a.dir.c_str(), static_cast<unsigned long long>(a.page_bytes), a.queue_depth, a.seconds,
         write_gbps, read_gbps, pct(0.50), pct(0.99),
         static_cast<unsigned long long>(pages_written.load()),
@@ -284,6 +285,8 @@ int RunBenchNvme(int argc, char** argv) {
         static_cast<unsigned long long>(write_errors.load()),
         static_cast<unsigned long long>(read_errors.load()),
         static_cast<unsigned long long>(c.checksum_mismatches),
+        static_cast<unsigned long long>(c.zero_copy_pages),
+        static_cast<unsigned long long>(c.staged_pages),
         a.sync_data && a.sync_index ? "true" : "false", tier.Describe().c_str());
   } else {
     std::printf("nvme bench on %s (%s)\n", a.dir.c_str(), tier.Describe().c_str());

@@ -57,7 +57,8 @@ using Op = NvmeFaultInjector::Op;
 struct NvmeTier::Counters_ {
   std::atomic<uint64_t> pages_written{0}, pages_read{0}, bytes_written{0}, bytes_read{0},
       write_errors{0}, read_errors{0}, short_ios{0}, checksum_mismatches{0}, enospc{0},
-      rejected_full{0}, recovered_pages{0}, recovery_dropped{0};
+      rejected_full{0}, recovered_pages{0}, recovery_dropped{0}, zero_copy_pages{0},
+      staged_pages{0};
 };
 
 namespace {
@@ -351,6 +352,8 @@ NvmeCounters NvmeTier::counters() const {
   c.rejected_full = l(counters_->rejected_full);
   c.recovered_pages = l(counters_->recovered_pages);
   c.recovery_dropped = l(counters_->recovery_dropped);
+  c.zero_copy_pages = l(counters_->zero_copy_pages);
+  c.staged_pages = l(counters_->staged_pages);
   return c;
 }
 
@@ -435,6 +438,7 @@ void NvmeTier::Write(absl::Span<const SlotWrite> writes, absl::Span<absl::Status
                                     2 * i + 1,
                                     0};
         parts[i] = 2;
+        Bump(counters_->zero_copy_pages);
         out.push_back(&reqs[2 * i]);
         out.push_back(&reqs[2 * i + 1]);
       } else {
@@ -448,6 +452,7 @@ void NvmeTier::Write(absl::Span<const SlotWrite> writes, absl::Span<absl::Status
                                 2 * i,
                                 0};
         parts[i] = 1;
+        Bump(counters_->staged_pages);
         out.push_back(&reqs[2 * i]);
       }
       if (out.size() >= 2 * kSubmitChunk) {
@@ -607,6 +612,7 @@ void NvmeTier::Read(absl::Span<const SlotRead> reads, absl::Span<absl::Status> r
                                     2 * i + 1,
                                     0};
         parts[i] = 2;
+        Bump(counters_->zero_copy_pages);
         direct_read[i] = 1;
         out.push_back(&reqs[2 * i]);
         out.push_back(&reqs[2 * i + 1]);
@@ -622,6 +628,7 @@ void NvmeTier::Read(absl::Span<const SlotRead> reads, absl::Span<absl::Status> r
                       2 * i,
                       0};
         parts[i] = 1;
+        Bump(counters_->staged_pages);
         out.push_back(&reqs[2 * i]);
       }
       // Reads need no preparation: submit the whole window at once.

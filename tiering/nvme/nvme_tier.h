@@ -102,6 +102,8 @@ struct NvmeCounters {
   uint64_t rejected_full = 0;        // writes refused because the tier stopped admitting
   uint64_t recovered_pages = 0;      // index entries handed to the store at start
   uint64_t recovery_dropped = 0;     // index entries dropped at start (bad record, lost file, ...)
+  uint64_t zero_copy_pages = 0;      // pages moved straight from/to registered host memory
+  uint64_t staged_pages = 0;         // pages copied through a staging buffer (the fallback)
 };
 
 class NvmeTier final : public TierBackend {

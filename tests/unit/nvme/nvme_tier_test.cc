@@ -342,6 +342,8 @@ TEST(NvmeTier, RegisteredMemoryRoundTripsAndIsVerified) {
     ASSERT_TRUE(results[i].ok()) << results[i];
     EXPECT_EQ(std::memcmp(dsts[i].data, PageFor(keys[i], page_bytes).data(), page_bytes), 0);
   }
+  EXPECT_EQ((*tier)->counters().zero_copy_pages, 2u * kPages);
+  EXPECT_EQ((*tier)->counters().staged_pages, 0u);
 }
 
 // Rewrites chosen completions, like RocksDB's FaultInjectionTestFS.

@@ -27,6 +27,9 @@ struct PageMeta {
   // Salt of the page's namespace (NamespaceSalt of its name). Unlike `ns`, it means the same in
   // the next run: persistent tiers store it so recovered pages find their namespace again.
   PageKey ns_salt;
+  // Stats snapshot for a persistent tier's index, so a restart warm-starts the ranking.
+  float frequency = 0;
+  uint32_t access_count = 0;
 };
 
 // One page to read or write: its slot and the scattered memory on the other side.

@@ -180,6 +180,8 @@ void TieredStore::AdoptRecovered(const RecoveredPage& page) {
   e.cls = page.meta.cls;
   e.state = PageState::kReady;
   e.stats.insert_ns = e.stats.last_access_ns = Now();
+  e.stats.frequency = page.meta.frequency;
+  e.stats.access_count = page.meta.access_count;
   e.stats.tokens = options_.tokens_per_page;
   if (!index_.Insert(page.meta.key, e)) {
     slots->Free(page.slot);
@@ -376,8 +378,13 @@ absl::Status TieredStore::MoveLocked(const PageKey& key, Tier to, bool into_sink
     return absl::ResourceExhaustedError(
         absl::StrCat("no room in ", TierName(to), " for page ", key.ToHex()));
   }
-  const PageMeta meta{key, e.ns, e.cls, options_.page_bytes,
-                      e.ns < namespaces_.size() ? namespaces_[e.ns].salt : PageKey{}};
+  const PageMeta meta{key,
+                      e.ns,
+                      e.cls,
+                      options_.page_bytes,
+                      e.ns < namespaces_.size() ? namespaces_[e.ns].salt : PageKey{},
+                      e.stats.frequency,
+                      e.stats.access_count};
   absl::Status copied =
       CopyBetween(*backends_[TierIndex(e.tier)], e.slot, *backends_[TierIndex(to)], *slot, meta);
   if (!copied.ok()) {

@@ -525,6 +525,8 @@ void NvmeTier::Write(absl::Span<const SlotWrite> writes, absl::Span<absl::Status
     rec.ns = w.meta.ns;
     rec.ns_salt = w.meta.ns_salt;
     rec.written_unix_ms = now_ms;
+    rec.frequency = w.meta.frequency;
+    rec.access_count = w.meta.access_count;
     nvme::IndexDb::Put& put = puts.emplace_back();
     nvme::EncodeIndexKey(w.meta.key, put.key);
     nvme::EncodeIndexRecord(rec, put.value);
@@ -716,6 +718,8 @@ absl::Status NvmeTier::Recover(const std::function<void(const RecoveredPage&)>& 
     page.meta.ns_salt = rec->ns_salt;
     page.meta.cls = static_cast<PageClass>(rec->cls);
     page.meta.bytes = rec->length;
+    page.meta.frequency = rec->frequency;
+    page.meta.access_count = rec->access_count;
     found.push_back(page);
   });
   if (!scan.ok()) {

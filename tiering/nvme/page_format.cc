@@ -9,8 +9,8 @@ namespace kvtier::nvme {
 namespace {
 
 // Fixed-width little-endian record: version(2) file(2) slot(4) offset(8) length(8) crc(4) cls(1)
-// pad(3) ns(4) salt(16) written_unix_ms(8) record_crc(4).
-constexpr size_t kRecordBytes = 2 + 2 + 4 + 8 + 8 + 4 + 1 + 3 + 4 + 16 + 8 + 4;
+// pad(3) ns(4) salt(16) written_unix_ms(8) frequency(4) access_count(4) record_crc(4).
+constexpr size_t kRecordBytes = 2 + 2 + 4 + 8 + 8 + 4 + 1 + 3 + 4 + 16 + 8 + 4 + 4 + 4;
 static_assert(kRecordBytes == kIndexRecordBytes);
 
 template <typename T>
@@ -98,6 +98,8 @@ void EncodeIndexRecord(const IndexRecord& r, char* out) {
   Put(p, r.ns_salt.hi);
   Put(p, r.ns_salt.lo);
   Put(p, r.written_unix_ms);
+  Put(p, r.frequency);
+  Put(p, r.access_count);
   Put(p, Crc32c(reinterpret_cast<const std::byte*>(out), kRecordBytes - 4));
 }
 
@@ -129,6 +131,8 @@ std::optional<IndexRecord> DecodeIndexRecord(absl::string_view bytes) {
   r.ns_salt.hi = Get<uint64_t>(p);
   r.ns_salt.lo = Get<uint64_t>(p);
   r.written_unix_ms = Get<uint64_t>(p);
+  r.frequency = Get<float>(p);
+  r.access_count = Get<uint32_t>(p);
   return r;
 }
 

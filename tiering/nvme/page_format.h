@@ -64,10 +64,12 @@ struct IndexRecord {
   PageKey ns_salt;
   // Stats snapshot at write time, for a policy that wants to warm-start its ranking.
   uint64_t written_unix_ms = 0;
+  float frequency = 0;
+  uint32_t access_count = 0;
 };
 
 inline constexpr size_t kIndexKeyBytes = 16;
-inline constexpr size_t kIndexRecordBytes = 64;
+inline constexpr size_t kIndexRecordBytes = 72;
 
 // Fixed-size encoders writing into caller storage: the write path encodes one key and one record
 // per page and allocates for neither.

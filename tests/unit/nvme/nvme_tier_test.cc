@@ -80,9 +80,10 @@ void WriteAll(NvmeTier& tier, std::vector<Page>& pages, std::mt19937_64& rng,
       pieces[i].push_back(ConstBuffer{b.data() + off, n});
       off += n;
     }
-    writes.push_back(SlotWrite{
-        pages[i].slot, PageMeta{pages[i].key, 7, PageClass::kSemantic, b.size(), PageKey{1, 2}},
-        pieces[i]});
+    writes.push_back(
+        SlotWrite{pages[i].slot,
+                  PageMeta{pages[i].key, 7, PageClass::kSemantic, b.size(), PageKey{1, 2}, 2.5f, 4},
+                  pieces[i]});
   }
   std::vector<absl::Status> results(writes.size());
   tier.Write(writes, absl::MakeSpan(results));
@@ -144,6 +145,8 @@ TEST(NvmeFormat, HeaderAndIndexRecordRoundTripAndRejectDamage) {
   r.ns = 9;
   r.ns_salt = RandomKey(rng);
   r.written_unix_ms = rng();
+  r.frequency = 3.25f;
+  r.access_count = 17;
   std::string enc = nvme::EncodeIndexRecord(r);
   ASSERT_EQ(enc.size(), nvme::kIndexRecordBytes);
   std::optional<nvme::IndexRecord> rb = nvme::DecodeIndexRecord(enc);
@@ -152,6 +155,8 @@ TEST(NvmeFormat, HeaderAndIndexRecordRoundTripAndRejectDamage) {
   EXPECT_EQ(rb->offset, r.offset);
   EXPECT_EQ(rb->ns_salt, r.ns_salt);
   EXPECT_EQ(rb->written_unix_ms, r.written_unix_ms);
+  EXPECT_EQ(rb->frequency, r.frequency);
+  EXPECT_EQ(rb->access_count, r.access_count);
   enc[rng() % enc.size()] ^= 0x20;
   EXPECT_FALSE(nvme::DecodeIndexRecord(enc).has_value());
   const PageKey k = RandomKey(rng);
@@ -242,6 +247,8 @@ TEST(NvmeTier, RestartRecoversIndexedPagesAndForgetsReleasedOnes) {
     EXPECT_EQ(r.meta.key, it->key);
     EXPECT_EQ(r.meta.ns_salt, (PageKey{1, 2}));
     EXPECT_EQ(r.meta.cls, PageClass::kSemantic);
+    EXPECT_EQ(r.meta.frequency, 2.5f);
+    EXPECT_EQ(r.meta.access_count, 4u);
     std::vector<std::byte> out(page_bytes);
     ASSERT_TRUE(ReadOne(**tier, r.slot, r.meta.key, out).ok());
     EXPECT_EQ(out, it->bytes);

@@ -6,7 +6,14 @@
 //   "R <slot>"                    about to release the slot (its page may vanish from here on)
 // Page bytes are nvme_test::FillPage(key), so the verifier needs nothing but these lines.
 //
+// With --batches N it stops after N batches and prints "S <enospc> <rejected_full>" (counters).
+// --fsize-limit B sets RLIMIT_FSIZE (a full disk for hosts where a small tmpfs cannot be
+// mounted; SIGXFSZ is ignored so the limit surfaces as EFBIG).
+//
 //   nvme_crash_writer --dir D --seed S [--page-bytes N] [--slots N] [--batches N]
+//                     [--fsize-limit B]
+#include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -41,6 +48,7 @@ int main(int argc, char** argv) {
   std::string dir;
   uint64_t seed = 1, page_bytes = 64 * 1024, batches = 0;
   uint32_t slots = 48;
+  uint64_t fsize_limit = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string f = argv[i];
     bool ok = true;
@@ -54,6 +62,8 @@ int main(int argc, char** argv) {
       ok = absl::SimpleAtoi(argv[i + 1], &slots);
     } else if (f == "--batches") {
       ok = absl::SimpleAtoi(argv[i + 1], &batches);
+    } else if (f == "--fsize-limit") {
+      ok = absl::SimpleAtoi(argv[i + 1], &fsize_limit);
     } else {
       ok = false;
     }
@@ -61,6 +71,11 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "bad flag %s\n", f.c_str());
       return 2;
     }
+  }
+  if (fsize_limit > 0) {
+    signal(SIGXFSZ, SIG_IGN);
+    const rlimit lim{fsize_limit, fsize_limit};
+    if (setrlimit(RLIMIT_FSIZE, &lim) != 0) return 1;
   }
   kvtier::NvmeTierOptions o;
   o.dirs = {dir + "/data0", dir + "/data1"};
@@ -135,5 +150,7 @@ int main(int argc, char** argv) {
     Emit(acks);
   }
   std::free(arena);
+  const kvtier::NvmeCounters c = (*tier)->counters();
+  Emit(absl::StrCat("S ", c.enospc, " ", c.rejected_full, "\n"));
   return 0;
 }

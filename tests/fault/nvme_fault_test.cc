@@ -4,7 +4,8 @@
 //    bit-identical, and no page that reads back differs from what was written.
 //  - FlippedBytesAreDetected: random bytes flipped in stored pages on disk fail verification.
 //  - FullDiskIsSurvived: a size-limited tmpfs fills up; the tier stops admitting, keeps serving,
-//    and what it acknowledged survives a restart.
+//    and what it acknowledged survives a restart (skipped where mount(2) is not allowed).
+//  - FileSizeLimitIsSurvived: the same through RLIMIT_FSIZE on a writer process, no privileges.
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
@@ -13,7 +14,9 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <random>
@@ -261,7 +264,7 @@ TEST(NvmeFault, FullDiskIsSurvived) {
   // 3 MiB of tmpfs for 48 slots of 64 KiB (3.2 MB of slots) plus the RocksDB index.
   if (mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=3m") != 0) {
     GTEST_SKIP() << "cannot mount a small tmpfs here (" << std::strerror(errno)
-                 << "); CI runs as root";
+                 << "); FileSizeLimitIsSurvived covers the full-disk path without privileges";
   }
   struct Unmount {
     std::string path;
@@ -322,6 +325,36 @@ TEST(NvmeFault, FullDiskIsSurvived) {
       EXPECT_TRUE(f != v.intact.end() && f->second == key) << "slot " << slot;
     }
     std::filesystem::remove_all(d);  // the next variant gets the whole small file system
+  }
+}
+
+// The same without privileges: RLIMIT_FSIZE on a writer process makes its files "full" (EFBIG);
+// it must refuse what does not fit, count it, exit cleanly, and keep what it acknowledged.
+TEST(NvmeFault, FileSizeLimitIsSurvived) {
+  const uint64_t seed = TestSeed("FileSizeLimitIsSurvived");
+  std::mt19937_64 rng(seed);
+  ScratchDir dir("nvme-fsize");
+  // 20 slots' worth per file: the rest of the 24 slots per file cannot be allocated.
+  const std::string d = dir.sub("limited");
+  Writer w(d, rng(),
+           {"--batches", "60", "--fsize-limit", std::to_string(20 * (kPageBytes + 4096))});
+  int status = 0;
+  const std::string out = w.Wait(&status);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status << "\n" << out;
+  std::map<uint32_t, PageKey> acked;
+  ApplyLog(out, acked);
+  const size_t s_at = out.rfind("S ");
+  ASSERT_NE(s_at, std::string::npos);
+  unsigned long long enospc = 0, rejected = 0;
+  ASSERT_EQ(std::sscanf(out.c_str() + s_at, "S %llu %llu", &enospc, &rejected), 2);
+  EXPECT_GT(enospc, 0u);
+  EXPECT_GT(rejected, 0u);
+  EXPECT_FALSE(acked.empty());
+  const Verdict v = RecoverAndVerify(WriterOptions(d));
+  EXPECT_EQ(v.differing, 0);
+  for (const auto& [slot, key] : acked) {
+    auto f = v.intact.find(slot);
+    EXPECT_TRUE(f != v.intact.end() && f->second == key) << "slot " << slot;
   }
 }
 

@@ -280,7 +280,12 @@ absl::Status NvmeTier::OpenFile(uint32_t i, uint32_t slots_in_file) {
   }
   struct stat st {};
   if (fstat(f.fd, &st) == 0 && st.st_size < want && ftruncate(f.fd, want) != 0) {
-    return ErrnoStatus(errno, absl::StrCat("nvme tier: ftruncate(", f.path, ", ", want, ")"));
+    // A file-size limit (RLIMIT_FSIZE, quotas) reads like a full disk: slots past the end are
+    // simply never backed, so they are never admitted.
+    if (!IsNoSpace(errno)) {
+      return ErrnoStatus(errno, absl::StrCat("nvme tier: ftruncate(", f.path, ", ", want, ")"));
+    }
+    NoteNoSpace(absl::StrCat("extending ", f.path, " to ", want, " bytes"));
   }
   files_.push_back(std::move(f));
   return absl::OkStatus();

@@ -17,6 +17,13 @@
 // registered staging buffer. On a failed read (an error status) the caller's destination may
 // hold unverified bytes: it must not use them, and the tier never reports them as a page.
 //
+// Faults: ENOSPC/EFBIG (at preallocation, on a write or in the index) stop admission — new pages
+// are refused and counted, stored ones keep being served; EIO or a failed verification on read
+// drops the page (a miss, counted); short transfers are continued when block-aligned and fail
+// the page otherwise; a missing or unreadable index means an empty tier (logged, the unreadable
+// one kept aside); a data directory that disappears at run time keeps working through its open
+// file, and at the next start is recreated empty with its index entries dropped (counted).
+//
 // Thread model: Write/Read/Release may be called from many threads at once for different slots
 // (TierBackend's contract). Submissions are serialized by `submit_mu_`; one dedicated thread reaps
 // completions and hands them back to the waiting caller, who copies, checksums and resubmits. A

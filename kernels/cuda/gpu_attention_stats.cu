@@ -1,0 +1,400 @@
+// The attention-statistics kernel (what it computes: kernels/attention_stats.h).
+//
+// Pass 1, one block per (kv head, run of whole pages), one pass over K and V: the block keeps the
+// window's queries of its kv head's q-head group in shared memory, and for each 64-token tile of
+// K computes S = Q.K^T on the tensor cores (WMMA, bf16/fp16 in, fp32 accumulate). One thread per
+// (query, q head) row walks the tile's columns keeping an online-softmax (max, sum) of the page
+// it is in, and at each page end writes the page's log2-sum-exp. The same tile's V rows are read
+// alongside K for their L2 norms. Nothing of size tokens x rows is ever stored: the per-page
+// partials are [rows][pages] floats, 1/16 of K's bytes at 16 tokens a page.
+// Pass 2 reduces each row's page partials to its log2-sum-exp over the whole sequence; pass 3,
+// one thread per page, turns partials into masses, breadth and the entropy over heads.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <mma.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/cuda/gpu_kernels.h"
+
+namespace kvtier::kernels {
+namespace {
+
+constexpr int kTileTokens = 64;
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int kMaxVecPerThread = kTileTokens * (256 / 8) / kThreads;  // head_dim <= 256
+
+struct Pass1Params {
+  const void* q;
+  const void* k;
+  const void* v;
+  uint32_t tokens, q_heads, kv_heads, head_dim, window, tokens_per_page, pages;
+  uint32_t pages_per_block;
+  float scale_log2;  // log2(e) / sqrt(head_dim): exp2 of scaled logits is exp of the softmax's
+  float* page_lse;   // [q_heads * window][pages]
+  float* norm_sum;   // [pages][kv_heads]
+};
+
+struct SmemLayout {
+  uint32_t rows, rows_pad, d_pad, st_ld;
+  size_t q_off, k_off, st_off, run_m_off, run_s_off, vn_off, bytes;
+};
+
+__host__ __device__ inline SmemLayout MakeLayout(uint32_t rows, uint32_t head_dim) {
+  SmemLayout l;
+  l.rows = rows;
+  l.rows_pad = (rows + 15) / 16 * 16;
+  l.d_pad = head_dim + 8;    // 16 bytes of padding per row spreads WMMA loads over the banks
+  l.st_ld = l.rows_pad + 4;  // S is stored transposed so that row-walking threads read
+                             // consecutive words (no bank conflicts)
+  l.q_off = 0;
+  l.k_off = l.q_off + size_t{l.rows_pad} * l.d_pad * 2;
+  l.st_off = l.k_off + size_t{kTileTokens} * l.d_pad * 2;
+  l.run_m_off = l.st_off + size_t{kTileTokens} * l.st_ld * 4;
+  l.run_s_off = l.run_m_off + size_t{l.rows_pad} * 4;
+  l.vn_off = l.run_s_off + size_t{l.rows_pad} * 4;
+  l.bytes = l.vn_off + kTileTokens * 4;
+  return l;
+}
+
+template <typename T>
+__device__ inline float SumSquares(const uint4& x) {
+  const T* e = reinterpret_cast<const T*>(&x);
+  float s = 0;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const float f = static_cast<float>(e[j]);
+    s += f * f;
+  }
+  return s;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) AttentionStatsPass1(Pass1Params p) {
+  using namespace nvcuda;
+  extern __shared__ __align__(16) unsigned char smem[];
+  const uint32_t group = p.q_heads / p.kv_heads;
+  const SmemLayout l = MakeLayout(group * p.window, p.head_dim);
+  T* qs = reinterpret_cast<T*>(smem + l.q_off);
+  T* ks = reinterpret_cast<T*>(smem + l.k_off);
+  float* st = reinterpret_cast<float*>(smem + l.st_off);
+  float* run_m = reinterpret_cast<float*>(smem + l.run_m_off);
+  float* run_s = reinterpret_cast<float*>(smem + l.run_s_off);
+  float* vn_sq = reinterpret_cast<float*>(smem + l.vn_off);
+
+  const uint32_t g = blockIdx.y;
+  const uint32_t tid = threadIdx.x;
+  const uint32_t vecs = p.head_dim / 8;  // 16-byte vectors per head row
+  const uint4 zero = make_uint4(0, 0, 0, 0);
+
+  // The q-head group's window queries: row r = j * window + i is query i of q head g*group + j.
+  const uint4* q4 = static_cast<const uint4*>(p.q);
+  for (uint32_t idx = tid; idx < l.rows_pad * vecs; idx += kThreads) {
+    const uint32_t r = idx / vecs, c = idx % vecs;
+    uint4 x = zero;
+    if (r < l.rows) {
+      const uint32_t j = r / p.window, i = r % p.window;
+      x = q4[(size_t{i} * p.q_heads + g * group + j) * vecs + c];
+    }
+    *reinterpret_cast<uint4*>(qs + size_t{r} * l.d_pad + c * 8) = x;
+  }
+  for (uint32_t r = tid; r < l.rows_pad; r += kThreads) {
+    run_m[r] = -INFINITY;
+    run_s[r] = 0;
+  }
+  for (uint32_t t = tid; t < kTileTokens; t += kThreads) vn_sq[t] = 0;
+
+  const uint32_t tok_begin = blockIdx.x * p.pages_per_block * p.tokens_per_page;
+  const uint32_t tok_end = min(p.tokens, tok_begin + p.pages_per_block * p.tokens_per_page);
+  const uint4* k4 = static_cast<const uint4*>(p.k);
+  const uint4* v4 = static_cast<const uint4*>(p.v);
+  const uint32_t tile_vecs = kTileTokens * vecs;
+  float vn_acc = 0;  // thread kThreads-1: running sum of value norms of the current page
+
+  for (uint32_t c0 = tok_begin; c0 < tok_end; c0 += kTileTokens) {
+    // Issue every K and V load of the tile before the barrier, so they overlap the other warps'
+    // walk of the previous tile.
+    uint4 kr[kMaxVecPerThread], vr[kMaxVecPerThread];
+#pragma unroll
+    for (int u = 0; u < kMaxVecPerThread; ++u) {
+      const uint32_t idx = tid + u * kThreads;
+      kr[u] = zero;
+      vr[u] = zero;
+      if (idx < tile_vecs) {
+        const uint32_t tok = c0 + idx / vecs;
+        if (tok < tok_end) {
+          const size_t off = (size_t{tok} * p.kv_heads + g) * vecs + idx % vecs;
+          kr[u] = k4[off];
+          vr[u] = v4[off];
+        }
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int u = 0; u < kMaxVecPerThread; ++u) {
+      const uint32_t idx = tid + u * kThreads;
+      if (idx < tile_vecs) {
+        const uint32_t t = idx / vecs;
+        *reinterpret_cast<uint4*>(ks + size_t{t} * l.d_pad + (idx % vecs) * 8) = kr[u];
+        if (c0 + t < tok_end) atomicAdd(&vn_sq[t], SumSquares<T>(vr[u]));
+      }
+    }
+    __syncthreads();
+
+    // S^T tile [64 tokens][rows_pad] = (Q . K^T)^T on the tensor cores.
+    const uint32_t row_tiles = l.rows_pad / 16;
+    const uint32_t tiles = row_tiles * (kTileTokens / 16);
+    for (uint32_t tile = tid / 32; tile < tiles; tile += kWarps) {
+      const uint32_t rt = tile / (kTileTokens / 16), ct = tile % (kTileTokens / 16);
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+      wmma::fill_fragment(acc, 0.0f);
+      for (uint32_t kk = 0; kk < p.head_dim; kk += 16) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b;
+        wmma::load_matrix_sync(a, qs + size_t{rt} * 16 * l.d_pad + kk, l.d_pad);
+        wmma::load_matrix_sync(b, ks + size_t{ct} * 16 * l.d_pad + kk, l.d_pad);
+        wmma::mma_sync(acc, a, b, acc);
+      }
+      wmma::store_matrix_sync(st + size_t{ct} * 16 * l.st_ld + rt * 16, acc, l.st_ld,
+                              wmma::mem_col_major);
+    }
+    __syncthreads();
+
+    const uint32_t tile_end = min(tok_end - c0, uint32_t{kTileTokens});
+    for (uint32_t r = tid; r < l.rows; r += kThreads) {
+      const uint32_t j = r / p.window, i = r % p.window;
+      const uint32_t pos = p.tokens - p.window + i;  // causal: sees tokens [0, pos]
+      const size_t row_global = size_t{g * group + j} * p.window + i;
+      float m = run_m[r], s = run_s[r];
+      for (uint32_t t = 0; t < tile_end; ++t) {
+        const uint32_t tok = c0 + t;
+        if (tok <= pos) {
+          const float x = st[size_t{t} * l.st_ld + r] * p.scale_log2;
+          if (x > m) {
+            s = s * exp2f(m - x) + 1.0f;
+            m = x;
+          } else {
+            s += exp2f(x - m);
+          }
+        }
+        if ((tok + 1) % p.tokens_per_page == 0 || tok + 1 == p.tokens) {
+          p.page_lse[row_global * p.pages + tok / p.tokens_per_page] =
+              s > 0 ? m + log2f(s) : -INFINITY;
+          m = -INFINITY;
+          s = 0;
+        }
+      }
+      run_m[r] = m;
+      run_s[r] = s;
+    }
+    if (tid == kThreads - 1) {
+      for (uint32_t t = 0; t < tile_end; ++t) {
+        const uint32_t tok = c0 + t;
+        vn_acc += sqrtf(vn_sq[t]);
+        vn_sq[t] = 0;
+        if ((tok + 1) % p.tokens_per_page == 0 || tok + 1 == p.tokens) {
+          p.norm_sum[size_t{tok / p.tokens_per_page} * p.kv_heads + g] = vn_acc;
+          vn_acc = 0;
+        }
+      }
+    }
+  }
+}
+
+// Merges log2-sum-exp `x` into the running (m, s) pair.
+__device__ inline void MergeLse(float& m, float& s, float x_m, float x_s) {
+  if (x_s == 0) return;
+  if (s == 0) {
+    m = x_m;
+    s = x_s;
+    return;
+  }
+  const float mx = fmaxf(m, x_m);
+  s = s * exp2f(m - mx) + x_s * exp2f(x_m - mx);
+  m = mx;
+}
+
+__global__ void __launch_bounds__(kThreads)
+    AttentionStatsRowLse(const float* __restrict__ page_lse, uint32_t pages,
+                         float* __restrict__ row_lse) {
+  const uint32_t row = blockIdx.x;
+  float m = 0, s = 0;
+  for (uint32_t pg = threadIdx.x; pg < pages; pg += kThreads) {
+    const float x = page_lse[size_t{row} * pages + pg];
+    if (x != -INFINITY) MergeLse(m, s, x, 1.0f);
+  }
+  for (int off = 16; off > 0; off /= 2) {
+    const float om = __shfl_xor_sync(0xffffffffu, m, off);
+    const float os = __shfl_xor_sync(0xffffffffu, s, off);
+    MergeLse(m, s, om, os);
+  }
+  __shared__ float wm[kWarps], ws[kWarps];
+  if (threadIdx.x % 32 == 0) {
+    wm[threadIdx.x / 32] = m;
+    ws[threadIdx.x / 32] = s;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < kWarps; ++w) MergeLse(m, s, wm[w], ws[w]);
+    row_lse[row] = s > 0 ? m + log2f(s) : -INFINITY;
+  }
+}
+
+// Block = 32 pages (the lanes, so every row read is one coalesced 128-byte line) x 8 warps that
+// split the q heads; the warps' partial sums meet in shared memory.
+__global__ void __launch_bounds__(kThreads)
+    AttentionStatsFinish(const float* __restrict__ page_lse, const float* __restrict__ row_lse,
+                         const float* __restrict__ norm_sum, uint32_t tokens, uint32_t q_heads,
+                         uint32_t kv_heads, uint32_t window, uint32_t tokens_per_page,
+                         uint32_t pages, float breadth_threshold, PageAttentionStats* out) {
+  const uint32_t lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const uint32_t pg = blockIdx.x * 32 + lane;
+  float total = 0, h_log_h = 0;
+  uint32_t above = 0;
+  if (pg < pages) {
+    for (uint32_t h = warp; h < q_heads; h += kWarps) {
+      float head = 0;
+#pragma unroll 4
+      for (uint32_t i = 0; i < window; ++i) {
+        const size_t row = size_t{h} * window + i;
+        const float x = page_lse[row * pages + pg];
+        const float m = x == -INFINITY ? 0.0f : exp2f(x - row_lse[row]);
+        head += m;
+        above += m > breadth_threshold ? 1u : 0u;
+      }
+      total += head;
+      if (head > 0) h_log_h += head * logf(head);
+    }
+  }
+  __shared__ float s_total[kWarps][32], s_hlogh[kWarps][32];
+  __shared__ uint32_t s_above[kWarps][32];
+  s_total[warp][lane] = total;
+  s_hlogh[warp][lane] = h_log_h;
+  s_above[warp][lane] = above;
+  __syncthreads();
+  if (warp != 0 || pg >= pages) return;
+  for (int w = 1; w < kWarps; ++w) {
+    total += s_total[w][lane];
+    h_log_h += s_hlogh[w][lane];
+    above += s_above[w][lane];
+  }
+  PageAttentionStats o;
+  const float pairs = static_cast<float>(q_heads) * window;
+  o.mass = total / pairs;
+  o.breadth = above / pairs;
+  // Entropy of head_h / total over heads = log(total) - sum(head log head) / total.
+  o.mass_entropy =
+      (q_heads > 1 && total > 0)
+          ? fminf(1.0f, fmaxf(0.0f, (logf(total) - h_log_h / total) / logf(float(q_heads))))
+          : 1.0f;
+  float norms = 0;
+  for (uint32_t g = 0; g < kv_heads; ++g) norms += norm_sum[size_t{pg} * kv_heads + g];
+  const uint32_t t0 = pg * tokens_per_page;
+  const uint32_t t1 = min(tokens, t0 + tokens_per_page);
+  o.value_norm = norms / (float(t1 - t0) * kv_heads);
+  out[pg] = o;
+}
+
+}  // namespace
+
+absl::StatusOr<AttentionStatsWorkspace> AttentionStatsWorkspace::Create(
+    const AttentionStatsShape& shape) {
+  if (absl::Status s = ValidateAttentionStatsShape(shape); !s.ok()) return s;
+  AttentionStatsWorkspace w;
+  w.shape_ = shape;
+  const size_t pages = AttentionStatsPageCount(shape);
+  const size_t rows = size_t{shape.q_heads} * shape.window;
+  auto a = DeviceBuffer::Allocate(rows * pages * sizeof(float));
+  if (!a.ok()) return a.status();
+  auto b = DeviceBuffer::Allocate(rows * sizeof(float));
+  if (!b.ok()) return b.status();
+  auto c = DeviceBuffer::Allocate(pages * shape.kv_heads * sizeof(float));
+  if (!c.ok()) return c.status();
+  w.page_lse_ = std::move(*a);
+  w.row_lse_ = std::move(*b);
+  w.norm_sum_ = std::move(*c);
+  return w;
+}
+
+absl::Status LaunchAttentionStats(const AttentionStatsShape& shape,
+                                  const AttentionStatsOptions& options, const void* q,
+                                  const void* k, const void* v, PageAttentionStats* out,
+                                  AttentionStatsWorkspace& workspace, cudaStream_t stream) {
+  if (absl::Status s = ValidateAttentionStatsShape(shape); !s.ok()) return s;
+  const AttentionStatsShape& w = workspace.shape();
+  if (w.tokens != shape.tokens || w.q_heads != shape.q_heads || w.kv_heads != shape.kv_heads ||
+      w.window != shape.window || w.tokens_per_page != shape.tokens_per_page) {
+    return absl::InvalidArgumentError("attention stats workspace was made for another shape");
+  }
+  if (shape.head_dim % 16 != 0 || shape.head_dim > 256) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("GPU attention stats need head_dim a multiple of 16 and at most 256, got ",
+                     shape.head_dim));
+  }
+  const uint32_t group = shape.q_heads / shape.kv_heads;
+  const SmemLayout l = MakeLayout(group * shape.window, shape.head_dim);
+  int device = 0, sms = 0, smem_limit = 0;
+  if (absl::Status s = CudaStatus(cudaGetDevice(&device), "cudaGetDevice"); !s.ok()) return s;
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (l.bytes > static_cast<size_t>(smem_limit)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("GPU attention stats: (q_heads / kv_heads) x window = ", l.rows, " rows need ",
+                     l.bytes, " bytes of shared memory, the device allows ", smem_limit));
+  }
+  auto kernel = shape.dtype == KvDType::kBF16 ? AttentionStatsPass1<__nv_bfloat16>
+                                              : AttentionStatsPass1<__half>;
+  if (absl::Status s =
+          CudaStatus(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(l.bytes)),
+                     "cudaFuncSetAttribute(attention stats)");
+      !s.ok()) {
+    return s;
+  }
+  int per_sm = 1;
+  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, l.bytes);
+  const uint32_t pages = AttentionStatsPageCount(shape);
+  // One wave of equal blocks: each (kv head, run of pages) block reloads the queries once, so
+  // fewer, longer blocks cost less, as long as every SM slot is busy.
+  const uint64_t slots = static_cast<uint64_t>(std::max(1, sms)) * std::max(1, per_sm);
+  uint32_t per_block = static_cast<uint32_t>(
+      std::max<uint64_t>(1, (uint64_t{pages} * shape.kv_heads + slots - 1) / slots));
+  const uint32_t blocks_x = (pages + per_block - 1) / per_block;
+
+  Pass1Params p{};
+  p.q = q;
+  p.k = k;
+  p.v = v;
+  p.tokens = shape.tokens;
+  p.q_heads = shape.q_heads;
+  p.kv_heads = shape.kv_heads;
+  p.head_dim = shape.head_dim;
+  p.window = shape.window;
+  p.tokens_per_page = shape.tokens_per_page;
+  p.pages = pages;
+  p.pages_per_block = per_block;
+  p.scale_log2 =
+      static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(shape.head_dim)));
+  p.page_lse = static_cast<float*>(workspace.page_lse_.get());
+  p.norm_sum = static_cast<float*>(workspace.norm_sum_.get());
+  kernel<<<dim3(blocks_x, shape.kv_heads), kThreads, l.bytes, stream>>>(p);
+  if (absl::Status s = CudaStatus(cudaGetLastError(), "attention stats pass 1"); !s.ok()) {
+    return s;
+  }
+  const uint32_t rows = shape.q_heads * shape.window;
+  AttentionStatsRowLse<<<rows, kThreads, 0, stream>>>(
+      p.page_lse, pages, static_cast<float*>(workspace.row_lse_.get()));
+  if (absl::Status s = CudaStatus(cudaGetLastError(), "attention stats pass 2"); !s.ok()) {
+    return s;
+  }
+  AttentionStatsFinish<<<(pages + 31) / 32, kThreads, 0, stream>>>(
+      p.page_lse, static_cast<const float*>(workspace.row_lse_.get()), p.norm_sum, shape.tokens,
+      shape.q_heads, shape.kv_heads, shape.window, shape.tokens_per_page, pages,
+      options.breadth_threshold, out);
+  return CudaStatus(cudaGetLastError(), "attention stats pass 3");
+}
+
+}  // namespace kvtier::kernels

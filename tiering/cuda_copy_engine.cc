@@ -253,31 +253,15 @@ absl::Status CudaCopyEngine::RunLocked(CopyRoute route, CudaCopyMethod method,
 }
 
 absl::Status CudaCopyEngine::RunKernel(absl::Span<const CopyOp> ops) {
-  for (size_t begin = 0; begin < ops.size(); begin += options_.max_ops_per_launch) {
-    const size_t n = std::min<size_t>(options_.max_ops_per_launch, ops.size() - begin);
-    if (begin != 0) {
-      // The staging buffer is about to be rewritten: the previous upload must have been read.
-      if (absl::Status s = Sync(); !s.ok()) return s;
-    }
-    uint64_t max_piece = 0;
-    bool aligned = true;
-    for (size_t i = 0; i < n; ++i) {
-      const CopyOp& op = ops[begin + i];
-      staging_[i] = kernels::CopyDescriptor{op.src, op.dst, op.bytes};
-      max_piece = std::max<uint64_t>(max_piece, op.bytes);
-      aligned =
-          aligned &&
-          ((reinterpret_cast<uintptr_t>(op.src) | reinterpret_cast<uintptr_t>(op.dst) | op.bytes) %
-               kernels::kCopyAlignment ==
-           0);
-    }
-    if (!aligned) {
-      CountFallback(n, "copy ops not 16-byte aligned cannot take the copy kernel");
-      if (absl::Status s = RunPerRun(ops.subspan(begin, n)); !s.ok()) return s;
-      continue;
-    }
+  // Ops that break the kernel's 16-byte rule are set aside and copied per run; the rest are staged
+  // as descriptors, max_ops_per_launch per launch.
+  unaligned_.clear();
+  size_t staged = 0;
+  uint64_t max_piece = 0;
+  auto launch = [&]() -> absl::Status {
+    if (staged == 0) return absl::OkStatus();
     if (absl::Status s = CudaStatus(
-            cudaMemcpyAsync(device_descs_.get(), staging_, n * sizeof(kernels::CopyDescriptor),
+            cudaMemcpyAsync(device_descs_.get(), staging_, staged * sizeof(kernels::CopyDescriptor),
                             cudaMemcpyHostToDevice, stream_),
             "cuda copy engine: descriptor upload");
         !s.ok()) {
@@ -285,10 +269,32 @@ absl::Status CudaCopyEngine::RunKernel(absl::Span<const CopyOp> ops) {
     }
     if (absl::Status s = kernels::LaunchCopyBatch(
             static_cast<const kernels::CopyDescriptor*>(device_descs_.get()),
-            static_cast<uint32_t>(n), max_piece, options_.kernel, stream_);
+            static_cast<uint32_t>(staged), max_piece, options_.kernel, stream_);
         !s.ok()) {
       return s;
     }
+    staged = 0;
+    max_piece = 0;
+    // The staging buffer may be rewritten next: the upload above must have been read first.
+    return Sync();
+  };
+  for (const CopyOp& op : ops) {
+    if ((reinterpret_cast<uintptr_t>(op.src) | reinterpret_cast<uintptr_t>(op.dst) | op.bytes) %
+            kernels::kCopyAlignment !=
+        0) {
+      unaligned_.push_back(op);
+      continue;
+    }
+    staging_[staged++] = kernels::CopyDescriptor{op.src, op.dst, op.bytes};
+    max_piece = std::max<uint64_t>(max_piece, op.bytes);
+    if (staged == options_.max_ops_per_launch) {
+      if (absl::Status s = launch(); !s.ok()) return s;
+    }
+  }
+  if (absl::Status s = launch(); !s.ok()) return s;
+  if (!unaligned_.empty()) {
+    CountFallback(unaligned_.size(), "copy ops not 16-byte aligned cannot take the copy kernel");
+    return RunPerRun(unaligned_);
   }
   return absl::OkStatus();
 }

@@ -128,6 +128,7 @@ class CudaCopyEngine final : public CopyEngine {
   // Per-call scratch kept across calls so that a warm engine does not allocate.
   std::array<std::vector<CopyOp>, 4> by_route_ ABSL_GUARDED_BY(mu_);
   std::vector<CopyOp> pageable_ ABSL_GUARDED_BY(mu_);
+  std::vector<CopyOp> unaligned_ ABSL_GUARDED_BY(mu_);
   std::vector<CopyOp> scratch_ ABSL_GUARDED_BY(mu_);  // RunPerRun's merged runs
   std::vector<void*> batch_dsts_ ABSL_GUARDED_BY(mu_);
   std::vector<const void*> batch_srcs_ ABSL_GUARDED_BY(mu_);

@@ -63,7 +63,7 @@ Batch RandomBatch(std::mt19937_64& rng, size_t bytes, uint64_t max_piece) {
 
 TEST(GpuCopyTest, BitExactOnEveryRouteAndBudget) {
   std::mt19937_64 rng(testing::TestSeed("GpuCopyTest.BitExactOnEveryRouteAndBudget"));
-  const size_t bytes = size_t{24} << 20;
+  const size_t bytes = size_t{8} << 20;
   Pinned host_src(bytes), host_dst(bytes), expect(bytes);
   auto dev_src = DeviceBuffer::Allocate(bytes);
   auto dev_dst = DeviceBuffer::Allocate(bytes);
@@ -200,7 +200,9 @@ TEST(GpuAttentionStatsTest, RejectsShapesTheKernelCannotRun) {
 
 TEST(CudaCopyEngineTest, CalibratesAndCopiesMixedBatchesExactly) {
   std::mt19937_64 rng(testing::TestSeed("CudaCopyEngineTest"));
-  auto engine = CudaCopyEngine::Create();
+  CudaCopyEngineOptions options;
+  options.calibration_bytes = size_t{4} << 20;  // small: this also runs under memcheck
+  auto engine = CudaCopyEngine::Create(options);
   ASSERT_TRUE(engine.ok()) << engine.status();
   for (const CopyCalibration& c : (*engine)->calibration()) {
     std::printf("[calibration] %s %6llu KiB: kernel %.1f batch %.1f per-run %.1f GB/s -> %s\n",

@@ -6,7 +6,7 @@
 //   3. attention statistics on a 32k-token sequence vs the time to read K and V once at the
 //      device bandwidth measured by a large device-to-device copy (read + write bytes).
 // Prints a table, then one machine-readable `BENCH key=value ...` line per figure.
-// Usage: kvtier_gpu_bench [--total_mib=512] [--reps=5]
+// Usage: kvtier_gpu_bench [--total_mib=512] [--reps=5] [--attn_only]
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -107,7 +107,9 @@ void Record(const Row& r) {
 int Main(int argc, char** argv) {
   size_t total_mib = 512;
   int reps = 5;
+  bool attn_only = false;  // --attn_only: just the attention statistics (for profiling)
   for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--attn_only") == 0) attn_only = true;
     if (std::strncmp(argv[i], "--total_mib=", 12) == 0) total_mib = std::atoi(argv[i] + 12);
     if (std::strncmp(argv[i], "--reps=", 7) == 0) reps = std::atoi(argv[i] + 7);
   }
@@ -160,7 +162,7 @@ int Main(int argc, char** argv) {
   const double gb = static_cast<double>(total) / 1e9;
 
   // --- 1 and 2: scattered pieces ---
-  for (int dir = 0; dir < 4;
+  for (int dir = 0; dir < (attn_only ? 0 : 4);
        ++dir) {  // 0 h2d (scatter), 1 d2h (gather), 2 d2d gather, 3 d2d scatter
     const char* dir_name[] = {"h2d", "d2h", "d2d_gather", "d2d_scatter"};
     const bool d2d = dir >= 2;

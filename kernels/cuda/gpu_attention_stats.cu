@@ -40,7 +40,7 @@ struct Pass1Params {
 
 struct SmemLayout {
   uint32_t rows, rows_pad, d_pad, st_ld;
-  size_t q_off, k_off, st_off, run_m_off, run_s_off, vn_off, bytes;
+  size_t q_off, k_off, st_off, run_m_off, run_s_off, vn_off, page_end_off, bytes;
 };
 
 __host__ __device__ inline SmemLayout MakeLayout(uint32_t rows, uint32_t head_dim) {
@@ -56,7 +56,8 @@ __host__ __device__ inline SmemLayout MakeLayout(uint32_t rows, uint32_t head_di
   l.run_m_off = l.st_off + size_t{kTileTokens} * l.st_ld * 4;
   l.run_s_off = l.run_m_off + size_t{l.rows_pad} * 4;
   l.vn_off = l.run_s_off + size_t{l.rows_pad} * 4;
-  l.bytes = l.vn_off + kTileTokens * 4;
+  l.page_end_off = l.vn_off + kTileTokens * 4;
+  l.bytes = l.page_end_off + kTileTokens * 4;
   return l;
 }
 
@@ -84,6 +85,8 @@ __global__ void __launch_bounds__(kThreads) AttentionStatsPass1(Pass1Params p) {
   float* run_m = reinterpret_cast<float*>(smem + l.run_m_off);
   float* run_s = reinterpret_cast<float*>(smem + l.run_s_off);
   float* vn_sq = reinterpret_cast<float*>(smem + l.vn_off);
+  // page_end[t]: the page index if tile column t is its page's last token, else -1.
+  int* page_end = reinterpret_cast<int*>(smem + l.page_end_off);
 
   const uint32_t g = blockIdx.y;
   const uint32_t tid = threadIdx.x;
@@ -142,6 +145,12 @@ __global__ void __launch_bounds__(kThreads) AttentionStatsPass1(Pass1Params p) {
         if (c0 + t < tok_end) atomicAdd(&vn_sq[t], SumSquares<T>(vr[u]));
       }
     }
+    if (tid < kTileTokens) {
+      const uint32_t tok = c0 + tid;
+      const bool last =
+          tok < tok_end && ((tok + 1) % p.tokens_per_page == 0 || tok + 1 == p.tokens);
+      page_end[tid] = last ? static_cast<int>(tok / p.tokens_per_page) : -1;
+    }
     __syncthreads();
 
     // S^T tile [64 tokens][rows_pad] = (Q . K^T)^T on the tensor cores.
@@ -164,39 +173,45 @@ __global__ void __launch_bounds__(kThreads) AttentionStatsPass1(Pass1Params p) {
     __syncthreads();
 
     const uint32_t tile_end = min(tok_end - c0, uint32_t{kTileTokens});
+    // Row walk. Per row: the tile's max first (one cheap pass), so the running reference moves at
+    // most once a tile and the sum needs no branch; page ends (the same columns for every row,
+    // so warp-uniform) flush the page's log2-sum-exp and restart its sum against the same
+    // reference, which bounds every later value of the tile.
     for (uint32_t r = tid; r < l.rows; r += kThreads) {
       const uint32_t j = r / p.window, i = r % p.window;
       const uint32_t pos = p.tokens - p.window + i;  // causal: sees tokens [0, pos]
-      const size_t row_global = size_t{g * group + j} * p.window + i;
+      const uint32_t n_valid = pos >= c0 ? min(tile_end, pos - c0 + 1) : 0;
+      float* page_lse_row = p.page_lse + (size_t{g * group + j} * p.window + i) * p.pages;
+      const float* col = st + r;
       float m = run_m[r], s = run_s[r];
+      float tmax = -INFINITY;
+#pragma unroll 8
+      for (uint32_t t = 0; t < n_valid; ++t) tmax = fmaxf(tmax, col[size_t{t} * l.st_ld]);
+      tmax *= p.scale_log2;
+      if (tmax > m) {
+        s *= exp2f(m - tmax);
+        m = tmax;
+      }
+#pragma unroll 8
       for (uint32_t t = 0; t < tile_end; ++t) {
-        const uint32_t tok = c0 + t;
-        if (tok <= pos) {
-          const float x = st[size_t{t} * l.st_ld + r] * p.scale_log2;
-          if (x > m) {
-            s = s * exp2f(m - x) + 1.0f;
-            m = x;
-          } else {
-            s += exp2f(x - m);
-          }
-        }
-        if ((tok + 1) % p.tokens_per_page == 0 || tok + 1 == p.tokens) {
-          p.page_lse[row_global * p.pages + tok / p.tokens_per_page] =
-              s > 0 ? m + log2f(s) : -INFINITY;
-          m = -INFINITY;
+        if (t < n_valid) s += exp2f(col[size_t{t} * l.st_ld] * p.scale_log2 - m);
+        const int pg = page_end[t];
+        if (pg >= 0) {
+          page_lse_row[pg] = s > 0 ? m + log2f(s) : -INFINITY;
           s = 0;
         }
       }
       run_m[r] = m;
       run_s[r] = s;
     }
+    // The value norms: one thread that no row needs (rows < kThreads) or the last one.
     if (tid == kThreads - 1) {
       for (uint32_t t = 0; t < tile_end; ++t) {
-        const uint32_t tok = c0 + t;
         vn_acc += sqrtf(vn_sq[t]);
         vn_sq[t] = 0;
-        if ((tok + 1) % p.tokens_per_page == 0 || tok + 1 == p.tokens) {
-          p.norm_sum[size_t{tok / p.tokens_per_page} * p.kv_heads + g] = vn_acc;
+        const int pg = page_end[t];
+        if (pg >= 0) {
+          p.norm_sum[size_t(pg) * p.kv_heads + g] = vn_acc;
           vn_acc = 0;
         }
       }
@@ -243,9 +258,10 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Block = 32 pages (the lanes, so every row read is one coalesced 128-byte line) x 8 warps that
+// Block = 32 pages (the lanes, so every row read is one coalesced 128-byte line) x 32 warps that
 // split the q heads; the warps' partial sums meet in shared memory.
-__global__ void __launch_bounds__(kThreads)
+constexpr int kFinishWarps = 32;
+__global__ void __launch_bounds__(kFinishWarps * 32)
     AttentionStatsFinish(const float* __restrict__ page_lse, const float* __restrict__ row_lse,
                          const float* __restrict__ norm_sum, uint32_t tokens, uint32_t q_heads,
                          uint32_t kv_heads, uint32_t window, uint32_t tokens_per_page,
@@ -255,9 +271,9 @@ __global__ void __launch_bounds__(kThreads)
   float total = 0, h_log_h = 0;
   uint32_t above = 0;
   if (pg < pages) {
-    for (uint32_t h = warp; h < q_heads; h += kWarps) {
+    for (uint32_t h = warp; h < q_heads; h += kFinishWarps) {
       float head = 0;
-#pragma unroll 4
+#pragma unroll 8
       for (uint32_t i = 0; i < window; ++i) {
         const size_t row = size_t{h} * window + i;
         const float x = page_lse[row * pages + pg];
@@ -269,14 +285,14 @@ __global__ void __launch_bounds__(kThreads)
       if (head > 0) h_log_h += head * logf(head);
     }
   }
-  __shared__ float s_total[kWarps][32], s_hlogh[kWarps][32];
-  __shared__ uint32_t s_above[kWarps][32];
+  __shared__ float s_total[kFinishWarps][32], s_hlogh[kFinishWarps][32];
+  __shared__ uint32_t s_above[kFinishWarps][32];
   s_total[warp][lane] = total;
   s_hlogh[warp][lane] = h_log_h;
   s_above[warp][lane] = above;
   __syncthreads();
   if (warp != 0 || pg >= pages) return;
-  for (int w = 1; w < kWarps; ++w) {
+  for (int w = 1; w < kFinishWarps; ++w) {
     total += s_total[w][lane];
     h_log_h += s_hlogh[w][lane];
     above += s_above[w][lane];
@@ -390,7 +406,7 @@ absl::Status LaunchAttentionStats(const AttentionStatsShape& shape,
   if (absl::Status s = CudaStatus(cudaGetLastError(), "attention stats pass 2"); !s.ok()) {
     return s;
   }
-  AttentionStatsFinish<<<(pages + 31) / 32, kThreads, 0, stream>>>(
+  AttentionStatsFinish<<<(pages + 31) / 32, kFinishWarps * 32, 0, stream>>>(
       p.page_lse, static_cast<const float*>(workspace.row_lse_.get()), p.norm_sum, shape.tokens,
       shape.q_heads, shape.kv_heads, shape.window, shape.tokens_per_page, pages,
       options.breadth_threshold, out);

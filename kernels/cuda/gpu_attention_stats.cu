@@ -40,25 +40,38 @@ struct Pass1Params {
 
 struct SmemLayout {
   uint32_t rows, rows_pad, d_pad, st_ld;
-  size_t q_off, k_off, st_off, run_m_off, run_s_off, vn_off, page_end_off, bytes;
+  size_t q_off, k_off, st_off, state_off, hmax_off, vn_off, page_end_off, seg_off, bytes;
 };
+
+constexpr int kMaxSegments = kTileTokens + 1;
 
 __host__ __device__ inline SmemLayout MakeLayout(uint32_t rows, uint32_t head_dim) {
   SmemLayout l;
   l.rows = rows;
   l.rows_pad = (rows + 15) / 16 * 16;
   l.d_pad = head_dim + 8;    // 16 bytes of padding per row spreads WMMA loads over the banks
-  l.st_ld = l.rows_pad + 4;  // S is stored transposed so that row-walking threads read
+  l.st_ld = l.rows_pad + 4;  // S is stored transposed so that threads of consecutive rows read
                              // consecutive words (no bank conflicts)
   l.q_off = 0;
   l.k_off = l.q_off + size_t{l.rows_pad} * l.d_pad * 2;
   l.st_off = l.k_off + size_t{kTileTokens} * l.d_pad * 2;
-  l.run_m_off = l.st_off + size_t{kTileTokens} * l.st_ld * 4;
-  l.run_s_off = l.run_m_off + size_t{l.rows_pad} * 4;
-  l.vn_off = l.run_s_off + size_t{l.rows_pad} * 4;
-  l.page_end_off = l.vn_off + kTileTokens * 4;
-  l.bytes = l.page_end_off + kTileTokens * 4;
+  // Per-row online-softmax state (max, sum of the page still open), double-buffered by tile
+  // parity: [2][rows_pad] maxima then [2][rows_pad] sums.
+  l.state_off = l.st_off + size_t{kTileTokens} * l.st_ld * 4;
+  l.hmax_off = l.state_off + size_t{4} * l.rows_pad * 4;  // [2 halves][rows_pad] tile maxima
+  l.vn_off = l.hmax_off + size_t{2} * l.rows_pad * 4;     // [kTileTokens] + [2] norm carry
+  l.page_end_off = l.vn_off + (kTileTokens + 2) * 4;
+  l.seg_off = l.page_end_off + kTileTokens * 4;  // begin, end, page of each segment, then count
+  l.bytes = l.seg_off + (3 * kMaxSegments + 1) * 4;
   return l;
+}
+
+// 2^x on the special-function unit (ex2.approx: relative error ~2^-22, far inside the mass
+// bound; -inf gives 0).
+__device__ __forceinline__ float Ex2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
 }
 
 template <typename T>
@@ -73,24 +86,34 @@ __device__ inline float SumSquares(const uint4& x) {
   return s;
 }
 
-template <typename T>
+// kHeadDim: 64, 128 or 256 compile the index arithmetic to shifts and size the register tiles
+// exactly; 0 is the generic version for any multiple of 16 up to 256.
+template <typename T, int kHeadDim>
 __global__ void __launch_bounds__(kThreads) AttentionStatsPass1(Pass1Params p) {
   using namespace nvcuda;
+  constexpr int kVec = kHeadDim != 0 ? kTileTokens * kHeadDim / 8 / kThreads : kMaxVecPerThread;
   extern __shared__ __align__(16) unsigned char smem[];
+  const uint32_t head_dim = kHeadDim != 0 ? kHeadDim : p.head_dim;
   const uint32_t group = p.q_heads / p.kv_heads;
-  const SmemLayout l = MakeLayout(group * p.window, p.head_dim);
+  const SmemLayout l = MakeLayout(group * p.window, head_dim);
   T* qs = reinterpret_cast<T*>(smem + l.q_off);
   T* ks = reinterpret_cast<T*>(smem + l.k_off);
   float* st = reinterpret_cast<float*>(smem + l.st_off);
-  float* run_m = reinterpret_cast<float*>(smem + l.run_m_off);
-  float* run_s = reinterpret_cast<float*>(smem + l.run_s_off);
-  float* vn_sq = reinterpret_cast<float*>(smem + l.vn_off);
+  float* state_m = reinterpret_cast<float*>(smem + l.state_off);  // [2][rows_pad]
+  float* state_s = state_m + 2 * l.rows_pad;                      // [2][rows_pad]
+  float* hmax = reinterpret_cast<float*>(smem + l.hmax_off);      // [2][rows_pad]
+  float* vn_sq = reinterpret_cast<float*>(smem + l.vn_off);       // [kTileTokens]
+  float* vn_carry = vn_sq + kTileTokens;                          // [2]
   // page_end[t]: the page index if tile column t is its page's last token, else -1.
   int* page_end = reinterpret_cast<int*>(smem + l.page_end_off);
+  int* seg_begin = reinterpret_cast<int*>(smem + l.seg_off);
+  int* seg_end = seg_begin + kMaxSegments;
+  int* seg_page = seg_end + kMaxSegments;
+  int* seg_count = seg_page + kMaxSegments;
 
   const uint32_t g = blockIdx.y;
   const uint32_t tid = threadIdx.x;
-  const uint32_t vecs = p.head_dim / 8;  // 16-byte vectors per head row
+  const uint32_t vecs = head_dim / 8;  // 16-byte vectors per head row
   const uint4 zero = make_uint4(0, 0, 0, 0);
 
   // The q-head group's window queries: row r = j * window + i is query i of q head g*group + j.
@@ -105,44 +128,60 @@ __global__ void __launch_bounds__(kThreads) AttentionStatsPass1(Pass1Params p) {
     *reinterpret_cast<uint4*>(qs + size_t{r} * l.d_pad + c * 8) = x;
   }
   for (uint32_t r = tid; r < l.rows_pad; r += kThreads) {
-    run_m[r] = -INFINITY;
-    run_s[r] = 0;
+    state_m[r] = -INFINITY;
+    state_s[r] = 0;
   }
-  for (uint32_t t = tid; t < kTileTokens; t += kThreads) vn_sq[t] = 0;
+  for (uint32_t t = tid; t < kTileTokens; t += kThreads) vn_sq[t] = 0;  // atomics add into it
+  if (tid == 0) vn_carry[0] = 0;
 
   const uint32_t tok_begin = blockIdx.x * p.pages_per_block * p.tokens_per_page;
   const uint32_t tok_end = min(p.tokens, tok_begin + p.pages_per_block * p.tokens_per_page);
-  const uint4* k4 = static_cast<const uint4*>(p.k);
-  const uint4* v4 = static_cast<const uint4*>(p.v);
+  const uint32_t tok_stride = p.kv_heads * vecs;  // uint4s from one token to the next
+  const uint4* kg = static_cast<const uint4*>(p.k) + g * vecs;
+  const uint4* vg = static_cast<const uint4*>(p.v) + g * vecs;
   const uint32_t tile_vecs = kTileTokens * vecs;
-  float vn_acc = 0;  // thread kThreads-1: running sum of value norms of the current page
 
-  for (uint32_t c0 = tok_begin; c0 < tok_end; c0 += kTileTokens) {
-    // Issue every K and V load of the tile before the barrier, so they overlap the other warps'
-    // walk of the previous tile.
-    uint4 kr[kMaxVecPerThread], vr[kMaxVecPerThread];
+  // K and V of a tile travel in registers: the next tile's loads are issued before this tile's
+  // MMA and walk, so device-memory latency overlaps the arithmetic (software pipelining).
+  uint4 kr[kVec], vr[kVec];
+  auto load_tile = [&](uint32_t c) {
 #pragma unroll
-    for (int u = 0; u < kMaxVecPerThread; ++u) {
+    for (int u = 0; u < kVec; ++u) {
       const uint32_t idx = tid + u * kThreads;
       kr[u] = zero;
       vr[u] = zero;
       if (idx < tile_vecs) {
-        const uint32_t tok = c0 + idx / vecs;
+        const uint32_t tok = c + idx / vecs;
         if (tok < tok_end) {
-          const size_t off = (size_t{tok} * p.kv_heads + g) * vecs + idx % vecs;
-          kr[u] = k4[off];
-          vr[u] = v4[off];
+          const size_t off = size_t{tok} * tok_stride + idx % vecs;
+          kr[u] = kg[off];
+          vr[u] = vg[off];
         }
       }
     }
+  };
+  load_tile(tok_begin);
+  uint32_t parity = 0;
+  for (uint32_t c0 = tok_begin; c0 < tok_end; c0 += kTileTokens, parity ^= 1) {
     __syncthreads();
 #pragma unroll
-    for (int u = 0; u < kMaxVecPerThread; ++u) {
+    for (int u = 0; u < kVec; ++u) {
       const uint32_t idx = tid + u * kThreads;
       if (idx < tile_vecs) {
         const uint32_t t = idx / vecs;
         *reinterpret_cast<uint4*>(ks + size_t{t} * l.d_pad + (idx % vecs) * 8) = kr[u];
-        if (c0 + t < tok_end) atomicAdd(&vn_sq[t], SumSquares<T>(vr[u]));
+        // A token's squares are spread over `vecs` consecutive lanes; where vecs divides the warp
+        // (head_dim 16..256, powers of two) a shuffle tree sums them, because 16 lanes doing
+        // shared-memory atomics on one word serialise and cost more than the whole tile's loads.
+        float sq = SumSquares<T>(vr[u]);  // zero past tok_end
+        if (32 % vecs == 0) {
+          for (uint32_t off = vecs / 2; off > 0; off /= 2) {
+            sq += __shfl_xor_sync(0xffffffffu, sq, off);
+          }
+          if (idx % vecs == 0) vn_sq[t] = sq;
+        } else {
+          atomicAdd(&vn_sq[t], sq);
+        }
       }
     }
     if (tid < kTileTokens) {
@@ -152,6 +191,7 @@ __global__ void __launch_bounds__(kThreads) AttentionStatsPass1(Pass1Params p) {
       page_end[tid] = last ? static_cast<int>(tok / p.tokens_per_page) : -1;
     }
     __syncthreads();
+    if (c0 + kTileTokens < tok_end) load_tile(c0 + kTileTokens);
 
     // S^T tile [64 tokens][rows_pad] = (Q . K^T)^T on the tensor cores.
     const uint32_t row_tiles = l.rows_pad / 16;
@@ -160,7 +200,8 @@ __global__ void __launch_bounds__(kThreads) AttentionStatsPass1(Pass1Params p) {
       const uint32_t rt = tile / (kTileTokens / 16), ct = tile % (kTileTokens / 16);
       wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
       wmma::fill_fragment(acc, 0.0f);
-      for (uint32_t kk = 0; kk < p.head_dim; kk += 16) {
+#pragma unroll 4
+      for (uint32_t kk = 0; kk < head_dim; kk += 16) {
         wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
         wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b;
         wmma::load_matrix_sync(a, qs + size_t{rt} * 16 * l.d_pad + kk, l.d_pad);
@@ -170,50 +211,98 @@ __global__ void __launch_bounds__(kThreads) AttentionStatsPass1(Pass1Params p) {
       wmma::store_matrix_sync(st + size_t{ct} * 16 * l.st_ld + rt * 16, acc, l.st_ld,
                               wmma::mem_col_major);
     }
+    const uint32_t tile_end = min(tok_end - c0, uint32_t{kTileTokens});
+    // The tile's pages: segments of columns split after each page end (warp 0, by ballot). The
+    // first segment continues the page left open by the previous tile; the last may stay open.
+    if (tid < 32) {
+      const bool e0 = tid < tile_end && page_end[tid] >= 0;
+      const bool e1 = tid + 32 < tile_end && page_end[tid + 32] >= 0;
+      uint64_t ends =
+          __ballot_sync(0xffffffffu, e0) | (uint64_t{__ballot_sync(0xffffffffu, e1)} << 32);
+      if (tid == 0) {
+        int n = 0, begin = 0;
+        while (ends != 0) {
+          const int c = __ffsll(static_cast<long long>(ends)) - 1;
+          ends &= ends - 1;
+          seg_begin[n] = begin;
+          seg_end[n] = c + 1;
+          seg_page[n] = page_end[c];
+          ++n;
+          begin = c + 1;
+        }
+        if (begin < static_cast<int>(tile_end)) {
+          seg_begin[n] = begin;
+          seg_end[n] = static_cast<int>(tile_end);
+          seg_page[n] = -1;
+          ++n;
+        }
+        *seg_count = n;
+      }
+    }
     __syncthreads();
 
-    const uint32_t tile_end = min(tok_end - c0, uint32_t{kTileTokens});
-    // Row walk. Per row: the tile's max first (one cheap pass), so the running reference moves at
-    // most once a tile and the sum needs no branch; page ends (the same columns for every row,
-    // so warp-uniform) flush the page's log2-sum-exp and restart its sum against the same
-    // reference, which bounds every later value of the tile.
-    for (uint32_t r = tid; r < l.rows; r += kThreads) {
-      const uint32_t j = r / p.window, i = r % p.window;
-      const uint32_t pos = p.tokens - p.window + i;  // causal: sees tokens [0, pos]
+    // Walk 1: each row's maximum over the tile's unmasked columns, two threads a row (halves).
+    for (uint32_t item = tid; item < 2 * l.rows; item += kThreads) {
+      const uint32_t r = item % l.rows, half = item / l.rows;
+      const uint32_t pos = p.tokens - p.window + r % p.window;  // causal: sees [0, pos]
       const uint32_t n_valid = pos >= c0 ? min(tile_end, pos - c0 + 1) : 0;
-      float* page_lse_row = p.page_lse + (size_t{g * group + j} * p.window + i) * p.pages;
-      const float* col = st + r;
-      float m = run_m[r], s = run_s[r];
-      float tmax = -INFINITY;
+      const uint32_t t1 = min(n_valid, (half + 1) * (kTileTokens / 2));
+      float mx = -INFINITY;
 #pragma unroll 8
-      for (uint32_t t = 0; t < n_valid; ++t) tmax = fmaxf(tmax, col[size_t{t} * l.st_ld]);
-      tmax *= p.scale_log2;
-      if (tmax > m) {
-        s *= exp2f(m - tmax);
-        m = tmax;
+      for (uint32_t t = half * (kTileTokens / 2); t < t1; ++t) {
+        mx = fmaxf(mx, st[size_t{t} * l.st_ld + r]);
       }
-#pragma unroll 8
-      for (uint32_t t = 0; t < tile_end; ++t) {
-        if (t < n_valid) s += exp2f(col[size_t{t} * l.st_ld] * p.scale_log2 - m);
-        const int pg = page_end[t];
-        if (pg >= 0) {
-          page_lse_row[pg] = s > 0 ? m + log2f(s) : -INFINITY;
-          s = 0;
-        }
-      }
-      run_m[r] = m;
-      run_s[r] = s;
+      hmax[half * l.rows_pad + r] = mx * p.scale_log2;
     }
-    // The value norms: one thread that no row needs (rows < kThreads) or the last one.
-    if (tid == kThreads - 1) {
-      for (uint32_t t = 0; t < tile_end; ++t) {
-        vn_acc += sqrtf(vn_sq[t]);
-        vn_sq[t] = 0;
-        const int pg = page_end[t];
-        if (pg >= 0) {
-          p.norm_sum[size_t(pg) * p.kv_heads + g] = vn_acc;
-          vn_acc = 0;
+    __syncthreads();
+
+    // Walk 2: one item per (row, segment), plus one per segment for the value norms. All share
+    // the row's new reference max, so the sums of one page split over tiles simply add (the
+    // carried sum is rescaled once).
+    const int nseg = *seg_count;
+    const float* m_cur = state_m + parity * l.rows_pad;
+    const float* s_cur = state_s + parity * l.rows_pad;
+    float* m_nxt = state_m + (parity ^ 1) * l.rows_pad;
+    float* s_nxt = state_s + (parity ^ 1) * l.rows_pad;
+    const uint32_t row_items = l.rows * nseg;
+    for (uint32_t item = tid; item < row_items + nseg; item += kThreads) {
+      if (item < row_items) {
+        const uint32_t r = item % l.rows, k = item / l.rows;
+        const uint32_t j = r / p.window, i = r % p.window;
+        const uint32_t pos = p.tokens - p.window + i;
+        const uint32_t n_valid = pos >= c0 ? min(tile_end, pos - c0 + 1) : 0;
+        const float m_old = m_cur[r];
+        const float m_new = fmaxf(m_old, fmaxf(hmax[r], hmax[l.rows_pad + r]));
+        float sum = (k == 0 && m_old != -INFINITY) ? s_cur[r] * Ex2(m_old - m_new) : 0.0f;
+        const uint32_t c_end = min(static_cast<uint32_t>(seg_end[k]), n_valid);
+        const float* col = st + r;
+#pragma unroll 4
+        for (uint32_t t = seg_begin[k]; t < c_end; ++t) {
+          sum += Ex2(fmaf(col[size_t{t} * l.st_ld], p.scale_log2, -m_new));
         }
+        const int pg = seg_page[k];
+        if (pg >= 0) {
+          p.page_lse[(size_t{g * group + j} * p.window + i) * p.pages + pg] =
+              sum > 0 ? m_new + log2f(sum) : -INFINITY;
+          sum = 0;
+        }
+        if (static_cast<int>(k) == nseg - 1) {
+          m_nxt[r] = m_new;
+          s_nxt[r] = sum;
+        }
+      } else {
+        const int k = static_cast<int>(item - row_items);
+        float acc = k == 0 ? vn_carry[parity] : 0.0f;
+        for (int t = seg_begin[k]; t < seg_end[k]; ++t) {
+          acc += sqrtf(vn_sq[t]);
+          vn_sq[t] = 0;  // the atomic path of the next tile adds into it
+        }
+        const int pg = seg_page[k];
+        if (pg >= 0) {
+          p.norm_sum[size_t(pg) * p.kv_heads + g] = acc;
+          acc = 0;
+        }
+        if (k == nseg - 1) vn_carry[parity ^ 1] = acc;
       }
     }
   }
@@ -361,8 +450,21 @@ absl::Status LaunchAttentionStats(const AttentionStatsShape& shape,
         absl::StrCat("GPU attention stats: (q_heads / kv_heads) x window = ", l.rows, " rows need ",
                      l.bytes, " bytes of shared memory, the device allows ", smem_limit));
   }
-  auto kernel = shape.dtype == KvDType::kBF16 ? AttentionStatsPass1<__nv_bfloat16>
-                                              : AttentionStatsPass1<__half>;
+  using Pass1Kernel = void (*)(Pass1Params);
+  auto pick = [&](auto tag) -> Pass1Kernel {
+    using T = decltype(tag);
+    switch (shape.head_dim) {
+      case 64:
+        return AttentionStatsPass1<T, 64>;
+      case 128:
+        return AttentionStatsPass1<T, 128>;
+      case 256:
+        return AttentionStatsPass1<T, 256>;
+      default:
+        return AttentionStatsPass1<T, 0>;
+    }
+  };
+  const Pass1Kernel kernel = shape.dtype == KvDType::kBF16 ? pick(__nv_bfloat16{}) : pick(__half{});
   if (absl::Status s =
           CudaStatus(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(l.bytes)),

@@ -33,6 +33,7 @@ struct Pass1Params {
   const void* v;
   uint32_t tokens, q_heads, kv_heads, head_dim, window, tokens_per_page, pages;
   uint32_t pages_per_block;
+  uint32_t rows_per_block;  // a block takes rows [blockIdx.z * rows_per_block, +rows_per_block)
   float scale_log2;  // log2(e) / sqrt(head_dim): exp2 of scaled logits is exp of the softmax's
   float* page_lse;   // [q_heads * window][pages]
   float* norm_sum;   // [pages][kv_heads]
@@ -95,7 +96,11 @@ __global__ void __launch_bounds__(kThreads) AttentionStatsPass1(Pass1Params p) {
   extern __shared__ __align__(16) unsigned char smem[];
   const uint32_t head_dim = kHeadDim != 0 ? kHeadDim : p.head_dim;
   const uint32_t group = p.q_heads / p.kv_heads;
-  const SmemLayout l = MakeLayout(group * p.window, head_dim);
+  // Rows of the kv head's group split over blockIdx.z: smaller blocks, more of them per SM.
+  const uint32_t rbeg = blockIdx.z * p.rows_per_block;
+  const uint32_t nrows = min(group * p.window - rbeg, p.rows_per_block);
+  const bool do_norms = blockIdx.z == 0;  // one split per (kv head, pages) reads V
+  const SmemLayout l = MakeLayout(p.rows_per_block, head_dim);
   T* qs = reinterpret_cast<T*>(smem + l.q_off);
   T* ks = reinterpret_cast<T*>(smem + l.k_off);
   float* st = reinterpret_cast<float*>(smem + l.st_off);
@@ -121,8 +126,8 @@ __global__ void __launch_bounds__(kThreads) AttentionStatsPass1(Pass1Params p) {
   for (uint32_t idx = tid; idx < l.rows_pad * vecs; idx += kThreads) {
     const uint32_t r = idx / vecs, c = idx % vecs;
     uint4 x = zero;
-    if (r < l.rows) {
-      const uint32_t j = r / p.window, i = r % p.window;
+    if (r < nrows) {
+      const uint32_t j = (rbeg + r) / p.window, i = (rbeg + r) % p.window;
       x = q4[(size_t{i} * p.q_heads + g * group + j) * vecs + c];
     }
     *reinterpret_cast<uint4*>(qs + size_t{r} * l.d_pad + c * 8) = x;
@@ -155,7 +160,7 @@ __global__ void __launch_bounds__(kThreads) AttentionStatsPass1(Pass1Params p) {
         if (tok < tok_end) {
           const size_t off = size_t{tok} * tok_stride + idx % vecs;
           kr[u] = kg[off];
-          vr[u] = vg[off];
+          if (do_norms) vr[u] = vg[off];
         }
       }
     }
@@ -174,7 +179,9 @@ __global__ void __launch_bounds__(kThreads) AttentionStatsPass1(Pass1Params p) {
         // (head_dim 16..256, powers of two) a shuffle tree sums them, because 16 lanes doing
         // shared-memory atomics on one word serialise and cost more than the whole tile's loads.
         float sq = SumSquares<T>(vr[u]);  // zero past tok_end
-        if (32 % vecs == 0) {
+        if (!do_norms) {
+          // block-uniform: this split does not own the value norms
+        } else if (32 % vecs == 0) {
           for (uint32_t off = vecs / 2; off > 0; off /= 2) {
             sq += __shfl_xor_sync(0xffffffffu, sq, off);
           }
@@ -193,22 +200,27 @@ __global__ void __launch_bounds__(kThreads) AttentionStatsPass1(Pass1Params p) {
     __syncthreads();
     if (c0 + kTileTokens < tok_end) load_tile(c0 + kTileTokens);
 
-    // S^T tile [64 tokens][rows_pad] = (Q . K^T)^T on the tensor cores.
+    // S^T tile [64 tokens][rows_pad] = (Q . K^T)^T on the tensor cores. A warp owns one row tile
+    // and half the columns (two 16x16 outputs), so each Q fragment it loads feeds two MMAs.
     const uint32_t row_tiles = l.rows_pad / 16;
-    const uint32_t tiles = row_tiles * (kTileTokens / 16);
-    for (uint32_t tile = tid / 32; tile < tiles; tile += kWarps) {
-      const uint32_t rt = tile / (kTileTokens / 16), ct = tile % (kTileTokens / 16);
-      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-      wmma::fill_fragment(acc, 0.0f);
+    for (uint32_t unit = tid / 32; unit < row_tiles * 2; unit += kWarps) {
+      const uint32_t rt = unit / 2, ct0 = (unit % 2) * 2;
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc0, acc1;
+      wmma::fill_fragment(acc0, 0.0f);
+      wmma::fill_fragment(acc1, 0.0f);
 #pragma unroll 4
       for (uint32_t kk = 0; kk < head_dim; kk += 16) {
         wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b0, b1;
         wmma::load_matrix_sync(a, qs + size_t{rt} * 16 * l.d_pad + kk, l.d_pad);
-        wmma::load_matrix_sync(b, ks + size_t{ct} * 16 * l.d_pad + kk, l.d_pad);
-        wmma::mma_sync(acc, a, b, acc);
+        wmma::load_matrix_sync(b0, ks + size_t{ct0} * 16 * l.d_pad + kk, l.d_pad);
+        wmma::load_matrix_sync(b1, ks + size_t{ct0 + 1} * 16 * l.d_pad + kk, l.d_pad);
+        wmma::mma_sync(acc0, a, b0, acc0);
+        wmma::mma_sync(acc1, a, b1, acc1);
       }
-      wmma::store_matrix_sync(st + size_t{ct} * 16 * l.st_ld + rt * 16, acc, l.st_ld,
+      wmma::store_matrix_sync(st + size_t{ct0} * 16 * l.st_ld + rt * 16, acc0, l.st_ld,
+                              wmma::mem_col_major);
+      wmma::store_matrix_sync(st + size_t{ct0 + 1} * 16 * l.st_ld + rt * 16, acc1, l.st_ld,
                               wmma::mem_col_major);
     }
     const uint32_t tile_end = min(tok_end - c0, uint32_t{kTileTokens});
@@ -242,9 +254,9 @@ __global__ void __launch_bounds__(kThreads) AttentionStatsPass1(Pass1Params p) {
     __syncthreads();
 
     // Walk 1: each row's maximum over the tile's unmasked columns, two threads a row (halves).
-    for (uint32_t item = tid; item < 2 * l.rows; item += kThreads) {
-      const uint32_t r = item % l.rows, half = item / l.rows;
-      const uint32_t pos = p.tokens - p.window + r % p.window;  // causal: sees [0, pos]
+    for (uint32_t item = tid; item < 2 * nrows; item += kThreads) {
+      const uint32_t r = item % nrows, half = item / nrows;
+      const uint32_t pos = p.tokens - p.window + (rbeg + r) % p.window;  // causal: sees [0, pos]
       const uint32_t n_valid = pos >= c0 ? min(tile_end, pos - c0 + 1) : 0;
       const uint32_t t1 = min(n_valid, (half + 1) * (kTileTokens / 2));
       float mx = -INFINITY;
@@ -264,11 +276,14 @@ __global__ void __launch_bounds__(kThreads) AttentionStatsPass1(Pass1Params p) {
     const float* s_cur = state_s + parity * l.rows_pad;
     float* m_nxt = state_m + (parity ^ 1) * l.rows_pad;
     float* s_nxt = state_s + (parity ^ 1) * l.rows_pad;
-    const uint32_t row_items = l.rows * nseg;
-    for (uint32_t item = tid; item < row_items + nseg; item += kThreads) {
-      if (item < row_items) {
-        const uint32_t r = item % l.rows, k = item / l.rows;
-        const uint32_t j = r / p.window, i = r % p.window;
+    // The value-norm items come first: their loops are serial, so they should not be a last
+    // round that the whole block waits for.
+    const uint32_t norm_items = do_norms ? nseg : 0;
+    const uint32_t items = nrows * nseg + norm_items;
+    for (uint32_t item = tid; item < items; item += kThreads) {
+      if (item >= norm_items) {
+        const uint32_t r = (item - norm_items) % nrows, k = (item - norm_items) / nrows;
+        const uint32_t j = (rbeg + r) / p.window, i = (rbeg + r) % p.window;
         const uint32_t pos = p.tokens - p.window + i;
         const uint32_t n_valid = pos >= c0 ? min(tile_end, pos - c0 + 1) : 0;
         const float m_old = m_cur[r];
@@ -291,7 +306,7 @@ __global__ void __launch_bounds__(kThreads) AttentionStatsPass1(Pass1Params p) {
           s_nxt[r] = sum;
         }
       } else {
-        const int k = static_cast<int>(item - row_items);
+        const int k = static_cast<int>(item);
         float acc = k == 0 ? vn_carry[parity] : 0.0f;
         for (int t = seg_begin[k]; t < seg_end[k]; ++t) {
           acc += sqrtf(vn_sq[t]);
@@ -440,15 +455,22 @@ absl::Status LaunchAttentionStats(const AttentionStatsShape& shape,
                      shape.head_dim));
   }
   const uint32_t group = shape.q_heads / shape.kv_heads;
-  const SmemLayout l = MakeLayout(group * shape.window, shape.head_dim);
+  const uint32_t rows_total = group * shape.window;
+  // At most 128 rows a block (about 87 KB of shared memory at head_dim 128). Measured on an H100
+  // (bench/gpu/results/run5): splitting 128 rows into two blocks of 64 was slower (240 us against
+  // 203 us), because registers, not shared memory, hold the kernel to two blocks an SM and each
+  // block then pays the per-tile overhead for half the rows.
+  const uint32_t rows_per_block = std::min<uint32_t>(rows_total, 128);
+  const uint32_t splits = (rows_total + rows_per_block - 1) / rows_per_block;
+  const SmemLayout l = MakeLayout(rows_per_block, shape.head_dim);
   int device = 0, sms = 0, smem_limit = 0;
   if (absl::Status s = CudaStatus(cudaGetDevice(&device), "cudaGetDevice"); !s.ok()) return s;
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
   if (l.bytes > static_cast<size_t>(smem_limit)) {
     return absl::InvalidArgumentError(
-        absl::StrCat("GPU attention stats: (q_heads / kv_heads) x window = ", l.rows, " rows need ",
-                     l.bytes, " bytes of shared memory, the device allows ", smem_limit));
+        absl::StrCat("GPU attention stats: blocks of ", l.rows, " rows need ", l.bytes,
+                     " bytes of shared memory, the device allows ", smem_limit));
   }
   using Pass1Kernel = void (*)(Pass1Params);
   auto pick = [&](auto tag) -> Pass1Kernel {
@@ -479,7 +501,7 @@ absl::Status LaunchAttentionStats(const AttentionStatsShape& shape,
   // fewer, longer blocks cost less, as long as every SM slot is busy.
   const uint64_t slots = static_cast<uint64_t>(std::max(1, sms)) * std::max(1, per_sm);
   uint32_t per_block = static_cast<uint32_t>(
-      std::max<uint64_t>(1, (uint64_t{pages} * shape.kv_heads + slots - 1) / slots));
+      std::max<uint64_t>(1, (uint64_t{pages} * shape.kv_heads * splits + slots - 1) / slots));
   const uint32_t blocks_x = (pages + per_block - 1) / per_block;
 
   Pass1Params p{};
@@ -494,11 +516,12 @@ absl::Status LaunchAttentionStats(const AttentionStatsShape& shape,
   p.tokens_per_page = shape.tokens_per_page;
   p.pages = pages;
   p.pages_per_block = per_block;
+  p.rows_per_block = rows_per_block;
   p.scale_log2 =
       static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(shape.head_dim)));
   p.page_lse = static_cast<float*>(workspace.page_lse_.get());
   p.norm_sum = static_cast<float*>(workspace.norm_sum_.get());
-  kernel<<<dim3(blocks_x, shape.kv_heads), kThreads, l.bytes, stream>>>(p);
+  kernel<<<dim3(blocks_x, shape.kv_heads, splits), kThreads, l.bytes, stream>>>(p);
   if (absl::Status s = CudaStatus(cudaGetLastError(), "attention stats pass 1"); !s.ok()) {
     return s;
   }

@@ -24,6 +24,12 @@ struct PageMeta {
   NamespaceId ns = 0;
   PageClass cls = PageClass::kUnknown;
   uint64_t bytes = 0;
+  // Salt of the page's namespace (NamespaceSalt of its name). Unlike `ns`, it means the same in
+  // the next run: persistent tiers store it so recovered pages find their namespace again.
+  PageKey ns_salt;
+  // Stats snapshot for a persistent tier's index, so a restart warm-starts the ranking.
+  float frequency = 0;
+  uint32_t access_count = 0;
 };
 
 // One page to read or write: its slot and the scattered memory on the other side.
@@ -62,6 +68,12 @@ class TierBackend {
 
   // The slot no longer holds a page (eviction or move); a persistent tier forgets it.
   virtual void Release(uint32_t /*slot*/) {}
+
+  // Host memory that pages will be moved from and to (the DRAM pool), offered once before any
+  // I/O so a backend can register it for zero-copy transfers. Optional: the default ignores it.
+  virtual absl::Status RegisterHostMemory(absl::Span<const MutableBuffer> /*regions*/) {
+    return absl::OkStatus();
+  }
 
   // Persistent tiers report the pages they hold from an earlier run; memory tiers none.
   virtual absl::Status Recover(const std::function<void(const RecoveredPage&)>& /*visit*/) {

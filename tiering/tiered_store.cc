@@ -132,6 +132,20 @@ absl::Status TieredStore::Init() {
   if (!any) return absl::InvalidArgumentError("the store needs at least one tier with slots");
   hbm_backend_name_ = hbm != nullptr ? std::string(hbm->name()) : "none";
   bounce_.resize(bytes);
+  // Host-addressable pools are offered to every backend once, so one that moves pages by DMA
+  // (NVMe over io_uring) can register them and skip a copy; a refusal only costs that copy.
+  std::vector<MutableBuffer> host_pools;
+  for (Tier t : kAllTiers) {
+    const auto& b = backends_[TierIndex(t)];
+    if (b != nullptr && b->HostSlot(0) != nullptr) {
+      host_pools.push_back(
+          MutableBuffer{b->HostSlot(0), uint64_t{b->slot_count()} * b->slot_bytes()});
+    }
+  }
+  for (Tier t : kAllTiers) {
+    auto& backend = backends_[TierIndex(t)];
+    if (backend != nullptr && !host_pools.empty()) (void)backend->RegisterHostMemory(host_pools);
+  }
   // A persistent tier brings back what it held before a restart.
   for (Tier t : kAllTiers) {
     auto& backend = backends_[TierIndex(t)];
@@ -154,11 +168,20 @@ void TieredStore::AdoptRecovered(const RecoveredPage& page) {
   }
   PageEntry e;
   e.ns = page.meta.ns;
+  if (!page.meta.ns_salt.is_null()) {
+    // Bind the page to a placeholder namespace for its salt; AddNamespace claims it by name.
+    auto [it, inserted] = recovered_namespaces_.try_emplace(
+        page.meta.ns_salt, static_cast<NamespaceId>(namespaces_.size()));
+    if (inserted) namespaces_.push_back(NamespaceState{"", page.meta.ns_salt, 0, 0, {}});
+    e.ns = it->second;
+  }
   e.slot = page.slot;
   e.tier = t;
   e.cls = page.meta.cls;
   e.state = PageState::kReady;
   e.stats.insert_ns = e.stats.last_access_ns = Now();
+  e.stats.frequency = page.meta.frequency;
+  e.stats.access_count = page.meta.access_count;
   e.stats.tokens = options_.tokens_per_page;
   if (!index_.Insert(page.meta.key, e)) {
     slots->Free(page.slot);
@@ -193,8 +216,17 @@ absl::StatusOr<NamespaceId> TieredStore::AddNamespace(const std::string& name,
           hbm.has_value() ? hbm->used() - total_sink_used_ : 0, " used by other pages"));
     }
   }
-  const NamespaceId id = static_cast<NamespaceId>(namespaces_.size());
-  namespaces_.push_back(NamespaceState{name, NamespaceSalt(name), sink_slots, 0, {}});
+  const PageKey salt = NamespaceSalt(name);
+  NamespaceId id = static_cast<NamespaceId>(namespaces_.size());
+  if (auto it = recovered_namespaces_.find(salt); it != recovered_namespaces_.end()) {
+    // Pages recovered from a persistent tier were waiting for this name: they keep their id.
+    id = it->second;
+    recovered_namespaces_.erase(it);
+    namespaces_[id].name = name;
+    namespaces_[id].sink_reserved = sink_slots;
+  } else {
+    namespaces_.push_back(NamespaceState{name, salt, sink_slots, 0, {}});
+  }
   namespace_ids_.emplace(name, id);
   total_sink_reserved_ += sink_slots;
   return id;
@@ -346,7 +378,13 @@ absl::Status TieredStore::MoveLocked(const PageKey& key, Tier to, bool into_sink
     return absl::ResourceExhaustedError(
         absl::StrCat("no room in ", TierName(to), " for page ", key.ToHex()));
   }
-  const PageMeta meta{key, e.ns, e.cls, options_.page_bytes};
+  const PageMeta meta{key,
+                      e.ns,
+                      e.cls,
+                      options_.page_bytes,
+                      e.ns < namespaces_.size() ? namespaces_[e.ns].salt : PageKey{},
+                      e.stats.frequency,
+                      e.stats.access_count};
   absl::Status copied =
       CopyBetween(*backends_[TierIndex(e.tier)], e.slot, *backends_[TierIndex(to)], *slot, meta);
   if (!copied.ok()) {
@@ -436,6 +474,7 @@ absl::StatusOr<Tier> TieredStore::Put(NamespaceId ns, const PageKey& key,
   ClassSource source;
   const PageClass cls = ClassifyOnPut(options, &source);
   PageEntry entry;
+  PageKey ns_salt;
   {
     absl::MutexLock lock(&mu_);
     if (ns >= namespaces_.size()) {
@@ -488,13 +527,14 @@ absl::StatusOr<Tier> TieredStore::Put(NamespaceId ns, const PageKey& key,
     entry.in_sink_slot = sink_slot;
     entry.stats.insert_ns = Now();
     entry.stats.tokens = options.tokens != 0 ? options.tokens : options_.tokens_per_page;
+    ns_salt = namespaces_[ns].salt;
     index_.Insert(key, entry);
     if (sink_slot) namespaces_[ns].sinks_in_slots.push_back(key);
     ++pages_by_class_[TierIndex(tier)][static_cast<int>(cls)];
   }
   absl::Status written;
   backends_[TierIndex(entry.tier)]->Write(
-      {SlotWrite{entry.slot, PageMeta{key, ns, cls, options_.page_bytes}, src}},
+      {SlotWrite{entry.slot, PageMeta{key, ns, cls, options_.page_bytes, ns_salt}, src}},
       absl::MakeSpan(&written, 1));
   absl::MutexLock lock(&mu_);
   if (!written.ok()) {

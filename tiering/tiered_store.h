@@ -269,6 +269,9 @@ class TieredStore {
   std::array<std::array<uint32_t, 3>, kNumTiers> pages_by_class_ ABSL_GUARDED_BY(mu_){};
   std::vector<std::byte> bounce_ ABSL_GUARDED_BY(mu_);  // for moves between two non-host tiers
   uint32_t recovered_pages_ = 0;
+  // Namespaces recovered pages belong to, by salt, until AddNamespace claims them by name: the
+  // daemon registers namespaces after Create, in any order, so ids cannot be carried over.
+  absl::flat_hash_map<PageKey, NamespaceId> recovered_namespaces_ ABSL_GUARDED_BY(mu_);
 
   std::unique_ptr<Counters_> counters_;
 };

@@ -27,7 +27,7 @@
 namespace kvtier::testing {
 namespace {
 
-constexpr char kBaseConfig[] = R"(http_address: 127.0.0.1:0
+constexpr char kBaseConfig[] = R"(http_address: ""
 store:
   page_bytes: 32768
   hbm_pages: 8
@@ -523,6 +523,46 @@ TEST(DaemonIntegration, TheCAbiStoresLooksUpAndLoads) {
   EXPECT_EQ(d->Stop(), 0);
 }
 
+TEST(DaemonIntegration, ARestartKeepsTheNvmeTiersPages) {
+  const uint64_t seed = TestSeed();
+  char tmpl[] = "/tmp/kvtier-nvme-XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  const std::string nvme_dir = tmpl;
+  // No HBM, 8 DRAM slots: most of 40 pages are demoted to NVMe as they arrive.
+  const std::string config = absl::StrCat(
+      "http_address: \"\"\nstore:\n  page_bytes: 32768\n  hbm_pages: 0\n  dram_pages: 8\n"
+      "nvme:\n  directories: [",
+      nvme_dir, "]\n  capacity_bytes: ", 64 * (4096 + 32768),
+      "\n"
+      "namespaces:\n  - name: \"test/*\"\n    sink_slots: 0\n");
+  const std::string s = absl::StrCat(seed + 3);
+  {
+    absl::StatusOr<DaemonProcess> d = DaemonProcess::Start(config);
+    ASSERT_TRUE(d.ok()) << d.status();
+    ASSERT_EQ(RunWorker({"store", d->socket_path(), "test/nvme", s, "40"}).exit_code, 0);
+    const wire::StatsReply st = Stats(*d);
+    ASSERT_EQ(st.tiers_size(), 2);
+    std::printf("before restart: %u pages in %s, %u in %s\n", st.tiers(0).used_slots(),
+                st.tiers(0).tier().c_str(), st.tiers(1).used_slots(), st.tiers(1).tier().c_str());
+    EXPECT_GT(st.tiers(1).used_slots(), 0u);
+    EXPECT_EQ(d->Stop(), 0);
+  }
+  absl::StatusOr<DaemonProcess> d = DaemonProcess::Start(config);
+  ASSERT_TRUE(d.ok()) << d.status();
+  const wire::StatsReply st = Stats(*d);
+  ASSERT_EQ(st.tiers_size(), 2);
+  const uint32_t recovered = st.tiers(1).used_slots();
+  EXPECT_GT(recovered, 0u);
+  WorkerResult probe = RunWorker({"probe", d->socket_path(), "test/nvme", s, "40"});
+  ASSERT_EQ(probe.exit_code, 0) << probe.output;
+  std::printf("after restart: %u pages recovered on nvme; worker: %s", recovered,
+              probe.output.c_str());
+  EXPECT_NE(probe.output.find(absl::StrCat("verified ", recovered, " of 40")), std::string::npos)
+      << probe.output;
+  EXPECT_EQ(d->Stop(), 0);
+  std::filesystem::remove_all(nvme_dir);
+}
+
 TEST(DaemonIntegration, ConfigErrorsNameTheKeyAndNvmeIsNotSilentlyDropped) {
   char tmpl[] = "/tmp/kvtier-cfg-XXXXXX";
   ASSERT_NE(::mkdtemp(tmpl), nullptr);
@@ -544,9 +584,10 @@ TEST(DaemonIntegration, ConfigErrorsNameTheKeyAndNvmeIsNotSilentlyDropped) {
   std::tie(code, err) = run("limits:\n  max_inflight: 3\n");
   EXPECT_EQ(code, 2);
   EXPECT_NE(err.find("limits.max_inflight: unknown key"), std::string::npos) << err;
-  std::tie(code, err) = run("nvme:\n  directories: [/tmp]\n  capacity_bytes: 1073741824\n");
+  std::tie(code, err) =
+      run(absl::StrCat("nvme:\n  directories: [", dir, "/nvme]\n  capacity_bytes: 4096\n"));
   EXPECT_EQ(code, 2);
-  EXPECT_NE(err.find("nvme"), std::string::npos) << err;
+  EXPECT_NE(err.find("nvme.capacity_bytes"), std::string::npos) << err;
   std::filesystem::remove_all(dir);
 }
 

@@ -1,0 +1,317 @@
+// GPU benchmarks of kernels/ and CudaCopyEngine against named baselines measured in the same run:
+//   1. HBM <-> pinned DRAM, scattered pages of 16/32/64 KiB pieces, vs ONE large pinned
+//      cudaMemcpyAsync of the same bytes (and per-piece cudaMemcpyAsync, cudaMemcpyBatchAsync, the
+//      copy kernel at SM budgets 1..all, and the CudaCopyEngine as configured by default);
+//   2. HBM <-> HBM page gathers vs one device-to-device cudaMemcpyAsync of the same bytes;
+//   3. attention statistics on a 32k-token sequence vs the time to read K and V once at the
+//      device bandwidth measured by a large device-to-device copy (read + write bytes).
+// Prints a table, then one machine-readable `BENCH key=value ...` line per figure.
+// Usage: kvtier_gpu_bench [--total_mib=512] [--reps=5] [--attn_only]
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/attention_stats.h"
+#include "kernels/copy_batch.h"
+#include "kernels/cuda/gpu_kernels.h"
+#include "kernels/half_float.h"
+#include "tiering/cuda_copy_engine.h"
+
+namespace kvtier {
+namespace {
+
+using kernels::CopyDescriptor;
+using kernels::DeviceBuffer;
+
+#define CHECK_CUDA(x)                                                                         \
+  do {                                                                                        \
+    cudaError_t e_ = (x);                                                                     \
+    if (e_ != cudaSuccess) {                                                                  \
+      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
+      std::exit(1);                                                                           \
+    }                                                                                         \
+  } while (0)
+#define CHECK_OK(x)                                                                  \
+  do {                                                                               \
+    absl::Status s_ = (x);                                                           \
+    if (!s_.ok()) {                                                                  \
+      std::fprintf(stderr, "%s:%d %s\n", __FILE__, __LINE__, s_.ToString().c_str()); \
+      std::exit(1);                                                                  \
+    }                                                                                \
+  } while (0)
+
+// Median seconds of `reps` timed runs after one warm-up, timed with events on `stream`.
+double TimeIt(cudaStream_t stream, int reps, const std::function<void()>& body) {
+  cudaEvent_t a, b;
+  CHECK_CUDA(cudaEventCreate(&a));
+  CHECK_CUDA(cudaEventCreate(&b));
+  body();
+  CHECK_CUDA(cudaStreamSynchronize(stream));
+  std::vector<double> t;
+  for (int r = 0; r < reps; ++r) {
+    CHECK_CUDA(cudaEventRecord(a, stream));
+    body();
+    CHECK_CUDA(cudaEventRecord(b, stream));
+    CHECK_CUDA(cudaEventSynchronize(b));
+    float ms = 0;
+    CHECK_CUDA(cudaEventElapsedTime(&ms, a, b));
+    t.push_back(ms / 1e3);
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+// Median wall-clock seconds of `reps` runs of a synchronous `body` after one warm-up (for the
+// engine, which runs on its own stream and returns when the bytes have landed).
+double TimeHost(int reps, const std::function<void()>& body) {
+  body();
+  std::vector<double> t;
+  for (int r = 0; r < reps; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    body();
+    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+struct Row {
+  std::string section, dir, method;
+  uint64_t piece_kib = 0;
+  int sm = -1;  // -1: not a kernel
+  double gbps = 0, baseline_gbps = 0;
+};
+std::vector<Row> rows;
+
+void Record(const Row& r) {
+  rows.push_back(r);
+  std::printf(
+      "BENCH section=%s dir=%s piece_kib=%llu method=%s sm=%d gbps=%.2f baseline_gbps=%.2f "
+      "ratio=%.3f\n",
+      r.section.c_str(), r.dir.c_str(), static_cast<unsigned long long>(r.piece_kib),
+      r.method.c_str(), r.sm, r.gbps, r.baseline_gbps, r.gbps / r.baseline_gbps);
+  std::fflush(stdout);
+}
+
+int Main(int argc, char** argv) {
+  size_t total_mib = 512;
+  int reps = 5;
+  bool attn_only = false;  // --attn_only: just the attention statistics (for profiling)
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--attn_only") == 0) attn_only = true;
+    if (std::strncmp(argv[i], "--total_mib=", 12) == 0) total_mib = std::atoi(argv[i] + 12);
+    if (std::strncmp(argv[i], "--reps=", 7) == 0) reps = std::atoi(argv[i] + 7);
+  }
+  const size_t total = total_mib << 20;
+  cudaDeviceProp prop{};
+  CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
+  int driver = 0, runtime = 0;
+  cudaDriverGetVersion(&driver);
+  cudaRuntimeGetVersion(&runtime);
+  std::printf("device: %s, %d SMs, driver API %d, runtime %d, total per copy %zu MiB\n", prop.name,
+              prop.multiProcessorCount, driver, runtime, total_mib);
+  const uint64_t seed = std::random_device{}();
+  std::printf("seed: %llu\n", static_cast<unsigned long long>(seed));
+  std::mt19937_64 rng(seed);
+
+  cudaStream_t stream;
+  CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  void* host = nullptr;
+  CHECK_CUDA(cudaMallocHost(&host, total));
+  for (size_t i = 0; i < total; i += 8) {
+    const uint64_t x = rng();
+    std::memcpy(static_cast<char*>(host) + i, &x, 8);
+  }
+  // The worker's KV memory is twice the batch: pieces sit at shuffled, non-adjacent blocks.
+  auto worker = DeviceBuffer::Allocate(2 * total);
+  auto slots = DeviceBuffer::Allocate(total);
+  CHECK_OK(worker.status());
+  CHECK_OK(slots.status());
+  CHECK_CUDA(cudaMemset(worker->get(), 0x5a, 2 * total));
+  CHECK_CUDA(cudaMemset(slots->get(), 0x3c, total));
+  auto descs = DeviceBuffer::Allocate(sizeof(CopyDescriptor) * (total / 16384 + 16));
+  CHECK_OK(descs.status());
+
+  const int budgets[] = {1, 2, 4, 8, 16, 32, 0};
+  CudaCopyEngineOptions engine_options;  // defaults: SM budget 16, methods by calibration
+  auto engine = CudaCopyEngine::Create(engine_options);
+  CHECK_OK(engine.status());
+  std::printf("\nCudaCopyEngine calibration (16 MiB samples, reversed pieces):\n");
+  for (const CopyCalibration& c : (*engine)->calibration()) {
+    std::printf("  %s %4llu KiB: kernel %6.1f  batch %6.1f  per-run %6.1f GB/s -> %s\n",
+                std::string(CopyRouteName(c.route)).c_str(),
+                static_cast<unsigned long long>(c.piece_bytes >> 10), c.kernel_gbps, c.batch_gbps,
+                c.per_run_gbps, std::string(CudaCopyMethodName(c.chosen)).c_str());
+  }
+  std::printf("\n");
+
+  auto* host_b = static_cast<std::byte*>(host);
+  auto* worker_b = static_cast<std::byte*>(worker->get());
+  auto* slots_b = static_cast<std::byte*>(slots->get());
+  const double gb = static_cast<double>(total) / 1e9;
+
+  // --- 1 and 2: scattered pieces ---
+  for (int dir = 0; dir < (attn_only ? 0 : 4);
+       ++dir) {  // 0 h2d (scatter), 1 d2h (gather), 2 d2d gather, 3 d2d scatter
+    const char* dir_name[] = {"h2d", "d2h", "d2d_gather", "d2d_scatter"};
+    const bool d2d = dir >= 2;
+    std::byte* contiguous = d2d ? slots_b : host_b;
+    double baseline = 0;
+    if (!d2d) {
+      baseline =
+          gb / TimeIt(stream, reps, [&] {
+            if (dir == 0) {
+              CHECK_CUDA(cudaMemcpyAsync(worker_b, host_b, total, cudaMemcpyHostToDevice, stream));
+            } else {
+              CHECK_CUDA(cudaMemcpyAsync(host_b, worker_b, total, cudaMemcpyDeviceToHost, stream));
+            }
+          });
+    } else {
+      baseline = gb / TimeIt(stream, reps, [&] {
+                   CHECK_CUDA(cudaMemcpyAsync(slots_b, worker_b + total, total,
+                                              cudaMemcpyDeviceToDevice, stream));
+                 });
+    }
+    Record({d2d ? "hbm_hbm" : "hbm_dram", dir_name[dir], "one_large_memcpy", 0, -1, baseline,
+            baseline});
+    for (uint64_t piece_kib : {16, 32, 64}) {
+      const uint64_t piece = piece_kib << 10;
+      const size_t n = total / piece;
+      std::vector<size_t> blocks(2 * n);
+      std::iota(blocks.begin(), blocks.end(), 0);
+      std::shuffle(blocks.begin(), blocks.end(), rng);
+      std::vector<CopyDescriptor> list(n);
+      std::vector<CopyOp> ops(n);
+      std::vector<void*> dsts(n);
+      std::vector<const void*> srcs(n);
+      std::vector<size_t> sizes(n, piece);
+      for (size_t i = 0; i < n; ++i) {
+        std::byte* w = worker_b + blocks[i] * piece;
+        std::byte* c = contiguous + i * piece;
+        const bool to_worker = dir == 0 || dir == 3;
+        list[i] = {to_worker ? c : w, to_worker ? w : c, piece};
+        ops[i] = {to_worker ? w : c, to_worker ? c : w, piece};
+        dsts[i] = ops[i].dst;
+        srcs[i] = ops[i].src;
+      }
+      CHECK_OK(kernels::ValidateCopyBatch(list));
+      CHECK_CUDA(cudaMemcpy(descs->get(), list.data(), n * sizeof(CopyDescriptor),
+                            cudaMemcpyHostToDevice));
+      const char* section = d2d ? "hbm_hbm" : "hbm_dram";
+      const int slow_reps = std::max(1, reps / 2);
+      double t = TimeIt(stream, slow_reps, [&] {
+        for (size_t i = 0; i < n; ++i) {
+          CHECK_CUDA(cudaMemcpyAsync(dsts[i], srcs[i], piece, cudaMemcpyDefault, stream));
+        }
+      });
+      Record({section, dir_name[dir], "per_piece_memcpy", piece_kib, -1, gb / t, baseline});
+      cudaMemcpyAttributes attr{};
+      attr.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
+      size_t attr_idx = 0;
+      t = TimeIt(stream, reps, [&] {
+        CHECK_CUDA(cudaMemcpyBatchAsync(dsts.data(), srcs.data(), sizes.data(), n, &attr, &attr_idx,
+                                        1, stream));
+      });
+      Record({section, dir_name[dir], "memcpy_batch", piece_kib, -1, gb / t, baseline});
+      for (int budget : budgets) {
+        kernels::GpuCopyOptions opt;
+        opt.sm_budget = budget;
+        t = TimeIt(stream, reps, [&] {
+          CHECK_OK(kernels::LaunchCopyBatch(static_cast<const CopyDescriptor*>(descs->get()),
+                                            static_cast<uint32_t>(n), piece, opt, stream));
+        });
+        Record({section, dir_name[dir], "kernel", piece_kib,
+                budget == 0 ? prop.multiProcessorCount : budget, gb / t, baseline});
+      }
+      // The engine as the daemon would use it: descriptor staging + upload + launch + sync,
+      // with the route's method from its calibration.
+      const CopyRoute route = dir == 0   ? CopyRoute::kHostToDevice
+                              : dir == 1 ? CopyRoute::kDeviceToHost
+                                         : CopyRoute::kDeviceToDevice;
+      const std::string m =
+          "engine_" + std::string(CudaCopyMethodName((*engine)->MethodFor(route, piece)));
+      t = TimeHost(reps, [&] { CHECK_OK((*engine)->CopyWith(route, CudaCopyMethod::kAuto, ops)); });
+      Record({section, dir_name[dir], m, piece_kib, engine_options.kernel.sm_budget, gb / t,
+              baseline});
+    }
+  }
+
+  // --- 3: attention statistics ---
+  {
+    kernels::AttentionStatsShape s{32768, 32, 8, 128, 32, 16, kernels::KvDType::kBF16};
+    const size_t nq = size_t{s.window} * s.q_heads * s.head_dim;
+    const size_t nkv = size_t{s.tokens} * s.kv_heads * s.head_dim;
+    std::vector<uint16_t> hq(nq), hkv(nkv);
+    std::normal_distribution<float> n01(0, 1);
+    for (auto& x : hq) x = kernels::FloatToBf16(n01(rng));
+    auto dq = DeviceBuffer::Allocate(nq * 2);
+    auto dk = DeviceBuffer::Allocate(nkv * 2);
+    auto dv = DeviceBuffer::Allocate(nkv * 2);
+    const uint32_t pages = kernels::AttentionStatsPageCount(s);
+    auto dout = DeviceBuffer::Allocate(pages * sizeof(kernels::PageAttentionStats));
+    CHECK_OK(dq.status());
+    CHECK_OK(dk.status());
+    CHECK_OK(dv.status());
+    CHECK_OK(dout.status());
+    CHECK_CUDA(cudaMemcpy(dq->get(), hq.data(), nq * 2, cudaMemcpyHostToDevice));
+    for (auto& x : hkv) x = kernels::FloatToBf16(n01(rng));
+    CHECK_CUDA(cudaMemcpy(dk->get(), hkv.data(), nkv * 2, cudaMemcpyHostToDevice));
+    for (auto& x : hkv) x = kernels::FloatToBf16(0.5f * n01(rng));
+    CHECK_CUDA(cudaMemcpy(dv->get(), hkv.data(), nkv * 2, cudaMemcpyHostToDevice));
+    auto ws = kernels::AttentionStatsWorkspace::Create(s);
+    CHECK_OK(ws.status());
+    const double t_attn = TimeIt(stream, 20, [&] {
+      CHECK_OK(kernels::LaunchAttentionStats(s, {}, dq->get(), dk->get(), dv->get(),
+                                             static_cast<kernels::PageAttentionStats*>(dout->get()),
+                                             *ws, stream));
+    });
+    // Device bandwidth: a 1 GiB device-to-device copy, bytes read + bytes written. Rotating
+    // through 2 GiB keeps it out of the 50 MB L2.
+    const size_t big = size_t{1} << 30;
+    auto a = DeviceBuffer::Allocate(big);
+    auto b = DeviceBuffer::Allocate(big);
+    CHECK_OK(a.status());
+    CHECK_OK(b.status());
+    const double t_copy = TimeIt(stream, reps, [&] {
+      CHECK_CUDA(cudaMemcpyAsync(b->get(), a->get(), big, cudaMemcpyDeviceToDevice, stream));
+    });
+    const double bw = 2.0 * big / t_copy;
+    const double kv_bytes = 2.0 * nkv * 2;
+    const double t_read = kv_bytes / bw;
+    std::printf(
+        "BENCH section=attention_stats tokens=%u q_heads=%u kv_heads=%u head_dim=%u window=%u "
+        "tokens_per_page=%u us=%.1f device_bw_gbps=%.0f kv_read_us=%.1f ratio=%.2f\n",
+        s.tokens, s.q_heads, s.kv_heads, s.head_dim, s.window, s.tokens_per_page, t_attn * 1e6,
+        bw / 1e9, t_read * 1e6, t_attn / t_read);
+    std::fflush(stdout);
+  }
+
+  // --- table ---
+  std::printf("\n%-9s %-12s %6s %-22s %5s %9s %9s %7s\n", "section", "dir", "piece", "method",
+              "SMs", "GB/s", "baseline", "ratio");
+  for (const Row& r : rows) {
+    std::printf("%-9s %-12s %6llu %-22s %5s %9.2f %9.2f %7.3f\n", r.section.c_str(), r.dir.c_str(),
+                static_cast<unsigned long long>(r.piece_kib), r.method.c_str(),
+                r.sm < 0 ? "-" : std::to_string(r.sm).c_str(), r.gbps, r.baseline_gbps,
+                r.gbps / r.baseline_gbps);
+  }
+  CHECK_CUDA(cudaFreeHost(host));
+  cudaStreamDestroy(stream);
+  return 0;
+}
+
+}  // namespace
+}  // namespace kvtier
+
+int main(int argc, char** argv) { return kvtier::Main(argc, argv); }

@@ -1,0 +1,91 @@
+// CUDA versions of the kernels in kernels/: the batched gather/scatter copy and the attention
+// statistics. Built only when KVTIER_HAVE_CUDA; the CPU twins (copy_batch.h, attention_stats.h)
+// define what each computes and the tests hold these to them.
+//
+// Every launch is stream-ordered and returns after enqueueing; errors of the launch itself come
+// back as a Status, errors of the kernel surface at the next synchronisation.
+// Thread model: free functions; DeviceBuffer and AttentionStatsWorkspace are single-owner objects.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kernels/attention_stats.h"
+#include "kernels/copy_batch.h"
+
+namespace kvtier::kernels {
+
+// "cudaMalloc(1024 bytes): out of memory"-style Status from a CUDA error code.
+absl::Status CudaStatus(cudaError_t e, const char* what);
+
+// RAII device allocation (cudaMalloc / cudaFree). Move-only.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  static absl::StatusOr<DeviceBuffer> Allocate(size_t bytes);
+  ~DeviceBuffer();
+  DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(o.ptr_), bytes_(o.bytes_) {
+    o.ptr_ = nullptr;
+    o.bytes_ = 0;
+  }
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+  void* get() const { return ptr_; }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+struct GpuCopyOptions {
+  // Streaming multiprocessors the copy may occupy: the kernel launches at most this many blocks
+  // (one block runs on one SM), so the inference kernels beside it keep the rest. Default 16 of
+  // an H100's 132. 0 means every SM of the device.
+  int sm_budget = 16;
+  // Threads per block. 1024 keeps a whole SM's worth of loads in flight from one block.
+  int threads_per_block = 1024;
+};
+
+// Launches the gather/scatter kernel over `count` descriptors that live in DEVICE memory (or
+// mapped pinned host memory). Each descriptor's src and dst may be device memory or mapped pinned
+// host memory (zero-copy over PCIe). The caller must have validated the batch with
+// ValidateCopyBatch (the kernel trusts the 16-byte rule). `max_piece_bytes` bounds the largest
+// descriptor and decides how many warps cooperate on one descriptor.
+absl::Status LaunchCopyBatch(const CopyDescriptor* device_descriptors, uint32_t count,
+                             uint64_t max_piece_bytes, const GpuCopyOptions& options,
+                             cudaStream_t stream);
+
+// Scratch memory for one shape of LaunchAttentionStats; reuse it across launches of that shape.
+class AttentionStatsWorkspace {
+ public:
+  static absl::StatusOr<AttentionStatsWorkspace> Create(const AttentionStatsShape& shape);
+  const AttentionStatsShape& shape() const { return shape_; }
+
+ private:
+  friend absl::Status LaunchAttentionStats(const AttentionStatsShape&, const AttentionStatsOptions&,
+                                           const void*, const void*, const void*,
+                                           PageAttentionStats*, AttentionStatsWorkspace&,
+                                           cudaStream_t);
+  AttentionStatsShape shape_;
+  DeviceBuffer page_lse_;  // [q_heads * window][pages] log2-sum-exp of each page's logits
+  DeviceBuffer row_lse_;   // [q_heads * window] log2-sum-exp over the whole sequence
+  DeviceBuffer norm_sum_;  // [pages][kv_heads] sum of value-vector norms
+};
+
+// The attention-statistics kernel: one pass over K (tensor-core Q.K^T per 64-token tile, online
+// softmax per page) and V (norms), then two small passes over the per-page partial sums.
+// q, k, v, out are device pointers; `out` holds AttentionStatsPageCount(shape) entries.
+// Needs head_dim % 16 == 0 and head_dim <= 256.
+absl::Status LaunchAttentionStats(const AttentionStatsShape& shape,
+                                  const AttentionStatsOptions& options, const void* q,
+                                  const void* k, const void* v, PageAttentionStats* out,
+                                  AttentionStatsWorkspace& workspace, cudaStream_t stream);
+
+}  // namespace kvtier::kernels

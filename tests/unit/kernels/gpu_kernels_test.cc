@@ -1,0 +1,328 @@
+// GPU tests of kernels/ and CudaCopyEngine, run on a GPU machine by scripts/gpu/run (never in CI).
+// Copies must be bit-exact against the CPU twin; attention statistics within the documented bound
+// of the float64 reference; outputs are poisoned first so that an unwritten element fails.
+#include "kernels/cuda/gpu_kernels.h"
+
+#include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "kernels/attention_stats.h"
+#include "kernels/copy_batch.h"
+#include "tests/unit/kernels/test_util.h"
+#include "tiering/copy_plan.h"
+#include "tiering/cuda_copy_engine.h"
+
+namespace kvtier::kernels {
+namespace {
+
+#define ASSERT_CUDA(x) ASSERT_EQ(cudaSuccess, (x)) << #x << ": " << cudaGetErrorString(x)
+
+// RAII pinned host memory (cudaMallocHost: mapped, so the kernel can read and write it).
+struct Pinned {
+  explicit Pinned(size_t n) : bytes(n) { EXPECT_EQ(cudaSuccess, cudaMallocHost(&p, n)); }
+  ~Pinned() { cudaFreeHost(p); }
+  unsigned char* get() const { return static_cast<unsigned char*>(p); }
+  void* p = nullptr;
+  size_t bytes;
+};
+
+struct Stream {
+  Stream() { EXPECT_EQ(cudaSuccess, cudaStreamCreate(&s)); }
+  ~Stream() { cudaStreamDestroy(s); }
+  cudaStream_t s = nullptr;
+};
+
+// A random batch over [0, bytes): shuffled pieces of random 16-byte multiples.
+struct Batch {
+  std::vector<uint64_t> src_off, dst_off, len;
+};
+Batch RandomBatch(std::mt19937_64& rng, size_t bytes, uint64_t max_piece) {
+  Batch b;
+  size_t used = 0;
+  while (true) {
+    const uint64_t len = 16 * (1 + rng() % (max_piece / 16));
+    if (used + len > bytes) break;
+    b.len.push_back(len);
+    b.src_off.push_back(used);
+    used += len;
+  }
+  std::vector<size_t> order(b.len.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::shuffle(order.begin(), order.end(), rng);
+  b.dst_off.resize(b.len.size());
+  for (size_t k = 0, o = 0; k < order.size(); o += b.len[order[k]], ++k) b.dst_off[order[k]] = o;
+  return b;
+}
+
+TEST(GpuCopyTest, BitExactOnEveryRouteAndBudget) {
+  std::mt19937_64 rng(testing::TestSeed("GpuCopyTest.BitExactOnEveryRouteAndBudget"));
+  const size_t bytes = size_t{8} << 20;
+  Pinned host_src(bytes), host_dst(bytes), expect(bytes);
+  auto dev_src = DeviceBuffer::Allocate(bytes);
+  auto dev_dst = DeviceBuffer::Allocate(bytes);
+  ASSERT_TRUE(dev_src.ok() && dev_dst.ok());
+  auto descs = DeviceBuffer::Allocate(sizeof(CopyDescriptor) * (bytes / 16));
+  ASSERT_TRUE(descs.ok());
+  Stream stream;
+  for (size_t i = 0; i < bytes; ++i) host_src.get()[i] = static_cast<unsigned char>(rng());
+  ASSERT_CUDA(cudaMemcpy(dev_src->get(), host_src.get(), bytes, cudaMemcpyHostToDevice));
+  std::vector<unsigned char> readback(bytes);
+  const uint64_t max_pieces[] = {16, 4096, 16384 + 16 * 7, 65536, 262144};
+  const int budgets[] = {1, 16, 0};
+  int round = 0;
+  for (int route = 0; route < 3; ++route) {  // 0: H2D, 1: D2H, 2: D2D
+    for (uint64_t max_piece : max_pieces) {
+      const int budget = budgets[round++ % 3];
+      SCOPED_TRACE(::testing::Message()
+                   << "route " << route << " max_piece " << max_piece << " sm_budget " << budget);
+      const Batch b = RandomBatch(rng, bytes, max_piece);
+      auto* src = static_cast<unsigned char*>(route == 0 ? host_src.p : dev_src->get());
+      auto* dst = static_cast<unsigned char*>(route == 1 ? host_dst.p : dev_dst->get());
+      std::vector<CopyDescriptor> list, cpu_list;
+      uint64_t max_len = 0;
+      for (size_t i = 0; i < b.len.size(); ++i) {
+        list.push_back({src + b.src_off[i], dst + b.dst_off[i], b.len[i]});
+        cpu_list.push_back({host_src.get() + b.src_off[i], expect.get() + b.dst_off[i], b.len[i]});
+        max_len = std::max(max_len, b.len[i]);
+      }
+      ASSERT_LE(list.size(), bytes / 16);
+      ASSERT_TRUE(ValidateCopyBatch(list).ok());
+      std::memset(expect.get(), 0xA5, bytes);
+      ASSERT_TRUE(CopyBatchCpu(cpu_list).ok());
+      // Poison the destination.
+      if (route == 1) {
+        std::memset(host_dst.get(), 0xA5, bytes);
+      } else {
+        ASSERT_CUDA(cudaMemset(dev_dst->get(), 0xA5, bytes));
+      }
+      ASSERT_CUDA(cudaMemcpy(descs->get(), list.data(), list.size() * sizeof(CopyDescriptor),
+                             cudaMemcpyHostToDevice));
+      GpuCopyOptions opt;
+      opt.sm_budget = budget;
+      ASSERT_TRUE(LaunchCopyBatch(static_cast<const CopyDescriptor*>(descs->get()),
+                                  static_cast<uint32_t>(list.size()), max_len, opt, stream.s)
+                      .ok());
+      ASSERT_CUDA(cudaStreamSynchronize(stream.s));
+      if (route == 1) {
+        std::memcpy(readback.data(), host_dst.get(), bytes);
+      } else {
+        ASSERT_CUDA(cudaMemcpy(readback.data(), dev_dst->get(), bytes, cudaMemcpyDeviceToHost));
+      }
+      ASSERT_EQ(0, std::memcmp(readback.data(), expect.get(), bytes));
+    }
+  }
+  // An empty batch launches nothing and succeeds.
+  EXPECT_TRUE(LaunchCopyBatch(nullptr, 0, 0, {}, stream.s).ok());
+}
+
+struct AttnCase {
+  AttentionStatsShape shape;
+  const char* name;
+};
+
+TEST(GpuAttentionStatsTest, MatchesFloat64ReferenceWithPoisonedOutput) {
+  std::mt19937_64 rng(testing::TestSeed("GpuAttentionStatsTest"));
+  const AttnCase cases[] = {
+      {{4096, 32, 8, 128, 32, 16, KvDType::kBF16}, "llama-8b-like bf16"},
+      {{1000, 32, 8, 128, 32, 16, KvDType::kFP16}, "fp16, partial last page"},
+      {{777, 8, 2, 64, 5, 7, KvDType::kBF16}, "odd: tpp 7, window 5, d 64"},
+      {{300, 4, 4, 32, 3, 100, KvDType::kFP16}, "pages longer than a tile"},
+      {{129, 6, 3, 80, 9, 1, KvDType::kBF16}, "one token a page, d 80"},
+  };
+  Stream stream;
+  for (const AttnCase& c : cases) {
+    const AttentionStatsShape& s = c.shape;
+    SCOPED_TRACE(c.name);
+    const size_t nq = size_t{s.window} * s.q_heads * s.head_dim;
+    const size_t nkv = size_t{s.tokens} * s.kv_heads * s.head_dim;
+    const auto q = testing::RandomHalves(rng, nq, s.dtype, 1.0f);
+    const auto k = testing::RandomHalves(rng, nkv, s.dtype, 1.0f);
+    const auto v = testing::RandomHalves(rng, nkv, s.dtype, 0.5f);
+    const uint32_t pages = AttentionStatsPageCount(s);
+    AttentionStatsOptions opt;
+    opt.breadth_threshold = 2.0f / pages;
+    std::vector<PageAttentionStats> ref(pages), got(pages);
+    ASSERT_TRUE(
+        ComputeAttentionStatsReference(s, opt, q.data(), k.data(), v.data(), absl::MakeSpan(ref))
+            .ok());
+    auto dq = DeviceBuffer::Allocate(nq * 2);
+    auto dk = DeviceBuffer::Allocate(nkv * 2);
+    auto dv = DeviceBuffer::Allocate(nkv * 2);
+    auto dout = DeviceBuffer::Allocate(pages * sizeof(PageAttentionStats));
+    ASSERT_TRUE(dq.ok() && dk.ok() && dv.ok() && dout.ok());
+    ASSERT_CUDA(cudaMemcpy(dq->get(), q.data(), nq * 2, cudaMemcpyHostToDevice));
+    ASSERT_CUDA(cudaMemcpy(dk->get(), k.data(), nkv * 2, cudaMemcpyHostToDevice));
+    ASSERT_CUDA(cudaMemcpy(dv->get(), v.data(), nkv * 2, cudaMemcpyHostToDevice));
+    ASSERT_CUDA(cudaMemset(dout->get(), 0xFF, pages * sizeof(PageAttentionStats)));  // NaNs
+    auto ws = AttentionStatsWorkspace::Create(s);
+    ASSERT_TRUE(ws.ok()) << ws.status();
+    const absl::Status st =
+        LaunchAttentionStats(s, opt, dq->get(), dk->get(), dv->get(),
+                             static_cast<PageAttentionStats*>(dout->get()), *ws, stream.s);
+    ASSERT_TRUE(st.ok()) << st;
+    ASSERT_CUDA(cudaStreamSynchronize(stream.s));
+    ASSERT_CUDA(cudaMemcpy(got.data(), dout->get(), pages * sizeof(PageAttentionStats),
+                           cudaMemcpyDeviceToHost));
+    double max_mass_err = 0;
+    int breadth_off = 0;
+    for (uint32_t p = 0; p < pages; ++p) {
+      ASSERT_TRUE(std::isfinite(got[p].mass) && std::isfinite(got[p].breadth) &&
+                  std::isfinite(got[p].value_norm) && std::isfinite(got[p].mass_entropy))
+          << "page " << p << " left unwritten or NaN";
+      const double bound = 1e-3 * std::max(ref[p].mass, 1.0f / pages) + 1e-6;
+      max_mass_err = std::max(max_mass_err, std::abs(got[p].mass - ref[p].mass) / bound);
+      EXPECT_NEAR(got[p].mass, ref[p].mass, bound) << "page " << p;
+      EXPECT_NEAR(got[p].value_norm, ref[p].value_norm, 1e-4 * ref[p].value_norm) << "page " << p;
+      EXPECT_NEAR(got[p].mass_entropy, ref[p].mass_entropy, 1e-3) << "page " << p;
+      const double pair = 1.0 / (double(s.window) * s.q_heads);
+      if (std::abs(got[p].breadth - ref[p].breadth) > 1e-6) ++breadth_off;
+      EXPECT_NEAR(got[p].breadth, ref[p].breadth, pair + 1e-6) << "page " << p;
+    }
+    std::printf("[attn] %s: pages=%u max mass error = %.3f of bound, breadth off on %d pages\n",
+                c.name, pages, max_mass_err, breadth_off);
+  }
+}
+
+TEST(GpuAttentionStatsTest, RejectsShapesTheKernelCannotRun) {
+  AttentionStatsShape s{64, 4, 2, 24, 4, 16, KvDType::kBF16};  // head_dim not a multiple of 16
+  auto ws = AttentionStatsWorkspace::Create(s);
+  ASSERT_TRUE(ws.ok());
+  EXPECT_EQ(LaunchAttentionStats(s, {}, nullptr, nullptr, nullptr, nullptr, *ws, nullptr).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(CudaCopyEngineTest, CalibratesAndCopiesMixedBatchesExactly) {
+  std::mt19937_64 rng(testing::TestSeed("CudaCopyEngineTest"));
+  CudaCopyEngineOptions options;
+  options.calibration_bytes = size_t{4} << 20;  // small: this also runs under memcheck
+  auto engine = CudaCopyEngine::Create(options);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  for (const CopyCalibration& c : (*engine)->calibration()) {
+    std::printf("[calibration] %s %6llu KiB: kernel %.1f batch %.1f per-run %.1f GB/s -> %s\n",
+                std::string(CopyRouteName(c.route)).c_str(),
+                static_cast<unsigned long long>(c.piece_bytes >> 10), c.kernel_gbps, c.batch_gbps,
+                c.per_run_gbps, std::string(CudaCopyMethodName(c.chosen)).c_str());
+    EXPECT_GT(c.kernel_gbps, 0);
+    EXPECT_GT(c.batch_gbps, 0);
+    EXPECT_GT(c.per_run_gbps, 0);
+  }
+  EXPECT_EQ((*engine)->calibration().size(), 9u);
+
+  // One batch mixing every route, pageable host memory and an unaligned op; all must land.
+  const size_t n = size_t{8} << 20;
+  Pinned pinned_a(n), pinned_b(n);
+  std::vector<unsigned char> pageable_a(n), pageable_b(n, 0xA5);
+  auto dev_a = DeviceBuffer::Allocate(n);
+  auto dev_b = DeviceBuffer::Allocate(n);
+  ASSERT_TRUE(dev_a.ok() && dev_b.ok());
+  for (size_t i = 0; i < n; ++i) {
+    pinned_a.get()[i] = static_cast<unsigned char>(rng());
+    pageable_a[i] = static_cast<unsigned char>(rng());
+  }
+  std::memset(pinned_b.get(), 0xA5, n);
+  ASSERT_CUDA(cudaMemcpy(dev_a->get(), pageable_a.data(), n, cudaMemcpyHostToDevice));
+  ASSERT_CUDA(cudaMemset(dev_b->get(), 0xA5, n));
+  (*engine)->RegisterRegion(dev_a->get(), n, MemoryKind::kDevice);
+  auto* da = static_cast<unsigned char*>(dev_a->get());
+  auto* db = static_cast<unsigned char*>(dev_b->get());
+  const size_t q = n / 4;
+  std::vector<CopyOp> ops = {
+      {db, pinned_a.get(), q},                             // h2d
+      {pinned_b.get(), da, q},                             // d2h
+      {db + q, da + q, q},                                 // d2d
+      {pinned_b.get() + q, pinned_a.get() + q, q},         // h2h
+      {pageable_b.data(), da + 2 * q, q},                  // d2h into pageable memory
+      {db + 2 * q + 3, pinned_a.get() + 2 * q + 5, 1001},  // unaligned h2d
+  };
+  const uint64_t fallbacks_before = (*engine)->fallbacks();
+  ASSERT_TRUE((*engine)->Copy(ops).ok());
+  // The pageable op always falls back; the unaligned one only where h2d takes the kernel.
+  const bool h2d_kernel =
+      (*engine)->MethodFor(CopyRoute::kHostToDevice, (q + 1001) / 2) == CudaCopyMethod::kKernel;
+  EXPECT_EQ((*engine)->fallbacks(), fallbacks_before + 1 + (h2d_kernel ? 1 : 0));
+  std::vector<unsigned char> got_b(n);
+  ASSERT_CUDA(cudaMemcpy(got_b.data(), db, n, cudaMemcpyDeviceToHost));
+  EXPECT_EQ(0, std::memcmp(got_b.data(), pinned_a.get(), q));
+  EXPECT_EQ(0, std::memcmp(pinned_b.get(), pageable_a.data(), q));
+  EXPECT_EQ(0, std::memcmp(got_b.data() + q, pageable_a.data() + q, q));
+  EXPECT_EQ(0, std::memcmp(pinned_b.get() + q, pinned_a.get() + q, q));
+  EXPECT_EQ(0, std::memcmp(pageable_b.data(), pageable_a.data() + 2 * q, q));
+  EXPECT_EQ(0, std::memcmp(got_b.data() + 2 * q + 3, pinned_a.get() + 2 * q + 5, 1001));
+  EXPECT_EQ(got_b[2 * q + 2], 0xA5);
+  EXPECT_EQ(got_b[2 * q + 3 + 1001], 0xA5);
+}
+
+TEST(CudaCopyEngineTest, PagesRoundTripThroughPinnedSlotsWithEveryMethod) {
+  std::mt19937_64 rng(testing::TestSeed("PagesRoundTripThroughPinnedSlotsWithEveryMethod"));
+  // Llama-3-8B-like layout, fewer layers: 32 KiB pieces, 2 x layers pieces a page.
+  LayoutSpec spec{8, 8, 128, DType::kBF16, 16, TensorLayout::kVllmPerLayer, 64};
+  auto layout = Layout::Create(spec);
+  ASSERT_TRUE(layout.ok());
+  CudaCopyEngineOptions opt;
+  opt.calibration_bytes = 1 << 20;
+  for (CudaCopyMethod m :
+       {CudaCopyMethod::kKernel, CudaCopyMethod::kMemcpyBatch, CudaCopyMethod::kMemcpyPerRun}) {
+    SCOPED_TRACE(std::string(CudaCopyMethodName(m)));
+    opt.host_to_device = opt.device_to_host = opt.device_to_device = m;
+    auto engine = CudaCopyEngine::Create(opt);
+    ASSERT_TRUE(engine.ok()) << engine.status();
+    std::vector<DeviceBuffer> src, dst;
+    std::vector<std::byte*> src_ptrs, dst_ptrs;
+    std::vector<unsigned char> init(layout->buffer_bytes());
+    for (uint32_t l = 0; l < layout->buffer_count(); ++l) {
+      auto a = DeviceBuffer::Allocate(layout->buffer_bytes());
+      auto b = DeviceBuffer::Allocate(layout->buffer_bytes());
+      ASSERT_TRUE(a.ok() && b.ok());
+      for (auto& x : init) x = static_cast<unsigned char>(rng());
+      ASSERT_CUDA(cudaMemcpy(a->get(), init.data(), init.size(), cudaMemcpyHostToDevice));
+      ASSERT_CUDA(cudaMemset(b->get(), 0xA5, init.size()));
+      src_ptrs.push_back(static_cast<std::byte*>(a->get()));
+      dst_ptrs.push_back(static_cast<std::byte*>(b->get()));
+      src.push_back(std::move(*a));
+      dst.push_back(std::move(*b));
+    }
+    std::vector<uint32_t> blocks(spec.num_blocks);
+    std::iota(blocks.begin(), blocks.end(), 0);
+    std::shuffle(blocks.begin(), blocks.end(), rng);
+    blocks.resize(1 + rng() % 40);
+    Pinned slots(blocks.size() * layout->page_bytes());
+    std::memset(slots.get(), 0x3C, slots.bytes);
+    std::vector<PageTransfer> pages;
+    for (size_t i = 0; i < blocks.size(); ++i) {
+      pages.push_back(
+          {blocks[i], reinterpret_cast<std::byte*>(slots.get()) + i * layout->page_bytes()});
+    }
+    std::vector<CopyOp> ops;
+    ASSERT_TRUE(AppendPageCopies(*layout, src_ptrs, pages, PageCopyDirection::kGather, ops).ok());
+    ASSERT_TRUE((*engine)->Copy(ops).ok());
+    ops.clear();
+    ASSERT_TRUE(AppendPageCopies(*layout, dst_ptrs, pages, PageCopyDirection::kScatter, ops).ok());
+    ASSERT_TRUE((*engine)->Copy(ops).ok());
+    std::vector<unsigned char> a(layout->buffer_bytes()), b(layout->buffer_bytes());
+    std::vector<Piece> pieces;
+    for (uint32_t l = 0; l < layout->buffer_count(); ++l) {
+      ASSERT_CUDA(cudaMemcpy(a.data(), src_ptrs[l], a.size(), cudaMemcpyDeviceToHost));
+      ASSERT_CUDA(cudaMemcpy(b.data(), dst_ptrs[l], b.size(), cudaMemcpyDeviceToHost));
+      for (uint32_t blk : blocks) {
+        pieces.clear();
+        ASSERT_TRUE(layout->AppendPieces(blk, pieces).ok());
+        for (const Piece& p : pieces) {
+          if (p.buffer != l) continue;
+          ASSERT_EQ(0, std::memcmp(a.data() + p.offset, b.data() + p.offset, p.length))
+              << "block " << blk << " layer " << l;
+        }
+      }
+    }
+    EXPECT_EQ((*engine)->fallbacks(), 0u);
+  }
+}
+
+}  // namespace
+}  // namespace kvtier::kernels

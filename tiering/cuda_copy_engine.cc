@@ -1,0 +1,404 @@
+#include "tiering/cuda_copy_engine.h"
+
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "tiering/copy_plan.h"
+
+namespace kvtier {
+
+using kernels::CudaStatus;
+
+absl::string_view CudaCopyMethodName(CudaCopyMethod m) {
+  switch (m) {
+    case CudaCopyMethod::kAuto:
+      return "auto";
+    case CudaCopyMethod::kKernel:
+      return "kernel";
+    case CudaCopyMethod::kMemcpyBatch:
+      return "memcpy-batch";
+    case CudaCopyMethod::kMemcpyPerRun:
+      return "memcpy-per-run";
+  }
+  return "?";
+}
+
+absl::string_view CopyRouteName(CopyRoute r) {
+  switch (r) {
+    case CopyRoute::kHostToDevice:
+      return "h2d";
+    case CopyRoute::kDeviceToHost:
+      return "d2h";
+    case CopyRoute::kDeviceToDevice:
+      return "d2d";
+    case CopyRoute::kHostToHost:
+      return "h2h";
+  }
+  return "?";
+}
+
+namespace {
+// Piece sizes the calibration measures; a batch takes the row nearest its mean piece size.
+constexpr uint64_t kCalibrationPieces[] = {uint64_t{16} << 10, uint64_t{64} << 10,
+                                           uint64_t{256} << 10};
+
+// RAII owner of a cudaMallocHost allocation.
+struct PinnedHost {
+  void* p = nullptr;
+  ~PinnedHost() {
+    if (p != nullptr) cudaFreeHost(p);
+  }
+};
+}  // namespace
+
+CudaCopyEngine::CudaCopyEngine(const CudaCopyEngineOptions& options) : options_(options) {}
+
+CudaCopyEngine::~CudaCopyEngine() {
+  absl::MutexLock lock(&mu_);
+  if (stream_ != nullptr) {
+    cudaStreamSynchronize(stream_);
+    cudaStreamDestroy(stream_);
+  }
+  if (staging_ != nullptr) cudaFreeHost(staging_);
+}
+
+absl::StatusOr<std::unique_ptr<CudaCopyEngine>> CudaCopyEngine::Create(
+    const CudaCopyEngineOptions& options) {
+  if (options.max_ops_per_launch == 0) {
+    return absl::InvalidArgumentError("cuda copy engine: max_ops_per_launch must be > 0");
+  }
+  std::unique_ptr<CudaCopyEngine> engine(new CudaCopyEngine(options));
+  if (absl::Status s = engine->Init(); !s.ok()) return s;
+  if (absl::Status s = engine->Calibrate(); !s.ok()) return s;
+  return engine;
+}
+
+absl::Status CudaCopyEngine::Init() {
+  absl::MutexLock lock(&mu_);
+  if (absl::Status s = CudaStatus(cudaSetDevice(options_.device), "cudaSetDevice"); !s.ok()) {
+    return s;
+  }
+  int host_ptr_ok = 0;
+  cudaDeviceGetAttribute(&host_ptr_ok, cudaDevAttrCanUseHostPointerForRegisteredMem,
+                         options_.device);
+  if (!host_ptr_ok) {
+    // The kernel path dereferences pinned host pointers as they are; without this attribute it
+    // would need cudaHostGetDevicePointer per op. No such machine is targeted (x86-64 + UVA).
+    return absl::FailedPreconditionError(
+        "cuda copy engine: device cannot use host pointers of registered memory");
+  }
+  if (absl::Status s = CudaStatus(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking),
+                                  "cudaStreamCreate");
+      !s.ok()) {
+    return s;
+  }
+  const size_t bytes = sizeof(kernels::CopyDescriptor) * options_.max_ops_per_launch;
+  void* staging = nullptr;
+  if (absl::Status s = CudaStatus(cudaMallocHost(&staging, bytes), "cudaMallocHost(staging)");
+      !s.ok()) {
+    return s;
+  }
+  staging_ = static_cast<kernels::CopyDescriptor*>(staging);
+  auto descs = kernels::DeviceBuffer::Allocate(bytes);
+  if (!descs.ok()) return descs.status();
+  device_descs_ = std::move(*descs);
+  return absl::OkStatus();
+}
+
+void CudaCopyEngine::RegisterRegion(const void* base, size_t bytes, MemoryKind kind) {
+  absl::MutexLock lock(&mu_);
+  const auto b = reinterpret_cast<uintptr_t>(base);
+  Region r{b, b + bytes, kind};
+  auto it = std::lower_bound(regions_.begin(), regions_.end(), r,
+                             [](const Region& x, const Region& y) { return x.begin < y.begin; });
+  regions_.insert(it, r);
+}
+
+CudaCopyEngine::PtrKind CudaCopyEngine::Classify(const void* p) {
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  auto it = std::upper_bound(regions_.begin(), regions_.end(), a,
+                             [](uintptr_t x, const Region& r) { return x < r.begin; });
+  if (it != regions_.begin() && a < std::prev(it)->end) {
+    return std::prev(it)->kind == MemoryKind::kDevice ? PtrKind::kDevice : PtrKind::kPinnedHost;
+  }
+  cudaPointerAttributes attr{};
+  if (cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
+    cudaGetLastError();
+    return PtrKind::kPageableHost;
+  }
+  switch (attr.type) {
+    case cudaMemoryTypeDevice:
+    case cudaMemoryTypeManaged:
+      return PtrKind::kDevice;
+    case cudaMemoryTypeHost:
+      return PtrKind::kPinnedHost;
+    default:
+      return PtrKind::kPageableHost;
+  }
+}
+
+CudaCopyMethod CudaCopyEngine::MethodFor(CopyRoute route, uint64_t piece_bytes) const {
+  if (route == CopyRoute::kHostToHost) return CudaCopyMethod::kMemcpyPerRun;
+  const CudaCopyMethod pinned = route == CopyRoute::kHostToDevice   ? options_.host_to_device
+                                : route == CopyRoute::kDeviceToHost ? options_.device_to_host
+                                                                    : options_.device_to_device;
+  if (pinned != CudaCopyMethod::kAuto) return pinned;
+  const CopyCalibration* best = nullptr;
+  double best_dist = 0;
+  for (const CopyCalibration& c : calibration_) {
+    if (c.route != route) continue;
+    const double dist = std::abs(std::log2(double(c.piece_bytes)) -
+                                 std::log2(double(std::max<uint64_t>(piece_bytes, 1))));
+    if (best == nullptr || dist < best_dist) {
+      best = &c;
+      best_dist = dist;
+    }
+  }
+  return best == nullptr ? CudaCopyMethod::kKernel : best->chosen;
+}
+
+void CudaCopyEngine::CountFallback(size_t ops, const char* why) {
+  fallbacks_.fetch_add(ops, std::memory_order_relaxed);
+  if (!fallback_logged_.exchange(true)) {
+    std::fprintf(stderr,
+                 "kvtier cuda copy engine: %s; such ops go through cudaMemcpyAsync per "
+                 "run (logged once, counted in fallbacks())\n",
+                 why);
+  }
+}
+
+absl::Status CudaCopyEngine::Copy(absl::Span<const CopyOp> ops) {
+  absl::MutexLock lock(&mu_);
+  for (auto& v : by_route_) v.clear();
+  std::vector<CopyOp>& pageable = pageable_;
+  pageable.clear();
+  for (const CopyOp& op : ops) {
+    if (op.bytes == 0) continue;
+    if (op.src == nullptr || op.dst == nullptr) {
+      return absl::InvalidArgumentError("copy op with a null pointer");
+    }
+    const PtrKind s = Classify(op.src), d = Classify(op.dst);
+    const bool src_dev = s == PtrKind::kDevice, dst_dev = d == PtrKind::kDevice;
+    if (!src_dev && !dst_dev) {
+      by_route_[static_cast<int>(CopyRoute::kHostToHost)].push_back(op);
+    } else if ((!src_dev && s == PtrKind::kPageableHost) ||
+               (!dst_dev && d == PtrKind::kPageableHost)) {
+      pageable.push_back(op);
+    } else {
+      const CopyRoute r = src_dev && dst_dev ? CopyRoute::kDeviceToDevice
+                          : src_dev          ? CopyRoute::kDeviceToHost
+                                             : CopyRoute::kHostToDevice;
+      by_route_[static_cast<int>(r)].push_back(op);
+    }
+  }
+  for (const CopyOp& op : by_route_[static_cast<int>(CopyRoute::kHostToHost)]) {
+    std::memcpy(op.dst, op.src, op.bytes);
+  }
+  for (int r = 0; r < 3; ++r) {
+    std::vector<CopyOp>& v = by_route_[r];
+    if (v.empty()) continue;
+    uint64_t bytes = 0;
+    for (const CopyOp& op : v) bytes += op.bytes;
+    const CopyRoute route = static_cast<CopyRoute>(r);
+    if (absl::Status s = RunLocked(route, MethodFor(route, bytes / v.size()), v); !s.ok()) {
+      return s;
+    }
+  }
+  if (!pageable.empty()) {
+    CountFallback(pageable.size(), "pageable host memory cannot be read by the copy kernel");
+    if (absl::Status s = RunPerRun(pageable); !s.ok()) return s;
+  }
+  return Sync();
+}
+
+absl::Status CudaCopyEngine::CopyWith(CopyRoute route, CudaCopyMethod method,
+                                      absl::Span<const CopyOp> ops) {
+  absl::MutexLock lock(&mu_);
+  if (method == CudaCopyMethod::kAuto) {
+    uint64_t bytes = 0;
+    for (const CopyOp& op : ops) bytes += op.bytes;
+    method = MethodFor(route, ops.empty() ? 0 : bytes / ops.size());
+  }
+  if (absl::Status s = RunLocked(route, method, ops); !s.ok()) return s;
+  return Sync();
+}
+
+absl::Status CudaCopyEngine::Sync() {
+  return CudaStatus(cudaStreamSynchronize(stream_), "cuda copy engine: stream synchronize");
+}
+
+absl::Status CudaCopyEngine::RunLocked(CopyRoute route, CudaCopyMethod method,
+                                       absl::Span<const CopyOp> ops) {
+  if (ops.empty()) return absl::OkStatus();
+  if (route == CopyRoute::kHostToHost) {
+    for (const CopyOp& op : ops) std::memcpy(op.dst, op.src, op.bytes);
+    return absl::OkStatus();
+  }
+  switch (method) {
+    case CudaCopyMethod::kAuto:
+    case CudaCopyMethod::kKernel:
+      return RunKernel(ops);
+    case CudaCopyMethod::kMemcpyBatch:
+      return RunBatch(ops);
+    case CudaCopyMethod::kMemcpyPerRun:
+      return RunPerRun(ops);
+  }
+  return absl::InternalError("unknown copy method");
+}
+
+absl::Status CudaCopyEngine::RunKernel(absl::Span<const CopyOp> ops) {
+  // Ops that break the kernel's 16-byte rule are set aside and copied per run; the rest are staged
+  // as descriptors, max_ops_per_launch per launch.
+  unaligned_.clear();
+  size_t staged = 0;
+  uint64_t max_piece = 0;
+  auto launch = [&]() -> absl::Status {
+    if (staged == 0) return absl::OkStatus();
+    if (absl::Status s = CudaStatus(
+            cudaMemcpyAsync(device_descs_.get(), staging_, staged * sizeof(kernels::CopyDescriptor),
+                            cudaMemcpyHostToDevice, stream_),
+            "cuda copy engine: descriptor upload");
+        !s.ok()) {
+      return s;
+    }
+    if (absl::Status s = kernels::LaunchCopyBatch(
+            static_cast<const kernels::CopyDescriptor*>(device_descs_.get()),
+            static_cast<uint32_t>(staged), max_piece, options_.kernel, stream_);
+        !s.ok()) {
+      return s;
+    }
+    staged = 0;
+    max_piece = 0;
+    // The staging buffer may be rewritten next: the upload above must have been read first.
+    return Sync();
+  };
+  for (const CopyOp& op : ops) {
+    if ((reinterpret_cast<uintptr_t>(op.src) | reinterpret_cast<uintptr_t>(op.dst) | op.bytes) %
+            kernels::kCopyAlignment !=
+        0) {
+      unaligned_.push_back(op);
+      continue;
+    }
+    staging_[staged++] = kernels::CopyDescriptor{op.src, op.dst, op.bytes};
+    max_piece = std::max<uint64_t>(max_piece, op.bytes);
+    if (staged == options_.max_ops_per_launch) {
+      if (absl::Status s = launch(); !s.ok()) return s;
+    }
+  }
+  if (absl::Status s = launch(); !s.ok()) return s;
+  if (!unaligned_.empty()) {
+    CountFallback(unaligned_.size(), "copy ops not 16-byte aligned cannot take the copy kernel");
+    return RunPerRun(unaligned_);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaCopyEngine::RunBatch(absl::Span<const CopyOp> ops) {
+  batch_dsts_.clear();
+  batch_srcs_.clear();
+  batch_sizes_.clear();
+  for (const CopyOp& op : ops) {
+    batch_dsts_.push_back(op.dst);
+    batch_srcs_.push_back(op.src);
+    batch_sizes_.push_back(op.bytes);
+  }
+  cudaMemcpyAttributes attr{};
+  attr.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
+  size_t attr_index = 0;
+  for (size_t begin = 0; begin < ops.size(); begin += options_.max_ops_per_launch) {
+    const size_t n = std::min<size_t>(options_.max_ops_per_launch, ops.size() - begin);
+    if (absl::Status s = CudaStatus(
+            cudaMemcpyBatchAsync(batch_dsts_.data() + begin, batch_srcs_.data() + begin,
+                                 batch_sizes_.data() + begin, n, &attr, &attr_index, 1, stream_),
+            "cudaMemcpyBatchAsync");
+        !s.ok()) {
+      return s;
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaCopyEngine::RunPerRun(absl::Span<const CopyOp> ops) {
+  scratch_.assign(ops.begin(), ops.end());
+  MergeAdjacentCopies(scratch_);
+  for (const CopyOp& op : scratch_) {
+    if (absl::Status s =
+            CudaStatus(cudaMemcpyAsync(op.dst, op.src, op.bytes, cudaMemcpyDefault, stream_),
+                       "cudaMemcpyAsync");
+        !s.ok()) {
+      return s;
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaCopyEngine::Calibrate() {
+  const bool any_auto = options_.host_to_device == CudaCopyMethod::kAuto ||
+                        options_.device_to_host == CudaCopyMethod::kAuto ||
+                        options_.device_to_device == CudaCopyMethod::kAuto;
+  if (!any_auto) return absl::OkStatus();
+  const size_t bytes = options_.calibration_bytes / kCalibrationPieces[2] * kCalibrationPieces[2];
+  if (bytes == 0) return absl::InvalidArgumentError("calibration_bytes below 256 KiB");
+  auto dev_a = kernels::DeviceBuffer::Allocate(bytes);
+  if (!dev_a.ok()) return dev_a.status();
+  auto dev_b = kernels::DeviceBuffer::Allocate(bytes);
+  if (!dev_b.ok()) return dev_b.status();
+  PinnedHost host;
+  if (absl::Status s = CudaStatus(cudaMallocHost(&host.p, bytes), "cudaMallocHost(calibration)");
+      !s.ok()) {
+    return s;
+  }
+  std::memset(host.p, 0x5a, bytes);
+  cudaMemset(dev_a->get(), 0x3c, bytes);
+  std::vector<CopyOp> ops;
+  absl::MutexLock lock(&mu_);
+  for (int r = 0; r < 3; ++r) {
+    const CopyRoute route = static_cast<CopyRoute>(r);
+    const CudaCopyMethod pinned = route == CopyRoute::kHostToDevice   ? options_.host_to_device
+                                  : route == CopyRoute::kDeviceToHost ? options_.device_to_host
+                                                                      : options_.device_to_device;
+    if (pinned != CudaCopyMethod::kAuto) continue;
+    auto* src = static_cast<std::byte*>(route == CopyRoute::kHostToDevice ? host.p : dev_a->get());
+    auto* dst = static_cast<std::byte*>(route == CopyRoute::kDeviceToHost ? host.p : dev_b->get());
+    for (uint64_t piece : kCalibrationPieces) {
+      const size_t n = bytes / piece;
+      ops.clear();
+      // Reversed order: no two ops continue each other, as with real scattered blocks.
+      for (size_t i = 0; i < n; ++i)
+        ops.push_back(CopyOp{dst + (n - 1 - i) * piece, src + i * piece, piece});
+      CopyCalibration row;
+      row.route = route;
+      row.piece_bytes = piece;
+      double* slots[] = {&row.kernel_gbps, &row.batch_gbps, &row.per_run_gbps};
+      const CudaCopyMethod methods[] = {CudaCopyMethod::kKernel, CudaCopyMethod::kMemcpyBatch,
+                                        CudaCopyMethod::kMemcpyPerRun};
+      double best = -1;
+      for (int m = 0; m < 3; ++m) {
+        std::vector<double> secs;
+        for (int rep = 0; rep < 4; ++rep) {  // the first run is a warm-up
+          const auto t0 = std::chrono::steady_clock::now();
+          if (absl::Status s = RunLocked(route, methods[m], ops); !s.ok()) return s;
+          if (absl::Status s = Sync(); !s.ok()) return s;
+          const auto t1 = std::chrono::steady_clock::now();
+          if (rep > 0) secs.push_back(std::chrono::duration<double>(t1 - t0).count());
+        }
+        std::sort(secs.begin(), secs.end());
+        *slots[m] = double(bytes) / secs[secs.size() / 2] / 1e9;
+        if (*slots[m] > best) {
+          best = *slots[m];
+          row.chosen = methods[m];
+        }
+      }
+      calibration_.push_back(row);
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace kvtier

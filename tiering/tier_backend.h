@@ -50,6 +50,14 @@ struct RecoveredPage {
   PageMeta meta;
 };
 
+// Sees the latency of every batch a backend serves; the daemon turns these into histograms. Called
+// on the thread that made the call, once per batch: implementations must be cheap and lock-free.
+class IoObserver {
+ public:
+  virtual ~IoObserver() = default;
+  virtual void OnBatch(Tier tier, bool write, size_t pages, uint64_t nanos) = 0;
+};
+
 class TierBackend {
  public:
   virtual ~TierBackend() = default;

@@ -363,6 +363,18 @@ NvmeCounters NvmeTier::counters() const {
 }
 
 void NvmeTier::Write(absl::Span<const SlotWrite> writes, absl::Span<absl::Status> results) {
+  const auto start = std::chrono::steady_clock::now();
+  WriteBatch(writes, results);
+  if (options_.observer != nullptr) {
+    options_.observer->OnBatch(
+        Tier::kNvme, /*write=*/true, writes.size(),
+        static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                  std::chrono::steady_clock::now() - start)
+                                  .count()));
+  }
+}
+
+void NvmeTier::WriteBatch(absl::Span<const SlotWrite> writes, absl::Span<absl::Status> results) {
   const size_t n = writes.size();
   std::vector<uint32_t> crcs(n);
   std::vector<uint32_t> pending;
@@ -573,6 +585,18 @@ void NvmeTier::Write(absl::Span<const SlotWrite> writes, absl::Span<absl::Status
 }
 
 void NvmeTier::Read(absl::Span<const SlotRead> reads, absl::Span<absl::Status> results) {
+  const auto start = std::chrono::steady_clock::now();
+  ReadBatch(reads, results);
+  if (options_.observer != nullptr) {
+    options_.observer->OnBatch(
+        Tier::kNvme, /*write=*/false, reads.size(),
+        static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                  std::chrono::steady_clock::now() - start)
+                                  .count()));
+  }
+}
+
+void NvmeTier::ReadBatch(absl::Span<const SlotRead> reads, absl::Span<absl::Status> results) {
   const size_t n = reads.size();
   std::vector<uint32_t> pending;
   pending.reserve(n);

@@ -91,6 +91,8 @@ struct NvmeTierOptions {
   bool preallocate = true;
   // Where one-off log lines go (open, recovery, ENOSPC, dropped pages). Default: stderr.
   std::function<void(absl::string_view)> log;
+  // Sees each Write/Read batch's latency (the daemon's NVMe I/O histograms). Must outlive the tier.
+  IoObserver* observer = nullptr;
   // Tests only: rewrites completion results. Must outlive the tier.
   NvmeFaultInjector* fault_injector = nullptr;
 };
@@ -126,6 +128,7 @@ class NvmeTier final : public TierBackend {
   uint64_t slot_bytes() const override { return options_.page_bytes; }
   std::byte* HostSlot(uint32_t) const override { return nullptr; }
 
+  // Timed (IoObserver) wrappers around WriteBatch/ReadBatch.
   void Write(absl::Span<const SlotWrite> writes, absl::Span<absl::Status> results) override;
   void Read(absl::Span<const SlotRead> reads, absl::Span<absl::Status> results) override;
   void Release(uint32_t slot) override;
@@ -146,6 +149,8 @@ class NvmeTier final : public TierBackend {
   std::string Describe() const;
 
  private:
+  void WriteBatch(absl::Span<const SlotWrite> writes, absl::Span<absl::Status> results);
+  void ReadBatch(absl::Span<const SlotRead> reads, absl::Span<absl::Status> results);
   struct Counters_;
 
   explicit NvmeTier(const NvmeTierOptions& options);

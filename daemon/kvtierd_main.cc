@@ -20,6 +20,7 @@
 #include "daemon/observability/admin_http.h"
 #include "daemon/observability/daemon_metrics.h"
 #include "daemon/observability/metrics.h"
+#include "daemon/observability/nvme_metrics.h"
 #include "daemon/observability/store_metrics.h"
 #include "daemon/server.h"
 #include "tiering/tiered_store.h"
@@ -87,10 +88,13 @@ int Run() {
   options.hbm_backend = *kvtier::ParseHbmBackend(config->store.hbm_backend);
   options.sink_tokens = config->store.sink_tokens;
   options.tokens_per_page = config->store.tokens_per_page;
+  // Metrics outlive the store, the server and the HTTP endpoint that read them (declared first).
+  kvtier::metrics::Registry registry;
+  kvtier::NvmeIoMetrics nvme_io_metrics(registry);
   kvtier::StoreParts parts;
   if (config->nvme.enabled()) {
-    absl::StatusOr<std::unique_ptr<kvtier::TierBackend>> nvme =
-        kvtier::MakeNvmeBackend(config->nvme, config->store.page_bytes);
+    absl::StatusOr<std::unique_ptr<kvtier::TierBackend>> nvme = kvtier::MakeNvmeBackend(
+        config->nvme, config->store.page_bytes, &nvme_io_metrics, &registry);
     if (!nvme.ok()) {
       std::fprintf(stderr, "kvtierd: %s\n", std::string(nvme.status().message()).c_str());
       return 2;
@@ -103,8 +107,6 @@ int Run() {
     std::fprintf(stderr, "kvtierd: store: %s\n", store.status().ToString().c_str());
     return 1;
   }
-  // Metrics outlive the server and the HTTP endpoint that reads them (declared first).
-  kvtier::metrics::Registry registry;
   kvtier::BindStoreMetrics(registry, **store);
   kvtier::DaemonMetrics daemon_metrics(registry);
   absl::StatusOr<std::unique_ptr<kvtier::Server>> server =

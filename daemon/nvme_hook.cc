@@ -1,12 +1,15 @@
 #include "daemon/nvme_hook.h"
 
 #include "absl/strings/str_cat.h"
+#include "daemon/observability/nvme_metrics.h"
 #include "tiering/nvme/nvme_tier.h"
 
 namespace kvtier {
 
 absl::StatusOr<std::unique_ptr<TierBackend>> MakeNvmeBackend(const NvmeConfig& nvme,
-                                                             uint64_t page_bytes) {
+                                                             uint64_t page_bytes,
+                                                             IoObserver* observer,
+                                                             metrics::Registry* registry) {
   // On disk a slot is a 4 KiB header block plus the payload rounded up to 4 KiB
   // (tiering/nvme/nvme_tier.h), so capacity_bytes buys this many pages.
   constexpr uint64_t kBlock = 4096;
@@ -21,10 +24,12 @@ absl::StatusOr<std::unique_ptr<TierBackend>> MakeNvmeBackend(const NvmeConfig& n
   options.dirs = nvme.directories;
   options.page_bytes = page_bytes;
   options.slots = static_cast<uint32_t>(slots);
+  options.observer = observer;
   absl::StatusOr<std::unique_ptr<NvmeTier>> tier = NvmeTier::Create(options);
   if (!tier.ok()) {
     return absl::Status(tier.status().code(), absl::StrCat("nvme: ", tier.status().message()));
   }
+  if (registry != nullptr) BindNvmeMetrics(*registry, **tier);
   return std::unique_ptr<TierBackend>(*std::move(tier));
 }
 

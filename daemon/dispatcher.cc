@@ -310,6 +310,13 @@ Dispatcher::Outcome Dispatcher::HandleHello(Session& s, const wire::Hello& h, wi
     return {absl::InvalidArgumentError(absl::StrCat(
         "namespace name of ", name.size(), " bytes; must be 1..", kMaxNamespaceNameBytes))};
   }
+  for (char ch : name) {
+    if (ch < 0x20 || ch > 0x7e) {
+      return {absl::InvalidArgumentError(absl::StrCat("namespace name has byte 0x",
+                                                      absl::Hex(static_cast<uint8_t>(ch)),
+                                                      "; names are printable ASCII"))};
+    }
+  }
   const NamespaceRule* rule = FindRule(config_, name);
   if (rule == nullptr || !Allowed(*rule, s.peer().uid, s.peer().gid, owner_uid_)) {
     counters_.auth_refused.fetch_add(1, std::memory_order_relaxed);

@@ -6,6 +6,8 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "tiering/policy/policy_factory.h"
 #include "yaml-cpp/yaml.h"
 
 namespace kvtier {
@@ -143,6 +145,10 @@ absl::Status ApplyConfigYaml(absl::string_view yaml, DaemonConfig& c) {
                                           r = Read(sv, sf, c.store.tokens_per_page);
                                         else if (sk == "maintain_interval_ms")
                                           r = Read(sv, sf, c.store.maintain_interval_ms);
+                                        else if (sk == "policy")
+                                          r = Read(sv, sf, c.store.policy);
+                                        else if (sk == "max_migration_bytes_per_s")
+                                          r = Read(sv, sf, c.store.max_migration_bytes_per_s);
                                         else
                                           return false;
                                         if (!r.ok()) return r;
@@ -190,6 +196,8 @@ absl::Status ApplyConfigYaml(absl::string_view yaml, DaemonConfig& c) {
                                           r = Read(sv, sf, l.io_threads);
                                         else if (sk == "max_connections")
                                           r = Read(sv, sf, l.max_connections);
+                                        else if (sk == "max_namespaces")
+                                          r = Read(sv, sf, l.max_namespaces);
                                         else
                                           return false;
                                         if (!r.ok()) return r;
@@ -262,6 +270,13 @@ absl::Status ValidateConfig(const DaemonConfig& c) {
   }
   if (c.store.tokens_per_page == 0) return bad("store.tokens_per_page", "must be > 0");
   if (c.store.maintain_interval_ms == 0) return bad("store.maintain_interval_ms", "must be > 0");
+  if (!MakePolicy(c.store.policy).ok()) {
+    return bad("store.policy", "'", c.store.policy, "' is not one of ",
+               absl::StrJoin(PolicyNames(), ", "));
+  }
+  if (!(c.store.max_migration_bytes_per_s > 0)) {
+    return bad("store.max_migration_bytes_per_s", "must be > 0");
+  }
   if (c.nvme.enabled() && c.nvme.capacity_bytes < c.store.page_bytes) {
     return bad("nvme.capacity_bytes", c.nvme.capacity_bytes, " holds no page of ",
                c.store.page_bytes, " bytes");
@@ -334,6 +349,30 @@ std::string ConfigToYaml(const DaemonConfig& c) {
   out << YAML::Key << "hbm_pages" << YAML::Value << c.store.hbm_pages;
   out << YAML::Key << "dram_pages" << YAML::Value << c.store.dram_pages;
   out << YAML::Key << "hbm_backend" << YAML::Value << c.store.hbm_backend;
+  out << YAML::Key << "sink_tokens" << YAML::Value << c.store.sink_tokens;
+  out << YAML::Key << "tokens_per_page" << YAML::Value << c.store.tokens_per_page;
+  out << YAML::Key << "maintain_interval_ms" << YAML::Value << c.store.maintain_interval_ms;
+  out << YAML::Key << "policy" << YAML::Value << c.store.policy;
+  out << YAML::Key << "max_migration_bytes_per_s" << YAML::Value
+      << c.store.max_migration_bytes_per_s;
+  out << YAML::EndMap;
+  if (c.nvme.enabled()) {
+    out << YAML::Key << "nvme" << YAML::Value << YAML::BeginMap;
+    out << YAML::Key << "directories" << YAML::Value << YAML::Flow << c.nvme.directories;
+    out << YAML::Key << "capacity_bytes" << YAML::Value << c.nvme.capacity_bytes;
+    out << YAML::EndMap;
+  }
+  const LimitsConfig& l = c.limits;
+  out << YAML::Key << "limits" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "max_message_bytes" << YAML::Value << l.max_message_bytes;
+  out << YAML::Key << "max_batch_pages" << YAML::Value << l.max_batch_pages;
+  out << YAML::Key << "max_inflight_ops" << YAML::Value << l.max_inflight_ops;
+  out << YAML::Key << "max_pinned_pages" << YAML::Value << l.max_pinned_pages;
+  out << YAML::Key << "max_buffers" << YAML::Value << l.max_buffers;
+  out << YAML::Key << "max_consecutive_errors" << YAML::Value << l.max_consecutive_errors;
+  out << YAML::Key << "io_threads" << YAML::Value << l.io_threads;
+  out << YAML::Key << "max_connections" << YAML::Value << l.max_connections;
+  out << YAML::Key << "max_namespaces" << YAML::Value << l.max_namespaces;
   out << YAML::EndMap;
   out << YAML::Key << "namespaces" << YAML::Value << YAML::BeginSeq;
   for (const NamespaceRule& r : c.namespaces) {

@@ -28,6 +28,12 @@ struct StoreConfig {
   uint32_t sink_tokens = 4;          // StreamingLLM sinks: the first tokens of a sequence
   uint32_t tokens_per_page = 16;
   uint32_t maintain_interval_ms = 100;  // planner pass period
+  // Placement policy: kvtier (sinks in reserved slots, frequency x utility), or a classic one
+  // (lru, lfu, arc, streaming, h2o) for comparison. Default kvtier.
+  std::string policy = "kvtier";
+  // Average bandwidth the planner may spend moving pages between tiers (they compete with the
+  // loads inference waits on). Default 5 GB/s, a tenth of a PCIe 5.0 x16 link.
+  double max_migration_bytes_per_s = 5e9;
 };
 
 // The NVMe tier: preallocated files under `directories`. Absent (no directories) by default.

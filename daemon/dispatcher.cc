@@ -617,9 +617,11 @@ absl::Status Dispatcher::SubmitLoadStore(const std::shared_ptr<Session>& session
             po.class_hint = static_cast<PageClass>(static_cast<uint8_t>(op->class_hints[i]));
           }
           tier = store_.Put(op->ns, op->keys[i], src, po);
-          if (tier.ok() && HasStats(op->stats)) {
-            store_.ReportAttention(op->ns, op->keys[i], SampleAt(op->stats, static_cast<int>(i)))
-                .IgnoreError();  // the page is stored; a racing eviction only loses the sample
+          if (tier.ok() && HasStats(op->stats) &&
+              store_.ReportAttention(op->ns, op->keys[i], SampleAt(op->stats, static_cast<int>(i)))
+                  .ok()) {
+            // The page is stored; a racing eviction only loses the sample or its class.
+            ClassifyAfterReport(store_, op->ns, op->keys[i], classifier_).IgnoreError();
           }
         } else {
           dst.clear();
@@ -655,6 +657,7 @@ absl::Status Dispatcher::HandleReport(Session& s, const wire::Report& r, wire::C
   uint32_t applied = 0;
   for (size_t i = 0; i < keys.size(); ++i) {
     if (store_.ReportAttention(s.ns, keys[i], SampleAt(r.stats(), static_cast<int>(i))).ok()) {
+      ClassifyAfterReport(store_, s.ns, keys[i], classifier_).IgnoreError();
       ++applied;
     }
   }

@@ -25,6 +25,7 @@
 #include "daemon/config.h"
 #include "daemon/observability/daemon_metrics.h"
 #include "daemon/session.h"
+#include "tiering/policy/sink_classifier.h"
 #include "tiering/tiered_store.h"
 
 namespace kvtier {
@@ -77,6 +78,8 @@ class Dispatcher {
 
   const DaemonConfig& config_;
   TieredStore& store_;
+  // Turns attention reports into SINK/SEMANTIC classes (a new sink moves into a reserved slot).
+  const SinkClassifier classifier_;
   DaemonCounters& counters_;
   const Executor executor_;
   const uid_t owner_uid_;

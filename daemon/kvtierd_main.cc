@@ -23,6 +23,7 @@
 #include "daemon/observability/nvme_metrics.h"
 #include "daemon/observability/store_metrics.h"
 #include "daemon/server.h"
+#include "tiering/policy/policy_factory.h"
 #include "tiering/tiered_store.h"
 
 ABSL_FLAG(std::string, config, "", "YAML config file applied over the embedded default");
@@ -92,6 +93,8 @@ int Run() {
   kvtier::metrics::Registry registry;
   kvtier::NvmeIoMetrics nvme_io_metrics(registry);
   kvtier::StoreParts parts;
+  // Validated at start (config.cc), so this cannot fail here.
+  parts.policy = *kvtier::MakePolicy(config->store.policy);
   if (config->nvme.enabled()) {
     absl::StatusOr<std::unique_ptr<kvtier::TierBackend>> nvme = kvtier::MakeNvmeBackend(
         config->nvme, config->store.page_bytes, &nvme_io_metrics, &registry);

@@ -13,6 +13,7 @@
 #include "absl/synchronization/notification.h"
 #include "client/seqpacket.h"
 #include "tiering/clock.h"
+#include "tiering/policy/planner.h"
 
 namespace kvtier {
 
@@ -104,9 +105,18 @@ absl::Status Server::Serve(int stop_fd) {
   absl::Notification stop_planner;
   std::thread planner([&] {
     const absl::Duration period = absl::Milliseconds(config_.store.maintain_interval_ms);
+    PlannerOptions planner_options;
+    planner_options.max_migration_bytes_per_s = config_.store.max_migration_bytes_per_s;
+    // Validated with the config; a failure here is a bug, and the daemon runs unplanned rather
+    // than not at all (logged once).
+    absl::StatusOr<Planner> tiers = Planner::Create(&store_, SteadyClock::Get(), planner_options);
+    if (!tiers.ok()) {
+      std::fprintf(stderr, "kvtierd: planner disabled: %s\n", tiers.status().ToString().c_str());
+      return;
+    }
     while (!stop_planner.WaitForNotificationWithTimeout(period)) {
       const uint64_t start = SteadyClock::Get()->NowNs();
-      store_.Maintain();
+      tiers->RunOnce();
       if (metrics_ != nullptr) {
         metrics_->PlannerRun(static_cast<double>(SteadyClock::Get()->NowNs() - start) * 1e-9);
       }

@@ -12,13 +12,15 @@ struct Command {
   int (*run)(int argc, char** argv);
 };
 
-// One line per command (bench nvme joins here).
+// One line per command.
 constexpr Command kCommands[] = {
     {"status", "daemon version, backends and tier occupancy (--socket PATH)",
      kvtier::ctl::RunStatus},
     {"stats", "daemon counters: sessions, pins, errors, hits (--socket PATH, --json)",
      kvtier::ctl::RunStats},
-    {"bench", "bench rpc [--json]: lookup latency and throughput against Redis",
+    {"bench",
+     "bench rpc [--json]: lookup latency and throughput against Redis; "
+     "bench nvme --dir D [--json]: NVMe tier throughput and read latency",
      kvtier::ctl::RunBench},
     {"sim", "replay a trace through the tiered store under each placement policy",
      kvtier::ctl::SimCommand},

@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "bench/nvme/bench_nvme.h"
 #include "client/client.h"
 #include "client/kvtierctl/commands.h"
 #include "client/kvtierctl/redis_baseline.h"
@@ -405,11 +406,15 @@ int RunBenchRpc(const Args& a) {
 }  // namespace
 
 int RunBench(int argc, char** argv) {
+  // `bench nvme` has its own flags (bench/nvme/bench_nvme.h); argv[0] becomes "nvme".
+  if (argc >= 2 && std::strcmp(argv[1], "nvme") == 0) return RunBenchNvme(argc - 1, argv + 1);
   Args a;
   if (!ParseArgs(argc, argv, a) || a.positional.empty() || a.positional[0] != "rpc") {
     std::fprintf(stderr,
                  "usage: kvtierctl bench rpc [--json] [--iterations N] [--seed S] "
-                 "[--socket PATH] [--redis_server BIN] [--spin_us N]\n");
+                 "[--socket PATH] [--redis_server BIN] [--spin_us N]\n"
+                 "       kvtierctl bench nvme --dir D [--page-bytes N] [--queue-depth N] "
+                 "[--seconds S] [--json]\n");
     return 2;
   }
   return RunBenchRpc(a);

@@ -3,15 +3,18 @@
 // rules and the scrape configuration.
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <regex>
 #include <set>
 #include <sstream>
 
+#include "daemon/config.h"
 #include "daemon/observability/daemon_metrics.h"
 #include "daemon/observability/nvme_metrics.h"
 #include "daemon/observability/store_metrics.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "yaml-cpp/yaml.h"
 
 namespace kvtier {
 namespace {
@@ -104,6 +107,49 @@ TEST(DeployTest, AlertRulesPassPromtoolAndNameExportedMetrics) {
   for (const std::string& series : named) {
     EXPECT_TRUE(exported.count(series)) << "alert rule names " << series << ", not exported";
   }
+}
+
+TEST(DeployTest, KubernetesConfigMapIsAValidKvtierdConfig) {
+  const YAML::Node cm =
+      YAML::LoadFile(std::string(KVTIER_SOURCE_DIR) + "/deploy/kubernetes/base/configmap.yaml");
+  ASSERT_EQ(cm["kind"].as<std::string>(), "ConfigMap");
+  const std::string yaml = cm["data"]["kvtierd.yaml"].as<std::string>();
+  DaemonConfig config;
+  ASSERT_TRUE(ApplyConfigYaml(EmbeddedDefaultConfigYaml(), config).ok());
+  absl::Status applied = ApplyConfigYaml(yaml, config);
+  ASSERT_TRUE(applied.ok()) << applied;
+  absl::Status valid = ValidateConfig(config);
+  EXPECT_TRUE(valid.ok()) << valid;
+  // The DaemonSet mounts the socket directory and scrapes this port.
+  EXPECT_EQ(config.socket_path, "/run/kvtier/kvtierd.sock");
+  EXPECT_EQ(config.http_address, "0.0.0.0:9400");
+  EXPECT_EQ(config.store.page_bytes, 2u << 20);
+  EXPECT_TRUE(config.nvme.enabled());
+  const YAML::Node ds =
+      YAML::LoadFile(std::string(KVTIER_SOURCE_DIR) + "/deploy/kubernetes/base/daemonset.yaml");
+  const YAML::Node container = ds["spec"]["template"]["spec"]["containers"][0];
+  EXPECT_EQ(container["ports"][0]["containerPort"].as<int>(), 9400);
+  EXPECT_EQ(container["livenessProbe"]["httpGet"]["path"].as<std::string>(), "/healthz");
+  EXPECT_EQ(container["readinessProbe"]["httpGet"]["path"].as<std::string>(), "/readyz");
+}
+
+TEST(DeployTest, PrometheusRuleCarriesTheSameAlertsAsAlertsYml) {
+  const YAML::Node plain =
+      YAML::LoadFile(std::string(KVTIER_SOURCE_DIR) + "/deploy/prometheus/alerts.yml");
+  const YAML::Node rule =
+      YAML::LoadFile(std::string(KVTIER_SOURCE_DIR) +
+                     "/deploy/kubernetes/prometheus-operator/prometheusrule.yaml");
+  auto alerts = [](const YAML::Node& groups) {
+    std::map<std::string, std::string> out;
+    for (const auto& g : groups) {
+      for (const auto& r : g["rules"])
+        out[r["alert"].as<std::string>()] = r["expr"].as<std::string>();
+    }
+    return out;
+  };
+  const auto a = alerts(plain["groups"]);
+  EXPECT_GE(a.size(), 6u);
+  EXPECT_EQ(a, alerts(rule["spec"]["groups"]));
 }
 
 }  // namespace

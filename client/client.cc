@@ -4,8 +4,10 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -164,6 +166,33 @@ absl::StatusOr<OpHandle> Client::Submit(wire::Request& request, absl::Span<const
   return id;
 }
 
+namespace {
+
+// The process-wide ration of spinning (see set_spin_wait_us): a waiter spins only while no more
+// threads of this process are waiting than half the CPUs. One thread issuing back-to-back calls
+// spins and never pays for a wake-up; many concurrent callers sleep, leaving the cores to the
+// daemon, which is what serves them.
+class WaiterScope {
+ public:
+  WaiterScope() : waiting_(waiters().fetch_add(1, std::memory_order_acq_rel) + 1) {}
+  ~WaiterScope() { waiters().fetch_sub(1, std::memory_order_acq_rel); }
+  WaiterScope(const WaiterScope&) = delete;
+  WaiterScope& operator=(const WaiterScope&) = delete;
+  bool may_spin() const {
+    static const int limit = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / 2);
+    return waiting_ <= limit && waiters().load(std::memory_order_acquire) <= limit;
+  }
+
+ private:
+  static std::atomic<int>& waiters() {
+    static std::atomic<int> n{0};
+    return n;
+  }
+  const int waiting_;
+};
+
+}  // namespace
+
 absl::StatusOr<Client::Received> Client::Await(OpHandle id) {
   absl::MutexLock lock(&recv_mu_);
   while (true) {
@@ -173,11 +202,14 @@ absl::StatusOr<Client::Received> Client::Await(OpHandle id) {
       return r;
     }
     absl::StatusOr<Datagram> d = absl::UnavailableError("would block");
+    const WaiterScope waiting;  // counts this thread as waiting until the reply is in
     if (const uint32_t spin_us = spin_wait_us_.load(std::memory_order_relaxed); spin_us > 0) {
-      const absl::Time until = absl::Now() + absl::Microseconds(spin_us);
-      do {
-        d = ReceiveDatagram(socket_.get(), recv_buffer_, kMaxReplyBytes, /*nonblocking=*/true);
-      } while (!d.ok() && IsWouldBlock(d.status()) && absl::Now() < until);
+      if (waiting.may_spin()) {
+        const absl::Time until = absl::Now() + absl::Microseconds(spin_us);
+        do {
+          d = ReceiveDatagram(socket_.get(), recv_buffer_, kMaxReplyBytes, /*nonblocking=*/true);
+        } while (!d.ok() && IsWouldBlock(d.status()) && absl::Now() < until);
+      }
     }
     if (!d.ok() && IsWouldBlock(d.status())) {
       d = ReceiveDatagram(socket_.get(), recv_buffer_, kMaxReplyBytes);

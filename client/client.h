@@ -151,7 +151,9 @@ class Client {
 
   // Spin-then-block: a waiting call polls the socket for up to `spin_us` microseconds before it
   // sleeps. A reply then lands on a running CPU instead of waking an idle one, which on VMs costs
-  // tens of microseconds; the price is a busy CPU while waiting. Default 0 (always sleep).
+  // tens of microseconds; the price is a busy CPU while waiting. A thread spins only while no
+  // more threads of the process wait than half the CPUs, so many concurrent callers sleep and
+  // never starve the daemon (or the inference work) of cores. Default 50 us; 0 always sleeps.
   void set_spin_wait_us(uint32_t spin_us) { spin_wait_us_ = spin_us; }
 
  private:
@@ -173,7 +175,7 @@ class Client {
   Mapping dram_pool_;
   uint64_t dram_slot_bytes_ = 0;
   uint32_t dram_slots_ = 0;
-  std::atomic<uint32_t> spin_wait_us_{0};
+  std::atomic<uint32_t> spin_wait_us_{50};
 };
 
 // Packs keys as the wire's (hi, lo) word pairs.

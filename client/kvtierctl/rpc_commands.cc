@@ -29,7 +29,7 @@ struct Args {
   uint32_t iterations = 5000;
   uint64_t seed = 0;
   std::string redis = "redis-server";
-  uint32_t spin_us = 0;
+  uint32_t spin_us = 50;  // the client library's default
   std::vector<std::string> positional;
 };
 
@@ -169,7 +169,7 @@ struct KvtierTarget : Target {
   std::string ns;
   LayoutSpec layout;
   std::vector<PageKey> keys;
-  uint32_t spin_us = 0;
+  uint32_t spin_us = 50;
   absl::StatusOr<std::function<absl::Status(size_t)>> Open() override {
     absl::StatusOr<std::unique_ptr<Client>> c = Client::Connect(socket);
     if (!c.ok()) return c.status();

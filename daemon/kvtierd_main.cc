@@ -25,6 +25,9 @@
 #include "daemon/server.h"
 #include "tiering/policy/policy_factory.h"
 #include "tiering/tiered_store.h"
+#if defined(KVTIER_HAVE_CUDA_KERNELS)
+#include "tiering/cuda_copy_engine.h"
+#endif
 
 ABSL_FLAG(std::string, config, "", "YAML config file applied over the embedded default");
 ABSL_FLAG(std::string, socket_path, "", "overrides the config's socket_path");
@@ -95,6 +98,21 @@ int Run() {
   kvtier::StoreParts parts;
   // Validated at start (config.cc), so this cannot fail here.
   parts.policy = *kvtier::MakePolicy(config->store.policy);
+#if defined(KVTIER_HAVE_CUDA_KERNELS)
+  // On a GPU the copy engine is CUDA's (gather/scatter kernels or copy engines, chosen by
+  // measurement), which is what lets hbm_backend=auto pick real HBM. Without one, or if it cannot
+  // start, the CPU engine serves and HBM is host-emulated: said once here, and on /metrics.
+  if (config->store.hbm_backend != "host-emulated" && kvtier::CudaDeviceAvailable()) {
+    absl::StatusOr<std::unique_ptr<kvtier::CudaCopyEngine>> engine =
+        kvtier::CudaCopyEngine::Create();
+    if (engine.ok()) {
+      parts.copy_engine = *std::move(engine);
+    } else {
+      std::fprintf(stderr, "kvtierd: CUDA copy engine unavailable, using the CPU one: %s\n",
+                   engine.status().ToString().c_str());
+    }
+  }
+#endif
   if (config->nvme.enabled()) {
     absl::StatusOr<std::unique_ptr<kvtier::TierBackend>> nvme = kvtier::MakeNvmeBackend(
         config->nvme, config->store.page_bytes, &nvme_io_metrics, &registry);

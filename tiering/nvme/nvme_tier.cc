@@ -362,16 +362,22 @@ NvmeCounters NvmeTier::counters() const {
   return c;
 }
 
-void NvmeTier::Write(absl::Span<const SlotWrite> writes, absl::Span<absl::Status> results) {
-  const auto start = std::chrono::steady_clock::now();
-  WriteBatch(writes, results);
-  if (options_.observer != nullptr) {
-    options_.observer->OnBatch(
-        Tier::kNvme, /*write=*/true, writes.size(),
-        static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                  std::chrono::steady_clock::now() - start)
-                                  .count()));
+template <typename Batch>
+void NvmeTier::Timed(bool write, size_t pages, Batch&& batch) {
+  if (options_.observer == nullptr) {
+    batch();
+    return;
   }
+  const auto start = std::chrono::steady_clock::now();
+  batch();
+  const auto elapsed = std::chrono::steady_clock::now() - start;
+  options_.observer->OnBatch(
+      Tier::kNvme, write, pages,
+      static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(elapsed).count()));
+}
+
+void NvmeTier::Write(absl::Span<const SlotWrite> writes, absl::Span<absl::Status> results) {
+  Timed(/*write=*/true, writes.size(), [&] { WriteBatch(writes, results); });
 }
 
 void NvmeTier::WriteBatch(absl::Span<const SlotWrite> writes, absl::Span<absl::Status> results) {
@@ -585,15 +591,7 @@ void NvmeTier::WriteBatch(absl::Span<const SlotWrite> writes, absl::Span<absl::S
 }
 
 void NvmeTier::Read(absl::Span<const SlotRead> reads, absl::Span<absl::Status> results) {
-  const auto start = std::chrono::steady_clock::now();
-  ReadBatch(reads, results);
-  if (options_.observer != nullptr) {
-    options_.observer->OnBatch(
-        Tier::kNvme, /*write=*/false, reads.size(),
-        static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                  std::chrono::steady_clock::now() - start)
-                                  .count()));
-  }
+  Timed(/*write=*/false, reads.size(), [&] { ReadBatch(reads, results); });
 }
 
 void NvmeTier::ReadBatch(absl::Span<const SlotRead> reads, absl::Span<absl::Status> results) {

@@ -149,6 +149,9 @@ class NvmeTier final : public TierBackend {
   std::string Describe() const;
 
  private:
+  // Runs one batch, reporting its latency to options_.observer when there is one.
+  template <typename Batch>
+  void Timed(bool write, size_t pages, Batch&& batch);
   void WriteBatch(absl::Span<const SlotWrite> writes, absl::Span<absl::Status> results);
   void ReadBatch(absl::Span<const SlotRead> reads, absl::Span<absl::Status> results);
   struct Counters_;

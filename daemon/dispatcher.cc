@@ -1,6 +1,7 @@
 #include "daemon/dispatcher.h"
 
 #include <fcntl.h>
+#include <glog/logging.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -177,6 +178,11 @@ Dispatcher::Verdict Dispatcher::Handle(const std::shared_ptr<Session>& session, 
         metrics_->Request(*op, SecondsSince(t0), false);
       }
     }
+    // One line per rejected message; a connection that keeps failing is closed after
+    // limits.max_consecutive_errors, which bounds the lines a bad client can cause.
+    LOG(WARNING) << "event=bad_request session=" << s.id() << " uid=" << s.peer().uid
+                 << " code=" << absl::StatusCodeToString(status.code()) << " close=" << close
+                 << " error=\"" << status.message() << "\"";
     SetError(resp, status);
     s.Send(resp);
     if (close || ++s.consecutive_errors >= config_.limits.max_consecutive_errors) {
@@ -294,6 +300,8 @@ Dispatcher::Outcome Dispatcher::HandleHello(Session& s, const wire::Hello& h, wi
                                             UniqueFd& attach) {
   if (h.protocol_version() != kProtocolVersion) {
     if (metrics_ != nullptr) metrics_->Refused(RefusalReason::kVersion);
+    LOG(WARNING) << "event=connection_refused reason=version session=" << s.id()
+                 << " uid=" << s.peer().uid << " version=" << h.protocol_version();
     return {absl::FailedPreconditionError(absl::StrCat("protocol version ", h.protocol_version(),
                                                        " is not supported; this kvtierd speaks "
                                                        "version ",
@@ -323,6 +331,10 @@ Dispatcher::Outcome Dispatcher::HandleHello(Session& s, const wire::Hello& h, wi
     if (metrics_ != nullptr) {
       metrics_->Refused(rule == nullptr ? RefusalReason::kNamespace : RefusalReason::kCredentials);
     }
+    LOG(WARNING) << "event=connection_refused reason="
+                 << (rule == nullptr ? "namespace" : "credentials") << " session=" << s.id()
+                 << " pid=" << s.peer().pid << " uid=" << s.peer().uid << " gid=" << s.peer().gid
+                 << " namespace=\"" << name << "\"";
     return {absl::PermissionDeniedError(absl::StrCat(
                 "uid ", s.peer().uid, " gid ", s.peer().gid, " may not use namespace '", name, "'",
                 rule == nullptr ? " (no namespace rule matches it)" : "")),
@@ -391,6 +403,8 @@ Dispatcher::Outcome Dispatcher::HandleHello(Session& s, const wire::Hello& h, wi
   s.hello_done = true;
   s.ns = *ns;
   s.namespace_name = name;
+  LOG(INFO) << "event=session_hello session=" << s.id() << " uid=" << s.peer().uid
+            << " namespace=\"" << name << "\"";
   s.layout = *std::move(layout);
   out.set_protocol_version(kProtocolVersion);
   out.set_salt_hi(salt->hi);
@@ -732,11 +746,13 @@ void Dispatcher::EndSession(Session& s) {
     wire::Release all;
     wire::CountReply ignored;
     if (absl::Status st = HandleRelease(s, all, ignored); !st.ok()) {
-      std::fprintf(stderr, "kvtierd: session %llu: releasing pins: %s\n",
-                   static_cast<unsigned long long>(s.id()), st.ToString().c_str());
+      LOG(ERROR) << "event=lease_release_failed session=" << s.id() << " error=\"" << st.ToString()
+                 << "\"";
     }
   }
   if (held) counters_.leases_expired.fetch_add(1, std::memory_order_relaxed);
+  LOG(INFO) << "event=session_close session=" << s.id() << " uid=" << s.peer().uid
+            << " namespace=\"" << s.namespace_name << "\" lease_held=" << (held ? 1 : 0);
   // Queued operations see `ended` and are cancelled; running ones keep their own reference.
   s.buffers.reset();
 }

@@ -1,6 +1,7 @@
 // kvtierd: the node-local KV-cache tiering daemon. Loads its options (embedded default, then
 // --config, then flags), validates them once, builds the TieredStore and serves workers on a Unix
 // socket until SIGTERM or SIGINT, then shuts down cleanly (exit status 0).
+#include <glog/logging.h>
 #include <signal.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
@@ -33,6 +34,9 @@ ABSL_FLAG(std::string, config, "", "YAML config file applied over the embedded d
 ABSL_FLAG(std::string, socket_path, "", "overrides the config's socket_path");
 ABSL_FLAG(std::string, data_dir, "", "overrides the config's data_dir");
 ABSL_FLAG(bool, print_config, false, "print the effective config as YAML and exit");
+ABSL_FLAG(std::string, log_level, "info",
+          "least severe log lines written to stderr: info, warning or error (one line per event, "
+          "never per page)");
 
 namespace {
 
@@ -62,7 +66,7 @@ absl::StatusOr<DaemonConfig> LoadConfig() {
 int Run() {
   absl::StatusOr<DaemonConfig> config = LoadConfig();
   if (!config.ok()) {
-    std::fprintf(stderr, "kvtierd: config: %s\n", std::string(config.status().message()).c_str());
+    LOG(ERROR) << "event=config_invalid error=\"" << config.status().message() << "\"";
     return 2;
   }
   if (absl::GetFlag(FLAGS_print_config)) {
@@ -82,7 +86,7 @@ int Run() {
     return 1;
   }
   if (absl::Status s = kvtier::EnsureDataDir(config->data_dir); !s.ok()) {
-    std::fprintf(stderr, "kvtierd: %s\n", s.ToString().c_str());
+    LOG(ERROR) << "event=data_dir_failed error=\"" << s.ToString() << "\"";
     return 1;
   }
   kvtier::StoreOptions options;
@@ -108,8 +112,8 @@ int Run() {
     if (engine.ok()) {
       parts.copy_engine = *std::move(engine);
     } else {
-      std::fprintf(stderr, "kvtierd: CUDA copy engine unavailable, using the CPU one: %s\n",
-                   engine.status().ToString().c_str());
+      LOG(WARNING) << "event=cuda_copy_engine_unavailable fallback=cpu error=\""
+                   << engine.status().ToString() << "\"";
     }
   }
 #endif
@@ -117,7 +121,7 @@ int Run() {
     absl::StatusOr<std::unique_ptr<kvtier::TierBackend>> nvme = kvtier::MakeNvmeBackend(
         config->nvme, config->store.page_bytes, &nvme_io_metrics, &registry);
     if (!nvme.ok()) {
-      std::fprintf(stderr, "kvtierd: %s\n", std::string(nvme.status().message()).c_str());
+      LOG(ERROR) << "event=nvme_failed error=\"" << nvme.status().message() << "\"";
       return 2;
     }
     parts.nvme = *std::move(nvme);
@@ -125,7 +129,7 @@ int Run() {
   absl::StatusOr<std::unique_ptr<kvtier::TieredStore>> store =
       kvtier::TieredStore::Create(options, std::move(parts));
   if (!store.ok()) {
-    std::fprintf(stderr, "kvtierd: store: %s\n", store.status().ToString().c_str());
+    LOG(ERROR) << "event=store_failed error=\"" << store.status().ToString() << "\"";
     return 1;
   }
   kvtier::BindStoreMetrics(registry, **store);
@@ -133,7 +137,7 @@ int Run() {
   absl::StatusOr<std::unique_ptr<kvtier::Server>> server =
       kvtier::Server::Create(*config, **store, &daemon_metrics);
   if (!server.ok()) {
-    std::fprintf(stderr, "kvtierd: %s\n", server.status().ToString().c_str());
+    LOG(ERROR) << "event=server_failed error=\"" << server.status().ToString() << "\"";
     return 1;
   }
   std::unique_ptr<kvtier::AdminHttpServer> http;
@@ -143,30 +147,29 @@ int Run() {
     absl::StatusOr<std::unique_ptr<kvtier::AdminHttpServer>> started =
         kvtier::AdminHttpServer::Start(http_options, &registry, nullptr);
     if (!started.ok()) {
-      std::fprintf(stderr, "kvtierd: http_address: %s\n", started.status().ToString().c_str());
+      LOG(ERROR) << "event=http_failed http_address=" << config->http_address << " error=\""
+                 << started.status().ToString() << "\"";
       return 1;
     }
     http = *std::move(started);
-    std::fprintf(stderr, "kvtierd: metrics on http://%s/metrics (port %d)\n",
-                 config->http_address.c_str(), http->port());
+    LOG(INFO) << "event=http_listening url=http://" << config->http_address
+              << "/metrics port=" << http->port();
   }
   const kvtier::TieredStore::SharedPool pool = (*store)->dram_pool();
-  std::fprintf(stderr,
-               "kvtierd: serving %s (pid %d); HBM %u pages on backend %s, DRAM %u pages (memfd "
-               "shared with workers), %llu bytes a page, policy %s\n",
-               config->socket_path.c_str(), static_cast<int>(::getpid()), config->store.hbm_pages,
-               std::string((*store)->hbm_backend()).c_str(), pool.slots,
-               static_cast<unsigned long long>(options.page_bytes),
-               std::string((*store)->policy_name()).c_str());
+  LOG(INFO) << "event=serving socket=" << config->socket_path << " pid=" << ::getpid()
+            << " hbm_pages=" << config->store.hbm_pages
+            << " hbm_backend=" << (*store)->hbm_backend() << " dram_pages=" << pool.slots
+            << " page_bytes=" << options.page_bytes << " policy=" << (*store)->policy_name()
+            << " nvme=" << ((*store)->has_tier(kvtier::Tier::kNvme) ? 1 : 0);
   absl::Status served = (*server)->Serve(stop.get());
   http.reset();  // stop scrapes before the store they read goes away
   server->reset();
   store->reset();
   if (!served.ok()) {
-    std::fprintf(stderr, "kvtierd: %s\n", served.ToString().c_str());
+    LOG(ERROR) << "event=serve_failed error=\"" << served.ToString() << "\"";
     return 1;
   }
-  std::fprintf(stderr, "kvtierd: shut down cleanly\n");
+  LOG(INFO) << "event=shutdown clean=1";
   return 0;
 }
 
@@ -175,5 +178,21 @@ int Run() {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("kvtierd: node-local KV-cache tiering daemon");
   absl::ParseCommandLine(argc, argv);
+  // glog: leveled lines ("I1124 16:58:34.123456 407 server.cc:170] event=session_open ...") on
+  // stderr, where systemd's journal and `kubectl logs` collect them.
+  FLAGS_logtostderr = true;
+  const std::string level = absl::GetFlag(FLAGS_log_level);
+  if (level == "info") {
+    FLAGS_minloglevel = google::GLOG_INFO;
+  } else if (level == "warning") {
+    FLAGS_minloglevel = google::GLOG_WARNING;
+  } else if (level == "error") {
+    FLAGS_minloglevel = google::GLOG_ERROR;
+  } else {
+    std::fprintf(stderr, "kvtierd: --log_level must be info, warning or error, not '%s'\n",
+                 level.c_str());
+    return 2;
+  }
+  google::InitGoogleLogging("kvtierd");
   return Run();
 }

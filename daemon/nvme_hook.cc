@@ -1,5 +1,7 @@
 #include "daemon/nvme_hook.h"
 
+#include <glog/logging.h>
+
 #include "absl/strings/str_cat.h"
 #include "daemon/observability/nvme_metrics.h"
 #include "tiering/nvme/nvme_tier.h"
@@ -25,6 +27,7 @@ absl::StatusOr<std::unique_ptr<TierBackend>> MakeNvmeBackend(const NvmeConfig& n
   options.page_bytes = page_bytes;
   options.slots = static_cast<uint32_t>(slots);
   options.observer = observer;
+  options.log = [](absl::string_view line) { LOG(WARNING) << "event=nvme " << line; };
   absl::StatusOr<std::unique_ptr<NvmeTier>> tier = NvmeTier::Create(options);
   if (!tier.ok()) {
     return absl::Status(tier.status().code(), absl::StrCat("nvme: ", tier.status().message()));

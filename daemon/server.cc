@@ -1,5 +1,6 @@
 #include "daemon/server.h"
 
+#include <glog/logging.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -111,7 +112,7 @@ absl::Status Server::Serve(int stop_fd) {
     // than not at all (logged once).
     absl::StatusOr<Planner> tiers = Planner::Create(&store_, SteadyClock::Get(), planner_options);
     if (!tiers.ok()) {
-      std::fprintf(stderr, "kvtierd: planner disabled: %s\n", tiers.status().ToString().c_str());
+      LOG(ERROR) << "event=planner_disabled error=\"" << tiers.status().ToString() << "\"";
       return;
     }
     while (!stop_planner.WaitForNotificationWithTimeout(period)) {
@@ -141,6 +142,8 @@ absl::Status Server::Serve(int stop_fd) {
     absl::MutexLock lock(&mu_);
     if (connection_threads_ >= config_.limits.max_connections) {
       if (metrics_ != nullptr) metrics_->Refused(RefusalReason::kLimit);
+      LOG(WARNING) << "event=connection_refused reason=limit pid=" << cred.pid
+                   << " uid=" << cred.uid << " max_connections=" << config_.limits.max_connections;
       wire::Response resp;
       resp.mutable_error()->set_code(static_cast<int>(absl::StatusCode::kResourceExhausted));
       resp.mutable_error()->set_message(absl::StrCat("kvtierd serves ",
@@ -165,6 +168,8 @@ absl::Status Server::Serve(int stop_fd) {
     ++connection_threads_;
     counters_.sessions.fetch_add(1, std::memory_order_relaxed);
     if (metrics_ != nullptr) metrics_->SessionOpened();
+    LOG(INFO) << "event=session_open session=" << id << " pid=" << cred.pid << " uid=" << cred.uid
+              << " gid=" << cred.gid;
     std::thread([this, session, raw] { ServeConnection(session, raw); }).detach();
   }
   // Shut every connection down: each thread sees EOF and ends its session's lease.

@@ -146,6 +146,19 @@ def main():
         daemon.send_signal(signal.SIGTERM)
         if daemon.wait(timeout=30) != 0:
             raise SystemExit(f"FAIL: kvtierd exited with {daemon.returncode} on SIGTERM")
+        # The operator's log: one leveled line per event, with the fields one greps for.
+        daemon_log.close()
+        with open(os.path.join(tmp, "kvtierd.log")) as f:
+            log = f.read()
+        import re
+        for pattern in (r"(?m)^I\d{8} [\d:.]+ +\d+ \S+\] event=serving socket=\S+ pid=\d+ .*policy=kvtier",
+                        r"(?m)^I.*event=session_open session=\d+ pid=\d+ uid=\d+ gid=\d+$",
+                        r"(?m)^I.*event=session_close session=\d+ uid=\d+ namespace=",
+                        r"(?m)^I.*event=shutdown clean=1$"):
+            if not re.search(pattern, log):
+                raise SystemExit(f"FAIL: kvtierd's log has no line matching {pattern!r}:\n{log}")
+        if len(log.splitlines()) > 40:
+            raise SystemExit(f"FAIL: {len(log.splitlines())} log lines for 2 sessions: per-page logging?")
         print("1 passed, 0 failed")
     finally:
         for p in procs:

@@ -3,6 +3,8 @@
 #include <sys/un.h>
 
 #include <algorithm>
+#include <functional>
+#include <utility>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -66,28 +68,84 @@ absl::Status ReadMode(const YAML::Node& node, const std::string& key, uint32_t& 
   return absl::OkStatus();
 }
 
-absl::Status ReadLayout(const YAML::Node& node, const std::string& path, LayoutSpec& out) {
-  return ForEachKey(node, path,
-                    [&](const std::string& k, const YAML::Node& v,
-                        const std::string& full) -> absl::StatusOr<bool> {
-                      uint32_t x = 0;
-                      if (absl::Status s = Read(v, full, x); !s.ok()) return s;
-                      if (k == "layers")
-                        out.layers = x;
-                      else if (k == "kv_heads")
-                        out.kv_heads = x;
-                      else if (k == "head_dim")
-                        out.head_dim = x;
-                      else if (k == "dtype")
-                        out.dtype = static_cast<DType>(x);
-                      else if (k == "tokens_per_page")
-                        out.tokens_per_page = x;
-                      else if (k == "tensor_layout")
-                        out.tensor_layout = static_cast<TensorLayout>(x);
-                      else
+// Binds the keys of one YAML map to fields: each value is read with its field's type, and a key
+// nobody bound is an error that names it. Every section of the config is one FieldMap.
+class FieldMap {
+ public:
+  using Reader = std::function<absl::Status(const YAML::Node&, const std::string&)>;
+
+  template <typename T>
+  FieldMap& Add(const char* key, T& field) {
+    return AddReader(key, [&field](const YAML::Node& v, const std::string& full) {
+      return Read(v, full, field);
+    });
+  }
+  FieldMap& AddReader(const char* key, Reader reader) {
+    readers_.emplace_back(key, std::move(reader));
+    return *this;
+  }
+  absl::Status Apply(const YAML::Node& map, const std::string& path) const {
+    return ForEachKey(map, path,
+                      [&](const std::string& k, const YAML::Node& v,
+                          const std::string& full) -> absl::StatusOr<bool> {
+                        for (const auto& [key, reader] : readers_) {
+                          if (k != key) continue;
+                          if (absl::Status s = reader(v, full); !s.ok()) return s;
+                          return true;
+                        }
                         return false;
-                      return true;
-                    });
+                      });
+  }
+
+ private:
+  std::vector<std::pair<std::string, Reader>> readers_;
+};
+
+// A field stored as an enum, written in the config as its number.
+template <typename Enum>
+FieldMap::Reader EnumReader(Enum& field) {
+  return [&field](const YAML::Node& v, const std::string& full) {
+    uint32_t x = 0;
+    if (absl::Status s = Read(v, full, x); !s.ok()) return s;
+    field = static_cast<Enum>(x);
+    return absl::OkStatus();
+  };
+}
+
+absl::Status ReadLayout(const YAML::Node& node, const std::string& path, LayoutSpec& out) {
+  return FieldMap()
+      .Add("layers", out.layers)
+      .Add("kv_heads", out.kv_heads)
+      .Add("head_dim", out.head_dim)
+      .AddReader("dtype", EnumReader(out.dtype))
+      .Add("tokens_per_page", out.tokens_per_page)
+      .AddReader("tensor_layout", EnumReader(out.tensor_layout))
+      .Apply(node, path);
+}
+
+absl::Status ReadNamespaces(const YAML::Node& v, const std::string& full,
+                            std::vector<NamespaceRule>& out) {
+  if (!v.IsSequence()) return absl::InvalidArgumentError(absl::StrCat(full, ": expected a list"));
+  out.clear();
+  for (size_t i = 0; i < v.size(); ++i) {
+    NamespaceRule rule;
+    absl::Status s = FieldMap()
+                         .Add("name", rule.name)
+                         .Add("uids", rule.uids)
+                         .Add("gids", rule.gids)
+                         .Add("sink_slots", rule.sink_slots)
+                         .AddReader("layout",
+                                    [&rule](const YAML::Node& lv, const std::string& lf) {
+                                      LayoutSpec spec;
+                                      absl::Status r = ReadLayout(lv, lf, spec);
+                                      rule.layout = spec;
+                                      return r;
+                                    })
+                         .Apply(v[i], absl::StrCat(full, "[", i, "]"));
+    if (!s.ok()) return s;
+    out.push_back(std::move(rule));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -102,145 +160,50 @@ absl::Status ApplyConfigYaml(absl::string_view yaml, DaemonConfig& c) {
     return absl::InvalidArgumentError(absl::StrCat("config: ", e.what()));
   }
   if (root.IsNull()) return absl::OkStatus();
-  return ForEachKey(
-      root, "",
-      [&](const std::string& k, const YAML::Node& v,
-          const std::string& full) -> absl::StatusOr<bool> {
-        if (k == "data_dir") {
-          if (absl::Status s = Read(v, full, c.data_dir); !s.ok()) return s;
-          return true;
-        }
-        if (k == "socket_path") {
-          if (absl::Status s = Read(v, full, c.socket_path); !s.ok()) return s;
-          return true;
-        }
-        if (k == "socket_mode") {
-          if (absl::Status s = ReadMode(v, full, c.socket_mode); !s.ok()) return s;
-          return true;
-        }
-        if (k == "http_address") {
-          if (absl::Status s = Read(v, full, c.http_address); !s.ok()) return s;
-          return true;
-        }
-        if (k == "admin_uids") {
-          if (absl::Status s = Read(v, full, c.admin_uids); !s.ok()) return s;
-          return true;
-        }
-        if (k == "store") {
-          absl::Status s = ForEachKey(v, full,
-                                      [&](const std::string& sk, const YAML::Node& sv,
-                                          const std::string& sf) -> absl::StatusOr<bool> {
-                                        absl::Status r;
-                                        if (sk == "page_bytes")
-                                          r = Read(sv, sf, c.store.page_bytes);
-                                        else if (sk == "hbm_pages")
-                                          r = Read(sv, sf, c.store.hbm_pages);
-                                        else if (sk == "dram_pages")
-                                          r = Read(sv, sf, c.store.dram_pages);
-                                        else if (sk == "hbm_backend")
-                                          r = Read(sv, sf, c.store.hbm_backend);
-                                        else if (sk == "sink_tokens")
-                                          r = Read(sv, sf, c.store.sink_tokens);
-                                        else if (sk == "tokens_per_page")
-                                          r = Read(sv, sf, c.store.tokens_per_page);
-                                        else if (sk == "maintain_interval_ms")
-                                          r = Read(sv, sf, c.store.maintain_interval_ms);
-                                        else if (sk == "policy")
-                                          r = Read(sv, sf, c.store.policy);
-                                        else if (sk == "max_migration_bytes_per_s")
-                                          r = Read(sv, sf, c.store.max_migration_bytes_per_s);
-                                        else
-                                          return false;
-                                        if (!r.ok()) return r;
-                                        return true;
-                                      });
-          if (!s.ok()) return s;
-          return true;
-        }
-        if (k == "nvme") {
-          absl::Status s = ForEachKey(v, full,
-                                      [&](const std::string& sk, const YAML::Node& sv,
-                                          const std::string& sf) -> absl::StatusOr<bool> {
-                                        absl::Status r;
-                                        if (sk == "directories")
-                                          r = Read(sv, sf, c.nvme.directories);
-                                        else if (sk == "capacity_bytes")
-                                          r = Read(sv, sf, c.nvme.capacity_bytes);
-                                        else
-                                          return false;
-                                        if (!r.ok()) return r;
-                                        return true;
-                                      });
-          if (!s.ok()) return s;
-          return true;
-        }
-        if (k == "limits") {
-          LimitsConfig& l = c.limits;
-          absl::Status s = ForEachKey(v, full,
-                                      [&](const std::string& sk, const YAML::Node& sv,
-                                          const std::string& sf) -> absl::StatusOr<bool> {
-                                        absl::Status r;
-                                        if (sk == "max_message_bytes")
-                                          r = Read(sv, sf, l.max_message_bytes);
-                                        else if (sk == "max_batch_pages")
-                                          r = Read(sv, sf, l.max_batch_pages);
-                                        else if (sk == "max_inflight_ops")
-                                          r = Read(sv, sf, l.max_inflight_ops);
-                                        else if (sk == "max_pinned_pages")
-                                          r = Read(sv, sf, l.max_pinned_pages);
-                                        else if (sk == "max_buffers")
-                                          r = Read(sv, sf, l.max_buffers);
-                                        else if (sk == "max_consecutive_errors")
-                                          r = Read(sv, sf, l.max_consecutive_errors);
-                                        else if (sk == "io_threads")
-                                          r = Read(sv, sf, l.io_threads);
-                                        else if (sk == "max_connections")
-                                          r = Read(sv, sf, l.max_connections);
-                                        else if (sk == "max_namespaces")
-                                          r = Read(sv, sf, l.max_namespaces);
-                                        else
-                                          return false;
-                                        if (!r.ok()) return r;
-                                        return true;
-                                      });
-          if (!s.ok()) return s;
-          return true;
-        }
-        if (k == "namespaces") {
-          if (!v.IsSequence())
-            return absl::InvalidArgumentError(absl::StrCat(full, ": expected a list"));
-          c.namespaces.clear();
-          for (size_t i = 0; i < v.size(); ++i) {
-            NamespaceRule rule;
-            const std::string path = absl::StrCat(full, "[", i, "]");
-            absl::Status s = ForEachKey(v[i], path,
-                                        [&](const std::string& nk, const YAML::Node& nv,
-                                            const std::string& nf) -> absl::StatusOr<bool> {
-                                          absl::Status r;
-                                          if (nk == "name")
-                                            r = Read(nv, nf, rule.name);
-                                          else if (nk == "uids")
-                                            r = Read(nv, nf, rule.uids);
-                                          else if (nk == "gids")
-                                            r = Read(nv, nf, rule.gids);
-                                          else if (nk == "sink_slots")
-                                            r = Read(nv, nf, rule.sink_slots);
-                                          else if (nk == "layout") {
-                                            LayoutSpec spec;
-                                            r = ReadLayout(nv, nf, spec);
-                                            rule.layout = spec;
-                                          } else
-                                            return false;
-                                          if (!r.ok()) return r;
-                                          return true;
-                                        });
-            if (!s.ok()) return s;
-            c.namespaces.push_back(std::move(rule));
-          }
-          return true;
-        }
-        return false;
-      });
+  FieldMap store;
+  store.Add("page_bytes", c.store.page_bytes)
+      .Add("hbm_pages", c.store.hbm_pages)
+      .Add("dram_pages", c.store.dram_pages)
+      .Add("hbm_backend", c.store.hbm_backend)
+      .Add("sink_tokens", c.store.sink_tokens)
+      .Add("tokens_per_page", c.store.tokens_per_page)
+      .Add("maintain_interval_ms", c.store.maintain_interval_ms)
+      .Add("policy", c.store.policy)
+      .Add("max_migration_bytes_per_s", c.store.max_migration_bytes_per_s);
+  FieldMap nvme;
+  nvme.Add("directories", c.nvme.directories).Add("capacity_bytes", c.nvme.capacity_bytes);
+  LimitsConfig& l = c.limits;
+  FieldMap limits;
+  limits.Add("max_message_bytes", l.max_message_bytes)
+      .Add("max_batch_pages", l.max_batch_pages)
+      .Add("max_inflight_ops", l.max_inflight_ops)
+      .Add("max_pinned_pages", l.max_pinned_pages)
+      .Add("max_buffers", l.max_buffers)
+      .Add("max_consecutive_errors", l.max_consecutive_errors)
+      .Add("io_threads", l.io_threads)
+      .Add("max_connections", l.max_connections)
+      .Add("max_namespaces", l.max_namespaces);
+  auto section = [](const FieldMap& fields) {
+    return
+        [&fields](const YAML::Node& v, const std::string& full) { return fields.Apply(v, full); };
+  };
+  return FieldMap()
+      .Add("data_dir", c.data_dir)
+      .Add("socket_path", c.socket_path)
+      .AddReader("socket_mode",
+                 [&c](const YAML::Node& v, const std::string& full) {
+                   return ReadMode(v, full, c.socket_mode);
+                 })
+      .Add("http_address", c.http_address)
+      .Add("admin_uids", c.admin_uids)
+      .AddReader("store", section(store))
+      .AddReader("nvme", section(nvme))
+      .AddReader("limits", section(limits))
+      .AddReader("namespaces",
+                 [&c](const YAML::Node& v, const std::string& full) {
+                   return ReadNamespaces(v, full, c.namespaces);
+                 })
+      .Apply(root, "");
 }
 
 absl::Status ValidateConfig(const DaemonConfig& c) {

@@ -154,6 +154,11 @@ Dispatcher::Dispatcher(const DaemonConfig& config, TieredStore& store, DaemonCou
       start_ns_(start_ns),
       metrics_(metrics) {}
 
+absl::Status Dispatcher::QuotaExceeded(QuotaKind kind, absl::string_view message) {
+  if (metrics_ != nullptr) metrics_->QuotaRejected(kind);
+  return absl::ResourceExhaustedError(message);
+}
+
 Dispatcher::Verdict Dispatcher::Handle(const std::shared_ptr<Session>& session, Incoming in) {
   Session& s = *session;
   // Reused per connection thread: parsing into a cleared message keeps its allocations.
@@ -165,15 +170,6 @@ Dispatcher::Verdict Dispatcher::Handle(const std::shared_ptr<Session>& session, 
     counters_.bad_requests.fetch_add(1, std::memory_order_relaxed);
     if (metrics_ != nullptr) {
       metrics_->BadRequest();
-      if (status.code() == absl::StatusCode::kResourceExhausted) {
-        if (in.truncated) metrics_->QuotaRejected(QuotaKind::kMessageBytes);
-        if (status.message().find("max_pinned_pages") != absl::string_view::npos) {
-          metrics_->QuotaRejected(QuotaKind::kPinnedPages);
-        }
-        if (status.message().find("max_inflight_ops") != absl::string_view::npos) {
-          metrics_->QuotaRejected(QuotaKind::kInflightOps);
-        }
-      }
       if (std::optional<RpcOp> op = OpOf(req.body_case()); op.has_value() && !in.truncated) {
         metrics_->Request(*op, SecondsSince(t0), false);
       }
@@ -198,9 +194,10 @@ Dispatcher::Verdict Dispatcher::Handle(const std::shared_ptr<Session>& session, 
                   true);
   }
   if (in.truncated) {
-    return reject(absl::ResourceExhaustedError(absl::StrCat(
-                      "message of ", in.size, " bytes exceeds limits.max_message_bytes (",
-                      config_.limits.max_message_bytes, ")")),
+    return reject(QuotaExceeded(QuotaKind::kMessageBytes,
+                                absl::StrCat("message of ", in.size,
+                                             " bytes exceeds limits.max_message_bytes (",
+                                             config_.limits.max_message_bytes, ")")),
                   false);
   }
   req.Clear();
@@ -550,10 +547,11 @@ absl::Status Dispatcher::SubmitLoadStore(const std::shared_ptr<Session>& session
   }
   const uint32_t inflight = s.inflight.load(std::memory_order_relaxed);
   if (inflight >= config_.limits.max_inflight_ops) {
-    return absl::ResourceExhaustedError(absl::StrCat(inflight,
-                                                     " operations in flight on this connection; "
-                                                     "limits.max_inflight_ops is ",
-                                                     config_.limits.max_inflight_ops));
+    return QuotaExceeded(QuotaKind::kInflightOps,
+                         absl::StrCat(inflight,
+                                      " operations in flight on this connection; "
+                                      "limits.max_inflight_ops is ",
+                                      config_.limits.max_inflight_ops));
   }
   s.inflight.fetch_add(1, std::memory_order_relaxed);
   counters_.inflight_ops.fetch_add(1, std::memory_order_relaxed);
@@ -683,7 +681,8 @@ absl::Status Dispatcher::HandlePin(Session& s, const wire::Pin& r) {
   std::vector<PageKey> keys;
   if (absl::Status st = Keys(r.key_words(), keys); !st.ok()) return st;
   if (s.pinned + keys.size() > config_.limits.max_pinned_pages) {
-    return absl::ResourceExhaustedError(
+    return QuotaExceeded(
+        QuotaKind::kPinnedPages,
         absl::StrCat("pinning ", keys.size(), " more pages would hold ", s.pinned + keys.size(),
                      "; limits.max_pinned_pages is ", config_.limits.max_pinned_pages));
   }

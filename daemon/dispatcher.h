@@ -59,6 +59,8 @@ class Dispatcher {
     bool close = false;
     int fd = -1;  // attached to the reply
   };
+  // The error a per-connection quota answers with, counted by quota where it is enforced.
+  absl::Status QuotaExceeded(QuotaKind kind, absl::string_view message);
   Outcome Dispatch(const std::shared_ptr<Session>& s, const wire::Request& req,
                    std::vector<UniqueFd>& fds, wire::Response& resp, UniqueFd& attach);
   Outcome HandleHello(Session& s, const wire::Hello& h, wire::HelloReply& out, UniqueFd& attach);

@@ -1,5 +1,6 @@
 #include "tiering/memory_tier.h"
 
+#include <type_traits>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -64,16 +65,27 @@ std::byte* MemoryTier::HostSlot(uint32_t slot) const {
   return SlotAddress(slot);
 }
 
-void MemoryTier::Write(absl::Span<const SlotWrite> writes, absl::Span<absl::Status> results) {
+// One copy-engine batch for a batch of slot I/Os: each item is checked on its own (a bad item
+// fails alone), its pieces become CopyOps between the slot and the caller's buffers, and an
+// engine failure fails every item that was still good.
+template <typename Item, typename Buffer>
+void MemoryTier::CopyBatch(absl::Span<const Item> items, absl::Span<absl::Status> results,
+                           absl::Span<const Buffer> Item::*buffers) {
   std::vector<CopyOp> ops;
-  for (size_t i = 0; i < writes.size(); ++i) {
-    const SlotWrite& w = writes[i];
-    results[i] = CheckIo(w.slot, slot_count_, slot_bytes_, w.meta.bytes, w.src);
+  for (size_t i = 0; i < items.size(); ++i) {
+    const Item& item = items[i];
+    const absl::Span<const Buffer> bufs = item.*buffers;
+    results[i] = CheckIo(item.slot, slot_count_, slot_bytes_, item.meta.bytes, bufs);
     if (!results[i].ok()) continue;
-    std::byte* dst = SlotAddress(w.slot);
-    for (const ConstBuffer& b : w.src) {
-      ops.push_back(CopyOp{dst, b.data, b.size});
-      dst += b.size;
+    std::byte* slot = SlotAddress(item.slot);
+    for (const Buffer& b : bufs) {
+      // Read-only caller buffers are a write into the slot; writable ones are a read out of it.
+      if constexpr (std::is_same_v<Buffer, ConstBuffer>) {
+        ops.push_back(CopyOp{slot, b.data, b.size});
+      } else {
+        ops.push_back(CopyOp{b.data, slot, b.size});
+      }
+      slot += b.size;
     }
   }
   absl::Status s = engine_->Copy(ops);
@@ -84,24 +96,12 @@ void MemoryTier::Write(absl::Span<const SlotWrite> writes, absl::Span<absl::Stat
   }
 }
 
+void MemoryTier::Write(absl::Span<const SlotWrite> writes, absl::Span<absl::Status> results) {
+  CopyBatch(writes, results, &SlotWrite::src);
+}
+
 void MemoryTier::Read(absl::Span<const SlotRead> reads, absl::Span<absl::Status> results) {
-  std::vector<CopyOp> ops;
-  for (size_t i = 0; i < reads.size(); ++i) {
-    const SlotRead& r = reads[i];
-    results[i] = CheckIo(r.slot, slot_count_, slot_bytes_, r.meta.bytes, r.dst);
-    if (!results[i].ok()) continue;
-    const std::byte* src = SlotAddress(r.slot);
-    for (const MutableBuffer& b : r.dst) {
-      ops.push_back(CopyOp{b.data, src, b.size});
-      src += b.size;
-    }
-  }
-  absl::Status s = engine_->Copy(ops);
-  if (!s.ok()) {
-    for (absl::Status& r : results) {
-      if (r.ok()) r = s;
-    }
-  }
+  CopyBatch(reads, results, &SlotRead::dst);
 }
 
 }  // namespace kvtier

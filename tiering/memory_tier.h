@@ -36,6 +36,10 @@ class MemoryTier final : public TierBackend {
   MemoryTier(Tier tier, std::unique_ptr<MemoryRegion> region, uint32_t slot_count,
              uint64_t slot_bytes, CopyEngine* engine);
 
+  template <typename Item, typename Buffer>
+  void CopyBatch(absl::Span<const Item> items, absl::Span<absl::Status> results,
+                 absl::Span<const Buffer> Item::*buffers);
+
   const Tier tier_;
   const std::unique_ptr<MemoryRegion> region_;
   const uint32_t slot_count_;

@@ -427,7 +427,7 @@ void TieredStore::DropLocked(const PageKey& key, const PageEntry& e) {
   policy_->OnRemove(key, e);
 }
 
-void TieredStore::RecordAccess(const PageKey& key, PageEntry& e) {
+void TieredStore::RecordAccess(PageEntry& e) const {
   const uint64_t now = Now();
   const double elapsed_ms =
       now > e.stats.last_access_ns ? static_cast<double>(now - e.stats.last_access_ns) / 1e6 : 0.0;
@@ -435,7 +435,6 @@ void TieredStore::RecordAccess(const PageKey& key, PageEntry& e) {
       e.stats.frequency * std::exp2(-elapsed_ms / options_.frequency_half_life_ms) + 1.0);
   e.stats.last_access_ns = now;
   ++e.stats.access_count;
-  (void)key;
 }
 
 PageClass TieredStore::ClassifyOnPut(const PutOptions& o, ClassSource* source) const {
@@ -489,7 +488,7 @@ absl::StatusOr<Tier> TieredStore::Put(NamespaceId ns, const PageKey& key,
       if (existing->state == PageState::kReady) {
         PageEntry updated;
         index_.Update(key, [&](PageEntry& x) {
-          RecordAccess(key, x);
+          RecordAccess(x);
           updated = x;
         });
         policy_->OnAccess(key, updated);
@@ -549,7 +548,7 @@ absl::StatusOr<Tier> TieredStore::Put(NamespaceId ns, const PageKey& key,
   index_.Update(key, [&](PageEntry& x) {
     x.state = PageState::kReady;
     --x.pin_count;
-    RecordAccess(key, x);
+    RecordAccess(x);
     ready = x;
   });
   if (!options.parent.is_null()) {
@@ -587,7 +586,7 @@ absl::StatusOr<Tier> TieredStore::Get(NamespaceId ns, const PageKey& key,
     }
     index_.Update(key, [&](PageEntry& x) {
       ++x.pin_count;  // the reader's pin: the page cannot move while its bytes are copied out
-      RecordAccess(key, x);
+      RecordAccess(x);
       entry = x;
     });
     policy_->OnAccess(key, entry);
@@ -625,7 +624,7 @@ absl::Status TieredStore::Touch(NamespaceId ns, const PageKey& key) {
   if (!found.ok()) return found.status();
   PageEntry e;
   index_.Update(key, [&](PageEntry& x) {
-    RecordAccess(key, x);
+    RecordAccess(x);
     e = x;
   });
   policy_->OnAccess(key, e);

@@ -247,7 +247,7 @@ class TieredStore {
                            const PageMeta& meta) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Claims a reserved sink slot for `ns`, replacing its LRU unpinned sink if the reserve is full.
   std::optional<uint32_t> AcquireSinkSlot(NamespaceId ns) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void RecordAccess(const PageKey& key, PageEntry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RecordAccess(PageEntry& e) const;
   PageClass ClassifyOnPut(const PutOptions& o, ClassSource* source) const;
   absl::StatusOr<PageEntry> FindOwned(NamespaceId ns, const PageKey& key) const;
   void AdoptRecovered(const RecoveredPage& page) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -1,20 +1,24 @@
 // The attention-statistics kernel (what it computes: kernels/attention_stats.h).
 //
-// Pass 1, one block per (kv head, run of whole pages), one pass over K and V: the block keeps the
-// window's queries of its kv head's q-head group in shared memory, and for each 64-token tile of
-// K computes S = Q.K^T on the tensor cores (WMMA, bf16/fp16 in, fp32 accumulate). One thread per
-// (query, q head) row walks the tile's columns keeping an online-softmax (max, sum) of the page
-// it is in, and at each page end writes the page's log2-sum-exp. The same tile's V rows are read
-// alongside K for their L2 norms. Nothing of size tokens x rows is ever stored: the per-page
-// partials are [rows][pages] floats, 1/16 of K's bytes at 16 tokens a page.
-// Pass 2 reduces each row's page partials to its log2-sum-exp over the whole sequence; pass 3,
-// one thread per page, turns partials into masses, breadth and the entropy over heads.
+// Pass 1 reads K and V once and leaves, per (row = query x q head, page), the log2-sum-exp of the
+// page's scaled logits, and per (page, kv head) the sum of value-vector norms. Two versions:
+//  - tiled (mma_pass below), for tokens_per_page 8/16/32/64 and head_dim 64/128/256: every page
+//    lies inside one 64-token tile, so page sums come straight out of the MMA accumulators;
+//  - generic (any tokens_per_page, head_dim a multiple of 16): one block per (kv head, run of
+//    whole pages) computes S = Q.K^T per 64-token tile on the tensor cores (WMMA) into shared
+//    memory, then walks it with an online softmax per page, carrying a page across tiles.
+// Pass 2 turns pass 1's partials into each row's log2-sum-exp over the whole sequence; pass 3
+// gives per (page, q head) the mass over the window and the pairs above the breadth threshold;
+// pass 4, one thread per page, the masses, breadth, entropy over heads and mean value norm.
+// Nothing of size tokens x rows is ever stored: the page partials are [rows][pages] floats, 1/16
+// of K's bytes at 16 tokens a page.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <mma.h>
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/gpu_kernels.h"
@@ -362,49 +366,432 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Block = 32 pages (the lanes, so every row read is one coalesced 128-byte line) x 32 warps that
-// split the q heads; the warps' partial sums meet in shared memory.
-constexpr int kFinishWarps = 32;
-__global__ void __launch_bounds__(kFinishWarps * 32)
-    AttentionStatsFinish(const float* __restrict__ page_lse, const float* __restrict__ row_lse,
-                         const float* __restrict__ norm_sum, uint32_t tokens, uint32_t q_heads,
-                         uint32_t kv_heads, uint32_t window, uint32_t tokens_per_page,
-                         uint32_t pages, float breadth_threshold, PageAttentionStats* out) {
-  const uint32_t lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const uint32_t pg = blockIdx.x * 32 + lane;
-  float total = 0, h_log_h = 0;
-  uint32_t above = 0;
-  if (pg < pages) {
-    for (uint32_t h = warp; h < q_heads; h += kFinishWarps) {
-      float head = 0;
-#pragma unroll 8
-      for (uint32_t i = 0; i < window; ++i) {
-        const size_t row = size_t{h} * window + i;
-        const float x = page_lse[row * pages + pg];
-        const float m = x == -INFINITY ? 0.0f : exp2f(x - row_lse[row]);
-        head += m;
-        above += m > breadth_threshold ? 1u : 0u;
+// ---------------------------------------------------------------------------------------------
+// Pass 1 for page-aligned tiles (tokens_per_page 8, 16, 32 or 64; head_dim 64, 128 or 256: the
+// shapes of vLLM, SGLang and TensorRT-LLM paged caches). FlashAttention-2's layout: a warp owns 16
+// query rows whose Q fragments stay in registers for the whole block; K and V tiles of 64 tokens
+// stream through a ring of shared-memory stages filled by cp.async, so the loads of the next
+// stages overlap this tile's arithmetic with a single barrier per tile; S = Q.K^T comes out of
+// mma.sync in registers, and every page lies inside one tile, so each page's log2-sum-exp is
+// finished from the accumulator fragments with two quad shuffles, without touching shared
+// memory. Each thread also keeps its rows' running (max, sum) over the block's tokens, which
+// pass 2 merges (a few floats per row instead of re-reading every page partial).
+namespace mma_pass {
+
+constexpr int kTile = 64;
+constexpr int kMaxWarps = 8;  // 128 rows a block: the q-head group x window of Llama-3-8B
+
+template <int kHeadDim>
+struct Geometry {
+  static constexpr int kStages = kHeadDim <= 128 ? 3 : 2;  // 2 blocks an SM up to head_dim 128
+  static constexpr int kRowElems = kHeadDim + 8;  // 16-byte pad: ldmatrix rows on distinct banks
+  static constexpr int kChunksPerRow = kHeadDim / 8;  // 16-byte vectors per token row
+  static constexpr size_t kTileBytes = size_t{kTile} * kRowElems * 2;
+  static constexpr size_t kStageBytes = 2 * kTileBytes;  // K, then V
+  static constexpr size_t kNormOff = kStages * kStageBytes;
+  static constexpr size_t kSmemBytes = kNormOff + 2 * kTile * sizeof(float);  // value norms [2][64]
+};
+
+struct Params {
+  const void* q;
+  const void* k;
+  const void* v;
+  uint32_t tokens, q_heads, kv_heads, window, pages;
+  uint32_t rows_per_block;   // a multiple of 16, at most 128
+  uint32_t tiles_per_block;  // 64-token tiles of one block; gridDim.x blocks cover the sequence
+  float scale_log2;
+  float* page_lse;   // [q_heads * window][pages]
+  float2* row_part;  // [q_heads * window][gridDim.x] running (max, sum), log2 units
+  float* row_lse;    // [q_heads * window] written by the last block of each (kv head, split)
+  float* norm_sum;   // [pages][kv_heads]
+  uint32_t* done;    // [kv_heads][splits] blocks finished; zero between launches
+};
+
+__device__ __forceinline__ uint32_t SmemAddress(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16 bytes global -> shared, asynchronously; with `valid` false the destination is zero-filled
+// and nothing is read.
+__device__ __forceinline__ void CpAsync16(uint32_t dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
+               "r"(valid ? 16 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void CpAsyncCommit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+template <int kPending>
+__device__ __forceinline__ void CpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
+
+__device__ __forceinline__ void LdMatrixX4(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2,
+                                           uint32_t& r3) {
+  // volatile (kept in order with the barriers and cp.async waits, which are volatile too) but no
+  // "memory" clobber, which would pin every MMA around it in program order.
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+               : "r"(addr));
+}
+
+// c += a . b for one m16n8k16 tile, 16-bit inputs, fp32 accumulators. Not volatile: a pure
+// function of its operands, which the compiler may schedule between the shared-memory loads.
+template <typename T>
+__device__ __forceinline__ void Mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                         uint32_t b1) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+__device__ __forceinline__ float QuadMax(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+__device__ __forceinline__ float QuadSum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+// The last block of a (kv head, row split) to finish merges every block's running (max, sum) of
+// its rows into the rows' log2-sum-exp (the threadFenceReduction pattern: each block publishes its
+// parts, fences, and counts itself done), so no separate launch is needed for it.
+__device__ void MergeRowParts(const Params& p, uint32_t rbeg, uint32_t nrows) {
+  __shared__ bool last;
+  __threadfence();  // this block's row parts are visible before it counts itself done
+  __syncthreads();
+  uint32_t* done = p.done + blockIdx.y * gridDim.z + blockIdx.z;
+  if (threadIdx.x == 0) last = atomicAdd(done, 1u) == gridDim.x - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  const uint32_t lane = threadIdx.x % 32, group = p.q_heads / p.kv_heads;
+  for (uint32_t r = threadIdx.x / 32; r < nrows; r += kMaxWarps) {
+    const uint32_t rr = rbeg + r;
+    const uint32_t row = (blockIdx.y * group + rr / p.window) * p.window + rr % p.window;
+    float m = 0, s = 0;
+    for (uint32_t c = lane; c < gridDim.x; c += 32) {
+      const float2 x = __ldcg(&p.row_part[size_t{row} * gridDim.x + c]);  // L2: other SMs wrote it
+      MergeLse(m, s, x.x, x.y);
+    }
+    for (int off = 16; off > 0; off /= 2) {
+      const float om = __shfl_xor_sync(0xffffffffu, m, off);
+      const float os = __shfl_xor_sync(0xffffffffu, s, off);
+      MergeLse(m, s, om, os);
+    }
+    if (lane == 0) p.row_lse[row] = s > 0 ? m + log2f(s) : -INFINITY;
+  }
+  if (threadIdx.x == 0) *done = 0;  // ready for the next launch on this workspace
+}
+
+template <typename T, int kHeadDim, int kTpp>
+__global__ void __launch_bounds__(kMaxWarps * 32, 2) AttentionStatsPass1Mma(Params p) {
+  using G = Geometry<kHeadDim>;
+  constexpr int kThreads = kMaxWarps * 32;
+  constexpr int kPagesPerTile = kTile / kTpp;
+  constexpr int kNTilesPerPage = kTpp / 8;
+  constexpr int kKSteps = kHeadDim / 16;
+  // Each thread loads the same 16-byte column of kLoadsPerThread token rows of every tile.
+  constexpr int kLoadsPerThread = kTile * G::kChunksPerRow / kThreads;
+  constexpr int kRowsPerLoad = kThreads / G::kChunksPerRow;
+  static_assert(kTile % kTpp == 0 && kTpp % 8 == 0, "pages must tile the 64-token tile");
+  static_assert(kTile * G::kChunksPerRow % kThreads == 0, "whole loads per thread");
+  extern __shared__ __align__(128) unsigned char smem[];
+  float* vn = reinterpret_cast<float*>(smem + G::kNormOff);  // [2][kTile] per-token value norms
+
+  const uint32_t tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const uint32_t gid = lane / 4, tig = lane % 4;  // MMA fragment row group / thread in group
+  const uint32_t g = blockIdx.y;
+  const uint32_t group = p.q_heads / p.kv_heads;
+  const uint32_t rbeg = blockIdx.z * p.rows_per_block;
+  const uint32_t nrows = min(group * p.window - rbeg, p.rows_per_block);
+  const bool do_norms = blockIdx.z == 0;         // one row split per (kv head, tiles) reads V
+  const bool warp_has_rows = warp * 16 < nrows;  // warps past the rows only load and take norms
+  const uint32_t tiles_total = (p.tokens + kTile - 1) / kTile;
+  const uint32_t tile_begin = blockIdx.x * p.tiles_per_block;
+  const uint32_t tile_end = min(tiles_total, tile_begin + p.tiles_per_block);
+
+  // The thread's two rows: fragment rows gid and gid + 8 of the warp's 16. Block row r is query
+  // i of q head g * group + j, r = j * window + i, as in the generic pass.
+  bool row_ok[2];
+  uint32_t pos[2], row_global[2];
+  const T* q_row[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const uint32_t r = warp * 16 + gid + 8 * h;
+    row_ok[h] = r < nrows;
+    const uint32_t rr = row_ok[h] ? rbeg + r : 0;
+    const uint32_t j = rr / p.window, i = rr % p.window;
+    pos[h] = p.tokens - p.window + i;  // causal: the query sees tokens [0, pos]
+    row_global[h] = (g * group + j) * p.window + i;
+    q_row[h] = static_cast<const T*>(p.q) + (size_t{i} * p.q_heads + g * group + j) * kHeadDim;
+  }
+  uint32_t qa[kKSteps][4];
+#pragma unroll
+  for (int ks = 0; ks < kKSteps; ++ks) {
+    const uint32_t c = ks * 16 + tig * 2;
+    qa[ks][0] = row_ok[0] ? *reinterpret_cast<const uint32_t*>(q_row[0] + c) : 0u;
+    qa[ks][1] = row_ok[1] ? *reinterpret_cast<const uint32_t*>(q_row[1] + c) : 0u;
+    qa[ks][2] = row_ok[0] ? *reinterpret_cast<const uint32_t*>(q_row[0] + c + 8) : 0u;
+    qa[ks][3] = row_ok[1] ? *reinterpret_cast<const uint32_t*>(q_row[1] + c + 8) : 0u;
+  }
+
+  const size_t token_stride = size_t{p.kv_heads} * kHeadDim;
+  const uint32_t load_row = tid / G::kChunksPerRow, load_col = tid % G::kChunksPerRow * 8;
+  const T* k_src = static_cast<const T*>(p.k) + size_t{g} * kHeadDim + load_col;
+  const T* v_src = static_cast<const T*>(p.v) + size_t{g} * kHeadDim + load_col;
+  const uint32_t load_dst = (load_row * G::kRowElems + load_col) * 2;
+  auto issue_tile = [&](uint32_t tile, uint32_t stage) {
+    const uint32_t base = SmemAddress(smem + stage * G::kStageBytes) + load_dst;
+    const uint32_t tok0 = tile * kTile + load_row;
+#pragma unroll
+    for (int u = 0; u < kLoadsPerThread; ++u) {
+      const uint32_t tok = tok0 + u * kRowsPerLoad;
+      const bool valid = tok < p.tokens;
+      const size_t off = (valid ? tok : 0) * token_stride;
+      const uint32_t dst = base + u * kRowsPerLoad * G::kRowElems * 2;
+      CpAsync16(dst, k_src + off, valid);
+      if (do_norms) CpAsync16(dst + G::kTileBytes, v_src + off, valid);
+    }
+  };
+  // Sums of the value norms of a tile's pages (the norms were written before the last barrier).
+  auto flush_norms = [&](uint32_t tile, uint32_t buf) {
+    if (tid < kPagesPerTile) {
+      const uint32_t pg = tile * kPagesPerTile + tid;
+      if (pg < p.pages) {
+        float acc = 0;
+#pragma unroll
+        for (int t = 0; t < kTpp; ++t) acc += vn[buf * kTile + tid * kTpp + t];
+        p.norm_sum[size_t{pg} * p.kv_heads + g] = acc;
       }
-      total += head;
-      if (head > 0) h_log_h += head * logf(head);
+    }
+  };
+
+#pragma unroll
+  for (int s = 0; s < G::kStages - 1; ++s) {
+    if (tile_begin + s < tile_end) issue_tile(tile_begin + s, s);
+    CpAsyncCommit();  // empty groups keep the wait count uniform
+  }
+  float m_run[2] = {-INFINITY, -INFINITY}, s_run[2] = {0.0f, 0.0f};
+  // ldmatrix.x4 of two n-tiles x two k-halves: lane supplies row (lane % 8) of matrix lane / 8.
+  const uint32_t lm_offset = (((lane / 16) * 8 + lane % 8) * G::kRowElems + (lane / 8) % 2 * 8) * 2;
+  uint32_t it = 0;
+  for (uint32_t tile = tile_begin; tile < tile_end; ++tile, ++it) {
+    CpAsyncWait<G::kStages - 2>();
+    __syncthreads();  // tile `it` landed for every thread; stage of tile it-1 is free again
+    if (do_norms && it > 0) flush_norms(tile - 1, (it - 1) & 1);
+    if (tile + G::kStages - 1 < tile_end) {
+      issue_tile(tile + G::kStages - 1, (it + G::kStages - 1) % G::kStages);
+    }
+    CpAsyncCommit();
+    const unsigned char* stage = smem + (it % G::kStages) * G::kStageBytes;
+
+    if (do_norms) {
+      // One token's squares are spread over kChunksPerRow lanes; a shuffle tree sums them.
+      constexpr int kLanesPerToken = G::kChunksPerRow;
+      constexpr int kTokensPerPass = 32 / kLanesPerToken;
+      const unsigned char* vs = stage + G::kTileBytes;
+#pragma unroll
+      for (int pass = 0; pass < kTile / kTokensPerPass / kMaxWarps; ++pass) {
+        const uint32_t t = (pass * kMaxWarps + warp) * kTokensPerPass + lane / kLanesPerToken;
+        const uint4 x = *reinterpret_cast<const uint4*>(
+            vs + (t * G::kRowElems + (lane % kLanesPerToken) * 8) * 2);
+        float sq = SumSquares<T>(x);
+#pragma unroll
+        for (int off = kLanesPerToken / 2; off > 0; off /= 2) {
+          sq += __shfl_xor_sync(0xffffffffu, sq, off);
+        }
+        if (lane % kLanesPerToken == 0) vn[(it & 1) * kTile + t] = sqrtf(sq);
+      }
+    }
+    if (!warp_has_rows) continue;  // warp-uniform
+
+    float acc[8][4];
+#pragma unroll
+    for (int n = 0; n < 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+    const uint32_t kbase = SmemAddress(stage) + lm_offset;
+    // B fragments double-buffered by k step: the shared-memory loads of step ks + 1 are in flight
+    // while the tensor cores work on step ks.
+    uint32_t b[2][4][4];
+    auto load_b = [&](int ks, uint32_t(&dst)[4][4]) {
+#pragma unroll
+      for (int np = 0; np < 4; ++np) {
+        LdMatrixX4(kbase + (np * 16 * G::kRowElems + ks * 16) * 2, dst[np][0], dst[np][1],
+                   dst[np][2], dst[np][3]);
+      }
+    };
+    load_b(0, b[0]);
+#pragma unroll
+    for (int ks = 0; ks < kKSteps; ++ks) {
+      if (ks + 1 < kKSteps) load_b(ks + 1, b[(ks + 1) % 2]);
+#pragma unroll
+      for (int np = 0; np < 4; ++np) {
+        Mma16816<T>(acc[2 * np], qa[ks], b[ks % 2][np][0], b[ks % 2][np][1]);
+        Mma16816<T>(acc[2 * np + 1], qa[ks], b[ks % 2][np][2], b[ks % 2][np][3]);
+      }
+    }
+
+    // Causal mask, only in the tiles that reach past the first window query's position (it also
+    // hides the zero-filled columns past the sequence's end).
+    const uint32_t c0 = tile * kTile;
+    if (c0 + kTile > p.tokens - p.window + 1) {
+#pragma unroll
+      for (int n = 0; n < 8; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          if (c0 + n * 8 + tig * 2 + (e & 1) > pos[e >> 1]) acc[n][e] = -INFINITY;
+        }
+      }
+    }
+
+    // One reference per row and tile (its maximum): every page sum of the tile is relative to
+    // it, and the row's running sum merges once per tile. A page more than 2^126 below the tile's
+    // maximum flushes to zero mass, which it is to fp32 anyway.
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int n = 0; n < 8; ++n) mx = fmaxf(mx, fmaxf(acc[n][2 * h], acc[n][2 * h + 1]));
+      mx = QuadMax(mx);
+      const float ref = mx == -INFINITY ? 0.0f : mx * p.scale_log2;
+      float sums[kPagesPerTile];
+      float tile_sum = 0;
+#pragma unroll
+      for (int pp = 0; pp < kPagesPerTile; ++pp) {
+        float sum = 0;
+#pragma unroll
+        for (int n = pp * kNTilesPerPage; n < (pp + 1) * kNTilesPerPage; ++n) {
+          sum += Ex2(fmaf(acc[n][2 * h], p.scale_log2, -ref)) +
+                 Ex2(fmaf(acc[n][2 * h + 1], p.scale_log2, -ref));
+        }
+        sums[pp] = QuadSum(sum);
+        tile_sum += sums[pp];
+      }
+      // Lane tig of the quad writes pages tig, tig + 4, ...: selects, not divergent branches.
+#pragma unroll
+      for (int slot = 0; slot < (kPagesPerTile + 3) / 4; ++slot) {
+        float mine = sums[slot * 4];
+#pragma unroll
+        for (int k = 1; k < 4; ++k) {
+          if (slot * 4 + k < kPagesPerTile && tig == static_cast<uint32_t>(k)) {
+            mine = sums[slot * 4 + k];
+          }
+        }
+        const uint32_t pp = slot * 4 + tig;
+        const uint32_t pg = tile * kPagesPerTile + pp;
+        if (pp < kPagesPerTile && row_ok[h] && pg < p.pages) {
+          p.page_lse[size_t{row_global[h]} * p.pages + pg] =
+              mine > 0 ? ref + __log2f(mine) : -INFINITY;
+        }
+      }
+      if (tile_sum > 0) {
+        const float m_new = fmaxf(m_run[h], ref);
+        s_run[h] = s_run[h] * Ex2(m_run[h] - m_new) + tile_sum * Ex2(ref - m_new);
+        m_run[h] = m_new;
+      }
     }
   }
-  __shared__ float s_total[kFinishWarps][32], s_hlogh[kFinishWarps][32];
-  __shared__ uint32_t s_above[kFinishWarps][32];
-  s_total[warp][lane] = total;
-  s_hlogh[warp][lane] = h_log_h;
+  __syncthreads();
+  if (do_norms && it > 0) flush_norms(tile_end - 1, (it - 1) & 1);
+  CpAsyncWait<0>();  // nothing may be in flight into shared memory when the block exits
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    if (tig == 0 && row_ok[h]) {
+      p.row_part[size_t{row_global[h]} * gridDim.x + blockIdx.x] = make_float2(m_run[h], s_run[h]);
+    }
+  }
+  MergeRowParts(p, rbeg, nrows);
+}
+
+}  // namespace mma_pass
+
+// Pass 3: block = (32 pages, one q head); the lanes take the pages, so every row read is one
+// coalesced 128-byte line, and the 8 warps split the window's queries, so that enough loads are
+// in flight (a warp per head walking the whole window left the pass latency-bound). The block
+// sums the head's mass on each page over the window, counts the (query, head) pairs above the
+// breadth threshold, and leaves head * log(head) for the entropy; the last head of a page group to
+// finish adds the heads up with the value norms into the output, so the output needs no launch of
+// its own.
+constexpr int kPageMassWarps = 8;
+__global__ void __launch_bounds__(kPageMassWarps * 32)
+    AttentionStatsPageMass(const float* __restrict__ page_lse, const float* __restrict__ row_lse,
+                           const float* __restrict__ norm_sum, uint32_t tokens, uint32_t q_heads,
+                           uint32_t kv_heads, uint32_t window, uint32_t tokens_per_page,
+                           uint32_t pages, float breadth_threshold, float4* head_part,
+                           uint32_t* done, PageAttentionStats* __restrict__ out) {
+  const uint32_t lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const uint32_t pg = blockIdx.x * 32 + lane;
+  const uint32_t h = blockIdx.y;
+  float mass = 0;
+  uint32_t above = 0;
+  if (pg < pages) {
+#pragma unroll 4
+    for (uint32_t i = warp; i < window; i += kPageMassWarps) {
+      const size_t row = size_t{h} * window + i;
+      const float x = page_lse[row * pages + pg];
+      const float m = x == -INFINITY ? 0.0f : exp2f(x - row_lse[row]);
+      mass += m;
+      above += m > breadth_threshold ? 1u : 0u;
+    }
+  }
+  __shared__ float s_mass[kPageMassWarps][32];
+  __shared__ uint32_t s_above[kPageMassWarps][32];
+  __shared__ bool last;
+  s_mass[warp][lane] = mass;
   s_above[warp][lane] = above;
   __syncthreads();
+  if (warp == 0) {
+    for (int w = 1; w < kPageMassWarps; ++w) {
+      mass += s_mass[w][lane];
+      above += s_above[w][lane];
+    }
+    if (pg < pages) {
+      head_part[size_t{h} * pages + pg] =
+          make_float4(mass, mass > 0 ? mass * logf(mass) : 0.0f, static_cast<float>(above), 0.0f);
+    }
+    __threadfence();  // the partial is visible before this block counts itself done
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(&done[blockIdx.x], 1u) == gridDim.y - 1;
+  __syncthreads();
+  if (!last) return;
+  if (threadIdx.x == 0) done[blockIdx.x] = 0;  // ready for the next launch on this workspace
+  // The last block: warp w adds heads w, w + 8, ... of each page; then warp 0 the warps.
+  __threadfence();
+  float total = 0, h_log_h = 0, pairs_above = 0;
+  if (pg < pages) {
+    for (uint32_t hh = warp; hh < q_heads; hh += kPageMassWarps) {
+      const float4 x = __ldcg(&head_part[size_t{hh} * pages + pg]);  // L2: other SMs wrote it
+      total += x.x;
+      h_log_h += x.y;
+      pairs_above += x.z;
+    }
+  }
+  __shared__ float s_total[kPageMassWarps][32], s_hlogh[kPageMassWarps][32],
+      s_pairs[kPageMassWarps][32];
+  s_total[warp][lane] = total;
+  s_hlogh[warp][lane] = h_log_h;
+  s_pairs[warp][lane] = pairs_above;
+  __syncthreads();
   if (warp != 0 || pg >= pages) return;
-  for (int w = 1; w < kFinishWarps; ++w) {
+  for (int w = 1; w < kPageMassWarps; ++w) {
     total += s_total[w][lane];
     h_log_h += s_hlogh[w][lane];
-    above += s_above[w][lane];
+    pairs_above += s_pairs[w][lane];
   }
   PageAttentionStats o;
   const float pairs = static_cast<float>(q_heads) * window;
   o.mass = total / pairs;
-  o.breadth = above / pairs;
+  o.breadth = pairs_above / pairs;
   // Entropy of head_h / total over heads = log(total) - sum(head log head) / total.
   o.mass_entropy =
       (q_heads > 1 && total > 0)
@@ -418,42 +805,140 @@ __global__ void __launch_bounds__(kFinishWarps * 32)
   out[pg] = o;
 }
 
-}  // namespace
-
-absl::StatusOr<AttentionStatsWorkspace> AttentionStatsWorkspace::Create(
-    const AttentionStatsShape& shape) {
-  if (absl::Status s = ValidateAttentionStatsShape(shape); !s.ok()) return s;
-  AttentionStatsWorkspace w;
-  w.shape_ = shape;
-  const size_t pages = AttentionStatsPageCount(shape);
-  const size_t rows = size_t{shape.q_heads} * shape.window;
-  auto a = DeviceBuffer::Allocate(rows * pages * sizeof(float));
-  if (!a.ok()) return a.status();
-  auto b = DeviceBuffer::Allocate(rows * sizeof(float));
-  if (!b.ok()) return b.status();
-  auto c = DeviceBuffer::Allocate(pages * shape.kv_heads * sizeof(float));
-  if (!c.ok()) return c.status();
-  w.page_lse_ = std::move(*a);
-  w.row_lse_ = std::move(*b);
-  w.norm_sum_ = std::move(*c);
-  return w;
+uint32_t MmaTiles(const AttentionStatsShape& s) {
+  return (s.tokens + mma_pass::kTile - 1) / mma_pass::kTile;
 }
 
-absl::Status LaunchAttentionStats(const AttentionStatsShape& shape,
-                                  const AttentionStatsOptions& options, const void* q,
-                                  const void* k, const void* v, PageAttentionStats* out,
-                                  AttentionStatsWorkspace& workspace, cudaStream_t stream) {
-  if (absl::Status s = ValidateAttentionStatsShape(shape); !s.ok()) return s;
-  const AttentionStatsShape& w = workspace.shape();
-  if (w.tokens != shape.tokens || w.q_heads != shape.q_heads || w.kv_heads != shape.kv_heads ||
-      w.window != shape.window || w.tokens_per_page != shape.tokens_per_page) {
-    return absl::InvalidArgumentError("attention stats workspace was made for another shape");
+// The page-aligned tiled pass covers these shapes; every other valid shape takes the generic one.
+bool UsesMmaPass(const AttentionStatsShape& s) {
+  const bool dim = s.head_dim == 64 || s.head_dim == 128 || s.head_dim == 256;
+  const uint32_t t = s.tokens_per_page;
+  return dim && (t == 8 || t == 16 || t == 32 || t == 64);
+}
+
+absl::Status DeviceLimits(int& sms, int& smem_limit) {
+  int device = 0;
+  if (absl::Status s = CudaStatus(cudaGetDevice(&device), "cudaGetDevice"); !s.ok()) return s;
+  if (absl::Status s = CudaStatus(
+          cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "SM count");
+      !s.ok()) {
+    return s;
   }
-  if (shape.head_dim % 16 != 0 || shape.head_dim > 256) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("GPU attention stats need head_dim a multiple of 16 and at most 256, got ",
-                     shape.head_dim));
+  return CudaStatus(
+      cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+      "shared memory limit");
+}
+
+// Sets the kernel's dynamic shared memory and returns how many of its blocks fit on one SM.
+template <typename Kernel>
+absl::StatusOr<int> PrepareKernel(Kernel kernel, int threads, size_t smem_bytes) {
+  if (absl::Status s =
+          CudaStatus(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(smem_bytes)),
+                     "cudaFuncSetAttribute(attention stats)");
+      !s.ok()) {
+    return s;
   }
+  int per_sm = 0;
+  if (absl::Status s = CudaStatus(
+          cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem_bytes),
+          "occupancy of attention stats");
+      !s.ok()) {
+    return s;
+  }
+  return std::max(1, per_sm);
+}
+
+using MmaKernel = void (*)(mma_pass::Params);
+
+template <typename T, int kHeadDim>
+MmaKernel PickMmaKernel(uint32_t tokens_per_page) {
+  switch (tokens_per_page) {
+    case 8:
+      return mma_pass::AttentionStatsPass1Mma<T, kHeadDim, 8>;
+    case 16:
+      return mma_pass::AttentionStatsPass1Mma<T, kHeadDim, 16>;
+    case 32:
+      return mma_pass::AttentionStatsPass1Mma<T, kHeadDim, 32>;
+    default:
+      return mma_pass::AttentionStatsPass1Mma<T, kHeadDim, 64>;
+  }
+}
+
+template <typename T>
+std::pair<MmaKernel, size_t> PickMmaKernel(const AttentionStatsShape& s) {
+  switch (s.head_dim) {
+    case 64:
+      return {PickMmaKernel<T, 64>(s.tokens_per_page), mma_pass::Geometry<64>::kSmemBytes};
+    case 128:
+      return {PickMmaKernel<T, 128>(s.tokens_per_page), mma_pass::Geometry<128>::kSmemBytes};
+    default:
+      return {PickMmaKernel<T, 256>(s.tokens_per_page), mma_pass::Geometry<256>::kSmemBytes};
+  }
+}
+
+uint32_t MmaSplits(const AttentionStatsShape& s) {
+  const uint32_t rows_total = s.q_heads / s.kv_heads * s.window;
+  const uint32_t max_rows = mma_pass::kMaxWarps * 16;
+  return (rows_total + max_rows - 1) / max_rows;
+}
+
+// Pass 1 of the tiled path (with each row's log2-sum-exp, merged by the last blocks).
+absl::Status LaunchMmaPass(const AttentionStatsShape& shape, const void* q, const void* k,
+                           const void* v, float* page_lse, float2* row_part, float* row_lse,
+                           float* norm_sum, uint32_t* done, cudaStream_t stream) {
+  int sms = 0, smem_limit = 0;
+  if (absl::Status s = DeviceLimits(sms, smem_limit); !s.ok()) return s;
+  const auto [kernel, smem] = shape.dtype == KvDType::kBF16 ? PickMmaKernel<__nv_bfloat16>(shape)
+                                                            : PickMmaKernel<__half>(shape);
+  if (smem > static_cast<size_t>(smem_limit)) {
+    return absl::InvalidArgumentError(absl::StrCat("GPU attention stats need ", smem,
+                                                   " bytes of shared memory a block, the device "
+                                                   "allows ",
+                                                   smem_limit));
+  }
+  // Rows of a kv head's q-head group, split evenly into blocks of at most 128 (8 warps of 16).
+  const uint32_t rows_total = shape.q_heads / shape.kv_heads * shape.window;
+  const uint32_t splits = MmaSplits(shape);
+  const uint32_t rows_per_block = ((rows_total + splits - 1) / splits + 15) / 16 * 16;
+  constexpr int kThreads = mma_pass::kMaxWarps * 32;
+  auto per_sm = PrepareKernel(kernel, kThreads, smem);
+  if (!per_sm.ok()) return per_sm.status();
+  // One wave of equal blocks: each block loads its Q fragments once and fills its pipeline once,
+  // so fewer, longer blocks cost less, as long as every SM slot is busy.
+  const uint32_t tiles = MmaTiles(shape);
+  const uint64_t slots = uint64_t(std::max(1, sms)) * uint64_t(*per_sm);
+  const uint64_t units = uint64_t{tiles} * shape.kv_heads * splits;
+  const uint32_t tiles_per_block =
+      static_cast<uint32_t>(std::max<uint64_t>(1, (units + slots - 1) / slots));
+  const uint32_t chunks = (tiles + tiles_per_block - 1) / tiles_per_block;
+
+  mma_pass::Params p{};
+  p.q = q;
+  p.k = k;
+  p.v = v;
+  p.tokens = shape.tokens;
+  p.q_heads = shape.q_heads;
+  p.kv_heads = shape.kv_heads;
+  p.window = shape.window;
+  p.pages = AttentionStatsPageCount(shape);
+  p.rows_per_block = rows_per_block;
+  p.tiles_per_block = tiles_per_block;
+  p.scale_log2 =
+      static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(shape.head_dim)));
+  p.page_lse = page_lse;
+  p.row_part = row_part;
+  p.row_lse = row_lse;
+  p.norm_sum = norm_sum;
+  p.done = done;
+  kernel<<<dim3(chunks, shape.kv_heads, splits), kThreads, smem, stream>>>(p);
+  return CudaStatus(cudaGetLastError(), "attention stats pass 1");
+}
+
+// Passes 1 and 2 of the generic path (any tokens_per_page, head_dim a multiple of 16 up to 256).
+absl::Status LaunchGenericPasses(const AttentionStatsShape& shape, const void* q, const void* k,
+                                 const void* v, float* page_lse, float* row_lse, float* norm_sum,
+                                 cudaStream_t stream) {
   const uint32_t group = shape.q_heads / shape.kv_heads;
   const uint32_t rows_total = group * shape.window;
   // At most 128 rows a block (about 87 KB of shared memory at head_dim 128). Measured on an H100
@@ -463,10 +948,8 @@ absl::Status LaunchAttentionStats(const AttentionStatsShape& shape,
   const uint32_t rows_per_block = std::min<uint32_t>(rows_total, 128);
   const uint32_t splits = (rows_total + rows_per_block - 1) / rows_per_block;
   const SmemLayout l = MakeLayout(rows_per_block, shape.head_dim);
-  int device = 0, sms = 0, smem_limit = 0;
-  if (absl::Status s = CudaStatus(cudaGetDevice(&device), "cudaGetDevice"); !s.ok()) return s;
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  int sms = 0, smem_limit = 0;
+  if (absl::Status s = DeviceLimits(sms, smem_limit); !s.ok()) return s;
   if (l.bytes > static_cast<size_t>(smem_limit)) {
     return absl::InvalidArgumentError(
         absl::StrCat("GPU attention stats: blocks of ", l.rows, " rows need ", l.bytes,
@@ -487,19 +970,10 @@ absl::Status LaunchAttentionStats(const AttentionStatsShape& shape,
     }
   };
   const Pass1Kernel kernel = shape.dtype == KvDType::kBF16 ? pick(__nv_bfloat16{}) : pick(__half{});
-  if (absl::Status s =
-          CudaStatus(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(l.bytes)),
-                     "cudaFuncSetAttribute(attention stats)");
-      !s.ok()) {
-    return s;
-  }
-  int per_sm = 1;
-  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, l.bytes);
+  auto per_sm = PrepareKernel(kernel, kThreads, l.bytes);
+  if (!per_sm.ok()) return per_sm.status();
   const uint32_t pages = AttentionStatsPageCount(shape);
-  // One wave of equal blocks: each (kv head, run of pages) block reloads the queries once, so
-  // fewer, longer blocks cost less, as long as every SM slot is busy.
-  const uint64_t slots = static_cast<uint64_t>(std::max(1, sms)) * std::max(1, per_sm);
+  const uint64_t slots = static_cast<uint64_t>(std::max(1, sms)) * uint64_t(*per_sm);
   uint32_t per_block = static_cast<uint32_t>(
       std::max<uint64_t>(1, (uint64_t{pages} * shape.kv_heads * splits + slots - 1) / slots));
   const uint32_t blocks_x = (pages + per_block - 1) / per_block;
@@ -519,22 +993,88 @@ absl::Status LaunchAttentionStats(const AttentionStatsShape& shape,
   p.rows_per_block = rows_per_block;
   p.scale_log2 =
       static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(shape.head_dim)));
-  p.page_lse = static_cast<float*>(workspace.page_lse_.get());
-  p.norm_sum = static_cast<float*>(workspace.norm_sum_.get());
+  p.page_lse = page_lse;
+  p.norm_sum = norm_sum;
   kernel<<<dim3(blocks_x, shape.kv_heads, splits), kThreads, l.bytes, stream>>>(p);
   if (absl::Status s = CudaStatus(cudaGetLastError(), "attention stats pass 1"); !s.ok()) {
     return s;
   }
   const uint32_t rows = shape.q_heads * shape.window;
-  AttentionStatsRowLse<<<rows, kThreads, 0, stream>>>(
-      p.page_lse, pages, static_cast<float*>(workspace.row_lse_.get()));
-  if (absl::Status s = CudaStatus(cudaGetLastError(), "attention stats pass 2"); !s.ok()) {
+  AttentionStatsRowLse<<<rows, kThreads, 0, stream>>>(page_lse, pages, row_lse);
+  return CudaStatus(cudaGetLastError(), "attention stats pass 2");
+}
+
+}  // namespace
+
+absl::StatusOr<AttentionStatsWorkspace> AttentionStatsWorkspace::Create(
+    const AttentionStatsShape& shape) {
+  if (absl::Status s = ValidateAttentionStatsShape(shape); !s.ok()) return s;
+  AttentionStatsWorkspace w;
+  w.shape_ = shape;
+  const size_t pages = AttentionStatsPageCount(shape);
+  const size_t rows = size_t{shape.q_heads} * shape.window;
+  struct Need {
+    DeviceBuffer* buffer;
+    size_t bytes;
+  };
+  const Need needs[] = {
+      {&w.page_lse_, rows * pages * sizeof(float)},
+      {&w.row_lse_, rows * sizeof(float)},
+      {&w.norm_sum_, pages * shape.kv_heads * sizeof(float)},
+      {&w.head_part_, size_t{shape.q_heads} * pages * sizeof(float4)},
+      // At most one running (max, sum) per row and tile: the tiled pass never has more blocks
+      // along the sequence than tiles.
+      {&w.row_part_, UsesMmaPass(shape) ? rows * MmaTiles(shape) * sizeof(float2) : 0},
+      // Finished-block counters of the last-block merges: pass 1's per (kv head, row split),
+      // then pass 3's per group of 32 pages.
+      {&w.done_,
+       (size_t{shape.kv_heads} * MmaSplits(shape) + (pages + 31) / 32) * sizeof(uint32_t)},
+  };
+  for (const Need& n : needs) {
+    auto b = DeviceBuffer::Allocate(n.bytes);
+    if (!b.ok()) return b.status();
+    *n.buffer = std::move(*b);
+  }
+  if (absl::Status s = CudaStatus(cudaMemset(w.done_.get(), 0, w.done_.bytes()), "cudaMemset");
+      !s.ok()) {
     return s;
   }
-  AttentionStatsFinish<<<(pages + 31) / 32, kFinishWarps * 32, 0, stream>>>(
-      p.page_lse, static_cast<const float*>(workspace.row_lse_.get()), p.norm_sum, shape.tokens,
-      shape.q_heads, shape.kv_heads, shape.window, shape.tokens_per_page, pages,
-      options.breadth_threshold, out);
+  return w;
+}
+
+absl::Status LaunchAttentionStats(const AttentionStatsShape& shape,
+                                  const AttentionStatsOptions& options, const void* q,
+                                  const void* k, const void* v, PageAttentionStats* out,
+                                  AttentionStatsWorkspace& workspace, cudaStream_t stream) {
+  if (absl::Status s = ValidateAttentionStatsShape(shape); !s.ok()) return s;
+  const AttentionStatsShape& w = workspace.shape();
+  if (w.tokens != shape.tokens || w.q_heads != shape.q_heads || w.kv_heads != shape.kv_heads ||
+      w.head_dim != shape.head_dim || w.window != shape.window ||
+      w.tokens_per_page != shape.tokens_per_page) {
+    return absl::InvalidArgumentError("attention stats workspace was made for another shape");
+  }
+  if (shape.head_dim % 16 != 0 || shape.head_dim > 256) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("GPU attention stats need head_dim a multiple of 16 and at most 256, got ",
+                     shape.head_dim));
+  }
+  auto* page_lse = static_cast<float*>(workspace.page_lse_.get());
+  auto* row_lse = static_cast<float*>(workspace.row_lse_.get());
+  auto* norm_sum = static_cast<float*>(workspace.norm_sum_.get());
+  auto* done = static_cast<uint32_t*>(workspace.done_.get());
+  const absl::Status pass1 =
+      UsesMmaPass(shape)
+          ? LaunchMmaPass(shape, q, k, v, page_lse, static_cast<float2*>(workspace.row_part_.get()),
+                          row_lse, norm_sum, done, stream)
+          : LaunchGenericPasses(shape, q, k, v, page_lse, row_lse, norm_sum, stream);
+  if (!pass1.ok()) return pass1;
+  const uint32_t pages = AttentionStatsPageCount(shape);
+  const uint32_t page_groups = (pages + 31) / 32;
+  AttentionStatsPageMass<<<dim3(page_groups, shape.q_heads), kPageMassWarps * 32, 0, stream>>>(
+      page_lse, row_lse, norm_sum, shape.tokens, shape.q_heads, shape.kv_heads, shape.window,
+      shape.tokens_per_page, pages, options.breadth_threshold,
+      static_cast<float4*>(workspace.head_part_.get()),
+      done + size_t{shape.kv_heads} * MmaSplits(shape), out);
   return CudaStatus(cudaGetLastError(), "attention stats pass 3");
 }
 

@@ -74,13 +74,18 @@ class AttentionStatsWorkspace {
                                            PageAttentionStats*, AttentionStatsWorkspace&,
                                            cudaStream_t);
   AttentionStatsShape shape_;
-  DeviceBuffer page_lse_;  // [q_heads * window][pages] log2-sum-exp of each page's logits
-  DeviceBuffer row_lse_;   // [q_heads * window] log2-sum-exp over the whole sequence
-  DeviceBuffer norm_sum_;  // [pages][kv_heads] sum of value-vector norms
+  DeviceBuffer page_lse_;   // [q_heads * window][pages] log2-sum-exp of each page's logits
+  DeviceBuffer row_lse_;    // [q_heads * window] log2-sum-exp over the whole sequence
+  DeviceBuffer norm_sum_;   // [pages][kv_heads] sum of value-vector norms
+  DeviceBuffer head_part_;  // [q_heads][pages] per q head: mass, mass log mass, pairs above
+  DeviceBuffer row_part_;   // [q_heads * window][blocks] running (max, sum) of the tiled pass
+  DeviceBuffer done_;       // finished-block counters of the last-block merges, zero at rest
 };
 
-// The attention-statistics kernel: one pass over K (tensor-core Q.K^T per 64-token tile, online
-// softmax per page) and V (norms), then two small passes over the per-page partial sums.
+// The attention-statistics kernel: one pass over K (tensor-core Q.K^T per 64-token tile, a
+// log-sum-exp per page) and V (norms), then small passes over the per-page partials. Shapes with
+// tokens_per_page 8/16/32/64 and head_dim 64/128/256 take a tiled pass whose pages never cross a
+// tile; every other shape a generic one.
 // q, k, v, out are device pointers; `out` holds AttentionStatsPageCount(shape) entries.
 // Needs head_dim % 16 == 0 and head_dim <= 256.
 absl::Status LaunchAttentionStats(const AttentionStatsShape& shape,

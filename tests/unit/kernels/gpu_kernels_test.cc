@@ -135,6 +135,11 @@ TEST(GpuAttentionStatsTest, MatchesFloat64ReferenceWithPoisonedOutput) {
       {{777, 8, 2, 64, 5, 7, KvDType::kBF16}, "odd: tpp 7, window 5, d 64"},
       {{300, 4, 4, 32, 3, 100, KvDType::kFP16}, "pages longer than a tile"},
       {{129, 6, 3, 80, 9, 1, KvDType::kBF16}, "one token a page, d 80"},
+      // The tiled pass (tokens_per_page 8/16/32/64, head_dim 64/128/256), at its edges:
+      {{2000, 16, 2, 64, 17, 8, KvDType::kBF16}, "tiled: tpp 8, d 64, 136 rows in two splits"},
+      {{333, 8, 1, 256, 6, 32, KvDType::kFP16}, "tiled: tpp 32, d 256, partial tile"},
+      {{50, 4, 2, 128, 50, 64, KvDType::kBF16}, "tiled: one partial tile, window = sequence"},
+      {{4100, 64, 8, 128, 20, 16, KvDType::kFP16}, "tiled: 160 rows a kv head in two splits"},
   };
   Stream stream;
   for (const AttnCase& c : cases) {

@@ -25,6 +25,8 @@ absl::string_view CudaCopyMethodName(CudaCopyMethod m) {
       return "memcpy-batch";
     case CudaCopyMethod::kMemcpyPerRun:
       return "memcpy-per-run";
+    case CudaCopyMethod::kKernelBulk:
+      return "kernel-bulk";
   }
   return "?";
 }
@@ -72,6 +74,12 @@ absl::StatusOr<std::unique_ptr<CudaCopyEngine>> CudaCopyEngine::Create(
     const CudaCopyEngineOptions& options) {
   if (options.max_ops_per_launch == 0) {
     return absl::InvalidArgumentError("cuda copy engine: max_ops_per_launch must be > 0");
+  }
+  if (options.host_to_device == CudaCopyMethod::kKernelBulk ||
+      options.device_to_host == CudaCopyMethod::kKernelBulk) {
+    return absl::InvalidArgumentError(
+        "cuda copy engine: kernel-bulk copies device to device only; pin it for "
+        "device_to_device alone");
   }
   std::unique_ptr<CudaCopyEngine> engine(new CudaCopyEngine(options));
   if (absl::Status s = engine->Init(); !s.ok()) return s;
@@ -243,7 +251,16 @@ absl::Status CudaCopyEngine::RunLocked(CopyRoute route, CudaCopyMethod method,
   switch (method) {
     case CudaCopyMethod::kAuto:
     case CudaCopyMethod::kKernel:
-      return RunKernel(ops);
+      return RunKernel(ops, kernels::GpuCopyMover::kLoadStore);
+    case CudaCopyMethod::kKernelBulk:
+      // The bulk copy unit reads and writes device memory only; mapped host memory is the
+      // load/store mover's.
+      if (route != CopyRoute::kDeviceToDevice) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("cuda copy engine: kernel-bulk copies device to device only, not ",
+                         CopyRouteName(route)));
+      }
+      return RunKernel(ops, kernels::GpuCopyMover::kBulkAsync);
     case CudaCopyMethod::kMemcpyBatch:
       return RunBatch(ops);
     case CudaCopyMethod::kMemcpyPerRun:
@@ -252,12 +269,14 @@ absl::Status CudaCopyEngine::RunLocked(CopyRoute route, CudaCopyMethod method,
   return absl::InternalError("unknown copy method");
 }
 
-absl::Status CudaCopyEngine::RunKernel(absl::Span<const CopyOp> ops) {
+absl::Status CudaCopyEngine::RunKernel(absl::Span<const CopyOp> ops, kernels::GpuCopyMover mover) {
   // Ops that break the kernel's 16-byte rule are set aside and copied per run; the rest are staged
   // as descriptors, max_ops_per_launch per launch.
   unaligned_.clear();
   size_t staged = 0;
   uint64_t max_piece = 0;
+  kernels::GpuCopyOptions kernel_options = options_.kernel;
+  kernel_options.mover = mover;
   auto launch = [&]() -> absl::Status {
     if (staged == 0) return absl::OkStatus();
     if (absl::Status s = CudaStatus(
@@ -269,7 +288,7 @@ absl::Status CudaCopyEngine::RunKernel(absl::Span<const CopyOp> ops) {
     }
     if (absl::Status s = kernels::LaunchCopyBatch(
             static_cast<const kernels::CopyDescriptor*>(device_descs_.get()),
-            static_cast<uint32_t>(staged), max_piece, options_.kernel, stream_);
+            static_cast<uint32_t>(staged), max_piece, kernel_options, stream_);
         !s.ok()) {
       return s;
     }
@@ -375,19 +394,32 @@ absl::Status CudaCopyEngine::Calibrate() {
       CopyCalibration row;
       row.route = route;
       row.piece_bytes = piece;
-      double* slots[] = {&row.kernel_gbps, &row.batch_gbps, &row.per_run_gbps};
+      double* slots[] = {&row.kernel_gbps, &row.batch_gbps, &row.per_run_gbps,
+                         &row.kernel_bulk_gbps};
       const CudaCopyMethod methods[] = {CudaCopyMethod::kKernel, CudaCopyMethod::kMemcpyBatch,
-                                        CudaCopyMethod::kMemcpyPerRun};
+                                        CudaCopyMethod::kMemcpyPerRun, CudaCopyMethod::kKernelBulk};
+      // The bulk-async mover competes on device->device alone, the one route it can serve.
+      const int method_count = route == CopyRoute::kDeviceToDevice ? 4 : 3;
       double best = -1;
-      for (int m = 0; m < 3; ++m) {
+      for (int m = 0; m < method_count; ++m) {
         std::vector<double> secs;
         for (int rep = 0; rep < 4; ++rep) {  // the first run is a warm-up
           const auto t0 = std::chrono::steady_clock::now();
-          if (absl::Status s = RunLocked(route, methods[m], ops); !s.ok()) return s;
+          if (absl::Status s = RunLocked(route, methods[m], ops); !s.ok()) {
+            // A device without the bulk copy unit (or the shared memory its ring needs) refuses
+            // the launch: the method is not in the running there. Only the descriptor upload was
+            // enqueued; drain it before the staging buffer is rewritten.
+            if (methods[m] != CudaCopyMethod::kKernelBulk || !absl::IsFailedPrecondition(s)) {
+              return s;
+            }
+            if (absl::Status sync = Sync(); !sync.ok()) return sync;
+            break;
+          }
           if (absl::Status s = Sync(); !s.ok()) return s;
           const auto t1 = std::chrono::steady_clock::now();
           if (rep > 0) secs.push_back(std::chrono::duration<double>(t1 - t0).count());
         }
+        if (secs.empty()) continue;
         std::sort(secs.begin(), secs.end());
         *slots[m] = double(bytes) / secs[secs.size() / 2] / 1e9;
         if (*slots[m] > best) {

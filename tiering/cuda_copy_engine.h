@@ -1,7 +1,9 @@
 // CudaCopyEngine: the CopyEngine for GPU machines. Moves batches between device memory (HBM pool,
-// workers' KV blocks) and pinned host memory (DRAM pool) with one of three mechanisms:
+// workers' KV blocks) and pinned host memory (DRAM pool) with one of four mechanisms:
 //   kKernel        the gather/scatter kernel of kernels/ (one launch per batch, zero-copy over
 //                  mapped pinned memory for host<->device), held to an SM budget;
+//   kKernelBulk    the same kernel with the bulk-async (TMA) mover, same SM budget; device->device
+//                  only, where the load/store mover is limited by per-SM load/store throughput;
 //   kMemcpyBatch   cudaMemcpyBatchAsync: the copy engines, no SMs;
 //   kMemcpyPerRun  one cudaMemcpyAsync per run after merging adjacent ops.
 // Which one serves a route (host->device, device->host, device->device) is chosen by measurement:
@@ -31,7 +33,14 @@
 
 namespace kvtier {
 
-enum class CudaCopyMethod : uint8_t { kAuto = 0, kKernel = 1, kMemcpyBatch = 2, kMemcpyPerRun = 3 };
+enum class CudaCopyMethod : uint8_t {
+  kAuto = 0,
+  kKernel = 1,
+  kMemcpyBatch = 2,
+  kMemcpyPerRun = 3,
+  kKernelBulk = 4,  // device->device only
+};
+// "auto", "kernel", "memcpy-batch", "memcpy-per-run", "kernel-bulk".
 absl::string_view CudaCopyMethodName(CudaCopyMethod m);
 
 enum class CopyRoute : uint8_t {
@@ -45,10 +54,12 @@ absl::string_view CopyRouteName(CopyRoute r);
 struct CudaCopyEngineOptions {
   // CUDA device the engine's stream and scratch live on. Default 0.
   int device = 0;
-  // The copy kernel's SM budget (default at most 16 SMs) and block size.
+  // The copy kernels' SM budget (default at most 16 SMs) and block size; its mover is set per
+  // method (kKernel: load/store, kKernelBulk: bulk-async), whatever this field says.
   kernels::GpuCopyOptions kernel;
   // Method per route. kAuto (default) takes the calibration table's pick for the batch's mean
-  // piece size; another value pins that method and skips calibrating the route.
+  // piece size; another value pins that method and skips calibrating the route. kKernelBulk may
+  // only be pinned for device_to_device (Create refuses it elsewhere).
   CudaCopyMethod host_to_device = CudaCopyMethod::kAuto;
   CudaCopyMethod device_to_host = CudaCopyMethod::kAuto;
   CudaCopyMethod device_to_device = CudaCopyMethod::kAuto;
@@ -65,6 +76,7 @@ struct CopyCalibration {
   CopyRoute route = CopyRoute::kHostToDevice;
   uint64_t piece_bytes = 0;
   double kernel_gbps = 0;
+  double kernel_bulk_gbps = 0;  // measured on device->device only; 0 on the other routes
   double batch_gbps = 0;
   double per_run_gbps = 0;
   CudaCopyMethod chosen = CudaCopyMethod::kKernel;
@@ -82,7 +94,8 @@ class CudaCopyEngine final : public CopyEngine {
   bool CanAccess(MemoryKind) const override { return true; }
   absl::Status Copy(absl::Span<const CopyOp> ops) override;
   // Copies every op of `ops` (all on `route`) with `method`, bypassing classification and the
-  // table. For benchmarks and tests; kAuto means the table's pick.
+  // table. For benchmarks and tests; kAuto means the table's pick. kKernelBulk off the
+  // device->device route is InvalidArgument.
   absl::Status CopyWith(CopyRoute route, CudaCopyMethod method, absl::Span<const CopyOp> ops);
 
   // Declares [base, base + bytes) as memory of `kind` (device, or pinned+mapped host), so that
@@ -108,7 +121,8 @@ class CudaCopyEngine final : public CopyEngine {
   PtrKind Classify(const void* p) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status RunLocked(CopyRoute route, CudaCopyMethod method, absl::Span<const CopyOp> ops)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status RunKernel(absl::Span<const CopyOp> ops) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status RunKernel(absl::Span<const CopyOp> ops, kernels::GpuCopyMover mover)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status RunBatch(absl::Span<const CopyOp> ops) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status RunPerRun(absl::Span<const CopyOp> ops) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Sync() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -2,7 +2,9 @@
 //   1. HBM <-> pinned DRAM, scattered pages of 16/32/64 KiB pieces, vs ONE large pinned
 //      cudaMemcpyAsync of the same bytes (and per-piece cudaMemcpyAsync, cudaMemcpyBatchAsync, the
 //      copy kernel at SM budgets 1..all, and the CudaCopyEngine as configured by default);
-//   2. HBM <-> HBM page gathers vs one device-to-device cudaMemcpyAsync of the same bytes;
+//   2. HBM <-> HBM page gathers vs one device-to-device cudaMemcpyAsync of the same bytes (the
+//      copy kernel with each mover, load/store "kernel" and bulk-async "kernel_bulk", at every
+//      SM budget);
 //   3. attention statistics on a 32k-token sequence vs the time to read K and V once at the
 //      device bandwidth measured by a large device-to-device copy (read + write bytes).
 // Prints a table, then one machine-readable `BENCH key=value ...` line per figure.
@@ -149,10 +151,11 @@ int Main(int argc, char** argv) {
   CHECK_OK(engine.status());
   std::printf("\nCudaCopyEngine calibration (16 MiB samples, reversed pieces):\n");
   for (const CopyCalibration& c : (*engine)->calibration()) {
-    std::printf("  %s %4llu KiB: kernel %6.1f  batch %6.1f  per-run %6.1f GB/s -> %s\n",
-                std::string(CopyRouteName(c.route)).c_str(),
-                static_cast<unsigned long long>(c.piece_bytes >> 10), c.kernel_gbps, c.batch_gbps,
-                c.per_run_gbps, std::string(CudaCopyMethodName(c.chosen)).c_str());
+    std::printf(
+        "  %s %4llu KiB: kernel %6.1f  kernel-bulk %6.1f  batch %6.1f  per-run %6.1f GB/s -> %s\n",
+        std::string(CopyRouteName(c.route)).c_str(),
+        static_cast<unsigned long long>(c.piece_bytes >> 10), c.kernel_gbps, c.kernel_bulk_gbps,
+        c.batch_gbps, c.per_run_gbps, std::string(CudaCopyMethodName(c.chosen)).c_str());
   }
   std::printf("\n");
 
@@ -233,6 +236,20 @@ int Main(int argc, char** argv) {
         });
         Record({section, dir_name[dir], "kernel", piece_kib,
                 budget == 0 ? prop.multiProcessorCount : budget, gb / t, baseline});
+      }
+      // The bulk-async mover reads and writes device memory only: HBM <-> HBM rows alone.
+      if (d2d) {
+        for (int budget : budgets) {
+          kernels::GpuCopyOptions opt;
+          opt.sm_budget = budget;
+          opt.mover = kernels::GpuCopyMover::kBulkAsync;
+          t = TimeIt(stream, reps, [&] {
+            CHECK_OK(kernels::LaunchCopyBatch(static_cast<const CopyDescriptor*>(descs->get()),
+                                              static_cast<uint32_t>(n), piece, opt, stream));
+          });
+          Record({section, dir_name[dir], "kernel_bulk", piece_kib,
+                  budget == 0 ? prop.multiProcessorCount : budget, gb / t, baseline});
+        }
       }
       // The engine as the daemon would use it: descriptor staging + upload + launch + sync,
       // with the route's method from its calibration.

@@ -1,8 +1,13 @@
-// The batched gather/scatter kernel. A persistent grid of at most `sm_budget` blocks walks the
-// descriptor list; a group of G warps (G chosen so that every warp has work even for short
-// batches) moves one descriptor at a time in 16-byte vectors, 8 loads in flight per thread so
-// that reads of mapped host memory over PCIe (about a microsecond each) overlap.
+// The batched gather/scatter kernels, two movers behind one launch (GpuCopyMover):
+//   load/store: a persistent grid of at most `sm_budget` blocks walks the descriptor list; a group
+//     of G warps (G chosen so that every warp has work even for short batches) moves one
+//     descriptor at a time in 16-byte vectors, 8 loads in flight per thread so that reads of
+//     mapped host memory over PCIe (about a microsecond each) overlap.
+//   bulk-async: one single-warp block per SM of the budget; its lane 0 streams chunks through a
+//     ring of shared-memory stages with Hopper's bulk copy unit (cp.async.bulk), global -> shared
+//     completing on a per-stage mbarrier, shared -> global tracked by bulk async-groups.
 #include <algorithm>
+#include <cstddef>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/gpu_kernels.h"
@@ -72,6 +77,204 @@ __global__ void CopyBatchKernel(const CopyDescriptor* __restrict__ descs, uint32
   }
 }
 
+// --- bulk-async mover ---
+// 12 stages of 16 KiB: up to 11 chunk loads (176 KiB) stay in flight while a 12th stage drains to
+// global; over 1-2 us of loaded HBM latency that is 90-180 GB/s per SM, above the ~74 GB/s per SM
+// that 80% of an H100's device-to-device memcpy asks of 16 SMs. And 193 KiB of shared memory
+// admits one block per SM (227 KiB opt-in on sm_90), so N blocks are spread over N SMs rather
+// than doubled up on some.
+constexpr uint32_t kBulkChunk = 16 << 10;
+constexpr uint32_t kBulkStages = 12;
+
+// What the store half needs of a loaded stage. In shared memory because the stage index is only
+// known at run time and a register array indexed that way would go to local memory.
+struct alignas(16) BulkStage {
+  unsigned char* dst;
+  uint32_t bytes;
+};
+
+constexpr size_t kBulkSmemBytes =
+    size_t{kBulkStages} * (kBulkChunk + sizeof(uint64_t) + sizeof(BulkStage));
+
+__device__ __forceinline__ uint32_t SmemAddr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// The ring, driven by one thread. A stage is reloaded only once the store that last read it has
+// finished reading shared memory; at most kBulkStages - 1 loads are outstanding, so the stage to
+// reload is never the one whose store was issued last and `wait_group.read 1` lets that newest
+// store keep running while older ones are retired.
+class BulkRing {
+ public:
+  __device__ explicit BulkRing(unsigned char* smem)
+      : data_(smem),
+        bars_(reinterpret_cast<uint64_t*>(smem + size_t{kBulkStages} * kBulkChunk)),
+        meta_(reinterpret_cast<BulkStage*>(bars_ + kBulkStages)) {}
+
+  // Called once, by the driving thread only, before the first Push.
+  __device__ void Init() {
+    for (uint32_t s = 0; s < kBulkStages; ++s) {
+      asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(SmemAddr(&bars_[s])), "r"(1u)
+                   : "memory");
+    }
+    // The barriers are armed by the async proxy (complete_tx); make their initialisation visible
+    // to it before the first copy names them.
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+  }
+
+  // Queues one chunk (bytes a non-zero multiple of 16, at most kBulkChunk).
+  __device__ void Push(const unsigned char* src, unsigned char* dst, uint32_t bytes) {
+    if (pending_ == kBulkStages - 1) StoreOldest();
+    asm volatile("cp.async.bulk.wait_group.read 1;" ::: "memory");
+    meta_[load_] = BulkStage{dst, bytes};
+    const uint32_t bar = SmemAddr(&bars_[load_]);
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes)
+                 : "memory");
+    asm volatile(
+        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::
+            "r"(SmemAddr(data_ + size_t{load_} * kBulkChunk)),
+        "l"(src), "r"(bytes), "r"(bar)
+        : "memory");
+    load_ = load_ + 1 == kBulkStages ? 0 : load_ + 1;
+    ++pending_;
+  }
+
+  // Stores every queued chunk and waits until their writes are done, so that nothing is in flight
+  // when the block exits (the kernel's completion then orders them before later stream work).
+  __device__ void Finish() {
+    while (pending_ > 0) StoreOldest();
+    asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
+  }
+
+ private:
+  __device__ void StoreOldest() {
+    const uint32_t bar = SmemAddr(&bars_[store_]);
+    const uint32_t parity = (parities_ >> store_) & 1u;
+    uint32_t done = 0;
+    do {
+      asm volatile(
+          "{\n\t.reg .pred p;\n\t"
+          "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n\t"
+          "selp.u32 %0, 1, 0, p;\n\t}"
+          : "=r"(done)
+          : "r"(bar), "r"(parity)
+          : "memory");
+    } while (done == 0);
+    parities_ ^= 1u << store_;
+    const BulkStage stage = meta_[store_];
+    asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(stage.dst),
+                 "r"(SmemAddr(data_ + size_t{store_} * kBulkChunk)), "r"(stage.bytes)
+                 : "memory");
+    asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+    store_ = store_ + 1 == kBulkStages ? 0 : store_ + 1;
+    --pending_;
+  }
+
+  unsigned char* const data_;
+  uint64_t* const bars_;
+  BulkStage* const meta_;
+  uint32_t load_ = 0;      // next stage to load into
+  uint32_t store_ = 0;     // oldest loaded stage, next to store
+  uint32_t pending_ = 0;   // stages loaded or loading, not yet stored
+  uint32_t parities_ = 0;  // bit s: the mbarrier phase parity stage s completes next
+};
+
+// The grid is G groups of `blocks_per_desc` blocks (more than one only when the batch has fewer
+// descriptors than the budget has SMs, so that a short batch of large pieces still spreads).
+// Group g takes descriptors g, g + G, g + 2G, ...; member m of a group takes chunks m, m + M, ...
+// of each (M = blocks_per_desc). The warp fetches descriptors 32 at a time, one per lane, a batch
+// ahead of use, so that lane 0 never waits on a descriptor read between chunks; lane 0 alone
+// drives the ring.
+__global__ void __launch_bounds__(32, 1)
+    CopyBatchBulkKernel(const CopyDescriptor* __restrict__ descs, uint32_t count,
+                        uint32_t blocks_per_desc) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+  __trap();  // LaunchCopyBatch refuses such devices; this arch only has to compile
+#else
+  extern __shared__ __align__(128) unsigned char bulk_smem[];
+  const uint32_t lane = threadIdx.x;
+  const uint64_t stride = gridDim.x / blocks_per_desc;
+  const uint64_t batch_stride = stride * 32;
+  const uint64_t first_chunk = uint64_t{blockIdx.x % blocks_per_desc} * kBulkChunk;
+  const uint64_t chunk_stride = uint64_t{blocks_per_desc} * kBulkChunk;
+  uint64_t base = blockIdx.x / blocks_per_desc;
+  if (base >= stride || base >= count) return;
+  BulkRing ring(bulk_smem);
+  if (lane == 0) ring.Init();
+  auto fetch = [&](uint64_t first) {
+    const uint64_t d = first + lane * stride;
+    return d < count ? descs[d] : CopyDescriptor{};
+  };
+  CopyDescriptor next = fetch(base);
+  for (; base < count; base += batch_stride) {
+    const CopyDescriptor cur = next;
+    next = fetch(base + batch_stride);
+    const uint64_t left = (count - base + stride - 1) / stride;
+    const uint32_t in_batch = left < 32 ? static_cast<uint32_t>(left) : 32u;
+    for (uint32_t j = 0; j < in_batch; ++j) {
+      const auto* src = reinterpret_cast<const unsigned char*>(
+          __shfl_sync(0xffffffffu, reinterpret_cast<unsigned long long>(cur.src), j));
+      auto* dst = reinterpret_cast<unsigned char*>(
+          __shfl_sync(0xffffffffu, reinterpret_cast<unsigned long long>(cur.dst), j));
+      const uint64_t bytes =
+          __shfl_sync(0xffffffffu, static_cast<unsigned long long>(cur.bytes), j);
+      if (lane == 0) {
+        for (uint64_t off = first_chunk; off < bytes; off += chunk_stride) {
+          const uint64_t left_bytes = bytes - off;
+          ring.Push(src + off, dst + off,
+                    left_bytes < kBulkChunk ? static_cast<uint32_t>(left_bytes) : kBulkChunk);
+        }
+      }
+      __syncwarp();
+    }
+  }
+  if (lane == 0) ring.Finish();
+#endif
+}
+
+absl::Status LaunchCopyBatchBulk(int device, const CopyDescriptor* device_descriptors,
+                                 uint32_t count, uint64_t max_piece_bytes, int budget,
+                                 cudaStream_t stream) {
+  int major = 0, smem_optin = 0;
+  if (absl::Status s = CudaStatus(
+          cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "CC major");
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = CudaStatus(
+          cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+          "shared memory per block");
+      !s.ok()) {
+    return s;
+  }
+  if (major < 9 || static_cast<size_t>(smem_optin) < kBulkSmemBytes) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("bulk-async copy needs compute capability 9.0 and ", kBulkSmemBytes,
+                     " bytes of shared memory per block; device ", device, " has ", major,
+                     ".x and ", smem_optin));
+  }
+  // A per-device function attribute; setting it on every launch keeps launches on any device
+  // correct without a cache to guard.
+  if (absl::Status s = CudaStatus(
+          cudaFuncSetAttribute(CopyBatchBulkKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               static_cast<int>(kBulkSmemBytes)),
+          "cudaFuncSetAttribute(bulk copy)");
+      !s.ok()) {
+    return s;
+  }
+  // Short batches share each descriptor among several blocks, but never more blocks than the
+  // largest piece has chunks; the grid is a whole number of such groups, at most the budget.
+  const uint64_t max_chunks =
+      std::max<uint64_t>(1, (max_piece_bytes + kBulkChunk - 1) / kBulkChunk);
+  const uint32_t blocks_per_desc = static_cast<uint32_t>(
+      std::min<uint64_t>(std::max<uint32_t>(1, static_cast<uint32_t>(budget) / count), max_chunks));
+  const uint32_t groups = std::min(static_cast<uint32_t>(budget) / blocks_per_desc, count);
+  CopyBatchBulkKernel<<<groups * blocks_per_desc, 32, kBulkSmemBytes, stream>>>(
+      device_descriptors, count, blocks_per_desc);
+  return CudaStatus(cudaGetLastError(), "CopyBatchBulkKernel launch");
+}
+
 }  // namespace
 
 absl::Status LaunchCopyBatch(const CopyDescriptor* device_descriptors, uint32_t count,
@@ -93,6 +296,9 @@ absl::Status LaunchCopyBatch(const CopyDescriptor* device_descriptors, uint32_t 
     return s;
   }
   const int budget = options.sm_budget == 0 ? sms : std::min(options.sm_budget, sms);
+  if (options.mover == GpuCopyMover::kBulkAsync) {
+    return LaunchCopyBatchBulk(device, device_descriptors, count, max_piece_bytes, budget, stream);
+  }
   const uint32_t total_warps = static_cast<uint32_t>(budget) * (options.threads_per_block / 32);
   // Spread short batches over every warp; but a warp group never gets more lanes than the largest
   // piece has vectors' worth of full unrolled rounds.

@@ -44,6 +44,23 @@ class DeviceBuffer {
   size_t bytes_ = 0;
 };
 
+// How the copy kernel moves bytes.
+enum class GpuCopyMover : uint8_t {
+  // Every thread loads and stores 16-byte vectors through registers. Works for every route: its
+  // many independent loads hide the microsecond latency of mapped host memory over PCIe, where it
+  // reaches the link's limit. HBM to HBM it is bounded by what one SM's load/store units can keep
+  // in flight (about 49 GB/s per SM on an H100).
+  kLoadStore = 0,
+  // Hopper's bulk-async copy unit (TMA, cp.async.bulk): one thread per block streams 16 KiB
+  // chunks global -> shared -> global through a ring of shared-memory stages, so that what an SM
+  // keeps in flight is no longer bounded by its threads' registers and load/store units; it exists
+  // to bring HBM -> HBM copies under a small SM budget near device-to-device memcpy speed (the
+  // kernel_bulk rows of bench/gpu/gpu_bench.cc measure it). Device memory on both sides only;
+  // needs compute capability 9.0 and about 193 KiB of shared memory per block (so one block per
+  // SM). threads_per_block does not apply (its blocks are one warp).
+  kBulkAsync = 1,
+};
+
 struct GpuCopyOptions {
   // Streaming multiprocessors the copy may occupy: the kernel launches at most this many blocks
   // (one block runs on one SM), so the inference kernels beside it keep the rest. Default 16 of
@@ -51,13 +68,19 @@ struct GpuCopyOptions {
   int sm_budget = 16;
   // Threads per block. 1024 keeps a whole SM's worth of loads in flight from one block.
   int threads_per_block = 1024;
+  // kLoadStore (default) serves every route; kBulkAsync is for device <-> device batches.
+  GpuCopyMover mover = GpuCopyMover::kLoadStore;
 };
 
 // Launches the gather/scatter kernel over `count` descriptors that live in DEVICE memory (or
 // mapped pinned host memory). Each descriptor's src and dst may be device memory or mapped pinned
-// host memory (zero-copy over PCIe). The caller must have validated the batch with
-// ValidateCopyBatch (the kernel trusts the 16-byte rule). `max_piece_bytes` bounds the largest
-// descriptor and decides how many warps cooperate on one descriptor.
+// host memory (zero-copy over PCIe); with GpuCopyMover::kBulkAsync both must be device memory.
+// The caller must have validated the batch with ValidateCopyBatch (the kernel trusts the 16-byte
+// rule). `max_piece_bytes` bounds the largest descriptor and decides how many warps (load/store
+// mover) or blocks (bulk-async mover, whose blocks share a descriptor only in batches shorter than
+// the SM budget) cooperate on one descriptor.
+// kBulkAsync on a device below compute capability 9.0, or with less shared memory per block than
+// its ring needs, is FailedPrecondition.
 absl::Status LaunchCopyBatch(const CopyDescriptor* device_descriptors, uint32_t count,
                              uint64_t max_piece_bytes, const GpuCopyOptions& options,
                              cudaStream_t stream);

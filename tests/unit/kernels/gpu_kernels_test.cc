@@ -74,52 +74,132 @@ TEST(GpuCopyTest, BitExactOnEveryRouteAndBudget) {
   for (size_t i = 0; i < bytes; ++i) host_src.get()[i] = static_cast<unsigned char>(rng());
   ASSERT_CUDA(cudaMemcpy(dev_src->get(), host_src.get(), bytes, cudaMemcpyHostToDevice));
   std::vector<unsigned char> readback(bytes);
+  // 16 KiB + 112 and up: pieces that span several of the bulk-async mover's 16 KiB chunks and end
+  // in a short one.
   const uint64_t max_pieces[] = {16, 4096, 16384 + 16 * 7, 65536, 262144};
   const int budgets[] = {1, 16, 0};
+  struct Run {
+    int route;  // 0: H2D, 1: D2H, 2: D2D
+    GpuCopyMover mover;
+    uint64_t max_piece;
+    int budget;
+  };
+  std::vector<Run> runs;
   int round = 0;
-  for (int route = 0; route < 3; ++route) {  // 0: H2D, 1: D2H, 2: D2D
+  for (int route = 0; route < 3; ++route) {
     for (uint64_t max_piece : max_pieces) {
-      const int budget = budgets[round++ % 3];
-      SCOPED_TRACE(::testing::Message()
-                   << "route " << route << " max_piece " << max_piece << " sm_budget " << budget);
-      const Batch b = RandomBatch(rng, bytes, max_piece);
-      auto* src = static_cast<unsigned char*>(route == 0 ? host_src.p : dev_src->get());
-      auto* dst = static_cast<unsigned char*>(route == 1 ? host_dst.p : dev_dst->get());
-      std::vector<CopyDescriptor> list, cpu_list;
+      runs.push_back({route, GpuCopyMover::kLoadStore, max_piece, budgets[round++ % 3]});
+    }
+  }
+  // The bulk-async mover serves device to device only, at every budget and piece range.
+  for (int budget : budgets) {
+    for (uint64_t max_piece : max_pieces) {
+      runs.push_back({2, GpuCopyMover::kBulkAsync, max_piece, budget});
+    }
+  }
+  for (const Run& run : runs) {
+    const int route = run.route;
+    SCOPED_TRACE(::testing::Message()
+                 << "route " << route << " mover " << static_cast<int>(run.mover) << " max_piece "
+                 << run.max_piece << " sm_budget " << run.budget);
+    const Batch b = RandomBatch(rng, bytes, run.max_piece);
+    auto* src = static_cast<unsigned char*>(route == 0 ? host_src.p : dev_src->get());
+    auto* dst = static_cast<unsigned char*>(route == 1 ? host_dst.p : dev_dst->get());
+    std::vector<CopyDescriptor> list, cpu_list;
+    uint64_t max_len = 0;
+    for (size_t i = 0; i < b.len.size(); ++i) {
+      list.push_back({src + b.src_off[i], dst + b.dst_off[i], b.len[i]});
+      cpu_list.push_back({host_src.get() + b.src_off[i], expect.get() + b.dst_off[i], b.len[i]});
+      max_len = std::max(max_len, b.len[i]);
+    }
+    ASSERT_LE(list.size(), bytes / 16);
+    ASSERT_TRUE(ValidateCopyBatch(list).ok());
+    std::memset(expect.get(), 0xA5, bytes);
+    ASSERT_TRUE(CopyBatchCpu(cpu_list).ok());
+    // Poison the destination.
+    if (route == 1) {
+      std::memset(host_dst.get(), 0xA5, bytes);
+    } else {
+      ASSERT_CUDA(cudaMemset(dev_dst->get(), 0xA5, bytes));
+    }
+    ASSERT_CUDA(cudaMemcpy(descs->get(), list.data(), list.size() * sizeof(CopyDescriptor),
+                           cudaMemcpyHostToDevice));
+    GpuCopyOptions opt;
+    opt.sm_budget = run.budget;
+    opt.mover = run.mover;
+    const absl::Status launched =
+        LaunchCopyBatch(static_cast<const CopyDescriptor*>(descs->get()),
+                        static_cast<uint32_t>(list.size()), max_len, opt, stream.s);
+    ASSERT_TRUE(launched.ok()) << launched;
+    ASSERT_CUDA(cudaStreamSynchronize(stream.s));
+    if (route == 1) {
+      std::memcpy(readback.data(), host_dst.get(), bytes);
+    } else {
+      ASSERT_CUDA(cudaMemcpy(readback.data(), dev_dst->get(), bytes, cudaMemcpyDeviceToHost));
+    }
+    ASSERT_EQ(0, std::memcmp(readback.data(), expect.get(), bytes));
+  }
+  // An empty batch launches nothing and succeeds, with either mover.
+  EXPECT_TRUE(LaunchCopyBatch(nullptr, 0, 0, {}, stream.s).ok());
+  GpuCopyOptions bulk;
+  bulk.mover = GpuCopyMover::kBulkAsync;
+  EXPECT_TRUE(LaunchCopyBatch(nullptr, 0, 0, bulk, stream.s).ok());
+}
+
+// Batches shorter than the SM budget: the bulk-async mover then shares one descriptor among
+// several blocks (chunk-interleaved) when pieces span several chunks, and runs fewer blocks than
+// the budget when they do not. Bytes between the pieces must keep their poison.
+TEST(GpuCopyTest, BulkAsyncBatchesShorterThanTheBudget) {
+  std::mt19937_64 rng(testing::TestSeed("GpuCopyTest.BulkAsyncBatchesShorterThanTheBudget"));
+  const size_t bytes = size_t{4} << 20;
+  std::vector<unsigned char> src_host(bytes), expect(bytes, 0xA5), readback(bytes);
+  for (auto& x : src_host) x = static_cast<unsigned char>(rng());
+  auto dev_src = DeviceBuffer::Allocate(bytes);
+  auto dev_dst = DeviceBuffer::Allocate(bytes);
+  auto descs = DeviceBuffer::Allocate(sizeof(CopyDescriptor) * 16);
+  ASSERT_TRUE(dev_src.ok() && dev_dst.ok() && descs.ok());
+  ASSERT_CUDA(cudaMemcpy(dev_src->get(), src_host.data(), bytes, cudaMemcpyHostToDevice));
+  auto* src = static_cast<unsigned char*>(dev_src->get());
+  auto* dst = static_cast<unsigned char*>(dev_dst->get());
+  Stream stream;
+  const std::vector<std::vector<uint64_t>> batches = {
+      {262144},                          // one piece of 16 chunks
+      {16, 16384 * 5 + 48, 262144},      // 1, 6 and 16 chunks
+      {16, 4096, 16384, 1008, 32},       // one chunk each: no sharing
+      {16384 * 3, 16384 * 3, 16384 * 3}  // equal multi-chunk pieces
+  };
+  for (const std::vector<uint64_t>& lens : batches) {
+    for (int budget : {1, 16, 0}) {
+      SCOPED_TRACE(::testing::Message() << lens.size() << " pieces, sm_budget " << budget);
+      // Pieces 64 KiB apart in the source, written in reverse order 512 KiB apart in the
+      // destination, so that a chunk written to the wrong place or past a piece's end shows.
+      std::vector<CopyDescriptor> list;
+      std::fill(expect.begin(), expect.end(), 0xA5);
       uint64_t max_len = 0;
-      for (size_t i = 0; i < b.len.size(); ++i) {
-        list.push_back({src + b.src_off[i], dst + b.dst_off[i], b.len[i]});
-        cpu_list.push_back({host_src.get() + b.src_off[i], expect.get() + b.dst_off[i], b.len[i]});
-        max_len = std::max(max_len, b.len[i]);
+      for (size_t i = 0; i < lens.size(); ++i) {
+        const size_t s_off = i * (size_t{64} << 10) + 16 * (rng() % 64);
+        const size_t d_off = (lens.size() - 1 - i) * (size_t{512} << 10) + 16 * (rng() % 64);
+        ASSERT_LE(d_off + lens[i], bytes);
+        list.push_back({src + s_off, dst + d_off, lens[i]});
+        std::memcpy(expect.data() + d_off, src_host.data() + s_off, lens[i]);
+        max_len = std::max(max_len, lens[i]);
       }
-      ASSERT_LE(list.size(), bytes / 16);
       ASSERT_TRUE(ValidateCopyBatch(list).ok());
-      std::memset(expect.get(), 0xA5, bytes);
-      ASSERT_TRUE(CopyBatchCpu(cpu_list).ok());
-      // Poison the destination.
-      if (route == 1) {
-        std::memset(host_dst.get(), 0xA5, bytes);
-      } else {
-        ASSERT_CUDA(cudaMemset(dev_dst->get(), 0xA5, bytes));
-      }
+      ASSERT_CUDA(cudaMemset(dst, 0xA5, bytes));
       ASSERT_CUDA(cudaMemcpy(descs->get(), list.data(), list.size() * sizeof(CopyDescriptor),
                              cudaMemcpyHostToDevice));
       GpuCopyOptions opt;
       opt.sm_budget = budget;
-      ASSERT_TRUE(LaunchCopyBatch(static_cast<const CopyDescriptor*>(descs->get()),
-                                  static_cast<uint32_t>(list.size()), max_len, opt, stream.s)
-                      .ok());
+      opt.mover = GpuCopyMover::kBulkAsync;
+      const absl::Status launched =
+          LaunchCopyBatch(static_cast<const CopyDescriptor*>(descs->get()),
+                          static_cast<uint32_t>(list.size()), max_len, opt, stream.s);
+      ASSERT_TRUE(launched.ok()) << launched;
       ASSERT_CUDA(cudaStreamSynchronize(stream.s));
-      if (route == 1) {
-        std::memcpy(readback.data(), host_dst.get(), bytes);
-      } else {
-        ASSERT_CUDA(cudaMemcpy(readback.data(), dev_dst->get(), bytes, cudaMemcpyDeviceToHost));
-      }
-      ASSERT_EQ(0, std::memcmp(readback.data(), expect.get(), bytes));
+      ASSERT_CUDA(cudaMemcpy(readback.data(), dst, bytes, cudaMemcpyDeviceToHost));
+      ASSERT_EQ(0, std::memcmp(readback.data(), expect.data(), bytes));
     }
   }
-  // An empty batch launches nothing and succeeds.
-  EXPECT_TRUE(LaunchCopyBatch(nullptr, 0, 0, {}, stream.s).ok());
 }
 
 struct AttnCase {
@@ -210,13 +290,22 @@ TEST(CudaCopyEngineTest, CalibratesAndCopiesMixedBatchesExactly) {
   auto engine = CudaCopyEngine::Create(options);
   ASSERT_TRUE(engine.ok()) << engine.status();
   for (const CopyCalibration& c : (*engine)->calibration()) {
-    std::printf("[calibration] %s %6llu KiB: kernel %.1f batch %.1f per-run %.1f GB/s -> %s\n",
-                std::string(CopyRouteName(c.route)).c_str(),
-                static_cast<unsigned long long>(c.piece_bytes >> 10), c.kernel_gbps, c.batch_gbps,
-                c.per_run_gbps, std::string(CudaCopyMethodName(c.chosen)).c_str());
+    std::printf(
+        "[calibration] %s %6llu KiB: kernel %.1f kernel-bulk %.1f batch %.1f per-run %.1f GB/s "
+        "-> %s\n",
+        std::string(CopyRouteName(c.route)).c_str(),
+        static_cast<unsigned long long>(c.piece_bytes >> 10), c.kernel_gbps, c.kernel_bulk_gbps,
+        c.batch_gbps, c.per_run_gbps, std::string(CudaCopyMethodName(c.chosen)).c_str());
     EXPECT_GT(c.kernel_gbps, 0);
     EXPECT_GT(c.batch_gbps, 0);
     EXPECT_GT(c.per_run_gbps, 0);
+    // The bulk-async mover is measured on device->device alone (these tests run on Hopper).
+    if (c.route == CopyRoute::kDeviceToDevice) {
+      EXPECT_GT(c.kernel_bulk_gbps, 0);
+    } else {
+      EXPECT_EQ(c.kernel_bulk_gbps, 0);
+      EXPECT_NE(c.chosen, CudaCopyMethod::kKernelBulk);
+    }
   }
   EXPECT_EQ((*engine)->calibration().size(), 9u);
 
@@ -262,6 +351,49 @@ TEST(CudaCopyEngineTest, CalibratesAndCopiesMixedBatchesExactly) {
   EXPECT_EQ(0, std::memcmp(got_b.data() + 2 * q + 3, pinned_a.get() + 2 * q + 5, 1001));
   EXPECT_EQ(got_b[2 * q + 2], 0xA5);
   EXPECT_EQ(got_b[2 * q + 3 + 1001], 0xA5);
+}
+
+// kernel-bulk is a device->device method: pinned for that route it moves scattered pieces exactly
+// (registered and unregistered device memory alike); pinned elsewhere, or asked for off that
+// route, it is refused rather than handed host memory.
+TEST(CudaCopyEngineTest, KernelBulkServesDeviceToDeviceOnly) {
+  std::mt19937_64 rng(testing::TestSeed("KernelBulkServesDeviceToDeviceOnly"));
+  CudaCopyEngineOptions opt;
+  opt.host_to_device = CudaCopyMethod::kKernelBulk;
+  EXPECT_EQ(CudaCopyEngine::Create(opt).status().code(), absl::StatusCode::kInvalidArgument);
+  opt.host_to_device = opt.device_to_host = CudaCopyMethod::kKernel;  // no calibration
+  opt.device_to_device = CudaCopyMethod::kKernelBulk;
+  auto engine = CudaCopyEngine::Create(opt);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  EXPECT_EQ((*engine)->MethodFor(CopyRoute::kDeviceToDevice, 32 << 10),
+            CudaCopyMethod::kKernelBulk);
+
+  const size_t n = size_t{8} << 20;
+  auto dev_a = DeviceBuffer::Allocate(n);
+  auto dev_b = DeviceBuffer::Allocate(n);
+  ASSERT_TRUE(dev_a.ok() && dev_b.ok());
+  std::vector<unsigned char> init(n), got(n), expect(n, 0xA5);
+  for (auto& x : init) x = static_cast<unsigned char>(rng());
+  ASSERT_CUDA(cudaMemcpy(dev_a->get(), init.data(), n, cudaMemcpyHostToDevice));
+  ASSERT_CUDA(cudaMemset(dev_b->get(), 0xA5, n));
+  (*engine)->RegisterRegion(dev_a->get(), n, MemoryKind::kDevice);
+  auto* a = static_cast<unsigned char*>(dev_a->get());
+  auto* b = static_cast<unsigned char*>(dev_b->get());
+  const Batch batch = RandomBatch(rng, n, 64 << 10);
+  std::vector<CopyOp> ops;
+  for (size_t i = 0; i < batch.len.size(); ++i) {
+    ops.push_back({b + batch.dst_off[i], a + batch.src_off[i], batch.len[i]});
+    std::memcpy(expect.data() + batch.dst_off[i], init.data() + batch.src_off[i], batch.len[i]);
+  }
+  ASSERT_TRUE((*engine)->Copy(ops).ok());
+  ASSERT_CUDA(cudaMemcpy(got.data(), b, n, cudaMemcpyDeviceToHost));
+  EXPECT_EQ(0, std::memcmp(got.data(), expect.data(), n));
+  EXPECT_EQ((*engine)->fallbacks(), 0u);
+
+  Pinned host(64 << 10);
+  const std::vector<CopyOp> h2d = {{b, host.get(), 64 << 10}};
+  EXPECT_EQ((*engine)->CopyWith(CopyRoute::kHostToDevice, CudaCopyMethod::kKernelBulk, h2d).code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST(CudaCopyEngineTest, PagesRoundTripThroughPinnedSlotsWithEveryMethod) {

@@ -82,13 +82,13 @@ __device__ __forceinline__ float Ex2(float x) {
 template <typename T>
 __device__ inline float SumSquares(const uint4& x) {
   const T* e = reinterpret_cast<const T*>(&x);
-  float s = 0;
+  float s[2] = {0, 0};  // two chains: half the dependent-add latency
 #pragma unroll
   for (int j = 0; j < 8; ++j) {
     const float f = static_cast<float>(e[j]);
-    s += f * f;
+    s[j % 2] = fmaf(f, f, s[j % 2]);
   }
-  return s;
+  return s[0] + s[1];
 }
 
 // kHeadDim: 64, 128 or 256 compile the index arithmetic to shifts and size the register tiles
@@ -474,21 +474,24 @@ __device__ void MergeRowParts(const Params& p, uint32_t rbeg, uint32_t nrows) {
   __syncthreads();
   if (!last) return;
   __threadfence();
-  const uint32_t lane = threadIdx.x % 32, group = p.q_heads / p.kv_heads;
-  for (uint32_t r = threadIdx.x / 32; r < nrows; r += kMaxWarps) {
-    const uint32_t rr = rbeg + r;
-    const uint32_t row = (blockIdx.y * group + rr / p.window) * p.window + rr % p.window;
+  // Two threads a row (neighbouring lanes), each merging half the blocks' parts; loads of
+  // different parts are independent, so they overlap.
+  const uint32_t group = p.q_heads / p.kv_heads;
+  for (uint32_t item = threadIdx.x; item < 2 * ((nrows + 15) / 16 * 16); item += kMaxWarps * 32) {
+    const uint32_t r = item / 2, half = item % 2;
     float m = 0, s = 0;
-    for (uint32_t c = lane; c < gridDim.x; c += 32) {
-      const float2 x = __ldcg(&p.row_part[size_t{row} * gridDim.x + c]);  // L2: other SMs wrote it
-      MergeLse(m, s, x.x, x.y);
+    uint32_t row = 0;
+    if (r < nrows) {
+      const uint32_t rr = rbeg + r;
+      row = (blockIdx.y * group + rr / p.window) * p.window + rr % p.window;
+#pragma unroll 8
+      for (uint32_t c = half; c < gridDim.x; c += 2) {
+        const float2 x = __ldcg(&p.row_part[size_t{row} * gridDim.x + c]);  // other SMs wrote it
+        MergeLse(m, s, x.x, x.y);
+      }
     }
-    for (int off = 16; off > 0; off /= 2) {
-      const float om = __shfl_xor_sync(0xffffffffu, m, off);
-      const float os = __shfl_xor_sync(0xffffffffu, s, off);
-      MergeLse(m, s, om, os);
-    }
-    if (lane == 0) p.row_lse[row] = s > 0 ? m + log2f(s) : -INFINITY;
+    MergeLse(m, s, __shfl_xor_sync(0xffffffffu, m, 1), __shfl_xor_sync(0xffffffffu, s, 1));
+    if (r < nrows && half == 0) p.row_lse[row] = s > 0 ? m + log2f(s) : -INFINITY;
   }
   if (threadIdx.x == 0) *done = 0;  // ready for the next launch on this workspace
 }
@@ -505,6 +508,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, 2) AttentionStatsPass1Mma(Para
   constexpr int kRowsPerLoad = kThreads / G::kChunksPerRow;
   static_assert(kTile % kTpp == 0 && kTpp % 8 == 0, "pages must tile the 64-token tile");
   static_assert(kTile * G::kChunksPerRow % kThreads == 0, "whole loads per thread");
+  static_assert(kTile == kMaxWarps * 8, "value norms: 8 tokens a warp");
   extern __shared__ __align__(128) unsigned char smem[];
   float* vn = reinterpret_cast<float*>(smem + G::kNormOff);  // [2][kTile] per-token value norms
 
@@ -596,22 +600,24 @@ __global__ void __launch_bounds__(kMaxWarps * 32, 2) AttentionStatsPass1Mma(Para
     const unsigned char* stage = smem + (it % G::kStages) * G::kStageBytes;
 
     if (do_norms) {
-      // One token's squares are spread over kChunksPerRow lanes; a shuffle tree sums them.
-      constexpr int kLanesPerToken = G::kChunksPerRow;
-      constexpr int kTokensPerPass = 32 / kLanesPerToken;
-      const unsigned char* vs = stage + G::kTileBytes;
+      // Warp w takes tokens 8w..8w+7 (the lane's low 3 bits), a quarter of each token row per
+      // lane (its high 2 bits): 8 lanes of a shared-memory phase read 8 rows at the same column,
+      // on distinct banks thanks to the row pad, and two shuffles finish each token.
+      constexpr int kChunksPerLane = G::kChunksPerRow / 4;
+      const uint32_t t = warp * 8 + lane % 8;
+      const unsigned char* row =
+          stage + G::kTileBytes + (t * G::kRowElems + lane / 8 * kChunksPerLane * 8) * 2;
+      float sq[kChunksPerLane];
 #pragma unroll
-      for (int pass = 0; pass < kTile / kTokensPerPass / kMaxWarps; ++pass) {
-        const uint32_t t = (pass * kMaxWarps + warp) * kTokensPerPass + lane / kLanesPerToken;
-        const uint4 x = *reinterpret_cast<const uint4*>(
-            vs + (t * G::kRowElems + (lane % kLanesPerToken) * 8) * 2);
-        float sq = SumSquares<T>(x);
-#pragma unroll
-        for (int off = kLanesPerToken / 2; off > 0; off /= 2) {
-          sq += __shfl_xor_sync(0xffffffffu, sq, off);
-        }
-        if (lane % kLanesPerToken == 0) vn[(it & 1) * kTile + t] = sqrtf(sq);
+      for (int c = 0; c < kChunksPerLane; ++c) {
+        sq[c] = SumSquares<T>(*reinterpret_cast<const uint4*>(row + c * 16));
       }
+      float total = 0;
+#pragma unroll
+      for (int c = 0; c < kChunksPerLane; ++c) total += sq[c];
+      total += __shfl_xor_sync(0xffffffffu, total, 8);
+      total += __shfl_xor_sync(0xffffffffu, total, 16);
+      if (lane < 8) vn[(it & 1) * kTile + t] = sqrtf(total);
     }
     if (!warp_has_rows) continue;  // warp-uniform
 
@@ -733,12 +739,21 @@ __global__ void __launch_bounds__(kPageMassWarps * 32)
   const uint32_t h = blockIdx.y;
   float mass = 0;
   uint32_t above = 0;
-  if (pg < pages) {
-#pragma unroll 4
-    for (uint32_t i = warp; i < window; i += kPageMassWarps) {
+  // Rows i = warp + 8k, four at a time: all four loads are issued before the first is used.
+  constexpr int kBatch = 4;
+  for (uint32_t i0 = warp; i0 < window; i0 += kBatch * kPageMassWarps) {
+    float x[kBatch], ref[kBatch];
+#pragma unroll
+    for (int k = 0; k < kBatch; ++k) {
+      const uint32_t i = i0 + k * kPageMassWarps;
       const size_t row = size_t{h} * window + i;
-      const float x = page_lse[row * pages + pg];
-      const float m = x == -INFINITY ? 0.0f : exp2f(x - row_lse[row]);
+      const bool ok = i < window && pg < pages;
+      x[k] = ok ? page_lse[row * pages + pg] : -INFINITY;
+      ref[k] = ok ? row_lse[row] : 0.0f;
+    }
+#pragma unroll
+    for (int k = 0; k < kBatch; ++k) {
+      const float m = x[k] == -INFINITY ? 0.0f : exp2f(x[k] - ref[k]);
       mass += m;
       above += m > breadth_threshold ? 1u : 0u;
     }

@@ -387,9 +387,9 @@ struct Geometry {
   static constexpr int kRowElems = kHeadDim + 8;  // 16-byte pad: ldmatrix rows on distinct banks
   static constexpr int kChunksPerRow = kHeadDim / 8;  // 16-byte vectors per token row
   static constexpr size_t kTileBytes = size_t{kTile} * kRowElems * 2;
-  static constexpr size_t kStageBytes = 2 * kTileBytes;  // K, then V
-  static constexpr size_t kNormOff = kStages * kStageBytes;
-  static constexpr size_t kSmemBytes = kNormOff + 2 * kTile * sizeof(float);  // value norms [2][64]
+  static constexpr size_t kStageBytes = 2 * kTileBytes;         // K, then V
+  static constexpr size_t kBarrierOff = kStages * kStageBytes;  // full[kStages], empty[kStages]
+  static constexpr size_t kSmemBytes = kBarrierOff + 2 * kStages * sizeof(uint64_t);
 };
 
 struct Params {
@@ -403,7 +403,7 @@ struct Params {
   float* page_lse;   // [q_heads * window][pages]
   float2* row_part;  // [q_heads * window][gridDim.x] running (max, sum), log2 units
   float* row_lse;    // [q_heads * window] written by the last block of each (kv head, split)
-  float* norm_sum;   // [pages][kv_heads]
+  float* norm_sum;   // [pages][kv_heads][tokens_per_page / 8]: one part per 8 tokens
   uint32_t* done;    // [kv_heads][splits] blocks finished; zero between launches
 };
 
@@ -418,12 +418,33 @@ __device__ __forceinline__ void CpAsync16(uint32_t dst, const void* src, bool va
                "r"(valid ? 16 : 0)
                : "memory");
 }
-__device__ __forceinline__ void CpAsyncCommit() {
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
 template <int kPending>
 __device__ __forceinline__ void CpAsyncWait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
+
+// mbarriers of the stage ring (PTX ISA, "mbarrier"): `full` completes when the producer's
+// cp.asyncs into the stage have landed, `empty` when every consumer warp has read the stage.
+__device__ __forceinline__ void MbarrierInit(uint32_t bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void MbarrierArrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.release.cta.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+// Arrives on `bar` once all of this thread's earlier cp.asyncs have completed.
+__device__ __forceinline__ void CpAsyncArriveOn(uint32_t bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void MbarrierWait(uint32_t bar, uint32_t parity) {
+  asm volatile(
+      "{\n"
+      ".reg .pred done;\n"
+      "wait_%=:\n"
+      "mbarrier.try_wait.parity.acquire.cta.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra wait_%=;\n"
+      "}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
 }
 
 __device__ __forceinline__ void LdMatrixX4(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2,
@@ -477,7 +498,7 @@ __device__ void MergeRowParts(const Params& p, uint32_t rbeg, uint32_t nrows) {
   // Two threads a row (neighbouring lanes), each merging half the blocks' parts; loads of
   // different parts are independent, so they overlap.
   const uint32_t group = p.q_heads / p.kv_heads;
-  for (uint32_t item = threadIdx.x; item < 2 * ((nrows + 15) / 16 * 16); item += kMaxWarps * 32) {
+  for (uint32_t item = threadIdx.x; item < 2 * ((nrows + 15) / 16 * 16); item += blockDim.x) {
     const uint32_t r = item / 2, half = item % 2;
     float m = 0, s = 0;
     uint32_t row = 0;
@@ -496,223 +517,242 @@ __device__ void MergeRowParts(const Params& p, uint32_t rbeg, uint32_t nrows) {
   if (threadIdx.x == 0) *done = 0;  // ready for the next launch on this workspace
 }
 
+// Warp-specialised: kMaxWarps consumer warps compute, one producer warp keeps the stage ring
+// full. Stages are handed over through mbarriers instead of block barriers, so consumer warps
+// drift apart and one warp's tensor-core work overlaps another's exponentials and shuffles
+// (with a barrier per tile, every warp was in the same phase at once and the SM's units took
+// turns idling).
 template <typename T, int kHeadDim, int kTpp>
-__global__ void __launch_bounds__(kMaxWarps * 32, 2) AttentionStatsPass1Mma(Params p) {
+__global__ void __launch_bounds__((kMaxWarps + 1) * 32, kHeadDim <= 128 ? 2 : 1)
+    AttentionStatsPass1Mma(Params p) {
   using G = Geometry<kHeadDim>;
-  constexpr int kThreads = kMaxWarps * 32;
   constexpr int kPagesPerTile = kTile / kTpp;
   constexpr int kNTilesPerPage = kTpp / 8;
   constexpr int kKSteps = kHeadDim / 16;
-  // Each thread loads the same 16-byte column of kLoadsPerThread token rows of every tile.
-  constexpr int kLoadsPerThread = kTile * G::kChunksPerRow / kThreads;
-  constexpr int kRowsPerLoad = kThreads / G::kChunksPerRow;
+  constexpr int kNormParts = kTpp / 8;  // each consumer warp sums the value norms of 8 tokens
   static_assert(kTile % kTpp == 0 && kTpp % 8 == 0, "pages must tile the 64-token tile");
-  static_assert(kTile * G::kChunksPerRow % kThreads == 0, "whole loads per thread");
-  static_assert(kTile == kMaxWarps * 8, "value norms: 8 tokens a warp");
+  static_assert(kTile == kMaxWarps * 8, "value norms: 8 tokens a consumer warp");
   extern __shared__ __align__(128) unsigned char smem[];
-  float* vn = reinterpret_cast<float*>(smem + G::kNormOff);  // [2][kTile] per-token value norms
+  const uint32_t bar_full = SmemAddress(smem + G::kBarrierOff);
+  const uint32_t bar_empty = bar_full + G::kStages * sizeof(uint64_t);
 
   const uint32_t tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-  const uint32_t gid = lane / 4, tig = lane % 4;  // MMA fragment row group / thread in group
   const uint32_t g = blockIdx.y;
   const uint32_t group = p.q_heads / p.kv_heads;
   const uint32_t rbeg = blockIdx.z * p.rows_per_block;
   const uint32_t nrows = min(group * p.window - rbeg, p.rows_per_block);
-  const bool do_norms = blockIdx.z == 0;         // one row split per (kv head, tiles) reads V
-  const bool warp_has_rows = warp * 16 < nrows;  // warps past the rows only load and take norms
+  const bool do_norms = blockIdx.z == 0;  // one row split per (kv head, tiles) reads V
   const uint32_t tiles_total = (p.tokens + kTile - 1) / kTile;
   const uint32_t tile_begin = blockIdx.x * p.tiles_per_block;
   const uint32_t tile_end = min(tiles_total, tile_begin + p.tiles_per_block);
 
-  // The thread's two rows: fragment rows gid and gid + 8 of the warp's 16. Block row r is query
-  // i of q head g * group + j, r = j * window + i, as in the generic pass.
-  bool row_ok[2];
-  uint32_t pos[2], row_global[2];
-  const T* q_row[2];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const uint32_t r = warp * 16 + gid + 8 * h;
-    row_ok[h] = r < nrows;
-    const uint32_t rr = row_ok[h] ? rbeg + r : 0;
-    const uint32_t j = rr / p.window, i = rr % p.window;
-    pos[h] = p.tokens - p.window + i;  // causal: the query sees tokens [0, pos]
-    row_global[h] = (g * group + j) * p.window + i;
-    q_row[h] = static_cast<const T*>(p.q) + (size_t{i} * p.q_heads + g * group + j) * kHeadDim;
-  }
-  uint32_t qa[kKSteps][4];
-#pragma unroll
-  for (int ks = 0; ks < kKSteps; ++ks) {
-    const uint32_t c = ks * 16 + tig * 2;
-    qa[ks][0] = row_ok[0] ? *reinterpret_cast<const uint32_t*>(q_row[0] + c) : 0u;
-    qa[ks][1] = row_ok[1] ? *reinterpret_cast<const uint32_t*>(q_row[1] + c) : 0u;
-    qa[ks][2] = row_ok[0] ? *reinterpret_cast<const uint32_t*>(q_row[0] + c + 8) : 0u;
-    qa[ks][3] = row_ok[1] ? *reinterpret_cast<const uint32_t*>(q_row[1] + c + 8) : 0u;
-  }
-
-  const size_t token_stride = size_t{p.kv_heads} * kHeadDim;
-  const uint32_t load_row = tid / G::kChunksPerRow, load_col = tid % G::kChunksPerRow * 8;
-  const T* k_src = static_cast<const T*>(p.k) + size_t{g} * kHeadDim + load_col;
-  const T* v_src = static_cast<const T*>(p.v) + size_t{g} * kHeadDim + load_col;
-  const uint32_t load_dst = (load_row * G::kRowElems + load_col) * 2;
-  auto issue_tile = [&](uint32_t tile, uint32_t stage) {
-    const uint32_t base = SmemAddress(smem + stage * G::kStageBytes) + load_dst;
-    const uint32_t tok0 = tile * kTile + load_row;
-#pragma unroll
-    for (int u = 0; u < kLoadsPerThread; ++u) {
-      const uint32_t tok = tok0 + u * kRowsPerLoad;
-      const bool valid = tok < p.tokens;
-      const size_t off = (valid ? tok : 0) * token_stride;
-      const uint32_t dst = base + u * kRowsPerLoad * G::kRowElems * 2;
-      CpAsync16(dst, k_src + off, valid);
-      if (do_norms) CpAsync16(dst + G::kTileBytes, v_src + off, valid);
-    }
-  };
-  // Sums of the value norms of a tile's pages (the norms were written before the last barrier).
-  auto flush_norms = [&](uint32_t tile, uint32_t buf) {
-    if (tid < kPagesPerTile) {
-      const uint32_t pg = tile * kPagesPerTile + tid;
-      if (pg < p.pages) {
-        float acc = 0;
-#pragma unroll
-        for (int t = 0; t < kTpp; ++t) acc += vn[buf * kTile + tid * kTpp + t];
-        p.norm_sum[size_t{pg} * p.kv_heads + g] = acc;
-      }
-    }
-  };
-
-#pragma unroll
-  for (int s = 0; s < G::kStages - 1; ++s) {
-    if (tile_begin + s < tile_end) issue_tile(tile_begin + s, s);
-    CpAsyncCommit();  // empty groups keep the wait count uniform
-  }
-  float m_run[2] = {-INFINITY, -INFINITY}, s_run[2] = {0.0f, 0.0f};
-  // ldmatrix.x4 of two n-tiles x two k-halves: lane supplies row (lane % 8) of matrix lane / 8.
-  const uint32_t lm_offset = (((lane / 16) * 8 + lane % 8) * G::kRowElems + (lane / 8) % 2 * 8) * 2;
-  uint32_t it = 0;
-  for (uint32_t tile = tile_begin; tile < tile_end; ++tile, ++it) {
-    CpAsyncWait<G::kStages - 2>();
-    __syncthreads();  // tile `it` landed for every thread; stage of tile it-1 is free again
-    if (do_norms && it > 0) flush_norms(tile - 1, (it - 1) & 1);
-    if (tile + G::kStages - 1 < tile_end) {
-      issue_tile(tile + G::kStages - 1, (it + G::kStages - 1) % G::kStages);
-    }
-    CpAsyncCommit();
-    const unsigned char* stage = smem + (it % G::kStages) * G::kStageBytes;
-
-    if (do_norms) {
-      // Warp w takes tokens 8w..8w+7 (the lane's low 3 bits), a quarter of each token row per
-      // lane (its high 2 bits): 8 lanes of a shared-memory phase read 8 rows at the same column,
-      // on distinct banks thanks to the row pad, and two shuffles finish each token.
-      constexpr int kChunksPerLane = G::kChunksPerRow / 4;
-      const uint32_t t = warp * 8 + lane % 8;
-      const unsigned char* row =
-          stage + G::kTileBytes + (t * G::kRowElems + lane / 8 * kChunksPerLane * 8) * 2;
-      float sq[kChunksPerLane];
-#pragma unroll
-      for (int c = 0; c < kChunksPerLane; ++c) {
-        sq[c] = SumSquares<T>(*reinterpret_cast<const uint4*>(row + c * 16));
-      }
-      float total = 0;
-#pragma unroll
-      for (int c = 0; c < kChunksPerLane; ++c) total += sq[c];
-      total += __shfl_xor_sync(0xffffffffu, total, 8);
-      total += __shfl_xor_sync(0xffffffffu, total, 16);
-      if (lane < 8) vn[(it & 1) * kTile + t] = sqrtf(total);
-    }
-    if (!warp_has_rows) continue;  // warp-uniform
-
-    float acc[8][4];
-#pragma unroll
-    for (int n = 0; n < 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
-    const uint32_t kbase = SmemAddress(stage) + lm_offset;
-    // B fragments double-buffered by k step: the shared-memory loads of step ks + 1 are in flight
-    // while the tensor cores work on step ks.
-    uint32_t b[2][4][4];
-    auto load_b = [&](int ks, uint32_t(&dst)[4][4]) {
-#pragma unroll
-      for (int np = 0; np < 4; ++np) {
-        LdMatrixX4(kbase + (np * 16 * G::kRowElems + ks * 16) * 2, dst[np][0], dst[np][1],
-                   dst[np][2], dst[np][3]);
-      }
-    };
-    load_b(0, b[0]);
-#pragma unroll
-    for (int ks = 0; ks < kKSteps; ++ks) {
-      if (ks + 1 < kKSteps) load_b(ks + 1, b[(ks + 1) % 2]);
-#pragma unroll
-      for (int np = 0; np < 4; ++np) {
-        Mma16816<T>(acc[2 * np], qa[ks], b[ks % 2][np][0], b[ks % 2][np][1]);
-        Mma16816<T>(acc[2 * np + 1], qa[ks], b[ks % 2][np][2], b[ks % 2][np][3]);
-      }
-    }
-
-    // Causal mask, only in the tiles that reach past the first window query's position (it also
-    // hides the zero-filled columns past the sequence's end).
-    const uint32_t c0 = tile * kTile;
-    if (c0 + kTile > p.tokens - p.window + 1) {
-#pragma unroll
-      for (int n = 0; n < 8; ++n) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          if (c0 + n * 8 + tig * 2 + (e & 1) > pos[e >> 1]) acc[n][e] = -INFINITY;
-        }
-      }
-    }
-
-    // One reference per row and tile (its maximum): every page sum of the tile is relative to
-    // it, and the row's running sum merges once per tile. A page more than 2^126 below the tile's
-    // maximum flushes to zero mass, which it is to fp32 anyway.
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      float mx = -INFINITY;
-#pragma unroll
-      for (int n = 0; n < 8; ++n) mx = fmaxf(mx, fmaxf(acc[n][2 * h], acc[n][2 * h + 1]));
-      mx = QuadMax(mx);
-      const float ref = mx == -INFINITY ? 0.0f : mx * p.scale_log2;
-      float sums[kPagesPerTile];
-      float tile_sum = 0;
-#pragma unroll
-      for (int pp = 0; pp < kPagesPerTile; ++pp) {
-        float sum = 0;
-#pragma unroll
-        for (int n = pp * kNTilesPerPage; n < (pp + 1) * kNTilesPerPage; ++n) {
-          sum += Ex2(fmaf(acc[n][2 * h], p.scale_log2, -ref)) +
-                 Ex2(fmaf(acc[n][2 * h + 1], p.scale_log2, -ref));
-        }
-        sums[pp] = QuadSum(sum);
-        tile_sum += sums[pp];
-      }
-      // Lane tig of the quad writes pages tig, tig + 4, ...: selects, not divergent branches.
-#pragma unroll
-      for (int slot = 0; slot < (kPagesPerTile + 3) / 4; ++slot) {
-        float mine = sums[slot * 4];
-#pragma unroll
-        for (int k = 1; k < 4; ++k) {
-          if (slot * 4 + k < kPagesPerTile && tig == static_cast<uint32_t>(k)) {
-            mine = sums[slot * 4 + k];
-          }
-        }
-        const uint32_t pp = slot * 4 + tig;
-        const uint32_t pg = tile * kPagesPerTile + pp;
-        if (pp < kPagesPerTile && row_ok[h] && pg < p.pages) {
-          p.page_lse[size_t{row_global[h]} * p.pages + pg] =
-              mine > 0 ? ref + __log2f(mine) : -INFINITY;
-        }
-      }
-      if (tile_sum > 0) {
-        const float m_new = fmaxf(m_run[h], ref);
-        s_run[h] = s_run[h] * Ex2(m_run[h] - m_new) + tile_sum * Ex2(ref - m_new);
-        m_run[h] = m_new;
-      }
+  if (tid == 0) {
+    for (int s = 0; s < G::kStages; ++s) {
+      MbarrierInit(bar_full + s * 8, 32);          // the producer's lanes
+      MbarrierInit(bar_empty + s * 8, kMaxWarps);  // one lane of each consumer warp
     }
   }
   __syncthreads();
-  if (do_norms && it > 0) flush_norms(tile_end - 1, (it - 1) & 1);
-  CpAsyncWait<0>();  // nothing may be in flight into shared memory when the block exits
+
+  if (warp == kMaxWarps) {
+    // Producer: lane l copies 16-byte column l % kChunksPerRow of every (32 / kChunksPerRow)-th
+    // token row, for K and (row split 0 only) V. The k-th refill of a stage waits for the
+    // consumers to release its (k-1)-th contents.
+    constexpr int kLanesPerRow = G::kChunksPerRow < 32 ? G::kChunksPerRow : 32;
+    constexpr int kRowStep = 32 / kLanesPerRow;
+    constexpr int kChunksPerLaneRow = G::kChunksPerRow / kLanesPerRow;
+    const size_t token_stride = size_t{p.kv_heads} * kHeadDim;
+    const uint32_t row0 = lane / kLanesPerRow, col0 = lane % kLanesPerRow * 8;
+    const T* k_src = static_cast<const T*>(p.k) + size_t{g} * kHeadDim + col0;
+    const T* v_src = static_cast<const T*>(p.v) + size_t{g} * kHeadDim + col0;
+    uint32_t it = 0;
+    for (uint32_t tile = tile_begin; tile < tile_end; ++tile, ++it) {
+      const uint32_t s = it % G::kStages, round = it / G::kStages;
+      if (round > 0) MbarrierWait(bar_empty + s * 8, (round - 1) & 1);
+      const uint32_t base =
+          SmemAddress(smem + s * G::kStageBytes) + (row0 * G::kRowElems + col0) * 2;
+#pragma unroll 4
+      for (int r = 0; r < kTile / kRowStep; ++r) {
+        const uint32_t tok = tile * kTile + row0 + r * kRowStep;
+        const bool valid = tok < p.tokens;
+        const size_t off = (valid ? tok : 0) * token_stride;
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    if (tig == 0 && row_ok[h]) {
-      p.row_part[size_t{row_global[h]} * gridDim.x + blockIdx.x] = make_float2(m_run[h], s_run[h]);
+        for (int c = 0; c < kChunksPerLaneRow; ++c) {
+          const uint32_t dst = base + (r * kRowStep * G::kRowElems + c * kLanesPerRow * 8) * 2;
+          CpAsync16(dst, k_src + off + c * kLanesPerRow * 8, valid);
+          if (do_norms) {
+            CpAsync16(dst + G::kTileBytes, v_src + off + c * kLanesPerRow * 8, valid);
+          }
+        }
+      }
+      CpAsyncArriveOn(bar_full + s * 8);
+    }
+    CpAsyncWait<0>();
+  } else {
+    // Consumers. The thread's two rows: fragment rows gid and gid + 8 of the warp's 16. Block
+    // row r is query i of q head g * group + j, r = j * window + i, as in the generic pass.
+    const uint32_t gid = lane / 4, tig = lane % 4;  // MMA fragment row group / thread in group
+    const bool warp_has_rows = warp * 16 < nrows;   // warps past the rows take only norms
+    bool row_ok[2];
+    uint32_t pos[2], row_global[2];
+    const T* q_row[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const uint32_t r = warp * 16 + gid + 8 * h;
+      row_ok[h] = r < nrows;
+      const uint32_t rr = row_ok[h] ? rbeg + r : 0;
+      const uint32_t j = rr / p.window, i = rr % p.window;
+      pos[h] = p.tokens - p.window + i;  // causal: the query sees tokens [0, pos]
+      row_global[h] = (g * group + j) * p.window + i;
+      q_row[h] = static_cast<const T*>(p.q) + (size_t{i} * p.q_heads + g * group + j) * kHeadDim;
+    }
+    uint32_t qa[kKSteps][4];
+#pragma unroll
+    for (int ks = 0; ks < kKSteps; ++ks) {
+      const uint32_t c = ks * 16 + tig * 2;
+      qa[ks][0] = row_ok[0] ? *reinterpret_cast<const uint32_t*>(q_row[0] + c) : 0u;
+      qa[ks][1] = row_ok[1] ? *reinterpret_cast<const uint32_t*>(q_row[1] + c) : 0u;
+      qa[ks][2] = row_ok[0] ? *reinterpret_cast<const uint32_t*>(q_row[0] + c + 8) : 0u;
+      qa[ks][3] = row_ok[1] ? *reinterpret_cast<const uint32_t*>(q_row[1] + c + 8) : 0u;
+    }
+    float m_run[2] = {-INFINITY, -INFINITY}, s_run[2] = {0.0f, 0.0f};
+    // ldmatrix.x4 of two n-tiles x two k-halves: lane supplies row (lane % 8) of matrix lane / 8.
+    const uint32_t lm_offset =
+        (((lane / 16) * 8 + lane % 8) * G::kRowElems + (lane / 8) % 2 * 8) * 2;
+    uint32_t it = 0;
+    for (uint32_t tile = tile_begin; tile < tile_end; ++tile, ++it) {
+      const uint32_t s = it % G::kStages;
+      MbarrierWait(bar_full + s * 8, (it / G::kStages) & 1);
+      const unsigned char* stage = smem + s * G::kStageBytes;
+      const uint32_t c0 = tile * kTile;
+
+      if (do_norms) {
+        // Tokens c0 + 8w .. +7 (the lane's low 3 bits), a quarter of each row per lane (its
+        // high 2 bits): the 8 lanes of a shared-memory phase read 8 rows at one column, on
+        // distinct banks thanks to the row pad. Two shuffles finish each token, three more add
+        // the warp's 8 tokens into one part of their page.
+        constexpr int kChunksPerLane = G::kChunksPerRow / 4;
+        const uint32_t t = warp * 8 + lane % 8;
+        const unsigned char* row =
+            stage + G::kTileBytes + (t * G::kRowElems + lane / 8 * kChunksPerLane * 8) * 2;
+        float sq[kChunksPerLane];
+#pragma unroll
+        for (int c = 0; c < kChunksPerLane; ++c) {
+          sq[c] = SumSquares<T>(*reinterpret_cast<const uint4*>(row + c * 16));
+        }
+        float total = 0;
+#pragma unroll
+        for (int c = 0; c < kChunksPerLane; ++c) total += sq[c];
+        total += __shfl_xor_sync(0xffffffffu, total, 8);
+        total += __shfl_xor_sync(0xffffffffu, total, 16);
+        float norm = sqrtf(total);
+        norm += __shfl_xor_sync(0xffffffffu, norm, 1);
+        norm += __shfl_xor_sync(0xffffffffu, norm, 2);
+        norm += __shfl_xor_sync(0xffffffffu, norm, 4);
+        const uint32_t first = c0 + warp * 8, pg = first / kTpp;
+        if (lane == 0 && pg < p.pages) {
+          p.norm_sum[(size_t{pg} * p.kv_heads + g) * kNormParts + first % kTpp / 8] = norm;
+        }
+      }
+
+      if (warp_has_rows) {  // warp-uniform
+        float acc[8][4];
+#pragma unroll
+        for (int n = 0; n < 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+        const uint32_t kbase = SmemAddress(stage) + lm_offset;
+        // B fragments double-buffered by k step: the shared-memory loads of step ks + 1 are in
+        // flight while the tensor cores work on step ks.
+        uint32_t b[2][4][4];
+        auto load_b = [&](int ks, uint32_t(&dst)[4][4]) {
+#pragma unroll
+          for (int np = 0; np < 4; ++np) {
+            LdMatrixX4(kbase + (np * 16 * G::kRowElems + ks * 16) * 2, dst[np][0], dst[np][1],
+                       dst[np][2], dst[np][3]);
+          }
+        };
+        load_b(0, b[0]);
+#pragma unroll
+        for (int ks = 0; ks < kKSteps; ++ks) {
+          if (ks + 1 < kKSteps) load_b(ks + 1, b[(ks + 1) % 2]);
+#pragma unroll
+          for (int np = 0; np < 4; ++np) {
+            Mma16816<T>(acc[2 * np], qa[ks], b[ks % 2][np][0], b[ks % 2][np][1]);
+            Mma16816<T>(acc[2 * np + 1], qa[ks], b[ks % 2][np][2], b[ks % 2][np][3]);
+          }
+        }
+        // The stage is read: release it to the producer before the arithmetic below.
+        __syncwarp();
+        if (lane == 0) MbarrierArrive(bar_empty + s * 8);
+
+        // Causal mask, only in the tiles that reach past the first window query's position (it
+        // also hides the zero-filled columns past the sequence's end).
+        if (c0 + kTile > p.tokens - p.window + 1) {
+#pragma unroll
+          for (int n = 0; n < 8; ++n) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              if (c0 + n * 8 + tig * 2 + (e & 1) > pos[e >> 1]) acc[n][e] = -INFINITY;
+            }
+          }
+        }
+
+        // One reference per row and tile (its maximum): every page sum of the tile is relative
+        // to it, and the row's running sum merges once per tile. A page more than 2^126 below
+        // the tile's maximum flushes to zero mass, which it is to fp32 anyway.
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          float mx = -INFINITY;
+#pragma unroll
+          for (int n = 0; n < 8; ++n) mx = fmaxf(mx, fmaxf(acc[n][2 * h], acc[n][2 * h + 1]));
+          mx = QuadMax(mx);
+          const float ref = mx == -INFINITY ? 0.0f : mx * p.scale_log2;
+          float sums[kPagesPerTile];
+          float tile_sum = 0;
+#pragma unroll
+          for (int pp = 0; pp < kPagesPerTile; ++pp) {
+            float sum = 0;
+#pragma unroll
+            for (int n = pp * kNTilesPerPage; n < (pp + 1) * kNTilesPerPage; ++n) {
+              sum += Ex2(fmaf(acc[n][2 * h], p.scale_log2, -ref)) +
+                     Ex2(fmaf(acc[n][2 * h + 1], p.scale_log2, -ref));
+            }
+            sums[pp] = QuadSum(sum);
+            tile_sum += sums[pp];
+          }
+          // Lane tig of the quad writes pages tig, tig + 4, ...: selects, not divergent branches.
+#pragma unroll
+          for (int slot = 0; slot < (kPagesPerTile + 3) / 4; ++slot) {
+            float mine = sums[slot * 4];
+#pragma unroll
+            for (int k = 1; k < 4; ++k) {
+              if (slot * 4 + k < kPagesPerTile && tig == static_cast<uint32_t>(k)) {
+                mine = sums[slot * 4 + k];
+              }
+            }
+            const uint32_t pp = slot * 4 + tig;
+            const uint32_t pg = tile * kPagesPerTile + pp;
+            if (pp < kPagesPerTile && row_ok[h] && pg < p.pages) {
+              p.page_lse[size_t{row_global[h]} * p.pages + pg] =
+                  mine > 0 ? ref + __log2f(mine) : -INFINITY;
+            }
+          }
+          if (tile_sum > 0) {
+            const float m_new = fmaxf(m_run[h], ref);
+            s_run[h] = s_run[h] * Ex2(m_run[h] - m_new) + tile_sum * Ex2(ref - m_new);
+            m_run[h] = m_new;
+          }
+        }
+      } else {
+        __syncwarp();
+        if (lane == 0) MbarrierArrive(bar_empty + s * 8);
+      }
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      if (tig == 0 && row_ok[h]) {
+        p.row_part[size_t{row_global[h]} * gridDim.x + blockIdx.x] =
+            make_float2(m_run[h], s_run[h]);
+      }
     }
   }
   MergeRowParts(p, rbeg, nrows);
@@ -730,10 +770,11 @@ __global__ void __launch_bounds__(kMaxWarps * 32, 2) AttentionStatsPass1Mma(Para
 constexpr int kPageMassWarps = 8;
 __global__ void __launch_bounds__(kPageMassWarps * 32)
     AttentionStatsPageMass(const float* __restrict__ page_lse, const float* __restrict__ row_lse,
-                           const float* __restrict__ norm_sum, uint32_t tokens, uint32_t q_heads,
-                           uint32_t kv_heads, uint32_t window, uint32_t tokens_per_page,
-                           uint32_t pages, float breadth_threshold, float4* head_part,
-                           uint32_t* done, PageAttentionStats* __restrict__ out) {
+                           const float* __restrict__ norm_sum, uint32_t norm_parts, uint32_t tokens,
+                           uint32_t q_heads, uint32_t kv_heads, uint32_t window,
+                           uint32_t tokens_per_page, uint32_t pages, float breadth_threshold,
+                           float4* head_part, uint32_t* done,
+                           PageAttentionStats* __restrict__ out) {
   const uint32_t lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const uint32_t pg = blockIdx.x * 32 + lane;
   const uint32_t h = blockIdx.y;
@@ -813,7 +854,9 @@ __global__ void __launch_bounds__(kPageMassWarps * 32)
           ? fminf(1.0f, fmaxf(0.0f, (logf(total) - h_log_h / total) / logf(float(q_heads))))
           : 1.0f;
   float norms = 0;
-  for (uint32_t g = 0; g < kv_heads; ++g) norms += norm_sum[size_t{pg} * kv_heads + g];
+  for (uint32_t x = 0; x < kv_heads * norm_parts; ++x) {
+    norms += norm_sum[size_t{pg} * kv_heads * norm_parts + x];
+  }
   const uint32_t t0 = pg * tokens_per_page;
   const uint32_t t1 = min(tokens, t0 + tokens_per_page);
   o.value_norm = norms / (float(t1 - t0) * kv_heads);
@@ -892,6 +935,11 @@ std::pair<MmaKernel, size_t> PickMmaKernel(const AttentionStatsShape& s) {
   }
 }
 
+// Value-norm sums per (page, kv head): the tiled pass leaves one per 8 tokens.
+uint32_t NormParts(const AttentionStatsShape& s) {
+  return UsesMmaPass(s) ? s.tokens_per_page / 8 : 1;
+}
+
 uint32_t MmaSplits(const AttentionStatsShape& s) {
   const uint32_t rows_total = s.q_heads / s.kv_heads * s.window;
   const uint32_t max_rows = mma_pass::kMaxWarps * 16;
@@ -916,7 +964,7 @@ absl::Status LaunchMmaPass(const AttentionStatsShape& shape, const void* q, cons
   const uint32_t rows_total = shape.q_heads / shape.kv_heads * shape.window;
   const uint32_t splits = MmaSplits(shape);
   const uint32_t rows_per_block = ((rows_total + splits - 1) / splits + 15) / 16 * 16;
-  constexpr int kThreads = mma_pass::kMaxWarps * 32;
+  constexpr int kThreads = (mma_pass::kMaxWarps + 1) * 32;  // consumers + the producer
   auto per_sm = PrepareKernel(kernel, kThreads, smem);
   if (!per_sm.ok()) return per_sm.status();
   // One wave of equal blocks: each block loads its Q fragments once and fills its pipeline once,
@@ -1035,7 +1083,7 @@ absl::StatusOr<AttentionStatsWorkspace> AttentionStatsWorkspace::Create(
   const Need needs[] = {
       {&w.page_lse_, rows * pages * sizeof(float)},
       {&w.row_lse_, rows * sizeof(float)},
-      {&w.norm_sum_, pages * shape.kv_heads * sizeof(float)},
+      {&w.norm_sum_, pages * shape.kv_heads * NormParts(shape) * sizeof(float)},
       {&w.head_part_, size_t{shape.q_heads} * pages * sizeof(float4)},
       // At most one running (max, sum) per row and tile: the tiled pass never has more blocks
       // along the sequence than tiles.
@@ -1086,8 +1134,8 @@ absl::Status LaunchAttentionStats(const AttentionStatsShape& shape,
   const uint32_t pages = AttentionStatsPageCount(shape);
   const uint32_t page_groups = (pages + 31) / 32;
   AttentionStatsPageMass<<<dim3(page_groups, shape.q_heads), kPageMassWarps * 32, 0, stream>>>(
-      page_lse, row_lse, norm_sum, shape.tokens, shape.q_heads, shape.kv_heads, shape.window,
-      shape.tokens_per_page, pages, options.breadth_threshold,
+      page_lse, row_lse, norm_sum, NormParts(shape), shape.tokens, shape.q_heads, shape.kv_heads,
+      shape.window, shape.tokens_per_page, pages, options.breadth_threshold,
       static_cast<float4*>(workspace.head_part_.get()),
       done + size_t{shape.kv_heads} * MmaSplits(shape), out);
   return CudaStatus(cudaGetLastError(), "attention stats pass 3");

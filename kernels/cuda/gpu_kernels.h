@@ -97,12 +97,11 @@ class AttentionStatsWorkspace {
                                            PageAttentionStats*, AttentionStatsWorkspace&,
                                            cudaStream_t);
   AttentionStatsShape shape_;
-  DeviceBuffer page_lse_;   // [q_heads * window][pages] log2-sum-exp of each page's logits
-  DeviceBuffer row_lse_;    // [q_heads * window] log2-sum-exp over the whole sequence
-  DeviceBuffer norm_sum_;   // [pages][kv_heads] sum of value-vector norms
-  DeviceBuffer head_part_;  // [q_heads][pages] per q head: mass, mass log mass, pairs above
-  DeviceBuffer row_part_;   // [q_heads * window][blocks] running (max, sum) of the tiled pass
-  DeviceBuffer done_;       // finished-block counters of the last-block merges, zero at rest
+  DeviceBuffer page_lse_;  // [q_heads * window][pages] log2-sum-exp of each page's logits
+  DeviceBuffer row_lse_;   // [q_heads * window] log2-sum-exp over the whole sequence
+  DeviceBuffer norm_sum_;  // [pages][kv_heads] sum of value-vector norms
+  DeviceBuffer row_part_;  // [q_heads * window][blocks] running (max, sum) of the tiled pass
+  DeviceBuffer done_;      // finished-block counters of the last-block merges, zero at rest
 };
 
 // The attention-statistics kernel: one pass over K (tensor-core Q.K^T per 64-token tile, a

@@ -172,6 +172,9 @@ absl::Status ApplyConfigYaml(absl::string_view yaml, DaemonConfig& c) {
       .Add("max_migration_bytes_per_s", c.store.max_migration_bytes_per_s);
   FieldMap nvme;
   nvme.Add("directories", c.nvme.directories).Add("capacity_bytes", c.nvme.capacity_bytes);
+  FieldMap gpu;
+  gpu.Add("sm_budget", c.gpu.sm_budget)
+      .Add("device_to_device_sm_budget", c.gpu.device_to_device_sm_budget);
   LimitsConfig& l = c.limits;
   FieldMap limits;
   limits.Add("max_message_bytes", l.max_message_bytes)
@@ -198,6 +201,7 @@ absl::Status ApplyConfigYaml(absl::string_view yaml, DaemonConfig& c) {
       .Add("admin_uids", c.admin_uids)
       .AddReader("store", section(store))
       .AddReader("nvme", section(nvme))
+      .AddReader("gpu", section(gpu))
       .AddReader("limits", section(limits))
       .AddReader("namespaces",
                  [&c](const YAML::Node& v, const std::string& full) {
@@ -239,6 +243,15 @@ absl::Status ValidateConfig(const DaemonConfig& c) {
   }
   if (!(c.store.max_migration_bytes_per_s > 0)) {
     return bad("store.max_migration_bytes_per_s", "must be > 0");
+  }
+  // More SMs than any GPU has is almost certainly a typo; the engine clamps to the device's count.
+  constexpr int32_t kMaxSmBudget = 1024;
+  if (c.gpu.sm_budget < 0 || c.gpu.sm_budget > kMaxSmBudget) {
+    return bad("gpu.sm_budget", c.gpu.sm_budget, " is not in [0, ", kMaxSmBudget, "] (0: all)");
+  }
+  if (c.gpu.device_to_device_sm_budget < 0 || c.gpu.device_to_device_sm_budget > kMaxSmBudget) {
+    return bad("gpu.device_to_device_sm_budget", c.gpu.device_to_device_sm_budget,
+               " is not in [0, ", kMaxSmBudget, "] (0: gpu.sm_budget)");
   }
   if (c.nvme.enabled() && c.nvme.capacity_bytes < c.store.page_bytes) {
     return bad("nvme.capacity_bytes", c.nvme.capacity_bytes, " holds no page of ",
@@ -325,6 +338,11 @@ std::string ConfigToYaml(const DaemonConfig& c) {
     out << YAML::Key << "capacity_bytes" << YAML::Value << c.nvme.capacity_bytes;
     out << YAML::EndMap;
   }
+  out << YAML::Key << "gpu" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "sm_budget" << YAML::Value << c.gpu.sm_budget;
+  out << YAML::Key << "device_to_device_sm_budget" << YAML::Value
+      << c.gpu.device_to_device_sm_budget;
+  out << YAML::EndMap;
   const LimitsConfig& l = c.limits;
   out << YAML::Key << "limits" << YAML::Value << YAML::BeginMap;
   out << YAML::Key << "max_message_bytes" << YAML::Value << l.max_message_bytes;

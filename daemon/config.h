@@ -43,6 +43,17 @@ struct NvmeConfig {
   bool enabled() const { return !directories.empty(); }
 };
 
+// The CUDA copy engine (used when the build has CUDA and a GPU is present; ignored otherwise).
+struct GpuConfig {
+  // SMs the gather/scatter copy kernels may occupy, beside the inference kernels on the same
+  // GPU; 0 means every SM. Default 16 (of an H100's 132): enough for host<->device copies to
+  // reach the PCIe limit.
+  int32_t sm_budget = 16;
+  // The same for HBM->HBM copies; 0 (default) means sm_budget. One SM moves at most ~50 GB/s
+  // HBM->HBM, so reaching 80% of a device-to-device memcpy on an H100 takes about 32.
+  int32_t device_to_device_sm_budget = 0;
+};
+
 struct LimitsConfig {
   // Largest datagram accepted; larger ones get an error reply. Default 1 MiB (4096 keys of a
   // Store with hints and stats fit in ~200 KiB).
@@ -80,6 +91,7 @@ struct DaemonConfig {
   std::vector<uid_t> admin_uids;  // may call Status/Stats; empty: the daemon's own uid
   StoreConfig store;
   NvmeConfig nvme;
+  GpuConfig gpu;
   LimitsConfig limits;
   std::vector<NamespaceRule> namespaces;
 };

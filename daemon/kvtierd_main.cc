@@ -107,8 +107,11 @@ int Run() {
   // measurement), which is what lets hbm_backend=auto pick real HBM. Without one, or if it cannot
   // start, the CPU engine serves and HBM is host-emulated: said once here, and on /metrics.
   if (config->store.hbm_backend != "host-emulated" && kvtier::CudaDeviceAvailable()) {
+    kvtier::CudaCopyEngineOptions engine_options;
+    engine_options.kernel.sm_budget = config->gpu.sm_budget;
+    engine_options.device_to_device_sm_budget = config->gpu.device_to_device_sm_budget;
     absl::StatusOr<std::unique_ptr<kvtier::CudaCopyEngine>> engine =
-        kvtier::CudaCopyEngine::Create();
+        kvtier::CudaCopyEngine::Create(engine_options);
     if (engine.ok()) {
       parts.copy_engine = *std::move(engine);
     } else {

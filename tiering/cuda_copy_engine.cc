@@ -75,6 +75,11 @@ absl::StatusOr<std::unique_ptr<CudaCopyEngine>> CudaCopyEngine::Create(
   if (options.max_ops_per_launch == 0) {
     return absl::InvalidArgumentError("cuda copy engine: max_ops_per_launch must be > 0");
   }
+  if (options.kernel.sm_budget < 0 || options.device_to_device_sm_budget < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cuda copy engine: SM budgets must be >= 0 (0: all), got ", options.kernel.sm_budget,
+        " and device_to_device ", options.device_to_device_sm_budget));
+  }
   if (options.host_to_device == CudaCopyMethod::kKernelBulk ||
       options.device_to_host == CudaCopyMethod::kKernelBulk) {
     return absl::InvalidArgumentError(
@@ -251,7 +256,7 @@ absl::Status CudaCopyEngine::RunLocked(CopyRoute route, CudaCopyMethod method,
   switch (method) {
     case CudaCopyMethod::kAuto:
     case CudaCopyMethod::kKernel:
-      return RunKernel(ops, kernels::GpuCopyMover::kLoadStore);
+      return RunKernel(route, ops, kernels::GpuCopyMover::kLoadStore);
     case CudaCopyMethod::kKernelBulk:
       // The bulk copy unit reads and writes device memory only; mapped host memory is the
       // load/store mover's.
@@ -260,7 +265,7 @@ absl::Status CudaCopyEngine::RunLocked(CopyRoute route, CudaCopyMethod method,
             absl::StrCat("cuda copy engine: kernel-bulk copies device to device only, not ",
                          CopyRouteName(route)));
       }
-      return RunKernel(ops, kernels::GpuCopyMover::kBulkAsync);
+      return RunKernel(route, ops, kernels::GpuCopyMover::kBulkAsync);
     case CudaCopyMethod::kMemcpyBatch:
       return RunBatch(ops);
     case CudaCopyMethod::kMemcpyPerRun:
@@ -269,7 +274,8 @@ absl::Status CudaCopyEngine::RunLocked(CopyRoute route, CudaCopyMethod method,
   return absl::InternalError("unknown copy method");
 }
 
-absl::Status CudaCopyEngine::RunKernel(absl::Span<const CopyOp> ops, kernels::GpuCopyMover mover) {
+absl::Status CudaCopyEngine::RunKernel(CopyRoute route, absl::Span<const CopyOp> ops,
+                                       kernels::GpuCopyMover mover) {
   // Ops that break the kernel's 16-byte rule are set aside and copied per run; the rest are staged
   // as descriptors, max_ops_per_launch per launch.
   unaligned_.clear();
@@ -277,6 +283,9 @@ absl::Status CudaCopyEngine::RunKernel(absl::Span<const CopyOp> ops, kernels::Gp
   uint64_t max_piece = 0;
   kernels::GpuCopyOptions kernel_options = options_.kernel;
   kernel_options.mover = mover;
+  if (route == CopyRoute::kDeviceToDevice && options_.device_to_device_sm_budget != 0) {
+    kernel_options.sm_budget = options_.device_to_device_sm_budget;
+  }
   auto launch = [&]() -> absl::Status {
     if (staged == 0) return absl::OkStatus();
     if (absl::Status s = CudaStatus(

@@ -57,6 +57,11 @@ struct CudaCopyEngineOptions {
   // The copy kernels' SM budget (default at most 16 SMs) and block size; its mover is set per
   // method (kKernel: load/store, kKernelBulk: bulk-async), whatever this field says.
   kernels::GpuCopyOptions kernel;
+  // SM budget of device->device kernel copies; 0 (default) means kernel.sm_budget. A separate
+  // knob because one SM moves at most ~50 GB/s HBM->HBM whatever the mover (measured on an H100,
+  // bench/RESULTS.md), so 16 SMs cap such copies near half of a device-to-device memcpy, while
+  // host<->device copies reach the PCIe limit with far fewer.
+  int device_to_device_sm_budget = 0;
   // Method per route. kAuto (default) takes the calibration table's pick for the batch's mean
   // piece size; another value pins that method and skips calibrating the route. kKernelBulk may
   // only be pinned for device_to_device (Create refuses it elsewhere).
@@ -121,7 +126,7 @@ class CudaCopyEngine final : public CopyEngine {
   PtrKind Classify(const void* p) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status RunLocked(CopyRoute route, CudaCopyMethod method, absl::Span<const CopyOp> ops)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status RunKernel(absl::Span<const CopyOp> ops, kernels::GpuCopyMover mover)
+  absl::Status RunKernel(CopyRoute route, absl::Span<const CopyOp> ops, kernels::GpuCopyMover mover)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status RunBatch(absl::Span<const CopyOp> ops) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status RunPerRun(absl::Span<const CopyOp> ops) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

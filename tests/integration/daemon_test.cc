@@ -584,6 +584,9 @@ TEST(DaemonIntegration, ConfigErrorsNameTheKeyAndNvmeIsNotSilentlyDropped) {
   std::tie(code, err) = run("limits:\n  max_inflight: 3\n");
   EXPECT_EQ(code, 2);
   EXPECT_NE(err.find("limits.max_inflight: unknown key"), std::string::npos) << err;
+  std::tie(code, err) = run("gpu:\n  device_to_device_sm_budget: -1\n");
+  EXPECT_EQ(code, 2);
+  EXPECT_NE(err.find("gpu.device_to_device_sm_budget"), std::string::npos) << err;
   std::tie(code, err) =
       run(absl::StrCat("nvme:\n  directories: [", dir, "/nvme]\n  capacity_bytes: 4096\n"));
   EXPECT_EQ(code, 2);

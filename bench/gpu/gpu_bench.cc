@@ -149,6 +149,11 @@ int Main(int argc, char** argv) {
   CudaCopyEngineOptions engine_options;  // defaults: SM budget 16, methods by calibration
   auto engine = CudaCopyEngine::Create(engine_options);
   CHECK_OK(engine.status());
+  // The same engine with gpu.device_to_device_sm_budget: 32, for the HBM->HBM rows.
+  CudaCopyEngineOptions d2d32_options;
+  d2d32_options.device_to_device_sm_budget = 32;
+  auto engine_d2d32 = CudaCopyEngine::Create(d2d32_options);
+  CHECK_OK(engine_d2d32.status());
   std::printf("\nCudaCopyEngine calibration (16 MiB samples, reversed pieces):\n");
   for (const CopyCalibration& c : (*engine)->calibration()) {
     std::printf(
@@ -261,6 +266,14 @@ int Main(int argc, char** argv) {
       t = TimeHost(reps, [&] { CHECK_OK((*engine)->CopyWith(route, CudaCopyMethod::kAuto, ops)); });
       Record({section, dir_name[dir], m, piece_kib, engine_options.kernel.sm_budget, gb / t,
               baseline});
+      if (d2d) {
+        const std::string m32 =
+            "engine_" + std::string(CudaCopyMethodName((*engine_d2d32)->MethodFor(route, piece)));
+        t = TimeHost(
+            reps, [&] { CHECK_OK((*engine_d2d32)->CopyWith(route, CudaCopyMethod::kAuto, ops)); });
+        Record({section, dir_name[dir], m32, piece_kib, d2d32_options.device_to_device_sm_budget,
+                gb / t, baseline});
+      }
     }
   }
 

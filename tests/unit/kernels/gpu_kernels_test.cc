@@ -353,6 +353,56 @@ TEST(CudaCopyEngineTest, CalibratesAndCopiesMixedBatchesExactly) {
   EXPECT_EQ(got_b[2 * q + 3 + 1001], 0xA5);
 }
 
+// Batches longer than one launch are staged and launched in parts: with 7 descriptors a launch, a
+// few hundred scattered pieces on each route take dozens of launches, and every byte must land;
+// so must a second round through the same engine.
+TEST(CudaCopyEngineTest, BatchesLongerThanALaunchLandExactly) {
+  std::mt19937_64 rng(testing::TestSeed("BatchesLongerThanALaunch"));
+  CudaCopyEngineOptions options;
+  options.calibration_bytes = size_t{1} << 20;
+  options.max_ops_per_launch = 7;
+  options.host_to_device = CudaCopyMethod::kKernel;
+  options.device_to_host = CudaCopyMethod::kKernel;
+  options.device_to_device = CudaCopyMethod::kKernel;
+  auto engine = CudaCopyEngine::Create(options);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  constexpr size_t kPieces = 301, kPiece = 4096;
+  const size_t n = kPieces * kPiece;
+  Pinned host_src(n), host_dst(n);
+  auto dev_src = DeviceBuffer::Allocate(n);
+  auto dev_dst = DeviceBuffer::Allocate(n);
+  ASSERT_TRUE(dev_src.ok() && dev_dst.ok());
+  for (int round = 0; round < 2; ++round) {
+    for (size_t i = 0; i < n; ++i) host_src.get()[i] = static_cast<unsigned char>(rng());
+    std::memset(host_dst.get(), 0x5A, n);
+    ASSERT_CUDA(cudaMemset(dev_src->get(), 0x5A, n));
+    ASSERT_CUDA(cudaMemset(dev_dst->get(), 0x5A, n));
+    auto* ds = static_cast<unsigned char*>(dev_src->get());
+    auto* dd = static_cast<unsigned char*>(dev_dst->get());
+    // Pieces in a shuffled order, so that each launch scatters.
+    std::vector<size_t> order(kPieces);
+    std::iota(order.begin(), order.end(), 0);
+    std::shuffle(order.begin(), order.end(), rng);
+    auto batch = [&](unsigned char* dst, const unsigned char* src) {
+      std::vector<CopyOp> ops;
+      for (size_t k = 0; k < kPieces; ++k) {
+        ops.push_back({dst + order[k] * kPiece, src + k * kPiece, kPiece});
+      }
+      return ops;
+    };
+    ASSERT_TRUE((*engine)->Copy(batch(ds, host_src.get())).ok());  // h2d, scattered
+    ASSERT_TRUE((*engine)->Copy(batch(dd, ds)).ok());              // d2d, scattered again
+    ASSERT_TRUE((*engine)->Copy(batch(host_dst.get(), dd)).ok());  // d2h
+    // Piece k went to order[k] three times over.
+    for (size_t k = 0; k < kPieces; ++k) {
+      const size_t at = order[order[order[k]]];
+      ASSERT_EQ(0, std::memcmp(host_dst.get() + at * kPiece, host_src.get() + k * kPiece, kPiece))
+          << "round " << round << " piece " << k;
+    }
+  }
+  EXPECT_EQ((*engine)->fallbacks(), 0u);
+}
+
 // kernel-bulk is a device->device method: pinned for that route it moves scattered pieces exactly
 // (registered and unregistered device memory alike); pinned elsewhere, or asked for off that
 // route, it is refused rather than handed host memory.

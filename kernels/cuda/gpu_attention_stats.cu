@@ -424,7 +424,7 @@ __device__ __forceinline__ void CpAsyncWait() {
 }
 
 // mbarriers of the stage ring (PTX ISA, "mbarrier"): `full` completes when the producer's
-// cp.asyncs into the stage have landed, `empty` when every consumer warp has read the stage.
+// cp.asyncs into the stage have landed, `empty` when every consumer thread has read the stage.
 __device__ __forceinline__ void MbarrierInit(uint32_t bar, uint32_t count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
 }
@@ -549,7 +549,8 @@ __global__ void __launch_bounds__((kMaxWarps + 1) * 32, kHeadDim <= 128 ? 2 : 1)
   if (tid == 0) {
     for (int s = 0; s < G::kStages; ++s) {
       MbarrierInit(bar_full + s * 8, 32);          // the producer's lanes
-      MbarrierInit(bar_empty + s * 8, kMaxWarps);  // one lane of each consumer warp
+      // Every consumer thread: each one's release covers its own reads of the stage.
+      MbarrierInit(bar_empty + s * 8, kMaxWarps * 32);
     }
   }
   __syncthreads();
@@ -681,8 +682,7 @@ __global__ void __launch_bounds__((kMaxWarps + 1) * 32, kHeadDim <= 128 ? 2 : 1)
           }
         }
         // The stage is read: release it to the producer before the arithmetic below.
-        __syncwarp();
-        if (lane == 0) MbarrierArrive(bar_empty + s * 8);
+        MbarrierArrive(bar_empty + s * 8);
 
         // Causal mask, only in the tiles that reach past the first window query's position (it
         // also hides the zero-filled columns past the sequence's end).
@@ -743,8 +743,7 @@ __global__ void __launch_bounds__((kMaxWarps + 1) * 32, kHeadDim <= 128 ? 2 : 1)
           }
         }
       } else {
-        __syncwarp();
-        if (lane == 0) MbarrierArrive(bar_empty + s * 8);
+        MbarrierArrive(bar_empty + s * 8);
       }
     }
 #pragma unroll

@@ -7,9 +7,11 @@
 //  - generic (any tokens_per_page, head_dim a multiple of 16): one block per (kv head, run of
 //    whole pages) computes S = Q.K^T per 64-token tile on the tensor cores (WMMA) into shared
 //    memory, then walks it with an online softmax per page, carrying a page across tiles.
-// Pass 2 turns pass 1's partials into each row's log2-sum-exp over the whole sequence; pass 3
-// gives per (page, q head) the mass over the window and the pairs above the breadth threshold;
-// pass 4, one thread per page, the masses, breadth, entropy over heads and mean value norm.
+// Each row's log2-sum-exp over the whole sequence comes next: in the tiled pass, the last block of
+// each (kv head, row split) merges the blocks' running (max, sum) pairs; in the generic one, a
+// second launch reduces the page partials. Pass 3, one block per 16 pages over every q head, turns
+// the partials into masses, breadth, entropy over heads and mean value norm (launched as a
+// programmatic dependent, so that its launch overlaps pass 1's drain).
 // Nothing of size tokens x rows is ever stored: the page partials are [rows][pages] floats, 1/16
 // of K's bytes at 16 tokens a page.
 #include <cuda_bf16.h>
@@ -548,7 +550,7 @@ __global__ void __launch_bounds__((kMaxWarps + 1) * 32, kHeadDim <= 128 ? 2 : 1)
 
   if (tid == 0) {
     for (int s = 0; s < G::kStages; ++s) {
-      MbarrierInit(bar_full + s * 8, 32);          // the producer's lanes
+      MbarrierInit(bar_full + s * 8, 32);  // the producer's lanes
       // Every consumer thread: each one's release covers its own reads of the stage.
       MbarrierInit(bar_empty + s * 8, kMaxWarps * 32);
     }

@@ -869,6 +869,11 @@ __global__ void __launch_bounds__(kPageMassWarps * 32)
   out[pg] = o;
 }
 
+// log2(e) / sqrt(head_dim): exp2 of logits scaled by it is exp of the softmax's.
+float ScaleLog2(uint32_t head_dim) {
+  return static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(head_dim)));
+}
+
 uint32_t MmaTiles(const AttentionStatsShape& s) {
   return (s.tokens + mma_pass::kTile - 1) / mma_pass::kTile;
 }
@@ -993,8 +998,7 @@ absl::Status LaunchMmaPass(const AttentionStatsShape& shape, const void* q, cons
   p.pages = AttentionStatsPageCount(shape);
   p.rows_per_block = rows_per_block;
   p.tiles_per_block = tiles_per_block;
-  p.scale_log2 =
-      static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(shape.head_dim)));
+  p.scale_log2 = ScaleLog2(shape.head_dim);
   p.page_lse = page_lse;
   p.row_part = row_part;
   p.row_lse = row_lse;
@@ -1060,8 +1064,7 @@ absl::Status LaunchGenericPasses(const AttentionStatsShape& shape, const void* q
   p.pages = pages;
   p.pages_per_block = per_block;
   p.rows_per_block = rows_per_block;
-  p.scale_log2 =
-      static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(shape.head_dim)));
+  p.scale_log2 = ScaleLog2(shape.head_dim);
   p.page_lse = page_lse;
   p.norm_sum = norm_sum;
   kernel<<<dim3(blocks_x, shape.kv_heads, splits), kThreads, l.bytes, stream>>>(p);

@@ -24,6 +24,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/gpu_kernels.h"
+#include "kernels/cuda/ptx.cuh"
 
 namespace kvtier::kernels {
 namespace {
@@ -409,45 +410,16 @@ struct Params {
   uint32_t* done;    // [kv_heads][splits] blocks finished; zero between launches
 };
 
-__device__ __forceinline__ uint32_t SmemAddress(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
+using ptx::CpAsync16;
+using ptx::CpAsyncArriveOn;
+using ptx::CpAsyncWait;
+using ptx::MbarrierArrive;
+using ptx::MbarrierInit;
+using ptx::MbarrierWait;
+using ptx::SmemAddress;
 
-// 16 bytes global -> shared, asynchronously; with `valid` false the destination is zero-filled
-// and nothing is read.
-__device__ __forceinline__ void CpAsync16(uint32_t dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
-               "r"(valid ? 16 : 0)
-               : "memory");
-}
-template <int kPending>
-__device__ __forceinline__ void CpAsyncWait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
-}
-
-// mbarriers of the stage ring (PTX ISA, "mbarrier"): `full` completes when the producer's
-// cp.asyncs into the stage have landed, `empty` when every consumer thread has read the stage.
-__device__ __forceinline__ void MbarrierInit(uint32_t bar, uint32_t count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-}
-__device__ __forceinline__ void MbarrierArrive(uint32_t bar) {
-  asm volatile("mbarrier.arrive.release.cta.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
-}
-// Arrives on `bar` once all of this thread's earlier cp.asyncs have completed.
-__device__ __forceinline__ void CpAsyncArriveOn(uint32_t bar) {
-  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
-}
-__device__ __forceinline__ void MbarrierWait(uint32_t bar, uint32_t parity) {
-  asm volatile(
-      "{\n"
-      ".reg .pred done;\n"
-      "wait_%=:\n"
-      "mbarrier.try_wait.parity.acquire.cta.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra wait_%=;\n"
-      "}\n" ::"r"(bar),
-      "r"(parity)
-      : "memory");
-}
+// The stage ring's mbarriers: `full` completes when the producer's cp.asyncs into the stage have
+// landed, `empty` when every consumer thread has read the stage.
 
 __device__ __forceinline__ void LdMatrixX4(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2,
                                            uint32_t& r3) {

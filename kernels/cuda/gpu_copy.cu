@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/gpu_kernels.h"
+#include "kernels/cuda/ptx.cuh"
 
 namespace kvtier::kernels {
 
@@ -96,9 +97,7 @@ struct alignas(16) BulkStage {
 constexpr size_t kBulkSmemBytes =
     size_t{kBulkStages} * (kBulkChunk + sizeof(uint64_t) + sizeof(BulkStage));
 
-__device__ __forceinline__ uint32_t SmemAddr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
+using ptx::SmemAddress;
 
 // The ring, driven by one thread. A stage is reloaded only once the store that last read it has
 // finished reading shared memory; at most kBulkStages - 1 loads are outstanding, so the stage to
@@ -114,8 +113,7 @@ class BulkRing {
   // Called once, by the driving thread only, before the first Push.
   __device__ void Init() {
     for (uint32_t s = 0; s < kBulkStages; ++s) {
-      asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(SmemAddr(&bars_[s])), "r"(1u)
-                   : "memory");
+      ptx::MbarrierInit(SmemAddress(&bars_[s]), 1);
     }
     // The barriers are armed by the async proxy (complete_tx); make their initialisation visible
     // to it before the first copy names them.
@@ -128,12 +126,12 @@ class BulkRing {
     if (pending_ == kBulkStages - 1) StoreOldest();
     asm volatile("cp.async.bulk.wait_group.read 1;" ::: "memory");
     meta_[load_] = BulkStage{dst, bytes};
-    const uint32_t bar = SmemAddr(&bars_[load_]);
+    const uint32_t bar = SmemAddress(&bars_[load_]);
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes)
                  : "memory");
     asm volatile(
         "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::
-            "r"(SmemAddr(data_ + size_t{load_} * kBulkChunk)),
+            "r"(SmemAddress(data_ + size_t{load_} * kBulkChunk)),
         "l"(src), "r"(bytes), "r"(bar)
         : "memory");
     load_ = load_ + 1 == kBulkStages ? 0 : load_ + 1;
@@ -149,22 +147,13 @@ class BulkRing {
 
  private:
   __device__ void StoreOldest() {
-    const uint32_t bar = SmemAddr(&bars_[store_]);
+    const uint32_t bar = SmemAddress(&bars_[store_]);
     const uint32_t parity = (parities_ >> store_) & 1u;
-    uint32_t done = 0;
-    do {
-      asm volatile(
-          "{\n\t.reg .pred p;\n\t"
-          "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n\t"
-          "selp.u32 %0, 1, 0, p;\n\t}"
-          : "=r"(done)
-          : "r"(bar), "r"(parity)
-          : "memory");
-    } while (done == 0);
+    ptx::MbarrierWait(bar, parity);
     parities_ ^= 1u << store_;
     const BulkStage stage = meta_[store_];
     asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(stage.dst),
-                 "r"(SmemAddr(data_ + size_t{store_} * kBulkChunk)), "r"(stage.bytes)
+                 "r"(SmemAddress(data_ + size_t{store_} * kBulkChunk)), "r"(stage.bytes)
                  : "memory");
     asm volatile("cp.async.bulk.commit_group;" ::: "memory");
     store_ = store_ + 1 == kBulkStages ? 0 : store_ + 1;

@@ -26,6 +26,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "tests/fault/crash_writer_options.h"
 #include "tests/unit/nvme/nvme_test_util.h"
 #include "tiering/nvme/nvme_tier.h"
 
@@ -46,8 +47,8 @@ void Emit(const std::string& s) {
 
 int main(int argc, char** argv) {
   std::string dir;
-  uint64_t seed = 1, page_bytes = 64 * 1024, batches = 0;
-  uint32_t slots = 48;
+  uint64_t seed = 1, page_bytes = kvtier::testing::kCrashWriterPageBytes, batches = 0;
+  uint32_t slots = kvtier::testing::kCrashWriterSlots;
   uint64_t fsize_limit = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string f = argv[i];
@@ -77,13 +78,7 @@ int main(int argc, char** argv) {
     const rlimit lim{fsize_limit, fsize_limit};
     if (setrlimit(RLIMIT_FSIZE, &lim) != 0) return 1;
   }
-  kvtier::NvmeTierOptions o;
-  o.dirs = {dir + "/data0", dir + "/data1"};
-  o.index_dir = dir + "/index";
-  o.page_bytes = page_bytes;
-  o.slots = slots;
-  o.queue_depth = 8;
-  o.log = [](absl::string_view) {};
+  const kvtier::NvmeTierOptions o = kvtier::testing::CrashWriterOptions(dir, page_bytes, slots);
   auto tier = kvtier::NvmeTier::Create(o);
   if (!tier.ok()) {
     std::fprintf(stderr, "writer: %s\n", tier.status().ToString().c_str());

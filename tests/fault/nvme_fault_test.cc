@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/fault/crash_writer_options.h"
 #include "tests/unit/nvme/nvme_test_util.h"
 #include "tiering/nvme/nvme_tier.h"
 #include "tiering/nvme/page_format.h"
@@ -39,21 +40,10 @@ using nvme_test::FillPage;
 using nvme_test::ScratchDir;
 using nvme_test::TestSeed;
 
-constexpr uint64_t kPageBytes = 64 * 1024;
-constexpr uint32_t kSlots = 48;
+constexpr uint64_t kPageBytes = testing::kCrashWriterPageBytes;
+constexpr uint32_t kSlots = testing::kCrashWriterSlots;
 
-NvmeTierOptions WriterOptions(const std::string& dir, uint64_t page_bytes = kPageBytes,
-                              uint32_t slots = kSlots) {
-  // Must match nvme_crash_writer's.
-  NvmeTierOptions o;
-  o.dirs = {dir + "/data0", dir + "/data1"};
-  o.index_dir = dir + "/index";
-  o.page_bytes = page_bytes;
-  o.slots = slots;
-  o.queue_depth = 8;
-  o.log = [](absl::string_view) {};
-  return o;
-}
+NvmeTierOptions WriterOptions(const std::string& dir) { return testing::CrashWriterOptions(dir); }
 
 // Runs the writer with its stdout on a pipe; Kill() sends SIGKILL and returns what it printed.
 class Writer {

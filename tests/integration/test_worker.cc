@@ -69,6 +69,19 @@ int Run(const std::string& mode, const std::string& socket, const std::string& n
     store_blocks[i] = (i * 7 + 3) % kBlocks;
     load_blocks[i] = (i * 5 + 1) % kBlocks;
   }
+  // 0 when load block i holds page i (left in `page` for further checks), else the exit code.
+  auto check_loaded = [&](uint32_t i) {
+    FillPage(keys[i], absl::MakeSpan(page));
+    if (absl::Status s = buffers->ReadBlock(*layout, load_blocks[i], absl::MakeSpan(got));
+        !s.ok()) {
+      return Die("read block", s);
+    }
+    if (std::memcmp(page.data(), got.data(), page.size()) != 0) {
+      std::fprintf(stderr, "page %u differs after load\n", i);
+      return 1;
+    }
+    return 0;
+  };
 
   if (mode == "store" || mode == "hold") {
     for (uint32_t i = 0; i < pages; ++i) {
@@ -119,15 +132,7 @@ int Run(const std::string& mode, const std::string& socket, const std::string& n
       absl::StatusOr<PageResults> r = c.Wait(*op);
       if (!r.ok()) return Die("load wait", r.status());
       if (r->ok_pages != 1) continue;  // dropped since the lookup: a miss, not an error
-      FillPage(keys[i], absl::MakeSpan(page));
-      if (absl::Status s = buffers->ReadBlock(*layout, load_blocks[i], absl::MakeSpan(got));
-          !s.ok()) {
-        return Die("read block", s);
-      }
-      if (std::memcmp(page.data(), got.data(), page.size()) != 0) {
-        std::fprintf(stderr, "page %u differs after load\n", i);
-        return 1;
-      }
+      if (int rc = check_loaded(i); rc != 0) return rc;
       ++verified;
     }
     std::printf("verified %u of %u\n", verified, pages);
@@ -149,15 +154,7 @@ int Run(const std::string& mode, const std::string& socket, const std::string& n
   if (r->ok_pages != pages) return Die("load", absl::InternalError(r->first_error));
   uint32_t zero_copy = 0;
   for (uint32_t i = 0; i < pages; ++i) {
-    FillPage(keys[i], absl::MakeSpan(page));
-    if (absl::Status s = buffers->ReadBlock(*layout, load_blocks[i], absl::MakeSpan(got));
-        !s.ok()) {
-      return Die("read block", s);
-    }
-    if (std::memcmp(page.data(), got.data(), page.size()) != 0) {
-      std::fprintf(stderr, "page %u differs after load\n", i);
-      return 1;
-    }
+    if (int rc = check_loaded(i); rc != 0) return rc;
     if (found->dram_slots[i] != LookupReply::kNoSlot) {
       absl::Span<const std::byte> slot = c.DramSlot(found->dram_slots[i]);
       if (slot.size() < page.size() || std::memcmp(slot.data(), page.data(), page.size()) != 0) {

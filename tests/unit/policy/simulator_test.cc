@@ -22,6 +22,12 @@ MooncakeRequest Req(uint64_t ts, uint32_t input, std::vector<uint64_t> ids) {
   return r;
 }
 
+// The five requests both hand computations below walk through.
+std::vector<MooncakeRequest> TinyTrace() {
+  return {Req(1, 8, {1, 2}), Req(2, 8, {1, 3}), Req(3, 8, {1, 2}), Req(4, 8, {1, 4}),
+          Req(5, 6, {1, 2})};
+}
+
 // Blocks of 4 tokens; distinct chained pages: [1], [1,2], [1,3], [1,4] -> 4; HBM 50 % = 2 slots,
 // no other tier, LRU. By hand (pinned prefix never a victim):
 //   t1 [1,2] 8 tok: miss 8. HBM {1,12}.
@@ -31,9 +37,7 @@ MooncakeRequest Req(uint64_t ts, uint32_t input, std::vector<uint64_t> ids) {
 //   t5 [1,2] 6 tok: hit 1 (4). put 12 (2 tokens: the last block is partial), victim 14. miss 2.
 // Total: hit_tokens_hbm 16, miss_tokens 22, nothing migrated.
 TEST(SimulatorTest, LruOnTinyTraceMatchesHandComputation) {
-  const std::vector<MooncakeRequest> trace = {Req(1, 8, {1, 2}), Req(2, 8, {1, 3}),
-                                              Req(3, 8, {1, 2}), Req(4, 8, {1, 4}),
-                                              Req(5, 6, {1, 2})};
+  const std::vector<MooncakeRequest> trace = TinyTrace();
   SimOptions o;
   o.policies = {"lru"};
   o.hbm_fraction = 0.5;
@@ -65,9 +69,7 @@ TEST(SimulatorTest, LruOnTinyTraceMatchesHandComputation) {
 //   t5: hit 1 (HBM), 12 in DRAM (2 tok). Planner: 12 -> HBM (migration 4), 14 dropped.
 // Total: hbm 16, dram 4 + 2 = 6, miss 8 + 4 + 4 = 16, 4 page migrations.
 TEST(SimulatorTest, LruWithDramTierMatchesHandComputation) {
-  const std::vector<MooncakeRequest> trace = {Req(1, 8, {1, 2}), Req(2, 8, {1, 3}),
-                                              Req(3, 8, {1, 2}), Req(4, 8, {1, 4}),
-                                              Req(5, 6, {1, 2})};
+  const std::vector<MooncakeRequest> trace = TinyTrace();
   SimOptions o;
   o.policies = {"lru"};
   o.hbm_fraction = 0.5;

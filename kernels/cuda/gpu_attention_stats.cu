@@ -929,12 +929,18 @@ uint32_t MmaSplits(const AttentionStatsShape& s) {
   return (rows_total + max_rows - 1) / max_rows;
 }
 
+using Pass1Plan = detail::AttentionPass1Plan;
+
+// One wave of equal blocks: each block loads its queries once and fills its pipeline once, so
+// fewer, longer blocks cost less, as long as every SM slot is busy. `units` are (block row,
+// piece of the sequence) pairs; the answer is pieces per block.
+uint32_t PerBlockForOneWave(uint64_t units, int sms, int per_sm) {
+  const uint64_t slots = uint64_t(std::max(1, sms)) * uint64_t(per_sm);
+  return static_cast<uint32_t>(std::max<uint64_t>(1, (units + slots - 1) / slots));
+}
+
 // Pass 1 of the tiled path (with each row's log2-sum-exp, merged by the last blocks).
-absl::Status LaunchMmaPass(const AttentionStatsShape& shape, const void* q, const void* k,
-                           const void* v, float* page_lse, float2* row_part, float* row_lse,
-                           float* norm_sum, uint32_t* done, cudaStream_t stream) {
-  int sms = 0, smem_limit = 0;
-  if (absl::Status s = DeviceLimits(sms, smem_limit); !s.ok()) return s;
+absl::StatusOr<Pass1Plan> PlanMmaPass(const AttentionStatsShape& shape, int sms, int smem_limit) {
   const auto [kernel, smem] = shape.dtype == KvDType::kBF16 ? PickMmaKernel<__nv_bfloat16>(shape)
                                                             : PickMmaKernel<__half>(shape);
   if (smem > static_cast<size_t>(smem_limit)) {
@@ -943,58 +949,34 @@ absl::Status LaunchMmaPass(const AttentionStatsShape& shape, const void* q, cons
                                                    "allows ",
                                                    smem_limit));
   }
+  Pass1Plan plan;
+  plan.kernel = reinterpret_cast<const void*>(kernel);
+  plan.smem_bytes = smem;
+  plan.threads = (mma_pass::kMaxWarps + 1) * 32;  // consumers + the producer
   // Rows of a kv head's q-head group, split evenly into blocks of at most 128 (8 warps of 16).
   const uint32_t rows_total = shape.q_heads / shape.kv_heads * shape.window;
   const uint32_t splits = MmaSplits(shape);
-  const uint32_t rows_per_block = ((rows_total + splits - 1) / splits + 15) / 16 * 16;
-  constexpr int kThreads = (mma_pass::kMaxWarps + 1) * 32;  // consumers + the producer
-  auto per_sm = PrepareKernel(kernel, kThreads, smem);
+  plan.rows_per_block = ((rows_total + splits - 1) / splits + 15) / 16 * 16;
+  auto per_sm = PrepareKernel(kernel, plan.threads, smem);
   if (!per_sm.ok()) return per_sm.status();
-  // One wave of equal blocks: each block loads its Q fragments once and fills its pipeline once,
-  // so fewer, longer blocks cost less, as long as every SM slot is busy.
   const uint32_t tiles = MmaTiles(shape);
-  const uint64_t slots = uint64_t(std::max(1, sms)) * uint64_t(*per_sm);
-  const uint64_t units = uint64_t{tiles} * shape.kv_heads * splits;
-  const uint32_t tiles_per_block =
-      static_cast<uint32_t>(std::max<uint64_t>(1, (units + slots - 1) / slots));
-  const uint32_t chunks = (tiles + tiles_per_block - 1) / tiles_per_block;
-
-  mma_pass::Params p{};
-  p.q = q;
-  p.k = k;
-  p.v = v;
-  p.tokens = shape.tokens;
-  p.q_heads = shape.q_heads;
-  p.kv_heads = shape.kv_heads;
-  p.window = shape.window;
-  p.pages = AttentionStatsPageCount(shape);
-  p.rows_per_block = rows_per_block;
-  p.tiles_per_block = tiles_per_block;
-  p.scale_log2 = ScaleLog2(shape.head_dim);
-  p.page_lse = page_lse;
-  p.row_part = row_part;
-  p.row_lse = row_lse;
-  p.norm_sum = norm_sum;
-  p.done = done;
-  kernel<<<dim3(chunks, shape.kv_heads, splits), kThreads, smem, stream>>>(p);
-  return CudaStatus(cudaGetLastError(), "attention stats pass 1");
+  plan.per_block = PerBlockForOneWave(uint64_t{tiles} * shape.kv_heads * splits, sms, *per_sm);
+  plan.grid = dim3((tiles + plan.per_block - 1) / plan.per_block, shape.kv_heads, splits);
+  return plan;
 }
 
-// Passes 1 and 2 of the generic path (any tokens_per_page, head_dim a multiple of 16 up to 256).
-absl::Status LaunchGenericPasses(const AttentionStatsShape& shape, const void* q, const void* k,
-                                 const void* v, float* page_lse, float* row_lse, float* norm_sum,
-                                 cudaStream_t stream) {
-  const uint32_t group = shape.q_heads / shape.kv_heads;
-  const uint32_t rows_total = group * shape.window;
+// Pass 1 of the generic path (any tokens_per_page, head_dim a multiple of 16 up to 256).
+absl::StatusOr<Pass1Plan> PlanGenericPass(const AttentionStatsShape& shape, int sms,
+                                          int smem_limit) {
+  const uint32_t rows_total = shape.q_heads / shape.kv_heads * shape.window;
   // At most 128 rows a block (about 87 KB of shared memory at head_dim 128). Measured on an H100
   // (bench/gpu/results/run5): splitting 128 rows into two blocks of 64 was slower (240 us against
   // 203 us), because registers, not shared memory, hold the kernel to two blocks an SM and each
   // block then pays the per-tile overhead for half the rows.
-  const uint32_t rows_per_block = std::min<uint32_t>(rows_total, 128);
-  const uint32_t splits = (rows_total + rows_per_block - 1) / rows_per_block;
-  const SmemLayout l = MakeLayout(rows_per_block, shape.head_dim);
-  int sms = 0, smem_limit = 0;
-  if (absl::Status s = DeviceLimits(sms, smem_limit); !s.ok()) return s;
+  Pass1Plan plan;
+  plan.rows_per_block = std::min<uint32_t>(rows_total, 128);
+  const uint32_t splits = (rows_total + plan.rows_per_block - 1) / plan.rows_per_block;
+  const SmemLayout l = MakeLayout(plan.rows_per_block, shape.head_dim);
   if (l.bytes > static_cast<size_t>(smem_limit)) {
     return absl::InvalidArgumentError(
         absl::StrCat("GPU attention stats: blocks of ", l.rows, " rows need ", l.bytes,
@@ -1015,37 +997,45 @@ absl::Status LaunchGenericPasses(const AttentionStatsShape& shape, const void* q
     }
   };
   const Pass1Kernel kernel = shape.dtype == KvDType::kBF16 ? pick(__nv_bfloat16{}) : pick(__half{});
+  plan.kernel = reinterpret_cast<const void*>(kernel);
+  plan.threads = kThreads;
+  plan.smem_bytes = l.bytes;
   auto per_sm = PrepareKernel(kernel, kThreads, l.bytes);
   if (!per_sm.ok()) return per_sm.status();
   const uint32_t pages = AttentionStatsPageCount(shape);
-  const uint64_t slots = static_cast<uint64_t>(std::max(1, sms)) * uint64_t(*per_sm);
-  uint32_t per_block = static_cast<uint32_t>(
-      std::max<uint64_t>(1, (uint64_t{pages} * shape.kv_heads * splits + slots - 1) / slots));
-  const uint32_t blocks_x = (pages + per_block - 1) / per_block;
+  plan.per_block = PerBlockForOneWave(uint64_t{pages} * shape.kv_heads * splits, sms, *per_sm);
+  plan.grid = dim3((pages + plan.per_block - 1) / plan.per_block, shape.kv_heads, splits);
+  return plan;
+}
 
-  Pass1Params p{};
-  p.q = q;
-  p.k = k;
-  p.v = v;
-  p.tokens = shape.tokens;
-  p.q_heads = shape.q_heads;
-  p.kv_heads = shape.kv_heads;
-  p.head_dim = shape.head_dim;
-  p.window = shape.window;
-  p.tokens_per_page = shape.tokens_per_page;
-  p.pages = pages;
-  p.pages_per_block = per_block;
-  p.rows_per_block = rows_per_block;
-  p.scale_log2 = ScaleLog2(shape.head_dim);
-  p.page_lse = page_lse;
-  p.norm_sum = norm_sum;
-  kernel<<<dim3(blocks_x, shape.kv_heads, splits), kThreads, l.bytes, stream>>>(p);
-  if (absl::Status s = CudaStatus(cudaGetLastError(), "attention stats pass 1"); !s.ok()) {
+// The kernels, the grid and the pass-3 shared memory for `shape` on the current device.
+absl::StatusOr<Pass1Plan> PlanLaunches(const AttentionStatsShape& shape) {
+  if (shape.head_dim % 16 != 0 || shape.head_dim > 256) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("GPU attention stats need head_dim a multiple of 16 and at most 256, got ",
+                     shape.head_dim));
+  }
+  int sms = 0, smem_limit = 0;
+  if (absl::Status s = DeviceLimits(sms, smem_limit); !s.ok()) return s;
+  if (absl::Status s =
+          CudaStatus(cudaFuncSetAttribute(
+                         AttentionStatsPageMass, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                         static_cast<int>(size_t{shape.q_heads} * kPageMassPages * sizeof(float))),
+                     "cudaFuncSetAttribute(attention stats pass 3)");
+      !s.ok()) {
     return s;
   }
-  const uint32_t rows = shape.q_heads * shape.window;
-  AttentionStatsRowLse<<<rows, kThreads, 0, stream>>>(page_lse, pages, row_lse);
-  return CudaStatus(cudaGetLastError(), "attention stats pass 2");
+  return UsesMmaPass(shape) ? PlanMmaPass(shape, sms, smem_limit)
+                            : PlanGenericPass(shape, sms, smem_limit);
+}
+
+// Launches a planned pass 1 with its (only) parameter block.
+template <typename Params>
+absl::Status LaunchPlanned(const Pass1Plan& plan, Params& p, cudaStream_t stream) {
+  void* args[] = {&p};
+  return CudaStatus(
+      cudaLaunchKernel(plan.kernel, plan.grid, dim3(plan.threads), args, plan.smem_bytes, stream),
+      "attention stats pass 1");
 }
 
 }  // namespace
@@ -1080,6 +1070,12 @@ absl::StatusOr<AttentionStatsWorkspace> AttentionStatsWorkspace::Create(
       !s.ok()) {
     return s;
   }
+  absl::StatusOr<Pass1Plan> plan = PlanLaunches(shape);
+  if (plan.ok()) {
+    w.pass1_ = *plan;
+  } else {
+    w.plan_status_ = plan.status();
+  }
   return w;
 }
 
@@ -1094,22 +1090,55 @@ absl::Status LaunchAttentionStats(const AttentionStatsShape& shape,
       w.tokens_per_page != shape.tokens_per_page) {
     return absl::InvalidArgumentError("attention stats workspace was made for another shape");
   }
-  if (shape.head_dim % 16 != 0 || shape.head_dim > 256) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("GPU attention stats need head_dim a multiple of 16 and at most 256, got ",
-                     shape.head_dim));
-  }
+  if (!workspace.plan_status_.ok()) return workspace.plan_status_;
+  const Pass1Plan& plan = workspace.pass1_;
   auto* page_lse = static_cast<float*>(workspace.page_lse_.get());
   auto* row_lse = static_cast<float*>(workspace.row_lse_.get());
   auto* norm_sum = static_cast<float*>(workspace.norm_sum_.get());
-  auto* done = static_cast<uint32_t*>(workspace.done_.get());
-  const absl::Status pass1 =
-      UsesMmaPass(shape)
-          ? LaunchMmaPass(shape, q, k, v, page_lse, static_cast<float2*>(workspace.row_part_.get()),
-                          row_lse, norm_sum, done, stream)
-          : LaunchGenericPasses(shape, q, k, v, page_lse, row_lse, norm_sum, stream);
-  if (!pass1.ok()) return pass1;
   const uint32_t pages = AttentionStatsPageCount(shape);
+  if (UsesMmaPass(shape)) {
+    mma_pass::Params p{};
+    p.q = q;
+    p.k = k;
+    p.v = v;
+    p.tokens = shape.tokens;
+    p.q_heads = shape.q_heads;
+    p.kv_heads = shape.kv_heads;
+    p.window = shape.window;
+    p.pages = pages;
+    p.rows_per_block = plan.rows_per_block;
+    p.tiles_per_block = plan.per_block;
+    p.scale_log2 = ScaleLog2(shape.head_dim);
+    p.page_lse = page_lse;
+    p.row_part = static_cast<float2*>(workspace.row_part_.get());
+    p.row_lse = row_lse;
+    p.norm_sum = norm_sum;
+    p.done = static_cast<uint32_t*>(workspace.done_.get());
+    if (absl::Status s = LaunchPlanned(plan, p, stream); !s.ok()) return s;
+  } else {
+    Pass1Params p{};
+    p.q = q;
+    p.k = k;
+    p.v = v;
+    p.tokens = shape.tokens;
+    p.q_heads = shape.q_heads;
+    p.kv_heads = shape.kv_heads;
+    p.head_dim = shape.head_dim;
+    p.window = shape.window;
+    p.tokens_per_page = shape.tokens_per_page;
+    p.pages = pages;
+    p.pages_per_block = plan.per_block;
+    p.rows_per_block = plan.rows_per_block;
+    p.scale_log2 = ScaleLog2(shape.head_dim);
+    p.page_lse = page_lse;
+    p.norm_sum = norm_sum;
+    if (absl::Status s = LaunchPlanned(plan, p, stream); !s.ok()) return s;
+    const uint32_t rows = shape.q_heads * shape.window;
+    AttentionStatsRowLse<<<rows, kThreads, 0, stream>>>(page_lse, pages, row_lse);
+    if (absl::Status s = CudaStatus(cudaGetLastError(), "attention stats pass 2"); !s.ok()) {
+      return s;
+    }
+  }
   cudaLaunchConfig_t config{};
   config.gridDim = dim3((pages + kPageMassPages - 1) / kPageMassPages);
   config.blockDim = dim3(kPageMassWarps * 32);
@@ -1120,13 +1149,6 @@ absl::Status LaunchAttentionStats(const AttentionStatsShape& shape,
   attribute.val.programmaticStreamSerializationAllowed = 1;
   config.attrs = &attribute;
   config.numAttrs = 1;
-  if (absl::Status s = CudaStatus(
-          cudaFuncSetAttribute(AttentionStatsPageMass, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               static_cast<int>(config.dynamicSmemBytes)),
-          "cudaFuncSetAttribute(attention stats pass 3)");
-      !s.ok()) {
-    return s;
-  }
   return CudaStatus(cudaLaunchKernelEx(
                         &config, AttentionStatsPageMass, static_cast<const float*>(page_lse),
                         static_cast<const float*>(row_lse), static_cast<const float*>(norm_sum),

@@ -85,7 +85,22 @@ absl::Status LaunchCopyBatch(const CopyDescriptor* device_descriptors, uint32_t 
                              uint64_t max_piece_bytes, const GpuCopyOptions& options,
                              cudaStream_t stream);
 
-// Scratch memory for one shape of LaunchAttentionStats; reuse it across launches of that shape.
+namespace detail {
+// Pass 1 of an attention-statistics shape: which kernel, on what grid, with how much work a block
+// (kernels/cuda/gpu_attention_stats.cu fills it in).
+struct AttentionPass1Plan {
+  const void* kernel = nullptr;
+  dim3 grid;
+  int threads = 0;
+  size_t smem_bytes = 0;
+  uint32_t rows_per_block = 0;
+  uint32_t per_block = 0;  // tiles (tiled pass) or pages (generic pass) of one block
+};
+}  // namespace detail
+
+// Scratch memory for one shape of LaunchAttentionStats, and its launch plan (kernel, grid and
+// shared memory, worked out once from the device when the workspace is made, so that a launch
+// asks the driver nothing); reuse it across launches of that shape on the device it was made on.
 class AttentionStatsWorkspace {
  public:
   static absl::StatusOr<AttentionStatsWorkspace> Create(const AttentionStatsShape& shape);
@@ -97,6 +112,8 @@ class AttentionStatsWorkspace {
                                            PageAttentionStats*, AttentionStatsWorkspace&,
                                            cudaStream_t);
   AttentionStatsShape shape_;
+  absl::Status plan_status_;  // why the shape cannot run here, returned by every launch
+  detail::AttentionPass1Plan pass1_;
   DeviceBuffer page_lse_;  // [q_heads * window][pages] log2-sum-exp of each page's logits
   DeviceBuffer row_lse_;   // [q_heads * window] log2-sum-exp over the whole sequence
   DeviceBuffer norm_sum_;  // [pages][kv_heads] sum of value-vector norms

@@ -90,8 +90,8 @@ TEST(SimulatorTest, LruWithDramTierMatchesHandComputation) {
 // tier shape; the first 250 requests of the example trace keep the test fast under ASan.
 TEST(SimulatorTest, ExampleTraceConservesTokens) {
   const std::string path =
-      std::string(KVTIER_SHARED_DIR) + "/data/traces/mooncake_synthetic_trace.jsonl";
-  if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " not present";
+      std::string(KVTIER_TEST_DATA_DIR) + "/traces/mooncake_synthetic_trace.jsonl";
+  ASSERT_TRUE(std::filesystem::exists(path)) << "test data missing: " << path;
   absl::StatusOr<std::vector<MooncakeRequest>> trace = ReadMooncakeTraceFile(path);
   ASSERT_TRUE(trace.ok()) << trace.status();
   trace->resize(std::min<size_t>(trace->size(), 250));

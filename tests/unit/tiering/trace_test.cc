@@ -44,8 +44,8 @@ TEST(MooncakeTraceTest, BadLinesNameTheProblemAndTheLine) {
 
 TEST(MooncakeTraceTest, ReadsThePublicExampleTrace) {
   const std::string path =
-      std::string(KVTIER_SHARED_DIR) + "/data/traces/mooncake_synthetic_trace.jsonl";
-  if (!std::filesystem::exists(path)) GTEST_SKIP() << "no shared trace at " << path;
+      std::string(KVTIER_TEST_DATA_DIR) + "/traces/mooncake_synthetic_trace.jsonl";
+  ASSERT_TRUE(std::filesystem::exists(path)) << "test data missing: " << path;
   absl::StatusOr<std::vector<MooncakeRequest>> trace = ReadMooncakeTraceFile(path);
   ASSERT_TRUE(trace.ok()) << trace.status();
   EXPECT_EQ(trace->size(), 3993u);

@@ -49,6 +49,7 @@ TieredStore::TieredStore(const StoreOptions& options, StoreParts parts)
       clock_(options.clock != nullptr ? options.clock : SteadyClock::Get()),
       copy_engine_(std::move(parts.copy_engine)),
       policy_(std::move(parts.policy)),
+      policy_name_(policy_->name()),
       counters_(std::make_unique<Counters_>()) {
   backends_[TierIndex(Tier::kHbm)] = std::move(parts.hbm);
   backends_[TierIndex(Tier::kDram)] = std::move(parts.dram);

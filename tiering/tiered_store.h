@@ -196,7 +196,7 @@ class TieredStore {
   uint64_t page_bytes() const { return options_.page_bytes; }
   // "cuda" or "host-emulated": which HBM backend is live.
   absl::string_view hbm_backend() const { return hbm_backend_name_; }
-  absl::string_view policy_name() const { return policy_->name(); }
+  absl::string_view policy_name() const { return policy_name_; }
   bool has_tier(Tier t) const { return backends_[TierIndex(t)] != nullptr; }
   const StoreOptions& options() const { return options_; }
   // The DRAM pool as other processes may map it (the daemon passes the fd to workers for
@@ -261,6 +261,8 @@ class TieredStore {
 
   mutable absl::Mutex mu_;
   std::unique_ptr<PlacementPolicy> policy_ ABSL_GUARDED_BY(mu_);
+  // The policy's name, copied once: reading it needs no lock.
+  const std::string policy_name_;
   std::array<std::optional<SlotAllocator>, kNumTiers> slots_ ABSL_GUARDED_BY(mu_);
   std::vector<NamespaceState> namespaces_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, NamespaceId> namespace_ids_ ABSL_GUARDED_BY(mu_);

@@ -1,8 +1,10 @@
 #include "daemon/observability/metrics.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <thread>
 
+#include "absl/strings/str_split.h"
 #include "daemon/observability/admin_http.h"
 #include "daemon/observability/store_metrics.h"
 #include "daemon/workload.h"
@@ -12,7 +14,12 @@
 namespace kvtier {
 namespace {
 
-TEST(MetricsRegistryTest, SerializesTheTextFormatExactly) {
+std::string Promtool(const std::string& exposition);
+
+// Every line the exposition must hold, in any order of series within a family (prometheus-cpp
+// orders them by label set), and nothing else: HELP escaped, label values escaped, `le`
+// inclusive, _sum and _count beside the buckets. promtool checks the same text below.
+TEST(MetricsRegistryTest, SerializesTheTextFormat) {
   metrics::Registry r;
   auto& c = r.AddCounter("kvtier_test_requests_total", "Requests.\nSecond line.", {"op"});
   c.Get({"lookup"}).Increment(3);
@@ -22,21 +29,28 @@ TEST(MetricsRegistryTest, SerializesTheTextFormatExactly) {
   h.Get({}).Observe(0.1);  // le is inclusive: lands in the 0.1 bucket
   h.Get({}).Observe(0.5);
   h.Get({}).Observe(7);
-  EXPECT_EQ(r.Serialize(),
-            "# HELP kvtier_test_requests_total Requests.\\nSecond line.\n"
-            "# TYPE kvtier_test_requests_total counter\n"
-            "kvtier_test_requests_total{op=\"lookup\"} 3\n"
-            "kvtier_test_requests_total{op=\"we\\\"ird\\\\\"} 1\n"
-            "# HELP kvtier_test_bytes Bytes.\n"
-            "# TYPE kvtier_test_bytes gauge\n"
-            "kvtier_test_bytes 1.5\n"
-            "# HELP kvtier_test_seconds Latency.\n"
-            "# TYPE kvtier_test_seconds histogram\n"
-            "kvtier_test_seconds_bucket{le=\"0.1\"} 1\n"
-            "kvtier_test_seconds_bucket{le=\"1\"} 2\n"
-            "kvtier_test_seconds_bucket{le=\"+Inf\"} 3\n"
-            "kvtier_test_seconds_sum 7.6\n"
-            "kvtier_test_seconds_count 3\n");
+  const std::string text = r.Serialize();
+  std::vector<std::string> lines = absl::StrSplit(text, '\n', absl::SkipEmpty());
+  std::sort(lines.begin(), lines.end());
+  std::vector<std::string> want = {
+      "# HELP kvtier_test_requests_total Requests.\\nSecond line.",
+      "# TYPE kvtier_test_requests_total counter",
+      "kvtier_test_requests_total{op=\"lookup\"} 3",
+      "kvtier_test_requests_total{op=\"we\\\"ird\\\\\"} 1",
+      "# HELP kvtier_test_bytes Bytes.",
+      "# TYPE kvtier_test_bytes gauge",
+      "kvtier_test_bytes 1.5",
+      "# HELP kvtier_test_seconds Latency.",
+      "# TYPE kvtier_test_seconds histogram",
+      "kvtier_test_seconds_bucket{le=\"0.1\"} 1",
+      "kvtier_test_seconds_bucket{le=\"1\"} 2",
+      "kvtier_test_seconds_bucket{le=\"+Inf\"} 3",
+      "kvtier_test_seconds_sum 7.6",
+      "kvtier_test_seconds_count 3",
+  };
+  std::sort(want.begin(), want.end());
+  EXPECT_EQ(lines, want) << text;
+  EXPECT_EQ(Promtool(text), "") << text;
 }
 
 TEST(MetricsRegistryTest, ConcurrentIncrementsAreNeverLost) {

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "gtest/gtest.h"
 #include "tests/unit/nvme/nvme_test_util.h"
@@ -52,7 +53,7 @@ struct LogSink {
 
 NvmeTierOptions Options(const ScratchDir& dir, uint64_t page_bytes, uint32_t slots, int dirs = 1) {
   NvmeTierOptions o;
-  for (int i = 0; i < dirs; ++i) o.dirs.push_back(dir.sub("d" + std::to_string(i)));
+  for (int i = 0; i < dirs; ++i) o.dirs.push_back(dir.sub(absl::StrCat("d", i)));
   o.index_dir = dir.sub("index");
   o.page_bytes = page_bytes;
   o.slots = slots;

@@ -72,9 +72,11 @@ bool Get(const std::map<std::string, std::string>& flags, const std::string& nam
 
 constexpr char kSimUsage[] =
     "usage: kvtierctl sim --trace PATH [--format mooncake|attention]\n"
-    "         [--policies kvtier,lru,lfu,arc,streaming,h2o] --hbm-fraction F --dram-fraction F\n"
-    "         [--nvme-fraction F] [--block-tokens N] [--json]\n"
-    "  fractions are of the trace's distinct pages; the NVMe tier is a memory stand-in.\n"
+    "         [--policies kvtier,lru,lfu,arc,s3fifo,wtinylfu,streaming,h2o,belady]\n"
+    "         --hbm-fraction F --dram-fraction F [--nvme-fraction F] [--block-tokens N] [--json]\n"
+    "  fractions are of the trace's distinct pages; the NVMe tier is a memory stand-in;\n"
+    "  --dram-fraction 0 simulates one tier (HBM only). belady: the offline optimum (prefix\n"
+    "  traces), told every page's next use.\n"
     "  planner: --migration-gbps G (12.5 modeled GB/s on average, 0 = no cap),\n"
     "           --max-migration-pages N (64 in one pass), --sink-slots N (1),\n"
     "           --sink-tokens N (4: pages holding the first N tokens are sinks by position),\n"
@@ -172,20 +174,21 @@ int SimCommand(int argc, char** argv) {
   }
   const bool json = flags.count("json") && flags["json"] != "false";
   if (!json) {
-    std::printf("%-10s %12s %12s %12s %12s %10s %12s %8s %8s\n", "policy", "hit_hbm_tok",
-                "hit_dram_tok", "hit_nvme_tok", "miss_tok", "migr_GB", "prefill_s", "recall",
-                "sinks");
+    std::printf("%-10s %12s %12s %12s %12s %8s %8s %10s %12s %8s %8s\n", "policy", "hit_hbm_tok",
+                "hit_dram_tok", "hit_nvme_tok", "miss_tok", "hit_%", "hbm_hit_%", "migr_GB",
+                "prefill_s", "recall", "sinks");
   }
   for (const SimResult& r : *results) {
     if (json) {
       std::printf("%s\n", SimResultJson(r).c_str());
     } else {
-      std::printf("%-10s %12llu %12llu %12llu %12llu %10.2f %12.3f %8.4f %8.4f\n", r.policy.c_str(),
-                  static_cast<unsigned long long>(r.hit_tokens_hbm),
+      std::printf("%-10s %12llu %12llu %12llu %12llu %8.2f %8.2f %10.2f %12.3f %8.4f %8.4f\n",
+                  r.policy.c_str(), static_cast<unsigned long long>(r.hit_tokens_hbm),
                   static_cast<unsigned long long>(r.hit_tokens_dram),
                   static_cast<unsigned long long>(r.hit_tokens_nvme),
-                  static_cast<unsigned long long>(r.miss_tokens), r.bytes_migrated / 1e9,
-                  r.modeled_prefill_seconds, r.attention_recall, r.sink_residency);
+                  static_cast<unsigned long long>(r.miss_tokens), 100 * r.hit_share,
+                  100 * r.hbm_hit_share, r.bytes_migrated / 1e9, r.modeled_prefill_seconds,
+                  r.attention_recall, r.sink_residency);
     }
   }
   return 0;

@@ -12,6 +12,7 @@
 #include "absl/strings/str_split.h"
 #include "client/kvtierctl/commands.h"
 #include "tiering/sim/attention_trace.h"
+#include "tiering/sim/prefix_workload.h"
 #include "tiering/sim/simulator.h"
 #include "tiering/trace/mooncake_trace.h"
 
@@ -244,6 +245,58 @@ int GenAttentionCommand(int argc, char** argv) {
   std::ofstream out(flags["out"]);
   if (absl::Status s = WriteAttentionTrace(*trace, out); !s.ok() || !out) {
     std::fprintf(stderr, "kvtierctl gen-attention: cannot write '%s'\n", flags["out"].c_str());
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace kvtier::ctl
+
+namespace kvtier::ctl {
+
+int GenPrefixCommand(int argc, char** argv) {
+  static constexpr char kUsage[] =
+      "usage: kvtierctl gen-prefix --out PATH [--duration-s S (1800)] [--seed N (1)]\n"
+      "         [--session-rate R (0.4/s)] [--continue P (0.75)] [--think-median-ms MS (40000)]\n"
+      "         [--api-rate R (1.0/s)] [--system-prompts N (24)] [--prompt-zipf S (1.0)]\n"
+      "  writes a generated prefix-reuse trace in Mooncake's format (model:\n"
+      "  tiering/sim/prefix_workload.h): multi-turn sessions with think times over shared system\n"
+      "  prompts, and single-shot API calls. For testing policies, never for choosing defaults.\n";
+  const std::map<std::string, bool> known = {{"out", false},         {"duration-s", false},
+                                             {"seed", false},        {"session-rate", false},
+                                             {"continue", false},    {"think-median-ms", false},
+                                             {"api-rate", false},    {"system-prompts", false},
+                                             {"prompt-zipf", false}, {"help", true}};
+  std::map<std::string, std::string> flags;
+  if (!ParseFlags(argc, argv, known, flags)) {
+    std::fputs(kUsage, stderr);
+    return 2;
+  }
+  if (flags.count("help")) {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
+  if (!flags.count("out")) {
+    std::fprintf(stderr, "--out is required\n%s", kUsage);
+    return 2;
+  }
+  PrefixWorkloadOptions o;
+  const bool ok = Get(flags, "duration-s", o.duration_s) && Get(flags, "seed", o.seed) &&
+                  Get(flags, "session-rate", o.session_rate_per_s) &&
+                  Get(flags, "continue", o.continue_probability) &&
+                  Get(flags, "think-median-ms", o.think_median_ms) &&
+                  Get(flags, "api-rate", o.api_rate_per_s) &&
+                  Get(flags, "system-prompts", o.system_prompts) &&
+                  Get(flags, "prompt-zipf", o.prompt_zipf);
+  if (!ok) return 2;
+  absl::StatusOr<std::vector<MooncakeRequest>> trace = GeneratePrefixWorkload(o);
+  if (!trace.ok()) {
+    std::fprintf(stderr, "kvtierctl gen-prefix: %s\n", trace.status().ToString().c_str());
+    return 1;
+  }
+  std::ofstream out(flags["out"]);
+  if (absl::Status s = WriteMooncakeTrace(*trace, out); !s.ok() || !out) {
+    std::fprintf(stderr, "kvtierctl gen-prefix: cannot write '%s'\n", flags["out"].c_str());
     return 1;
   }
   return 0;

@@ -148,7 +148,7 @@ bool S3FifoPolicy::InMain(const PageKey& key) const {
 // --- W-TinyLFU ---------------------------------------------------------------------------------
 
 size_t WTinyLfuPolicy::WindowCap(const TierState& t) const {
-  return std::max<size_t>(1, static_cast<size_t>(options_.window_fraction * t.capacity));
+  return std::max<size_t>(1, static_cast<size_t>(window_fraction_ * t.capacity));
 }
 
 size_t WTinyLfuPolicy::ProtectedCap(const TierState& t) const {
@@ -177,18 +177,47 @@ void WTinyLfuPolicy::MoveTo(const PageKey& key, Where& w, Segment segment) {
   w.it = t.lists[segment].insert(t.lists[segment].end(), key);
 }
 
+void WTinyLfuPolicy::Rebalance(Tier tier) {
+  TierState& t = tiers_[TierIndex(tier)];
+  while (t.lists[kWindow].size() > WindowCap(t)) {
+    const PageKey k = t.lists[kWindow].front();
+    Where& w = where_[k];
+    MoveTo(k, w, kProbation);
+    w.candidate = true;
+  }
+}
+
+void WTinyLfuPolicy::Climb(bool hit) {
+  if (options_.climb_period == 0) return;
+  period_hits_ += hit ? 1 : 0;
+  if (++period_events_ < options_.climb_period) return;
+  const double rate = static_cast<double>(period_hits_) / period_events_;
+  if (last_hit_rate_ >= 0 && rate < last_hit_rate_) climb_step_ = -climb_step_;
+  window_fraction_ = std::clamp(window_fraction_ + climb_step_, 0.0, 0.8);
+  climb_step_ *= 0.98;
+  last_hit_rate_ = rate;
+  period_hits_ = period_events_ = 0;
+}
+
 void WTinyLfuPolicy::OnInsert(const PageKey& key, const PageEntry& e) {
+  Climb(/*hit=*/false);
   sketch_.Increment(key);
   Enter(key, e.tier, kWindow);
+  Rebalance(e.tier);
 }
 
 void WTinyLfuPolicy::OnAccess(const PageKey& key, const PageEntry& e) {
+  Climb(/*hit=*/true);
   sketch_.Increment(key);
   auto it = where_.find(key);
-  if (it == where_.end()) return Enter(key, e.tier, kWindow);
+  if (it == where_.end()) {
+    Enter(key, e.tier, kWindow);
+    return Rebalance(e.tier);
+  }
   Where& w = it->second;
   w.last = ++seq_;
   if (w.segment == kProbation) {
+    w.candidate = false;
     MoveTo(key, w, kProtected);
     TierState& t = tiers_[TierIndex(w.tier)];
     // Protected over its share: its least recent page goes back to probation.
@@ -204,6 +233,7 @@ void WTinyLfuPolicy::OnAccess(const PageKey& key, const PageEntry& e) {
 void WTinyLfuPolicy::OnMove(const PageKey& key, Tier, const PageEntry& e) {
   Leave(key);
   Enter(key, e.tier, kWindow);
+  Rebalance(e.tier);
 }
 
 void WTinyLfuPolicy::OnRemove(const PageKey& key, const PageEntry&) { Leave(key); }
@@ -213,34 +243,38 @@ void WTinyLfuPolicy::LeastValuable(Tier tier, size_t count,
                                    std::vector<PageKey>& out) {
   TierState& t = tiers_[TierIndex(tier)];
   absl::flat_hash_set<PageKey> chosen;
+  auto usable = [&](const PageKey& k) { return !chosen.contains(k) && eligible(k); };
   auto first = [&](Segment s) -> const PageKey* {
     for (const PageKey& k : t.lists[s]) {
-      if (!chosen.contains(k) && eligible(k)) return &k;
+      if (usable(k)) return &k;
     }
     return nullptr;
   };
-  size_t window_left = t.lists[kWindow].size();
+  // The newest candidate still in probation (the window's latest leaver).
+  auto newest_candidate = [&]() -> const PageKey* {
+    const auto& p = t.lists[kProbation];
+    for (auto it = p.rbegin(); it != p.rend(); ++it) {
+      if (where_[*it].candidate && usable(*it)) return &*it;
+    }
+    return nullptr;
+  };
   while (chosen.size() < count) {
     const PageKey* pick = nullptr;
-    const PageKey* main_victim = first(kProbation);
-    if (main_victim == nullptr) main_victim = first(kProtected);
-    if (window_left > WindowCap(t)) {
-      const PageKey* candidate = first(kWindow);
-      if (candidate != nullptr) {
-        --window_left;
-        // TinyLFU's admission: the window's LRU page enters the main space only if it is asked
-        // for more often than the page it would displace there.
-        if (main_victim != nullptr &&
-            sketch_.Estimate(*candidate) > sketch_.Estimate(*main_victim)) {
-          const PageKey admitted = *candidate;
-          MoveTo(admitted, where_[admitted], kProbation);
-          pick = main_victim;
-        } else {
-          pick = candidate;
-        }
+    const PageKey* victim = first(kProbation);
+    const PageKey* candidate = newest_candidate();
+    if (victim != nullptr && candidate != nullptr && !(*victim == *candidate)) {
+      // TinyLFU's admission: the candidate stays only if it is asked for more often than the
+      // page it would displace.
+      if (sketch_.Estimate(*candidate) > sketch_.Estimate(*victim)) {
+        where_[*candidate].candidate = false;
+        pick = victim;
+      } else {
+        pick = candidate;
       }
+    } else {
+      pick = victim;
     }
-    if (pick == nullptr) pick = main_victim;
+    if (pick == nullptr) pick = first(kProtected);
     if (pick == nullptr) pick = first(kWindow);
     if (pick == nullptr) break;
     out.push_back(*pick);

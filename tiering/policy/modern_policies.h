@@ -8,8 +8,10 @@
 //   was last at M's end (2-bit counter) is reinserted with its counter decremented.
 // - W-TinyLFU (Einziger et al., TOS'17; Caffeine's policy): per tier, a window LRU (1 %) in front
 //   of a segmented LRU (probation 20 %, protected 80 % of the rest); a page leaving the window
-//   enters the main space only if its estimated frequency (a count-min sketch over every access,
-//   shared by the tiers) beats that of the main space's LRU victim, otherwise it is the victim.
+//   joins probation as a candidate and, when room is needed, stays only if its estimated
+//   frequency (a count-min sketch over every access, shared by the tiers) beats that of
+//   probation's LRU page, otherwise it is the victim. The window share adapts by hill climbing
+//   on the hit rate, as Caffeine's does.
 // - Belady (MIN, 1966): evict the page whose next use is furthest in the future, told by an oracle
 //   that has read the whole trace (simulator only). Ties (one request's pages share a next use)
 //   go deepest page first, so a chain is never cut above a page that is kept. Tiered, every tier
@@ -77,8 +79,12 @@ class S3FifoPolicy final : public PlacementPolicy {
 };
 
 struct WTinyLfuOptions {
-  // Window share of each tier. Default 0.01 (Caffeine's initial 1 %).
+  // Window share of each tier to start with. Default 0.01 (Caffeine's initial 1 %).
   double window_fraction = 0.01;
+  // Caffeine's hill climber: every `climb_period` accesses it moves the window share by a step in
+  // the direction that last raised the hit rate (reversing when it fell); the step starts at
+  // 6.25 % and shrinks by 2 % each period. 0 disables (a static window). Default 4096.
+  uint32_t climb_period = 4096;
   // Protected share of the main space. Default 0.8.
   double protected_fraction = 0.8;
   // Sketch columns. Default 2^18.
@@ -114,15 +120,24 @@ class WTinyLfuPolicy final : public PlacementPolicy {
     Segment segment;
     uint64_t last;
     std::list<PageKey>::iterator it;
+    bool candidate = false;  // left the window, not yet admitted over a main-space victim
   };
   void Enter(const PageKey& key, Tier tier, Segment segment);
+  // Moves the window's overflow to probation as admission candidates.
+  void Rebalance(Tier tier);
   void Leave(const PageKey& key);
   void MoveTo(const PageKey& key, Where& w, Segment segment);
   size_t WindowCap(const TierState& t) const;
   size_t ProtectedCap(const TierState& t) const;
 
+  void Climb(bool hit);
+
   WTinyLfuOptions options_;
   FrequencySketch sketch_;
+  double window_fraction_ = options_.window_fraction;
+  double climb_step_ = 0.0625;
+  double last_hit_rate_ = -1;
+  uint32_t period_hits_ = 0, period_events_ = 0;
   std::array<TierState, kNumTiers> tiers_;
   absl::flat_hash_map<PageKey, Where> where_;
   uint64_t seq_ = 0;

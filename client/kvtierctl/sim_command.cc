@@ -83,7 +83,9 @@ constexpr char kSimUsage[] =
     "           --sink-tokens N (4: pages holding the first N tokens are sinks by position),\n"
     "           --half-life-ms MS (600000, prefix), --attention-half-life-ms MS (250),\n"
     "           --step-ms MS (25 per decode step), --attention-alpha A (0.2, EWMA weight)\n"
-    "  kvtier score: --w-frequency W (1), --w-utility W (1), --hysteresis H (2)\n"
+    "  kvtier score: --w-frequency W (1), --w-utility W (1), --hysteresis H (2);\n"
+    "           prefix pages: --reuse-horizon-taus H (4), --reuse-initial-tau-ms MS (60000),\n"
+    "           --reuse-tau-step S (0.02 per reuse; 0 keeps tau at its initial value)\n"
     "  cost model (Llama-3-8B bf16 on one H100): --hbm-gbps (3350) --dram-gbps (50)\n"
     "           --nvme-gbps (6) --prefill-tokens-per-s (20000) --bytes-per-token (131072)\n";
 
@@ -110,6 +112,9 @@ int SimCommand(int argc, char** argv) {
                                              {"w-frequency", false},
                                              {"w-utility", false},
                                              {"hysteresis", false},
+                                             {"reuse-horizon-taus", false},
+                                             {"reuse-initial-tau-ms", false},
+                                             {"reuse-tau-step", false},
                                              {"hbm-gbps", false},
                                              {"dram-gbps", false},
                                              {"nvme-gbps", false},
@@ -144,6 +149,9 @@ int SimCommand(int argc, char** argv) {
       Get(flags, "w-frequency", o.policy.kvtier.frequency_weight) &&
       Get(flags, "w-utility", o.policy.kvtier.utility_weight) &&
       Get(flags, "hysteresis", o.policy.kvtier.hysteresis) &&
+      Get(flags, "reuse-horizon-taus", o.policy.kvtier.reuse.horizon_taus) &&
+      Get(flags, "reuse-initial-tau-ms", o.policy.kvtier.reuse.initial_tau_ms) &&
+      Get(flags, "reuse-tau-step", o.policy.kvtier.reuse.tau_alpha) &&
       Get(flags, "hbm-gbps", o.cost.hbm_gbps) && Get(flags, "dram-gbps", o.cost.dram_gbps) &&
       Get(flags, "nvme-gbps", o.cost.nvme_gbps) &&
       Get(flags, "prefill-tokens-per-s", o.cost.prefill_tokens_per_s) &&

@@ -53,9 +53,10 @@ double KvtierPolicy::ReuseTerm(const PageKey& key, const PageEntry& e) const {
   auto it = prefix_.find(key);
   const Prefix p =
       it != prefix_.end() ? it->second : Prefix{reuse_.VirtualTime(0), 0, reuse_.Probability(0)};
-  // Among equals (one request's pages share their last use), the deeper page goes first.
-  return std::log2(p.p_chain * saved / reference) + p.virtual_last -
-         1e-9 * static_cast<double>(e.position);
+  // Among equals (one request's pages share their last use), the page more cached pages hang
+  // from stays longest and the deeper one goes first: chains are cut leaf first.
+  return std::log2(p.p_chain * saved / reference) + p.virtual_last +
+         1e-9 * (static_cast<double>(e.cached_children) - static_cast<double>(e.position));
 }
 
 double KvtierPolicy::ChainProbability(const PageEntry& e, int cls) const {

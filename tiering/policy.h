@@ -40,6 +40,15 @@ class PlacementPolicy {
                             absl::FunctionRef<bool(const PageKey&)> eligible,
                             std::vector<PageKey>& out) = 0;
 
+  // Whether `entry` is worth a slot in `tier`: asked before a new page takes one and before a
+  // victim is demoted into one (refused: the store tries the next tier down, or drops the
+  // victim). A policy may refuse a tier whose load costs more than recomputing the page.
+  virtual bool Admits(Tier tier, const PageEntry& entry) const {
+    (void)tier;
+    (void)entry;
+    return true;
+  }
+
   // The page's current value; comparable across tiers, so the planner can tell whether a
   // promotion candidate is worth more than the page it would displace. 0 for unknown keys.
   virtual double Value(const PageKey& key) const = 0;

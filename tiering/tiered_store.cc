@@ -284,7 +284,12 @@ std::optional<uint32_t> TieredStore::AcquireSemanticSlot(Tier t, int depth) {
   const PageKey victim = victims.front();
   const std::optional<Tier> below = Below(t);
   bool moved = false;
-  if (below.has_value()) moved = MoveLocked(victim, *below, false, depth + 1).ok();
+  if (below.has_value()) {
+    std::optional<PageEntry> v = index_.Find(victim);
+    if (v.has_value() && policy_->Admits(*below, *v)) {
+      moved = MoveLocked(victim, *below, false, depth + 1).ok();
+    }
+  }
   if (!moved) {
     // Bottom tier, or nothing below can take it: the page leaves the cache.
     if (std::optional<PageEntry> e = index_.Find(victim); e.has_value() && e->tier == t) {
@@ -508,12 +513,19 @@ absl::StatusOr<Tier> TieredStore::Put(NamespaceId ns, const PageKey& key,
     for (Tier t : kAllTiers) {
       if (slot.has_value()) break;
       if (TierIndex(t) < TierIndex(tier) || backends_[TierIndex(t)] == nullptr) continue;
+      PageEntry candidate;
+      candidate.ns = ns;
+      candidate.tier = t;
+      candidate.cls = cls;
+      candidate.position = options.position;
+      candidate.stats.tokens = options.tokens != 0 ? options.tokens : options_.tokens_per_page;
+      if (!policy_->Admits(t, candidate)) continue;  // not worth a slot there: try the next
       slot = AcquireSemanticSlot(t, 0);
       tier = t;
     }
     if (!slot.has_value()) {
       return absl::ResourceExhaustedError(
-          absl::StrCat("no tier has room for page ", key.ToHex(), ": every page is pinned"));
+          absl::StrCat("no tier has room for page ", key.ToHex(), ": every page is pinned or the policy admits it nowhere"));
     }
     entry.parent = options.parent;
     entry.ns = ns;

@@ -9,6 +9,8 @@ namespace kvtier::ctl {
 int SimCommand(int argc, char** argv);
 // `kvtierctl gen-attention`: writes a synthetic decode-attention trace (sim_command.cc).
 int GenAttentionCommand(int argc, char** argv);
+// `kvtierctl gen-prefix`: writes a generated prefix-reuse trace (sim_command.cc).
+int GenPrefixCommand(int argc, char** argv);
 
 // Commands that talk to a running kvtierd (rpc_commands.cc); the socket defaults to
 // kvtier-data/kvtierd.sock, where kvtierd's embedded default serves it.

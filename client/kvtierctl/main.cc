@@ -26,6 +26,8 @@ constexpr Command kCommands[] = {
      kvtier::ctl::SimCommand},
     {"gen-attention", "write a synthetic decode-attention trace for `sim --format attention`",
      kvtier::ctl::GenAttentionCommand},
+    {"gen-prefix", "write a generated prefix-reuse trace (sessions, system prompts, API calls)",
+     kvtier::ctl::GenPrefixCommand},
 };
 
 int Usage(FILE* out) {

@@ -12,6 +12,7 @@
 #include "absl/strings/str_split.h"
 #include "client/kvtierctl/commands.h"
 #include "tiering/sim/attention_trace.h"
+#include "tiering/sim/prefix_workload.h"
 #include "tiering/sim/simulator.h"
 #include "tiering/trace/mooncake_trace.h"
 
@@ -72,15 +73,19 @@ bool Get(const std::map<std::string, std::string>& flags, const std::string& nam
 
 constexpr char kSimUsage[] =
     "usage: kvtierctl sim --trace PATH [--format mooncake|attention]\n"
-    "         [--policies kvtier,lru,lfu,arc,streaming,h2o] --hbm-fraction F --dram-fraction F\n"
-    "         [--nvme-fraction F] [--block-tokens N] [--json]\n"
-    "  fractions are of the trace's distinct pages; the NVMe tier is a memory stand-in.\n"
+    "         [--policies kvtier,lru,lfu,arc,s3fifo,wtinylfu,streaming,h2o,belady]\n"
+    "         --hbm-fraction F --dram-fraction F [--nvme-fraction F] [--block-tokens N] [--json]\n"
+    "  fractions are of the trace's distinct pages; the NVMe tier is a memory stand-in;\n"
+    "  --dram-fraction 0 simulates one tier (HBM only). belady: the offline optimum (prefix\n"
+    "  traces), told every page's next use.\n"
     "  planner: --migration-gbps G (12.5 modeled GB/s on average, 0 = no cap),\n"
     "           --max-migration-pages N (64 in one pass), --sink-slots N (1),\n"
     "           --sink-tokens N (4: pages holding the first N tokens are sinks by position),\n"
     "           --half-life-ms MS (600000, prefix), --attention-half-life-ms MS (250),\n"
     "           --step-ms MS (25 per decode step), --attention-alpha A (0.2, EWMA weight)\n"
-    "  kvtier score: --w-frequency W (1), --w-utility W (1), --hysteresis H (2)\n"
+    "  kvtier score: --w-frequency W (1), --w-utility W (1), --hysteresis H (2);\n"
+    "           prefix pages: --reuse-horizon-taus H (4), --reuse-initial-tau-ms MS (60000),\n"
+    "           --reuse-tau-step S (0.02 per reuse; 0 keeps tau at its initial value)\n"
     "  cost model (Llama-3-8B bf16 on one H100): --hbm-gbps (3350) --dram-gbps (50)\n"
     "           --nvme-gbps (6) --prefill-tokens-per-s (20000) --bytes-per-token (131072)\n";
 
@@ -107,6 +112,9 @@ int SimCommand(int argc, char** argv) {
                                              {"w-frequency", false},
                                              {"w-utility", false},
                                              {"hysteresis", false},
+                                             {"reuse-horizon-taus", false},
+                                             {"reuse-initial-tau-ms", false},
+                                             {"reuse-tau-step", false},
                                              {"hbm-gbps", false},
                                              {"dram-gbps", false},
                                              {"nvme-gbps", false},
@@ -141,6 +149,9 @@ int SimCommand(int argc, char** argv) {
       Get(flags, "w-frequency", o.policy.kvtier.frequency_weight) &&
       Get(flags, "w-utility", o.policy.kvtier.utility_weight) &&
       Get(flags, "hysteresis", o.policy.kvtier.hysteresis) &&
+      Get(flags, "reuse-horizon-taus", o.policy.kvtier.reuse.horizon_taus) &&
+      Get(flags, "reuse-initial-tau-ms", o.policy.kvtier.reuse.initial_tau_ms) &&
+      Get(flags, "reuse-tau-step", o.policy.kvtier.reuse.tau_alpha) &&
       Get(flags, "hbm-gbps", o.cost.hbm_gbps) && Get(flags, "dram-gbps", o.cost.dram_gbps) &&
       Get(flags, "nvme-gbps", o.cost.nvme_gbps) &&
       Get(flags, "prefill-tokens-per-s", o.cost.prefill_tokens_per_s) &&
@@ -172,20 +183,21 @@ int SimCommand(int argc, char** argv) {
   }
   const bool json = flags.count("json") && flags["json"] != "false";
   if (!json) {
-    std::printf("%-10s %12s %12s %12s %12s %10s %12s %8s %8s\n", "policy", "hit_hbm_tok",
-                "hit_dram_tok", "hit_nvme_tok", "miss_tok", "migr_GB", "prefill_s", "recall",
-                "sinks");
+    std::printf("%-10s %12s %12s %12s %12s %8s %8s %10s %12s %8s %8s\n", "policy", "hit_hbm_tok",
+                "hit_dram_tok", "hit_nvme_tok", "miss_tok", "hit_%", "hbm_hit_%", "migr_GB",
+                "prefill_s", "recall", "sinks");
   }
   for (const SimResult& r : *results) {
     if (json) {
       std::printf("%s\n", SimResultJson(r).c_str());
     } else {
-      std::printf("%-10s %12llu %12llu %12llu %12llu %10.2f %12.3f %8.4f %8.4f\n", r.policy.c_str(),
-                  static_cast<unsigned long long>(r.hit_tokens_hbm),
+      std::printf("%-10s %12llu %12llu %12llu %12llu %8.2f %8.2f %10.2f %12.3f %8.4f %8.4f\n",
+                  r.policy.c_str(), static_cast<unsigned long long>(r.hit_tokens_hbm),
                   static_cast<unsigned long long>(r.hit_tokens_dram),
                   static_cast<unsigned long long>(r.hit_tokens_nvme),
-                  static_cast<unsigned long long>(r.miss_tokens), r.bytes_migrated / 1e9,
-                  r.modeled_prefill_seconds, r.attention_recall, r.sink_residency);
+                  static_cast<unsigned long long>(r.miss_tokens), 100 * r.hit_share,
+                  100 * r.hbm_hit_share, r.bytes_migrated / 1e9, r.modeled_prefill_seconds,
+                  r.attention_recall, r.sink_residency);
     }
   }
   return 0;
@@ -241,6 +253,58 @@ int GenAttentionCommand(int argc, char** argv) {
   std::ofstream out(flags["out"]);
   if (absl::Status s = WriteAttentionTrace(*trace, out); !s.ok() || !out) {
     std::fprintf(stderr, "kvtierctl gen-attention: cannot write '%s'\n", flags["out"].c_str());
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace kvtier::ctl
+
+namespace kvtier::ctl {
+
+int GenPrefixCommand(int argc, char** argv) {
+  static constexpr char kUsage[] =
+      "usage: kvtierctl gen-prefix --out PATH [--duration-s S (1800)] [--seed N (1)]\n"
+      "         [--session-rate R (0.4/s)] [--continue P (0.75)] [--think-median-ms MS (40000)]\n"
+      "         [--api-rate R (1.0/s)] [--system-prompts N (24)] [--prompt-zipf S (1.0)]\n"
+      "  writes a generated prefix-reuse trace in Mooncake's format (model:\n"
+      "  tiering/sim/prefix_workload.h): multi-turn sessions with think times over shared system\n"
+      "  prompts, and single-shot API calls. For testing policies, never for choosing defaults.\n";
+  const std::map<std::string, bool> known = {{"out", false},         {"duration-s", false},
+                                             {"seed", false},        {"session-rate", false},
+                                             {"continue", false},    {"think-median-ms", false},
+                                             {"api-rate", false},    {"system-prompts", false},
+                                             {"prompt-zipf", false}, {"help", true}};
+  std::map<std::string, std::string> flags;
+  if (!ParseFlags(argc, argv, known, flags)) {
+    std::fputs(kUsage, stderr);
+    return 2;
+  }
+  if (flags.count("help")) {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
+  if (!flags.count("out")) {
+    std::fprintf(stderr, "--out is required\n%s", kUsage);
+    return 2;
+  }
+  PrefixWorkloadOptions o;
+  const bool ok = Get(flags, "duration-s", o.duration_s) && Get(flags, "seed", o.seed) &&
+                  Get(flags, "session-rate", o.session_rate_per_s) &&
+                  Get(flags, "continue", o.continue_probability) &&
+                  Get(flags, "think-median-ms", o.think_median_ms) &&
+                  Get(flags, "api-rate", o.api_rate_per_s) &&
+                  Get(flags, "system-prompts", o.system_prompts) &&
+                  Get(flags, "prompt-zipf", o.prompt_zipf);
+  if (!ok) return 2;
+  absl::StatusOr<std::vector<MooncakeRequest>> trace = GeneratePrefixWorkload(o);
+  if (!trace.ok()) {
+    std::fprintf(stderr, "kvtierctl gen-prefix: %s\n", trace.status().ToString().c_str());
+    return 1;
+  }
+  std::ofstream out(flags["out"]);
+  if (absl::Status s = WriteMooncakeTrace(*trace, out); !s.ok() || !out) {
+    std::fprintf(stderr, "kvtierctl gen-prefix: cannot write '%s'\n", flags["out"].c_str());
     return 1;
   }
   return 0;

@@ -21,6 +21,19 @@
 // mean of the normalised signals: scale-free, and the only combination that stays time-invariant
 // under exponential decay.
 //
+// Prefix pages (no attention report, in a namespace that never reported attention) are ranked by
+// what they are predicted to save instead (tiering/policy/reuse_estimator.h):
+//
+//   rank = log2(P(reuse within horizon | class) * saved(tier) / saved_ref) + V(last access)
+//
+// P is learned online per class (asked-for count, depth, fork, partial block); V is virtual time
+// in units of the learned inter-reuse gap tau, so the estimate decays as p * 2^-(age / tau);
+// saved(tier) = recompute time - load time from that tier (the prefill the page saves if it is
+// served from there). A tier whose load costs as much as recomputing the page saves nothing:
+// Admits() refuses it, for new pages and demotions alike, and the rank uses the same estimate,
+// so admission, eviction and promotion agree. Decode namespaces keep the attention ranking below
+// for pages not yet reported, as before.
+//
 // Sinks (class kSink, from any source) rank above every other page: outside the reserved slots
 // (when the reserve is full or not configured) they still should not be the first victims.
 // Hysteresis is a bonus per tier of height, so a lower-tier page must beat the page it would
@@ -29,6 +42,9 @@
 // Thread model: as every PlacementPolicy, called only under the store's lock.
 #pragma once
 
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "tiering/policy/reuse_estimator.h"
 #include "tiering/ranked_policy.h"
 
 namespace kvtier {
@@ -54,22 +70,60 @@ struct KvtierPolicyOptions {
   double reference_tokens = 16;
   // Smallest utility considered, so log2 stays finite (a page with no signal at all). 1e-3.
   double utility_floor = 1e-3;
+  // Prefix pages: the reuse estimator's options, and the cost model that prices what a page saves
+  // in each tier (defaults: Llama-3-8B bf16 on one H100 SXM, as the simulator's CostModel).
+  ReuseEstimatorOptions reuse;
+  double hbm_gbps = 3350;
+  double dram_gbps = 50;
+  double nvme_gbps = 6;
+  double prefill_tokens_per_s = 20'000;
+  double bytes_per_token = 131'072;
 };
 
 class KvtierPolicy final : public RankedPolicy {
  public:
-  explicit KvtierPolicy(const KvtierPolicyOptions& options = {}) : options_(options) {}
+  explicit KvtierPolicy(const KvtierPolicyOptions& options = {})
+      : options_(options), reuse_(options.reuse) {}
   absl::string_view name() const override { return "kvtier"; }
+
+  void OnInsert(const PageKey& key, const PageEntry& entry) override;
+  void OnAccess(const PageKey& key, const PageEntry& entry) override;
+  void OnUpdate(const PageKey& key, const PageEntry& entry) override;
+  void OnRemove(const PageKey& key, const PageEntry& entry) override;
+  bool Admits(Tier tier, const PageEntry& entry) const override;
+
+  // Seconds of prefill a page of `tokens` saves when served from `tier` (negative: loading it
+  // costs more than recomputing it).
+  double SavedSeconds(Tier tier, uint32_t tokens) const;
+  const ReuseEstimator& reuse() const { return reuse_; }
 
   // The parts of the rank, exposed for tests and for the simulator's explanations.
   double FrequencyTerm(const PageStats& stats) const;
   double UtilityTerm(const PageEntry& entry) const;
+  // The prefix rank without the sink and hysteresis parts.
+  double ReuseTerm(const PageKey& key, const PageEntry& entry) const;
 
  protected:
   double Rank(const PageKey& key, const PageEntry& entry) const override;
 
  private:
+  struct Prefix {
+    double virtual_last = 0;  // V at the page's last access
+    int cls = 0;              // its class at that access
+    // min(P(reuse | cls), the parent's): a page is served only behind its whole prefix, so it
+    // is never predicted more reusable than its parent, and chains are evicted leaf first.
+    double p_chain = 0;
+  };
+  double ChainProbability(const PageEntry& entry, int cls) const;
+  void Observe(const PageKey& key, const PageEntry& entry);
+  bool RanksByReuse(const PageEntry& entry) const;
+
   KvtierPolicyOptions options_;
+  ReuseEstimator reuse_;
+  absl::flat_hash_map<PageKey, Prefix> prefix_;
+  // Namespaces whose workers report attention (decode): their unreported pages keep the
+  // frequency x utility ranking.
+  absl::flat_hash_set<NamespaceId> attention_namespaces_;
 };
 
 }  // namespace kvtier

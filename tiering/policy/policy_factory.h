@@ -1,5 +1,6 @@
 // Builds a PlacementPolicy by name, so tools (the simulator, the daemon's config) can pick one
-// from a string. Names: kvtier, lru, lfu, arc, streaming, h2o.
+// from a string. Names: kvtier, lru, lfu, arc, s3fifo, wtinylfu, streaming, h2o, and belady
+// (offline: needs the oracle only the simulator has).
 #pragma once
 
 #include <memory>
@@ -11,6 +12,7 @@
 #include "tiering/policy.h"
 #include "tiering/policy/classic_policies.h"
 #include "tiering/policy/kvtier_policy.h"
+#include "tiering/policy/modern_policies.h"
 
 namespace kvtier {
 
@@ -18,6 +20,9 @@ struct PolicyConfig {
   KvtierPolicyOptions kvtier;
   StreamingLlmOptions streaming;
   H2oOptions h2o;
+  WTinyLfuOptions wtinylfu;
+  // The future, for belady; must outlive the policy. Null outside the simulator.
+  const NextUseOracle* oracle = nullptr;
 };
 
 absl::StatusOr<std::unique_ptr<PlacementPolicy>> MakePolicy(absl::string_view name,

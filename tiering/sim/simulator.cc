@@ -59,12 +59,19 @@ absl::Status CheckOptions(const SimOptions& o) {
 absl::StatusOr<std::unique_ptr<SimStore>> BuildStore(const SimOptions& o, const std::string& policy,
                                                      uint64_t distinct, uint32_t tokens_per_page,
                                                      uint32_t sink_tokens, double half_life_ms,
-                                                     uint32_t sink_slots, SimResult& r) {
+                                                     uint32_t sink_slots, SimResult& r,
+                                                     const NextUseOracle* oracle = nullptr) {
   auto s = std::make_unique<SimStore>();
   PolicyConfig config = o.policy;
+  config.oracle = oracle;
   config.kvtier.frequency_half_life_ms = half_life_ms;
   config.streaming.tokens_per_page = tokens_per_page;
   config.h2o.ewma_alpha = o.attention_ewma_alpha;
+  config.kvtier.hbm_gbps = o.cost.hbm_gbps;
+  config.kvtier.dram_gbps = o.cost.dram_gbps;
+  config.kvtier.nvme_gbps = o.cost.nvme_gbps;
+  config.kvtier.prefill_tokens_per_s = o.cost.prefill_tokens_per_s;
+  config.kvtier.bytes_per_token = o.cost.bytes_per_token;
   absl::StatusOr<std::unique_ptr<PlacementPolicy>> p = MakePolicy(policy, config);
   if (!p.ok()) return p.status();
   StoreOptions so;
@@ -146,6 +153,10 @@ void Finish(const SimOptions& o, const TieredStore& store, uint32_t tokens_per_p
   r.recompute_seconds = r.miss_tokens / c.prefill_tokens_per_s;
   r.modeled_prefill_seconds = r.load_seconds + r.recompute_seconds + r.migration_seconds;
   r.sink_overflows = counters.sink_overflows;
+  const double hits = static_cast<double>(r.hit_tokens_hbm + r.hit_tokens_dram + r.hit_tokens_nvme);
+  const double asked = hits + static_cast<double>(r.miss_tokens);
+  r.hit_share = asked > 0 ? hits / asked : 0;
+  r.hbm_hit_share = asked > 0 ? static_cast<double>(r.hit_tokens_hbm) / asked : 0;
 }
 
 void CountHit(Tier t, uint64_t tokens, SimResult& r) {
@@ -183,6 +194,11 @@ absl::StatusOr<std::vector<SimResult>> SimulatePrefixTrace(
       distinct.insert(parent);
     }
   }
+  // The future, for Belady: use number i is request i.
+  NextUseOracle oracle;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    for (const PageKey& k : keys[i]) oracle.Add(k, i);
+  }
   std::vector<std::byte> page(o.sim_page_bytes);
   std::vector<SimResult> results;
   for (const std::string& policy : o.policies) {
@@ -191,13 +207,14 @@ absl::StatusOr<std::vector<SimResult>> SimulatePrefixTrace(
     r.format = "mooncake";
     absl::StatusOr<std::unique_ptr<SimStore>> built =
         BuildStore(o, policy, distinct.size(), o.block_tokens, /*sink_tokens=*/0,
-                   o.frequency_half_life_ms, /*sink_slots=*/0, r);
+                   o.frequency_half_life_ms, /*sink_slots=*/0, r, &oracle);
     if (!built.ok()) return built.status();
     SimStore& s = **built;
     TieredStore& store = *s.store;
     for (size_t i = 0; i < requests.size(); ++i) {
       const MooncakeRequest& req = requests[i];
       const std::vector<PageKey>& k = keys[i];
+      oracle.SetNow(i);
       s.clock.SetNs(std::max<uint64_t>(1, req.timestamp_ms * 1'000'000));
       auto tokens_of = [&](size_t b) -> uint64_t {
         const uint64_t begin = uint64_t{b} * o.block_tokens;
@@ -245,6 +262,11 @@ absl::StatusOr<std::vector<SimResult>> SimulateAttentionTrace(const AttentionTra
   if (absl::Status s = CheckOptions(o); !s.ok()) return s;
   const uint32_t pages = trace.page_count();
   if (pages == 0) return absl::InvalidArgumentError("attention trace appends no pages");
+  for (const std::string& p : o.policies) {
+    if (p == "belady") {
+      return absl::InvalidArgumentError("belady is measured on prefix (mooncake) traces only");
+    }
+  }
   const PageKey salt = NamespaceSalt(kNamespace);
   std::vector<PageKey> keys(pages);
   for (uint32_t i = 0; i < pages; ++i) {
@@ -356,6 +378,8 @@ std::string SimResultJson(const SimResult& r) {
   j["recompute_seconds"] = r.recompute_seconds;
   j["migration_seconds"] = r.migration_seconds;
   j["modeled_prefill_seconds"] = r.modeled_prefill_seconds;
+  j["hit_share"] = r.hit_share;
+  j["hbm_hit_share"] = r.hbm_hit_share;
   if (r.format == "attention") {
     j["attention_recall"] = r.attention_recall;
     j["output_recall"] = r.output_recall;

@@ -13,6 +13,8 @@
 //   (a page that was dropped is recomputed and stored again); every listed page's attention is
 //   reported to the store; kvtier's sink classifier runs on the reported pages; one planner pass.
 //
+// One tier: --dram-fraction 0 (and no NVMe) leaves HBM alone; every miss is recomputed.
+//
 // Simplifications, stated: pages are `sim_page_bytes` bytes (the mechanics do not depend on page
 // size, and memory stays small); the NVMe tier is a memfd MemoryTier standing in for the io_uring
 // tier (same TierBackend interface, no device); modeled bytes and times use the real page size
@@ -49,7 +51,9 @@ struct CostModel {
 };
 
 struct SimOptions {
-  std::vector<std::string> policies = {"kvtier", "lru", "lfu", "arc", "streaming", "h2o"};
+  // `belady` (prefix traces only) is the offline optimum: it is told every page's next use.
+  std::vector<std::string> policies = {"kvtier", "lru",      "lfu",       "arc",
+                                       "s3fifo", "wtinylfu", "streaming", "h2o"};
   // Tier sizes as fractions of the trace's distinct pages. HBM at least 1 slot; a tier whose
   // fraction is 0 is left out (DRAM and HBM cannot both be 0).
   double hbm_fraction = 0.10;
@@ -96,6 +100,8 @@ struct SimResult {
   uint64_t bytes_migrated = 0;  // modeled: pages x tokens per page x bytes_per_token
   double load_seconds = 0, recompute_seconds = 0, migration_seconds = 0;
   double modeled_prefill_seconds = 0;  // load + recompute + migration
+  // Share of the tokens asked for that were served from a tier (any tier; hbm: from HBM).
+  double hit_share = 0, hbm_hit_share = 0;
   // Attention traces only (-1 otherwise): share of attention mass on HBM-resident pages; the
   // same weighted by value norm (what reaches the output); share of (step, true sink) pairs
   // with the sink in HBM (-1 when the trace does not know its sinks).

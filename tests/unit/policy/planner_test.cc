@@ -96,16 +96,30 @@ TEST(PlannerTest, KvtierHysteresisHoldsBackSmallGains) {
     o.hysteresis = hysteresis;
     o.frequency_half_life_ms = 30'000;
     auto f = Make(std::make_unique<KvtierPolicy>(o), 2, 8, 0, rng, 6);
-    // One touch of a demoted page makes it a little more valuable than the HBM pages
-    // (frequency 2 vs 1: +1 in log2), less than a hysteresis of 3.
+    // One touch of a demoted page one tau (the reuse estimator's initial 60 s) after the others
+    // were written makes it a little more valuable than the HBM pages (its reuse estimate has
+    // decayed one half-life less: +1 in log2, less a twentieth for being read from DRAM), less
+    // than a hysteresis of 3.
     const PageKey demoted = f->keys[rng() % 4];
-    f->clock.AdvanceNs(1'000'000);
+    f->clock.AdvanceNs(60'000'000'000ull);
     ASSERT_TRUE(f->store->Touch(f->ns, demoted).ok());
     const PlannerReport r =
         f->store->Maintain(MaintainOptions{.max_migration_bytes = 0, .displace = true});
     EXPECT_EQ(r.promoted, hysteresis == 0.0 ? 1u : 0u) << "hysteresis " << hysteresis;
     EXPECT_EQ(f->store->Find(f->ns, demoted)->tier, hysteresis == 0.0 ? Tier::kHbm : Tier::kDram);
   }
+}
+
+TEST(PlannerTest, KvtierDropsRatherThanDemotesIntoATierSlowerThanRecompute) {
+  std::mt19937_64 rng = testing::SeededRng();
+  KvtierPolicyOptions o;
+  // 16 tokens x 128 KiB over 1 GB/s = 2.1 ms to load, 0.8 ms to recompute: DRAM saves nothing.
+  o.dram_gbps = 1;
+  const int pages = 3 + static_cast<int>(rng() % 6);
+  auto f = Make(std::make_unique<KvtierPolicy>(o), 2, 8, 0, rng, pages);
+  EXPECT_EQ(f->store->Usage(Tier::kDram).used_slots, 0u);
+  EXPECT_EQ(f->store->page_count(), 2u);
+  EXPECT_EQ(f->store->Usage(Tier::kHbm).used_slots, 2u);
 }
 
 TEST(PlannerTest, TokenBucketCapsMigrationBandwidth) {

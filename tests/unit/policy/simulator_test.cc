@@ -5,10 +5,12 @@
 #include <random>
 #include <sstream>
 
+#include "absl/container/flat_hash_map.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "test_seed.h"
 #include "tiering/sim/attention_trace.h"
+#include "tiering/sim/prefix_workload.h"
 
 namespace kvtier {
 namespace {
@@ -115,6 +117,70 @@ TEST(SimulatorTest, ExampleTraceConservesTokens) {
     EXPECT_GT(r.hit_tokens_hbm, 0u) << r.policy;
     EXPECT_GT(r.miss_tokens, 0u) << r.policy;
   }
+}
+
+TEST(SimulatorTest, BeladyBoundsEveryPolicyOnOneTier) {
+  const std::string path =
+      std::string(KVTIER_TEST_DATA_DIR) + "/traces/mooncake_synthetic_trace.jsonl";
+  absl::StatusOr<std::vector<MooncakeRequest>> trace = ReadMooncakeTraceFile(path);
+  ASSERT_TRUE(trace.ok()) << trace.status();
+  trace->resize(std::min<size_t>(trace->size(), 600));
+  std::mt19937_64 rng = testing::SeededRng();
+  SimOptions o;
+  o.policies = {"belady", "kvtier", "lru", "arc", "s3fifo", "wtinylfu"};
+  o.hbm_fraction = 0.03 + 0.1 * std::uniform_real_distribution<double>(0, 1)(rng);
+  o.dram_fraction = 0;  // one tier
+  absl::StatusOr<std::vector<SimResult>> results = SimulatePrefixTrace(*trace, o);
+  ASSERT_TRUE(results.ok()) << results.status();
+  ASSERT_EQ(results->front().policy, "belady");
+  for (const SimResult& r : *results) {
+    EXPECT_EQ(r.hit_tokens_dram + r.hit_tokens_nvme, 0u) << r.policy;
+    EXPECT_DOUBLE_EQ(r.hit_share, r.hbm_hit_share) << r.policy;
+    EXPECT_LE(r.hit_share, results->front().hit_share) << r.policy << " at " << o.hbm_fraction;
+  }
+  o.policies = {"belady"};
+  AttentionTraceOptions g;
+  g.steps = 20;
+  absl::StatusOr<AttentionTrace> attention = GenerateAttentionTrace(g);
+  ASSERT_TRUE(attention.ok());
+  EXPECT_FALSE(SimulateAttentionTrace(*attention, o).ok());  // prefix traces only
+}
+
+TEST(PrefixWorkloadTest, DeterministicSortedAndSharesOnlyFullPromptBlocks) {
+  std::mt19937_64 rng = testing::SeededRng();
+  PrefixWorkloadOptions g;
+  g.duration_s = 300;
+  g.seed = rng();
+  absl::StatusOr<std::vector<MooncakeRequest>> a = GeneratePrefixWorkload(g);
+  absl::StatusOr<std::vector<MooncakeRequest>> b = GeneratePrefixWorkload(g);
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_GT(a->size(), 100u);
+  std::stringstream buf;
+  ASSERT_TRUE(WriteMooncakeTrace(*a, buf).ok());
+  absl::StatusOr<std::vector<MooncakeRequest>> read = ReadMooncakeTrace(buf);
+  ASSERT_TRUE(read.ok()) << read.status();
+  ASSERT_EQ(read->size(), a->size());
+  absl::flat_hash_map<uint64_t, int> uses;
+  for (size_t i = 0; i < a->size(); ++i) {
+    const MooncakeRequest& r = (*a)[i];
+    EXPECT_EQ(r.hash_ids, (*b)[i].hash_ids);
+    EXPECT_EQ(r.hash_ids, (*read)[i].hash_ids);
+    EXPECT_EQ(r.timestamp_ms, (*read)[i].timestamp_ms);
+    if (i > 0) {
+      EXPECT_GE(r.timestamp_ms, (*a)[i - 1].timestamp_ms);
+    }
+    EXPECT_EQ(r.hash_ids.size(), (r.input_length + g.block_tokens - 1) / g.block_tokens);
+    for (uint64_t id : r.hash_ids) ++uses[id];
+    // A partial last block is new content every time: never seen before.
+    if (r.input_length % g.block_tokens != 0) {
+      EXPECT_EQ(uses[r.hash_ids.back()], 1);
+    }
+  }
+  int shared = 0;
+  for (const auto& [id, n] : uses) shared += n > 1;
+  EXPECT_GT(shared, 0);  // system prompts and conversation contexts are read again
+  g.block_tokens = 0;
+  EXPECT_FALSE(GeneratePrefixWorkload(g).ok());
 }
 
 TEST(AttentionTraceTest, RoundTripsThroughTheFormat) {

@@ -1,0 +1,140 @@
+// Online reuse prediction for prefix pages: a frequency sketch that remembers keys after they
+// leave the cache, and a learner that estimates, per class of page, the probability that an
+// access is followed by another one within a horizon.
+//
+// FrequencySketch is TinyLFU's count-min sketch (Einziger et al., TOS'17; as in Caffeine):
+// 4 rows of 4-bit-saturating counters (one byte each here, capped at 15), halved every
+// 10 x width additions so old popularity fades. W-TinyLFU uses it as its admission filter and
+// kvtier uses it for "how often has this page been asked for", which the page index forgets on
+// eviction.
+//
+// ReuseEstimator learns what the offline optimum would have wanted to know, from the past, in
+// the spirit of Hawkeye (ISCA'16) and Learning Relaxed Belady (NSDI'20): it follows a sample of
+// keys (1 in 2^sample_shift, chosen by key bits so every access of a sampled key is seen) whether
+// they are cached or not, and when a sampled key is accessed again, or its horizon passes without
+// that, records a reuse or a non-reuse for the class the key had at its previous access. Classes
+// combine the signals the KVCache-in-the-wild study (ATC'25) found predictive for prefix pages:
+// how often the page has been asked for (sketch), its depth in the prefix tree, whether its chain
+// has forked (cached children), and whether it is a partial last block (rarely reused: the next
+// turn re-hashes it with new tokens). The probability per class is a Beta-smoothed ratio of
+// exponentially decayed counts. The time scale is learned too: tau is the running median of the
+// observed reuse gaps and the horizon is horizon_taus x tau.
+//
+// Reuse probability is modelled, as the ATC'25 study measured, as decaying exponentially with the
+// time since last use; to keep ranks comparable while tau is being learned, time is measured on a
+// virtual clock that advances by dt / tau (so a rank log2(p) + V(last access) orders pages as
+// p x 2^-(age / tau) does at every instant, and never has to be recomputed when tau changes).
+//
+// Cost per access: 4 sketch counters, one hash probe for 1 in 8 keys, O(1) amortised expiry.
+// Memory: 4 x history_width bytes + at most max_samples samples; nothing per cached page.
+// Thread model: owned by one policy, called under the store's lock.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <deque>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "tiering/page_index.h"
+#include "tiering/page_key.h"
+
+namespace kvtier {
+
+class FrequencySketch {
+ public:
+  // `width` counters per row (rounded up to a power of two, at least 64).
+  explicit FrequencySketch(uint32_t width);
+  void Increment(const PageKey& key);
+  // Estimated accesses (0..15), an over-estimate by at most the colliding keys' counts.
+  uint32_t Estimate(const PageKey& key) const;
+
+ private:
+  static constexpr int kRows = 4;
+  static constexpr uint8_t kMax = 15;
+  uint32_t Index(const PageKey& key, int row) const;
+  std::vector<uint8_t> table_;  // kRows x width_
+  uint32_t width_;
+  uint32_t mask_;
+  uint64_t additions_ = 0;
+  uint64_t reset_at_;
+};
+
+struct ReuseEstimatorOptions {
+  // Sketch columns. Default 2^18 (1 MiB of counters): enough for ~256 K distinct recent pages.
+  uint32_t history_width = 1u << 18;
+  // One key in 2^sample_shift is followed. Default 3 (1 in 8), as Hawkeye's sampled sets.
+  uint32_t sample_shift = 3;
+  // Most samples followed at once; the oldest is dropped (unrecorded) beyond. Default 2^16.
+  uint32_t max_samples = 1u << 16;
+  // tau before any reuse has been seen. Default 60 s (a typical inter-turn gap).
+  double initial_tau_ms = 60'000;
+  // How long a sample is followed to learn tau (a gap longer than the horizon still teaches the
+  // time scale). Default 1 h.
+  double track_ms = 3'600'000;
+  // Horizon of "reused within", in units of tau. Default 4.
+  double horizon_taus = 4.0;
+  // Step of the running median of log(gap), in natural-log units per reuse. Default 0.02 (a 2 %
+  // change of tau per observed reuse).
+  double tau_alpha = 0.02;
+  // Beta prior strength pulling a class with few samples towards the overall reuse rate.
+  // Default 8 samples.
+  double prior_samples = 8.0;
+};
+
+class ReuseEstimator {
+ public:
+  static constexpr int kCountBuckets = 4;  // asked for 1, 2, 3-4, 5+ times
+  static constexpr int kDepthBuckets = 4;  // position 0, 1-7, 8-63, 64+
+  static constexpr int kClasses = kCountBuckets * kDepthBuckets * 2 * 2;  // x forked x partial
+
+  explicit ReuseEstimator(const ReuseEstimatorOptions& options = {});
+
+  // Records an access (or the insertion) of `key` at `now_ns`; returns the page's class.
+  int Observe(const PageKey& key, const PageEntry& entry, uint64_t now_ns);
+  // The class the page would have now (no side effects).
+  int ClassOf(const PageKey& key, const PageEntry& entry) const;
+  // P(accessed again within the horizon | class), smoothed.
+  double Probability(int cls) const;
+  // Virtual time (in units of tau) at `now_ns`; monotone.
+  double VirtualTime(uint64_t now_ns) const;
+  double tau_ms() const { return tau_ms_; }
+  uint64_t samples_recorded() const { return recorded_; }
+
+ private:
+  struct Sample {
+    uint64_t at_ns;
+    uint64_t seq;
+    int cls;
+    bool labelled;  // its outcome within the horizon is recorded
+  };
+  struct Pending {
+    PageKey key;
+    uint64_t at_ns;
+    uint64_t seq;
+  };
+  void Record(int cls, bool reused);
+  void Expire(uint64_t now_ns);
+  void AdvanceClock(uint64_t now_ns);
+  uint64_t HorizonNs() const;
+
+  ReuseEstimatorOptions options_;
+  FrequencySketch sketch_;
+  uint32_t largest_tokens_ = 0;
+  absl::flat_hash_map<PageKey, Sample> samples_;
+  // Oldest first; an entry is stale when its seq differs from the live sample's. `unlabelled_`
+  // reaches the horizon (no reuse: recorded), `order_` the tracking window (forgotten).
+  std::deque<Pending> unlabelled_;
+  std::deque<Pending> order_;
+  uint64_t next_seq_ = 0;
+  std::array<double, kClasses> reused_{};
+  std::array<double, kClasses> seen_{};
+  double reused_all_ = 0, seen_all_ = 0;
+  uint64_t recorded_ = 0;
+  double log_tau_;
+  double tau_ms_;
+  uint64_t clock_ns_ = 0;  // last time the virtual clock was advanced to
+  double virtual_ = 0;     // virtual time at clock_ns_
+};
+
+}  // namespace kvtier

@@ -184,8 +184,15 @@ int RunCrash() {
         last_acked_tag[idx] = id;
       }
     }
-    log_fd = ::open(log_path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    log_fd = ::open(log_path.c_str(), O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
     if (log_fd < 0) return Fail("open log", absl::ErrnoToStatus(errno, log_path));
+    // A predecessor killed mid-line left a torn record (ReadLog skipped it): start a new line.
+    char last = '\n';
+    const off_t end = ::lseek(log_fd, 0, SEEK_END);
+    if (end > 0 && ::pread(log_fd, &last, 1, end - 1) == 1 && last != '\n') {
+      if (::write(log_fd, "\n", 1) != 1)
+        return Fail("log write", absl::ErrnoToStatus(errno, log_path));
+    }
   }
   auto append = [&](const std::string& text) {
     if (log_fd >= 0 && ::write(log_fd, text.data(), text.size()) != ssize_t(text.size())) {

@@ -54,6 +54,7 @@ struct CrashFigures {
   uint64_t stores = 0, acks = 0, loads = 0, loads_verified = 0;
   uint64_t acked = 0, acked_intact = 0, inflight = 0, inflight_present = 0, never = 0,
            never_present = 0, wrong = 0;
+  uint64_t max_acked_absent = 0;  // most acknowledged pages absent after one restart
 
   void NoteReady(double ms) {
     ++restarts;
@@ -79,11 +80,12 @@ struct CrashFigures {
     return absl::StrFormat(
         "crash-test kills=%d restarts=%d ready_max_ms=%.0f ready_mean_ms=%.0f stores=%u "
         "acks=%u worker_loads=%u worker_loads_verified=%u checked_acked=%u acked_intact=%u "
-        "acked_absent=%u checked_inflight=%u inflight_present=%u checked_never=%u "
+        "acked_absent=%u max_acked_absent_per_restart=%u checked_inflight=%u inflight_present=%u "
+        "checked_never=%u "
         "never_present=%u wrong=%u",
         kills, restarts, max_ready_ms, restarts > 0 ? sum_ready_ms / restarts : 0.0, stores, acks,
-        loads, loads_verified, acked, acked_intact, acked - acked_intact, inflight,
-        inflight_present, never, never_present, wrong);
+        loads, loads_verified, acked, acked_intact, acked - acked_intact, max_acked_absent,
+        inflight, inflight_present, never, never_present, wrong);
   }
 };
 

@@ -45,6 +45,11 @@ template <typename Fn>
 absl::Status ForEachKey(const YAML::Node& map, const std::string& path, Fn fn) {
   if (!map.IsMap()) return absl::InvalidArgumentError(absl::StrCat(path, ": expected a map"));
   for (const auto& kv : map) {
+    // A key that is itself a list or map ("[1]: 2") has no string form: as<> would throw.
+    if (!kv.first.IsScalar()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path.empty() ? "config" : path, ": a key must be a plain name"));
+    }
     const std::string key = kv.first.as<std::string>();
     const std::string full = path.empty() ? key : absl::StrCat(path, ".", key);
     absl::StatusOr<bool> known = fn(key, kv.second, full);

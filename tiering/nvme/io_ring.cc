@@ -171,6 +171,9 @@ void IoRing::Prep(io_uring_sqe* sqe, IoRequest* r) {
   }
   if (fixed_files_) sqe->flags |= IOSQE_FIXED_FILE;
   io_uring_sqe_set_data(sqe, r);
+  if (options_.fault_injector != nullptr) {
+    options_.fault_injector->OnSubmit(r->op, r->file, r->offset, r->length);
+  }
 }
 
 void IoRing::Submit(absl::Span<IoRequest* const> requests) {

@@ -63,6 +63,10 @@ class NvmeFaultInjector {
   virtual ~NvmeFaultInjector() = default;
   // `result` is what the kernel returned: bytes transferred or -errno.
   virtual int OnComplete(Op op, uint32_t file, uint64_t offset, uint32_t length, int result) = 0;
+  // Sees each request as it is queued (under the ring's submit lock), before the kernel can act
+  // on it: what a sync covers is what completed before it was submitted, which a simulated power
+  // cut needs to know. Default: nothing.
+  virtual void OnSubmit(Op /*op*/, uint32_t /*file*/, uint64_t /*offset*/, uint32_t /*length*/) {}
 };
 
 struct NvmeTierOptions {

@@ -47,7 +47,7 @@ absl::Status SendDatagram(int socket, absl::string_view bytes, absl::Span<const 
 namespace {
 bool PeerClosed(int socket) {
   pollfd p{socket, POLLRDHUP, 0};
-  return ::poll(&p, 1, 0) != 1 || (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
+  return ::poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
 }
 }  // namespace
 
@@ -60,10 +60,18 @@ absl::StatusOr<Datagram> ReceiveDatagram(int socket, std::string& buffer, size_t
   // Peek at the next datagram's length first (MSG_TRUNC reports it even into no buffer), so the
   // buffer only ever grows to what arrived, never to the limit. Descriptors stay queued.
   ssize_t next;
+  bool reset_seen = false;
   while (true) {
     next = ::recv(socket, nullptr, 0, MSG_PEEK | MSG_TRUNC | (nonblocking ? MSG_DONTWAIT : 0));
     if (next >= 0) break;
     if (errno == EINTR) continue;
+    // A peer that closed with our datagrams unread resets the connection, but what it sent
+    // before (a daemon's reason for closing) is still queued: the reset is reported only once,
+    // so look again (the peer is gone: this never waits).
+    if (errno == ECONNRESET && !reset_seen) {
+      reset_seen = true;
+      continue;
+    }
     if (nonblocking && (errno == EAGAIN || errno == EWOULDBLOCK)) {
       return absl::UnavailableError("would block");
     }

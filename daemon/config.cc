@@ -282,9 +282,8 @@ absl::Status ValidateConfig(const DaemonConfig& c) {
                " exceeds limits.max_connections (", l.max_connections, ")");
   }
   if (l.hello_timeout_ms == 0) return bad("limits.hello_timeout_ms", "must be > 0");
-  if (l.max_output_bytes < l.max_message_bytes) {
-    return bad("limits.max_output_bytes", l.max_output_bytes,
-               " is below limits.max_message_bytes (", l.max_message_bytes, ")");
+  if (l.max_output_bytes < 4096) {
+    return bad("limits.max_output_bytes", l.max_output_bytes, " is below 4096");
   }
   if (c.namespaces.empty()) return bad("namespaces", "no namespace rule: nobody could connect");
   for (size_t i = 0; i < c.namespaces.size(); ++i) {

@@ -419,6 +419,8 @@ Dispatcher::Outcome Dispatcher::HandleHello(Session& s, const wire::Hello& h, wi
 absl::Status Dispatcher::HandleRegister(Session& s, const wire::RegisterBuffers& r,
                                         std::vector<UniqueFd>& fds,
                                         wire::RegisterBuffersReply& out) {
+  // Bounds the address space workers' declared buffer sizes can take (connection_limits.h).
+  if (absl::Status st = ChargeRegisteredBytes(config_.limits, counters_, s, r); !st.ok()) return st;
   if (r.cuda_ipc_handles_size() > 0) {
     return absl::UnimplementedError(absl::StrCat(
         "cuda_ipc_handles: opening CUDA IPC buffers is not implemented in this kvtierd (HBM "

@@ -53,24 +53,26 @@ absl::Status ChargeRegisteredBytes(const LimitsConfig& limits, DaemonCounters& c
                 ? std::numeric_limits<uint64_t>::max()
                 : bytes + size;
   }
-  // A new registration replaces the old one: its bytes are given back first.
-  s.registered_bytes.Release();
   if (bytes > e.registered_bytes_per_session) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "RegisterBuffers declares ", bytes, " bytes; limits.max_registered_bytes_per_session is ",
         e.registered_bytes_per_session));
   }
+  // A session holds the most it ever registered: its earlier buffers stay mapped when a new
+  // registration fails, and until running operations let go of them when it succeeds.
+  const uint64_t held = s.registered_bytes.bytes();
+  const uint64_t delta = bytes > held ? bytes - held : 0;
   uint64_t now = counters.registered_bytes.load(std::memory_order_relaxed);
   do {
-    if (bytes > e.registered_bytes - std::min(now, e.registered_bytes)) {
+    if (delta > e.registered_bytes - std::min(now, e.registered_bytes)) {
       return absl::ResourceExhaustedError(
           absl::StrCat("RegisterBuffers declares ", bytes, " bytes while ", now,
                        " are registered by all connections; limits.max_registered_bytes is ",
                        e.registered_bytes));
     }
-  } while (!counters.registered_bytes.compare_exchange_weak(now, now + bytes,
+  } while (!counters.registered_bytes.compare_exchange_weak(now, now + delta,
                                                             std::memory_order_relaxed));
-  s.registered_bytes.Hold(&counters.registered_bytes, bytes);
+  s.registered_bytes.Grow(&counters.registered_bytes, delta);
   return absl::OkStatus();
 }
 

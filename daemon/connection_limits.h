@@ -26,8 +26,8 @@ struct EffectiveLimits {
 };
 EffectiveLimits ResolveLimits(const LimitsConfig& limits);
 
-// Charges a RegisterBuffers' declared sizes to `s` (replacing what it registered before) and to
-// the daemon's total, or refuses with an error naming the key and the limit. Called before
+// Charges a RegisterBuffers' declared sizes to `s` (which holds the most it ever registered) and
+// to the daemon's total, or refuses with an error naming the key and the limit. Called before
 // anything is mapped: the declared size is what the mapping will take from the address space.
 absl::Status ChargeRegisteredBytes(const LimitsConfig& limits, DaemonCounters& counters, Session& s,
                                    const wire::RegisterBuffers& r);

@@ -64,18 +64,17 @@ struct DaemonCounters {
 };
 
 // The bytes of worker buffers one session has registered, held in DaemonCounters::registered_bytes
-// until the session ends or registers again (daemon/connection_limits.h charges it).
+// until the session ends (daemon/connection_limits.h charges it).
 class RegisteredBytesCharge {
  public:
   RegisteredBytesCharge() = default;
   ~RegisteredBytesCharge() { Release(); }
   RegisteredBytesCharge(const RegisteredBytesCharge&) = delete;
   RegisteredBytesCharge& operator=(const RegisteredBytesCharge&) = delete;
-  // Takes over `bytes` already added to `*total`.
-  void Hold(std::atomic<uint64_t>* total, uint64_t bytes) {
-    Release();
+  // Takes over `delta` more bytes, already added to `*total`.
+  void Grow(std::atomic<uint64_t>* total, uint64_t delta) {
     total_ = total;
-    bytes_ = bytes;
+    bytes_ += delta;
   }
   void Release() {
     if (total_ != nullptr) total_->fetch_sub(bytes_, std::memory_order_relaxed);

@@ -189,7 +189,13 @@ absl::Status Server::Serve(int stop_fd) {
     socklen_t len = sizeof(cred);
     if (::getsockopt(conn.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) continue;
     counters_.connections_total.fetch_add(1, std::memory_order_relaxed);
-    Accept(std::move(conn), cred);
+    try {
+      Accept(std::move(conn), cred);
+    } catch (const std::exception& e) {
+      // Out of memory while admitting it: this connection is dropped, the daemon serves on.
+      counters_.connection_failures.fetch_add(1, std::memory_order_relaxed);
+      LOG(ERROR) << "event=connection_failed uid=" << cred.uid << " error=\"" << e.what() << "\"";
+    }
   }
   // Shut every connection down: each thread sees EOF and ends its session's lease.
   {
@@ -226,10 +232,10 @@ void Server::Accept(UniqueFd conn, const ucred& cred) {
              counters_);
       return;
     }
+    id = next_session_id_++;
+    live_fds_[id] = conn.get();  // may throw: before anything is counted
     ++mine;
     ++connection_threads_;
-    id = next_session_id_++;
-    live_fds_[id] = conn.get();
   }
   // Everything below may fail for want of memory, descriptors or threads: that refuses this
   // connection, never the daemon.

@@ -258,6 +258,9 @@ TEST(HardeningNet, AConnectionThatCannotGetAThreadIsRefusedAndTheDaemonLives) {
   absl::StatusOr<DaemonProcess> d =
       DaemonProcess::Start(Config("", "  maintain_interval_ms: 600000\n"));
   ASSERT_TRUE(d.ok()) << d.status();
+  // A full round trip: the daemon has started every thread of its own (the socket answers
+  // connect() before that).
+  Stats(*d);
   const uint64_t vm_kb = ProcStatusKb(d->pid(), "VmSize");
   ASSERT_GT(vm_kb, 0u);
   // Room for the daemon as it is, not for many more 8 MiB thread stacks (glibc reuses the

@@ -25,6 +25,20 @@ absl::Status FromWire(const wire::Error& e) {
   return absl::Status(static_cast<absl::StatusCode>(e.code()), e.message());
 }
 
+// A send that failed because kvtierd closed the connection: the daemon says why before it
+// closes (a limit, a timeout), so that reply, still queued, is the error, not "Broken pipe".
+absl::Status WhySendFailed(int socket, absl::Status send_error) {
+  std::string buffer;
+  absl::StatusOr<Datagram> d =
+      ReceiveDatagram(socket, buffer, kMaxReplyBytes, /*nonblocking=*/true);
+  wire::Response r;
+  if (d.ok() && !d->eof && !d->truncated &&
+      r.ParseFromArray(buffer.data(), static_cast<int>(d->size)) && r.has_error()) {
+    return FromWire(r.error());
+  }
+  return send_error;
+}
+
 Tier TierFromByte(char c) { return static_cast<Tier>(static_cast<uint8_t>(c)); }
 
 void ToWire(const AttentionBatch& s, wire::AttentionStats* out) {
@@ -162,7 +176,9 @@ absl::StatusOr<OpHandle> Client::Submit(wire::Request& request, absl::Span<const
   if (!request.SerializeToString(&send_buffer_)) {
     return absl::InternalError("request does not serialize");
   }
-  if (absl::Status s = SendDatagram(socket_.get(), send_buffer_, fds); !s.ok()) return s;
+  if (absl::Status s = SendDatagram(socket_.get(), send_buffer_, fds); !s.ok()) {
+    return WhySendFailed(socket_.get(), std::move(s));
+  }
   return id;
 }
 

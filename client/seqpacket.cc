@@ -1,8 +1,10 @@
 #include "client/seqpacket.h"
 
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -10,7 +12,8 @@
 
 namespace kvtier {
 
-absl::Status SendDatagram(int socket, absl::string_view bytes, absl::Span<const int> fds) {
+absl::Status SendDatagram(int socket, absl::string_view bytes, absl::Span<const int> fds,
+                          bool nonblocking) {
   if (fds.size() > kMaxFdsPerMessage) {
     return absl::InvalidArgumentError(
         absl::StrCat(fds.size(), " descriptors in one message, at most ", kMaxFdsPerMessage));
@@ -30,13 +33,23 @@ absl::Status SendDatagram(int socket, absl::string_view bytes, absl::Span<const 
     std::memcpy(CMSG_DATA(cmsg), fds.data(), sizeof(int) * fds.size());
   }
   while (true) {
-    const ssize_t n = ::sendmsg(socket, &msg, MSG_NOSIGNAL);
+    const ssize_t n = ::sendmsg(socket, &msg, MSG_NOSIGNAL | (nonblocking ? MSG_DONTWAIT : 0));
     if (n >= 0) return absl::OkStatus();
     if (errno == EINTR) continue;
+    if (nonblocking && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      return absl::UnavailableError("would block");
+    }
     return absl::UnavailableError(
         absl::StrCat("sendmsg of ", bytes.size(), " bytes: ", std::strerror(errno)));
   }
 }
+
+namespace {
+bool PeerClosed(int socket) {
+  pollfd p{socket, POLLRDHUP, 0};
+  return ::poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
+}
+}  // namespace
 
 bool IsWouldBlock(const absl::Status& s) {
   return s.code() == absl::StatusCode::kUnavailable && s.message() == "would block";
@@ -44,9 +57,30 @@ bool IsWouldBlock(const absl::Status& s) {
 
 absl::StatusOr<Datagram> ReceiveDatagram(int socket, std::string& buffer, size_t max_bytes,
                                          bool nonblocking) {
+  // Peek at the next datagram's length first (MSG_TRUNC reports it even into no buffer), so the
+  // buffer only ever grows to what arrived, never to the limit. Descriptors stay queued.
+  ssize_t next;
+  bool reset_seen = false;
+  while (true) {
+    next = ::recv(socket, nullptr, 0, MSG_PEEK | MSG_TRUNC | (nonblocking ? MSG_DONTWAIT : 0));
+    if (next >= 0) break;
+    if (errno == EINTR) continue;
+    // A peer that closed with our datagrams unread resets the connection, but what it sent
+    // before (a daemon's reason for closing) is still queued: the reset is reported only once,
+    // so look again (the peer is gone: this never waits).
+    if (errno == ECONNRESET && !reset_seen) {
+      reset_seen = true;
+      continue;
+    }
+    if (nonblocking && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      return absl::UnavailableError("would block");
+    }
+    return absl::UnavailableError(absl::StrCat("recvmsg: ", std::strerror(errno)));
+  }
   // One byte more than the limit, so an oversized datagram is told apart from one that fits.
-  if (buffer.size() < max_bytes + 1) buffer.resize(max_bytes + 1);
-  iovec iov{buffer.data(), max_bytes + 1};
+  const size_t want = std::min(static_cast<size_t>(next), max_bytes) + 1;
+  if (buffer.size() < want) buffer.resize(want);
+  iovec iov{buffer.data(), std::min(buffer.size(), max_bytes + 1)};
   msghdr msg{};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
@@ -75,7 +109,8 @@ absl::StatusOr<Datagram> ReceiveDatagram(int socket, std::string& buffer, size_t
     }
   }
   d.fds_truncated = (msg.msg_flags & MSG_CTRUNC) != 0;
-  if (n == 0 && d.fds.empty()) {
+  // recvmsg returns 0 both at EOF and for an empty datagram; only a shut-down peer is EOF.
+  if (n == 0 && d.fds.empty() && PeerClosed(socket)) {
     d.eof = true;
     return d;
   }

@@ -19,19 +19,23 @@ namespace kvtier {
 inline constexpr size_t kMaxFdsPerMessage = 253;
 
 // Sends `bytes` as one datagram with `fds` attached (borrowed, not closed). Never raises SIGPIPE.
-absl::Status SendDatagram(int socket, absl::string_view bytes, absl::Span<const int> fds = {});
+// With `nonblocking`, returns kUnavailable "would block" (IsWouldBlock) at once when the socket's
+// send buffer is full instead of waiting for the peer to read.
+absl::Status SendDatagram(int socket, absl::string_view bytes, absl::Span<const int> fds = {},
+                          bool nonblocking = false);
 
 struct Datagram {
   size_t size = 0;             // bytes the sender sent (may exceed the buffer when truncated)
   bool truncated = false;      // larger than the receive buffer: the rest was discarded
   bool fds_truncated = false;  // descriptors were dropped by the kernel (MSG_CTRUNC)
-  bool eof = false;            // the peer closed the connection
+  bool eof = false;            // the peer closed the connection (a 0-byte datagram is not EOF)
   std::vector<UniqueFd> fds;
 };
 
-// Receives one datagram into `buffer` (its size is the limit; one extra byte detects overrun).
-// Blocks; EINTR is retried. With `nonblocking`, returns kUnavailable "would block" at once when
-// nothing is queued (see IsWouldBlock).
+// Receives one datagram into `buffer`, which grows to the datagram's size (at most `max_bytes`
+// plus one byte that detects overrun): an idle socket costs no buffer. Blocks; EINTR is retried.
+// With `nonblocking`, returns kUnavailable "would block" at once when nothing is queued (see
+// IsWouldBlock).
 absl::StatusOr<Datagram> ReceiveDatagram(int socket, std::string& buffer, size_t max_bytes,
                                          bool nonblocking = false);
 bool IsWouldBlock(const absl::Status& s);

@@ -190,7 +190,12 @@ absl::Status ApplyConfigYaml(absl::string_view yaml, DaemonConfig& c) {
       .Add("max_consecutive_errors", l.max_consecutive_errors)
       .Add("io_threads", l.io_threads)
       .Add("max_connections", l.max_connections)
-      .Add("max_namespaces", l.max_namespaces);
+      .Add("max_namespaces", l.max_namespaces)
+      .Add("max_connections_per_uid", l.max_connections_per_uid)
+      .Add("hello_timeout_ms", l.hello_timeout_ms)
+      .Add("max_output_bytes", l.max_output_bytes)
+      .Add("max_registered_bytes_per_session", l.max_registered_bytes_per_session)
+      .Add("max_registered_bytes", l.max_registered_bytes);
   auto section = [](const FieldMap& fields) {
     return
         [&fields](const YAML::Node& v, const std::string& full) { return fields.Apply(v, full); };
@@ -277,6 +282,14 @@ absl::Status ValidateConfig(const DaemonConfig& c) {
     return bad("limits.io_threads", "must be in [1, 256]");
   if (l.max_connections == 0) return bad("limits.max_connections", "must be > 0");
   if (l.max_namespaces == 0) return bad("limits.max_namespaces", "must be > 0");
+  if (l.max_connections_per_uid > l.max_connections) {
+    return bad("limits.max_connections_per_uid", l.max_connections_per_uid,
+               " exceeds limits.max_connections (", l.max_connections, ")");
+  }
+  if (l.hello_timeout_ms == 0) return bad("limits.hello_timeout_ms", "must be > 0");
+  if (l.max_output_bytes < 4096) {
+    return bad("limits.max_output_bytes", l.max_output_bytes, " is below 4096");
+  }
   if (c.namespaces.empty()) return bad("namespaces", "no namespace rule: nobody could connect");
   for (size_t i = 0; i < c.namespaces.size(); ++i) {
     const NamespaceRule& r = c.namespaces[i];
@@ -359,6 +372,12 @@ std::string ConfigToYaml(const DaemonConfig& c) {
   out << YAML::Key << "io_threads" << YAML::Value << l.io_threads;
   out << YAML::Key << "max_connections" << YAML::Value << l.max_connections;
   out << YAML::Key << "max_namespaces" << YAML::Value << l.max_namespaces;
+  out << YAML::Key << "max_connections_per_uid" << YAML::Value << l.max_connections_per_uid;
+  out << YAML::Key << "hello_timeout_ms" << YAML::Value << l.hello_timeout_ms;
+  out << YAML::Key << "max_output_bytes" << YAML::Value << l.max_output_bytes;
+  out << YAML::Key << "max_registered_bytes_per_session" << YAML::Value
+      << l.max_registered_bytes_per_session;
+  out << YAML::Key << "max_registered_bytes" << YAML::Value << l.max_registered_bytes;
   out << YAML::EndMap;
   out << YAML::Key << "namespaces" << YAML::Value << YAML::BeginSeq;
   for (const NamespaceRule& r : c.namespaces) {

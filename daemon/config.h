@@ -68,6 +68,22 @@ struct LimitsConfig {
   uint32_t max_connections = 256;
   // Distinct namespaces workers may create; each holds a salt, a layout and reserved sink slots.
   uint32_t max_namespaces = 1024;
+  // Connections one uid may hold, so no single tenant fills limits.max_connections. Default 0:
+  // a quarter of max_connections (at least 1).
+  uint32_t max_connections_per_uid = 0;
+  // A connection that has not completed Hello is closed after this long without a request
+  // (kvtierctl's Status/Stats count as requests). Default 10 s.
+  uint32_t hello_timeout_ms = 10000;
+  // Replies queued for a client that does not read them; past this the client is disconnected
+  // (Redis's client-output-buffer-limit). Default 8 MiB: 64 in-flight replies of 4096 pages take
+  // under 1 MiB.
+  uint32_t max_output_bytes = 8u << 20;
+  // Bytes of worker buffers one connection may register (they are mapped into the daemon's
+  // address space). Default 0: the machine's physical memory.
+  uint64_t max_registered_bytes_per_session = 0;
+  // The same over all connections. Default 0: twice the physical memory, at most a quarter of
+  // the address space (RLIMIT_AS when set).
+  uint64_t max_registered_bytes = 0;
 };
 
 // Who may use a namespace. `name` is exact, or a prefix ending in '*' ("*" matches all). Empty

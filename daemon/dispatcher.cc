@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "client/defaults.h"
+#include "daemon/connection_limits.h"
 #include "tiering/clock.h"
 
 namespace kvtier {
@@ -174,11 +175,11 @@ Dispatcher::Verdict Dispatcher::Handle(const std::shared_ptr<Session>& session, 
         metrics_->Request(*op, SecondsSince(t0), false);
       }
     }
-    // One line per rejected message; a connection that keeps failing is closed after
-    // limits.max_consecutive_errors, which bounds the lines a bad client can cause.
-    LOG(WARNING) << "event=bad_request session=" << s.id() << " uid=" << s.peer().uid
-                 << " code=" << absl::StatusCodeToString(status.code()) << " close=" << close
-                 << " error=\"" << status.message() << "\"";
+    // One line per rejected message, up to a process-wide rate (counters count every one).
+    if (ClientLogAllowed(counters_))
+      LOG(WARNING) << "event=bad_request session=" << s.id() << " uid=" << s.peer().uid
+                   << " code=" << absl::StatusCodeToString(status.code()) << " close=" << close
+                   << " error=\"" << status.message() << "\"";
     SetError(resp, status);
     s.Send(resp);
     if (close || ++s.consecutive_errors >= config_.limits.max_consecutive_errors) {
@@ -208,8 +209,7 @@ Dispatcher::Verdict Dispatcher::Handle(const std::shared_ptr<Session>& session, 
                   false);
   }
   resp.set_id(req.id());
-  if (!in.fds.empty() && req.body_case() != wire::Request::kRegisterBuffers &&
-      req.body_case() != wire::Request::kHello) {
+  if (!in.fds.empty() && req.body_case() != wire::Request::kRegisterBuffers) {
     return reject(absl::InvalidArgumentError(absl::StrCat(
                       in.fds.size(), " file descriptors attached to a ", BodyName(req.body_case()),
                       " request; only RegisterBuffers carries descriptors")),
@@ -419,6 +419,8 @@ Dispatcher::Outcome Dispatcher::HandleHello(Session& s, const wire::Hello& h, wi
 absl::Status Dispatcher::HandleRegister(Session& s, const wire::RegisterBuffers& r,
                                         std::vector<UniqueFd>& fds,
                                         wire::RegisterBuffersReply& out) {
+  // Bounds the address space workers' declared buffer sizes can take (connection_limits.h).
+  if (absl::Status st = ChargeRegisteredBytes(config_.limits, counters_, s, r); !st.ok()) return st;
   if (r.cuda_ipc_handles_size() > 0) {
     return absl::UnimplementedError(absl::StrCat(
         "cuda_ipc_handles: opening CUDA IPC buffers is not implemented in this kvtierd (HBM "
@@ -795,6 +797,7 @@ void Dispatcher::FillStats(wire::StatsReply& out) const {
   out.set_lookups(r(counters_.lookups));
   out.set_loads(r(counters_.loads));
   out.set_stores(r(counters_.stores));
+  FillConnectionStats(counters_, out);
 }
 
 }  // namespace kvtier

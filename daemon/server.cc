@@ -9,6 +9,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <stdexcept>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
@@ -18,7 +19,31 @@
 
 namespace kvtier {
 
-WorkerPool::WorkerPool(uint32_t threads) {
+namespace {
+
+// The session whose request the calling connection thread is handling: the key its Load and
+// Store are queued under in the I/O pool (0 when submitted from anywhere else).
+thread_local uint64_t current_session_key = 0;
+
+// Refuses a connection with a reply that says why (the client reads it even after EOF), counted
+// and logged (rate-limited: refusals are something a client can cause at will).
+void Refuse(int fd, const ucred& cred, absl::string_view reason, absl::string_view why,
+            DaemonCounters& counters) {
+  counters.connections_refused.fetch_add(1, std::memory_order_relaxed);
+  if (ClientLogAllowed(counters)) {
+    LOG(WARNING) << "event=connection_refused reason=" << reason << " pid=" << cred.pid
+                 << " uid=" << cred.uid << " error=\"" << why << "\"";
+  }
+  wire::Response resp;
+  resp.mutable_error()->set_code(static_cast<int>(absl::StatusCode::kResourceExhausted));
+  resp.mutable_error()->set_message(std::string(why));
+  // A fresh socket's send buffer is empty; never wait for the client either way.
+  SendDatagram(fd, resp.SerializeAsString(), {}, /*nonblocking=*/true).IgnoreError();
+}
+
+}  // namespace
+
+WorkerPool::WorkerPool(uint32_t threads, std::atomic<uint64_t>* failures) : failures_(failures) {
   for (uint32_t i = 0; i < threads; ++i) threads_.emplace_back([this] { Loop(); });
 }
 
@@ -30,9 +55,11 @@ WorkerPool::~WorkerPool() {
   for (std::thread& t : threads_) t.join();
 }
 
-void WorkerPool::Submit(std::function<void()> task) {
+void WorkerPool::Submit(uint64_t key, std::function<void()> task) {
   absl::MutexLock lock(&mu_);
-  queue_.push_back(std::move(task));
+  std::deque<std::function<void()>>& queue = queues_[key];
+  if (queue.empty()) turns_.push_back(key);
+  queue.push_back(std::move(task));
 }
 
 void WorkerPool::Loop() {
@@ -42,13 +69,28 @@ void WorkerPool::Loop() {
       absl::MutexLock lock(&mu_);
       mu_.Await(absl::Condition(
           +[](WorkerPool* p)
-               ABSL_EXCLUSIVE_LOCKS_REQUIRED(p->mu_) { return p->stopping_ || !p->queue_.empty(); },
+               ABSL_EXCLUSIVE_LOCKS_REQUIRED(p->mu_) { return p->stopping_ || !p->turns_.empty(); },
           this));
-      if (queue_.empty()) return;  // stopping, and everything queued has run
-      task = std::move(queue_.front());
-      queue_.pop_front();
+      if (turns_.empty()) return;  // stopping, and everything queued has run
+      // One task of the key whose turn it is; the key goes to the back while it has more.
+      const uint64_t key = turns_.front();
+      turns_.pop_front();
+      auto it = queues_.find(key);
+      task = std::move(it->second.front());
+      it->second.pop_front();
+      if (it->second.empty()) {
+        queues_.erase(it);
+      } else {
+        turns_.push_back(key);
+      }
     }
-    task();
+    try {
+      task();
+    } catch (const std::exception& e) {
+      // Survivable: the operation is lost (its client waits in vain), the daemon serves on.
+      failures_->fetch_add(1, std::memory_order_relaxed);
+      LOG(ERROR) << "event=io_task_failed error=\"" << e.what() << "\"";
+    }
   }
 }
 
@@ -91,14 +133,22 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const DaemonConfig& confi
 Server::Server(const DaemonConfig& config, TieredStore& store, UniqueFd listener,
                DaemonMetrics* metrics)
     : config_(config),
+      limits_(ResolveLimits(config.limits)),
       store_(store),
       listener_(std::move(listener)),
       metrics_(metrics),
-      pool_(std::make_unique<WorkerPool>(config.limits.io_threads)),
+      pool_(std::make_unique<WorkerPool>(config.limits.io_threads, &counters_.connection_failures)),
       dispatcher_(
           config, store, counters_,
-          [this](std::function<void()> t) { pool_->Submit(std::move(t)); }, ::geteuid(),
-          SteadyClock::Get()->NowNs(), metrics) {}
+          [this](std::function<void()> t) { pool_->Submit(current_session_key, std::move(t)); },
+          ::geteuid(), SteadyClock::Get()->NowNs(), metrics) {
+  LOG(INFO) << "event=limits max_connections=" << config.limits.max_connections
+            << " max_connections_per_uid=" << limits_.connections_per_uid
+            << " hello_timeout_ms=" << config.limits.hello_timeout_ms
+            << " max_output_bytes=" << config.limits.max_output_bytes
+            << " max_registered_bytes_per_session=" << limits_.registered_bytes_per_session
+            << " max_registered_bytes=" << limits_.registered_bytes;
+}
 
 Server::~Server() { ::unlink(config_.socket_path.c_str()); }
 
@@ -139,38 +189,13 @@ absl::Status Server::Serve(int stop_fd) {
     socklen_t len = sizeof(cred);
     if (::getsockopt(conn.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) continue;
     counters_.connections_total.fetch_add(1, std::memory_order_relaxed);
-    absl::MutexLock lock(&mu_);
-    if (connection_threads_ >= config_.limits.max_connections) {
-      if (metrics_ != nullptr) metrics_->Refused(RefusalReason::kLimit);
-      LOG(WARNING) << "event=connection_refused reason=limit pid=" << cred.pid
-                   << " uid=" << cred.uid << " max_connections=" << config_.limits.max_connections;
-      wire::Response resp;
-      resp.mutable_error()->set_code(static_cast<int>(absl::StatusCode::kResourceExhausted));
-      resp.mutable_error()->set_message(absl::StrCat("kvtierd serves ",
-                                                     config_.limits.max_connections,
-                                                     " connections (limits.max_connections)"));
-      SendDatagram(conn.get(), resp.SerializeAsString()).IgnoreError();
-      continue;
+    try {
+      Accept(std::move(conn), cred);
+    } catch (const std::exception& e) {
+      // Out of memory while admitting it: this connection is dropped, the daemon serves on.
+      counters_.connection_failures.fetch_add(1, std::memory_order_relaxed);
+      LOG(ERROR) << "event=connection_failed uid=" << cred.uid << " error=\"" << e.what() << "\"";
     }
-    const uint64_t id = next_session_id_++;
-    const int raw = conn.get();
-    // The session owns the descriptor: it is closed only when the last operation that might
-    // still reply has let go of the session, so a reply never lands on a reused fd number.
-    auto owned = std::make_shared<UniqueFd>(std::move(conn));
-    auto session = std::make_shared<Session>(
-        id, PeerCredentials{cred.pid, cred.uid, cred.gid},
-        [owned](absl::string_view bytes, int fd) {
-          SendDatagram(owned->get(), bytes,
-                       fd >= 0 ? absl::Span<const int>(&fd, 1) : absl::Span<const int>())
-              .IgnoreError();  // a peer that vanished is noticed by its connection thread
-        });
-    live_fds_[id] = raw;
-    ++connection_threads_;
-    counters_.sessions.fetch_add(1, std::memory_order_relaxed);
-    if (metrics_ != nullptr) metrics_->SessionOpened();
-    LOG(INFO) << "event=session_open session=" << id << " pid=" << cred.pid << " uid=" << cred.uid
-              << " gid=" << cred.gid;
-    std::thread([this, session, raw] { ServeConnection(session, raw); }).detach();
   }
   // Shut every connection down: each thread sees EOF and ends its session's lease.
   {
@@ -185,32 +210,169 @@ absl::Status Server::Serve(int stop_fd) {
   return result;
 }
 
-void Server::ServeConnection(std::shared_ptr<Session> session, int fd) {
+void Server::Accept(UniqueFd conn, const ucred& cred) {
+  uint64_t id;
+  {
+    absl::MutexLock lock(&mu_);
+    if (connection_threads_ >= config_.limits.max_connections) {
+      if (metrics_ != nullptr) metrics_->Refused(RefusalReason::kLimit);
+      Refuse(conn.get(), cred, "limit",
+             absl::StrCat("kvtierd serves ", config_.limits.max_connections,
+                          " connections (limits.max_connections)"),
+             counters_);
+      return;
+    }
+    uint32_t& mine = connections_per_uid_[cred.uid];
+    if (mine >= limits_.connections_per_uid) {
+      if (metrics_ != nullptr) metrics_->Refused(RefusalReason::kLimit);
+      Refuse(conn.get(), cred, "uid_limit",
+             absl::StrCat("uid ", cred.uid, " holds ", mine,
+                          " connections to kvtierd (limits.max_connections_per_uid is ",
+                          limits_.connections_per_uid, ")"),
+             counters_);
+      return;
+    }
+    id = next_session_id_++;
+    live_fds_[id] = conn.get();  // may throw: before anything is counted
+    ++mine;
+    ++connection_threads_;
+  }
+  // Everything below may fail for want of memory, descriptors or threads: that refuses this
+  // connection, never the daemon.
+  std::shared_ptr<ReplyChannel> channel;
+  try {
+    absl::StatusOr<std::shared_ptr<ReplyChannel>> created =
+        ReplyChannel::Create(std::move(conn), config_.limits.max_output_bytes);
+    if (!created.ok()) throw std::runtime_error(std::string(created.status().message()));
+    channel = *std::move(created);
+    // The session's send function holds the channel, and with it the descriptor: it is closed
+    // only when the last operation that might still reply has let go of the session, so a reply
+    // never lands on a reused fd number.
+    auto session = std::make_shared<Session>(
+        id, PeerCredentials{cred.pid, cred.uid, cred.gid},
+        [c = channel](absl::string_view bytes, int fd) { c->Send(bytes, fd); });
+    std::thread([this, session, c = channel]() mutable {
+      ServeConnection(std::move(session), std::move(c));
+    }).detach();
+  } catch (const std::exception& e) {
+    counters_.connection_failures.fetch_add(1, std::memory_order_relaxed);
+    Refuse(channel != nullptr ? channel->socket() : conn.get(), cred, "no_resources",
+           absl::StrCat("kvtierd cannot serve another connection now (", e.what(), ")"), counters_);
+    Forget(id, cred.uid);  // before `channel` (and the descriptor) goes
+    return;
+  }
+  counters_.sessions.fetch_add(1, std::memory_order_relaxed);
+  if (metrics_ != nullptr) metrics_->SessionOpened();
+  LOG(INFO) << "event=session_open session=" << id << " pid=" << cred.pid << " uid=" << cred.uid
+            << " gid=" << cred.gid;
+}
+
+void Server::Forget(uint64_t id, uid_t uid) {
+  absl::MutexLock lock(&mu_);
+  live_fds_.erase(id);
+  if (auto it = connections_per_uid_.find(uid);
+      it != connections_per_uid_.end() && --it->second == 0) {
+    connections_per_uid_.erase(it);
+  }
+  --connection_threads_;  // last: Serve may return (and destroy this) once it reaches zero
+}
+
+void Server::ServeConnection(std::shared_ptr<Session> session,
+                             std::shared_ptr<ReplyChannel> channel) {
+  try {
+    ConnectionLoop(session, *channel);
+  } catch (const std::exception& e) {
+    // An allocation failure or a bug while serving this client: it loses its connection (told
+    // why, if its socket has room), everyone else is served on.
+    counters_.connection_failures.fetch_add(1, std::memory_order_relaxed);
+    LOG(ERROR) << "event=connection_failed session=" << session->id()
+               << " uid=" << session->peer().uid << " error=\"" << e.what() << "\"";
+    wire::Response resp;
+    resp.mutable_error()->set_code(static_cast<int>(absl::StatusCode::kInternal));
+    resp.mutable_error()->set_message(
+        absl::StrCat("kvtierd failed serving this connection (", e.what(), "); closing it"));
+    session->Send(resp);
+  }
+  const uid_t uid = session->peer().uid;
+  const uint64_t id = session->id();
+  dispatcher_.EndSession(*session);
+  ::shutdown(channel->socket(), SHUT_RDWR);  // the fd itself closes with its last holder
+  {
+    // Forget the fd number before the channel (and with it the fd) may go away.
+    absl::MutexLock lock(&mu_);
+    live_fds_.erase(id);
+  }
+  channel.reset();
+  session.reset();
+  counters_.sessions.fetch_sub(1, std::memory_order_relaxed);
+  if (metrics_ != nullptr) metrics_->SessionClosed();
+  Forget(id, uid);
+}
+
+void Server::ConnectionLoop(const std::shared_ptr<Session>& session, ReplyChannel& channel) {
+  // Grows to the largest datagram received and is given back after one larger than this, so an
+  // idle connection holds no receive buffer of limits.max_message_bytes.
+  constexpr size_t kKeptBufferBytes = 64 * 1024;
   std::string buffer;
   const size_t limit = config_.limits.max_message_bytes;
+  const int fd = channel.socket();
+  const absl::Duration hello_timeout = absl::Milliseconds(config_.limits.hello_timeout_ms);
+  absl::Time last_request = absl::Now();
   while (true) {
-    absl::StatusOr<Datagram> d = ReceiveDatagram(fd, buffer, limit);
-    if (!d.ok() || d->eof) break;
+    if (channel.overflowed()) {
+      counters_.output_overflows.fetch_add(1, std::memory_order_relaxed);
+      if (ClientLogAllowed(counters_)) {
+        LOG(WARNING) << "event=client_output_overflow session=" << session->id()
+                     << " uid=" << session->peer().uid
+                     << " max_output_bytes=" << config_.limits.max_output_bytes;
+      }
+      return;
+    }
+    int timeout_ms = -1;
+    if (!session->hello_done) {
+      const absl::Duration left = last_request + hello_timeout - absl::Now();
+      if (left <= absl::ZeroDuration()) {
+        counters_.hello_timeouts.fetch_add(1, std::memory_order_relaxed);
+        if (ClientLogAllowed(counters_)) {
+          LOG(WARNING) << "event=hello_timeout session=" << session->id()
+                       << " uid=" << session->peer().uid;
+        }
+        wire::Response resp;
+        resp.mutable_error()->set_code(static_cast<int>(absl::StatusCode::kDeadlineExceeded));
+        resp.mutable_error()->set_message(absl::StrCat(
+            "no Hello within limits.hello_timeout_ms (", config_.limits.hello_timeout_ms,
+            " ms) of the last request; closing the connection"));
+        session->Send(resp);
+        return;
+      }
+      timeout_ms = static_cast<int>(absl::ToInt64Milliseconds(left)) + 1;
+    }
+    pollfd fds[2] = {{fd, static_cast<short>(POLLIN | (channel.pending() ? POLLOUT : 0)), 0},
+                     {channel.wake_fd(), POLLIN, 0}};
+    const int ready = ::poll(fds, 2, timeout_ms);
+    if (ready < 0 && errno != EINTR) {
+      throw std::runtime_error(absl::StrCat("poll: ", std::strerror(errno)));
+    }
+    if (ready <= 0) continue;
+    if (fds[1].revents != 0) channel.ClearWake();
+    if ((fds[0].revents & POLLOUT) != 0) channel.Flush();
+    if ((fds[0].revents & (POLLIN | POLLHUP | POLLERR)) == 0) continue;
+    absl::StatusOr<Datagram> d = ReceiveDatagram(fd, buffer, limit, /*nonblocking=*/true);
+    if (!d.ok() && IsWouldBlock(d.status())) continue;
+    if (!d.ok() || d->eof) return;
+    last_request = absl::Now();
     Incoming in;
     in.size = d->size;
     in.truncated = d->truncated;
     in.fds_truncated = d->fds_truncated;
     if (!d->truncated) in.bytes = absl::string_view(buffer.data(), d->size);
     in.fds = std::move(d->fds);
-    if (dispatcher_.Handle(session, std::move(in)) == Dispatcher::Verdict::kClose) break;
+    current_session_key = session->id();
+    const Dispatcher::Verdict verdict = dispatcher_.Handle(session, std::move(in));
+    current_session_key = 0;
+    if (verdict == Dispatcher::Verdict::kClose) return;
+    if (buffer.capacity() > kKeptBufferBytes) std::string().swap(buffer);
   }
-  dispatcher_.EndSession(*session);
-  ::shutdown(fd, SHUT_RDWR);  // the fd itself closes with the session's last reference
-  {
-    // Forget the fd number before the session (and with it the fd) may go away.
-    absl::MutexLock lock(&mu_);
-    live_fds_.erase(session->id());
-  }
-  session.reset();
-  counters_.sessions.fetch_sub(1, std::memory_order_relaxed);
-  if (metrics_ != nullptr) metrics_->SessionClosed();
-  absl::MutexLock lock(&mu_);
-  --connection_threads_;  // last: Serve may return (and destroy this) once it reaches zero
 }
 
 }  // namespace kvtier

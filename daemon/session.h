@@ -50,6 +50,42 @@ struct DaemonCounters {
   std::atomic<uint64_t> lookups{0};
   std::atomic<uint64_t> loads{0};
   std::atomic<uint64_t> stores{0};
+  // Connection hardening (daemon/connection_limits.h): bytes of worker buffers registered now,
+  // connections refused at accept (limits, or no thread for them), failures caught at a
+  // connection's boundary (an exception or allocation failure ends that connection only),
+  // clients cut off for not reading their replies, connections closed for no Hello in time, and
+  // log lines dropped by the rate limit (the counters above still count every event).
+  std::atomic<uint64_t> registered_bytes{0};
+  std::atomic<uint64_t> connections_refused{0};
+  std::atomic<uint64_t> connection_failures{0};
+  std::atomic<uint64_t> output_overflows{0};
+  std::atomic<uint64_t> hello_timeouts{0};
+  std::atomic<uint64_t> log_lines_suppressed{0};
+};
+
+// The bytes of worker buffers one session has registered, held in DaemonCounters::registered_bytes
+// until the session ends (daemon/connection_limits.h charges it).
+class RegisteredBytesCharge {
+ public:
+  RegisteredBytesCharge() = default;
+  ~RegisteredBytesCharge() { Release(); }
+  RegisteredBytesCharge(const RegisteredBytesCharge&) = delete;
+  RegisteredBytesCharge& operator=(const RegisteredBytesCharge&) = delete;
+  // Takes over `delta` more bytes, already added to `*total`.
+  void Grow(std::atomic<uint64_t>* total, uint64_t delta) {
+    total_ = total;
+    bytes_ += delta;
+  }
+  void Release() {
+    if (total_ != nullptr) total_->fetch_sub(bytes_, std::memory_order_relaxed);
+    total_ = nullptr;
+    bytes_ = 0;
+  }
+  uint64_t bytes() const { return bytes_; }
+
+ private:
+  std::atomic<uint64_t>* total_ = nullptr;
+  uint64_t bytes_ = 0;
 };
 
 // A worker's registered KV buffers, mapped into the daemon. Unmapped when the last operation
@@ -93,6 +129,7 @@ class Session {
   absl::flat_hash_map<PageKey, uint32_t> pins;  // key -> pins this session holds on it
   uint32_t pinned = 0;
   uint32_t consecutive_errors = 0;
+  RegisteredBytesCharge registered_bytes;
 
  private:
   const uint64_t id_;

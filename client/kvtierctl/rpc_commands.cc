@@ -115,7 +115,13 @@ int RunStats(int argc, char** argv) {
         ",\"connections_total\":", s->connections_total(), ",\"auth_refused\":", s->auth_refused(),
         ",\"bad_requests\":", s->bad_requests(), ",\"leases_expired\":", s->leases_expired(),
         ",\"ops_cancelled\":", s->ops_cancelled(), ",\"lookups\":", s->lookups(),
-        ",\"loads\":", s->loads(), ",\"stores\":", s->stores(), "}");
+        ",\"loads\":", s->loads(), ",\"stores\":", s->stores(),
+        ",\"registered_bytes\":", s->registered_bytes(),
+        ",\"connections_refused\":", s->connections_refused(),
+        ",\"connection_failures\":", s->connection_failures(),
+        ",\"output_overflows\":", s->output_overflows(),
+        ",\"hello_timeouts\":", s->hello_timeouts(),
+        ",\"log_lines_suppressed\":", s->log_lines_suppressed(), "}");
     std::printf("%s\n", json.c_str());
     return 0;
   }
@@ -138,6 +144,15 @@ int RunStats(int argc, char** argv) {
   std::printf(
       "lookups %llu, loads %llu, stores %llu\n", static_cast<unsigned long long>(s->lookups()),
       static_cast<unsigned long long>(s->loads()), static_cast<unsigned long long>(s->stores()));
+  std::printf(
+      "registered bytes %llu; connections refused %llu, failed %llu, cut off for unread replies "
+      "%llu, closed without Hello %llu; log lines suppressed %llu\n",
+      static_cast<unsigned long long>(s->registered_bytes()),
+      static_cast<unsigned long long>(s->connections_refused()),
+      static_cast<unsigned long long>(s->connection_failures()),
+      static_cast<unsigned long long>(s->output_overflows()),
+      static_cast<unsigned long long>(s->hello_timeouts()),
+      static_cast<unsigned long long>(s->log_lines_suppressed()));
   PrintTiers(s->tiers());
   return 0;
 }

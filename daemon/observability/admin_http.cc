@@ -59,14 +59,17 @@ absl::StatusOr<std::unique_ptr<AdminHttpServer>> AdminHttpServer::Start(
   static std::once_flag init_once;
   std::call_once(init_once, [] { mg_init_library(0); });
   std::unique_ptr<AdminHttpServer> server(new AdminHttpServer(registry, std::move(ready)));
+  if (options.request_timeout_ms < 100 || options.request_timeout_ms > 60000) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "admin HTTP request_timeout_ms must be in [100, 60000], got ", options.request_timeout_ms));
+  }
   const std::string threads = std::to_string(options.threads);
-  const char* mg_options[] = {"listening_ports",
-                              options.address.c_str(),
-                              "num_threads",
-                              threads.c_str(),
-                              "request_timeout_ms",
-                              "10000",
-                              nullptr};
+  const std::string timeout = std::to_string(options.request_timeout_ms);
+  const char* mg_options[] = {"listening_ports", options.address.c_str(), "num_threads",
+                              threads.c_str(), "request_timeout_ms", timeout.c_str(),
+                              // No keep-alive: a probe or scrape is one request, and an idle
+                              // kept-alive connection would hold a thread too.
+                              "enable_keep_alive", "no", nullptr};
   mg_callbacks callbacks{};
   server->ctx_ = mg_start(&callbacks, nullptr, mg_options);
   if (server->ctx_ == nullptr) {

@@ -129,8 +129,28 @@ TEST(DeployTest, KubernetesConfigMapIsAValidKvtierdConfig) {
       YAML::LoadFile(std::string(KVTIER_SOURCE_DIR) + "/deploy/kubernetes/base/daemonset.yaml");
   const YAML::Node container = ds["spec"]["template"]["spec"]["containers"][0];
   EXPECT_EQ(container["ports"][0]["containerPort"].as<int>(), 9400);
-  EXPECT_EQ(container["livenessProbe"]["httpGet"]["path"].as<std::string>(), "/healthz");
-  EXPECT_EQ(container["readinessProbe"]["httpGet"]["path"].as<std::string>(), "/readyz");
+  // The probes go over the node-local socket: whoever reaches port 9400 (which answers the
+  // whole pod network) must not be able to fail them and get kvtierd restarted.
+  for (const char* probe : {"livenessProbe", "readinessProbe"}) {
+    EXPECT_FALSE(container[probe]["httpGet"]) << probe << " uses the network-reachable port";
+    const YAML::Node command = container[probe]["exec"]["command"];
+    ASSERT_TRUE(command && command.IsSequence()) << probe;
+    EXPECT_EQ(command[0].as<std::string>(), "kvtierctl") << probe;
+    EXPECT_EQ(command[command.size() - 1].as<std::string>(), config.socket_path) << probe;
+  }
+  // And only the monitoring namespace may reach the HTTP port at all.
+  const YAML::Node policy =
+      YAML::LoadFile(std::string(KVTIER_SOURCE_DIR) + "/deploy/kubernetes/base/networkpolicy.yaml");
+  EXPECT_EQ(policy["kind"].as<std::string>(), "NetworkPolicy");
+  EXPECT_EQ(
+      policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"].as<std::string>(),
+      "kvtierd");
+  ASSERT_EQ(policy["spec"]["ingress"].size(), 1u);
+  EXPECT_EQ(policy["spec"]["ingress"][0]["ports"][0]["port"].as<int>(), 9400);
+  EXPECT_TRUE(policy["spec"]["ingress"][0]["from"][0]["namespaceSelector"]);
+  const std::string kustomization =
+      ReadFile(std::string(KVTIER_SOURCE_DIR) + "/deploy/kubernetes/base/kustomization.yaml");
+  EXPECT_NE(kustomization.find("networkpolicy.yaml"), std::string::npos);
 }
 
 TEST(DeployTest, PrometheusRuleCarriesTheSameAlertsAsAlertsYml) {

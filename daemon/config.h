@@ -68,6 +68,13 @@ struct LimitsConfig {
   uint32_t max_connections = 256;
   // Distinct namespaces workers may create; each holds a salt, a layout and reserved sink slots.
   uint32_t max_namespaces = 1024;
+  // Live namespaces (those with a session) one uid may hold sessions in, so one uid cannot take
+  // every namespace. A namespace is retired when its last session ends. Default 64.
+  uint32_t max_namespaces_per_uid = 64;
+  // Pins one uid's sessions may hold together, and likewise one namespace's: pinned pages cannot
+  // be evicted, so one tenant pinning everything would refuse every other tenant's stores.
+  // Default 0: a quarter of the store's slots (HBM + DRAM + NVMe).
+  uint32_t max_pinned_pages_per_uid = 0;
 };
 
 // Who may use a namespace. `name` is exact, or a prefix ending in '*' ("*" matches all). Empty

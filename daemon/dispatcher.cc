@@ -384,19 +384,9 @@ Dispatcher::Outcome Dispatcher::HandleHello(Session& s, const wire::Hello& h, wi
   if (!ns.ok()) return {ns.status()};
   absl::StatusOr<PageKey> salt = store_.NamespaceSaltOf(*ns);
   if (!salt.ok()) return {salt.status()};
-  if (h.want_dram_pool()) {
-    const TieredStore::SharedPool pool = store_.dram_pool();
-    if (pool.fd >= 0) {
-      // A read-only descriptor of the same memfd: a worker may map the pool but never write it.
-      attach.Reset(::open(absl::StrCat("/proc/self/fd/", pool.fd).c_str(), O_RDONLY | O_CLOEXEC));
-      if (!attach.valid()) {
-        return {absl::InternalError(
-            absl::StrCat("reopening the DRAM pool read-only: ", std::strerror(errno)))};
-      }
-      out.set_dram_pool_slots(pool.slots);
-      out.set_dram_slot_bytes(pool.slot_bytes);
-    }
-  }
+  // want_dram_pool is ignored: the DRAM pool holds every namespace's pages, so no worker is
+  // given a descriptor of it (a read-only fd can be reopened read-write through /proc). Pages
+  // reach a worker only by Load, copied into its own registered buffers.
   s.hello_done = true;
   s.ns = *ns;
   s.namespace_name = name;
@@ -506,11 +496,9 @@ absl::Status Dispatcher::HandleLookup(Session& s, const wire::Lookup& r, wire::L
       metrics_->MissTokens((keys.size() - found.prefix_pages) * tokens);
     }
   }
+  // No DRAM slot is ever named to a worker (the pool is not shared): every page is "not in DRAM".
   if (r.with_dram_slots()) {
-    for (size_t i = 0; i < found.prefix_pages; ++i) {
-      std::optional<PageEntry> e = store_.Find(s.ns, keys[i]);
-      out.add_dram_slots(e.has_value() && e->tier == Tier::kDram ? e->slot : 0xffffffffu);
-    }
+    for (size_t i = 0; i < found.prefix_pages; ++i) out.add_dram_slots(0xffffffffu);
   }
   return absl::OkStatus();
 }

@@ -5,6 +5,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "tiering/memory_tier.h"
+// Static-linking-only API: the hash state lives on the stack.
+#define XXH_STATIC_LINKING_ONLY
+#include <xxhash.h>
 #include "tiering/ranked_policy.h"
 
 namespace kvtier {
@@ -36,6 +39,18 @@ absl::Status CheckWatermarks(absl::string_view tier, const TierOptions& t) {
                                                    ") <= 1"));
   }
   return absl::OkStatus();
+}
+
+// The index key of a client key: XXH3-128 over (namespace salt, key), seeded with the store's
+// secret. The salt puts the namespace into the key, so the same client key in two namespaces names
+// two pages; the secret seed keeps a client from searching for a key of its own that lands on
+// another namespace's index key (it cannot compute any index key).
+PageKey MixIndexKey(uint64_t secret, const PageKey& salt, const PageKey& key) {
+  const uint64_t words[4] = {salt.hi, salt.lo, key.hi, key.lo};
+  const XXH128_hash_t h = XXH3_128bits_withSeed(words, sizeof(words), secret);
+  PageKey out{h.high64, h.low64};
+  if (out.is_null()) out.lo = 1;  // the null key means "no parent"
+  return out;
 }
 
 absl::Status NotFound(const PageKey& key) {
@@ -172,7 +187,11 @@ void TieredStore::AdoptRecovered(const RecoveredPage& page) {
     // Bind the page to a placeholder namespace for its salt; AddNamespace claims it by name.
     auto [it, inserted] = recovered_namespaces_.try_emplace(
         page.meta.ns_salt, static_cast<NamespaceId>(namespaces_.size()));
-    if (inserted) namespaces_.push_back(NamespaceState{"", page.meta.ns_salt, 0, 0, {}});
+    if (inserted) {
+      namespaces_.push_back(NamespaceState{"", page.meta.ns_salt, 0, 0, {}});
+      absl::MutexLock salts(&salts_mu_);
+      salts_.push_back(page.meta.ns_salt);
+    }
     e.ns = it->second;
   }
   e.slot = page.slot;
@@ -226,10 +245,22 @@ absl::StatusOr<NamespaceId> TieredStore::AddNamespace(const std::string& name,
     namespaces_[id].sink_reserved = sink_slots;
   } else {
     namespaces_.push_back(NamespaceState{name, salt, sink_slots, 0, {}});
+    absl::MutexLock salts(&salts_mu_);
+    salts_.push_back(salt);
   }
   namespace_ids_.emplace(name, id);
   total_sink_reserved_ += sink_slots;
   return id;
+}
+
+PageKey TieredStore::IndexKey(NamespaceId ns, const PageKey& key) const {
+  if (key.is_null()) return key;
+  PageKey salt;  // an unknown namespace mixes with the null salt and finds nothing of its own
+  {
+    absl::ReaderMutexLock lock(&salts_mu_);
+    if (ns < salts_.size()) salt = salts_[ns];
+  }
+  return MixIndexKey(options_.index_key_secret, salt, key);
 }
 
 absl::StatusOr<PageKey> TieredStore::NamespaceSaltOf(NamespaceId ns) const {
@@ -457,10 +488,13 @@ absl::StatusOr<PageEntry> TieredStore::FindOwned(NamespaceId ns, const PageKey& 
   return *e;
 }
 
-absl::StatusOr<Tier> TieredStore::Put(NamespaceId ns, const PageKey& key,
+absl::StatusOr<Tier> TieredStore::Put(NamespaceId ns, const PageKey& client_key,
                                       absl::Span<const ConstBuffer> src,
-                                      const PutOptions& options) {
-  if (key.is_null()) return absl::InvalidArgumentError("null page key");
+                                      const PutOptions& client_options) {
+  if (client_key.is_null()) return absl::InvalidArgumentError("null page key");
+  const PageKey key = IndexKey(ns, client_key);
+  PutOptions options = client_options;
+  options.parent = IndexKey(ns, client_options.parent);
   uint64_t total = 0;
   for (const ConstBuffer& b : src) total += b.size;
   if (total != options_.page_bytes) {
@@ -481,8 +515,10 @@ absl::StatusOr<Tier> TieredStore::Put(NamespaceId ns, const PageKey& key,
     }
     if (std::optional<PageEntry> existing = index_.Find(key); existing.has_value()) {
       if (existing->ns != ns) {
-        return absl::AlreadyExistsError(
-            absl::StrCat("key ", key.ToHex(), " belongs to another namespace"));
+        // Two namespaces' keys met in the index: a 128-bit collision of a secret-seeded hash.
+        // The page is refused like any page without room, so nothing about the other page shows.
+        return absl::ResourceExhaustedError(
+            absl::StrCat("no tier has room for page ", client_key.ToHex()));
       }
       Bump(counters_->put_duplicates);
       if (existing->state == PageState::kReady) {
@@ -512,7 +548,7 @@ absl::StatusOr<Tier> TieredStore::Put(NamespaceId ns, const PageKey& key,
     }
     if (!slot.has_value()) {
       return absl::ResourceExhaustedError(
-          absl::StrCat("no tier has room for page ", key.ToHex(), ": every page is pinned"));
+          absl::StrCat("no tier has room for page ", client_key.ToHex(), ": every page is pinned"));
     }
     entry.parent = options.parent;
     entry.ns = ns;
@@ -568,8 +604,9 @@ TieredStore::SharedPool TieredStore::dram_pool() const {
   return SharedPool{tier->region().fd(), tier->slot_count(), tier->slot_bytes()};
 }
 
-absl::StatusOr<Tier> TieredStore::Get(NamespaceId ns, const PageKey& key,
+absl::StatusOr<Tier> TieredStore::Get(NamespaceId ns, const PageKey& client_key,
                                       absl::Span<const MutableBuffer> dst) {
+  const PageKey key = IndexKey(ns, client_key);
   uint64_t total = 0;
   for (const MutableBuffer& b : dst) total += b.size;
   if (total != options_.page_bytes) {
@@ -613,12 +650,22 @@ absl::StatusOr<Tier> TieredStore::Get(NamespaceId ns, const PageKey& key,
 LookupResult TieredStore::LookupPrefix(NamespaceId ns, absl::Span<const PageKey> keys) const {
   LookupResult result;
   result.tiers.resize(keys.size());
-  result.prefix_pages = index_.LookupPrefix(ns, keys, absl::MakeSpan(result.tiers));
+  std::vector<PageKey> index_keys(keys.size());
+  PageKey salt;
+  {
+    absl::ReaderMutexLock lock(&salts_mu_);
+    if (ns < salts_.size()) salt = salts_[ns];
+  }
+  for (size_t i = 0; i < keys.size(); ++i) {
+    index_keys[i] = MixIndexKey(options_.index_key_secret, salt, keys[i]);
+  }
+  result.prefix_pages = index_.LookupPrefix(ns, index_keys, absl::MakeSpan(result.tiers));
   result.tiers.resize(result.prefix_pages);
   return result;
 }
 
-absl::Status TieredStore::Touch(NamespaceId ns, const PageKey& key) {
+absl::Status TieredStore::Touch(NamespaceId ns, const PageKey& client_key) {
+  const PageKey key = IndexKey(ns, client_key);
   absl::MutexLock lock(&mu_);
   absl::StatusOr<PageEntry> found = FindOwned(ns, key);
   if (!found.ok()) return found.status();
@@ -631,7 +678,9 @@ absl::Status TieredStore::Touch(NamespaceId ns, const PageKey& key) {
   return absl::OkStatus();
 }
 
-absl::Status TieredStore::Pin(NamespaceId ns, absl::Span<const PageKey> keys) {
+absl::Status TieredStore::Pin(NamespaceId ns, absl::Span<const PageKey> client_keys) {
+  std::vector<PageKey> keys(client_keys.size());
+  for (size_t i = 0; i < keys.size(); ++i) keys[i] = IndexKey(ns, client_keys[i]);
   absl::MutexLock lock(&mu_);
   for (const PageKey& key : keys) {
     if (absl::StatusOr<PageEntry> e = FindOwned(ns, key); !e.ok()) return e.status();
@@ -640,21 +689,25 @@ absl::Status TieredStore::Pin(NamespaceId ns, absl::Span<const PageKey> keys) {
   return absl::OkStatus();
 }
 
-absl::Status TieredStore::Unpin(NamespaceId ns, absl::Span<const PageKey> keys) {
+absl::Status TieredStore::Unpin(NamespaceId ns, absl::Span<const PageKey> client_keys) {
+  std::vector<PageKey> keys(client_keys.size());
+  for (size_t i = 0; i < keys.size(); ++i) keys[i] = IndexKey(ns, client_keys[i]);
   absl::MutexLock lock(&mu_);
-  for (const PageKey& key : keys) {
-    absl::StatusOr<PageEntry> e = FindOwned(ns, key);
+  for (size_t i = 0; i < keys.size(); ++i) {
+    absl::StatusOr<PageEntry> e = FindOwned(ns, keys[i]);
     if (!e.ok()) return e.status();
     if (e->pin_count == 0) {
-      return absl::FailedPreconditionError(absl::StrCat("page ", key.ToHex(), " is not pinned"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("page ", client_keys[i].ToHex(), " is not pinned"));
     }
   }
   for (const PageKey& key : keys) index_.Update(key, [](PageEntry& x) { --x.pin_count; });
   return absl::OkStatus();
 }
 
-absl::Status TieredStore::ReportAttention(NamespaceId ns, const PageKey& key,
+absl::Status TieredStore::ReportAttention(NamespaceId ns, const PageKey& client_key,
                                           const AttentionSample& sample) {
+  const PageKey key = IndexKey(ns, client_key);
   if (!(sample.mass >= 0 && sample.mass <= 1 && sample.breadth >= 0 && sample.breadth <= 1 &&
         sample.value_norm >= 0 && std::isfinite(sample.value_norm) && sample.mass_entropy >= 0 &&
         sample.mass_entropy <= 1)) {
@@ -682,8 +735,9 @@ absl::Status TieredStore::ReportAttention(NamespaceId ns, const PageKey& key,
   return absl::OkStatus();
 }
 
-absl::Status TieredStore::SetClass(NamespaceId ns, const PageKey& key, PageClass cls,
+absl::Status TieredStore::SetClass(NamespaceId ns, const PageKey& client_key, PageClass cls,
                                    ClassSource source) {
+  const PageKey key = IndexKey(ns, client_key);
   absl::MutexLock lock(&mu_);
   absl::StatusOr<PageEntry> found = FindOwned(ns, key);
   if (!found.ok()) return found.status();
@@ -713,7 +767,8 @@ absl::Status TieredStore::SetClass(NamespaceId ns, const PageKey& key, PageClass
   return absl::OkStatus();
 }
 
-absl::Status TieredStore::Evict(NamespaceId ns, const PageKey& key) {
+absl::Status TieredStore::Evict(NamespaceId ns, const PageKey& client_key) {
+  const PageKey key = IndexKey(ns, client_key);
   absl::MutexLock lock(&mu_);
   absl::StatusOr<PageEntry> e = FindOwned(ns, key);
   if (!e.ok()) return e.status();
@@ -724,7 +779,8 @@ absl::Status TieredStore::Evict(NamespaceId ns, const PageKey& key) {
   return absl::OkStatus();
 }
 
-absl::Status TieredStore::Move(NamespaceId ns, const PageKey& key, Tier to) {
+absl::Status TieredStore::Move(NamespaceId ns, const PageKey& client_key, Tier to) {
+  const PageKey key = IndexKey(ns, client_key);
   absl::MutexLock lock(&mu_);
   absl::StatusOr<PageEntry> e = FindOwned(ns, key);
   if (!e.ok()) return e.status();
@@ -822,7 +878,7 @@ void TieredStore::DisplaceLocked(const MaintainOptions& options, PlannerReport& 
 }
 
 std::optional<PageEntry> TieredStore::Find(NamespaceId ns, const PageKey& key) const {
-  std::optional<PageEntry> e = index_.Find(key);
+  std::optional<PageEntry> e = index_.Find(IndexKey(ns, key));
   if (!e.has_value() || e->ns != ns) return std::nullopt;
   return e;
 }

@@ -71,6 +71,12 @@ struct StoreOptions {
   double attention_ewma_alpha = 0.2;
   // Time source; nullptr means the steady clock. Must outlive the store.
   const Clock* clock = nullptr;
+  // Seed of the hash that makes a client's key and its namespace one index key (keys are per
+  // namespace: the same key in two namespaces names two pages). A daemon sets a secret, kept with
+  // its persistent tier so recovered pages keep their index keys; with a secret, no client can
+  // compute an index key, so none can aim a key of its own at another namespace's page.
+  // Default 0 (fine for a store whose clients are trusted, e.g. tests and the simulator).
+  uint64_t index_key_secret = 0;
 };
 
 // Parts a caller may inject; anything left null gets the default.
@@ -250,6 +256,8 @@ class TieredStore {
   void RecordAccess(PageEntry& e) const;
   PageClass ClassifyOnPut(const PutOptions& o, ClassSource* source) const;
   absl::StatusOr<PageEntry> FindOwned(NamespaceId ns, const PageKey& key) const;
+  // The index key of a client's `key` in `ns` (null stays null). Takes salts_mu_ only.
+  PageKey IndexKey(NamespaceId ns, const PageKey& key) const;
   void AdoptRecovered(const RecoveredPage& page) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const StoreOptions options_;
@@ -274,6 +282,10 @@ class TieredStore {
   absl::flat_hash_map<PageKey, NamespaceId> recovered_namespaces_ ABSL_GUARDED_BY(mu_);
 
   std::unique_ptr<Counters_> counters_;
+  // Each namespace's salt by id, readable without mu_ (LookupPrefix never takes it). Appended
+  // under mu_ and then this lock (lock order: mu_, then salts_mu_).
+  mutable absl::Mutex salts_mu_ ABSL_ACQUIRED_AFTER(mu_);
+  std::vector<PageKey> salts_ ABSL_GUARDED_BY(salts_mu_);
 };
 
 }  // namespace kvtier

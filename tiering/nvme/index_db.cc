@@ -72,6 +72,12 @@ absl::StatusOr<std::unique_ptr<IndexDb>> IndexDb::Open(
   std::unique_ptr<rocksdb::DB> db;
   rocksdb::Status s = OpenDb(dir, db);
   if (s.ok()) return std::unique_ptr<IndexDb>(new IndexDb(std::move(db), existed, false));
+  if (s.IsIOError() && s.ToString().find("lock") != std::string::npos) {
+    // Another process has the index open: it is busy, not unreadable. Never set it aside.
+    return absl::FailedPreconditionError(
+        absl::StrCat("index at ", dir, " is locked by another process (is another kvtierd using ",
+                     "this NVMe directory?): ", s.ToString()));
+  }
   if (!existed) return FromRocks(s, absl::StrCat("creating index at ", dir));
   if (s.IsNoSpace() || (s.IsIOError() && s.ToString().find("No space") != std::string::npos)) {
     // A full file system is no reason to forget an intact index: serve it read-only.

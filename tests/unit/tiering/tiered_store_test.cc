@@ -211,11 +211,36 @@ TEST_F(TieredStoreTest, NamespacesCannotSeeEachOthersPages) {
   EXPECT_EQ(store_->LookupPrefix(*other, {Key(0)}).prefix_pages, 0u);
   EXPECT_EQ(store_->LookupPrefix(ns_, {Key(0)}).prefix_pages, 1u);
   EXPECT_EQ(store_->Evict(*other, Key(0)).code(), absl::StatusCode::kNotFound);
-  const std::vector<std::byte> d = Contents(Key(0));
-  const ConstBuffer src{d.data(), d.size()};
-  EXPECT_EQ(store_->Put(*other, Key(0), absl::MakeConstSpan(&src, 1)).status().code(),
-            absl::StatusCode::kAlreadyExists);
   EXPECT_NE(*store_->NamespaceSaltOf(ns_), *store_->NamespaceSaltOf(*other));
+}
+
+// Keys are per namespace: a tenant that stores another tenant's keys (it can compute them from the
+// public salt) gets its own pages, succeeds the same whether or not the other holds them, and
+// never keeps the other from caching them.
+TEST_F(TieredStoreTest, TheSameKeyInTwoNamespacesNamesTwoPages) {
+  Make(4, 4);
+  auto other = store_->AddNamespace("model-a/tenant-2", 0);
+  ASSERT_TRUE(other.ok());
+  ASSERT_TRUE(Put(0).ok());  // ns_ holds key 0; *other holds nothing yet
+  std::vector<std::byte> mine(kPage), theirs(kPage, std::byte{0x5a});
+  const ConstBuffer theirs_src{theirs.data(), theirs.size()};
+  // Key 0 (held by ns_) and key 1 (held by nobody) answer alike for the other namespace.
+  for (int k : {0, 1}) {
+    absl::StatusOr<Tier> t = store_->Put(*other, Key(k), absl::MakeConstSpan(&theirs_src, 1));
+    EXPECT_TRUE(t.ok()) << "key " << k << ": " << t.status();
+  }
+  // It stored key 1 first; ns_ can still cache it.
+  EXPECT_TRUE(Put(1).ok());
+  for (int k : {0, 1}) {
+    const MutableBuffer dst{mine.data(), mine.size()};
+    ASSERT_TRUE(store_->Get(ns_, Key(k), absl::MakeConstSpan(&dst, 1)).ok());
+    EXPECT_EQ(mine, Contents(Key(k))) << "ns_ reads its own bytes of key " << k;
+    ASSERT_TRUE(store_->Get(*other, Key(k), absl::MakeConstSpan(&dst, 1)).ok());
+    EXPECT_EQ(mine, theirs) << "the other namespace reads its own bytes of key " << k;
+  }
+  EXPECT_EQ(store_->page_count(), 4u);
+  EXPECT_TRUE(store_->Evict(*other, Key(0)).ok());
+  EXPECT_EQ(store_->LookupPrefix(ns_, {Key(0), Key(1)}).prefix_pages, 2u);
 }
 
 TEST_F(TieredStoreTest, BadArgumentsGetClearErrorsAndChangeNothing) {

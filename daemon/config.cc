@@ -255,6 +255,10 @@ absl::Status ValidateConfig(const DaemonConfig& c) {
     return bad("http_address", "'", c.http_address, "' is not host:port (empty disables it)");
   }
   if (c.store.page_bytes == 0) return bad("store.page_bytes", "must be > 0");
+  // A page is one token block of one sequence: even a 405B model's 128-token page is ~64 MiB.
+  if (c.store.page_bytes > (uint64_t{1} << 30)) {
+    return bad("store.page_bytes", c.store.page_bytes, " is more than 1 GiB");
+  }
   if (c.store.hbm_pages == 0 && c.store.dram_pages == 0) {
     return bad("store.dram_pages", "no tier has slots (store.hbm_pages is 0 too)");
   }
@@ -315,7 +319,8 @@ absl::Status ValidateConfig(const DaemonConfig& c) {
     if (r.sink_slots > c.store.hbm_pages) {
       // Every Hello of the namespace would be refused (its reserve cannot be made).
       return bad(key + ".sink_slots", r.sink_slots, " exceeds store.hbm_pages (",
-                 c.store.hbm_pages, "); with no HBM tier, sink_slots must be 0");
+                 c.store.hbm_pages, ")",
+                 c.store.hbm_pages == 0 ? "; with no HBM tier, sink_slots must be 0" : "");
     }
     if (r.layout.has_value()) {
       LayoutSpec spec = *r.layout;

@@ -73,7 +73,7 @@ struct LimitsConfig {
   uint32_t max_namespaces_per_uid = 64;
   // Pins one uid's sessions may hold together, and likewise one namespace's: pinned pages cannot
   // be evicted, so one tenant pinning everything would refuse every other tenant's stores.
-  // Default 0: a quarter of the store's slots (HBM + DRAM + NVMe).
+  // Default 0: half of the store's slots (HBM + DRAM + NVMe).
   uint32_t max_pinned_pages_per_uid = 0;
 };
 

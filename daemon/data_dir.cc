@@ -41,8 +41,8 @@ absl::StatusOr<UniqueFd> LockDirectory(const std::string& dir, absl::string_view
     const bool known =
         n > 0 && absl::SimpleAtoi(absl::StripAsciiWhitespace(absl::string_view(buf, n)), &pid);
     return absl::FailedPreconditionError(absl::StrCat(
-        key, ": another kvtierd", known ? absl::StrCat(" (pid ", pid, ")") : "", " holds '",
-        path, "'; refusing to start on the same data (nothing was touched)"));
+        key, ": another kvtierd", known ? absl::StrCat(" (pid ", pid, ")") : "", " holds '", path,
+        "'; refusing to start on the same data (nothing was touched)"));
   }
   const std::string pid = absl::StrCat(::getpid(), "\n");
   if (::ftruncate(fd.get(), 0) != 0 ||
@@ -82,7 +82,8 @@ absl::StatusOr<uint64_t> LoadOrCreateIndexSecret(const std::string& dir) {
   UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
   if (fd.valid()) {
     if (::pread(fd.get(), &secret, sizeof(secret), 0) != static_cast<ssize_t>(sizeof(secret))) {
-      return absl::DataLossError(absl::StrCat("nvme: '", path, "' is not an 8-byte secret; remove "
+      return absl::DataLossError(absl::StrCat("nvme: '", path,
+                                              "' is not an 8-byte secret; remove "
                                               "it (the NVMe tier's pages are then not found)"));
     }
     return secret;
@@ -123,8 +124,8 @@ absl::Status LockDaemonData(const DaemonConfig& config, std::vector<UniqueFd>& l
     }
     locks.push_back(*std::move(lock));
   }
-  absl::StatusOr<uint64_t> secret = LoadOrCreateIndexSecret(
-      config.nvme.enabled() ? config.nvme.directories[0] : std::string());
+  absl::StatusOr<uint64_t> secret =
+      LoadOrCreateIndexSecret(config.nvme.enabled() ? config.nvme.directories[0] : std::string());
   if (!secret.ok()) return secret.status();
   index_secret = *secret;
   return absl::OkStatus();

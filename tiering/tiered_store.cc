@@ -188,7 +188,7 @@ void TieredStore::AdoptRecovered(const RecoveredPage& page) {
     auto [it, inserted] = recovered_namespaces_.try_emplace(
         page.meta.ns_salt, static_cast<NamespaceId>(namespaces_.size()));
     if (inserted) {
-      namespaces_.push_back(NamespaceState{"", page.meta.ns_salt, 0, 0, {}});
+      namespaces_.push_back(NamespaceState{"", page.meta.ns_salt, 0, 0, {}, 0, false});
       absl::MutexLock salts(&salts_mu_);
       salts_.push_back(page.meta.ns_salt);
     }
@@ -216,25 +216,30 @@ absl::StatusOr<NamespaceId> TieredStore::AddNamespace(const std::string& name,
                                                       uint32_t sink_slots) {
   if (name.empty()) return absl::InvalidArgumentError("namespace name is empty");
   absl::MutexLock lock(&mu_);
+  // The reserve is granted as far as HBM allows, never refused: namespaces that took every
+  // reservable slot must not lock the next tenant out (its sinks then compete as ordinary pages,
+  // counted as sink overflows). Slots ordinary pages occupy can be reserved; the planner demotes
+  // them as the reserve fills.
+  const auto& hbm = slots_[TierIndex(Tier::kHbm)];
+  const uint32_t reservable = hbm.has_value() ? hbm->capacity() - total_sink_reserved_ : 0;
   if (auto it = namespace_ids_.find(name); it != namespace_ids_.end()) {
-    if (namespaces_[it->second].sink_reserved != sink_slots) {
+    NamespaceState& n = namespaces_[it->second];
+    if (n.sink_requested != sink_slots) {
       return absl::AlreadyExistsError(absl::StrCat("namespace '", name, "' exists with ",
-                                                   namespaces_[it->second].sink_reserved,
-                                                   " sink slots, not ", sink_slots));
+                                                   n.sink_requested, " sink slots, not ",
+                                                   sink_slots));
+    }
+    if (n.retired) {
+      // Back in use: its reserve is made again (sinks still pinned in slots kept theirs).
+      n.retired = false;
+      const uint32_t want = std::max(sink_slots, n.sink_reserved);
+      const uint32_t extra = std::min(want - n.sink_reserved, reservable);
+      n.sink_reserved += extra;
+      total_sink_reserved_ += extra;
     }
     return it->second;
   }
-  if (sink_slots > 0) {
-    const auto& hbm = slots_[TierIndex(Tier::kHbm)];
-    const uint32_t hbm_slots = hbm.has_value() ? hbm->capacity() : 0;
-    if (uint64_t{total_sink_reserved_} + sink_slots > hbm_slots ||
-        hbm->used() - total_sink_used_ + total_sink_reserved_ + sink_slots > hbm_slots) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "cannot reserve ", sink_slots, " sink slots for '", name, "': HBM has ", hbm_slots,
-          " slots, ", total_sink_reserved_, " already reserved, ",
-          hbm.has_value() ? hbm->used() - total_sink_used_ : 0, " used by other pages"));
-    }
-  }
+  const uint32_t granted = std::min(sink_slots, reservable);
   const PageKey salt = NamespaceSalt(name);
   NamespaceId id = static_cast<NamespaceId>(namespaces_.size());
   if (auto it = recovered_namespaces_.find(salt); it != recovered_namespaces_.end()) {
@@ -242,15 +247,45 @@ absl::StatusOr<NamespaceId> TieredStore::AddNamespace(const std::string& name,
     id = it->second;
     recovered_namespaces_.erase(it);
     namespaces_[id].name = name;
-    namespaces_[id].sink_reserved = sink_slots;
+    namespaces_[id].sink_reserved = granted;
+    namespaces_[id].sink_requested = sink_slots;
   } else {
-    namespaces_.push_back(NamespaceState{name, salt, sink_slots, 0, {}});
+    namespaces_.push_back(NamespaceState{name, salt, granted, 0, {}, sink_slots, false});
     absl::MutexLock salts(&salts_mu_);
     salts_.push_back(salt);
   }
   namespace_ids_.emplace(name, id);
-  total_sink_reserved_ += sink_slots;
+  total_sink_reserved_ += granted;
   return id;
+}
+
+void TieredStore::RetireNamespace(NamespaceId ns) {
+  absl::MutexLock lock(&mu_);
+  if (ns >= namespaces_.size() || namespaces_[ns].retired) return;
+  NamespaceState& n = namespaces_[ns];
+  n.retired = true;
+  // The unused part of the reserve goes back now; each slot a sink still holds goes back as the
+  // sink leaves it (ReleaseSlot), at once here unless the page is pinned or being read.
+  total_sink_reserved_ -= n.sink_reserved - n.sink_used;
+  n.sink_reserved = n.sink_used;
+  const std::vector<PageKey> sinks = n.sinks_in_slots;  // MoveLocked edits the list
+  for (const PageKey& key : sinks) {
+    std::optional<PageEntry> e = index_.Find(key);
+    if (!e.has_value() || e->pin_count > 0 || e->state != PageState::kReady) continue;
+    // The page stays cached as an ordinary page, placed like any other: HBM if it has room,
+    // else a tier down, else it leaves the cache.
+    absl::Status moved = MoveLocked(key, Tier::kHbm, /*into_sink_slot=*/false, 0);
+    if (!moved.ok()) {
+      if (const std::optional<Tier> below = Below(Tier::kHbm); below.has_value()) {
+        moved = MoveLocked(key, *below, false, 1);
+      }
+    }
+    if (!moved.ok()) {
+      if (std::optional<PageEntry> left = index_.Find(key); left.has_value() && left->in_sink_slot) {
+        DropLocked(key, *left);
+      }
+    }
+  }
 }
 
 PageKey TieredStore::IndexKey(NamespaceId ns, const PageKey& key) const {
@@ -327,7 +362,7 @@ std::optional<uint32_t> TieredStore::AcquireSemanticSlot(Tier t, int depth) {
 
 std::optional<uint32_t> TieredStore::AcquireSinkSlot(NamespaceId ns) {
   NamespaceState& n = namespaces_[ns];
-  if (n.sink_reserved == 0) return std::nullopt;
+  if (n.sink_reserved == 0 || n.retired) return std::nullopt;
   if (n.sink_used == n.sink_reserved) {
     // Replace the least recently used unpinned sink of this namespace: it leaves the reserve and
     // goes on as an ordinary page one tier down (or is dropped if there is none).
@@ -364,6 +399,10 @@ void TieredStore::ReleaseSlot(Tier t, uint32_t slot, bool sink_slot, NamespaceId
   if (sink_slot) {
     --namespaces_[ns].sink_used;
     --total_sink_used_;
+    if (namespaces_[ns].retired) {  // a retired namespace's reserve shrinks with its last sinks
+      --namespaces_[ns].sink_reserved;
+      --total_sink_reserved_;
+    }
   }
 }
 

@@ -159,9 +159,15 @@ class TieredStore {
   TieredStore(const TieredStore&) = delete;
   TieredStore& operator=(const TieredStore&) = delete;
 
-  // Registers a namespace (model fingerprint + tenant) with `sink_slots` reserved HBM slots.
-  // Registering an existing name returns its id (the reserve must match).
+  // Registers a namespace (model fingerprint + tenant) asking for `sink_slots` reserved HBM slots;
+  // as many are reserved as HBM has unreserved (never an error: one tenant's reserves must not
+  // lock another out). Registering an existing name returns its id (the request must match) and
+  // makes a retired namespace live again, its reserve made anew.
   absl::StatusOr<NamespaceId> AddNamespace(const std::string& name, uint32_t sink_slots);
+  // The namespace's last session ended: its sink reserve is given back and its sinks leave the
+  // reserved slots as ordinary pages (pinned ones when unpinned). Its pages stay cached, ranked
+  // by the policy like any others; AddNamespace of the name finds them again.
+  void RetireNamespace(NamespaceId ns);
   // The salt that namespace's keys are chained from.
   absl::StatusOr<PageKey> NamespaceSaltOf(NamespaceId ns) const;
 
@@ -224,6 +230,8 @@ class TieredStore {
     uint32_t sink_reserved = 0;
     uint32_t sink_used = 0;
     std::vector<PageKey> sinks_in_slots;  // small: bounded by sink_reserved
+    uint32_t sink_requested = 0;          // what AddNamespace asked (sink_reserved is granted)
+    bool retired = false;                 // no session uses it: no reserve beyond pinned sinks
   };
   struct Counters_;
 

@@ -22,6 +22,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "client/client.h"
+#include "client/defaults.h"
 #include "client/proto/kvtier.pb.h"
 #include "client/seqpacket.h"
 
@@ -139,8 +140,8 @@ int Hold(const std::string& socket, const std::vector<std::string>& namespaces) 
 int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "";
   if (mode == "pool" && argc == 4) return Pool(argv[2], argv[3]);
-  if (mode == "hold" && argc >= 4) return Hold(argv[2], std::vector<std::string>(argv + 3, argv + argc));
-  std::fprintf(stderr,
-               "usage: kvtier-tenant-probe pool SOCKET NS | hold SOCKET NS...\n");
+  if (mode == "hold" && argc >= 4)
+    return Hold(argv[2], std::vector<std::string>(argv + 3, argv + argc));
+  std::fprintf(stderr, "usage: kvtier-tenant-probe pool SOCKET NS | hold SOCKET NS...\n");
   return 2;
 }

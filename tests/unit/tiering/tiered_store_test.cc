@@ -178,6 +178,36 @@ TEST_F(TieredStoreTest, FullSinkReserveReplacesAnUnpinnedSinkOrOverflows) {
   EXPECT_TRUE(GetAndCheck(1).ok());
 }
 
+// A namespace's reserve is granted as far as HBM allows (never refused), given back when the
+// namespace is retired (its sinks stay cached as ordinary pages, pinned ones keep their slot
+// until unpinned) and made again when it comes back.
+TEST_F(TieredStoreTest, SinkReservesAreBestEffortAndReturnedWhenTheNamespaceRetires) {
+  Make(6, 8, /*sink_slots=*/4);
+  auto greedy = store_->AddNamespace("model-a/tenant-2", 6);
+  ASSERT_TRUE(greedy.ok()) << greedy.status() << ": a full reserve refused a namespace";
+  EXPECT_EQ(store_->Usage(Tier::kHbm).sink_reserved_slots, 6u);  // 4 + the 2 left
+  PutOptions sink;
+  sink.class_hint = PageClass::kSink;
+  for (int i : {1, 2, 3}) ASSERT_TRUE(Put(i, sink).ok());
+  ASSERT_TRUE(store_->Pin(ns_, {Key(3)}).ok());
+  EXPECT_EQ(store_->Usage(Tier::kHbm).sink_used_slots, 3u);
+  store_->RetireNamespace(ns_);
+  // The unused reserve and the unpinned sinks' slots are back; the pinned sink keeps its slot.
+  EXPECT_EQ(store_->Usage(Tier::kHbm).sink_reserved_slots, 2u + 1u);
+  for (int i : {1, 2, 3}) EXPECT_TRUE(GetAndCheck(i).ok()) << "sink " << i << " was lost";
+  EXPECT_FALSE(store_->Find(ns_, Key(1))->in_sink_slot);
+  EXPECT_TRUE(store_->Find(ns_, Key(3))->in_sink_slot);
+  ASSERT_TRUE(store_->Unpin(ns_, {Key(3)}).ok());
+  ASSERT_TRUE(store_->Move(ns_, Key(3), Tier::kDram).ok());
+  EXPECT_EQ(store_->Usage(Tier::kHbm).sink_reserved_slots, 2u);
+  // Back in use: the same id, its pages, and its reserve again.
+  auto again = store_->AddNamespace("model-a/tenant-1", 4);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(*again, ns_);
+  EXPECT_EQ(store_->Usage(Tier::kHbm).sink_reserved_slots, 6u);
+  EXPECT_TRUE(GetAndCheck(2).ok());
+}
+
 TEST_F(TieredStoreTest, PinnedPagesNeverMoveAndCannotBeEvicted) {
   Make(2, 2);
   ASSERT_TRUE(Put(0).ok());

@@ -44,10 +44,11 @@ absl::StatusOr<UniqueFd> LockDirectory(const std::string& dir, absl::string_view
         key, ": another kvtierd", known ? absl::StrCat(" (pid ", pid, ")") : "", " holds '", path,
         "'; refusing to start on the same data (nothing was touched)"));
   }
+  // The pid is only for the message a second daemon prints: on a full file system the lock
+  // still holds without it.
   const std::string pid = absl::StrCat(::getpid(), "\n");
-  if (::ftruncate(fd.get(), 0) != 0 ||
-      ::pwrite(fd.get(), pid.data(), pid.size(), 0) != static_cast<ssize_t>(pid.size())) {
-    return Errno(absl::StrCat(key, ": writing '", path, "'"));
+  if (::ftruncate(fd.get(), 0) == 0) {
+    (void)!::pwrite(fd.get(), pid.data(), pid.size(), 0);
   }
   return fd;
 }

@@ -7,6 +7,7 @@
 // CI has; without it they are skipped with the reason.
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/mount.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -17,6 +18,7 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <sstream>
 #include <thread>
 
 #include "absl/strings/match.h"
@@ -26,6 +28,7 @@
 #include "daemon/workload.h"
 #include "gtest/gtest.h"
 #include "tests/integration/daemon_harness.h"
+#include "tests/unit/daemon/http_get.h"
 
 namespace kvtier::testing {
 namespace {
@@ -523,6 +526,125 @@ TEST(DataSafety, OnlyAStaleSocketIsEverRemovedAtSocketPath) {
   std::getline(in, line);
   EXPECT_EQ(line, "not a socket") << "the regular file at socket_path was removed";
   std::filesystem::remove_all(dir);
+}
+
+// ---- Defect: after a restart on a full disk NVMe writes were refused while
+// kvtier_nvme_admitting stayed 1, and a disk filled at run time never admitted again. ----
+
+// The TCP port `pid` listens on (its admin HTTP endpoint, bound to port 0), from /proc; -1 when
+// none (yet).
+int ListeningPortNow(pid_t pid) {
+  std::vector<std::string> inodes;
+  for (const auto& e : std::filesystem::directory_iterator(absl::StrCat("/proc/", pid, "/fd"))) {
+    std::error_code ec;
+    const std::string target = std::filesystem::read_symlink(e.path(), ec).string();
+    if (absl::StartsWith(target, "socket:[")) inodes.push_back(target.substr(8, target.size() - 9));
+  }
+  std::ifstream tcp("/proc/net/tcp");
+  std::string line;
+  std::getline(tcp, line);  // header
+  while (std::getline(tcp, line)) {
+    std::istringstream f(line);
+    std::string sl, local, remote, state, queues, timer, retr, uid, timeout, inode;
+    f >> sl >> local >> remote >> state >> queues >> timer >> retr >> uid >> timeout >> inode;
+    if (state != "0A") continue;  // LISTEN
+    if (std::find(inodes.begin(), inodes.end(), inode) == inodes.end()) continue;
+    return static_cast<int>(std::stoul(local.substr(local.find(':') + 1), nullptr, 16));
+  }
+  return -1;
+}
+
+// kvtierd opens its socket before its HTTP endpoint: waits for the endpoint (up to ~10 s).
+int ListeningPort(pid_t pid) {
+  for (int i = 0; i < 2000; ++i) {
+    if (const int port = ListeningPortNow(pid); port > 0) return port;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return -1;
+}
+
+// kvtier_nvme_admitting as /metrics says it, or -1.
+int Admitting(int port) {
+  const HttpResponse r = HttpRequest(port, "GET", "/metrics");
+  const size_t at = r.body.find("\nkvtier_nvme_admitting ");
+  if (at == std::string::npos) return -1;
+  return std::atoi(r.body.c_str() + at + std::strlen("\nkvtier_nvme_admitting "));
+}
+
+// Writes filler into `dir` until its file system is full.
+void Fill(const std::string& dir) {
+  UniqueFd fd(::open((dir + "/filler").c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
+  std::vector<char> chunk(4096, 'f');
+  while (::write(fd.get(), chunk.data(), chunk.size()) > 0) {
+  }
+}
+
+TEST(DataSafety, NvmeAdmissionFollowsTheDiskAfterRestartAndAtRunTime) {
+  const uint64_t seed = TestSeed();
+  const std::string mnt = MakeTempDir("fulldisk");
+  ASSERT_FALSE(mnt.empty());
+  if (::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=4m") != 0) {
+    const int err = errno;
+    std::filesystem::remove_all(mnt);
+    GTEST_SKIP() << "cannot mount a small tmpfs to fill up: " << std::strerror(err);
+  }
+  // 24 NVMe slots (~0.9 MB) preallocated on a 4 MiB file system; 8 pages of memory above it.
+  const std::string config = absl::StrCat(
+      "http_address: \"127.0.0.1:0\"\nstore:\n  page_bytes: 32768\n  hbm_pages: 4\n"
+      "  dram_pages: 4\nnvme:\n  directories: [",
+      mnt, "/nvme]\n  capacity_bytes: ", 24 * (4096 + kPageBytes),
+      "\nnamespaces:\n  - name: \"test/*\"\n    sink_slots: 0\n");
+  uint64_t round = 0;
+  // Stores 40 new pages: about 32 of them are demoted to NVMe (admitted or refused).
+  auto push = [&](const DaemonProcess& d) {
+    return RunWorker({"store", d.socket_path(), "test/full", absl::StrCat(seed + ++round), "40"})
+               .exit_code == 0;
+  };
+  // Waits (by storing more pages, at most `max` times) until the gauge reads `want`.
+  auto push_until = [&](const DaemonProcess& d, int port, int want, int max) {
+    int pushes = 0;
+    while (Admitting(port) != want && pushes < max) {
+      if (!push(d)) return -1;
+      ++pushes;
+    }
+    return pushes;
+  };
+  {
+    absl::StatusOr<DaemonProcess> d = DaemonProcess::Start(config);
+    ASSERT_TRUE(d.ok()) << d.status();
+    const int port = ListeningPort(d->pid());
+    ASSERT_GT(port, 0);
+    ASSERT_TRUE(push(*d));
+    EXPECT_EQ(Admitting(port), 1);
+    // The disk fills at run time: admission stops...
+    Fill(mnt);
+    const int stopped = push_until(*d, port, 0, 20);
+    std::printf("disk filled at run time: admission stopped after %d stores of 40 pages\n",
+                stopped);
+    EXPECT_EQ(Admitting(port), 0);
+    // ...and resumes once space is freed (after a few refused pages, with no restart).
+    ASSERT_EQ(::unlink((mnt + "/filler").c_str()), 0);
+    const int resumed = push_until(*d, port, 1, 6);
+    std::printf("space freed: admitting again after %d stores\n", resumed);
+    EXPECT_EQ(Admitting(port), 1) << "admission never resumed after space was freed";
+    EXPECT_EQ(d->Stop(), 0);
+  }
+  Fill(mnt);
+  absl::StatusOr<DaemonProcess> d = DaemonProcess::Start(config);
+  ASSERT_TRUE(d.ok()) << d.status();
+  const int port = ListeningPort(d->pid());
+  ASSERT_GT(port, 0);
+  // Restarted on a full disk: the index is read-only, nothing is admitted, and the gauge says so.
+  EXPECT_EQ(Admitting(port), 0) << "kvtier_nvme_admitting says 1 while NVMe writes are refused";
+  ASSERT_TRUE(push(*d));
+  EXPECT_EQ(Admitting(port), 0);
+  ASSERT_EQ(::unlink((mnt + "/filler").c_str()), 0);
+  const int resumed = push_until(*d, port, 1, 6);
+  std::printf("restarted on a full disk, space freed: admitting after %d stores\n", resumed);
+  EXPECT_EQ(Admitting(port), 1);
+  EXPECT_EQ(d->Stop(), 0);
+  ::umount2(mnt.c_str(), MNT_DETACH);
+  std::filesystem::remove_all(mnt);
 }
 
 // ---- Start-up refuses configs that cannot work, naming the key. ----

@@ -199,6 +199,7 @@ class NvmeTier final : public TierBackend {
   std::atomic<bool> admitting_{true};
   std::atomic<bool> logged_no_space_{false};
   std::atomic<uint32_t> refusals_since_retry_{0};
+  std::string index_dir_;  // set by Open
   std::unique_ptr<Counters_> counters_;
 };
 

@@ -26,7 +26,9 @@ TEST(TenantLedger, NamespacesAreLimitedPerUidAndReleasedWithTheirLastSession) {
   EXPECT_TRUE(l.Leave(200, "a"));
   EXPECT_EQ(l.live_namespaces(), 2u);
   EXPECT_TRUE(l.Join(300, "d").ok());
-  EXPECT_TRUE(l.Join(100, "e").ok());  // uid 100 holds only "b" now
+  EXPECT_FALSE(l.Join(100, "e").ok());  // its own share allows it; the total does not
+  EXPECT_TRUE(l.Leave(200, "c"));
+  EXPECT_TRUE(l.Join(100, "e").ok());  // uid 100 holds only "b"
 }
 
 TEST(TenantLedger, PinsAreLimitedPerUidAndPerNamespace) {
@@ -42,7 +44,7 @@ TEST(TenantLedger, PinsAreLimitedPerUidAndPerNamespace) {
   EXPECT_NE(uid_full.message().find("for uid 100"), std::string::npos) << uid_full;
   EXPECT_TRUE(l.AddPins(200, 3, 5).ok());  // another uid is unaffected
   l.RemovePins(100, 1, 6);
-  EXPECT_TRUE(l.AddPins(100, 3, 5).ok());
+  EXPECT_TRUE(l.AddPins(100, 4, 5).ok());
 }
 
 }  // namespace

@@ -155,6 +155,10 @@ absl::Status ReadNamespaces(const YAML::Node& v, const std::string& full,
   return absl::OkStatus();
 }
 
+}  // namespace
+
+absl::string_view EmbeddedDefaultConfigYaml() { return kDefaultYaml; }
+
 // The memory pools are allocated whole at start: a size the machine cannot hold would fault
 // memory in until the host runs out, so it is refused up front (host-emulated HBM is host memory
 // too).
@@ -176,9 +180,6 @@ absl::Status CheckPoolsFitTheMachine(const StoreConfig& s) {
       " make ", gib(host), " of host memory pools, more than this machine's ", gib(machine)));
 }
 
-}  // namespace
-
-absl::string_view EmbeddedDefaultConfigYaml() { return kDefaultYaml; }
 
 absl::Status ApplyConfigYaml(absl::string_view yaml, DaemonConfig& c) {
   YAML::Node root;
@@ -265,7 +266,6 @@ absl::Status ValidateConfig(const DaemonConfig& c) {
   if (c.store.dram_pages == 0) {
     return bad("store.dram_pages", "must be > 0: the DRAM pool is what workers map");
   }
-  if (absl::Status s = CheckPoolsFitTheMachine(c.store); !s.ok()) return s;
   if (!ParseHbmBackend(c.store.hbm_backend).ok()) {
     return bad("store.hbm_backend", "'", c.store.hbm_backend,
                "' is not auto, cuda or host-emulated");

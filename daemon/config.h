@@ -66,7 +66,7 @@ struct LimitsConfig {
   uint32_t max_consecutive_errors = 16;
   uint32_t io_threads = 2;  // threads that run Load and Store copies
   uint32_t max_connections = 256;
-  // Distinct namespaces workers may create; each holds a salt, a layout and reserved sink slots.
+  // Live namespaces (those with a session); each holds a salt, a layout and reserved sink slots.
   uint32_t max_namespaces = 1024;
   // Live namespaces (those with a session) one uid may hold sessions in, so one uid cannot take
   // every namespace. A namespace is retired when its last session ends. Default 64.
@@ -110,6 +110,9 @@ absl::string_view EmbeddedDefaultConfigYaml();
 absl::Status ApplyConfigYaml(absl::string_view yaml, DaemonConfig& config);
 // Checks every value; the error names the key.
 absl::Status ValidateConfig(const DaemonConfig& config);
+// Checks the memory pools against this machine's memory (a config may be meant for another
+// machine, so this is kvtierd's start-up check, not ValidateConfig's).
+absl::Status CheckPoolsFitTheMachine(const StoreConfig& store);
 // Which rule governs `name`, if any (the first match in file order).
 const NamespaceRule* FindRule(const DaemonConfig& config, absl::string_view name);
 // Whether `uid`/`gid` may use `rule` (owner_uid: the daemon's uid).

@@ -74,6 +74,10 @@ int Run() {
     std::printf("%s\n", kvtier::ConfigToYaml(*config).c_str());
     return 0;
   }
+  if (absl::Status s = kvtier::CheckPoolsFitTheMachine(config->store); !s.ok()) {
+    LOG(ERROR) << "event=config_invalid error=\"" << s.message() << "\"";
+    return 2;
+  }
   // Signals arrive through a signalfd the accept loop polls; blocked before any thread starts so
   // every thread inherits the mask.
   sigset_t mask;

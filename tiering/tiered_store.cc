@@ -269,21 +269,26 @@ void TieredStore::RetireNamespace(NamespaceId ns) {
   total_sink_reserved_ -= n.sink_reserved - n.sink_used;
   n.sink_reserved = n.sink_used;
   const std::vector<PageKey> sinks = n.sinks_in_slots;  // MoveLocked edits the list
-  for (const PageKey& key : sinks) {
-    std::optional<PageEntry> e = index_.Find(key);
-    if (!e.has_value() || e->pin_count > 0 || e->state != PageState::kReady) continue;
-    // The page stays cached as an ordinary page, placed like any other: HBM if it has room,
-    // else a tier down, else it leaves the cache.
-    absl::Status moved = MoveLocked(key, Tier::kHbm, /*into_sink_slot=*/false, 0);
-    if (!moved.ok()) {
-      if (const std::optional<Tier> below = Below(Tier::kHbm); below.has_value()) {
-        moved = MoveLocked(key, *below, false, 1);
-      }
+  for (const PageKey& key : sinks) LeaveRetiredReserveLocked(key);
+}
+
+void TieredStore::LeaveRetiredReserveLocked(const PageKey& key) {
+  std::optional<PageEntry> e = index_.Find(key);
+  if (!e.has_value() || !e->in_sink_slot || e->pin_count > 0 || e->state != PageState::kReady ||
+      e->ns >= namespaces_.size() || !namespaces_[e->ns].retired) {
+    return;
+  }
+  // The page stays cached as an ordinary page, placed like any other: HBM if it has room, else a
+  // tier down, else it leaves the cache.
+  absl::Status moved = MoveLocked(key, Tier::kHbm, /*into_sink_slot=*/false, 0);
+  if (!moved.ok()) {
+    if (const std::optional<Tier> below = Below(Tier::kHbm); below.has_value()) {
+      moved = MoveLocked(key, *below, false, 1);
     }
-    if (!moved.ok()) {
-      if (std::optional<PageEntry> left = index_.Find(key); left.has_value() && left->in_sink_slot) {
-        DropLocked(key, *left);
-      }
+  }
+  if (!moved.ok()) {
+    if (std::optional<PageEntry> left = index_.Find(key); left.has_value() && left->in_sink_slot) {
+      DropLocked(key, *left);
     }
   }
 }
@@ -634,6 +639,8 @@ absl::StatusOr<Tier> TieredStore::Put(NamespaceId ns, const PageKey& client_key,
   }
   policy_->OnInsert(key, ready);
   Bump(counters_->puts);
+  // Its namespace was retired while the bytes landed: the sink leaves the reserve now.
+  if (ready.in_sink_slot) LeaveRetiredReserveLocked(key);
   return ready.tier;
 }
 
@@ -682,6 +689,7 @@ absl::StatusOr<Tier> TieredStore::Get(NamespaceId ns, const PageKey& client_key,
     }
     return read;
   }
+  if (entry.in_sink_slot) LeaveRetiredReserveLocked(key);  // retired while it was read
   Bump(counters_->hits[TierIndex(entry.tier)]);
   return entry.tier;
 }
@@ -740,7 +748,10 @@ absl::Status TieredStore::Unpin(NamespaceId ns, absl::Span<const PageKey> client
           absl::StrCat("page ", client_keys[i].ToHex(), " is not pinned"));
     }
   }
-  for (const PageKey& key : keys) index_.Update(key, [](PageEntry& x) { --x.pin_count; });
+  for (const PageKey& key : keys) {
+    index_.Update(key, [](PageEntry& x) { --x.pin_count; });
+    LeaveRetiredReserveLocked(key);  // a sink pinned when its namespace retired
+  }
   return absl::OkStatus();
 }
 

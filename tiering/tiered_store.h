@@ -267,6 +267,9 @@ class TieredStore {
   // The index key of a client's `key` in `ns` (null stays null). Takes salts_mu_ only.
   PageKey IndexKey(NamespaceId ns, const PageKey& key) const;
   void AdoptRecovered(const RecoveredPage& page) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A sink of a retired namespace, no longer pinned, leaves its reserved slot (see
+  // RetireNamespace). Does nothing for any other page.
+  void LeaveRetiredReserveLocked(const PageKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const StoreOptions options_;
   const Clock* const clock_;

@@ -25,7 +25,8 @@ class IndexDb {
  public:
   // Opens (creating when missing) the index at `dir`. An index that exists but cannot be opened
   // is moved aside to "<dir>.unreadable-<unix seconds>" and a fresh one created: the tier starts
-  // empty rather than trusting or crashing on it. `log` hears about both cases.
+  // empty rather than trusting or crashing on it. `log` hears about both cases. One that another
+  // process holds open (RocksDB's LOCK) is busy, not unreadable: FailedPrecondition, untouched.
   static absl::StatusOr<std::unique_ptr<IndexDb>> Open(
       const std::string& dir, const std::function<void(absl::string_view)>& log);
   ~IndexDb();

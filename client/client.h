@@ -118,8 +118,9 @@ class Client {
   static absl::StatusOr<std::unique_ptr<Client>> Connect(absl::string_view socket_path = "");
   ~Client();
 
-  // The versioned handshake: names the namespace and the worker's layout. With want_dram_pool
-  // the daemon's DRAM pool is mapped read-only here (zero-copy reads, see ReadDramSlot).
+  // The versioned handshake: names the namespace and the worker's layout. want_dram_pool is
+  // deprecated: kvtierd no longer shares its DRAM pool (it holds every tenant's pages), so nothing
+  // is mapped and DramSlot() stays empty; pages arrive by Load.
   absl::StatusOr<HelloInfo> Hello(absl::string_view namespace_name, const LayoutSpec& layout,
                                   bool want_dram_pool = false, absl::string_view client_name = "");
   absl::Status RegisterBuffers(absl::Span<const int> fds, absl::Span<const uint64_t> sizes);
@@ -140,8 +141,8 @@ class Client {
   absl::StatusOr<wire::StatusReply> Status();
   absl::StatusOr<wire::StatsReply> Stats();
 
-  // The mapped DRAM pool (after Hello with want_dram_pool): bytes of `slot`, valid while the page
-  // is pinned. Empty span when not mapped or out of range.
+  // The mapped DRAM pool, from a kvtierd old enough to share one: bytes of `slot`, valid while
+  // the page is pinned. Empty span when not mapped (always, with a current kvtierd).
   absl::Span<const std::byte> DramSlot(uint32_t slot) const;
 
   // Low level: sends any request (id assigned here) and waits for its response. For tools and

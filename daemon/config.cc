@@ -1,6 +1,7 @@
 #include "daemon/config.h"
 
 #include <sys/un.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <functional>
@@ -44,6 +45,7 @@ absl::Status Read(const YAML::Node& node, const std::string& key, T& out) {
 template <typename Fn>
 absl::Status ForEachKey(const YAML::Node& map, const std::string& path, Fn fn) {
   if (!map.IsMap()) return absl::InvalidArgumentError(absl::StrCat(path, ": expected a map"));
+  std::vector<std::string> seen;  // a handful of keys per map
   for (const auto& kv : map) {
     // A key that is itself a list or map ("[1]: 2") has no string form: as<> would throw.
     if (!kv.first.IsScalar()) {
@@ -52,6 +54,11 @@ absl::Status ForEachKey(const YAML::Node& map, const std::string& path, Fn fn) {
     }
     const std::string key = kv.first.as<std::string>();
     const std::string full = path.empty() ? key : absl::StrCat(path, ".", key);
+    // YAML says keys are unique; yaml-cpp keeps both and the last would silently win.
+    if (std::find(seen.begin(), seen.end(), key) != seen.end()) {
+      return absl::InvalidArgumentError(absl::StrCat(full, ": duplicate key"));
+    }
+    seen.push_back(key);
     absl::StatusOr<bool> known = fn(key, kv.second, full);
     if (!known.ok()) return known.status();
     if (!*known) return absl::InvalidArgumentError(absl::StrCat(full, ": unknown key"));
@@ -157,6 +164,28 @@ absl::Status ReadNamespaces(const YAML::Node& v, const std::string& full,
 
 absl::string_view EmbeddedDefaultConfigYaml() { return kDefaultYaml; }
 
+// The memory pools are allocated whole at start: a size the machine cannot hold would fault
+// memory in until the host runs out, so it is refused up front (host-emulated HBM is host memory
+// too).
+absl::Status CheckPoolsFitTheMachine(const StoreConfig& s) {
+  const long pages = ::sysconf(_SC_PHYS_PAGES);
+  const long page_size = ::sysconf(_SC_PAGESIZE);
+  if (pages <= 0 || page_size <= 0) return absl::OkStatus();  // unknown: nothing to bound by
+  const unsigned __int128 machine = static_cast<unsigned __int128>(pages) * page_size;
+  unsigned __int128 host = static_cast<unsigned __int128>(s.page_bytes) * s.dram_pages;
+  const bool host_hbm = s.hbm_backend == "host-emulated";
+  if (host_hbm) host += static_cast<unsigned __int128>(s.page_bytes) * s.hbm_pages;
+  if (host <= machine) return absl::OkStatus();
+  const auto gib = [](unsigned __int128 b) {
+    return absl::StrCat(static_cast<uint64_t>(b >> 30), " GiB");
+  };
+  return absl::InvalidArgumentError(absl::StrCat(
+      "store.page_bytes: ", s.page_bytes, " bytes x store.dram_pages ", s.dram_pages,
+      host_hbm ? absl::StrCat(" (+ store.hbm_pages ", s.hbm_pages, ", host-emulated)") : "",
+      " make ", gib(host), " of host memory pools, more than this machine's ", gib(machine)));
+}
+
+
 absl::Status ApplyConfigYaml(absl::string_view yaml, DaemonConfig& c) {
   YAML::Node root;
   try {
@@ -195,7 +224,9 @@ absl::Status ApplyConfigYaml(absl::string_view yaml, DaemonConfig& c) {
       .Add("hello_timeout_ms", l.hello_timeout_ms)
       .Add("max_output_bytes", l.max_output_bytes)
       .Add("max_registered_bytes_per_session", l.max_registered_bytes_per_session)
-      .Add("max_registered_bytes", l.max_registered_bytes);
+      .Add("max_registered_bytes", l.max_registered_bytes)
+      .Add("max_namespaces_per_uid", l.max_namespaces_per_uid)
+      .Add("max_pinned_pages_per_uid", l.max_pinned_pages_per_uid);
   auto section = [](const FieldMap& fields) {
     return
         [&fields](const YAML::Node& v, const std::string& full) { return fields.Apply(v, full); };
@@ -235,6 +266,10 @@ absl::Status ValidateConfig(const DaemonConfig& c) {
     return bad("http_address", "'", c.http_address, "' is not host:port (empty disables it)");
   }
   if (c.store.page_bytes == 0) return bad("store.page_bytes", "must be > 0");
+  // A page is one token block of one sequence: even a 405B model's 128-token page is ~64 MiB.
+  if (c.store.page_bytes > (uint64_t{1} << 30)) {
+    return bad("store.page_bytes", c.store.page_bytes, " is more than 1 GiB");
+  }
   if (c.store.hbm_pages == 0 && c.store.dram_pages == 0) {
     return bad("store.dram_pages", "no tier has slots (store.hbm_pages is 0 too)");
   }
@@ -290,6 +325,7 @@ absl::Status ValidateConfig(const DaemonConfig& c) {
   if (l.max_output_bytes < 4096) {
     return bad("limits.max_output_bytes", l.max_output_bytes, " is below 4096");
   }
+  if (l.max_namespaces_per_uid == 0) return bad("limits.max_namespaces_per_uid", "must be > 0");
   if (c.namespaces.empty()) return bad("namespaces", "no namespace rule: nobody could connect");
   for (size_t i = 0; i < c.namespaces.size(); ++i) {
     const NamespaceRule& r = c.namespaces[i];
@@ -297,6 +333,12 @@ absl::Status ValidateConfig(const DaemonConfig& c) {
     if (r.name.empty()) return bad(key + ".name", "must not be empty");
     if (r.name.find('*') != std::string::npos && r.name.back() != '*') {
       return bad(key + ".name", "'*' may only end a name");
+    }
+    if (r.sink_slots > c.store.hbm_pages) {
+      // Every Hello of the namespace would be refused (its reserve cannot be made).
+      return bad(key + ".sink_slots", r.sink_slots, " exceeds store.hbm_pages (",
+                 c.store.hbm_pages, ")",
+                 c.store.hbm_pages == 0 ? "; with no HBM tier, sink_slots must be 0" : "");
     }
     if (r.layout.has_value()) {
       LayoutSpec spec = *r.layout;
@@ -378,6 +420,8 @@ std::string ConfigToYaml(const DaemonConfig& c) {
   out << YAML::Key << "max_registered_bytes_per_session" << YAML::Value
       << l.max_registered_bytes_per_session;
   out << YAML::Key << "max_registered_bytes" << YAML::Value << l.max_registered_bytes;
+  out << YAML::Key << "max_namespaces_per_uid" << YAML::Value << l.max_namespaces_per_uid;
+  out << YAML::Key << "max_pinned_pages_per_uid" << YAML::Value << l.max_pinned_pages_per_uid;
   out << YAML::EndMap;
   out << YAML::Key << "namespaces" << YAML::Value << YAML::BeginSeq;
   for (const NamespaceRule& r : c.namespaces) {

@@ -66,7 +66,7 @@ struct LimitsConfig {
   uint32_t max_consecutive_errors = 16;
   uint32_t io_threads = 2;  // threads that run Load and Store copies
   uint32_t max_connections = 256;
-  // Distinct namespaces workers may create; each holds a salt, a layout and reserved sink slots.
+  // Live namespaces (those with a session); each holds a salt, a layout and reserved sink slots.
   uint32_t max_namespaces = 1024;
   // Connections one uid may hold, so no single tenant fills limits.max_connections. Default 0:
   // a quarter of max_connections (at least 1).
@@ -84,6 +84,13 @@ struct LimitsConfig {
   // The same over all connections. Default 0: twice the physical memory, at most a quarter of
   // the address space (RLIMIT_AS when set).
   uint64_t max_registered_bytes = 0;
+  // Live namespaces (those with a session) one uid may hold sessions in, so one uid cannot take
+  // every namespace. A namespace is retired when its last session ends. Default 64.
+  uint32_t max_namespaces_per_uid = 64;
+  // Pins one uid's sessions may hold together, and likewise one namespace's: pinned pages cannot
+  // be evicted, so one tenant pinning everything would refuse every other tenant's stores.
+  // Default 0: half of the store's slots (HBM + DRAM + NVMe).
+  uint32_t max_pinned_pages_per_uid = 0;
 };
 
 // Who may use a namespace. `name` is exact, or a prefix ending in '*' ("*" matches all). Empty
@@ -119,6 +126,9 @@ absl::string_view EmbeddedDefaultConfigYaml();
 absl::Status ApplyConfigYaml(absl::string_view yaml, DaemonConfig& config);
 // Checks every value; the error names the key.
 absl::Status ValidateConfig(const DaemonConfig& config);
+// Checks the memory pools against this machine's memory (a config may be meant for another
+// machine, so this is kvtierd's start-up check, not ValidateConfig's).
+absl::Status CheckPoolsFitTheMachine(const StoreConfig& store);
 // Which rule governs `name`, if any (the first match in file order).
 const NamespaceRule* FindRule(const DaemonConfig& config, absl::string_view name);
 // Whether `uid`/`gid` may use `rule` (owner_uid: the daemon's uid).

@@ -138,6 +138,23 @@ std::optional<RpcOp> OpOf(wire::Request::BodyCase c) {
   return std::nullopt;
 }
 
+TenantLimits TenantLimitsFor(const DaemonConfig& config, const TieredStore& store) {
+  TenantLimits t;
+  t.max_namespaces = config.limits.max_namespaces;
+  t.max_namespaces_per_uid = config.limits.max_namespaces_per_uid;
+  uint32_t pins = config.limits.max_pinned_pages_per_uid;
+  if (pins == 0) {
+    // Half of every slot the store has: what one tenant pins, the others can still use.
+    uint64_t slots = 0;
+    for (Tier tier : {Tier::kHbm, Tier::kDram, Tier::kNvme}) {
+      slots += store.Usage(tier).capacity_slots;
+    }
+    pins = static_cast<uint32_t>(std::max<uint64_t>(1, slots / 2));
+  }
+  t.max_pinned_per_uid = t.max_pinned_per_namespace = pins;
+  return t;
+}
+
 double SecondsSince(uint64_t start_ns) {
   return static_cast<double>(SteadyClock::Get()->NowNs() - start_ns) * 1e-9;
 }
@@ -153,7 +170,8 @@ Dispatcher::Dispatcher(const DaemonConfig& config, TieredStore& store, DaemonCou
       executor_(std::move(executor)),
       owner_uid_(owner_uid),
       start_ns_(start_ns),
-      metrics_(metrics) {}
+      metrics_(metrics),
+      ledger_(TenantLimitsFor(config, store)) {}
 
 absl::Status Dispatcher::QuotaExceeded(QuotaKind kind, absl::string_view message) {
   if (metrics_ != nullptr) metrics_->QuotaRejected(kind);
@@ -365,38 +383,34 @@ Dispatcher::Outcome Dispatcher::HandleHello(Session& s, const wire::Hello& h, wi
                                                     " does not match namespace '", name,
                                                     "' layout ", SpecString(*rule->layout)))};
   }
+  absl::StatusOr<NamespaceId> ns;
+  absl::StatusOr<PageKey> salt;
   {
+    // Joining, registering and (in EndSession) retiring a namespace happen under mu_, so a
+    // retirement never lands on a namespace a new session just joined.
     absl::MutexLock lock(&mu_);
-    if (!namespace_layouts_.contains(name) &&
-        namespace_layouts_.size() >= config_.limits.max_namespaces) {
-      return {absl::ResourceExhaustedError(
-          absl::StrCat("namespace '", name, "' would be number ", namespace_layouts_.size() + 1,
-                       "; limits.max_namespaces is ", config_.limits.max_namespaces))};
-    }
-    auto [it, inserted] = namespace_layouts_.try_emplace(name, spec);
-    if (!inserted && !SameShape(it->second, spec)) {
+    if (auto it = namespace_layouts_.find(name);
+        it != namespace_layouts_.end() && !SameShape(it->second, spec)) {
       return {absl::InvalidArgumentError(
           absl::StrCat("layout ", SpecString(spec), " does not match namespace '", name,
                        "' layout ", SpecString(it->second), " presented by its first worker"))};
     }
-  }
-  absl::StatusOr<NamespaceId> ns = store_.AddNamespace(name, rule->sink_slots);
-  if (!ns.ok()) return {ns.status()};
-  absl::StatusOr<PageKey> salt = store_.NamespaceSaltOf(*ns);
-  if (!salt.ok()) return {salt.status()};
-  if (h.want_dram_pool()) {
-    const TieredStore::SharedPool pool = store_.dram_pool();
-    if (pool.fd >= 0) {
-      // A read-only descriptor of the same memfd: a worker may map the pool but never write it.
-      attach.Reset(::open(absl::StrCat("/proc/self/fd/", pool.fd).c_str(), O_RDONLY | O_CLOEXEC));
-      if (!attach.valid()) {
-        return {absl::InternalError(
-            absl::StrCat("reopening the DRAM pool read-only: ", std::strerror(errno)))};
-      }
-      out.set_dram_pool_slots(pool.slots);
-      out.set_dram_slot_bytes(pool.slot_bytes);
+    if (absl::Status joined = ledger_.Join(s.peer().uid, name); !joined.ok()) {
+      LOG(WARNING) << "event=connection_refused reason=namespace_limit session=" << s.id()
+                   << " uid=" << s.peer().uid << " namespace=\"" << name << "\"";
+      return {joined};
     }
+    ns = store_.AddNamespace(name, rule->sink_slots);
+    if (ns.ok()) salt = store_.NamespaceSaltOf(*ns);
+    if (!ns.ok() || !salt.ok()) {
+      ledger_.Leave(s.peer().uid, name);
+      return {!ns.ok() ? ns.status() : salt.status()};
+    }
+    namespace_layouts_.try_emplace(name, spec);
   }
+  // want_dram_pool is ignored: the DRAM pool holds every namespace's pages, so no worker is
+  // given a descriptor of it (a read-only fd can be reopened read-write through /proc). Pages
+  // reach a worker only by Load, copied into its own registered buffers.
   s.hello_done = true;
   s.ns = *ns;
   s.namespace_name = name;
@@ -508,11 +522,9 @@ absl::Status Dispatcher::HandleLookup(Session& s, const wire::Lookup& r, wire::L
       metrics_->MissTokens((keys.size() - found.prefix_pages) * tokens);
     }
   }
+  // No DRAM slot is ever named to a worker (the pool is not shared): every page is "not in DRAM".
   if (r.with_dram_slots()) {
-    for (size_t i = 0; i < found.prefix_pages; ++i) {
-      std::optional<PageEntry> e = store_.Find(s.ns, keys[i]);
-      out.add_dram_slots(e.has_value() && e->tier == Tier::kDram ? e->slot : 0xffffffffu);
-    }
+    for (size_t i = 0; i < found.prefix_pages; ++i) out.add_dram_slots(0xffffffffu);
   }
   return absl::OkStatus();
 }
@@ -688,7 +700,18 @@ absl::Status Dispatcher::HandlePin(Session& s, const wire::Pin& r) {
         absl::StrCat("pinning ", keys.size(), " more pages would hold ", s.pinned + keys.size(),
                      "; limits.max_pinned_pages is ", config_.limits.max_pinned_pages));
   }
-  if (absl::Status st = store_.Pin(s.ns, keys); !st.ok()) return st;
+  const auto n = static_cast<uint32_t>(keys.size());
+  {
+    absl::MutexLock lock(&mu_);
+    if (absl::Status st = ledger_.AddPins(s.peer().uid, s.ns, n); !st.ok()) {
+      return QuotaExceeded(QuotaKind::kPinnedPages, st.message());
+    }
+  }
+  if (absl::Status st = store_.Pin(s.ns, keys); !st.ok()) {
+    absl::MutexLock lock(&mu_);
+    ledger_.RemovePins(s.peer().uid, s.ns, n);
+    return st;
+  }
   for (const PageKey& k : keys) ++s.pins[k];
   s.pinned += static_cast<uint32_t>(keys.size());
   counters_.pinned_pages.fetch_add(static_cast<uint32_t>(keys.size()), std::memory_order_relaxed);
@@ -714,6 +737,8 @@ absl::Status Dispatcher::HandleUnpin(Session& s, const wire::Unpin& r) {
   }
   s.pinned -= static_cast<uint32_t>(keys.size());
   counters_.pinned_pages.fetch_sub(static_cast<uint32_t>(keys.size()), std::memory_order_relaxed);
+  absl::MutexLock lock(&mu_);
+  ledger_.RemovePins(s.peer().uid, s.ns, static_cast<uint32_t>(keys.size()));
   return absl::OkStatus();
 }
 
@@ -736,6 +761,10 @@ absl::Status Dispatcher::HandleRelease(Session& s, const wire::Release& r, wire:
   if (absl::Status st = store_.Unpin(s.ns, unpin); !st.ok()) return st;
   s.pinned -= static_cast<uint32_t>(unpin.size());
   counters_.pinned_pages.fetch_sub(static_cast<uint32_t>(unpin.size()), std::memory_order_relaxed);
+  {
+    absl::MutexLock lock(&mu_);
+    ledger_.RemovePins(s.peer().uid, s.ns, static_cast<uint32_t>(unpin.size()));
+  }
   out.set_pages(static_cast<uint32_t>(unpin.size()));
   return absl::OkStatus();
 }
@@ -752,6 +781,12 @@ void Dispatcher::EndSession(Session& s) {
     }
   }
   if (held) counters_.leases_expired.fetch_add(1, std::memory_order_relaxed);
+  if (s.hello_done) {
+    // The namespace's last session: its sink reserve goes back (its pages stay cached), and it
+    // no longer counts against limits.max_namespaces or its uids' share.
+    absl::MutexLock lock(&mu_);
+    if (ledger_.Leave(s.peer().uid, s.namespace_name)) store_.RetireNamespace(s.ns);
+  }
   LOG(INFO) << "event=session_close session=" << s.id() << " uid=" << s.peer().uid
             << " namespace=\"" << s.namespace_name << "\" lease_held=" << (held ? 1 : 0);
   // Queued operations see `ended` and are cancelled; running ones keep their own reference.
@@ -771,7 +806,7 @@ void Dispatcher::FillStatus(wire::StatusReply& out) const {
     if (store_.has_tier(t)) FillTier(store_, t, *out.add_tiers());
   }
   absl::MutexLock lock(&mu_);
-  out.set_namespaces(static_cast<uint32_t>(namespace_layouts_.size()));
+  out.set_namespaces(static_cast<uint32_t>(ledger_.live_namespaces()));
 }
 
 void Dispatcher::FillStats(wire::StatsReply& out) const {

@@ -25,6 +25,7 @@
 #include "daemon/config.h"
 #include "daemon/observability/daemon_metrics.h"
 #include "daemon/session.h"
+#include "daemon/tenant_ledger.h"
 #include "tiering/policy/sink_classifier.h"
 #include "tiering/tiered_store.h"
 
@@ -92,6 +93,8 @@ class Dispatcher {
   // The layout each namespace's first worker presented (num_blocks aside): later workers must
   // match it, since they share pages byte for byte.
   absl::flat_hash_map<std::string, LayoutSpec> namespace_layouts_ ABSL_GUARDED_BY(mu_);
+  // Live namespaces and pins per uid and per namespace (limits per tenant, not only in total).
+  TenantLedger ledger_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace kvtier

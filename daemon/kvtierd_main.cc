@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "client/unique_fd.h"
 #include "daemon/config.h"
+#include "daemon/data_dir.h"
 #include "daemon/nvme_hook.h"
 #include "daemon/observability/admin_http.h"
 #include "daemon/observability/daemon_metrics.h"
@@ -73,6 +74,10 @@ int Run() {
     std::printf("%s\n", kvtier::ConfigToYaml(*config).c_str());
     return 0;
   }
+  if (absl::Status s = kvtier::CheckPoolsFitTheMachine(config->store); !s.ok()) {
+    LOG(ERROR) << "event=config_invalid error=\"" << s.message() << "\"";
+    return 2;
+  }
   // Signals arrive through a signalfd the accept loop polls; blocked before any thread starts so
   // every thread inherits the mask.
   sigset_t mask;
@@ -89,6 +94,14 @@ int Run() {
     LOG(ERROR) << "event=data_dir_failed error=\"" << s.ToString() << "\"";
     return 1;
   }
+  // Before anything else is opened: a second kvtierd on the same data stops here, never reaching
+  // the first one's NVMe index or socket. The locks last as long as the process.
+  std::vector<kvtier::UniqueFd> locks;
+  uint64_t index_secret = 0;
+  if (absl::Status s = kvtier::LockDaemonData(*config, locks, index_secret); !s.ok()) {
+    LOG(ERROR) << "event=data_dir_failed error=\"" << s.message() << "\"";
+    return 1;
+  }
   kvtier::StoreOptions options;
   options.page_bytes = config->store.page_bytes;
   options.hbm.slots = config->store.hbm_pages;
@@ -96,6 +109,7 @@ int Run() {
   options.hbm_backend = *kvtier::ParseHbmBackend(config->store.hbm_backend);
   options.sink_tokens = config->store.sink_tokens;
   options.tokens_per_page = config->store.tokens_per_page;
+  options.index_key_secret = index_secret;
   // Metrics outlive the store, the server and the HTTP endpoint that read them (declared first).
   kvtier::metrics::Registry registry;
   kvtier::NvmeIoMetrics nvme_io_metrics(registry);

@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "client/seqpacket.h"
+#include "daemon/data_dir.h"
 #include "tiering/clock.h"
 #include "tiering/policy/planner.h"
 
@@ -110,7 +111,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const DaemonConfig& confi
     return absl::FailedPreconditionError(
         absl::StrCat("socket_path: another kvtierd is serving '", path, "'"));
   }
-  ::unlink(path.c_str());
+  if (absl::Status s = RemoveStaleSocket(path); !s.ok()) return s;
   UniqueFd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
   if (!fd.valid()) return absl::InternalError(absl::StrCat("socket: ", std::strerror(errno)));
   sockaddr_un addr{};
@@ -150,7 +151,7 @@ Server::Server(const DaemonConfig& config, TieredStore& store, UniqueFd listener
             << " max_registered_bytes=" << limits_.registered_bytes;
 }
 
-Server::~Server() { ::unlink(config_.socket_path.c_str()); }
+Server::~Server() { RemoveStaleSocket(config_.socket_path).IgnoreError(); }  // ours, or none
 
 absl::Status Server::Serve(int stop_fd) {
   absl::Notification stop_planner;

@@ -5,6 +5,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "tiering/memory_tier.h"
+// Static-linking-only API: the hash state lives on the stack.
+#define XXH_STATIC_LINKING_ONLY
+#include <xxhash.h>
 #include "tiering/ranked_policy.h"
 
 namespace kvtier {
@@ -36,6 +39,18 @@ absl::Status CheckWatermarks(absl::string_view tier, const TierOptions& t) {
                                                    ") <= 1"));
   }
   return absl::OkStatus();
+}
+
+// The index key of a client key: XXH3-128 over (namespace salt, key), seeded with the store's
+// secret. The salt puts the namespace into the key, so the same client key in two namespaces names
+// two pages; the secret seed keeps a client from searching for a key of its own that lands on
+// another namespace's index key (it cannot compute any index key).
+PageKey MixIndexKey(uint64_t secret, const PageKey& salt, const PageKey& key) {
+  const uint64_t words[4] = {salt.hi, salt.lo, key.hi, key.lo};
+  const XXH128_hash_t h = XXH3_128bits_withSeed(words, sizeof(words), secret);
+  PageKey out{h.high64, h.low64};
+  if (out.is_null()) out.lo = 1;  // the null key means "no parent"
+  return out;
 }
 
 absl::Status NotFound(const PageKey& key) {
@@ -173,7 +188,11 @@ void TieredStore::AdoptRecovered(const RecoveredPage& page) {
     // Bind the page to a placeholder namespace for its salt; AddNamespace claims it by name.
     auto [it, inserted] = recovered_namespaces_.try_emplace(
         page.meta.ns_salt, static_cast<NamespaceId>(namespaces_.size()));
-    if (inserted) namespaces_.push_back(NamespaceState{"", page.meta.ns_salt, 0, 0, {}});
+    if (inserted) {
+      namespaces_.push_back(NamespaceState{"", page.meta.ns_salt, 0, 0, {}, 0, false});
+      absl::MutexLock salts(&salts_mu_);
+      salts_.push_back(page.meta.ns_salt);
+    }
     e.ns = it->second;
   }
   e.slot = page.slot;
@@ -198,25 +217,30 @@ absl::StatusOr<NamespaceId> TieredStore::AddNamespace(const std::string& name,
                                                       uint32_t sink_slots) {
   if (name.empty()) return absl::InvalidArgumentError("namespace name is empty");
   absl::MutexLock lock(&mu_);
+  // The reserve is granted as far as HBM allows, never refused: namespaces that took every
+  // reservable slot must not lock the next tenant out (its sinks then compete as ordinary pages,
+  // counted as sink overflows). Slots ordinary pages occupy can be reserved; the planner demotes
+  // them as the reserve fills.
+  const auto& hbm = slots_[TierIndex(Tier::kHbm)];
+  const uint32_t reservable = hbm.has_value() ? hbm->capacity() - total_sink_reserved_ : 0;
   if (auto it = namespace_ids_.find(name); it != namespace_ids_.end()) {
-    if (namespaces_[it->second].sink_reserved != sink_slots) {
+    NamespaceState& n = namespaces_[it->second];
+    if (n.sink_requested != sink_slots) {
       return absl::AlreadyExistsError(absl::StrCat("namespace '", name, "' exists with ",
-                                                   namespaces_[it->second].sink_reserved,
-                                                   " sink slots, not ", sink_slots));
+                                                   n.sink_requested, " sink slots, not ",
+                                                   sink_slots));
+    }
+    if (n.retired) {
+      // Back in use: its reserve is made again (sinks still pinned in slots kept theirs).
+      n.retired = false;
+      const uint32_t want = std::max(sink_slots, n.sink_reserved);
+      const uint32_t extra = std::min(want - n.sink_reserved, reservable);
+      n.sink_reserved += extra;
+      total_sink_reserved_ += extra;
     }
     return it->second;
   }
-  if (sink_slots > 0) {
-    const auto& hbm = slots_[TierIndex(Tier::kHbm)];
-    const uint32_t hbm_slots = hbm.has_value() ? hbm->capacity() : 0;
-    if (uint64_t{total_sink_reserved_} + sink_slots > hbm_slots ||
-        hbm->used() - total_sink_used_ + total_sink_reserved_ + sink_slots > hbm_slots) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "cannot reserve ", sink_slots, " sink slots for '", name, "': HBM has ", hbm_slots,
-          " slots, ", total_sink_reserved_, " already reserved, ",
-          hbm.has_value() ? hbm->used() - total_sink_used_ : 0, " used by other pages"));
-    }
-  }
+  const uint32_t granted = std::min(sink_slots, reservable);
   const PageKey salt = NamespaceSalt(name);
   NamespaceId id = static_cast<NamespaceId>(namespaces_.size());
   if (auto it = recovered_namespaces_.find(salt); it != recovered_namespaces_.end()) {
@@ -224,13 +248,60 @@ absl::StatusOr<NamespaceId> TieredStore::AddNamespace(const std::string& name,
     id = it->second;
     recovered_namespaces_.erase(it);
     namespaces_[id].name = name;
-    namespaces_[id].sink_reserved = sink_slots;
+    namespaces_[id].sink_reserved = granted;
+    namespaces_[id].sink_requested = sink_slots;
   } else {
-    namespaces_.push_back(NamespaceState{name, salt, sink_slots, 0, {}});
+    namespaces_.push_back(NamespaceState{name, salt, granted, 0, {}, sink_slots, false});
+    absl::MutexLock salts(&salts_mu_);
+    salts_.push_back(salt);
   }
   namespace_ids_.emplace(name, id);
-  total_sink_reserved_ += sink_slots;
+  total_sink_reserved_ += granted;
   return id;
+}
+
+void TieredStore::RetireNamespace(NamespaceId ns) {
+  absl::MutexLock lock(&mu_);
+  if (ns >= namespaces_.size() || namespaces_[ns].retired) return;
+  NamespaceState& n = namespaces_[ns];
+  n.retired = true;
+  // The unused part of the reserve goes back now; each slot a sink still holds goes back as the
+  // sink leaves it (ReleaseSlot), at once here unless the page is pinned or being read.
+  total_sink_reserved_ -= n.sink_reserved - n.sink_used;
+  n.sink_reserved = n.sink_used;
+  const std::vector<PageKey> sinks = n.sinks_in_slots;  // MoveLocked edits the list
+  for (const PageKey& key : sinks) LeaveRetiredReserveLocked(key);
+}
+
+void TieredStore::LeaveRetiredReserveLocked(const PageKey& key) {
+  std::optional<PageEntry> e = index_.Find(key);
+  if (!e.has_value() || !e->in_sink_slot || e->pin_count > 0 || e->state != PageState::kReady ||
+      e->ns >= namespaces_.size() || !namespaces_[e->ns].retired) {
+    return;
+  }
+  // The page stays cached as an ordinary page, placed like any other: HBM if it has room, else a
+  // tier down, else it leaves the cache.
+  absl::Status moved = MoveLocked(key, Tier::kHbm, /*into_sink_slot=*/false, 0);
+  if (!moved.ok()) {
+    if (const std::optional<Tier> below = Below(Tier::kHbm); below.has_value()) {
+      moved = MoveLocked(key, *below, false, 1);
+    }
+  }
+  if (!moved.ok()) {
+    if (std::optional<PageEntry> left = index_.Find(key); left.has_value() && left->in_sink_slot) {
+      DropLocked(key, *left);
+    }
+  }
+}
+
+PageKey TieredStore::IndexKey(NamespaceId ns, const PageKey& key) const {
+  if (key.is_null()) return key;
+  PageKey salt;  // an unknown namespace mixes with the null salt and finds nothing of its own
+  {
+    absl::ReaderMutexLock lock(&salts_mu_);
+    if (ns < salts_.size()) salt = salts_[ns];
+  }
+  return MixIndexKey(options_.index_key_secret, salt, key);
 }
 
 absl::StatusOr<PageKey> TieredStore::NamespaceSaltOf(NamespaceId ns) const {
@@ -302,7 +373,7 @@ std::optional<uint32_t> TieredStore::AcquireSemanticSlot(Tier t, int depth) {
 
 std::optional<uint32_t> TieredStore::AcquireSinkSlot(NamespaceId ns) {
   NamespaceState& n = namespaces_[ns];
-  if (n.sink_reserved == 0) return std::nullopt;
+  if (n.sink_reserved == 0 || n.retired) return std::nullopt;
   if (n.sink_used == n.sink_reserved) {
     // Replace the least recently used unpinned sink of this namespace: it leaves the reserve and
     // goes on as an ordinary page one tier down (or is dropped if there is none).
@@ -339,6 +410,10 @@ void TieredStore::ReleaseSlot(Tier t, uint32_t slot, bool sink_slot, NamespaceId
   if (sink_slot) {
     --namespaces_[ns].sink_used;
     --total_sink_used_;
+    if (namespaces_[ns].retired) {  // a retired namespace's reserve shrinks with its last sinks
+      --namespaces_[ns].sink_reserved;
+      --total_sink_reserved_;
+    }
   }
 }
 
@@ -463,10 +538,13 @@ absl::StatusOr<PageEntry> TieredStore::FindOwned(NamespaceId ns, const PageKey& 
   return *e;
 }
 
-absl::StatusOr<Tier> TieredStore::Put(NamespaceId ns, const PageKey& key,
+absl::StatusOr<Tier> TieredStore::Put(NamespaceId ns, const PageKey& client_key,
                                       absl::Span<const ConstBuffer> src,
-                                      const PutOptions& options) {
-  if (key.is_null()) return absl::InvalidArgumentError("null page key");
+                                      const PutOptions& client_options) {
+  if (client_key.is_null()) return absl::InvalidArgumentError("null page key");
+  const PageKey key = IndexKey(ns, client_key);
+  PutOptions options = client_options;
+  options.parent = IndexKey(ns, client_options.parent);
   uint64_t total = 0;
   for (const ConstBuffer& b : src) total += b.size;
   if (total != options_.page_bytes) {
@@ -487,8 +565,10 @@ absl::StatusOr<Tier> TieredStore::Put(NamespaceId ns, const PageKey& key,
     }
     if (std::optional<PageEntry> existing = index_.Find(key); existing.has_value()) {
       if (existing->ns != ns) {
-        return absl::AlreadyExistsError(
-            absl::StrCat("key ", key.ToHex(), " belongs to another namespace"));
+        // Two namespaces' keys met in the index: a 128-bit collision of a secret-seeded hash.
+        // The page is refused like any page without room, so nothing about the other page shows.
+        return absl::ResourceExhaustedError(
+            absl::StrCat("no tier has room for page ", client_key.ToHex()));
       }
       Bump(counters_->put_duplicates);
       if (existing->state == PageState::kReady) {
@@ -525,7 +605,8 @@ absl::StatusOr<Tier> TieredStore::Put(NamespaceId ns, const PageKey& key,
     }
     if (!slot.has_value()) {
       return absl::ResourceExhaustedError(
-          absl::StrCat("no tier has room for page ", key.ToHex(), ": every page is pinned or the policy admits it nowhere"));
+          absl::StrCat("no tier has room for page ", client_key.ToHex(),
+                       ": every page is pinned or the policy admits it nowhere"));
     }
     entry.parent = options.parent;
     entry.ns = ns;
@@ -572,6 +653,8 @@ absl::StatusOr<Tier> TieredStore::Put(NamespaceId ns, const PageKey& key,
   }
   policy_->OnInsert(key, ready);
   Bump(counters_->puts);
+  // Its namespace was retired while the bytes landed: the sink leaves the reserve now.
+  if (ready.in_sink_slot) LeaveRetiredReserveLocked(key);
   return ready.tier;
 }
 
@@ -581,8 +664,9 @@ TieredStore::SharedPool TieredStore::dram_pool() const {
   return SharedPool{tier->region().fd(), tier->slot_count(), tier->slot_bytes()};
 }
 
-absl::StatusOr<Tier> TieredStore::Get(NamespaceId ns, const PageKey& key,
+absl::StatusOr<Tier> TieredStore::Get(NamespaceId ns, const PageKey& client_key,
                                       absl::Span<const MutableBuffer> dst) {
+  const PageKey key = IndexKey(ns, client_key);
   uint64_t total = 0;
   for (const MutableBuffer& b : dst) total += b.size;
   if (total != options_.page_bytes) {
@@ -619,6 +703,7 @@ absl::StatusOr<Tier> TieredStore::Get(NamespaceId ns, const PageKey& key,
     }
     return read;
   }
+  if (entry.in_sink_slot) LeaveRetiredReserveLocked(key);  // retired while it was read
   Bump(counters_->hits[TierIndex(entry.tier)]);
   return entry.tier;
 }
@@ -626,12 +711,22 @@ absl::StatusOr<Tier> TieredStore::Get(NamespaceId ns, const PageKey& key,
 LookupResult TieredStore::LookupPrefix(NamespaceId ns, absl::Span<const PageKey> keys) const {
   LookupResult result;
   result.tiers.resize(keys.size());
-  result.prefix_pages = index_.LookupPrefix(ns, keys, absl::MakeSpan(result.tiers));
+  std::vector<PageKey> index_keys(keys.size());
+  PageKey salt;
+  {
+    absl::ReaderMutexLock lock(&salts_mu_);
+    if (ns < salts_.size()) salt = salts_[ns];
+  }
+  for (size_t i = 0; i < keys.size(); ++i) {
+    index_keys[i] = MixIndexKey(options_.index_key_secret, salt, keys[i]);
+  }
+  result.prefix_pages = index_.LookupPrefix(ns, index_keys, absl::MakeSpan(result.tiers));
   result.tiers.resize(result.prefix_pages);
   return result;
 }
 
-absl::Status TieredStore::Touch(NamespaceId ns, const PageKey& key) {
+absl::Status TieredStore::Touch(NamespaceId ns, const PageKey& client_key) {
+  const PageKey key = IndexKey(ns, client_key);
   absl::MutexLock lock(&mu_);
   absl::StatusOr<PageEntry> found = FindOwned(ns, key);
   if (!found.ok()) return found.status();
@@ -644,7 +739,9 @@ absl::Status TieredStore::Touch(NamespaceId ns, const PageKey& key) {
   return absl::OkStatus();
 }
 
-absl::Status TieredStore::Pin(NamespaceId ns, absl::Span<const PageKey> keys) {
+absl::Status TieredStore::Pin(NamespaceId ns, absl::Span<const PageKey> client_keys) {
+  std::vector<PageKey> keys(client_keys.size());
+  for (size_t i = 0; i < keys.size(); ++i) keys[i] = IndexKey(ns, client_keys[i]);
   absl::MutexLock lock(&mu_);
   for (const PageKey& key : keys) {
     if (absl::StatusOr<PageEntry> e = FindOwned(ns, key); !e.ok()) return e.status();
@@ -653,21 +750,28 @@ absl::Status TieredStore::Pin(NamespaceId ns, absl::Span<const PageKey> keys) {
   return absl::OkStatus();
 }
 
-absl::Status TieredStore::Unpin(NamespaceId ns, absl::Span<const PageKey> keys) {
+absl::Status TieredStore::Unpin(NamespaceId ns, absl::Span<const PageKey> client_keys) {
+  std::vector<PageKey> keys(client_keys.size());
+  for (size_t i = 0; i < keys.size(); ++i) keys[i] = IndexKey(ns, client_keys[i]);
   absl::MutexLock lock(&mu_);
-  for (const PageKey& key : keys) {
-    absl::StatusOr<PageEntry> e = FindOwned(ns, key);
+  for (size_t i = 0; i < keys.size(); ++i) {
+    absl::StatusOr<PageEntry> e = FindOwned(ns, keys[i]);
     if (!e.ok()) return e.status();
     if (e->pin_count == 0) {
-      return absl::FailedPreconditionError(absl::StrCat("page ", key.ToHex(), " is not pinned"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("page ", client_keys[i].ToHex(), " is not pinned"));
     }
   }
-  for (const PageKey& key : keys) index_.Update(key, [](PageEntry& x) { --x.pin_count; });
+  for (const PageKey& key : keys) {
+    index_.Update(key, [](PageEntry& x) { --x.pin_count; });
+    LeaveRetiredReserveLocked(key);  // a sink pinned when its namespace retired
+  }
   return absl::OkStatus();
 }
 
-absl::Status TieredStore::ReportAttention(NamespaceId ns, const PageKey& key,
+absl::Status TieredStore::ReportAttention(NamespaceId ns, const PageKey& client_key,
                                           const AttentionSample& sample) {
+  const PageKey key = IndexKey(ns, client_key);
   if (!(sample.mass >= 0 && sample.mass <= 1 && sample.breadth >= 0 && sample.breadth <= 1 &&
         sample.value_norm >= 0 && std::isfinite(sample.value_norm) && sample.mass_entropy >= 0 &&
         sample.mass_entropy <= 1)) {
@@ -695,8 +799,9 @@ absl::Status TieredStore::ReportAttention(NamespaceId ns, const PageKey& key,
   return absl::OkStatus();
 }
 
-absl::Status TieredStore::SetClass(NamespaceId ns, const PageKey& key, PageClass cls,
+absl::Status TieredStore::SetClass(NamespaceId ns, const PageKey& client_key, PageClass cls,
                                    ClassSource source) {
+  const PageKey key = IndexKey(ns, client_key);
   absl::MutexLock lock(&mu_);
   absl::StatusOr<PageEntry> found = FindOwned(ns, key);
   if (!found.ok()) return found.status();
@@ -726,7 +831,8 @@ absl::Status TieredStore::SetClass(NamespaceId ns, const PageKey& key, PageClass
   return absl::OkStatus();
 }
 
-absl::Status TieredStore::Evict(NamespaceId ns, const PageKey& key) {
+absl::Status TieredStore::Evict(NamespaceId ns, const PageKey& client_key) {
+  const PageKey key = IndexKey(ns, client_key);
   absl::MutexLock lock(&mu_);
   absl::StatusOr<PageEntry> e = FindOwned(ns, key);
   if (!e.ok()) return e.status();
@@ -737,7 +843,8 @@ absl::Status TieredStore::Evict(NamespaceId ns, const PageKey& key) {
   return absl::OkStatus();
 }
 
-absl::Status TieredStore::Move(NamespaceId ns, const PageKey& key, Tier to) {
+absl::Status TieredStore::Move(NamespaceId ns, const PageKey& client_key, Tier to) {
+  const PageKey key = IndexKey(ns, client_key);
   absl::MutexLock lock(&mu_);
   absl::StatusOr<PageEntry> e = FindOwned(ns, key);
   if (!e.ok()) return e.status();
@@ -835,7 +942,7 @@ void TieredStore::DisplaceLocked(const MaintainOptions& options, PlannerReport& 
 }
 
 std::optional<PageEntry> TieredStore::Find(NamespaceId ns, const PageKey& key) const {
-  std::optional<PageEntry> e = index_.Find(key);
+  std::optional<PageEntry> e = index_.Find(IndexKey(ns, key));
   if (!e.has_value() || e->ns != ns) return std::nullopt;
   return e;
 }

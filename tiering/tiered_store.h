@@ -71,6 +71,12 @@ struct StoreOptions {
   double attention_ewma_alpha = 0.2;
   // Time source; nullptr means the steady clock. Must outlive the store.
   const Clock* clock = nullptr;
+  // Seed of the hash that makes a client's key and its namespace one index key (keys are per
+  // namespace: the same key in two namespaces names two pages). A daemon sets a secret, kept with
+  // its persistent tier so recovered pages keep their index keys; with a secret, no client can
+  // compute an index key, so none can aim a key of its own at another namespace's page.
+  // Default 0 (fine for a store whose clients are trusted, e.g. tests and the simulator).
+  uint64_t index_key_secret = 0;
 };
 
 // Parts a caller may inject; anything left null gets the default.
@@ -153,9 +159,15 @@ class TieredStore {
   TieredStore(const TieredStore&) = delete;
   TieredStore& operator=(const TieredStore&) = delete;
 
-  // Registers a namespace (model fingerprint + tenant) with `sink_slots` reserved HBM slots.
-  // Registering an existing name returns its id (the reserve must match).
+  // Registers a namespace (model fingerprint + tenant) asking for `sink_slots` reserved HBM slots;
+  // as many are reserved as HBM has unreserved (never an error: one tenant's reserves must not
+  // lock another out). Registering an existing name returns its id (the request must match) and
+  // makes a retired namespace live again, its reserve made anew.
   absl::StatusOr<NamespaceId> AddNamespace(const std::string& name, uint32_t sink_slots);
+  // The namespace's last session ended: its sink reserve is given back and its sinks leave the
+  // reserved slots as ordinary pages (pinned ones when unpinned). Its pages stay cached, ranked
+  // by the policy like any others; AddNamespace of the name finds them again.
+  void RetireNamespace(NamespaceId ns);
   // The salt that namespace's keys are chained from.
   absl::StatusOr<PageKey> NamespaceSaltOf(NamespaceId ns) const;
 
@@ -218,6 +230,8 @@ class TieredStore {
     uint32_t sink_reserved = 0;
     uint32_t sink_used = 0;
     std::vector<PageKey> sinks_in_slots;  // small: bounded by sink_reserved
+    uint32_t sink_requested = 0;          // what AddNamespace asked (sink_reserved is granted)
+    bool retired = false;                 // no session uses it: no reserve beyond pinned sinks
   };
   struct Counters_;
 
@@ -250,7 +264,12 @@ class TieredStore {
   void RecordAccess(PageEntry& e) const;
   PageClass ClassifyOnPut(const PutOptions& o, ClassSource* source) const;
   absl::StatusOr<PageEntry> FindOwned(NamespaceId ns, const PageKey& key) const;
+  // The index key of a client's `key` in `ns` (null stays null). Takes salts_mu_ only.
+  PageKey IndexKey(NamespaceId ns, const PageKey& key) const;
   void AdoptRecovered(const RecoveredPage& page) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A sink of a retired namespace, no longer pinned, leaves its reserved slot (see
+  // RetireNamespace). Does nothing for any other page.
+  void LeaveRetiredReserveLocked(const PageKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const StoreOptions options_;
   const Clock* const clock_;
@@ -276,6 +295,10 @@ class TieredStore {
   absl::flat_hash_map<PageKey, NamespaceId> recovered_namespaces_ ABSL_GUARDED_BY(mu_);
 
   std::unique_ptr<Counters_> counters_;
+  // Each namespace's salt by id, readable without mu_ (LookupPrefix never takes it). Appended
+  // under mu_ and then this lock (lock order: mu_, then salts_mu_).
+  mutable absl::Mutex salts_mu_ ABSL_ACQUIRED_AFTER(mu_);
+  std::vector<PageKey> salts_ ABSL_GUARDED_BY(salts_mu_);
 };
 
 }  // namespace kvtier

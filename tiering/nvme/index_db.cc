@@ -61,6 +61,33 @@ absl::Status IndexDb::Written(absl::Status s) {
 
 IndexDb::~IndexDb() = default;
 
+bool IndexDb::TryRecover(std::string& why) {
+  // Exclusive: no Apply, Delete or scan is inside the database while it is swapped.
+  absl::MutexLock lock(&db_mu_);
+  if (writable()) return true;
+  // Read-only since start, or stopped by a failed write (RocksDB then refuses writes until a
+  // recovery that, after a failed WAL append, does not come by itself): either way the database
+  // is reopened read-write; the WAL replay drops a torn last record, as after a crash.
+  db_.reset();
+  std::unique_ptr<rocksdb::DB> db;
+  rocksdb::Status s = OpenDb(dir_, db);
+  if (!s.ok()) {
+    why = s.ToString();
+    // Keep serving what was indexed, read-only, until the next attempt.
+    rocksdb::Options ro;
+    ro.info_log = std::make_shared<SilentLogger>();
+    rocksdb::DB* rdb = nullptr;
+    if (rocksdb::DB::OpenForReadOnly(ro, dir_, &rdb).ok()) db_.reset(rdb);
+    read_only_.store(true, std::memory_order_release);
+    failed_.store(false, std::memory_order_release);
+    return false;
+  }
+  db_ = std::move(db);
+  failed_.store(false, std::memory_order_release);
+  read_only_.store(false, std::memory_order_release);
+  return true;
+}
+
 absl::StatusOr<std::unique_ptr<IndexDb>> IndexDb::Open(
     const std::string& dir, const std::function<void(absl::string_view)>& log) {
   std::error_code ec;
@@ -71,7 +98,17 @@ absl::StatusOr<std::unique_ptr<IndexDb>> IndexDb::Open(
   }
   std::unique_ptr<rocksdb::DB> db;
   rocksdb::Status s = OpenDb(dir, db);
-  if (s.ok()) return std::unique_ptr<IndexDb>(new IndexDb(std::move(db), existed, false));
+  if (s.ok()) {
+    auto index = std::unique_ptr<IndexDb>(new IndexDb(std::move(db), existed, false));
+    index->dir_ = dir;
+    return index;
+  }
+  if (s.IsIOError() && s.ToString().find("lock") != std::string::npos) {
+    // Another process has the index open: it is busy, not unreadable. Never set it aside.
+    return absl::FailedPreconditionError(
+        absl::StrCat("index at ", dir, " is locked by another process (is another kvtierd using ",
+                     "this NVMe directory?): ", s.ToString()));
+  }
   if (!existed) return FromRocks(s, absl::StrCat("creating index at ", dir));
   if (s.IsNoSpace() || (s.IsIOError() && s.ToString().find("No space") != std::string::npos)) {
     // A full file system is no reason to forget an intact index: serve it read-only.
@@ -82,8 +119,10 @@ absl::StatusOr<std::unique_ptr<IndexDb>> IndexDb::Open(
     if (r.ok()) {
       log(absl::StrCat("file system of index ", dir, " is full (", s.ToString(),
                        "): index opened read-only; stored pages are served, none admitted"));
-      return std::unique_ptr<IndexDb>(
-          new IndexDb(std::unique_ptr<rocksdb::DB>(rdb), existed, true));
+      auto index =
+          std::unique_ptr<IndexDb>(new IndexDb(std::unique_ptr<rocksdb::DB>(rdb), existed, true));
+      index->dir_ = dir;
+      return index;
     }
   }
   // An index we cannot read is not one we can trust: set it aside (for a post-mortem) and start
@@ -99,7 +138,9 @@ absl::StatusOr<std::unique_ptr<IndexDb>> IndexDb::Open(
   std::filesystem::create_directories(dir, ec);
   s = OpenDb(dir, db);
   if (!s.ok()) return FromRocks(s, absl::StrCat("creating index at ", dir));
-  return std::unique_ptr<IndexDb>(new IndexDb(std::move(db), false, false));
+  auto index = std::unique_ptr<IndexDb>(new IndexDb(std::move(db), false, false));
+  index->dir_ = dir;
+  return index;
 }
 
 absl::Status IndexDb::Apply(absl::Span<const Put> puts, absl::Span<const std::string> deletes,
@@ -112,6 +153,8 @@ absl::Status IndexDb::Apply(absl::Span<const Put> puts, absl::Span<const std::st
   }
   rocksdb::WriteOptions wo;
   wo.sync = sync;
+  absl::ReaderMutexLock lock(&db_mu_);
+  if (db_ == nullptr || !writable()) return absl::FailedPreconditionError("index is read-only");
   return Written(FromRocks(db_->Write(wo, &batch), "write"));
 }
 
@@ -119,10 +162,14 @@ absl::Status IndexDb::Delete(absl::string_view key) {
   if (!writable()) return absl::FailedPreconditionError("index is read-only after an error");
   rocksdb::WriteOptions wo;
   wo.sync = false;
+  absl::ReaderMutexLock lock(&db_mu_);
+  if (db_ == nullptr || !writable()) return absl::FailedPreconditionError("index is read-only");
   return Written(FromRocks(db_->Delete(wo, rocksdb::Slice(key.data(), key.size())), "delete"));
 }
 
 absl::Status IndexDb::ForEach(const std::function<void(absl::string_view, absl::string_view)>& fn) {
+  absl::ReaderMutexLock lock(&db_mu_);
+  if (db_ == nullptr) return absl::FailedPreconditionError("index is not open");
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
   for (it->SeekToFirst(); it->Valid(); it->Next()) {
     fn(absl::string_view(it->key().data(), it->key().size()),

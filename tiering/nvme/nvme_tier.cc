@@ -2,8 +2,10 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -206,12 +208,49 @@ void NvmeTier::NoteNoSpace(absl::string_view what) {
   }
 }
 
+bool NvmeTier::admitting() const {
+  return admitting_.load(std::memory_order_relaxed) && index_->writable();
+}
+
+bool NvmeTier::RetryAdmission() {
+  // Room for this many slots in every slot file's file system before pages are admitted again:
+  // enough that the next few writes do not stop admission at once.
+  constexpr uint64_t kResumeSlots = 16;
+  const uint32_t every = std::max<uint32_t>(1, options_.admission_retry_refusals);
+  if (refusals_since_retry_.fetch_add(1, std::memory_order_relaxed) + 1 < every) return false;
+  refusals_since_retry_.store(0, std::memory_order_relaxed);
+  uint64_t free_bytes = UINT64_MAX;
+  for (const nvme::SlotFile& f : files_) {
+    struct statvfs st {};
+    if (fstatvfs(f.fd, &st) != 0) return false;
+    free_bytes = std::min<uint64_t>(free_bytes, uint64_t{st.f_bavail} * st.f_frsize);
+  }
+  struct statvfs ist {};
+  if (statvfs(index_dir_.c_str(), &ist) != 0) return false;
+  free_bytes = std::min<uint64_t>(free_bytes, uint64_t{ist.f_bavail} * ist.f_frsize);
+  if (free_bytes < kResumeSlots * slot_disk_bytes_) return false;
+  if (!index_->writable()) {
+    std::string why;
+    if (!index_->TryRecover(why)) {
+      Log(absl::StrCat("index still not writable with ", free_bytes, " bytes free: ", why));
+      return false;
+    }
+    Log("index writable again");
+  }
+  admitting_.store(true, std::memory_order_relaxed);
+  logged_no_space_.store(false, std::memory_order_relaxed);
+  Log(absl::StrCat("space was freed (", free_bytes,
+                   " bytes available): admitting new pages to the NVMe tier again"));
+  return true;
+}
+
 absl::Status NvmeTier::Open() {
   // The index opens first: on a nearly full file system it gets its few blocks before the slot
   // files take the rest.
-  const std::string index_dir = options_.index_dir.empty()
-                                    ? (std::filesystem::path(options_.dirs[0]) / "index").string()
-                                    : options_.index_dir;
+  index_dir_ = options_.index_dir.empty()
+                   ? (std::filesystem::path(options_.dirs[0]) / "index").string()
+                   : options_.index_dir;
+  const std::string& index_dir = index_dir_;
   absl::StatusOr<std::unique_ptr<nvme::IndexDb>> index =
       nvme::IndexDb::Open(index_dir, [this](absl::string_view l) { Log(l); });
   if (!index.ok()) return index.status();
@@ -389,7 +428,7 @@ void NvmeTier::WriteBatch(absl::Span<const SlotWrite> writes, absl::Span<absl::S
     const SlotWrite& w = writes[i];
     results[i] = CheckIo(w.slot, options_.slots, options_.page_bytes, w.meta.bytes, w.src);
     if (!results[i].ok()) continue;
-    if (!index_->writable()) {
+    if (!index_->writable() && !RetryAdmission()) {
       // Nothing can be indexed, so nothing can be stored (counted; logged once when it broke).
       Bump(counters_->rejected_full);
       results[i] = absl::ResourceExhaustedError(
@@ -397,7 +436,7 @@ void NvmeTier::WriteBatch(absl::Span<const SlotWrite> writes, absl::Span<absl::S
           "read-only (full file system or a failed write)");
       continue;
     }
-    if (!admitting() && !slot_state_[w.slot].backed) {
+    if (!admitting() && !slot_state_[w.slot].backed && !RetryAdmission()) {
       Bump(counters_->rejected_full);
       results[i] = absl::ResourceExhaustedError(
           absl::StrCat("nvme tier is full: slot ", w.slot, " has no allocated blocks"));

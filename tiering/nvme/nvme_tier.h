@@ -18,7 +18,8 @@
 // hold unverified bytes: it must not use them, and the tier never reports them as a page.
 //
 // Faults: ENOSPC/EFBIG (at preallocation, on a write or in the index) stop admission — new pages
-// are refused and counted, stored ones keep being served; EIO or a failed verification on read
+// are refused and counted, stored ones keep being served — until space is free again (looked at
+// every admission_retry_refusals refusals; the index is then reopened read-write); EIO or a failed verification on read
 // drops the page (a miss, counted); short transfers are continued when block-aligned and fail
 // the page otherwise; a missing or unreadable index means an empty tier (logged, the unreadable
 // one kept aside); a data directory that disappears at run time keeps working through its open
@@ -93,6 +94,10 @@ struct NvmeTierOptions {
   // fallocate the slot files to full size at start. Default on. When the file system cannot hold
   // them, the tier keeps what it could allocate and stops admitting beyond it (ENOSPC handling).
   bool preallocate = true;
+  // After the file system filled up, every this many refused pages the free space is looked at
+  // again (fstatvfs of each slot file); with room for kResumeSlots slots everywhere, admission
+  // resumes (a write that hits ENOSPC again stops it again). Default 64 refusals.
+  uint32_t admission_retry_refusals = 64;
   // Where one-off log lines go (open, recovery, ENOSPC, dropped pages). Default: stderr.
   std::function<void(absl::string_view)> log;
   // Sees each Write/Read batch's latency (the daemon's NVMe I/O histograms). Must outlive the tier.
@@ -142,8 +147,11 @@ class NvmeTier final : public TierBackend {
   absl::Status RegisterHostMemory(absl::Span<const MutableBuffer> regions) override;
 
   NvmeCounters counters() const;
-  // False once the file system filled up: new pages are refused, stored ones still served.
-  bool admitting() const { return admitting_.load(std::memory_order_relaxed); }
+  // False once the file system filled up, or while the index cannot be written (opened read-only
+  // on a full file system, or after a failed write): new pages are refused, stored ones still
+  // served. A full file system is looked at again as refusals go on (admission_retry_refusals),
+  // and admission resumes once space was freed.
+  bool admitting() const;
   // Bytes of one slot on disk (header block + payload rounded to 4 KiB).
   uint64_t slot_disk_bytes() const { return slot_disk_bytes_; }
   // Where slot `slot` lives: file path and byte offset of its header block.
@@ -165,6 +173,9 @@ class NvmeTier final : public TierBackend {
   absl::Status OpenFile(uint32_t i, uint32_t slots_in_file);
   void Log(absl::string_view line) const;
   void NoteNoSpace(absl::string_view what);
+  // Counts one refusal; every options_.admission_retry_refusals-th looks at the free space and
+  // resumes admission when there is room. True when admitting again.
+  bool RetryAdmission();
   uint32_t FileOf(uint32_t slot) const { return slot % file_count_; }
   // Registered buffer index of a page whose memory is one aligned piece of a registered host
   // region, else -1.
@@ -192,6 +203,8 @@ class NvmeTier final : public TierBackend {
   std::vector<HostRegion> host_regions_;  // set before I/O starts, read-only after
   std::atomic<bool> admitting_{true};
   std::atomic<bool> logged_no_space_{false};
+  std::atomic<uint32_t> refusals_since_retry_{0};
+  std::string index_dir_;  // set by Open
   std::unique_ptr<Counters_> counters_;
 };
 

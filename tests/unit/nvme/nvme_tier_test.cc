@@ -455,6 +455,82 @@ TEST(NvmeTier, EnospcStopsAdmittingButKeepsServing) {
   WriteAll(**tier, again, rng);
 }
 
+// A full disk at run time stops admission; once space is there again (here: the injected
+// ENOSPC stops, the real file system has room), admission resumes after a few refusals.
+TEST(NvmeTier, AdmissionResumesOnceSpaceIsFreed) {
+  std::mt19937_64 rng(TestSeed("AdmissionResumesOnceSpaceIsFreed"));
+  ScratchDir dir("nvme-resume");
+  const uint64_t page_bytes = 8 * 1024;
+  ScriptedFaults faults;
+  LogSink log;
+  NvmeTierOptions o = Options(dir, page_bytes, 16);
+  o.fault_injector = &faults;
+  o.preallocate = false;
+  o.log = log.fn();
+  o.admission_retry_refusals = 3;
+  auto tier = NvmeTier::Create(o);
+  ASSERT_TRUE(tier.ok()) << tier.status();
+  {
+    absl::MutexLock lock(&faults.mu_);
+    faults.enospc_writes_ = true;
+  }
+  std::vector<Page> first = MakePages(rng, 1, page_bytes, 0);
+  std::vector<absl::Status> st;
+  WriteAll(**tier, first, rng, &st);
+  ASSERT_TRUE(absl::IsResourceExhausted(st[0])) << st[0];
+  EXPECT_FALSE((*tier)->admitting());
+  {
+    absl::MutexLock lock(&faults.mu_);
+    faults.enospc_writes_ = false;
+  }
+  // Refused twice without a look; the third refusal looks, finds room and writes.
+  int refused = 0;
+  for (uint32_t slot = 1; slot <= 3; ++slot) {
+    std::vector<Page> one = MakePages(rng, 1, page_bytes, slot);
+    WriteAll(**tier, one, rng, &st);
+    refused += absl::IsResourceExhausted(st[0]) ? 1 : 0;
+    if (slot == 3) {
+      ASSERT_TRUE(st[0].ok()) << st[0];
+      std::vector<std::byte> out(page_bytes);
+      ASSERT_TRUE(ReadOne(**tier, one[0].slot, one[0].key, out).ok());
+      EXPECT_EQ(out, one[0].bytes);
+    }
+  }
+  EXPECT_EQ(refused, 2);
+  EXPECT_TRUE((*tier)->admitting());
+  EXPECT_TRUE(log.Contains("admitting new pages to the NVMe tier again"));
+}
+
+// A second process (here: a second tier) on the same directory finds the index locked: that is
+// "busy", never "unreadable": the live index is not moved aside, and the first tier keeps it.
+TEST(NvmeTier, ALockedIndexIsBusyNotCorrupt) {
+  std::mt19937_64 rng(TestSeed("ALockedIndexIsBusyNotCorrupt"));
+  ScratchDir dir("nvme-locked");
+  const uint64_t page_bytes = 8 * 1024;
+  std::vector<Page> pages = MakePages(rng, 5, page_bytes);
+  auto first = NvmeTier::Create(Options(dir, page_bytes, 8));
+  ASSERT_TRUE(first.ok()) << first.status();
+  WriteAll(**first, pages, rng);
+  LogSink log;
+  NvmeTierOptions o = Options(dir, page_bytes, 8);
+  o.log = log.fn();
+  auto second = NvmeTier::Create(o);
+  ASSERT_FALSE(second.ok()) << "two tiers opened one index";
+  EXPECT_TRUE(absl::IsFailedPrecondition(second.status())) << second.status();
+  EXPECT_NE(second.status().message().find("locked by another process"), std::string::npos)
+      << second.status();
+  EXPECT_FALSE(log.Contains("unreadable"));
+  for (const auto& e : std::filesystem::directory_iterator(dir.path())) {
+    EXPECT_EQ(e.path().filename().string().find("unreadable"), std::string::npos) << e.path();
+  }
+  first->reset();
+  auto again = NvmeTier::Create(Options(dir, page_bytes, 8));
+  ASSERT_TRUE(again.ok()) << again.status();
+  int n = 0;
+  ASSERT_TRUE((*again)->Recover([&](const RecoveredPage&) { ++n; }).ok());
+  EXPECT_EQ(n, 5);
+}
+
 TEST(NvmeTier, MissingOrUnreadableIndexMeansAnEmptyTier) {
   std::mt19937_64 rng(TestSeed("MissingOrUnreadableIndexMeansAnEmptyTier"));
   ScratchDir dir("nvme-noindex");

@@ -178,6 +178,36 @@ TEST_F(TieredStoreTest, FullSinkReserveReplacesAnUnpinnedSinkOrOverflows) {
   EXPECT_TRUE(GetAndCheck(1).ok());
 }
 
+// A namespace's reserve is granted as far as HBM allows (never refused), given back when the
+// namespace is retired (its sinks stay cached as ordinary pages, pinned ones keep their slot
+// until unpinned) and made again when it comes back.
+TEST_F(TieredStoreTest, SinkReservesAreBestEffortAndReturnedWhenTheNamespaceRetires) {
+  Make(6, 8, /*sink_slots=*/4);
+  auto greedy = store_->AddNamespace("model-a/tenant-2", 6);
+  ASSERT_TRUE(greedy.ok()) << greedy.status() << ": a full reserve refused a namespace";
+  EXPECT_EQ(store_->Usage(Tier::kHbm).sink_reserved_slots, 6u);  // 4 + the 2 left
+  PutOptions sink;
+  sink.class_hint = PageClass::kSink;
+  for (int i : {1, 2, 3}) ASSERT_TRUE(Put(i, sink).ok());
+  ASSERT_TRUE(store_->Pin(ns_, {Key(3)}).ok());
+  EXPECT_EQ(store_->Usage(Tier::kHbm).sink_used_slots, 3u);
+  store_->RetireNamespace(ns_);
+  // The unused reserve and the unpinned sinks' slots are back; the pinned sink keeps its slot.
+  EXPECT_EQ(store_->Usage(Tier::kHbm).sink_reserved_slots, 2u + 1u);
+  for (int i : {1, 2, 3}) EXPECT_TRUE(GetAndCheck(i).ok()) << "sink " << i << " was lost";
+  EXPECT_FALSE(store_->Find(ns_, Key(1))->in_sink_slot);
+  EXPECT_TRUE(store_->Find(ns_, Key(3))->in_sink_slot);
+  ASSERT_TRUE(store_->Unpin(ns_, {Key(3)}).ok());  // unpinned: it leaves the reserve too
+  EXPECT_FALSE(store_->Find(ns_, Key(3))->in_sink_slot);
+  EXPECT_EQ(store_->Usage(Tier::kHbm).sink_reserved_slots, 2u);
+  // Back in use: the same id, its pages, and its reserve again.
+  auto again = store_->AddNamespace("model-a/tenant-1", 4);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(*again, ns_);
+  EXPECT_EQ(store_->Usage(Tier::kHbm).sink_reserved_slots, 6u);
+  EXPECT_TRUE(GetAndCheck(2).ok());
+}
+
 TEST_F(TieredStoreTest, PinnedPagesNeverMoveAndCannotBeEvicted) {
   Make(2, 2);
   ASSERT_TRUE(Put(0).ok());
@@ -211,11 +241,36 @@ TEST_F(TieredStoreTest, NamespacesCannotSeeEachOthersPages) {
   EXPECT_EQ(store_->LookupPrefix(*other, {Key(0)}).prefix_pages, 0u);
   EXPECT_EQ(store_->LookupPrefix(ns_, {Key(0)}).prefix_pages, 1u);
   EXPECT_EQ(store_->Evict(*other, Key(0)).code(), absl::StatusCode::kNotFound);
-  const std::vector<std::byte> d = Contents(Key(0));
-  const ConstBuffer src{d.data(), d.size()};
-  EXPECT_EQ(store_->Put(*other, Key(0), absl::MakeConstSpan(&src, 1)).status().code(),
-            absl::StatusCode::kAlreadyExists);
   EXPECT_NE(*store_->NamespaceSaltOf(ns_), *store_->NamespaceSaltOf(*other));
+}
+
+// Keys are per namespace: a tenant that stores another tenant's keys (it can compute them from the
+// public salt) gets its own pages, succeeds the same whether or not the other holds them, and
+// never keeps the other from caching them.
+TEST_F(TieredStoreTest, TheSameKeyInTwoNamespacesNamesTwoPages) {
+  Make(4, 4);
+  auto other = store_->AddNamespace("model-a/tenant-2", 0);
+  ASSERT_TRUE(other.ok());
+  ASSERT_TRUE(Put(0).ok());  // ns_ holds key 0; *other holds nothing yet
+  std::vector<std::byte> mine(kPage), theirs(kPage, std::byte{0x5a});
+  const ConstBuffer theirs_src{theirs.data(), theirs.size()};
+  // Key 0 (held by ns_) and key 1 (held by nobody) answer alike for the other namespace.
+  for (int k : {0, 1}) {
+    absl::StatusOr<Tier> t = store_->Put(*other, Key(k), absl::MakeConstSpan(&theirs_src, 1));
+    EXPECT_TRUE(t.ok()) << "key " << k << ": " << t.status();
+  }
+  // It stored key 1 first; ns_ can still cache it.
+  EXPECT_TRUE(Put(1).ok());
+  for (int k : {0, 1}) {
+    const MutableBuffer dst{mine.data(), mine.size()};
+    ASSERT_TRUE(store_->Get(ns_, Key(k), absl::MakeConstSpan(&dst, 1)).ok());
+    EXPECT_EQ(mine, Contents(Key(k))) << "ns_ reads its own bytes of key " << k;
+    ASSERT_TRUE(store_->Get(*other, Key(k), absl::MakeConstSpan(&dst, 1)).ok());
+    EXPECT_EQ(mine, theirs) << "the other namespace reads its own bytes of key " << k;
+  }
+  EXPECT_EQ(store_->page_count(), 4u);
+  EXPECT_TRUE(store_->Evict(*other, Key(0)).ok());
+  EXPECT_EQ(store_->LookupPrefix(ns_, {Key(0), Key(1)}).prefix_pages, 2u);
 }
 
 TEST_F(TieredStoreTest, BadArgumentsGetClearErrorsAndChangeNothing) {
@@ -238,8 +293,9 @@ TEST_F(TieredStoreTest, BadArgumentsGetClearErrorsAndChangeNothing) {
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(store_->page_count(), 0u);
   EXPECT_EQ(store_->AddNamespace("", 0).status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(store_->AddNamespace("too-many-sinks", 3).status().code(),
-            absl::StatusCode::kResourceExhausted);
+  // More sink slots than HBM has: granted as far as HBM allows, never a refusal.
+  EXPECT_TRUE(store_->AddNamespace("too-many-sinks", 3).ok());
+  EXPECT_EQ(store_->Usage(Tier::kHbm).sink_reserved_slots, 2u);
   EXPECT_EQ(store_->ReportAttention(ns_, Key(0), {.mass = 2}).code(),
             absl::StatusCode::kInvalidArgument);
 

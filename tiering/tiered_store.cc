@@ -568,6 +568,12 @@ TieredStore::SharedPool TieredStore::dram_pool() const {
   return SharedPool{tier->region().fd(), tier->slot_count(), tier->slot_bytes()};
 }
 
+std::byte* TieredStore::SlotAddress(Tier t, uint32_t slot) const {
+  const auto* tier = dynamic_cast<const MemoryTier*>(backends_[TierIndex(t)].get());
+  if (tier == nullptr || slot >= tier->slot_count()) return nullptr;
+  return tier->SlotAddress(slot);
+}
+
 absl::StatusOr<Tier> TieredStore::Get(NamespaceId ns, const PageKey& key,
                                       absl::Span<const MutableBuffer> dst) {
   uint64_t total = 0;

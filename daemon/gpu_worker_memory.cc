@@ -1,6 +1,7 @@
 #include "daemon/gpu_worker_memory.h"
 
 #include <glog/logging.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <condition_variable>
@@ -627,7 +628,15 @@ absl::StatusOr<std::shared_ptr<const GpuWorkerBuffers>> GpuWorkers::Open(const L
   absl::flat_hash_map<std::string, OpenedAllocation*> by_handle;
   for (size_t i = 0; i < n; ++i) {
     OpenedAllocation* a = nullptr;
-    if (!r.vmm_fds.empty()) {
+    // The same VMM allocation comes as one fd per buffer: its inode names it.
+    struct stat st {};
+    const std::string vmm_key =
+        !r.vmm_fds.empty() && ::fstat(r.vmm_fds[i].get(), &st) == 0
+            ? absl::StrCat("vmm:", st.st_dev, ":", st.st_ino, ":", r.allocation_bytes[i])
+            : std::string();
+    if (auto same = by_handle.find(vmm_key); !vmm_key.empty() && same != by_handle.end()) {
+      a = same->second;
+    } else if (!r.vmm_fds.empty()) {
       absl::StatusOr<std::unique_ptr<OpenedAllocation>> opened =
           OpenedAllocation::ImportVmm(ordinal, r.vmm_fds[i].get(), r.allocation_bytes[i]);
       if (!opened.ok()) {
@@ -635,6 +644,7 @@ absl::StatusOr<std::shared_ptr<const GpuWorkerBuffers>> GpuWorkers::Open(const L
                             absl::StrCat("buffer ", i, ": ", opened.status().message()));
       }
       a = opened->get();
+      if (!vmm_key.empty()) by_handle.emplace(vmm_key, a);
       out->allocations_.push_back(*std::move(opened));
     } else if (auto it = by_handle.find(r.ipc_handles[i]); it != by_handle.end()) {
       a = it->second;
@@ -730,7 +740,7 @@ void GpuWorkers::Load(const GpuWorkerBuffers& buffers, const GpuPageBatch& batch
     dev.descs_used = 0;
     std::vector<CopyOp> ops;
     auto launch = [&](absl::Span<const PageTransfer> pages, absl::Span<const size_t> idx, Tier tier,
-                      int budget) {
+                      int budget) ABSL_EXCLUSIVE_LOCKS_REQUIRED(dev.mu) {
       ops.clear();
       absl::Status s =
           AppendPageCopies(*batch.layout, bases, pages, PageCopyDirection::kScatter, ops);

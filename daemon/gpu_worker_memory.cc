@@ -83,15 +83,23 @@ absl::Status CheckGpuBufferRequest(const Layout& layout, const GpuBufferRequest&
 // last line of defence before a launch (block ids were checked by the Layout already).
 absl::Status CheckWorkerRanges(const GpuWorkerBuffers& b, absl::Span<const CopyOp> ops,
                                PageCopyDirection dir) {
+  size_t guess = 0;  // consecutive ops mostly touch the same or the next buffer
+  auto inside = [&](uintptr_t p, uint64_t bytes, size_t i) {
+    const uintptr_t lo = reinterpret_cast<uintptr_t>(b.base(i));
+    return p >= lo && bytes <= b.size(i) && p - lo <= b.size(i) - bytes;
+  };
   for (const CopyOp& op : ops) {
     const uintptr_t p = reinterpret_cast<uintptr_t>(
         dir == PageCopyDirection::kScatter ? static_cast<const void*>(op.dst) : op.src);
-    bool inside = false;
-    for (size_t i = 0; i < b.count() && !inside; ++i) {
-      const uintptr_t lo = reinterpret_cast<uintptr_t>(b.base(i));
-      inside = p >= lo && op.bytes <= b.size(i) && p - lo <= b.size(i) - op.bytes;
+    bool found = false;
+    for (size_t k = 0; k < b.count() && !found; ++k) {
+      const size_t i = (guess + k) % b.count();
+      if (inside(p, op.bytes, i)) {
+        found = true;
+        guess = i;
+      }
     }
-    if (!inside) {
+    if (!found) {
       return absl::InternalError(absl::StrCat("a copy of ", op.bytes,
                                               " bytes falls outside every registered GPU buffer "
                                               "of this worker; refused before launch"));
@@ -370,6 +378,7 @@ class ReaderPool {
   }
   // Runs fn(0..n-1) on the pool and returns when all are done. One caller at a time.
   void Run(size_t n, const std::function<void(size_t)>& fn) {
+    std::lock_guard<std::mutex> one_caller(run_mu_);
     std::unique_lock<std::mutex> lock(mu_);
     fn_ = &fn;
     next_ = 0;
@@ -394,6 +403,7 @@ class ReaderPool {
       if (--pending_ == 0) done_cv_.notify_all();
     }
   }
+  std::mutex run_mu_;
   std::mutex mu_;
   std::condition_variable cv_, done_cv_;
   const std::function<void(size_t)>* fn_ = nullptr;
@@ -452,9 +462,18 @@ struct GpuWorkers::Impl {
 
   absl::Status Probe() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
   absl::StatusOr<GpuDevice*> Device(int ordinal);
-  // Launches `ops` (already range-checked) on dev's stream.
-  absl::Status Launch(GpuDevice& dev, absl::Span<const CopyOp> ops, int sm_budget)
+  // Makes room for `count` more descriptors of this batch in dev's staging.
+  absl::Status ReserveDescriptors(GpuDevice& dev, size_t count)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(dev.mu);
+  // Builds the descriptors of `pages` straight into the pinned staging (spread over the reader
+  // threads for large batches), range-checks each against the worker's buffers, copies them to
+  // the device and launches one kernel on dev's stream.
+  absl::Status LaunchPages(GpuDevice& dev, const GpuWorkerBuffers& b, const Layout& layout,
+                           absl::Span<std::byte* const> bases, absl::Span<const PageTransfer> pages,
+                           PageCopyDirection dir, int sm_budget)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(dev.mu);
+  // Runs fn(i) for i in [0, n): on the reader threads when n is large, else inline.
+  void ForEach(size_t n, const std::function<void(size_t)>& fn);
   int D2dBudget() const {
     return config.device_to_device_sm_budget > 0 ? config.device_to_device_sm_budget
                                                  : config.sm_budget;
@@ -540,56 +559,93 @@ absl::StatusOr<GpuDevice*> GpuWorkers::Impl::Device(int ordinal) {
   return raw;
 }
 
-absl::Status GpuWorkers::Impl::Launch(GpuDevice& dev, absl::Span<const CopyOp> ops, int sm_budget) {
-  if (ops.empty()) return absl::OkStatus();
+absl::Status GpuWorkers::Impl::ReserveDescriptors(GpuDevice& dev, size_t count) {
   // Descriptors of one batch accumulate until the stream is synchronized (earlier launches may
-  // still read theirs), so capacity grows only between batches.
-  const size_t need = dev.descs_used + ops.size();
-  if (need > dev.desc_capacity) {
-    if (dev.descs_used != 0) {
-      if (cudaError_t e = cudaStreamSynchronize(dev.stream); e != cudaSuccess) {
-        return CudaStatus(e, "cudaStreamSynchronize");
-      }
-      dev.descs_used = 0;
+  // still read theirs), so capacity grows only with the stream idle.
+  const size_t need = dev.descs_used + count;
+  if (need <= dev.desc_capacity) return absl::OkStatus();
+  if (dev.descs_used != 0) {
+    if (cudaError_t e = cudaStreamSynchronize(dev.stream); e != cudaSuccess) {
+      return CudaStatus(e, "cudaStreamSynchronize");
     }
-    const size_t cap = std::max<size_t>(ops.size(), 4096) * 2;
-    if (dev.host_descs != nullptr) cudaFreeHost(dev.host_descs);
-    dev.host_descs = nullptr;
-    void* h = nullptr;
-    if (cudaError_t e = cudaHostAlloc(&h, cap * sizeof(kernels::CopyDescriptor), 0);
-        e != cudaSuccess) {
-      dev.desc_capacity = 0;
-      return CudaStatus(e, "cudaHostAlloc(descriptors)");
-    }
-    dev.host_descs = static_cast<kernels::CopyDescriptor*>(h);
-    absl::StatusOr<kernels::DeviceBuffer> d =
-        kernels::DeviceBuffer::Allocate(cap * sizeof(kernels::CopyDescriptor));
-    if (!d.ok()) {
-      dev.desc_capacity = 0;
-      return d.status();
-    }
-    dev.device_descs = *std::move(d);
-    dev.desc_capacity = cap;
+    dev.descs_used = 0;
   }
+  const size_t cap = std::max<size_t>(count, 4096) * 2;
+  if (dev.host_descs != nullptr) cudaFreeHost(dev.host_descs);
+  dev.host_descs = nullptr;
+  dev.desc_capacity = 0;
+  void* h = nullptr;
+  if (cudaError_t e = cudaHostAlloc(&h, cap * sizeof(kernels::CopyDescriptor), 0);
+      e != cudaSuccess) {
+    return CudaStatus(e, "cudaHostAlloc(descriptors)");
+  }
+  dev.host_descs = static_cast<kernels::CopyDescriptor*>(h);
+  absl::StatusOr<kernels::DeviceBuffer> d =
+      kernels::DeviceBuffer::Allocate(cap * sizeof(kernels::CopyDescriptor));
+  if (!d.ok()) return d.status();
+  dev.device_descs = *std::move(d);
+  dev.desc_capacity = cap;
+  return absl::OkStatus();
+}
+
+void GpuWorkers::Impl::ForEach(size_t n, const std::function<void(size_t)>& fn) {
+  if (n <= 1 || readers == nullptr) {
+    for (size_t i = 0; i < n; ++i) fn(i);
+    return;
+  }
+  readers->Run(n, fn);
+}
+
+absl::Status GpuWorkers::Impl::LaunchPages(GpuDevice& dev, const GpuWorkerBuffers& b,
+                                           const Layout& layout, absl::Span<std::byte* const> bases,
+                                           absl::Span<const PageTransfer> pages,
+                                           PageCopyDirection dir, int sm_budget) {
+  if (pages.empty()) return absl::OkStatus();
+  const size_t ppp = layout.pieces_per_page();
+  const size_t count = pages.size() * ppp;
+  if (absl::Status s = ReserveDescriptors(dev, count); !s.ok()) return s;
   kernels::CopyDescriptor* host = dev.host_descs + dev.descs_used;
+  // Chunks of pages, each built, checked and validated by one thread.
+  constexpr size_t kChunkPages = 128;
+  const size_t chunks = (pages.size() + kChunkPages - 1) / kChunkPages;
+  std::vector<absl::Status> chunk_status(chunks);
+  std::vector<uint64_t> chunk_max(chunks, 0);
+  ForEach(chunks, [&](size_t c) {
+    const size_t lo = c * kChunkPages;
+    const size_t hi = std::min(pages.size(), lo + kChunkPages);
+    thread_local std::vector<CopyOp> ops;
+    ops.clear();
+    absl::Status s = AppendPageCopies(layout, bases, pages.subspan(lo, hi - lo), dir, ops);
+    if (s.ok() && ops.size() != (hi - lo) * ppp) {
+      s = absl::InternalError(
+          absl::StrCat(ops.size(), " copies for ", hi - lo, " pages of ", ppp, " pieces"));
+    }
+    if (s.ok()) s = CheckWorkerRanges(b, ops, dir);
+    kernels::CopyDescriptor* out = host + lo * ppp;
+    uint64_t max_piece = 0;
+    for (size_t i = 0; s.ok() && i < ops.size(); ++i) {
+      out[i] = kernels::CopyDescriptor{ops[i].src, ops[i].dst, ops[i].bytes};
+      max_piece = std::max<uint64_t>(max_piece, ops[i].bytes);
+    }
+    if (s.ok()) s = kernels::ValidateCopyBatch(absl::MakeConstSpan(out, ops.size()));
+    chunk_status[c] = s;
+    chunk_max[c] = max_piece;
+  });
   uint64_t max_piece = 0;
-  for (size_t i = 0; i < ops.size(); ++i) {
-    host[i] = kernels::CopyDescriptor{ops[i].src, ops[i].dst, ops[i].bytes};
-    max_piece = std::max<uint64_t>(max_piece, ops[i].bytes);
-  }
-  if (absl::Status s = kernels::ValidateCopyBatch(absl::MakeConstSpan(host, ops.size())); !s.ok()) {
-    return s;
+  for (size_t c = 0; c < chunks; ++c) {
+    if (!chunk_status[c].ok()) return chunk_status[c];
+    max_piece = std::max(max_piece, chunk_max[c]);
   }
   auto* device = static_cast<kernels::CopyDescriptor*>(dev.device_descs.get()) + dev.descs_used;
-  if (cudaError_t e = cudaMemcpyAsync(device, host, ops.size() * sizeof(kernels::CopyDescriptor),
+  if (cudaError_t e = cudaMemcpyAsync(device, host, count * sizeof(kernels::CopyDescriptor),
                                       cudaMemcpyHostToDevice, dev.stream);
       e != cudaSuccess) {
     return CudaStatus(e, "cudaMemcpyAsync(descriptors)");
   }
-  dev.descs_used += ops.size();
+  dev.descs_used += count;
   kernels::GpuCopyOptions options;
   options.sm_budget = sm_budget;
-  return kernels::LaunchCopyBatch(device, static_cast<uint32_t>(ops.size()), max_piece, options,
+  return kernels::LaunchCopyBatch(device, static_cast<uint32_t>(count), max_piece, options,
                                   dev.stream);
 }
 
@@ -700,34 +756,62 @@ void GpuWorkers::Load(const GpuWorkerBuffers& buffers, const GpuPageBatch& batch
   GpuDevice& dev = **found;
   std::vector<std::byte*> bases(b.count());
   for (size_t i = 0; i < b.count(); ++i) bases[i] = b.base(i);
-  // Pin every page first: a pinned page keeps its tier and slot while its bytes are read.
+  // Pin every page first (one call when all are cached): a pinned page keeps its tier and slot
+  // while its bytes are read. Block ids are checked here, so no bad one reaches a copy plan.
   std::vector<PageKey> pinned;
   pinned.reserve(n);
+  std::vector<size_t> valid;
+  valid.reserve(n);
+  for (size_t i = 0; i < n; ++i) {
+    if (batch.blocks[i] >= batch.layout->spec().num_blocks) {
+      outcome[i] =
+          absl::OutOfRangeError(absl::StrCat("block id ", batch.blocks[i], " out of range [0, ",
+                                             batch.layout->spec().num_blocks, ")"));
+      continue;
+    }
+    valid.push_back(i);
+    pinned.push_back(batch.keys[i]);
+  }
+  std::vector<uint8_t> is_pinned(n, 0);
+  if (store.Pin(batch.ns, pinned).ok()) {
+    for (size_t i : valid) is_pinned[i] = 1;
+  } else {
+    pinned.clear();
+    for (size_t i : valid) {
+      if (absl::Status s = store.Pin(batch.ns, absl::MakeConstSpan(&batch.keys[i], 1)); !s.ok()) {
+        outcome[i] = s;
+        continue;
+      }
+      is_pinned[i] = 1;
+      pinned.push_back(batch.keys[i]);
+    }
+  }
+  std::vector<std::byte*> slot(n, nullptr);
+  std::vector<Tier> tier(n, Tier::kNvme);
+  std::vector<uint8_t> found_page(n, 0);
+  impl_->ForEach((valid.size() + 255) / 256, [&](size_t c) {
+    for (size_t v = c * 256; v < std::min(valid.size(), c * 256 + 256); ++v) {
+      const size_t i = valid[v];
+      if (!is_pinned[i]) continue;
+      const std::optional<PageEntry> e = store.Find(batch.ns, batch.keys[i]);
+      if (!e.has_value()) continue;
+      found_page[i] = 1;
+      tier[i] = e->tier;
+      slot[i] = e->tier == Tier::kNvme ? nullptr : store.SlotAddress(e->tier, e->slot);
+    }
+  });
   std::vector<PageTransfer> direct_hbm, direct_dram;
   std::vector<size_t> direct_hbm_idx, direct_dram_idx, staged_idx;
-  std::vector<Piece> probe;
-  for (size_t i = 0; i < n; ++i) {
-    probe.clear();
-    if (absl::Status s = batch.layout->AppendPieces(batch.blocks[i], probe); !s.ok()) {
-      outcome[i] = s;
+  for (size_t i : valid) {
+    if (!found_page[i]) {
+      if (is_pinned[i]) outcome[i] = absl::NotFoundError("page vanished while pinned");
       continue;
     }
-    if (absl::Status s = store.Pin(batch.ns, absl::MakeConstSpan(&batch.keys[i], 1)); !s.ok()) {
-      outcome[i] = s;
-      continue;
-    }
-    pinned.push_back(batch.keys[i]);
-    const std::optional<PageEntry> e = store.Find(batch.ns, batch.keys[i]);
-    if (!e.has_value()) {
-      outcome[i] = absl::NotFoundError("page vanished while pinned");
-      continue;
-    }
-    std::byte* slot = e->tier == Tier::kNvme ? nullptr : store.SlotAddress(e->tier, e->slot);
-    if (e->tier == Tier::kDram && slot != nullptr) {
-      direct_dram.push_back({batch.blocks[i], slot});
+    if (tier[i] == Tier::kDram && slot[i] != nullptr) {
+      direct_dram.push_back({batch.blocks[i], slot[i]});
       direct_dram_idx.push_back(i);
-    } else if (e->tier == Tier::kHbm && slot != nullptr && dev.pool_peer) {
-      direct_hbm.push_back({batch.blocks[i], slot});
+    } else if (tier[i] == Tier::kHbm && slot[i] != nullptr && dev.pool_peer) {
+      direct_hbm.push_back({batch.blocks[i], slot[i]});
       direct_hbm_idx.push_back(i);
     } else {
       staged_idx.push_back(i);  // NVMe, or an HBM pool this GPU cannot reach
@@ -738,15 +822,11 @@ void GpuWorkers::Load(const GpuWorkerBuffers& buffers, const GpuPageBatch& batch
     absl::MutexLock lock(&dev.mu);
     cudaSetDevice(dev.device);
     dev.descs_used = 0;
-    std::vector<CopyOp> ops;
-    auto launch = [&](absl::Span<const PageTransfer> pages, absl::Span<const size_t> idx, Tier tier,
+    auto launch = [&](absl::Span<const PageTransfer> pages, absl::Span<const size_t> idx, Tier t,
                       int budget) ABSL_EXCLUSIVE_LOCKS_REQUIRED(dev.mu) {
-      ops.clear();
-      absl::Status s =
-          AppendPageCopies(*batch.layout, bases, pages, PageCopyDirection::kScatter, ops);
-      if (s.ok()) s = CheckWorkerRanges(b, ops, PageCopyDirection::kScatter);
-      if (s.ok()) s = impl_->Launch(dev, ops, budget);
-      for (size_t i : idx) outcome[i] = s.ok() ? absl::StatusOr<Tier>(tier) : s;
+      const absl::Status s = impl_->LaunchPages(dev, b, *batch.layout, bases, pages,
+                                                PageCopyDirection::kScatter, budget);
+      for (size_t i : idx) outcome[i] = s.ok() ? absl::StatusOr<Tier>(t) : s;
       if (!s.ok() && gpu_error.ok()) gpu_error = s;
     };
     launch(direct_hbm, direct_hbm_idx, Tier::kHbm, impl_->D2dBudget());
@@ -829,28 +909,26 @@ void GpuWorkers::Store(const GpuWorkerBuffers& buffers, const GpuPageBatch& batc
   absl::MutexLock lock(&dev.mu);
   cudaSetDevice(dev.device);
   if (*wait != nullptr) cudaStreamWaitEvent(dev.stream, *wait, 0);
-  std::vector<CopyOp> ops;
   std::vector<PageTransfer> pages;
   std::vector<size_t> idx;
   for (size_t chunk = 0; chunk < n; chunk += kStagingPages) {
     const size_t count = std::min<size_t>(kStagingPages, n - chunk);
     pages.clear();
     idx.clear();
-    ops.clear();
     for (size_t j = 0; j < count; ++j) {
       const size_t i = chunk + j;
-      std::vector<Piece> probe;
-      if (absl::Status s = batch.layout->AppendPieces(batch.blocks[i], probe); !s.ok()) {
-        result(i, s);
+      if (batch.blocks[i] >= batch.layout->spec().num_blocks) {
+        result(i, absl::OutOfRangeError(absl::StrCat("block id ", batch.blocks[i],
+                                                     " out of range [0, ",
+                                                     batch.layout->spec().num_blocks, ")")));
         continue;
       }
       pages.push_back({batch.blocks[i], dev.staging + j * page_bytes});
       idx.push_back(i);
     }
     dev.descs_used = 0;
-    absl::Status s = AppendPageCopies(*batch.layout, bases, pages, PageCopyDirection::kGather, ops);
-    if (s.ok()) s = CheckWorkerRanges(b, ops, PageCopyDirection::kGather);
-    if (s.ok()) s = impl_->Launch(dev, ops, impl_->config.sm_budget);
+    absl::Status s = impl_->LaunchPages(dev, b, *batch.layout, bases, pages,
+                                        PageCopyDirection::kGather, impl_->config.sm_budget);
     if (s.ok()) {
       if (cudaError_t e = cudaStreamSynchronize(dev.stream); e != cudaSuccess) {
         s = CudaStatus(e, "copy out of worker blocks");

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <thread>
@@ -15,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "kernels/copy_batch.h"
+#include "tiering/clock.h"
 #include "tiering/copy_plan.h"
 
 #if defined(KVTIER_HAVE_CUDA_KERNELS)
@@ -459,6 +461,7 @@ struct GpuWorkers::Impl {
   std::vector<std::string> uuids ABSL_GUARDED_BY(mu);  // by ordinal
   absl::flat_hash_map<int, std::unique_ptr<GpuDevice>> devices ABSL_GUARDED_BY(mu);
   std::unique_ptr<ReaderPool> readers;  // made with the first device, then read-only
+  const bool trace = std::getenv("KVTIER_GPU_TRACE") != nullptr;
 
   absl::Status Probe() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
   absl::StatusOr<GpuDevice*> Device(int ordinal);
@@ -745,6 +748,8 @@ void GpuWorkers::Load(const GpuWorkerBuffers& buffers, const GpuPageBatch& batch
   const auto& b = static_cast<const CudaWorkerBuffers&>(buffers);
   const size_t n = batch.keys.size();
   TieredStore& store = impl_->store;
+  const uint64_t t_start = SteadyClock::Get()->NowNs();
+  uint64_t t_pinned = 0, t_found = 0, t_locked = 0, t_enqueued = 0, t_landed = 0;
   const uint64_t page_bytes = store.page_bytes();
   std::vector<absl::StatusOr<Tier>> outcome(n, absl::InternalError("not copied"));
   absl::StatusOr<GpuDevice*> found = impl_->Device(b.device());
@@ -786,6 +791,7 @@ void GpuWorkers::Load(const GpuWorkerBuffers& buffers, const GpuPageBatch& batch
       pinned.push_back(batch.keys[i]);
     }
   }
+  t_pinned = SteadyClock::Get()->NowNs();
   std::vector<std::byte*> slot(n, nullptr);
   std::vector<Tier> tier(n, Tier::kNvme);
   std::vector<uint8_t> found_page(n, 0);
@@ -817,9 +823,11 @@ void GpuWorkers::Load(const GpuWorkerBuffers& buffers, const GpuPageBatch& batch
       staged_idx.push_back(i);  // NVMe, or an HBM pool this GPU cannot reach
     }
   }
+  t_found = SteadyClock::Get()->NowNs();
   absl::Status gpu_error;
   {
     absl::MutexLock lock(&dev.mu);
+    t_locked = SteadyClock::Get()->NowNs();
     cudaSetDevice(dev.device);
     dev.descs_used = 0;
     auto launch = [&](absl::Span<const PageTransfer> pages, absl::Span<const size_t> idx, Tier t,
@@ -863,11 +871,14 @@ void GpuWorkers::Load(const GpuWorkerBuffers& buffers, const GpuPageBatch& batch
         e != cudaSuccess && gpu_error.ok()) {
       gpu_error = CudaStatus(e, "cudaEventRecord(session event)");
     }
+    t_enqueued = SteadyClock::Get()->NowNs();
     if (reply_when_enqueued) {
       for (size_t i = 0; i < n; ++i) result(i, outcome[i]);
       enqueued();
     }
-    if (cudaError_t e = cudaStreamSynchronize(dev.stream); e != cudaSuccess) {
+    const cudaError_t landed = cudaStreamSynchronize(dev.stream);
+    t_landed = SteadyClock::Get()->NowNs();
+    if (cudaError_t e = landed; e != cudaSuccess) {
       // Sticky errors mean the context is gone; every later batch will say so too.
       LOG(ERROR) << "event=gpu_copy_failed device=" << dev.device << " error=\""
                  << cudaGetErrorString(e) << "\"";
@@ -879,6 +890,16 @@ void GpuWorkers::Load(const GpuWorkerBuffers& buffers, const GpuPageBatch& batch
     store.Touch(batch.ns, k).IgnoreError();  // a racing drop only loses the access count
   }
   store.Unpin(batch.ns, pinned).IgnoreError();  // our own pins: cannot fail
+  if (impl_->trace) {
+    // One line per batch, only when KVTIER_GPU_TRACE is set (benchmarks): where a load's time goes.
+    const uint64_t t_end = SteadyClock::Get()->NowNs();
+    auto ms = [](uint64_t a, uint64_t z) { return static_cast<double>(z - a) * 1e-6; };
+    LOG(INFO) << "event=gpu_load_trace pages=" << n << " hbm=" << direct_hbm.size()
+              << " dram=" << direct_dram.size() << " staged=" << staged_idx.size()
+              << " pin_ms=" << ms(t_start, t_pinned) << " find_ms=" << ms(t_pinned, t_found)
+              << " lock_ms=" << ms(t_found, t_locked) << " enqueue_ms=" << ms(t_locked, t_enqueued)
+              << " land_ms=" << ms(t_enqueued, t_landed) << " unpin_ms=" << ms(t_landed, t_end);
+  }
   if (!reply_when_enqueued) {
     for (size_t i = 0; i < n; ++i) {
       result(i, gpu_error.ok() || !outcome[i].ok() ? outcome[i] : absl::StatusOr<Tier>(gpu_error));

@@ -749,7 +749,7 @@ void GpuWorkers::Load(const GpuWorkerBuffers& buffers, const GpuPageBatch& batch
   const size_t n = batch.keys.size();
   TieredStore& store = impl_->store;
   const uint64_t t_start = SteadyClock::Get()->NowNs();
-  uint64_t t_pinned = 0, t_found = 0, t_locked = 0, t_enqueued = 0, t_landed = 0;
+  uint64_t t_locked = 0, t_enqueued = 0, t_landed = 0, host_ns = 0;
   const uint64_t page_bytes = store.page_bytes();
   std::vector<absl::StatusOr<Tier>> outcome(n, absl::InternalError("not copied"));
   absl::StatusOr<GpuDevice*> found = impl_->Device(b.device());
@@ -761,84 +761,94 @@ void GpuWorkers::Load(const GpuWorkerBuffers& buffers, const GpuPageBatch& batch
   GpuDevice& dev = **found;
   std::vector<std::byte*> bases(b.count());
   for (size_t i = 0; i < b.count(); ++i) bases[i] = b.base(i);
-  // Pin every page first (one call when all are cached): a pinned page keeps its tier and slot
-  // while its bytes are read. Block ids are checked here, so no bad one reaches a copy plan.
   std::vector<PageKey> pinned;
   pinned.reserve(n);
-  std::vector<size_t> valid;
-  valid.reserve(n);
-  for (size_t i = 0; i < n; ++i) {
-    if (batch.blocks[i] >= batch.layout->spec().num_blocks) {
-      outcome[i] =
-          absl::OutOfRangeError(absl::StrCat("block id ", batch.blocks[i], " out of range [0, ",
-                                             batch.layout->spec().num_blocks, ")"));
-      continue;
-    }
-    valid.push_back(i);
-    pinned.push_back(batch.keys[i]);
-  }
-  std::vector<uint8_t> is_pinned(n, 0);
-  if (store.Pin(batch.ns, pinned).ok()) {
-    for (size_t i : valid) is_pinned[i] = 1;
-  } else {
-    pinned.clear();
-    for (size_t i : valid) {
-      if (absl::Status s = store.Pin(batch.ns, absl::MakeConstSpan(&batch.keys[i], 1)); !s.ok()) {
-        outcome[i] = s;
-        continue;
-      }
-      is_pinned[i] = 1;
-      pinned.push_back(batch.keys[i]);
-    }
-  }
-  t_pinned = SteadyClock::Get()->NowNs();
-  std::vector<std::byte*> slot(n, nullptr);
-  std::vector<Tier> tier(n, Tier::kNvme);
-  std::vector<uint8_t> found_page(n, 0);
-  impl_->ForEach((valid.size() + 255) / 256, [&](size_t c) {
-    for (size_t v = c * 256; v < std::min(valid.size(), c * 256 + 256); ++v) {
-      const size_t i = valid[v];
-      if (!is_pinned[i]) continue;
-      const std::optional<PageEntry> e = store.Find(batch.ns, batch.keys[i]);
-      if (!e.has_value()) continue;
-      found_page[i] = 1;
-      tier[i] = e->tier;
-      slot[i] = e->tier == Tier::kNvme ? nullptr : store.SlotAddress(e->tier, e->slot);
-    }
-  });
-  std::vector<PageTransfer> direct_hbm, direct_dram;
-  std::vector<size_t> direct_hbm_idx, direct_dram_idx, staged_idx;
-  for (size_t i : valid) {
-    if (!found_page[i]) {
-      if (is_pinned[i]) outcome[i] = absl::NotFoundError("page vanished while pinned");
-      continue;
-    }
-    if (tier[i] == Tier::kDram && slot[i] != nullptr) {
-      direct_dram.push_back({batch.blocks[i], slot[i]});
-      direct_dram_idx.push_back(i);
-    } else if (tier[i] == Tier::kHbm && slot[i] != nullptr && dev.pool_peer) {
-      direct_hbm.push_back({batch.blocks[i], slot[i]});
-      direct_hbm_idx.push_back(i);
-    } else {
-      staged_idx.push_back(i);  // NVMe, or an HBM pool this GPU cannot reach
-    }
-  }
-  t_found = SteadyClock::Get()->NowNs();
+  std::vector<size_t> staged_idx;
+  size_t hbm_pages = 0, dram_pages = 0;
   absl::Status gpu_error;
   {
     absl::MutexLock lock(&dev.mu);
     t_locked = SteadyClock::Get()->NowNs();
     cudaSetDevice(dev.device);
     dev.descs_used = 0;
+    // Room for the whole batch up front: growing later would wait for the launches in flight.
+    if (absl::Status s = impl_->ReserveDescriptors(dev, n * batch.layout->pieces_per_page());
+        !s.ok()) {
+      gpu_error = s;
+    }
     auto launch = [&](absl::Span<const PageTransfer> pages, absl::Span<const size_t> idx, Tier t,
                       int budget) ABSL_EXCLUSIVE_LOCKS_REQUIRED(dev.mu) {
-      const absl::Status s = impl_->LaunchPages(dev, b, *batch.layout, bases, pages,
-                                                PageCopyDirection::kScatter, budget);
+      const absl::Status s = gpu_error.ok()
+                                 ? impl_->LaunchPages(dev, b, *batch.layout, bases, pages,
+                                                      PageCopyDirection::kScatter, budget)
+                                 : gpu_error;
       for (size_t i : idx) outcome[i] = s.ok() ? absl::StatusOr<Tier>(t) : s;
       if (!s.ok() && gpu_error.ok()) gpu_error = s;
     };
-    launch(direct_hbm, direct_hbm_idx, Tier::kHbm, impl_->D2dBudget());
-    launch(direct_dram, direct_dram_idx, Tier::kDram, impl_->config.sm_budget);
+    // Pages in memory tiers go in chunks: the kernel copies one chunk while this thread pins,
+    // locates and plans the next. A pinned page keeps its tier and slot while its bytes are read.
+    constexpr size_t kChunk = 1024;
+    std::vector<PageKey> keys;
+    std::vector<size_t> idx, hbm_idx, dram_idx;
+    std::vector<PageTransfer> hbm, dram;
+    for (size_t lo = 0; lo < n; lo += kChunk) {
+      const uint64_t h0 = SteadyClock::Get()->NowNs();
+      const size_t hi = std::min(n, lo + kChunk);
+      keys.clear();
+      idx.clear();
+      for (size_t i = lo; i < hi; ++i) {
+        // Block ids are checked here, so no bad one reaches a copy plan.
+        if (batch.blocks[i] >= batch.layout->spec().num_blocks) {
+          outcome[i] =
+              absl::OutOfRangeError(absl::StrCat("block id ", batch.blocks[i], " out of range [0, ",
+                                                 batch.layout->spec().num_blocks, ")"));
+          continue;
+        }
+        keys.push_back(batch.keys[i]);
+        idx.push_back(i);
+      }
+      if (store.Pin(batch.ns, keys).ok()) {
+        pinned.insert(pinned.end(), keys.begin(), keys.end());
+      } else {  // some page is gone: pin one by one, the missing ones fail alone
+        std::vector<size_t> kept;
+        for (size_t i : idx) {
+          if (absl::Status st = store.Pin(batch.ns, absl::MakeConstSpan(&batch.keys[i], 1));
+              !st.ok()) {
+            outcome[i] = st;
+            continue;
+          }
+          pinned.push_back(batch.keys[i]);
+          kept.push_back(i);
+        }
+        idx.swap(kept);
+      }
+      hbm.clear();
+      dram.clear();
+      hbm_idx.clear();
+      dram_idx.clear();
+      for (size_t i : idx) {
+        const std::optional<PageEntry> e = store.Find(batch.ns, batch.keys[i]);
+        if (!e.has_value()) {
+          outcome[i] = absl::NotFoundError("page vanished while pinned");
+          continue;
+        }
+        std::byte* slot = e->tier == Tier::kNvme ? nullptr : store.SlotAddress(e->tier, e->slot);
+        if (e->tier == Tier::kDram && slot != nullptr) {
+          dram.push_back({batch.blocks[i], slot});
+          dram_idx.push_back(i);
+        } else if (e->tier == Tier::kHbm && slot != nullptr && dev.pool_peer) {
+          hbm.push_back({batch.blocks[i], slot});
+          hbm_idx.push_back(i);
+        } else {
+          staged_idx.push_back(i);  // NVMe, or an HBM pool this GPU cannot reach
+        }
+      }
+      hbm_pages += hbm.size();
+      dram_pages += dram.size();
+      launch(hbm, hbm_idx, Tier::kHbm, impl_->D2dBudget());
+      launch(dram, dram_idx, Tier::kDram, impl_->config.sm_budget);
+      host_ns += SteadyClock::Get()->NowNs() - h0;
+    }
     // Staged pages: the store reads each (verified) into one half of the staging while the
     // kernel drains the other half into the worker's blocks.
     const size_t half = kStagingPages / 2;
@@ -852,18 +862,18 @@ void GpuWorkers::Load(const GpuWorkerBuffers& buffers, const GpuPageBatch& batch
         outcome[i] = store.Get(batch.ns, batch.keys[i], absl::MakeConstSpan(&dst, 1));
       });
       std::vector<PageTransfer> pages;
-      std::vector<size_t> idx;
+      std::vector<size_t> staged;
       std::vector<Tier> tiers;
       for (size_t j = 0; j < count; ++j) {
         const size_t i = staged_idx[chunk + j];
         if (!outcome[i].ok()) continue;
         pages.push_back({batch.blocks[i], area + j * page_bytes});
-        idx.push_back(i);
+        staged.push_back(i);
         tiers.push_back(*outcome[i]);
       }
-      launch(pages, idx, Tier::kNvme, impl_->config.sm_budget);
-      for (size_t k = 0; k < idx.size(); ++k) {
-        if (outcome[idx[k]].ok()) outcome[idx[k]] = tiers[k];
+      launch(pages, staged, Tier::kNvme, impl_->config.sm_budget);
+      for (size_t k = 0; k < staged.size(); ++k) {
+        if (outcome[staged[k]].ok()) outcome[staged[k]] = tiers[k];
       }
       cudaEventRecord(dev.half_done[c % 2], dev.stream);
     }
@@ -894,10 +904,10 @@ void GpuWorkers::Load(const GpuWorkerBuffers& buffers, const GpuPageBatch& batch
     // One line per batch, only when KVTIER_GPU_TRACE is set (benchmarks): where a load's time goes.
     const uint64_t t_end = SteadyClock::Get()->NowNs();
     auto ms = [](uint64_t a, uint64_t z) { return static_cast<double>(z - a) * 1e-6; };
-    LOG(INFO) << "event=gpu_load_trace pages=" << n << " hbm=" << direct_hbm.size()
-              << " dram=" << direct_dram.size() << " staged=" << staged_idx.size()
-              << " pin_ms=" << ms(t_start, t_pinned) << " find_ms=" << ms(t_pinned, t_found)
-              << " lock_ms=" << ms(t_found, t_locked) << " enqueue_ms=" << ms(t_locked, t_enqueued)
+    LOG(INFO) << "event=gpu_load_trace pages=" << n << " hbm=" << hbm_pages
+              << " dram=" << dram_pages << " staged=" << staged_idx.size()
+              << " lock_ms=" << ms(t_start, t_locked) << " host_ms=" << host_ns * 1e-6
+              << " enqueue_ms=" << ms(t_locked, t_enqueued)
               << " land_ms=" << ms(t_enqueued, t_landed) << " unpin_ms=" << ms(t_landed, t_end);
   }
   if (!reply_when_enqueued) {

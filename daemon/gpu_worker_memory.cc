@@ -789,6 +789,7 @@ void GpuWorkers::Load(const GpuWorkerBuffers& buffers, const GpuPageBatch& batch
     // locates and plans the next. A pinned page keeps its tier and slot while its bytes are read.
     constexpr size_t kChunk = 1024;
     std::vector<PageKey> keys;
+    std::vector<PageEntry> located;
     std::vector<size_t> idx, hbm_idx, dram_idx;
     std::vector<PageTransfer> hbm, dram;
     for (size_t lo = 0; lo < n; lo += kChunk) {
@@ -807,18 +808,24 @@ void GpuWorkers::Load(const GpuWorkerBuffers& buffers, const GpuPageBatch& batch
         keys.push_back(batch.keys[i]);
         idx.push_back(i);
       }
-      if (store.Pin(batch.ns, keys).ok()) {
+      // One lock and one index probe a page when all are cached; else one by one, so that the
+      // missing ones fail alone.
+      located.clear();
+      if (store.PinAndLocate(batch.ns, keys, located).ok()) {
         pinned.insert(pinned.end(), keys.begin(), keys.end());
-      } else {  // some page is gone: pin one by one, the missing ones fail alone
+      } else {
         std::vector<size_t> kept;
+        std::vector<PageEntry> one;
         for (size_t i : idx) {
-          if (absl::Status st = store.Pin(batch.ns, absl::MakeConstSpan(&batch.keys[i], 1));
+          if (absl::Status st =
+                  store.PinAndLocate(batch.ns, absl::MakeConstSpan(&batch.keys[i], 1), one);
               !st.ok()) {
             outcome[i] = st;
             continue;
           }
           pinned.push_back(batch.keys[i]);
           kept.push_back(i);
+          located.push_back(one[0]);
         }
         idx.swap(kept);
       }
@@ -826,17 +833,14 @@ void GpuWorkers::Load(const GpuWorkerBuffers& buffers, const GpuPageBatch& batch
       dram.clear();
       hbm_idx.clear();
       dram_idx.clear();
-      for (size_t i : idx) {
-        const std::optional<PageEntry> e = store.Find(batch.ns, batch.keys[i]);
-        if (!e.has_value()) {
-          outcome[i] = absl::NotFoundError("page vanished while pinned");
-          continue;
-        }
-        std::byte* slot = e->tier == Tier::kNvme ? nullptr : store.SlotAddress(e->tier, e->slot);
-        if (e->tier == Tier::kDram && slot != nullptr) {
+      for (size_t k = 0; k < idx.size(); ++k) {
+        const size_t i = idx[k];
+        const PageEntry& e = located[k];
+        std::byte* slot = e.tier == Tier::kNvme ? nullptr : store.SlotAddress(e.tier, e.slot);
+        if (e.tier == Tier::kDram && slot != nullptr) {
           dram.push_back({batch.blocks[i], slot});
           dram_idx.push_back(i);
-        } else if (e->tier == Tier::kHbm && slot != nullptr && dev.pool_peer) {
+        } else if (e.tier == Tier::kHbm && slot != nullptr && dev.pool_peer) {
           hbm.push_back({batch.blocks[i], slot});
           hbm_idx.push_back(i);
         } else {

@@ -646,6 +646,22 @@ absl::Status TieredStore::Pin(NamespaceId ns, absl::Span<const PageKey> keys) {
   return absl::OkStatus();
 }
 
+absl::Status TieredStore::PinAndLocate(NamespaceId ns, absl::Span<const PageKey> keys,
+                                       std::vector<PageEntry>& entries) {
+  entries.clear();
+  absl::MutexLock lock(&mu_);
+  for (const PageKey& key : keys) {
+    absl::StatusOr<PageEntry> e = FindOwned(ns, key);
+    if (!e.ok()) {
+      entries.clear();
+      return e.status();
+    }
+    entries.push_back(*e);
+  }
+  for (const PageKey& key : keys) index_.Update(key, [](PageEntry& x) { ++x.pin_count; });
+  return absl::OkStatus();
+}
+
 absl::Status TieredStore::Unpin(NamespaceId ns, absl::Span<const PageKey> keys) {
   absl::MutexLock lock(&mu_);
   for (const PageKey& key : keys) {

@@ -173,6 +173,10 @@ class TieredStore {
 
   // Pins every page of `keys` (all or nothing): pinned pages are never moved or evicted.
   absl::Status Pin(NamespaceId ns, absl::Span<const PageKey> keys);
+  // Pin, also returning each page's entry (tier and slot, stable while pinned) from the same
+  // lookup: batched copy paths place a whole batch with one lock and one index probe a page.
+  absl::Status PinAndLocate(NamespaceId ns, absl::Span<const PageKey> keys,
+                            std::vector<PageEntry>& entries);
   absl::Status Unpin(NamespaceId ns, absl::Span<const PageKey> keys);
 
   // Feeds attention statistics into the page's EWMAs.

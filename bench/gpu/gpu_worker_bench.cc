@@ -57,14 +57,6 @@ int Fail(const std::string& what, const absl::Status& s) {
     if (e_ != cudaSuccess) return Fail(#x, absl::InternalError(cudaGetErrorString(e_))); \
   } while (0)
 
-std::vector<PageKey> Keys(const PageKey& salt, uint64_t seed, uint32_t pages) {
-  std::vector<int32_t> tokens(size_t{pages} * 16);
-  for (size_t i = 0; i < tokens.size(); ++i) {
-    tokens[i] = static_cast<int32_t>((seed * 2654435761u + i * 40503u) % 128000);
-  }
-  return ChainKeys(salt, tokens, 16);
-}
-
 std::vector<std::string> SlotFiles(const std::string& dir) {
   std::vector<std::string> out;
   if (DIR* d = opendir(dir.c_str()); d != nullptr) {
@@ -159,27 +151,14 @@ int Main() {
   if (absl::Status s = (*client)->RegisterGpuBuffers(c.uuid(), c.Handles()); !s.ok()) {
     return Fail("register", s);
   }
-  const std::vector<PageKey> keys = Keys(hello->salt, seed, std::max(pages, store_pages));
+  const std::vector<PageKey> keys = SequenceKeys(hello->salt, seed, std::max(pages, store_pages));
   const uint32_t max_batch = hello->max_batch_pages;
   if (store_pages > 0) {
     if (absl::Status s = c.Fill(seed, 0, store_pages); !s.ok()) return Fail("fill", s);
     const double t0 = NowSeconds();
-    std::vector<uint32_t> ids(store_pages);
-    for (uint32_t i = 0; i < store_pages; ++i) ids[i] = i;
-    for (uint32_t at = 0; at < store_pages; at += max_batch) {
-      const uint32_t n = std::min(max_batch, store_pages - at);
-      StoreHints hints;
-      hints.parent = at == 0 ? PageKey{} : keys[at - 1];
-      hints.first_position = at;
-      absl::StatusOr<OpHandle> op = (*client)->StoreGpuAsync(
-          absl::MakeConstSpan(keys).subspan(at, n), absl::MakeConstSpan(ids).subspan(at, n), hints);
-      if (!op.ok()) return Fail("store", op.status());
-      absl::StatusOr<GpuPageResults> r = (*client)->WaitGpu(*op);
-      if (!r.ok()) return Fail("store", r.status());
-      if (r->pages.ok_pages != n) {
-        return Fail("store", absl::InternalError(r->pages.first_error));
-      }
-    }
+    absl::StatusOr<std::vector<Tier>> stored =
+        StoreSequence(**client, absl::MakeConstSpan(keys).subspan(0, store_pages), max_batch);
+    if (!stored.ok()) return Fail("store", stored.status());
     const double t = NowSeconds() - t0;
     std::printf("gpu_worker_bench store tier=%s pages=%u s=%.2f gbps=%.2f\n", tier.c_str(),
                 store_pages, t, store_pages * page_bytes / t / 1e9);

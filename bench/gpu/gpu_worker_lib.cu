@@ -1,11 +1,13 @@
 #include <cuda.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "bench/gpu/gpu_worker_lib.h"
+#include "tiering/page_key.h"
 
 namespace kvtier::gpuw {
 namespace {
@@ -83,6 +85,39 @@ LayoutSpec Llama3_8B(uint32_t num_blocks) {
   s.tensor_layout = TensorLayout::kVllmPerLayer;
   s.num_blocks = num_blocks;
   return s;
+}
+
+std::vector<PageKey> SequenceKeys(const PageKey& salt, uint64_t seed, uint32_t pages) {
+  std::vector<int32_t> tokens(size_t{pages} * 16);
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    tokens[i] = static_cast<int32_t>((seed * 2654435761u + i * 40503u) % 128000);
+  }
+  return ChainKeys(salt, tokens, 16);
+}
+
+absl::StatusOr<std::vector<Tier>> StoreSequence(Client& client, absl::Span<const PageKey> keys,
+                                                uint32_t batch) {
+  const uint32_t pages = static_cast<uint32_t>(keys.size());
+  std::vector<uint32_t> ids(pages);
+  for (uint32_t i = 0; i < pages; ++i) ids[i] = i;
+  std::vector<Tier> tiers;
+  for (uint32_t at = 0; at < pages; at += batch) {
+    const uint32_t n = std::min(batch, pages - at);
+    StoreHints hints;
+    hints.parent = at == 0 ? PageKey{} : keys[at - 1];
+    hints.first_position = at;
+    absl::StatusOr<OpHandle> op =
+        client.StoreGpuAsync(keys.subspan(at, n), absl::MakeConstSpan(ids).subspan(at, n), hints);
+    if (!op.ok()) return op.status();
+    absl::StatusOr<GpuPageResults> r = client.WaitGpu(*op);
+    if (!r.ok()) return r.status();
+    if (r->pages.ok_pages != n) {
+      return absl::InternalError(
+          absl::StrCat(r->pages.ok_pages, " of ", n, " pages stored: ", r->pages.first_error));
+    }
+    tiers.insert(tiers.end(), r->pages.tiers.begin(), r->pages.tiers.end());
+  }
+  return tiers;
 }
 
 double NowSeconds() {

@@ -67,6 +67,13 @@ class WorkerCache {
   cudaEvent_t event_ = nullptr;
 };
 
+// Page keys of test sequence `seed` (16-token pages, tokens a function of seed and position).
+std::vector<PageKey> SequenceKeys(const PageKey& salt, uint64_t seed, uint32_t pages);
+// Stores pages [0, keys.size()) from blocks of the same index, `batch` pages a request; returns
+// the tier of each page, or the first failure.
+absl::StatusOr<std::vector<Tier>> StoreSequence(Client& client, absl::Span<const PageKey> keys,
+                                                uint32_t batch);
+
 // Seconds on a monotonic clock.
 double NowSeconds();
 

@@ -42,14 +42,6 @@ int Fail(const std::string& what, const absl::Status& s) {
   return 1;
 }
 
-std::vector<PageKey> Keys(const PageKey& salt, uint64_t seed, uint32_t pages, uint32_t tpp) {
-  std::vector<int32_t> tokens(size_t{pages} * tpp);
-  for (size_t i = 0; i < tokens.size(); ++i) {
-    tokens[i] = static_cast<int32_t>((seed * 2654435761u + i * 40503u) % 128000);
-  }
-  return ChainKeys(salt, tokens, tpp);
-}
-
 int Main() {
   const std::string mode = absl::GetFlag(FLAGS_mode);
   const uint32_t pages = absl::GetFlag(FLAGS_pages);
@@ -72,29 +64,13 @@ int Main() {
       !s.ok()) {
     return Fail("register", s);
   }
-  const std::vector<PageKey> keys = Keys(hello->salt, seed, pages, 16);
+  const std::vector<PageKey> keys = SequenceKeys(hello->salt, seed, pages);
   if (mode == "store") {
     if (absl::Status s = (*cache)->Fill(seed, 0, pages); !s.ok()) return Fail("fill", s);
-    std::vector<uint32_t> ids(pages);
-    for (uint32_t i = 0; i < pages; ++i) ids[i] = i;
+    absl::StatusOr<std::vector<Tier>> stored = StoreSequence(**client, keys, batch);
+    if (!stored.ok()) return Fail("store", stored.status());
     std::string tiers;
-    for (uint32_t at = 0; at < pages; at += batch) {
-      const uint32_t n = std::min(batch, pages - at);
-      StoreHints hints;
-      hints.parent = at == 0 ? PageKey{} : keys[at - 1];
-      hints.first_position = at;
-      absl::StatusOr<OpHandle> op = (*client)->StoreGpuAsync(
-          absl::MakeConstSpan(keys).subspan(at, n), absl::MakeConstSpan(ids).subspan(at, n), hints);
-      if (!op.ok()) return Fail("store", op.status());
-      absl::StatusOr<GpuPageResults> r = (*client)->WaitGpu(*op);
-      if (!r.ok()) return Fail("store wait", r.status());
-      if (r->pages.ok_pages != n) {
-        return Fail("store",
-                    absl::InternalError(absl::StrCat(r->pages.ok_pages, " of ", n,
-                                                     " pages stored: ", r->pages.first_error)));
-      }
-      for (Tier t : r->pages.tiers) tiers.push_back(TierName(t)[0]);
-    }
+    for (Tier t : *stored) tiers.push_back(TierName(t)[0]);
     std::printf("gpu_worker stored pages=%u tiers_first=%c tiers_last=%c\n", pages, tiers.front(),
                 tiers.back());
     return 0;

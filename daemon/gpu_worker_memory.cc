@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
@@ -459,6 +460,9 @@ struct GpuWorkers::Impl {
   bool probed ABSL_GUARDED_BY(mu) = false;
   absl::Status usable ABSL_GUARDED_BY(mu);
   std::vector<std::string> uuids ABSL_GUARDED_BY(mu);  // by ordinal
+  // The DRAM pool is pinned and mapped for the GPU (the store registers it when CUDA is live):
+  // only then may a kernel read it; otherwise its pages take the staged path. Set by Probe.
+  std::atomic<bool> dram_direct{false};
   absl::flat_hash_map<int, std::unique_ptr<GpuDevice>> devices ABSL_GUARDED_BY(mu);
   std::unique_ptr<ReaderPool> readers;  // made with the first device, then read-only
   const bool trace = std::getenv("KVTIER_GPU_TRACE") != nullptr;
@@ -505,6 +509,17 @@ absl::Status GpuWorkers::Impl::Probe() {
         "GPU buffers cannot be registered: this kvtierd's HBM pool is '", store.hbm_backend(),
         "', not on a GPU (set store.hbm_backend: cuda, or hbm_pages: 0)"));
     return usable;
+  }
+  if (std::byte* pool = store.SlotAddress(Tier::kDram, 0); pool != nullptr) {
+    cudaPointerAttributes attr{};
+    const bool pinned = cudaPointerGetAttributes(&attr, pool) == cudaSuccess &&
+                        attr.type == cudaMemoryTypeHost && attr.devicePointer == pool;
+    cudaGetLastError();
+    dram_direct.store(pinned, std::memory_order_relaxed);
+    if (!pinned) {
+      LOG(WARNING) << "event=gpu_dram_pool_not_pinned fallback=staged (DRAM pages reach GPU "
+                      "workers through staging copies)";
+    }
   }
   for (int i = 0; i < count; ++i) {
     cudaDeviceProp prop{};
@@ -791,6 +806,7 @@ void GpuWorkers::Load(const GpuWorkerBuffers& buffers, const GpuPageBatch& batch
     std::vector<PageKey> keys;
     std::vector<PageEntry> located;
     std::vector<size_t> idx, hbm_idx, dram_idx;
+    const bool dram_direct = impl_->dram_direct.load(std::memory_order_relaxed);
     std::vector<PageTransfer> hbm, dram;
     for (size_t lo = 0; lo < n; lo += kChunk) {
       const uint64_t h0 = SteadyClock::Get()->NowNs();
@@ -837,7 +853,7 @@ void GpuWorkers::Load(const GpuWorkerBuffers& buffers, const GpuPageBatch& batch
         const size_t i = idx[k];
         const PageEntry& e = located[k];
         std::byte* slot = e.tier == Tier::kNvme ? nullptr : store.SlotAddress(e.tier, e.slot);
-        if (e.tier == Tier::kDram && slot != nullptr) {
+        if (e.tier == Tier::kDram && slot != nullptr && dram_direct) {
           dram.push_back({batch.blocks[i], slot});
           dram_idx.push_back(i);
         } else if (e.tier == Tier::kHbm && slot != nullptr && dev.pool_peer) {

@@ -511,14 +511,20 @@ absl::Status GpuWorkers::Impl::Probe() {
     return usable;
   }
   if (std::byte* pool = store.SlotAddress(Tier::kDram, 0); pool != nullptr) {
+    // Registered (pinned) host memory reads as cudaMemoryTypeHost; pageable memory as
+    // cudaMemoryTypeUnregistered. With unified addressing (x86-64) a kernel reaches registered
+    // memory at its host address.
     cudaPointerAttributes attr{};
-    const bool pinned = cudaPointerGetAttributes(&attr, pool) == cudaSuccess &&
-                        attr.type == cudaMemoryTypeHost && attr.devicePointer == pool;
+    const cudaError_t e = cudaPointerGetAttributes(&attr, pool);
     cudaGetLastError();
+    const bool pinned = e == cudaSuccess && attr.type == cudaMemoryTypeHost;
     dram_direct.store(pinned, std::memory_order_relaxed);
     if (!pinned) {
-      LOG(WARNING) << "event=gpu_dram_pool_not_pinned fallback=staged (DRAM pages reach GPU "
-                      "workers through staging copies)";
+      LOG(WARNING) << "event=gpu_dram_pool_not_pinned fallback=staged type="
+                   << static_cast<int>(attr.type)
+                   << " error="
+                      " << cudaGetErrorString(e)
+                   << ""(DRAM pages reach GPU workers through staging copies) ";
     }
   }
   for (int i = 0; i < count; ++i) {

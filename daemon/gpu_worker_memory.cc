@@ -521,10 +521,8 @@ absl::Status GpuWorkers::Impl::Probe() {
     dram_direct.store(pinned, std::memory_order_relaxed);
     if (!pinned) {
       LOG(WARNING) << "event=gpu_dram_pool_not_pinned fallback=staged type="
-                   << static_cast<int>(attr.type)
-                   << " error="
-                      " << cudaGetErrorString(e)
-                   << ""(DRAM pages reach GPU workers through staging copies) ";
+                   << static_cast<int>(attr.type) << " error=\"" << cudaGetErrorString(e)
+                   << "\" (DRAM pages reach GPU workers through staging copies)";
     }
   }
   for (int i = 0; i < count; ++i) {

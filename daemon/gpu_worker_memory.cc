@@ -4,7 +4,6 @@
 #include <sys/stat.h>
 
 #include <algorithm>
-#include <atomic>
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
@@ -460,9 +459,6 @@ struct GpuWorkers::Impl {
   bool probed ABSL_GUARDED_BY(mu) = false;
   absl::Status usable ABSL_GUARDED_BY(mu);
   std::vector<std::string> uuids ABSL_GUARDED_BY(mu);  // by ordinal
-  // The DRAM pool is pinned and mapped for the GPU (the store registers it when CUDA is live):
-  // only then may a kernel read it; otherwise its pages take the staged path. Set by Probe.
-  std::atomic<bool> dram_direct{false};
   absl::flat_hash_map<int, std::unique_ptr<GpuDevice>> devices ABSL_GUARDED_BY(mu);
   std::unique_ptr<ReaderPool> readers;  // made with the first device, then read-only
   const bool trace = std::getenv("KVTIER_GPU_TRACE") != nullptr;
@@ -509,21 +505,6 @@ absl::Status GpuWorkers::Impl::Probe() {
         "GPU buffers cannot be registered: this kvtierd's HBM pool is '", store.hbm_backend(),
         "', not on a GPU (set store.hbm_backend: cuda, or hbm_pages: 0)"));
     return usable;
-  }
-  if (std::byte* pool = store.SlotAddress(Tier::kDram, 0); pool != nullptr) {
-    // Registered (pinned) host memory reads as cudaMemoryTypeHost; pageable memory as
-    // cudaMemoryTypeUnregistered. With unified addressing (x86-64) a kernel reaches registered
-    // memory at its host address.
-    cudaPointerAttributes attr{};
-    const cudaError_t e = cudaPointerGetAttributes(&attr, pool);
-    cudaGetLastError();
-    const bool pinned = e == cudaSuccess && attr.type == cudaMemoryTypeHost;
-    dram_direct.store(pinned, std::memory_order_relaxed);
-    if (!pinned) {
-      LOG(WARNING) << "event=gpu_dram_pool_not_pinned fallback=staged type="
-                   << static_cast<int>(attr.type) << " error=\"" << cudaGetErrorString(e)
-                   << "\" (DRAM pages reach GPU workers through staging copies)";
-    }
   }
   for (int i = 0; i < count; ++i) {
     cudaDeviceProp prop{};
@@ -810,7 +791,6 @@ void GpuWorkers::Load(const GpuWorkerBuffers& buffers, const GpuPageBatch& batch
     std::vector<PageKey> keys;
     std::vector<PageEntry> located;
     std::vector<size_t> idx, hbm_idx, dram_idx;
-    const bool dram_direct = impl_->dram_direct.load(std::memory_order_relaxed);
     std::vector<PageTransfer> hbm, dram;
     for (size_t lo = 0; lo < n; lo += kChunk) {
       const uint64_t h0 = SteadyClock::Get()->NowNs();
@@ -857,7 +837,7 @@ void GpuWorkers::Load(const GpuWorkerBuffers& buffers, const GpuPageBatch& batch
         const size_t i = idx[k];
         const PageEntry& e = located[k];
         std::byte* slot = e.tier == Tier::kNvme ? nullptr : store.SlotAddress(e.tier, e.slot);
-        if (e.tier == Tier::kDram && slot != nullptr && dram_direct) {
+        if (e.tier == Tier::kDram && slot != nullptr) {
           dram.push_back({batch.blocks[i], slot});
           dram_idx.push_back(i);
         } else if (e.tier == Tier::kHbm && slot != nullptr && dev.pool_peer) {

@@ -571,6 +571,8 @@ TieredStore::SharedPool TieredStore::dram_pool() const {
 std::byte* TieredStore::SlotAddress(Tier t, uint32_t slot) const {
   const auto* tier = dynamic_cast<const MemoryTier*>(backends_[TierIndex(t)].get());
   if (tier == nullptr || slot >= tier->slot_count()) return nullptr;
+  // Host memory a GPU kernel cannot reach (not registered with CUDA) is no address for it.
+  if (tier->region().kind() == MemoryKind::kHost && !tier->region().pinned()) return nullptr;
   return tier->SlotAddress(slot);
 }
 

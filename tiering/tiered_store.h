@@ -212,10 +212,10 @@ class TieredStore {
     uint64_t slot_bytes = 0;
   };
   SharedPool dram_pool() const;
-  // Address of `slot` in memory tier `t` as its copy engine reaches it (device memory for a CUDA
-  // HBM pool, pinned host memory for DRAM); nullptr for a tier that is absent or not memory
-  // (NVMe), or a slot out of range. For copy paths outside Get/Put that move a batch of pages in
-  // one launch: valid only while the page in that slot is pinned.
+  // Address of `slot` in memory tier `t` as a GPU kernel reaches it (device memory for a CUDA
+  // HBM pool, pinned and mapped host memory for DRAM); nullptr for a tier that is absent or not
+  // memory (NVMe), host memory not registered with CUDA, or a slot out of range. For copy paths
+  // outside Get/Put that move a batch of pages in one launch: valid while the page is pinned.
   std::byte* SlotAddress(Tier t, uint32_t slot) const;
   // Adopts pages a persistent tier recovered (called once by Create for NVMe).
   uint32_t recovered_pages() const { return recovered_pages_; }

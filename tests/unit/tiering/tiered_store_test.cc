@@ -369,8 +369,8 @@ TEST_F(TieredStoreTest, ConcurrentWorkersNeverReadAWrongPage) {
 namespace kvtier {
 namespace {
 
-// PinAndLocate pins a batch all or nothing and hands back where each page is; SlotAddress then
-// reaches its bytes while it stays pinned (the GPU-worker copy path's contract).
+// PinAndLocate pins a batch all or nothing and hands back where each page is (the GPU-worker
+// copy path's contract); SlotAddress gives no address in memory a kernel cannot reach.
 TEST_F(TieredStoreTest, PinAndLocateReturnsStableSlotsAndIsAllOrNothing) {
   Make(4, 16);
   for (uint64_t i = 0; i < 12; ++i) ASSERT_TRUE(Put(i).ok());
@@ -381,9 +381,8 @@ TEST_F(TieredStoreTest, PinAndLocateReturnsStableSlotsAndIsAllOrNothing) {
   ASSERT_EQ(entries.size(), keys.size());
   for (size_t i = 0; i < keys.size(); ++i) {
     EXPECT_EQ(entries[i].tier, TierOf(i));
-    std::byte* slot = store_->SlotAddress(entries[i].tier, entries[i].slot);
-    ASSERT_NE(slot, nullptr);
-    EXPECT_EQ(std::memcmp(slot, Contents(Key(i)).data(), kPage), 0) << "page " << i;
+    // Host memory no GPU can reach (this store has no CUDA): no address for a kernel.
+    EXPECT_EQ(store_->SlotAddress(entries[i].tier, entries[i].slot), nullptr);
     EXPECT_FALSE(store_->Evict(ns_, Key(i)).ok()) << "pinned pages cannot be evicted";
   }
   EXPECT_EQ(store_->SlotAddress(Tier::kDram, 16), nullptr) << "slot out of range";

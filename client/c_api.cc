@@ -142,4 +142,38 @@ size_t kvtier_chain_keys(kvtier_key salt, const int32_t* tokens, size_t token_co
   return n;
 }
 
+int kvtier_register_gpu_buffers(kvtier_client* c, const uint8_t* device_uuid,
+                                const uint8_t* ipc_handles, const uint64_t* offsets,
+                                const uint64_t* sizes, size_t count) {
+  constexpr size_t kHandle = 64, kUuid = 16;
+  std::vector<kvtier::GpuBufferHandle> buffers(count);
+  for (size_t i = 0; i < count; ++i) {
+    buffers[i].ipc_handle.assign(reinterpret_cast<const char*>(ipc_handles) + i * kHandle, kHandle);
+    buffers[i].offset = offsets[i];
+    buffers[i].size = sizes[i];
+  }
+  return Fail(c, c->client->RegisterGpuBuffers({reinterpret_cast<const char*>(device_uuid), kUuid},
+                                               buffers));
+}
+
+int kvtier_load_gpu(kvtier_client* c, const kvtier_key* keys, const uint32_t* block_ids,
+                    size_t count, int reply_when_enqueued, int32_t* page_codes_out,
+                    uint32_t* ok_pages_out, uint8_t* event_handle_out) {
+  absl::StatusOr<kvtier::OpHandle> op =
+      c->client->LoadGpuAsync(Keys(keys, count), {block_ids, count}, reply_when_enqueued != 0);
+  if (!op.ok()) return Fail(c, op.status());
+  absl::StatusOr<kvtier::GpuPageResults> r = c->client->WaitGpu(*op);
+  if (!r.ok()) return Fail(c, r.status());
+  if (page_codes_out != nullptr) {
+    for (size_t i = 0; i < r->pages.codes.size() && i < count; ++i) {
+      page_codes_out[i] = static_cast<int32_t>(r->pages.codes[i]);
+    }
+  }
+  if (ok_pages_out != nullptr) *ok_pages_out = r->pages.ok_pages;
+  if (event_handle_out != nullptr && r->cuda_event_handle.size() == 64) {
+    std::memcpy(event_handle_out, r->cuda_event_handle.data(), 64);
+  }
+  return 0;
+}
+
 }  // extern "C"

@@ -405,4 +405,70 @@ absl::Span<const std::byte> Client::DramSlot(uint32_t slot) const {
   return {dram_pool_.data() + slot * dram_slot_bytes_, dram_slot_bytes_};
 }
 
+absl::Status Client::RegisterGpuBuffers(absl::string_view device_uuid,
+                                        absl::Span<const GpuBufferHandle> buffers) {
+  wire::Request req;
+  wire::RegisterBuffers* r = req.mutable_register_buffers();
+  r->set_device_uuid(std::string(device_uuid));
+  std::vector<int> fds;
+  for (const GpuBufferHandle& b : buffers) {
+    if (b.vmm_fd >= 0) {
+      fds.push_back(b.vmm_fd);
+      r->add_allocation_bytes(b.allocation_bytes);
+    } else {
+      r->add_cuda_ipc_handles(b.ipc_handle);
+    }
+    r->add_offsets(b.offset);
+    r->add_sizes(b.size);
+  }
+  if (!fds.empty() && fds.size() != buffers.size()) {
+    return absl::InvalidArgumentError("GPU buffers mix CUDA IPC handles and VMM fds; use one kind");
+  }
+  r->set_vmm_fds(!fds.empty());
+  return Call(req, fds).status();
+}
+
+absl::StatusOr<OpHandle> Client::LoadGpuAsync(absl::Span<const PageKey> keys,
+                                              absl::Span<const uint32_t> block_ids,
+                                              bool reply_when_enqueued) {
+  wire::Request req;
+  AppendKeyWords(keys, req.mutable_load()->mutable_key_words());
+  req.mutable_load()->mutable_block_ids()->Add(block_ids.begin(), block_ids.end());
+  req.mutable_load()->set_reply_when_enqueued(reply_when_enqueued);
+  return Submit(req, {});
+}
+
+absl::StatusOr<OpHandle> Client::StoreGpuAsync(absl::Span<const PageKey> keys,
+                                               absl::Span<const uint32_t> block_ids,
+                                               const StoreHints& hints,
+                                               absl::string_view wait_event_handle) {
+  wire::Request req;
+  wire::Store* s = req.mutable_store();
+  AppendKeyWords(keys, s->mutable_key_words());
+  s->mutable_block_ids()->Add(block_ids.begin(), block_ids.end());
+  s->set_parent_hi(hints.parent.hi);
+  s->set_parent_lo(hints.parent.lo);
+  s->set_first_position(hints.first_position);
+  if (!hints.class_hints.empty()) {
+    std::string* h = s->mutable_class_hints();
+    for (PageClass c : hints.class_hints) h->push_back(static_cast<char>(c));
+  }
+  s->set_wait_event_handle(std::string(wait_event_handle));
+  return Submit(req, {});
+}
+
+absl::StatusOr<GpuPageResults> Client::WaitGpu(OpHandle op) {
+  absl::StatusOr<Received> r = Await(op);
+  if (!r.ok()) return r.status();
+  if (r->response.has_error()) return FromWire(r->response.error());
+  const wire::PageStatusReply& p = r->response.pages();
+  GpuPageResults out;
+  for (int32_t c : p.codes()) out.pages.codes.push_back(static_cast<absl::StatusCode>(c));
+  for (char c : p.tiers()) out.pages.tiers.push_back(TierFromByte(c));
+  out.pages.first_error = p.first_error();
+  out.pages.ok_pages = p.ok_pages();
+  out.cuda_event_handle = p.cuda_event_handle();
+  return out;
+}
+
 }  // namespace kvtier

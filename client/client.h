@@ -112,6 +112,25 @@ struct AttentionBatch {  // empty, or one entry per key in each vector
 
 using OpHandle = uint64_t;
 
+// One of a worker's KV buffers in GPU memory, as RegisterGpuBuffers sends it (README "GPU
+// workers"). A tensor of PyTorch's caching allocator is a slice of a larger cudaMalloc: name the
+// allocation (cudaIpcGetMemHandle of the tensor's pointer names the whole of it) and give
+// offset = data_ptr - allocation base (cuMemGetAddressRange), as PyTorch's own IPC does.
+struct GpuBufferHandle {
+  std::string ipc_handle;         // cudaIpcMemHandle_t bytes (64); empty when vmm_fd is used
+  int vmm_fd = -1;                // or a VMM allocation (cuMemExportToShareableHandle, POSIX fd)
+  uint64_t allocation_bytes = 0;  // with vmm_fd: bytes of that allocation
+  uint64_t offset = 0;            // where the buffer starts inside the allocation
+  uint64_t size = 0;              // bytes of the buffer (at least the layout's buffer bytes)
+};
+
+// A GPU Load's or Store's outcome: the per-page results and the session's interprocess event
+// (cudaIpcEventHandle_t bytes), recorded after this operation's copies on the daemon's stream.
+struct GpuPageResults {
+  PageResults pages;
+  std::string cuda_event_handle;
+};
+
 class Client {
  public:
   // Connects to kvtierd; `socket_path` empty means kDefaultSocketPath.
@@ -156,6 +175,27 @@ class Client {
   // more threads of the process wait than half the CPUs, so many concurrent callers sleep and
   // never starve the daemon (or the inference work) of cores. Default 50 us; 0 always sleeps.
   void set_spin_wait_us(uint32_t spin_us) { spin_wait_us_ = spin_us; }
+
+  // GPU workers (README "GPU workers"). Registers the worker's KV buffers in GPU memory, in
+  // layout order; `device_uuid` is cudaDeviceProp::uuid (16 bytes) of their GPU. All handles are
+  // CUDA IPC handles or all are VMM fds. FailedPrecondition from a daemon that cannot serve GPU
+  // buffers (no CUDA, no GPU), naming why.
+  absl::Status RegisterGpuBuffers(absl::string_view device_uuid,
+                                  absl::Span<const GpuBufferHandle> buffers);
+  // Load into GPU blocks. With reply_when_enqueued the reply comes once the copies are queued on
+  // the daemon's stream: cudaStreamWaitEvent(stream, event of cuda_event_handle) before using the
+  // blocks. Without it the reply means the bytes have landed.
+  absl::StatusOr<OpHandle> LoadGpuAsync(absl::Span<const PageKey> keys,
+                                        absl::Span<const uint32_t> block_ids,
+                                        bool reply_when_enqueued);
+  // Store from GPU blocks. The daemon reads them when the Store runs: either the worker has
+  // synchronized the kernels that wrote them, or it passes an interprocess event
+  // (cudaIpcGetEventHandle, recorded after those kernels) that the daemon's copy waits on.
+  absl::StatusOr<OpHandle> StoreGpuAsync(absl::Span<const PageKey> keys,
+                                         absl::Span<const uint32_t> block_ids,
+                                         const StoreHints& hints = {},
+                                         absl::string_view wait_event_handle = "");
+  absl::StatusOr<GpuPageResults> WaitGpu(OpHandle op);
 
  private:
   explicit Client(UniqueFd socket) : socket_(std::move(socket)) {}

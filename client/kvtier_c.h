@@ -55,6 +55,21 @@ int kvtier_release(kvtier_client* client, const kvtier_key* keys, size_t count);
 size_t kvtier_chain_keys(kvtier_key salt, const int32_t* tokens, size_t token_count,
                          size_t tokens_per_page, kvtier_key* keys_out, size_t capacity);
 
+/* GPU workers (README "GPU workers"): registers `count` KV buffers in GPU memory, in layout order,
+ * each the `sizes[i]` bytes at `offsets[i]` inside the allocation that `ipc_handles[i]` (64 bytes
+ * of cudaIpcMemHandle_t, concatenated) names. device_uuid: 16 bytes of cudaDeviceProp::uuid.
+ * FailedPrecondition (9) from a daemon that cannot serve GPU buffers; kvtier_last_error says why. */
+int kvtier_register_gpu_buffers(kvtier_client* client, const uint8_t* device_uuid,
+                                const uint8_t* ipc_handles, const uint64_t* offsets,
+                                const uint64_t* sizes, size_t count);
+/* Load into GPU blocks; event_handle_out (64 bytes, may be NULL) gets the session's interprocess
+ * event (cudaIpcEventHandle_t), recorded after the copies: with reply_when_enqueued != 0 the call
+ * returns once they are queued and the worker's stream must wait on that event before using the
+ * blocks; otherwise it returns when the bytes have landed. Synchronous (submit and wait). */
+int kvtier_load_gpu(kvtier_client* client, const kvtier_key* keys, const uint32_t* block_ids,
+                    size_t count, int reply_when_enqueued, int32_t* page_codes_out,
+                    uint32_t* ok_pages_out, uint8_t* event_handle_out);
+
 #ifdef __cplusplus
 }
 #endif

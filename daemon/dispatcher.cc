@@ -171,6 +171,7 @@ Dispatcher::Dispatcher(const DaemonConfig& config, TieredStore& store, DaemonCou
       owner_uid_(owner_uid),
       start_ns_(start_ns),
       metrics_(metrics),
+      gpu_(std::make_unique<GpuWorkers>(config.gpu, store)),
       ledger_(TenantLimitsFor(config, store)) {}
 
 absl::Status Dispatcher::QuotaExceeded(QuotaKind kind, absl::string_view message) {
@@ -435,12 +436,7 @@ absl::Status Dispatcher::HandleRegister(Session& s, const wire::RegisterBuffers&
                                         wire::RegisterBuffersReply& out) {
   // Bounds the address space workers' declared buffer sizes can take (connection_limits.h).
   if (absl::Status st = ChargeRegisteredBytes(config_.limits, counters_, s, r); !st.ok()) return st;
-  if (r.cuda_ipc_handles_size() > 0) {
-    return absl::UnimplementedError(absl::StrCat(
-        "cuda_ipc_handles: opening CUDA IPC buffers is not implemented in this kvtierd (HBM "
-        "backend '",
-        store_.hbm_backend(), "'); register memfd buffers"));
-  }
+  if (r.cuda_ipc_handles_size() > 0 || r.vmm_fds()) return RegisterGpu(s, r, fds, out);
   const Layout& layout = *s.layout;
   const size_t want = layout.buffer_count();
   if (fds.size() != want || static_cast<size_t>(r.sizes_size()) != want) {
@@ -479,6 +475,32 @@ absl::Status Dispatcher::HandleRegister(Session& s, const wire::RegisterBuffers&
     maps.push_back(*std::move(m));
   }
   s.buffers = std::make_shared<const BufferSet>(std::move(maps), &counters_);
+  out.set_buffers(static_cast<uint32_t>(want));
+  return absl::OkStatus();
+}
+
+absl::Status Dispatcher::RegisterGpu(Session& s, const wire::RegisterBuffers& r,
+                                     std::vector<UniqueFd>& fds, wire::RegisterBuffersReply& out) {
+  const size_t want = s.layout->buffer_count();
+  if (want > config_.limits.max_buffers) {
+    return absl::ResourceExhaustedError(absl::StrCat(want, " buffers exceed limits.max_buffers (",
+                                                     config_.limits.max_buffers, ")"));
+  }
+  if (!r.vmm_fds() && !fds.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        fds.size(), " file descriptors attached to a RegisterBuffers of CUDA IPC handles"));
+  }
+  GpuBufferRequest g;
+  g.ipc_handles.assign(r.cuda_ipc_handles().begin(), r.cuda_ipc_handles().end());
+  if (r.vmm_fds()) g.vmm_fds = std::move(fds);
+  g.offsets.assign(r.offsets().begin(), r.offsets().end());
+  g.sizes.assign(r.sizes().begin(), r.sizes().end());
+  g.allocation_bytes.assign(r.allocation_bytes().begin(), r.allocation_bytes().end());
+  g.device_uuid = r.device_uuid();
+  absl::StatusOr<std::shared_ptr<const GpuWorkerBuffers>> opened =
+      gpu_->Open(*s.layout, std::move(g));
+  if (!opened.ok()) return opened.status();
+  s.buffers = std::make_shared<const BufferSet>(*std::move(opened), want, &counters_);
   out.set_buffers(static_cast<uint32_t>(want));
   return absl::OkStatus();
 }
@@ -586,6 +608,8 @@ absl::Status Dispatcher::SubmitLoadStore(const std::shared_ptr<Session>& session
     std::string class_hints;
     wire::AttentionStats stats;
     uint64_t submitted_ns = 0;
+    bool reply_when_enqueued = false;  // GPU buffers: answer before the copies land
+    std::string wait_event;            // GPU buffers: the worker's event a Store waits on
   };
   auto op =
       std::make_shared<Op>(Op{session, s.buffers, *s.layout, s.ns, req.id(), is_store,
@@ -596,6 +620,9 @@ absl::Status Dispatcher::SubmitLoadStore(const std::shared_ptr<Session>& session
     op->first_position = req.store().first_position();
     op->class_hints = req.store().class_hints();
     op->stats = req.store().stats();
+    op->wait_event = req.store().wait_event_handle();
+  } else {
+    op->reply_when_enqueued = req.load().reply_when_enqueued();
   }
   if (metrics_ != nullptr) op->submitted_ns = SteadyClock::Get()->NowNs();
   executor_([this, op] {
@@ -614,63 +641,82 @@ absl::Status Dispatcher::SubmitLoadStore(const std::shared_ptr<Session>& session
     resp.set_id(op->id);
     wire::PageStatusReply& pages = *resp.mutable_pages();
     const size_t n = op->keys.size();
-    pages.mutable_codes()->Reserve(static_cast<int>(n));
+    pages.mutable_codes()->Resize(static_cast<int>(n), 0);
     std::string& tiers = *pages.mutable_tiers();
     tiers.assign(n, static_cast<char>(0xff));
-    std::vector<Piece> pieces;
-    pieces.reserve(op->layout.pieces_per_page());
-    std::vector<MutableBuffer> dst;
-    std::vector<ConstBuffer> src;
-    dst.reserve(op->layout.pieces_per_page());
-    src.reserve(op->layout.pieces_per_page());
     uint32_t ok = 0;
-    for (size_t i = 0; i < n; ++i) {
-      pieces.clear();
-      const absl::Status placed = op->layout.AppendPieces(op->blocks[i], pieces);
-      absl::StatusOr<Tier> tier = absl::InternalError("unset");
-      if (!placed.ok()) {
-        tier = placed;
-      } else {
-        if (op->is_store) {
-          src.clear();
-          for (const Piece& p : pieces) {
-            src.push_back({op->buffers->base(p.buffer) + p.offset, p.length});
-          }
-          PutOptions po;
-          po.parent = i == 0 ? op->parent : op->keys[i - 1];
-          po.position = op->first_position + static_cast<uint32_t>(i);
-          if (!op->class_hints.empty()) {
-            po.class_hint = static_cast<PageClass>(static_cast<uint8_t>(op->class_hints[i]));
-          }
-          tier = store_.Put(op->ns, op->keys[i], src, po);
-          if (tier.ok() && HasStats(op->stats) &&
-              store_.ReportAttention(op->ns, op->keys[i], SampleAt(op->stats, static_cast<int>(i)))
-                  .ok()) {
-            // The page is stored; a racing eviction only loses the sample or its class.
-            ClassifyAfterReport(store_, op->ns, op->keys[i], classifier_).IgnoreError();
-          }
-        } else {
-          dst.clear();
-          for (const Piece& p : pieces) {
-            dst.push_back({op->buffers->base(p.buffer) + p.offset, p.length});
-          }
-          tier = store_.Get(op->ns, op->keys[i], dst);
-        }
-      }
-      pages.add_codes(static_cast<int32_t>(tier.status().code()));
+    auto record = [&](size_t i, const absl::StatusOr<Tier>& tier) {
+      pages.mutable_codes()->Set(static_cast<int>(i), static_cast<int32_t>(tier.status().code()));
       if (tier.ok()) {
         tiers[i] = static_cast<char>(*tier);
         ++ok;
       } else if (pages.first_error().empty()) {
         pages.set_first_error(absl::StrCat("page ", i, ": ", tier.status().message()));
       }
+    };
+    auto put = [&](size_t i, absl::Span<const ConstBuffer> src) -> absl::StatusOr<Tier> {
+      PutOptions po;
+      po.parent = i == 0 ? op->parent : op->keys[i - 1];
+      po.position = op->first_position + static_cast<uint32_t>(i);
+      if (!op->class_hints.empty()) {
+        po.class_hint = static_cast<PageClass>(static_cast<uint8_t>(op->class_hints[i]));
+      }
+      absl::StatusOr<Tier> tier = store_.Put(op->ns, op->keys[i], src, po);
+      if (tier.ok() && HasStats(op->stats) &&
+          store_.ReportAttention(op->ns, op->keys[i], SampleAt(op->stats, static_cast<int>(i)))
+              .ok()) {
+        // The page is stored; a racing eviction only loses the sample or its class.
+        ClassifyAfterReport(store_, op->ns, op->keys[i], classifier_).IgnoreError();
+      }
+      return tier;
+    };
+    bool sent = false;
+    auto reply = [&] {
+      pages.set_ok_pages(ok);
+      if (metrics_ != nullptr) {
+        metrics_->Request(op->is_store ? RpcOp::kStore : RpcOp::kLoad,
+                          SecondsSince(op->submitted_ns), ok == n);
+      }
+      ss.Send(resp);
+      sent = true;
+    };
+    if (const GpuWorkerBuffers* gpu = op->buffers->gpu(); gpu != nullptr) {
+      // Worker blocks in GPU memory: one batched copy per operation (daemon/gpu_worker_memory.h).
+      pages.set_cuda_event_handle(gpu->event_handle());
+      const GpuPageBatch batch{op->ns, &op->layout, op->keys, op->blocks};
+      if (op->is_store) {
+        gpu_->Store(*gpu, batch, op->wait_event, put, record);
+      } else {
+        gpu_->Load(*gpu, batch, op->reply_when_enqueued, record, reply);
+      }
+    } else {
+      std::vector<Piece> pieces;
+      pieces.reserve(op->layout.pieces_per_page());
+      std::vector<MutableBuffer> dst;
+      std::vector<ConstBuffer> src;
+      dst.reserve(op->layout.pieces_per_page());
+      src.reserve(op->layout.pieces_per_page());
+      for (size_t i = 0; i < n; ++i) {
+        pieces.clear();
+        const absl::Status placed = op->layout.AppendPieces(op->blocks[i], pieces);
+        if (!placed.ok()) {
+          record(i, placed);
+        } else if (op->is_store) {
+          src.clear();
+          for (const Piece& p : pieces) {
+            src.push_back({op->buffers->base(p.buffer) + p.offset, p.length});
+          }
+          record(i, put(i, src));
+        } else {
+          dst.clear();
+          for (const Piece& p : pieces) {
+            dst.push_back({op->buffers->base(p.buffer) + p.offset, p.length});
+          }
+          record(i, store_.Get(op->ns, op->keys[i], dst));
+        }
+      }
     }
-    pages.set_ok_pages(ok);
-    if (metrics_ != nullptr) {
-      metrics_->Request(op->is_store ? RpcOp::kStore : RpcOp::kLoad, SecondsSince(op->submitted_ns),
-                        ok == n);
-    }
-    ss.Send(resp);
+    if (!sent) reply();
     finish();
   });
   return absl::OkStatus();

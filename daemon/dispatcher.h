@@ -23,6 +23,7 @@
 #include "absl/synchronization/mutex.h"
 #include "client/unique_fd.h"
 #include "daemon/config.h"
+#include "daemon/gpu_worker_memory.h"
 #include "daemon/observability/daemon_metrics.h"
 #include "daemon/session.h"
 #include "daemon/tenant_ledger.h"
@@ -67,6 +68,9 @@ class Dispatcher {
   Outcome HandleHello(Session& s, const wire::Hello& h, wire::HelloReply& out, UniqueFd& attach);
   absl::Status HandleRegister(Session& s, const wire::RegisterBuffers& r,
                               std::vector<UniqueFd>& fds, wire::RegisterBuffersReply& out);
+  // RegisterBuffers of GPU memory (CUDA IPC handles or VMM fds), opened by gpu_.
+  absl::Status RegisterGpu(Session& s, const wire::RegisterBuffers& r, std::vector<UniqueFd>& fds,
+                           wire::RegisterBuffersReply& out);
   absl::Status HandleLookup(Session& s, const wire::Lookup& r, wire::LookupReply& out);
   absl::Status SubmitLoadStore(const std::shared_ptr<Session>& s, const wire::Request& req);
   absl::Status HandleReport(Session& s, const wire::Report& r, wire::CountReply& out);
@@ -88,6 +92,8 @@ class Dispatcher {
   const uid_t owner_uid_;
   const uint64_t start_ns_;
   DaemonMetrics* const metrics_;
+  // Workers' GPU buffers and the copies into and out of them.
+  const std::unique_ptr<GpuWorkers> gpu_;
 
   mutable absl::Mutex mu_;
   // The layout each namespace's first worker presented (num_blocks aside): later workers must

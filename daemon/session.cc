@@ -8,8 +8,14 @@ BufferSet::BufferSet(std::vector<Mapping> maps, DaemonCounters* counters)
                                           std::memory_order_relaxed);
 }
 
+BufferSet::BufferSet(std::shared_ptr<const GpuWorkerBuffers> gpu, size_t count,
+                     DaemonCounters* counters)
+    : gpu_(std::move(gpu)), gpu_count_(count), counters_(counters) {
+  counters_->registered_buffers.fetch_add(static_cast<uint32_t>(count), std::memory_order_relaxed);
+}
+
 BufferSet::~BufferSet() {
-  counters_->registered_buffers.fetch_sub(static_cast<uint32_t>(maps_.size()),
+  counters_->registered_buffers.fetch_sub(static_cast<uint32_t>(count()),
                                           std::memory_order_relaxed);
 }
 

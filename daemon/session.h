@@ -29,6 +29,8 @@
 
 namespace kvtier {
 
+class GpuWorkerBuffers;  // daemon/gpu_worker_memory.h
+
 struct PeerCredentials {
   pid_t pid = 0;
   uid_t uid = 0;
@@ -93,15 +95,21 @@ class RegisteredBytesCharge {
 class BufferSet {
  public:
   BufferSet(std::vector<Mapping> maps, DaemonCounters* counters);
+  // A worker's buffers in its GPU memory, opened in kvtierd: no host mapping, copied by
+  // GpuWorkers only (gpu() is then set and base() is a device address).
+  BufferSet(std::shared_ptr<const GpuWorkerBuffers> gpu, size_t count, DaemonCounters* counters);
   ~BufferSet();
   BufferSet(const BufferSet&) = delete;
   BufferSet& operator=(const BufferSet&) = delete;
-  size_t count() const { return maps_.size(); }
+  size_t count() const { return gpu_ != nullptr ? gpu_count_ : maps_.size(); }
   std::byte* base(size_t i) const { return maps_[i].data(); }
   size_t size(size_t i) const { return maps_[i].size(); }
+  const GpuWorkerBuffers* gpu() const { return gpu_.get(); }
 
  private:
   std::vector<Mapping> maps_;
+  std::shared_ptr<const GpuWorkerBuffers> gpu_;
+  size_t gpu_count_ = 0;
   DaemonCounters* counters_;
 };
 

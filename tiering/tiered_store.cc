@@ -664,6 +664,14 @@ TieredStore::SharedPool TieredStore::dram_pool() const {
   return SharedPool{tier->region().fd(), tier->slot_count(), tier->slot_bytes()};
 }
 
+std::byte* TieredStore::SlotAddress(Tier t, uint32_t slot) const {
+  const auto* tier = dynamic_cast<const MemoryTier*>(backends_[TierIndex(t)].get());
+  if (tier == nullptr || slot >= tier->slot_count()) return nullptr;
+  // Host memory a GPU kernel cannot reach (not registered with CUDA) is no address for it.
+  if (tier->region().kind() == MemoryKind::kHost && !tier->region().pinned()) return nullptr;
+  return tier->SlotAddress(slot);
+}
+
 absl::StatusOr<Tier> TieredStore::Get(NamespaceId ns, const PageKey& client_key,
                                       absl::Span<const MutableBuffer> dst) {
   const PageKey key = IndexKey(ns, client_key);
@@ -745,6 +753,24 @@ absl::Status TieredStore::Pin(NamespaceId ns, absl::Span<const PageKey> client_k
   absl::MutexLock lock(&mu_);
   for (const PageKey& key : keys) {
     if (absl::StatusOr<PageEntry> e = FindOwned(ns, key); !e.ok()) return e.status();
+  }
+  for (const PageKey& key : keys) index_.Update(key, [](PageEntry& x) { ++x.pin_count; });
+  return absl::OkStatus();
+}
+
+absl::Status TieredStore::PinAndLocate(NamespaceId ns, absl::Span<const PageKey> client_keys,
+                                       std::vector<PageEntry>& entries) {
+  entries.clear();
+  std::vector<PageKey> keys(client_keys.size());
+  for (size_t i = 0; i < keys.size(); ++i) keys[i] = IndexKey(ns, client_keys[i]);
+  absl::MutexLock lock(&mu_);
+  for (const PageKey& key : keys) {
+    absl::StatusOr<PageEntry> e = FindOwned(ns, key);
+    if (!e.ok()) {
+      entries.clear();
+      return e.status();
+    }
+    entries.push_back(*e);
   }
   for (const PageKey& key : keys) index_.Update(key, [](PageEntry& x) { ++x.pin_count; });
   return absl::OkStatus();

@@ -185,6 +185,10 @@ class TieredStore {
 
   // Pins every page of `keys` (all or nothing): pinned pages are never moved or evicted.
   absl::Status Pin(NamespaceId ns, absl::Span<const PageKey> keys);
+  // Pin, also returning each page's entry (tier and slot, stable while pinned) from the same
+  // lookup: batched copy paths place a whole batch with one lock and one index probe a page.
+  absl::Status PinAndLocate(NamespaceId ns, absl::Span<const PageKey> keys,
+                            std::vector<PageEntry>& entries);
   absl::Status Unpin(NamespaceId ns, absl::Span<const PageKey> keys);
 
   // Feeds attention statistics into the page's EWMAs.
@@ -220,6 +224,11 @@ class TieredStore {
     uint64_t slot_bytes = 0;
   };
   SharedPool dram_pool() const;
+  // Address of `slot` in memory tier `t` as a GPU kernel reaches it (device memory for a CUDA
+  // HBM pool, pinned and mapped host memory for DRAM); nullptr for a tier that is absent or not
+  // memory (NVMe), host memory not registered with CUDA, or a slot out of range. For copy paths
+  // outside Get/Put that move a batch of pages in one launch: valid while the page is pinned.
+  std::byte* SlotAddress(Tier t, uint32_t slot) const;
   // Adopts pages a persistent tier recovered (called once by Create for NVMe).
   uint32_t recovered_pages() const { return recovered_pages_; }
 

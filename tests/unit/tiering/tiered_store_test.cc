@@ -421,3 +421,35 @@ TEST_F(TieredStoreTest, ConcurrentWorkersNeverReadAWrongPage) {
 
 }  // namespace
 }  // namespace kvtier
+
+namespace kvtier {
+namespace {
+
+// PinAndLocate pins a batch all or nothing and hands back where each page is (the GPU-worker
+// copy path's contract); SlotAddress gives no address in memory a kernel cannot reach.
+TEST_F(TieredStoreTest, PinAndLocateReturnsStableSlotsAndIsAllOrNothing) {
+  Make(4, 16);
+  for (uint64_t i = 0; i < 12; ++i) ASSERT_TRUE(Put(i).ok());
+  std::vector<PageKey> keys;
+  for (uint64_t i = 0; i < 12; ++i) keys.push_back(Key(i));
+  std::vector<PageEntry> entries;
+  ASSERT_TRUE(store_->PinAndLocate(ns_, keys, entries).ok());
+  ASSERT_EQ(entries.size(), keys.size());
+  for (size_t i = 0; i < keys.size(); ++i) {
+    EXPECT_EQ(entries[i].tier, TierOf(i));
+    // Host memory no GPU can reach (this store has no CUDA): no address for a kernel.
+    EXPECT_EQ(store_->SlotAddress(entries[i].tier, entries[i].slot), nullptr);
+    EXPECT_FALSE(store_->Evict(ns_, Key(i)).ok()) << "pinned pages cannot be evicted";
+  }
+  EXPECT_EQ(store_->SlotAddress(Tier::kDram, 16), nullptr) << "slot out of range";
+  EXPECT_EQ(store_->SlotAddress(Tier::kNvme, 0), nullptr) << "no NVMe tier here";
+  ASSERT_TRUE(store_->Unpin(ns_, keys).ok());
+  // A missing key fails the whole batch and pins nothing.
+  keys.push_back(Key(99));
+  EXPECT_EQ(store_->PinAndLocate(ns_, keys, entries).code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(entries.empty());
+  EXPECT_TRUE(store_->Evict(ns_, Key(0)).ok()) << "the refused batch left no pin behind";
+}
+
+}  // namespace
+}  // namespace kvtier

@@ -15,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import mmap
 import os
+import warnings
 import weakref
 from typing import Any, Sequence
 
@@ -34,11 +35,14 @@ class HostBuffers:
     instances: "weakref.WeakSet[HostBuffers]" = weakref.WeakSet()
 
     def __init__(self, layout: Layout, pin: bool | None = None) -> None:
+        """pin: True pins (or raises), False does not, None pins when CUDA is available and
+        warns if that fails."""
         HostBuffers.instances.add(self)
         self.layout = layout
         self.fds: list[int] = []
         self.maps: list[mmap.mmap] = []
         self._pinned: list[int] = []
+        self.pin_error = ""  # why pinning failed when it was tried and failed
         size = layout.buffer_bytes
         try:
             for _ in range(layout.buffer_count):
@@ -49,10 +53,16 @@ class HostBuffers:
                 fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
                 self.maps.append(mmap.mmap(fd, size, mmap.MAP_SHARED,
                                            mmap.PROT_READ | mmap.PROT_WRITE))
-            if pin is None:
-                pin = _cuda_available()
-            if pin:
-                self._pin()
+            if pin or (pin is None and _cuda_available()):
+                try:
+                    self._pin()
+                except RuntimeError as e:
+                    if pin:
+                        raise
+                    # Unpinned buffers still work (the copies to the GPU go through a staging
+                    # buffer of the driver's): said once, and kept in pin_error for reports.
+                    self.pin_error = str(e)
+                    warnings.warn(f"kvtier: host KV buffers are not pinned: {e}", stacklevel=2)
         except BaseException:
             self.close()
             raise
@@ -89,7 +99,10 @@ class HostBuffers:
         cudart = torch.cuda.cudart()
         for m in self.maps:
             address = ctypes.addressof(ctypes.c_char.from_buffer(m))
-            err = cudart.cudaHostRegister(address, len(m), 0)
+            try:
+                err = cudart.cudaHostRegister(address, len(m), 0)
+            except Exception as e:  # torch without CUDA raises here
+                raise RuntimeError(f"cudaHostRegister of {len(m)} bytes: {e}") from e
             if int(err) != 0:
                 raise RuntimeError(f"cudaHostRegister of {len(m)} bytes failed: error {int(err)}")
             self._pinned.append(address)

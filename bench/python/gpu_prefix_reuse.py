@@ -83,7 +83,7 @@ class Daemon:
                     # The planner stays idle, so each page stays in the tier it was stored in
                     # (and a restarted daemon serves from NVMe instead of promoting).
                     "  maintain_interval_ms: 86400000\n"
-                    "limits:\n  max_inflight_ops: 64\n  max_pinned_pages: 262144\n"
+                    "limits:\n  max_inflight_ops: 64\n  max_pinned_pages: 262144\n  io_threads: 8\n"
                     # Reserved sink slots live in HBM; a daemon without HBM reserves none.
                     f"namespaces:\n  - name: \"*\"\n    sink_slots: {16 if hbm_pages else 0}\n"
                     + nvme)
@@ -164,7 +164,16 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--nvme-dir", default="")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-deterministic", action="store_true",
+                    help="leave PyTorch's kernel choice alone (default: deterministic kernels, "
+                         "no cuDNN attention)")
     args = ap.parse_args()
+    if not args.no_deterministic:
+        # Run-to-run determinism of the model itself is the premise of every bit-for-bit check
+        # below: cuBLAS with a fixed workspace, and no cuDNN attention (its plan may change).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cuda.enable_cudnn_sdp(False)
 
     device = torch.device("cpu" if args.tiny else "cuda")
     backend = "host-emulated" if args.tiny else "cuda"
@@ -185,7 +194,7 @@ def main() -> int:
                "layers": config.num_hidden_layers, "hidden": config.hidden_size,
                "kv_heads": config.num_key_value_heads, "head_dim": config.head_dim,
                "vocab": config.vocab_size, "dtype": "bf16", "tokens_per_page": tpp,
-               "seed": args.seed}
+               "seed": args.seed, "deterministic": not args.no_deterministic}
     log({"machine": machine})
 
     gen = torch.Generator().manual_seed(args.seed + 1)
@@ -225,6 +234,13 @@ def main() -> int:
             suf = model(prompts[n][:, c:], use_cache=True, logits_to_keep=1,
                         **kvtier.hf.cache_kwargs(model, pre_cache))
             reference[n] = greedy(model, suf.logits, kvtier.hf.output_cache(suf), args.decode)
+            # Control: the same recompute again. Restored runs are held to this equality.
+            pre2 = model(prompts[n][:, :c], use_cache=True, logits_to_keep=1)
+            suf2 = model(prompts[n][:, c:], use_cache=True, logits_to_keep=1,
+                         **kvtier.hf.cache_kwargs(model, kvtier.hf.output_cache(pre2)))
+            repeat = greedy(model, suf2.logits, kvtier.hf.output_cache(suf2), args.decode)
+            control = compare(repeat, reference[n])
+            del pre2, suf2
             full = model(prompts[n], use_cache=True, logits_to_keep=1)
             full_cache = kvtier.hf.output_cache(full)
             full_tokens, full_logits = greedy(model, full.logits, full_cache, args.decode)
@@ -235,6 +251,7 @@ def main() -> int:
             prefix_kv_same = kv_equal(kv_bits(full_cache, c), kv_bits(populated[n], c))
             record = {
                 "prompt": n, "cached": c, "recompute_prefix_kv_bit_equal": same,
+                "recompute_again": control,
                 "full_vs_split": {
                     "first_token_logits_max_abs_diff": float(first_diff.max()),
                     "first_token_logits_mean_abs_diff": float(first_diff.mean()),
@@ -246,6 +263,8 @@ def main() -> int:
             results["determinism"][str(n)] = {"a_recompute": record}
             if not same:
                 failures.append(f"{n}: recomputing the prefix changed its KV bytes")
+            if not (control["tokens_equal"] and control["logits_bit_equal"]):
+                failures.append(f"{n}: the model is not deterministic run to run: {control}")
             del full_cache, full, pre_cache, pre, suf
         sync(device)
 
@@ -360,7 +379,7 @@ def measure(run: str, model: Any, pc: kvtier.hf.PrefixCache, prompts: dict, cach
         tier_mix = {t.name: restored.tiers.count(t) for t in set(restored.tiers)}
         if restored.cached_tokens != cached[n]:
             failures.append(f"{run} {n}: restored {restored.cached_tokens} tokens, "
-                            f"expected {cached[n]} (tiers {tier_mix})")
+                            f"expected {cached[n]} (tiers {tier_mix}; {pc.last_error})")
             continue
         if n in ttft:
             best = int(np.argsort(times)[len(times) // 2])
@@ -371,13 +390,9 @@ def measure(run: str, model: Any, pc: kvtier.hf.PrefixCache, prompts: dict, cach
             log({"ttft": rec})
         if n in det:
             kv_same = kv_equal(kv_bits(restored.cache, cached[n]), kv_bits(populated[n], cached[n]))
-            tokens, logits = greedy(model, out.logits, kvtier.hf.output_cache(out), args.decode)
-            ref_tokens, ref_logits = reference[n]
+            run_out = greedy(model, out.logits, kvtier.hf.output_cache(out), args.decode)
             rec = {"prompt": n, "run": run, "tiers": tier_mix, "restored_kv_bit_equal": kv_same,
-                   "tokens_equal": tokens == ref_tokens,
-                   "logits_bit_equal": bool(torch.equal(logits.view(torch.int16),
-                                                        ref_logits.view(torch.int16))),
-                   "decoded": len(tokens)}
+                   **compare(run_out, reference[n])}
             results["determinism"][str(n)][run] = rec
             log({"determinism": rec})
             if not (kv_same and rec["tokens_equal"] and rec["logits_bit_equal"]):
@@ -386,6 +401,18 @@ def measure(run: str, model: Any, pc: kvtier.hf.PrefixCache, prompts: dict, cach
         del restored, out
         if device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def compare(run: tuple[list[int], torch.Tensor], ref: tuple[list[int], torch.Tensor]) -> dict:
+    tokens, logits = run
+    ref_tokens, ref_logits = ref
+    first = next((i for i, (x, y) in enumerate(zip(tokens, ref_tokens)) if x != y), len(tokens))
+    diff = (logits[0].float() - ref_logits[0].float()).abs()
+    return {"tokens_equal": tokens == ref_tokens,
+            "logits_bit_equal": bool(torch.equal(logits.view(torch.int16),
+                                                 ref_logits.view(torch.int16))),
+            "decoded": len(tokens), "first_token_divergence": first,
+            "first_logits_max_abs_diff": float(diff.max())}
 
 
 def summary(results: dict, ttft: list[int]) -> None:

@@ -51,6 +51,7 @@ def main() -> None:
     client = kvtier.Client.connect(socket)
     cache = kvtier.hf.PrefixCache(client, model.config, namespace="tiny-llama/test",
                                   max_tokens=256, tokens_per_page=TOKENS_PER_PAGE, pin=False)
+    cache.batch = 2  # several lookups, loads and stores per prompt, two in flight at once
     result: dict[str, object] = {"page_bytes": cache.layout.page_bytes}
     with torch.no_grad():
         if role == "store":

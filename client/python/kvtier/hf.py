@@ -99,7 +99,9 @@ class PrefixCache:
         self.buffers = HostBuffers(self.layout, pin=pin)
         client.register_buffers(self.buffers)
         self.host = self.buffers.torch()  # per layer: [2, num_blocks, tokens_per_page, H, D]
-        self.batch = max(1, min(self.info.max_batch_pages, 1024))
+        # Several ops in flight let the daemon's io threads copy in parallel.
+        self.batch = max(1, min(self.info.max_batch_pages, 256))
+        self.last_error = ""  # the first failed page of the last restore, if any
         self.inflight = max(1, self.info.max_inflight_ops // 2)
 
     @property
@@ -125,16 +127,25 @@ class PrefixCache:
 
     def _run(self, submit: Any, pages: int) -> int:
         """Submits [0, pages) in batches, at most `inflight` at once; returns the pages that
-        succeeded before the first failure."""
+        succeeded before the first failure (whose message is kept in `last_error`)."""
         ops: list[tuple[int, Op]] = []
         ok = pages
+
+        def settle(begin: int, op: Op) -> int:
+            result = op.wait()
+            if result.ok:
+                return pages
+            if not self.last_error:
+                self.last_error = result.first_error
+            return begin + result.ok_prefix
+
+        self.last_error = ""
         for begin in range(0, pages, self.batch):
             ops.append((begin, submit(begin, min(begin + self.batch, pages))))
             if len(ops) >= self.inflight:
-                b, op = ops.pop(0)
-                ok = min(ok, b + op.wait().ok_prefix)
-        for b, op in ops:
-            ok = min(ok, b + op.wait().ok_prefix)
+                ok = min(ok, settle(*ops.pop(0)))
+        for begin, op in ops:
+            ok = min(ok, settle(begin, op))
         return ok
 
     def restore(self, input_ids: Any, device: Any = None, max_pages: Optional[int] = None,

@@ -435,7 +435,7 @@ class Client:
         out = ctypes.c_void_p()
         self._check(fn(self._handle(), ctypes.byref(out)), operation)
         try:
-            return _ints(json.loads(ctypes.string_at(out.value).decode()))
+            return _ints(json.loads(ctypes.string_at(out).decode()))
         finally:
             _lib.lib().kvtier_free(out)
 

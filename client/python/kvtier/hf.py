@@ -277,17 +277,14 @@ def _received_attention(attentions: Sequence[Any], begin: int, end: int,
     than a uniform share."""
     import torch
 
-    mass = None
-    breadth = None
+    masses, breadths = [], []
     for att in attentions:  # [1, heads, q, kv]
         a = att[0, :, :, begin:end].float()
         q, kv = a.shape[1], att.shape[-1]
         a = a.reshape(a.shape[0], q, -1, tokens_per_page).sum(-1)  # [heads, q, pages]
-        m = a.mean(dim=(0, 1))
-        b = (a > tokens_per_page / kv).float().mean(dim=(0, 1))
-        mass = m if mass is None else mass + m
-        breadth = b if breadth is None else breadth + b
-    return (mass / len(attentions)).cpu(), (breadth / len(attentions)).cpu()
+        masses.append(a.mean(dim=(0, 1)))
+        breadths.append((a > tokens_per_page / kv).float().mean(dim=(0, 1)))
+    return torch.stack(masses).mean(0).cpu(), torch.stack(breadths).mean(0).cpu()
 
 
 def _cpu(input_ids: Any) -> Any:

@@ -1,10 +1,13 @@
-// The C ABI over kvtier::Client: status codes out, messages kept per handle.
+// The C ABI over kvtier::Client: status codes out, messages kept per handle and per thread.
+// libkvtier.so (client/CMakeLists.txt) exports exactly these functions.
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
 #include "absl/synchronization/mutex.h"
 #include "client/client.h"
 #include "client/kvtier_c.h"
+#include "google/protobuf/util/json_util.h"
 
 struct kvtier_client {
   std::unique_ptr<kvtier::Client> client;
@@ -14,16 +17,62 @@ struct kvtier_client {
 
 namespace {
 
+// The calling thread's last failure: what a binding reads right after a call returned non-zero,
+// safe from other threads failing on the same handle in between.
+thread_local std::string thread_error;
+
 int Fail(kvtier_client* c, const absl::Status& s) {
   if (s.ok()) return 0;
+  thread_error = s.ToString();
   absl::MutexLock lock(&c->mu);
-  c->last_error = s.ToString();
+  c->last_error = thread_error;
   return static_cast<int>(s.code());
 }
 
 absl::Span<const kvtier::PageKey> Keys(const kvtier_key* keys, size_t count) {
   static_assert(sizeof(kvtier_key) == sizeof(kvtier::PageKey));
   return {reinterpret_cast<const kvtier::PageKey*>(keys), count};
+}
+
+kvtier::LayoutSpec SpecOf(const kvtier_layout& l) {
+  kvtier::LayoutSpec spec;
+  spec.layers = l.layers;
+  spec.kv_heads = l.kv_heads;
+  spec.head_dim = l.head_dim;
+  spec.dtype = static_cast<kvtier::DType>(l.dtype);
+  spec.tokens_per_page = l.tokens_per_page;
+  spec.tensor_layout = static_cast<kvtier::TensorLayout>(l.tensor_layout);
+  spec.num_blocks = l.num_blocks;
+  return spec;
+}
+
+// Copies the arrays that are present; an absent one stays empty (the daemon reads it as "not
+// measured").
+kvtier::AttentionBatch BatchOf(const kvtier_attention& a, size_t count) {
+  kvtier::AttentionBatch b;
+  auto copy = [count](const float* p, std::vector<float>& out) {
+    if (p != nullptr) out.assign(p, p + count);
+  };
+  copy(a.mass, b.mass);
+  copy(a.breadth, b.breadth);
+  copy(a.value_norm, b.value_norm);
+  copy(a.mass_entropy, b.mass_entropy);
+  return b;
+}
+
+int JsonOut(kvtier_client* c, const google::protobuf::Message& m, char** out) {
+  std::string json;
+  google::protobuf::util::JsonPrintOptions options;
+  options.always_print_primitive_fields = true;
+  options.preserve_proto_field_names = true;
+  if (!google::protobuf::util::MessageToJsonString(m, &json, options).ok()) {
+    return Fail(c, absl::InternalError("the daemon's reply does not convert to JSON"));
+  }
+  char* p = static_cast<char*>(std::malloc(json.size() + 1));  // freed by kvtier_free
+  if (p == nullptr) return Fail(c, absl::ResourceExhaustedError("malloc of the JSON reply"));
+  std::memcpy(p, json.c_str(), json.size() + 1);
+  *out = p;
+  return 0;
 }
 
 }  // namespace
@@ -34,7 +83,10 @@ kvtier_client* kvtier_connect(const char* socket_path, int* error_code) {
   absl::StatusOr<std::unique_ptr<kvtier::Client>> c =
       kvtier::Client::Connect(socket_path == nullptr ? "" : socket_path);
   if (error_code != nullptr) *error_code = static_cast<int>(c.status().code());
-  if (!c.ok()) return nullptr;
+  if (!c.ok()) {
+    thread_error = c.status().ToString();
+    return nullptr;
+  }
   auto* handle = new kvtier_client;  // owned by the caller until kvtier_close
   handle->client = *std::move(c);
   return handle;
@@ -48,15 +100,7 @@ const char* kvtier_last_error(const kvtier_client* client) {
 }
 
 int kvtier_hello(kvtier_client* c, const char* ns, const kvtier_layout* l, kvtier_key* salt_out) {
-  kvtier::LayoutSpec spec;
-  spec.layers = l->layers;
-  spec.kv_heads = l->kv_heads;
-  spec.head_dim = l->head_dim;
-  spec.dtype = static_cast<kvtier::DType>(l->dtype);
-  spec.tokens_per_page = l->tokens_per_page;
-  spec.tensor_layout = static_cast<kvtier::TensorLayout>(l->tensor_layout);
-  spec.num_blocks = l->num_blocks;
-  absl::StatusOr<kvtier::HelloInfo> info = c->client->Hello(ns, spec);
+  absl::StatusOr<kvtier::HelloInfo> info = c->client->Hello(ns, SpecOf(*l));
   if (!info.ok()) return Fail(c, info.status());
   if (salt_out != nullptr) *salt_out = kvtier_key{info->salt.hi, info->salt.lo};
   return 0;
@@ -116,6 +160,7 @@ int kvtier_wait(kvtier_client* c, uint64_t op, int32_t* codes_out, size_t capaci
   }
   if (ok_pages_out != nullptr) *ok_pages_out = r->ok_pages;
   if (r->ok_pages != r->codes.size()) {
+    thread_error = r->first_error;
     absl::MutexLock lock(&c->mu);
     c->last_error = r->first_error;
   }
@@ -173,6 +218,113 @@ int kvtier_load_gpu(kvtier_client* c, const kvtier_key* keys, const uint32_t* bl
   if (event_handle_out != nullptr && r->cuda_event_handle.size() == 64) {
     std::memcpy(event_handle_out, r->cuda_event_handle.data(), 64);
   }
+  return 0;
+}
+
+// ---- ABI version 2 ----
+
+int kvtier_abi_version(void) { return KVTIER_C_ABI_VERSION; }
+
+const char* kvtier_thread_error(void) { return thread_error.c_str(); }
+
+int kvtier_hello_info_get(kvtier_client* c, const char* ns, const kvtier_layout* l,
+                          const char* client_name, kvtier_hello_info* info_out) {
+  absl::StatusOr<kvtier::HelloInfo> info = c->client->Hello(
+      ns, SpecOf(*l), /*want_dram_pool=*/false, client_name == nullptr ? "" : client_name);
+  if (!info.ok()) return Fail(c, info.status());
+  if (info_out != nullptr) {
+    *info_out = kvtier_hello_info{};
+    info_out->salt = kvtier_key{info->salt.hi, info->salt.lo};
+    info_out->page_bytes = info->page_bytes;
+    info_out->max_inflight_ops = info->max_inflight_ops;
+    info_out->max_pinned_pages = info->max_pinned_pages;
+    info_out->max_batch_pages = info->max_batch_pages;
+    std::strncpy(info_out->hbm_backend, info->hbm_backend.c_str(),
+                 sizeof(info_out->hbm_backend) - 1);
+  }
+  return 0;
+}
+
+int kvtier_store_submit_stats(kvtier_client* c, const kvtier_key* keys, const uint32_t* block_ids,
+                              size_t count, const kvtier_key* parent, uint32_t first_position,
+                              const uint8_t* class_hints, const kvtier_attention* stats,
+                              uint64_t* op_out) {
+  kvtier::StoreHints hints;
+  if (parent != nullptr) hints.parent = kvtier::PageKey{parent->hi, parent->lo};
+  hints.first_position = first_position;
+  if (class_hints != nullptr) {
+    for (size_t i = 0; i < count; ++i) {
+      hints.class_hints.push_back(static_cast<kvtier::PageClass>(class_hints[i]));
+    }
+  }
+  kvtier::AttentionBatch batch;
+  if (stats != nullptr) batch = BatchOf(*stats, count);
+  absl::StatusOr<kvtier::OpHandle> op = c->client->StoreAsync(
+      Keys(keys, count), {block_ids, count}, hints, stats != nullptr ? &batch : nullptr);
+  if (!op.ok()) return Fail(c, op.status());
+  *op_out = *op;
+  return 0;
+}
+
+int kvtier_report(kvtier_client* c, const kvtier_key* keys, size_t count,
+                  const kvtier_attention* stats) {
+  return Fail(c, c->client->Report(Keys(keys, count), BatchOf(*stats, count)));
+}
+
+int kvtier_wait_pages(kvtier_client* c, uint64_t op, int32_t* codes_out, uint8_t* tiers_out,
+                      size_t capacity, uint32_t* page_count_out, uint32_t* ok_pages_out) {
+  absl::StatusOr<kvtier::PageResults> r = c->client->Wait(op);
+  if (!r.ok()) return Fail(c, r.status());
+  for (size_t i = 0; i < r->codes.size() && i < capacity; ++i) {
+    if (codes_out != nullptr) codes_out[i] = static_cast<int32_t>(r->codes[i]);
+    if (tiers_out != nullptr) {
+      tiers_out[i] = i < r->tiers.size() ? static_cast<uint8_t>(r->tiers[i]) : uint8_t{0xff};
+    }
+  }
+  if (page_count_out != nullptr) *page_count_out = static_cast<uint32_t>(r->codes.size());
+  if (ok_pages_out != nullptr) *ok_pages_out = r->ok_pages;
+  thread_error = r->ok_pages != r->codes.size() ? r->first_error : std::string();
+  return 0;
+}
+
+int kvtier_release_count(kvtier_client* c, const kvtier_key* keys, size_t count,
+                         uint32_t* released_out) {
+  absl::StatusOr<uint32_t> r = c->client->Release(Keys(keys, count));
+  if (!r.ok()) return Fail(c, r.status());
+  if (released_out != nullptr) *released_out = *r;
+  return 0;
+}
+
+int kvtier_status_json(kvtier_client* c, char** json_out) {
+  absl::StatusOr<kvtier::wire::StatusReply> r = c->client->Status();
+  if (!r.ok()) return Fail(c, r.status());
+  return JsonOut(c, *r, json_out);
+}
+
+int kvtier_stats_json(kvtier_client* c, char** json_out) {
+  absl::StatusOr<kvtier::wire::StatsReply> r = c->client->Stats();
+  if (!r.ok()) return Fail(c, r.status());
+  return JsonOut(c, *r, json_out);
+}
+
+void kvtier_free(void* p) { std::free(p); }
+
+int kvtier_key_from_block_hash(kvtier_key salt, const kvtier_key* parent, const void* hash,
+                               size_t hash_bytes, kvtier_key* key_out) {
+  if (hash == nullptr || hash_bytes == 0 || hash_bytes % sizeof(uint64_t) != 0) {
+    thread_error = "block hash of " + std::to_string(hash_bytes) +
+                   " bytes: it must be a positive multiple of 8 bytes";
+    return static_cast<int>(absl::StatusCode::kInvalidArgument);
+  }
+  const kvtier::PageKey s{salt.hi, salt.lo};
+  kvtier::PageKey key =
+      parent == nullptr ? kvtier::PageKey{} : kvtier::PageKey{parent->hi, parent->lo};
+  for (size_t offset = 0; offset < hash_bytes; offset += sizeof(uint64_t)) {
+    uint64_t word;
+    std::memcpy(&word, static_cast<const std::byte*>(hash) + offset, sizeof(word));
+    key = kvtier::ChainKeyFromId(s, key, word);
+  }
+  *key_out = kvtier_key{key.hi, key.lo};
   return 0;
 }
 

@@ -69,6 +69,65 @@ int kvtier_register_gpu_buffers(kvtier_client* client, const uint8_t* device_uui
 int kvtier_load_gpu(kvtier_client* client, const kvtier_key* keys, const uint32_t* block_ids,
                     size_t count, int reply_when_enqueued, int32_t* page_codes_out,
                     uint32_t* ok_pages_out, uint8_t* event_handle_out);
+/* ---- ABI version 2: what language bindings (the Python package) need beyond version 1. ----
+ * libkvtier.so exports only kvtier_* symbols, under the linker version node KVTIER_1; a binding
+ * checks kvtier_abi_version() >= the version it was written for before calling anything newer. */
+#define KVTIER_C_ABI_VERSION 2
+int kvtier_abi_version(void);
+
+/* The message of the last failure of a kvtier_* call on the calling thread ("" if none). Unlike
+ * kvtier_last_error it cannot be overwritten by another thread's call on the same handle. */
+const char* kvtier_thread_error(void);
+
+typedef struct {
+  kvtier_key salt;
+  uint64_t page_bytes;
+  uint32_t max_inflight_ops, max_pinned_pages, max_batch_pages;
+  char hbm_backend[32]; /* NUL-terminated, truncated */
+} kvtier_hello_info;
+/* kvtier_hello with everything the daemon answers. info_out may be NULL. */
+int kvtier_hello_info_get(kvtier_client* client, const char* namespace_name,
+                          const kvtier_layout* layout, const char* client_name,
+                          kvtier_hello_info* info_out);
+
+/* Per-page attention statistics (DESIGN.md §4): each array NULL or `count` floats, parallel to the
+ * keys of the call. */
+typedef struct {
+  const float *mass, *breadth, *value_norm, *mass_entropy;
+} kvtier_attention;
+
+/* kvtier_store_submit with attention statistics (stats may be NULL). */
+int kvtier_store_submit_stats(kvtier_client* client, const kvtier_key* keys,
+                              const uint32_t* block_ids, size_t count, const kvtier_key* parent,
+                              uint32_t first_position, const uint8_t* class_hints,
+                              const kvtier_attention* stats, uint64_t* op_out);
+/* Feeds attention statistics of pages the daemon holds into its scorer. */
+int kvtier_report(kvtier_client* client, const kvtier_key* keys, size_t count,
+                  const kvtier_attention* stats);
+
+/* Waits for an op: one status code and one tier byte per page (either array may be NULL; at most
+ * capacity entries are written), the number of pages in *page_count_out and of successful ones in
+ * *ok_pages_out. The first failed page's message is kvtier_thread_error(). */
+int kvtier_wait_pages(kvtier_client* client, uint64_t op, int32_t* page_codes_out,
+                      uint8_t* tiers_out, size_t capacity, uint32_t* page_count_out,
+                      uint32_t* ok_pages_out);
+/* kvtier_release that also says how many pins were dropped (released_out may be NULL). */
+int kvtier_release_count(kvtier_client* client, const kvtier_key* keys, size_t count,
+                         uint32_t* released_out);
+
+/* The daemon's status and stats replies as JSON objects (protobuf's JSON mapping of StatusReply
+ * and StatsReply in client/proto/kvtier.proto). *json_out is malloc'ed: free it with kvtier_free.
+ */
+int kvtier_status_json(kvtier_client* client, char** json_out);
+int kvtier_stats_json(kvtier_client* client, char** json_out);
+void kvtier_free(void* p);
+
+/* The key of one block named by an inference engine's own block hash (e.g. vLLM's), chained
+ * after `parent` (NULL at a sequence start) under the namespace's salt: the hash is folded in
+ * 8-byte little-endian words, so an 8-byte hash gives the same key as a trace's block id.
+ * hash_bytes must be a positive multiple of 8; returns 0 or INVALID_ARGUMENT (3). */
+int kvtier_key_from_block_hash(kvtier_key salt, const kvtier_key* parent, const void* hash,
+                               size_t hash_bytes, kvtier_key* key_out);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,154 @@
+"""The worker's KV buffers in memory the daemon can map.
+
+kvtierd copies pages into and out of the worker's own buffers. Host buffers must be memfd-backed
+(the daemon maps them from the fd passed with SCM_RIGHTS) and sealed against shrinking, so
+HostBuffers creates them here and hands out numpy arrays or torch tensors over the same memory.
+With CUDA present they are pinned (cudaHostRegister through torch), so copies between them and the
+GPU run at full PCIe/NVLink-C2C speed and asynchronously.
+
+GPU tensors are registered by CUDA IPC handle once the daemon accepts them; until then
+`register_cuda_tensors` is the one place that will change (see Client.register_tensors).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import mmap
+import os
+import warnings
+import weakref
+from typing import Any, Sequence
+
+from .layout import Layout
+
+_NUMPY_DTYPES = {"bf16": "uint16", "fp16": "float16", "fp32": "float32", "fp8": "uint8"}
+
+
+class HostBuffers:
+    """One sealed memfd per layout buffer, mapped read-write here.
+
+    Owns the fds and mappings; `close()` (or garbage collection) unpins and closes them. Arrays and
+    tensors handed out keep the mapping alive while they exist.
+    """
+
+    # Every live instance, so Client.register_tensors can find the buffers behind its tensors.
+    instances: "weakref.WeakSet[HostBuffers]" = weakref.WeakSet()
+
+    def __init__(self, layout: Layout, pin: bool | None = None) -> None:
+        """pin: True pins (or raises), False does not, None pins when CUDA is available and
+        warns if that fails."""
+        HostBuffers.instances.add(self)
+        self.layout = layout
+        self.fds: list[int] = []
+        self.maps: list[mmap.mmap] = []
+        self._pinned: list[int] = []
+        self.pin_error = ""  # why pinning failed when it was tried and failed
+        size = layout.buffer_bytes
+        try:
+            for _ in range(layout.buffer_count):
+                fd = os.memfd_create("kvtier-worker-kv", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+                self.fds.append(fd)
+                os.ftruncate(fd, size)
+                # The daemon maps these; a buffer that shrank under it would fault the daemon.
+                fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
+                self.maps.append(mmap.mmap(fd, size, mmap.MAP_SHARED,
+                                           mmap.PROT_READ | mmap.PROT_WRITE))
+            if pin or (pin is None and _cuda_available()):
+                try:
+                    self._pin()
+                except RuntimeError as e:
+                    if pin:
+                        raise
+                    # Unpinned buffers still work (the copies to the GPU go through a staging
+                    # buffer of the driver's): said once, and kept in pin_error for reports.
+                    self.pin_error = str(e)
+                    warnings.warn(f"kvtier: host KV buffers are not pinned: {e}", stacklevel=2)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def sizes(self) -> list[int]:
+        return [self.layout.buffer_bytes] * len(self.fds)
+
+    @property
+    def pinned(self) -> bool:
+        return bool(self._pinned)
+
+    def numpy(self) -> list[Any]:
+        """The buffers as numpy arrays of `layout.buffer_shape` (bf16 as uint16, fp8 as uint8)."""
+        import numpy as np
+
+        dtype = np.dtype(_NUMPY_DTYPES[self.layout.dtype])
+        return [np.frombuffer(m, dtype=dtype).reshape(self.layout.buffer_shape) for m in self.maps]
+
+    def torch(self) -> list[Any]:
+        """The buffers as CPU torch tensors of `layout.buffer_shape` and the layout's dtype."""
+        import torch
+
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
+                 "fp8": torch.float8_e4m3fn}[self.layout.dtype]
+        return [torch.frombuffer(m, dtype=dtype).view(self.layout.buffer_shape)
+                for m in self.maps]
+
+    def _pin(self) -> None:
+        import ctypes
+
+        import torch
+
+        cudart = torch.cuda.cudart()
+        for m in self.maps:
+            address = ctypes.addressof(ctypes.c_char.from_buffer(m))
+            try:
+                err = cudart.cudaHostRegister(address, len(m), 0)
+            except Exception as e:  # torch without CUDA raises here
+                raise RuntimeError(f"cudaHostRegister of {len(m)} bytes: {e}") from e
+            if int(err) != 0:
+                raise RuntimeError(f"cudaHostRegister of {len(m)} bytes failed: error {int(err)}")
+            self._pinned.append(address)
+
+    def close(self) -> None:
+        """Unpins, unmaps (where no array still uses the mapping) and closes the fds."""
+        if self._pinned:
+            import torch
+
+            cudart = torch.cuda.cudart()
+            for address in self._pinned:
+                cudart.cudaHostUnregister(address)
+            self._pinned = []
+        for m in self.maps:
+            try:
+                m.close()
+            except BufferError:
+                pass  # an array still uses it; the mapping goes with the last of them
+        self.maps = []
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def register_cuda_tensors(client: Any, tensors: Sequence[Any]) -> None:
+    """Registers GPU KV tensors with the daemon by CUDA IPC handle.
+
+    The hook for the daemon's GPU registration (RegisterBuffers.cuda_ipc_handles on the wire): it
+    will export each tensor's allocation with cudaIpcGetMemHandle and send the handles with their
+    offsets. Until the daemon maps them, GPU workers stage through HostBuffers.
+    """
+    raise NotImplementedError(
+        "registering GPU tensors needs the daemon's CUDA IPC buffer registration; stage through "
+        "kvtier.HostBuffers (pinned host memory) until it is available"
+    )

@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "client/defaults.h"
+#include "daemon/cluster_hook.h"
 #include "tiering/clock.h"
 
 namespace kvtier {
@@ -512,6 +513,8 @@ absl::Status Dispatcher::HandleLookup(Session& s, const wire::Lookup& r, wire::L
       out.add_dram_slots(e.has_value() && e->tier == Tier::kDram ? e->slot : 0xffffffffu);
     }
   }
+  ExtendLookupFromCluster(s.namespace_name, s.ns, keys, found.prefix_pages, r.with_dram_slots(),
+                          out);
   return absl::OkStatus();
 }
 
@@ -572,6 +575,7 @@ absl::Status Dispatcher::SubmitLoadStore(const std::shared_ptr<Session>& session
     std::string class_hints;
     wire::AttentionStats stats;
     uint64_t submitted_ns = 0;
+    std::string ns_name;  // for the cluster hooks
   };
   auto op =
       std::make_shared<Op>(Op{session, s.buffers, *s.layout, s.ns, req.id(), is_store,
@@ -584,6 +588,7 @@ absl::Status Dispatcher::SubmitLoadStore(const std::shared_ptr<Session>& session
     op->stats = req.store().stats();
   }
   if (metrics_ != nullptr) op->submitted_ns = SteadyClock::Get()->NowNs();
+  op->ns_name = s.namespace_name;
   executor_([this, op] {
     Session& ss = *op->session;
     auto finish = [&] {
@@ -629,6 +634,7 @@ absl::Status Dispatcher::SubmitLoadStore(const std::shared_ptr<Session>& session
             po.class_hint = static_cast<PageClass>(static_cast<uint8_t>(op->class_hints[i]));
           }
           tier = store_.Put(op->ns, op->keys[i], src, po);
+          if (tier.ok()) AnnounceToCluster(op->ns_name, op->ns, op->keys[i]);
           if (tier.ok() && HasStats(op->stats) &&
               store_.ReportAttention(op->ns, op->keys[i], SampleAt(op->stats, static_cast<int>(i)))
                   .ok()) {
@@ -641,6 +647,7 @@ absl::Status Dispatcher::SubmitLoadStore(const std::shared_ptr<Session>& session
             dst.push_back({op->buffers->base(p.buffer) + p.offset, p.length});
           }
           tier = store_.Get(op->ns, op->keys[i], dst);
+          tier = LoadFromCluster(op->ns_name, op->ns, op->keys[i], dst, std::move(tier));
         }
       }
       pages.add_codes(static_cast<int32_t>(tier.status().code()));

@@ -80,7 +80,7 @@ class PeerTransport::Impl {
   absl::StatusOr<int> Start() {
     absl::StatusOr<ucx::Context> ctx = ucx::Context::Create(options_.ucx);
     if (!ctx.ok()) return ctx.status();
-    context_.emplace(*std::move(ctx));
+    context_ = std::make_shared<const ucx::Context>(*std::move(ctx));
     absl::StatusOr<ucx::Worker> w = ucx::Worker::Create(*context_);
     if (!w.ok()) return w.status();
     worker_.emplace(*std::move(w));
@@ -246,7 +246,7 @@ class PeerTransport::Impl {
   }
 
   absl::StatusOr<std::unique_ptr<ucx::Memory>> Register(void* base, size_t length) {
-    return ucx::Memory::Register(*context_, base, length);
+    return ucx::Memory::Register(context_, base, length);
   }
 
   PeerTransportCounters Counters() {
@@ -604,7 +604,7 @@ class PeerTransport::Impl {
 
   const PeerTransportOptions options_;
   const Handler handler_;
-  std::optional<ucx::Context> context_;
+  std::shared_ptr<const ucx::Context> context_;
   std::optional<ucx::Worker> worker_;
   ucx::Listener listener_;
   int wake_fd_ = -1;

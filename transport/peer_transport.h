@@ -81,7 +81,7 @@ class PeerTransport {
   void Send(const std::string& peer, peer::Message message);
 
   // Registers [base, base + length) for RMA: peers may read it with the returned region's key.
-  // The region must be destroyed before the transport.
+  // The region may outlive the transport (it holds the UCP context).
   absl::StatusOr<std::unique_ptr<ucx::Memory>> Register(void* base, size_t length);
 
   // Reads `length` bytes at `remote_addr` (under `rkey`) on `peer` into `local` at `offset`. On

@@ -77,29 +77,29 @@ void Listener::Reset() {
   h_ = nullptr;
 }
 
-absl::StatusOr<std::unique_ptr<Memory>> Memory::Register(const Context& context, void* base,
-                                                         size_t length) {
+absl::StatusOr<std::unique_ptr<Memory>> Memory::Register(std::shared_ptr<const Context> context,
+                                                         void* base, size_t length) {
   ucp_mem_map_params_t params{};
   params.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
   params.address = base;
   params.length = length;
   ucp_mem_h memh = nullptr;
-  if (ucs_status_t s = ucp_mem_map(context.get(), &params, &memh); s != UCS_OK) {
+  if (ucs_status_t s = ucp_mem_map(context->get(), &params, &memh); s != UCS_OK) {
     return ToStatus(s, absl::StrCat("ucp_mem_map of ", length, " bytes"));
   }
   void* packed = nullptr;
   size_t packed_size = 0;
-  if (ucs_status_t s = ucp_rkey_pack(context.get(), memh, &packed, &packed_size); s != UCS_OK) {
-    ucp_mem_unmap(context.get(), memh);
+  if (ucs_status_t s = ucp_rkey_pack(context->get(), memh, &packed, &packed_size); s != UCS_OK) {
+    ucp_mem_unmap(context->get(), memh);
     return ToStatus(s, "ucp_rkey_pack");
   }
   std::string rkey(static_cast<const char*>(packed), packed_size);
   ucp_rkey_buffer_release(packed);
   return std::unique_ptr<Memory>(
-      new Memory(context.get(), memh, static_cast<std::byte*>(base), length, std::move(rkey)));
+      new Memory(std::move(context), memh, static_cast<std::byte*>(base), length, std::move(rkey)));
 }
 
-Memory::~Memory() { ucp_mem_unmap(context_, memh_); }
+Memory::~Memory() { ucp_mem_unmap(context_->get(), memh_); }
 
 absl::StatusOr<RemoteKey> RemoteKey::Unpack(ucp_ep_h ep, absl::string_view packed) {
   ucp_rkey_h h = nullptr;

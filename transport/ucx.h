@@ -80,8 +80,9 @@ class Listener {
 // A registered memory region and its packed remote key (what a peer needs to read it).
 class Memory {
  public:
-  static absl::StatusOr<std::unique_ptr<Memory>> Register(const Context& context, void* base,
-                                                          size_t length);
+  // The region keeps its context alive: it may outlive the worker and transport that used it.
+  static absl::StatusOr<std::unique_ptr<Memory>> Register(std::shared_ptr<const Context> context,
+                                                          void* base, size_t length);
   ~Memory();
   Memory(const Memory&) = delete;
   Memory& operator=(const Memory&) = delete;
@@ -91,9 +92,10 @@ class Memory {
   const std::string& packed_rkey() const { return rkey_; }
 
  private:
-  Memory(ucp_context_h c, ucp_mem_h m, std::byte* base, size_t length, std::string rkey)
-      : context_(c), memh_(m), base_(base), length_(length), rkey_(std::move(rkey)) {}
-  ucp_context_h context_;
+  Memory(std::shared_ptr<const Context> c, ucp_mem_h m, std::byte* base, size_t length,
+         std::string rkey)
+      : context_(std::move(c)), memh_(m), base_(base), length_(length), rkey_(std::move(rkey)) {}
+  std::shared_ptr<const Context> context_;
   ucp_mem_h memh_;
   std::byte* base_;
   size_t length_;

@@ -42,8 +42,11 @@ int HandleHealthz(mg_connection* conn, void*) {
 }
 
 int HandleReadyz(mg_connection* conn, void* self) {
-  const bool ready = static_cast<AdminHttpServer*>(self)->ready();
-  Reply(conn, ready ? 200 : 503, "text/plain", ready ? "ready\n" : "not ready\n");
+  auto* server = static_cast<AdminHttpServer*>(self);
+  const bool ready = server->ready();
+  std::string body = ready ? "ready\n" : "not ready\n";
+  if (std::string detail = server->ready_detail(); !detail.empty()) body += detail + "\n";
+  Reply(conn, ready ? 200 : 503, "text/plain", body);
   return 1;
 }
 
@@ -59,6 +62,7 @@ absl::StatusOr<std::unique_ptr<AdminHttpServer>> AdminHttpServer::Start(
   static std::once_flag init_once;
   std::call_once(init_once, [] { mg_init_library(0); });
   std::unique_ptr<AdminHttpServer> server(new AdminHttpServer(registry, std::move(ready)));
+  server->ready_detail_ = options.ready_detail;
   const std::string threads = std::to_string(options.threads);
   const char* mg_options[] = {"listening_ports",
                               options.address.c_str(),

@@ -21,6 +21,8 @@ struct AdminHttpOptions {
   std::string address = "127.0.0.1:9400";
   // civetweb worker threads. Default 2: scrapes are rare and cheap.
   int threads = 2;
+  // Extra lines for /readyz's body (e.g. the cluster's etcd state); empty: none.
+  std::function<std::string()> ready_detail;
 };
 
 class AdminHttpServer {
@@ -36,6 +38,7 @@ class AdminHttpServer {
   int port() const { return port_; }
   metrics::Registry& registry() { return *registry_; }
   bool ready() const { return !ready_ || ready_(); }
+  std::string ready_detail() const { return ready_detail_ ? ready_detail_() : std::string(); }
 
  private:
   AdminHttpServer(metrics::Registry* registry, std::function<bool()> ready)
@@ -43,6 +46,7 @@ class AdminHttpServer {
 
   metrics::Registry* registry_;
   std::function<bool()> ready_;
+  std::function<std::string()> ready_detail_;
   mg_context* ctx_ = nullptr;
   int port_ = 0;
 };

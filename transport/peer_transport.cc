@@ -541,8 +541,15 @@ class PeerTransport::Impl {
     auto c = self->conns_.find(ep);
     if (c == self->conns_.end()) return;  // already closing
     self->counters_.endpoint_errors++;
-    LOG(WARNING) << "event=peer_endpoint_failed peer=" << c->second.peer << " error=\""
-                 << ucs_status_string(status) << "\"";
+    // Once per peer a minute: a dead peer is asked again by every lookup until its lease runs
+    // out, and each attempt fails the same way (all of them are counted).
+    const absl::Time now = absl::Now();
+    absl::Time& last = self->last_failure_log_[c->second.peer];
+    if (now - last > absl::Minutes(1)) {
+      last = now;
+      LOG(WARNING) << "event=peer_endpoint_failed peer=" << c->second.peer << " error=\""
+                   << ucs_status_string(status) << "\"";
+    }
     // Closing from inside UCX's own callback is not allowed: the loop does it next turn.
     self->deferred_close_.emplace_back(
         ep, absl::UnavailableError(
@@ -626,6 +633,7 @@ class PeerTransport::Impl {
   std::vector<std::pair<ucp_ep_h, absl::Status>> deferred_close_;
   std::vector<void*> closing_;
   PeerTransportCounters counters_;
+  absl::flat_hash_map<std::string, absl::Time> last_failure_log_;
 
   absl::Mutex counters_mu_;
   PeerTransportCounters published_ ABSL_GUARDED_BY(counters_mu_);

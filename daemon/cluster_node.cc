@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -16,6 +17,13 @@ std::string HostName() {
   char name[256] = {};
   if (::gethostname(name, sizeof(name) - 1) != 0) return "localhost";
   return name;
+}
+
+// "$VAR" -> the environment's VAR (empty when unset); anything else as written.
+std::string Expand(const std::string& v) {
+  if (v.size() < 2 || v[0] != '$') return v;
+  const char* e = std::getenv(v.c_str() + 1);
+  return e != nullptr ? e : "";
 }
 
 peer::ObjectId IdOf(const PageKey& k) { return {k.hi, k.lo}; }
@@ -52,7 +60,10 @@ ClusterNode::ClusterNode(const DaemonConfig& config, TieredStore& store)
 
 absl::Status ClusterNode::Init(metrics::Registry* registry, int http_port) {
   http_port_ = http_port;
-  node_id_ = cc_.node_id.empty() ? HostName() : cc_.node_id;
+  node_id_ = Expand(cc_.node_id);
+  if (node_id_.empty()) node_id_ = HostName();
+  std::string advertise = Expand(cc_.advertise_host);
+  if (advertise.empty()) advertise = HostName();
   PeerTransportOptions topt;
   topt.listen_address = cc_.listen_address;
   topt.ucx.tls = cc_.ucx_tls;
@@ -61,8 +72,9 @@ absl::Status ClusterNode::Init(metrics::Registry* registry, int http_port) {
       PeerTransport::Create(topt, [this](const peer::Message& m) { return OnRequest(m); });
   if (!t.ok()) return t.status();
   transport_ = *std::move(t);
-  peer_address_ = absl::StrCat(cc_.advertise_host.empty() ? HostName() : cc_.advertise_host, ":",
-                               transport_->listen_port());
+  // An IPv6 literal needs brackets to stay host:port.
+  if (advertise.find(':') != std::string::npos) advertise = absl::StrCat("[", advertise, "]");
+  peer_address_ = absl::StrCat(advertise, ":", transport_->listen_port());
 
   // The DRAM pool, mapped read-only and registered once: pages in it are lent in place.
   const TieredStore::SharedPool pool = store_.dram_pool();

@@ -85,7 +85,8 @@ struct NamespaceRule {
 // Off unless `enabled`; a node without it is a standalone cache.
 struct ClusterConfig {
   bool enabled = false;
-  // This node's name in the cluster, unique. Default: empty, meaning the host name.
+  // This node's name in the cluster, unique. Default: empty, meaning the host name. "$VAR"
+  // reads environment variable VAR (a DaemonSet passes spec.nodeName that way).
   std::string node_id;
   // etcd members, http://host:port each. Required when enabled.
   std::vector<std::string> etcd_endpoints;
@@ -95,7 +96,8 @@ struct ClusterConfig {
   // The UCP listener peers connect to, host:port. Port 0 picks a free one. Default
   // 0.0.0.0:18515 (the DaemonSet's UCX port).
   std::string listen_address = "0.0.0.0:18515";
-  // Host peers reach this node at (its pod or host IP). Default: empty, the host name.
+  // Host peers reach this node at (its pod or host IP). Default: empty, the host name. "$VAR"
+  // reads environment variable VAR (e.g. $POD_IP from the downward API).
   std::string advertise_host;
   std::string ucx_tls = "tcp,sm,self";  // UCX_TLS for peer traffic
   std::string ucx_net_devices = "all";  // UCX_NET_DEVICES; "lo" for loopback-only tests

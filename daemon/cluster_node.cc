@@ -348,6 +348,7 @@ absl::StatusOr<Tier> ClusterNode::Fetch(const std::string& ns_name, NamespaceId 
       std::memcpy(b.data, landed + at, b.size);
       at += b.size;
     }
+    MaybeReplicate(ns_name, ns, key, *fr, landed);
     ReleaseLanding(slot);
     counters_.fetch_ok.fetch_add(1, std::memory_order_relaxed);
     counters_.fetch_bytes.fetch_add(page_bytes_, std::memory_order_relaxed);
@@ -355,6 +356,40 @@ absl::StatusOr<Tier> ClusterNode::Fetch(const std::string& ns_name, NamespaceId 
   }
   counters_.fetch_miss.fetch_add(1, std::memory_order_relaxed);
   return absl::NotFoundError(absl::StrCat("page ", key.ToHex(), " is on no live peer"));
+}
+
+void ClusterNode::MaybeReplicate(const std::string& ns_name, NamespaceId ns, const PageKey& key,
+                                 const peer::FetchReply& reply, const std::byte* page) {
+  const PageClass cls = static_cast<PageClass>(reply.object_class);
+  if (cc_.replicate_after_remote_reads == 0 || cls == PageClass::kSink) return;
+  {
+    absl::MutexLock lock(&mu_);
+    if (remote_reads_.size() > (1u << 16)) remote_reads_.clear();  // a bound, not a policy
+    uint32_t& reads = remote_reads_[std::make_pair(ns_name, key)];
+    if (++reads < cc_.replicate_after_remote_reads) return;
+    // The migration budget: a token bucket holding at most one second of bandwidth.
+    const absl::Time now = absl::Now();
+    migration_tokens_ =
+        std::min(cc_.max_migration_bytes_per_s,
+                 migration_tokens_ + absl::ToDoubleSeconds(now - migration_refilled_) *
+                                         cc_.max_migration_bytes_per_s);
+    migration_refilled_ = now;
+    if (migration_tokens_ < static_cast<double>(page_bytes_)) {
+      counters_.replication_deferred.fetch_add(1, std::memory_order_relaxed);
+      return;  // counted; the next read tries again
+    }
+    migration_tokens_ -= static_cast<double>(page_bytes_);
+    remote_reads_.erase(std::make_pair(ns_name, key));
+  }
+  PutOptions po;
+  po.class_hint = cls == PageClass::kSemantic ? PageClass::kSemantic : PageClass::kUnknown;
+  po.position = reply.object_position;
+  const ConstBuffer src{page, page_bytes_};
+  // Placed by this node's own policy like any page; a full node may simply not keep it.
+  if (store_.Put(ns, key, {&src, 1}, po).ok()) {
+    counters_.replicated.fetch_add(1, std::memory_order_relaxed);
+    Stored(ns_name, ns, key);
+  }
 }
 
 void ClusterNode::Stored(const std::string& ns_name, NamespaceId ns, const PageKey& key) {
@@ -456,6 +491,8 @@ peer::Message ClusterNode::Lend(const peer::Fetch& f) {
   // Pinned: the page cannot move while we look where it is.
   std::optional<PageEntry> e = store_.Find(ns, key);
   const TieredStore::SharedPool pool = store_.dram_pool();
+  const uint32_t cls = e.has_value() ? static_cast<uint32_t>(e->cls) : 0;
+  const uint32_t position = e.has_value() ? e->position : 0;
   if (e.has_value() && e->tier == Tier::kDram && dram_region_ != nullptr && e->slot < pool.slots) {
     const std::byte* at = dram_region_->base() + static_cast<size_t>(e->slot) * pool.slot_bytes;
     peer::FetchReply r;
@@ -464,6 +501,8 @@ peer::Message ClusterNode::Lend(const peer::Fetch& f) {
     r.checksum = PageChecksum(key, at, page_bytes_);
     r.remote_addr = reinterpret_cast<uint64_t>(at);
     r.rkey = dram_region_->packed_rkey();
+    r.object_class = cls;
+    r.object_position = position;
     store_.Touch(ns, key).IgnoreError();  // remote demand counts as an access; pinned, so present
     absl::MutexLock lock(&mu_);
     r.lease = next_lease_++;
@@ -500,6 +539,8 @@ peer::Message ClusterNode::Lend(const peer::Fetch& f) {
   r.checksum = PageChecksum(key, at, page_bytes_);
   r.remote_addr = reinterpret_cast<uint64_t>(at);
   r.rkey = staging_region_->packed_rkey();
+  r.object_class = cls;
+  r.object_position = position;
   r.lease = next_lease_++;
   leases_.emplace(r.lease, Lease{ns, key, false, slot, expires});
   counters_.pages_lent.fetch_add(1, std::memory_order_relaxed);
@@ -635,8 +676,12 @@ void ClusterNode::BindMetrics(metrics::Registry& registry) {
                   .Get({});
   auto& peer_events = registry.AddCounter("kvtier_cluster_peer_events_total",
                                           "Peer transport events, by kind", {"kind"});
+  auto& replicated = registry.AddCounter("kvtier_cluster_replication_pages_total",
+                                         "Pages read often from peers and copied here, or put off "
+                                         "by cluster.max_migration_bytes_per_s",
+                                         {"result"});
   registry.AddCollector([this, &etcd_up, &members, &rejoins, &fetches, &fetch_bytes, &lent,
-                         &lookups, &dir, &peer_events] {
+                         &lookups, &dir, &peer_events, &replicated] {
     auto r = [](const std::atomic<uint64_t>& a) {
       return static_cast<double>(a.load(std::memory_order_relaxed));
     };
@@ -662,6 +707,8 @@ void ClusterNode::BindMetrics(metrics::Registry& registry) {
     peer_events.Get({"timeout"}).Set(static_cast<double>(t.timeouts));
     peer_events.Get({"announce_failed"}).Set(r(counters_.announce_failed));
     peer_events.Get({"directory_full"}).Set(r(counters_.directory_full));
+    replicated.Get({"replicated"}).Set(r(counters_.replicated));
+    replicated.Get({"deferred_by_bandwidth"}).Set(r(counters_.replication_deferred));
   });
 }
 

@@ -75,6 +75,7 @@ class ClusterNode final : public ClusterPages {
     std::atomic<uint64_t> fetch_ok{0}, fetch_miss{0}, fetch_failed{0}, verify_failed{0};
     std::atomic<uint64_t> fetch_bytes{0}, pages_lent{0}, lookups_found{0}, lookups_missing{0};
     std::atomic<uint64_t> announce_failed{0}, directory_full{0};
+    std::atomic<uint64_t> replicated{0}, replication_deferred{0};
   };
   struct Lease {
     NamespaceId ns;
@@ -110,6 +111,10 @@ class ClusterNode final : public ClusterPages {
   int AcquireLanding();
   void ReleaseLanding(int slot);
   void BindMetrics(metrics::Registry& registry);
+  // After a verified fetch: keeps a local copy of a page read often from peers, within the
+  // migration budget. Sinks are never copied off their node.
+  void MaybeReplicate(const std::string& ns_name, NamespaceId ns, const PageKey& key,
+                      const peer::FetchReply& reply, const std::byte* page);
 
   const DaemonConfig& config_;
   const ClusterConfig& cc_;
@@ -138,6 +143,10 @@ class ClusterNode final : public ClusterPages {
   std::vector<int> free_staging_ ABSL_GUARDED_BY(mu_);
   std::vector<int> free_landing_ ABSL_GUARDED_BY(mu_);
   bool members_changed_ ABSL_GUARDED_BY(mu_) = false;
+  // Remote reads per page since it was last replicated (bounded: cleared when it grows large).
+  absl::flat_hash_map<std::pair<std::string, PageKey>, uint32_t> remote_reads_ ABSL_GUARDED_BY(mu_);
+  double migration_tokens_ ABSL_GUARDED_BY(mu_) = 0;  // bytes replication may copy now
+  absl::Time migration_refilled_ ABSL_GUARDED_BY(mu_) = absl::Now();
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::thread background_;
 };

@@ -182,6 +182,7 @@ absl::Status ValidateClusterConfig(const ClusterConfig& c) {
     return bad("fetch_lease_ms", c.fetch_lease_ms, " is shorter than transfer_timeout_ms (",
                c.transfer_timeout_ms, "): a slow read would lose its page");
   }
+  if (!(c.max_migration_bytes_per_s > 0)) return bad("max_migration_bytes_per_s", "must be > 0");
   return absl::OkStatus();
 }
 
@@ -239,7 +240,9 @@ absl::Status ApplyConfigYaml(absl::string_view yaml, DaemonConfig& c) {
       .Add("transfer_timeout_ms", cl.transfer_timeout_ms)
       .Add("landing_pages", cl.landing_pages)
       .Add("staging_pages", cl.staging_pages)
-      .Add("fetch_lease_ms", cl.fetch_lease_ms);
+      .Add("fetch_lease_ms", cl.fetch_lease_ms)
+      .Add("replicate_after_remote_reads", cl.replicate_after_remote_reads)
+      .Add("max_migration_bytes_per_s", cl.max_migration_bytes_per_s);
   auto section = [](const FieldMap& fields) {
     return
         [&fields](const YAML::Node& v, const std::string& full) { return fields.Apply(v, full); };
@@ -438,6 +441,9 @@ std::string ConfigToYaml(const DaemonConfig& c) {
     out << YAML::Key << "landing_pages" << YAML::Value << cl.landing_pages;
     out << YAML::Key << "staging_pages" << YAML::Value << cl.staging_pages;
     out << YAML::Key << "fetch_lease_ms" << YAML::Value << cl.fetch_lease_ms;
+    out << YAML::Key << "replicate_after_remote_reads" << YAML::Value
+        << cl.replicate_after_remote_reads;
+    out << YAML::Key << "max_migration_bytes_per_s" << YAML::Value << cl.max_migration_bytes_per_s;
     out << YAML::EndMap;
   }
   out << YAML::EndMap;

@@ -112,6 +112,11 @@ struct ClusterConfig {
   uint32_t staging_pages = 8;
   // How long a peer may take to read a page it was granted before the holder takes it back.
   uint32_t fetch_lease_ms = 10000;
+  // A non-sink page this node fetched this many times is kept here too (a replica, announced
+  // like any stored page). 0 never replicates. Default 2.
+  uint32_t replicate_after_remote_reads = 2;
+  // Bytes a second replication may copy into this node, beside what workers load. Default 1 GB/s.
+  double max_migration_bytes_per_s = 1e9;
 };
 
 struct DaemonConfig {

@@ -181,6 +181,8 @@ absl::StatusOr<std::string> Encode(const Message& m) {
           w.Put(b.checksum);
           w.Put(b.remote_addr);
           w.Put(b.lease);
+          w.Put(b.object_class);
+          w.Put(b.object_position);
           w.Str(b.rkey);
           w.Str(b.error);
         } else if constexpr (std::is_same_v<T, Release>) {
@@ -286,7 +288,9 @@ absl::StatusOr<Message> Decode(absl::string_view bytes, const Limits& limits) {
       FetchReply f;
       if (r.Get(f.code, "code") && r.Id(f.id, "id") && r.Get(f.bytes, "bytes") &&
           r.Get(f.checksum, "checksum") && r.Get(f.remote_addr, "remote_addr") &&
-          r.Get(f.lease, "lease") && r.Str(f.rkey, limits.max_rkey_bytes, "rkey")) {
+          r.Get(f.lease, "lease") && r.Get(f.object_class, "object_class") &&
+          r.Get(f.object_position, "object_position") &&
+          r.Str(f.rkey, limits.max_rkey_bytes, "rkey")) {
         r.Str(f.error, limits.max_error_bytes, "error");
       }
       m.body = std::move(f);

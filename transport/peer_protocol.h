@@ -81,8 +81,10 @@ struct FetchReply {
   uint64_t bytes = 0;
   uint64_t checksum = 0;
   uint64_t remote_addr = 0;
-  uint64_t lease = 0;  // hand back with Release once read
-  std::string rkey;    // packed UCX remote key of the region holding it
+  uint64_t lease = 0;            // hand back with Release once read
+  uint32_t object_class = 0;     // opaque to the transport (the daemon sends the page class)
+  uint32_t object_position = 0;  // opaque to the transport (the page's index in its sequence)
+  std::string rkey;              // packed UCX remote key of the region holding it
   std::string error;
 };
 struct Release {

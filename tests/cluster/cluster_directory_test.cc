@@ -74,7 +74,8 @@ TEST(ClusterConfig, ValidatesEveryKeyByName) {
   ASSERT_TRUE(ApplyConfigYaml("cluster: {enabled: true}", c).ok());
   EXPECT_NE(ValidateConfig(c).message().find("cluster.etcd_endpoints"), std::string::npos);
   ASSERT_TRUE(
-      ApplyConfigYaml("cluster: {etcd_endpoints: [http://127.0.0.1:2379], lease_ttl_s: 1}", c).ok());
+      ApplyConfigYaml("cluster: {etcd_endpoints: [http://127.0.0.1:2379], lease_ttl_s: 1}", c)
+          .ok());
   EXPECT_NE(ValidateConfig(c).message().find("cluster.lease_ttl_s"), std::string::npos);
   ASSERT_TRUE(ApplyConfigYaml("cluster: {lease_ttl_s: 5, fetch_lease_ms: 10}", c).ok());
   EXPECT_NE(ValidateConfig(c).message().find("cluster.fetch_lease_ms"), std::string::npos);
@@ -98,7 +99,8 @@ TEST(ClusterConfig, KubernetesManifestsAgree) {
   const YAML::Node container = ds["spec"]["template"]["spec"]["containers"][0];
   bool ucx_port = false;
   for (const YAML::Node& p : container["ports"]) {
-    if (p["name"].as<std::string>() == "ucx") ucx_port = p["containerPort"].as<std::string>() == port;
+    if (p["name"].as<std::string>() == "ucx")
+      ucx_port = p["containerPort"].as<std::string>() == port;
   }
   EXPECT_TRUE(ucx_port) << "the DaemonSet's ucx port is not cluster.listen_address's " << port;
   std::set<std::string> env;

@@ -154,7 +154,7 @@ struct Node {
 };
 
 std::string NodeYaml(const std::string& id, const std::string& etcd, const std::string& prefix,
-                     const std::string& namespaces) {
+                     const std::string& namespaces, int replicate_after) {
   return absl::StrCat(R"(http_address: 127.0.0.1:0
 store:
   page_bytes: 32768
@@ -174,8 +174,8 @@ cluster:
   request_timeout_ms: 1000
   transfer_timeout_ms: 2000
   fetch_lease_ms: 4000
-  namespaces: )",
-                      namespaces, "\n");
+  replicate_after_remote_reads: )",
+                      replicate_after, "\n  namespaces: ", namespaces, "\n");
 }
 
 // "verified N of M" from a probe worker, or -1.
@@ -203,10 +203,11 @@ TEST(Cluster, ThreeNodesOnLoopback) {
   const std::string prefix = absl::StrCat("/kvtier-test-", seed, "/");
   std::vector<Node> nodes(3);
   const char* serves[] = {"[\"*\"]", "[\"*\"]", "[\"shared/*\"]"};
+  const int replicate_after[] = {0, 2, 0};  // only B keeps copies of pages it reads twice
   for (int i = 0; i < 3; ++i) {
     nodes[i].id = std::string("node-") + static_cast<char>('a' + i);
-    absl::StatusOr<DaemonProcess> d =
-        DaemonProcess::Start(NodeYaml(nodes[i].id, etcd.endpoint(), prefix, serves[i]));
+    absl::StatusOr<DaemonProcess> d = DaemonProcess::Start(
+        NodeYaml(nodes[i].id, etcd.endpoint(), prefix, serves[i], replicate_after[i]));
     ASSERT_TRUE(d.ok()) << d.status();
     nodes[i].daemon.emplace(*std::move(d));
   }
@@ -252,11 +253,19 @@ TEST(Cluster, ThreeNodesOnLoopback) {
                                                                "not serve";
   EXPECT_EQ(Metric(a.http_port, "kvtier_cluster_pages_lent_total"), lent_before);
 
-  // 3. A dies mid-life (SIGKILL). Pages only A held become misses; B and C keep serving.
+  // 3. Placement: B reads A's pages twice and keeps copies (C, set not to, keeps none).
+  Store(a, "shared/model", seed + 5, kPages);
+  EXPECT_TRUE(WaitFor([&] { return Probe(b, "shared/model", seed + 5, kPages) == kPages; }));
+  EXPECT_EQ(Probe(b, "shared/model", seed + 5, kPages), kPages);
+  EXPECT_GE(Metric(b.http_port, "kvtier_cluster_replication_pages_total{result=\"replicated\"}"),
+            kPages - 1);  // the first page is a sink by position: never copied off its node
+
+  // 4. A dies mid-life (SIGKILL). Pages only A held become misses; B and C keep serving.
   Store(a, "shared/model", seed + 2, kPages);
-  EXPECT_TRUE(WaitFor([&] { return Probe(b, "shared/model", seed + 2, kPages) == kPages; }));
+  EXPECT_TRUE(WaitFor([&] { return Probe(c, "shared/model", seed + 2, kPages) == kPages; }));
   ASSERT_EQ(::kill(a.daemon->pid(), SIGKILL), 0);
   EXPECT_EQ(Probe(b, "shared/model", seed + 2, kPages), 0);
+  EXPECT_EQ(Probe(c, "shared/model", seed + 2, kPages), 0);
   EXPECT_EQ(Probe(c, "shared/model", seed, kPages), 0);
   EXPECT_TRUE(WaitFor([&] {
     return Metric(b.http_port, "kvtier_cluster_members") == 2 &&
@@ -268,8 +277,11 @@ TEST(Cluster, ThreeNodesOnLoopback) {
   Store(b, "shared/model", seed + 3, kPages);
   EXPECT_TRUE(WaitFor([&] { return Probe(c, "shared/model", seed + 3, kPages) == kPages; }))
       << "B's pages did not reach C after A died";
+  // B's replicas of A's pages outlived A (all but the sink).
+  EXPECT_TRUE(WaitFor([&] { return Probe(c, "shared/model", seed + 5, kPages) >= kPages - 1; }))
+      << "B's replicas were not found from C";
 
-  // 4. etcd goes away: both keep serving locally and say so; etcd returns: both rejoin.
+  // 5. etcd goes away: both keep serving locally and say so; etcd returns: both rejoin.
   etcd.Stop();
   EXPECT_TRUE(WaitFor([&] {
     return Metric(b.http_port, "kvtier_cluster_etcd_reachable") == 0 &&

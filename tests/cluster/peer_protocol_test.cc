@@ -15,8 +15,8 @@ TEST(PeerProtocol, RoundTripsEveryType) {
   all.push_back({MsgType::kDirQuery, 9, DirQuery{"ns/b", {{5, 6}}}});
   all.push_back({MsgType::kDirQueryReply, 9, DirQueryReply{{{"a", "b"}, {}}}});
   all.push_back({MsgType::kFetch, 10, Fetch{"ns", {11, 12}}});
-  all.push_back(
-      {MsgType::kFetchReply, 10, FetchReply{0, {11, 12}, 2 << 20, 99, 0x1000, 5, "rkey", ""}});
+  all.push_back({MsgType::kFetchReply, 10,
+                 FetchReply{0, {11, 12}, 2 << 20, 99, 0x1000, 5, 2, 7, "rkey", ""}});
   all.push_back({MsgType::kRelease, 0, Release{5}});
   all.push_back({MsgType::kAck, 7, Ack{5, "not found"}});
   for (const Message& m : all) {

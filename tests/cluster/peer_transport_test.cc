@@ -7,6 +7,7 @@
 
 #include <cstring>
 #include <random>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -125,6 +126,38 @@ TEST_P(PeerTransportTest, MalformedMessageDisconnectsThatPeerOnly) {
   // Everyone else is still served.
   auto ok = (*good)->Call(Addr(**server), m, absl::Seconds(10));
   EXPECT_TRUE(ok.ok()) << ok.status();
+}
+
+TEST_P(PeerTransportTest, PeerDyingMidTransferFailsCleanly) {
+  // A large get from a peer that goes away while it runs: Get returns (an error, or OK if it
+  // won the race), and nothing lands in the destination after it returned.
+  constexpr size_t kBytes = 64 << 20;
+  std::vector<std::byte> exported(kBytes, std::byte{0x5a});
+  std::vector<std::byte> landing(kBytes, std::byte{0});
+  auto client = PeerTransport::Create(Loopback(GetParam()), EchoAck);
+  ASSERT_TRUE(client.ok());
+  auto local = (*client)->Register(landing.data(), landing.size());
+  ASSERT_TRUE(local.ok());
+  auto server = PeerTransport::Create(Loopback(GetParam()), EchoAck);
+  ASSERT_TRUE(server.ok());
+  auto region = (*server)->Register(exported.data(), exported.size());
+  ASSERT_TRUE(region.ok());
+  const std::string addr = Addr(**server);
+  const std::string rkey = (*region)->packed_rkey();
+  absl::Status got;
+  std::thread reader([&] {
+    got = (*client)->Get(addr, reinterpret_cast<uint64_t>(exported.data()), rkey, **local, 0,
+                         kBytes, absl::Seconds(20));
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  server->reset();  // the peer goes away (its endpoints close under the transfer)
+  reader.join();
+  std::printf("get after the peer left: %s\n", got.ToString().c_str());
+  const std::vector<std::byte> after = landing;
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(std::memcmp(after.data(), landing.data(), kBytes), 0) << "bytes landed after Get";
+  local->reset();
+  region->reset();
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, PeerTransportTest, ::testing::Values("tcp", "sm,tcp"),

@@ -160,6 +160,44 @@ absl::Status ReadNamespaces(const YAML::Node& v, const std::string& full,
   return absl::OkStatus();
 }
 
+absl::Status ValidateClusterConfig(const ClusterConfig& c) {
+  auto bad = [](absl::string_view key, auto... why) {
+    return absl::InvalidArgumentError(absl::StrCat("cluster.", key, ": ", why...));
+  };
+  if (!c.enabled) return absl::OkStatus();
+  if (c.etcd_endpoints.empty()) return bad("etcd_endpoints", "required when cluster.enabled");
+  for (const std::string& e : c.etcd_endpoints) {
+    if (!absl::StartsWith(e, "http://") && !absl::StartsWith(e, "https://")) {
+      return bad("etcd_endpoints", "'", e, "' is not http://host:port");
+    }
+  }
+  if (c.etcd_prefix.empty() || c.etcd_prefix.back() != '/') {
+    return bad("etcd_prefix", "'", c.etcd_prefix, "' must end in '/'");
+  }
+  if (c.lease_ttl_s < 2 || c.lease_ttl_s > 3600) {
+    return bad("lease_ttl_s", c.lease_ttl_s, " is outside [2, 3600]");
+  }
+  if (c.listen_address.rfind(':') == std::string::npos) {
+    return bad("listen_address", "'", c.listen_address, "' is not host:port");
+  }
+  if (c.node_id.size() > 128) return bad("node_id", "longer than 128 bytes");
+  if (c.namespaces.empty()) return bad("namespaces", "empty: the node would serve nothing");
+  if (c.request_timeout_ms == 0) return bad("request_timeout_ms", "must be > 0");
+  if (c.transfer_timeout_ms == 0) return bad("transfer_timeout_ms", "must be > 0");
+  if (c.landing_pages == 0 || c.landing_pages > 4096) {
+    return bad("landing_pages", c.landing_pages, " is outside [1, 4096]");
+  }
+  if (c.staging_pages == 0 || c.staging_pages > 4096) {
+    return bad("staging_pages", c.staging_pages, " is outside [1, 4096]");
+  }
+  if (c.fetch_lease_ms < c.transfer_timeout_ms) {
+    return bad("fetch_lease_ms", c.fetch_lease_ms, " is shorter than transfer_timeout_ms (",
+               c.transfer_timeout_ms, "): a slow read would lose its page");
+  }
+  if (!(c.max_migration_bytes_per_s > 0)) return bad("max_migration_bytes_per_s", "must be > 0");
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::string_view EmbeddedDefaultConfigYaml() { return kDefaultYaml; }
@@ -227,6 +265,25 @@ absl::Status ApplyConfigYaml(absl::string_view yaml, DaemonConfig& c) {
       .Add("max_registered_bytes", l.max_registered_bytes)
       .Add("max_namespaces_per_uid", l.max_namespaces_per_uid)
       .Add("max_pinned_pages_per_uid", l.max_pinned_pages_per_uid);
+  ClusterConfig& cl = c.cluster;
+  FieldMap cluster;
+  cluster.Add("enabled", cl.enabled)
+      .Add("node_id", cl.node_id)
+      .Add("etcd_endpoints", cl.etcd_endpoints)
+      .Add("etcd_prefix", cl.etcd_prefix)
+      .Add("lease_ttl_s", cl.lease_ttl_s)
+      .Add("listen_address", cl.listen_address)
+      .Add("advertise_host", cl.advertise_host)
+      .Add("ucx_tls", cl.ucx_tls)
+      .Add("ucx_net_devices", cl.ucx_net_devices)
+      .Add("namespaces", cl.namespaces)
+      .Add("request_timeout_ms", cl.request_timeout_ms)
+      .Add("transfer_timeout_ms", cl.transfer_timeout_ms)
+      .Add("landing_pages", cl.landing_pages)
+      .Add("staging_pages", cl.staging_pages)
+      .Add("fetch_lease_ms", cl.fetch_lease_ms)
+      .Add("replicate_after_remote_reads", cl.replicate_after_remote_reads)
+      .Add("max_migration_bytes_per_s", cl.max_migration_bytes_per_s);
   auto section = [](const FieldMap& fields) {
     return
         [&fields](const YAML::Node& v, const std::string& full) { return fields.Apply(v, full); };
@@ -244,6 +301,7 @@ absl::Status ApplyConfigYaml(absl::string_view yaml, DaemonConfig& c) {
       .AddReader("nvme", section(nvme))
       .AddReader("gpu", section(gpu))
       .AddReader("limits", section(limits))
+      .AddReader("cluster", section(cluster))
       .AddReader("namespaces",
                  [&c](const YAML::Node& v, const std::string& full) {
                    return ReadNamespaces(v, full, c.namespaces);
@@ -327,6 +385,7 @@ absl::Status ValidateConfig(const DaemonConfig& c) {
   }
   if (l.max_namespaces_per_uid == 0) return bad("limits.max_namespaces_per_uid", "must be > 0");
   if (c.namespaces.empty()) return bad("namespaces", "no namespace rule: nobody could connect");
+  if (absl::Status s = ValidateClusterConfig(c.cluster); !s.ok()) return s;
   for (size_t i = 0; i < c.namespaces.size(); ++i) {
     const NamespaceRule& r = c.namespaces[i];
     const std::string key = absl::StrCat("namespaces[", i, "]");
@@ -431,7 +490,31 @@ std::string ConfigToYaml(const DaemonConfig& c) {
     if (!r.gids.empty()) out << YAML::Key << "gids" << YAML::Value << YAML::Flow << r.gids;
     out << YAML::EndMap;
   }
-  out << YAML::EndSeq << YAML::EndMap;
+  out << YAML::EndSeq;
+  if (c.cluster.enabled) {
+    const ClusterConfig& cl = c.cluster;
+    out << YAML::Key << "cluster" << YAML::Value << YAML::BeginMap;
+    out << YAML::Key << "enabled" << YAML::Value << cl.enabled;
+    out << YAML::Key << "node_id" << YAML::Value << cl.node_id;
+    out << YAML::Key << "etcd_endpoints" << YAML::Value << YAML::Flow << cl.etcd_endpoints;
+    out << YAML::Key << "etcd_prefix" << YAML::Value << cl.etcd_prefix;
+    out << YAML::Key << "lease_ttl_s" << YAML::Value << cl.lease_ttl_s;
+    out << YAML::Key << "listen_address" << YAML::Value << cl.listen_address;
+    out << YAML::Key << "advertise_host" << YAML::Value << cl.advertise_host;
+    out << YAML::Key << "ucx_tls" << YAML::Value << cl.ucx_tls;
+    out << YAML::Key << "ucx_net_devices" << YAML::Value << cl.ucx_net_devices;
+    out << YAML::Key << "namespaces" << YAML::Value << YAML::Flow << cl.namespaces;
+    out << YAML::Key << "request_timeout_ms" << YAML::Value << cl.request_timeout_ms;
+    out << YAML::Key << "transfer_timeout_ms" << YAML::Value << cl.transfer_timeout_ms;
+    out << YAML::Key << "landing_pages" << YAML::Value << cl.landing_pages;
+    out << YAML::Key << "staging_pages" << YAML::Value << cl.staging_pages;
+    out << YAML::Key << "fetch_lease_ms" << YAML::Value << cl.fetch_lease_ms;
+    out << YAML::Key << "replicate_after_remote_reads" << YAML::Value
+        << cl.replicate_after_remote_reads;
+    out << YAML::Key << "max_migration_bytes_per_s" << YAML::Value << cl.max_migration_bytes_per_s;
+    out << YAML::EndMap;
+  }
+  out << YAML::EndMap;
   return out.c_str();
 }
 

@@ -104,6 +104,44 @@ struct NamespaceRule {
       layout;  // when set, workers must present exactly this (num_blocks aside)
 };
 
+// Multi-node operation (DESIGN.md §5): etcd membership, a page directory and UCX page transfer.
+// Off unless `enabled`; a node without it is a standalone cache.
+struct ClusterConfig {
+  bool enabled = false;
+  // This node's name in the cluster, unique. Default: empty, meaning the host name. "$VAR"
+  // reads environment variable VAR (a DaemonSet passes spec.nodeName that way).
+  std::string node_id;
+  // etcd members, http://host:port each. Required when enabled.
+  std::vector<std::string> etcd_endpoints;
+  std::string etcd_prefix = "/kvtier/";  // every key this cluster writes lives under it
+  // How long a node that died stays listed (and asked for pages). Default 10 s; minimum 2.
+  uint32_t lease_ttl_s = 10;
+  // The UCP listener peers connect to, host:port. Port 0 picks a free one. Default
+  // 0.0.0.0:18515 (the DaemonSet's UCX port).
+  std::string listen_address = "0.0.0.0:18515";
+  // Host peers reach this node at (its pod or host IP). Default: empty, the host name. "$VAR"
+  // reads environment variable VAR (e.g. $POD_IP from the downward API).
+  std::string advertise_host;
+  std::string ucx_tls = "tcp,sm,self";  // UCX_TLS for peer traffic
+  std::string ucx_net_devices = "all";  // UCX_NET_DEVICES; "lo" for loopback-only tests
+  // Namespaces this node serves to and fetches from peers: names, or prefixes ending in '*'. A
+  // namespace's pages never go to, or come from, a node that does not list it. Default ["*"].
+  std::vector<std::string> namespaces = {"*"};
+  uint32_t request_timeout_ms = 1000;  // a directory call or a fetch request to one peer
+  uint32_t transfer_timeout_ms = 5000;  // one page's RMA get
+  // Pages that may be in flight into this node at once (its registered landing buffer).
+  uint32_t landing_pages = 8;
+  // Pages this node may be serving to peers at once from outside its DRAM pool (HBM, NVMe).
+  uint32_t staging_pages = 8;
+  // How long a peer may take to read a page it was granted before the holder takes it back.
+  uint32_t fetch_lease_ms = 10000;
+  // A non-sink page this node fetched this many times is kept here too (a replica, announced
+  // like any stored page). 0 never replicates. Default 2.
+  uint32_t replicate_after_remote_reads = 2;
+  // Bytes a second replication may copy into this node, beside what workers load. Default 1 GB/s.
+  double max_migration_bytes_per_s = 1e9;
+};
+
 struct DaemonConfig {
   std::string data_dir = "kvtier-data";  // created 0700 when missing
   std::string socket_path = "kvtier-data/kvtierd.sock";
@@ -117,6 +155,7 @@ struct DaemonConfig {
   GpuConfig gpu;
   LimitsConfig limits;
   std::vector<NamespaceRule> namespaces;
+  ClusterConfig cluster;
 };
 
 // The embedded default: works for a non-root user with no GPU, from the current directory.

@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "client/defaults.h"
+#include "daemon/cluster_hook.h"
 #include "daemon/connection_limits.h"
 #include "tiering/clock.h"
 
@@ -548,6 +549,8 @@ absl::Status Dispatcher::HandleLookup(Session& s, const wire::Lookup& r, wire::L
   if (r.with_dram_slots()) {
     for (size_t i = 0; i < found.prefix_pages; ++i) out.add_dram_slots(0xffffffffu);
   }
+  ExtendLookupFromCluster(s.namespace_name, s.ns, keys, found.prefix_pages, r.with_dram_slots(),
+                          out);
   return absl::OkStatus();
 }
 
@@ -610,6 +613,7 @@ absl::Status Dispatcher::SubmitLoadStore(const std::shared_ptr<Session>& session
     uint64_t submitted_ns = 0;
     bool reply_when_enqueued = false;  // GPU buffers: answer before the copies land
     std::string wait_event;            // GPU buffers: the worker's event a Store waits on
+    std::string ns_name;               // for the cluster hooks
   };
   auto op =
       std::make_shared<Op>(Op{session, s.buffers, *s.layout, s.ns, req.id(), is_store,
@@ -625,6 +629,7 @@ absl::Status Dispatcher::SubmitLoadStore(const std::shared_ptr<Session>& session
     op->reply_when_enqueued = req.load().reply_when_enqueued();
   }
   if (metrics_ != nullptr) op->submitted_ns = SteadyClock::Get()->NowNs();
+  op->ns_name = s.namespace_name;
   executor_([this, op] {
     Session& ss = *op->session;
     auto finish = [&] {
@@ -662,6 +667,7 @@ absl::Status Dispatcher::SubmitLoadStore(const std::shared_ptr<Session>& session
         po.class_hint = static_cast<PageClass>(static_cast<uint8_t>(op->class_hints[i]));
       }
       absl::StatusOr<Tier> tier = store_.Put(op->ns, op->keys[i], src, po);
+      if (tier.ok()) AnnounceToCluster(op->ns_name, op->ns, op->keys[i]);
       if (tier.ok() && HasStats(op->stats) &&
           store_.ReportAttention(op->ns, op->keys[i], SampleAt(op->stats, static_cast<int>(i)))
               .ok()) {
@@ -712,7 +718,8 @@ absl::Status Dispatcher::SubmitLoadStore(const std::shared_ptr<Session>& session
           for (const Piece& p : pieces) {
             dst.push_back({op->buffers->base(p.buffer) + p.offset, p.length});
           }
-          record(i, store_.Get(op->ns, op->keys[i], dst));
+          record(i, LoadFromCluster(op->ns_name, op->ns, op->keys[i], dst,
+                                    store_.Get(op->ns, op->keys[i], dst)));
         }
       }
     }

@@ -6,6 +6,7 @@
 #include <sys/signalfd.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -16,6 +17,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "client/unique_fd.h"
+#include "daemon/cluster_node.h"
 #include "daemon/config.h"
 #include "daemon/data_dir.h"
 #include "daemon/nvme_hook.h"
@@ -158,9 +160,15 @@ int Run() {
     return 1;
   }
   std::unique_ptr<kvtier::AdminHttpServer> http;
+  // The cluster node starts after the HTTP endpoint (it advertises the port); /readyz reads it.
+  std::atomic<kvtier::ClusterNode*> cluster_ready{nullptr};
   if (!config->http_address.empty()) {
     kvtier::AdminHttpOptions http_options;
     http_options.address = config->http_address;
+    http_options.ready_detail = [&cluster_ready] {
+      kvtier::ClusterNode* c = cluster_ready.load(std::memory_order_acquire);
+      return c != nullptr ? c->ReadinessDetail() : std::string();
+    };
     absl::StatusOr<std::unique_ptr<kvtier::AdminHttpServer>> started =
         kvtier::AdminHttpServer::Start(http_options, &registry, nullptr);
     if (!started.ok()) {
@@ -172,6 +180,18 @@ int Run() {
     LOG(INFO) << "event=http_listening url=http://" << config->http_address
               << "/metrics port=" << http->port();
   }
+  std::unique_ptr<kvtier::ClusterNode> cluster;
+  if (config->cluster.enabled) {
+    absl::StatusOr<std::unique_ptr<kvtier::ClusterNode>> started =
+        kvtier::ClusterNode::Start(*config, **store, &registry, http ? http->port() : 0);
+    if (!started.ok()) {
+      LOG(ERROR) << "event=cluster_failed error=\"" << started.status().ToString() << "\"";
+      return 1;
+    }
+    cluster = *std::move(started);
+    cluster_ready.store(cluster.get(), std::memory_order_release);
+    kvtier::SetActiveClusterPages(cluster.get());
+  }
   const kvtier::TieredStore::SharedPool pool = (*store)->dram_pool();
   LOG(INFO) << "event=serving socket=" << config->socket_path << " pid=" << ::getpid()
             << " hbm_pages=" << config->store.hbm_pages
@@ -181,6 +201,8 @@ int Run() {
   absl::Status served = (*server)->Serve(stop.get());
   http.reset();  // stop scrapes before the store they read goes away
   server->reset();
+  kvtier::SetActiveClusterPages(nullptr);  // no worker thread is left to call it
+  cluster.reset();
   store->reset();
   if (!served.ok()) {
     LOG(ERROR) << "event=serve_failed error=\"" << served.ToString() << "\"";

@@ -42,8 +42,11 @@ int HandleHealthz(mg_connection* conn, void*) {
 }
 
 int HandleReadyz(mg_connection* conn, void* self) {
-  const bool ready = static_cast<AdminHttpServer*>(self)->ready();
-  Reply(conn, ready ? 200 : 503, "text/plain", ready ? "ready\n" : "not ready\n");
+  auto* server = static_cast<AdminHttpServer*>(self);
+  const bool ready = server->ready();
+  std::string body = ready ? "ready\n" : "not ready\n";
+  if (std::string detail = server->ready_detail(); !detail.empty()) body += detail + "\n";
+  Reply(conn, ready ? 200 : 503, "text/plain", body);
   return 1;
 }
 
@@ -63,6 +66,7 @@ absl::StatusOr<std::unique_ptr<AdminHttpServer>> AdminHttpServer::Start(
     return absl::InvalidArgumentError(absl::StrCat(
         "admin HTTP request_timeout_ms must be in [100, 60000], got ", options.request_timeout_ms));
   }
+  server->ready_detail_ = options.ready_detail;
   const std::string threads = std::to_string(options.threads);
   const std::string timeout = std::to_string(options.request_timeout_ms);
   const char* mg_options[] = {"listening_ports", options.address.c_str(), "num_threads",

@@ -30,6 +30,8 @@ struct AdminHttpOptions {
   // How long a connection may take to send its request (and to read the reply). Default 2 s: a
   // scrape or probe sends its request in one packet.
   int request_timeout_ms = 2000;
+  // Extra lines for /readyz's body (e.g. the cluster's etcd state); empty: none.
+  std::function<std::string()> ready_detail;
 };
 
 class AdminHttpServer {
@@ -45,6 +47,7 @@ class AdminHttpServer {
   int port() const { return port_; }
   metrics::Registry& registry() { return *registry_; }
   bool ready() const { return !ready_ || ready_(); }
+  std::string ready_detail() const { return ready_detail_ ? ready_detail_() : std::string(); }
 
  private:
   AdminHttpServer(metrics::Registry* registry, std::function<bool()> ready)
@@ -52,6 +55,7 @@ class AdminHttpServer {
 
   metrics::Registry* registry_;
   std::function<bool()> ready_;
+  std::function<std::string()> ready_detail_;
   mg_context* ctx_ = nullptr;
   int port_ = 0;
 };

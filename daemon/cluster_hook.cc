@@ -1,0 +1,43 @@
+#include "daemon/cluster_hook.h"
+
+#include <atomic>
+
+namespace kvtier {
+namespace {
+
+std::atomic<ClusterPages*> active{nullptr};
+
+}  // namespace
+
+void SetActiveClusterPages(ClusterPages* pages) { active.store(pages, std::memory_order_release); }
+
+void ExtendLookupFromCluster(const std::string& ns_name, NamespaceId ns,
+                             absl::Span<const PageKey> keys, size_t local_prefix,
+                             bool with_dram_slots, wire::LookupReply& out) {
+  ClusterPages* c = active.load(std::memory_order_acquire);
+  if (c == nullptr || local_prefix >= keys.size()) return;
+  const size_t remote = c->RemotePrefix(ns_name, ns, keys.subspan(local_prefix));
+  if (remote == 0) return;
+  out.set_prefix_pages(static_cast<uint32_t>(local_prefix + remote));
+  out.mutable_tiers()->append(remote, kRemoteTierByte);
+  if (with_dram_slots) {
+    for (size_t i = 0; i < remote; ++i) out.add_dram_slots(0xffffffffu);  // not in our pool
+  }
+}
+
+absl::StatusOr<Tier> LoadFromCluster(const std::string& ns_name, NamespaceId ns, const PageKey& key,
+                                     absl::Span<const MutableBuffer> dst,
+                                     absl::StatusOr<Tier> local) {
+  ClusterPages* c = active.load(std::memory_order_acquire);
+  if (c == nullptr || !absl::IsNotFound(local.status())) return local;
+  absl::StatusOr<Tier> remote = c->Fetch(ns_name, ns, key, dst);
+  return remote.ok() ? remote : local;  // a failed fetch is the local miss it started as
+}
+
+void AnnounceToCluster(const std::string& ns_name, NamespaceId ns, const PageKey& key) {
+  if (ClusterPages* c = active.load(std::memory_order_acquire); c != nullptr) {
+    c->Stored(ns_name, ns, key);
+  }
+}
+
+}  // namespace kvtier

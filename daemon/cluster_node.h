@@ -1,0 +1,154 @@
+// ClusterNode: kvtierd as one node of a cluster (DESIGN.md §5). Composes the transport module's
+// pieces — etcd Membership and the UCX PeerTransport — with this node's TieredStore and a
+// PageDirectory, and answers the dispatcher's cluster hooks (daemon/cluster_hook.h).
+//
+// A page's life across nodes:
+//  - Stored here: remembered as held, announced (batched, in the background) to its home node,
+//    the live member serving its namespace that wins rendezvous hashing.
+//  - Missed here (Lookup/Load): the home node is asked who holds it; a holder is asked to lend
+//    it (Fetch), answers with an address, a remote key, a checksum and a lease; the bytes come
+//    by RMA get into this node's registered landing buffer, are verified against key and
+//    checksum, and only then are copied into the worker's blocks. Any failure on the way — the
+//    holder died mid-transfer, a timeout, a checksum that does not match — is a miss.
+//  - Lent from here: a page in the DRAM pool is pinned and read in place; one elsewhere (HBM,
+//    NVMe) is copied into a registered staging slot first. Either is held until the reader
+//    releases its lease or `fetch_lease_ms` passes.
+//  - Membership changed: every held page is re-announced to its (possibly new) home, and the
+//    directory drops holders that left and entries this node is no longer home for.
+//
+// Isolation: only namespaces in `cluster.namespaces` are announced, looked up, fetched or lent,
+// and only members that advertise a namespace are asked about it or given its pages.
+//
+// Thread model: hook calls come from connection and I/O threads; requests from peers arrive on
+// the transport's handler threads; one background thread announces pages, expires leases and
+// follows membership changes. Shared state is under mu_ (and the directory's own lock).
+#pragma once
+
+#include <sys/mman.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "daemon/cluster_directory.h"
+#include "daemon/cluster_hook.h"
+#include "daemon/config.h"
+#include "daemon/observability/metrics.h"
+#include "tiering/tiered_store.h"
+#include "transport/membership.h"
+#include "transport/peer_transport.h"
+
+namespace kvtier {
+
+class ClusterNode final : public ClusterPages {
+ public:
+  // `registry` (may be null) gets the kvtier_cluster_* metrics and must outlive the node;
+  // `http_port` is advertised so operators (and tests) find each node's /metrics.
+  static absl::StatusOr<std::unique_ptr<ClusterNode>> Start(const DaemonConfig& config,
+                                                            TieredStore& store,
+                                                            metrics::Registry* registry,
+                                                            int http_port);
+  ~ClusterNode() override;
+
+  size_t RemotePrefix(const std::string& ns_name, NamespaceId ns,
+                      absl::Span<const PageKey> keys) override;
+  absl::StatusOr<Tier> Fetch(const std::string& ns_name, NamespaceId ns, const PageKey& key,
+                             absl::Span<const MutableBuffer> dst) override;
+  void Stored(const std::string& ns_name, NamespaceId ns, const PageKey& key) override;
+
+  const std::string& node_id() const { return node_id_; }
+  const std::string& peer_address() const { return peer_address_; }
+  bool etcd_reachable() const { return membership_->etcd_reachable(); }
+  // One line for /readyz: etcd reachable or not, and the members this node works with.
+  std::string ReadinessDetail() const;
+
+ private:
+  struct Counters {
+    std::atomic<uint64_t> fetch_ok{0}, fetch_miss{0}, fetch_failed{0}, verify_failed{0};
+    std::atomic<uint64_t> fetch_bytes{0}, pages_lent{0}, lookups_found{0}, lookups_missing{0};
+    std::atomic<uint64_t> announce_failed{0}, directory_full{0};
+    std::atomic<uint64_t> replicated{0}, replication_deferred{0};
+  };
+  struct Lease {
+    NamespaceId ns;
+    PageKey key;
+    bool pinned;       // in-place DRAM read: unpin when done
+    int staging_slot;  // or a staging slot to free (-1: none)
+    absl::Time expires;
+  };
+  struct Mapped {  // the DRAM pool mapped read-only for RMA
+    void* base = MAP_FAILED;
+    size_t length = 0;
+    ~Mapped() {
+      if (base != MAP_FAILED) ::munmap(base, length);
+    }
+  };
+
+  ClusterNode(const DaemonConfig& config, TieredStore& store);
+  absl::Status Init(metrics::Registry* registry, int http_port);
+  MemberInfo Self() const;
+  bool Serves(const std::string& ns) const;
+  // Live members serving `ns` (this node included when it serves it).
+  std::vector<MemberInfo> ServingMembers(const std::string& ns) const;
+  // Holders (live, serving ns, not this node) of each key, asking each key's home.
+  std::vector<std::vector<MemberInfo>> QueryHolders(const std::string& ns,
+                                                    absl::Span<const PageKey> keys);
+  void Announce(const std::string& ns, absl::Span<const PageKey> keys, bool add,
+                const std::string& holder);
+  std::optional<peer::Message> OnRequest(const peer::Message& m);
+  peer::Message Lend(const peer::Fetch& f);
+  void EndLease(uint64_t lease);
+  void BackgroundLoop();
+  void OnMembershipChanged(std::vector<MemberInfo> live);
+  int AcquireLanding();
+  void ReleaseLanding(int slot);
+  void BindMetrics(metrics::Registry& registry);
+  // After a verified fetch: keeps a local copy of a page read often from peers, within the
+  // migration budget. Sinks are never copied off their node.
+  void MaybeReplicate(const std::string& ns_name, NamespaceId ns, const PageKey& key,
+                      const peer::FetchReply& reply, const std::byte* page);
+
+  const DaemonConfig& config_;
+  const ClusterConfig& cc_;
+  TieredStore& store_;
+  const uint64_t page_bytes_;
+  std::string node_id_;
+  std::string peer_address_;
+  int http_port_ = 0;
+  Counters counters_;
+  PageDirectory directory_;
+
+  std::unique_ptr<PeerTransport> transport_;
+  std::unique_ptr<Membership> membership_;
+  Mapped dram_map_;
+  std::vector<std::byte> staging_buf_;
+  std::vector<std::byte> landing_buf_;
+  std::unique_ptr<ucx::Memory> dram_region_, staging_region_, landing_region_;
+
+  mutable absl::Mutex mu_;
+  std::vector<MemberInfo> members_ ABSL_GUARDED_BY(mu_);  // live, from etcd (self included)
+  absl::flat_hash_map<std::string, NamespaceId> ns_ids_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, absl::flat_hash_set<PageKey>> held_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::pair<std::string, PageKey>> to_announce_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint64_t, Lease> leases_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_lease_ ABSL_GUARDED_BY(mu_) = 1;
+  std::vector<int> free_staging_ ABSL_GUARDED_BY(mu_);
+  std::vector<int> free_landing_ ABSL_GUARDED_BY(mu_);
+  bool members_changed_ ABSL_GUARDED_BY(mu_) = false;
+  // Remote reads per page since it was last replicated (bounded: cleared when it grows large).
+  absl::flat_hash_map<std::pair<std::string, PageKey>, uint32_t> remote_reads_ ABSL_GUARDED_BY(mu_);
+  double migration_tokens_ ABSL_GUARDED_BY(mu_) = 0;  // bytes replication may copy now
+  absl::Time migration_refilled_ ABSL_GUARDED_BY(mu_) = absl::Now();
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread background_;
+};
+
+}  // namespace kvtier

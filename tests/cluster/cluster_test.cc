@@ -1,0 +1,308 @@
+// Three real kvtierd nodes and a real etcd on loopback, each daemon with its own socket, data
+// directory, HTTP port and UCX listener; real worker processes store and load pages through
+// them. Nothing is mocked.
+//
+//   A, B serve every namespace; C serves only "shared/*".
+//   - a page stored through A loads bit-identical through C (the worker checks every byte);
+//   - a namespace C does not serve ("private/*") is fetched by B, never by C, and A lends C none;
+//   - A killed with SIGKILL: B and C keep serving, A's pages are misses, new pages flow B -> C;
+//   - etcd stopped: B and C say so (metric, /readyz) and keep serving locally; etcd restarted:
+//     both are back in the member list.
+//
+// Waits poll for a state with a generous deadline; nothing depends on how fast a step is.
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <thread>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "tests/integration/daemon_harness.h"
+#include "transport/etcd_client.h"
+#include "transport/membership.h"
+
+namespace kvtier {
+namespace {
+
+using testing::DaemonProcess;
+using testing::RunWorker;
+
+int FreePort() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  socklen_t len = sizeof(a);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+// GET http://127.0.0.1:port/path; the body, or "" when nothing answered.
+std::string HttpGet(int port, const std::string& path) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  std::string out;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0) {
+    const std::string req = absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: x\r\n\r\n");
+    if (::write(fd, req.data(), req.size()) == static_cast<ssize_t>(req.size())) {
+      char buf[65536];
+      ssize_t n;
+      while ((n = ::read(fd, buf, sizeof(buf))) > 0) out.append(buf, n);
+    }
+  }
+  ::close(fd);
+  const size_t body = out.find("\r\n\r\n");
+  return body == std::string::npos ? "" : out.substr(body + 4);
+}
+
+// Value of one sample (`name` with its labels, as exposed) or -1 when absent.
+double Metric(int port, const std::string& sample) {
+  for (absl::string_view line : absl::StrSplit(HttpGet(port, "/metrics"), '\n')) {
+    if (absl::StartsWith(line, sample + " ")) {
+      double v = 0;
+      if (absl::SimpleAtod(line.substr(sample.size() + 1), &v)) return v;
+    }
+  }
+  return -1;
+}
+
+bool WaitFor(const std::function<bool()>& done, int seconds = 30) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
+  while (std::chrono::steady_clock::now() < until) {
+    if (done()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return done();
+}
+
+class EtcdProcess {
+ public:
+  EtcdProcess() {
+    char tmpl[] = "/tmp/kvtier-etcd-XXXXXX";
+    dir_ = ::mkdtemp(tmpl);
+    client_port_ = FreePort();
+    peer_port_ = FreePort();
+  }
+  ~EtcdProcess() {
+    Stop();
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+  }
+  std::string endpoint() const { return absl::StrCat("http://127.0.0.1:", client_port_); }
+  bool Start() {
+    const std::string client = endpoint();
+    const std::string peer = absl::StrCat("http://127.0.0.1:", peer_port_);
+    std::vector<std::string> args = {"etcd",
+                                     "--name=kvtier-test",
+                                     "--data-dir=" + dir_ + "/data",
+                                     "--listen-client-urls=" + client,
+                                     "--advertise-client-urls=" + client,
+                                     "--listen-peer-urls=" + peer,
+                                     "--initial-advertise-peer-urls=" + peer,
+                                     "--initial-cluster=kvtier-test=" + peer,
+                                     "--logger=zap",
+                                     "--log-level=error"};
+    const std::string log = dir_ + "/etcd.log";
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      // etcd's own lines go to its log file, not the test's output.
+      if (FILE* f = std::freopen(log.c_str(), "a", stderr); f == nullptr) ::_exit(126);
+      std::vector<char*> argv;
+      for (std::string& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      ::execvp("etcd", argv.data());
+      ::_exit(127);
+    }
+    auto etcd = EtcdClient::Create({{client}, absl::Seconds(1)});
+    return WaitFor([&] { return (*etcd)->GetPrefix("/").ok(); }, 20);
+  }
+  void Stop() {
+    if (pid_ <= 0) return;
+    ::kill(pid_, SIGTERM);
+    int status;
+    ::waitpid(pid_, &status, 0);
+    pid_ = -1;
+  }
+
+ private:
+  std::string dir_;
+  int client_port_, peer_port_;
+  pid_t pid_ = -1;
+};
+
+struct Node {
+  std::string id;
+  std::optional<DaemonProcess> daemon;
+  int http_port = 0;
+};
+
+std::string NodeYaml(const std::string& id, const std::string& etcd, const std::string& prefix,
+                     const std::string& namespaces, int replicate_after) {
+  return absl::StrCat(R"(http_address: 127.0.0.1:0
+store:
+  page_bytes: 32768
+  hbm_pages: 16
+  dram_pages: 256
+namespaces:
+  - name: "*"
+    sink_slots: 2
+cluster:
+  enabled: true
+  node_id: )",
+                      id, "\n  etcd_endpoints: [", etcd, "]\n  etcd_prefix: ", prefix, R"(
+  lease_ttl_s: 2
+  listen_address: 127.0.0.1:0
+  advertise_host: 127.0.0.1
+  ucx_net_devices: lo
+  request_timeout_ms: 1000
+  transfer_timeout_ms: 2000
+  fetch_lease_ms: 4000
+  replicate_after_remote_reads: )",
+                      replicate_after, "\n  namespaces: ", namespaces, "\n");
+}
+
+// "verified N of M" from a probe worker, or -1.
+int Probe(const Node& n, const std::string& ns, uint64_t seed, int pages) {
+  testing::WorkerResult r = RunWorker(
+      {"probe", n.daemon->socket_path(), ns, std::to_string(seed), std::to_string(pages)});
+  int verified = -1;
+  if (r.exit_code != 0 || std::sscanf(r.output.c_str(), "verified %d", &verified) != 1) {
+    ADD_FAILURE() << "probe on " << n.id << " exited " << r.exit_code << ": " << r.output;
+    return -1;
+  }
+  return verified;
+}
+
+void Store(const Node& n, const std::string& ns, uint64_t seed, int pages) {
+  testing::WorkerResult r = RunWorker(
+      {"store", n.daemon->socket_path(), ns, std::to_string(seed), std::to_string(pages)});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+}
+
+TEST(Cluster, ThreeNodesOnLoopback) {
+  const uint64_t seed = testing::TestSeed();
+  EtcdProcess etcd;
+  ASSERT_TRUE(etcd.Start()) << "etcd did not answer on " << etcd.endpoint();
+  const std::string prefix = absl::StrCat("/kvtier-test-", seed, "/");
+  std::vector<Node> nodes(3);
+  const char* serves[] = {"[\"*\"]", "[\"*\"]", "[\"shared/*\"]"};
+  const int replicate_after[] = {0, 2, 0};  // only B keeps copies of pages it reads twice
+  for (int i = 0; i < 3; ++i) {
+    nodes[i].id = std::string("node-") + static_cast<char>('a' + i);
+    absl::StatusOr<DaemonProcess> d = DaemonProcess::Start(
+        NodeYaml(nodes[i].id, etcd.endpoint(), prefix, serves[i], replicate_after[i]));
+    ASSERT_TRUE(d.ok()) << d.status();
+    nodes[i].daemon.emplace(*std::move(d));
+  }
+  Node& a = nodes[0];
+  Node& b = nodes[1];
+  Node& c = nodes[2];
+  // Every node advertises its HTTP port in etcd; wait until all three are listed.
+  auto client = *EtcdClient::Create({{etcd.endpoint()}, absl::Seconds(2)});
+  auto members = [&] {
+    std::map<std::string, MemberInfo> out;
+    absl::StatusOr<EtcdClient::Range> r = client->GetPrefix(prefix + "members/");
+    if (!r.ok()) return out;
+    for (const auto& [k, v] : r->kvs) {
+      if (absl::StatusOr<MemberInfo> m = MemberInfo::FromJson(v); m.ok()) out[m->node_id] = *m;
+    }
+    return out;
+  };
+  ASSERT_TRUE(WaitFor([&] { return members().size() == 3; })) << "members: " << members().size();
+  for (Node& n : nodes) n.http_port = members()[n.id].http_port;
+  ASSERT_TRUE(WaitFor([&] {
+    for (const Node& n : nodes) {
+      if (Metric(n.http_port, "kvtier_cluster_members") != 3) return false;
+    }
+    return true;
+  })) << "nodes did not all see three members";
+  EXPECT_NE(HttpGet(a.http_port, "/readyz").find("etcd reachable"), std::string::npos);
+
+  // 1. Stored through A, loaded bit-identical through C (the probe worker compares every byte).
+  constexpr int kPages = 16;
+  Store(a, "shared/model", seed, kPages);
+  EXPECT_TRUE(WaitFor([&] { return Probe(c, "shared/model", seed, kPages) == kPages; }))
+      << "C never loaded all of A's pages";
+  EXPECT_GE(Metric(c.http_port, "kvtier_cluster_remote_fetches_total{result=\"ok\"}"), kPages);
+  EXPECT_EQ(Metric(c.http_port, "kvtier_cluster_remote_fetches_total{result=\"verify_failed\"}"),
+            0);
+
+  // 2. Isolation: private/* is served by A and B only.
+  Store(a, "private/model", seed + 1, kPages);
+  EXPECT_TRUE(WaitFor([&] { return Probe(b, "private/model", seed + 1, kPages) == kPages; }))
+      << "B (which serves private/*) never fetched A's private pages";
+  const double lent_before = Metric(a.http_port, "kvtier_cluster_pages_lent_total");
+  EXPECT_EQ(Probe(c, "private/model", seed + 1, kPages), 0) << "C fetched a namespace it does "
+                                                               "not serve";
+  EXPECT_EQ(Metric(a.http_port, "kvtier_cluster_pages_lent_total"), lent_before);
+
+  // 3. Placement: B reads A's pages twice and keeps copies (C, set not to, keeps none).
+  Store(a, "shared/model", seed + 5, kPages);
+  EXPECT_TRUE(WaitFor([&] { return Probe(b, "shared/model", seed + 5, kPages) == kPages; }));
+  EXPECT_EQ(Probe(b, "shared/model", seed + 5, kPages), kPages);
+  EXPECT_GE(Metric(b.http_port, "kvtier_cluster_replication_pages_total{result=\"replicated\"}"),
+            kPages - 1);  // the first page is a sink by position: never copied off its node
+
+  // 4. A dies mid-life (SIGKILL). Pages only A held become misses; B and C keep serving.
+  Store(a, "shared/model", seed + 2, kPages);
+  EXPECT_TRUE(WaitFor([&] { return Probe(c, "shared/model", seed + 2, kPages) == kPages; }));
+  ASSERT_EQ(::kill(a.daemon->pid(), SIGKILL), 0);
+  EXPECT_EQ(Probe(b, "shared/model", seed + 2, kPages), 0);
+  EXPECT_EQ(Probe(c, "shared/model", seed + 2, kPages), 0);
+  EXPECT_EQ(Probe(c, "shared/model", seed, kPages), 0);
+  EXPECT_TRUE(WaitFor([&] {
+    return Metric(b.http_port, "kvtier_cluster_members") == 2 &&
+           Metric(c.http_port, "kvtier_cluster_members") == 2;
+  })) << "A's lease did not expire from B's and C's view";
+  EXPECT_GE(Metric(b.http_port, "kvtier_cluster_remote_fetches_total{result=\"miss\"}") +
+                Metric(b.http_port, "kvtier_cluster_remote_fetches_total{result=\"failed\"}"),
+            1);
+  Store(b, "shared/model", seed + 3, kPages);
+  EXPECT_TRUE(WaitFor([&] { return Probe(c, "shared/model", seed + 3, kPages) == kPages; }))
+      << "B's pages did not reach C after A died";
+  // B's replicas of A's pages outlived A (all but the sink).
+  EXPECT_TRUE(WaitFor([&] { return Probe(c, "shared/model", seed + 5, kPages) >= kPages - 1; }))
+      << "B's replicas were not found from C";
+
+  // 5. etcd goes away: both keep serving locally and say so; etcd returns: both rejoin.
+  etcd.Stop();
+  EXPECT_TRUE(WaitFor([&] {
+    return Metric(b.http_port, "kvtier_cluster_etcd_reachable") == 0 &&
+           Metric(c.http_port, "kvtier_cluster_etcd_reachable") == 0;
+  }));
+  EXPECT_NE(HttpGet(b.http_port, "/readyz").find("UNREACHABLE"), std::string::npos);
+  EXPECT_EQ(Probe(b, "shared/model", seed + 3, kPages), kPages);  // local pages, no etcd needed
+  ASSERT_TRUE(etcd.Start());
+  EXPECT_TRUE(WaitFor([&] {
+    return Metric(b.http_port, "kvtier_cluster_etcd_reachable") == 1 &&
+           Metric(c.http_port, "kvtier_cluster_etcd_reachable") == 1;
+  }));
+  EXPECT_TRUE(WaitFor([&] {
+    auto m = members();
+    return m.size() == 2 && m.contains("node-b") && m.contains("node-c");
+  })) << "B and C did not both rejoin";
+  Store(b, "shared/model", seed + 4, kPages);
+  EXPECT_TRUE(WaitFor([&] { return Probe(c, "shared/model", seed + 4, kPages) == kPages; }));
+  EXPECT_EQ(b.daemon->Stop(), 0);
+  EXPECT_EQ(c.daemon->Stop(), 0);
+}
+
+}  // namespace
+}  // namespace kvtier

@@ -1,0 +1,323 @@
+#include "transport/peer_protocol.h"
+
+#include <cstring>
+#include <type_traits>
+
+#include "absl/strings/str_cat.h"
+
+namespace kvtier::peer {
+namespace {
+
+class Writer {
+ public:
+  explicit Writer(std::string& out) : out_(out) {}
+  template <typename T>
+  void Put(T v) {
+    static_assert(std::is_integral_v<T>);
+    char b[sizeof(T)];
+    std::memcpy(b, &v, sizeof(T));  // little-endian hosts only (x86-64, aarch64)
+    out_.append(b, sizeof(T));
+  }
+  void Str(absl::string_view s) {
+    Put(static_cast<uint16_t>(s.size()));
+    out_.append(s.data(), s.size());
+  }
+  void Id(const ObjectId& id) {
+    Put(id.hi);
+    Put(id.lo);
+  }
+
+ private:
+  std::string& out_;
+};
+
+// Reads with a bounds check on every field; the first failure sticks and names the field.
+class Reader {
+ public:
+  explicit Reader(absl::string_view in) : in_(in) {}
+  template <typename T>
+  bool Get(T& v, const char* what) {
+    if (!ok()) return false;
+    if (in_.size() - pos_ < sizeof(T)) return Fail(what, sizeof(T));
+    std::memcpy(&v, in_.data() + pos_, sizeof(T));
+    pos_ += sizeof(T);
+    return true;
+  }
+  bool Str(std::string& s, uint32_t max, const char* what) {
+    uint16_t n = 0;
+    if (!Get(n, what)) return false;
+    if (n > max) {
+      status_ = absl::InvalidArgumentError(
+          absl::StrCat(what, " of ", n, " bytes exceeds the limit of ", max));
+      return false;
+    }
+    if (in_.size() - pos_ < n) return Fail(what, n);
+    s.assign(in_.data() + pos_, n);
+    pos_ += n;
+    return true;
+  }
+  bool Id(ObjectId& id, const char* what) { return Get(id.hi, what) && Get(id.lo, what); }
+  // A count of items of at least `min_item_bytes` each: bounded by `max` and by what is left, so
+  // a forged count cannot make the decoder reserve memory the message does not back.
+  bool Count(uint32_t& n, uint32_t max, size_t min_item_bytes, const char* what) {
+    if (!Get(n, what)) return false;
+    if (n > max) {
+      status_ = absl::InvalidArgumentError(
+          absl::StrCat(what, " count ", n, " exceeds the limit of ", max));
+      return false;
+    }
+    if (static_cast<uint64_t>(n) * min_item_bytes > in_.size() - pos_) return Fail(what, n);
+    return true;
+  }
+  bool ok() const { return status_.ok(); }
+  bool at_end() const { return pos_ == in_.size(); }
+  size_t left() const { return in_.size() - pos_; }
+  const absl::Status& status() const { return status_; }
+
+ private:
+  bool Fail(const char* what, size_t need) {
+    status_ = absl::InvalidArgumentError(absl::StrCat("message truncated in ", what, ": needs ",
+                                                      need, " more, ", in_.size() - pos_,
+                                                      " bytes left at offset ", pos_));
+    return false;
+  }
+  absl::string_view in_;
+  size_t pos_ = 0;
+  absl::Status status_;
+};
+
+template <typename T>
+bool Holds(const Body& b) {
+  return std::holds_alternative<T>(b);
+}
+
+bool BodyMatches(MsgType t, const Body& b) {
+  switch (t) {
+    case MsgType::kDirAdd:
+    case MsgType::kDirRemove:
+      return Holds<DirUpdate>(b);
+    case MsgType::kDirQuery:
+      return Holds<DirQuery>(b);
+    case MsgType::kDirQueryReply:
+      return Holds<DirQueryReply>(b);
+    case MsgType::kFetch:
+      return Holds<Fetch>(b);
+    case MsgType::kFetchReply:
+      return Holds<FetchReply>(b);
+    case MsgType::kRelease:
+      return Holds<Release>(b);
+    case MsgType::kAck:
+      return Holds<Ack>(b);
+  }
+  return false;
+}
+
+}  // namespace
+
+bool IsReply(MsgType t) {
+  return t == MsgType::kDirQueryReply || t == MsgType::kFetchReply || t == MsgType::kAck;
+}
+
+absl::string_view MsgTypeName(MsgType t) {
+  switch (t) {
+    case MsgType::kDirAdd:
+      return "DirAdd";
+    case MsgType::kDirRemove:
+      return "DirRemove";
+    case MsgType::kDirQuery:
+      return "DirQuery";
+    case MsgType::kDirQueryReply:
+      return "DirQueryReply";
+    case MsgType::kFetch:
+      return "Fetch";
+    case MsgType::kFetchReply:
+      return "FetchReply";
+    case MsgType::kRelease:
+      return "Release";
+    case MsgType::kAck:
+      return "Ack";
+  }
+  return "(unknown)";
+}
+
+absl::StatusOr<std::string> Encode(const Message& m) {
+  if (!BodyMatches(m.type, m.body)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("peer message of type ", MsgTypeName(m.type), " carries another body"));
+  }
+  std::string out;
+  Writer w(out);
+  w.Put(kMagic);
+  w.Put(kVersion);
+  w.Put(static_cast<uint16_t>(m.type));
+  w.Put(m.request_id);
+  w.Put(uint32_t{0});  // body_bytes, patched below
+  w.Put(uint32_t{0});
+  std::visit(
+      [&](const auto& b) {
+        using T = std::decay_t<decltype(b)>;
+        if constexpr (std::is_same_v<T, DirUpdate>) {
+          w.Str(b.ns);
+          w.Str(b.holder);
+          w.Put(static_cast<uint32_t>(b.ids.size()));
+          for (const ObjectId& id : b.ids) w.Id(id);
+        } else if constexpr (std::is_same_v<T, DirQuery>) {
+          w.Str(b.ns);
+          w.Put(static_cast<uint32_t>(b.ids.size()));
+          for (const ObjectId& id : b.ids) w.Id(id);
+        } else if constexpr (std::is_same_v<T, DirQueryReply>) {
+          w.Put(static_cast<uint32_t>(b.holders.size()));
+          for (const auto& hs : b.holders) {
+            w.Put(static_cast<uint32_t>(hs.size()));
+            for (const std::string& h : hs) w.Str(h);
+          }
+        } else if constexpr (std::is_same_v<T, Fetch>) {
+          w.Str(b.ns);
+          w.Id(b.id);
+        } else if constexpr (std::is_same_v<T, FetchReply>) {
+          w.Put(b.code);
+          w.Id(b.id);
+          w.Put(b.bytes);
+          w.Put(b.checksum);
+          w.Put(b.remote_addr);
+          w.Put(b.lease);
+          w.Put(b.object_class);
+          w.Put(b.object_position);
+          w.Str(b.rkey);
+          w.Str(b.error);
+        } else if constexpr (std::is_same_v<T, Release>) {
+          w.Put(b.lease);
+        } else if constexpr (std::is_same_v<T, Ack>) {
+          w.Put(b.code);
+          w.Str(b.error);
+        }
+      },
+      m.body);
+  const uint32_t body = static_cast<uint32_t>(out.size() - kHeaderBytes);
+  std::memcpy(out.data() + 16, &body, sizeof(body));
+  return out;
+}
+
+absl::StatusOr<Header> DecodeHeader(absl::string_view bytes) {
+  Reader r(bytes);
+  uint32_t magic = 0, body = 0, reserved = 0;
+  uint16_t version = 0, type = 0;
+  uint64_t id = 0;
+  if (!r.Get(magic, "header") || !r.Get(version, "header") || !r.Get(type, "header") ||
+      !r.Get(id, "header") || !r.Get(body, "header") || !r.Get(reserved, "header")) {
+    return r.status();
+  }
+  if (magic != kMagic) {
+    return absl::InvalidArgumentError(absl::StrCat("bad magic 0x", absl::Hex(magic)));
+  }
+  if (version != kVersion) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("peer protocol version ", version, "; this node speaks ", kVersion));
+  }
+  if (type < static_cast<uint16_t>(MsgType::kDirAdd) ||
+      type > static_cast<uint16_t>(MsgType::kAck)) {
+    return absl::InvalidArgumentError(absl::StrCat("unknown message type ", type));
+  }
+  if (reserved != 0) return absl::InvalidArgumentError("reserved header word is not zero");
+  if (body != bytes.size() - kHeaderBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "header says ", body, " body bytes, message has ", bytes.size() - kHeaderBytes));
+  }
+  return Header{static_cast<MsgType>(type), id, body};
+}
+
+absl::StatusOr<Message> Decode(absl::string_view bytes, const Limits& limits) {
+  if (bytes.size() > limits.max_message_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat("peer message of ", bytes.size(),
+                                                     " bytes exceeds max_message_bytes (",
+                                                     limits.max_message_bytes, ")"));
+  }
+  absl::StatusOr<Header> h = DecodeHeader(bytes);
+  if (!h.ok()) return h.status();
+  Message m;
+  m.type = h->type;
+  m.request_id = h->request_id;
+  Reader r(bytes.substr(kHeaderBytes));
+  switch (h->type) {
+    case MsgType::kDirAdd:
+    case MsgType::kDirRemove: {
+      DirUpdate u;
+      uint32_t n = 0;
+      if (r.Str(u.ns, limits.max_name_bytes, "namespace") &&
+          r.Str(u.holder, limits.max_name_bytes, "holder") &&
+          r.Count(n, limits.max_ids, 16, "ids")) {
+        u.ids.resize(n);
+        for (ObjectId& id : u.ids) r.Id(id, "id");
+      }
+      m.body = std::move(u);
+      break;
+    }
+    case MsgType::kDirQuery: {
+      DirQuery q;
+      uint32_t n = 0;
+      if (r.Str(q.ns, limits.max_name_bytes, "namespace") &&
+          r.Count(n, limits.max_ids, 16, "ids")) {
+        q.ids.resize(n);
+        for (ObjectId& id : q.ids) r.Id(id, "id");
+      }
+      m.body = std::move(q);
+      break;
+    }
+    case MsgType::kDirQueryReply: {
+      DirQueryReply q;
+      uint32_t n = 0;
+      if (r.Count(n, limits.max_ids, 4, "holder lists")) {
+        q.holders.resize(n);
+        for (auto& hs : q.holders) {
+          uint32_t k = 0;
+          if (!r.Count(k, limits.max_holders, 2, "holders")) break;
+          hs.resize(k);
+          for (std::string& s : hs) r.Str(s, limits.max_name_bytes, "holder");
+        }
+      }
+      m.body = std::move(q);
+      break;
+    }
+    case MsgType::kFetch: {
+      Fetch f;
+      if (r.Str(f.ns, limits.max_name_bytes, "namespace")) r.Id(f.id, "id");
+      m.body = std::move(f);
+      break;
+    }
+    case MsgType::kFetchReply: {
+      FetchReply f;
+      if (r.Get(f.code, "code") && r.Id(f.id, "id") && r.Get(f.bytes, "bytes") &&
+          r.Get(f.checksum, "checksum") && r.Get(f.remote_addr, "remote_addr") &&
+          r.Get(f.lease, "lease") && r.Get(f.object_class, "object_class") &&
+          r.Get(f.object_position, "object_position") &&
+          r.Str(f.rkey, limits.max_rkey_bytes, "rkey")) {
+        r.Str(f.error, limits.max_error_bytes, "error");
+      }
+      m.body = std::move(f);
+      break;
+    }
+    case MsgType::kRelease: {
+      Release rel;
+      r.Get(rel.lease, "lease");
+      m.body = rel;
+      break;
+    }
+    case MsgType::kAck: {
+      Ack a;
+      if (r.Get(a.code, "code")) r.Str(a.error, limits.max_error_bytes, "error");
+      m.body = std::move(a);
+      break;
+    }
+  }
+  if (!r.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(MsgTypeName(h->type), ": ", r.status().message()));
+  }
+  if (!r.at_end()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(MsgTypeName(h->type), ": ", r.left(), " trailing bytes"));
+  }
+  return m;
+}
+
+}  // namespace kvtier::peer

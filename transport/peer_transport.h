@@ -1,0 +1,105 @@
+// PeerTransport: kvtierd's link to its peers over UCX. Control messages (transport/peer_protocol.h)
+// travel as UCP active messages; bulk bytes move by RMA get from memory the holder registered
+// (PeerTransport::Register), straight into memory the requester registered.
+//
+// Peers are named by their listen address "host:port": each node runs one UCP listener there and
+// connects to others through UCX's sockaddr connection manager, so the port is fixed and
+// deployable (a DaemonSet port, a firewall rule), and UCX still picks shared memory for data
+// when both processes share a host.
+//
+// Faults: every call has a deadline. An endpoint that fails (the peer died, the link broke) fails
+// every operation in flight on it at once; an RMA get that runs past its deadline force-closes
+// its endpoint, which is the only way UCX guarantees the get will not land later, so a caller's
+// destination is never written after Get returns. A peer whose message does not decode is logged,
+// counted and disconnected; the node keeps serving everyone else.
+//
+// Thread model: one progress thread owns the UCP worker and every endpoint; it sleeps on the
+// worker's event fd when idle. Public methods are thread-safe: they post work to the progress
+// thread and block on the result (Call, Get) or return at once (Send). Incoming requests are
+// decoded on the progress thread and handled on `handler_threads` threads, so a handler may block
+// (copy a page, call another peer) without stalling the link.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "transport/peer_protocol.h"
+#include "transport/ucx.h"
+
+namespace kvtier {
+
+struct PeerTransportOptions {
+  // Where the UCP listener binds, "host:port". Port 0 picks a free one (tests); listen_port()
+  // says which. Default 0.0.0.0:18515.
+  std::string listen_address = "0.0.0.0:18515";
+  ucx::ContextOptions ucx;
+  // Threads that run incoming requests. Default 2.
+  uint32_t handler_threads = 2;
+  peer::Limits limits;
+};
+
+struct PeerTransportCounters {
+  uint64_t requests_in = 0;
+  uint64_t malformed = 0;        // messages that did not decode
+  uint64_t disconnects = 0;      // peers disconnected for a malformed message
+  uint64_t endpoint_errors = 0;  // endpoints that failed (peer died, link broke)
+  uint64_t timeouts = 0;
+  uint64_t gets = 0;
+  uint64_t get_bytes = 0;
+};
+
+class PeerTransport {
+ public:
+  // Answers one request; the reply (if any) goes back on the endpoint the request came in on.
+  // Called on a handler thread. A request type with no reply (Release) returns nullopt.
+  using Handler = std::function<std::optional<peer::Message>(const peer::Message& request)>;
+
+  static absl::StatusOr<std::unique_ptr<PeerTransport>> Create(const PeerTransportOptions& options,
+                                                               Handler handler);
+  // Stops the handler threads and the progress thread; operations still in flight fail
+  // (Cancelled) before it returns.
+  ~PeerTransport();
+  PeerTransport(const PeerTransport&) = delete;
+  PeerTransport& operator=(const PeerTransport&) = delete;
+
+  int listen_port() const { return listen_port_; }
+
+  // Sends `request` (its request_id is assigned here) and waits for the reply, at most `timeout`.
+  absl::StatusOr<peer::Message> Call(const std::string& peer, peer::Message request,
+                                     absl::Duration timeout);
+  // Call with bytes sent as they are (request id patched in): how tests play a broken peer.
+  absl::StatusOr<peer::Message> CallRawForTest(const std::string& peer, std::string bytes,
+                                               absl::Duration timeout);
+  // Sends a one-way message; delivery is best effort.
+  void Send(const std::string& peer, peer::Message message);
+
+  // Registers [base, base + length) for RMA: peers may read it with the returned region's key.
+  // The region may outlive the transport (it holds the UCP context).
+  absl::StatusOr<std::unique_ptr<ucx::Memory>> Register(void* base, size_t length);
+
+  // Reads `length` bytes at `remote_addr` (under `rkey`) on `peer` into `local` at `offset`. On
+  // any error the bytes at the destination are unspecified, and nothing is written there after
+  // Get returns.
+  absl::Status Get(const std::string& peer, uint64_t remote_addr, absl::string_view rkey,
+                   const ucx::Memory& local, size_t offset, size_t length, absl::Duration timeout);
+
+  // Closes the endpoint to `peer` (it left the cluster); its operations in flight fail.
+  void Disconnect(const std::string& peer);
+
+  PeerTransportCounters Counters() const;
+
+ private:
+  class Impl;
+  explicit PeerTransport(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+  int listen_port_ = 0;
+};
+
+}  // namespace kvtier

@@ -286,7 +286,8 @@ absl::Status CudaCopyEngine::RunKernel(CopyRoute route, absl::Span<const CopyOp>
   if (route == CopyRoute::kDeviceToDevice && options_.device_to_device_sm_budget != 0) {
     kernel_options.sm_budget = options_.device_to_device_sm_budget;
   }
-  auto launch = [&]() -> absl::Status {
+  // The lambda runs under the caller's lock; Clang's analysis needs to be told so.
+  auto launch = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> absl::Status {
     if (staged == 0) return absl::OkStatus();
     if (absl::Status s = CudaStatus(
             cudaMemcpyAsync(device_descs_.get(), staging_, staged * sizeof(kernels::CopyDescriptor),

@@ -57,13 +57,26 @@ bool IsWouldBlock(const absl::Status& s) {
 
 absl::StatusOr<Datagram> ReceiveDatagram(int socket, std::string& buffer, size_t max_bytes,
                                          bool nonblocking) {
-  // Peek at the next datagram's length first (MSG_TRUNC reports it even into no buffer), so the
-  // buffer only ever grows to what arrived, never to the limit. Descriptors stay queued.
-  ssize_t next;
+  // One byte more than the limit, so an oversized datagram is told apart from one that fits.
+  if (buffer.size() < max_bytes + 1) buffer.resize(max_bytes + 1);
+  return ReceiveDatagram(socket, absl::Span<char>(buffer.data(), max_bytes + 1), nonblocking);
+}
+
+absl::StatusOr<Datagram> ReceiveDatagram(int socket, absl::Span<char> buffer, bool nonblocking) {
+  const size_t max_bytes = buffer.empty() ? 0 : buffer.size() - 1;
+  iovec iov{buffer.data(), buffer.size()};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerMessage)];
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  ssize_t n;
   bool reset_seen = false;
   while (true) {
-    next = ::recv(socket, nullptr, 0, MSG_PEEK | MSG_TRUNC | (nonblocking ? MSG_DONTWAIT : 0));
-    if (next >= 0) break;
+    // MSG_TRUNC makes the kernel report the datagram's real length even when it did not fit.
+    n = ::recvmsg(socket, &msg, MSG_CMSG_CLOEXEC | MSG_TRUNC | (nonblocking ? MSG_DONTWAIT : 0));
+    if (n >= 0) break;
     if (errno == EINTR) continue;
     // A peer that closed with our datagrams unread resets the connection, but what it sent
     // before (a daemon's reason for closing) is still queued: the reset is reported only once,
@@ -72,27 +85,6 @@ absl::StatusOr<Datagram> ReceiveDatagram(int socket, std::string& buffer, size_t
       reset_seen = true;
       continue;
     }
-    if (nonblocking && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      return absl::UnavailableError("would block");
-    }
-    return absl::UnavailableError(absl::StrCat("recvmsg: ", std::strerror(errno)));
-  }
-  // One byte more than the limit, so an oversized datagram is told apart from one that fits.
-  const size_t want = std::min(static_cast<size_t>(next), max_bytes) + 1;
-  if (buffer.size() < want) buffer.resize(want);
-  iovec iov{buffer.data(), std::min(buffer.size(), max_bytes + 1)};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerMessage)];
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof(control);
-  ssize_t n;
-  while (true) {
-    // MSG_TRUNC makes the kernel report the datagram's real length even when it did not fit.
-    n = ::recvmsg(socket, &msg, MSG_CMSG_CLOEXEC | MSG_TRUNC | (nonblocking ? MSG_DONTWAIT : 0));
-    if (n >= 0) break;
-    if (errno == EINTR) continue;
     if (nonblocking && (errno == EAGAIN || errno == EWOULDBLOCK)) {
       return absl::UnavailableError("would block");
     }

@@ -32,10 +32,12 @@ struct Datagram {
   std::vector<UniqueFd> fds;
 };
 
-// Receives one datagram into `buffer`, which grows to the datagram's size (at most `max_bytes`
-// plus one byte that detects overrun): an idle socket costs no buffer. Blocks; EINTR is retried.
-// With `nonblocking`, returns kUnavailable "would block" at once when nothing is queued (see
-// IsWouldBlock).
+// Receives one datagram into `buffer` (its size is the limit plus one byte that detects overrun).
+// Blocks; EINTR is retried. With `nonblocking`, returns kUnavailable "would block" at once when
+// nothing is queued (see IsWouldBlock).
+absl::StatusOr<Datagram> ReceiveDatagram(int socket, absl::Span<char> buffer,
+                                         bool nonblocking = false);
+// The same into a string, sized to `max_bytes` + 1 on first use.
 absl::StatusOr<Datagram> ReceiveDatagram(int socket, std::string& buffer, size_t max_bytes,
                                          bool nonblocking = false);
 bool IsWouldBlock(const absl::Status& s);

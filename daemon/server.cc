@@ -2,11 +2,13 @@
 
 #include <glog/logging.h>
 #include <poll.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <stdexcept>
@@ -41,6 +43,43 @@ void Refuse(int fd, const ucred& cred, absl::string_view reason, absl::string_vi
   // A fresh socket's send buffer is empty; never wait for the client either way.
   SendDatagram(fd, resp.SerializeAsString(), {}, /*nonblocking=*/true).IgnoreError();
 }
+
+// A connection's receive buffer: address space for the largest datagram allowed, backed by
+// memory only where a datagram landed. The kernel faults pages in as recvmsg writes them, and
+// those past the first kKeptBytes are given back after a large datagram, so an idle connection
+// costs a few pages, not limits.max_message_bytes — while receiving stays one recvmsg.
+class ReceiveBuffer {
+ public:
+  static constexpr size_t kKeptBytes = 64 * 1024;
+
+  explicit ReceiveBuffer(size_t max_message_bytes)
+      : size_(max_message_bytes + 1),  // one byte more tells an oversized datagram apart
+        mapped_((size_ + kKeptBytes - 1) / kKeptBytes * kKeptBytes) {
+    void* p = ::mmap(nullptr, mapped_, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) {
+      throw std::runtime_error(
+          absl::StrCat("mmap of a ", mapped_, "-byte receive buffer: ", std::strerror(errno)));
+    }
+    data_ = static_cast<char*>(p);
+  }
+  ~ReceiveBuffer() { ::munmap(data_, mapped_); }
+  ReceiveBuffer(const ReceiveBuffer&) = delete;
+  ReceiveBuffer& operator=(const ReceiveBuffer&) = delete;
+
+  absl::Span<char> span() { return absl::Span<char>(data_, size_); }
+  // After a datagram of `bytes`: pages beyond the kept ones go back to the system.
+  void Trim(size_t bytes) {
+    if (bytes <= kKeptBytes) return;
+    const size_t end = std::min(mapped_, (bytes + kKeptBytes - 1) / kKeptBytes * kKeptBytes);
+    ::madvise(data_ + kKeptBytes, end - kKeptBytes, MADV_DONTNEED);
+  }
+
+ private:
+  const size_t size_;
+  const size_t mapped_;  // a multiple of kKeptBytes, hence of the page size
+  char* data_ = nullptr;
+};
 
 }  // namespace
 
@@ -311,11 +350,7 @@ void Server::ServeConnection(std::shared_ptr<Session> session,
 }
 
 void Server::ConnectionLoop(const std::shared_ptr<Session>& session, ReplyChannel& channel) {
-  // Grows to the largest datagram received and is given back after one larger than this, so an
-  // idle connection holds no receive buffer of limits.max_message_bytes.
-  constexpr size_t kKeptBufferBytes = 64 * 1024;
-  std::string buffer;
-  const size_t limit = config_.limits.max_message_bytes;
+  ReceiveBuffer buffer(config_.limits.max_message_bytes);
   const int fd = channel.socket();
   const absl::Duration hello_timeout = absl::Milliseconds(config_.limits.hello_timeout_ms);
   absl::Time last_request = absl::Now();
@@ -358,7 +393,7 @@ void Server::ConnectionLoop(const std::shared_ptr<Session>& session, ReplyChanne
     if (fds[1].revents != 0) channel.ClearWake();
     if ((fds[0].revents & POLLOUT) != 0) channel.Flush();
     if ((fds[0].revents & (POLLIN | POLLHUP | POLLERR)) == 0) continue;
-    absl::StatusOr<Datagram> d = ReceiveDatagram(fd, buffer, limit, /*nonblocking=*/true);
+    absl::StatusOr<Datagram> d = ReceiveDatagram(fd, buffer.span(), /*nonblocking=*/true);
     if (!d.ok() && IsWouldBlock(d.status())) continue;
     if (!d.ok() || d->eof) return;
     last_request = absl::Now();
@@ -366,13 +401,13 @@ void Server::ConnectionLoop(const std::shared_ptr<Session>& session, ReplyChanne
     in.size = d->size;
     in.truncated = d->truncated;
     in.fds_truncated = d->fds_truncated;
-    if (!d->truncated) in.bytes = absl::string_view(buffer.data(), d->size);
+    if (!d->truncated) in.bytes = absl::string_view(buffer.span().data(), d->size);
     in.fds = std::move(d->fds);
     current_session_key = session->id();
     const Dispatcher::Verdict verdict = dispatcher_.Handle(session, std::move(in));
     current_session_key = 0;
     if (verdict == Dispatcher::Verdict::kClose) return;
-    if (buffer.capacity() > kKeptBufferBytes) std::string().swap(buffer);
+    buffer.Trim(d->size);
   }
 }
 

@@ -268,6 +268,7 @@ int kvtier_store_submit_stats(kvtier_client* c, const kvtier_key* keys, const ui
 
 int kvtier_report(kvtier_client* c, const kvtier_key* keys, size_t count,
                   const kvtier_attention* stats) {
+  if (stats == nullptr) return Fail(c, absl::InvalidArgumentError("report without statistics"));
   return Fail(c, c->client->Report(Keys(keys, count), BatchOf(*stats, count)));
 }
 

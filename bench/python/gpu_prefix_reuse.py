@@ -125,7 +125,8 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def greedy(model: Any, logits: torch.Tensor, cache: Any, steps: int) -> tuple[list[int], torch.Tensor]:
+def greedy(model: Any, logits: torch.Tensor, cache: Any,
+           steps: int) -> tuple[list[int], torch.Tensor]:
     """Greedy tokens and the logits each was chosen from ([steps, vocab], on the device)."""
     rows = [logits[0, -1]]
     token = logits[:, -1:].argmax(-1)

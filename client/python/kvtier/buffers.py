@@ -96,7 +96,7 @@ class HostBuffers:
 
         import torch
 
-        cudart = torch.cuda.cudart()
+        cudart = torch.cuda.cudart()  # type: ignore[no-untyped-call]
         for m in self.maps:
             address = ctypes.addressof(ctypes.c_char.from_buffer(m))
             try:
@@ -112,7 +112,7 @@ class HostBuffers:
         if self._pinned:
             import torch
 
-            cudart = torch.cuda.cudart()
+            cudart = torch.cuda.cudart()  # type: ignore[no-untyped-call]
             for address in self._pinned:
                 cudart.cudaHostUnregister(address)
             self._pinned = []

@@ -435,7 +435,8 @@ class Client:
         out = ctypes.c_void_p()
         self._check(fn(self._handle(), ctypes.byref(out)), operation)
         try:
-            return _ints(json.loads(ctypes.string_at(out).decode()))
+            reply: dict[str, Any] = _ints(json.loads(ctypes.string_at(out).decode()))
+            return reply
         finally:
             _lib.lib().kvtier_free(out)
 

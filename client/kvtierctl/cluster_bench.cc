@@ -150,7 +150,9 @@ int Run(const ClusterArgs& a) {
           id, "\n  etcd_endpoints: [", etcd_url,
           "]\n  lease_ttl_s: 5\n  listen_address: 127.0.0.1:0\n  advertise_host: 127.0.0.1\n"
           "  ucx_net_devices: lo\n  ucx_tls: ",
-          a.tls, ",self\n  replicate_after_remote_reads: 0\n");
+          // Peers connect through UCX's TCP connection manager, so tcp stays listed; UCX then
+          // moves page bytes over the fastest transport listed (sm: CMA on one host).
+          a.tls == "tcp" ? "tcp" : a.tls + ",tcp", ",self\n  replicate_after_remote_reads: 0\n");
       std::ofstream(d + "/kvtierd.yaml") << yaml;
       nodes.push_back(std::make_unique<Child>(
           std::vector<std::string>{a.kvtierd, "--config", d + "/kvtierd.yaml"},

@@ -39,7 +39,25 @@ struct ClusterArgs {
   uint64_t page_bytes = 2 << 20;
   std::string tls = "tcp";
   std::string kvtierd;
+  // Python with PyPI mooncake-transfer-engine-non-cuda installed: runs
+  // bench/cluster/mooncake_bench.py in the same run. Empty: Mooncake is left out.
+  std::string mooncake_python;
+  std::string mooncake_script = std::string(KVTIER_SOURCE_DIR) + "/bench/cluster/mooncake_bench.py";
 };
+
+struct MooncakeFigures {
+  bool ok = false;
+  double gb_s = 0, p50_us = 0, p99_us = 0;
+};
+
+double JsonNumber(const std::string& json, const std::string& key) {
+  const size_t at = json.find("\"" + key + "\": ");
+  double v = 0;
+  if (at == std::string::npos) return 0;
+  const size_t start = at + key.size() + 4;
+  const size_t end = json.find_first_of(",}", start);
+  return absl::SimpleAtod(json.substr(start, end - start), &v) ? v : 0;
+}
 
 int FreePort() {
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
@@ -119,6 +137,27 @@ bool UcxPerftest(const ClusterArgs& a, double* mb_s, double* p50_us) {
   }
   std::fprintf(stderr, "bench cluster: ucx_perftest gave no Final line:\n%s\n", out.c_str());
   return false;
+}
+
+// Mooncake Store's get_into between two processes over TCP (bench/cluster/mooncake_bench.py).
+MooncakeFigures Mooncake(const ClusterArgs& a) {
+  MooncakeFigures m;
+  if (a.mooncake_python.empty()) return m;
+  const std::string bin = std::filesystem::path(a.mooncake_python).parent_path().string();
+  const std::string out = RunCapture(
+      absl::StrCat("PATH=", bin, ":$PATH timeout 300 ", a.mooncake_python, " ", a.mooncake_script,
+                   " --iterations ", a.iterations, " --page-bytes ", a.page_bytes, " 2>/dev/null"));
+  const size_t line = out.find("{\"bench\": \"mooncake_get_into\"");
+  if (line == std::string::npos) {
+    std::fprintf(stderr, "bench cluster: the Mooncake run printed no result:\n%s\n", out.c_str());
+    return m;
+  }
+  const std::string j = out.substr(line, out.find('\n', line) - line);
+  m.gb_s = JsonNumber(j, "gb_s");
+  m.p50_us = JsonNumber(j, "p50_us");
+  m.p99_us = JsonNumber(j, "p99_us");
+  m.ok = m.gb_s > 0;
+  return m;
 }
 
 int Run(const ClusterArgs& a) {
@@ -240,6 +279,11 @@ int Run(const ClusterArgs& a) {
     nodes.clear();
     double perf_mb_s = 0, perf_p50 = 0;
     const bool perf = UcxPerftest(a, &perf_mb_s, &perf_p50);
+    const MooncakeFigures mc = Mooncake(a);
+    const std::string mc_json =
+        mc.ok ? absl::StrCat("{\"protocol\":\"tcp\",\"gb_s\":", mc.gb_s, ",\"p50_us\":", mc.p50_us,
+                             ",\"p99_us\":", mc.p99_us, "}")
+              : "null";
     const double perf_gbps = perf_mb_s * 1024 * 1024 / 1e9;  // ucx_perftest's MB is MiB
     utsname u{};
     ::uname(&u);
@@ -249,11 +293,13 @@ int Run(const ClusterArgs& a) {
           "\"page_bytes\":%llu,\"iterations\":%u,\"seed\":%llu,"
           "\"kvtier_remote_fetch\":{\"gb_s\":%.4f,\"p50_us\":%.1f,\"p99_us\":%.1f},"
           "\"ucx_perftest_get\":{\"ok\":%s,\"gb_s\":%.4f,\"p50_us\":%.1f},"
-          "\"ratio_kvtier_over_ucx_perftest\":%.3f,\"mooncake\":null}\n",
+          "\"ratio_kvtier_over_ucx_perftest\":%.3f,\"mooncake_get_into\":%s,"
+          "\"ratio_kvtier_over_mooncake\":%.3f}\n",
           u.nodename, u.release, std::thread::hardware_concurrency(), a.tls.c_str(),
           static_cast<unsigned long long>(a.page_bytes), a.iterations,
           static_cast<unsigned long long>(seed), gbps, p50, p99, perf ? "true" : "false", perf_gbps,
-          perf_p50, perf_gbps > 0 ? gbps / perf_gbps : 0.0);
+          perf_p50, perf_gbps > 0 ? gbps / perf_gbps : 0.0, mc_json.c_str(),
+          mc.ok ? gbps / mc.gb_s : 0.0);
     } else {
       std::printf("bench cluster: %u remote loads of %llu-byte pages over UCX %s (seed %llu)\n",
                   a.iterations, static_cast<unsigned long long>(a.page_bytes), a.tls.c_str(),
@@ -262,7 +308,13 @@ int Run(const ClusterArgs& a) {
       std::printf("  ucx_perftest ucp_get: %.3f GB/s, p50 %.0f us%s\n", perf_gbps, perf_p50,
                   perf ? "" : " (did not run)");
       if (perf_gbps > 0) std::printf("  ratio kvtier / ucx_perftest: %.2f\n", gbps / perf_gbps);
-      std::printf("  Mooncake Store: not measured by this command (bench/RESULTS.md)\n");
+      if (mc.ok) {
+        std::printf("  Mooncake get_into   : %.3f GB/s, p50 %.0f us, p99 %.0f us (TCP)\n", mc.gb_s,
+                    mc.p50_us, mc.p99_us);
+        std::printf("  ratio kvtier / Mooncake: %.2f\n", gbps / mc.gb_s);
+      } else {
+        std::printf("  Mooncake get_into   : not run (--mooncake_python PYTHON)\n");
+      }
     }
     rc = 0;
   }
@@ -293,10 +345,12 @@ int RunBenchCluster(int argc, char** argv) {
       a.tls = next();
     } else if (arg == "--kvtierd") {
       a.kvtierd = next();
+    } else if (arg == "--mooncake_python") {
+      a.mooncake_python = next();
     } else {
       std::fprintf(stderr,
                    "usage: kvtierctl bench cluster [--json] [--pages N] [--iterations N] "
-                   "[--page-bytes N] [--tls tcp|sm] [--kvtierd BIN]\n");
+                   "[--page-bytes N] [--tls tcp|sm] [--kvtierd BIN] [--mooncake_python PY]\n");
       return 2;
     }
   }

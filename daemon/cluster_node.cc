@@ -56,7 +56,7 @@ absl::StatusOr<std::unique_ptr<ClusterNode>> ClusterNode::Start(const DaemonConf
 }
 
 ClusterNode::ClusterNode(const DaemonConfig& config, TieredStore& store)
-    : config_(config), cc_(config.cluster), store_(store), page_bytes_(store.page_bytes()) {}
+    : cc_(config.cluster), store_(store), page_bytes_(store.page_bytes()) {}
 
 absl::Status ClusterNode::Init(metrics::Registry* registry, int http_port) {
   http_port_ = http_port;

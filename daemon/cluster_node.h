@@ -116,7 +116,6 @@ class ClusterNode final : public ClusterPages {
   void MaybeReplicate(const std::string& ns_name, NamespaceId ns, const PageKey& key,
                       const peer::FetchReply& reply, const std::byte* page);
 
-  const DaemonConfig& config_;
   const ClusterConfig& cc_;
   TieredStore& store_;
   const uint64_t page_bytes_;

@@ -122,7 +122,9 @@ struct ClusterConfig {
   // Host peers reach this node at (its pod or host IP). Default: empty, the host name. "$VAR"
   // reads environment variable VAR (e.g. $POD_IP from the downward API).
   std::string advertise_host;
-  std::string ucx_tls = "tcp,sm,self";  // UCX_TLS for peer traffic
+  // UCX_TLS for peer traffic. Must list tcp: peers connect through UCX's TCP connection
+  // manager; UCX then moves bytes over the fastest transport listed.
+  std::string ucx_tls = "tcp,sm,self";
   std::string ucx_net_devices = "all";  // UCX_NET_DEVICES; "lo" for loopback-only tests
   // Namespaces this node serves to and fetches from peers: names, or prefixes ending in '*'. A
   // namespace's pages never go to, or come from, a node that does not list it. Default ["*"].

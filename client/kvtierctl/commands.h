@@ -17,5 +17,6 @@ int GenPrefixCommand(int argc, char** argv);
 int RunStatus(int argc, char** argv);  // `kvtierctl status`
 int RunStats(int argc, char** argv);   // `kvtierctl stats [--json]`
 int RunBench(int argc, char** argv);   // `kvtierctl bench rpc [--json]`
+int RunBenchCluster(int argc, char** argv);  // `kvtierctl bench cluster [--json]`
 
 }  // namespace kvtier::ctl

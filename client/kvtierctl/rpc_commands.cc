@@ -425,6 +425,7 @@ int RunBenchRpc(const Args& a) {
 int RunBench(int argc, char** argv) {
   // `bench nvme` has its own flags (bench/nvme/bench_nvme.h); argv[0] becomes "nvme".
   if (argc >= 2 && std::strcmp(argv[1], "nvme") == 0) return RunBenchNvme(argc - 1, argv + 1);
+  if (argc >= 2 && std::strcmp(argv[1], "cluster") == 0) return RunBenchCluster(argc - 1, argv + 1);
   Args a;
   if (!ParseArgs(argc, argv, a) || a.positional.empty() || a.positional[0] != "rpc") {
     std::fprintf(stderr,

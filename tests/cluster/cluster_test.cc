@@ -22,6 +22,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <map>
 #include <thread>
@@ -51,12 +52,12 @@ int FreePort() {
   return ntohs(a.sin_port);
 }
 
-// GET http://127.0.0.1:port/path; the body, or "" when nothing answered.
-std::string HttpGet(int port, const std::string& path) {
+// GET http://host:port/path; the body, or "" when nothing answered.
+std::string HttpGet(int port, const std::string& path, const std::string& host = "127.0.0.1") {
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in a{};
   a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::inet_pton(AF_INET, host.c_str(), &a.sin_addr);
   a.sin_port = htons(static_cast<uint16_t>(port));
   std::string out;
   if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0) {
@@ -73,8 +74,8 @@ std::string HttpGet(int port, const std::string& path) {
 }
 
 // Value of one sample (`name` with its labels, as exposed) or -1 when absent.
-double Metric(int port, const std::string& sample) {
-  for (absl::string_view line : absl::StrSplit(HttpGet(port, "/metrics"), '\n')) {
+double Metric(int port, const std::string& sample, const std::string& host = "127.0.0.1") {
+  for (absl::string_view line : absl::StrSplit(HttpGet(port, "/metrics", host), '\n')) {
     if (absl::StartsWith(line, sample + " ")) {
       double v = 0;
       if (absl::SimpleAtod(line.substr(sample.size() + 1), &v)) return v;
@@ -94,7 +95,7 @@ bool WaitFor(const std::function<bool()>& done, int seconds = 30) {
 
 class EtcdProcess {
  public:
-  EtcdProcess() {
+  explicit EtcdProcess(std::string host = "127.0.0.1") : host_(std::move(host)) {
     char tmpl[] = "/tmp/kvtier-etcd-XXXXXX";
     dir_ = ::mkdtemp(tmpl);
     client_port_ = FreePort();
@@ -105,10 +106,10 @@ class EtcdProcess {
     std::error_code ec;
     std::filesystem::remove_all(dir_, ec);
   }
-  std::string endpoint() const { return absl::StrCat("http://127.0.0.1:", client_port_); }
+  std::string endpoint() const { return absl::StrCat("http://", host_, ":", client_port_); }
   bool Start() {
     const std::string client = endpoint();
-    const std::string peer = absl::StrCat("http://127.0.0.1:", peer_port_);
+    const std::string peer = absl::StrCat("http://", host_, ":", peer_port_);
     std::vector<std::string> args = {"etcd",
                                      "--name=kvtier-test",
                                      "--data-dir=" + dir_ + "/data",
@@ -142,6 +143,7 @@ class EtcdProcess {
   }
 
  private:
+  std::string host_;
   std::string dir_;
   int client_port_, peer_port_;
   pid_t pid_ = -1;
@@ -154,23 +156,25 @@ struct Node {
 };
 
 std::string NodeYaml(const std::string& id, const std::string& etcd, const std::string& prefix,
-                     const std::string& namespaces, int replicate_after) {
-  return absl::StrCat(R"(http_address: 127.0.0.1:0
+                     const std::string& namespaces, int replicate_after,
+                     const std::string& host = "127.0.0.1", const std::string& devices = "lo",
+                     const std::string& tls = "tcp,sm,self") {
+  return absl::StrCat("http_address: ", host, R"(:0
 store:
   page_bytes: 32768
-  hbm_pages: 16
+  hbm_pages: 64
   dram_pages: 256
 namespaces:
   - name: "*"
-    sink_slots: 2
+    sink_slots: 1
 cluster:
   enabled: true
   node_id: )",
                       id, "\n  etcd_endpoints: [", etcd, "]\n  etcd_prefix: ", prefix, R"(
   lease_ttl_s: 2
-  listen_address: 127.0.0.1:0
-  advertise_host: 127.0.0.1
-  ucx_net_devices: lo
+  listen_address: )",
+                      host, ":0\n  advertise_host: ", host, "\n  ucx_net_devices: ", devices,
+                      "\n  ucx_tls: ", tls, R"(
   request_timeout_ms: 1000
   transfer_timeout_ms: 2000
   fetch_lease_ms: 4000
@@ -179,21 +183,27 @@ cluster:
 }
 
 // "verified N of M" from a probe worker, or -1.
-int Probe(const Node& n, const std::string& ns, uint64_t seed, int pages) {
-  testing::WorkerResult r = RunWorker(
-      {"probe", n.daemon->socket_path(), ns, std::to_string(seed), std::to_string(pages)});
+int ProbeAt(const std::string& socket, const std::string& ns, uint64_t seed, int pages) {
+  testing::WorkerResult r =
+      RunWorker({"probe", socket, ns, std::to_string(seed), std::to_string(pages)});
   int verified = -1;
   if (r.exit_code != 0 || std::sscanf(r.output.c_str(), "verified %d", &verified) != 1) {
-    ADD_FAILURE() << "probe on " << n.id << " exited " << r.exit_code << ": " << r.output;
+    ADD_FAILURE() << "probe on " << socket << " exited " << r.exit_code << ": " << r.output;
     return -1;
   }
   return verified;
 }
+int Probe(const Node& n, const std::string& ns, uint64_t seed, int pages) {
+  return ProbeAt(n.daemon->socket_path(), ns, seed, pages);
+}
 
-void Store(const Node& n, const std::string& ns, uint64_t seed, int pages) {
-  testing::WorkerResult r = RunWorker(
-      {"store", n.daemon->socket_path(), ns, std::to_string(seed), std::to_string(pages)});
+void StoreAt(const std::string& socket, const std::string& ns, uint64_t seed, int pages) {
+  testing::WorkerResult r =
+      RunWorker({"store", socket, ns, std::to_string(seed), std::to_string(pages)});
   ASSERT_EQ(r.exit_code, 0) << r.output;
+}
+void Store(const Node& n, const std::string& ns, uint64_t seed, int pages) {
+  StoreAt(n.daemon->socket_path(), ns, seed, pages);
 }
 
 TEST(Cluster, ThreeNodesOnLoopback) {
@@ -302,6 +312,141 @@ TEST(Cluster, ThreeNodesOnLoopback) {
   EXPECT_TRUE(WaitFor([&] { return Probe(c, "shared/model", seed + 4, kPages) == kPages; }));
   EXPECT_EQ(b.daemon->Stop(), 0);
   EXPECT_EQ(c.daemon->Stop(), 0);
+}
+
+// ---- The same cluster with every daemon in its own network namespace ----
+//
+// Three namespaces joined by veth pairs to a bridge in the test's namespace, where etcd listens;
+// each kvtierd runs under `ip netns exec`, so peer traffic really crosses interfaces. Needs root
+// (CI runs as root); skipped with a message otherwise.
+
+class NetnsWorld {
+ public:
+  // Creates the bridge and `n` namespaces; ok() says whether it worked.
+  explicit NetnsWorld(int n) : id_(std::to_string(::getpid() % 100000)) {
+    subnet_ = absl::StrCat("10.211.", 20 + ::getpid() % 200, ".");
+    ok_ = Sh(absl::StrCat("ip link add ", Bridge(), " type bridge && ip addr add ", subnet_,
+                          "1/24 dev ", Bridge(), " && ip link set ", Bridge(), " up"));
+    for (int i = 0; ok_ && i < n; ++i) {
+      const std::string ns = Ns(i), v = absl::StrCat("kvt", id_, "v", i),
+                        p = absl::StrCat("kvt", id_, "p", i);
+      ok_ = Sh(absl::StrCat("ip netns add ", ns, " && ip link add ", v, " type veth peer name ", p,
+                            " && ip link set ", p, " netns ", ns, " && ip link set ", v, " master ",
+                            Bridge(), " up && ip -n ", ns, " addr add ", Host(i), "/24 dev ", p,
+                            " && ip -n ", ns, " link set ", p, " up && ip -n ", ns,
+                            " link set lo up"));
+      made_ = i + 1;
+    }
+  }
+  ~NetnsWorld() {
+    for (int i = 0; i < made_; ++i) Sh("ip netns del " + Ns(i));
+    Sh("ip link del " + Bridge());
+  }
+  bool ok() const { return ok_; }
+  std::string Ns(int i) const { return absl::StrCat("kvt", id_, "n", i); }
+  std::string Host(int i) const { return absl::StrCat(subnet_, 10 + i); }
+  std::string BridgeHost() const { return subnet_ + "1"; }
+  std::string Device(int i) const { return absl::StrCat("kvt", id_, "p", i); }
+
+ private:
+  static bool Sh(const std::string& cmd) {
+    return std::system((cmd + " 2>/dev/null").c_str()) == 0;
+  }
+  std::string Bridge() const { return absl::StrCat("kvtbr", id_); }
+  std::string id_, subnet_;
+  bool ok_ = false;
+  int made_ = 0;
+};
+
+// kvtierd inside a network namespace, on its own temp directory.
+class NetnsDaemon {
+ public:
+  NetnsDaemon(const std::string& netns, const std::string& yaml) {
+    char tmpl[] = "/tmp/kvtier-netns-XXXXXX";
+    dir_ = ::mkdtemp(tmpl);
+    socket_ = dir_ + "/kvtierd.sock";
+    const std::string config = dir_ + "/kvtierd.yaml";
+    std::ofstream(config) << "data_dir: " << dir_ << "/data\nsocket_path: " << socket_ << "\n"
+                          << yaml;
+    const std::string log = dir_ + "/kvtierd.log";
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      if (std::freopen(log.c_str(), "w", stderr) == nullptr) ::_exit(126);
+      // `ip netns exec` enters the namespace and execs kvtierd in this same process.
+      ::execlp("ip", "ip", "netns", "exec", netns.c_str(), KVTIERD_BIN, "--config", config.c_str(),
+               nullptr);
+      ::_exit(127);
+    }
+  }
+  ~NetnsDaemon() {
+    Kill(SIGTERM);
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+  }
+  void Kill(int sig) {
+    if (pid_ <= 0) return;
+    ::kill(pid_, sig);
+    int status;
+    ::waitpid(pid_, &status, 0);
+    pid_ = -1;
+  }
+  const std::string& socket() const { return socket_; }
+
+ private:
+  std::string dir_, socket_;
+  pid_t pid_ = -1;
+};
+
+TEST(Cluster, ThreeNodesInNetworkNamespaces) {
+  if (::geteuid() != 0) {
+    GTEST_SKIP() << "network namespaces need root (CI runs as root); the loopback test covers "
+                    "the same steps";
+  }
+  NetnsWorld world(3);
+  if (!world.ok()) GTEST_SKIP() << "could not create network namespaces and a bridge here";
+  const uint64_t seed = testing::TestSeed();
+  EtcdProcess etcd(world.BridgeHost());
+  ASSERT_TRUE(etcd.Start()) << "etcd did not answer on " << etcd.endpoint();
+  const std::string prefix = absl::StrCat("/kvtier-netns-", seed, "/");
+  std::vector<std::unique_ptr<NetnsDaemon>> d;
+  for (int i = 0; i < 3; ++i) {
+    d.push_back(std::make_unique<NetnsDaemon>(
+        world.Ns(i), NodeYaml(absl::StrCat("netns-", i), etcd.endpoint(), prefix, "[\"*\"]", 0,
+                              world.Host(i), world.Device(i),
+                              // TCP only: shared memory would cross namespaces without the wire.
+                              "tcp,self")));
+  }
+  auto client = *EtcdClient::Create({{etcd.endpoint()}, absl::Seconds(2)});
+  std::map<std::string, MemberInfo> members;
+  ASSERT_TRUE(WaitFor([&] {
+    members.clear();
+    absl::StatusOr<EtcdClient::Range> r = client->GetPrefix(prefix + "members/");
+    if (!r.ok()) return false;
+    for (const auto& [k, v] : r->kvs) {
+      if (absl::StatusOr<MemberInfo> m = MemberInfo::FromJson(v); m.ok()) members[m->node_id] = *m;
+    }
+    return members.size() == 3;
+  })) << "the three namespaced daemons did not all register";
+  auto port = [&](int i) { return members[absl::StrCat("netns-", i)].http_port; };
+  ASSERT_TRUE(WaitFor([&] {
+    for (int i = 0; i < 3; ++i) {
+      if (Metric(port(i), "kvtier_cluster_members", world.Host(i)) != 3) return false;
+    }
+    return true;
+  }));
+  constexpr int kPages = 16;
+  StoreAt(d[0]->socket(), "shared/model", seed, kPages);
+  EXPECT_TRUE(WaitFor([&] {
+    return ProbeAt(d[2]->socket(), "shared/model", seed, kPages) == kPages;
+  })) << "node 2 never loaded node 0's pages across the bridge";
+  EXPECT_GE(Metric(port(2), "kvtier_cluster_remote_fetches_total{result=\"ok\"}", world.Host(2)),
+            kPages);
+  d[0]->Kill(SIGKILL);
+  EXPECT_EQ(ProbeAt(d[1]->socket(), "shared/model", seed, kPages), 0);
+  StoreAt(d[1]->socket(), "shared/model", seed + 1, kPages);
+  EXPECT_TRUE(WaitFor([&] {
+    return ProbeAt(d[2]->socket(), "shared/model", seed + 1, kPages) == kPages;
+  })) << "node 1's pages did not reach node 2 after node 0 died";
 }
 
 }  // namespace

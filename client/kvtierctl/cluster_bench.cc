@@ -1,0 +1,360 @@
+// `kvtierctl bench cluster`: remote page fetch between two real kvtierd nodes (a real etcd on
+// loopback, the UCX transport the flags name), beside ucx_perftest's RMA get of the same size
+// on the same transport, in one run. Each figure comes from a worker's Load of one 2 MiB page
+// that only the other node holds: lookup at its home, fetch lease, RMA get, checksum, copy.
+//
+//   kvtierctl bench cluster [--json] [--pages N] [--iterations N] [--tls tcp] [--kvtierd BIN]
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "client/client.h"
+#include "client/kvtierctl/commands.h"
+
+namespace kvtier::ctl {
+namespace {
+
+struct ClusterArgs {
+  bool json = false;
+  uint32_t pages = 32;
+  uint32_t iterations = 200;
+  uint64_t page_bytes = 2 << 20;
+  std::string tls = "tcp";
+  std::string kvtierd;
+  // Python with PyPI mooncake-transfer-engine-non-cuda installed: runs
+  // bench/cluster/mooncake_bench.py in the same run. Empty: Mooncake is left out.
+  std::string mooncake_python;
+  std::string mooncake_script = std::string(KVTIER_SOURCE_DIR) + "/bench/cluster/mooncake_bench.py";
+};
+
+struct MooncakeFigures {
+  bool ok = false;
+  double gb_s = 0, p50_us = 0, p99_us = 0;
+};
+
+double JsonNumber(const std::string& json, const std::string& key) {
+  const size_t at = json.find("\"" + key + "\": ");
+  double v = 0;
+  if (at == std::string::npos) return 0;
+  const size_t start = at + key.size() + 4;
+  const size_t end = json.find_first_of(",}", start);
+  return absl::SimpleAtod(json.substr(start, end - start), &v) ? v : 0;
+}
+
+int FreePort() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  socklen_t len = sizeof(a);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+// A child process, killed and reaped when this goes out of scope.
+class Child {
+ public:
+  Child(std::vector<std::string> args, const std::string& log) {
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      if (std::freopen(log.c_str(), "w", stdout) == nullptr) ::_exit(126);
+      if (std::freopen(log.c_str(), "a", stderr) == nullptr) ::_exit(126);
+      std::vector<char*> argv;
+      for (std::string& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      ::execvp(argv[0], argv.data());
+      ::_exit(127);
+    }
+  }
+  ~Child() {
+    if (pid_ <= 0) return;
+    ::kill(pid_, SIGTERM);
+    int status;
+    ::waitpid(pid_, &status, 0);
+  }
+  Child(const Child&) = delete;
+  Child& operator=(const Child&) = delete;
+
+ private:
+  pid_t pid_ = -1;
+};
+
+std::string RunCapture(const std::string& cmd) {
+  std::string out;
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (p == nullptr) return out;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
+  ::pclose(p);
+  return out;
+}
+
+double Percentile(std::vector<double> v, double q) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<size_t>(q * static_cast<double>(v.size())))];
+}
+
+// ucx_perftest ucp_get of `bytes` on `tls` over loopback: overall MB/s and p50 latency (us).
+bool UcxPerftest(const ClusterArgs& a, double* mb_s, double* p50_us) {
+  const int port = FreePort();
+  const std::string env = absl::StrCat("UCX_TLS=", a.tls, ",self UCX_NET_DEVICES=lo ");
+  const std::string server =
+      absl::StrCat(env, "timeout 120 ucx_perftest -p ", port, " >/dev/null 2>&1 &");
+  if (std::system(server.c_str()) != 0) return false;
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  const std::string out = RunCapture(absl::StrCat(env, "timeout 120 ucx_perftest 127.0.0.1 -p ",
+                                                  port, " -t ucp_get -s ", a.page_bytes, " -n ",
+                                                  a.iterations, " -w 10 2>&1"));
+  for (absl::string_view line : absl::StrSplit(out, '\n')) {
+    if (!absl::StartsWith(line, "Final:")) continue;
+    std::vector<absl::string_view> f = absl::StrSplit(line, ' ', absl::SkipEmpty());
+    // Final: iters p50 lat_avg lat_overall bw_avg bw_overall rate_avg rate_overall
+    if (f.size() >= 7 && absl::SimpleAtod(f[2], p50_us) && absl::SimpleAtod(f[6], mb_s)) {
+      return true;
+    }
+  }
+  std::fprintf(stderr, "bench cluster: ucx_perftest gave no Final line:\n%s\n", out.c_str());
+  return false;
+}
+
+// Mooncake Store's get_into between two processes over TCP (bench/cluster/mooncake_bench.py).
+MooncakeFigures Mooncake(const ClusterArgs& a) {
+  MooncakeFigures m;
+  if (a.mooncake_python.empty()) return m;
+  const std::string bin = std::filesystem::path(a.mooncake_python).parent_path().string();
+  const std::string out = RunCapture(
+      absl::StrCat("PATH=", bin, ":$PATH timeout 300 ", a.mooncake_python, " ", a.mooncake_script,
+                   " --iterations ", a.iterations, " --page-bytes ", a.page_bytes, " 2>/dev/null"));
+  const size_t line = out.find("{\"bench\": \"mooncake_get_into\"");
+  if (line == std::string::npos) {
+    std::fprintf(stderr, "bench cluster: the Mooncake run printed no result:\n%s\n", out.c_str());
+    return m;
+  }
+  const std::string j = out.substr(line, out.find('\n', line) - line);
+  m.gb_s = JsonNumber(j, "gb_s");
+  m.p50_us = JsonNumber(j, "p50_us");
+  m.p99_us = JsonNumber(j, "p99_us");
+  m.ok = m.gb_s > 0;
+  return m;
+}
+
+int Run(const ClusterArgs& a) {
+  char tmpl[] = "/tmp/kvtier-bench-cluster-XXXXXX";
+  if (::mkdtemp(tmpl) == nullptr) return 1;
+  const std::string dir = tmpl;
+  const int client_port = FreePort(), peer_port = FreePort();
+  const std::string etcd_url = absl::StrCat("http://127.0.0.1:", client_port);
+  const std::string etcd_peer = absl::StrCat("http://127.0.0.1:", peer_port);
+  int rc = 1;
+  {
+    Child etcd({"etcd", "--name=bench", "--data-dir=" + dir + "/etcd",
+                "--listen-client-urls=" + etcd_url, "--advertise-client-urls=" + etcd_url,
+                "--listen-peer-urls=" + etcd_peer, "--initial-advertise-peer-urls=" + etcd_peer,
+                "--initial-cluster=bench=" + etcd_peer, "--logger=zap", "--log-level=error"},
+               dir + "/etcd.log");
+    std::vector<std::unique_ptr<Child>> nodes;
+    std::vector<std::string> sockets;
+    const uint32_t dram_pages = a.pages + 16;
+    for (const char* id : {"a", "b"}) {
+      const std::string d = absl::StrCat(dir, "/", id);
+      std::filesystem::create_directories(d);
+      const std::string yaml = absl::StrCat(
+          "data_dir: ", d, "\nsocket_path: ", d,
+          "/sock\nhttp_address: ''\nstore:\n  page_bytes: ", a.page_bytes,
+          "\n  hbm_pages: 0\n  dram_pages: ", dram_pages,
+          "\nnamespaces:\n  - name: \"*\"\n    sink_slots: 0\ncluster:\n  enabled: true\n"
+          "  node_id: bench-",
+          id, "\n  etcd_endpoints: [", etcd_url,
+          "]\n  lease_ttl_s: 5\n  listen_address: 127.0.0.1:0\n  advertise_host: 127.0.0.1\n"
+          "  ucx_net_devices: lo\n  ucx_tls: ",
+          // Peers connect through UCX's TCP connection manager, so tcp stays listed; UCX then
+          // moves page bytes over the fastest transport listed (sm: CMA on one host).
+          a.tls == "tcp" ? "tcp" : a.tls + ",tcp", ",self\n  replicate_after_remote_reads: 0\n");
+      std::ofstream(d + "/kvtierd.yaml") << yaml;
+      nodes.push_back(std::make_unique<Child>(
+          std::vector<std::string>{a.kvtierd, "--config", d + "/kvtierd.yaml"},
+          d + "/kvtierd.log"));
+      sockets.push_back(d + "/sock");
+    }
+    auto connect = [&](const std::string& sock) -> std::unique_ptr<Client> {
+      for (int i = 0; i < 300; ++i) {
+        if (auto c = Client::Connect(sock); c.ok()) return *std::move(c);
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
+      return nullptr;
+    };
+    std::unique_ptr<Client> ca = connect(sockets[0]), cb = connect(sockets[1]);
+    absl::StatusOr<LayoutSpec> spec = FlatLayoutFor(a.page_bytes, 8);
+    absl::StatusOr<Layout> layout = spec.ok() ? Layout::Create(*spec) : spec.status();
+    if (ca == nullptr || cb == nullptr || !layout.ok()) {
+      std::fprintf(stderr, "bench cluster: daemons did not start (logs in %s)\n", dir.c_str());
+      return 1;
+    }
+    const std::string ns = "bench/cluster";
+    absl::StatusOr<HelloInfo> ha = ca->Hello(ns, *spec), hb = cb->Hello(ns, *spec);
+    absl::StatusOr<WorkerBuffers> ba = WorkerBuffers::Create(*layout),
+                                  bb = WorkerBuffers::Create(*layout);
+    if (!ha.ok() || !hb.ok() || !ba.ok() || !bb.ok() ||
+        !ca->RegisterBuffers(ba->fds(), ba->sizes()).ok() ||
+        !cb->RegisterBuffers(bb->fds(), bb->sizes()).ok()) {
+      std::fprintf(stderr, "bench cluster: handshake failed\n");
+      return 1;
+    }
+    const uint64_t seed = std::random_device{}();
+    std::mt19937_64 rng(seed);
+    std::vector<PageKey> keys(a.pages);
+    std::vector<std::vector<std::byte>> images(a.pages, std::vector<std::byte>(a.page_bytes));
+    for (uint32_t i = 0; i < a.pages; ++i) {
+      keys[i] = PageKey{rng(), rng()};
+      for (auto& b : images[i]) b = static_cast<std::byte>(rng());
+      if (!ba->WriteBlock(*layout, 0, images[i]).ok()) return 1;
+      StoreHints hints;
+      hints.first_position = 1000;  // not sinks by position
+      absl::StatusOr<OpHandle> op = ca->StoreAsync({&keys[i], 1}, {0u}, hints);
+      if (!op.ok() || !ca->Wait(*op).ok()) return 1;
+    }
+    // Until B's lookups see every page at a peer (membership and directory settle).
+    bool visible = false;
+    for (int i = 0; i < 300 && !visible; ++i) {
+      absl::StatusOr<LookupReply> r = cb->Lookup(keys);
+      visible = r.ok() && r->prefix_pages == a.pages;
+      if (!visible) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    if (!visible) {
+      std::fprintf(stderr, "bench cluster: B never saw A's pages (logs in %s)\n", dir.c_str());
+      return 1;
+    }
+    std::vector<std::byte> got(a.page_bytes);
+    std::vector<double> lat_us;
+    const uint32_t warmup = 10;
+    auto t0 = std::chrono::steady_clock::now();
+    for (uint32_t i = 0; i < warmup + a.iterations; ++i) {
+      if (i == warmup) t0 = std::chrono::steady_clock::now();
+      const uint32_t p = i % a.pages;
+      const auto s = std::chrono::steady_clock::now();
+      absl::StatusOr<OpHandle> op = cb->LoadAsync({&keys[p], 1}, {1u});
+      absl::StatusOr<PageResults> r = op.ok() ? cb->Wait(*op) : op.status();
+      const auto e = std::chrono::steady_clock::now();
+      if (!r.ok() || r->ok_pages != 1 || r->tiers[0] != static_cast<Tier>(3)) {
+        std::fprintf(stderr, "bench cluster: remote load %u failed\n", i);
+        return 1;
+      }
+      if (i < a.pages) {  // every page checked once, byte for byte
+        if (!bb->ReadBlock(*layout, 1, absl::MakeSpan(got)).ok() ||
+            std::memcmp(got.data(), images[p].data(), a.page_bytes) != 0) {
+          std::fprintf(stderr, "bench cluster: page %u differs after a remote load\n", p);
+          return 1;
+        }
+      }
+      if (i >= warmup) lat_us.push_back(std::chrono::duration<double, std::micro>(e - s).count());
+    }
+    const double secs =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double gbps = static_cast<double>(a.page_bytes) * a.iterations / secs / 1e9;
+    const double p50 = Percentile(lat_us, 0.5), p99 = Percentile(lat_us, 0.99);
+    ca.reset();
+    cb.reset();
+    nodes.clear();
+    double perf_mb_s = 0, perf_p50 = 0;
+    const bool perf = UcxPerftest(a, &perf_mb_s, &perf_p50);
+    const MooncakeFigures mc = Mooncake(a);
+    const std::string mc_json =
+        mc.ok ? absl::StrCat("{\"protocol\":\"tcp\",\"gb_s\":", mc.gb_s, ",\"p50_us\":", mc.p50_us,
+                             ",\"p99_us\":", mc.p99_us, "}")
+              : "null";
+    const double perf_gbps = perf_mb_s * 1024 * 1024 / 1e9;  // ucx_perftest's MB is MiB
+    utsname u{};
+    ::uname(&u);
+    if (a.json) {
+      std::printf(
+          "{\"bench\":\"cluster\",\"machine\":\"%s %s\",\"cpus\":%u,\"tls\":\"%s\","
+          "\"page_bytes\":%llu,\"iterations\":%u,\"seed\":%llu,"
+          "\"kvtier_remote_fetch\":{\"gb_s\":%.4f,\"p50_us\":%.1f,\"p99_us\":%.1f},"
+          "\"ucx_perftest_get\":{\"ok\":%s,\"gb_s\":%.4f,\"p50_us\":%.1f},"
+          "\"ratio_kvtier_over_ucx_perftest\":%.3f,\"mooncake_get_into\":%s,"
+          "\"ratio_kvtier_over_mooncake\":%.3f}\n",
+          u.nodename, u.release, std::thread::hardware_concurrency(), a.tls.c_str(),
+          static_cast<unsigned long long>(a.page_bytes), a.iterations,
+          static_cast<unsigned long long>(seed), gbps, p50, p99, perf ? "true" : "false", perf_gbps,
+          perf_p50, perf_gbps > 0 ? gbps / perf_gbps : 0.0, mc_json.c_str(),
+          mc.ok ? gbps / mc.gb_s : 0.0);
+    } else {
+      std::printf("bench cluster: %u remote loads of %llu-byte pages over UCX %s (seed %llu)\n",
+                  a.iterations, static_cast<unsigned long long>(a.page_bytes), a.tls.c_str(),
+                  static_cast<unsigned long long>(seed));
+      std::printf("  kvtier remote fetch : %.3f GB/s, p50 %.0f us, p99 %.0f us\n", gbps, p50, p99);
+      std::printf("  ucx_perftest ucp_get: %.3f GB/s, p50 %.0f us%s\n", perf_gbps, perf_p50,
+                  perf ? "" : " (did not run)");
+      if (perf_gbps > 0) std::printf("  ratio kvtier / ucx_perftest: %.2f\n", gbps / perf_gbps);
+      if (mc.ok) {
+        std::printf("  Mooncake get_into   : %.3f GB/s, p50 %.0f us, p99 %.0f us (TCP)\n", mc.gb_s,
+                    mc.p50_us, mc.p99_us);
+        std::printf("  ratio kvtier / Mooncake: %.2f\n", gbps / mc.gb_s);
+      } else {
+        std::printf("  Mooncake get_into   : not run (--mooncake_python PYTHON)\n");
+      }
+    }
+    rc = 0;
+  }
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
+  return rc;
+}
+
+}  // namespace
+
+int RunBenchCluster(int argc, char** argv) {
+  ClusterArgs a;
+  a.kvtierd = (std::filesystem::path(std::filesystem::read_symlink("/proc/self/exe"))
+                   .parent_path()
+                   .parent_path() /
+               "daemon" / "kvtierd")
+                  .string();
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    auto next = [&]() -> const char* { return i + 1 < argc ? argv[++i] : ""; };
+    if (arg == "--json") {
+      a.json = true;
+    } else if (arg == "--pages" && absl::SimpleAtoi(next(), &a.pages) && a.pages > 0) {
+    } else if (arg == "--iterations" && absl::SimpleAtoi(next(), &a.iterations) &&
+               a.iterations > 0) {
+    } else if (arg == "--page-bytes" && absl::SimpleAtoi(next(), &a.page_bytes)) {
+    } else if (arg == "--tls") {
+      a.tls = next();
+    } else if (arg == "--kvtierd") {
+      a.kvtierd = next();
+    } else if (arg == "--mooncake_python") {
+      a.mooncake_python = next();
+    } else {
+      std::fprintf(stderr,
+                   "usage: kvtierctl bench cluster [--json] [--pages N] [--iterations N] "
+                   "[--page-bytes N] [--tls tcp|sm] [--kvtierd BIN] [--mooncake_python PY]\n");
+      return 2;
+    }
+  }
+  return Run(a);
+}
+
+}  // namespace kvtier::ctl

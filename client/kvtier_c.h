@@ -58,7 +58,8 @@ size_t kvtier_chain_keys(kvtier_key salt, const int32_t* tokens, size_t token_co
 /* GPU workers (README "GPU workers"): registers `count` KV buffers in GPU memory, in layout order,
  * each the `sizes[i]` bytes at `offsets[i]` inside the allocation that `ipc_handles[i]` (64 bytes
  * of cudaIpcMemHandle_t, concatenated) names. device_uuid: 16 bytes of cudaDeviceProp::uuid.
- * FailedPrecondition (9) from a daemon that cannot serve GPU buffers; kvtier_last_error says why. */
+ * FailedPrecondition (9) from a daemon that cannot serve GPU buffers; kvtier_last_error says why.
+ */
 int kvtier_register_gpu_buffers(kvtier_client* client, const uint8_t* device_uuid,
                                 const uint8_t* ipc_handles, const uint64_t* offsets,
                                 const uint64_t* sizes, size_t count);

@@ -223,7 +223,6 @@ absl::Status CheckPoolsFitTheMachine(const StoreConfig& s) {
       " make ", gib(host), " of host memory pools, more than this machine's ", gib(machine)));
 }
 
-
 absl::Status ApplyConfigYaml(absl::string_view yaml, DaemonConfig& c) {
   YAML::Node root;
   try {
@@ -395,9 +394,8 @@ absl::Status ValidateConfig(const DaemonConfig& c) {
     }
     if (r.sink_slots > c.store.hbm_pages) {
       // Every Hello of the namespace would be refused (its reserve cannot be made).
-      return bad(key + ".sink_slots", r.sink_slots, " exceeds store.hbm_pages (",
-                 c.store.hbm_pages, ")",
-                 c.store.hbm_pages == 0 ? "; with no HBM tier, sink_slots must be 0" : "");
+      return bad(key + ".sink_slots", r.sink_slots, " exceeds store.hbm_pages (", c.store.hbm_pages,
+                 ")", c.store.hbm_pages == 0 ? "; with no HBM tier, sink_slots must be 0" : "");
     }
     if (r.layout.has_value()) {
       LayoutSpec spec = *r.layout;

@@ -129,7 +129,7 @@ struct ClusterConfig {
   // Namespaces this node serves to and fetches from peers: names, or prefixes ending in '*'. A
   // namespace's pages never go to, or come from, a node that does not list it. Default ["*"].
   std::vector<std::string> namespaces = {"*"};
-  uint32_t request_timeout_ms = 1000;  // a directory call or a fetch request to one peer
+  uint32_t request_timeout_ms = 1000;   // a directory call or a fetch request to one peer
   uint32_t transfer_timeout_ms = 5000;  // one page's RMA get
   // Pages that may be in flight into this node at once (its registered landing buffer).
   uint32_t landing_pages = 8;

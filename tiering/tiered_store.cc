@@ -8,6 +8,7 @@
 // Static-linking-only API: the hash state lives on the stack.
 #define XXH_STATIC_LINKING_ONLY
 #include <xxhash.h>
+
 #include "tiering/ranked_policy.h"
 
 namespace kvtier {

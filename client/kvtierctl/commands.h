@@ -14,9 +14,9 @@ int GenPrefixCommand(int argc, char** argv);
 
 // Commands that talk to a running kvtierd (rpc_commands.cc); the socket defaults to
 // kvtier-data/kvtierd.sock, where kvtierd's embedded default serves it.
-int RunStatus(int argc, char** argv);  // `kvtierctl status`
-int RunStats(int argc, char** argv);   // `kvtierctl stats [--json]`
-int RunBench(int argc, char** argv);   // `kvtierctl bench rpc [--json]`
+int RunStatus(int argc, char** argv);        // `kvtierctl status`
+int RunStats(int argc, char** argv);         // `kvtierctl stats [--json]`
+int RunBench(int argc, char** argv);         // `kvtierctl bench rpc [--json]`
 int RunBenchCluster(int argc, char** argv);  // `kvtierctl bench cluster [--json]`
 
 }  // namespace kvtier::ctl

@@ -19,11 +19,12 @@
 //
 // Faults: ENOSPC/EFBIG (at preallocation, on a write or in the index) stop admission — new pages
 // are refused and counted, stored ones keep being served — until space is free again (looked at
-// every admission_retry_refusals refusals; the index is then reopened read-write); EIO or a failed verification on read
-// drops the page (a miss, counted); short transfers are continued when block-aligned and fail
-// the page otherwise; a missing or unreadable index means an empty tier (logged, the unreadable
-// one kept aside); a data directory that disappears at run time keeps working through its open
-// file, and at the next start is recreated empty with its index entries dropped (counted).
+// every admission_retry_refusals refusals; the index is then reopened read-write); EIO or a failed
+// verification on read drops the page (a miss, counted); short transfers are continued when
+// block-aligned and fail the page otherwise; a missing or unreadable index means an empty tier
+// (logged, the unreadable one kept aside); a data directory that disappears at run time keeps
+// working through its open file, and at the next start is recreated empty with its index entries
+// dropped (counted).
 //
 // Thread model: Write/Read/Release may be called from many threads at once for different slots
 // (TierBackend's contract). Submissions are serialized by `submit_mu_`; one dedicated thread reaps

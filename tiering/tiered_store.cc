@@ -524,7 +524,8 @@ absl::StatusOr<Tier> TieredStore::Put(NamespaceId ns, const PageKey& key,
     }
     if (!slot.has_value()) {
       return absl::ResourceExhaustedError(
-          absl::StrCat("no tier has room for page ", key.ToHex(), ": every page is pinned or the policy admits it nowhere"));
+          absl::StrCat("no tier has room for page ", key.ToHex(),
+                       ": every page is pinned or the policy admits it nowhere"));
     }
     entry.parent = options.parent;
     entry.ns = ns;
@@ -765,7 +766,8 @@ PlannerReport TieredStore::Maintain(const MaintainOptions& options) {
     const std::optional<Tier> below = Below(t);
     for (const PageKey& victim : victims) {
       if (SemanticUsed(t) <= target) break;
-      if (below.has_value()) {
+      std::optional<PageEntry> v = index_.Find(victim);
+      if (below.has_value() && v.has_value() && policy_->Admits(*below, *v)) {
         if (!budget_left()) break;
         if (MoveLocked(victim, *below, false, 1).ok()) {
           ++report.demoted;

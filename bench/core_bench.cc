@@ -9,6 +9,7 @@
 #include <map>
 #include <random>
 
+#include "tiering/policy/policy_factory.h"
 #include "tiering/tiered_store.h"
 
 namespace kvtier {
@@ -158,6 +159,77 @@ void BM_MemcpyRoundTrip(benchmark::State& state) {
 }
 BENCHMARK(BM_MemcpyRoundTrip)->UseRealTime();
 
+// A placement policy's own cost, without the store around it: 100k pages in chains of 32
+// tracked in HBM; per iteration one access (a hit: OnAccess) along a random chain's prefix, read
+// in order as a request reads it, and every fourth
+// iteration a miss as well (LeastValuable(1), OnRemove of the victim, OnInsert of a new page).
+// Argument: index into kPolicyBenchNames. The store calls the policy under its lock, so this
+// is the policy's share of every Get/Put/Touch.
+constexpr const char* kPolicyBenchNames[] = {"lru", "kvtier", "arc", "s3fifo", "wtinylfu"};
+
+void BM_PolicyAccess(benchmark::State& state) {
+  const char* name = kPolicyBenchNames[state.range(0)];
+  state.SetLabel(name);
+  std::unique_ptr<PlacementPolicy> policy = *MakePolicy(name);
+  constexpr uint32_t kTracked = 100'000, kChain = 32;
+  std::mt19937_64 rng(7);
+  std::vector<PageKey> keys(kTracked);
+  std::vector<PageEntry> entries(kTracked);
+  uint64_t now = 1'000'000'000;
+  auto fresh = [&](uint32_t i) {
+    keys[i] = PageKey{rng() | 1, rng()};
+    PageEntry& e = entries[i];
+    e = PageEntry{};
+    e.parent = i % kChain == 0 ? PageKey{} : keys[i - 1];
+    e.position = i % kChain;
+    e.tier = Tier::kHbm;
+    e.state = PageState::kReady;
+    e.stats.tokens = 16;
+    e.stats.frequency = 1;
+    e.stats.access_count = 1;
+    e.stats.last_access_ns = e.stats.insert_ns = now;
+  };
+  for (uint32_t i = 0; i < kTracked; ++i) {
+    fresh(i);
+    now += 1'000'000;
+    policy->OnInsert(keys[i], entries[i]);
+  }
+  absl::flat_hash_map<PageKey, uint32_t> slot_of;
+  for (uint32_t i = 0; i < kTracked; ++i) slot_of[keys[i]] = i;
+  std::vector<PageKey> victims;
+  uint64_t n = 0;
+  uint32_t i = 0, end = 0;
+  for (auto _ : state) {
+    now += 1'000'000;
+    // Requests read a random chain's prefix in order, as an engine's lookups do.
+    if (i == end) {
+      i = static_cast<uint32_t>(rng() % kTracked) / kChain * kChain;
+      end = i + 1 + static_cast<uint32_t>(rng() % kChain);
+    }
+    const uint32_t page = i++;
+    PageEntry& e = entries[page];
+    e.stats.last_access_ns = now;
+    e.stats.frequency += 1;
+    ++e.stats.access_count;
+    policy->OnAccess(keys[page], e);
+    if (++n % 4 == 0) {
+      victims.clear();
+      policy->LeastValuable(
+          Tier::kHbm, 1, [](const PageKey&) { return true; }, victims);
+      if (!victims.empty()) {
+        const uint32_t v = slot_of[victims.front()];
+        policy->OnRemove(keys[v], entries[v]);
+        slot_of.erase(keys[v]);
+        fresh(v);
+        slot_of[keys[v]] = v;
+        policy->OnInsert(keys[v], entries[v]);
+      }
+    }
+  }
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations()));
+}
+BENCHMARK(BM_PolicyAccess)->DenseRange(0, 4);
+
 // Collects each run's rate so the ratios can be printed in one line.
 class RatioReporter : public benchmark::ConsoleReporter {
  public:
@@ -201,6 +273,17 @@ int main(int argc, char** argv) {
   const double roundtrip_bps = reporter.rate("BM_MemcpyRoundTrip/real_time");
   const double move_bps = reporter.rate("BM_StoreMoveHbmDram/real_time");
   const double putget_bps = reporter.rate("BM_StorePutGetScattered/real_time");
+  const double lru_per_s = reporter.rate("BM_PolicyAccess/0");
+  const double kvtier_per_s = reporter.rate("BM_PolicyAccess/1");
+  if (lru_per_s > 0 && kvtier_per_s > 0) {
+    std::printf(
+        "{\"bench\":\"policy\",\"lru_ns_per_access\":%.1f,\"kvtier_ns_per_access\":%.1f,"
+        "\"arc_ns_per_access\":%.1f,\"s3fifo_ns_per_access\":%.1f,"
+        "\"wtinylfu_ns_per_access\":%.1f,\"kvtier_vs_lru\":%.3f}\n",
+        1e9 / lru_per_s, 1e9 / kvtier_per_s, 1e9 / reporter.rate("BM_PolicyAccess/2"),
+        1e9 / reporter.rate("BM_PolicyAccess/3"), 1e9 / reporter.rate("BM_PolicyAccess/4"),
+        lru_per_s / kvtier_per_s);
+  }
   std::printf(
       "{\"bench\":\"core\",\"lookup1_keys_per_s\":%.0f,\"lookup256_keys_per_s\":%.0f,"
       "\"move_gbps\":%.2f,\"memcpy_roundtrip_gbps\":%.2f,\"putget_gbps\":%.2f,\"memcpy_gbps\":%.2f,"

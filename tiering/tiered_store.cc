@@ -900,7 +900,8 @@ PlannerReport TieredStore::Maintain(const MaintainOptions& options) {
     const std::optional<Tier> below = Below(t);
     for (const PageKey& victim : victims) {
       if (SemanticUsed(t) <= target) break;
-      if (below.has_value()) {
+      std::optional<PageEntry> v = index_.Find(victim);
+      if (below.has_value() && v.has_value() && policy_->Admits(*below, *v)) {
         if (!budget_left()) break;
         if (MoveLocked(victim, *below, false, 1).ok()) {
           ++report.demoted;

@@ -112,7 +112,8 @@ for key, title in prefix:
                     + f"; modeled {f(kv['modeled_prefill_seconds'], 1)} s vs "
                     f"{f(bs['modeled_prefill_seconds'], 1)} s ({bs['policy']}) — "
                     + ("**as good or better**" if ok_s else "**worse**")
-                    + f"; gap to Belady ({f(100 * bel)} %) closed: {f(100 * closed, 1)} %.")
+                    + (f"; gap to Belady ({f(100 * bel)} %) closed: {f(100 * closed, 1)} %."
+                       if mode == "one" else "."))
             print(line)
             summary.append((key, mode, b, ok_h, ok_s, closed))
         print()
@@ -149,7 +150,7 @@ for key, title in attn:
     print()
 print("#### Against the bars\n")
 for key, mode, b, ok_h, ok_s, closed in summary:
-    print(f"- {key}, {mode} tier{'s' if mode == 'tiered' else ''}, HBM {pct(b)}: hit share "
+    print(f"- {key}, {'one tier' if mode == 'one' else 'tiered'}, HBM {pct(b)}: hit share "
           + ("ok" if ok_h else "**below the best baseline**") + ", modeled s "
           + ("ok" if ok_s else "**above the best baseline**")
           + (f", gap to Belady closed {f(100 * closed, 1)} %" if mode == "one" else "") + ".")

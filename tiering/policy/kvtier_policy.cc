@@ -50,9 +50,12 @@ double KvtierPolicy::ReuseTerm(const PageKey& key, const PageEntry& e) const {
   const double saved = SavedSeconds(e.tier, e.stats.tokens);
   if (!(saved > 0)) return kWorthlessRank;
   const double reference = options_.reference_tokens / options_.prefill_tokens_per_s;
-  auto it = prefix_.find(key);
-  const Prefix p =
-      it != prefix_.end() ? it->second : Prefix{reuse_.VirtualTime(0), 0, reuse_.Probability(0)};
+  Prefix p{reuse_.VirtualTime(0), 0, reuse_.Probability(0)};
+  if (key == last_observed_) {
+    p = last_prefix_;
+  } else if (auto it = prefix_.find(key); it != prefix_.end()) {
+    p = it->second;
+  }
   // Among equals (one request's pages share their last use), the page more cached pages hang
   // from stays longest and the deeper one goes first: chains are cut leaf first.
   return std::log2(p.p_chain * saved / reference) + p.virtual_last +
@@ -79,7 +82,18 @@ void KvtierPolicy::Observe(const PageKey& key, const PageEntry& e) {
   if (e.stats.stat_reports > 0) attention_namespaces_.insert(e.ns);
   const uint64_t now = e.stats.last_access_ns;
   const int cls = reuse_.Observe(key, e, now);
-  prefix_[key] = Prefix{reuse_.VirtualTime(now), cls, ChainProbability(e, cls)};
+  double p = reuse_.Probability(cls);
+  if (!e.parent.is_null()) {
+    if (e.parent == last_observed_) {
+      p = std::min(p, last_p_chain_);
+    } else if (auto it = prefix_.find(e.parent); it != prefix_.end()) {
+      p = std::min(p, it->second.p_chain);
+    }
+  }
+  last_prefix_ = Prefix{reuse_.VirtualTime(now), cls, p};
+  prefix_[key] = last_prefix_;
+  last_observed_ = key;
+  last_p_chain_ = p;
 }
 
 void KvtierPolicy::OnInsert(const PageKey& key, const PageEntry& e) {
@@ -98,12 +112,14 @@ void KvtierPolicy::OnUpdate(const PageKey& key, const PageEntry& e) {
   if (auto it = prefix_.find(key); it != prefix_.end()) {
     it->second.cls = reuse_.ClassOf(key, e);
     it->second.p_chain = ChainProbability(e, it->second.cls);
+    if (key == last_observed_) last_prefix_ = it->second;
   }
   Place(key, e);
 }
 
 void KvtierPolicy::OnRemove(const PageKey& key, const PageEntry&) {
   prefix_.erase(key);
+  if (key == last_observed_) last_observed_ = PageKey{};
   Forget(key);
 }
 

@@ -121,6 +121,11 @@ class KvtierPolicy final : public RankedPolicy {
   KvtierPolicyOptions options_;
   ReuseEstimator reuse_;
   absl::flat_hash_map<PageKey, Prefix> prefix_;
+  // The page observed last and its chain probability: a request reads its prefix in order, so a
+  // page's parent is nearly always the page just before it (no lookup needed).
+  PageKey last_observed_;
+  double last_p_chain_ = 0;
+  Prefix last_prefix_;  // what Observe just stored for last_observed_ (spares Rank a lookup)
   // Namespaces whose workers report attention (decode): their unreported pages keep the
   // frequency x utility ranking.
   absl::flat_hash_set<NamespaceId> attention_namespaces_;

@@ -45,7 +45,8 @@ class FrequencySketch {
  public:
   // `width` counters per row (rounded up to a power of two, at least 64).
   explicit FrequencySketch(uint32_t width);
-  void Increment(const PageKey& key);
+  // Counts one access; returns the key's estimate after it (as Estimate would).
+  uint32_t Increment(const PageKey& key);
   // Estimated accesses (0..15), an over-estimate by at most the colliding keys' counts.
   uint32_t Estimate(const PageKey& key) const;
 
@@ -61,7 +62,8 @@ class FrequencySketch {
 };
 
 struct ReuseEstimatorOptions {
-  // Sketch columns. Default 2^18 (1 MiB of counters): enough for ~256 K distinct recent pages.
+  // Sketch columns. Default 2^18 (1 MiB of counters): keeps the counts of ~256 K distinct recent
+  // pages apart; size it to the page count (too small and collisions inflate every count).
   uint32_t history_width = 1u << 18;
   // One key in 2^sample_shift is followed. Default 3 (1 in 8), as Hawkeye's sampled sets.
   uint32_t sample_shift = 3;
@@ -94,6 +96,7 @@ class ReuseEstimator {
   int Observe(const PageKey& key, const PageEntry& entry, uint64_t now_ns);
   // The class the page would have now (no side effects).
   int ClassOf(const PageKey& key, const PageEntry& entry) const;
+  int ClassOf(uint32_t count, const PageEntry& entry) const;
   // P(accessed again within the horizon | class), smoothed.
   double Probability(int cls) const;
   // Virtual time (in units of tau) at `now_ns`; monotone.

@@ -183,6 +183,11 @@ class TieredStore {
   // Records an access without copying (the caller served the bytes some other way).
   absl::Status Touch(NamespaceId ns, const PageKey& key);
 
+  // The key under which the index and the policy know the page a client names `key` in `ns`
+  // (the namespace and the daemon's secret are part of it). For tools that talk to a policy
+  // directly, such as the simulator's Belady oracle and the policy tests.
+  PageKey IndexKeyOf(NamespaceId ns, const PageKey& key) const { return IndexKey(ns, key); }
+
   // Pins every page of `keys` (all or nothing): pinned pages are never moved or evicted.
   absl::Status Pin(NamespaceId ns, absl::Span<const PageKey> keys);
   // Pin, also returning each page's entry (tier and slot, stable while pinned) from the same

@@ -194,23 +194,23 @@ absl::StatusOr<std::vector<SimResult>> SimulatePrefixTrace(
       distinct.insert(parent);
     }
   }
-  // The future, for Belady: use number i is request i.
-  NextUseOracle oracle;
-  for (size_t i = 0; i < keys.size(); ++i) {
-    for (const PageKey& k : keys[i]) oracle.Add(k, i);
-  }
   std::vector<std::byte> page(o.sim_page_bytes);
   std::vector<SimResult> results;
   for (const std::string& policy : o.policies) {
     const auto start = std::chrono::steady_clock::now();
     SimResult r;
     r.format = "mooncake";
+    // The future, for Belady: use number i is request i, under the keys the store's policy sees.
+    NextUseOracle oracle;
     absl::StatusOr<std::unique_ptr<SimStore>> built =
         BuildStore(o, policy, distinct.size(), o.block_tokens, /*sink_tokens=*/0,
                    o.frequency_half_life_ms, /*sink_slots=*/0, r, &oracle);
     if (!built.ok()) return built.status();
     SimStore& s = **built;
     TieredStore& store = *s.store;
+    for (size_t i = 0; i < keys.size(); ++i) {
+      for (const PageKey& k : keys[i]) oracle.Add(store.IndexKeyOf(s.ns, k), i);
+    }
     for (size_t i = 0; i < requests.size(); ++i) {
       const MooncakeRequest& req = requests[i];
       const std::vector<PageKey>& k = keys[i];

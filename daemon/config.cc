@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <type_traits>
 #include <utility>
 
 #include "absl/strings/match.h"
@@ -33,6 +34,14 @@ namespaces:
 
 template <typename T>
 absl::Status Read(const YAML::Node& node, const std::string& key, T& out) {
+  // yaml-cpp reads an empty value ("data_dir:") as the string "null"; read it as empty, so the
+  // checks that a value is given see it.
+  if constexpr (std::is_same_v<T, std::string>) {
+    if (node.IsNull()) {
+      out.clear();
+      return absl::OkStatus();
+    }
+  }
   try {
     out = node.as<T>();
   } catch (const YAML::Exception& e) {
@@ -389,6 +398,10 @@ absl::Status ValidateConfig(const DaemonConfig& c) {
     const NamespaceRule& r = c.namespaces[i];
     const std::string key = absl::StrCat("namespaces[", i, "]");
     if (r.name.empty()) return bad(key + ".name", "must not be empty");
+    // Clients' namespace names are printable ASCII (dispatcher.cc): any other rule matches none.
+    if (std::any_of(r.name.begin(), r.name.end(), [](char ch) { return ch < 0x20 || ch > 0x7e; })) {
+      return bad(key + ".name", "names are printable ASCII");
+    }
     if (r.name.find('*') != std::string::npos && r.name.back() != '*') {
       return bad(key + ".name", "'*' may only end a name");
     }

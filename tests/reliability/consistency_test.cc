@@ -33,8 +33,9 @@ TEST(Reliability, ConcurrentConsistencyUnderEvictionAndMigration) {
   // and a disk's fdatasync per batch would make it 20x slower (the crash test covers the disk).
   char shm_tmpl[] = "/dev/shm/kvtier-consistency-XXXXXX";
   char tmp_tmpl[] = "/tmp/kvtier-consistency-XXXXXX";
-  char* tmpl = ::mkdtemp(shm_tmpl) != nullptr ? shm_tmpl : tmp_tmpl;
-  ASSERT_NE(tmpl == shm_tmpl ? tmpl : ::mkdtemp(tmp_tmpl), nullptr);
+  char* tmpl = ::mkdtemp(shm_tmpl);
+  if (tmpl == nullptr) tmpl = ::mkdtemp(tmp_tmpl);
+  ASSERT_NE(tmpl, nullptr);
   const std::string root = tmpl;
   // 16 HBM + 32 DRAM + 64 NVMe slots for 512 keys of 4 KiB.
   const std::string config = absl::StrCat(

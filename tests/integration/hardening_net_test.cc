@@ -40,15 +40,19 @@ double SecondsSince(Clock::time_point t) {
 }
 
 // A small daemon config; each argument is extra lines of its section (indented two spaces).
+// limits.max_batch_pages is 128 unless `limits` sets it (a key may appear only once).
 std::string Config(const std::string& limits = "", const std::string& store = "",
                    const std::string& http_address = "\"\"") {
+  const std::string batch = absl::StrContains(limits, "max_batch_pages:")
+                                ? std::string()
+                                : std::string("  max_batch_pages: 128\n");
   return absl::StrCat("http_address: ", http_address, R"(
 store:
   page_bytes: 32768
   hbm_pages: 8
   dram_pages: 128
 )",
-                      store, "limits:\n  max_batch_pages: 128\n", limits, R"(namespaces:
+                      store, "limits:\n", batch, limits, R"(namespaces:
   - name: "test/*"
     sink_slots: 2
 )");

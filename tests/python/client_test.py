@@ -258,6 +258,19 @@ class ClientTest(unittest.TestCase):
         c.load(keys, [7]).wait(check=True)
         self.assertTrue(torch.equal(tensors[0][0, 7], tensors[0][0, 0]))
 
+    def test_register_cuda_tensors_refuses_what_is_not_gpu_memory(self) -> None:
+        import torch
+
+        layout = layout_of("vllm")
+        c = kvtier.Client.connect(self.daemon.socket)
+        self.addCleanup(c.close)
+        c.hello("py/gpu-tensors", layout)
+        with self.assertRaises(ValueError):
+            kvtier.register_cuda_tensors(c, [])
+        with self.assertRaises(ValueError) as ctx:
+            kvtier.register_cuda_tensors(c, [torch.zeros(4)])
+        self.assertIn("cpu", str(ctx.exception))
+
     def test_status_and_stats(self) -> None:
         c, _ = self.connect()
         status = c.status()

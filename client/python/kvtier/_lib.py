@@ -74,6 +74,7 @@ _SIGNATURES = {
         [_h, ctypes.c_char_p, ctypes.POINTER(CLayout), ctypes.c_char_p, ctypes.POINTER(HelloInfo)],
     ),
     "kvtier_register_buffers": (_i, [_h, ctypes.POINTER(_i), _u64p, _sz]),
+    "kvtier_register_gpu_buffers": (_i, [_h, _u8p, _u8p, _u64p, _u64p, _sz]),
     "kvtier_lookup": (_i, [_h, _keyp, _sz, ctypes.POINTER(_sz), _u8p]),
     "kvtier_load_submit": (_i, [_h, _keyp, _u32p, _sz, _u64p]),
     "kvtier_store_submit_stats": (

@@ -6,19 +6,22 @@ HostBuffers creates them here and hands out numpy arrays or torch tensors over t
 With CUDA present they are pinned (cudaHostRegister through torch), so copies between them and the
 GPU run at full PCIe/NVLink-C2C speed and asynchronously.
 
-GPU tensors are registered by CUDA IPC handle once the daemon accepts them; until then
-`register_cuda_tensors` is the one place that will change (see Client.register_tensors).
+GPU tensors need no copy of their own: `register_cuda_tensors` hands the daemon their CUDA IPC
+handles, and it copies pages straight into and out of them (see Client.register_tensors).
 """
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import mmap
 import os
+import uuid as uuid_module
 import warnings
 import weakref
 from typing import Any, Sequence
 
+from . import _lib
 from .layout import Layout
 
 _NUMPY_DTYPES = {"bf16": "uint16", "fp16": "float16", "fp32": "float32", "fp8": "uint8"}
@@ -142,13 +145,52 @@ def _cuda_available() -> bool:
 
 
 def register_cuda_tensors(client: Any, tensors: Sequence[Any]) -> None:
-    """Registers GPU KV tensors with the daemon by CUDA IPC handle.
+    """Registers GPU KV tensors, in layout order, by CUDA IPC handle (README, "GPU workers").
 
-    The hook for the daemon's GPU registration (RegisterBuffers.cuda_ipc_handles on the wire): it
-    will export each tensor's allocation with cudaIpcGetMemHandle and send the handles with their
-    offsets. Until the daemon maps them, GPU workers stage through HostBuffers.
+    Each tensor is exported the way torch.multiprocessing shares CUDA tensors: the IPC handle of
+    the allocation its storage lives in, plus the byte offset of the tensor inside it (tensors
+    from PyTorch's caching allocator are slices of larger allocations). kvtierd opens each
+    allocation once, checks the device by UUID and every size against the layout, and copies
+    pages straight into and out of the tensors. The tensors must be contiguous, on one device, and
+    stay alive while the client is connected. A load's reply means its bytes have landed; before a
+    store, synchronize the stream that wrote the blocks. Raises FailedPrecondition from a daemon
+    that cannot serve GPU memory (no GPU, or a host-emulated HBM pool), naming why.
     """
-    raise NotImplementedError(
-        "registering GPU tensors needs the daemon's CUDA IPC buffer registration; stage through "
-        "kvtier.HostBuffers (pinned host memory) until it is available"
+    import torch
+
+    if not tensors:
+        raise ValueError("no tensors to register")
+    device = tensors[0].device
+    n = len(tensors)
+    handles = (ctypes.c_uint8 * (_IPC_HANDLE_BYTES * n))()
+    offsets = (ctypes.c_uint64 * n)()
+    sizes = (ctypes.c_uint64 * n)()
+    for i, t in enumerate(tensors):
+        if not getattr(t, "is_cuda", False) or t.device != device:
+            raise ValueError(f"tensor {i} is on {t.device}; every GPU KV tensor must be on {device}")
+        if not t.is_contiguous():
+            raise ValueError(f"tensor {i} is not contiguous")
+        # (device, handle, storage bytes, storage offset bytes, ref counter..., event...)
+        shared = t.untyped_storage()._share_cuda_()
+        handle, storage_offset = bytes(shared[1]), int(shared[3])
+        if len(handle) != _IPC_HANDLE_BYTES:
+            raise RuntimeError(
+                f"tensor {i}: PyTorch exported a {len(handle)}-byte handle, not a "
+                f"{_IPC_HANDLE_BYTES}-byte cudaIpcMemHandle_t (expandable segments are not "
+                "supported: unset PYTORCH_CUDA_ALLOC_CONF=expandable_segments)"
+            )
+        ctypes.memmove(ctypes.addressof(handles) + _IPC_HANDLE_BYTES * i, handle, len(handle))
+        offsets[i] = storage_offset + t.storage_offset() * t.element_size()
+        sizes[i] = t.numel() * t.element_size()
+    # The device's 16 UUID bytes (cudaDeviceProp::uuid), from the text PyTorch prints for them.
+    uuid_text = str(torch.cuda.get_device_properties(device).uuid).removeprefix("GPU-")
+    uuid_buf = (ctypes.c_uint8 * 16).from_buffer_copy(uuid_module.UUID(uuid_text).bytes)
+    client._check(
+        _lib.lib().kvtier_register_gpu_buffers(
+            client._handle(), uuid_buf, handles, offsets, sizes, n
+        ),
+        "register_cuda_tensors",
     )
+
+
+_IPC_HANDLE_BYTES = 64  # sizeof(cudaIpcMemHandle_t)

@@ -207,6 +207,40 @@ class WaiterScope {
   const int waiting_;
 };
 
+// The fields a Load request has whether its blocks are in host or GPU memory.
+wire::Load* FillLoad(absl::Span<const PageKey> keys, absl::Span<const uint32_t> block_ids,
+                     wire::Request& req) {
+  wire::Load* l = req.mutable_load();
+  AppendKeyWords(keys, l->mutable_key_words());
+  l->mutable_block_ids()->Add(block_ids.begin(), block_ids.end());
+  return l;
+}
+
+// The fields a Store request has whether its blocks are in host or GPU memory.
+wire::Store* FillStore(absl::Span<const PageKey> keys, absl::Span<const uint32_t> block_ids,
+                       const StoreHints& hints, wire::Request& req) {
+  wire::Store* s = req.mutable_store();
+  AppendKeyWords(keys, s->mutable_key_words());
+  s->mutable_block_ids()->Add(block_ids.begin(), block_ids.end());
+  s->set_parent_hi(hints.parent.hi);
+  s->set_parent_lo(hints.parent.lo);
+  s->set_first_position(hints.first_position);
+  if (!hints.class_hints.empty()) {
+    std::string* h = s->mutable_class_hints();
+    for (PageClass c : hints.class_hints) h->push_back(static_cast<char>(c));
+  }
+  return s;
+}
+
+PageResults FromWire(const wire::PageStatusReply& p) {
+  PageResults out;
+  for (int32_t c : p.codes()) out.codes.push_back(static_cast<absl::StatusCode>(c));
+  for (char c : p.tiers()) out.tiers.push_back(TierFromByte(c));
+  out.first_error = p.first_error();
+  out.ok_pages = p.ok_pages();
+  return out;
+}
+
 }  // namespace
 
 absl::StatusOr<Client::Received> Client::Await(OpHandle id) {
@@ -321,8 +355,7 @@ absl::StatusOr<LookupReply> Client::Lookup(absl::Span<const PageKey> keys, bool 
 absl::StatusOr<OpHandle> Client::LoadAsync(absl::Span<const PageKey> keys,
                                            absl::Span<const uint32_t> block_ids) {
   wire::Request req;
-  AppendKeyWords(keys, req.mutable_load()->mutable_key_words());
-  req.mutable_load()->mutable_block_ids()->Add(block_ids.begin(), block_ids.end());
+  FillLoad(keys, block_ids, req);
   return Submit(req, {});
 }
 
@@ -330,16 +363,7 @@ absl::StatusOr<OpHandle> Client::StoreAsync(absl::Span<const PageKey> keys,
                                             absl::Span<const uint32_t> block_ids,
                                             const StoreHints& hints, const AttentionBatch* stats) {
   wire::Request req;
-  wire::Store* s = req.mutable_store();
-  AppendKeyWords(keys, s->mutable_key_words());
-  s->mutable_block_ids()->Add(block_ids.begin(), block_ids.end());
-  s->set_parent_hi(hints.parent.hi);
-  s->set_parent_lo(hints.parent.lo);
-  s->set_first_position(hints.first_position);
-  if (!hints.class_hints.empty()) {
-    std::string* h = s->mutable_class_hints();
-    for (PageClass c : hints.class_hints) h->push_back(static_cast<char>(c));
-  }
+  wire::Store* s = FillStore(keys, block_ids, hints, req);
   if (stats != nullptr) ToWire(*stats, s->mutable_stats());
   return Submit(req, {});
 }
@@ -348,13 +372,7 @@ absl::StatusOr<PageResults> Client::Wait(OpHandle op) {
   absl::StatusOr<Received> r = Await(op);
   if (!r.ok()) return r.status();
   if (r->response.has_error()) return FromWire(r->response.error());
-  const wire::PageStatusReply& p = r->response.pages();
-  PageResults out;
-  for (int32_t c : p.codes()) out.codes.push_back(static_cast<absl::StatusCode>(c));
-  for (char c : p.tiers()) out.tiers.push_back(TierFromByte(c));
-  out.first_error = p.first_error();
-  out.ok_pages = p.ok_pages();
-  return out;
+  return FromWire(r->response.pages());
 }
 
 absl::Status Client::Report(absl::Span<const PageKey> keys, const AttentionBatch& stats) {
@@ -432,9 +450,7 @@ absl::StatusOr<OpHandle> Client::LoadGpuAsync(absl::Span<const PageKey> keys,
                                               absl::Span<const uint32_t> block_ids,
                                               bool reply_when_enqueued) {
   wire::Request req;
-  AppendKeyWords(keys, req.mutable_load()->mutable_key_words());
-  req.mutable_load()->mutable_block_ids()->Add(block_ids.begin(), block_ids.end());
-  req.mutable_load()->set_reply_when_enqueued(reply_when_enqueued);
+  FillLoad(keys, block_ids, req)->set_reply_when_enqueued(reply_when_enqueued);
   return Submit(req, {});
 }
 
@@ -443,17 +459,7 @@ absl::StatusOr<OpHandle> Client::StoreGpuAsync(absl::Span<const PageKey> keys,
                                                const StoreHints& hints,
                                                absl::string_view wait_event_handle) {
   wire::Request req;
-  wire::Store* s = req.mutable_store();
-  AppendKeyWords(keys, s->mutable_key_words());
-  s->mutable_block_ids()->Add(block_ids.begin(), block_ids.end());
-  s->set_parent_hi(hints.parent.hi);
-  s->set_parent_lo(hints.parent.lo);
-  s->set_first_position(hints.first_position);
-  if (!hints.class_hints.empty()) {
-    std::string* h = s->mutable_class_hints();
-    for (PageClass c : hints.class_hints) h->push_back(static_cast<char>(c));
-  }
-  s->set_wait_event_handle(std::string(wait_event_handle));
+  FillStore(keys, block_ids, hints, req)->set_wait_event_handle(std::string(wait_event_handle));
   return Submit(req, {});
 }
 
@@ -461,13 +467,9 @@ absl::StatusOr<GpuPageResults> Client::WaitGpu(OpHandle op) {
   absl::StatusOr<Received> r = Await(op);
   if (!r.ok()) return r.status();
   if (r->response.has_error()) return FromWire(r->response.error());
-  const wire::PageStatusReply& p = r->response.pages();
   GpuPageResults out;
-  for (int32_t c : p.codes()) out.pages.codes.push_back(static_cast<absl::StatusCode>(c));
-  for (char c : p.tiers()) out.pages.tiers.push_back(TierFromByte(c));
-  out.pages.first_error = p.first_error();
-  out.pages.ok_pages = p.ok_pages();
-  out.cuda_event_handle = p.cuda_event_handle();
+  out.pages = FromWire(r->response.pages());
+  out.cuda_event_handle = r->response.pages().cuda_event_handle();
   return out;
 }
 

@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -203,6 +204,30 @@ int SimCommand(int argc, char** argv) {
   return 0;
 }
 
+namespace {
+
+// The flags every trace generator shares: parses them, answers --help, and requires --out.
+// Returns the exit status when the command is done before generating anything.
+std::optional<int> ParseGeneratorFlags(int argc, char** argv,
+                                       const std::map<std::string, bool>& known, const char* usage,
+                                       std::map<std::string, std::string>& flags) {
+  if (!ParseFlags(argc, argv, known, flags)) {
+    std::fputs(usage, stderr);
+    return 2;
+  }
+  if (flags.count("help")) {
+    std::fputs(usage, stdout);
+    return 0;
+  }
+  if (!flags.count("out")) {
+    std::fprintf(stderr, "--out is required\n%s", usage);
+    return 2;
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
 int GenAttentionCommand(int argc, char** argv) {
   static constexpr char kUsage[] =
       "usage: kvtierctl gen-attention --out PATH [--steps N (2000)] [--prompt-pages N (64)]\n"
@@ -215,17 +240,8 @@ int GenAttentionCommand(int argc, char** argv) {
                                              {"phase-steps", false},  {"topic-zipf", false},
                                              {"seed", false},         {"help", true}};
   std::map<std::string, std::string> flags;
-  if (!ParseFlags(argc, argv, known, flags)) {
-    std::fputs(kUsage, stderr);
-    return 2;
-  }
-  if (flags.count("help")) {
-    std::fputs(kUsage, stdout);
-    return 0;
-  }
-  if (!flags.count("out")) {
-    std::fprintf(stderr, "--out is required\n%s", kUsage);
-    return 2;
+  if (std::optional<int> done = ParseGeneratorFlags(argc, argv, known, kUsage, flags)) {
+    return *done;
   }
   AttentionTraceOptions o;
   if (flags.count("sink-pages")) {
@@ -276,17 +292,8 @@ int GenPrefixCommand(int argc, char** argv) {
                                              {"api-rate", false},    {"system-prompts", false},
                                              {"prompt-zipf", false}, {"help", true}};
   std::map<std::string, std::string> flags;
-  if (!ParseFlags(argc, argv, known, flags)) {
-    std::fputs(kUsage, stderr);
-    return 2;
-  }
-  if (flags.count("help")) {
-    std::fputs(kUsage, stdout);
-    return 0;
-  }
-  if (!flags.count("out")) {
-    std::fprintf(stderr, "--out is required\n%s", kUsage);
-    return 2;
+  if (std::optional<int> done = ParseGeneratorFlags(argc, argv, known, kUsage, flags)) {
+    return *done;
   }
   PrefixWorkloadOptions o;
   const bool ok = Get(flags, "duration-s", o.duration_s) && Get(flags, "seed", o.seed) &&

@@ -238,6 +238,30 @@ class ClientTest(unittest.TestCase):
             c.key_from_block_hash(b"1234567")
         self.assertIn("multiple of 8", str(ctx.exception))
 
+    def test_engine_keys_carry_engine_and_cache_salt(self) -> None:
+        c, bufs = self.connect()
+        fill_random(bufs, self.rng)
+        names = [f"{self.rng.integers(1 << 62):x}" for _ in range(3)]
+        salted_a = c.engine_keys("sglang", names, cache_salt="tenant-a")
+        self.assertEqual(salted_a.shape, (3, 2))
+        self.assertTrue(np.array_equal(salted_a, c.engine_keys("sglang", names, "tenant-a")))
+        self.assertTrue(np.array_equal(salted_a[1], kvtier.engine_key(c.salt, "sglang", names[1],
+                                                                      "tenant-a")))
+        c.store(salted_a, range(3)).wait(check=True)
+        # Paired control: the same salt hits; another salt, no salt or another engine never does.
+        self.assertEqual(c.lookup(c.engine_keys("sglang", names, "tenant-a")).prefix_pages, 3)
+        self.assertEqual(c.lookup(c.engine_keys("sglang", names, "tenant-b")).prefix_pages, 0)
+        self.assertEqual(c.lookup(c.engine_keys("sglang", names)).prefix_pages, 0)
+        self.assertEqual(c.lookup(c.engine_keys("vllm", names, "tenant-a")).prefix_pages, 0)
+        # Length prefixes: moving bytes between the salt and the key gives another key.
+        self.assertNotEqual(kvtier.engine_digest("x", b"bc", b"a"),
+                            kvtier.engine_digest("x", b"c", b"ab"))
+        self.assertEqual(len(kvtier.engine_digest("vllm", 1 << 100)), 16)
+        with self.assertRaises(ValueError):
+            kvtier.engine_digest("vllm", 1 << 130)
+        with self.assertRaises(TypeError):
+            kvtier.engine_digest("vllm", 1.5)  # type: ignore[arg-type]
+
     def test_register_tensors_takes_host_buffers_only(self) -> None:
         import torch
 

@@ -36,6 +36,7 @@ from .client import (
     chain_keys,
     key_from_block_hash,
 )
+from .engine_keys import engine_digest, engine_key, engine_keys
 from .layout import Layout
 
 __version__ = "0.1.0"
@@ -59,6 +60,9 @@ __all__ = [
     "Unavailable",
     "as_keys",
     "chain_keys",
+    "engine_digest",
+    "engine_key",
+    "engine_keys",
     "key_from_block_hash",
     "library_path",
     "register_cuda_tensors",

@@ -313,6 +313,12 @@ class Client:
     ) -> np.ndarray:
         return key_from_block_hash(self.salt, block_hash, parent)
 
+    def engine_keys(self, engine: str, keys: Iterable[Any], cache_salt: Any = None) -> np.ndarray:
+        """Keys of blocks a serving engine names by its own hashes (kvtier.engine_keys' rule)."""
+        from .engine_keys import engine_keys  # engine_keys imports this module
+
+        return engine_keys(self.salt, engine, keys, cache_salt)
+
     # ---- pages ----
 
     def lookup(self, keys: KeyLike) -> LookupResult:

@@ -8,6 +8,12 @@
 #include "client/client.h"
 #include "client/kvtier_c.h"
 #include "google/protobuf/util/json_util.h"
+#include "kernels/attention_stats.h"
+#ifdef KVTIER_HAVE_CUDA_KERNELS
+#include <optional>
+
+#include "kernels/cuda/gpu_kernels.h"
+#endif
 
 struct kvtier_client {
   std::unique_ptr<kvtier::Client> client;
@@ -73,6 +79,49 @@ int JsonOut(kvtier_client* c, const google::protobuf::Message& m, char** out) {
   std::memcpy(p, json.c_str(), json.size() + 1);
   *out = p;
   return 0;
+}
+
+// The [kernels] shape and options of an attention-statistics call, checked against the output
+// capacity; fills thread_error and returns INVALID_ARGUMENT when they do not hold.
+int AttentionArgs(const kvtier_attention_shape* shape, float breadth_threshold, const void* q,
+                  const void* k, const void* v, const kvtier_page_attention* out, size_t capacity,
+                  kvtier::kernels::AttentionStatsShape& s,
+                  kvtier::kernels::AttentionStatsOptions& options) {
+  static_assert(sizeof(kvtier_page_attention) == sizeof(kvtier::kernels::PageAttentionStats));
+  auto invalid = [](std::string why) {
+    thread_error = "attention statistics: " + std::move(why);
+    return static_cast<int>(absl::StatusCode::kInvalidArgument);
+  };
+  if (shape == nullptr || q == nullptr || k == nullptr || v == nullptr || out == nullptr) {
+    return invalid("shape, q, k, v and out must not be NULL");
+  }
+  if (shape->dtype > 1)
+    return invalid("dtype " + std::to_string(shape->dtype) + " (0 bf16, 1 fp16)");
+  s = {shape->tokens,
+       shape->q_heads,
+       shape->kv_heads,
+       shape->head_dim,
+       shape->window,
+       shape->tokens_per_page,
+       static_cast<kvtier::kernels::KvDType>(shape->dtype)};
+  if (absl::Status st = kvtier::kernels::ValidateAttentionStatsShape(s); !st.ok()) {
+    return invalid(std::string(st.message()));
+  }
+  if (!(breadth_threshold >= 0.0f && breadth_threshold <= 1.0f)) {
+    return invalid("breadth_threshold must be in [0, 1]");
+  }
+  const uint32_t pages = kvtier::kernels::AttentionStatsPageCount(s);
+  if (capacity < pages) {
+    return invalid("out holds " + std::to_string(capacity) + " entries; the shape has " +
+                   std::to_string(pages) + " pages");
+  }
+  options.breadth_threshold = breadth_threshold;
+  return 0;
+}
+
+int FailStatus(const absl::Status& st) {
+  thread_error = st.ToString();
+  return static_cast<int>(st.code());
 }
 
 }  // namespace
@@ -327,6 +376,90 @@ int kvtier_key_from_block_hash(kvtier_key salt, const kvtier_key* parent, const 
   }
   *key_out = kvtier_key{key.hi, key.lo};
   return 0;
+}
+
+int kvtier_attention_stats_cpu(const kvtier_attention_shape* shape, float breadth_threshold,
+                               const void* q, const void* k, const void* v,
+                               kvtier_page_attention* out, size_t capacity) {
+  kvtier::kernels::AttentionStatsShape s;
+  kvtier::kernels::AttentionStatsOptions options;
+  if (int rc = AttentionArgs(shape, breadth_threshold, q, k, v, out, capacity, s, options)) {
+    return rc;
+  }
+  const uint32_t pages = kvtier::kernels::AttentionStatsPageCount(s);
+  absl::Status st = kvtier::kernels::ComputeAttentionStatsCpu(
+      s, options, static_cast<const uint16_t*>(q), static_cast<const uint16_t*>(k),
+      static_cast<const uint16_t*>(v),
+      absl::MakeSpan(reinterpret_cast<kvtier::kernels::PageAttentionStats*>(out), pages));
+  return st.ok() ? 0 : FailStatus(st);
+}
+
+int kvtier_has_cuda_kernels(void) {
+#ifdef KVTIER_HAVE_CUDA_KERNELS
+  return 1;
+#else
+  return 0;
+#endif
+}
+
+int kvtier_attention_stats_cuda(const kvtier_attention_shape* shape, float breadth_threshold,
+                                const void* q, const void* k, const void* v,
+                                kvtier_page_attention* out, size_t capacity, void* stream) {
+  kvtier::kernels::AttentionStatsShape s;
+  kvtier::kernels::AttentionStatsOptions options;
+  if (int rc = AttentionArgs(shape, breadth_threshold, q, k, v, out, capacity, s, options)) {
+    return rc;
+  }
+#ifdef KVTIER_HAVE_CUDA_KERNELS
+  namespace kk = kvtier::kernels;
+  // One workspace per thread, remade when the shape or the device changes: a model's layers share
+  // one shape, so a prefill makes it once.
+  struct Cached {
+    kk::AttentionStatsShape shape;
+    int device = -1;
+    std::optional<kk::AttentionStatsWorkspace> workspace;
+    kk::DeviceBuffer out;
+  };
+  thread_local Cached cached;
+  int device = 0;
+  if (absl::Status st = kk::CudaStatus(cudaGetDevice(&device), "cudaGetDevice"); !st.ok()) {
+    return FailStatus(st);
+  }
+  const uint32_t pages = kk::AttentionStatsPageCount(s);
+  const auto same = [](const kk::AttentionStatsShape& a, const kk::AttentionStatsShape& b) {
+    return a.tokens == b.tokens && a.q_heads == b.q_heads && a.kv_heads == b.kv_heads &&
+           a.head_dim == b.head_dim && a.window == b.window &&
+           a.tokens_per_page == b.tokens_per_page && a.dtype == b.dtype;
+  };
+  if (!cached.workspace || cached.device != device || !same(cached.shape, s)) {
+    cached.workspace.reset();
+    absl::StatusOr<kk::AttentionStatsWorkspace> ws = kk::AttentionStatsWorkspace::Create(s);
+    if (!ws.ok()) return FailStatus(ws.status());
+    absl::StatusOr<kk::DeviceBuffer> buf =
+        kk::DeviceBuffer::Allocate(size_t{pages} * sizeof(kk::PageAttentionStats));
+    if (!buf.ok()) return FailStatus(buf.status());
+    cached.workspace.emplace(std::move(*ws));
+    cached.out = std::move(*buf);
+    cached.shape = s;
+    cached.device = device;
+  }
+  auto* device_out = static_cast<kk::PageAttentionStats*>(cached.out.get());
+  auto cuda_stream = static_cast<cudaStream_t>(stream);
+  absl::Status st =
+      kk::LaunchAttentionStats(s, options, q, k, v, device_out, *cached.workspace, cuda_stream);
+  if (st.ok()) {
+    st = kk::CudaStatus(cudaMemcpyAsync(out, device_out, size_t{pages} * sizeof(*device_out),
+                                        cudaMemcpyDeviceToHost, cuda_stream),
+                        "cudaMemcpyAsync(attention statistics)");
+  }
+  if (st.ok()) st = kk::CudaStatus(cudaStreamSynchronize(cuda_stream), "cudaStreamSynchronize");
+  return st.ok() ? 0 : FailStatus(st);
+#else
+  (void)stream;
+  return FailStatus(absl::FailedPreconditionError(
+      "attention statistics: this libkvtier.so was built without CUDA (KVTIER_CUDA=OFF or no "
+      "nvcc); use kvtier_attention_stats_cpu"));
+#endif
 }
 
 }  // extern "C"

@@ -73,7 +73,7 @@ int kvtier_load_gpu(kvtier_client* client, const kvtier_key* keys, const uint32_
 /* ---- ABI version 2: what language bindings (the Python package) need beyond version 1. ----
  * libkvtier.so exports only kvtier_* symbols, under the linker version node KVTIER_1; a binding
  * checks kvtier_abi_version() >= the version it was written for before calling anything newer. */
-#define KVTIER_C_ABI_VERSION 2
+#define KVTIER_C_ABI_VERSION 3
 int kvtier_abi_version(void);
 
 /* The message of the last failure of a kvtier_* call on the calling thread ("" if none). Unlike
@@ -129,6 +129,31 @@ void kvtier_free(void* p);
  * hash_bytes must be a positive multiple of 8; returns 0 or INVALID_ARGUMENT (3). */
 int kvtier_key_from_block_hash(kvtier_key salt, const kvtier_key* parent, const void* hash,
                                size_t hash_bytes, kvtier_key* key_out);
+
+/* ---- ABI version 3: the [kernels] attention statistics, for bindings that compute them on the
+ * worker (kvtier.hf). Semantics and error bounds: kernels/attention_stats.h. ---- */
+typedef struct {
+  uint32_t tokens, q_heads, kv_heads, head_dim, window, tokens_per_page;
+  uint32_t dtype; /* 0 bf16, 1 fp16: the 16-bit elements of q, k and v */
+} kvtier_attention_shape;
+typedef struct {
+  float mass, breadth, value_norm, mass_entropy;
+} kvtier_page_attention;
+/* q: the last `window` queries [window, q_heads, head_dim]; k, v: [tokens, kv_heads, head_dim];
+ * all contiguous. out: `capacity` entries, at least ceil(tokens / tokens_per_page). Returns 0 or
+ * INVALID_ARGUMENT (3) with the reason in kvtier_thread_error(). */
+int kvtier_attention_stats_cpu(const kvtier_attention_shape* shape, float breadth_threshold,
+                               const void* q, const void* k, const void* v,
+                               kvtier_page_attention* out, size_t capacity);
+/* 1 when this library carries the CUDA kernel, else 0 (kvtier_attention_stats_cuda then fails with
+ * FAILED_PRECONDITION, 9). */
+int kvtier_has_cuda_kernels(void);
+/* The GPU kernel on device pointers q, k, v of the current device, ordered on `stream` (a
+ * cudaStream_t; NULL is the legacy default stream); returns once `out` (host memory) is filled.
+ * The scratch memory of the last shape is kept per thread. */
+int kvtier_attention_stats_cuda(const kvtier_attention_shape* shape, float breadth_threshold,
+                                const void* q, const void* k, const void* v,
+                                kvtier_page_attention* out, size_t capacity, void* stream);
 
 #ifdef __cplusplus
 }

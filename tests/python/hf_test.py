@@ -37,6 +37,17 @@ class HfTest(unittest.TestCase):
             self.assertEqual(stored["stats"]["pages"], 6)
             hbm = next(t for t in stored["stats"]["tiers"] if t["tier"] == "hbm")
             self.assertEqual(hbm["sink_used_slots"], 1)  # the first page, hinted as a sink
+            # Statistics from the kernel's CPU twin, fed by the captured queries.
+            self.assertTrue(stored["capture_logits_equal"])
+            self.assertTrue(stored["attention_impl"].startswith("kvtier_capture+"))
+            st = stored["last_stats"]
+            for field in ("mass", "breadth", "value_norm", "mass_entropy"):
+                self.assertEqual(len(st[field]), 6, field)
+            # 6 full pages of 107 tokens: the partial 7th page holds the rest of the mass.
+            self.assertGreater(sum(st["mass"]), 0.5)
+            self.assertLessEqual(sum(st["mass"]), 1.0 + 1e-3)
+            self.assertTrue(all(0 <= b <= 1 for b in st["breadth"]))
+            self.assertTrue(all(n > 0 for n in st["value_norm"]))
 
             restored = self.run_worker(daemon, "restore")
             # The second prompt shares 87 tokens: 5 full pages come from the other process.

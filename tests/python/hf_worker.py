@@ -9,6 +9,7 @@ prompt through kvtier.hf and writes what it saw as JSON.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -55,8 +56,13 @@ def main() -> None:
     result: dict[str, object] = {"page_bytes": cache.layout.page_bytes}
     with torch.no_grad():
         if role == "store":
-            r = cache.prefill(model, first, output_attentions=True)
+            r = cache.prefill(model, first)
             result.update(cached_tokens=r.cached_tokens, stored_pages=r.stored_pages)
+            # The query capture behind the statistics changes no logit: a model without it agrees.
+            plain = model_and_prompts(seed)[0]
+            result["capture_logits_equal"] = torch.equal(r.logits, plain(first).logits)
+            result["attention_impl"] = model.config._attn_implementation
+            result["last_stats"] = dataclasses.asdict(cache.last_stats)
         else:
             r = cache.prefill(model, second)
             n = r.cached_tokens

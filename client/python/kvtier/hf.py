@@ -4,8 +4,10 @@ Before a prefill, PrefixCache looks up the longest cached prefix of the prompt's
 daemon load it into pinned host staging buffers, moves it into a DynamicCache on the model's
 device and prefills only the suffix. After the prefill it stores the prompt's new full pages,
 with the first page of a sequence hinted as an attention sink and per-page attention statistics
-(value norms always; received attention mass and breadth when the forward pass returned
-attentions).
+from kvtier's own kernel (kvtier.attention: the CUDA kernel on a GPU, its CPU twin elsewhere),
+fed with the prefill's last `window` queries. Those are kept by capture_queries(), which
+PrefixCache.prefill installs: a transformers AttentionInterface entry that wraps the
+implementation the model was loaded with (sdpa, eager, ...) and changes none of its results.
 
     cache = PrefixCache(client, model.config, namespace="llama-3.2-1b/tenant-a", max_tokens=8192)
     result = cache.prefill(model, input_ids)     # result.logits, result.cache, result.cached_tokens
@@ -23,10 +25,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
+from .attention import page_attention_stats
 from .buffers import HostBuffers
 from .client import AttentionStats, Client, Op, PageClass, Tier
 from .layout import Layout, dtype_name
@@ -91,6 +94,7 @@ class PrefixCache:
         tokens_per_page: int = 16,
         dtype: Any = None,
         pin: Optional[bool] = None,
+        attention_window: int = 32,
     ) -> None:
         self.client = client
         self.config = config
@@ -103,6 +107,10 @@ class PrefixCache:
         self.batch = max(1, min(self.info.max_batch_pages, 256))
         self.last_error = ""  # the first failed page of the last restore, if any
         self.inflight = max(1, self.info.max_inflight_ops // 2)
+        # Queries of each prefill's end that the statistics kernel scores the pages with; 0 turns
+        # the capture off (pages then carry value norms only).
+        self.attention_window = attention_window
+        self.last_stats: Optional[AttentionStats] = None  # what the last save() stored
 
     @property
     def tokens_per_page(self) -> int:
@@ -186,12 +194,11 @@ class PrefixCache:
 
     # ---- store ----
 
-    def save(self, cache: Any, input_ids: Any, from_page: int = 0,
-             attentions: Optional[Sequence[Any]] = None,
+    def save(self, cache: Any, input_ids: Any, from_page: int = 0, model: Any = None,
              keys: Optional[np.ndarray] = None) -> int:
         """Stores the prompt's full pages [from_page, ...) from `cache`; returns the pages
-        stored. `attentions` (per layer [1, heads, q, kv], from output_attentions=True) adds the
-        received attention mass and breadth to each page's statistics."""
+        stored. With `model` whose last forward pass ran under capture_queries(), each page
+        carries the attention-statistics kernel's figures; otherwise its value norms only."""
         import torch
 
         keys = self.keys_of(input_ids) if keys is None else keys
@@ -211,9 +218,14 @@ class PrefixCache:
                 if which == 1:
                     norms += part.float().norm(dim=-1).mean(dim=(1, 2)).double().cpu()
         stats = AttentionStats(value_norm=(norms / len(self.host)).tolist())
-        if attentions:
-            mass, breadth = _received_attention(attentions, begin, end, tpp)
-            stats.mass, stats.breadth = mass.tolist(), breadth.tolist()
+        measured = _kernel_stats(model, cache, tpp) if model is not None else None
+        if measured is not None:
+            sl = slice(from_page, pages)
+            stats = AttentionStats(mass=measured["mass"][sl].tolist(),
+                                   breadth=measured["breadth"][sl].tolist(),
+                                   value_norm=measured["value_norm"][sl].tolist(),
+                                   mass_entropy=measured["mass_entropy"][sl].tolist())
+        self.last_stats = stats
         hints = [int(PageClass.SINK if p == 0 else PageClass.UNKNOWN)
                  for p in range(from_page, pages)]
 
@@ -242,15 +254,18 @@ class PrefixCache:
 
     def prefill(self, model: Any, input_ids: Any, store: bool = True,
                 **forward_kwargs: Any) -> PrefillResult:
-        """Restores the cached prefix, prefills the rest, stores the new full pages."""
+        """Restores the cached prefix, prefills the rest, stores the new full pages (with the
+        kernel's attention statistics when `attention_window` > 0: see capture_queries)."""
         device = input_ids.device
+        if store and self.attention_window > 0:
+            capture_queries(model, self.attention_window)
         restored = self.restore(input_ids, device=device if device.type != "cpu" else None)
         out = model(input_ids[:, restored.cached_tokens:], use_cache=True,
                     **cache_kwargs(model, restored.cache), **forward_kwargs)
         stored = 0
         if store:
-            stored = self.save(output_cache(out), input_ids, restored.cached_pages,
-                               attentions=getattr(out, "attentions", None), keys=restored.keys)
+            stored = self.save(output_cache(out), input_ids, restored.cached_pages, model=model,
+                               keys=restored.keys)
         return PrefillResult(out.logits, output_cache(out), restored.cached_tokens, stored,
                              restored.tiers, out)
 
@@ -270,21 +285,73 @@ def output_cache(outputs: Any) -> Any:
     return cache if cache is not None else getattr(outputs, "past_key_values", None)
 
 
-def _received_attention(attentions: Sequence[Any], begin: int, end: int,
-                        tokens_per_page: int) -> tuple[Any, Any]:
-    """Per page of keys [begin, end): the mean attention mass its tokens receive from the
-    forward pass's queries (over layers and heads), and the share of queries that give it more
-    than a uniform share."""
-    import torch
+_CAPTURE = "kvtier_capture"
 
-    masses, breadths = [], []
-    for att in attentions:  # [1, heads, q, kv]
-        a = att[0, :, :, begin:end].float()
-        q, kv = a.shape[1], att.shape[-1]
-        a = a.reshape(a.shape[0], q, -1, tokens_per_page).sum(-1)  # [heads, q, pages]
-        masses.append(a.mean(dim=(0, 1)))
-        breadths.append((a > tokens_per_page / kv).float().mean(dim=(0, 1)))
-    return torch.stack(masses).mean(0).cpu(), torch.stack(breadths).mean(0).cpu()
+
+def capture_queries(model: Any, window: int = 32) -> None:
+    """Makes every attention layer of `model` keep the last `window` queries (after RoPE) of each
+    forward pass, for _kernel_stats. Idempotent. The model's attention implementation becomes
+    "kvtier_capture+<the one it had>", registered with transformers' AttentionInterface (and
+    its mask function with AttentionMaskInterface): it calls the original with the same arguments,
+    so logits and caches are unchanged."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    current = model.config._attn_implementation or "eager"
+    inner = current.split("+", 1)[1] if current.startswith(_CAPTURE + "+") else current
+    for module in model.modules():
+        if hasattr(module, "layer_idx") and hasattr(module, "num_key_value_groups"):
+            module._kvtier_capture = window
+    if current.startswith(_CAPTURE + "+"):
+        return
+    name = f"{_CAPTURE}+{inner}"
+    AttentionInterface.register(name, _capturing_attention)
+    mask = AttentionMaskInterface._global_mapping.get(inner)
+    if mask is not None:
+        AttentionMaskInterface.register(name, mask)
+    model.set_attn_implementation(name)
+
+
+def _capturing_attention(module: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+    import sys
+
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    window = getattr(module, "_kvtier_capture", 0)
+    if window:
+        module._kvtier_queries = query[0, :, -window:, :].detach()  # [q_heads, w, d], a view
+    inner = module.config._attn_implementation.split("+", 1)[1]
+    if inner == "eager":
+        fn = sys.modules[type(module).__module__].eager_attention_forward
+    else:
+        fn = ALL_ATTENTION_FUNCTIONS[inner]
+    return fn(module, query, *args, **kwargs)
+
+
+def _kernel_stats(model: Any, cache: Any, tokens_per_page: int) -> Optional[np.ndarray]:
+    """Per page of the whole cached sequence, the attention-statistics kernel's figures averaged
+    over layers (kvtier.attention), from the queries capture_queries kept of the last forward
+    pass; None when none were kept."""
+    layers = [m for m in model.modules()
+              if getattr(m, "_kvtier_queries", None) is not None and hasattr(m, "layer_idx")]
+    if not layers:
+        return None
+    total: Optional[np.ndarray] = None
+    for module in layers:
+        entry = cache.layers[module.layer_idx]
+        q = module._kvtier_queries.transpose(0, 1)  # [w, q_heads, d]
+        k, v = entry.keys[0].transpose(0, 1), entry.values[0].transpose(0, 1)  # [T, kv_heads, d]
+        stats = page_attention_stats(q, k, v, tokens_per_page)
+        if total is None:
+            total = stats.copy()
+        else:
+            for field in stats.dtype.names:
+                total[field] += stats[field]
+        module._kvtier_queries = None  # used once: a later save must not score stale queries
+    assert total is not None
+    for field in total.dtype.names:
+        total[field] /= len(layers)
+    return total
 
 
 def _cpu(input_ids: Any) -> Any:

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <limits>
 #include <type_traits>
 #include <utility>
 
@@ -128,6 +129,10 @@ FieldMap::Reader EnumReader(Enum& field) {
   return [&field](const YAML::Node& v, const std::string& full) {
     uint32_t x = 0;
     if (absl::Status s = Read(v, full, x); !s.ok()) return s;
+    // Checked before the cast: 256 must not become 0 of a one-byte enum.
+    if (x > std::numeric_limits<std::underlying_type_t<Enum>>::max()) {
+      return absl::InvalidArgumentError(absl::StrCat(full, ": ", x, " is not a valid value"));
+    }
     field = static_cast<Enum>(x);
     return absl::OkStatus();
   };
@@ -441,30 +446,64 @@ bool Allowed(const NamespaceRule& rule, uid_t uid, gid_t gid, uid_t owner_uid) {
          std::find(rule.gids.begin(), rule.gids.end(), gid) != rule.gids.end();
 }
 
+namespace {
+
+// yaml-cpp writes a string with leading or trailing blanks unquoted and reads it back without
+// them (the config fuzzer found "socket_path: /run/kv \r"): such strings, and any with control
+// characters, are written double-quoted so that --print_config reads back to the same config.
+struct YamlString {
+  const std::string& value;
+};
+
+YAML::Emitter& operator<<(YAML::Emitter& out, YamlString s) {
+  const std::string& v = s.value;
+  const auto blank = [](char ch) { return ch == ' ' || ch == '\t'; };
+  const bool control = std::any_of(v.begin(), v.end(), [](char ch) {
+    return static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f;
+  });
+  if (control || (!v.empty() && (blank(v.front()) || blank(v.back())))) out << YAML::DoubleQuoted;
+  return out << v;
+}
+
+struct YamlStrings {
+  const std::vector<std::string>& values;
+};
+
+YAML::Emitter& operator<<(YAML::Emitter& out, YamlStrings s) {
+  out << YAML::Flow << YAML::BeginSeq;
+  for (const std::string& v : s.values) out << YamlString{v};
+  return out << YAML::EndSeq;
+}
+
+}  // namespace
+
 std::string ConfigToYaml(const DaemonConfig& c) {
   YAML::Emitter out;
   out << YAML::BeginMap;
-  out << YAML::Key << "data_dir" << YAML::Value << c.data_dir;
-  out << YAML::Key << "socket_path" << YAML::Value << c.socket_path;
+  out << YAML::Key << "data_dir" << YAML::Value << YamlString{c.data_dir};
+  out << YAML::Key << "socket_path" << YAML::Value << YamlString{c.socket_path};
   char mode[8];
   std::snprintf(mode, sizeof(mode), "0%o", c.socket_mode);
   out << YAML::Key << "socket_mode" << YAML::Value << mode;
-  out << YAML::Key << "http_address" << YAML::Value << c.http_address;
+  out << YAML::Key << "http_address" << YAML::Value << YamlString{c.http_address};
+  if (!c.admin_uids.empty()) {
+    out << YAML::Key << "admin_uids" << YAML::Value << YAML::Flow << c.admin_uids;
+  }
   out << YAML::Key << "store" << YAML::Value << YAML::BeginMap;
   out << YAML::Key << "page_bytes" << YAML::Value << c.store.page_bytes;
   out << YAML::Key << "hbm_pages" << YAML::Value << c.store.hbm_pages;
   out << YAML::Key << "dram_pages" << YAML::Value << c.store.dram_pages;
-  out << YAML::Key << "hbm_backend" << YAML::Value << c.store.hbm_backend;
+  out << YAML::Key << "hbm_backend" << YAML::Value << YamlString{c.store.hbm_backend};
   out << YAML::Key << "sink_tokens" << YAML::Value << c.store.sink_tokens;
   out << YAML::Key << "tokens_per_page" << YAML::Value << c.store.tokens_per_page;
   out << YAML::Key << "maintain_interval_ms" << YAML::Value << c.store.maintain_interval_ms;
-  out << YAML::Key << "policy" << YAML::Value << c.store.policy;
+  out << YAML::Key << "policy" << YAML::Value << YamlString{c.store.policy};
   out << YAML::Key << "max_migration_bytes_per_s" << YAML::Value
       << c.store.max_migration_bytes_per_s;
   out << YAML::EndMap;
-  if (c.nvme.enabled()) {
+  if (!(c.nvme == NvmeConfig{})) {
     out << YAML::Key << "nvme" << YAML::Value << YAML::BeginMap;
-    out << YAML::Key << "directories" << YAML::Value << YAML::Flow << c.nvme.directories;
+    out << YAML::Key << "directories" << YAML::Value << YamlStrings{c.nvme.directories};
     out << YAML::Key << "capacity_bytes" << YAML::Value << c.nvme.capacity_bytes;
     out << YAML::EndMap;
   }
@@ -495,26 +534,38 @@ std::string ConfigToYaml(const DaemonConfig& c) {
   out << YAML::EndMap;
   out << YAML::Key << "namespaces" << YAML::Value << YAML::BeginSeq;
   for (const NamespaceRule& r : c.namespaces) {
-    out << YAML::BeginMap << YAML::Key << "name" << YAML::Value << r.name;
+    out << YAML::BeginMap << YAML::Key << "name" << YAML::Value << YamlString{r.name};
     out << YAML::Key << "sink_slots" << YAML::Value << r.sink_slots;
     if (!r.uids.empty()) out << YAML::Key << "uids" << YAML::Value << YAML::Flow << r.uids;
     if (!r.gids.empty()) out << YAML::Key << "gids" << YAML::Value << YAML::Flow << r.gids;
+    if (r.layout.has_value()) {
+      const LayoutSpec& spec = *r.layout;
+      out << YAML::Key << "layout" << YAML::Value << YAML::BeginMap;
+      out << YAML::Key << "layers" << YAML::Value << spec.layers;
+      out << YAML::Key << "kv_heads" << YAML::Value << spec.kv_heads;
+      out << YAML::Key << "head_dim" << YAML::Value << spec.head_dim;
+      out << YAML::Key << "dtype" << YAML::Value << static_cast<uint32_t>(spec.dtype);
+      out << YAML::Key << "tokens_per_page" << YAML::Value << spec.tokens_per_page;
+      out << YAML::Key << "tensor_layout" << YAML::Value
+          << static_cast<uint32_t>(spec.tensor_layout);
+      out << YAML::EndMap;
+    }
     out << YAML::EndMap;
   }
   out << YAML::EndSeq;
-  if (c.cluster.enabled) {
+  if (!(c.cluster == ClusterConfig{})) {
     const ClusterConfig& cl = c.cluster;
     out << YAML::Key << "cluster" << YAML::Value << YAML::BeginMap;
     out << YAML::Key << "enabled" << YAML::Value << cl.enabled;
-    out << YAML::Key << "node_id" << YAML::Value << cl.node_id;
-    out << YAML::Key << "etcd_endpoints" << YAML::Value << YAML::Flow << cl.etcd_endpoints;
-    out << YAML::Key << "etcd_prefix" << YAML::Value << cl.etcd_prefix;
+    out << YAML::Key << "node_id" << YAML::Value << YamlString{cl.node_id};
+    out << YAML::Key << "etcd_endpoints" << YAML::Value << YamlStrings{cl.etcd_endpoints};
+    out << YAML::Key << "etcd_prefix" << YAML::Value << YamlString{cl.etcd_prefix};
     out << YAML::Key << "lease_ttl_s" << YAML::Value << cl.lease_ttl_s;
-    out << YAML::Key << "listen_address" << YAML::Value << cl.listen_address;
-    out << YAML::Key << "advertise_host" << YAML::Value << cl.advertise_host;
-    out << YAML::Key << "ucx_tls" << YAML::Value << cl.ucx_tls;
-    out << YAML::Key << "ucx_net_devices" << YAML::Value << cl.ucx_net_devices;
-    out << YAML::Key << "namespaces" << YAML::Value << YAML::Flow << cl.namespaces;
+    out << YAML::Key << "listen_address" << YAML::Value << YamlString{cl.listen_address};
+    out << YAML::Key << "advertise_host" << YAML::Value << YamlString{cl.advertise_host};
+    out << YAML::Key << "ucx_tls" << YAML::Value << YamlString{cl.ucx_tls};
+    out << YAML::Key << "ucx_net_devices" << YAML::Value << YamlString{cl.ucx_net_devices};
+    out << YAML::Key << "namespaces" << YAML::Value << YamlStrings{cl.namespaces};
     out << YAML::Key << "request_timeout_ms" << YAML::Value << cl.request_timeout_ms;
     out << YAML::Key << "transfer_timeout_ms" << YAML::Value << cl.transfer_timeout_ms;
     out << YAML::Key << "landing_pages" << YAML::Value << cl.landing_pages;

@@ -34,6 +34,8 @@ struct StoreConfig {
   // Average bandwidth the planner may spend moving pages between tiers (they compete with the
   // loads inference waits on). Default 5 GB/s, a tenth of a PCIe 5.0 x16 link.
   double max_migration_bytes_per_s = 5e9;
+
+  friend bool operator==(const StoreConfig&, const StoreConfig&) = default;
 };
 
 // The NVMe tier: preallocated files under `directories`. Absent (no directories) by default.
@@ -41,6 +43,8 @@ struct NvmeConfig {
   std::vector<std::string> directories;
   uint64_t capacity_bytes = 0;  // total over all directories
   bool enabled() const { return !directories.empty(); }
+
+  friend bool operator==(const NvmeConfig&, const NvmeConfig&) = default;
 };
 
 // The CUDA copy engine (used when the build has CUDA and a GPU is present; ignored otherwise).
@@ -52,6 +56,8 @@ struct GpuConfig {
   // The same for HBM->HBM copies; 0 (default) means sm_budget. One SM moves at most ~50 GB/s
   // HBM->HBM, so reaching 80% of a device-to-device memcpy on an H100 takes about 32.
   int32_t device_to_device_sm_budget = 0;
+
+  friend bool operator==(const GpuConfig&, const GpuConfig&) = default;
 };
 
 struct LimitsConfig {
@@ -91,6 +97,8 @@ struct LimitsConfig {
   // be evicted, so one tenant pinning everything would refuse every other tenant's stores.
   // Default 0: half of the store's slots (HBM + DRAM + NVMe).
   uint32_t max_pinned_pages_per_uid = 0;
+
+  friend bool operator==(const LimitsConfig&, const LimitsConfig&) = default;
 };
 
 // Who may use a namespace. `name` is exact, or a prefix ending in '*' ("*" matches all). Empty
@@ -102,6 +110,8 @@ struct NamespaceRule {
   uint32_t sink_slots = 16;  // reserved HBM slots for this namespace's sinks
   std::optional<LayoutSpec>
       layout;  // when set, workers must present exactly this (num_blocks aside)
+
+  friend bool operator==(const NamespaceRule&, const NamespaceRule&) = default;
 };
 
 // Multi-node operation (DESIGN.md §5): etcd membership, a page directory and UCX page transfer.
@@ -142,6 +152,8 @@ struct ClusterConfig {
   uint32_t replicate_after_remote_reads = 2;
   // Bytes a second replication may copy into this node, beside what workers load. Default 1 GB/s.
   double max_migration_bytes_per_s = 1e9;
+
+  friend bool operator==(const ClusterConfig&, const ClusterConfig&) = default;
 };
 
 struct DaemonConfig {
@@ -158,6 +170,8 @@ struct DaemonConfig {
   LimitsConfig limits;
   std::vector<NamespaceRule> namespaces;
   ClusterConfig cluster;
+
+  friend bool operator==(const DaemonConfig&, const DaemonConfig&) = default;
 };
 
 // The embedded default: works for a non-root user with no GPU, from the current directory.

@@ -33,6 +33,35 @@ namespaces:
     sink_slots: 16
 )";
 
+// Config strings are names, paths and addresses: printable UTF-8. A control character or a
+// broken byte sequence there is a mistake (and could not be printed back by --print_config).
+absl::Status CheckText(const std::string& key, const std::string& s) {
+  for (size_t i = 0; i < s.size();) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c < 0x20 || c == 0x7f) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          key, ": control character 0x", absl::Hex(c, absl::kZeroPad2), " at byte ", i));
+    }
+    // UTF-8: the lead byte gives the sequence length; continuation bytes are 10xxxxxx, and the
+    // shortest form and the Unicode range are checked through the lead byte's bounds.
+    size_t n = c < 0x80                 ? 1
+               : c >= 0xc2 && c <= 0xdf ? 2
+               : c >= 0xe0 && c <= 0xef ? 3
+               : c >= 0xf0 && c <= 0xf4 ? 4
+                                        : 0;
+    bool ok = n != 0 && i + n <= s.size();
+    for (size_t k = 1; ok && k < n; ++k) ok = (static_cast<unsigned char>(s[i + k]) & 0xc0) == 0x80;
+    if (ok && n >= 3) {
+      const auto c1 = static_cast<unsigned char>(s[i + 1]);
+      ok = !(c == 0xe0 && c1 < 0xa0) && !(c == 0xed && c1 > 0x9f) && !(c == 0xf0 && c1 < 0x90) &&
+           !(c == 0xf4 && c1 > 0x8f);
+    }
+    if (!ok) return absl::InvalidArgumentError(absl::StrCat(key, ": not UTF-8 at byte ", i));
+    i += n;
+  }
+  return absl::OkStatus();
+}
+
 template <typename T>
 absl::Status Read(const YAML::Node& node, const std::string& key, T& out) {
   // yaml-cpp reads an empty value ("data_dir:") as the string "null"; read it as empty, so the
@@ -47,6 +76,12 @@ absl::Status Read(const YAML::Node& node, const std::string& key, T& out) {
     out = node.as<T>();
   } catch (const YAML::Exception& e) {
     return absl::InvalidArgumentError(absl::StrCat(key, ": ", e.what()));
+  }
+  if constexpr (std::is_same_v<T, std::string>) return CheckText(key, out);
+  if constexpr (std::is_same_v<T, std::vector<std::string>>) {
+    for (size_t i = 0; i < out.size(); ++i) {
+      if (absl::Status s = CheckText(absl::StrCat(key, "[", i, "]"), out[i]); !s.ok()) return s;
+    }
   }
   return absl::OkStatus();
 }
@@ -449,8 +484,8 @@ bool Allowed(const NamespaceRule& rule, uid_t uid, gid_t gid, uid_t owner_uid) {
 namespace {
 
 // yaml-cpp writes a string with leading or trailing blanks unquoted and reads it back without
-// them (the config fuzzer found "socket_path: /run/kv \r"): such strings, and any with control
-// characters, are written double-quoted so that --print_config reads back to the same config.
+// them (the config fuzzer's find): such strings are written double-quoted, so that --print_config
+// reads back to the same config. (Control characters and broken UTF-8 are refused on reading.)
 struct YamlString {
   const std::string& value;
 };
@@ -458,10 +493,7 @@ struct YamlString {
 YAML::Emitter& operator<<(YAML::Emitter& out, YamlString s) {
   const std::string& v = s.value;
   const auto blank = [](char ch) { return ch == ' ' || ch == '\t'; };
-  const bool control = std::any_of(v.begin(), v.end(), [](char ch) {
-    return static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f;
-  });
-  if (control || (!v.empty() && (blank(v.front()) || blank(v.back())))) out << YAML::DoubleQuoted;
+  if (!v.empty() && (blank(v.front()) || blank(v.back()))) out << YAML::DoubleQuoted;
   return out << v;
 }
 

@@ -6,6 +6,7 @@ import os
 import random
 import signal
 import threading
+import time
 import unittest
 
 import numpy as np
@@ -127,6 +128,11 @@ class ClientTest(unittest.TestCase):
         self.assertEqual(c.stats()["pinned_pages"], 4)
         c.close()
         other, _ = self.connect("py/other")
+        # The daemon ends the session when it sees the hang-up, on its own thread: wait for it
+        # (bounded) rather than racing it.
+        deadline = time.monotonic() + 30
+        while other.stats()["pinned_pages"] != 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
         self.assertEqual(other.stats()["pinned_pages"], 0)
 
     def test_wrong_page_size_is_refused_with_the_daemons_message(self) -> None:
@@ -261,6 +267,20 @@ class ClientTest(unittest.TestCase):
             kvtier.engine_digest("vllm", 1 << 130)
         with self.assertRaises(TypeError):
             kvtier.engine_digest("vllm", 1.5)  # type: ignore[arg-type]
+
+    def test_torch_ipc_handle_formats(self) -> None:
+        from kvtier.buffers import ipc_mem_handle
+
+        raw = bytes(range(64))
+        self.assertEqual(ipc_mem_handle(raw), raw)  # torch before the versioned format
+        self.assertEqual(ipc_mem_handle(bytes([2, ord("c")]) + raw), raw)  # torch <= 2.12
+        self.assertEqual(ipc_mem_handle(bytes([3, ord("c")]) + raw), raw)  # torch 2.13
+        with self.assertRaisesRegex(RuntimeError, "expandable segment"):
+            ipc_mem_handle(bytes([2, ord("e")]) + bytes(40))
+        with self.assertRaisesRegex(RuntimeError, "not a known"):
+            ipc_mem_handle(bytes([9, ord("c")]) + raw)
+        with self.assertRaisesRegex(RuntimeError, "not a known"):
+            ipc_mem_handle(b"")
 
     def test_register_tensors_takes_host_buffers_only(self) -> None:
         import torch

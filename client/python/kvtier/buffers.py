@@ -172,13 +172,7 @@ def register_cuda_tensors(client: Any, tensors: Sequence[Any]) -> None:
             raise ValueError(f"tensor {i} is not contiguous")
         # (device, handle, storage bytes, storage offset bytes, ref counter..., event...)
         shared = t.untyped_storage()._share_cuda_()
-        handle, storage_offset = bytes(shared[1]), int(shared[3])
-        if len(handle) != _IPC_HANDLE_BYTES:
-            raise RuntimeError(
-                f"tensor {i}: PyTorch exported a {len(handle)}-byte handle, not a "
-                f"{_IPC_HANDLE_BYTES}-byte cudaIpcMemHandle_t (expandable segments are not "
-                "supported: unset PYTORCH_CUDA_ALLOC_CONF=expandable_segments)"
-            )
+        handle, storage_offset = ipc_mem_handle(bytes(shared[1]), f"tensor {i}"), int(shared[3])
         ctypes.memmove(ctypes.addressof(handles) + _IPC_HANDLE_BYTES * i, handle, len(handle))
         offsets[i] = storage_offset + t.storage_offset() * t.element_size()
         sizes[i] = t.numel() * t.element_size()
@@ -194,3 +188,26 @@ def register_cuda_tensors(client: Any, tensors: Sequence[Any]) -> None:
 
 
 _IPC_HANDLE_BYTES = 64  # sizeof(cudaIpcMemHandle_t)
+# PyTorch's caching allocator (c10 CUDACachingAllocator::shareIpcHandle) prefixes the handle
+# with a format version byte (2 up to torch 2.12, 3 from 2.13, same payload) and a type byte:
+# 'c' for a cudaMalloc block, followed by its cudaIpcMemHandle_t; 'e' for an expandable segment,
+# whose payload is not a cudaIpcMemHandle_t. Older torch exports the bare 64 bytes.
+_TORCH_HANDLE_VERSIONS = (2, 3)
+
+
+def ipc_mem_handle(exported: bytes, what: str = "tensor") -> bytes:
+    """The cudaIpcMemHandle_t inside the handle PyTorch's `_share_cuda_()` exported."""
+    if len(exported) == _IPC_HANDLE_BYTES:
+        return exported
+    if len(exported) >= 2 and exported[1] == ord("e"):
+        raise RuntimeError(
+            f"{what}: its memory is an expandable segment, which has no cudaIpcMemHandle_t; "
+            "unset PYTORCH_CUDA_ALLOC_CONF=expandable_segments for the KV caches"
+        )
+    if (len(exported) == _IPC_HANDLE_BYTES + 2 and exported[0] in _TORCH_HANDLE_VERSIONS
+            and exported[1] == ord("c")):
+        return exported[2:]
+    raise RuntimeError(
+        f"{what}: PyTorch exported a {len(exported)}-byte handle (version byte "
+        f"{exported[0] if exported else None}) that is not a known cudaIpcMemHandle_t format"
+    )

@@ -60,6 +60,7 @@ def main() -> int:
             if tier == "nvme":
                 filler = c.chain_keys(list(range(5000, 5000 + 16 * layout.tokens_per_page)))
                 c.store(filler, list(range(40, 56))).wait(check=True)
+                c.pin(filler)  # pinned pages are never displaced: the test's pages go to NVMe
             keys = c.chain_keys(list(range(1000, 1000 + pages * layout.tokens_per_page)))
             c.store(keys, list(range(pages))).wait(check=True)
             if tier == "nvme":
@@ -73,12 +74,16 @@ def main() -> int:
                 t.zero_()
             torch.cuda.synchronize(dev)
             tiers = c.lookup(keys)
+            print(f"gpu-register tier={tier} lookup prefix={tiers.prefix_pages} "
+                  f"tiers={sorted(set(t.name for t in tiers.tiers))}", flush=True)
             r = c.load(keys, list(range(pages))).wait(check=True)
             torch.cuda.synchronize(dev)
             same = all(torch.equal(a[:, :pages], b[:, :pages]) for a, b in zip(kv, want))
-            ok = ok and same
-            print(f"gpu-register tier={tier} lookup={tiers} loaded={r} identical={same}",
-                  flush=True)
+            # Every page came from the tier under test, not a copy elsewhere.
+            right_tier = {t.name for t in r.tiers} == {tier.upper()}
+            ok = ok and same and right_tier
+            print(f"gpu-register tier={tier} loaded ok_pages={r.ok_pages} "
+                  f"from={sorted(set(t.name for t in r.tiers))} identical={same}", flush=True)
             c.close()
             d.stop()
     print("gpu-register:", "PASS" if ok else "FAIL", flush=True)

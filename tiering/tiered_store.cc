@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "base/invariant.h"
 #include "tiering/memory_tier.h"
 // Static-linking-only API: the hash state lives on the stack.
 #define XXH_STATIC_LINKING_ONLY
@@ -12,6 +13,18 @@
 #include "tiering/ranked_policy.h"
 
 namespace kvtier {
+
+namespace {
+
+// Every pin taken is given back exactly once; a release without a pin would wrap the count and
+// leave the page pinned for ever (uint32), so it is an invariant, not an arithmetic step.
+void ReleasePin(PageEntry& x) {
+  if (KVTIER_INVARIANT(x.pin_count > 0, "a page's pin released more often than it was taken")) {
+    --x.pin_count;
+  }
+}
+
+}  // namespace
 
 // Lock-free counters: bumped on data paths without the store lock.
 struct TieredStore::Counters_ {
@@ -205,7 +218,7 @@ void TieredStore::AdoptRecovered(const RecoveredPage& page) {
   e.stats.access_count = page.meta.access_count;
   e.stats.tokens = options_.tokens_per_page;
   if (!index_.Insert(page.meta.key, e)) {
-    slots->Free(page.slot);
+    KVTIER_INVARIANT(slots->Free(page.slot), "a recovered page's slot freed twice");
     backends_[TierIndex(t)]->Release(page.slot);
     return;
   }
@@ -407,8 +420,9 @@ std::optional<uint32_t> TieredStore::AcquireSinkSlot(NamespaceId ns) {
 
 void TieredStore::ReleaseSlot(Tier t, uint32_t slot, bool sink_slot, NamespaceId ns) {
   backends_[TierIndex(t)]->Release(slot);
-  slots_[TierIndex(t)]->Free(slot);
-  if (sink_slot) {
+  KVTIER_INVARIANT(slots_[TierIndex(t)]->Free(slot), "a slot freed twice or never allocated");
+  if (sink_slot && KVTIER_INVARIANT(namespaces_[ns].sink_used > 0 && total_sink_used_ > 0,
+                                    "a sink slot released that was not counted as used")) {
     --namespaces_[ns].sink_used;
     --total_sink_used_;
     if (namespaces_[ns].retired) {  // a retired namespace's reserve shrinks with its last sinks
@@ -455,7 +469,7 @@ absl::Status TieredStore::MoveLocked(const PageKey& key, Tier to, bool into_sink
   index_.Update(key, [](PageEntry& x) { ++x.pin_count; });
   std::optional<uint32_t> slot =
       into_sink_slot ? AcquireSinkSlot(e.ns) : AcquireSemanticSlot(to, depth);
-  index_.Update(key, [](PageEntry& x) { --x.pin_count; });
+  index_.Update(key, [](PageEntry& x) { ReleasePin(x); });
   if (!slot.has_value()) {
     return absl::ResourceExhaustedError(
         absl::StrCat("no room in ", TierName(to), " for page ", key.ToHex()));
@@ -642,7 +656,7 @@ absl::StatusOr<Tier> TieredStore::Put(NamespaceId ns, const PageKey& client_key,
   PageEntry ready;
   index_.Update(key, [&](PageEntry& x) {
     x.state = PageState::kReady;
-    --x.pin_count;
+    ReleasePin(x);
     RecordAccess(x);
     ready = x;
   });
@@ -702,7 +716,7 @@ absl::StatusOr<Tier> TieredStore::Get(NamespaceId ns, const PageKey& client_key,
       {SlotRead{entry.slot, PageMeta{key, ns, entry.cls, options_.page_bytes}, dst}},
       absl::MakeSpan(&read, 1));
   absl::MutexLock lock(&mu_);
-  index_.Update(key, [](PageEntry& x) { --x.pin_count; });
+  index_.Update(key, [](PageEntry& x) { ReleasePin(x); });
   if (!read.ok()) {
     // A page that cannot be read is gone: drop it so it is recomputed, never served wrong.
     Bump(counters_->io_errors[TierIndex(entry.tier)]);
@@ -781,16 +795,20 @@ absl::Status TieredStore::Unpin(NamespaceId ns, absl::Span<const PageKey> client
   std::vector<PageKey> keys(client_keys.size());
   for (size_t i = 0; i < keys.size(); ++i) keys[i] = IndexKey(ns, client_keys[i]);
   absl::MutexLock lock(&mu_);
+  // A key listed twice releases two pins: check each key against how often it is listed, so that
+  // the decrements below can never go below zero.
+  absl::flat_hash_map<PageKey, uint32_t> listed;
+  for (const PageKey& key : keys) ++listed[key];
   for (size_t i = 0; i < keys.size(); ++i) {
     absl::StatusOr<PageEntry> e = FindOwned(ns, keys[i]);
     if (!e.ok()) return e.status();
-    if (e->pin_count == 0) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("page ", client_keys[i].ToHex(), " is not pinned"));
+    if (e->pin_count < listed[keys[i]]) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "page ", client_keys[i].ToHex(), " is not pinned ", listed[keys[i]], " times"));
     }
   }
   for (const PageKey& key : keys) {
-    index_.Update(key, [](PageEntry& x) { --x.pin_count; });
+    index_.Update(key, [](PageEntry& x) { ReleasePin(x); });
     LeaveRetiredReserveLocked(key);  // a sink pinned when its namespace retired
   }
   return absl::OkStatus();

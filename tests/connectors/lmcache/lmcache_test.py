@@ -1,0 +1,298 @@
+"""kvtier.lmcache inside LMCache's own StorageManager (the pinned PyPI LMCache), against a real
+kvtierd, on CPU.
+
+LMCache builds the backends itself from its config: LocalCPUBackend (its CPU allocator, the
+buffer every remote read lands in) and a RemoteBackend for the `kvtier` remote storage plugin,
+which LMCache's ConnectorManager imports by module path and class name and wraps in its
+InstrumentedRemoteConnector. The tests drive the StorageManager's own calls (batched_put,
+contains, batched_contains, get, batched_get) and the RemoteBackend's batched lookups; nothing
+of LMCache is replaced. What runs on a GPU worker and not here: the GPU connector that copies
+between vLLM's paged KV and LMCache's CPU chunks (lmcache.v1.gpu_connector, CUDA kernels in
+lmcache.c_ops); the storage path below it, exercised here, is the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import signal
+import time
+import unittest
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+import kvtier
+from kvtier import lmcache as kvtier_lmcache
+from kvtierd_fixture import Daemon
+from lmcache.utils import CacheEngineKey
+from lmcache.v1.config import LMCacheEngineConfig
+from lmcache.v1.event_manager import EventManager
+from lmcache.v1.memory_management import MemoryObj
+from lmcache.v1.metadata import LMCacheMetadata
+from lmcache.v1.storage_backend.storage_manager import StorageManager
+
+SEED = int(os.environ.get("KVTIER_TEST_SEED", random.randrange(1 << 31)))
+print(f"lmcache_test seed {SEED} (KVTIER_TEST_SEED={SEED} repeats it)", flush=True)
+
+MODEL = "kvtier-test/tiny-llama"
+LAYERS, HEADS, HEAD_DIM, CHUNK = 2, 2, 16, 16
+# One chunk: K and V of CHUNK tokens in every layer, bf16: 2 * 2 * 16 * 2 * 16 * 2 bytes.
+CHUNK_BYTES = 2 * LAYERS * CHUNK * HEADS * HEAD_DIM * 2
+PLUGIN = "kvtier"
+REMOTE = f"RemoteBackend-{PLUGIN}"
+WAIT_S = 30.0  # bound on waiting for LMCache's asynchronous remote puts to land
+
+
+def metadata() -> LMCacheMetadata:
+    return LMCacheMetadata(model_name=MODEL, world_size=1, local_world_size=1, worker_id=0,
+                           local_worker_id=0, kv_dtype=torch.bfloat16,
+                           kv_shape=(LAYERS, 2, CHUNK, HEADS, HEAD_DIM), role="worker",
+                           chunk_size=CHUNK)
+
+
+def config(socket: str, namespace: str = "lmcache-test", cache_salt: str = "",
+           extra: Optional[dict[str, Any]] = None) -> LMCacheEngineConfig:
+    cfg = LMCacheEngineConfig.from_defaults(chunk_size=CHUNK, local_cpu=True,
+                                            max_local_cpu_size=0.02, remote_serde="naive",
+                                            lmcache_instance_id="kvtier-lmcache-test")
+    cfg.remote_storage_plugins = [PLUGIN]
+    cfg.extra_config = {
+        f"remote_storage_plugin.{PLUGIN}.module_path": "kvtier.lmcache",
+        f"remote_storage_plugin.{PLUGIN}.class_name": "KvtierConnector",
+        "kvtier.socket_path": socket,
+        "kvtier.namespace": namespace,
+        "kvtier.cache_salt": cache_salt,
+        "kvtier.staging_chunks": 4,  # fewer than a batch: batches go in rounds
+        "kvtier.reconnect_interval_s": 0,
+        **(extra or {}),
+    }
+    return cfg
+
+
+def wait_for(what: str, predicate: Callable[[], bool]) -> None:
+    """Polls `predicate` (LMCache's remote puts are asynchronous) up to WAIT_S."""
+    deadline = time.monotonic() + WAIT_S
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {WAIT_S} s waiting for {what}")
+        time.sleep(0.01)
+
+
+class LMCacheTest(unittest.TestCase):
+    def setUp(self) -> None:
+        self.rng = np.random.default_rng(SEED)
+        self.daemon = Daemon(CHUNK_BYTES, hbm_pages=64, dram_pages=64)
+        self.addCleanup(self.daemon.close)
+
+    # ---- helpers ----
+
+    def manager(self, **kwargs: Any) -> StorageManager:
+        m = StorageManager(config(self.daemon.socket, **kwargs), metadata(), EventManager())
+        self.addCleanup(m.close)
+        self.assertIn(REMOTE, m.storage_backends, "LMCache did not load the kvtier plugin")
+        return m
+
+    def connector(self, m: StorageManager) -> kvtier_lmcache.KvtierConnector:
+        wrapped = m.storage_backends[REMOTE].connection  # LMCache's InstrumentedRemoteConnector
+        self.assertIsNotNone(wrapped)
+        inner = wrapped.getWrappedConnector()
+        self.assertIsInstance(inner, kvtier_lmcache.KvtierConnector)
+        return inner
+
+    def keys(self, n: int, tags: Optional[dict[str, str]] = None) -> list[CacheEngineKey]:
+        configs = {f"lmcache.tag.{k}": v for k, v in (tags or {}).items()}
+        return [CacheEngineKey(MODEL, 1, 0, int(self.rng.integers(1, 1 << 62)), torch.bfloat16,
+                               request_configs=dict(configs)) for _ in range(n)]
+
+    def put(self, m: StorageManager, keys: list[CacheEngineKey]) -> list[bytes]:
+        """Chunks of random bytes put through LMCache (local CPU and the kvtier remote), as
+        LMCache's cache engine does after a prefill; returns their bytes."""
+        md = metadata()
+        objs: list[MemoryObj] = []
+        originals = []
+        for _ in keys:
+            obj = m.allocate(md.get_shapes(), md.get_dtypes())
+            self.assertIsNotNone(obj, "LMCache's CPU allocator is full")
+            data = self.rng.integers(0, 256, CHUNK_BYTES, dtype=np.uint8)
+            np.frombuffer(obj.byte_array, dtype=np.uint8)[:] = data
+            originals.append(data.tobytes())
+            objs.append(obj)
+        m.batched_put(keys, objs)  # takes the allocator's references
+        return originals
+
+    def remote_prefix(self, m: StorageManager, keys: list[CacheEngineKey]) -> int:
+        return m.storage_backends[REMOTE].batched_contains(keys)
+
+    def drop_local(self, m: StorageManager, keys: list[CacheEngineKey]) -> None:
+        """Removes LMCache's local CPU copy, so reads must come from kvtierd."""
+        wait_for("LMCache's local puts", lambda: all(
+            m.contains(k, search_range=["LocalCPUBackend"]) is not None for k in keys))
+        m.batched_remove(keys, locations=["LocalCPUBackend"])
+        for k in keys:
+            self.assertIsNone(m.contains(k, search_range=["LocalCPUBackend"]))
+
+    def retrieve(self, m: StorageManager, keys: list[CacheEngineKey]) -> list[Optional[MemoryObj]]:
+        """The chunks of `keys` the way LMCache's cache engine retrieves them: a block mapping by
+        prefix lookups over the backends, then one batched get per location."""
+        infos = [(k, i * CHUNK, (i + 1) * CHUNK) for i, k in enumerate(keys)]
+        mapping = m.get_block_mapping(infos)
+        out: list[Optional[MemoryObj]] = []
+        for location, blocks in mapping.items():
+            self.assertEqual(location, REMOTE, "a chunk was served from LMCache's local copy")
+            out += m.batched_get([k for k, _, _ in blocks], location=location)
+        return out + [None] * (len(keys) - len(out))
+
+    def assert_bytes(self, objs: list[Optional[MemoryObj]], originals: list[bytes]) -> None:
+        self.assertEqual(len(objs), len(originals))
+        for i, (obj, want) in enumerate(zip(objs, originals)):
+            self.assertIsNotNone(obj, f"chunk {i} missed")
+            assert obj is not None
+            self.assertEqual(bytes(obj.byte_array), want, f"chunk {i} differs")
+            obj.ref_count_down()
+
+    # ---- tests ----
+
+    def test_put_drop_local_get_back_bit_identical(self) -> None:
+        m = self.manager()
+        keys = self.keys(6)
+        originals = self.put(m, keys)
+        wait_for("the remote puts", lambda: self.remote_prefix(m, keys) == 6)
+        self.drop_local(m, keys)
+
+        # Lookups now find the chunks in kvtierd only.
+        self.assertEqual(m.contains(keys[2]), REMOTE)
+        hit, mapping = m.batched_contains(keys)
+        self.assertEqual(hit, 6)
+        self.assertEqual(list(mapping), [REMOTE])
+        # Batched get (one kvtier load per round of staging blocks), then single gets.
+        self.assert_bytes(self.retrieve(m, keys), originals)
+        self.assert_bytes([m.get(k, location=REMOTE) for k in keys], originals)
+
+        # The pages are where the documented key rule says (kvtier.engine_keys, engine
+        # "lmcache", the chunk key's string form): a plain kvtier client finds them.
+        with kvtier.Client.connect(self.daemon.socket) as c:
+            c.hello("lmcache-test", kvtier_lmcache.page_layout(metadata(), 1))
+            rule = c.engine_keys("lmcache", [k.to_string() for k in keys], None)
+            self.assertEqual(c.lookup(rule).prefix_pages, 6)
+            other = c.engine_keys("vllm", [k.to_string() for k in keys], None)
+            self.assertEqual(c.lookup(other).prefix_pages, 0)
+
+    def test_contains_is_a_prefix_lookup(self) -> None:
+        m = self.manager()
+        keys = self.keys(6)
+        stored = [keys[i] for i in (0, 1, 2, 4, 5)]  # a gap at 3
+        self.put(m, stored)
+        wait_for("the remote puts", lambda: all(
+            self.remote_prefix(m, [k]) == 1 for k in stored))
+        self.drop_local(m, stored)
+        backend = m.storage_backends[REMOTE]
+        self.assertEqual(backend.batched_contains(keys), 3)
+        self.assertEqual(m.batched_contains(keys)[0], 3)
+        self.assertEqual(backend.batched_contains(keys[3:]), 0)
+        self.assertEqual(backend.batched_contains(keys[4:]), 2)
+        self.assertIsNone(m.contains(keys[3]))
+        self.assertEqual(m.contains(keys[4]), REMOTE)
+        # The asynchronous lookup LMCache's scheduler-side prefetch uses.
+        loop = asyncio.new_event_loop()
+        self.addCleanup(loop.close)
+        self.assertEqual(loop.run_until_complete(
+            backend.batched_async_contains("lookup-1", keys)), 3)
+        # batched_get_non_blocking returns the hit prefix only.
+        objs = loop.run_until_complete(backend.batched_get_non_blocking("lookup-1", keys))
+        self.assertEqual(len(objs), 3)
+        for obj in objs:
+            obj.ref_count_down()
+
+    def test_kvtierd_killed_gives_misses_then_reconnects(self) -> None:
+        m = self.manager()
+        conn = self.connector(m)
+        keys = self.keys(4)
+        self.put(m, keys)
+        wait_for("the remote puts", lambda: self.remote_prefix(m, keys) == 4)
+        self.drop_local(m, keys)
+
+        self.daemon.stop(signal.SIGKILL)
+        # Every call LMCache makes is a miss, none raises.
+        self.assertEqual(m.batched_get(keys, location=REMOTE), [None] * 4)
+        self.assertEqual(self.retrieve(m, keys), [None] * 4)
+        self.assertIsNone(m.get(keys[0]))
+        self.assertIsNone(m.contains(keys[0]))
+        self.assertEqual(m.batched_contains(keys)[0], 0)
+        more = self.keys(2)
+        self.put(m, more)  # dropped, not raised
+        wait_for("LMCache's local puts", lambda: all(
+            m.contains(k, search_range=["LocalCPUBackend"]) is not None for k in more))
+        self.assertFalse(conn.connected)
+
+        # A restarted kvtierd (memory tiers: it starts empty) is used again without any call
+        # from the test to the connector: the next LMCache call reconnects.
+        self.daemon.start()
+        self.assertEqual(self.remote_prefix(m, keys), 0)
+        self.assertTrue(conn.connected)
+        again = self.keys(3)
+        originals = self.put(m, again)
+        wait_for("the remote puts after the restart", lambda: self.remote_prefix(m, again) == 3)
+        self.drop_local(m, again)
+        self.assert_bytes(self.retrieve(m, again), originals)
+
+    def test_tenant_salts_are_isolated_with_paired_control(self) -> None:
+        # The tenant salt of extra_config: two LMCache instances, same namespace, same chunks.
+        a = self.manager(cache_salt="tenant-a")
+        b = self.manager(cache_salt="tenant-b")
+        keys = self.keys(4)
+        originals = self.put(a, keys)
+        wait_for("the remote puts", lambda: self.remote_prefix(a, keys) == 4)
+        self.assertEqual(self.remote_prefix(b, keys), 0)
+        self.assertEqual(b.batched_get(keys, location=REMOTE), [None] * 4)
+        # Control: a second instance with tenant-a's salt hits, byte for byte.
+        a2 = self.manager(cache_salt="tenant-a")
+        self.assertEqual(self.remote_prefix(a2, keys), 4)
+        self.assert_bytes(self.retrieve(a2, keys), originals)
+
+        # The per-request tenant tag (LMCache's lmcache.tag.* request configs).
+        hashes = [k.chunk_hash for k in self.keys(3)]
+
+        def tagged(user: str) -> list[CacheEngineKey]:
+            return [CacheEngineKey(MODEL, 1, 0, h, torch.bfloat16,
+                                   request_configs={"lmcache.tag.user": user}) for h in hashes]
+
+        originals = self.put(a, tagged("alice"))
+        wait_for("the tagged puts", lambda: self.remote_prefix(a, tagged("alice")) == 3)
+        self.assertEqual(self.remote_prefix(a, tagged("bob")), 0)
+        self.assertEqual(self.remote_prefix(a2, tagged("bob")), 0)
+        self.assertEqual(self.remote_prefix(a2, tagged("alice")), 3)
+        self.assert_bytes(self.retrieve(a2, tagged("alice")), originals)
+
+    def test_page_size_mismatch_fails_at_connect(self) -> None:
+        wrong = Daemon(2 * CHUNK_BYTES)
+        self.addCleanup(wrong.close)
+        cfg = config(wrong.socket)
+        # Directly: the connector refuses to start, naming both sizes and the setting.
+        loop = asyncio.new_event_loop()
+        self.addCleanup(loop.close)
+        with self.assertRaises(kvtier_lmcache.PageSizeMismatch) as raised:
+            kvtier_lmcache.KvtierConnector(loop, None, cfg, metadata())
+        text = str(raised.exception)
+        for needle in (str(2 * CHUNK_BYTES), str(CHUNK_BYTES), "store.page_bytes",
+                       f"chunk_size {CHUNK}"):
+            self.assertIn(needle, text)
+        # Through LMCache: its backend factory logs the message and runs without the backend.
+        records: list[logging.LogRecord] = []
+        handler = logging.Handler()
+        handler.emit = records.append  # type: ignore[method-assign]
+        factory_log = logging.getLogger("lmcache.v1.storage_backend")
+        factory_log.addHandler(handler)
+        self.addCleanup(factory_log.removeHandler, handler)
+        m = StorageManager(cfg, metadata(), EventManager())
+        self.addCleanup(m.close)
+        self.assertNotIn(REMOTE, m.storage_backends)
+        self.assertTrue(any("store.page_bytes" in r.getMessage() for r in records),
+                        [r.getMessage() for r in records])
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

@@ -42,16 +42,19 @@ MODEL = "kvtier-test/tiny-llama"
 LAYERS, HEADS, HEAD_DIM, CHUNK = 2, 2, 16, 16
 # One chunk: K and V of CHUNK tokens in every layer, bf16: 2 * 2 * 16 * 2 * 16 * 2 bytes.
 CHUNK_BYTES = 2 * LAYERS * CHUNK * HEADS * HEAD_DIM * 2
+MLA_DIM = 48
+MLA_CHUNK_BYTES = LAYERS * CHUNK * MLA_DIM * 2
 PLUGIN = "kvtier"
 REMOTE = f"RemoteBackend-{PLUGIN}"
 WAIT_S = 30.0  # bound on waiting for LMCache's asynchronous remote puts to land
 
 
-def metadata() -> LMCacheMetadata:
+def metadata(mla: bool = False) -> LMCacheMetadata:
+    # MLA: one latent row per token and layer instead of K and V per head.
+    shape = (LAYERS, 1, CHUNK, 1, MLA_DIM) if mla else (LAYERS, 2, CHUNK, HEADS, HEAD_DIM)
     return LMCacheMetadata(model_name=MODEL, world_size=1, local_world_size=1, worker_id=0,
-                           local_worker_id=0, kv_dtype=torch.bfloat16,
-                           kv_shape=(LAYERS, 2, CHUNK, HEADS, HEAD_DIM), role="worker",
-                           chunk_size=CHUNK)
+                           local_worker_id=0, kv_dtype=torch.bfloat16, kv_shape=shape,
+                           use_mla=mla, role="worker", chunk_size=CHUNK)
 
 
 def config(socket: str, namespace: str = "lmcache-test", cache_salt: str = "",
@@ -90,8 +93,9 @@ class LMCacheTest(unittest.TestCase):
 
     # ---- helpers ----
 
-    def manager(self, **kwargs: Any) -> StorageManager:
-        m = StorageManager(config(self.daemon.socket, **kwargs), metadata(), EventManager())
+    def manager(self, socket: str = "", mla: bool = False, **kwargs: Any) -> StorageManager:
+        m = StorageManager(config(socket or self.daemon.socket, **kwargs), metadata(mla),
+                           EventManager())
         self.addCleanup(m.close)
         self.assertIn(REMOTE, m.storage_backends, "LMCache did not load the kvtier plugin")
         return m
@@ -111,13 +115,14 @@ class LMCacheTest(unittest.TestCase):
     def put(self, m: StorageManager, keys: list[CacheEngineKey]) -> list[bytes]:
         """Chunks of random bytes put through LMCache (local CPU and the kvtier remote), as
         LMCache's cache engine does after a prefill; returns their bytes."""
-        md = metadata()
+        md = m.metadata
+        size = kvtier_lmcache.chunk_bytes(md)
         objs: list[MemoryObj] = []
         originals = []
         for _ in keys:
             obj = m.allocate(md.get_shapes(), md.get_dtypes())
             self.assertIsNotNone(obj, "LMCache's CPU allocator is full")
-            data = self.rng.integers(0, 256, CHUNK_BYTES, dtype=np.uint8)
+            data = self.rng.integers(0, 256, size, dtype=np.uint8)
             np.frombuffer(obj.byte_array, dtype=np.uint8)[:] = data
             originals.append(data.tobytes())
             objs.append(obj)
@@ -158,6 +163,9 @@ class LMCacheTest(unittest.TestCase):
 
     def test_put_drop_local_get_back_bit_identical(self) -> None:
         m = self.manager()
+        layout = self.connector(m).layout  # the model's own dimensions, one chunk per page
+        self.assertEqual((layout.layers, layout.kv_heads, layout.head_dim, layout.tokens_per_page,
+                          layout.dtype), (LAYERS, HEADS, HEAD_DIM, CHUNK, "bf16"))
         keys = self.keys(6)
         originals = self.put(m, keys)
         wait_for("the remote puts", lambda: self.remote_prefix(m, keys) == 6)
@@ -266,6 +274,21 @@ class LMCacheTest(unittest.TestCase):
         self.assertEqual(self.remote_prefix(a2, tagged("bob")), 0)
         self.assertEqual(self.remote_prefix(a2, tagged("alice")), 3)
         self.assert_bytes(self.retrieve(a2, tagged("alice")), originals)
+
+    def test_mla_chunks_round_trip_in_a_byte_layout(self) -> None:
+        # An MLA chunk is not 2 x layers x heads x head_dim: kvtier describes it as bytes.
+        self.assertEqual(kvtier_lmcache.chunk_bytes(metadata(mla=True)), MLA_CHUNK_BYTES)
+        daemon = Daemon(MLA_CHUNK_BYTES)
+        self.addCleanup(daemon.close)
+        m = self.manager(socket=daemon.socket, mla=True, namespace="lmcache-test-mla")
+        layout = self.connector(m).layout
+        self.assertEqual((layout.layers, layout.dtype, layout.page_bytes),
+                         (1, "fp8", MLA_CHUNK_BYTES))
+        keys = self.keys(5)
+        originals = self.put(m, keys)
+        wait_for("the remote puts", lambda: self.remote_prefix(m, keys) == 5)
+        self.drop_local(m, keys)
+        self.assert_bytes(self.retrieve(m, keys), originals)
 
     def test_page_size_mismatch_fails_at_connect(self) -> None:
         wrong = Daemon(2 * CHUNK_BYTES)

@@ -247,6 +247,20 @@ class LMCacheTest(unittest.TestCase):
         self.drop_local(m, again)
         self.assert_bytes(self.retrieve(m, again), originals)
 
+    def test_engine_started_before_kvtierd_connects_later(self) -> None:
+        self.daemon.stop()
+        m = self.manager()  # LMCache still gets its kvtier backend, not yet connected
+        conn = self.connector(m)
+        self.assertFalse(conn.connected)
+        keys = self.keys(2)
+        self.assertEqual(self.remote_prefix(m, keys), 0)
+        self.daemon.start()
+        originals = self.put(m, keys)
+        wait_for("the remote puts", lambda: self.remote_prefix(m, keys) == 2)
+        self.assertTrue(conn.connected)
+        self.drop_local(m, keys)
+        self.assert_bytes(self.retrieve(m, keys), originals)
+
     def test_tenant_salts_are_isolated_with_paired_control(self) -> None:
         # The tenant salt of extra_config: two LMCache instances, same namespace, same chunks.
         a = self.manager(cache_salt="tenant-a")

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import re
 import threading
 import time
 from typing import Any, Callable, List, Optional, Sequence, TypeVar
@@ -50,7 +51,7 @@ from lmcache.v1.memory_management import MemoryObj
 from lmcache.v1.metadata import LMCacheMetadata
 from lmcache.v1.storage_backend.connector.base_connector import RemoteConnector
 
-from ._errors import KvtierError, Unavailable
+from ._errors import InvalidArgument, KvtierError, Unavailable
 from .buffers import HostBuffers
 from .client import Client
 from .layout import DTYPES, Layout, dtype_name
@@ -162,15 +163,21 @@ class _Session:
         self.client = Client.connect(socket_path)
         self.buffers: Optional[HostBuffers] = None
         try:
-            daemon_page = int(self.client.status().get("page_bytes", 0))
-            if daemon_page != layout.page_bytes:
+            try:
+                self.info = self.client.hello(namespace, layout, client_name)
+            except InvalidArgument as e:
+                # kvtierd names its page size when a layout's differs (status, which reports it
+                # too, is for admin uids only; an engine's uid usually is not one).
+                found = re.search(r"stores pages of (\d+)", e.message)
+                if found is None:
+                    raise
                 raise PageSizeMismatch(
                     f"kvtier.lmcache: kvtierd at {socket_path or '(default socket)'} stores "
-                    f"pages of {daemon_page} bytes, but one LMCache chunk of this model "
+                    f"pages of {found.group(1)} bytes, but one LMCache chunk of this model "
                     f"(chunk_size {chunk_tokens} tokens) is {layout.page_bytes} bytes; one "
                     f"kvtier page holds one LMCache chunk: set store.page_bytes: "
-                    f"{layout.page_bytes} in kvtierd's config (or run a kvtierd per chunk size)")
-            self.info = self.client.hello(namespace, layout, client_name)
+                    f"{layout.page_bytes} in kvtierd's config (or run a kvtierd per chunk "
+                    "size)") from e
             self.buffers = HostBuffers(layout, pin=False)
             self.client.register_buffers(self.buffers)
         except BaseException:
@@ -289,7 +296,7 @@ class KvtierConnector(RemoteConnector):
                 except PageSizeMismatch:
                     raise
                 except Exception as e:
-                    self._log.warning("connect", "cannot reach kvtierd at %s (%s); LMCache "
+                    self._log.warning("connect", "cannot connect to kvtierd at %s (%s); LMCache "
                                       "reads miss and writes are dropped until it is back",
                                       self.socket_path or "(default socket)", e)
                     return None
@@ -445,7 +452,9 @@ class KvtierConnector(RemoteConnector):
         return obj
 
     def _ping_blocking(self) -> int:
-        return self._with_session("ping", lambda s: 0 if s.client.status() else 1, 1)
+        # A lookup is the cheapest round trip any uid may make (status is for admins).
+        probe = np.zeros((1, 2), dtype=np.uint64)
+        return self._with_session("ping", lambda s: (s.client.lookup(probe), 0)[1], 1)
 
     async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
         # kvtier calls block (without the GIL) until kvtierd answers: keep LMCache's loop free.

@@ -46,6 +46,8 @@ MLA_DIM = 48
 MLA_CHUNK_BYTES = LAYERS * CHUNK * MLA_DIM * 2
 PLUGIN = "kvtier"
 REMOTE = f"RemoteBackend-{PLUGIN}"
+# The engine is not one of kvtierd's admin uids, as in a deployment (no status or stats for it).
+NOT_ADMIN = f"admin_uids: [{os.getuid() + 4242}]\n"
 WAIT_S = 30.0  # bound on waiting for LMCache's asynchronous remote puts to land
 
 
@@ -88,7 +90,7 @@ def wait_for(what: str, predicate: Callable[[], bool]) -> None:
 class LMCacheTest(unittest.TestCase):
     def setUp(self) -> None:
         self.rng = np.random.default_rng(SEED)
-        self.daemon = Daemon(CHUNK_BYTES, hbm_pages=64, dram_pages=64)
+        self.daemon = Daemon(CHUNK_BYTES, hbm_pages=64, dram_pages=64, extra_yaml=NOT_ADMIN)
         self.addCleanup(self.daemon.close)
 
     # ---- helpers ----
@@ -292,7 +294,7 @@ class LMCacheTest(unittest.TestCase):
     def test_mla_chunks_round_trip_in_a_byte_layout(self) -> None:
         # An MLA chunk is not 2 x layers x heads x head_dim: kvtier describes it as bytes.
         self.assertEqual(kvtier_lmcache.chunk_bytes(metadata(mla=True)), MLA_CHUNK_BYTES)
-        daemon = Daemon(MLA_CHUNK_BYTES)
+        daemon = Daemon(MLA_CHUNK_BYTES, extra_yaml=NOT_ADMIN)
         self.addCleanup(daemon.close)
         m = self.manager(socket=daemon.socket, mla=True, namespace="lmcache-test-mla")
         layout = self.connector(m).layout
@@ -305,7 +307,7 @@ class LMCacheTest(unittest.TestCase):
         self.assert_bytes(self.retrieve(m, keys), originals)
 
     def test_page_size_mismatch_fails_at_connect(self) -> None:
-        wrong = Daemon(2 * CHUNK_BYTES)
+        wrong = Daemon(2 * CHUNK_BYTES, extra_yaml=NOT_ADMIN)
         self.addCleanup(wrong.close)
         cfg = config(wrong.socket)
         # Directly: the connector refuses to start, naming both sizes and the setting.

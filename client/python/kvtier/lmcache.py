@@ -453,8 +453,11 @@ class KvtierConnector(RemoteConnector):
 
     def _ping_blocking(self) -> int:
         # A lookup is the cheapest round trip any uid may make (status is for admins).
-        probe = np.zeros((1, 2), dtype=np.uint64)
-        return self._with_session("ping", lambda s: (s.client.lookup(probe), 0)[1], 1)
+        def probe(s: _Session) -> int:
+            s.client.lookup(np.zeros((1, 2), dtype=np.uint64))
+            return 0
+
+        return self._with_session("ping", probe, 1)
 
     async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
         # kvtier calls block (without the GIL) until kvtierd answers: keep LMCache's loop free.

@@ -237,12 +237,19 @@ class LMCacheTest(unittest.TestCase):
         wait_for("LMCache's local puts", lambda: all(
             m.contains(k, search_range=["LocalCPUBackend"]) is not None for k in more))
         self.assertFalse(conn.connected)
+        # LMCache's health monitor pings remote connectors: down is non-zero.
+        wrapped = m.storage_backends[REMOTE].connection
+        self.assertTrue(wrapped.support_ping())
+        loop = asyncio.new_event_loop()
+        self.addCleanup(loop.close)
+        self.assertNotEqual(loop.run_until_complete(wrapped.ping()), 0)
 
         # A restarted kvtierd (memory tiers: it starts empty) is used again without any call
         # from the test to the connector: the next LMCache call reconnects.
         self.daemon.start()
         self.assertEqual(self.remote_prefix(m, keys), 0)
         self.assertTrue(conn.connected)
+        self.assertEqual(loop.run_until_complete(wrapped.ping()), 0)
         again = self.keys(3)
         originals = self.put(m, again)
         wait_for("the remote puts after the restart", lambda: self.remote_prefix(m, again) == 3)

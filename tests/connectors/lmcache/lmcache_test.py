@@ -217,6 +217,29 @@ class LMCacheTest(unittest.TestCase):
         for obj in objs:
             obj.ref_count_down()
 
+    def test_single_key_calls(self) -> None:
+        # The interface's one-key calls, through LMCache's InstrumentedRemoteConnector (which
+        # drops the put's reference afterwards, as RemoteBackend's single-key put relies on).
+        m = self.manager()
+        wrapped = m.storage_backends[REMOTE].connection
+        loop = asyncio.new_event_loop()
+        self.addCleanup(loop.close)
+        key, absent = self.keys(2)
+        md = m.metadata
+        obj = m.allocate(md.get_shapes(), md.get_dtypes())
+        data = self.rng.integers(0, 256, CHUNK_BYTES, dtype=np.uint8)
+        np.frombuffer(obj.byte_array, dtype=np.uint8)[:] = data
+        loop.run_until_complete(wrapped.put(key, obj))
+        self.assertTrue(loop.run_until_complete(wrapped.exists(key)))
+        self.assertTrue(wrapped.exists_sync(key))
+        self.assertFalse(loop.run_until_complete(wrapped.exists(absent)))
+        self.assertFalse(wrapped.exists_sync(absent))
+        self.assertIsNone(loop.run_until_complete(wrapped.get(absent)))
+        self.assert_bytes([loop.run_until_complete(wrapped.get(key))], [data.tobytes()])
+        both = loop.run_until_complete(wrapped.batched_get([key, absent]))
+        self.assertIsNone(both[1])
+        self.assert_bytes(both[:1], [data.tobytes()])
+
     def test_kvtierd_killed_gives_misses_then_reconnects(self) -> None:
         m = self.manager()
         conn = self.connector(m)

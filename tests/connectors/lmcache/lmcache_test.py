@@ -131,6 +131,13 @@ class LMCacheTest(unittest.TestCase):
         m.batched_put(keys, objs)  # takes the allocator's references
         return originals
 
+    def store_remote(self, m: StorageManager, keys: list[CacheEngineKey]) -> list[bytes]:
+        """put(), then waits until kvtierd holds every chunk and drops LMCache's local copy."""
+        originals = self.put(m, keys)
+        wait_for("the remote puts", lambda: self.remote_prefix(m, keys) == len(keys))
+        self.drop_local(m, keys)
+        return originals
+
     def remote_prefix(self, m: StorageManager, keys: list[CacheEngineKey]) -> int:
         return m.storage_backends[REMOTE].batched_contains(keys)
 
@@ -169,9 +176,7 @@ class LMCacheTest(unittest.TestCase):
         self.assertEqual((layout.layers, layout.kv_heads, layout.head_dim, layout.tokens_per_page,
                           layout.dtype), (LAYERS, HEADS, HEAD_DIM, CHUNK, "bf16"))
         keys = self.keys(6)
-        originals = self.put(m, keys)
-        wait_for("the remote puts", lambda: self.remote_prefix(m, keys) == 6)
-        self.drop_local(m, keys)
+        originals = self.store_remote(m, keys)
 
         # Lookups now find the chunks in kvtierd only.
         self.assertEqual(m.contains(keys[2]), REMOTE)
@@ -244,9 +249,7 @@ class LMCacheTest(unittest.TestCase):
         m = self.manager()
         conn = self.connector(m)
         keys = self.keys(4)
-        self.put(m, keys)
-        wait_for("the remote puts", lambda: self.remote_prefix(m, keys) == 4)
-        self.drop_local(m, keys)
+        self.store_remote(m, keys)
 
         self.daemon.stop(signal.SIGKILL)
         # Every call LMCache makes is a miss, none raises.
@@ -274,9 +277,7 @@ class LMCacheTest(unittest.TestCase):
         self.assertTrue(conn.connected)
         self.assertEqual(loop.run_until_complete(wrapped.ping()), 0)
         again = self.keys(3)
-        originals = self.put(m, again)
-        wait_for("the remote puts after the restart", lambda: self.remote_prefix(m, again) == 3)
-        self.drop_local(m, again)
+        originals = self.store_remote(m, again)
         self.assert_bytes(self.retrieve(m, again), originals)
 
     def test_engine_started_before_kvtierd_connects_later(self) -> None:
@@ -287,10 +288,8 @@ class LMCacheTest(unittest.TestCase):
         keys = self.keys(2)
         self.assertEqual(self.remote_prefix(m, keys), 0)
         self.daemon.start()
-        originals = self.put(m, keys)
-        wait_for("the remote puts", lambda: self.remote_prefix(m, keys) == 2)
+        originals = self.store_remote(m, keys)
         self.assertTrue(conn.connected)
-        self.drop_local(m, keys)
         self.assert_bytes(self.retrieve(m, keys), originals)
 
     def test_tenant_salts_are_isolated_with_paired_control(self) -> None:
@@ -331,9 +330,7 @@ class LMCacheTest(unittest.TestCase):
         self.assertEqual((layout.layers, layout.dtype, layout.page_bytes),
                          (1, "fp8", MLA_CHUNK_BYTES))
         keys = self.keys(5)
-        originals = self.put(m, keys)
-        wait_for("the remote puts", lambda: self.remote_prefix(m, keys) == 5)
-        self.drop_local(m, keys)
+        originals = self.store_remote(m, keys)
         self.assert_bytes(self.retrieve(m, keys), originals)
 
     def test_page_size_mismatch_fails_at_connect(self) -> None:

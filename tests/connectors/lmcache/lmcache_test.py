@@ -1,14 +1,16 @@
-"""kvtier.lmcache inside LMCache's own StorageManager (the pinned PyPI LMCache), against a real
+"""kvtier.lmcache inside LMCache's own classes (the pinned PyPI LMCache), against a real
 kvtierd, on CPU.
 
 LMCache builds the backends itself from its config: LocalCPUBackend (its CPU allocator, the
 buffer every remote read lands in) and a RemoteBackend for the `kvtier` remote storage plugin,
 which LMCache's ConnectorManager imports by module path and class name and wraps in its
-InstrumentedRemoteConnector. The tests drive the StorageManager's own calls (batched_put,
-contains, batched_contains, get, batched_get) and the RemoteBackend's batched lookups; nothing
-of LMCache is replaced. What runs on a GPU worker and not here: the GPU connector that copies
-between vLLM's paged KV and LMCache's CPU chunks (lmcache.v1.gpu_connector, CUDA kernels in
-lmcache.c_ops); the storage path below it, exercised here, is the same.
+InstrumentedRemoteConnector. Most tests drive the StorageManager's own calls (batched_put,
+contains, batched_contains, get_block_mapping, get, batched_get) and the RemoteBackend's batched
+lookups with chunk keys made here; one drives two LMCacheEngines (store, lookup, retrieve) in
+two processes, whose token database makes the chunk keys from token ids and request tags.
+What does not run here: LMCache's GPU connectors (CUDA kernels copying between vLLM's or
+SGLang's paged KV and LMCache's chunks); CreateGPUConnector has none for a CPU-only host, so
+the engine test passes its KV through CpuKVConnector, a stand-in for those copies only.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import logging
 import os
 import random
 import signal
+import subprocess
+import sys
 import time
 import unittest
 from typing import Any, Callable, Optional
@@ -29,8 +33,10 @@ import kvtier
 from kvtier import lmcache as kvtier_lmcache
 from kvtierd_fixture import Daemon
 from lmcache.utils import CacheEngineKey
+from lmcache.v1.cache_engine import LMCacheEngine, LMCacheEngineBuilder
 from lmcache.v1.config import LMCacheEngineConfig
 from lmcache.v1.event_manager import EventManager
+from lmcache.v1.gpu_connector.gpu_connectors import GPUConnectorInterface
 from lmcache.v1.memory_management import MemoryObj
 from lmcache.v1.metadata import LMCacheMetadata
 from lmcache.v1.storage_backend.storage_manager import StorageManager
@@ -85,6 +91,67 @@ def wait_for(what: str, predicate: Callable[[], bool]) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {WAIT_S} s waiting for {what}")
         time.sleep(0.01)
+
+
+class CpuKVConnector(GPUConnectorInterface):
+    """LMCache's GPU-connector interface over one unpaged CPU KV tensor [2, layers, tokens,
+    kv_heads * head_dim], passed as `kvcaches`. It stands in for the CUDA copy kernels only:
+    LMCache 0.5.6's CreateGPUConnector has no CPU connector for vLLM ("No supported cpu connector
+    found"). LMCacheEngine, its token database (chunk keys from token ids and request tags), the
+    StorageManager and the RemoteBackend around kvtier are LMCache's own."""
+
+    def get_shape(self, num_tokens: int) -> torch.Size:
+        return torch.Size([2, LAYERS, num_tokens, HEADS * HEAD_DIM])
+
+    def from_gpu(self, memory_obj: MemoryObj, start: int, end: int, **kwargs: Any) -> None:
+        memory_obj.tensor.copy_(kwargs["kvcaches"][:, :, start:end])
+
+    def to_gpu(self, memory_obj: MemoryObj, start: int, end: int, **kwargs: Any) -> None:
+        kwargs["kvcaches"][:, :, start:end].copy_(memory_obj.tensor)
+
+    def batched_from_gpu(self, memory_objs: Any, starts: list[int], ends: list[int],
+                         **kwargs: Any) -> None:
+        for obj, start, end in zip(memory_objs, starts, ends, strict=True):
+            self.from_gpu(obj, start, end, **kwargs)
+
+    def batched_to_gpu(self, memory_objs: Any = None, starts: Any = None, ends: Any = None,
+                       **kwargs: Any) -> None:
+        for obj, start, end in zip(memory_objs, starts, ends, strict=True):
+            self.to_gpu(obj, start, end, **kwargs)
+
+
+def engine(name: str, socket: str) -> LMCacheEngine:
+    """An LMCacheEngine as a serving engine's LMCache integration builds one (post_init makes
+    its StorageManager, which loads the kvtier plugin); LMCacheEngineBuilder.destroy(name) ends it."""
+    eng = LMCacheEngineBuilder.get_or_create(name, config(socket), metadata(), CpuKVConnector(),
+                                             lambda tensor, rank: None, lambda obj, rank: obj)
+    eng.post_init()
+    return eng
+
+
+SEQUENCE_CHUNKS = 5  # full chunks of a sequence; 3 more tokens make a partial last chunk
+
+
+def sequence(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and their KV (random bf16) for one request, from a seed."""
+    g = torch.Generator().manual_seed(seed)
+    n = SEQUENCE_CHUNKS * CHUNK + 3
+    tokens = torch.randint(0, 32000, (n,), generator=g)
+    kv = torch.randn(2, LAYERS, n, HEADS * HEAD_DIM, generator=g).to(torch.bfloat16)
+    return tokens, kv
+
+
+def store_in_this_process(socket: str, seed: int, user: str) -> None:
+    """The writer engine of test_engines_in_two_processes_share_chunks (run as a subprocess)."""
+    eng = engine("writer", socket)
+    try:
+        tokens, kv = sequence(seed)
+        tags = {"lmcache.tag.user": user}
+        eng.store(tokens, kvcaches=kv, request_configs=tags)
+        wait_for("the writer's remote puts", lambda: eng.lookup(
+            tokens, search_range=[REMOTE], request_configs=tags) == SEQUENCE_CHUNKS * CHUNK)
+    finally:
+        LMCacheEngineBuilder.destroy("writer")
 
 
 class LMCacheTest(unittest.TestCase):
@@ -333,6 +400,32 @@ class LMCacheTest(unittest.TestCase):
         originals = self.store_remote(m, keys)
         self.assert_bytes(self.retrieve(m, keys), originals)
 
+    def test_engines_in_two_processes_share_chunks(self) -> None:
+        # One LMCache engine stores a request's KV through kvtier and exits; another, in this
+        # process, finds and retrieves it: LMCache's own chunk keys, computed in two processes.
+        seed = int(self.rng.integers(0, 1 << 31))
+        writer = subprocess.run([sys.executable, __file__, "--store", self.daemon.socket,
+                                 str(seed), "alice"], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, timeout=300)
+        self.assertEqual(writer.returncode, 0, writer.stdout[-4000:])
+        tokens, kv = sequence(seed)
+        reader = engine("reader", self.daemon.socket)
+        self.addCleanup(LMCacheEngineBuilder.destroy, "reader")
+        alice, bob = {"lmcache.tag.user": "alice"}, {"lmcache.tag.user": "bob"}
+        full = SEQUENCE_CHUNKS * CHUNK  # the partial last chunk is not stored
+        self.assertEqual(reader.lookup(tokens, request_configs=alice), full)
+        self.assertEqual(reader.lookup(tokens, request_configs=bob), 0)  # another tenant's tag
+        self.assertEqual(reader.lookup(tokens), 0)  # no tag at all
+        out = torch.zeros_like(kv)
+        got = reader.retrieve(tokens, kvcaches=out, request_configs=alice)
+        self.assertEqual(int(got.sum()), full)
+        self.assertTrue(torch.equal(out[:, :, :full], kv[:, :, :full]))
+        self.assertFalse(bool(out[:, :, full:].any()))
+        nothing = torch.zeros_like(kv)
+        self.assertEqual(int(reader.retrieve(tokens, kvcaches=nothing,
+                                             request_configs=bob).sum()), 0)
+        self.assertFalse(bool(nothing.any()))
+
     def test_page_size_mismatch_fails_at_connect(self) -> None:
         wrong = Daemon(2 * CHUNK_BYTES, extra_yaml=NOT_ADMIN)
         self.addCleanup(wrong.close)
@@ -361,4 +454,7 @@ class LMCacheTest(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    if sys.argv[1:2] == ["--store"]:
+        store_in_this_process(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+    else:
+        unittest.main(verbosity=2)

@@ -413,20 +413,27 @@ class KvtierConnector(RemoteConnector):
         def load(s: _Session) -> List[Optional[MemoryObj]]:
             kv = self._keys(s, keys)
             out: List[Optional[MemoryObj]] = []
-            for begin in range(0, len(keys), s.batch):
-                count = min(s.batch, len(keys) - begin)
-                blocks = s.take(count)
-                try:
-                    result = s.client.load(kv[begin:begin + count], blocks).wait()
-                    for i, block in enumerate(blocks):
-                        obj = None
-                        if i < len(result.codes) and result.codes[i] == 0:
-                            obj = self._copy_out(s, block)
-                        out.append(obj)
-                finally:
-                    s.give(blocks)
-                if prefix_only and None in out:
-                    break
+            try:
+                for begin in range(0, len(keys), s.batch):
+                    count = min(s.batch, len(keys) - begin)
+                    blocks = s.take(count)
+                    try:
+                        result = s.client.load(kv[begin:begin + count], blocks).wait()
+                        for i, block in enumerate(blocks):
+                            obj = None
+                            if i < len(result.codes) and result.codes[i] == 0:
+                                obj = self._copy_out(s, block)
+                            out.append(obj)
+                    finally:
+                        s.give(blocks)
+                    if prefix_only and None in out:
+                        break
+            except BaseException:
+                # A later round failed: the whole call is a miss, so give back what it took.
+                for obj in out:
+                    if obj is not None:
+                        obj.ref_count_down()
+                raise
             return out + [None] * (len(keys) - len(out))
 
         objs = self._with_session("get", load, misses)
@@ -439,7 +446,10 @@ class KvtierConnector(RemoteConnector):
         return objs
 
     def _copy_out(self, s: _Session, block: int) -> Optional[MemoryObj]:
-        obj = self.local_cpu_backend.allocate(self.meta_shapes, self.meta_dtypes, self.meta_fmt)
+        # No busy loop: this call holds staging blocks that puts (whose chunks are what LMCache
+        # would wait to free) may be waiting for. A full allocator makes the hit a miss.
+        obj = self.local_cpu_backend.allocate(self.meta_shapes, self.meta_dtypes, self.meta_fmt,
+                                              busy_loop=False)
         if obj is None:
             self._log.warning("allocate", "LMCache's CPU allocator is full; a kvtier hit is "
                               "served as a miss")

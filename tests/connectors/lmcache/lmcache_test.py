@@ -205,6 +205,17 @@ class LMCacheTest(unittest.TestCase):
         self.drop_local(m, keys)
         return originals
 
+    def capture_log(self, name: str) -> list[logging.LogRecord]:
+        """The records of logger `name` from now to the end of the test (LMCache's loggers do
+        not propagate to the root)."""
+        records: list[logging.LogRecord] = []
+        handler = logging.Handler()
+        handler.emit = records.append  # type: ignore[method-assign]
+        log = logging.getLogger(name)
+        log.addHandler(handler)
+        self.addCleanup(log.removeHandler, handler)
+        return records
+
     def remote_prefix(self, m: StorageManager, keys: list[CacheEngineKey]) -> int:
         return m.storage_backends[REMOTE].batched_contains(keys)
 
@@ -318,6 +329,7 @@ class LMCacheTest(unittest.TestCase):
         keys = self.keys(4)
         self.store_remote(m, keys)
 
+        records = self.capture_log("kvtier.lmcache")
         self.daemon.stop(signal.SIGKILL)
         # Every call LMCache makes is a miss, none raises.
         self.assertEqual(m.batched_get(keys, location=REMOTE), [None] * 4)
@@ -336,6 +348,11 @@ class LMCacheTest(unittest.TestCase):
         loop = asyncio.new_event_loop()
         self.addCleanup(loop.close)
         self.assertNotEqual(loop.run_until_complete(wrapped.ping()), 0)
+        # Each of those calls tried to reconnect (reconnect_interval_s 0); the log says so once
+        # per kvtier.log_interval_s (30 s), not once per call.
+        lines = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+        self.assertEqual(sum("cannot connect to kvtierd" in line for line in lines), 1, lines)
+        self.assertEqual(sum("kvtierd went away" in line for line in lines), 1, lines)
 
         # A restarted kvtierd (memory tiers: it starts empty) is used again without any call
         # from the test to the connector: the next LMCache call reconnects.
@@ -440,12 +457,7 @@ class LMCacheTest(unittest.TestCase):
                        f"chunk_size {CHUNK}"):
             self.assertIn(needle, text)
         # Through LMCache: its backend factory logs the message and runs without the backend.
-        records: list[logging.LogRecord] = []
-        handler = logging.Handler()
-        handler.emit = records.append  # type: ignore[method-assign]
-        factory_log = logging.getLogger("lmcache.v1.storage_backend")
-        factory_log.addHandler(handler)
-        self.addCleanup(factory_log.removeHandler, handler)
+        records = self.capture_log("lmcache.v1.storage_backend")
         m = StorageManager(cfg, metadata(), EventManager())
         self.addCleanup(m.close)
         self.assertNotIn(REMOTE, m.storage_backends)

@@ -49,6 +49,16 @@ class Daemon:
                                      stderr=subprocess.STDOUT)
         # Ready when a connection is accepted; bounded so a daemon that fails to start fails the
         # test with its log instead of hanging it.
+        try:
+            self._wait_until_serving()
+        except BaseException:
+            # Whatever stopped the wait (a timeout, a missing libkvtier.so, ^C), the daemon must
+            # not outlive the test that started it.
+            self.close()
+            raise
+
+    def _wait_until_serving(self) -> None:
+        assert self.proc is not None
         deadline = time.monotonic() + 30
         while True:
             if self.proc.poll() is not None:

@@ -553,15 +553,79 @@ absl::StatusOr<PageEntry> TieredStore::FindOwned(NamespaceId ns, const PageKey& 
   return *e;
 }
 
-absl::StatusOr<Tier> TieredStore::Put(NamespaceId ns, const PageKey& client_key,
+struct TieredStore::PutReservation {
+  size_t index = 0;  // in the batch
+  PageKey key;       // index key
+  PageKey client_key;
+  PutOptions options;  // parent as an index key
+  PageEntry entry;
+  PageKey ns_salt;
+  absl::Span<const ConstBuffer> src;
+};
+
+absl::StatusOr<Tier> TieredStore::Put(NamespaceId ns, const PageKey& key,
                                       absl::Span<const ConstBuffer> src,
-                                      const PutOptions& client_options) {
+                                      const PutOptions& options) {
+  absl::StatusOr<Tier> result;
+  PutBatch(ns, {PutRequest{key, src, options}}, absl::MakeSpan(&result, 1));
+  return result;
+}
+
+void TieredStore::PutBatch(NamespaceId ns, absl::Span<const PutRequest> pages,
+                           absl::Span<absl::StatusOr<Tier>> results) {
+  if (!KVTIER_INVARIANT(results.size() == pages.size(), "PutBatch results sized to its pages")) {
+    for (absl::StatusOr<Tier>& r : results) r = absl::InternalError("PutBatch: results size");
+    return;
+  }
+  std::vector<PutReservation> reserved;
+  reserved.reserve(pages.size());
+  {
+    absl::MutexLock lock(&mu_);
+    for (size_t i = 0; i < pages.size(); ++i) {
+      PutReservation r;
+      r.index = i;
+      if (std::optional<absl::StatusOr<Tier>> done = ReservePutLocked(ns, pages[i], r)) {
+        results[i] = *std::move(done);
+      } else {
+        reserved.push_back(std::move(r));
+      }
+    }
+  }
+  // The bytes, outside the lock: one backend call per tier for the whole batch.
+  std::vector<absl::Status> written(reserved.size());
+  std::vector<SlotWrite> writes;
+  std::vector<size_t> which;
+  for (Tier t : kAllTiers) {
+    writes.clear();
+    which.clear();
+    for (size_t k = 0; k < reserved.size(); ++k) {
+      const PutReservation& r = reserved[k];
+      if (r.entry.tier != t) continue;
+      writes.push_back(SlotWrite{
+          r.entry.slot, PageMeta{r.key, ns, r.entry.cls, options_.page_bytes, r.ns_salt}, r.src});
+      which.push_back(k);
+    }
+    if (writes.empty()) continue;
+    std::vector<absl::Status> statuses(writes.size());
+    backends_[TierIndex(t)]->Write(writes, absl::MakeSpan(statuses));
+    for (size_t w = 0; w < which.size(); ++w) written[which[w]] = std::move(statuses[w]);
+  }
+  absl::MutexLock lock(&mu_);
+  for (size_t k = 0; k < reserved.size(); ++k) {
+    results[reserved[k].index] = FinishPutLocked(reserved[k], written[k]);
+  }
+}
+
+std::optional<absl::StatusOr<Tier>> TieredStore::ReservePutLocked(NamespaceId ns,
+                                                                  const PutRequest& page,
+                                                                  PutReservation& out) {
+  const PageKey& client_key = page.key;
   if (client_key.is_null()) return absl::InvalidArgumentError("null page key");
   const PageKey key = IndexKey(ns, client_key);
-  PutOptions options = client_options;
-  options.parent = IndexKey(ns, client_options.parent);
+  PutOptions options = page.options;
+  options.parent = IndexKey(ns, page.options.parent);
   uint64_t total = 0;
-  for (const ConstBuffer& b : src) total += b.size;
+  for (const ConstBuffer& b : page.src) total += b.size;
   if (total != options_.page_bytes) {
     return absl::InvalidArgumentError(
         absl::StrCat("page data of ", total, " bytes, expected ", options_.page_bytes));
@@ -571,105 +635,107 @@ absl::StatusOr<Tier> TieredStore::Put(NamespaceId ns, const PageKey& client_key,
   }
   ClassSource source;
   const PageClass cls = ClassifyOnPut(options, &source);
-  PageEntry entry;
-  PageKey ns_salt;
-  {
-    absl::MutexLock lock(&mu_);
-    if (ns >= namespaces_.size()) {
-      return absl::NotFoundError(absl::StrCat("unknown namespace id ", ns));
-    }
-    if (std::optional<PageEntry> existing = index_.Find(key); existing.has_value()) {
-      if (existing->ns != ns) {
-        // Two namespaces' keys met in the index: a 128-bit collision of a secret-seeded hash.
-        // The page is refused like any page without room, so nothing about the other page shows.
-        return absl::ResourceExhaustedError(
-            absl::StrCat("no tier has room for page ", client_key.ToHex()));
-      }
-      Bump(counters_->put_duplicates);
-      if (existing->state == PageState::kReady) {
-        PageEntry updated;
-        index_.Update(key, [&](PageEntry& x) {
-          RecordAccess(x);
-          updated = x;
-        });
-        policy_->OnAccess(key, updated);
-      }
-      return existing->tier;
-    }
-    bool sink_slot = false;
-    std::optional<uint32_t> slot;
-    Tier tier = options.tier.value_or(Tier::kHbm);
-    if (!options.tier.has_value() && cls == PageClass::kSink && has_tier(Tier::kHbm)) {
-      slot = AcquireSinkSlot(ns);
-      sink_slot = slot.has_value();
-      if (!sink_slot && namespaces_[ns].sink_reserved > 0) Bump(counters_->sink_overflows);
-    }
-    // The fastest tier with room, demoting the policy's victims to make it.
-    for (Tier t : kAllTiers) {
-      if (slot.has_value()) break;
-      if (TierIndex(t) < TierIndex(tier) || backends_[TierIndex(t)] == nullptr) continue;
-      PageEntry candidate;
-      candidate.ns = ns;
-      candidate.tier = t;
-      candidate.cls = cls;
-      candidate.position = options.position;
-      candidate.stats.tokens = options.tokens != 0 ? options.tokens : options_.tokens_per_page;
-      if (!policy_->Admits(t, candidate)) continue;  // not worth a slot there: try the next
-      slot = AcquireSemanticSlot(t, 0);
-      tier = t;
-    }
-    if (!slot.has_value()) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("no tier has room for page ", client_key.ToHex(),
-                       ": every page is pinned or the policy admits it nowhere"));
-    }
-    entry.parent = options.parent;
-    entry.ns = ns;
-    entry.slot = *slot;
-    entry.pin_count = 1;  // the writer's pin: the slot cannot be reused while bytes land
-    entry.position = options.position;
-    entry.tier = tier;
-    entry.cls = cls;
-    entry.class_source = source;
-    entry.state = PageState::kFilling;
-    entry.in_sink_slot = sink_slot;
-    entry.stats.insert_ns = Now();
-    entry.stats.tokens = options.tokens != 0 ? options.tokens : options_.tokens_per_page;
-    ns_salt = namespaces_[ns].salt;
-    index_.Insert(key, entry);
-    if (sink_slot) namespaces_[ns].sinks_in_slots.push_back(key);
-    ++pages_by_class_[TierIndex(tier)][static_cast<int>(cls)];
+  if (ns >= namespaces_.size()) {
+    return absl::NotFoundError(absl::StrCat("unknown namespace id ", ns));
   }
-  absl::Status written;
-  backends_[TierIndex(entry.tier)]->Write(
-      {SlotWrite{entry.slot, PageMeta{key, ns, cls, options_.page_bytes, ns_salt}, src}},
-      absl::MakeSpan(&written, 1));
-  absl::MutexLock lock(&mu_);
+  if (std::optional<PageEntry> existing = index_.Find(key); existing.has_value()) {
+    if (existing->ns != ns) {
+      // Two namespaces' keys met in the index: a 128-bit collision of a secret-seeded hash.
+      // The page is refused like any page without room, so nothing about the other page shows.
+      return absl::ResourceExhaustedError(
+          absl::StrCat("no tier has room for page ", client_key.ToHex()));
+    }
+    Bump(counters_->put_duplicates);
+    if (existing->state == PageState::kReady) {
+      PageEntry updated;
+      index_.Update(key, [&](PageEntry& x) {
+        RecordAccess(x);
+        updated = x;
+      });
+      policy_->OnAccess(key, updated);
+    }
+    return existing->tier;
+  }
+  bool sink_slot = false;
+  std::optional<uint32_t> slot;
+  Tier tier = options.tier.value_or(Tier::kHbm);
+  if (!options.tier.has_value() && cls == PageClass::kSink && has_tier(Tier::kHbm)) {
+    slot = AcquireSinkSlot(ns);
+    sink_slot = slot.has_value();
+    if (!sink_slot && namespaces_[ns].sink_reserved > 0) Bump(counters_->sink_overflows);
+  }
+  // The fastest tier with room, demoting the policy's victims to make it.
+  for (Tier t : kAllTiers) {
+    if (slot.has_value()) break;
+    if (TierIndex(t) < TierIndex(tier) || backends_[TierIndex(t)] == nullptr) continue;
+    PageEntry candidate;
+    candidate.ns = ns;
+    candidate.tier = t;
+    candidate.cls = cls;
+    candidate.position = options.position;
+    candidate.stats.tokens = options.tokens != 0 ? options.tokens : options_.tokens_per_page;
+    if (!policy_->Admits(t, candidate)) continue;  // not worth a slot there: try the next
+    slot = AcquireSemanticSlot(t, 0);
+    tier = t;
+  }
+  if (!slot.has_value()) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("no tier has room for page ", client_key.ToHex(),
+                     ": every page is pinned or the policy admits it nowhere"));
+  }
+  PageEntry& entry = out.entry;
+  entry.parent = options.parent;
+  entry.ns = ns;
+  entry.slot = *slot;
+  entry.pin_count = 1;  // the writer's pin: the slot cannot be reused while bytes land
+  entry.position = options.position;
+  entry.tier = tier;
+  entry.cls = cls;
+  entry.class_source = source;
+  entry.state = PageState::kFilling;
+  entry.in_sink_slot = sink_slot;
+  entry.stats.insert_ns = Now();
+  entry.stats.tokens = options.tokens != 0 ? options.tokens : options_.tokens_per_page;
+  out.key = key;
+  out.client_key = client_key;
+  out.options = options;
+  out.ns_salt = namespaces_[ns].salt;
+  out.src = page.src;
+  index_.Insert(key, entry);
+  if (sink_slot) namespaces_[ns].sinks_in_slots.push_back(key);
+  ++pages_by_class_[TierIndex(tier)][static_cast<int>(cls)];
+  return std::nullopt;
+}
+
+absl::StatusOr<Tier> TieredStore::FinishPutLocked(const PutReservation& r,
+                                                  const absl::Status& written) {
+  const PageEntry& entry = r.entry;
+  const NamespaceId ns = entry.ns;
   if (!written.ok()) {
     Bump(counters_->io_errors[TierIndex(entry.tier)]);
     ReleaseSlot(entry.tier, entry.slot, entry.in_sink_slot, ns);
-    if (entry.in_sink_slot) std::erase(namespaces_[ns].sinks_in_slots, key);
-    --pages_by_class_[TierIndex(entry.tier)][static_cast<int>(cls)];
-    index_.Erase(key);
+    if (entry.in_sink_slot) std::erase(namespaces_[ns].sinks_in_slots, r.key);
+    --pages_by_class_[TierIndex(entry.tier)][static_cast<int>(entry.cls)];
+    index_.Erase(r.key);
     return written;
   }
   PageEntry ready;
-  index_.Update(key, [&](PageEntry& x) {
+  index_.Update(r.key, [&](PageEntry& x) {
     x.state = PageState::kReady;
     ReleasePin(x);
     RecordAccess(x);
     ready = x;
   });
-  if (!options.parent.is_null()) {
-    index_.Update(options.parent, [](PageEntry& p) { ++p.cached_children; });
-    if (std::optional<PageEntry> p = index_.Find(options.parent); p.has_value()) {
-      policy_->OnUpdate(options.parent, *p);
+  if (!r.options.parent.is_null()) {
+    index_.Update(r.options.parent, [](PageEntry& p) { ++p.cached_children; });
+    if (std::optional<PageEntry> p = index_.Find(r.options.parent); p.has_value()) {
+      policy_->OnUpdate(r.options.parent, *p);
     }
   }
-  policy_->OnInsert(key, ready);
+  policy_->OnInsert(r.key, ready);
   Bump(counters_->puts);
   // Its namespace was retired while the bytes landed: the sink leaves the reserve now.
-  if (ready.in_sink_slot) LeaveRetiredReserveLocked(key);
+  if (ready.in_sink_slot) LeaveRetiredReserveLocked(r.key);
   return ready.tier;
 }
 

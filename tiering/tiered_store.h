@@ -96,6 +96,13 @@ struct PutOptions {
   std::optional<Tier> tier;  // place in this tier instead of the fastest with room
 };
 
+// One page of a PutBatch: its key, its bytes (pieces in page order) and its options.
+struct PutRequest {
+  PageKey key;
+  absl::Span<const ConstBuffer> src;
+  PutOptions options;
+};
+
 // One attention-statistics observation for a page (per decode step or window).
 struct AttentionSample {
   float mass = 0;        // share of attention mass received, 0..1
@@ -176,6 +183,12 @@ class TieredStore {
   // tier the page is in.
   absl::StatusOr<Tier> Put(NamespaceId ns, const PageKey& key, absl::Span<const ConstBuffer> src,
                            const PutOptions& options = {});
+  // Put of several pages of one namespace, each with Put's semantics and its own result in
+  // `results` (same size as `pages`), but batch-shaped: slots for all of them are taken under
+  // one lock, the bytes go to each tier in one backend call (an NVMe batch pays one fdatasync
+  // and one index sync, not one per page), and all are published under one lock.
+  void PutBatch(NamespaceId ns, absl::Span<const PutRequest> pages,
+                absl::Span<absl::StatusOr<Tier>> results);
   // Copies a page into `dst` (pieces in page order); NotFound on a miss. Returns the serving tier.
   absl::StatusOr<Tier> Get(NamespaceId ns, const PageKey& key, absl::Span<const MutableBuffer> dst);
   // Longest cached prefix of `keys`; does not count as an access.
@@ -270,6 +283,16 @@ class TieredStore {
   void DropLocked(const PageKey& key, const PageEntry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Maintain's displacement pass (MaintainOptions::displace).
   void DisplaceLocked(const MaintainOptions& options, PlannerReport& report)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A page whose slot PutBatch has taken and whose bytes are yet to land.
+  struct PutReservation;
+  // Phase 1 of a put (mu_ held): a finished result (a duplicate's tier, or why not), or the
+  // reservation of a slot in `out`.
+  std::optional<absl::StatusOr<Tier>> ReservePutLocked(NamespaceId ns, const PutRequest& page,
+                                                       PutReservation& out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Phase 3 (mu_ held): publishes a page whose bytes landed, or undoes its reservation.
+  absl::StatusOr<Tier> FinishPutLocked(const PutReservation& r, const absl::Status& written)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status CopyBetween(TierBackend& from, uint32_t from_slot, TierBackend& to, uint32_t to_slot,
                            const PageMeta& meta) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

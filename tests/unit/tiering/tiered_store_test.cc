@@ -465,5 +465,110 @@ TEST_F(TieredStoreTest, PinAndLocateReturnsStableSlotsAndIsAllOrNothing) {
   EXPECT_TRUE(store_->Evict(ns_, Key(0)).ok()) << "the refused batch left no pin behind";
 }
 
+// A persistent-tier stand-in that counts its Write calls (an NVMe batch pays one fdatasync per
+// call) and fails the slots it is told to.
+class CountingTier final : public TierBackend {
+ public:
+  CountingTier(uint32_t slots, uint64_t slot_bytes)
+      : slots_(slots), slot_bytes_(slot_bytes), bytes_(slots * slot_bytes) {}
+  Tier tier() const override { return Tier::kNvme; }
+  absl::string_view name() const override { return "counting"; }
+  uint32_t slot_count() const override { return slots_; }
+  uint64_t slot_bytes() const override { return slot_bytes_; }
+  std::byte* HostSlot(uint32_t) const override { return nullptr; }
+  void Write(absl::Span<const SlotWrite> writes, absl::Span<absl::Status> results) override {
+    ++write_calls;
+    for (size_t i = 0; i < writes.size(); ++i) {
+      if (writes[i].meta.key == fail_key) {
+        results[i] = absl::DataLossError("injected write failure");
+        continue;
+      }
+      std::byte* at = bytes_.data() + writes[i].slot * slot_bytes_;
+      for (const ConstBuffer& b : writes[i].src) {
+        std::memcpy(at, b.data, b.size);
+        at += b.size;
+      }
+      results[i] = absl::OkStatus();
+    }
+  }
+  void Read(absl::Span<const SlotRead> reads, absl::Span<absl::Status> results) override {
+    for (size_t i = 0; i < reads.size(); ++i) {
+      const std::byte* at = bytes_.data() + reads[i].slot * slot_bytes_;
+      for (const MutableBuffer& b : reads[i].dst) {
+        std::memcpy(b.data, at, b.size);
+        at += b.size;
+      }
+      results[i] = absl::OkStatus();
+    }
+  }
+  int write_calls = 0;
+  PageKey fail_key;  // an index key
+
+ private:
+  uint32_t slots_;
+  uint64_t slot_bytes_;
+  std::vector<std::byte> bytes_;
+};
+
+TEST_F(TieredStoreTest, PutBatchWritesEachTierOnceAndKeepsPerPageResults) {
+  StoreOptions o;
+  o.page_bytes = kPage;
+  o.hbm.slots = 0;
+  o.dram.slots = 2;
+  o.hbm_backend = HbmBackend::kHostEmulated;
+  o.clock = &clock_;
+  auto nvme = std::make_unique<CountingTier>(32, kPage);
+  CountingTier* counting = nvme.get();
+  StoreParts parts;
+  parts.nvme = std::move(nvme);
+  auto made = TieredStore::Create(o, std::move(parts));
+  ASSERT_TRUE(made.ok()) << made.status();
+  store_ = *std::move(made);
+  ns_ = *store_->AddNamespace("model-a/tenant-1", 0);
+
+  constexpr int kPages = 12;
+  std::vector<std::vector<std::byte>> data;
+  std::vector<ConstBuffer> src(kPages);
+  std::vector<PutRequest> pages;
+  for (int i = 0; i < kPages; ++i) data.push_back(Contents(Key(i)));
+  for (int i = 0; i < kPages; ++i) {
+    src[i] = ConstBuffer{data[i].data(), data[i].size()};
+    PutOptions po;
+    po.tier = Tier::kNvme;
+    po.position = static_cast<uint32_t>(i + 1);
+    po.parent = i == 0 ? PageKey{} : Key(i - 1);
+    pages.push_back(PutRequest{Key(i), absl::MakeConstSpan(&src[i], 1), po});
+  }
+  // Page 5 fails on the device; page 7 is the wrong size; page 9 repeats page 3.
+  counting->fail_key = store_->IndexKeyOf(ns_, Key(5));
+  const ConstBuffer short_src{data[7].data(), kPage / 2};
+  pages[7].src = absl::MakeConstSpan(&short_src, 1);
+  pages[9].key = Key(3);
+  std::vector<absl::StatusOr<Tier>> results(kPages);
+  store_->PutBatch(ns_, pages, absl::MakeSpan(results));
+
+  EXPECT_EQ(counting->write_calls, 1) << "one backend call for the whole batch, not one a page";
+  for (int i = 0; i < kPages; ++i) {
+    if (i == 5) {
+      EXPECT_EQ(results[i].status().code(), absl::StatusCode::kDataLoss);
+      EXPECT_FALSE(store_->Find(ns_, Key(5)).has_value()) << "a failed page leaves nothing";
+    } else if (i == 7) {
+      EXPECT_EQ(results[i].status().code(), absl::StatusCode::kInvalidArgument);
+    } else {
+      ASSERT_TRUE(results[i].ok()) << i << ": " << results[i].status();
+      EXPECT_EQ(*results[i], Tier::kNvme);
+    }
+  }
+  for (int i : {0, 1, 2, 3, 4, 6, 8, 10, 11}) {
+    EXPECT_TRUE(GetAndCheck(i).ok()) << i;
+    EXPECT_EQ(store_->Find(ns_, Key(i))->pin_count, 0u) << "the writer's pin is given back";
+  }
+  EXPECT_EQ(store_->Find(ns_, Key(0))->cached_children, 1u);
+  EXPECT_EQ(store_->Counters().put_duplicates, 1u);
+  // Put is PutBatch of one page: one more call.
+  ASSERT_TRUE(Put(20, PutOptions{.tier = Tier::kNvme}).ok());
+  EXPECT_EQ(counting->write_calls, 2);
+}
+
 }  // namespace
 }  // namespace kvtier

@@ -1,14 +1,18 @@
 // Core micro-benchmarks: index lookups per second, and page movement DRAM <-> (emulated) HBM
 // through the real TieredStore against plain memcpy of the same bytes, measured in the same run.
-// After Google Benchmark's table it prints one JSON line with the ratios:
+// After Google Benchmark's table it prints JSON lines with the ratios, among them:
 //   {"bench":"core","lookup1_keys_per_s":..,"move_gbps":..,"move_vs_memcpy":..,"putget_vs_memcpy":..}
 #include <benchmark/benchmark.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <map>
 #include <random>
+#include <string>
 
+#include "tiering/nvme/nvme_tier.h"
 #include "tiering/policy/policy_factory.h"
 #include "tiering/tiered_store.h"
 
@@ -230,6 +234,74 @@ void BM_PolicyAccess(benchmark::State& state) {
 }
 BENCHMARK(BM_PolicyAccess)->DenseRange(0, 4);
 
+// 256 pages stored to a real NVMe tier (io_uring, O_DIRECT, fdatasync and RocksDB index sync
+// per write batch; files under $KVTIER_BENCH_DIR, default /tmp): Arg 0 stores them with one Put
+// each (the dispatcher before PutBatch), Arg 1 with one PutBatch of 256. Items are pages.
+void BM_StoreNvme256(benchmark::State& state) {
+  constexpr uint64_t kNvmePage = 64 * 1024;
+  constexpr uint32_t kBatch = 256;
+  const char* root = std::getenv("KVTIER_BENCH_DIR");
+  std::string tmpl = std::string(root != nullptr ? root : "/tmp") + "/kvtier-bench-nvme-XXXXXX";
+  if (::mkdtemp(tmpl.data()) == nullptr) {
+    state.SkipWithError("mkdtemp failed");
+    return;
+  }
+  const std::string dir = tmpl;
+  {
+    NvmeTierOptions no;
+    no.dirs = {dir};
+    no.page_bytes = kNvmePage;
+    no.slots = 2 * kBatch;
+    auto nvme = NvmeTier::Create(no);
+    if (!nvme.ok()) {
+      state.SkipWithError(std::string(nvme.status().message()).c_str());
+      return;
+    }
+    StoreOptions o;
+    o.page_bytes = kNvmePage;
+    o.hbm.slots = 0;
+    o.dram.slots = 1;
+    o.hbm_backend = HbmBackend::kHostEmulated;
+    StoreParts parts;
+    parts.nvme = *std::move(nvme);
+    auto store = *TieredStore::Create(o, std::move(parts));
+    const NamespaceId ns = *store->AddNamespace("bench", 0);
+    std::vector<std::byte> data(kNvmePage * kBatch);
+    FillRandom(data, 5);
+    std::vector<ConstBuffer> src(kBatch);
+    std::vector<PutRequest> pages(kBatch);
+    std::vector<absl::StatusOr<Tier>> results(kBatch);
+    uint64_t id = 1;
+    for (auto _ : state) {
+      for (uint32_t i = 0; i < kBatch; ++i) {
+        src[i] = ConstBuffer{data.data() + i * kNvmePage, kNvmePage};
+        pages[i].key = PageKey{11, id + i};
+        pages[i].src = absl::MakeConstSpan(&src[i], 1);
+        pages[i].options.tier = Tier::kNvme;
+        pages[i].options.position = i + 1;
+      }
+      if (state.range(0) == 0) {
+        for (uint32_t i = 0; i < kBatch; ++i) {
+          results[i] = store->Put(ns, pages[i].key, pages[i].src, pages[i].options);
+        }
+      } else {
+        store->PutBatch(ns, pages, absl::MakeSpan(results));
+      }
+      state.PauseTiming();
+      for (uint32_t i = 0; i < kBatch; ++i) {
+        if (!results[i].ok())
+          state.SkipWithError(std::string(results[i].status().message()).c_str());
+        (void)store->Evict(ns, pages[i].key);
+      }
+      id += kBatch;
+      state.ResumeTiming();
+    }
+    state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * kBatch));
+  }
+  std::filesystem::remove_all(dir);
+}
+BENCHMARK(BM_StoreNvme256)->Arg(0)->Arg(1)->UseRealTime()->Unit(benchmark::kMillisecond);
+
 // Collects each run's rate so the ratios can be printed in one line.
 class RatioReporter : public benchmark::ConsoleReporter {
  public:
@@ -283,6 +355,14 @@ int main(int argc, char** argv) {
         1e9 / lru_per_s, 1e9 / kvtier_per_s, 1e9 / reporter.rate("BM_PolicyAccess/2"),
         1e9 / reporter.rate("BM_PolicyAccess/3"), 1e9 / reporter.rate("BM_PolicyAccess/4"),
         lru_per_s / kvtier_per_s);
+  }
+  const double nvme_put = reporter.rate("BM_StoreNvme256/0/real_time");
+  const double nvme_batch = reporter.rate("BM_StoreNvme256/1/real_time");
+  if (nvme_put > 0 && nvme_batch > 0) {
+    std::printf(
+        "{\"bench\":\"store_nvme_256\",\"put_pages_per_s\":%.0f,\"putbatch_pages_per_s\":%.0f,"
+        "\"putbatch_vs_put\":%.2f}\n",
+        nvme_put, nvme_batch, nvme_batch / nvme_put);
   }
   std::printf(
       "{\"bench\":\"core\",\"lookup1_keys_per_s\":%.0f,\"lookup256_keys_per_s\":%.0f,"

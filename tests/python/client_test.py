@@ -38,6 +38,22 @@ def block(arr: np.ndarray, layout: kvtier.Layout, b: int) -> np.ndarray:
     return arr[b]
 
 
+def wait_until_stopped(pid: int) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        states = []
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{task}/stat") as f:
+                    states.append(f.read().rsplit(")", 1)[1].split()[0])
+            except FileNotFoundError:
+                continue  # a thread that ended meanwhile
+        if states and all(state in ("T", "t") for state in states):
+            return
+        time.sleep(0.001)
+    raise AssertionError(f"process {pid} did not stop within 30 s")
+
+
 class ClientTest(unittest.TestCase):
     def setUp(self) -> None:
         self.rng = np.random.default_rng(SEED)
@@ -206,6 +222,9 @@ class ClientTest(unittest.TestCase):
         # Stopped, the daemon cannot answer: the load is in flight when it dies.
         assert self.daemon.proc is not None
         os.kill(self.daemon.proc.pid, signal.SIGSTOP)
+        # kill() returns before every thread has stopped: a thread running on another core could
+        # still answer the load. Wait until each of the daemon's threads is stopped ('T').
+        wait_until_stopped(self.daemon.proc.pid)
         op = c.load(keys, [2, 3])
         outcome: list[BaseException] = []
         progress = [0]

@@ -376,20 +376,28 @@ __global__ void __launch_bounds__(kThreads)
 // Pass 1 for page-aligned tiles (tokens_per_page 8, 16, 32 or 64; head_dim 64, 128 or 256: the
 // shapes of vLLM, SGLang and TensorRT-LLM paged caches). FlashAttention-2's layout: a warp owns 16
 // query rows whose Q fragments stay in registers for the whole block; K and V tiles of 64 tokens
-// stream through a ring of shared-memory stages filled by cp.async, so the loads of the next
-// stages overlap this tile's arithmetic with a single barrier per tile; S = Q.K^T comes out of
-// mma.sync in registers, and every page lies inside one tile, so each page's log2-sum-exp is
-// finished from the accumulator fragments with two quad shuffles, without touching shared
-// memory. Each thread also keeps its rows' running (max, sum) over the block's tokens, which
-// pass 2 merges (a few floats per row instead of re-reading every page partial).
+// stream through a ring of shared-memory stages (filled by tensor copies, or cp.async, see the
+// kOpt* options below), so the loads of the next stages overlap this tile's arithmetic; S = Q.K^T
+// comes out of mma.sync in registers, and every page lies inside one tile, so each page's
+// log2-sum-exp is finished from the accumulator fragments and a quad reduce-scatter, without
+// touching shared memory. Each thread also keeps its rows' running (reference, sum) over the
+// block's tokens, which the last block merges (a few floats per row instead of re-reading every
+// page partial).
+//
+// Measured on an H200 (bench/RESULTS.md, issue 18; us of the whole statistics, 32k tokens, 32/8
+// heads, d 128, window 32; K+V read once 31.8-32.3 us): options 0 (the H100's kernel) 81.5-82.1,
+// kOptFixedRef 78.2, + kOptMmaNorms 68.9-69.4, + kOptBulkLoads 69.8, + kOptEvictFirst (the
+// default) 66.1-67.5; pass 1 alone 56-63 us under ncu, pass 3 9-10 us.
 namespace mma_pass {
 
 constexpr int kTile = 64;
 constexpr int kMaxWarps = 8;  // 128 rows a block: the q-head group x window of Llama-3-8B
 
-template <int kHeadDim>
+// kDeep: one block an SM with 6 stages (head_dim <= 128) instead of two blocks with 3 each.
+template <int kHeadDim, bool kDeep = false>
 struct Geometry {
-  static constexpr int kStages = kHeadDim <= 128 ? 3 : 2;  // 2 blocks an SM up to head_dim 128
+  // 2 blocks an SM up to head_dim 128
+  static constexpr int kStages = kDeep && kHeadDim <= 128 ? 6 : kHeadDim <= 128 ? 3 : 2;
   static constexpr int kRowElems = kHeadDim + 8;  // 16-byte pad: ldmatrix rows on distinct banks
   static constexpr int kChunksPerRow = kHeadDim / 8;  // 16-byte vectors per token row
   static constexpr size_t kTileBytes = size_t{kTile} * kRowElems * 2;
@@ -416,6 +424,9 @@ struct Params {
   float* row_lse;    // [q_heads * window] written by the last block of each (kv head, split)
   float* norm_sum;   // [pages][kv_heads][tokens_per_page / 8]: one part per 8 tokens
   uint32_t* done;    // [kv_heads][splits] blocks finished; zero between launches
+  // [kv_heads][splits] chunks handed out past the grid's first ones (kOptDynamic); zero between
+  // launches.
+  uint32_t* next_chunk;
 };
 
 using ptx::CpAsync16;
@@ -496,7 +507,10 @@ __device__ void MergeRowParts(const Params& p, uint32_t rbeg, uint32_t nrows) {
     MergeLse(m, s, __shfl_xor_sync(0xffffffffu, m, 1), __shfl_xor_sync(0xffffffffu, s, 1));
     if (r < nrows && half == 0) p.row_lse[row] = s > 0 ? m + log2f(s) : -INFINITY;
   }
-  if (threadIdx.x == 0) *done = 0;  // ready for the next launch on this workspace
+  if (threadIdx.x == 0) {  // ready for the next launch on this workspace
+    *done = 0;
+    p.next_chunk[blockIdx.y * gridDim.z + blockIdx.z] = 0;
+  }
 }
 
 // Options of the tiled pass, a bit each (kOptDefault is what the plan launches; the others stay
@@ -521,6 +535,17 @@ constexpr int kOptFixedRef = 1;
 constexpr int kOptMmaNorms = 2;
 constexpr int kOptBulkLoads = 4;
 constexpr int kOptEvictFirst = 8;
+// Measured and not taken (H200, bench/RESULTS.md), selectable with KVTIER_ATTN_OPT:
+//  kOptDeep: one block an SM with a 6-stage ring instead of two blocks of 3 (slower: half the
+//    consumer warps).
+//  kOptDynamic: the blocks of a (kv head, row split) take 2-tile chunks from a counter as they
+//    go (first chunk: blockIdx.x) instead of a fixed range each, so that a block slowed by its
+//    memory traffic would not hold up the pass (no faster: SMs were active 77% of pass 1 with
+//    fixed ranges, 80% with chunks).
+constexpr int kOptDeep = 16;
+constexpr int kOptDynamic = 32;
+constexpr uint32_t kNoTile = 0xffffffffu;
+constexpr uint32_t kChunkTiles = 2;
 constexpr int kOptDefault = kOptFixedRef | kOptMmaNorms | kOptBulkLoads | kOptEvictFirst;
 
 // One stage tile of K or V (64 tokens x head_dim + 8 elements of kv head `head`), global ->
@@ -579,9 +604,12 @@ __device__ __forceinline__ void QuadReduceScatter(float (&v)[P], uint32_t tig) {
 // (with a barrier per tile, every warp was in the same phase at once and the SM's units took
 // turns idling).
 template <typename T, int kHeadDim, int kTpp, int kOpt>
-__global__ void __launch_bounds__((kMaxWarps + 1) * 32, kHeadDim <= 128 ? 2 : 1)
+__global__ void __launch_bounds__((kMaxWarps + 1) * 32,
+                                  kHeadDim <= 128 && (kOpt & kOptDeep) == 0 ? 2 : 1)
     AttentionStatsPass1Mma(const __grid_constant__ Params p) {
-  using G = Geometry<kHeadDim>;
+  using G = Geometry<kHeadDim, (kOpt & kOptDeep) != 0>;
+  constexpr bool kDynamic = (kOpt & kOptDynamic) != 0;
+  __shared__ uint32_t stage_tile[G::kStages];  // kDynamic: the tile in each stage, or kNoTile
   constexpr bool kFixedRef = (kOpt & kOptFixedRef) != 0;
   constexpr bool kMmaNorms = (kOpt & kOptMmaNorms) != 0;
   // The tensor copy's box is at most 256 elements wide: head_dim 256 keeps the cp.async producer.
@@ -606,11 +634,29 @@ __global__ void __launch_bounds__((kMaxWarps + 1) * 32, kHeadDim <= 128 ? 2 : 1)
   const uint32_t tiles_total = (p.tokens + kTile - 1) / kTile;
   const uint32_t tile_begin = blockIdx.x * p.tiles_per_block;
   const uint32_t tile_end = min(tiles_total, tile_begin + p.tiles_per_block);
+  // The producer's lane 0: the k-th tile this block loads (k counting up from 0), or kNoTile.
+  uint32_t chunk_pos = blockIdx.x * kChunkTiles;
+  uint32_t chunk_end = min(chunk_pos + kChunkTiles, tiles_total);
+  auto next_tile = [&](uint32_t k) -> uint32_t {
+    if constexpr (kDynamic) {
+      if (chunk_pos >= chunk_end) {
+        const uint32_t c =
+            gridDim.x + atomicAdd(p.next_chunk + blockIdx.y * gridDim.z + blockIdx.z, 1u);
+        chunk_pos = c * kChunkTiles;
+        chunk_end = min(chunk_pos + kChunkTiles, tiles_total);
+        if (chunk_pos >= tiles_total) return kNoTile;
+      }
+      return chunk_pos++;
+    } else {
+      return tile_begin + k < tile_end ? tile_begin + k : kNoTile;
+    }
+  };
 
   if (tid == 0) {
     for (int s = 0; s < G::kStages; ++s) {
       // The producer's lanes (cp.async), or its lane 0's expect_tx arrival (bulk copies).
-      MbarrierInit(bar_full + s * 8, kBulk ? 1 : 32);
+      // (+1 with kDynamic on cp.async: lane 0's release of the stage's tile index).
+      MbarrierInit(bar_full + s * 8, kBulk ? 1 : (kDynamic ? 33 : 32));
       // Every consumer thread: each one's release covers its own reads of the stage.
       MbarrierInit(bar_empty + s * 8, kMaxWarps * 32);
     }
@@ -633,11 +679,19 @@ __global__ void __launch_bounds__((kMaxWarps + 1) * 32, kHeadDim <= 128 ? 2 : 1)
           asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
         }
         const int32_t col = static_cast<int32_t>(g * kHeadDim);
-        uint32_t it = 0;
-        for (uint32_t tile = tile_begin; tile < tile_end; ++tile, ++it) {
+        for (uint32_t it = 0;; ++it) {
+          const uint32_t tile = next_tile(it);
+          if (!kDynamic && tile == kNoTile) break;
           const uint32_t s = it % G::kStages, round = it / G::kStages;
           if (round > 0) MbarrierWait(bar_empty + s * 8, (round - 1) & 1);
           const uint32_t bar = bar_full + s * 8;
+          if constexpr (kDynamic) {
+            stage_tile[s] = tile;  // released to the consumers by the arrival below
+            if (tile == kNoTile) {
+              MbarrierArrive(bar);
+              break;
+            }
+          }
           const uint32_t bytes = static_cast<uint32_t>(G::kTileBytes) * (do_norms ? 2u : 1u);
           asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar),
                        "r"(bytes)
@@ -662,10 +716,22 @@ __global__ void __launch_bounds__((kMaxWarps + 1) * 32, kHeadDim <= 128 ? 2 : 1)
       const uint32_t row0 = lane / kLanesPerRow, col0 = lane % kLanesPerRow * 8;
       const T* k_src = static_cast<const T*>(p.k) + size_t{g} * kHeadDim + col0;
       const T* v_src = static_cast<const T*>(p.v) + size_t{g} * kHeadDim + col0;
-      uint32_t it = 0;
-      for (uint32_t tile = tile_begin; tile < tile_end; ++tile, ++it) {
+      for (uint32_t it = 0;; ++it) {
+        uint32_t tile = lane == 0 ? next_tile(it) : 0;
+        tile = __shfl_sync(0xffffffffu, tile, 0);
+        if (!kDynamic && tile == kNoTile) break;
         const uint32_t s = it % G::kStages, round = it / G::kStages;
         if (round > 0) MbarrierWait(bar_empty + s * 8, (round - 1) & 1);
+        if constexpr (kDynamic) {
+          if (lane == 0) {
+            stage_tile[s] = tile;
+            MbarrierArrive(bar_full + s * 8);  // release: the index before the consumers read it
+          }
+          if (tile == kNoTile) {
+            CpAsyncArriveOn(bar_full + s * 8);
+            break;
+          }
+        }
         const uint32_t base =
             SmemAddress(smem + s * G::kStageBytes) + (row0 * G::kRowElems + col0) * 2;
 #pragma unroll 4
@@ -720,10 +786,13 @@ __global__ void __launch_bounds__((kMaxWarps + 1) * 32, kHeadDim <= 128 ? 2 : 1)
     // ldmatrix.x4 of two n-tiles x two k-halves: lane supplies row (lane % 8) of matrix lane / 8.
     const uint32_t lm_offset =
         (((lane / 16) * 8 + lane % 8) * G::kRowElems + (lane / 8) % 2 * 8) * 2;
-    uint32_t it = 0;
-    for (uint32_t tile = tile_begin; tile < tile_end; ++tile, ++it) {
+    for (uint32_t it = 0;; ++it) {
+      if (!kDynamic && tile_begin + it >= tile_end) break;
       const uint32_t s = it % G::kStages;
       MbarrierWait(bar_full + s * 8, (it / G::kStages) & 1);
+      const uint32_t tile =
+          kDynamic ? *static_cast<volatile uint32_t*>(&stage_tile[s]) : tile_begin + it;
+      if (tile == kNoTile) break;
       const unsigned char* stage = smem + s * G::kStageBytes;
       const uint32_t c0 = tile * kTile;
 
@@ -1150,6 +1219,7 @@ MmaPick PickExperiment(const AttentionStatsShape& s) {
   }
   using B = __nv_bfloat16;
   constexpr size_t kSmem = mma_pass::Geometry<128>::kSmemBytes;
+  constexpr size_t kDeepSmem = mma_pass::Geometry<128, true>::kSmemBytes;
   switch (std::atoi(env)) {
     case 0:
       return {mma_pass::AttentionStatsPass1Mma<B, 128, 16, 0>,
@@ -1166,6 +1236,27 @@ MmaPick PickExperiment(const AttentionStatsShape& s) {
     case 7:
       return {mma_pass::AttentionStatsPass1Mma<B, 128, 16, 7>,
               mma_pass::AttentionStatsPass1Mma<B, 128, 16, 3>, kSmem, true};
+    case 15:
+      return {mma_pass::AttentionStatsPass1Mma<B, 128, 16, 15>,
+              mma_pass::AttentionStatsPass1Mma<B, 128, 16, 3>, kSmem, true};
+    case 19:
+      return {mma_pass::AttentionStatsPass1Mma<B, 128, 16, 19>,
+              mma_pass::AttentionStatsPass1Mma<B, 128, 16, 19>, kDeepSmem, false};
+    case 31:
+      return {mma_pass::AttentionStatsPass1Mma<B, 128, 16, 31>,
+              mma_pass::AttentionStatsPass1Mma<B, 128, 16, 19>, kDeepSmem, true};
+    case 35:
+      return {mma_pass::AttentionStatsPass1Mma<B, 128, 16, 35>,
+              mma_pass::AttentionStatsPass1Mma<B, 128, 16, 35>, kSmem, false};
+    case 39:
+      return {mma_pass::AttentionStatsPass1Mma<B, 128, 16, 39>,
+              mma_pass::AttentionStatsPass1Mma<B, 128, 16, 35>, kSmem, true};
+    case 47:
+      return {mma_pass::AttentionStatsPass1Mma<B, 128, 16, 47>,
+              mma_pass::AttentionStatsPass1Mma<B, 128, 16, 35>, kSmem, true};
+    case 51:
+      return {mma_pass::AttentionStatsPass1Mma<B, 128, 16, 51>,
+              mma_pass::AttentionStatsPass1Mma<B, 128, 16, 51>, kDeepSmem, false};
     default:
       return {};
   }
@@ -1219,7 +1310,9 @@ bool MakeKvTensorMap(void* encode, const AttentionStatsShape& s, const void* bas
                                       : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
             2, const_cast<void*>(base), dims, strides, box, element_strides,
             CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
-            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+            // No L2 promotion: the box's 8 extra elements would otherwise pull in 256 bytes of the
+            // next head's row (measured slower with L2_256B).
+            CU_TENSOR_MAP_L2_PROMOTION_NONE, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
 // Value-norm sums per (page, kv head): the tiled pass leaves one per 8 tokens.
@@ -1371,7 +1464,8 @@ absl::StatusOr<AttentionStatsWorkspace> AttentionStatsWorkspace::Create(
       // along the sequence than tiles.
       {&w.row_part_, UsesMmaPass(shape) ? rows * MmaTiles(shape) * sizeof(float2) : 0},
       // Finished-block counters of pass 1's last-block merges, one per (kv head, row split).
-      {&w.done_, size_t{shape.kv_heads} * MmaSplits(shape) * sizeof(uint32_t)},
+      // ... and the chunk counters of the dynamic schedule, behind them.
+      {&w.done_, 2 * size_t{shape.kv_heads} * MmaSplits(shape) * sizeof(uint32_t)},
   };
   for (const Need& n : needs) {
     auto b = DeviceBuffer::Allocate(n.bytes);
@@ -1426,6 +1520,7 @@ absl::Status LaunchAttentionStats(const AttentionStatsShape& shape,
     p.row_lse = row_lse;
     p.norm_sum = norm_sum;
     p.done = static_cast<uint32_t*>(workspace.done_.get());
+    p.next_chunk = p.done + size_t{shape.kv_heads} * MmaSplits(shape);
     Pass1Plan launch = plan;
     if (plan.tensor_maps && (!MakeKvTensorMap(plan.encode_tiled, shape, k, &p.tmap_k) ||
                              !MakeKvTensorMap(plan.encode_tiled, shape, v, &p.tmap_v))) {

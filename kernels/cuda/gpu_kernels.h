@@ -85,19 +85,6 @@ absl::Status LaunchCopyBatch(const CopyDescriptor* device_descriptors, uint32_t 
                              uint64_t max_piece_bytes, const GpuCopyOptions& options,
                              cudaStream_t stream);
 
-// The load/store gather/scatter fed while it runs (CudaCopyEngine's path): `host_descriptors`
-// and `host_published` are mapped pinned host memory; the kernel copies descriptor i once
-// *host_published > i, so the caller launches first, then writes descriptors and raises the
-// counter (a release store) as they are ready, and must raise it to `count` in the end or the
-// kernel never finishes. Descriptors of zero bytes are skipped (the caller's way to leave one
-// out after launch). `max_piece_bytes` matters only for batches shorter than the grid's warps
-// (0 is fine otherwise); `sm_count` is the device's (the caller caches it). The load/store mover
-// only.
-absl::Status LaunchCopyBatchStreaming(const CopyDescriptor* host_descriptors,
-                                      const uint32_t* host_published, uint32_t count,
-                                      uint64_t max_piece_bytes, int sm_count,
-                                      const GpuCopyOptions& options, cudaStream_t stream);
-
 namespace detail {
 // Pass 1 of an attention-statistics shape: which kernel, on what grid, with how much work a block
 // (kernels/cuda/gpu_attention_stats.cu fills it in).

@@ -124,7 +124,8 @@ class AttentionStatsWorkspace {
   DeviceBuffer row_lse_;   // [q_heads * window] log2-sum-exp over the whole sequence
   DeviceBuffer norm_sum_;  // [pages][kv_heads] sum of value-vector norms
   DeviceBuffer row_part_;  // [q_heads * window][blocks] running (max, sum) of the tiled pass
-  DeviceBuffer done_;      // finished-block counters of the last-block merges, zero at rest
+  DeviceBuffer done_;      // finished-block counters of the last-block merges, then the
+                           // dynamic schedule's chunk counters; zero at rest
 };
 
 // The attention-statistics kernel: one pass over K (tensor-core Q.K^T per 64-token tile, a

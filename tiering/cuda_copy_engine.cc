@@ -131,13 +131,23 @@ void CudaCopyEngine::RegisterRegion(const void* base, size_t bytes, MemoryKind k
   auto it = std::lower_bound(regions_.begin(), regions_.end(), r,
                              [](const Region& x, const Region& y) { return x.begin < y.begin; });
   regions_.insert(it, r);
+  last_hit_ = {~size_t{0}, ~size_t{0}};  // indices moved
 }
 
 CudaCopyEngine::PtrKind CudaCopyEngine::Classify(const void* p) {
   const auto a = reinterpret_cast<uintptr_t>(p);
+  // The ops of a batch mostly alternate between two regions (a pool and a worker's blocks): try
+  // the last two regions hit before searching.
+  for (size_t h : last_hit_) {
+    if (h < regions_.size() && a >= regions_[h].begin && a < regions_[h].end) {
+      return regions_[h].kind == MemoryKind::kDevice ? PtrKind::kDevice : PtrKind::kPinnedHost;
+    }
+  }
   auto it = std::upper_bound(regions_.begin(), regions_.end(), a,
                              [](uintptr_t x, const Region& r) { return x < r.begin; });
   if (it != regions_.begin() && a < std::prev(it)->end) {
+    last_hit_[1] = last_hit_[0];
+    last_hit_[0] = static_cast<size_t>(std::prev(it) - regions_.begin());
     return std::prev(it)->kind == MemoryKind::kDevice ? PtrKind::kDevice : PtrKind::kPinnedHost;
   }
   cudaPointerAttributes attr{};

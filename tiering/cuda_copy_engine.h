@@ -141,6 +141,7 @@ class CudaCopyEngine final : public CopyEngine {
   absl::Mutex mu_;
   cudaStream_t stream_ ABSL_GUARDED_BY(mu_) = nullptr;
   std::vector<Region> regions_ ABSL_GUARDED_BY(mu_);  // sorted by begin, non-overlapping
+  std::array<size_t, 2> last_hit_ ABSL_GUARDED_BY(mu_) = {~size_t{0}, ~size_t{0}};  // regions_
   // Descriptor staging: pinned host (cudaMallocHost) -> device, max_ops_per_launch each.
   kernels::CopyDescriptor* staging_ ABSL_GUARDED_BY(mu_) = nullptr;
   kernels::DeviceBuffer device_descs_ ABSL_GUARDED_BY(mu_);

@@ -7,16 +7,22 @@
 //      SM budget);
 //   3. attention statistics on a 32k-token sequence vs the time to read K and V once at the
 //      device bandwidth measured by a large device-to-device copy (read + write bytes).
+// Beside the engine's rows, `kernel_wall` times the raw kernel as the engine is timed (launch plus
+// synchronise, wall clock), and a `PROBE` line gives the host's descriptor staging cost per piece.
+// KVTIER_BENCH_ATTN_OPTS="15,3,..." also times the attention pass's other option sets
+// (KVTIER_ATTN_OPT, kernels/cuda/gpu_attention_stats.cu) against the default's output.
 // Prints a table, then one machine-readable `BENCH key=value ...` line per figure.
 // Usage: kvtier_gpu_bench [--total_mib=512] [--reps=5] [--attn_only]
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <numeric>
 #include <random>
 #include <string>
@@ -145,15 +151,24 @@ int Main(int argc, char** argv) {
   auto descs = DeviceBuffer::Allocate(sizeof(CopyDescriptor) * (total / 16384 + 16));
   CHECK_OK(descs.status());
 
-  const int budgets[] = {1, 2, 4, 8, 16, 32, 0};
+  const int budgets[] = {1, 2, 4, 8, 16, 32, 48, 64, 0};
   CudaCopyEngineOptions engine_options;  // defaults: SM budget 16, methods by calibration
   auto engine = CudaCopyEngine::Create(engine_options);
   CHECK_OK(engine.status());
-  // The same engine with gpu.device_to_device_sm_budget: 32, for the HBM->HBM rows.
-  CudaCopyEngineOptions d2d32_options;
-  d2d32_options.device_to_device_sm_budget = 32;
-  auto engine_d2d32 = CudaCopyEngine::Create(d2d32_options);
-  CHECK_OK(engine_d2d32.status());
+  // The same engine with gpu.device_to_device_sm_budget 32, 48 and 64 for the HBM->HBM rows (on
+  // an H200 the kernel needs about 64 SMs for 80% of a device-to-device memcpy).
+  const int d2d_budgets[] = {32, 48, 64};
+  std::vector<std::unique_ptr<CudaCopyEngine>> d2d_engines;
+  for (int budget : d2d_budgets) {
+    CudaCopyEngineOptions o;
+    o.device_to_device_sm_budget = budget;
+    auto e = CudaCopyEngine::Create(o);
+    CHECK_OK(e.status());
+    d2d_engines.push_back(*std::move(e));
+  }
+  CopyDescriptor* host_descs = nullptr;  // pinned, for the staging probe below
+  CHECK_CUDA(cudaMallocHost(reinterpret_cast<void**>(&host_descs),
+                            sizeof(CopyDescriptor) * (total / 16384 + 16)));
   std::printf("\nCudaCopyEngine calibration (16 MiB samples, reversed pieces):\n");
   for (const CopyCalibration& c : (*engine)->calibration()) {
     std::printf(
@@ -267,12 +282,37 @@ int Main(int argc, char** argv) {
       Record({section, dir_name[dir], m, piece_kib, engine_options.kernel.sm_budget, gb / t,
               baseline});
       if (d2d) {
-        const std::string m32 =
-            "engine_" + std::string(CudaCopyMethodName((*engine_d2d32)->MethodFor(route, piece)));
-        t = TimeHost(
-            reps, [&] { CHECK_OK((*engine_d2d32)->CopyWith(route, CudaCopyMethod::kAuto, ops)); });
-        Record({section, dir_name[dir], m32, piece_kib, d2d32_options.device_to_device_sm_budget,
-                gb / t, baseline});
+        for (size_t i = 0; i < d2d_engines.size(); ++i) {
+          CudaCopyEngine& e = *d2d_engines[i];
+          const std::string me =
+              "engine_" + std::string(CudaCopyMethodName(e.MethodFor(route, piece)));
+          t = TimeHost(reps, [&] { CHECK_OK(e.CopyWith(route, CudaCopyMethod::kAuto, ops)); });
+          Record({section, dir_name[dir], me, piece_kib, d2d_budgets[i], gb / t, baseline});
+        }
+      }
+      // The engine's host work before its launch, alone: building the batch's descriptors in a
+      // pinned buffer (ns an op), the reason its rows trail the kernel's on device-to-device.
+      {
+        const auto s0 = std::chrono::steady_clock::now();
+        for (size_t i = 0; i < n; ++i) {
+          host_descs[i] = CopyDescriptor{ops[i].src, ops[i].dst, ops[i].bytes};
+        }
+        const double ns =
+            std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - s0).count();
+        std::printf("PROBE dir=%s piece_kib=%llu ops=%zu staging_pinned_ns_per_op=%.2f\n",
+                    dir_name[dir], static_cast<unsigned long long>(piece_kib), n, ns / n);
+      }
+      // The raw kernel timed as the engine is (wall clock: launch, copy, synchronise), at the
+      // engine's budgets: what an engine without any host work of its own would reach.
+      for (int budget : d2d ? std::vector<int>{16, 32, 48, 64} : std::vector<int>{16}) {
+        kernels::GpuCopyOptions opt;
+        opt.sm_budget = budget;
+        t = TimeHost(reps, [&] {
+          CHECK_OK(kernels::LaunchCopyBatch(static_cast<const CopyDescriptor*>(descs->get()),
+                                            static_cast<uint32_t>(n), piece, opt, stream));
+          CHECK_CUDA(cudaStreamSynchronize(stream));
+        });
+        Record({section, dir_name[dir], "kernel_wall", piece_kib, budget, gb / t, baseline});
       }
     }
   }
@@ -325,6 +365,51 @@ int Main(int argc, char** argv) {
         s.tokens, s.q_heads, s.kv_heads, s.head_dim, s.window, s.tokens_per_page, t_attn * 1e6,
         bw / 1e9, t_read * 1e6, t_attn / t_read);
     std::fflush(stdout);
+    // KVTIER_BENCH_ATTN_OPTS="0,1,..." times the tiled pass's other option sets side by side
+    // (kernels/cuda/gpu_attention_stats.cu, KVTIER_ATTN_OPT), each checked against the default's
+    // output on the same inputs.
+    if (const char* opts = std::getenv("KVTIER_BENCH_ATTN_OPTS"); opts != nullptr) {
+      std::vector<kernels::PageAttentionStats> ref(pages), got(pages);
+      CHECK_CUDA(
+          cudaMemcpy(ref.data(), dout->get(), pages * sizeof(ref[0]), cudaMemcpyDeviceToHost));
+      std::string list = opts;
+      for (size_t at = 0; at < list.size();) {
+        size_t end = list.find(',', at);
+        if (end == std::string::npos) end = list.size();
+        const std::string opt = list.substr(at, end - at);
+        at = end + 1;
+        setenv("KVTIER_ATTN_OPT", opt.c_str(), 1);
+        auto wv = kernels::AttentionStatsWorkspace::Create(s);
+        CHECK_OK(wv.status());
+        CHECK_CUDA(cudaMemset(dout->get(), 0xff, pages * sizeof(ref[0])));  // NaN poison
+        const double tv = TimeIt(stream, 20, [&] {
+          CHECK_OK(kernels::LaunchAttentionStats(
+              s, {}, dq->get(), dk->get(), dv->get(),
+              static_cast<kernels::PageAttentionStats*>(dout->get()), *wv, stream));
+        });
+        CHECK_CUDA(
+            cudaMemcpy(got.data(), dout->get(), pages * sizeof(got[0]), cudaMemcpyDeviceToHost));
+        double mass = 0, norm = 0, breadth = 0, entropy = 0;
+        for (uint32_t i = 0; i < pages; ++i) {
+          auto rel = [](double x, double y) {
+            return std::isnan(x) || std::isnan(y) ? 1e30
+                                                  : std::abs(x - y) / std::max(1e-30, std::abs(y));
+          };
+          mass = std::max(mass, std::abs(double(got[i].mass) - ref[i].mass) /
+                                    std::max<double>(ref[i].mass, 1.0 / pages));
+          if (std::isnan(got[i].mass)) mass = 1e30;
+          norm = std::max(norm, rel(got[i].value_norm, ref[i].value_norm));
+          breadth = std::max(breadth, std::abs(double(got[i].breadth) - ref[i].breadth));
+          entropy = std::max(entropy, std::abs(double(got[i].mass_entropy) - ref[i].mass_entropy));
+        }
+        std::printf(
+            "BENCH section=attention_stats_opt opt=%s us=%.1f kv_read_us=%.1f ratio=%.2f "
+            "mass_rel_diff=%.2e norm_rel_diff=%.2e breadth_diff=%.3f entropy_diff=%.2e\n",
+            opt.c_str(), tv * 1e6, t_read * 1e6, tv / t_read, mass, norm, breadth, entropy);
+        std::fflush(stdout);
+      }
+      unsetenv("KVTIER_ATTN_OPT");
+    }
   }
 
   // --- table ---
@@ -337,6 +422,7 @@ int Main(int argc, char** argv) {
                 r.gbps / r.baseline_gbps);
   }
   CHECK_CUDA(cudaFreeHost(host));
+  CHECK_CUDA(cudaFreeHost(host_descs));
   cudaStreamDestroy(stream);
   return 0;
 }

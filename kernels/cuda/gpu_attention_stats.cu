@@ -14,12 +14,15 @@
 // programmatic dependent, so that its launch overlaps pass 1's drain).
 // Nothing of size tokens x rows is ever stored: the page partials are [rows][pages] floats, 1/16
 // of K's bytes at 16 tokens a page.
+#include <cuda.h>
+#include <cudaTypedefs.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <mma.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <type_traits>
 
 #include "absl/strings/str_cat.h"
@@ -373,20 +376,28 @@ __global__ void __launch_bounds__(kThreads)
 // Pass 1 for page-aligned tiles (tokens_per_page 8, 16, 32 or 64; head_dim 64, 128 or 256: the
 // shapes of vLLM, SGLang and TensorRT-LLM paged caches). FlashAttention-2's layout: a warp owns 16
 // query rows whose Q fragments stay in registers for the whole block; K and V tiles of 64 tokens
-// stream through a ring of shared-memory stages filled by cp.async, so the loads of the next
-// stages overlap this tile's arithmetic with a single barrier per tile; S = Q.K^T comes out of
-// mma.sync in registers, and every page lies inside one tile, so each page's log2-sum-exp is
-// finished from the accumulator fragments with two quad shuffles, without touching shared
-// memory. Each thread also keeps its rows' running (max, sum) over the block's tokens, which
-// pass 2 merges (a few floats per row instead of re-reading every page partial).
+// stream through a ring of shared-memory stages (filled by tensor copies, or cp.async, see the
+// kOpt* options below), so the loads of the next stages overlap this tile's arithmetic; S = Q.K^T
+// comes out of mma.sync in registers, and every page lies inside one tile, so each page's
+// log2-sum-exp is finished from the accumulator fragments and a quad reduce-scatter, without
+// touching shared memory. Each thread also keeps its rows' running (reference, sum) over the
+// block's tokens, which the last block merges (a few floats per row instead of re-reading every
+// page partial).
+//
+// Measured on an H200 (bench/RESULTS.md, issue 18; us of the whole statistics, 32k tokens, 32/8
+// heads, d 128, window 32; K+V read once 31.8-32.3 us): options 0 (the H100's kernel) 81.5-82.1,
+// kOptFixedRef 78.2, + kOptMmaNorms 68.9-69.4, + kOptBulkLoads 69.8, + kOptEvictFirst (the
+// default) 66.1-67.5; pass 1 alone 56-63 us under ncu, pass 3 9-10 us.
 namespace mma_pass {
 
 constexpr int kTile = 64;
 constexpr int kMaxWarps = 8;  // 128 rows a block: the q-head group x window of Llama-3-8B
 
-template <int kHeadDim>
+// kDeep: one block an SM with 6 stages (head_dim <= 128) instead of two blocks with 3 each.
+template <int kHeadDim, bool kDeep = false>
 struct Geometry {
-  static constexpr int kStages = kHeadDim <= 128 ? 3 : 2;  // 2 blocks an SM up to head_dim 128
+  // 2 blocks an SM up to head_dim 128
+  static constexpr int kStages = kDeep && kHeadDim <= 128 ? 6 : kHeadDim <= 128 ? 3 : 2;
   static constexpr int kRowElems = kHeadDim + 8;  // 16-byte pad: ldmatrix rows on distinct banks
   static constexpr int kChunksPerRow = kHeadDim / 8;  // 16-byte vectors per token row
   static constexpr size_t kTileBytes = size_t{kTile} * kRowElems * 2;
@@ -396,6 +407,11 @@ struct Geometry {
 };
 
 struct Params {
+  // K and V as [tokens][kv_heads * head_dim] for the bulk tensor copies (kOptBulkLoads): a box
+  // of 64 tokens x (head_dim + 8) elements lands as one padded stage tile (the 8 extra elements
+  // are the next head's, or zeros past the last, and are never read).
+  CUtensorMap tmap_k;
+  CUtensorMap tmap_v;
   const void* q;
   const void* k;
   const void* v;
@@ -408,6 +424,9 @@ struct Params {
   float* row_lse;    // [q_heads * window] written by the last block of each (kv head, split)
   float* norm_sum;   // [pages][kv_heads][tokens_per_page / 8]: one part per 8 tokens
   uint32_t* done;    // [kv_heads][splits] blocks finished; zero between launches
+  // [kv_heads][splits] chunks handed out past the grid's first ones (kOptDynamic); zero between
+  // launches.
+  uint32_t* next_chunk;
 };
 
 using ptx::CpAsync16;
@@ -488,7 +507,95 @@ __device__ void MergeRowParts(const Params& p, uint32_t rbeg, uint32_t nrows) {
     MergeLse(m, s, __shfl_xor_sync(0xffffffffu, m, 1), __shfl_xor_sync(0xffffffffu, s, 1));
     if (r < nrows && half == 0) p.row_lse[row] = s > 0 ? m + log2f(s) : -INFINITY;
   }
-  if (threadIdx.x == 0) *done = 0;  // ready for the next launch on this workspace
+  if (threadIdx.x == 0) {  // ready for the next launch on this workspace
+    *done = 0;
+    p.next_chunk[blockIdx.y * gridDim.z + blockIdx.z] = 0;
+  }
+}
+
+// Options of the tiled pass, a bit each (kOptDefault is what the plan launches; the others stay
+// selectable for side-by-side measurements, see PlanMmaPass).
+//  kOptFixedRef: a row's exponentials take a fixed reference, the first tile's maximum, instead
+//    of each tile's maximum, so the common tile needs no maximum (16 max, 4 shuffles a row) and
+//    its sum adds to the row's running sum without rescaling; a tile whose sums come out too
+//    large (or the first, whose reference is -inf) falls back, warp-uniformly, to the tile's
+//    maximum. Page sums leave the quad by a reduce-scatter (3 shuffles for 4 pages, not 8).
+//  kOptMmaNorms: value norms on the tensor cores: the diagonal of V8 . V8^T for the warp's 8
+//    tokens (one ldmatrix.x4 and two MMAs per 32 dimensions, instead of unpacking and squaring
+//    every element on the FMA pipe). Products of 16-bit values are exact in fp32.
+//  kOptBulkLoads: the producer's lane 0 fetches each tile of K and of V with one tensor copy
+//    (cp.async.bulk.tensor through a tensor map, completing on the stage's mbarrier) instead of
+//    the warp's 64 16-byte cp.asyncs a tile with their address arithmetic (~600 instructions a
+//    tile, issued on the sub-partition that also runs two consumer warps of each block).
+//    head_dim 64 and 128 only (the box is at most 256 elements wide); if the tensor map cannot
+//    be made, the launch takes the same options without it.
+//  kOptEvictFirst: K and V are read once: the bulk copies mark them evict-first in L2, so the
+//    page partials that pass 3 reads next stay there (needs kOptBulkLoads).
+constexpr int kOptFixedRef = 1;
+constexpr int kOptMmaNorms = 2;
+constexpr int kOptBulkLoads = 4;
+constexpr int kOptEvictFirst = 8;
+// Measured and not taken (H200, bench/RESULTS.md), selectable with KVTIER_ATTN_OPT:
+//  kOptDeep: one block an SM with a 6-stage ring instead of two blocks of 3 (slower: half the
+//    consumer warps).
+//  kOptDynamic: the blocks of a (kv head, row split) take 2-tile chunks from a counter as they
+//    go (first chunk: blockIdx.x) instead of a fixed range each, so that a block slowed by its
+//    memory traffic would not hold up the pass (no faster: SMs were active 77% of pass 1 with
+//    fixed ranges, 80% with chunks).
+constexpr int kOptDeep = 16;
+constexpr int kOptDynamic = 32;
+constexpr uint32_t kNoTile = 0xffffffffu;
+constexpr uint32_t kChunkTiles = 2;
+constexpr int kOptDefault = kOptFixedRef | kOptMmaNorms | kOptBulkLoads | kOptEvictFirst;
+
+// One stage tile of K or V (64 tokens x head_dim + 8 elements of kv head `head`), global ->
+// shared, by the tensor copy unit; completes its bytes on the mbarrier.
+__device__ __forceinline__ void TmaTileLoad(uint32_t dst, const CUtensorMap* map, int32_t col,
+                                            int32_t token, uint32_t bar, uint64_t policy,
+                                            bool hint) {
+  const auto desc = reinterpret_cast<uint64_t>(map);
+  if (hint) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
+        ".L2::cache_hint [%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(dst),
+        "l"(desc), "r"(col), "r"(token), "r"(bar), "l"(policy)
+        : "memory");
+  } else {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
+        " [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
+        "l"(desc), "r"(col), "r"(token), "r"(bar)
+        : "memory");
+  }
+}
+
+// Sums page partials over the 4 lanes of a quad (the lanes that hold one row's columns) and
+// scatters them: with P >= 4 lane tig ends with page 4i + tig in v[i] (i < P / 4); with P = 2
+// every lane holds page tig & 1 in v[0]; with P = 1 every lane holds the page in v[0].
+template <int P>
+__device__ __forceinline__ void QuadReduceScatter(float (&v)[P], uint32_t tig) {
+  if constexpr (P >= 2) {
+    const bool b0 = (tig & 1) != 0;
+#pragma unroll
+    for (int j = 0; j < P / 2; ++j) {
+      const float keep = b0 ? v[2 * j + 1] : v[2 * j];
+      const float send = b0 ? v[2 * j] : v[2 * j + 1];
+      v[j] = keep + __shfl_xor_sync(0xffffffffu, send, 1);
+    }
+  } else {
+    v[0] += __shfl_xor_sync(0xffffffffu, v[0], 1);
+  }
+  if constexpr (P >= 4) {
+    const bool b1 = (tig & 2) != 0;
+#pragma unroll
+    for (int i = 0; i < P / 4; ++i) {
+      const float keep = b1 ? v[2 * i + 1] : v[2 * i];
+      const float send = b1 ? v[2 * i] : v[2 * i + 1];
+      v[i] = keep + __shfl_xor_sync(0xffffffffu, send, 2);
+    }
+  } else {
+    v[0] += __shfl_xor_sync(0xffffffffu, v[0], 2);
+  }
 }
 
 // Warp-specialised: kMaxWarps consumer warps compute, one producer warp keeps the stage ring
@@ -496,10 +603,18 @@ __device__ void MergeRowParts(const Params& p, uint32_t rbeg, uint32_t nrows) {
 // drift apart and one warp's tensor-core work overlaps another's exponentials and shuffles
 // (with a barrier per tile, every warp was in the same phase at once and the SM's units took
 // turns idling).
-template <typename T, int kHeadDim, int kTpp>
-__global__ void __launch_bounds__((kMaxWarps + 1) * 32, kHeadDim <= 128 ? 2 : 1)
-    AttentionStatsPass1Mma(Params p) {
-  using G = Geometry<kHeadDim>;
+template <typename T, int kHeadDim, int kTpp, int kOpt>
+__global__ void __launch_bounds__((kMaxWarps + 1) * 32,
+                                  kHeadDim <= 128 && (kOpt & kOptDeep) == 0 ? 2 : 1)
+    AttentionStatsPass1Mma(const __grid_constant__ Params p) {
+  using G = Geometry<kHeadDim, (kOpt & kOptDeep) != 0>;
+  constexpr bool kDynamic = (kOpt & kOptDynamic) != 0;
+  __shared__ uint32_t stage_tile[G::kStages];  // kDynamic: the tile in each stage, or kNoTile
+  constexpr bool kFixedRef = (kOpt & kOptFixedRef) != 0;
+  constexpr bool kMmaNorms = (kOpt & kOptMmaNorms) != 0;
+  // The tensor copy's box is at most 256 elements wide: head_dim 256 keeps the cp.async producer.
+  constexpr bool kBulk = (kOpt & kOptBulkLoads) != 0 && kHeadDim <= 128;
+  constexpr bool kEvictFirst = kBulk && (kOpt & kOptEvictFirst) != 0;
   constexpr int kPagesPerTile = kTile / kTpp;
   constexpr int kNTilesPerPage = kTpp / 8;
   constexpr int kKSteps = kHeadDim / 16;
@@ -519,50 +634,124 @@ __global__ void __launch_bounds__((kMaxWarps + 1) * 32, kHeadDim <= 128 ? 2 : 1)
   const uint32_t tiles_total = (p.tokens + kTile - 1) / kTile;
   const uint32_t tile_begin = blockIdx.x * p.tiles_per_block;
   const uint32_t tile_end = min(tiles_total, tile_begin + p.tiles_per_block);
+  // The producer's lane 0: the k-th tile this block loads (k counting up from 0), or kNoTile.
+  uint32_t chunk_pos = blockIdx.x * kChunkTiles;
+  uint32_t chunk_end = min(chunk_pos + kChunkTiles, tiles_total);
+  auto next_tile = [&](uint32_t k) -> uint32_t {
+    if constexpr (kDynamic) {
+      if (chunk_pos >= chunk_end) {
+        const uint32_t c =
+            gridDim.x + atomicAdd(p.next_chunk + blockIdx.y * gridDim.z + blockIdx.z, 1u);
+        chunk_pos = c * kChunkTiles;
+        chunk_end = min(chunk_pos + kChunkTiles, tiles_total);
+        if (chunk_pos >= tiles_total) return kNoTile;
+      }
+      return chunk_pos++;
+    } else {
+      return tile_begin + k < tile_end ? tile_begin + k : kNoTile;
+    }
+  };
 
   if (tid == 0) {
     for (int s = 0; s < G::kStages; ++s) {
-      MbarrierInit(bar_full + s * 8, 32);  // the producer's lanes
+      // The producer's lanes (cp.async), or its lane 0's expect_tx arrival (bulk copies).
+      // (+1 with kDynamic on cp.async: lane 0's release of the stage's tile index).
+      MbarrierInit(bar_full + s * 8, kBulk ? 1 : (kDynamic ? 33 : 32));
       // Every consumer thread: each one's release covers its own reads of the stage.
       MbarrierInit(bar_empty + s * 8, kMaxWarps * 32);
+    }
+    if constexpr (kBulk) {
+      // The bulk copies complete on these barriers through the async proxy: make their
+      // initialisation visible to it first.
+      asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     }
   }
   __syncthreads();
 
   if (warp == kMaxWarps) {
-    // Producer: lane l copies 16-byte column l % kChunksPerRow of every (32 / kChunksPerRow)-th
-    // token row, for K and (row split 0 only) V. The k-th refill of a stage waits for the
-    // consumers to release its (k-1)-th contents.
-    constexpr int kLanesPerRow = G::kChunksPerRow < 32 ? G::kChunksPerRow : 32;
-    constexpr int kRowStep = 32 / kLanesPerRow;
-    constexpr int kChunksPerLaneRow = G::kChunksPerRow / kLanesPerRow;
-    const size_t token_stride = size_t{p.kv_heads} * kHeadDim;
-    const uint32_t row0 = lane / kLanesPerRow, col0 = lane % kLanesPerRow * 8;
-    const T* k_src = static_cast<const T*>(p.k) + size_t{g} * kHeadDim + col0;
-    const T* v_src = static_cast<const T*>(p.v) + size_t{g} * kHeadDim + col0;
-    uint32_t it = 0;
-    for (uint32_t tile = tile_begin; tile < tile_end; ++tile, ++it) {
-      const uint32_t s = it % G::kStages, round = it / G::kStages;
-      if (round > 0) MbarrierWait(bar_empty + s * 8, (round - 1) & 1);
-      const uint32_t base =
-          SmemAddress(smem + s * G::kStageBytes) + (row0 * G::kRowElems + col0) * 2;
-#pragma unroll 4
-      for (int r = 0; r < kTile / kRowStep; ++r) {
-        const uint32_t tok = tile * kTile + row0 + r * kRowStep;
-        const bool valid = tok < p.tokens;
-        const size_t off = (valid ? tok : 0) * token_stride;
-#pragma unroll
-        for (int c = 0; c < kChunksPerLaneRow; ++c) {
-          const uint32_t dst = base + (r * kRowStep * G::kRowElems + c * kLanesPerRow * 8) * 2;
-          CpAsync16(dst, k_src + off + c * kLanesPerRow * 8, valid);
+    if constexpr (kBulk) {
+      // Producer, tensor copies: lane 0 issues two per tile (K, V), each completing a whole
+      // padded tile on the stage's barrier; rows past the sequence arrive as zeros.
+      if (lane == 0) {
+        uint64_t policy = 0;
+        if constexpr (kEvictFirst) {
+          asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+        }
+        const int32_t col = static_cast<int32_t>(g * kHeadDim);
+        for (uint32_t it = 0;; ++it) {
+          const uint32_t tile = next_tile(it);
+          if (!kDynamic && tile == kNoTile) break;
+          const uint32_t s = it % G::kStages, round = it / G::kStages;
+          if (round > 0) MbarrierWait(bar_empty + s * 8, (round - 1) & 1);
+          const uint32_t bar = bar_full + s * 8;
+          if constexpr (kDynamic) {
+            stage_tile[s] = tile;  // released to the consumers by the arrival below
+            if (tile == kNoTile) {
+              MbarrierArrive(bar);
+              break;
+            }
+          }
+          const uint32_t bytes = static_cast<uint32_t>(G::kTileBytes) * (do_norms ? 2u : 1u);
+          asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar),
+                       "r"(bytes)
+                       : "memory");
+          const uint32_t base = SmemAddress(smem + s * G::kStageBytes);
+          const auto token = static_cast<int32_t>(tile * kTile);
+          TmaTileLoad(base, &p.tmap_k, col, token, bar, policy, kEvictFirst);
           if (do_norms) {
-            CpAsync16(dst + G::kTileBytes, v_src + off + c * kLanesPerRow * 8, valid);
+            TmaTileLoad(base + G::kTileBytes, &p.tmap_v, col, token, bar, policy, kEvictFirst);
           }
         }
       }
-      CpAsyncArriveOn(bar_full + s * 8);
+      __syncwarp();
+    } else {
+      // Producer: lane l copies 16-byte column l % kChunksPerRow of every (32 / kChunksPerRow)-th
+      // token row, for K and (row split 0 only) V. The k-th refill of a stage waits for the
+      // consumers to release its (k-1)-th contents.
+      constexpr int kLanesPerRow = G::kChunksPerRow < 32 ? G::kChunksPerRow : 32;
+      constexpr int kRowStep = 32 / kLanesPerRow;
+      constexpr int kChunksPerLaneRow = G::kChunksPerRow / kLanesPerRow;
+      const size_t token_stride = size_t{p.kv_heads} * kHeadDim;
+      const uint32_t row0 = lane / kLanesPerRow, col0 = lane % kLanesPerRow * 8;
+      const T* k_src = static_cast<const T*>(p.k) + size_t{g} * kHeadDim + col0;
+      const T* v_src = static_cast<const T*>(p.v) + size_t{g} * kHeadDim + col0;
+      for (uint32_t it = 0;; ++it) {
+        uint32_t tile = lane == 0 ? next_tile(it) : 0;
+        tile = __shfl_sync(0xffffffffu, tile, 0);
+        if (!kDynamic && tile == kNoTile) break;
+        const uint32_t s = it % G::kStages, round = it / G::kStages;
+        if (round > 0) MbarrierWait(bar_empty + s * 8, (round - 1) & 1);
+        if constexpr (kDynamic) {
+          if (lane == 0) {
+            stage_tile[s] = tile;
+            MbarrierArrive(bar_full + s * 8);  // release: the index before the consumers read it
+          }
+          if (tile == kNoTile) {
+            CpAsyncArriveOn(bar_full + s * 8);
+            break;
+          }
+        }
+        const uint32_t base =
+            SmemAddress(smem + s * G::kStageBytes) + (row0 * G::kRowElems + col0) * 2;
+#pragma unroll 4
+        for (int r = 0; r < kTile / kRowStep; ++r) {
+          const uint32_t tok = tile * kTile + row0 + r * kRowStep;
+          const bool valid = tok < p.tokens;
+          const size_t off = (valid ? tok : 0) * token_stride;
+#pragma unroll
+          for (int c = 0; c < kChunksPerLaneRow; ++c) {
+            const uint32_t dst = base + (r * kRowStep * G::kRowElems + c * kLanesPerRow * 8) * 2;
+            CpAsync16(dst, k_src + off + c * kLanesPerRow * 8, valid);
+            if (do_norms) {
+              CpAsync16(dst + G::kTileBytes, v_src + off + c * kLanesPerRow * 8, valid);
+            }
+          }
+        }
+        CpAsyncArriveOn(bar_full + s * 8);
+      }
+      CpAsyncWait<0>();
     }
-    CpAsyncWait<0>();
   } else {
     // Consumers. The thread's two rows: fragment rows gid and gid + 8 of the warp's 16. Block
     // row r is query i of q head g * group + j, r = j * window + i, as in the generic pass.
@@ -590,18 +779,50 @@ __global__ void __launch_bounds__((kMaxWarps + 1) * 32, kHeadDim <= 128 ? 2 : 1)
       qa[ks][2] = row_ok[0] ? *reinterpret_cast<const uint32_t*>(q_row[0] + c + 8) : 0u;
       qa[ks][3] = row_ok[1] ? *reinterpret_cast<const uint32_t*>(q_row[1] + c + 8) : 0u;
     }
+    // Running (max, sum) of each row over the block's tiles, log2 units. With kFixedRef, m_run is
+    // the fixed reference and s_run this lane's share of the sum (its pages), summed over the
+    // quad at the end.
     float m_run[2] = {-INFINITY, -INFINITY}, s_run[2] = {0.0f, 0.0f};
     // ldmatrix.x4 of two n-tiles x two k-halves: lane supplies row (lane % 8) of matrix lane / 8.
     const uint32_t lm_offset =
         (((lane / 16) * 8 + lane % 8) * G::kRowElems + (lane / 8) % 2 * 8) * 2;
-    uint32_t it = 0;
-    for (uint32_t tile = tile_begin; tile < tile_end; ++tile, ++it) {
+    for (uint32_t it = 0;; ++it) {
+      if (!kDynamic && tile_begin + it >= tile_end) break;
       const uint32_t s = it % G::kStages;
       MbarrierWait(bar_full + s * 8, (it / G::kStages) & 1);
+      const uint32_t tile =
+          kDynamic ? *static_cast<volatile uint32_t*>(&stage_tile[s]) : tile_begin + it;
+      if (tile == kNoTile) break;
       const unsigned char* stage = smem + s * G::kStageBytes;
       const uint32_t c0 = tile * kTile;
 
-      if (do_norms) {
+      if (do_norms && kMmaNorms) {
+        // Tokens c0 + 8w .. +7. ldmatrix.x4 at dimensions 32q.. gives r0..r3 = V8[:, 32q + 8m ..
+        // + 8], which are at once the A fragment (rows 8..15 repeat rows 0..7) and the B
+        // fragment of V8 . V8^T over those 16 dimensions; token i's squared norm is the
+        // diagonal element (i, i), held by lane 4i + i / 2.
+        const uint32_t vbase = SmemAddress(stage + G::kTileBytes) +
+                               ((warp * 8 + lane % 8) * G::kRowElems + (lane / 8) * 8) * 2;
+        float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+        for (int q = 0; q < kHeadDim / 32; ++q) {
+          uint32_t r0, r1, r2, r3;
+          LdMatrixX4(vbase + q * 64, r0, r1, r2, r3);
+          const uint32_t a0[4] = {r0, r0, r1, r1};
+          const uint32_t a1[4] = {r2, r2, r3, r3};
+          Mma16816<T>(c, a0, r0, r1);
+          Mma16816<T>(c, a1, r2, r3);
+        }
+        const uint32_t tok = c0 + warp * 8 + gid;
+        const bool diag = tig == gid / 2 && tok < p.tokens;  // rows past the end hold stale data
+        float norm = diag ? sqrtf((gid & 1) ? c[1] : c[0]) : 0.0f;
+#pragma unroll
+        for (int off = 16; off > 0; off /= 2) norm += __shfl_xor_sync(0xffffffffu, norm, off);
+        const uint32_t first = c0 + warp * 8, pg = first / kTpp;
+        if (lane == 0 && pg < p.pages) {
+          p.norm_sum[(size_t{pg} * p.kv_heads + g) * kNormParts + first % kTpp / 8] = norm;
+        }
+      } else if (do_norms) {
         // Tokens c0 + 8w .. +7 (the lane's low 3 bits), a quarter of each row per lane (its
         // high 2 bits): the 8 lanes of a shared-memory phase read 8 rows at one column, on
         // distinct banks thanks to the row pad. Two shuffles finish each token, three more add
@@ -620,7 +841,8 @@ __global__ void __launch_bounds__((kMaxWarps + 1) * 32, kHeadDim <= 128 ? 2 : 1)
         for (int c = 0; c < kChunksPerLane; ++c) total += sq[c];
         total += __shfl_xor_sync(0xffffffffu, total, 8);
         total += __shfl_xor_sync(0xffffffffu, total, 16);
-        float norm = sqrtf(total);
+        // Bulk loads leave rows past the sequence stale (cp.async zero-fills them).
+        float norm = (!kBulk || c0 + t < p.tokens) ? sqrtf(total) : 0.0f;
         norm += __shfl_xor_sync(0xffffffffu, norm, 1);
         norm += __shfl_xor_sync(0xffffffffu, norm, 2);
         norm += __shfl_xor_sync(0xffffffffu, norm, 4);
@@ -659,7 +881,7 @@ __global__ void __launch_bounds__((kMaxWarps + 1) * 32, kHeadDim <= 128 ? 2 : 1)
         MbarrierArrive(bar_empty + s * 8);
 
         // Causal mask, only in the tiles that reach past the first window query's position (it
-        // also hides the zero-filled columns past the sequence's end).
+        // also hides the columns past the sequence's end, zero-filled or stale).
         if (c0 + kTile > p.tokens - p.window + 1) {
 #pragma unroll
           for (int n = 0; n < 8; ++n) {
@@ -670,59 +892,133 @@ __global__ void __launch_bounds__((kMaxWarps + 1) * 32, kHeadDim <= 128 ? 2 : 1)
           }
         }
 
-        // One reference per row and tile (its maximum): every page sum of the tile is relative
-        // to it, and the row's running sum merges once per tile. A page more than 2^126 below
-        // the tile's maximum flushes to zero mass, which it is to fp32 anyway.
+        if constexpr (kFixedRef) {
+          // Page sums relative to the row's fixed reference. Any sum not below 2^100 (overflow
+          // near, or the first tile, whose reference is -inf and gives inf or NaN) sends the
+          // whole warp (its shuffles are warp-wide) through the exact path below for this tile.
+          float v[2][kPagesPerTile];
+          auto page_sums = [&](const float(&ref)[2]) {
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          float mx = -INFINITY;
+            for (int h = 0; h < 2; ++h) {
 #pragma unroll
-          for (int n = 0; n < 8; ++n) mx = fmaxf(mx, fmaxf(acc[n][2 * h], acc[n][2 * h + 1]));
-          mx = QuadMax(mx);
-          const float ref = mx == -INFINITY ? 0.0f : mx * p.scale_log2;
-          float sums[kPagesPerTile];
-          float tile_sum = 0;
+              for (int pp = 0; pp < kPagesPerTile; ++pp) {
+                float sum = 0;
 #pragma unroll
-          for (int pp = 0; pp < kPagesPerTile; ++pp) {
-            float sum = 0;
-#pragma unroll
-            for (int n = pp * kNTilesPerPage; n < (pp + 1) * kNTilesPerPage; ++n) {
-              sum += Ex2(fmaf(acc[n][2 * h], p.scale_log2, -ref)) +
-                     Ex2(fmaf(acc[n][2 * h + 1], p.scale_log2, -ref));
+                for (int n = pp * kNTilesPerPage; n < (pp + 1) * kNTilesPerPage; ++n) {
+                  sum += Ex2(fmaf(acc[n][2 * h], p.scale_log2, -ref[h])) +
+                         Ex2(fmaf(acc[n][2 * h + 1], p.scale_log2, -ref[h]));
+                }
+                v[h][pp] = sum;
+              }
+              QuadReduceScatter<kPagesPerTile>(v[h], tig);
             }
-            sums[pp] = QuadSum(sum);
-            tile_sum += sums[pp];
+          };
+          page_sums(m_run);
+          constexpr int kSlots = kPagesPerTile >= 4 ? kPagesPerTile / 4 : 1;
+          bool bad = false;
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+#pragma unroll
+            for (int i = 0; i < kSlots; ++i) bad |= !(v[h][i] < 0x1p100f);
           }
-          // Lane tig of the quad writes pages tig, tig + 4, ...: selects, not divergent branches.
+          if (__any_sync(0xffffffffu, bad)) {
+            float ref[2];
 #pragma unroll
-          for (int slot = 0; slot < (kPagesPerTile + 3) / 4; ++slot) {
-            float mine = sums[slot * 4];
+            for (int h = 0; h < 2; ++h) {
+              float mx = -INFINITY;
 #pragma unroll
-            for (int k = 1; k < 4; ++k) {
-              if (slot * 4 + k < kPagesPerTile && tig == static_cast<uint32_t>(k)) {
-                mine = sums[slot * 4 + k];
+              for (int n = 0; n < 8; ++n) mx = fmaxf(mx, fmaxf(acc[n][2 * h], acc[n][2 * h + 1]));
+              mx = QuadMax(mx);
+              const float m_new = fmaxf(m_run[h], mx * p.scale_log2);  // -inf: all masked
+              if (m_new != -INFINITY) {
+                s_run[h] = m_run[h] == -INFINITY ? 0.0f : s_run[h] * Ex2(m_run[h] - m_new);
+                m_run[h] = m_new;
+              }
+              ref[h] = m_run[h] == -INFINITY ? 0.0f : m_run[h];
+            }
+            page_sums(ref);
+          }
+          // Lane tig owns pages 4i + tig (4+ pages a tile), tig (2 pages, lanes 0-1) or the
+          // tile's one page (lane 0); owners write the page's log2-sum-exp and add it to their
+          // share of the row's sum.
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+#pragma unroll
+            for (int i = 0; i < kSlots; ++i) {
+              const uint32_t pp = kPagesPerTile >= 4   ? 4 * i + tig
+                                  : kPagesPerTile == 2 ? (tig & 1)
+                                                       : 0;
+              const bool owner = kPagesPerTile >= 4 || tig < static_cast<uint32_t>(kPagesPerTile);
+              const uint32_t pg = tile * kPagesPerTile + pp;
+              const float sum = v[h][i];
+              if (owner && row_ok[h] && pg < p.pages) {
+                p.page_lse[size_t{row_global[h]} * p.pages + pg] =
+                    sum > 0 ? m_run[h] + __log2f(sum) : -INFINITY;
+              }
+              if (owner) s_run[h] += sum;
+            }
+          }
+        } else {
+          // One reference per row and tile (its maximum): every page sum of the tile is relative
+          // to it, and the row's running sum merges once per tile. A page more than 2^126 below
+          // the tile's maximum flushes to zero mass, which it is to fp32 anyway.
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            float mx = -INFINITY;
+#pragma unroll
+            for (int n = 0; n < 8; ++n) mx = fmaxf(mx, fmaxf(acc[n][2 * h], acc[n][2 * h + 1]));
+            mx = QuadMax(mx);
+            const float ref = mx == -INFINITY ? 0.0f : mx * p.scale_log2;
+            float sums[kPagesPerTile];
+            float tile_sum = 0;
+#pragma unroll
+            for (int pp = 0; pp < kPagesPerTile; ++pp) {
+              float sum = 0;
+#pragma unroll
+              for (int n = pp * kNTilesPerPage; n < (pp + 1) * kNTilesPerPage; ++n) {
+                sum += Ex2(fmaf(acc[n][2 * h], p.scale_log2, -ref)) +
+                       Ex2(fmaf(acc[n][2 * h + 1], p.scale_log2, -ref));
+              }
+              sums[pp] = QuadSum(sum);
+              tile_sum += sums[pp];
+            }
+            // Lane tig of the quad writes pages tig, tig + 4, ...: selects, not divergent
+            // branches.
+#pragma unroll
+            for (int slot = 0; slot < (kPagesPerTile + 3) / 4; ++slot) {
+              float mine = sums[slot * 4];
+#pragma unroll
+              for (int k = 1; k < 4; ++k) {
+                if (slot * 4 + k < kPagesPerTile && tig == static_cast<uint32_t>(k)) {
+                  mine = sums[slot * 4 + k];
+                }
+              }
+              const uint32_t pp = slot * 4 + tig;
+              const uint32_t pg = tile * kPagesPerTile + pp;
+              if (pp < kPagesPerTile && row_ok[h] && pg < p.pages) {
+                p.page_lse[size_t{row_global[h]} * p.pages + pg] =
+                    mine > 0 ? ref + __log2f(mine) : -INFINITY;
               }
             }
-            const uint32_t pp = slot * 4 + tig;
-            const uint32_t pg = tile * kPagesPerTile + pp;
-            if (pp < kPagesPerTile && row_ok[h] && pg < p.pages) {
-              p.page_lse[size_t{row_global[h]} * p.pages + pg] =
-                  mine > 0 ? ref + __log2f(mine) : -INFINITY;
+            if (tile_sum > 0) {
+              const float m_new = fmaxf(m_run[h], ref);
+              s_run[h] = s_run[h] * Ex2(m_run[h] - m_new) + tile_sum * Ex2(ref - m_new);
+              m_run[h] = m_new;
             }
-          }
-          if (tile_sum > 0) {
-            const float m_new = fmaxf(m_run[h], ref);
-            s_run[h] = s_run[h] * Ex2(m_run[h] - m_new) + tile_sum * Ex2(ref - m_new);
-            m_run[h] = m_new;
           }
         }
       } else {
         MbarrierArrive(bar_empty + s * 8);
       }
     }
+    if constexpr (kFixedRef) {
+      // Every warp runs this (QuadSum is warp-wide); warps without rows hold zeros.
+#pragma unroll
+      for (int h = 0; h < 2; ++h) s_run[h] = QuadSum(s_run[h]);
+    }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      if (tig == 0 && row_ok[h]) {
+      if (warp_has_rows && tig == 0 && row_ok[h]) {
         p.row_part[size_t{row_global[h]} * gridDim.x + blockIdx.x] =
             make_float2(m_run[h], s_run[h]);
       }
@@ -890,32 +1186,133 @@ absl::StatusOr<int> PrepareKernel(Kernel kernel, int threads, size_t smem_bytes)
   return std::max(1, per_sm);
 }
 
-using MmaKernel = void (*)(mma_pass::Params);
+using MmaKernel = void (*)(const mma_pass::Params);
 
-template <typename T, int kHeadDim>
-MmaKernel PickMmaKernel(uint32_t tokens_per_page) {
+template <typename T, int kHeadDim, int kOpt>
+MmaKernel MmaKernelFor(uint32_t tokens_per_page) {
   switch (tokens_per_page) {
     case 8:
-      return mma_pass::AttentionStatsPass1Mma<T, kHeadDim, 8>;
+      return mma_pass::AttentionStatsPass1Mma<T, kHeadDim, 8, kOpt>;
     case 16:
-      return mma_pass::AttentionStatsPass1Mma<T, kHeadDim, 16>;
+      return mma_pass::AttentionStatsPass1Mma<T, kHeadDim, 16, kOpt>;
     case 32:
-      return mma_pass::AttentionStatsPass1Mma<T, kHeadDim, 32>;
+      return mma_pass::AttentionStatsPass1Mma<T, kHeadDim, 32, kOpt>;
     default:
-      return mma_pass::AttentionStatsPass1Mma<T, kHeadDim, 64>;
+      return mma_pass::AttentionStatsPass1Mma<T, kHeadDim, 64, kOpt>;
+  }
+}
+
+struct MmaPick {
+  MmaKernel kernel = nullptr;
+  MmaKernel fallback = nullptr;  // the same options without tensor maps
+  size_t smem = 0;
+  bool tensor_maps = false;
+};
+
+// KVTIER_ATTN_OPT=<bits of mma_pass::kOpt*> picks another option set of the tiled pass for the
+// benchmark's shape (bf16, head_dim 128, 16 tokens a page), for side-by-side measurements; every
+// other shape, and any value not listed, takes kOptDefault.
+MmaPick PickExperiment(const AttentionStatsShape& s) {
+  const char* env = std::getenv("KVTIER_ATTN_OPT");
+  if (env == nullptr || s.dtype != KvDType::kBF16 || s.head_dim != 128 || s.tokens_per_page != 16) {
+    return {};
+  }
+  using B = __nv_bfloat16;
+  constexpr size_t kSmem = mma_pass::Geometry<128>::kSmemBytes;
+  constexpr size_t kDeepSmem = mma_pass::Geometry<128, true>::kSmemBytes;
+  switch (std::atoi(env)) {
+    case 0:
+      return {mma_pass::AttentionStatsPass1Mma<B, 128, 16, 0>,
+              mma_pass::AttentionStatsPass1Mma<B, 128, 16, 0>, kSmem, false};
+    case 1:
+      return {mma_pass::AttentionStatsPass1Mma<B, 128, 16, 1>,
+              mma_pass::AttentionStatsPass1Mma<B, 128, 16, 1>, kSmem, false};
+    case 3:
+      return {mma_pass::AttentionStatsPass1Mma<B, 128, 16, 3>,
+              mma_pass::AttentionStatsPass1Mma<B, 128, 16, 3>, kSmem, false};
+    case 4:
+      return {mma_pass::AttentionStatsPass1Mma<B, 128, 16, 4>,
+              mma_pass::AttentionStatsPass1Mma<B, 128, 16, 0>, kSmem, true};
+    case 7:
+      return {mma_pass::AttentionStatsPass1Mma<B, 128, 16, 7>,
+              mma_pass::AttentionStatsPass1Mma<B, 128, 16, 3>, kSmem, true};
+    case 15:
+      return {mma_pass::AttentionStatsPass1Mma<B, 128, 16, 15>,
+              mma_pass::AttentionStatsPass1Mma<B, 128, 16, 3>, kSmem, true};
+    case 19:
+      return {mma_pass::AttentionStatsPass1Mma<B, 128, 16, 19>,
+              mma_pass::AttentionStatsPass1Mma<B, 128, 16, 19>, kDeepSmem, false};
+    case 31:
+      return {mma_pass::AttentionStatsPass1Mma<B, 128, 16, 31>,
+              mma_pass::AttentionStatsPass1Mma<B, 128, 16, 19>, kDeepSmem, true};
+    case 35:
+      return {mma_pass::AttentionStatsPass1Mma<B, 128, 16, 35>,
+              mma_pass::AttentionStatsPass1Mma<B, 128, 16, 35>, kSmem, false};
+    case 39:
+      return {mma_pass::AttentionStatsPass1Mma<B, 128, 16, 39>,
+              mma_pass::AttentionStatsPass1Mma<B, 128, 16, 35>, kSmem, true};
+    case 47:
+      return {mma_pass::AttentionStatsPass1Mma<B, 128, 16, 47>,
+              mma_pass::AttentionStatsPass1Mma<B, 128, 16, 35>, kSmem, true};
+    case 51:
+      return {mma_pass::AttentionStatsPass1Mma<B, 128, 16, 51>,
+              mma_pass::AttentionStatsPass1Mma<B, 128, 16, 51>, kDeepSmem, false};
+    default:
+      return {};
   }
 }
 
 template <typename T>
-std::pair<MmaKernel, size_t> PickMmaKernel(const AttentionStatsShape& s) {
+MmaPick PickMmaKernel(const AttentionStatsShape& s) {
+  constexpr int kOpt = mma_pass::kOptDefault;
+  constexpr int kNoMaps = kOpt & ~mma_pass::kOptBulkLoads;
+  constexpr bool kMaps = (kOpt & mma_pass::kOptBulkLoads) != 0;
+  const uint32_t tpp = s.tokens_per_page;
   switch (s.head_dim) {
     case 64:
-      return {PickMmaKernel<T, 64>(s.tokens_per_page), mma_pass::Geometry<64>::kSmemBytes};
-    case 128:
-      return {PickMmaKernel<T, 128>(s.tokens_per_page), mma_pass::Geometry<128>::kSmemBytes};
-    default:
-      return {PickMmaKernel<T, 256>(s.tokens_per_page), mma_pass::Geometry<256>::kSmemBytes};
+      return {MmaKernelFor<T, 64, kOpt>(tpp), MmaKernelFor<T, 64, kNoMaps>(tpp),
+              mma_pass::Geometry<64>::kSmemBytes, kMaps};
+    case 128: {
+      if (MmaPick e = PickExperiment(s); e.kernel != nullptr) return e;
+      return {MmaKernelFor<T, 128, kOpt>(tpp), MmaKernelFor<T, 128, kNoMaps>(tpp),
+              mma_pass::Geometry<128>::kSmemBytes, kMaps};
+    }
+    default: {  // head_dim 256 has no tensor-map producer (see kOptBulkLoads)
+      const MmaKernel k = MmaKernelFor<T, 256, kNoMaps>(tpp);
+      return {k, k, mma_pass::Geometry<256>::kSmemBytes, false};
+    }
   }
+}
+
+// The driver's cuTensorMapEncodeTiled, or null where the driver has none.
+void* TensorMapEncoder() {
+  void* fn = nullptr;
+  cudaDriverEntryPointQueryResult found{};
+  if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault,
+                                       &found) != cudaSuccess ||
+      found != cudaDriverEntryPointSuccess) {
+    cudaGetLastError();
+    return nullptr;
+  }
+  return fn;
+}
+
+// K or V as a 2-D tensor [tokens][kv_heads * head_dim] whose box is one padded stage tile.
+bool MakeKvTensorMap(void* encode, const AttentionStatsShape& s, const void* base,
+                     CUtensorMap* map) {
+  const auto fn = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(encode);
+  const cuuint64_t dims[2] = {cuuint64_t{s.kv_heads} * s.head_dim, s.tokens};
+  const cuuint64_t strides[1] = {cuuint64_t{s.kv_heads} * s.head_dim * 2};
+  const cuuint32_t box[2] = {s.head_dim + 8, mma_pass::kTile};
+  const cuuint32_t element_strides[2] = {1, 1};
+  return fn(map,
+            s.dtype == KvDType::kBF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
+                                      : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+            2, const_cast<void*>(base), dims, strides, box, element_strides,
+            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
+            // No L2 promotion: the box's 8 extra elements would otherwise pull in 256 bytes of the
+            // next head's row (measured slower with L2_256B).
+            CU_TENSOR_MAP_L2_PROMOTION_NONE, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
 // Value-norm sums per (page, kv head): the tiled pass leaves one per 8 tokens.
@@ -941,8 +1338,9 @@ uint32_t PerBlockForOneWave(uint64_t units, int sms, int per_sm) {
 
 // Pass 1 of the tiled path (with each row's log2-sum-exp, merged by the last blocks).
 absl::StatusOr<Pass1Plan> PlanMmaPass(const AttentionStatsShape& shape, int sms, int smem_limit) {
-  const auto [kernel, smem] = shape.dtype == KvDType::kBF16 ? PickMmaKernel<__nv_bfloat16>(shape)
-                                                            : PickMmaKernel<__half>(shape);
+  const MmaPick pick = shape.dtype == KvDType::kBF16 ? PickMmaKernel<__nv_bfloat16>(shape)
+                                                     : PickMmaKernel<__half>(shape);
+  const size_t smem = pick.smem;
   if (smem > static_cast<size_t>(smem_limit)) {
     return absl::InvalidArgumentError(absl::StrCat("GPU attention stats need ", smem,
                                                    " bytes of shared memory a block, the device "
@@ -950,15 +1348,22 @@ absl::StatusOr<Pass1Plan> PlanMmaPass(const AttentionStatsShape& shape, int sms,
                                                    smem_limit));
   }
   Pass1Plan plan;
-  plan.kernel = reinterpret_cast<const void*>(kernel);
   plan.smem_bytes = smem;
   plan.threads = (mma_pass::kMaxWarps + 1) * 32;  // consumers + the producer
+  plan.fallback = reinterpret_cast<const void*>(pick.fallback);
+  plan.encode_tiled = pick.tensor_maps ? TensorMapEncoder() : nullptr;
+  plan.tensor_maps = plan.encode_tiled != nullptr;
+  plan.kernel = plan.tensor_maps ? reinterpret_cast<const void*>(pick.kernel) : plan.fallback;
   // Rows of a kv head's q-head group, split evenly into blocks of at most 128 (8 warps of 16).
   const uint32_t rows_total = shape.q_heads / shape.kv_heads * shape.window;
   const uint32_t splits = MmaSplits(shape);
   plan.rows_per_block = ((rows_total + splits - 1) / splits + 15) / 16 * 16;
-  auto per_sm = PrepareKernel(kernel, plan.threads, smem);
+  auto per_sm = PrepareKernel(reinterpret_cast<MmaKernel>(plan.kernel), plan.threads, smem);
   if (!per_sm.ok()) return per_sm.status();
+  if (plan.fallback != plan.kernel) {
+    auto fallback_per_sm = PrepareKernel(pick.fallback, plan.threads, smem);
+    if (!fallback_per_sm.ok()) return fallback_per_sm.status();
+  }
   const uint32_t tiles = MmaTiles(shape);
   plan.per_block = PerBlockForOneWave(uint64_t{tiles} * shape.kv_heads * splits, sms, *per_sm);
   plan.grid = dim3((tiles + plan.per_block - 1) / plan.per_block, shape.kv_heads, splits);
@@ -1059,7 +1464,8 @@ absl::StatusOr<AttentionStatsWorkspace> AttentionStatsWorkspace::Create(
       // along the sequence than tiles.
       {&w.row_part_, UsesMmaPass(shape) ? rows * MmaTiles(shape) * sizeof(float2) : 0},
       // Finished-block counters of pass 1's last-block merges, one per (kv head, row split).
-      {&w.done_, size_t{shape.kv_heads} * MmaSplits(shape) * sizeof(uint32_t)},
+      // ... and the chunk counters of the dynamic schedule, behind them.
+      {&w.done_, 2 * size_t{shape.kv_heads} * MmaSplits(shape) * sizeof(uint32_t)},
   };
   for (const Need& n : needs) {
     auto b = DeviceBuffer::Allocate(n.bytes);
@@ -1114,7 +1520,13 @@ absl::Status LaunchAttentionStats(const AttentionStatsShape& shape,
     p.row_lse = row_lse;
     p.norm_sum = norm_sum;
     p.done = static_cast<uint32_t*>(workspace.done_.get());
-    if (absl::Status s = LaunchPlanned(plan, p, stream); !s.ok()) return s;
+    p.next_chunk = p.done + size_t{shape.kv_heads} * MmaSplits(shape);
+    Pass1Plan launch = plan;
+    if (plan.tensor_maps && (!MakeKvTensorMap(plan.encode_tiled, shape, k, &p.tmap_k) ||
+                             !MakeKvTensorMap(plan.encode_tiled, shape, v, &p.tmap_v))) {
+      launch.kernel = plan.fallback;  // e.g. K or V not 16-byte aligned
+    }
+    if (absl::Status s = LaunchPlanned(launch, p, stream); !s.ok()) return s;
   } else {
     Pass1Params p{};
     p.q = q;

@@ -95,6 +95,12 @@ struct AttentionPass1Plan {
   size_t smem_bytes = 0;
   uint32_t rows_per_block = 0;
   uint32_t per_block = 0;  // tiles (tiled pass) or pages (generic pass) of one block
+  // Tiled pass whose producer reads K and V through tensor maps (made at each launch, for its
+  // pointers, by `encode_tiled`, the driver's cuTensorMapEncodeTiled); `fallback` is the same
+  // pass without them, launched where a map cannot be made.
+  bool tensor_maps = false;
+  const void* fallback = nullptr;
+  void* encode_tiled = nullptr;
 };
 }  // namespace detail
 
@@ -118,7 +124,8 @@ class AttentionStatsWorkspace {
   DeviceBuffer row_lse_;   // [q_heads * window] log2-sum-exp over the whole sequence
   DeviceBuffer norm_sum_;  // [pages][kv_heads] sum of value-vector norms
   DeviceBuffer row_part_;  // [q_heads * window][blocks] running (max, sum) of the tiled pass
-  DeviceBuffer done_;      // finished-block counters of the last-block merges, zero at rest
+  DeviceBuffer done_;      // finished-block counters of the last-block merges, then the
+                           // dynamic schedule's chunk counters; zero at rest
 };
 
 // The attention-statistics kernel: one pass over K (tensor-core Q.K^T per 64-token tile, a

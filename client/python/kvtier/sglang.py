@@ -58,8 +58,9 @@ from .layout import Layout, dtype_name
 logger = logging.getLogger("kvtier.sglang")
 
 ENGINE = "sglang"
-# Pages of the staging buffer: SGLang's batches hold at most STORAGE_BATCH_SIZE (128) pages.
-STAGING_PAGES = 128
+# Default pages of the staging buffer (a memfd of this many pages, only for pools kvtierd cannot
+# reach by fd and for the legacy calls); larger batches go through it in turns.
+STAGING_PAGES = 32
 # kvtier's tensor layout for each SGLang host layout this backend serves.
 _LAYOUTS = {"page_first": "sglang_page_first", "page_first_direct": "sglang_page_first_direct"}
 
@@ -141,10 +142,10 @@ class _PoolGeometry:
             return None
         return int(fd)
 
-    def staging_layout(self) -> Layout:
+    def staging_layout(self, pages: int) -> Layout:
         fields = {f: getattr(self.layout, f) for f in ("layers", "kv_heads", "head_dim", "dtype",
                                                         "tokens_per_page", "tensor_layout")}
-        return Layout(num_blocks=STAGING_PAGES, **fields)
+        return Layout(num_blocks=pages, **fields)
 
     def block_of(self, host_index: int) -> int:
         """The kvtier block (SGLang host page) of the token index a page starts at."""
@@ -193,6 +194,7 @@ class KvtierHiCacheStorage(HiCacheStorage):
         self._namespace = _namespace(extra, storage_config)
         self._cache_salt: Optional[str] = extra.get("cache_salt")
         self._reconnect_interval_s = float(extra.get("reconnect_interval_s", 1.0))
+        self._staging_pages = max(1, int(extra.get("staging_pages", STAGING_PAGES)))
         self._log = _RateLimitedLog(float(extra.get("log_interval_s", 10.0)))
         if not bool(extra.get("allow_unsalted_keys", False)) and not _sglang_salts_keys():
             raise ValueError(
@@ -216,6 +218,14 @@ class KvtierHiCacheStorage(HiCacheStorage):
         # Configuration errors (page size, namespace rules) fail SGLang's attach here; a daemon
         # that is not up yet only logs, and the first call that needs it connects.
         self._connection(strict=True)
+
+    def register_mem_host_pool_v2(self, host_pool: Any, host_pool_name: Any) -> None:
+        # Only SGLang's hybrid controller (Mamba, SWA, DSA pools) registers pools this way, and it
+        # then calls the v2 interface, which this backend does not implement: say so at attach.
+        raise ValueError(
+            f"kvtier's SGLang backend serves the KV pool of non-hybrid models through the v1 "
+            f"interface; this model also has a {host_pool_name} host pool (HiCache v2)"
+        )
 
     def close(self) -> None:
         with self._conn_lock:
@@ -269,13 +279,14 @@ class KvtierHiCacheStorage(HiCacheStorage):
             page = geometry.layout.page_bytes
             if daemon_page != page:
                 raise PageSizeMismatch(
-                    f"kvtierd stores pages of {daemon_page} bytes (store.page_bytes) but one SGLang "
-                    f"host page is {page} bytes (page_size {geometry.page_size} tokens x "
-                    f"{geometry.layout.layers} layers x K+V x {geometry.layout.kv_heads} KV heads "
-                    f"x head_dim {geometry.layout.head_dim} x {geometry.layout.dtype_bytes} bytes): "
-                    f"set store.page_bytes: {page} in kvtierd's config, or change --page-size"
+                    f"kvtierd stores pages of {daemon_page} bytes (store.page_bytes) but one "
+                    f"SGLang host page is {page} bytes (page_size {geometry.page_size} tokens x "
+                    f"{geometry.layout.layers} layers x K+V x {geometry.layout.kv_heads} KV "
+                    f"heads x head_dim {geometry.layout.head_dim} x "
+                    f"{geometry.layout.dtype_bytes} bytes): set store.page_bytes: {page} in "
+                    f"kvtierd's config, or change --page-size"
                 )
-            layout = geometry.staging_layout() if staging else geometry.layout
+            layout = geometry.staging_layout(self._staging_pages) if staging else geometry.layout
             client.hello(self._namespace, layout, client_name="sglang")
             buffers = None
             if staging:
@@ -291,7 +302,8 @@ class KvtierHiCacheStorage(HiCacheStorage):
 
     def _failed(self, conn: _Connection, what: str, error: BaseException) -> None:
         """Drops a session that failed (the daemon went away or refused): the next call after
-        reconnect_interval_s reconnects."""
+        reconnect_interval_s reconnects. The session is not closed here: another thread may be
+        inside a call on it; it closes when the last of them lets go of it."""
         self._log.warn(f"{what} failed ({error}); a miss, reconnecting later")
         with self._conn_lock:
             if self._pool_conn is conn:
@@ -299,7 +311,6 @@ class KvtierHiCacheStorage(HiCacheStorage):
             if self._flat_conn is conn:
                 self._flat_conn = None
             self._next_attempt = time.monotonic() + self._reconnect_interval_s
-        conn.close()
 
     # ---- keys ----
 
@@ -380,7 +391,7 @@ class KvtierHiCacheStorage(HiCacheStorage):
             if conn.staging is None:
                 results = self._op(conn, kv_keys, blocks, extra_info, store)
                 return [code == 0 for code in results.codes]
-            return self._through_staging(conn, kv_keys, blocks, extra_info, store)
+            return self._through_staging(conn, keys, kv_keys, blocks, extra_info, store)
         except Exception as e:
             self._failed(conn, what, e)
             return [False] * len(keys)
@@ -401,6 +412,7 @@ class KvtierHiCacheStorage(HiCacheStorage):
     def _through_staging(
         self,
         conn: _Connection,
+        keys: List[str],
         kv_keys: np.ndarray,
         blocks: Sequence[int],
         extra_info: Optional[HiCacheStorageExtraInfo],
@@ -411,15 +423,17 @@ class KvtierHiCacheStorage(HiCacheStorage):
         assert geometry is not None and staging is not None
         ok: List[bool] = []
         with self._staging_lock:
-            for start in range(0, len(blocks), STAGING_PAGES):
-                chunk = blocks[start:start + STAGING_PAGES]
+            for start in range(0, len(blocks), self._staging_pages):
+                chunk = blocks[start:start + self._staging_pages]
                 slots = list(range(len(chunk)))
                 if store:
                     for slot, block in zip(slots, chunk):
                         staging[:, slot].copy_(geometry.page(block))
                 info = extra_info
-                if store and start > 0 and extra_info is not None and extra_info.prefix_keys is not None:
-                    info = None  # only the first chunk's parent is known without more hashing
+                if start > 0 and extra_info is not None and extra_info.prefix_keys is not None:
+                    info = HiCacheStorageExtraInfo(
+                        prefix_keys=extra_info.prefix_keys + keys[:start]
+                    )
                 results = self._op(conn, kv_keys[start:start + len(chunk)], slots, info, store)
                 for slot, block, code in zip(slots, chunk, results.codes):
                     if code == 0 and not store:
@@ -458,8 +472,8 @@ class KvtierHiCacheStorage(HiCacheStorage):
         try:
             kv_keys = self._keys(conn, keys)
             with self._staging_lock:
-                for start in range(0, len(keys), STAGING_PAGES):
-                    n = min(STAGING_PAGES, len(keys) - start)
+                for start in range(0, len(keys), self._staging_pages):
+                    n = min(self._staging_pages, len(keys) - start)
                     results = conn.client.load(kv_keys[start:start + n], range(n)).wait()
                     for slot, code in enumerate(results.codes):
                         if code != 0:
@@ -507,8 +521,8 @@ class KvtierHiCacheStorage(HiCacheStorage):
         try:
             kv_keys = self._keys(conn, keys)
             with self._staging_lock:
-                for start in range(0, len(keys), STAGING_PAGES):
-                    n = min(STAGING_PAGES, len(keys) - start)
+                for start in range(0, len(keys), self._staging_pages):
+                    n = min(self._staging_pages, len(keys) - start)
                     for slot in range(n):
                         page = values[start + slot].contiguous().view(torch.uint8).reshape(-1)
                         if page.numel() != geometry.layout.page_bytes:

@@ -117,7 +117,9 @@ class SglangBackendTest(unittest.TestCase):
                                              ("shm", "page_first_direct", True),
                                              ("default", "page_first", False)):
             with self.subTest(allocator=allocator, layout=layout):
-                pool, b = self.make(allocator, layout, namespace=f"sglang/{layout}/{allocator}")
+                # Without shm, pages go through a staging buffer: 4 pages, so 6 take two turns.
+                pool, b = self.make(allocator, layout, namespace=f"sglang/{layout}/{allocator}",
+                                    staging_pages=4)
                 self.assertEqual(b.zero_copy, zero_copy)
                 if zero_copy:
                     # SGLang's shm pool: a memfd sealed with F_SEAL_SEAL only (it may shrink).
@@ -183,7 +185,7 @@ class SglangBackendTest(unittest.TestCase):
         self.assertEqual(same.batch_exists(keys_a), 4)
 
     def test_legacy_flat_page_calls_share_pages_with_the_v1_calls(self) -> None:
-        pool, b = self.make()
+        pool, b = self.make(staging_pages=2)  # 3 flat pages take two turns through staging
         self.fill(pool)
         keys = page_keys(self.tokens(3))
         indices = pool.alloc(3 * PAGE_SIZE)

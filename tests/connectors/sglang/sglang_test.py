@@ -15,6 +15,7 @@ import os
 import random
 import signal
 import sys
+import threading
 import time
 import unittest
 from array import array
@@ -39,6 +40,11 @@ from sglang.srt.mem_cache.radix_cache import RadixKey  # noqa: E402
 from sglang.srt.mem_cache.storage.backend_factory import StorageBackendFactory  # noqa: E402
 from sglang.srt.mem_cache.utils import get_storage_hash_str  # noqa: E402
 
+import torch.distributed as dist  # noqa: E402
+from sglang.srt.managers.cache_controller import HiCacheController  # noqa: E402
+from sglang.srt.mem_cache.allocator.paged import PagedTokenToKVPoolAllocator  # noqa: E402
+from sglang.srt.runtime_context import get_parallel  # noqa: E402
+
 from kvtier.sglang import KvtierHiCacheStorage, PageSizeMismatch  # noqa: E402
 from kvtierd_fixture import Daemon  # noqa: E402
 
@@ -51,11 +57,16 @@ PAGE_BYTES = PAGE_SIZE * LAYERS * 2 * HEADS * HEAD_DIM * 2  # 32 KiB
 DEVICE_TOKENS = 64
 
 
-def host_pool(allocator: str = "shm", layout: str = "page_first") -> MHATokenToKVPoolHost:
+def device_pool() -> MHATokenToKVPool:
+    return MHATokenToKVPool(size=DEVICE_TOKENS, page_size=PAGE_SIZE, dtype=DTYPE, head_num=HEADS,
+                            head_dim=HEAD_DIM, layer_num=LAYERS, device="cpu",
+                            enable_memory_saver=False, enable_alt_stream=False)
+
+
+def host_pool(allocator: str = "shm", layout: str = "page_first",
+              device: Optional[MHATokenToKVPool] = None) -> MHATokenToKVPoolHost:
     """SGLang's host pool, built as its scheduler builds it: from a device pool's buffer info."""
-    device = MHATokenToKVPool(size=DEVICE_TOKENS, page_size=PAGE_SIZE, dtype=DTYPE,
-                              head_num=HEADS, head_dim=HEAD_DIM, layer_num=LAYERS, device="cpu",
-                              enable_memory_saver=False, enable_alt_stream=False)
+    device = device or device_pool()
     return MHATokenToKVPoolHost(device._mha_buffer_info(), host_to_device_ratio=4.0, host_size=0,
                                 page_size=PAGE_SIZE, layout=layout, pin_memory=False,
                                 device="cpu", allocator_type=allocator,
@@ -224,6 +235,59 @@ class SglangBackendTest(unittest.TestCase):
             self.assertLess(time.monotonic(), deadline, "no reconnect within 30 s")
             time.sleep(0.05)
         self.assertEqual(b.batch_exists(keys), 3)
+
+    def test_sglangs_cache_controller_backs_up_and_prefetches_through_kvtier(self) -> None:
+        # SGLang's HiCacheController with the backend attached from its JSON config: its backup
+        # thread writes host pages to kvtier, its prefetch threads find them (batch_exists over
+        # the keys it hashes itself) and load them into newly allocated host pages. One rank:
+        # a single-process gloo group, and the parallel widths a scheduler would publish.
+        if not dist.is_initialized():
+            dist.init_process_group("gloo", init_method=f"file://{self.daemon.dir}/pg", rank=0,
+                                    world_size=1)
+        widths = get_parallel().override(tp_size=1, tp_rank=0, attn_tp_size=1, attn_tp_rank=0,
+                                          attn_dcp_size=1, attn_dcp_rank=0, pp_size=1, pp_rank=0)
+        widths.__enter__()
+        self.addCleanup(widths.__exit__, None, None, None)
+        device = device_pool()
+        pool = host_pool(device=device)
+        allocator = PagedTokenToKVPoolAllocator(DEVICE_TOKENS, PAGE_SIZE, DTYPE, "cpu", device,
+                                                need_sort=False)
+        ctrl = HiCacheController(
+            allocator, pool, PAGE_SIZE, dist.group.WORLD, threading.Event(), io_backend="kernel",
+            storage_backend="dynamic", model_name="test-model",
+            storage_backend_extra_config={
+                "backend_name": "kvtier", "module_path": "kvtier.sglang",
+                "class_name": "KvtierHiCacheStorage", "interface_v1": 1, "allocator": "shm",
+                "socket_path": self.daemon.socket, "reconnect_interval_s": 0})
+        self.addCleanup(ctrl.detach_storage_backend)
+        self.assertIsInstance(ctrl.storage_backend, KvtierHiCacheStorage)
+        self.assertTrue(ctrl.storage_backend.zero_copy)
+        self.fill(pool)
+        tokens = self.tokens(5)
+        indices = pool.alloc(5 * PAGE_SIZE)
+        before = self.pages(pool, indices)
+        ctrl.write_storage(indices, tokens, hash_value=get_storage_hash_str(
+            tokens, None, page_size=PAGE_SIZE), prefix_keys=[])
+        self.assertEqual(ctrl.ack_backup_queue.get(timeout=60).completed_tokens, 5 * PAGE_SIZE)
+        pool.kv_buffer.zero_()
+        # A request with those tokens and a partial page more: 5 pages hit.
+        hit = self.prefetch(ctrl, tokens + [1, 2, 3])
+        self.assertEqual(hit.storage_hit_count, 5 * PAGE_SIZE)
+        hit.host_indices = pool.alloc(hit.storage_hit_count)
+        ctrl.prefetch_buffer.put(hit)  # what the radix cache does once it has host pages
+        self.assertEqual(ctrl.ack_prefetch_queue.get(timeout=60).completed_tokens, 5 * PAGE_SIZE)
+        self.assertEqual(self.pages(pool, hit.host_indices), before)
+        # kvtierd gone: SGLang's threads see misses and failed writes, nothing raises.
+        self.daemon.stop(signal.SIGKILL)
+        self.assertEqual(self.prefetch(ctrl, tokens).storage_hit_count, 0)
+        ctrl.write_storage(indices, tokens, hash_value=get_storage_hash_str(
+            tokens, None, page_size=PAGE_SIZE), prefix_keys=[])
+        self.assertEqual(ctrl.ack_backup_queue.get(timeout=60).completed_tokens, 0)
+
+    @staticmethod
+    def prefetch(ctrl: HiCacheController, tokens: list[int]) -> Any:
+        ctrl.prefetch(f"req-{random.randrange(1 << 30)}", tokens, None, [])
+        return ctrl.prefetch_hit_queue.get(timeout=60)
 
     def test_page_size_mismatch_fails_at_connect_naming_both_sizes(self) -> None:
         with Daemon(2 * PAGE_BYTES) as other:

@@ -36,6 +36,7 @@ thread-safe, the connection state and the staging buffer have a lock each.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import threading
@@ -132,8 +133,6 @@ class _PoolGeometry:
         if fd is None or mm is None or len(getattr(allocator, "fds", [fd])) != 1:
             return None
         try:
-            import ctypes
-
             base = ctypes.addressof(ctypes.c_char.from_buffer(mm))
             size = os.fstat(fd).st_size
         except (OSError, TypeError, ValueError, BufferError):

@@ -117,6 +117,7 @@ TEST_F(FdBufferTest, SealSealOnlyPageFirstBufferRoundTripsBitIdentical) {
   const std::vector<uint32_t> from = {0, 1, 2, 3, 4, 5};
   const std::vector<uint32_t> to = {15, 9, 10, 11, 12, 8};
   std::vector<std::string> stored;
+  stored.reserve(from.size());
   for (uint32_t b : from) stored.push_back(PageOf(buffer_, layout_, b));
   absl::StatusOr<PageResults> st = client_->Wait(*client_->StoreAsync(keys, from));
   ASSERT_TRUE(st.ok()) << st.status();

@@ -18,7 +18,7 @@
 namespace kvtier {
 namespace {
 
-constexpr uint64_t kBufferBytes = 64 * 1024;
+constexpr uint64_t kBufferBytes = uint64_t{64} * 1024;
 
 FdBuffer MakeBuffer(unsigned flags) {
   FdBuffer b{UniqueFd(::memfd_create("fd-buffer-test", MFD_CLOEXEC | flags)), kBufferBytes};

@@ -31,7 +31,8 @@ const char* kvtier_last_error(const kvtier_client* client);
 /* Handshake; salt_out (may be NULL) gets the namespace's key salt. */
 int kvtier_hello(kvtier_client* client, const char* namespace_name, const kvtier_layout* layout,
                  kvtier_key* salt_out);
-/* Registers memfd buffers (sealed against shrinking) in layout order. */
+/* Registers memfd buffers in layout order. Buffers sealed against shrinking (F_SEAL_SHRINK) are
+ * mapped by the daemon; others (e.g. SGLang's shm host pool) are copied through their fds. */
 int kvtier_register_buffers(kvtier_client* client, const int* fds, const uint64_t* sizes,
                             size_t count);
 /* Longest cached prefix of keys; tiers_out (may be NULL) holds count bytes (0 HBM, 1 DRAM, 2 NVMe).

@@ -362,7 +362,7 @@ Dispatcher::Outcome Dispatcher::HandleHello(Session& s, const wire::Hello& h, wi
   spec.kv_heads = h.layout().kv_heads();
   spec.head_dim = h.layout().head_dim();
   if (h.layout().dtype() > static_cast<uint32_t>(DType::kFP8) ||
-      h.layout().tensor_layout() > static_cast<uint32_t>(TensorLayout::kPageContiguous)) {
+      h.layout().tensor_layout() > static_cast<uint32_t>(kLastTensorLayout)) {
     return {absl::InvalidArgumentError(absl::StrCat("layout dtype ", h.layout().dtype(),
                                                     " or tensor_layout ",
                                                     h.layout().tensor_layout(), " is unknown"))};
@@ -449,8 +449,7 @@ absl::Status Dispatcher::HandleRegister(Session& s, const wire::RegisterBuffers&
     return absl::ResourceExhaustedError(absl::StrCat(want, " buffers exceed limits.max_buffers (",
                                                      config_.limits.max_buffers, ")"));
   }
-  std::vector<Mapping> maps;
-  maps.reserve(want);
+  bool all_sealed = true;
   for (size_t i = 0; i < want; ++i) {
     const uint64_t size = r.sizes(static_cast<int>(i));
     if (size < layout.buffer_bytes()) {
@@ -465,13 +464,30 @@ absl::Status Dispatcher::HandleRegister(Session& s, const wire::RegisterBuffers&
       return absl::InvalidArgumentError(
           absl::StrCat("buffer ", i, " claims ", size, " bytes but its memfd holds ", st.st_size));
     }
-    // A buffer that could shrink would fault the daemon (SIGBUS) in the middle of a copy.
-    const int seals = ::fcntl(fds[i].get(), F_GET_SEALS);
-    if (seals < 0 || (seals & F_SEAL_SHRINK) == 0) {
+    // A mapped buffer that shrank would fault the daemon (SIGBUS) in the middle of a copy: only
+    // buffers sealed against shrinking are mapped, the others are copied through their fds.
+    absl::StatusOr<bool> sealed = SealedAgainstShrinking(fds[i].get());
+    if (!sealed.ok()) {
       return absl::InvalidArgumentError(
-          absl::StrCat("buffer ", i, " is not sealed against shrinking (F_SEAL_SHRINK)"));
+          absl::StrCat("buffer ", i, ": ", sealed.status().message()));
     }
-    absl::StatusOr<Mapping> m = Mapping::Map(fds[i].get(), size, /*writable=*/true);
+    all_sealed = all_sealed && *sealed;
+  }
+  if (!all_sealed) {
+    std::vector<FdBuffer> by_fd;
+    by_fd.reserve(want);
+    for (size_t i = 0; i < want; ++i) {
+      by_fd.push_back(FdBuffer{std::move(fds[i]), r.sizes(static_cast<int>(i))});
+    }
+    s.buffers = std::make_shared<const BufferSet>(std::move(by_fd), &counters_);
+    out.set_buffers(static_cast<uint32_t>(want));
+    return absl::OkStatus();
+  }
+  std::vector<Mapping> maps;
+  maps.reserve(want);
+  for (size_t i = 0; i < want; ++i) {
+    absl::StatusOr<Mapping> m =
+        Mapping::Map(fds[i].get(), r.sizes(static_cast<int>(i)), /*writable=*/true);
     if (!m.ok()) return m.status();
     maps.push_back(*std::move(m));
   }
@@ -676,6 +692,24 @@ absl::Status Dispatcher::SubmitLoadStore(const std::shared_ptr<Session>& session
       }
       return tier;
     };
+    // Buffers that may shrink (daemon/fd_buffer.h): the page is staged here and its pieces are
+    // copied with pread/pwrite, so a shrink fails the page instead of faulting the daemon.
+    auto through_fds = [&](size_t i, absl::Span<const Piece> pieces) -> absl::StatusOr<Tier> {
+      thread_local std::vector<std::byte> staging;
+      staging.resize(op->layout.page_bytes());
+      const MutableBuffer page{staging.data(), staging.size()};
+      const ConstBuffer page_in{staging.data(), staging.size()};
+      const absl::Span<const FdBuffer> buffers = op->buffers->fd_buffers();
+      if (op->is_store) {
+        if (absl::Status st = ReadPieces(buffers, pieces, page); !st.ok()) return st;
+        return put(i, {&page_in, 1});
+      }
+      absl::StatusOr<Tier> tier = LoadFromCluster(op->ns_name, op->ns, op->keys[i], {&page, 1},
+                                                  store_.Get(op->ns, op->keys[i], {&page, 1}));
+      if (!tier.ok()) return tier;
+      if (absl::Status st = WritePieces(buffers, pieces, page_in); !st.ok()) return st;
+      return tier;
+    };
     bool sent = false;
     auto reply = [&] {
       pages.set_ok_pages(ok);
@@ -707,6 +741,8 @@ absl::Status Dispatcher::SubmitLoadStore(const std::shared_ptr<Session>& session
         const absl::Status placed = op->layout.AppendPieces(op->blocks[i], pieces);
         if (!placed.ok()) {
           record(i, placed);
+        } else if (!op->buffers->fd_buffers().empty()) {
+          record(i, through_fds(i, pieces));
         } else if (op->is_store) {
           src.clear();
           for (const Piece& p : pieces) {

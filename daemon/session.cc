@@ -14,6 +14,12 @@ BufferSet::BufferSet(std::shared_ptr<const GpuWorkerBuffers> gpu, size_t count,
   counters_->registered_buffers.fetch_add(static_cast<uint32_t>(count), std::memory_order_relaxed);
 }
 
+BufferSet::BufferSet(std::vector<FdBuffer> fd_buffers, DaemonCounters* counters)
+    : fd_buffers_(std::move(fd_buffers)), counters_(counters) {
+  counters_->registered_buffers.fetch_add(static_cast<uint32_t>(fd_buffers_.size()),
+                                          std::memory_order_relaxed);
+}
+
 BufferSet::~BufferSet() {
   counters_->registered_buffers.fetch_sub(static_cast<uint32_t>(count()),
                                           std::memory_order_relaxed);

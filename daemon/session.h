@@ -23,6 +23,7 @@
 #include "absl/synchronization/mutex.h"
 #include "client/client.h"
 #include "client/proto/kvtier.pb.h"
+#include "daemon/fd_buffer.h"
 #include "tiering/layout.h"
 #include "tiering/page_key.h"
 #include "tiering/types.h"
@@ -98,16 +99,23 @@ class BufferSet {
   // A worker's buffers in its GPU memory, opened in kvtierd: no host mapping, copied by
   // GpuWorkers only (gpu() is then set and base() is a device address).
   BufferSet(std::shared_ptr<const GpuWorkerBuffers> gpu, size_t count, DaemonCounters* counters);
+  // Host buffers that may shrink under the daemon: never mapped, copied through their
+  // descriptors (fd_buffers() is then non-empty and base() must not be used).
+  BufferSet(std::vector<FdBuffer> fd_buffers, DaemonCounters* counters);
   ~BufferSet();
   BufferSet(const BufferSet&) = delete;
   BufferSet& operator=(const BufferSet&) = delete;
-  size_t count() const { return gpu_ != nullptr ? gpu_count_ : maps_.size(); }
+  size_t count() const {
+    return gpu_ != nullptr ? gpu_count_ : !fd_buffers_.empty() ? fd_buffers_.size() : maps_.size();
+  }
   std::byte* base(size_t i) const { return maps_[i].data(); }
   size_t size(size_t i) const { return maps_[i].size(); }
   const GpuWorkerBuffers* gpu() const { return gpu_.get(); }
+  absl::Span<const FdBuffer> fd_buffers() const { return fd_buffers_; }
 
  private:
   std::vector<Mapping> maps_;
+  std::vector<FdBuffer> fd_buffers_;
   std::shared_ptr<const GpuWorkerBuffers> gpu_;
   size_t gpu_count_ = 0;
   DaemonCounters* counters_;

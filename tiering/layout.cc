@@ -46,6 +46,8 @@ absl::StatusOr<Layout> Layout::Create(const LayoutSpec& spec) {
     case TensorLayout::kVllmPerLayer:
     case TensorLayout::kBlockMajorPerLayer:
     case TensorLayout::kPageContiguous:
+    case TensorLayout::kSplitKvPageFirst:
+    case TensorLayout::kSplitKvPageFirstDirect:
       break;
     default:
       return absl::InvalidArgumentError(
@@ -71,12 +73,21 @@ absl::StatusOr<Layout> Layout::Create(const LayoutSpec& spec) {
 }
 
 uint32_t Layout::buffer_count() const {
-  return spec_.tensor_layout == TensorLayout::kPageContiguous ? 1 : spec_.layers;
+  switch (spec_.tensor_layout) {
+    case TensorLayout::kVllmPerLayer:
+    case TensorLayout::kBlockMajorPerLayer:
+      return spec_.layers;
+    case TensorLayout::kPageContiguous:
+    case TensorLayout::kSplitKvPageFirst:
+    case TensorLayout::kSplitKvPageFirstDirect:
+      return 1;
+  }
+  return 0;
 }
 
 uint64_t Layout::buffer_bytes() const {
-  const uint64_t per_block =
-      spec_.tensor_layout == TensorLayout::kPageContiguous ? page_bytes_ : 2 * half_piece_bytes_;
+  // One buffer holds every layer's blocks; a per-layer buffer holds K and V of its layer.
+  const uint64_t per_block = buffer_count() == 1 ? page_bytes_ : 2 * half_piece_bytes_;
   return per_block * spec_.num_blocks;
 }
 
@@ -88,6 +99,9 @@ uint32_t Layout::pieces_per_page() const {
       return spec_.layers;
     case TensorLayout::kPageContiguous:
       return 1;
+    case TensorLayout::kSplitKvPageFirst:
+    case TensorLayout::kSplitKvPageFirstDirect:
+      return 2;
   }
   return 0;
 }
@@ -117,6 +131,14 @@ absl::Status Layout::AppendPieces(uint32_t block_id, std::vector<Piece>& out) co
     case TensorLayout::kPageContiguous:
       out.push_back(Piece{0, uint64_t{block_id} * page_bytes_, page_bytes_, 0});
       break;
+    case TensorLayout::kSplitKvPageFirst:
+    case TensorLayout::kSplitKvPageFirstDirect: {
+      // K of block b at b*(page/2), V of block b at (num_blocks + b)*(page/2).
+      const uint64_t kv_half = page_bytes_ / 2;
+      out.push_back(Piece{0, uint64_t{block_id} * kv_half, kv_half, 0});
+      out.push_back(Piece{0, (uint64_t{spec_.num_blocks} + block_id) * kv_half, kv_half, kv_half});
+      break;
+    }
   }
   return absl::OkStatus();
 }

@@ -32,7 +32,18 @@ enum class TensorLayout : uint8_t {
   // One tensor for all layers, [num_blocks, layers, 2, block_size, kv_heads, head_dim]: a page is
   // one contiguous piece (LMCache's and Mooncake's staging layout).
   kPageContiguous = 2,
+  // SGLang's host pool in its `page_first` layout: one buffer for all layers,
+  // [2, num_blocks, tokens_per_page, layers, kv_heads, head_dim]. A page's K half is contiguous
+  // and so is its V half, `num_blocks` pages apart: 2 pieces per page, at two offsets of one
+  // buffer.
+  kSplitKvPageFirst = 3,
+  // SGLang's `page_first_direct`: [2, num_blocks, layers, tokens_per_page, kv_heads, head_dim].
+  // The same two pieces as kSplitKvPageFirst with another byte order inside each, so the two
+  // never share a namespace.
+  kSplitKvPageFirstDirect = 4,
 };
+// The highest TensorLayout value (for checking wire input).
+inline constexpr TensorLayout kLastTensorLayout = TensorLayout::kSplitKvPageFirstDirect;
 
 struct LayoutSpec {
   uint32_t layers = 0;
@@ -65,7 +76,7 @@ class Layout {
   uint64_t page_bytes() const { return page_bytes_; }
   // Bytes of K (or V) of one block in one layer: block_size * kv_heads * head_dim * dtype.
   uint64_t block_bytes_per_layer() const { return half_piece_bytes_; }
-  // Number of worker buffers this layout expects (layers, or 1 for kPageContiguous).
+  // Number of worker buffers this layout expects (layers, or 1 for the one-buffer layouts).
   uint32_t buffer_count() const;
   // Bytes each worker buffer must have.
   uint64_t buffer_bytes() const;

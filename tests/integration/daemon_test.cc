@@ -391,7 +391,8 @@ TEST(DaemonIntegration, EachBadInputGetsItsErrorAndTheDaemonServesTheNextClient)
            "limits.max_batch_pages", "too-many-keys");
     next_client_is_served();
   }
-  {  // buffers: an unsealed memfd, and the wrong number of buffers
+  {  // buffers: an unsealed memfd (accepted, copied through its fd: fd_buffer_test.cc), and the
+     // wrong number of buffers
     std::unique_ptr<Client> c = fresh(true);
     absl::StatusOr<Layout> layout = Layout::Create(WorkerLayout());
     std::vector<UniqueFd> fds;
@@ -404,8 +405,7 @@ TEST(DaemonIntegration, EachBadInputGetsItsErrorAndTheDaemonServesTheNextClient)
       sizes.push_back(layout->buffer_bytes());
     }
     absl::Status s = c->RegisterBuffers(raw, sizes);
-    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
-    EXPECT_NE(s.message().find("F_SEAL_SHRINK"), absl::string_view::npos) << s;
+    EXPECT_TRUE(s.ok()) << s;
     std::printf("  %-28s -> %s\n", "unsealed-buffer", s.ToString().c_str());
     s = c->RegisterBuffers(absl::MakeSpan(raw).subspan(0, 1), absl::MakeSpan(sizes).subspan(0, 1));
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;

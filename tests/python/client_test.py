@@ -33,7 +33,7 @@ def fill_random(bufs: kvtier.HostBuffers, rng: np.random.Generator) -> None:
 
 def block(arr: np.ndarray, layout: kvtier.Layout, b: int) -> np.ndarray:
     """Every element of block b in one buffer, by the layout's documented shape."""
-    if layout.tensor_layout == "vllm":
+    if layout.tensor_layout in ("vllm", "sglang_page_first", "sglang_page_first_direct"):
         return arr[:, b]
     return arr[b]
 
@@ -76,7 +76,14 @@ class ClientTest(unittest.TestCase):
         return self.rng.integers(0, 32000, n, dtype=np.int32)
 
     def test_round_trip_is_bit_exact_in_every_layout(self) -> None:
-        for tensor_layout in ("vllm", "block_major", "page_contiguous"):
+        self.round_trip(("vllm", "block_major", "page_contiguous"))
+
+    def test_round_trip_is_bit_exact_in_sglangs_host_layouts(self) -> None:
+        # A fresh daemon: the pages of the first test fill its HBM tier.
+        self.round_trip(("sglang_page_first", "sglang_page_first_direct"))
+
+    def round_trip(self, tensor_layouts: tuple[str, ...]) -> None:
+        for tensor_layout in tensor_layouts:
             with self.subTest(tensor_layout=tensor_layout):
                 layout = layout_of(tensor_layout)
                 c, bufs = self.connect(f"py/{tensor_layout}", layout)
@@ -98,6 +105,40 @@ class ClientTest(unittest.TestCase):
                 for arr, orig in zip(bufs.numpy(), originals):
                     for page, b in enumerate(targets):
                         np.testing.assert_array_equal(block(arr, layout, b), orig[page])
+
+    def test_memfd_that_can_shrink_is_copied_through_its_fd(self) -> None:
+        # As SGLang's shm host pool: a memfd without MFD_ALLOW_SEALING (F_SEAL_SEAL only), in
+        # the page_first layout, registered by fd. kvtierd never maps it, so a shrink fails the
+        # pages that no longer fit, and the daemon and the session go on.
+        import fcntl
+        import mmap
+
+        layout = layout_of("sglang_page_first")
+        c = kvtier.Client.connect(self.daemon.socket)
+        self.addCleanup(c.close)
+        c.hello("py/shrinking", layout)
+        fd = os.memfd_create("sglang_host_pool", os.MFD_CLOEXEC)
+        self.addCleanup(os.close, fd)
+        self.assertEqual(fcntl.fcntl(fd, fcntl.F_GET_SEALS), fcntl.F_SEAL_SEAL)
+        os.ftruncate(fd, layout.buffer_bytes)
+        m = mmap.mmap(fd, layout.buffer_bytes)
+        arr = np.frombuffer(m, dtype=np.uint8).reshape(2, layout.num_blocks, -1)
+        arr[...] = self.rng.integers(0, 256, arr.shape, dtype=np.uint8)
+        c.register_fds([fd], [layout.buffer_bytes])
+        keys = c.chain_keys(self.tokens(8 * 4))
+        c.store(keys, range(4)).wait(check=True)
+        originals = arr[:, :4].copy()
+        c.load(keys, range(12, 16)).wait(check=True)
+        np.testing.assert_array_equal(arr[:, 12:16], originals)
+        del arr
+        m.close()
+        os.ftruncate(fd, layout.buffer_bytes // 2)  # every V piece is gone
+        result = c.store(c.chain_keys(self.tokens(8 * 2)), [0, 1]).wait()
+        self.assertEqual(result.ok_pages, 0)
+        self.assertIn("shrank", result.first_error)
+        with self.assertRaises(kvtier.FailedPrecondition):
+            c.load(keys, range(4)).wait(check=True)
+        self.assertEqual(c.lookup(keys).prefix_pages, 4)
 
     def test_lookup_stops_at_the_first_missing_page(self) -> None:
         c, bufs = self.connect()

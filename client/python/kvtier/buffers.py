@@ -1,8 +1,9 @@
 """The worker's KV buffers in memory the daemon can map.
 
 kvtierd copies pages into and out of the worker's own buffers. Host buffers must be memfd-backed
-(the daemon maps them from the fd passed with SCM_RIGHTS) and sealed against shrinking, so
-HostBuffers creates them here and hands out numpy arrays or torch tensors over the same memory.
+(the fd travels with SCM_RIGHTS). HostBuffers creates them sealed against shrinking, which lets the
+daemon map them (a memfd without that seal is copied through its fd instead: Client.register_fds),
+and hands out numpy arrays or torch tensors over the same memory.
 With CUDA present they are pinned (cudaHostRegister through torch), so copies between them and the
 GPU run at full PCIe/NVLink-C2C speed and asynchronously.
 

@@ -273,13 +273,23 @@ class Client:
 
     def register_buffers(self, buffers: HostBuffers) -> None:
         """Registers memfd-backed host buffers (HostBuffers) in layout order."""
-        fds = (ctypes.c_int * len(buffers.fds))(*buffers.fds)
-        sizes = (ctypes.c_uint64 * len(buffers.fds))(*buffers.sizes)
+        self.register_fds(buffers.fds, buffers.sizes)
+        self._buffers.append(buffers)
+
+    def register_fds(self, fds: Sequence[int], sizes: Sequence[int]) -> None:
+        """Registers memfds someone else allocated (e.g. SGLang's shm host pool), in layout order:
+        buffer i is the first sizes[i] bytes of fds[i]. A memfd sealed against shrinking
+        (F_SEAL_SHRINK) is mapped by the daemon; any other is copied through its fd, so a
+        worker that shrinks it fails its own pages, never the daemon. The caller keeps the fds
+        open (the daemon holds its own duplicates) and the memory alive while registered."""
+        if len(fds) != len(sizes):
+            raise ValueError(f"{len(fds)} fds but {len(sizes)} sizes")
+        c_fds = (ctypes.c_int * len(fds))(*fds)
+        c_sizes = (ctypes.c_uint64 * len(fds))(*sizes)
         self._check(
-            _lib.lib().kvtier_register_buffers(self._handle(), fds, sizes, len(buffers.fds)),
+            _lib.lib().kvtier_register_buffers(self._handle(), c_fds, c_sizes, len(fds)),
             "register_buffers",
         )
-        self._buffers.append(buffers)
 
     def register_tensors(self, tensors: Sequence[Any]) -> None:
         """Registers KV tensors. CPU tensors must come from HostBuffers.torch() (or .numpy()) of

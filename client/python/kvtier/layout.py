@@ -4,6 +4,11 @@ A page is one block of `tokens_per_page` tokens across every layer. Buffer shape
   vllm          one buffer per layer, [2, num_blocks, tokens_per_page, kv_heads, head_dim]
   block_major   one buffer per layer, [num_blocks, 2, tokens_per_page, kv_heads, head_dim]
   page_contiguous  one buffer, [num_blocks, layers, 2, tokens_per_page, kv_heads, head_dim]
+  sglang_page_first  one buffer, [2, num_blocks, tokens_per_page, layers, kv_heads, head_dim]
+                   (SGLang's host pool, page_first): a page is its K piece and its V piece, at two
+                   offsets of the one buffer
+  sglang_page_first_direct  one buffer, [2, num_blocks, layers, tokens_per_page, kv_heads,
+                   head_dim] (SGLang's page_first_direct): the same two pieces, another order
 """
 
 from __future__ import annotations
@@ -15,7 +20,10 @@ from . import _lib
 
 # kvtier::DType and kvtier::TensorLayout numbering.
 DTYPES = {"bf16": (0, 2), "fp16": (1, 2), "fp32": (2, 4), "fp8": (3, 1)}
-TENSOR_LAYOUTS = {"vllm": 0, "block_major": 1, "page_contiguous": 2}
+TENSOR_LAYOUTS = {"vllm": 0, "block_major": 1, "page_contiguous": 2, "sglang_page_first": 3,
+                  "sglang_page_first_direct": 4}
+# Layouts with one buffer for every layer (the others have one buffer per layer).
+_ONE_BUFFER = ("page_contiguous", "sglang_page_first", "sglang_page_first_direct")
 
 
 def dtype_name(dtype: Any) -> str:
@@ -71,7 +79,7 @@ class Layout:
 
     @property
     def buffer_count(self) -> int:
-        return 1 if self.tensor_layout == "page_contiguous" else self.layers
+        return 1 if self.tensor_layout in _ONE_BUFFER else self.layers
 
     @property
     def buffer_shape(self) -> tuple[int, ...]:
@@ -81,6 +89,10 @@ class Layout:
             return (2, n, t, h, d)
         if self.tensor_layout == "block_major":
             return (n, 2, t, h, d)
+        if self.tensor_layout == "sglang_page_first":
+            return (2, n, t, self.layers, h, d)
+        if self.tensor_layout == "sglang_page_first_direct":
+            return (2, n, self.layers, t, h, d)
         return (n, self.layers, 2, t, h, d)
 
     @property

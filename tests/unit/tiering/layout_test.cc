@@ -61,6 +61,28 @@ TEST(LayoutTest, PageContiguousLayoutIsOnePiece) {
   EXPECT_EQ(l->buffer_count(), 1u);
 }
 
+TEST(LayoutTest, SglangPageFirstPageIsAKPieceAndAVPieceOfOneBuffer) {
+  for (TensorLayout tl : {TensorLayout::kSplitKvPageFirst, TensorLayout::kSplitKvPageFirstDirect}) {
+    absl::StatusOr<Layout> l = Layout::Create(Llama3_8B(tl));
+    ASSERT_TRUE(l.ok()) << l.status();
+    EXPECT_EQ(l->buffer_count(), 1u);
+    EXPECT_EQ(l->pieces_per_page(), 2u);
+    // [2, 1000, ...]: the K half of all blocks, then the V half; 2 MiB pages.
+    EXPECT_EQ(l->buffer_bytes(), 1000u * 2 * 1024 * 1024);
+    std::vector<Piece> pieces;
+    ASSERT_TRUE(l->AppendPieces(7, pieces).ok());
+    ASSERT_EQ(pieces.size(), 2u);
+    EXPECT_EQ(pieces[0].buffer, 0u);
+    EXPECT_EQ(pieces[0].offset, 7u * 1024 * 1024);
+    EXPECT_EQ(pieces[0].length, 1024u * 1024);
+    EXPECT_EQ(pieces[0].page_offset, 0u);
+    EXPECT_EQ(pieces[1].buffer, 0u);
+    EXPECT_EQ(pieces[1].offset, (1000u + 7u) * 1024 * 1024);
+    EXPECT_EQ(pieces[1].length, 1024u * 1024);
+    EXPECT_EQ(pieces[1].page_offset, 1024u * 1024);
+  }
+}
+
 TEST(LayoutTest, BlockIdOutOfRangeIsRejectedWithTheRange) {
   absl::StatusOr<Layout> l = Layout::Create(Llama3_8B(TensorLayout::kVllmPerLayer));
   ASSERT_TRUE(l.ok());
@@ -93,7 +115,8 @@ TEST(LayoutTest, PiecesTileThePageExactlyForRandomShapes) {
                     .head_dim = 8 * small(rng),
                     .dtype = static_cast<DType>(rng() % 4),
                     .tokens_per_page = small(rng),
-                    .tensor_layout = static_cast<TensorLayout>(rng() % 3),
+                    .tensor_layout = static_cast<TensorLayout>(
+                        rng() % (static_cast<uint32_t>(kLastTensorLayout) + 1)),
                     .num_blocks = small(rng) + 1};
     absl::StatusOr<Layout> l = Layout::Create(spec);
     ASSERT_TRUE(l.ok()) << l.status();

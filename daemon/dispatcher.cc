@@ -675,14 +675,17 @@ absl::Status Dispatcher::SubmitLoadStore(const std::shared_ptr<Session>& session
         pages.set_first_error(absl::StrCat("page ", i, ": ", tier.status().message()));
       }
     };
-    auto put = [&](size_t i, absl::Span<const ConstBuffer> src) -> absl::StatusOr<Tier> {
+    auto put_options = [&](size_t i) {
       PutOptions po;
       po.parent = i == 0 ? op->parent : op->keys[i - 1];
       po.position = op->first_position + static_cast<uint32_t>(i);
       if (!op->class_hints.empty()) {
         po.class_hint = static_cast<PageClass>(static_cast<uint8_t>(op->class_hints[i]));
       }
-      absl::StatusOr<Tier> tier = store_.Put(op->ns, op->keys[i], src, po);
+      return po;
+    };
+    // What follows a stored page: its announcement to the cluster and its attention sample.
+    auto stored = [&](size_t i, absl::StatusOr<Tier> tier) -> absl::StatusOr<Tier> {
       if (tier.ok()) AnnounceToCluster(op->ns_name, op->ns, op->keys[i]);
       if (tier.ok() && HasStats(op->stats) &&
           store_.ReportAttention(op->ns, op->keys[i], SampleAt(op->stats, static_cast<int>(i)))
@@ -691,6 +694,9 @@ absl::Status Dispatcher::SubmitLoadStore(const std::shared_ptr<Session>& session
         ClassifyAfterReport(store_, op->ns, op->keys[i], classifier_).IgnoreError();
       }
       return tier;
+    };
+    auto put = [&](size_t i, absl::Span<const ConstBuffer> src) -> absl::StatusOr<Tier> {
+      return stored(i, store_.Put(op->ns, op->keys[i], src, put_options(i)));
     };
     // Buffers that may shrink (daemon/fd_buffer.h): the page is staged here and its pieces are
     // copied with pread/pwrite, so a shrink fails the page instead of faulting the daemon.
@@ -729,13 +735,46 @@ absl::Status Dispatcher::SubmitLoadStore(const std::shared_ptr<Session>& session
       } else {
         gpu_->Load(*gpu, batch, op->reply_when_enqueued, record, reply);
       }
+    } else if (op->is_store && op->buffers->fd_buffers().empty()) {
+      // Mapped worker buffers: the whole request is one PutBatch, so each tier is written once
+      // (an NVMe batch pays one fdatasync and one index sync, not one per page).
+      const size_t per_page = op->layout.pieces_per_page();
+      std::vector<Piece> pieces;
+      std::vector<ConstBuffer> src;
+      src.reserve(n * per_page);
+      std::vector<std::pair<size_t, size_t>> spans(n);  // (first piece, pieces) of each page
+      std::vector<absl::StatusOr<Tier>> outcome(n);
+      std::vector<PutRequest> batch;
+      std::vector<size_t> batched;  // which page each batch entry is
+      for (size_t i = 0; i < n; ++i) {
+        pieces.clear();
+        if (absl::Status placed = op->layout.AppendPieces(op->blocks[i], pieces); !placed.ok()) {
+          outcome[i] = placed;
+          continue;
+        }
+        spans[i] = {src.size(), pieces.size()};
+        for (const Piece& p : pieces) {
+          src.push_back({op->buffers->base(p.buffer) + p.offset, p.length});
+        }
+        batched.push_back(i);
+      }
+      batch.reserve(batched.size());
+      for (size_t i : batched) {  // spans into `src` once it no longer grows
+        batch.push_back(PutRequest{
+            op->keys[i], absl::MakeConstSpan(src).subspan(spans[i].first, spans[i].second),
+            put_options(i)});
+      }
+      std::vector<absl::StatusOr<Tier>> results(batch.size());
+      store_.PutBatch(op->ns, batch, absl::MakeSpan(results));
+      for (size_t k = 0; k < batched.size(); ++k) {
+        outcome[batched[k]] = stored(batched[k], std::move(results[k]));
+      }
+      for (size_t i = 0; i < n; ++i) record(i, outcome[i]);
     } else {
       std::vector<Piece> pieces;
       pieces.reserve(op->layout.pieces_per_page());
       std::vector<MutableBuffer> dst;
-      std::vector<ConstBuffer> src;
       dst.reserve(op->layout.pieces_per_page());
-      src.reserve(op->layout.pieces_per_page());
       for (size_t i = 0; i < n; ++i) {
         pieces.clear();
         const absl::Status placed = op->layout.AppendPieces(op->blocks[i], pieces);
@@ -743,13 +782,7 @@ absl::Status Dispatcher::SubmitLoadStore(const std::shared_ptr<Session>& session
           record(i, placed);
         } else if (!op->buffers->fd_buffers().empty()) {
           record(i, through_fds(i, pieces));
-        } else if (op->is_store) {
-          src.clear();
-          for (const Piece& p : pieces) {
-            src.push_back({op->buffers->base(p.buffer) + p.offset, p.length});
-          }
-          record(i, put(i, src));
-        } else {
+        } else {  // a load into mapped buffers (their stores are batched above)
           dst.clear();
           for (const Piece& p : pieces) {
             dst.push_back({op->buffers->base(p.buffer) + p.offset, p.length});

@@ -577,43 +577,60 @@ void TieredStore::PutBatch(NamespaceId ns, absl::Span<const PutRequest> pages,
     for (absl::StatusOr<Tier>& r : results) r = absl::InternalError("PutBatch: results size");
     return;
   }
-  std::vector<PutReservation> reserved;
-  reserved.reserve(pages.size());
-  {
-    absl::MutexLock lock(&mu_);
-    for (size_t i = 0; i < pages.size(); ++i) {
-      PutReservation r;
-      r.index = i;
-      if (std::optional<absl::StatusOr<Tier>> done = ReservePutLocked(ns, pages[i], r)) {
-        results[i] = *std::move(done);
-      } else {
-        reserved.push_back(std::move(r));
-      }
-    }
-  }
-  // The bytes, outside the lock: one backend call per tier for the whole batch.
-  std::vector<absl::Status> written(reserved.size());
-  std::vector<SlotWrite> writes;
-  std::vector<size_t> which;
-  for (Tier t : kAllTiers) {
-    writes.clear();
-    which.clear();
-    for (size_t k = 0; k < reserved.size(); ++k) {
-      const PutReservation& r = reserved[k];
-      if (r.entry.tier != t) continue;
+  // Pages reserved on NVMe wait here and are written together: one backend call, so one
+  // fdatasync and one synced index write for all of them. A page placed in memory is written and
+  // published at once, as Put does, so that it can be displaced by the batch's next pages exactly
+  // as page-by-page puts would: placement does not depend on how the pages were grouped.
+  constexpr size_t kMaxPending = 256;  // bounds the pages pinned and waiting at once
+  std::vector<PutReservation> pending;
+  auto land = [&](absl::Span<PutReservation> batch) {
+    std::vector<SlotWrite> writes;
+    writes.reserve(batch.size());
+    for (const PutReservation& r : batch) {
       writes.push_back(SlotWrite{
           r.entry.slot, PageMeta{r.key, ns, r.entry.cls, options_.page_bytes, r.ns_salt}, r.src});
-      which.push_back(k);
     }
-    if (writes.empty()) continue;
-    std::vector<absl::Status> statuses(writes.size());
-    backends_[TierIndex(t)]->Write(writes, absl::MakeSpan(statuses));
-    for (size_t w = 0; w < which.size(); ++w) written[which[w]] = std::move(statuses[w]);
+    std::vector<absl::Status> written(batch.size());
+    if (!batch.empty()) {
+      backends_[TierIndex(batch.front().entry.tier)]->Write(writes, absl::MakeSpan(written));
+    }
+    absl::MutexLock lock(&mu_);
+    for (size_t k = 0; k < batch.size(); ++k) {
+      results[batch[k].index] = FinishPutLocked(batch[k], written[k]);
+    }
+  };
+  for (size_t next = 0; next < pages.size();) {
+    PutReservation r;
+    r.index = next;
+    std::optional<absl::StatusOr<Tier>> done;
+    {
+      absl::MutexLock lock(&mu_);
+      done = ReservePutLocked(ns, pages[next], r);
+    }
+    if (done.has_value()) {
+      // No room while this batch's NVMe pages hold slots (pinned while their bytes land): land
+      // them and try this page again.
+      if (!done->ok() && done->status().code() == absl::StatusCode::kResourceExhausted &&
+          !pending.empty()) {
+        land(absl::MakeSpan(pending));
+        pending.clear();
+        continue;
+      }
+      results[next++] = *std::move(done);
+      continue;
+    }
+    ++next;
+    if (r.entry.tier != Tier::kNvme) {
+      land(absl::MakeSpan(&r, 1));
+      continue;
+    }
+    pending.push_back(std::move(r));
+    if (pending.size() >= kMaxPending) {
+      land(absl::MakeSpan(pending));
+      pending.clear();
+    }
   }
-  absl::MutexLock lock(&mu_);
-  for (size_t k = 0; k < reserved.size(); ++k) {
-    results[reserved[k].index] = FinishPutLocked(reserved[k], written[k]);
-  }
+  land(absl::MakeSpan(pending));
 }
 
 std::optional<absl::StatusOr<Tier>> TieredStore::ReservePutLocked(NamespaceId ns,

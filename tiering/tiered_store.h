@@ -183,10 +183,10 @@ class TieredStore {
   // tier the page is in.
   absl::StatusOr<Tier> Put(NamespaceId ns, const PageKey& key, absl::Span<const ConstBuffer> src,
                            const PutOptions& options = {});
-  // Put of several pages of one namespace, each with Put's semantics and its own result in
-  // `results` (same size as `pages`), but batch-shaped: slots for all of them are taken under
-  // one lock, the bytes go to each tier in one backend call (an NVMe batch pays one fdatasync
-  // and one index sync, not one per page), and all are published under one lock.
+  // Put of several pages of one namespace, each with Put's semantics, placement and its own
+  // result in `results` (same size as `pages`), but the pages placed on NVMe are written in one
+  // backend call (an NVMe batch pays one fdatasync and one index sync, not one per page) and
+  // published together. Pages placed in memory are written at once, as by Put.
   void PutBatch(NamespaceId ns, absl::Span<const PutRequest> pages,
                 absl::Span<absl::StatusOr<Tier>> results);
   // Copies a page into `dst` (pieces in page order); NotFound on a miss. Returns the serving tier.

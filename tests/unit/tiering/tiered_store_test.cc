@@ -465,6 +465,24 @@ TEST_F(TieredStoreTest, PinAndLocateReturnsStableSlotsAndIsAllOrNothing) {
   EXPECT_TRUE(store_->Evict(ns_, Key(0)).ok()) << "the refused batch left no pin behind";
 }
 
+TEST_F(TieredStoreTest, PutBatchLargerThanTheStoreStoresWhatPutByPageWould) {
+  // 6 pages into 2 + 2 slots: page by page, each Put evicts an older page of the same request; a
+  // batch's own pages are pinned while their bytes land, so it lands them and goes on.
+  Make(2, 2);
+  std::vector<std::vector<std::byte>> data;
+  for (int i = 0; i < 6; ++i) data.push_back(Contents(Key(i)));
+  std::vector<ConstBuffer> src(6);
+  std::vector<PutRequest> pages(6);
+  for (int i = 0; i < 6; ++i) {
+    src[i] = ConstBuffer{data[i].data(), data[i].size()};
+    pages[i] = PutRequest{Key(i), absl::MakeConstSpan(&src[i], 1), PutOptions{.position = 1}};
+  }
+  std::vector<absl::StatusOr<Tier>> results(6);
+  store_->PutBatch(ns_, pages, absl::MakeSpan(results));
+  for (int i = 0; i < 6; ++i) EXPECT_TRUE(results[i].ok()) << i << ": " << results[i].status();
+  for (int i : {4, 5}) EXPECT_TRUE(GetAndCheck(i).ok()) << "the newest pages are kept";
+}
+
 // A persistent-tier stand-in that counts its Write calls (an NVMe batch pays one fdatasync per
 // call) and fails the slots it is told to.
 class CountingTier final : public TierBackend {

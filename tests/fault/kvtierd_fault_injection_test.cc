@@ -154,6 +154,7 @@ class FaultDaemon {
     for (std::string& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
     const std::string log = log_path();
+    ::unlink(log.c_str());  // never read the last run's port
     pid_ = ::fork();
     if (pid_ == 0) {
       const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);

@@ -360,6 +360,7 @@ TEST(KvtierdFaultInjection, WrongPagesNeverServedEveryFaultCountedHeldPagesSurvi
   if (std::getenv("KVTIER_TEST_TMPDIR") == nullptr && ::mkdtemp(shm_template) != nullptr) {
     nvme = shm_template;
   }
+  std::filesystem::create_directories(nvme);
   struct RemoveAtEnd {
     std::string path;
     ~RemoveAtEnd() {
@@ -393,7 +394,7 @@ TEST(KvtierdFaultInjection, WrongPagesNeverServedEveryFaultCountedHeldPagesSurvi
   const Clock::time_point start = Clock::now();
   for (int epoch = 0; epoch <= epochs; ++epoch) {
     SCOPED_TRACE(absl::StrCat("epoch ", epoch));
-    ASSERT_TRUE(daemon.Start(rng()).ok()) << "epoch " << epoch;
+    if (absl::Status s = daemon.Start(rng()); !s.ok()) FAIL() << "epoch " << epoch << ": " << s;
     // After the restart, with no faults: what the daemon held on NVMe at the kill is there and
     // intact; whatever else is there is intact; nothing never stored is there.
     {

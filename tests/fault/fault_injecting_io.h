@@ -78,7 +78,8 @@ class FaultInjectingIo final : public NvmeFaultInjector {
       f.unsynced[next_seq_++] = Range{offset, static_cast<uint64_t>(result)};
       // Landed after the power went (PowerCutNow): nothing guarantees what the disk kept.
       if (cut_ && !cut_paths_.empty()) {
-        counts_.dropped_bytes += ScrambleLocked(file, {Range{offset, uint64_t(result)}});
+        counts_.dropped_bytes +=
+            ScrambleLocked(file, {Range{offset, static_cast<uint64_t>(result)}});
       }
     }
     if (op == Op::kSync) {

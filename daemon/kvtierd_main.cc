@@ -1,6 +1,10 @@
 // kvtierd: the node-local KV-cache tiering daemon. Loads its options (embedded default, then
 // --config, then flags), validates them once, builds the TieredStore and serves workers on a Unix
-// socket until SIGTERM or SIGINT, then shuts down cleanly (exit status 0).
+// socket until SIGTERM or SIGINT, then shuts down cleanly (exit status 0). The body is
+// KvtierdMain (kvtierd_main.h), called by kvtierd's main (kvtierd.cc) and by test binaries that
+// pass hooks (tests/fault/kvtierd_fault_injection.cc).
+#include "daemon/kvtierd_main.h"
+
 #include <glog/logging.h>
 #include <signal.h>
 #include <sys/signalfd.h>
@@ -66,7 +70,7 @@ absl::StatusOr<DaemonConfig> LoadConfig() {
   return config;
 }
 
-int Run() {
+int Run(const kvtier::KvtierdHooks& hooks) {
   absl::StatusOr<DaemonConfig> config = LoadConfig();
   if (!config.ok()) {
     LOG(ERROR) << "event=config_invalid error=\"" << config.status().message() << "\"";
@@ -137,8 +141,10 @@ int Run() {
   }
 #endif
   if (config->nvme.enabled()) {
+    kvtier::NvmeFaultInjector* faults =
+        hooks.nvme_fault_injector ? hooks.nvme_fault_injector(*config) : nullptr;
     absl::StatusOr<std::unique_ptr<kvtier::TierBackend>> nvme = kvtier::MakeNvmeBackend(
-        config->nvme, config->store.page_bytes, &nvme_io_metrics, &registry);
+        config->nvme, config->store.page_bytes, &nvme_io_metrics, &registry, faults);
     if (!nvme.ok()) {
       LOG(ERROR) << "event=nvme_failed error=\"" << nvme.status().message() << "\"";
       return 2;
@@ -214,7 +220,7 @@ int Run() {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int kvtier::KvtierdMain(int argc, char** argv, const KvtierdHooks& hooks) {
   absl::SetProgramUsageMessage("kvtierd: node-local KV-cache tiering daemon");
   absl::ParseCommandLine(argc, argv);
   // glog: leveled lines ("I1124 16:58:34.123456 407 server.cc:170] event=session_open ...") on
@@ -233,5 +239,5 @@ int main(int argc, char** argv) {
     return 2;
   }
   google::InitGoogleLogging("kvtierd");
-  return Run();
+  return Run(hooks);
 }

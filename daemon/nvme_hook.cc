@@ -11,7 +11,8 @@ namespace kvtier {
 absl::StatusOr<std::unique_ptr<TierBackend>> MakeNvmeBackend(const NvmeConfig& nvme,
                                                              uint64_t page_bytes,
                                                              IoObserver* observer,
-                                                             metrics::Registry* registry) {
+                                                             metrics::Registry* registry,
+                                                             NvmeFaultInjector* fault_injector) {
   // On disk a slot is a 4 KiB header block plus the payload rounded up to 4 KiB
   // (tiering/nvme/nvme_tier.h), so capacity_bytes buys this many pages.
   constexpr uint64_t kBlock = 4096;
@@ -27,6 +28,7 @@ absl::StatusOr<std::unique_ptr<TierBackend>> MakeNvmeBackend(const NvmeConfig& n
   options.page_bytes = page_bytes;
   options.slots = static_cast<uint32_t>(slots);
   options.observer = observer;
+  options.fault_injector = fault_injector;
   options.log = [](absl::string_view line) { LOG(WARNING) << "event=nvme " << line; };
   absl::StatusOr<std::unique_ptr<NvmeTier>> tier = NvmeTier::Create(options);
   if (!tier.ok()) {

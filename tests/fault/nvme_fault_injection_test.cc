@@ -11,7 +11,7 @@
 //    every page acknowledged before the cut is recovered intact, and no other page appears.
 //
 // KVTIER_FAULT_INJECTION_OPS sets the page operations over all epochs (default 40000, the CI
-// run; the full run is bench/reliability/fault_injection.sh with 1 M).
+// run; the full run is `bench/reliability/run.sh faults` with 1 M).
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>

@@ -155,7 +155,10 @@ TEST_F(GpuRegisterTest, VmmFdsOfARefusedRequestAreClosed) {
   absl::Status s = client_->RegisterGpuBuffers(uuid_, handles);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
   EXPECT_NE(s.message().find("outside its VMM allocation"), absl::string_view::npos) << s;
-  EXPECT_EQ(daemon_->OpenFds(), before) << "descriptors of refused registrations leaked";
+  // At most as many as before: a connection the harness opened while starting the daemon may
+  // still have been closing when `before` was counted (seen under ASan), while a leak here would
+  // be 4 descriptors for each of the 4 refused requests.
+  EXPECT_LE(daemon_->OpenFds(), before) << "descriptors of refused registrations leaked";
   for (int fd : fds) ::close(fd);
   const wire::StatsReply stats = *client_->Stats();
   EXPECT_EQ(stats.registered_buffers(), 0u);

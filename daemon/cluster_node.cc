@@ -199,6 +199,7 @@ std::vector<std::vector<MemberInfo>> ClusterNode::QueryHolders(const std::string
   const std::vector<MemberInfo> serving = ServingMembers(ns);
   if (serving.empty()) return out;
   std::vector<std::string> names;
+  names.reserve(serving.size());
   for (const MemberInfo& m : serving) names.push_back(m.node_id);
   // Keys grouped by home; one query per home.
   absl::flat_hash_map<size_t, std::vector<size_t>> by_home;
@@ -404,6 +405,7 @@ void ClusterNode::Announce(const std::string& ns, absl::Span<const PageKey> keys
   const std::vector<MemberInfo> serving = ServingMembers(ns);
   if (serving.empty()) return;
   std::vector<std::string> names;
+  names.reserve(serving.size());
   for (const MemberInfo& m : serving) names.push_back(m.node_id);
   absl::flat_hash_map<size_t, std::vector<peer::ObjectId>> by_home;
   for (const PageKey& k : keys) by_home[HomeOf(names, ns, k)].push_back(IdOf(k));
@@ -616,6 +618,7 @@ void ClusterNode::BackgroundLoop() {
             const std::vector<MemberInfo> serving = ServingMembers(ns);
             if (serving.empty()) return false;
             std::vector<std::string> names;
+            names.reserve(serving.size());
             for (const MemberInfo& m : serving) names.push_back(m.node_id);
             return names[HomeOf(names, ns, key)] == node_id_;
           },

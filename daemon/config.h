@@ -21,7 +21,7 @@ namespace kvtier {
 struct StoreConfig {
   // Bytes of every page; each namespace's layout must produce exactly this. Default 64 KiB (a
   // laptop-sized stand-in for Llama-3-8B's 2 MiB).
-  uint64_t page_bytes = 64 * 1024;
+  uint64_t page_bytes = uint64_t{64} * 1024;
   uint32_t hbm_pages = 256;          // HBM slots (host-emulated without a GPU); 0 leaves HBM out
   uint32_t dram_pages = 1024;        // DRAM slots (the memfd shared with workers)
   std::string hbm_backend = "auto";  // auto, cuda or host-emulated

@@ -17,7 +17,8 @@ ABSL_FLAG(std::string, trace, "",
           "Mooncake-format trace (JSON lines) to replay instead of the "
           "generated workload");
 ABSL_FLAG(uint32_t, requests, 2000, "requests in the generated workload");
-ABSL_FLAG(uint64_t, page_bytes, 64 * 1024, "bytes per page (scaled down from 2 MiB for a laptop)");
+ABSL_FLAG(uint64_t, page_bytes, uint64_t{64} * 1024,
+          "bytes per page (scaled down from 2 MiB for a laptop)");
 ABSL_FLAG(uint32_t, hbm_pages, 256, "HBM tier slots (host-emulated without a GPU)");
 ABSL_FLAG(uint32_t, dram_pages, 1024, "DRAM tier slots");
 ABSL_FLAG(uint32_t, sink_slots, 16, "reserved HBM sink slots for the demo namespace");

@@ -535,7 +535,8 @@ absl::Status Dispatcher::Keys(const google::protobuf::RepeatedField<uint64_t>& w
                      config_.limits.max_batch_pages, ")"));
   }
   out.resize(n);
-  for (size_t i = 0; i < n; ++i) out[i] = PageKey{words[2 * i], words[2 * i + 1]};
+  // words.size() is an int, so every index below it fits one.
+  for (int i = 0; i < static_cast<int>(n); ++i) out[i] = PageKey{words[2 * i], words[2 * i + 1]};
   return absl::OkStatus();
 }
 

@@ -41,7 +41,7 @@ void Refuse(int fd, const ucred& cred, absl::string_view reason, absl::string_vi
   resp.mutable_error()->set_code(static_cast<int>(absl::StatusCode::kResourceExhausted));
   resp.mutable_error()->set_message(std::string(why));
   // A fresh socket's send buffer is empty; never wait for the client either way.
-  SendDatagram(fd, resp.SerializeAsString(), {}, /*nonblocking=*/true).IgnoreError();
+  if (fd >= 0) SendDatagram(fd, resp.SerializeAsString(), {}, /*nonblocking=*/true).IgnoreError();
 }
 
 // A connection's receive buffer: address space for the largest datagram allowed, backed by
@@ -50,7 +50,7 @@ void Refuse(int fd, const ucred& cred, absl::string_view reason, absl::string_vi
 // costs a few pages, not limits.max_message_bytes — while receiving stays one recvmsg.
 class ReceiveBuffer {
  public:
-  static constexpr size_t kKeptBytes = 64 * 1024;
+  static constexpr size_t kKeptBytes = size_t{64} * 1024;
 
   explicit ReceiveBuffer(size_t max_message_bytes)
       : size_(max_message_bytes + 1),  // one byte more tells an oversized datagram apart
@@ -280,9 +280,13 @@ void Server::Accept(UniqueFd conn, const ucred& cred) {
   // Everything below may fail for want of memory, descriptors or threads: that refuses this
   // connection, never the daemon.
   std::shared_ptr<ReplyChannel> channel;
+  // The descriptor a refusal goes to while no channel owns it yet; -1 once Create took it (a
+  // failed Create has closed it, and there is nobody left to tell).
+  int unowned_fd = conn.get();
   try {
     absl::StatusOr<std::shared_ptr<ReplyChannel>> created =
         ReplyChannel::Create(std::move(conn), config_.limits.max_output_bytes);
+    unowned_fd = -1;
     if (!created.ok()) throw std::runtime_error(std::string(created.status().message()));
     channel = *std::move(created);
     // The session's send function holds the channel, and with it the descriptor: it is closed
@@ -296,7 +300,7 @@ void Server::Accept(UniqueFd conn, const ucred& cred) {
     }).detach();
   } catch (const std::exception& e) {
     counters_.connection_failures.fetch_add(1, std::memory_order_relaxed);
-    Refuse(channel != nullptr ? channel->socket() : conn.get(), cred, "no_resources",
+    Refuse(channel != nullptr ? channel->socket() : unowned_fd, cred, "no_resources",
            absl::StrCat("kvtierd cannot serve another connection now (", e.what(), ")"), counters_);
     Forget(id, cred.uid);  // before `channel` (and the descriptor) goes
     return;

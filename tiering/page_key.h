@@ -20,6 +20,7 @@ struct PageKey {
   uint64_t lo = 0;
 
   friend bool operator==(const PageKey&, const PageKey&) = default;
+  // NOLINTNEXTLINE(modernize-use-nullptr): clang-tidy 14 misreads a defaulted <=>'s 0
   friend auto operator<=>(const PageKey&, const PageKey&) = default;
   template <typename H>
   friend H AbslHashValue(H h, const PageKey& k) {

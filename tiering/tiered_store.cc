@@ -624,7 +624,7 @@ void TieredStore::PutBatch(NamespaceId ns, absl::Span<const PutRequest> pages,
       land(absl::MakeSpan(&r, 1));
       continue;
     }
-    pending.push_back(std::move(r));
+    pending.push_back(r);
     if (pending.size() >= kMaxPending) {
       land(absl::MakeSpan(pending));
       pending.clear();

@@ -180,7 +180,7 @@ class PeerTransport::Impl {
     return CallBytes(peer_addr, id, std::move(bytes), timeout);
   }
 
-  void Send(const std::string& peer_addr, peer::Message m) {
+  void Send(const std::string& peer_addr, const peer::Message& m) {
     absl::StatusOr<std::string> bytes = peer::Encode(m);
     if (!bytes.ok()) return;
     Post([this, peer_addr, b = *std::move(bytes)]() mutable {
@@ -665,8 +665,8 @@ absl::StatusOr<peer::Message> PeerTransport::CallRawForTest(const std::string& p
                                                             absl::Duration timeout) {
   return impl_->CallRaw(peer, std::move(bytes), timeout);
 }
-void PeerTransport::Send(const std::string& peer, peer::Message message) {
-  impl_->Send(peer, std::move(message));
+void PeerTransport::Send(const std::string& peer, const peer::Message& message) {
+  impl_->Send(peer, message);
 }
 absl::StatusOr<std::unique_ptr<ucx::Memory>> PeerTransport::Register(void* base, size_t length) {
   return impl_->Register(base, length);

@@ -78,7 +78,7 @@ class PeerTransport {
   absl::StatusOr<peer::Message> CallRawForTest(const std::string& peer, std::string bytes,
                                                absl::Duration timeout);
   // Sends a one-way message; delivery is best effort.
-  void Send(const std::string& peer, peer::Message message);
+  void Send(const std::string& peer, const peer::Message& message);
 
   // Registers [base, base + length) for RMA: peers may read it with the returned region's key.
   // The region may outlive the transport (it holds the UCP context).

@@ -64,9 +64,12 @@ int FreePort() {
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
   socklen_t len = sizeof(a);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+    ::close(fd);
+    return 0;
+  }
   ::close(fd);
   return ntohs(a.sin_port);
 }
@@ -80,6 +83,7 @@ class Child {
       if (std::freopen(log.c_str(), "w", stdout) == nullptr) ::_exit(126);
       if (std::freopen(log.c_str(), "a", stderr) == nullptr) ::_exit(126);
       std::vector<char*> argv;
+      argv.reserve(args.size() + 1);
       for (std::string& a : args) argv.push_back(a.data());
       argv.push_back(nullptr);
       ::execvp(argv[0], argv.data());
@@ -337,10 +341,11 @@ int RunBenchCluster(int argc, char** argv) {
     auto next = [&]() -> const char* { return i + 1 < argc ? argv[++i] : ""; };
     if (arg == "--json") {
       a.json = true;
-    } else if (arg == "--pages" && absl::SimpleAtoi(next(), &a.pages) && a.pages > 0) {
-    } else if (arg == "--iterations" && absl::SimpleAtoi(next(), &a.iterations) &&
-               a.iterations > 0) {
-    } else if (arg == "--page-bytes" && absl::SimpleAtoi(next(), &a.page_bytes)) {
+    } else if ((arg == "--pages" && absl::SimpleAtoi(next(), &a.pages) && a.pages > 0) ||
+               (arg == "--iterations" && absl::SimpleAtoi(next(), &a.iterations) &&
+                a.iterations > 0) ||
+               (arg == "--page-bytes" && absl::SimpleAtoi(next(), &a.page_bytes))) {
+      // parsed into `a`
     } else if (arg == "--tls") {
       a.tls = next();
     } else if (arg == "--kvtierd") {

@@ -139,7 +139,7 @@ absl::Status IoRing::RegisterExtraBuffers(absl::Span<const iovec> extra) {
   int rc = io_uring_register_buffers(&ring_, all.data(), static_cast<unsigned>(all.size()));
   if (rc == 0) return absl::OkStatus();
   // Put the staging buffers back so the copy path keeps its fixed buffers.
-  const absl::Status err =
+  absl::Status err =
       absl::UnavailableError(absl::StrCat("io_uring_register_buffers: ", std::strerror(-rc)));
   if (io_uring_register_buffers(&ring_, staging_iovs_.data(),
                                 static_cast<unsigned>(staging_iovs_.size())) != 0) {

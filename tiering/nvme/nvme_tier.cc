@@ -488,34 +488,34 @@ void NvmeTier::WriteBatch(absl::Span<const SlotWrite> writes, absl::Span<absl::S
       const uint64_t at = SlotFileOffset(w.slot);
       const uint32_t file = FileOf(w.slot);
       if (direct >= 0) {
-        reqs[2 * i] =
+        reqs[2 * size_t{i}] =
             IoRequest{Op::kWrite, file, buf, block, kHeaderBlockBytes, at, &waiter, 2 * i, 0};
-        reqs[2 * i + 1] = IoRequest{Op::kWrite,
-                                    file,
-                                    direct,
-                                    const_cast<std::byte*>(w.src[0].data),
-                                    static_cast<uint32_t>(w.src[0].size),
-                                    at + kHeaderBlockBytes,
-                                    &waiter,
-                                    2 * i + 1,
-                                    0};
+        reqs[2 * size_t{i} + 1] = IoRequest{Op::kWrite,
+                                            file,
+                                            direct,
+                                            const_cast<std::byte*>(w.src[0].data),
+                                            static_cast<uint32_t>(w.src[0].size),
+                                            at + kHeaderBlockBytes,
+                                            &waiter,
+                                            2 * i + 1,
+                                            0};
         parts[i] = 2;
         Bump(counters_->zero_copy_pages);
-        out.push_back(&reqs[2 * i]);
-        out.push_back(&reqs[2 * i + 1]);
+        out.push_back(&reqs[2 * size_t{i}]);
+        out.push_back(&reqs[2 * size_t{i} + 1]);
       } else {
-        reqs[2 * i] = IoRequest{Op::kWrite,
-                                file,
-                                buf,
-                                block,
-                                static_cast<uint32_t>(kHeaderBlockBytes + io_payload),
-                                at,
-                                &waiter,
-                                2 * i,
-                                0};
+        reqs[2 * size_t{i}] = IoRequest{Op::kWrite,
+                                        file,
+                                        buf,
+                                        block,
+                                        static_cast<uint32_t>(kHeaderBlockBytes + io_payload),
+                                        at,
+                                        &waiter,
+                                        2 * i,
+                                        0};
         parts[i] = 1;
         Bump(counters_->staged_pages);
-        out.push_back(&reqs[2 * i]);
+        out.push_back(&reqs[2 * size_t{i}]);
       }
       if (out.size() >= 2 * kSubmitChunk) {
         return next < pending.size() ? Launch::kChunk : Launch::kDone;
@@ -668,24 +668,24 @@ void NvmeTier::ReadBatch(absl::Span<const SlotRead> reads, absl::Span<absl::Stat
       const uint32_t file = FileOf(r.slot);
       const int direct = DirectBuffer(r.dst);
       if (direct >= 0) {
-        reqs[2 * i] = IoRequest{Op::kRead, file,  buf, staging_->data(buf), kHeaderBlockBytes, at,
-                                &waiter,   2 * i, 0};
-        reqs[2 * i + 1] = IoRequest{Op::kRead,
-                                    file,
-                                    direct,
-                                    r.dst[0].data,
-                                    static_cast<uint32_t>(r.dst[0].size),
-                                    at + kHeaderBlockBytes,
-                                    &waiter,
-                                    2 * i + 1,
-                                    0};
+        reqs[2 * size_t{i}] = IoRequest{
+            Op::kRead, file, buf, staging_->data(buf), kHeaderBlockBytes, at, &waiter, 2 * i, 0};
+        reqs[2 * size_t{i} + 1] = IoRequest{Op::kRead,
+                                            file,
+                                            direct,
+                                            r.dst[0].data,
+                                            static_cast<uint32_t>(r.dst[0].size),
+                                            at + kHeaderBlockBytes,
+                                            &waiter,
+                                            2 * i + 1,
+                                            0};
         parts[i] = 2;
         Bump(counters_->zero_copy_pages);
         direct_read[i] = 1;
-        out.push_back(&reqs[2 * i]);
-        out.push_back(&reqs[2 * i + 1]);
+        out.push_back(&reqs[2 * size_t{i}]);
+        out.push_back(&reqs[2 * size_t{i} + 1]);
       } else {
-        reqs[2 * i] =
+        reqs[2 * size_t{i}] =
             IoRequest{Op::kRead,
                       file,
                       buf,
@@ -697,7 +697,7 @@ void NvmeTier::ReadBatch(absl::Span<const SlotRead> reads, absl::Span<absl::Stat
                       0};
         parts[i] = 1;
         Bump(counters_->staged_pages);
-        out.push_back(&reqs[2 * i]);
+        out.push_back(&reqs[2 * size_t{i}]);
       }
       // Reads need no preparation: submit the whole window at once.
     }

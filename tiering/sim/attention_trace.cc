@@ -208,8 +208,8 @@ absl::StatusOr<AttentionTrace> GenerateAttentionTrace(const AttentionTraceOption
   }
   for (auto& t : topics) {
     std::shuffle(candidates.begin(), candidates.end(), rng);
-    t.assign(candidates.begin(),
-             candidates.begin() + std::min<size_t>(o.pages_per_topic, candidates.size()));
+    t.assign(candidates.begin(), candidates.begin() + static_cast<std::ptrdiff_t>(std::min<size_t>(
+                                                          o.pages_per_topic, candidates.size())));
     for (uint32_t p : t) base_norm[p] = std::max(base_norm[p], in(1.2, 1.8));
   }
   std::vector<double> zipf(o.topics);

@@ -485,14 +485,14 @@ def decode_check(model: Model, c: Config, stream: torch.Tensor, device: torch.de
 
 # --- main ---------------------------------------------------------------------------------------
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--corpus", required=True, nargs="+")
     ap.add_argument("--out", required=True)
     ap.add_argument("--tiny", action="store_true", help="CI's configuration (CPU, seconds)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--set", nargs="*", default=[], help="override Config fields: NAME=VALUE")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     t_start = time.time()
     c = Config(**TINY) if args.tiny else Config()
     for kv in args.set:
@@ -586,6 +586,7 @@ def main() -> int:
                           "streams": len(nlls), "ppl": float(np.exp(nll.mean())),
                           "ppl_first_ctx": float(np.exp(nll[:, :c.ctx - 1].mean())),
                           "ppl_after_ctx": float(np.exp(nll[:, c.ctx - 1:].mean())),
+                          "ppl_per_stream": [float(np.exp(x.mean())) for x in nll],
                           "ppl_bins": bins, "info": info}
             log(f"eval {key:>18}: ppl {evals[key]['ppl']:8.2f}  after ctx "
                 f"{evals[key]['ppl_after_ctx']:8.2f}  ({len(nlls)} streams)")

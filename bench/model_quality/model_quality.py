@@ -535,11 +535,11 @@ def main(argv: list[str] | None = None) -> int:
     model = Model(c).to(device)
     result["params"] = sum(p.numel() for p in model.parameters())
     log(f"model: {result['params'] / 1e6:.1f} M parameters")
-    t = time.time()
     result["sinks_init"] = measure_sinks(model, c, val_ids, device)
     result["train"] = train(model, c, train_ids, val_ids, device, log)
+    val = result["train"]["val_loss"]
     log(f"trained {result['train']['steps']} steps in {result['train']['seconds']:.0f} s, "
-        f"val loss {result['train']['val_loss'][0][1]:.3f} -> {result['train']['val_loss'][-1][1]:.3f}")
+        f"val loss {val[0][1]:.3f} -> {val[-1][1]:.3f}")
     save()
     t = time.time()
     sinks = measure_sinks(model, c, val_ids, device)

@@ -97,12 +97,12 @@ class AttentionTest(unittest.TestCase):
             np.testing.assert_allclose(gpu["mass"], cpu["mass"], rtol=1e-3, atol=1e-6)
             np.testing.assert_allclose(gpu["value_norm"], cpu["value_norm"], rtol=1e-4)
             return
-        from kvtier.attention import _PageStats, _Shape, _functions
+        from kvtier import _lib
 
-        out = (_PageStats * 4)()
-        code = _functions().kvtier_attention_stats_cuda(
-            ctypes.byref(_Shape(64, 2, 2, 64, 4, 16, 0)), 0.01, q.data_ptr(), k.data_ptr(),
-            k.data_ptr(), out, 4, None)
+        out = (_lib.PageAttention * 4)()
+        code = _lib.lib().kvtier_attention_stats_cuda(
+            ctypes.byref(_lib.AttentionShape(64, 2, 2, 64, 4, 16, 0)), 0.01, q.data_ptr(),
+            k.data_ptr(), k.data_ptr(), out, 4, None)
         self.assertNotEqual(code, 0)
         message = kvtier._lib.thread_error()
         self.assertTrue(message, "a failure without a message")

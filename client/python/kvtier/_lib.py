@@ -14,7 +14,7 @@ import pathlib
 import threading
 
 # The C ABI version this package is written against (KVTIER_C_ABI_VERSION in kvtier_c.h).
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 
 class Key(ctypes.Structure):
@@ -51,6 +51,24 @@ class Attention(ctypes.Structure):
     _fields_ = [
         (name, ctypes.POINTER(ctypes.c_float))
         for name in ("mass", "breadth", "value_norm", "mass_entropy")
+    ]
+
+
+class AttentionShape(ctypes.Structure):
+    """kvtier_attention_shape: one sequence's shape for the attention-statistics kernel."""
+
+    _fields_ = [
+        (name, ctypes.c_uint32)
+        for name in ("tokens", "q_heads", "kv_heads", "head_dim", "window", "tokens_per_page",
+                     "dtype")
+    ]
+
+
+class PageAttention(ctypes.Structure):
+    """kvtier_page_attention: the kernel's figures for one page."""
+
+    _fields_ = [
+        (name, ctypes.c_float) for name in ("mass", "breadth", "value_norm", "mass_entropy")
     ]
 
 
@@ -91,6 +109,18 @@ _SIGNATURES = {
     "kvtier_free": (None, [ctypes.c_void_p]),
     "kvtier_chain_keys": (_sz, [Key, ctypes.POINTER(ctypes.c_int32), _sz, _sz, _keyp, _sz]),
     "kvtier_key_from_block_hash": (_i, [Key, _keyp, ctypes.c_void_p, _sz, _keyp]),
+    # ABI 3: the attention-statistics kernel (kvtier.attention).
+    "kvtier_attention_stats_cpu": (
+        _i,
+        [ctypes.POINTER(AttentionShape), ctypes.c_float, ctypes.c_void_p, ctypes.c_void_p,
+         ctypes.c_void_p, ctypes.POINTER(PageAttention), _sz],
+    ),
+    "kvtier_attention_stats_cuda": (
+        _i,
+        [ctypes.POINTER(AttentionShape), ctypes.c_float, ctypes.c_void_p, ctypes.c_void_p,
+         ctypes.c_void_p, ctypes.POINTER(PageAttention), _sz, ctypes.c_void_p],
+    ),
+    "kvtier_has_cuda_kernels": (_i, []),
 }
 
 _lock = threading.Lock()

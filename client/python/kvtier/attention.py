@@ -23,44 +23,12 @@ from . import _lib
 from ._errors import error_for
 
 _DTYPES = {"bfloat16": 0, "float16": 1}
-
-
-class _Shape(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_uint32) for name in
-                ("tokens", "q_heads", "kv_heads", "head_dim", "window", "tokens_per_page",
-                 "dtype")]
-
-
-class _PageStats(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_float) for name in
-                ("mass", "breadth", "value_norm", "mass_entropy")]
-
-
-_declared = False
-
-
-def _functions() -> ctypes.CDLL:
-    """libkvtier.so with the ABI-3 kernel functions declared (they are newer than the rest)."""
-    global _declared
-    lib = _lib.lib()
-    if not _declared:
-        if lib.kvtier_abi_version() < 3:
-            raise ImportError(f"{_lib.library_path()} predates the attention-statistics ABI (3)")
-        args = [ctypes.POINTER(_Shape), ctypes.c_float, ctypes.c_void_p, ctypes.c_void_p,
-                ctypes.c_void_p, ctypes.POINTER(_PageStats), ctypes.c_size_t]
-        lib.kvtier_attention_stats_cpu.restype = ctypes.c_int
-        lib.kvtier_attention_stats_cpu.argtypes = args
-        lib.kvtier_attention_stats_cuda.restype = ctypes.c_int
-        lib.kvtier_attention_stats_cuda.argtypes = args + [ctypes.c_void_p]
-        lib.kvtier_has_cuda_kernels.restype = ctypes.c_int
-        lib.kvtier_has_cuda_kernels.argtypes = []
-        _declared = True
-    return lib
+_FIELDS = np.dtype([(name, np.float32) for name, _ in _lib.PageAttention._fields_])
 
 
 def has_cuda_kernels() -> bool:
     """Whether libkvtier.so carries the CUDA kernel (built with CUDA)."""
-    return bool(_functions().kvtier_has_cuda_kernels())
+    return bool(_lib.lib().kvtier_has_cuda_kernels())
 
 
 def page_attention_stats(q: Any, k: Any, v: Any, tokens_per_page: int,
@@ -75,15 +43,15 @@ def page_attention_stats(q: Any, k: Any, v: Any, tokens_per_page: int,
                          "[tokens, kv_heads, head_dim]")
     dtype = q.dtype if q.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
     on_cuda = q.is_cuda and k.is_cuda and v.is_cuda
-    lib = _functions()
+    lib = _lib.lib()
     if on_cuda and not lib.kvtier_has_cuda_kernels():
         q, k, v = q.cpu(), k.cpu(), v.cpu()
         on_cuda = False
     q, k, v = (t.detach().to(dtype).contiguous() for t in (q, k, v))
-    shape = _Shape(k.shape[0], q.shape[1], k.shape[1], k.shape[2], q.shape[0], tokens_per_page,
+    shape = _lib.AttentionShape(k.shape[0], q.shape[1], k.shape[1], k.shape[2], q.shape[0], tokens_per_page,
                    _DTYPES[str(dtype).removeprefix("torch.")])
     pages = (shape.tokens + tokens_per_page - 1) // tokens_per_page if tokens_per_page > 0 else 0
-    out = (_PageStats * max(pages, 1))()
+    out = (_lib.PageAttention * max(pages, 1))()
     if on_cuda:
         stream = torch.cuda.current_stream(q.device).cuda_stream
         with torch.cuda.device(q.device):
@@ -96,6 +64,4 @@ def page_attention_stats(q: Any, k: Any, v: Any, tokens_per_page: int,
             out, pages)
     if code != 0:
         raise error_for(code, _lib.thread_error(), "page_attention_stats")
-    fields = [("mass", np.float32), ("breadth", np.float32), ("value_norm", np.float32),
-              ("mass_entropy", np.float32)]
-    return np.frombuffer(bytearray(out), dtype=np.dtype(fields), count=pages).copy()
+    return np.frombuffer(out, dtype=_FIELDS, count=pages).copy()

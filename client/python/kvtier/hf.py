@@ -207,7 +207,9 @@ class PrefixCache:
             return 0
         tpp = self.tokens_per_page
         begin, end = from_page * tpp, pages * tpp
-        norms = torch.zeros(pages - from_page, dtype=torch.float64)
+        measured = _kernel_stats(model, cache, tpp) if model is not None else None
+        # Without the kernel's figures, the value norms are taken here, from the copies below.
+        norms = torch.zeros(pages - from_page, dtype=torch.float64) if measured is None else None
         for layer, host in enumerate(self.host):
             entry = cache.layers[layer]
             for which, tensor in ((0, entry.keys), (1, entry.values)):
@@ -215,16 +217,15 @@ class PrefixCache:
                 part = part.reshape(pages - from_page, tpp, self.layout.kv_heads,
                                     self.layout.head_dim)
                 host[which, from_page:pages].copy_(part)  # synchronous: the daemon reads next
-                if which == 1:
+                if which == 1 and norms is not None:
                     norms += part.float().norm(dim=-1).mean(dim=(1, 2)).double().cpu()
-        stats = AttentionStats(value_norm=(norms / len(self.host)).tolist())
-        measured = _kernel_stats(model, cache, tpp) if model is not None else None
         if measured is not None:
             sl = slice(from_page, pages)
-            stats = AttentionStats(mass=measured["mass"][sl].tolist(),
-                                   breadth=measured["breadth"][sl].tolist(),
-                                   value_norm=measured["value_norm"][sl].tolist(),
-                                   mass_entropy=measured["mass_entropy"][sl].tolist())
+            stats = AttentionStats(**{field: measured[field][sl].tolist()
+                                      for field in measured.dtype.names})
+        else:
+            assert norms is not None
+            stats = AttentionStats(value_norm=(norms / len(self.host)).tolist())
         self.last_stats = stats
         hints = [int(PageClass.SINK if p == 0 else PageClass.UNKNOWN)
                  for p in range(from_page, pages)]
@@ -294,14 +295,21 @@ def capture_queries(model: Any, window: int = 32) -> None:
     "kvtier_capture+<the one it had>", registered with transformers' AttentionInterface (and
     its mask function with AttentionMaskInterface): it calls the original with the same arguments,
     so logits and caches are unchanged."""
+    import sys
+
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     current = model.config._attn_implementation or "eager"
     inner = current.split("+", 1)[1] if current.startswith(_CAPTURE + "+") else current
     for module in model.modules():
         if hasattr(module, "layer_idx") and hasattr(module, "num_key_value_groups"):
             module._kvtier_capture = window
+            # The wrapped implementation, found once here rather than on every forward: eager is
+            # the modeling file's own function, the others are registered by name.
+            module._kvtier_inner = (sys.modules[type(module).__module__].eager_attention_forward
+                                    if inner == "eager" else ALL_ATTENTION_FUNCTIONS[inner])
     if current.startswith(_CAPTURE + "+"):
         return
     name = f"{_CAPTURE}+{inner}"
@@ -313,19 +321,9 @@ def capture_queries(model: Any, window: int = 32) -> None:
 
 
 def _capturing_attention(module: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
-    import sys
-
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-    window = getattr(module, "_kvtier_capture", 0)
-    if window:
-        module._kvtier_queries = query[0, :, -window:, :].detach()  # [q_heads, w, d], a view
-    inner = module.config._attn_implementation.split("+", 1)[1]
-    if inner == "eager":
-        fn = sys.modules[type(module).__module__].eager_attention_forward
-    else:
-        fn = ALL_ATTENTION_FUNCTIONS[inner]
-    return fn(module, query, *args, **kwargs)
+    if module._kvtier_capture:
+        module._kvtier_queries = query[0, :, -module._kvtier_capture:, :].detach()  # a view
+    return module._kvtier_inner(module, query, *args, **kwargs)
 
 
 def _kernel_stats(model: Any, cache: Any, tokens_per_page: int) -> Optional[np.ndarray]:

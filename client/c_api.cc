@@ -426,12 +426,7 @@ int kvtier_attention_stats_cuda(const kvtier_attention_shape* shape, float bread
     return FailStatus(st);
   }
   const uint32_t pages = kk::AttentionStatsPageCount(s);
-  const auto same = [](const kk::AttentionStatsShape& a, const kk::AttentionStatsShape& b) {
-    return a.tokens == b.tokens && a.q_heads == b.q_heads && a.kv_heads == b.kv_heads &&
-           a.head_dim == b.head_dim && a.window == b.window &&
-           a.tokens_per_page == b.tokens_per_page && a.dtype == b.dtype;
-  };
-  if (!cached.workspace || cached.device != device || !same(cached.shape, s)) {
+  if (!cached.workspace || cached.device != device || !(cached.shape == s)) {
     cached.workspace.reset();
     absl::StatusOr<kk::AttentionStatsWorkspace> ws = kk::AttentionStatsWorkspace::Create(s);
     if (!ws.ok()) return FailStatus(ws.status());

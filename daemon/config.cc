@@ -492,8 +492,8 @@ struct YamlString {
 
 YAML::Emitter& operator<<(YAML::Emitter& out, YamlString s) {
   const std::string& v = s.value;
-  const auto blank = [](char ch) { return ch == ' ' || ch == '\t'; };
-  if (!v.empty() && (blank(v.front()) || blank(v.back()))) out << YAML::DoubleQuoted;
+  // (Tabs never get here: CheckText refuses control characters.)
+  if (!v.empty() && (v.front() == ' ' || v.back() == ' ')) out << YAML::DoubleQuoted;
   return out << v;
 }
 

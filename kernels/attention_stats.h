@@ -44,6 +44,8 @@ struct AttentionStatsShape {
   uint32_t window = 0;    // 1..tokens queries
   uint32_t tokens_per_page = 16;
   KvDType dtype = KvDType::kBF16;
+
+  friend bool operator==(const AttentionStatsShape&, const AttentionStatsShape&) = default;
 };
 
 struct AttentionStatsOptions {

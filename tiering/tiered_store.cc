@@ -602,10 +602,10 @@ void TieredStore::PutBatch(NamespaceId ns, absl::Span<const PutRequest> pages,
   for (size_t next = 0; next < pages.size();) {
     PutReservation r;
     r.index = next;
-    std::optional<absl::StatusOr<Tier>> done;
-    {
+    std::optional<absl::StatusOr<Tier>> done = PreparePut(ns, pages[next], r);
+    if (!done.has_value()) {
       absl::MutexLock lock(&mu_);
-      done = ReservePutLocked(ns, pages[next], r);
+      done = ReservePutLocked(ns, r);
     }
     if (done.has_value()) {
       // No room while this batch's NVMe pages hold slots (pinned while their bytes land): land
@@ -633,25 +633,33 @@ void TieredStore::PutBatch(NamespaceId ns, absl::Span<const PutRequest> pages,
   land(absl::MakeSpan(pending));
 }
 
-std::optional<absl::StatusOr<Tier>> TieredStore::ReservePutLocked(NamespaceId ns,
-                                                                  const PutRequest& page,
-                                                                  PutReservation& out) {
-  const PageKey& client_key = page.key;
-  if (client_key.is_null()) return absl::InvalidArgumentError("null page key");
-  const PageKey key = IndexKey(ns, client_key);
-  PutOptions options = page.options;
-  options.parent = IndexKey(ns, page.options.parent);
+std::optional<absl::StatusOr<Tier>> TieredStore::PreparePut(NamespaceId ns, const PutRequest& page,
+                                                            PutReservation& out) const {
+  if (page.key.is_null()) return absl::InvalidArgumentError("null page key");
   uint64_t total = 0;
   for (const ConstBuffer& b : page.src) total += b.size;
   if (total != options_.page_bytes) {
     return absl::InvalidArgumentError(
         absl::StrCat("page data of ", total, " bytes, expected ", options_.page_bytes));
   }
-  if (options.tier.has_value() && backends_[TierIndex(*options.tier)] == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat("no ", TierName(*options.tier), " tier"));
+  if (page.options.tier.has_value() && backends_[TierIndex(*page.options.tier)] == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("no ", TierName(*page.options.tier), " tier"));
   }
-  ClassSource source;
-  const PageClass cls = ClassifyOnPut(options, &source);
+  out.client_key = page.key;
+  out.key = IndexKey(ns, page.key);
+  out.options = page.options;
+  out.options.parent = IndexKey(ns, page.options.parent);
+  out.src = page.src;
+  out.entry.cls = ClassifyOnPut(out.options, &out.entry.class_source);
+  return std::nullopt;
+}
+
+std::optional<absl::StatusOr<Tier>> TieredStore::ReservePutLocked(NamespaceId ns,
+                                                                  PutReservation& out) {
+  const PageKey& client_key = out.client_key;
+  const PageKey& key = out.key;
+  const PutOptions& options = out.options;
+  const PageClass cls = out.entry.cls;
   if (ns >= namespaces_.size()) {
     return absl::NotFoundError(absl::StrCat("unknown namespace id ", ns));
   }
@@ -707,17 +715,11 @@ std::optional<absl::StatusOr<Tier>> TieredStore::ReservePutLocked(NamespaceId ns
   entry.pin_count = 1;  // the writer's pin: the slot cannot be reused while bytes land
   entry.position = options.position;
   entry.tier = tier;
-  entry.cls = cls;
-  entry.class_source = source;
   entry.state = PageState::kFilling;
   entry.in_sink_slot = sink_slot;
   entry.stats.insert_ns = Now();
   entry.stats.tokens = options.tokens != 0 ? options.tokens : options_.tokens_per_page;
-  out.key = key;
-  out.client_key = client_key;
-  out.options = options;
   out.ns_salt = namespaces_[ns].salt;
-  out.src = page.src;
   index_.Insert(key, entry);
   if (sink_slot) namespaces_[ns].sinks_in_slots.push_back(key);
   ++pages_by_class_[TierIndex(tier)][static_cast<int>(cls)];

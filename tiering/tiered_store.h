@@ -286,10 +286,13 @@ class TieredStore {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // A page whose slot PutBatch has taken and whose bytes are yet to land.
   struct PutReservation;
-  // Phase 1 of a put (mu_ held): a finished result (a duplicate's tier, or why not), or the
-  // reservation of a slot in `out`.
-  std::optional<absl::StatusOr<Tier>> ReservePutLocked(NamespaceId ns, const PutRequest& page,
-                                                       PutReservation& out)
+  // The part of a put that needs no lock (checks, index keys, the class), filled into `out`; a
+  // result when the page is refused.
+  std::optional<absl::StatusOr<Tier>> PreparePut(NamespaceId ns, const PutRequest& page,
+                                                 PutReservation& out) const;
+  // Then under mu_: a finished result (a duplicate's tier, or why not), or a slot reserved in
+  // `out`.
+  std::optional<absl::StatusOr<Tier>> ReservePutLocked(NamespaceId ns, PutReservation& out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Phase 3 (mu_ held): publishes a page whose bytes landed, or undoes its reservation.
   absl::StatusOr<Tier> FinishPutLocked(const PutReservation& r, const absl::Status& written)

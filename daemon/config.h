@@ -1,7 +1,8 @@
 // kvtierd's options: one struct per section, every field with its default and why, loaded from
 // YAML (the embedded default, then a --config file over it, then flags) and validated once at
-// start. Errors name the key ("store.page_bytes: ..."). An option the daemon hands to a module
-// takes its default from that module's options struct.
+// start. Errors name the key ("store.page_bytes: ..."). Each key is spelled once, in the field
+// table of config.cc that the reader, the validator and the printer all walk; an option the
+// daemon hands to a module takes its default from that module's options struct.
 #pragma once
 
 #include <sys/types.h>
@@ -181,7 +182,29 @@ struct DaemonConfig {
 };
 
 // The embedded default: works for a non-root user with no GPU, from the current directory.
+// It is the structs' defaults plus the one namespace rule a daemon needs to be usable.
 absl::string_view EmbeddedDefaultConfigYaml();
+
+// One key of the config schema, as tests and tools see it.
+struct ConfigKey {
+  enum class Kind : uint8_t {
+    kBool,
+    kInteger,
+    kNumber,
+    kText,
+    kTextList,
+    kIdList,     // a list of integers (uids, gids)
+    kOctalMode,  // an integer written in octal (0600)
+    kEnum,       // written as its number
+    kMap,        // a section or a nested struct: its keys follow
+    kList,       // a list of structs: its element's keys follow, as "key[0].field"
+  };
+  std::string path;  // the full key, as errors name it: "store.page_bytes"
+  Kind kind;
+  bool checked = false;  // ValidateConfig checks more than the type
+};
+// Every key of the config, sections and nested keys included, in --print_config's order.
+std::vector<ConfigKey> ConfigSchemaKeys();
 
 // Applies `yaml` over `config` (keys absent in yaml keep their value). Unknown keys are errors.
 absl::Status ApplyConfigYaml(absl::string_view yaml, DaemonConfig& config);

@@ -185,7 +185,8 @@ class FieldTable {
     f.read = [member, table](const YAML::Node& v, const std::string& full, Owner& o) {
       return table.Read(v, full, o.*member);
     };
-    f.validate = [member, table](const Owner& o, const DaemonConfig& c, const std::string& full) {
+    f.validate_nested = [member, table](const Owner& o, const DaemonConfig& c,
+                                        const std::string& full) {
       return table.Validate(o.*member, c, full);
     };
     f.print = [member, table](YAML::Emitter& out, const Owner& o) { table.Print(out, o.*member); };
@@ -209,11 +210,8 @@ class FieldTable {
       o.*member = std::move(value);
       return absl::OkStatus();
     };
-    f.validate = [member, table, own = f.validate](const Owner& o, const DaemonConfig& c,
-                                                   const std::string& full) {
-      if (own) {
-        if (absl::Status s = own(o, c, full); !s.ok()) return s;
-      }
+    f.validate_nested = [member, table](const Owner& o, const DaemonConfig& c,
+                                        const std::string& full) {
       return (o.*member).has_value() ? table.Validate(*(o.*member), c, full) : absl::OkStatus();
     };
     f.print = [member, table](YAML::Emitter& out, const Owner& o) {
@@ -249,11 +247,8 @@ class FieldTable {
       o.*member = std::move(list);
       return absl::OkStatus();
     };
-    f.validate = [member, table, own = f.validate](const Owner& o, const DaemonConfig& c,
-                                                   const std::string& full) {
-      if (own) {
-        if (absl::Status s = own(o, c, full); !s.ok()) return s;
-      }
+    f.validate_nested = [member, table](const Owner& o, const DaemonConfig& c,
+                                        const std::string& full) {
       const std::vector<T>& list = o.*member;
       for (size_t i = 0; i < list.size(); ++i) {
         if (absl::Status s = table.Validate(list[i], c, absl::StrCat(full, "[", i, "]")); !s.ok()) {
@@ -313,8 +308,14 @@ class FieldTable {
                         const std::string& path) const {
     if (validate_when_ != nullptr && !(owner.*validate_when_)) return absl::OkStatus();
     for (const Field& f : fields_) {
-      if (!f.validate) continue;
-      if (absl::Status s = f.validate(owner, config, KeyPath(path, f.key)); !s.ok()) return s;
+      const std::string full = KeyPath(path, f.key);
+      // The field's own rule first (a list that must not be empty), then what it holds.
+      if (f.validate) {
+        if (absl::Status s = f.validate(owner, config, full); !s.ok()) return s;
+      }
+      if (f.validate_nested) {
+        if (absl::Status s = f.validate_nested(owner, config, full); !s.ok()) return s;
+      }
     }
     return absl::OkStatus();
   }
@@ -345,8 +346,10 @@ class FieldTable {
     ConfigKey::Kind kind;
     bool checked = false;  // has a rule of its own
     std::function<absl::Status(const YAML::Node&, const std::string& full, Owner&)> read;
-    std::function<absl::Status(const Owner&, const DaemonConfig&, const std::string& full)>
-        validate;
+    using Validator =
+        std::function<absl::Status(const Owner&, const DaemonConfig&, const std::string& full)>;
+    Validator validate;                                       // the field's own rule
+    Validator validate_nested;                                // the rules of the struct(s) it holds
     std::function<void(YAML::Emitter&, const Owner&)> print;  // the value, after its key
     std::function<bool(const Owner&)> printed;                // null: always printed
     std::function<bool(const Owner&)> empty;                  // lists of scalars: for OmitWhenEmpty

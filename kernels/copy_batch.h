@@ -23,6 +23,12 @@ namespace kvtier::kernels {
 
 inline constexpr size_t kCopyAlignment = 16;
 
+// The GPU copy kernel's default SM budget (GpuCopyOptions::sm_budget in cuda/gpu_kernels.h):
+// 16 of an H100's 132 SMs take host<->device copies to the PCIe limit and leave the rest to
+// inference. Defined here, in the kernels' CUDA-free header, so that code built without CUDA
+// (kvtierd's config) states the same default.
+inline constexpr int kDefaultGpuCopySmBudget = 16;
+
 // One contiguous run. The layout is shared with the GPU kernel, which reads an array of these
 // from device memory, so keep it trivially copyable and 24 bytes.
 struct CopyDescriptor {

@@ -62,9 +62,9 @@ struct StoreOptions {
   bool pin_dram = true;
   // StreamingLLM's attention sinks: pages covering the first `sink_tokens` tokens of a sequence
   // are sinks by position. Default 4; 0 disables position-based classification.
-  uint32_t sink_tokens = 4;
+  uint32_t sink_tokens = kDefaultSinkTokens;
   // Tokens per page, for the position rule and recompute cost. Default 16 (vLLM's block size).
-  uint32_t tokens_per_page = 16;
+  uint32_t tokens_per_page = kDefaultTokensPerPage;
   // Half-life of the decayed access frequency. Default 30 s of store clock.
   double frequency_half_life_ms = 30'000;
   // Weight of a new attention report in the EWMAs (0 < alpha <= 1). Default 0.2.

@@ -70,8 +70,8 @@ enum class PagedOrder : uint8_t { kPageMajor = 0, kPieceMajor = 1 };
 struct GpuCopyOptions {
   // Streaming multiprocessors the copy may occupy: the kernel launches at most this many blocks
   // (one block runs on one SM), so the inference kernels beside it keep the rest. Default 16 of
-  // an H100's 132. 0 means every SM of the device.
-  int sm_budget = 16;
+  // an H100's 132 (kDefaultGpuCopySmBudget). 0 means every SM of the device.
+  int sm_budget = kDefaultGpuCopySmBudget;
   // Threads per block. 1024 keeps a whole SM's worth of loads in flight from one block.
   int threads_per_block = 1024;
   // kLoadStore (default) serves every route; kBulkAsync is for device <-> device batches.

@@ -97,10 +97,11 @@ class Config:
     pcie_gbps: float = 50.0
 
 
-TINY = dict(vocab=384, dim=64, layers=2, heads=4, kv_heads=2, ffn=160, ctx=64, batch=16, steps=60,
-            max_train_seconds=60.0, lr=3e-3, warmup=5, eval_every=20, val_batches=2,
-            sink_sequences=2, sink_window=16, stream_factor=4, streams=1, budgets=[2, 16],
-            deadline_seconds=120.0, bin_tokens=64, hbm_pages=2, dram_pages=2)
+TINY: dict[str, Any] = dict(
+    vocab=384, dim=64, layers=2, heads=4, kv_heads=2, ffn=160, ctx=64, batch=16, steps=60,
+    max_train_seconds=60.0, lr=3e-3, warmup=5, eval_every=20, val_batches=2, sink_sequences=2,
+    sink_window=16, stream_factor=4, streams=1, budgets=[2, 16], deadline_seconds=120.0,
+    bin_tokens=64, hbm_pages=2, dram_pages=2)
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -461,6 +462,7 @@ class Kvtierd:
                     f"  maintain_interval_ms: 3600000\n"
                     f"namespaces:\n  - name: \"*\"\n    sink_slots: {sink_slots}\n")
         self.log = open(os.path.join(self.dir, "kvtierd.log"), "w")
+        self.client: kvtier.Client | None = None
         self.proc = subprocess.Popen([binary, f"--config={config}"], stdout=self.log,
                                      stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
@@ -486,7 +488,7 @@ class Kvtierd:
             return f.read()
 
     def close(self) -> None:
-        if getattr(self, "client", None) is not None:
+        if self.client is not None:
             self.client.close()
             self.client = None
         if self.proc.poll() is None:
@@ -522,7 +524,8 @@ class DaemonPlacement:
         self.d = Kvtierd(binary, self.page_bytes, c.hbm_pages, c.dram_pages, policy, sink_slots,
                          sink_tokens, c.tokens_per_page)
         try:
-            self.client = self.d.client
+            assert self.d.client is not None
+            self.client: kvtier.Client = self.d.client
             self.client.hello(f"model-quality/{name}", layout)
             self.bufs = kvtier.HostBuffers(layout, pin=False)
             self.client.register_buffers(self.bufs)
@@ -789,7 +792,8 @@ def main(argv: list[str] | None = None) -> int:
         e = evals[key]
         log(f"eval {key:>20}: ppl {e['ppl']:8.2f}  after ctx {e['ppl_after_ctx']:8.2f}  DRAM "
             f"pages/step {dram_per_step:5.2f} ({e['load_us_per_step']:6.1f} us at "
-            f"{c.pcie_gbps:g} GB/s)  ({len(nlls)} streams, {sum(x['seconds'] for x in info):.0f} s)")
+            f"{c.pcie_gbps:g} GB/s)  ({len(nlls)} streams, "
+            f"{sum(x['seconds'] for x in info):.0f} s)")
         save()
     result["eval_complete"] = done
     result["timings_s"]["eval"] = time.time() - t

@@ -12,6 +12,7 @@
 #include <optional>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "client/defaults.h"
 #include "daemon/cluster_hook.h"
 #include "daemon/connection_limits.h"
@@ -147,7 +148,7 @@ TenantLimits TenantLimitsFor(const DaemonConfig& config, const TieredStore& stor
   if (pins == 0) {
     // Half of every slot the store has: what one tenant pins, the others can still use.
     uint64_t slots = 0;
-    for (Tier tier : {Tier::kHbm, Tier::kDram, Tier::kNvme}) {
+    for (Tier tier : kAllTiers) {
       slots += store.Usage(tier).capacity_slots;
     }
     pins = static_cast<uint32_t>(std::max<uint64_t>(1, slots / 2));
@@ -436,7 +437,7 @@ absl::Status Dispatcher::HandleRegister(Session& s, const wire::RegisterBuffers&
                                         std::vector<UniqueFd>& fds,
                                         wire::RegisterBuffersReply& out) {
   // Bounds the address space workers' declared buffer sizes can take (connection_limits.h).
-  if (absl::Status st = ChargeRegisteredBytes(config_.limits, counters_, s, r); !st.ok()) return st;
+  RETURN_IF_ERROR(ChargeRegisteredBytes(config_.limits, counters_, s, r));
   if (r.cuda_ipc_handles_size() > 0 || r.vmm_fds()) return RegisterGpu(s, r, fds, out);
   const Layout& layout = *s.layout;
   const size_t want = layout.buffer_count();
@@ -542,7 +543,7 @@ absl::Status Dispatcher::Keys(const google::protobuf::RepeatedField<uint64_t>& w
 
 absl::Status Dispatcher::HandleLookup(Session& s, const wire::Lookup& r, wire::LookupReply& out) {
   thread_local std::vector<PageKey> keys;
-  if (absl::Status st = Keys(r.key_words(), keys); !st.ok()) return st;
+  RETURN_IF_ERROR(Keys(r.key_words(), keys));
   counters_.lookups.fetch_add(1, std::memory_order_relaxed);
   const LookupResult found = store_.LookupPrefix(s.ns, keys);
   out.set_prefix_pages(static_cast<uint32_t>(found.prefix_pages));
@@ -555,7 +556,7 @@ absl::Status Dispatcher::HandleLookup(Session& s, const wire::Lookup& r, wire::L
   }
   if (metrics_ != nullptr) {
     const uint64_t tokens = s.layout->spec().tokens_per_page;
-    for (Tier t : {Tier::kHbm, Tier::kDram, Tier::kNvme}) {
+    for (Tier t : kAllTiers) {
       if (hits[TierIndex(t)] > 0) metrics_->HitTokens(t, hits[TierIndex(t)] * tokens);
     }
     if (keys.size() > found.prefix_pages) {
@@ -582,7 +583,7 @@ absl::Status Dispatcher::SubmitLoadStore(const std::shared_ptr<Session>& session
         absl::StrCat(is_store ? "Store" : "Load", " before RegisterBuffers"));
   }
   std::vector<PageKey> keys;
-  if (absl::Status st = Keys(words, keys); !st.ok()) return st;
+  RETURN_IF_ERROR(Keys(words, keys));
   if (static_cast<size_t>(blocks.size()) != keys.size()) {
     return absl::InvalidArgumentError(
         absl::StrCat(keys.size(), " keys but ", blocks.size(), " block ids"));
@@ -599,7 +600,7 @@ absl::Status Dispatcher::SubmitLoadStore(const std::shared_ptr<Session>& session
             absl::StrCat("class hint ", static_cast<int>(c), " is not UNKNOWN, SINK or SEMANTIC"));
       }
     }
-    if (absl::Status a = CheckStats(st.stats(), keys.size()); !a.ok()) return a;
+    RETURN_IF_ERROR(CheckStats(st.stats(), keys.size()));
   }
   const uint32_t inflight = s.inflight.load(std::memory_order_relaxed);
   if (inflight >= config_.limits.max_inflight_ops) {
@@ -708,13 +709,13 @@ absl::Status Dispatcher::SubmitLoadStore(const std::shared_ptr<Session>& session
       const ConstBuffer page_in{staging.data(), staging.size()};
       const absl::Span<const FdBuffer> buffers = op->buffers->fd_buffers();
       if (op->is_store) {
-        if (absl::Status st = ReadPieces(buffers, pieces, page); !st.ok()) return st;
+        RETURN_IF_ERROR(ReadPieces(buffers, pieces, page));
         return put(i, {&page_in, 1});
       }
       absl::StatusOr<Tier> tier = LoadFromCluster(op->ns_name, op->ns, op->keys[i], {&page, 1},
                                                   store_.Get(op->ns, op->keys[i], {&page, 1}));
       if (!tier.ok()) return tier;
-      if (absl::Status st = WritePieces(buffers, pieces, page_in); !st.ok()) return st;
+      RETURN_IF_ERROR(WritePieces(buffers, pieces, page_in));
       return tier;
     };
     bool sent = false;
@@ -801,8 +802,8 @@ absl::Status Dispatcher::SubmitLoadStore(const std::shared_ptr<Session>& session
 
 absl::Status Dispatcher::HandleReport(Session& s, const wire::Report& r, wire::CountReply& out) {
   std::vector<PageKey> keys;
-  if (absl::Status st = Keys(r.key_words(), keys); !st.ok()) return st;
-  if (absl::Status st = CheckStats(r.stats(), keys.size()); !st.ok()) return st;
+  RETURN_IF_ERROR(Keys(r.key_words(), keys));
+  RETURN_IF_ERROR(CheckStats(r.stats(), keys.size()));
   uint32_t applied = 0;
   for (size_t i = 0; i < keys.size(); ++i) {
     if (store_.ReportAttention(s.ns, keys[i], SampleAt(r.stats(), static_cast<int>(i))).ok()) {
@@ -816,7 +817,7 @@ absl::Status Dispatcher::HandleReport(Session& s, const wire::Report& r, wire::C
 
 absl::Status Dispatcher::HandlePin(Session& s, const wire::Pin& r) {
   std::vector<PageKey> keys;
-  if (absl::Status st = Keys(r.key_words(), keys); !st.ok()) return st;
+  RETURN_IF_ERROR(Keys(r.key_words(), keys));
   if (s.pinned + keys.size() > config_.limits.max_pinned_pages) {
     return QuotaExceeded(
         QuotaKind::kPinnedPages,
@@ -843,7 +844,7 @@ absl::Status Dispatcher::HandlePin(Session& s, const wire::Pin& r) {
 
 absl::Status Dispatcher::HandleUnpin(Session& s, const wire::Unpin& r) {
   std::vector<PageKey> keys;
-  if (absl::Status st = Keys(r.key_words(), keys); !st.ok()) return st;
+  RETURN_IF_ERROR(Keys(r.key_words(), keys));
   absl::flat_hash_map<PageKey, uint32_t> want;
   for (const PageKey& k : keys) ++want[k];
   for (const auto& [k, n] : want) {
@@ -853,7 +854,7 @@ absl::Status Dispatcher::HandleUnpin(Session& s, const wire::Unpin& r) {
           absl::StrCat("page ", k.ToHex(), " is not pinned ", n, " times by this connection"));
     }
   }
-  if (absl::Status st = store_.Unpin(s.ns, keys); !st.ok()) return st;
+  RETURN_IF_ERROR(store_.Unpin(s.ns, keys));
   for (const auto& [k, n] : want) {
     auto it = s.pins.find(k);
     if ((it->second -= n) == 0) s.pins.erase(it);
@@ -867,7 +868,7 @@ absl::Status Dispatcher::HandleUnpin(Session& s, const wire::Unpin& r) {
 
 absl::Status Dispatcher::HandleRelease(Session& s, const wire::Release& r, wire::CountReply& out) {
   std::vector<PageKey> keys;
-  if (absl::Status st = Keys(r.key_words(), keys); !st.ok()) return st;
+  RETURN_IF_ERROR(Keys(r.key_words(), keys));
   std::vector<PageKey> unpin;
   if (keys.empty()) {
     for (const auto& [k, n] : s.pins) unpin.insert(unpin.end(), n, k);
@@ -881,7 +882,7 @@ absl::Status Dispatcher::HandleRelease(Session& s, const wire::Release& r, wire:
     }
   }
   // Pins held by a session are store pins on pages that cannot be evicted, so Unpin succeeds.
-  if (absl::Status st = store_.Unpin(s.ns, unpin); !st.ok()) return st;
+  RETURN_IF_ERROR(store_.Unpin(s.ns, unpin));
   s.pinned -= static_cast<uint32_t>(unpin.size());
   counters_.pinned_pages.fetch_sub(static_cast<uint32_t>(unpin.size()), std::memory_order_relaxed);
   {
@@ -925,7 +926,7 @@ void Dispatcher::FillStatus(wire::StatusReply& out) const {
   out.set_hbm_backend(std::string(store_.hbm_backend()));
   out.set_policy(std::string(store_.policy_name()));
   out.set_page_bytes(store_.page_bytes());
-  for (Tier t : {Tier::kHbm, Tier::kDram, Tier::kNvme}) {
+  for (Tier t : kAllTiers) {
     if (store_.has_tier(t)) FillTier(store_, t, *out.add_tiers());
   }
   absl::MutexLock lock(&mu_);
@@ -933,7 +934,7 @@ void Dispatcher::FillStatus(wire::StatusReply& out) const {
 }
 
 void Dispatcher::FillStats(wire::StatsReply& out) const {
-  for (Tier t : {Tier::kHbm, Tier::kDram, Tier::kNvme}) {
+  for (Tier t : kAllTiers) {
     if (store_.has_tier(t)) FillTier(store_, t, *out.add_tiers());
   }
   const StoreCounters c = store_.Counters();

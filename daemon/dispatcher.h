@@ -21,7 +21,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
-#include "client/unique_fd.h"
+#include "base/unique_fd.h"
 #include "daemon/config.h"
 #include "daemon/gpu_worker_memory.h"
 #include "daemon/observability/daemon_metrics.h"

@@ -32,7 +32,7 @@ struct TieredStore::Counters_ {
   std::atomic<uint64_t> misses{0};
   std::atomic<uint64_t> puts{0};
   std::atomic<uint64_t> put_duplicates{0};
-  std::array<std::array<std::atomic<uint64_t>, 3>, kNumTiers> evictions{};
+  std::array<std::array<std::atomic<uint64_t>, kNumPageClasses>, kNumTiers> evictions{};
   std::array<std::array<std::atomic<uint64_t>, kNumTiers>, kNumTiers> migrations{};
   std::array<std::array<std::atomic<uint64_t>, kNumTiers>, kNumTiers> migrated_bytes{};
   std::atomic<uint64_t> sink_overflows{0};
@@ -41,8 +41,6 @@ struct TieredStore::Counters_ {
 };
 
 namespace {
-
-constexpr std::array<Tier, kNumTiers> kAllTiers = {Tier::kHbm, Tier::kDram, Tier::kNvme};
 
 void Bump(std::atomic<uint64_t>& c, uint64_t n = 1) { c.fetch_add(n, std::memory_order_relaxed); }
 
@@ -1103,7 +1101,7 @@ StoreCounters TieredStore::Counters() const {
   for (int t = 0; t < kNumTiers; ++t) {
     c.hits[t] = load(counters_->hits[t]);
     c.io_errors[t] = load(counters_->io_errors[t]);
-    for (int k = 0; k < 3; ++k) c.evictions[t][k] = load(counters_->evictions[t][k]);
+    for (int k = 0; k < kNumPageClasses; ++k) c.evictions[t][k] = load(counters_->evictions[t][k]);
     for (int u = 0; u < kNumTiers; ++u) {
       c.migrations[t][u] = load(counters_->migrations[t][u]);
       c.migrated_bytes[t][u] = load(counters_->migrated_bytes[t][u]);

@@ -121,9 +121,9 @@ struct TierUsage {
   std::string backend;
   uint32_t capacity_slots = 0;
   uint32_t used_slots = 0;
-  uint32_t sink_reserved_slots = 0;          // HBM only
-  uint32_t sink_used_slots = 0;              // HBM only
-  std::array<uint32_t, 3> pages_by_class{};  // indexed by PageClass
+  uint32_t sink_reserved_slots = 0;                        // HBM only
+  uint32_t sink_used_slots = 0;                            // HBM only
+  std::array<uint32_t, kNumPageClasses> pages_by_class{};  // indexed by PageClass
 };
 
 struct StoreCounters {
@@ -131,8 +131,8 @@ struct StoreCounters {
   uint64_t misses = 0;
   uint64_t puts = 0;
   uint64_t put_duplicates = 0;
-  std::array<std::array<uint64_t, 3>, kNumTiers> evictions{};           // [tier][class]
-  std::array<std::array<uint64_t, kNumTiers>, kNumTiers> migrations{};  // [from][to]
+  std::array<std::array<uint64_t, kNumPageClasses>, kNumTiers> evictions{};  // [tier][class]
+  std::array<std::array<uint64_t, kNumTiers>, kNumTiers> migrations{};       // [from][to]
   std::array<std::array<uint64_t, kNumTiers>, kNumTiers> migrated_bytes{};
   uint64_t sink_overflows = 0;
   uint64_t sink_replacements = 0;
@@ -327,7 +327,8 @@ class TieredStore {
   absl::flat_hash_map<std::string, NamespaceId> namespace_ids_ ABSL_GUARDED_BY(mu_);
   uint32_t total_sink_reserved_ ABSL_GUARDED_BY(mu_) = 0;
   uint32_t total_sink_used_ ABSL_GUARDED_BY(mu_) = 0;
-  std::array<std::array<uint32_t, 3>, kNumTiers> pages_by_class_ ABSL_GUARDED_BY(mu_){};
+  std::array<std::array<uint32_t, kNumPageClasses>, kNumTiers> pages_by_class_
+      ABSL_GUARDED_BY(mu_){};
   std::vector<std::byte> bounce_ ABSL_GUARDED_BY(mu_);  // for moves between two non-host tiers
   uint32_t recovered_pages_ = 0;
   // Namespaces recovered pages belong to, by salt, until AddNamespace claims them by name: the

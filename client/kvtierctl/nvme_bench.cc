@@ -1,4 +1,4 @@
-#include "bench/nvme/bench_nvme.h"
+#include "client/kvtierctl/nvme_bench.h"
 
 #include <algorithm>
 #include <atomic>

@@ -280,6 +280,31 @@ class TieredStore {
   // Moves one unpinned page; on a copy failure the page is dropped and the error counted.
   absl::Status MoveLocked(const PageKey& key, Tier to, bool into_sink_slot, int depth)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A move whose slot in `to` is taken and whose page stays pinned until its bytes have landed.
+  struct PendingMove {
+    PageKey key;
+    PageEntry from;  // the page where it is
+    Tier to = Tier::kHbm;
+    uint32_t slot = 0;  // in `to`
+    bool into_sink_slot = false;
+    PageMeta meta;
+  };
+  // MoveLocked in halves, so that a planner pass copies all its pages of one route in one backend
+  // call (CopyMovesLocked): BeginMoveLocked checks the page, pins it and takes its slot in `to`
+  // (nullopt: it is there already); EndMoveLocked unpins it and publishes the move, or, when the
+  // copy failed, frees the slot and counts the error.
+  absl::StatusOr<std::optional<PendingMove>> BeginMoveLocked(const PageKey& key, Tier to,
+                                                             bool into_sink_slot, int depth)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status EndMoveLocked(const PendingMove& m, const absl::Status& copied)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Copies the pages of `moves`, one backend call per (from, to) route; copied[i] is move i's.
+  void CopyMovesLocked(absl::Span<const PendingMove> moves, absl::Span<absl::Status> copied)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Begins, copies (grouped by route) and ends `moves`; how many succeeded. A failed move's page
+  // stays where it was; `failed` collects its key.
+  uint32_t RunMovesLocked(absl::Span<const PendingMove> moves, std::vector<PageKey>& failed)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DropLocked(const PageKey& key, const PageEntry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Maintain's displacement pass (MaintainOptions::displace).
   void DisplaceLocked(const MaintainOptions& options, PlannerReport& report)

@@ -234,73 +234,135 @@ void BM_PolicyAccess(benchmark::State& state) {
 }
 BENCHMARK(BM_PolicyAccess)->DenseRange(0, 4);
 
-// 256 pages stored to a real NVMe tier (io_uring, O_DIRECT, fdatasync and RocksDB index sync
-// per write batch; files under $KVTIER_BENCH_DIR, default /tmp): Arg 0 stores them with one Put
-// each (the dispatcher before PutBatch), Arg 1 with one PutBatch of 256. Items are pages.
-void BM_StoreNvme256(benchmark::State& state) {
-  constexpr uint64_t kNvmePage = 64 * 1024;
-  constexpr uint32_t kBatch = 256;
-  const char* root = std::getenv("KVTIER_BENCH_DIR");
-  std::string tmpl = std::string(root != nullptr ? root : "/tmp") + "/kvtier-bench-nvme-XXXXXX";
-  if (::mkdtemp(tmpl.data()) == nullptr) {
-    state.SkipWithError("mkdtemp failed");
-    return;
-  }
-  const std::string dir = tmpl;
-  {
+constexpr uint64_t kNvmePage = 64 * 1024;
+constexpr uint32_t kNvmeBatch = 256;
+
+// A TieredStore over a real NVMe tier (io_uring, O_DIRECT, fdatasync and RocksDB index sync per
+// write batch) of 2 x kNvmeBatch slots of kNvmePage, in a fresh directory under $KVTIER_BENCH_DIR
+// (default /tmp) that is removed with it; no HBM tier, the DRAM tier as `dram` says.
+class NvmeBenchStore {
+ public:
+  // nullptr, with `state` skipped and the reason given, when the tier cannot be made.
+  static std::unique_ptr<NvmeBenchStore> Make(benchmark::State& state, const TierOptions& dram) {
+    const char* root = std::getenv("KVTIER_BENCH_DIR");
+    std::string dir = std::string(root != nullptr ? root : "/tmp") + "/kvtier-bench-nvme-XXXXXX";
+    if (::mkdtemp(dir.data()) == nullptr) {
+      state.SkipWithError("mkdtemp failed");
+      return nullptr;
+    }
+    std::unique_ptr<NvmeBenchStore> made(new NvmeBenchStore(dir));
     NvmeTierOptions no;
     no.dirs = {dir};
     no.page_bytes = kNvmePage;
-    no.slots = 2 * kBatch;
+    no.slots = 2 * kNvmeBatch;
     auto nvme = NvmeTier::Create(no);
     if (!nvme.ok()) {
       state.SkipWithError(std::string(nvme.status().message()).c_str());
-      return;
+      return nullptr;
     }
     StoreOptions o;
     o.page_bytes = kNvmePage;
     o.hbm.slots = 0;
-    o.dram.slots = 1;
+    o.dram = dram;
     o.hbm_backend = HbmBackend::kHostEmulated;
     StoreParts parts;
     parts.nvme = *std::move(nvme);
-    auto store = *TieredStore::Create(o, std::move(parts));
-    const NamespaceId ns = *store->AddNamespace("bench", 0);
-    std::vector<std::byte> data(kNvmePage * kBatch);
-    FillRandom(data, 5);
-    std::vector<ConstBuffer> src(kBatch);
-    std::vector<PutRequest> pages(kBatch);
-    std::vector<absl::StatusOr<Tier>> results(kBatch);
-    uint64_t id = 1;
-    for (auto _ : state) {
-      for (uint32_t i = 0; i < kBatch; ++i) {
-        src[i] = ConstBuffer{data.data() + i * kNvmePage, kNvmePage};
-        pages[i].key = PageKey{11, id + i};
-        pages[i].src = absl::MakeConstSpan(&src[i], 1);
-        pages[i].options.tier = Tier::kNvme;
-        pages[i].options.position = i + 1;
-      }
-      if (state.range(0) == 0) {
-        for (uint32_t i = 0; i < kBatch; ++i) {
-          results[i] = store->Put(ns, pages[i].key, pages[i].src, pages[i].options);
-        }
-      } else {
-        store->PutBatch(ns, pages, absl::MakeSpan(results));
-      }
-      state.PauseTiming();
-      for (uint32_t i = 0; i < kBatch; ++i) {
-        if (!results[i].ok())
-          state.SkipWithError(std::string(results[i].status().message()).c_str());
-        (void)store->Evict(ns, pages[i].key);
-      }
-      id += kBatch;
-      state.ResumeTiming();
-    }
-    state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * kBatch));
+    made->store = *TieredStore::Create(o, std::move(parts));
+    made->ns = *made->store->AddNamespace("bench", 0);
+    return made;
   }
-  std::filesystem::remove_all(dir);
+  ~NvmeBenchStore() {
+    store.reset();  // closes the tier's files before they are removed
+    std::filesystem::remove_all(dir_);
+  }
+  NvmeBenchStore(const NvmeBenchStore&) = delete;
+  NvmeBenchStore& operator=(const NvmeBenchStore&) = delete;
+
+  // Makes `pages` kNvmeBatch requests for the random bytes, with keys not used before, placed on
+  // `tier`; `results` is sized for them.
+  void NextBatch(Tier tier) {
+    for (uint32_t i = 0; i < kNvmeBatch; ++i) {
+      src_[i] = ConstBuffer{data_.data() + i * kNvmePage, kNvmePage};
+      pages[i].key = PageKey{11, next_id_++};
+      pages[i].src = absl::MakeConstSpan(&src_[i], 1);
+      pages[i].options.tier = tier;
+      pages[i].options.position = i + 1;
+    }
+  }
+
+  std::unique_ptr<TieredStore> store;
+  NamespaceId ns = 0;
+  std::vector<PutRequest> pages = std::vector<PutRequest>(kNvmeBatch);
+  std::vector<absl::StatusOr<Tier>> results = std::vector<absl::StatusOr<Tier>>(kNvmeBatch);
+
+ private:
+  explicit NvmeBenchStore(std::string dir) : dir_(std::move(dir)) { FillRandom(data_, 5); }
+  std::string dir_;
+  std::vector<std::byte> data_ = std::vector<std::byte>(kNvmePage * kNvmeBatch);
+  std::vector<ConstBuffer> src_ = std::vector<ConstBuffer>(kNvmeBatch);
+  uint64_t next_id_ = 1;
+};
+
+// 256 pages stored to the NVMe tier of an NvmeBenchStore: Arg 0 stores them with one Put each
+// (the dispatcher before PutBatch), Arg 1 with one PutBatch of 256. Items are pages.
+void BM_StoreNvme256(benchmark::State& state) {
+  constexpr uint32_t kBatch = kNvmeBatch;
+  auto bench = NvmeBenchStore::Make(state, TierOptions{.slots = 1});
+  if (bench == nullptr) return;
+  TieredStore* store = bench->store.get();
+  const NamespaceId ns = bench->ns;
+  std::vector<PutRequest>& pages = bench->pages;
+  std::vector<absl::StatusOr<Tier>>& results = bench->results;
+  for (auto _ : state) {
+    bench->NextBatch(Tier::kNvme);
+    if (state.range(0) == 0) {
+      for (uint32_t i = 0; i < kBatch; ++i) {
+        results[i] = store->Put(ns, pages[i].key, pages[i].src, pages[i].options);
+      }
+    } else {
+      store->PutBatch(ns, pages, absl::MakeSpan(results));
+    }
+    state.PauseTiming();
+    for (uint32_t i = 0; i < kBatch; ++i) {
+      if (!results[i].ok()) state.SkipWithError(std::string(results[i].status().message()).c_str());
+      (void)store->Evict(ns, pages[i].key);
+    }
+    state.ResumeTiming();
+  }
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * kBatch));
 }
 BENCHMARK(BM_StoreNvme256)->Arg(0)->Arg(1)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+// The planner demoting 256 pages from a full DRAM tier to the NVMe tier of an NvmeBenchStore:
+// one Maintain pass with watermarks that send every page down. Items are pages moved; each
+// iteration refills DRAM (untimed) first.
+void BM_PlannerDemoteNvme256(benchmark::State& state) {
+  constexpr uint32_t kBatch = kNvmeBatch;
+  // The low watermark is below one page: the pass demotes all of them.
+  auto bench = NvmeBenchStore::Make(
+      state, TierOptions{.slots = kBatch, .high_watermark = 0.5, .low_watermark = 0.001});
+  if (bench == nullptr) return;
+  TieredStore* store = bench->store.get();
+  const NamespaceId ns = bench->ns;
+  std::vector<PutRequest>& pages = bench->pages;
+  MaintainOptions mo;
+  mo.promote = false;
+  for (auto _ : state) {
+    state.PauseTiming();
+    bench->NextBatch(Tier::kDram);
+    store->PutBatch(ns, pages, absl::MakeSpan(bench->results));
+    state.ResumeTiming();
+    const PlannerReport report = store->Maintain(mo);
+    state.PauseTiming();
+    if (report.demoted != kBatch) {
+      state.SkipWithError(("demoted " + std::to_string(report.demoted) + " of 256").c_str());
+    }
+    for (uint32_t i = 0; i < kBatch; ++i) (void)store->Evict(ns, pages[i].key);
+    state.ResumeTiming();
+  }
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * kBatch));
+}
+BENCHMARK(BM_PlannerDemoteNvme256)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 // Collects each run's rate so the ratios can be printed in one line.
 class RatioReporter : public benchmark::ConsoleReporter {
@@ -363,6 +425,9 @@ int main(int argc, char** argv) {
         "{\"bench\":\"store_nvme_256\",\"put_pages_per_s\":%.0f,\"putbatch_pages_per_s\":%.0f,"
         "\"putbatch_vs_put\":%.2f}\n",
         nvme_put, nvme_batch, nvme_batch / nvme_put);
+  }
+  if (const double demote = reporter.rate("BM_PlannerDemoteNvme256/real_time"); demote > 0) {
+    std::printf("{\"bench\":\"planner_nvme_256\",\"demote_pages_per_s\":%.0f}\n", demote);
   }
   std::printf(
       "{\"bench\":\"core\",\"lookup1_keys_per_s\":%.0f,\"lookup256_keys_per_s\":%.0f,"

@@ -12,8 +12,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "base/memfd.h"
+#include "base/seqpacket.h"
+#include "base/status_macros.h"
 #include "client/defaults.h"
-#include "client/seqpacket.h"
 
 namespace kvtier {
 namespace {
@@ -50,52 +52,18 @@ void ToWire(const AttentionBatch& s, wire::AttentionStats* out) {
 
 }  // namespace
 
-// ---- Mapping, WorkerBuffers ----
-
-absl::StatusOr<Mapping> Mapping::Map(int fd, size_t bytes, bool writable) {
-  void* p =
-      ::mmap(nullptr, bytes, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, fd, 0);
-  if (p == MAP_FAILED) {
-    return absl::InternalError(absl::StrCat("mmap of ", bytes, " bytes: ", std::strerror(errno)));
-  }
-  Mapping m;
-  m.data_ = static_cast<std::byte*>(p);
-  m.size_ = bytes;
-  return m;
-}
-Mapping::Mapping(Mapping&& o) noexcept
-    : data_(std::exchange(o.data_, nullptr)), size_(std::exchange(o.size_, 0)) {}
-Mapping& Mapping::operator=(Mapping&& o) noexcept {
-  if (this != &o) {
-    Reset();
-    data_ = std::exchange(o.data_, nullptr);
-    size_ = std::exchange(o.size_, 0);
-  }
-  return *this;
-}
-void Mapping::Reset() {
-  if (data_ != nullptr) ::munmap(data_, size_);
-  data_ = nullptr;
-  size_ = 0;
-}
+// ---- WorkerBuffers ----
 
 absl::StatusOr<WorkerBuffers> WorkerBuffers::Create(const Layout& layout) {
   WorkerBuffers b;
   const uint64_t bytes = layout.buffer_bytes();
   for (uint32_t i = 0; i < layout.buffer_count(); ++i) {
-    UniqueFd fd(::memfd_create("kvtier-worker-kv", MFD_CLOEXEC | MFD_ALLOW_SEALING));
-    if (!fd.valid()) return absl::InternalError(absl::StrCat("memfd_create: ", strerror(errno)));
-    if (::ftruncate(fd.get(), static_cast<off_t>(bytes)) != 0) {
-      return absl::InternalError(absl::StrCat("ftruncate to ", bytes, ": ", strerror(errno)));
-    }
     // The daemon maps these; a buffer that shrank under it would fault the daemon.
-    if (::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_SEAL) != 0) {
-      return absl::InternalError(absl::StrCat("sealing memfd: ", strerror(errno)));
-    }
-    absl::StatusOr<Mapping> m = Mapping::Map(fd.get(), bytes, /*writable=*/true);
-    if (!m.ok()) return m.status();
+    ASSIGN_OR_RETURN(UniqueFd fd,
+                     CreateMemfd("kvtier-worker-kv", bytes, F_SEAL_SHRINK | F_SEAL_SEAL));
+    ASSIGN_OR_RETURN(Mapping m, Mapping::Map(fd.get(), bytes, /*writable=*/true));
     b.fds_.push_back(std::move(fd));
-    b.maps_.push_back(*std::move(m));
+    b.maps_.push_back(std::move(m));
   }
   return b;
 }
@@ -115,7 +83,7 @@ absl::Status WorkerBuffers::WriteBlock(const Layout& layout, uint32_t block_id,
                                        absl::Span<const std::byte> page) const {
   if (page.size() != layout.page_bytes()) return absl::InvalidArgumentError("page size");
   std::vector<Piece> pieces;
-  if (absl::Status s = layout.AppendPieces(block_id, pieces); !s.ok()) return s;
+  RETURN_IF_ERROR(layout.AppendPieces(block_id, pieces));
   for (const Piece& p : pieces) {
     std::memcpy(maps_[p.buffer].data() + p.offset, page.data() + p.page_offset, p.length);
   }
@@ -125,7 +93,7 @@ absl::Status WorkerBuffers::ReadBlock(const Layout& layout, uint32_t block_id,
                                       absl::Span<std::byte> page) const {
   if (page.size() != layout.page_bytes()) return absl::InvalidArgumentError("page size");
   std::vector<Piece> pieces;
-  if (absl::Status s = layout.AppendPieces(block_id, pieces); !s.ok()) return s;
+  RETURN_IF_ERROR(layout.AppendPieces(block_id, pieces));
   for (const Piece& p : pieces) {
     std::memcpy(page.data() + p.page_offset, maps_[p.buffer].data() + p.offset, p.length);
   }

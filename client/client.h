@@ -10,8 +10,6 @@
 // them.
 #pragma once
 
-#include <sys/mman.h>
-
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -25,32 +23,14 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
+#include "base/mapping.h"
+#include "base/unique_fd.h"
 #include "client/proto/kvtier.pb.h"
-#include "client/unique_fd.h"
 #include "tiering/layout.h"
 #include "tiering/page_key.h"
 #include "tiering/types.h"
 
 namespace kvtier {
-
-// A shared mapping of a file descriptor, unmapped in the destructor.
-class Mapping {
- public:
-  Mapping() = default;
-  static absl::StatusOr<Mapping> Map(int fd, size_t bytes, bool writable);
-  ~Mapping() { Reset(); }
-  Mapping(Mapping&& o) noexcept;
-  Mapping& operator=(Mapping&& o) noexcept;
-  Mapping(const Mapping&) = delete;
-  Mapping& operator=(const Mapping&) = delete;
-  std::byte* data() const { return data_; }
-  size_t size() const { return size_; }
-
- private:
-  void Reset();
-  std::byte* data_ = nullptr;
-  size_t size_ = 0;
-};
 
 // The worker's KV buffers on a machine without a GPU: one memfd per layout buffer, sealed
 // against shrinking (the daemon refuses buffers that could shrink under its mapping) and mapped

@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/status_macros.h"
 
 namespace kvtier {
 namespace {
@@ -51,7 +52,7 @@ absl::StatusOr<std::unique_ptr<ClusterNode>> ClusterNode::Start(const DaemonConf
                                                                 metrics::Registry* registry,
                                                                 int http_port) {
   std::unique_ptr<ClusterNode> node(new ClusterNode(config, store));
-  if (absl::Status s = node->Init(registry, http_port); !s.ok()) return s;
+  RETURN_IF_ERROR(node->Init(registry, http_port));
   return node;
 }
 
@@ -151,7 +152,7 @@ MemberInfo ClusterNode::Self() const {
   m.namespaces = cc_.namespaces;
   m.page_bytes = page_bytes_;
   m.http_port = http_port_;
-  for (Tier t : {Tier::kHbm, Tier::kDram, Tier::kNvme}) {
+  for (Tier t : kAllTiers) {
     if (!store_.has_tier(t)) continue;
     const TierUsage u = store_.Usage(t);
     m.tiers.emplace_back(TierName(t));

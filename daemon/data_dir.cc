@@ -13,28 +13,22 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "base/errno_status.h"
 
 namespace kvtier {
-namespace {
-
-absl::Status Errno(absl::string_view what) {
-  return absl::FailedPreconditionError(absl::StrCat(what, ": ", std::strerror(errno)));
-}
-
-}  // namespace
-
 absl::StatusOr<UniqueFd> LockDirectory(const std::string& dir, absl::string_view key) {
   struct stat st {};
-  if (::stat(dir.c_str(), &st) != 0) return Errno(absl::StrCat(key, ": '", dir, "'"));
+  if (::stat(dir.c_str(), &st) != 0) return ErrnoStatus(errno, absl::StrCat(key, ": '", dir, "'"));
   if (!S_ISDIR(st.st_mode)) {
     return absl::FailedPreconditionError(
         absl::StrCat(key, ": '", dir, "' exists and is not a directory"));
   }
   const std::string path = absl::StrCat(dir, "/kvtierd.lock");
   UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
-  if (!fd.valid()) return Errno(absl::StrCat(key, ": opening lock file '", path, "'"));
+  if (!fd.valid()) return ErrnoStatus(errno, absl::StrCat(key, ": opening lock file '", path, "'"));
   if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
-    if (errno != EWOULDBLOCK) return Errno(absl::StrCat(key, ": locking '", path, "'"));
+    if (errno != EWOULDBLOCK)
+      return ErrnoStatus(errno, absl::StrCat(key, ": locking '", path, "'"));
     char buf[32] = {};
     const ssize_t n = ::pread(fd.get(), buf, sizeof(buf) - 1, 0);
     uint64_t pid = 0;
@@ -57,7 +51,7 @@ absl::Status RemoveStaleSocket(const std::string& path) {
   struct stat st {};
   if (::lstat(path.c_str(), &st) != 0) {
     if (errno == ENOENT) return absl::OkStatus();
-    return Errno(absl::StrCat("socket_path: '", path, "'"));
+    return ErrnoStatus(errno, absl::StrCat("socket_path: '", path, "'"));
   }
   if (!S_ISSOCK(st.st_mode)) {
     return absl::FailedPreconditionError(
@@ -66,7 +60,7 @@ absl::Status RemoveStaleSocket(const std::string& path) {
                      "(move the file away or choose another socket_path)"));
   }
   if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
-    return Errno(absl::StrCat("socket_path: removing stale socket '", path, "'"));
+    return ErrnoStatus(errno, absl::StrCat("socket_path: removing stale socket '", path, "'"));
   }
   return absl::OkStatus();
 }
@@ -75,7 +69,7 @@ absl::StatusOr<uint64_t> LoadOrCreateIndexSecret(const std::string& dir) {
   uint64_t secret = 0;
   if (dir.empty()) {
     if (::getrandom(&secret, sizeof(secret), 0) != static_cast<ssize_t>(sizeof(secret))) {
-      return Errno("getrandom");
+      return ErrnoStatus(errno, "getrandom");
     }
     return secret;
   }
@@ -89,17 +83,17 @@ absl::StatusOr<uint64_t> LoadOrCreateIndexSecret(const std::string& dir) {
     }
     return secret;
   }
-  if (errno != ENOENT) return Errno(absl::StrCat("nvme: opening '", path, "'"));
+  if (errno != ENOENT) return ErrnoStatus(errno, absl::StrCat("nvme: opening '", path, "'"));
   if (::getrandom(&secret, sizeof(secret), 0) != static_cast<ssize_t>(sizeof(secret))) {
-    return Errno("getrandom");
+    return ErrnoStatus(errno, "getrandom");
   }
   // Written whole to a temporary name and renamed, so a crash never leaves a short secret.
   const std::string tmp = absl::StrCat(path, ".tmp");
   UniqueFd out(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600));
-  if (!out.valid()) return Errno(absl::StrCat("nvme: creating '", tmp, "'"));
+  if (!out.valid()) return ErrnoStatus(errno, absl::StrCat("nvme: creating '", tmp, "'"));
   if (::pwrite(out.get(), &secret, sizeof(secret), 0) != static_cast<ssize_t>(sizeof(secret)) ||
       ::fsync(out.get()) != 0 || ::rename(tmp.c_str(), path.c_str()) != 0) {
-    return Errno(absl::StrCat("nvme: writing '", path, "'"));
+    return ErrnoStatus(errno, absl::StrCat("nvme: writing '", path, "'"));
   }
   return secret;
 }
@@ -112,7 +106,7 @@ absl::Status LockDaemonData(const DaemonConfig& config, std::vector<UniqueFd>& l
   for (size_t i = 0; i < config.nvme.directories.size(); ++i) {
     const std::string& dir = config.nvme.directories[i];
     if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
-      return Errno(absl::StrCat("nvme.directories[", i, "]: creating '", dir, "'"));
+      return ErrnoStatus(errno, absl::StrCat("nvme.directories[", i, "]: creating '", dir, "'"));
     }
     lock = LockDirectory(dir, absl::StrCat("nvme.directories[", i, "]"));
     if (!lock.ok()) {

@@ -12,7 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "client/unique_fd.h"
+#include "base/unique_fd.h"
 #include "daemon/config.h"
 
 namespace kvtier {

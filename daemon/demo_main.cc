@@ -135,7 +135,7 @@ int Run() {
       static_cast<unsigned long long>(stats->mismatches));
   std::printf("%-5s %-14s %9s %9s %7s %9s %9s %9s %9s\n", "tier", "backend", "capacity", "pages",
               "sinks", "semantic", "unknown", "hits", "evicted");
-  for (Tier t : {Tier::kHbm, Tier::kDram, Tier::kNvme}) {
+  for (Tier t : kAllTiers) {
     const TierUsage u = (*store)->Usage(t);
     if (!u.present) continue;
     uint64_t evicted = 0;

@@ -9,9 +9,9 @@
 #include <array>
 #include <cerrno>
 #include <cstring>
-#include <optional>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "client/defaults.h"
 #include "daemon/cluster_hook.h"
 #include "daemon/connection_limits.h"
@@ -32,36 +32,6 @@ std::string SpecString(const LayoutSpec& s) {
 bool SameShape(LayoutSpec a, LayoutSpec b) {
   a.num_blocks = b.num_blocks = 0;  // each worker has its own block count
   return a == b;
-}
-
-const char* BodyName(wire::Request::BodyCase c) {
-  switch (c) {
-    case wire::Request::kHello:
-      return "Hello";
-    case wire::Request::kRegisterBuffers:
-      return "RegisterBuffers";
-    case wire::Request::kLookup:
-      return "Lookup";
-    case wire::Request::kLoad:
-      return "Load";
-    case wire::Request::kStore:
-      return "Store";
-    case wire::Request::kReport:
-      return "Report";
-    case wire::Request::kPin:
-      return "Pin";
-    case wire::Request::kUnpin:
-      return "Unpin";
-    case wire::Request::kRelease:
-      return "Release";
-    case wire::Request::kStatus:
-      return "Status";
-    case wire::Request::kStats:
-      return "Stats";
-    case wire::Request::BODY_NOT_SET:
-      break;
-  }
-  return "(none)";
 }
 
 void SetError(wire::Response& resp, const absl::Status& s) {
@@ -110,34 +80,39 @@ bool HasStats(const wire::AttentionStats& st) {
   return st.mass_size() + st.breadth_size() + st.value_norm_size() + st.mass_entropy_size() > 0;
 }
 
-std::optional<RpcOp> OpOf(wire::Request::BodyCase c) {
-  switch (c) {
-    case wire::Request::kHello:
-      return RpcOp::kHello;
-    case wire::Request::kRegisterBuffers:
-      return RpcOp::kRegisterBuffers;
-    case wire::Request::kLookup:
-      return RpcOp::kLookup;
-    case wire::Request::kLoad:
-      return RpcOp::kLoad;
-    case wire::Request::kStore:
-      return RpcOp::kStore;
-    case wire::Request::kReport:
-      return RpcOp::kReport;
-    case wire::Request::kPin:
-      return RpcOp::kPin;
-    case wire::Request::kUnpin:
-      return RpcOp::kUnpin;
-    case wire::Request::kRelease:
-      return RpcOp::kRelease;
-    case wire::Request::kStatus:
-    case wire::Request::kStats:
-      return RpcOp::kStats;
-    case wire::Request::BODY_NOT_SET:
-      break;
+// A namespace name: 1..kMaxNamespaceNameBytes printable ASCII bytes (names reach logs verbatim).
+absl::Status CheckNamespaceName(const std::string& name) {
+  if (name.empty() || name.size() > kMaxNamespaceNameBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("namespace name of ", name.size(),
+                                                   " bytes; must be 1..", kMaxNamespaceNameBytes));
   }
-  return std::nullopt;
+  for (char ch : name) {
+    if (ch < 0x20 || ch > 0x7e) {
+      return absl::InvalidArgumentError(absl::StrCat("namespace name has byte 0x",
+                                                     absl::Hex(static_cast<uint8_t>(ch)),
+                                                     "; names are printable ASCII"));
+    }
+  }
+  return absl::OkStatus();
 }
+
+// The wire's enums are the C++ ones, number for number (client/proto/kvtier.proto): tiers and
+// classes travel as one byte each, cast from and to these.
+static_assert(wire::VERSION_1 == kProtocolVersion);
+static_assert(wire::TIER_HBM == TierIndex(Tier::kHbm) &&
+              wire::TIER_DRAM == TierIndex(Tier::kDram) &&
+              wire::TIER_NVME == TierIndex(Tier::kNvme) && wire::TierCode_ARRAYSIZE == kNumTiers);
+static_assert(wire::CLASS_UNKNOWN == PageClassIndex(PageClass::kUnknown) &&
+              wire::CLASS_SINK == PageClassIndex(PageClass::kSink) &&
+              wire::CLASS_SEMANTIC == PageClassIndex(PageClass::kSemantic) &&
+              wire::PageClassCode_ARRAYSIZE == kNumPageClasses);
+
+// Who may send a request type.
+enum class Access {
+  kAnyone,   // the handshake itself
+  kAdmin,    // daemon-wide status: the daemon's owner or admin_uids
+  kSession,  // everything else: only after a Hello on this connection
+};
 
 TenantLimits TenantLimitsFor(const DaemonConfig& config, const TieredStore& store) {
   TenantLimits t;
@@ -147,7 +122,7 @@ TenantLimits TenantLimitsFor(const DaemonConfig& config, const TieredStore& stor
   if (pins == 0) {
     // Half of every slot the store has: what one tenant pins, the others can still use.
     uint64_t slots = 0;
-    for (Tier tier : {Tier::kHbm, Tier::kDram, Tier::kNvme}) {
+    for (Tier tier : kAllTiers) {
       slots += store.Usage(tier).capacity_slots;
     }
     pins = static_cast<uint32_t>(std::max<uint64_t>(1, slots / 2));
@@ -180,6 +155,82 @@ absl::Status Dispatcher::QuotaExceeded(QuotaKind kind, absl::string_view message
   return absl::ResourceExhaustedError(message);
 }
 
+// ---- The request table ----
+
+struct Dispatcher::RequestKind {
+  wire::Request::BodyCase body;
+  const char* name;  // in errors and logs
+  RpcOp op;          // the metrics' label
+  Access access;
+  Outcome (*handle)(Dispatcher& d, Call& call);
+};
+
+const Dispatcher::RequestKind* Dispatcher::KindOf(wire::Request::BodyCase body) {
+  using R = wire::Request;
+  static constexpr RequestKind kKinds[] = {
+      {R::kHello, "Hello", RpcOp::kHello, Access::kAnyone,
+       [](Dispatcher& d, Call& c) {
+         return d.HandleHello(*c.session, c.req.hello(), *c.resp.mutable_hello());
+       }},
+      {R::kRegisterBuffers, "RegisterBuffers", RpcOp::kRegisterBuffers, Access::kSession,
+       [](Dispatcher& d, Call& c) -> Outcome {
+         return d.HandleRegister(*c.session, c.req.register_buffers(), c.fds,
+                                 *c.resp.mutable_register_buffers());
+       }},
+      {R::kLookup, "Lookup", RpcOp::kLookup, Access::kSession,
+       [](Dispatcher& d, Call& c) -> Outcome {
+         return d.HandleLookup(*c.session, c.req.lookup(), *c.resp.mutable_lookup());
+       }},
+      {R::kLoad, "Load", RpcOp::kLoad, Access::kSession,
+       [](Dispatcher& d, Call& c) -> Outcome {
+         RETURN_IF_ERROR(d.SubmitLoadStore(c.session, c.req));
+         return {absl::OkStatus(), false, ReplyKind::kLater};
+       }},
+      {R::kStore, "Store", RpcOp::kStore, Access::kSession,
+       [](Dispatcher& d, Call& c) -> Outcome {
+         RETURN_IF_ERROR(d.SubmitLoadStore(c.session, c.req));
+         return {absl::OkStatus(), false, ReplyKind::kLater};
+       }},
+      {R::kReport, "Report", RpcOp::kReport, Access::kSession,
+       [](Dispatcher& d, Call& c) -> Outcome {
+         return d.HandleReport(*c.session, c.req.report(), *c.resp.mutable_count());
+       }},
+      {R::kPin, "Pin", RpcOp::kPin, Access::kSession,
+       [](Dispatcher& d, Call& c) -> Outcome {
+         absl::Status st = d.HandlePin(*c.session, c.req.pin());
+         c.resp.mutable_count()->set_pages(static_cast<uint32_t>(c.req.pin().key_words_size() / 2));
+         return st;
+       }},
+      {R::kUnpin, "Unpin", RpcOp::kUnpin, Access::kSession,
+       [](Dispatcher& d, Call& c) -> Outcome {
+         absl::Status st = d.HandleUnpin(*c.session, c.req.unpin());
+         c.resp.mutable_count()->set_pages(
+             static_cast<uint32_t>(c.req.unpin().key_words_size() / 2));
+         return st;
+       }},
+      {R::kRelease, "Release", RpcOp::kRelease, Access::kSession,
+       [](Dispatcher& d, Call& c) -> Outcome {
+         return d.HandleRelease(*c.session, c.req.release(), *c.resp.mutable_count());
+       }},
+      {R::kStatus, "Status", RpcOp::kStats, Access::kAdmin,
+       [](Dispatcher& d, Call& c) -> Outcome {
+         d.FillStatus(*c.resp.mutable_status());
+         return {};
+       }},
+      {R::kStats, "Stats", RpcOp::kStats, Access::kAdmin,
+       [](Dispatcher& d, Call& c) -> Outcome {
+         d.FillStats(*c.resp.mutable_stats());
+         return {};
+       }},
+  };
+  for (const RequestKind& kind : kKinds) {
+    if (kind.body == body) return &kind;
+  }
+  return nullptr;  // BODY_NOT_SET, or a body this build does not know
+}
+
+// ---- Handling one datagram ----
+
 Dispatcher::Verdict Dispatcher::Handle(const std::shared_ptr<Session>& session, Incoming in) {
   Session& s = *session;
   // Reused per connection thread: parsing into a cleared message keeps its allocations.
@@ -191,8 +242,8 @@ Dispatcher::Verdict Dispatcher::Handle(const std::shared_ptr<Session>& session, 
     counters_.bad_requests.fetch_add(1, std::memory_order_relaxed);
     if (metrics_ != nullptr) {
       metrics_->BadRequest();
-      if (std::optional<RpcOp> op = OpOf(req.body_case()); op.has_value() && !in.truncated) {
-        metrics_->Request(*op, SecondsSince(t0), false);
+      if (const RequestKind* kind = KindOf(req.body_case()); kind != nullptr && !in.truncated) {
+        metrics_->Request(kind->op, SecondsSince(t0), false);
       }
     }
     // One line per rejected message, up to a process-wide rate (counters count every one).
@@ -229,82 +280,54 @@ Dispatcher::Verdict Dispatcher::Handle(const std::shared_ptr<Session>& session, 
                   false);
   }
   resp.set_id(req.id());
+  const RequestKind* kind = KindOf(req.body_case());
   if (!in.fds.empty() && req.body_case() != wire::Request::kRegisterBuffers) {
-    return reject(absl::InvalidArgumentError(absl::StrCat(
-                      in.fds.size(), " file descriptors attached to a ", BodyName(req.body_case()),
-                      " request; only RegisterBuffers carries descriptors")),
+    return reject(absl::InvalidArgumentError(
+                      absl::StrCat(in.fds.size(), " file descriptors attached to a ",
+                                   kind != nullptr ? kind->name : "(none)",
+                                   " request; only RegisterBuffers carries descriptors")),
                   false);
   }
   UniqueFd attach;
-  Outcome out = Dispatch(session, req, in.fds, resp, attach);
+  Call call{session, req, in.fds, resp, attach};
+  Outcome out = Dispatch(call);
   if (!out.status.ok()) return reject(out.status, out.close);
   s.consecutive_errors = 0;
-  if (out.fd == -2) return Verdict::kKeep;  // answered asynchronously (and timed there)
-  if (metrics_ != nullptr) {
-    if (std::optional<RpcOp> op = OpOf(req.body_case()); op.has_value()) {
-      metrics_->Request(*op, SecondsSince(t0), true);
-    }
+  switch (out.reply) {
+    case ReplyKind::kLater:  // the executor answers (and times the operation there)
+      return Verdict::kKeep;
+    case ReplyKind::kNow:
+      if (metrics_ != nullptr) metrics_->Request(kind->op, SecondsSince(t0), true);
+      s.Send(resp, attach.get());
+      return Verdict::kKeep;
   }
-  s.Send(resp, attach.get());
   return Verdict::kKeep;
 }
 
-Dispatcher::Outcome Dispatcher::Dispatch(const std::shared_ptr<Session>& session,
-                                         const wire::Request& req, std::vector<UniqueFd>& fds,
-                                         wire::Response& resp, UniqueFd& attach) {
-  Session& s = *session;
-  const auto body = req.body_case();
-  if (body == wire::Request::kHello)
-    return HandleHello(s, req.hello(), *resp.mutable_hello(), attach);
-  if (body == wire::Request::kStatus || body == wire::Request::kStats) {
-    if (!IsAdmin(s)) {
-      counters_.auth_refused.fetch_add(1, std::memory_order_relaxed);
-      return {absl::PermissionDeniedError(
-                  absl::StrCat("uid ", s.peer().uid, " may not read daemon status (admin_uids)")),
-              false};
-    }
-    if (body == wire::Request::kStatus) {
-      FillStatus(*resp.mutable_status());
-    } else {
-      FillStats(*resp.mutable_stats());
-    }
-    return {};
+Dispatcher::Outcome Dispatcher::Dispatch(Call& call) {
+  const RequestKind* kind = KindOf(call.req.body_case());
+  if (kind == nullptr) {
+    return absl::InvalidArgumentError("request carries no operation (missing or unknown body)");
   }
-  if (body == wire::Request::BODY_NOT_SET) {
-    return {absl::InvalidArgumentError("request carries no operation (missing or unknown body)")};
+  const Session& s = *call.session;
+  switch (kind->access) {
+    case Access::kAnyone:
+      break;
+    case Access::kAdmin:
+      if (!IsAdmin(s)) {
+        counters_.auth_refused.fetch_add(1, std::memory_order_relaxed);
+        return absl::PermissionDeniedError(
+            absl::StrCat("uid ", s.peer().uid, " may not read daemon status (admin_uids)"));
+      }
+      break;
+    case Access::kSession:
+      if (!s.hello_done) {
+        return absl::FailedPreconditionError(
+            absl::StrCat(kind->name, " before Hello: the first request must be the handshake"));
+      }
+      break;
   }
-  if (!s.hello_done) {
-    return {absl::FailedPreconditionError(
-        absl::StrCat(BodyName(body), " before Hello: the first request must be the handshake"))};
-  }
-  switch (body) {
-    case wire::Request::kRegisterBuffers:
-      return {HandleRegister(s, req.register_buffers(), fds, *resp.mutable_register_buffers())};
-    case wire::Request::kLookup:
-      return {HandleLookup(s, req.lookup(), *resp.mutable_lookup())};
-    case wire::Request::kLoad:
-    case wire::Request::kStore: {
-      absl::Status st = SubmitLoadStore(session, req);
-      if (!st.ok()) return {st};
-      return {absl::OkStatus(), false, -2};
-    }
-    case wire::Request::kReport:
-      return {HandleReport(s, req.report(), *resp.mutable_count())};
-    case wire::Request::kPin: {
-      absl::Status st = HandlePin(s, req.pin());
-      resp.mutable_count()->set_pages(static_cast<uint32_t>(req.pin().key_words_size() / 2));
-      return {st};
-    }
-    case wire::Request::kUnpin: {
-      absl::Status st = HandleUnpin(s, req.unpin());
-      resp.mutable_count()->set_pages(static_cast<uint32_t>(req.unpin().key_words_size() / 2));
-      return {st};
-    }
-    case wire::Request::kRelease:
-      return {HandleRelease(s, req.release(), *resp.mutable_count())};
-    default:
-      return {absl::InternalError("unreachable request kind")};
-  }
+  return kind->handle(*this, call);
 }
 
 bool Dispatcher::IsAdmin(const Session& s) const {
@@ -313,115 +336,131 @@ bool Dispatcher::IsAdmin(const Session& s) const {
          config_.admin_uids.end();
 }
 
-Dispatcher::Outcome Dispatcher::HandleHello(Session& s, const wire::Hello& h, wire::HelloReply& out,
-                                            UniqueFd& attach) {
-  if (h.protocol_version() != kProtocolVersion) {
-    if (metrics_ != nullptr) metrics_->Refused(RefusalReason::kVersion);
-    LOG(WARNING) << "event=connection_refused reason=version session=" << s.id()
-                 << " uid=" << s.peer().uid << " version=" << h.protocol_version();
-    return {absl::FailedPreconditionError(absl::StrCat("protocol version ", h.protocol_version(),
-                                                       " is not supported; this kvtierd speaks "
-                                                       "version ",
-                                                       kProtocolVersion)),
-            true};
-  }
+// ---- Hello ----
+
+Dispatcher::Outcome Dispatcher::HandleHello(Session& s, const wire::Hello& h,
+                                            wire::HelloReply& out) {
+  if (Outcome refused = CheckVersion(s, h); !refused.status.ok()) return refused;
   if (s.hello_done) {
-    return {absl::FailedPreconditionError(
+    return absl::FailedPreconditionError(
         absl::StrCat("Hello already done on this connection (namespace '", s.namespace_name,
-                     "'); open another connection for another namespace"))};
+                     "'); open another connection for another namespace"));
   }
   const std::string& name = h.namespace_name();
-  if (name.empty() || name.size() > kMaxNamespaceNameBytes) {
-    return {absl::InvalidArgumentError(absl::StrCat(
-        "namespace name of ", name.size(), " bytes; must be 1..", kMaxNamespaceNameBytes))};
-  }
-  for (char ch : name) {
-    if (ch < 0x20 || ch > 0x7e) {
-      return {absl::InvalidArgumentError(absl::StrCat("namespace name has byte 0x",
-                                                      absl::Hex(static_cast<uint8_t>(ch)),
-                                                      "; names are printable ASCII"))};
-    }
-  }
-  const NamespaceRule* rule = FindRule(config_, name);
-  if (rule == nullptr || !Allowed(*rule, s.peer().uid, s.peer().gid, owner_uid_)) {
-    counters_.auth_refused.fetch_add(1, std::memory_order_relaxed);
-    if (metrics_ != nullptr) {
-      metrics_->Refused(rule == nullptr ? RefusalReason::kNamespace : RefusalReason::kCredentials);
-    }
-    LOG(WARNING) << "event=connection_refused reason="
-                 << (rule == nullptr ? "namespace" : "credentials") << " session=" << s.id()
-                 << " pid=" << s.peer().pid << " uid=" << s.peer().uid << " gid=" << s.peer().gid
-                 << " namespace=\"" << name << "\"";
-    return {absl::PermissionDeniedError(absl::StrCat(
-                "uid ", s.peer().uid, " gid ", s.peer().gid, " may not use namespace '", name, "'",
-                rule == nullptr ? " (no namespace rule matches it)" : "")),
-            true};
-  }
-  LayoutSpec spec;
-  spec.layers = h.layout().layers();
-  spec.kv_heads = h.layout().kv_heads();
-  spec.head_dim = h.layout().head_dim();
-  if (h.layout().dtype() > static_cast<uint32_t>(DType::kFP8) ||
-      h.layout().tensor_layout() > static_cast<uint32_t>(kLastTensorLayout)) {
-    return {absl::InvalidArgumentError(absl::StrCat("layout dtype ", h.layout().dtype(),
-                                                    " or tensor_layout ",
-                                                    h.layout().tensor_layout(), " is unknown"))};
-  }
-  spec.dtype = static_cast<DType>(h.layout().dtype());
-  spec.tokens_per_page = h.layout().tokens_per_page();
-  spec.tensor_layout = static_cast<TensorLayout>(h.layout().tensor_layout());
-  spec.num_blocks = h.layout().num_blocks();
-  absl::StatusOr<Layout> layout = Layout::Create(spec);
-  if (!layout.ok()) {
-    return {absl::InvalidArgumentError(absl::StrCat("layout: ", layout.status().message()))};
-  }
-  if (layout->page_bytes() != store_.page_bytes()) {
-    return {absl::InvalidArgumentError(absl::StrCat(
-        "layout ", SpecString(spec), " makes pages of ", layout->page_bytes(),
-        " bytes; this kvtierd stores pages of ", store_.page_bytes(), " (store.page_bytes)"))};
-  }
-  if (rule->layout.has_value() && !SameShape(*rule->layout, spec)) {
-    return {absl::InvalidArgumentError(absl::StrCat("layout ", SpecString(spec),
-                                                    " does not match namespace '", name,
-                                                    "' layout ", SpecString(*rule->layout)))};
-  }
-  absl::StatusOr<NamespaceId> ns;
-  absl::StatusOr<PageKey> salt;
-  {
-    // Joining, registering and (in EndSession) retiring a namespace happen under mu_, so a
-    // retirement never lands on a namespace a new session just joined.
-    absl::MutexLock lock(&mu_);
-    if (auto it = namespace_layouts_.find(name);
-        it != namespace_layouts_.end() && !SameShape(it->second, spec)) {
-      return {absl::InvalidArgumentError(
-          absl::StrCat("layout ", SpecString(spec), " does not match namespace '", name,
-                       "' layout ", SpecString(it->second), " presented by its first worker"))};
-    }
-    if (absl::Status joined = ledger_.Join(s.peer().uid, name); !joined.ok()) {
-      LOG(WARNING) << "event=connection_refused reason=namespace_limit session=" << s.id()
-                   << " uid=" << s.peer().uid << " namespace=\"" << name << "\"";
-      return {joined};
-    }
-    ns = store_.AddNamespace(name, rule->sink_slots);
-    if (ns.ok()) salt = store_.NamespaceSaltOf(*ns);
-    if (!ns.ok() || !salt.ok()) {
-      ledger_.Leave(s.peer().uid, name);
-      return {!ns.ok() ? ns.status() : salt.status()};
-    }
-    namespace_layouts_.try_emplace(name, spec);
-  }
+  RETURN_IF_ERROR(CheckNamespaceName(name));
+  absl::StatusOr<const NamespaceRule*> rule = Authorize(s, name);
+  if (!rule.ok()) return {rule.status(), /*close_connection=*/true};
+  ASSIGN_OR_RETURN(Layout layout, CheckHelloLayout(h.layout(), **rule, name));
+  ASSIGN_OR_RETURN(const JoinedNamespace joined, JoinNamespace(s, name, layout.spec(), **rule));
   // want_dram_pool is ignored: the DRAM pool holds every namespace's pages, so no worker is
   // given a descriptor of it (a read-only fd can be reopened read-write through /proc). Pages
   // reach a worker only by Load, copied into its own registered buffers.
   s.hello_done = true;
-  s.ns = *ns;
+  s.ns = joined.ns;
   s.namespace_name = name;
   LOG(INFO) << "event=session_hello session=" << s.id() << " uid=" << s.peer().uid
             << " namespace=\"" << name << "\"";
-  s.layout = *std::move(layout);
+  s.layout = layout;
+  FillHelloReply(joined.salt, out);
+  return {};
+}
+
+Dispatcher::Outcome Dispatcher::CheckVersion(const Session& s, const wire::Hello& h) {
+  if (h.protocol_version() == kProtocolVersion) return {};
+  if (metrics_ != nullptr) metrics_->Refused(RefusalReason::kVersion);
+  LOG(WARNING) << "event=connection_refused reason=version session=" << s.id()
+               << " uid=" << s.peer().uid << " version=" << h.protocol_version();
+  return {absl::FailedPreconditionError(absl::StrCat("protocol version ", h.protocol_version(),
+                                                     " is not supported; this kvtierd speaks "
+                                                     "version ",
+                                                     kProtocolVersion)),
+          /*close_connection=*/true};
+}
+
+absl::StatusOr<const NamespaceRule*> Dispatcher::Authorize(const Session& s,
+                                                           const std::string& name) {
+  const NamespaceRule* rule = FindRule(config_, name);
+  if (rule != nullptr && Allowed(*rule, s.peer().uid, s.peer().gid, owner_uid_)) return rule;
+  counters_.auth_refused.fetch_add(1, std::memory_order_relaxed);
+  if (metrics_ != nullptr) {
+    metrics_->Refused(rule == nullptr ? RefusalReason::kNamespace : RefusalReason::kCredentials);
+  }
+  LOG(WARNING) << "event=connection_refused reason="
+               << (rule == nullptr ? "namespace" : "credentials") << " session=" << s.id()
+               << " pid=" << s.peer().pid << " uid=" << s.peer().uid << " gid=" << s.peer().gid
+               << " namespace=\"" << name << "\"";
+  return absl::PermissionDeniedError(
+      absl::StrCat("uid ", s.peer().uid, " gid ", s.peer().gid, " may not use namespace '", name,
+                   "'", rule == nullptr ? " (no namespace rule matches it)" : ""));
+}
+
+absl::StatusOr<Layout> Dispatcher::CheckHelloLayout(const wire::Layout& wire_layout,
+                                                    const NamespaceRule& rule,
+                                                    const std::string& name) const {
+  LayoutSpec spec;
+  spec.layers = wire_layout.layers();
+  spec.kv_heads = wire_layout.kv_heads();
+  spec.head_dim = wire_layout.head_dim();
+  if (wire_layout.dtype() > static_cast<uint32_t>(DType::kFP8) ||
+      wire_layout.tensor_layout() > static_cast<uint32_t>(kLastTensorLayout)) {
+    return absl::InvalidArgumentError(absl::StrCat("layout dtype ", wire_layout.dtype(),
+                                                   " or tensor_layout ",
+                                                   wire_layout.tensor_layout(), " is unknown"));
+  }
+  spec.dtype = static_cast<DType>(wire_layout.dtype());
+  spec.tokens_per_page = wire_layout.tokens_per_page();
+  spec.tensor_layout = static_cast<TensorLayout>(wire_layout.tensor_layout());
+  spec.num_blocks = wire_layout.num_blocks();
+  absl::StatusOr<Layout> layout = Layout::Create(spec);
+  if (!layout.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("layout: ", layout.status().message()));
+  }
+  if (layout->page_bytes() != store_.page_bytes()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "layout ", SpecString(spec), " makes pages of ", layout->page_bytes(),
+        " bytes; this kvtierd stores pages of ", store_.page_bytes(), " (store.page_bytes)"));
+  }
+  if (rule.layout.has_value() && !SameShape(*rule.layout, spec)) {
+    return absl::InvalidArgumentError(absl::StrCat("layout ", SpecString(spec),
+                                                   " does not match namespace '", name, "' layout ",
+                                                   SpecString(*rule.layout)));
+  }
+  return layout;
+}
+
+absl::StatusOr<Dispatcher::JoinedNamespace> Dispatcher::JoinNamespace(const Session& s,
+                                                                      const std::string& name,
+                                                                      const LayoutSpec& spec,
+                                                                      const NamespaceRule& rule) {
+  // Joining, registering and (in EndSession) retiring a namespace happen under mu_, so a
+  // retirement never lands on a namespace a new session just joined.
+  absl::MutexLock lock(&mu_);
+  if (auto it = namespace_layouts_.find(name);
+      it != namespace_layouts_.end() && !SameShape(it->second, spec)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("layout ", SpecString(spec), " does not match namespace '", name, "' layout ",
+                     SpecString(it->second), " presented by its first worker"));
+  }
+  if (absl::Status joined = ledger_.Join(s.peer().uid, name); !joined.ok()) {
+    LOG(WARNING) << "event=connection_refused reason=namespace_limit session=" << s.id()
+                 << " uid=" << s.peer().uid << " namespace=\"" << name << "\"";
+    return joined;
+  }
+  absl::StatusOr<NamespaceId> ns = store_.AddNamespace(name, rule.sink_slots);
+  absl::StatusOr<PageKey> salt;
+  if (ns.ok()) salt = store_.NamespaceSaltOf(*ns);
+  if (!ns.ok() || !salt.ok()) {
+    ledger_.Leave(s.peer().uid, name);
+    return !ns.ok() ? ns.status() : salt.status();
+  }
+  namespace_layouts_.try_emplace(name, spec);
+  return JoinedNamespace{*ns, *salt};
+}
+
+void Dispatcher::FillHelloReply(const PageKey& salt, wire::HelloReply& out) const {
   out.set_protocol_version(kProtocolVersion);
-  out.set_salt_hi(salt->hi);
-  out.set_salt_lo(salt->lo);
+  out.set_salt_hi(salt.hi);
+  out.set_salt_lo(salt.lo);
   out.set_page_bytes(store_.page_bytes());
   out.set_hbm_backend(std::string(store_.hbm_backend()));
   const LimitsConfig& l = config_.limits;
@@ -429,14 +468,15 @@ Dispatcher::Outcome Dispatcher::HandleHello(Session& s, const wire::Hello& h, wi
   out.set_max_inflight_ops(l.max_inflight_ops);
   out.set_max_pinned_pages(l.max_pinned_pages);
   out.set_max_batch_pages(l.max_batch_pages);
-  return {absl::OkStatus(), false, attach.get()};
 }
+
+// ---- RegisterBuffers, Lookup ----
 
 absl::Status Dispatcher::HandleRegister(Session& s, const wire::RegisterBuffers& r,
                                         std::vector<UniqueFd>& fds,
                                         wire::RegisterBuffersReply& out) {
   // Bounds the address space workers' declared buffer sizes can take (connection_limits.h).
-  if (absl::Status st = ChargeRegisteredBytes(config_.limits, counters_, s, r); !st.ok()) return st;
+  RETURN_IF_ERROR(ChargeRegisteredBytes(config_.limits, counters_, s, r));
   if (r.cuda_ipc_handles_size() > 0 || r.vmm_fds()) return RegisterGpu(s, r, fds, out);
   const Layout& layout = *s.layout;
   const size_t want = layout.buffer_count();
@@ -486,10 +526,9 @@ absl::Status Dispatcher::HandleRegister(Session& s, const wire::RegisterBuffers&
   std::vector<Mapping> maps;
   maps.reserve(want);
   for (size_t i = 0; i < want; ++i) {
-    absl::StatusOr<Mapping> m =
-        Mapping::Map(fds[i].get(), r.sizes(static_cast<int>(i)), /*writable=*/true);
-    if (!m.ok()) return m.status();
-    maps.push_back(*std::move(m));
+    ASSIGN_OR_RETURN(Mapping m,
+                     Mapping::Map(fds[i].get(), r.sizes(static_cast<int>(i)), /*writable=*/true));
+    maps.push_back(std::move(m));
   }
   s.buffers = std::make_shared<const BufferSet>(std::move(maps), &counters_);
   out.set_buffers(static_cast<uint32_t>(want));
@@ -514,10 +553,9 @@ absl::Status Dispatcher::RegisterGpu(Session& s, const wire::RegisterBuffers& r,
   g.sizes.assign(r.sizes().begin(), r.sizes().end());
   g.allocation_bytes.assign(r.allocation_bytes().begin(), r.allocation_bytes().end());
   g.device_uuid = r.device_uuid();
-  absl::StatusOr<std::shared_ptr<const GpuWorkerBuffers>> opened =
-      gpu_->Open(*s.layout, std::move(g));
-  if (!opened.ok()) return opened.status();
-  s.buffers = std::make_shared<const BufferSet>(*std::move(opened), want, &counters_);
+  ASSIGN_OR_RETURN(std::shared_ptr<const GpuWorkerBuffers> opened,
+                   gpu_->Open(*s.layout, std::move(g)));
+  s.buffers = std::make_shared<const BufferSet>(std::move(opened), want, &counters_);
   out.set_buffers(static_cast<uint32_t>(want));
   return absl::OkStatus();
 }
@@ -542,7 +580,7 @@ absl::Status Dispatcher::Keys(const google::protobuf::RepeatedField<uint64_t>& w
 
 absl::Status Dispatcher::HandleLookup(Session& s, const wire::Lookup& r, wire::LookupReply& out) {
   thread_local std::vector<PageKey> keys;
-  if (absl::Status st = Keys(r.key_words(), keys); !st.ok()) return st;
+  RETURN_IF_ERROR(Keys(r.key_words(), keys));
   counters_.lookups.fetch_add(1, std::memory_order_relaxed);
   const LookupResult found = store_.LookupPrefix(s.ns, keys);
   out.set_prefix_pages(static_cast<uint32_t>(found.prefix_pages));
@@ -555,7 +593,7 @@ absl::Status Dispatcher::HandleLookup(Session& s, const wire::Lookup& r, wire::L
   }
   if (metrics_ != nullptr) {
     const uint64_t tokens = s.layout->spec().tokens_per_page;
-    for (Tier t : {Tier::kHbm, Tier::kDram, Tier::kNvme}) {
+    for (Tier t : kAllTiers) {
       if (hits[TierIndex(t)] > 0) metrics_->HitTokens(t, hits[TierIndex(t)] * tokens);
     }
     if (keys.size() > found.prefix_pages) {
@@ -571,71 +609,73 @@ absl::Status Dispatcher::HandleLookup(Session& s, const wire::Lookup& r, wire::L
   return absl::OkStatus();
 }
 
+// ---- Load and Store ----
+
+// Everything a Load or Store needs, owned by it (the request is reused once Handle returns), and
+// the reply it builds while it runs on the executor.
+struct Dispatcher::LoadStoreOp {
+  std::shared_ptr<Session> session;
+  std::shared_ptr<const BufferSet> buffers;
+  Layout layout;
+  NamespaceId ns = 0;
+  uint64_t id = 0;
+  bool is_store = false;
+  std::vector<PageKey> keys;
+  std::vector<uint32_t> blocks;
+  PageKey parent;
+  uint32_t first_position = 0;
+  std::string class_hints;
+  wire::AttentionStats stats;
+  uint64_t submitted_ns = 0;
+  bool reply_when_enqueued = false;  // GPU buffers: answer before the copies land
+  std::string wait_event;            // GPU buffers: the worker's event a Store waits on
+  std::string ns_name;               // for the cluster hooks
+
+  // The reply, filled page by page.
+  wire::Response resp;
+  uint32_t ok = 0;
+  bool sent = false;
+
+  wire::PageStatusReply& pages() { return *resp.mutable_pages(); }
+
+  // Page i's outcome: its code and tier, and the first error's message.
+  void Record(size_t i, const absl::StatusOr<Tier>& tier) {
+    pages().mutable_codes()->Set(static_cast<int>(i), static_cast<int32_t>(tier.status().code()));
+    if (tier.ok()) {
+      (*pages().mutable_tiers())[i] = static_cast<char>(*tier);
+      ++ok;
+    } else if (pages().first_error().empty()) {
+      pages().set_first_error(absl::StrCat("page ", i, ": ", tier.status().message()));
+    }
+  }
+
+  PutOptions PutOptionsFor(size_t i) const {
+    PutOptions po;
+    po.parent = i == 0 ? parent : keys[i - 1];
+    po.position = first_position + static_cast<uint32_t>(i);
+    if (!class_hints.empty()) {
+      po.class_hint = static_cast<PageClass>(static_cast<uint8_t>(class_hints[i]));
+    }
+    return po;
+  }
+};
+
 absl::Status Dispatcher::SubmitLoadStore(const std::shared_ptr<Session>& session,
                                          const wire::Request& req) {
   Session& s = *session;
   const bool is_store = req.body_case() == wire::Request::kStore;
-  const auto& words = is_store ? req.store().key_words() : req.load().key_words();
+  ASSIGN_OR_RETURN(std::vector<PageKey> keys, CheckLoadStore(s, req));
+  RETURN_IF_ERROR(AdmitOp(s, is_store));
   const auto& blocks = is_store ? req.store().block_ids() : req.load().block_ids();
-  if (s.buffers == nullptr) {
-    return absl::FailedPreconditionError(
-        absl::StrCat(is_store ? "Store" : "Load", " before RegisterBuffers"));
-  }
-  std::vector<PageKey> keys;
-  if (absl::Status st = Keys(words, keys); !st.ok()) return st;
-  if (static_cast<size_t>(blocks.size()) != keys.size()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(keys.size(), " keys but ", blocks.size(), " block ids"));
-  }
-  if (is_store) {
-    const wire::Store& st = req.store();
-    if (!st.class_hints().empty() && st.class_hints().size() != keys.size()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(st.class_hints().size(), " class hints for ", keys.size(), " pages"));
-    }
-    for (char c : st.class_hints()) {
-      if (static_cast<uint8_t>(c) > static_cast<uint8_t>(PageClass::kSemantic)) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("class hint ", static_cast<int>(c), " is not UNKNOWN, SINK or SEMANTIC"));
-      }
-    }
-    if (absl::Status a = CheckStats(st.stats(), keys.size()); !a.ok()) return a;
-  }
-  const uint32_t inflight = s.inflight.load(std::memory_order_relaxed);
-  if (inflight >= config_.limits.max_inflight_ops) {
-    return QuotaExceeded(QuotaKind::kInflightOps,
-                         absl::StrCat(inflight,
-                                      " operations in flight on this connection; "
-                                      "limits.max_inflight_ops is ",
-                                      config_.limits.max_inflight_ops));
-  }
-  s.inflight.fetch_add(1, std::memory_order_relaxed);
-  counters_.inflight_ops.fetch_add(1, std::memory_order_relaxed);
-  (is_store ? counters_.stores : counters_.loads).fetch_add(1, std::memory_order_relaxed);
-
-  // Everything the operation needs, owned by it: the request is reused once Handle returns.
-  struct Op {
-    std::shared_ptr<Session> session;
-    std::shared_ptr<const BufferSet> buffers;
-    Layout layout;
-    NamespaceId ns;
-    uint64_t id;
-    bool is_store;
-    std::vector<PageKey> keys;
-    std::vector<uint32_t> blocks;
-    PageKey parent;
-    uint32_t first_position;
-    std::string class_hints;
-    wire::AttentionStats stats;
-    uint64_t submitted_ns = 0;
-    bool reply_when_enqueued = false;  // GPU buffers: answer before the copies land
-    std::string wait_event;            // GPU buffers: the worker's event a Store waits on
-    std::string ns_name;               // for the cluster hooks
-  };
-  auto op =
-      std::make_shared<Op>(Op{session, s.buffers, *s.layout, s.ns, req.id(), is_store,
-                              std::move(keys), std::vector<uint32_t>(blocks.begin(), blocks.end()),
-                              PageKey{}, 0, std::string(), wire::AttentionStats()});
+  auto op = std::make_shared<LoadStoreOp>(
+      LoadStoreOp{.session = session,
+                  .buffers = s.buffers,
+                  .layout = *s.layout,
+                  .ns = s.ns,
+                  .id = req.id(),
+                  .is_store = is_store,
+                  .keys = std::move(keys),
+                  .blocks = std::vector<uint32_t>(blocks.begin(), blocks.end())});
   if (is_store) {
     op->parent = PageKey{req.store().parent_hi(), req.store().parent_lo()};
     op->first_position = req.store().first_position();
@@ -647,162 +687,205 @@ absl::Status Dispatcher::SubmitLoadStore(const std::shared_ptr<Session>& session
   }
   if (metrics_ != nullptr) op->submitted_ns = SteadyClock::Get()->NowNs();
   op->ns_name = s.namespace_name;
-  executor_([this, op] {
-    Session& ss = *op->session;
-    auto finish = [&] {
-      ss.inflight.fetch_sub(1, std::memory_order_relaxed);
-      counters_.inflight_ops.fetch_sub(1, std::memory_order_relaxed);
-    };
-    if (ss.ended.load(std::memory_order_acquire)) {
-      // The worker is gone: nobody will read these pages, so the copy is not made.
-      counters_.ops_cancelled.fetch_add(1, std::memory_order_relaxed);
-      finish();
-      return;
-    }
-    wire::Response resp;
-    resp.set_id(op->id);
-    wire::PageStatusReply& pages = *resp.mutable_pages();
-    const size_t n = op->keys.size();
-    pages.mutable_codes()->Resize(static_cast<int>(n), 0);
-    std::string& tiers = *pages.mutable_tiers();
-    tiers.assign(n, static_cast<char>(0xff));
-    uint32_t ok = 0;
-    auto record = [&](size_t i, const absl::StatusOr<Tier>& tier) {
-      pages.mutable_codes()->Set(static_cast<int>(i), static_cast<int32_t>(tier.status().code()));
-      if (tier.ok()) {
-        tiers[i] = static_cast<char>(*tier);
-        ++ok;
-      } else if (pages.first_error().empty()) {
-        pages.set_first_error(absl::StrCat("page ", i, ": ", tier.status().message()));
-      }
-    };
-    auto put_options = [&](size_t i) {
-      PutOptions po;
-      po.parent = i == 0 ? op->parent : op->keys[i - 1];
-      po.position = op->first_position + static_cast<uint32_t>(i);
-      if (!op->class_hints.empty()) {
-        po.class_hint = static_cast<PageClass>(static_cast<uint8_t>(op->class_hints[i]));
-      }
-      return po;
-    };
-    // What follows a stored page: its announcement to the cluster and its attention sample.
-    auto stored = [&](size_t i, absl::StatusOr<Tier> tier) -> absl::StatusOr<Tier> {
-      if (tier.ok()) AnnounceToCluster(op->ns_name, op->ns, op->keys[i]);
-      if (tier.ok() && HasStats(op->stats) &&
-          store_.ReportAttention(op->ns, op->keys[i], SampleAt(op->stats, static_cast<int>(i)))
-              .ok()) {
-        // The page is stored; a racing eviction only loses the sample or its class.
-        ClassifyAfterReport(store_, op->ns, op->keys[i], classifier_).IgnoreError();
-      }
-      return tier;
-    };
-    auto put = [&](size_t i, absl::Span<const ConstBuffer> src) -> absl::StatusOr<Tier> {
-      return stored(i, store_.Put(op->ns, op->keys[i], src, put_options(i)));
-    };
-    // Buffers that may shrink (daemon/fd_buffer.h): the page is staged here and its pieces are
-    // copied with pread/pwrite, so a shrink fails the page instead of faulting the daemon.
-    auto through_fds = [&](size_t i, absl::Span<const Piece> pieces) -> absl::StatusOr<Tier> {
-      thread_local std::vector<std::byte> staging;
-      staging.resize(op->layout.page_bytes());
-      const MutableBuffer page{staging.data(), staging.size()};
-      const ConstBuffer page_in{staging.data(), staging.size()};
-      const absl::Span<const FdBuffer> buffers = op->buffers->fd_buffers();
-      if (op->is_store) {
-        if (absl::Status st = ReadPieces(buffers, pieces, page); !st.ok()) return st;
-        return put(i, {&page_in, 1});
-      }
-      absl::StatusOr<Tier> tier = LoadFromCluster(op->ns_name, op->ns, op->keys[i], {&page, 1},
-                                                  store_.Get(op->ns, op->keys[i], {&page, 1}));
-      if (!tier.ok()) return tier;
-      if (absl::Status st = WritePieces(buffers, pieces, page_in); !st.ok()) return st;
-      return tier;
-    };
-    bool sent = false;
-    auto reply = [&] {
-      pages.set_ok_pages(ok);
-      if (metrics_ != nullptr) {
-        metrics_->Request(op->is_store ? RpcOp::kStore : RpcOp::kLoad,
-                          SecondsSince(op->submitted_ns), ok == n);
-      }
-      ss.Send(resp);
-      sent = true;
-    };
-    if (const GpuWorkerBuffers* gpu = op->buffers->gpu(); gpu != nullptr) {
-      // Worker blocks in GPU memory: one batched copy per operation (daemon/gpu_worker_memory.h).
-      pages.set_cuda_event_handle(gpu->event_handle());
-      const GpuPageBatch batch{op->ns, &op->layout, op->keys, op->blocks};
-      if (op->is_store) {
-        gpu_->Store(*gpu, batch, op->wait_event, put, record);
-      } else {
-        gpu_->Load(*gpu, batch, op->reply_when_enqueued, record, reply);
-      }
-    } else if (op->is_store && op->buffers->fd_buffers().empty()) {
-      // Mapped worker buffers: the whole request is one PutBatch, so each tier is written once
-      // (an NVMe batch pays one fdatasync and one index sync, not one per page).
-      const size_t per_page = op->layout.pieces_per_page();
-      std::vector<Piece> pieces;
-      std::vector<ConstBuffer> src;
-      src.reserve(n * per_page);
-      std::vector<std::pair<size_t, size_t>> spans(n);  // (first piece, pieces) of each page
-      std::vector<absl::StatusOr<Tier>> outcome(n);
-      std::vector<PutRequest> batch;
-      std::vector<size_t> batched;  // which page each batch entry is
-      for (size_t i = 0; i < n; ++i) {
-        pieces.clear();
-        if (absl::Status placed = op->layout.AppendPieces(op->blocks[i], pieces); !placed.ok()) {
-          outcome[i] = placed;
-          continue;
-        }
-        spans[i] = {src.size(), pieces.size()};
-        for (const Piece& p : pieces) {
-          src.push_back({op->buffers->base(p.buffer) + p.offset, p.length});
-        }
-        batched.push_back(i);
-      }
-      batch.reserve(batched.size());
-      for (size_t i : batched) {  // spans into `src` once it no longer grows
-        batch.push_back(PutRequest{
-            op->keys[i], absl::MakeConstSpan(src).subspan(spans[i].first, spans[i].second),
-            put_options(i)});
-      }
-      std::vector<absl::StatusOr<Tier>> results(batch.size());
-      store_.PutBatch(op->ns, batch, absl::MakeSpan(results));
-      for (size_t k = 0; k < batched.size(); ++k) {
-        outcome[batched[k]] = stored(batched[k], std::move(results[k]));
-      }
-      for (size_t i = 0; i < n; ++i) record(i, outcome[i]);
-    } else {
-      std::vector<Piece> pieces;
-      pieces.reserve(op->layout.pieces_per_page());
-      std::vector<MutableBuffer> dst;
-      dst.reserve(op->layout.pieces_per_page());
-      for (size_t i = 0; i < n; ++i) {
-        pieces.clear();
-        const absl::Status placed = op->layout.AppendPieces(op->blocks[i], pieces);
-        if (!placed.ok()) {
-          record(i, placed);
-        } else if (!op->buffers->fd_buffers().empty()) {
-          record(i, through_fds(i, pieces));
-        } else {  // a load into mapped buffers (their stores are batched above)
-          dst.clear();
-          for (const Piece& p : pieces) {
-            dst.push_back({op->buffers->base(p.buffer) + p.offset, p.length});
-          }
-          record(i, LoadFromCluster(op->ns_name, op->ns, op->keys[i], dst,
-                                    store_.Get(op->ns, op->keys[i], dst)));
-        }
-      }
-    }
-    if (!sent) reply();
-    finish();
-  });
+  executor_([this, op] { RunLoadStore(*op); });
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::vector<PageKey>> Dispatcher::CheckLoadStore(const Session& s,
+                                                                const wire::Request& req) const {
+  const bool is_store = req.body_case() == wire::Request::kStore;
+  const auto& words = is_store ? req.store().key_words() : req.load().key_words();
+  const auto& blocks = is_store ? req.store().block_ids() : req.load().block_ids();
+  if (s.buffers == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(is_store ? "Store" : "Load", " before RegisterBuffers"));
+  }
+  std::vector<PageKey> keys;
+  RETURN_IF_ERROR(Keys(words, keys));
+  if (static_cast<size_t>(blocks.size()) != keys.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(keys.size(), " keys but ", blocks.size(), " block ids"));
+  }
+  if (is_store) {
+    const wire::Store& st = req.store();
+    if (!st.class_hints().empty() && st.class_hints().size() != keys.size()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(st.class_hints().size(), " class hints for ", keys.size(), " pages"));
+    }
+    for (char c : st.class_hints()) {
+      if (!wire::PageClassCode_IsValid(static_cast<uint8_t>(c))) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("class hint ", static_cast<int>(c), " is not UNKNOWN, SINK or SEMANTIC"));
+      }
+    }
+    RETURN_IF_ERROR(CheckStats(st.stats(), keys.size()));
+  }
+  return keys;
+}
+
+absl::Status Dispatcher::AdmitOp(Session& s, bool is_store) {
+  const uint32_t inflight = s.inflight.load(std::memory_order_relaxed);
+  if (inflight >= config_.limits.max_inflight_ops) {
+    return QuotaExceeded(QuotaKind::kInflightOps,
+                         absl::StrCat(inflight,
+                                      " operations in flight on this connection; "
+                                      "limits.max_inflight_ops is ",
+                                      config_.limits.max_inflight_ops));
+  }
+  s.inflight.fetch_add(1, std::memory_order_relaxed);
+  counters_.inflight_ops.fetch_add(1, std::memory_order_relaxed);
+  (is_store ? counters_.stores : counters_.loads).fetch_add(1, std::memory_order_relaxed);
+  return absl::OkStatus();
+}
+
+void Dispatcher::RunLoadStore(LoadStoreOp& op) {
+  Session& s = *op.session;
+  if (!s.ended.load(std::memory_order_acquire)) {
+    op.resp.set_id(op.id);
+    const size_t n = op.keys.size();
+    op.pages().mutable_codes()->Resize(static_cast<int>(n), 0);
+    op.pages().mutable_tiers()->assign(n, static_cast<char>(0xff));
+    if (const GpuWorkerBuffers* gpu = op.buffers->gpu(); gpu != nullptr) {
+      CopyGpu(op, *gpu);
+    } else if (op.is_store && op.buffers->fd_buffers().empty()) {
+      StoreMapped(op);
+    } else {
+      CopyPerPage(op);
+    }
+    if (!op.sent) SendPages(op);
+  } else {
+    // The worker is gone: nobody will read these pages, so the copy is not made.
+    counters_.ops_cancelled.fetch_add(1, std::memory_order_relaxed);
+  }
+  s.inflight.fetch_sub(1, std::memory_order_relaxed);
+  counters_.inflight_ops.fetch_sub(1, std::memory_order_relaxed);
+}
+
+void Dispatcher::CopyGpu(LoadStoreOp& op, const GpuWorkerBuffers& gpu) {
+  op.pages().set_cuda_event_handle(gpu.event_handle());
+  const GpuPageBatch batch{op.ns, &op.layout, op.keys, op.blocks};
+  auto record = [&op](size_t i, const absl::StatusOr<Tier>& tier) { op.Record(i, tier); };
+  if (op.is_store) {
+    auto put = [this, &op](size_t i, absl::Span<const ConstBuffer> src) {
+      return PutPage(op, i, src);
+    };
+    gpu_->Store(gpu, batch, op.wait_event, put, record);
+  } else {
+    gpu_->Load(gpu, batch, op.reply_when_enqueued, record, [this, &op] { SendPages(op); });
+  }
+}
+
+void Dispatcher::StoreMapped(LoadStoreOp& op) {
+  // Mapped worker buffers: the whole request is one PutBatch, so each tier is written once (an
+  // NVMe batch pays one fdatasync and one index sync, not one per page).
+  const size_t n = op.keys.size();
+  const size_t per_page = op.layout.pieces_per_page();
+  std::vector<Piece> pieces;
+  std::vector<ConstBuffer> src;
+  src.reserve(n * per_page);
+  std::vector<std::pair<size_t, size_t>> spans(n);  // (first piece, pieces) of each page
+  std::vector<absl::StatusOr<Tier>> outcome(n);
+  std::vector<PutRequest> batch;
+  std::vector<size_t> batched;  // which page each batch entry is
+  for (size_t i = 0; i < n; ++i) {
+    pieces.clear();
+    if (absl::Status placed = op.layout.AppendPieces(op.blocks[i], pieces); !placed.ok()) {
+      outcome[i] = placed;
+      continue;
+    }
+    spans[i] = {src.size(), pieces.size()};
+    for (const Piece& p : pieces) {
+      src.push_back({op.buffers->base(p.buffer) + p.offset, p.length});
+    }
+    batched.push_back(i);
+  }
+  batch.reserve(batched.size());
+  for (size_t i : batched) {  // spans into `src` once it no longer grows
+    batch.push_back(PutRequest{op.keys[i],
+                               absl::MakeConstSpan(src).subspan(spans[i].first, spans[i].second),
+                               op.PutOptionsFor(i)});
+  }
+  std::vector<absl::StatusOr<Tier>> results(batch.size());
+  store_.PutBatch(op.ns, batch, absl::MakeSpan(results));
+  for (size_t k = 0; k < batched.size(); ++k) {
+    outcome[batched[k]] = AfterStore(op, batched[k], std::move(results[k]));
+  }
+  for (size_t i = 0; i < n; ++i) op.Record(i, outcome[i]);
+}
+
+void Dispatcher::CopyPerPage(LoadStoreOp& op) {
+  std::vector<Piece> pieces;
+  pieces.reserve(op.layout.pieces_per_page());
+  std::vector<MutableBuffer> dst;
+  dst.reserve(op.layout.pieces_per_page());
+  for (size_t i = 0; i < op.keys.size(); ++i) {
+    pieces.clear();
+    const absl::Status placed = op.layout.AppendPieces(op.blocks[i], pieces);
+    if (!placed.ok()) {
+      op.Record(i, placed);
+    } else if (!op.buffers->fd_buffers().empty()) {
+      op.Record(i, CopyThroughFds(op, i, pieces));
+    } else {  // a load into mapped buffers (their stores are batched: StoreMapped)
+      dst.clear();
+      for (const Piece& p : pieces) {
+        dst.push_back({op.buffers->base(p.buffer) + p.offset, p.length});
+      }
+      op.Record(i, LoadFromCluster(op.ns_name, op.ns, op.keys[i], dst,
+                                   store_.Get(op.ns, op.keys[i], dst)));
+    }
+  }
+}
+
+absl::StatusOr<Tier> Dispatcher::CopyThroughFds(LoadStoreOp& op, size_t i,
+                                                absl::Span<const Piece> pieces) {
+  // Buffers that may shrink (daemon/fd_buffer.h): the page is staged here and its pieces are
+  // copied with pread/pwrite, so a shrink fails the page instead of faulting the daemon.
+  thread_local std::vector<std::byte> staging;
+  staging.resize(op.layout.page_bytes());
+  const MutableBuffer page{staging.data(), staging.size()};
+  const ConstBuffer page_in{staging.data(), staging.size()};
+  const absl::Span<const FdBuffer> buffers = op.buffers->fd_buffers();
+  if (op.is_store) {
+    RETURN_IF_ERROR(ReadPieces(buffers, pieces, page));
+    return PutPage(op, i, {&page_in, 1});
+  }
+  ASSIGN_OR_RETURN(const Tier tier, LoadFromCluster(op.ns_name, op.ns, op.keys[i], {&page, 1},
+                                                    store_.Get(op.ns, op.keys[i], {&page, 1})));
+  RETURN_IF_ERROR(WritePieces(buffers, pieces, page_in));
+  return tier;
+}
+
+absl::StatusOr<Tier> Dispatcher::PutPage(LoadStoreOp& op, size_t i,
+                                         absl::Span<const ConstBuffer> src) {
+  return AfterStore(op, i, store_.Put(op.ns, op.keys[i], src, op.PutOptionsFor(i)));
+}
+
+absl::StatusOr<Tier> Dispatcher::AfterStore(LoadStoreOp& op, size_t i, absl::StatusOr<Tier> tier) {
+  if (tier.ok()) AnnounceToCluster(op.ns_name, op.ns, op.keys[i]);
+  if (tier.ok() && HasStats(op.stats) &&
+      store_.ReportAttention(op.ns, op.keys[i], SampleAt(op.stats, static_cast<int>(i))).ok()) {
+    // The page is stored; a racing eviction only loses the sample or its class.
+    ClassifyAfterReport(store_, op.ns, op.keys[i], classifier_).IgnoreError();
+  }
+  return tier;
+}
+
+void Dispatcher::SendPages(LoadStoreOp& op) {
+  op.pages().set_ok_pages(op.ok);
+  if (metrics_ != nullptr) {
+    metrics_->Request(op.is_store ? RpcOp::kStore : RpcOp::kLoad, SecondsSince(op.submitted_ns),
+                      op.ok == op.keys.size());
+  }
+  op.session->Send(op.resp);
+  op.sent = true;
+}
+
+// ---- Report, Pin, Unpin, Release ----
+
 absl::Status Dispatcher::HandleReport(Session& s, const wire::Report& r, wire::CountReply& out) {
   std::vector<PageKey> keys;
-  if (absl::Status st = Keys(r.key_words(), keys); !st.ok()) return st;
-  if (absl::Status st = CheckStats(r.stats(), keys.size()); !st.ok()) return st;
+  RETURN_IF_ERROR(Keys(r.key_words(), keys));
+  RETURN_IF_ERROR(CheckStats(r.stats(), keys.size()));
   uint32_t applied = 0;
   for (size_t i = 0; i < keys.size(); ++i) {
     if (store_.ReportAttention(s.ns, keys[i], SampleAt(r.stats(), static_cast<int>(i))).ok()) {
@@ -816,7 +899,7 @@ absl::Status Dispatcher::HandleReport(Session& s, const wire::Report& r, wire::C
 
 absl::Status Dispatcher::HandlePin(Session& s, const wire::Pin& r) {
   std::vector<PageKey> keys;
-  if (absl::Status st = Keys(r.key_words(), keys); !st.ok()) return st;
+  RETURN_IF_ERROR(Keys(r.key_words(), keys));
   if (s.pinned + keys.size() > config_.limits.max_pinned_pages) {
     return QuotaExceeded(
         QuotaKind::kPinnedPages,
@@ -843,7 +926,7 @@ absl::Status Dispatcher::HandlePin(Session& s, const wire::Pin& r) {
 
 absl::Status Dispatcher::HandleUnpin(Session& s, const wire::Unpin& r) {
   std::vector<PageKey> keys;
-  if (absl::Status st = Keys(r.key_words(), keys); !st.ok()) return st;
+  RETURN_IF_ERROR(Keys(r.key_words(), keys));
   absl::flat_hash_map<PageKey, uint32_t> want;
   for (const PageKey& k : keys) ++want[k];
   for (const auto& [k, n] : want) {
@@ -853,7 +936,7 @@ absl::Status Dispatcher::HandleUnpin(Session& s, const wire::Unpin& r) {
           absl::StrCat("page ", k.ToHex(), " is not pinned ", n, " times by this connection"));
     }
   }
-  if (absl::Status st = store_.Unpin(s.ns, keys); !st.ok()) return st;
+  RETURN_IF_ERROR(store_.Unpin(s.ns, keys));
   for (const auto& [k, n] : want) {
     auto it = s.pins.find(k);
     if ((it->second -= n) == 0) s.pins.erase(it);
@@ -867,7 +950,7 @@ absl::Status Dispatcher::HandleUnpin(Session& s, const wire::Unpin& r) {
 
 absl::Status Dispatcher::HandleRelease(Session& s, const wire::Release& r, wire::CountReply& out) {
   std::vector<PageKey> keys;
-  if (absl::Status st = Keys(r.key_words(), keys); !st.ok()) return st;
+  RETURN_IF_ERROR(Keys(r.key_words(), keys));
   std::vector<PageKey> unpin;
   if (keys.empty()) {
     for (const auto& [k, n] : s.pins) unpin.insert(unpin.end(), n, k);
@@ -881,7 +964,7 @@ absl::Status Dispatcher::HandleRelease(Session& s, const wire::Release& r, wire:
     }
   }
   // Pins held by a session are store pins on pages that cannot be evicted, so Unpin succeeds.
-  if (absl::Status st = store_.Unpin(s.ns, unpin); !st.ok()) return st;
+  RETURN_IF_ERROR(store_.Unpin(s.ns, unpin));
   s.pinned -= static_cast<uint32_t>(unpin.size());
   counters_.pinned_pages.fetch_sub(static_cast<uint32_t>(unpin.size()), std::memory_order_relaxed);
   {
@@ -925,7 +1008,7 @@ void Dispatcher::FillStatus(wire::StatusReply& out) const {
   out.set_hbm_backend(std::string(store_.hbm_backend()));
   out.set_policy(std::string(store_.policy_name()));
   out.set_page_bytes(store_.page_bytes());
-  for (Tier t : {Tier::kHbm, Tier::kDram, Tier::kNvme}) {
+  for (Tier t : kAllTiers) {
     if (store_.has_tier(t)) FillTier(store_, t, *out.add_tiers());
   }
   absl::MutexLock lock(&mu_);
@@ -933,7 +1016,7 @@ void Dispatcher::FillStatus(wire::StatusReply& out) const {
 }
 
 void Dispatcher::FillStats(wire::StatsReply& out) const {
-  for (Tier t : {Tier::kHbm, Tier::kDram, Tier::kNvme}) {
+  for (Tier t : kAllTiers) {
     if (store_.has_tier(t)) FillTier(store_, t, *out.add_tiers());
   }
   const StoreCounters c = store_.Counters();

@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 
 namespace kvtier {
 namespace {
@@ -45,7 +46,7 @@ absl::StatusOr<bool> SealedAgainstShrinking(int fd) {
 
 absl::Status ReadPieces(absl::Span<const FdBuffer> buffers, absl::Span<const Piece> pieces,
                         MutableBuffer page) {
-  if (absl::Status s = CheckPieces(buffers, pieces, page.size); !s.ok()) return s;
+  RETURN_IF_ERROR(CheckPieces(buffers, pieces, page.size));
   for (const Piece& p : pieces) {
     const int fd = buffers[p.buffer].fd.get();
     uint64_t done = 0;
@@ -69,7 +70,7 @@ absl::Status ReadPieces(absl::Span<const FdBuffer> buffers, absl::Span<const Pie
 
 absl::Status WritePieces(absl::Span<const FdBuffer> buffers, absl::Span<const Piece> pieces,
                          ConstBuffer page) {
-  if (absl::Status s = CheckPieces(buffers, pieces, page.size); !s.ok()) return s;
+  RETURN_IF_ERROR(CheckPieces(buffers, pieces, page.size));
   for (const Piece& p : pieces) {
     struct stat st {};
     if (::fstat(buffers[p.buffer].fd.get(), &st) != 0) {

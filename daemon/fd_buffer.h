@@ -13,7 +13,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
-#include "client/unique_fd.h"
+#include "base/unique_fd.h"
 #include "tiering/layout.h"
 #include "tiering/types.h"
 

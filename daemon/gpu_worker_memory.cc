@@ -15,6 +15,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "base/status_macros.h"
 #include "kernels/copy_batch.h"
 #include "tiering/clock.h"
 #include "tiering/copy_plan.h"
@@ -104,7 +105,7 @@ GpuWorkers::~GpuWorkers() = default;
 absl::StatusOr<std::shared_ptr<const GpuWorkerBuffers>> GpuWorkers::Open(const Layout& layout,
                                                                          GpuBufferRequest request) {
   // NOLINTEND(performance-unnecessary-value-param)
-  if (absl::Status s = CheckGpuBufferRequest(layout, request); !s.ok()) return s;
+  RETURN_IF_ERROR(CheckGpuBufferRequest(layout, request));
   return absl::FailedPreconditionError(
       "GPU buffers cannot be registered: this kvtierd was built without CUDA "
       "(KVTIER_CUDA=OFF or no nvcc); register memfd buffers");
@@ -601,7 +602,7 @@ absl::Status GpuWorkers::Impl::LaunchPages(GpuDevice& dev,
   const size_t table_bytes =
       pieces.size() * sizeof(kernels::PagedPiece) + pages.size() * sizeof(kernels::PagedPage);
   const size_t units = PagedTableUnits(pages.size(), 1, pieces.size());
-  if (absl::Status s = ReserveDescriptors(dev, units); !s.ok()) return s;
+  RETURN_IF_ERROR(ReserveDescriptors(dev, units));
   auto* host_pieces = reinterpret_cast<kernels::PagedPiece*>(dev.host_descs + dev.descs_used);
   std::copy(pieces.begin(), pieces.end(), host_pieces);
   auto* host_pages = reinterpret_cast<kernels::PagedPage*>(host_pieces + pieces.size());
@@ -647,8 +648,8 @@ absl::StatusOr<std::shared_ptr<const GpuWorkerBuffers>> GpuWorkers::Open(const L
   {
     absl::MutexLock lock(&impl_->mu);
     // The request's own mistakes first, so that a daemon without a GPU reports them too.
-    if (absl::Status s = CheckGpuBufferRequest(layout, r); !s.ok()) return s;
-    if (absl::Status s = impl_->Probe(); !s.ok()) return s;
+    RETURN_IF_ERROR(CheckGpuBufferRequest(layout, r));
+    RETURN_IF_ERROR(impl_->Probe());
     for (size_t i = 0; i < impl_->uuids.size(); ++i) {
       if (impl_->uuids[i] == r.device_uuid) ordinal = static_cast<int>(i);
     }

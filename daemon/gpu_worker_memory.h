@@ -46,7 +46,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
-#include "client/unique_fd.h"
+#include "base/unique_fd.h"
 #include "daemon/config.h"
 #include "tiering/copy_plan.h"
 #include "tiering/layout.h"

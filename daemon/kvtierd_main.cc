@@ -20,7 +20,8 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
-#include "client/unique_fd.h"
+#include "base/status_macros.h"
+#include "base/unique_fd.h"
 #include "daemon/cluster_node.h"
 #include "daemon/config.h"
 #include "daemon/data_dir.h"
@@ -66,7 +67,7 @@ absl::StatusOr<DaemonConfig> LoadConfig() {
   }
   if (std::string v = absl::GetFlag(FLAGS_socket_path); !v.empty()) config.socket_path = v;
   if (std::string v = absl::GetFlag(FLAGS_data_dir); !v.empty()) config.data_dir = v;
-  if (absl::Status s = kvtier::ValidateConfig(config); !s.ok()) return s;
+  RETURN_IF_ERROR(kvtier::ValidateConfig(config));
   return config;
 }
 

@@ -6,19 +6,17 @@
 
 #include <cerrno>
 #include <cstdint>
-#include <cstring>
 
-#include "absl/strings/str_cat.h"
 #include "absl/types/span.h"
-#include "client/seqpacket.h"
+#include "base/errno_status.h"
+#include "base/seqpacket.h"
 
 namespace kvtier {
 
 absl::StatusOr<std::shared_ptr<ReplyChannel>> ReplyChannel::Create(UniqueFd&& socket,
                                                                    size_t max_pending_bytes) {
   UniqueFd wake(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
-  if (!wake.valid())
-    return absl::ResourceExhaustedError(absl::StrCat("eventfd: ", std::strerror(errno)));
+  if (!wake.valid()) return ErrnoStatus(errno, "eventfd");
   return std::shared_ptr<ReplyChannel>(
       new ReplyChannel(std::move(socket), std::move(wake), max_pending_bytes));
 }

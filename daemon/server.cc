@@ -15,7 +15,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
-#include "client/seqpacket.h"
+#include "base/errno_status.h"
+#include "base/seqpacket.h"
+#include "base/status_macros.h"
 #include "daemon/data_dir.h"
 #include "tiering/clock.h"
 #include "tiering/policy/planner.h"
@@ -58,8 +60,9 @@ class ReceiveBuffer {
     void* p = ::mmap(nullptr, mapped_, PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (p == MAP_FAILED) {
-      throw std::runtime_error(
-          absl::StrCat("mmap of a ", mapped_, "-byte receive buffer: ", std::strerror(errno)));
+      throw std::runtime_error(std::string(
+          ErrnoStatus(errno, absl::StrCat("mmap of a ", mapped_, "-byte receive buffer"))
+              .message()));
     }
     data_ = static_cast<char*>(p);
   }
@@ -136,8 +139,7 @@ void WorkerPool::Loop() {
 
 absl::Status EnsureDataDir(const std::string& dir) {
   if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("data_dir: cannot create '", dir, "': ", std::strerror(errno)));
+    return ErrnoStatus(errno, absl::StrCat("data_dir: cannot create '", dir, "'"));
   }
   return absl::OkStatus();
 }
@@ -150,23 +152,19 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const DaemonConfig& confi
     return absl::FailedPreconditionError(
         absl::StrCat("socket_path: another kvtierd is serving '", path, "'"));
   }
-  if (absl::Status s = RemoveStaleSocket(path); !s.ok()) return s;
+  RETURN_IF_ERROR(RemoveStaleSocket(path));
   UniqueFd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
-  if (!fd.valid()) return absl::InternalError(absl::StrCat("socket: ", std::strerror(errno)));
+  if (!fd.valid()) return ErrnoStatus(errno, "socket");
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   std::memcpy(addr.sun_path, path.data(), path.size());
   if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("socket_path: bind '", path, "': ", std::strerror(errno)));
+    return ErrnoStatus(errno, absl::StrCat("socket_path: bind '", path, "'"));
   }
   if (::chmod(path.c_str(), config.socket_mode) != 0) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("socket_mode: chmod '", path, "': ", std::strerror(errno)));
+    return ErrnoStatus(errno, absl::StrCat("socket_mode: chmod '", path, "'"));
   }
-  if (::listen(fd.get(), 128) != 0) {
-    return absl::InternalError(absl::StrCat("listen: ", std::strerror(errno)));
-  }
+  if (::listen(fd.get(), 128) != 0) return ErrnoStatus(errno, "listen");
   return std::unique_ptr<Server>(new Server(config, store, std::move(fd), metrics));
 }
 
@@ -218,7 +216,7 @@ absl::Status Server::Serve(int stop_fd) {
     pollfd fds[2] = {{listener_.get(), POLLIN, 0}, {stop_fd, POLLIN, 0}};
     if (::poll(fds, 2, -1) < 0) {
       if (errno == EINTR) continue;
-      result = absl::InternalError(absl::StrCat("poll: ", std::strerror(errno)));
+      result = ErrnoStatus(errno, "poll");
       break;
     }
     if (fds[1].revents != 0) break;
@@ -391,7 +389,7 @@ void Server::ConnectionLoop(const std::shared_ptr<Session>& session, ReplyChanne
                      {channel.wake_fd(), POLLIN, 0}};
     const int ready = ::poll(fds, 2, timeout_ms);
     if (ready < 0 && errno != EINTR) {
-      throw std::runtime_error(absl::StrCat("poll: ", std::strerror(errno)));
+      throw std::runtime_error(std::string(ErrnoStatus(errno, "poll").message()));
     }
     if (ready <= 0) continue;
     if (fds[1].revents != 0) channel.ClearWake();

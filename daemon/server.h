@@ -29,7 +29,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
-#include "client/unique_fd.h"
+#include "base/unique_fd.h"
 #include "daemon/config.h"
 #include "daemon/connection_limits.h"
 #include "daemon/dispatcher.h"

@@ -21,7 +21,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
-#include "client/client.h"
+#include "base/mapping.h"
 #include "client/proto/kvtier.pb.h"
 #include "daemon/fd_buffer.h"
 #include "tiering/layout.h"

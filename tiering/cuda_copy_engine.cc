@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "tiering/copy_plan.h"
 
 namespace kvtier {
@@ -93,8 +94,8 @@ absl::StatusOr<std::unique_ptr<CudaCopyEngine>> CudaCopyEngine::Create(
         "device_to_device alone");
   }
   std::unique_ptr<CudaCopyEngine> engine(new CudaCopyEngine(options));
-  if (absl::Status s = engine->Init(); !s.ok()) return s;
-  if (absl::Status s = engine->Calibrate(); !s.ok()) return s;
+  RETURN_IF_ERROR(engine->Init());
+  RETURN_IF_ERROR(engine->Calibrate());
   return engine;
 }
 
@@ -251,7 +252,7 @@ absl::Status CudaCopyEngine::Copy(absl::Span<const CopyOp> ops) {
   }
   if (!pageable.empty()) {
     CountFallback(pageable.size(), "pageable host memory cannot be read by the copy kernel");
-    if (absl::Status s = RunPerRun(pageable); !s.ok()) return s;
+    RETURN_IF_ERROR(RunPerRun(pageable));
   }
   return Sync();
 }
@@ -264,7 +265,7 @@ absl::Status CudaCopyEngine::CopyWith(CopyRoute route, CudaCopyMethod method,
     for (const CopyOp& op : ops) bytes += op.bytes;
     method = MethodFor(route, ops.empty() ? 0 : bytes / ops.size());
   }
-  if (absl::Status s = RunLocked(route, method, ops); !s.ok()) return s;
+  RETURN_IF_ERROR(RunLocked(route, method, ops));
   return Sync();
 }
 
@@ -365,12 +366,12 @@ absl::Status CudaCopyEngine::RunKernel(CopyRoute route, absl::Span<const CopyOp>
     staging_[staged++] = kernels::CopyDescriptor{op.src, op.dst, op.bytes};
     max_piece = std::max<uint64_t>(max_piece, op.bytes);
     if (staged - begin == target || staged == capacity) {
-      if (absl::Status s = launch(); !s.ok()) return s;
+      RETURN_IF_ERROR(launch());
     }
   }
-  if (absl::Status s = launch(); !s.ok()) return s;
+  RETURN_IF_ERROR(launch());
   // Drained before returning, as every launch used to be: the next call stages from slot 0 again.
-  if (absl::Status s = Sync(); !s.ok()) return s;
+  RETURN_IF_ERROR(Sync());
   if (!unaligned_.empty()) {
     CountFallback(unaligned_.size(), "copy ops not 16-byte aligned cannot take the copy kernel");
     return RunPerRun(unaligned_);
@@ -472,10 +473,10 @@ absl::Status CudaCopyEngine::Calibrate() {
             if (methods[m] != CudaCopyMethod::kKernelBulk || !absl::IsFailedPrecondition(s)) {
               return s;
             }
-            if (absl::Status sync = Sync(); !sync.ok()) return sync;
+            RETURN_IF_ERROR(Sync());
             break;
           }
-          if (absl::Status s = Sync(); !s.ok()) return s;
+          RETURN_IF_ERROR(Sync());
           const auto t1 = std::chrono::steady_clock::now();
           if (rep > 0) secs.push_back(std::chrono::duration<double>(t1 - t0).count());
         }

@@ -5,9 +5,13 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstring>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "base/errno_status.h"
+#include "base/memfd.h"
+#include "base/status_macros.h"
+#include "base/unique_fd.h"
 #include "tiering/internal/cuda_runtime.h"
 
 namespace kvtier {
@@ -18,29 +22,25 @@ size_t RoundUpToOsPage(size_t bytes) {
   return (bytes + page - 1) / page * page;
 }
 
-absl::Status ErrnoError(absl::string_view what) {
-  return absl::InternalError(absl::StrCat(what, ": ", absl::string_view(std::strerror(errno))));
-}
-
 // Owns an fd, an mmap of it, and (optionally) its CUDA host registration.
 class MemfdRegion final : public MemoryRegion {
  public:
-  MemfdRegion(int fd, std::byte* data, size_t size) : fd_(fd), data_(data), size_(size) {}
+  MemfdRegion(UniqueFd fd, std::byte* data, size_t size)
+      : fd_(std::move(fd)), data_(data), size_(size) {}
   ~MemfdRegion() override {
     if (pinned_) internal::CudaHostUnregister(data_);
     munmap(data_, size_);
-    close(fd_);
   }
   std::byte* data() const override { return data_; }
   size_t size() const override { return size_; }
   MemoryKind kind() const override { return MemoryKind::kHost; }
   absl::string_view backend() const override { return "memfd"; }
-  int fd() const override { return fd_; }
+  int fd() const override { return fd_.get(); }
   bool pinned() const override { return pinned_; }
   void set_pinned(bool p) { pinned_ = p; }
 
  private:
-  int fd_;
+  UniqueFd fd_;  // closed after the unmapping above
   std::byte* data_;
   size_t size_;
   bool pinned_ = false;
@@ -82,27 +82,13 @@ absl::StatusOr<std::unique_ptr<MemoryRegion>> CreateMemfdRegion(absl::string_vie
   if (bytes == 0) return absl::InvalidArgumentError("memfd region of 0 bytes");
   const size_t size = RoundUpToOsPage(bytes);
   const std::string fd_name = absl::StrCat("kvtier-", name);
-  int fd = memfd_create(fd_name.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING);
-  if (fd < 0) return ErrnoError("memfd_create");
-  if (ftruncate(fd, static_cast<off_t>(size)) != 0) {
-    absl::Status s = ErrnoError(absl::StrCat("ftruncate memfd to ", size, " bytes"));
-    close(fd);
-    return s;
-  }
   // Workers map this fd; sealing stops anyone from shrinking it under the daemon's feet.
-  if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
-    absl::Status s = ErrnoError("seal memfd");
-    close(fd);
-    return s;
-  }
+  ASSIGN_OR_RETURN(UniqueFd fd,
+                   CreateMemfd(fd_name, size, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL));
   // MAP_POPULATE: fault every page in now, not on the first page copy of the data path.
-  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
-  if (p == MAP_FAILED) {
-    absl::Status s = ErrnoError(absl::StrCat("mmap memfd of ", size, " bytes"));
-    close(fd);
-    return s;
-  }
-  auto region = std::make_unique<MemfdRegion>(fd, static_cast<std::byte*>(p), size);
+  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd.get(), 0);
+  if (p == MAP_FAILED) return ErrnoStatus(errno, absl::StrCat("mmap memfd of ", size, " bytes"));
+  auto region = std::make_unique<MemfdRegion>(std::move(fd), static_cast<std::byte*>(p), size);
   if (pin_for_cuda && CudaDeviceAvailable()) {
     region->set_pinned(internal::CudaHostRegister(p, size).ok());
   }
@@ -114,7 +100,7 @@ absl::StatusOr<std::unique_ptr<MemoryRegion>> CreateHostEmulatedDeviceRegion(siz
   const size_t size = RoundUpToOsPage(bytes);
   void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE,
                  -1, 0);
-  if (p == MAP_FAILED) return ErrnoError(absl::StrCat("mmap ", size, " bytes"));
+  if (p == MAP_FAILED) return ErrnoStatus(errno, absl::StrCat("mmap ", size, " bytes"));
   return std::make_unique<AnonymousRegion>(static_cast<std::byte*>(p), size);
 }
 

@@ -33,7 +33,7 @@ struct TieredStore::Counters_ {
   std::atomic<uint64_t> misses{0};
   std::atomic<uint64_t> puts{0};
   std::atomic<uint64_t> put_duplicates{0};
-  std::array<std::array<std::atomic<uint64_t>, 3>, kNumTiers> evictions{};
+  std::array<std::array<std::atomic<uint64_t>, kNumPageClasses>, kNumTiers> evictions{};
   std::array<std::array<std::atomic<uint64_t>, kNumTiers>, kNumTiers> migrations{};
   std::array<std::array<std::atomic<uint64_t>, kNumTiers>, kNumTiers> migrated_bytes{};
   std::atomic<uint64_t> sink_overflows{0};
@@ -42,8 +42,6 @@ struct TieredStore::Counters_ {
 };
 
 namespace {
-
-constexpr std::array<Tier, kNumTiers> kAllTiers = {Tier::kHbm, Tier::kDram, Tier::kNvme};
 
 void Bump(std::atomic<uint64_t>& c, uint64_t n = 1) { c.fetch_add(n, std::memory_order_relaxed); }
 
@@ -469,22 +467,34 @@ absl::Status TieredStore::CopyBetween(TierBackend& from, uint32_t from_slot, Tie
 }
 
 absl::Status TieredStore::MoveLocked(const PageKey& key, Tier to, bool into_sink_slot, int depth) {
+  absl::StatusOr<std::optional<PendingMove>> begun =
+      BeginMoveLocked(key, to, into_sink_slot, depth);
+  if (!begun.ok()) return begun.status();
+  if (!begun->has_value()) return absl::OkStatus();  // already there
+  const PendingMove& m = **begun;
+  return EndMoveLocked(m, CopyBetween(*backends_[TierIndex(m.from.tier)], m.from.slot,
+                                      *backends_[TierIndex(to)], m.slot, m.meta));
+}
+
+absl::StatusOr<std::optional<TieredStore::PendingMove>> TieredStore::BeginMoveLocked(
+    const PageKey& key, Tier to, bool into_sink_slot, int depth) {
   std::optional<PageEntry> found = index_.Find(key);
   if (!found.has_value()) return NotFound(key);
   const PageEntry e = *found;
-  if (e.tier == to && e.in_sink_slot == into_sink_slot) return absl::OkStatus();
+  if (e.tier == to && e.in_sink_slot == into_sink_slot) return std::nullopt;
   if (e.pin_count > 0 || e.state != PageState::kReady) {
     return absl::FailedPreconditionError(absl::StrCat("page ", key.ToHex(), " is pinned"));
   }
   if (backends_[TierIndex(to)] == nullptr) {
     return absl::FailedPreconditionError(absl::StrCat("no ", TierName(to), " tier"));
   }
-  // Keep the page from being chosen again while room is made below it.
+  // Keep the page from being chosen again while room is made below it, and (in a batch) while
+  // the other pages of the batch make theirs: it stays where it is until EndMoveLocked.
   index_.Update(key, [](PageEntry& x) { ++x.pin_count; });
   std::optional<uint32_t> slot =
       into_sink_slot ? AcquireSinkSlot(e.ns) : AcquireSemanticSlot(to, depth);
-  index_.Update(key, [](PageEntry& x) { ReleasePin(x); });
   if (!slot.has_value()) {
+    index_.Update(key, [](PageEntry& x) { ReleasePin(x); });
     return absl::ResourceExhaustedError(
         absl::StrCat("no room in ", TierName(to), " for page ", key.ToHex()));
   }
@@ -495,29 +505,102 @@ absl::Status TieredStore::MoveLocked(const PageKey& key, Tier to, bool into_sink
                       e.ns < namespaces_.size() ? namespaces_[e.ns].salt : PageKey{},
                       e.stats.frequency,
                       e.stats.access_count};
-  absl::Status copied =
-      CopyBetween(*backends_[TierIndex(e.tier)], e.slot, *backends_[TierIndex(to)], *slot, meta);
+  return PendingMove{key, e, to, *slot, into_sink_slot, meta};
+}
+
+absl::Status TieredStore::EndMoveLocked(const PendingMove& m, const absl::Status& copied) {
+  const PageKey& key = m.key;
+  const PageEntry& e = m.from;
+  const Tier to = m.to;
+  index_.Update(key, [](PageEntry& x) { ReleasePin(x); });
   if (!copied.ok()) {
-    ReleaseSlot(to, *slot, into_sink_slot, e.ns);
+    ReleaseSlot(to, m.slot, m.into_sink_slot, e.ns);
     Bump(counters_->io_errors[TierIndex(to)]);
     return copied;
   }
   ReleaseSlot(e.tier, e.slot, e.in_sink_slot, e.ns);
   if (e.in_sink_slot) std::erase(namespaces_[e.ns].sinks_in_slots, key);
-  if (into_sink_slot) namespaces_[e.ns].sinks_in_slots.push_back(key);
+  if (m.into_sink_slot) namespaces_[e.ns].sinks_in_slots.push_back(key);
   PageEntry moved;
   index_.Update(key, [&](PageEntry& x) {
     x.tier = to;
-    x.slot = *slot;
-    x.in_sink_slot = into_sink_slot;
+    x.slot = m.slot;
+    x.in_sink_slot = m.into_sink_slot;
     moved = x;
   });
-  --pages_by_class_[TierIndex(e.tier)][static_cast<int>(e.cls)];
-  ++pages_by_class_[TierIndex(to)][static_cast<int>(e.cls)];
+  --pages_by_class_[TierIndex(e.tier)][PageClassIndex(e.cls)];
+  ++pages_by_class_[TierIndex(to)][PageClassIndex(e.cls)];
   Bump(counters_->migrations[TierIndex(e.tier)][TierIndex(to)]);
   Bump(counters_->migrated_bytes[TierIndex(e.tier)][TierIndex(to)], options_.page_bytes);
   policy_->OnMove(key, e.tier, moved);
   return absl::OkStatus();
+}
+
+void TieredStore::CopyMovesLocked(absl::Span<const PendingMove> moves,
+                                  absl::Span<absl::Status> copied) {
+  // Per route, the side the CPU can address is the other side's source or destination, so the
+  // route is one Write (or one Read) of all its pages: a persistent tier syncs once per call.
+  std::vector<size_t> route;
+  std::vector<ConstBuffer> in;
+  std::vector<MutableBuffer> out;
+  std::vector<SlotWrite> writes;
+  std::vector<SlotRead> reads;
+  std::vector<absl::Status> results;
+  for (Tier from_tier : kAllTiers) {
+    for (Tier to_tier : kAllTiers) {
+      route.clear();
+      for (size_t i = 0; i < moves.size(); ++i) {
+        if (moves[i].from.tier == from_tier && moves[i].to == to_tier) route.push_back(i);
+      }
+      if (route.empty()) continue;
+      TierBackend& from = *backends_[TierIndex(from_tier)];
+      TierBackend& to = *backends_[TierIndex(to_tier)];
+      const uint64_t bytes = options_.page_bytes;
+      results.assign(route.size(), absl::OkStatus());
+      if (from.HostSlot(moves[route[0]].from.slot) != nullptr) {
+        in.clear();
+        writes.clear();
+        in.reserve(route.size());  // the writes' spans point into `in`
+        for (size_t i : route) in.push_back(ConstBuffer{from.HostSlot(moves[i].from.slot), bytes});
+        for (size_t k = 0; k < route.size(); ++k) {
+          const PendingMove& m = moves[route[k]];
+          writes.push_back(SlotWrite{m.slot, m.meta, absl::MakeConstSpan(&in[k], 1)});
+        }
+        to.Write(writes, absl::MakeSpan(results));
+      } else if (to.HostSlot(moves[route[0]].slot) != nullptr) {
+        out.clear();
+        reads.clear();
+        out.reserve(route.size());
+        for (size_t i : route) out.push_back(MutableBuffer{to.HostSlot(moves[i].slot), bytes});
+        for (size_t k = 0; k < route.size(); ++k) {
+          const PendingMove& m = moves[route[k]];
+          reads.push_back(SlotRead{m.from.slot, m.meta, absl::MakeConstSpan(&out[k], 1)});
+        }
+        from.Read(reads, absl::MakeSpan(results));
+      } else {  // neither side host-addressable: through the bounce buffer, a page at a time
+        for (size_t k = 0; k < route.size(); ++k) {
+          const PendingMove& m = moves[route[k]];
+          results[k] = CopyBetween(from, m.from.slot, to, m.slot, m.meta);
+        }
+      }
+      for (size_t k = 0; k < route.size(); ++k) copied[route[k]] = std::move(results[k]);
+    }
+  }
+}
+
+uint32_t TieredStore::RunMovesLocked(absl::Span<const PendingMove> moves,
+                                     std::vector<PageKey>& failed) {
+  std::vector<absl::Status> copied(moves.size());
+  CopyMovesLocked(moves, absl::MakeSpan(copied));
+  uint32_t moved = 0;
+  for (size_t i = 0; i < moves.size(); ++i) {
+    if (EndMoveLocked(moves[i], copied[i]).ok()) {
+      ++moved;
+    } else {
+      failed.push_back(moves[i].key);
+    }
+  }
+  return moved;
 }
 
 void TieredStore::DropLocked(const PageKey& key, const PageEntry& e) {
@@ -1053,22 +1136,35 @@ PlannerReport TieredStore::Maintain(const MaintainOptions& options) {
     std::vector<PageKey> victims;
     policy_->LeastValuable(t, SemanticUsed(t) - target, eligible, victims);
     const std::optional<Tier> below = Below(t);
-    for (const PageKey& victim : victims) {
-      if (SemanticUsed(t) <= target) break;
-      std::optional<PageEntry> v = index_.Find(victim);
-      if (below.has_value() && v.has_value() && policy_->Admits(*below, *v)) {
-        if (!budget_left()) break;
-        if (MoveLocked(victim, *below, false, 1).ok()) {
-          ++report.demoted;
-          report.bytes_moved += options_.page_bytes;
-          continue;
-        }
-      }
+    // The pass's moves are begun here, copied below in one backend call for the route, then
+    // ended; a victim whose move cannot begin or fails is dropped, as the bottom tier's are.
+    std::vector<PendingMove> moves;
+    std::vector<PageKey> not_moved;
+    const auto drop = [&](const PageKey& victim) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       if (std::optional<PageEntry> e = index_.Find(victim); e.has_value() && e->tier == t) {
         DropLocked(victim, *e);
         ++report.dropped;
       }
+    };
+    for (const PageKey& victim : victims) {
+      if (SemanticUsed(t) - moves.size() <= target) break;  // begun moves leave t when ended
+      std::optional<PageEntry> v = index_.Find(victim);
+      if (below.has_value() && v.has_value() && policy_->Admits(*below, *v)) {
+        if (!budget_left()) break;
+        absl::StatusOr<std::optional<PendingMove>> begun =
+            BeginMoveLocked(victim, *below, false, 1);
+        if (begun.ok() && begun->has_value()) {
+          moves.push_back(**begun);
+          report.bytes_moved += options_.page_bytes;  // counted now so budget_left sees it
+          continue;
+        }
+      }
+      drop(victim);
     }
+    const uint32_t demoted = RunMovesLocked(moves, not_moved);
+    report.demoted += demoted;
+    report.bytes_moved -= (moves.size() - demoted) * options_.page_bytes;
+    for (const PageKey& victim : not_moved) drop(victim);
   }
   if (!options.promote) return report;
   // Promote the most valuable pages of each lower tier into free room above (no displacement:
@@ -1081,13 +1177,21 @@ PlannerReport TieredStore::Maintain(const MaintainOptions& options) {
     if (SemanticUsed(*above) >= target) continue;
     std::vector<PageKey> candidates;
     policy_->MostValuable(t, target - SemanticUsed(*above), eligible, candidates);
+    std::vector<PendingMove> moves;  // copied in one backend call for the route, as above
+    std::vector<PageKey> not_moved;
     for (const PageKey& key : candidates) {
+      // A begun move already holds its slot above, so SemanticUsed(*above) counts it.
       if (!budget_left() || SemanticUsed(*above) >= target) break;
-      if (MoveLocked(key, *above, false, kNumTiers).ok()) {
-        ++report.promoted;
+      absl::StatusOr<std::optional<PendingMove>> begun =
+          BeginMoveLocked(key, *above, false, kNumTiers);
+      if (begun.ok() && begun->has_value()) {
+        moves.push_back(**begun);
         report.bytes_moved += options_.page_bytes;
       }
     }
+    const uint32_t promoted = RunMovesLocked(moves, not_moved);
+    report.promoted += promoted;
+    report.bytes_moved -= (moves.size() - promoted) * options_.page_bytes;
   }
   if (options.displace) DisplaceLocked(options, report);
   return report;
@@ -1155,7 +1259,7 @@ StoreCounters TieredStore::Counters() const {
   for (int t = 0; t < kNumTiers; ++t) {
     c.hits[t] = load(counters_->hits[t]);
     c.io_errors[t] = load(counters_->io_errors[t]);
-    for (int k = 0; k < 3; ++k) c.evictions[t][k] = load(counters_->evictions[t][k]);
+    for (int k = 0; k < kNumPageClasses; ++k) c.evictions[t][k] = load(counters_->evictions[t][k]);
     for (int u = 0; u < kNumTiers; ++u) {
       c.migrations[t][u] = load(counters_->migrations[t][u]);
       c.migrated_bytes[t][u] = load(counters_->migrated_bytes[t][u]);

@@ -121,9 +121,9 @@ struct TierUsage {
   std::string backend;
   uint32_t capacity_slots = 0;
   uint32_t used_slots = 0;
-  uint32_t sink_reserved_slots = 0;          // HBM only
-  uint32_t sink_used_slots = 0;              // HBM only
-  std::array<uint32_t, 3> pages_by_class{};  // indexed by PageClass
+  uint32_t sink_reserved_slots = 0;                        // HBM only
+  uint32_t sink_used_slots = 0;                            // HBM only
+  std::array<uint32_t, kNumPageClasses> pages_by_class{};  // indexed by PageClass
 };
 
 struct StoreCounters {
@@ -131,8 +131,8 @@ struct StoreCounters {
   uint64_t misses = 0;
   uint64_t puts = 0;
   uint64_t put_duplicates = 0;
-  std::array<std::array<uint64_t, 3>, kNumTiers> evictions{};           // [tier][class]
-  std::array<std::array<uint64_t, kNumTiers>, kNumTiers> migrations{};  // [from][to]
+  std::array<std::array<uint64_t, kNumPageClasses>, kNumTiers> evictions{};  // [tier][class]
+  std::array<std::array<uint64_t, kNumTiers>, kNumTiers> migrations{};       // [from][to]
   std::array<std::array<uint64_t, kNumTiers>, kNumTiers> migrated_bytes{};
   uint64_t sink_overflows = 0;
   uint64_t sink_replacements = 0;
@@ -283,6 +283,31 @@ class TieredStore {
   // Moves one unpinned page; on a copy failure the page is dropped and the error counted.
   absl::Status MoveLocked(const PageKey& key, Tier to, bool into_sink_slot, int depth)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A move whose slot in `to` is taken and whose page stays pinned until its bytes have landed.
+  struct PendingMove {
+    PageKey key;
+    PageEntry from;  // the page where it is
+    Tier to = Tier::kHbm;
+    uint32_t slot = 0;  // in `to`
+    bool into_sink_slot = false;
+    PageMeta meta;
+  };
+  // MoveLocked in halves, so that a planner pass copies all its pages of one route in one backend
+  // call (CopyMovesLocked): BeginMoveLocked checks the page, pins it and takes its slot in `to`
+  // (nullopt: it is there already); EndMoveLocked unpins it and publishes the move, or, when the
+  // copy failed, frees the slot and counts the error.
+  absl::StatusOr<std::optional<PendingMove>> BeginMoveLocked(const PageKey& key, Tier to,
+                                                             bool into_sink_slot, int depth)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status EndMoveLocked(const PendingMove& m, const absl::Status& copied)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Copies the pages of `moves`, one backend call per (from, to) route; copied[i] is move i's.
+  void CopyMovesLocked(absl::Span<const PendingMove> moves, absl::Span<absl::Status> copied)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Begins, copies (grouped by route) and ends `moves`; how many succeeded. A failed move's page
+  // stays where it was; `failed` collects its key.
+  uint32_t RunMovesLocked(absl::Span<const PendingMove> moves, std::vector<PageKey>& failed)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DropLocked(const PageKey& key, const PageEntry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Maintain's displacement pass (MaintainOptions::displace).
   void DisplaceLocked(const MaintainOptions& options, PlannerReport& report)
@@ -340,7 +365,8 @@ class TieredStore {
   absl::flat_hash_map<std::string, NamespaceId> namespace_ids_ ABSL_GUARDED_BY(mu_);
   uint32_t total_sink_reserved_ ABSL_GUARDED_BY(mu_) = 0;
   uint32_t total_sink_used_ ABSL_GUARDED_BY(mu_) = 0;
-  std::array<std::array<uint32_t, 3>, kNumTiers> pages_by_class_ ABSL_GUARDED_BY(mu_){};
+  std::array<std::array<uint32_t, kNumPageClasses>, kNumTiers> pages_by_class_
+      ABSL_GUARDED_BY(mu_){};
   std::vector<std::byte> bounce_ ABSL_GUARDED_BY(mu_);  // for moves between two non-host tiers
   uint32_t recovered_pages_ = 0;
   // Namespaces recovered pages belong to, by salt, until AddNamespace claims them by name: the

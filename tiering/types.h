@@ -1,6 +1,7 @@
 // Small vocabulary types shared by every part of the tiering core.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 
@@ -11,11 +12,18 @@ namespace kvtier {
 // Storage tiers, fastest first. The numeric order is the demotion order.
 enum class Tier : uint8_t { kHbm = 0, kDram = 1, kNvme = 2 };
 inline constexpr int kNumTiers = 3;
+// Every tier, fastest first: what a loop over the tiers walks.
+inline constexpr std::array<Tier, kNumTiers> kAllTiers = {Tier::kHbm, Tier::kDram, Tier::kNvme};
 inline constexpr int TierIndex(Tier t) { return static_cast<int>(t); }
 absl::string_view TierName(Tier t);
 
 // What a page is worth keeping for (DESIGN.md §4).
 enum class PageClass : uint8_t { kUnknown = 0, kSink = 1, kSemantic = 2 };
+inline constexpr int kNumPageClasses = 3;
+// Every class, in numeric order: what a loop over the classes (or a per-class array) walks.
+inline constexpr std::array<PageClass, kNumPageClasses> kAllPageClasses = {
+    PageClass::kUnknown, PageClass::kSink, PageClass::kSemantic};
+inline constexpr int PageClassIndex(PageClass c) { return static_cast<int>(c); }
 absl::string_view PageClassName(PageClass c);
 
 // Who decided the class, in decreasing order of trust.

@@ -1,4 +1,4 @@
 // kvtier-bench-nvme: the standalone form of `kvtierctl bench nvme`.
-#include "bench/nvme/bench_nvme.h"
+#include "client/kvtierctl/nvme_bench.h"
 
 int main(int argc, char** argv) { return kvtier::RunBenchNvme(argc, argv); }

@@ -12,7 +12,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
-#include "client/unique_fd.h"
+#include "base/unique_fd.h"
 
 namespace kvtier::ctl {
 

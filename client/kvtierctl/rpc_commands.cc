@@ -15,9 +15,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "bench/nvme/bench_nvme.h"
 #include "client/client.h"
 #include "client/kvtierctl/commands.h"
+#include "client/kvtierctl/nvme_bench.h"
 #include "client/kvtierctl/redis_baseline.h"
 
 namespace kvtier::ctl {
@@ -423,7 +423,7 @@ int RunBenchRpc(const Args& a) {
 }  // namespace
 
 int RunBench(int argc, char** argv) {
-  // `bench nvme` has its own flags (bench/nvme/bench_nvme.h); argv[0] becomes "nvme".
+  // `bench nvme` has its own flags (client/kvtierctl/nvme_bench.h); argv[0] becomes "nvme".
   if (argc >= 2 && std::strcmp(argv[1], "nvme") == 0) return RunBenchNvme(argc - 1, argv + 1);
   if (argc >= 2 && std::strcmp(argv[1], "cluster") == 0) return RunBenchCluster(argc - 1, argv + 1);
   Args a;

@@ -7,10 +7,6 @@
 namespace kvtier {
 namespace {
 
-constexpr std::array<Tier, kNumTiers> kTiers = {Tier::kHbm, Tier::kDram, Tier::kNvme};
-constexpr std::array<PageClass, 3> kClasses = {PageClass::kUnknown, PageClass::kSink,
-                                               PageClass::kSemantic};
-
 std::string S(absl::string_view v) { return std::string(v); }
 
 }  // namespace
@@ -63,27 +59,27 @@ void BindStoreMetrics(metrics::Registry& r, const TieredStore& store) {
   // Label values and metric pointers are resolved once; the collector only copies numbers.
   struct TierMetrics {
     metrics::Gauge* capacity;
-    std::array<metrics::Gauge*, 3> used, pages;
+    std::array<metrics::Gauge*, kNumPageClasses> used, pages;
     metrics::Counter* hits;
     metrics::Counter* io_errors;
-    std::array<metrics::Counter*, 3> evictions;
+    std::array<metrics::Counter*, kNumPageClasses> evictions;
     std::array<metrics::Counter*, kNumTiers> migrations, migrated;
   };
   auto per_tier = std::make_shared<std::array<TierMetrics, kNumTiers>>();
-  for (Tier t : kTiers) {
+  for (Tier t : kAllTiers) {
     if (!store.has_tier(t)) continue;
     TierMetrics& m = (*per_tier)[TierIndex(t)];
     const std::string tier = S(TierName(t));
     m.capacity = &capacity.Get({tier});
     m.hits = &hits.Get({tier});
     m.io_errors = &io_errors.Get({tier});
-    for (PageClass c : kClasses) {
-      const int ci = static_cast<int>(c);
+    for (PageClass c : kAllPageClasses) {
+      const int ci = PageClassIndex(c);
       m.used[ci] = &used.Get({tier, S(PageClassName(c))});
       m.pages[ci] = &pages.Get({tier, S(PageClassName(c))});
       m.evictions[ci] = &evictions.Get({tier, S(PageClassName(c))});
     }
-    for (Tier to : kTiers) {
+    for (Tier to : kAllTiers) {
       if (to == t || !store.has_tier(to)) continue;
       m.migrations[TierIndex(to)] = &migrations.Get({tier, S(TierName(to))});
       m.migrated[TierIndex(to)] = &migrated.Get({tier, S(TierName(to))});
@@ -102,20 +98,20 @@ void BindStoreMetrics(metrics::Registry& r, const TieredStore& store) {
                   replacements_c, invariants_c] {
     const StoreCounters c = store.Counters();
     const double page = static_cast<double>(store.page_bytes());
-    for (Tier t : kTiers) {
+    for (Tier t : kAllTiers) {
       if (!store.has_tier(t)) continue;
       TierMetrics& m = (*per_tier)[TierIndex(t)];
       const TierUsage u = store.Usage(t);
       m.capacity->Set(u.capacity_slots * page);
-      for (PageClass cls : kClasses) {
-        const int ci = static_cast<int>(cls);
+      for (PageClass cls : kAllPageClasses) {
+        const int ci = PageClassIndex(cls);
         m.used[ci]->Set(u.pages_by_class[ci] * page);
         m.pages[ci]->Set(u.pages_by_class[ci]);
         m.evictions[ci]->Set(static_cast<double>(c.evictions[TierIndex(t)][ci]));
       }
       m.hits->Set(static_cast<double>(c.hits[TierIndex(t)]));
       m.io_errors->Set(static_cast<double>(c.io_errors[TierIndex(t)]));
-      for (Tier to : kTiers) {
+      for (Tier to : kAllTiers) {
         if (m.migrations[TierIndex(to)] == nullptr) continue;
         m.migrations[TierIndex(to)]->Set(
             static_cast<double>(c.migrations[TierIndex(t)][TierIndex(to)]));

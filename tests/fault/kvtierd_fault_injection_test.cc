@@ -50,9 +50,9 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "base/seqpacket.h"
+#include "base/unique_fd.h"
 #include "client/client.h"
-#include "client/seqpacket.h"
-#include "client/unique_fd.h"
 #include "gtest/gtest.h"
 #include "tests/reliability/page_pattern.h"
 #include "tests/reliability/reliability_figures.h"

@@ -18,8 +18,8 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "client/seqpacket.h"
-#include "client/unique_fd.h"
+#include "base/seqpacket.h"
+#include "base/unique_fd.h"
 
 namespace kvtier::testing {
 

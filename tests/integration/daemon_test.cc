@@ -17,9 +17,9 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "base/seqpacket.h"
 #include "client/client.h"
 #include "client/kvtier_c.h"
-#include "client/seqpacket.h"
 #include "daemon/workload.h"
 #include "gtest/gtest.h"
 #include "tests/integration/daemon_harness.h"

@@ -15,8 +15,8 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "base/unique_fd.h"
 #include "client/client.h"
-#include "client/unique_fd.h"
 #include "gtest/gtest.h"
 #include "tests/integration/daemon_harness.h"
 

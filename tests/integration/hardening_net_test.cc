@@ -24,9 +24,9 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "base/seqpacket.h"
 #include "client/client.h"
 #include "client/defaults.h"
-#include "client/seqpacket.h"
 #include "gtest/gtest.h"
 #include "tests/integration/daemon_harness.h"
 

@@ -21,10 +21,10 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "base/seqpacket.h"
 #include "client/client.h"
 #include "client/defaults.h"
 #include "client/proto/kvtier.pb.h"
-#include "client/seqpacket.h"
 
 namespace {
 

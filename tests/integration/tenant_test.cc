@@ -23,8 +23,8 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "base/unique_fd.h"
 #include "client/client.h"
-#include "client/unique_fd.h"
 #include "daemon/workload.h"
 #include "gtest/gtest.h"
 #include "tests/integration/daemon_harness.h"

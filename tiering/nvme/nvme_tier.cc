@@ -14,6 +14,8 @@
 #include <system_error>
 
 #include "absl/strings/str_cat.h"
+#include "base/errno_status.h"
+#include "base/status_macros.h"
 #include "tiering/nvme/index_db.h"
 #include "tiering/nvme/io_ring.h"
 #include "tiering/nvme/page_format.h"
@@ -91,8 +93,11 @@ absl::Status CheckIo(uint32_t slot, uint32_t slot_count, uint64_t page_bytes, ui
   return absl::OkStatus();
 }
 
-absl::Status ErrnoStatus(int err, absl::string_view what) {
-  const std::string msg = absl::StrCat(what, ": ", std::strerror(err));
+// The tier's callers tell a full tier (ResourceExhausted) and a missing file (NotFound) from a
+// failing device, which is every other errno (Unavailable: the store serves on without the
+// tier), so this maps errno more coarsely than ErrnoStatus does; the message is the same.
+absl::Status NvmeErrnoStatus(int err, absl::string_view what) {
+  const std::string msg(ErrnoStatus(err, what).message());
   switch (err) {
     case ENOSPC:
     case EFBIG:
@@ -186,7 +191,7 @@ absl::StatusOr<std::unique_ptr<NvmeTier>> NvmeTier::Create(const NvmeTierOptions
         absl::StrCat("nvme tier: queue_depth ", options.queue_depth, " not in [1, 4096]"));
   }
   std::unique_ptr<NvmeTier> tier(new NvmeTier(options));
-  if (absl::Status s = tier->Open(); !s.ok()) return s;
+  RETURN_IF_ERROR(tier->Open());
   return tier;
 }
 
@@ -259,7 +264,7 @@ absl::Status NvmeTier::Open() {
   const uint32_t per_file = (options_.slots + nfiles - 1) / nfiles;
   files_.reserve(nfiles);
   for (uint32_t i = 0; i < nfiles; ++i) {
-    if (absl::Status s = OpenFile(i, per_file); !s.ok()) return s;
+    RETURN_IF_ERROR(OpenFile(i, per_file));
   }
   slot_state_ = std::make_unique<nvme::SlotState[]>(options_.slots);
   for (uint32_t s = 0; s < options_.slots; ++s) {
@@ -296,8 +301,9 @@ absl::Status NvmeTier::OpenFile(uint32_t i, uint32_t slots_in_file) {
   f.fd = open(f.path.c_str(), O_RDWR | O_CREAT | O_DIRECT | O_CLOEXEC, 0644);
   if (f.fd < 0) {
     const int err = errno;
-    return ErrnoStatus(err, absl::StrCat("nvme tier: open(", f.path, ", O_DIRECT)",
-                                         err == EINVAL ? " (file system without O_DIRECT?)" : ""));
+    return NvmeErrnoStatus(err,
+                           absl::StrCat("nvme tier: open(", f.path, ", O_DIRECT)",
+                                        err == EINVAL ? " (file system without O_DIRECT?)" : ""));
   }
   const auto want = static_cast<off_t>(uint64_t{slots_in_file} * slot_disk_bytes_);
   if (options_.preallocate) {
@@ -314,7 +320,7 @@ absl::Status NvmeTier::OpenFile(uint32_t i, uint32_t slots_in_file) {
       NoteNoSpace(absl::StrCat("preallocating ", f.path, ": room for ", k, " of ", slots_in_file,
                                " slots"));
     } else {
-      return ErrnoStatus(errno, absl::StrCat("nvme tier: fallocate(", f.path, ", ", want, ")"));
+      return NvmeErrnoStatus(errno, absl::StrCat("nvme tier: fallocate(", f.path, ", ", want, ")"));
     }
   }
   struct stat st {};
@@ -322,7 +328,7 @@ absl::Status NvmeTier::OpenFile(uint32_t i, uint32_t slots_in_file) {
     // A file-size limit (RLIMIT_FSIZE, quotas) reads like a full disk: slots past the end are
     // simply never backed, so they are never admitted.
     if (!IsNoSpace(errno)) {
-      return ErrnoStatus(errno, absl::StrCat("nvme tier: ftruncate(", f.path, ", ", want, ")"));
+      return NvmeErrnoStatus(errno, absl::StrCat("nvme tier: ftruncate(", f.path, ", ", want, ")"));
     }
     NoteNoSpace(absl::StrCat("extending ", f.path, " to ", want, " bytes"));
   }
@@ -529,8 +535,8 @@ void NvmeTier::WriteBatch(absl::Span<const SlotWrite> writes, absl::Span<absl::S
     if (r.result < 0 && results[i].ok()) {
       Bump(counters_->write_errors);
       if (IsNoSpace(-r.result)) NoteNoSpace(absl::StrCat("writing ", files_[r.file].path));
-      results[i] = ErrnoStatus(-r.result, absl::StrCat("nvme write of slot ", writes[i].slot,
-                                                       " to ", files_[r.file].path));
+      results[i] = NvmeErrnoStatus(-r.result, absl::StrCat("nvme write of slot ", writes[i].slot,
+                                                           " to ", files_[r.file].path));
     }
     if (--parts[i] == 0) staging_->Release(bufs[i]);
   };
@@ -559,7 +565,7 @@ void NvmeTier::WriteBatch(absl::Span<const SlotWrite> writes, absl::Span<absl::S
         Bump(counters_->write_errors);
         if (IsNoSpace(-syncs[f].result)) NoteNoSpace(absl::StrCat("syncing ", files_[f].path));
         const absl::Status err =
-            ErrnoStatus(-syncs[f].result, absl::StrCat("nvme fdatasync of ", files_[f].path));
+            NvmeErrnoStatus(-syncs[f].result, absl::StrCat("nvme fdatasync of ", files_[f].path));
         for (uint32_t i : pending) {
           if (results[i].ok() && FileOf(writes[i].slot) == f) results[i] = err;
         }
@@ -709,7 +715,7 @@ void NvmeTier::ReadBatch(absl::Span<const SlotRead> reads, absl::Span<absl::Stat
     const SlotRead& r = reads[i];
     if (req.result < 0 && results[i].ok()) {
       Bump(counters_->read_errors);
-      results[i] = ErrnoStatus(
+      results[i] = NvmeErrnoStatus(
           -req.result, absl::StrCat("nvme read of slot ", r.slot, " from ", files_[req.file].path));
     }
     if (--parts[i] > 0) return;

@@ -11,7 +11,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
-#include "client/seqpacket.h"
+#include "base/seqpacket.h"
 #include "gtest/gtest.h"
 
 namespace kvtier {

@@ -11,6 +11,8 @@ namespace {
 
 constexpr uint64_t kPage = 4096;
 
+class CountingTier;
+
 class TieredStoreTest : public ::testing::Test {
  protected:
   void Make(uint32_t hbm, uint32_t dram, uint32_t sink_slots = 0) {
@@ -58,6 +60,9 @@ class TieredStoreTest : public ::testing::Test {
     return t;
   }
   Tier TierOf(uint64_t i) { return store_->Find(ns_, Key(i))->tier; }
+  // The store over a CountingTier of 32 slots as its NVMe tier (no HBM, DRAM as `dram` says);
+  // returns that tier.
+  CountingTier* MakeOverCountingTier(const TierOptions& dram);
 
   ManualClock clock_;
   std::unique_ptr<TieredStore> store_;
@@ -548,11 +553,11 @@ class CountingTier final : public TierBackend {
   std::vector<std::byte> bytes_;
 };
 
-TEST_F(TieredStoreTest, PutBatchWritesEachTierOnceAndKeepsPerPageResults) {
+CountingTier* TieredStoreTest::MakeOverCountingTier(const TierOptions& dram) {
   StoreOptions o;
   o.page_bytes = kPage;
   o.hbm.slots = 0;
-  o.dram.slots = 2;
+  o.dram = dram;
   o.hbm_backend = HbmBackend::kHostEmulated;
   o.clock = &clock_;
   auto nvme = std::make_unique<CountingTier>(32, kPage);
@@ -560,9 +565,14 @@ TEST_F(TieredStoreTest, PutBatchWritesEachTierOnceAndKeepsPerPageResults) {
   StoreParts parts;
   parts.nvme = std::move(nvme);
   auto made = TieredStore::Create(o, std::move(parts));
-  ASSERT_TRUE(made.ok()) << made.status();
+  EXPECT_TRUE(made.ok()) << made.status();
   store_ = *std::move(made);
   ns_ = *store_->AddNamespace("model-a/tenant-1", 0);
+  return counting;
+}
+
+TEST_F(TieredStoreTest, PutBatchWritesEachTierOnceAndKeepsPerPageResults) {
+  CountingTier* counting = MakeOverCountingTier(TierOptions{.slots = 2});
 
   constexpr int kPages = 12;
   std::vector<std::vector<std::byte>> data;
@@ -606,6 +616,28 @@ TEST_F(TieredStoreTest, PutBatchWritesEachTierOnceAndKeepsPerPageResults) {
   // Put is PutBatch of one page: one more call.
   ASSERT_TRUE(Put(20, PutOptions{.tier = Tier::kNvme}).ok());
   EXPECT_EQ(counting->write_calls, 2);
+}
+
+TEST_F(TieredStoreTest, PlannerDemotesAPassToNvmeInOneWriteAndDropsAFailedPage) {
+  CountingTier* counting =
+      MakeOverCountingTier(TierOptions{.slots = 16, .high_watermark = 0.5, .low_watermark = 0.25});
+  for (int i = 0; i < 16; ++i) ASSERT_EQ(*Put(i, PutOptions{.tier = Tier::kDram}), Tier::kDram);
+  counting->fail_key = store_->IndexKeyOf(ns_, Key(2));  // LRU: pages 0..11 are the victims
+
+  const PlannerReport r = store_->Maintain({.promote = false});
+  EXPECT_EQ(counting->write_calls, 1) << "one backend call for the pass's DRAM -> NVMe route";
+  EXPECT_EQ(r.demoted, 11u);
+  EXPECT_EQ(r.dropped, 1u);
+  EXPECT_EQ(r.bytes_moved, 11 * kPage);
+  EXPECT_EQ(store_->Usage(Tier::kDram).used_slots, 4u);
+  EXPECT_EQ(store_->Counters().io_errors[TierIndex(Tier::kNvme)], 1u);
+  EXPECT_FALSE(store_->Find(ns_, Key(2)).has_value()) << "the page whose copy failed is dropped";
+  for (int i = 0; i < 16; ++i) {
+    if (i == 2) continue;
+    EXPECT_EQ(TierOf(i), i < 12 ? Tier::kNvme : Tier::kDram) << i;
+    EXPECT_EQ(store_->Find(ns_, Key(i))->pin_count, 0u) << i;
+    EXPECT_TRUE(GetAndCheck(i).ok()) << i;
+  }
 }
 
 }  // namespace

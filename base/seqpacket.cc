@@ -1,4 +1,4 @@
-#include "client/seqpacket.h"
+#include "base/seqpacket.h"
 
 #include <poll.h>
 #include <sys/socket.h>
@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "base/errno_status.h"
 
 namespace kvtier {
 
@@ -120,7 +121,7 @@ absl::StatusOr<UniqueFd> ConnectSeqpacket(absl::string_view path) {
   addr.sun_family = AF_UNIX;
   std::memcpy(addr.sun_path, path.data(), path.size());
   UniqueFd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
-  if (!fd.valid()) return absl::InternalError(absl::StrCat("socket: ", std::strerror(errno)));
+  if (!fd.valid()) return ErrnoStatus(errno, "socket");
   if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) {
     const int err = errno;
     return absl::UnavailableError(

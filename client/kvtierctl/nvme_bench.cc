@@ -1,4 +1,4 @@
-#include "bench/nvme/bench_nvme.h"
+#include "client/kvtierctl/nvme_bench.h"
 
 #include <algorithm>
 #include <atomic>
@@ -124,7 +124,7 @@ int RunBenchNvme(int argc, char** argv) {
   o.index_dir = (std::filesystem::path(a.dir) / "kvtier-bench-index").string();
   o.page_bytes = a.page_bytes;
   o.slots = static_cast<uint32_t>(
-      std::max<uint64_t>(a.queue_depth * 2, (a.capacity_mib << 20) / a.page_bytes));
+      std::max<uint64_t>(uint64_t{a.queue_depth} * 2, (a.capacity_mib << 20) / a.page_bytes));
   o.queue_depth = a.queue_depth;
   o.sync_data = a.sync_data;
   o.sync_index = a.sync_index;

@@ -121,8 +121,12 @@ int Run(const kvtier::KvtierdHooks& hooks) {
   kvtier::metrics::Registry registry;
   kvtier::NvmeIoMetrics nvme_io_metrics(registry);
   kvtier::StoreParts parts;
-  // Validated at start (config.cc), so this cannot fail here.
-  parts.policy = *kvtier::MakePolicy(config->store.policy);
+  // Validated at start (config.cc), so this cannot fail here. StreamingLLM's sink pages are the
+  // store's: the same token counts.
+  kvtier::PolicyConfig policy_config;
+  policy_config.streaming.sink_tokens = config->store.sink_tokens;
+  policy_config.streaming.tokens_per_page = config->store.tokens_per_page;
+  parts.policy = *kvtier::MakePolicy(config->store.policy, policy_config);
 #if defined(KVTIER_HAVE_CUDA_KERNELS)
   // On a GPU the copy engine is CUDA's (gather/scatter kernels or copy engines, chosen by
   // measurement), which is what lets hbm_backend=auto pick real HBM. Without one, or if it cannot

@@ -236,6 +236,7 @@ absl::Status ValidateClusterConfig(const ClusterConfig& c) {
   if (c.landing_pages == 0 || c.landing_pages > 4096) {
     return bad("landing_pages", c.landing_pages, " is outside [1, 4096]");
   }
+  if (c.busy_poll_us > 10'000) return bad("busy_poll_us", c.busy_poll_us, " is above 10000");
   if (c.staging_pages == 0 || c.staging_pages > 4096) {
     return bad("staging_pages", c.staging_pages, " is outside [1, 4096]");
   }
@@ -331,7 +332,8 @@ absl::Status ApplyConfigYaml(absl::string_view yaml, DaemonConfig& c) {
       .Add("staging_pages", cl.staging_pages)
       .Add("fetch_lease_ms", cl.fetch_lease_ms)
       .Add("replicate_after_remote_reads", cl.replicate_after_remote_reads)
-      .Add("max_migration_bytes_per_s", cl.max_migration_bytes_per_s);
+      .Add("max_migration_bytes_per_s", cl.max_migration_bytes_per_s)
+      .Add("busy_poll_us", cl.busy_poll_us);
   auto section = [](const FieldMap& fields) {
     return
         [&fields](const YAML::Node& v, const std::string& full) { return fields.Apply(v, full); };

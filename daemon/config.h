@@ -141,8 +141,9 @@ struct ClusterConfig {
   std::vector<std::string> namespaces = {"*"};
   uint32_t request_timeout_ms = 1000;   // a directory call or a fetch request to one peer
   uint32_t transfer_timeout_ms = 5000;  // one page's RMA get
-  // Pages that may be in flight into this node at once (its registered landing buffer).
-  uint32_t landing_pages = 8;
+  // Pages one fetch asks one holder for under one lease, their RMA gets in flight together
+  // (a Load missing more pages asks again for the rest). Default 64.
+  uint32_t landing_pages = 64;
   // Pages this node may be serving to peers at once from outside its DRAM pool (HBM, NVMe).
   uint32_t staging_pages = 8;
   // How long a peer may take to read a page it was granted before the holder takes it back.
@@ -152,6 +153,10 @@ struct ClusterConfig {
   uint32_t replicate_after_remote_reads = 2;
   // Bytes a second replication may copy into this node, beside what workers load. Default 1 GB/s.
   double max_migration_bytes_per_s = 1e9;
+  // How long the peer transport's progress thread (and a fetch waiting for its gets) keeps
+  // polling after work before it sleeps: back-to-back messages then pay no wakeup. 0 always
+  // sleeps. Default 50 us.
+  uint32_t busy_poll_us = 50;
 
   friend bool operator==(const ClusterConfig&, const ClusterConfig&) = default;
 };

@@ -776,6 +776,7 @@ absl::Status Dispatcher::SubmitLoadStore(const std::shared_ptr<Session>& session
       pieces.reserve(op->layout.pieces_per_page());
       std::vector<MutableBuffer> dst;
       dst.reserve(op->layout.pieces_per_page());
+      ClusterLoadBatch misses;  // local misses, fetched from peers together after the loop
       for (size_t i = 0; i < n; ++i) {
         pieces.clear();
         const absl::Status placed = op->layout.AppendPieces(op->blocks[i], pieces);
@@ -788,10 +789,11 @@ absl::Status Dispatcher::SubmitLoadStore(const std::shared_ptr<Session>& session
           for (const Piece& p : pieces) {
             dst.push_back({op->buffers->base(p.buffer) + p.offset, p.length});
           }
-          record(i, LoadFromCluster(op->ns_name, op->ns, op->keys[i], dst,
-                                    store_.Get(op->ns, op->keys[i], dst)));
+          const absl::StatusOr<Tier> local = store_.Get(op->ns, op->keys[i], dst);
+          if (!misses.Defer(i, op->keys[i], dst, local)) record(i, local);
         }
       }
+      misses.Finish(op->ns_name, op->ns, record);
     }
     if (!sent) reply();
     finish();

@@ -305,8 +305,10 @@ void ClusterNode::FetchBatch(const std::string& ns_name, NamespaceId ns,
       for (size_t at = 0; at < idx.size(); at += cc_.landing_pages) {
         const std::vector<size_t> chunk(
             idx.begin() + at, idx.begin() + std::min<size_t>(idx.size(), at + cc_.landing_pages));
-        const std::vector<size_t> stale =
-            FetchFrom(*holder, ns_name, ns, keys, chunk, dsts, results);
+        const std::vector<size_t> stale = FetchFrom(
+            *holder, ns_name, keys, chunk, dsts, results, [&](size_t i, const peer::FetchEntry& e) {
+              MaybeReplicate(ns_name, ns, keys[i], e, dsts[i]);
+            });
         if (!stale.empty()) {
           // The directory was stale: tell the pages' homes.
           std::vector<PageKey> gone;
@@ -332,11 +334,11 @@ void ClusterNode::FetchBatch(const std::string& ns_name, NamespaceId ns,
   }
 }
 
-std::vector<size_t> ClusterNode::FetchFrom(const MemberInfo& h, const std::string& ns_name,
-                                           NamespaceId ns, absl::Span<const PageKey> keys,
-                                           const std::vector<size_t>& idx,
-                                           absl::Span<const absl::Span<const MutableBuffer>> dsts,
-                                           absl::Span<absl::StatusOr<Tier>> results) {
+std::vector<size_t> ClusterNode::FetchFrom(
+    const MemberInfo& h, const std::string& ns_name, absl::Span<const PageKey> keys,
+    const std::vector<size_t>& idx, absl::Span<const absl::Span<const MutableBuffer>> dsts,
+    absl::Span<absl::StatusOr<Tier>> results,
+    absl::FunctionRef<void(size_t, const peer::FetchEntry&)> verified) {
   std::vector<size_t> stale;
   auto failed = [&](size_t n) { counters_.fetch_failed.fetch_add(n, std::memory_order_relaxed); };
   peer::Message req;
@@ -435,9 +437,7 @@ std::vector<size_t> ClusterNode::FetchFrom(const MemberInfo& h, const std::strin
   gets->reset();  // every read is over: the holder may take its pages back
   release();
   for (size_t k = 0; k < idx.size(); ++k) {
-    if (results[idx[k]].ok()) {
-      MaybeReplicate(ns_name, ns, keys[idx[k]], reply->entries[k], dsts[idx[k]]);
-    }
+    if (results[idx[k]].ok()) verified(idx[k], reply->entries[k]);
   }
   return stale;
 }
@@ -559,6 +559,8 @@ std::optional<peer::Message> ClusterNode::OnRequest(const peer::Message& m) {
     case peer::MsgType::kRelease:
       EndLease(std::get<peer::Release>(m.body).lease);
       return std::nullopt;
+    case peer::MsgType::kPush:
+      return Reply(peer::MsgType::kAck, AcceptPush(std::get<peer::Push>(m.body)));
     default:
       return std::nullopt;  // replies are routed by the transport, never here
   }
@@ -775,7 +777,190 @@ void ClusterNode::BackgroundLoop() {
         Announce(ns, absl::MakeConstSpan(keys).subspan(at, n), /*add=*/true, node_id_);
       }
     }
+    MaybePush();
   }
+}
+
+std::pair<uint64_t, uint64_t> ClusterNode::FreeAndCapacity() const {
+  uint64_t free = 0, capacity = 0;
+  for (Tier t : {Tier::kHbm, Tier::kDram, Tier::kNvme}) {
+    if (!store_.has_tier(t)) continue;
+    const TierUsage u = store_.Usage(t);
+    capacity += u.capacity_slots;
+    free += u.capacity_slots > u.used_slots ? u.capacity_slots - u.used_slots : 0;
+  }
+  return {free, capacity};
+}
+
+void ClusterNode::MaybePush() {
+  if (cc_.push_below_free_fraction <= 0) return;
+  const auto [free, capacity] = FreeAndCapacity();
+  if (capacity == 0 ||
+      static_cast<double>(free) >= cc_.push_below_free_fraction * static_cast<double>(capacity)) {
+    return;
+  }
+  // The coldest pages held here that are not sinks and were not pushed yet. A bounded scan:
+  // pressure persists, so the next turn sees the pages this one did not reach.
+  struct Candidate {
+    uint64_t last_access_ns;
+    std::string ns;
+    PageKey key;
+  };
+  constexpr size_t kMaxScan = 16384;
+  std::vector<Candidate> cold;
+  {
+    absl::MutexLock lock(&mu_);
+    size_t scanned = 0;
+    for (const auto& [ns, keys] : held_) {
+      auto id = ns_ids_.find(ns);
+      if (id == ns_ids_.end()) continue;
+      for (const PageKey& k : keys) {
+        if (++scanned > kMaxScan) break;
+        if (pushed_.contains(std::make_pair(ns, k))) continue;
+        std::optional<PageEntry> e = store_.Find(id->second, k);
+        if (!e.has_value() || e->cls == PageClass::kSink || e->in_sink_slot) continue;
+        cold.push_back(Candidate{e->stats.last_access_ns, ns, k});
+      }
+    }
+  }
+  if (cold.empty()) return;
+  const size_t n = std::min<size_t>(cold.size(), cc_.landing_pages);
+  std::partial_sort(
+      cold.begin(), cold.begin() + static_cast<ptrdiff_t>(n), cold.end(),
+      [](const Candidate& a, const Candidate& b) { return a.last_access_ns < b.last_access_ns; });
+  cold.resize(n);
+  // One Push per namespace, to the live peer that serves it and advertises the most room.
+  absl::flat_hash_map<std::string, std::vector<PageKey>> by_ns;
+  for (const Candidate& c : cold) by_ns[c.ns].push_back(c.key);
+  const std::vector<MemberInfo> live = membership_->Members();
+  for (auto& [ns, keys] : by_ns) {
+    const MemberInfo* target = nullptr;
+    for (const MemberInfo& m : live) {
+      if (m.node_id == node_id_ || !m.Serves(ns) || m.page_bytes != page_bytes_ ||
+          m.free_slots < keys.size()) {
+        continue;
+      }
+      if (target == nullptr || m.free_slots > target->free_slots) target = &m;
+    }
+    if (target == nullptr) {
+      counters_.push_no_peer.fetch_add(keys.size(), std::memory_order_relaxed);
+      continue;
+    }
+    {
+      // The push budget: a token bucket holding at most one second of bandwidth.
+      absl::MutexLock lock(&mu_);
+      const absl::Time now = absl::Now();
+      push_tokens_ = std::min(
+          cc_.max_push_bytes_per_s,
+          push_tokens_ + absl::ToDoubleSeconds(now - push_refilled_) * cc_.max_push_bytes_per_s);
+      push_refilled_ = now;
+      const auto affordable = static_cast<size_t>(push_tokens_ / static_cast<double>(page_bytes_));
+      if (affordable < keys.size()) {
+        counters_.push_deferred.fetch_add(keys.size() - affordable, std::memory_order_relaxed);
+        keys.resize(affordable);
+      }
+      push_tokens_ -= static_cast<double>(keys.size() * page_bytes_);
+    }
+    if (keys.empty()) continue;
+    peer::Push push;
+    push.ns = ns;
+    push.holder = node_id_;
+    for (const PageKey& k : keys) push.ids.push_back(IdOf(k));
+    peer::Message m;
+    m.type = peer::MsgType::kPush;
+    m.body = std::move(push);
+    // The peer fetches the pages before it answers: a transfer's time, not a request's.
+    absl::StatusOr<peer::Message> r =
+        transport_->Call(target->peer_address, std::move(m),
+                         absl::Milliseconds(cc_.request_timeout_ms + cc_.transfer_timeout_ms));
+    const auto* ack = r.ok() ? std::get_if<peer::Ack>(&r->body) : nullptr;
+    if (ack == nullptr || ack->code != 0) {
+      counters_.push_refused.fetch_add(keys.size(), std::memory_order_relaxed);
+      LOG_EVERY_N(WARNING, 100) << "event=cluster_push_refused peer=" << target->node_id
+                                << " pages=" << keys.size() << " error=\""
+                                << (!r.ok()          ? r.status().message()
+                                    : ack == nullptr ? "bad reply"
+                                                     : absl::string_view(ack->error))
+                                << "\"";
+      continue;
+    }
+    counters_.pushed.fetch_add(keys.size(), std::memory_order_relaxed);
+    counters_.push_bytes.fetch_add(keys.size() * page_bytes_, std::memory_order_relaxed);
+    absl::MutexLock lock(&mu_);
+    if (pushed_.size() > (1u << 18)) pushed_.clear();  // a bound, not a policy
+    for (const PageKey& k : keys) pushed_.insert(std::make_pair(ns, k));
+  }
+}
+
+peer::Ack ClusterNode::AcceptPush(const peer::Push& p) {
+  auto refuse = [](absl::StatusCode code, std::string why) {
+    return peer::Ack{static_cast<int32_t>(code), std::move(why)};
+  };
+  if (!Serves(p.ns)) {
+    return refuse(absl::StatusCode::kPermissionDenied,
+                  absl::StrCat("namespace '", p.ns, "' is not served here"));
+  }
+  if (p.ids.size() > cc_.landing_pages) {
+    return refuse(absl::StatusCode::kInvalidArgument,
+                  absl::StrCat("push of ", p.ids.size(), " pages exceeds cluster.landing_pages (",
+                               cc_.landing_pages, ")"));
+  }
+  NamespaceId ns;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = ns_ids_.find(p.ns);
+    if (it == ns_ids_.end()) {
+      return refuse(absl::StatusCode::kFailedPrecondition,
+                    absl::StrCat("namespace '", p.ns, "' has not been opened on this node"));
+    }
+    ns = it->second;
+  }
+  const std::vector<MemberInfo> serving = ServingMembers(p.ns);
+  auto from = std::find_if(serving.begin(), serving.end(),
+                           [&](const MemberInfo& m) { return m.node_id == p.holder; });
+  if (from == serving.end() || p.holder == node_id_) {
+    return refuse(absl::StatusCode::kFailedPrecondition,
+                  absl::StrCat("'", p.holder, "' is not a live member serving '", p.ns, "'"));
+  }
+  if (FreeAndCapacity().first < p.ids.size()) {
+    return refuse(absl::StatusCode::kResourceExhausted,
+                  absl::StrCat("no room here for ", p.ids.size(), " pages"));
+  }
+  // Landed in a buffer of our own, verified, then stored like any page.
+  std::vector<std::byte> buf(p.ids.size() * page_bytes_);
+  std::vector<PageKey> keys;
+  std::vector<MutableBuffer> pages;
+  std::vector<absl::Span<const MutableBuffer>> dsts;
+  std::vector<size_t> idx;
+  keys.reserve(p.ids.size());
+  pages.reserve(p.ids.size());
+  for (size_t i = 0; i < p.ids.size(); ++i) {
+    keys.push_back(KeyOf(p.ids[i]));
+    pages.push_back({buf.data() + i * page_bytes_, page_bytes_});
+    idx.push_back(i);
+  }
+  for (const MutableBuffer& b : pages) dsts.emplace_back(&b, 1);
+  std::vector<absl::StatusOr<Tier>> results(p.ids.size(), absl::UnavailableError("not fetched"));
+  size_t kept = 0;
+  FetchFrom(*from, p.ns, keys, idx, dsts, absl::MakeSpan(results),
+            [&](size_t i, const peer::FetchEntry& e) {
+              const auto cls = static_cast<PageClass>(e.object_class);
+              if (cls == PageClass::kSink) return;  // sinks never leave their node
+              PutOptions po;
+              po.class_hint = cls == PageClass::kSemantic ? cls : PageClass::kUnknown;
+              po.position = e.object_position;
+              const ConstBuffer src{pages[i].data, pages[i].size};
+              if (store_.Put(ns, keys[i], {&src, 1}, po).ok()) {
+                Stored(p.ns, ns, keys[i]);
+                ++kept;
+              }
+            });
+  counters_.push_received.fetch_add(kept, std::memory_order_relaxed);
+  if (kept < p.ids.size()) {
+    return refuse(absl::StatusCode::kUnavailable,
+                  absl::StrCat("kept ", kept, " of ", p.ids.size(), " pushed pages"));
+  }
+  return peer::Ack{0, ""};
 }
 
 std::string ClusterNode::ReadinessDetail() const {
@@ -823,8 +1008,18 @@ void ClusterNode::BindMetrics(metrics::Registry& registry) {
                                          "Pages read often from peers and copied here, or put off "
                                          "by cluster.max_migration_bytes_per_s",
                                          {"result"});
+  auto& pushes =
+      registry.AddCounter("kvtier_cluster_push_pages_total",
+                          "Cold pages this node pushed to a peer with room (pushed, refused, "
+                          "deferred_by_bandwidth by cluster.max_push_bytes_per_s, no_peer) or "
+                          "took from a peer (received)",
+                          {"result"});
+  auto& push_bytes = registry
+                         .AddCounter("kvtier_cluster_push_bytes_total",
+                                     "Page bytes this node pushed to peers and they kept")
+                         .Get({});
   registry.AddCollector([this, &etcd_up, &members, &rejoins, &fetches, &fetch_bytes, &lent,
-                         &lookups, &dir, &peer_events, &replicated] {
+                         &lookups, &dir, &peer_events, &replicated, &pushes, &push_bytes] {
     auto r = [](const std::atomic<uint64_t>& a) {
       return static_cast<double>(a.load(std::memory_order_relaxed));
     };
@@ -852,6 +1047,12 @@ void ClusterNode::BindMetrics(metrics::Registry& registry) {
     peer_events.Get({"directory_full"}).Set(r(counters_.directory_full));
     replicated.Get({"replicated"}).Set(r(counters_.replicated));
     replicated.Get({"deferred_by_bandwidth"}).Set(r(counters_.replication_deferred));
+    pushes.Get({"pushed"}).Set(r(counters_.pushed));
+    pushes.Get({"refused"}).Set(r(counters_.push_refused));
+    pushes.Get({"deferred_by_bandwidth"}).Set(r(counters_.push_deferred));
+    pushes.Get({"no_peer"}).Set(r(counters_.push_no_peer));
+    pushes.Get({"received"}).Set(r(counters_.push_received));
+    push_bytes.Set(r(counters_.push_bytes));
   });
 }
 

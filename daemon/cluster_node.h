@@ -15,6 +15,11 @@
 //  - Lent from here: a page in the DRAM pool is pinned and read in place; one elsewhere (HBM,
 //    NVMe) is copied into a registered staging slot first. Either is held until the reader
 //    releases its lease or `fetch_lease_ms` passes.
+//  - Short of space here (free slots under `push_below_free_fraction` of capacity): the coldest
+//    non-sink pages held here are offered (Push) to the live peer advertising the most free
+//    room, within `max_push_bytes_per_s`; the peer fetches them like any page, verifies them,
+//    stores them and announces itself as a holder, so the directory finds them there after this
+//    node's own policy drops them. Sinks never leave their node.
 //  - Membership changed: every held page is re-announced to its (possibly new) home, and the
 //    directory drops holders that left and entries this node is no longer home for.
 //
@@ -38,6 +43,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "daemon/cluster_directory.h"
@@ -81,6 +87,8 @@ class ClusterNode final : public ClusterPages {
     std::atomic<uint64_t> fetch_bytes{0}, pages_lent{0}, lookups_found{0}, lookups_missing{0};
     std::atomic<uint64_t> announce_failed{0}, directory_full{0};
     std::atomic<uint64_t> replicated{0}, replication_deferred{0};
+    std::atomic<uint64_t> pushed{0}, push_bytes{0}, push_refused{0}, push_deferred{0};
+    std::atomic<uint64_t> push_no_peer{0}, push_received{0};
   };
   struct Lease {
     NamespaceId ns;
@@ -115,11 +123,18 @@ class ClusterNode final : public ClusterPages {
   // in flight together, each page verified in its destination while later ones still move.
   // Fills results[i] with the remote tier for every verified page; returns the pages the
   // holder no longer had (stale directory entries).
+  // `verified(i, entry)` runs for each verified page once the holder's lease is released.
   std::vector<size_t> FetchFrom(const MemberInfo& holder, const std::string& ns_name,
-                                NamespaceId ns, absl::Span<const PageKey> keys,
-                                const std::vector<size_t>& idx,
+                                absl::Span<const PageKey> keys, const std::vector<size_t>& idx,
                                 absl::Span<const absl::Span<const MutableBuffer>> dsts,
-                                absl::Span<absl::StatusOr<Tier>> results);
+                                absl::Span<absl::StatusOr<Tier>> results,
+                                absl::FunctionRef<void(size_t, const peer::FetchEntry&)> verified);
+  // Free page slots over all tiers, and their capacity.
+  std::pair<uint64_t, uint64_t> FreeAndCapacity() const;
+  // Background: pushes cold non-sink pages to a peer with room when this node is short of it.
+  void MaybePush();
+  // A peer's Push: fetch its pages, verify, store, announce. Runs on a handler thread.
+  peer::Ack AcceptPush(const peer::Push& p);
   void EndLease(uint64_t lease);
   void ReleaseLeaseLocked(Lease& lease) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The checksum peers verify `key` against: cached per page (bytes under a key do not change
@@ -163,6 +178,10 @@ class ClusterNode final : public ClusterPages {
   // Remote reads per page since it was last replicated (bounded: cleared when it grows large).
   absl::flat_hash_map<std::pair<std::string, PageKey>, uint32_t> remote_reads_ ABSL_GUARDED_BY(mu_);
   double migration_tokens_ ABSL_GUARDED_BY(mu_) = 0;  // bytes replication may copy now
+  // Pages pushed to a peer already (bounded: cleared when it grows large).
+  absl::flat_hash_set<std::pair<std::string, PageKey>> pushed_ ABSL_GUARDED_BY(mu_);
+  double push_tokens_ ABSL_GUARDED_BY(mu_) = 0;  // bytes pushes may send now
+  absl::Time push_refilled_ ABSL_GUARDED_BY(mu_) = absl::Now();
   absl::Time migration_refilled_ ABSL_GUARDED_BY(mu_) = absl::Now();
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::thread background_;

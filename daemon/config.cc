@@ -237,6 +237,12 @@ absl::Status ValidateClusterConfig(const ClusterConfig& c) {
     return bad("landing_pages", c.landing_pages, " is outside [1, 4096]");
   }
   if (c.busy_poll_us > 10'000) return bad("busy_poll_us", c.busy_poll_us, " is above 10000");
+  if (!(c.push_below_free_fraction >= 0 && c.push_below_free_fraction < 1)) {
+    return bad("push_below_free_fraction", c.push_below_free_fraction, " is outside [0, 1)");
+  }
+  if (!(c.max_push_bytes_per_s > 0)) {
+    return bad("max_push_bytes_per_s", c.max_push_bytes_per_s, " must be > 0");
+  }
   if (c.staging_pages == 0 || c.staging_pages > 4096) {
     return bad("staging_pages", c.staging_pages, " is outside [1, 4096]");
   }
@@ -333,7 +339,9 @@ absl::Status ApplyConfigYaml(absl::string_view yaml, DaemonConfig& c) {
       .Add("fetch_lease_ms", cl.fetch_lease_ms)
       .Add("replicate_after_remote_reads", cl.replicate_after_remote_reads)
       .Add("max_migration_bytes_per_s", cl.max_migration_bytes_per_s)
-      .Add("busy_poll_us", cl.busy_poll_us);
+      .Add("busy_poll_us", cl.busy_poll_us)
+      .Add("push_below_free_fraction", cl.push_below_free_fraction)
+      .Add("max_push_bytes_per_s", cl.max_push_bytes_per_s);
   auto section = [](const FieldMap& fields) {
     return
         [&fields](const YAML::Node& v, const std::string& full) { return fields.Apply(v, full); };

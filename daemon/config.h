@@ -153,6 +153,14 @@ struct ClusterConfig {
   uint32_t replicate_after_remote_reads = 2;
   // Bytes a second replication may copy into this node, beside what workers load. Default 1 GB/s.
   double max_migration_bytes_per_s = 1e9;
+  // Placement across nodes: when this node's free page slots (all tiers) fall below this share
+  // of its capacity, it pushes its coldest non-sink pages to the live peer advertising the most
+  // free room, before its own policy drops them; sinks never leave their node. 0 never pushes.
+  // Default 0.1.
+  double push_below_free_fraction = 0.1;
+  // Bytes a second this node may push to peers, apart from fetches and replication. Default
+  // 256 MB/s.
+  double max_push_bytes_per_s = 256e6;
   // How long the peer transport's progress thread (and a fetch waiting for its gets) keeps
   // polling after work before it sleeps: back-to-back messages then pay no wakeup. 0 always
   // sleeps. Default 50 us.

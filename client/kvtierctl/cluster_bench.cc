@@ -202,7 +202,8 @@ int Run(const ClusterArgs& a) {
           "  ucx_net_devices: lo\n  ucx_tls: ",
           // Peers connect through UCX's TCP connection manager, so tcp stays listed; UCX then
           // moves page bytes over the fastest transport listed (sm: CMA on one host).
-          a.tls == "tcp" ? "tcp" : a.tls + ",tcp", ",self\n  replicate_after_remote_reads: 0\n");
+          a.tls == "tcp" ? "tcp" : a.tls + ",tcp",
+          ",self\n  replicate_after_remote_reads: 0\n  push_below_free_fraction: 0\n");
       std::ofstream(d + "/kvtierd.yaml") << yaml;
       nodes.push_back(std::make_unique<Child>(
           std::vector<std::string>{a.kvtierd, "--config", d + "/kvtierd.yaml"},

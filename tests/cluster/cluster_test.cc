@@ -314,6 +314,98 @@ TEST(Cluster, ThreeNodesOnLoopback) {
   EXPECT_EQ(c.daemon->Stop(), 0);
 }
 
+// Placement across nodes: A (16 slots) is set to push when under half its room is free; B has
+// plenty. A's cold pages go to B before A's own policy drops them, and A's later misses find
+// them there, bit-identical. Page 0 of every stored sequence is a sink: it never leaves A.
+TEST(Cluster, PushesColdPagesToAPeerWithRoom) {
+  const uint64_t seed = testing::TestSeed();
+  EtcdProcess etcd;
+  ASSERT_TRUE(etcd.Start()) << "etcd did not answer on " << etcd.endpoint();
+  const std::string prefix = absl::StrCat("/kvtier-push-", seed, "/");
+  auto yaml = [&](const std::string& id, int hbm, int dram, double push_below) {
+    return absl::StrCat("http_address: 127.0.0.1:0\nstore:\n  page_bytes: 32768\n  hbm_pages: ",
+                        hbm, "\n  dram_pages: ", dram,
+                        "\nnamespaces:\n  - name: \"*\"\n    sink_slots: 1\ncluster:\n"
+                        "  enabled: true\n  node_id: ",
+                        id, "\n  etcd_endpoints: [", etcd.endpoint(), "]\n  etcd_prefix: ", prefix,
+                        "\n  lease_ttl_s: 2\n  listen_address: 127.0.0.1:0\n"
+                        "  advertise_host: 127.0.0.1\n  ucx_net_devices: lo\n"
+                        "  ucx_tls: tcp,sm,self\n  replicate_after_remote_reads: 0\n"
+                        "  push_below_free_fraction: ",
+                        push_below, "\n  max_push_bytes_per_s: 1e9\n");
+  };
+  std::vector<Node> nodes(2);
+  nodes[0].id = "push-a";
+  nodes[1].id = "push-b";
+  const int hbm[] = {4, 64}, dram[] = {12, 256};
+  const double push_below[] = {0.5, 0};
+  for (int i = 0; i < 2; ++i) {
+    absl::StatusOr<DaemonProcess> d =
+        DaemonProcess::Start(yaml(nodes[i].id, hbm[i], dram[i], push_below[i]));
+    ASSERT_TRUE(d.ok()) << d.status();
+    nodes[i].daemon.emplace(*std::move(d));
+  }
+  Node& a = nodes[0];
+  Node& b = nodes[1];
+  auto client = *EtcdClient::Create({{etcd.endpoint()}, absl::Seconds(2)});
+  auto members = [&] {
+    std::map<std::string, MemberInfo> out;
+    absl::StatusOr<EtcdClient::Range> r = client->GetPrefix(prefix + "members/");
+    if (!r.ok()) return out;
+    for (const auto& [k, v] : r->kvs) {
+      if (absl::StatusOr<MemberInfo> m = MemberInfo::FromJson(v); m.ok()) out[m->node_id] = *m;
+    }
+    return out;
+  };
+  ASSERT_TRUE(WaitFor([&] { return members().size() == 2; })) << "members: " << members().size();
+  for (Node& n : nodes) n.http_port = members()[n.id].http_port;
+  ASSERT_TRUE(WaitFor([&] {
+    return Metric(a.http_port, "kvtier_cluster_members") == 2 &&
+           Metric(b.http_port, "kvtier_cluster_members") == 2;
+  }));
+  const std::string ns = "shared/model";
+  // B takes pushes only for namespaces a worker opened there: a probe opens it.
+  EXPECT_EQ(Probe(b, ns, seed + 100, 1), 0);
+
+  // 12 of A's 16 slots used: under half free, so A pushes its 11 non-sink pages to B.
+  constexpr int kPages = 12;
+  Store(a, ns, seed, kPages);
+  const std::string pushed = "kvtier_cluster_push_pages_total{result=\"pushed\"}";
+  const std::string received = "kvtier_cluster_push_pages_total{result=\"received\"}";
+  EXPECT_TRUE(WaitFor([&] { return Metric(a.http_port, pushed) >= kPages - 1; }))
+      << "A pushed " << Metric(a.http_port, pushed) << " pages";
+  EXPECT_GE(Metric(b.http_port, received), kPages - 1);
+  EXPECT_GE(Metric(a.http_port, "kvtier_cluster_push_bytes_total"), (kPages - 1) * 32768.0);
+  // Then A fills past its capacity: its policy drops the first sequence's pages.
+  Store(a, ns, seed + 1, kPages);
+  Store(a, ns, seed + 2, kPages);
+  EXPECT_GE(Metric(a.http_port, "kvtier_evictions_total{class=\"unknown\",tier=\"dram\"}") +
+                Metric(a.http_port, "kvtier_evictions_total{class=\"semantic\",tier=\"dram\"}"),
+            1)
+      << "A never dropped a page; the test did not fill it";
+  // The pushed pages load bit-identical from B itself, and through A's miss path.
+  EXPECT_TRUE(WaitFor([&] { return Probe(b, ns, seed, kPages) >= kPages - 1; }))
+      << "B does not hold A's pushed pages";
+  const double fetched_before =
+      Metric(a.http_port, "kvtier_cluster_remote_fetches_total{result=\"ok\"}");
+  EXPECT_TRUE(WaitFor([&] { return Probe(a, ns, seed, kPages) >= kPages - 1; }))
+      << "A's misses did not find its pushed pages on B";
+  EXPECT_GT(Metric(a.http_port, "kvtier_cluster_remote_fetches_total{result=\"ok\"}"),
+            fetched_before)
+      << "A served every page locally: its miss path was not exercised";
+  EXPECT_EQ(Metric(a.http_port, "kvtier_cluster_remote_fetches_total{result=\"verify_failed\"}"),
+            0);
+  // Sinks never left A: B holds none in any tier.
+  for (const char* tier : {"hbm", "dram"}) {
+    EXPECT_EQ(
+        Metric(b.http_port, absl::StrCat("kvtier_tier_pages{class=\"sink\",tier=\"", tier, "\"}")),
+        0)
+        << tier;
+  }
+  EXPECT_EQ(a.daemon->Stop(), 0);
+  EXPECT_EQ(b.daemon->Stop(), 0);
+}
+
 // ---- The same cluster with every daemon in its own network namespace ----
 //
 // Three namespaces joined by veth pairs to a bridge in the test's namespace, where etcd listens;

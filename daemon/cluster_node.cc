@@ -1,11 +1,16 @@
 #include "daemon/cluster_node.h"
 
+#include <fcntl.h>
 #include <glog/logging.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -24,6 +29,40 @@ std::string Expand(const std::string& v) {
   if (v.size() < 2 || v[0] != '$') return v;
   const char* e = std::getenv(v.c_str() + 1);
   return e != nullptr ? e : "";
+}
+
+// The shared cluster secret: the file's bytes, trailing whitespace dropped. Refused when empty,
+// oversized, or open to group or others (as ssh refuses a private key).
+absl::StatusOr<std::string> ReadSecretFile(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    return absl::ErrnoToStatus(errno, absl::StrCat("cluster.secret_file '", path, "'"));
+  }
+  if ((st.st_mode & 077) != 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cluster.secret_file '", path, "' is open to group or others (mode 0",
+                     absl::Hex(st.st_mode & 0777), "); chmod 600 it"));
+  }
+  constexpr off_t kMaxSecretBytes = 4096;
+  if (st.st_size > kMaxSecretBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("cluster.secret_file '", path, "' holds ",
+                                                   st.st_size, " bytes; at most ",
+                                                   kMaxSecretBytes));
+  }
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream buf;
+  buf << in.rdbuf();
+  std::string secret = buf.str();
+  while (!secret.empty() && std::isspace(static_cast<unsigned char>(secret.back()))) {
+    secret.pop_back();
+  }
+  if (!in.good() && !in.eof()) {
+    return absl::UnavailableError(absl::StrCat("cluster.secret_file '", path, "': read failed"));
+  }
+  if (secret.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("cluster.secret_file '", path, "' is empty"));
+  }
+  return secret;
 }
 
 peer::ObjectId IdOf(const PageKey& k) { return {k.hi, k.lo}; }
@@ -69,6 +108,11 @@ absl::Status ClusterNode::Init(metrics::Registry* registry, int http_port) {
   topt.ucx.tls = cc_.ucx_tls;
   topt.ucx.net_devices = cc_.ucx_net_devices;
   topt.busy_poll_us = cc_.busy_poll_us;
+  if (!cc_.secret_file.empty()) {
+    absl::StatusOr<std::string> secret = ReadSecretFile(cc_.secret_file);
+    if (!secret.ok()) return secret.status();
+    topt.secret = *std::move(secret);
+  }
   absl::StatusOr<std::unique_ptr<PeerTransport>> t =
       PeerTransport::Create(topt, [this](const peer::Message& m) { return OnRequest(m); });
   if (!t.ok()) return t.status();
@@ -113,7 +157,8 @@ absl::Status ClusterNode::Init(metrics::Registry* registry, int http_port) {
   background_ = std::thread([this] { BackgroundLoop(); });
   LOG(INFO) << "event=cluster_started node=" << node_id_ << " peer_address=" << peer_address_
             << " ucx_tls=" << cc_.ucx_tls << " namespaces=" << absl::StrJoin(cc_.namespaces, ",")
-            << " etcd=" << absl::StrJoin(cc_.etcd_endpoints, ",");
+            << " etcd=" << absl::StrJoin(cc_.etcd_endpoints, ",")
+            << " peer_auth=" << (cc_.secret_file.empty() ? "off" : "secret_file");
   return absl::OkStatus();
 }
 
@@ -1043,6 +1088,7 @@ void ClusterNode::BindMetrics(metrics::Registry& registry) {
     peer_events.Get({"disconnected"}).Set(static_cast<double>(t.disconnects));
     peer_events.Get({"endpoint_error"}).Set(static_cast<double>(t.endpoint_errors));
     peer_events.Get({"timeout"}).Set(static_cast<double>(t.timeouts));
+    peer_events.Get({"auth_refused"}).Set(static_cast<double>(t.auth_refused));
     peer_events.Get({"announce_failed"}).Set(r(counters_.announce_failed));
     peer_events.Get({"directory_full"}).Set(r(counters_.directory_full));
     replicated.Get({"replicated"}).Set(r(counters_.replicated));

@@ -341,7 +341,8 @@ absl::Status ApplyConfigYaml(absl::string_view yaml, DaemonConfig& c) {
       .Add("max_migration_bytes_per_s", cl.max_migration_bytes_per_s)
       .Add("busy_poll_us", cl.busy_poll_us)
       .Add("push_below_free_fraction", cl.push_below_free_fraction)
-      .Add("max_push_bytes_per_s", cl.max_push_bytes_per_s);
+      .Add("max_push_bytes_per_s", cl.max_push_bytes_per_s)
+      .Add("secret_file", cl.secret_file);
   auto section = [](const FieldMap& fields) {
     return
         [&fields](const YAML::Node& v, const std::string& full) { return fields.Apply(v, full); };

@@ -161,6 +161,11 @@ struct ClusterConfig {
   // Bytes a second this node may push to peers, apart from fetches and replication. Default
   // 256 MB/s.
   double max_push_bytes_per_s = 256e6;
+  // A file holding the cluster's shared secret (mode 0600). When set, peers authenticate each
+  // connection with an HMAC-SHA256 handshake over it, and a peer without it is refused and
+  // disconnected (kvtier_cluster_peer_events_total{kind="auth_refused"}). Default: empty, no
+  // authentication (any host that reaches listen_address is a peer).
+  std::string secret_file;
   // How long the peer transport's progress thread (and a fetch waiting for its gets) keeps
   // polling after work before it sleeps: back-to-back messages then pay no wakeup. 0 always
   // sleeps. Default 50 us.

@@ -8,6 +8,8 @@
 namespace kvtier::peer {
 namespace {
 
+constexpr uint32_t kMaxMacBytes = 64;
+
 class Writer {
  public:
   explicit Writer(std::string& out) : out_(out) {}
@@ -117,6 +119,12 @@ bool BodyMatches(MsgType t, const Body& b) {
       return Holds<FetchBatchReply>(b);
     case MsgType::kPush:
       return Holds<Push>(b);
+    case MsgType::kAuthHello:
+      return Holds<AuthHello>(b);
+    case MsgType::kAuthChallenge:
+      return Holds<AuthChallenge>(b);
+    case MsgType::kAuthProof:
+      return Holds<AuthProof>(b);
   }
   return false;
 }
@@ -152,6 +160,12 @@ absl::string_view MsgTypeName(MsgType t) {
       return "FetchBatchReply";
     case MsgType::kPush:
       return "Push";
+    case MsgType::kAuthHello:
+      return "AuthHello";
+    case MsgType::kAuthChallenge:
+      return "AuthChallenge";
+    case MsgType::kAuthProof:
+      return "AuthProof";
   }
   return "(unknown)";
 }
@@ -230,6 +244,13 @@ absl::StatusOr<std::string> Encode(const Message& m) {
           w.Str(b.holder);
           w.Put(static_cast<uint32_t>(b.ids.size()));
           for (const ObjectId& id : b.ids) w.Id(id);
+        } else if constexpr (std::is_same_v<T, AuthHello>) {
+          w.Id(b.nonce);
+        } else if constexpr (std::is_same_v<T, AuthChallenge>) {
+          w.Id(b.nonce);
+          w.Str(b.mac);
+        } else if constexpr (std::is_same_v<T, AuthProof>) {
+          w.Str(b.mac);
         }
       },
       m.body);
@@ -255,7 +276,7 @@ absl::StatusOr<Header> DecodeHeader(absl::string_view bytes) {
         absl::StrCat("peer protocol version ", version, "; this node speaks ", kVersion));
   }
   if (type < static_cast<uint16_t>(MsgType::kDirAdd) ||
-      type > static_cast<uint16_t>(MsgType::kPush)) {
+      type > static_cast<uint16_t>(MsgType::kAuthProof)) {
     return absl::InvalidArgumentError(absl::StrCat("unknown message type ", type));
   }
   if (reserved != 0) return absl::InvalidArgumentError("reserved header word is not zero");
@@ -396,6 +417,24 @@ absl::StatusOr<Message> Decode(absl::string_view bytes, const Limits& limits) {
         for (ObjectId& id : p.ids) r.Id(id, "id");
       }
       m.body = std::move(p);
+      break;
+    }
+    case MsgType::kAuthHello: {
+      AuthHello a;
+      r.Id(a.nonce, "nonce");
+      m.body = a;
+      break;
+    }
+    case MsgType::kAuthChallenge: {
+      AuthChallenge a;
+      if (r.Id(a.nonce, "nonce")) r.Str(a.mac, kMaxMacBytes, "mac");
+      m.body = std::move(a);
+      break;
+    }
+    case MsgType::kAuthProof: {
+      AuthProof a;
+      r.Str(a.mac, kMaxMacBytes, "mac");
+      m.body = std::move(a);
       break;
     }
   }

@@ -53,6 +53,10 @@ enum class MsgType : uint16_t {
   kFetchBatch = 9,     // FetchBatch -> FetchBatchReply: many objects, one lease
   kFetchBatchReply = 10,
   kPush = 11,  // Push -> Ack: the receiver is asked to fetch these ids from `holder` and keep them
+  // Peer authentication (a shared cluster secret), first on every connection when it is on:
+  kAuthHello = 12,      // connector -> acceptor: AuthHello (its nonce)
+  kAuthChallenge = 13,  // acceptor -> connector: AuthChallenge (its nonce, its proof)
+  kAuthProof = 14,      // connector -> acceptor: AuthProof
 };
 bool IsReply(MsgType t);
 absl::string_view MsgTypeName(MsgType t);
@@ -125,8 +129,21 @@ struct Ack {
   std::string error;
 };
 
+// The handshake: each side proves it knows the secret with an HMAC over both nonces (so a
+// recorded handshake does not replay on another connection).
+struct AuthHello {
+  ObjectId nonce;
+};
+struct AuthChallenge {
+  ObjectId nonce;
+  std::string mac;  // HMAC-SHA256(secret, "kvtier-acceptor" | connector nonce | acceptor nonce)
+};
+struct AuthProof {
+  std::string mac;  // HMAC-SHA256(secret, "kvtier-connector" | acceptor nonce | connector nonce)
+};
+
 using Body = std::variant<DirUpdate, DirQuery, DirQueryReply, Fetch, FetchReply, Release, Ack,
-                          FetchBatch, FetchBatchReply, Push>;
+                          FetchBatch, FetchBatchReply, Push, AuthHello, AuthChallenge, AuthProof>;
 
 struct Message {
   MsgType type = MsgType::kAck;

@@ -3,6 +3,10 @@
 #include <arpa/inet.h>
 #include <glog/logging.h>
 #include <netdb.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -309,6 +313,13 @@ class PeerTransport::Impl {
   struct Conn {
     std::string peer;  // listen address for outgoing endpoints; client address for accepted
     bool outgoing;
+    // Authentication (options_.secret set): messages wait in `queued` on an outgoing endpoint
+    // until the acceptor proved it knows the secret; an accepted one takes only the handshake
+    // until the connector did.
+    bool authed = false;
+    peer::ObjectId our_nonce, their_nonce;
+    bool challenged = false;  // accepted: a challenge went out
+    std::vector<std::string> queued;
   };
 
   void Post(std::function<void()> fn) {
@@ -470,12 +481,30 @@ class PeerTransport::Impl {
     if (ucs_status_t s = ucp_ep_create(worker_->get(), &p, &ep); s != UCS_OK) {
       return ucx::ToStatus(s, absl::StrCat("connecting to peer ", peer_addr));
     }
-    conns_.emplace(ep, Conn{peer_addr, true});
+    Conn& conn = conns_.emplace(ep, Conn{peer_addr, true}).first->second;
     outgoing_.emplace(peer_addr, ep);
+    if (!options_.secret.empty()) {
+      conn.our_nonce = RandomNonce();
+      SendNow(ep, EncodeOrDie(peer::MsgType::kAuthHello, peer::AuthHello{conn.our_nonce}))
+          .IgnoreError();  // a failed send shows up as an endpoint error
+    } else {
+      conn.authed = true;
+    }
     return ep;
   }
 
+  // Sends now, or once the endpoint is authenticated.
   absl::Status SendOn(ucp_ep_h ep, std::string bytes) {
+    auto c = conns_.find(ep);
+    if (c != conns_.end() && !c->second.authed) {
+      if (!c->second.outgoing) return absl::PermissionDeniedError("peer not authenticated");
+      c->second.queued.push_back(std::move(bytes));
+      return absl::OkStatus();
+    }
+    return SendNow(ep, std::move(bytes));
+  }
+
+  absl::Status SendNow(ucp_ep_h ep, std::string bytes) {
     auto buf = std::make_unique<SendBuffer>(SendBuffer{std::move(bytes)});
     ucp_request_param_t p{};
     p.op_attr_mask =
@@ -581,6 +610,17 @@ class PeerTransport::Impl {
       }
       return;
     }
+    if (!options_.secret.empty()) {
+      auto c = from != nullptr ? conns_.find(from) : conns_.end();
+      if (c == conns_.end()) return;  // its endpoint is closing: nothing it says counts
+      if (!c->second.authed) {
+        Authenticate(from, c->second, *m);
+        return;
+      }
+      if (IsAuth(m->type)) return;  // a handshake is done once
+    } else if (IsAuth(m->type)) {
+      return;  // this node has no secret: it cannot answer (the connector's calls time out)
+    }
     if (peer::IsReply(m->type)) {
       auto it = calls_.find(m->request_id);
       if (it == calls_.end()) return;  // answered too late: the caller has moved on
@@ -591,6 +631,99 @@ class PeerTransport::Impl {
     counters_.requests_in++;
     absl::MutexLock lock(&handler_mu_);
     incoming_.push_back(Incoming{*std::move(m), from});
+  }
+
+  static bool IsAuth(peer::MsgType t) {
+    return t == peer::MsgType::kAuthHello || t == peer::MsgType::kAuthChallenge ||
+           t == peer::MsgType::kAuthProof;
+  }
+
+  static peer::ObjectId RandomNonce() {
+    peer::ObjectId n;
+    unsigned char b[16];
+    if (RAND_bytes(b, sizeof(b)) != 1) LOG(FATAL) << "event=rand_bytes_failed";  // cannot go on
+    std::memcpy(&n.hi, b, 8);
+    std::memcpy(&n.lo, b + 8, 8);
+    return n;
+  }
+
+  static std::string EncodeOrDie(peer::MsgType type, peer::Body body) {
+    peer::Message m;
+    m.type = type;
+    m.body = std::move(body);
+    absl::StatusOr<std::string> bytes = peer::Encode(m);
+    CHECK(bytes.ok()) << bytes.status();  // our own message always matches its type
+    return *std::move(bytes);
+  }
+
+  // HMAC-SHA256(secret, label | a | b).
+  std::string Mac(absl::string_view label, const peer::ObjectId& a, const peer::ObjectId& b) const {
+    std::string in(label);
+    for (uint64_t w : {a.hi, a.lo, b.hi, b.lo}) in.append(reinterpret_cast<const char*>(&w), 8);
+    unsigned char out[EVP_MAX_MD_SIZE];
+    unsigned int len = 0;
+    if (HMAC(EVP_sha256(), options_.secret.data(), static_cast<int>(options_.secret.size()),
+             reinterpret_cast<const unsigned char*>(in.data()), in.size(), out, &len) == nullptr) {
+      return "";
+    }
+    return std::string(reinterpret_cast<const char*>(out), len);
+  }
+
+  static bool MacEqual(const std::string& want, const std::string& got) {
+    return !want.empty() && want.size() == got.size() &&
+           CRYPTO_memcmp(want.data(), got.data(), want.size()) == 0;
+  }
+
+  // A peer that failed authentication: logged, counted, disconnected; its calls fail.
+  void RefusePeer(ucp_ep_h ep, const Conn& c, absl::string_view why) {
+    counters_.auth_refused++;
+    LOG_EVERY_N(WARNING, 20) << "event=peer_auth_refused peer=" << c.peer << " reason=\"" << why
+                             << "\" action=disconnect";
+    deferred_close_.emplace_back(
+        ep, absl::PermissionDeniedError(absl::StrCat(
+                "peer ", c.peer, " failed authentication (cluster.secret_file): ", why)));
+  }
+
+  // The handshake, on an endpoint not yet authenticated.
+  void Authenticate(ucp_ep_h ep, Conn& c, const peer::Message& m) {
+    if (c.outgoing) {
+      const auto* ch = std::get_if<peer::AuthChallenge>(&m.body);
+      if (ch == nullptr) return;  // nothing else can come before the challenge
+      if (!MacEqual(Mac("kvtier-acceptor", c.our_nonce, ch->nonce), ch->mac)) {
+        RefusePeer(ep, c, "it does not know the cluster secret");
+        return;
+      }
+      c.their_nonce = ch->nonce;
+      SendNow(ep, EncodeOrDie(peer::MsgType::kAuthProof,
+                              peer::AuthProof{Mac("kvtier-connector", ch->nonce, c.our_nonce)}))
+          .IgnoreError();  // a failed send shows up as an endpoint error
+      c.authed = true;
+      std::vector<std::string> queued;
+      queued.swap(c.queued);
+      for (std::string& b : queued) SendNow(ep, std::move(b)).IgnoreError();  // as above
+      return;
+    }
+    if (const auto* h = std::get_if<peer::AuthHello>(&m.body); h != nullptr && !c.challenged) {
+      c.their_nonce = h->nonce;
+      c.our_nonce = RandomNonce();
+      c.challenged = true;
+      SendNow(ep, EncodeOrDie(peer::MsgType::kAuthChallenge,
+                              peer::AuthChallenge{c.our_nonce,
+                                                  Mac("kvtier-acceptor", h->nonce, c.our_nonce)}))
+          .IgnoreError();  // a failed send shows up as an endpoint error
+      return;
+    }
+    if (const auto* p = std::get_if<peer::AuthProof>(&m.body); p != nullptr && c.challenged) {
+      if (MacEqual(Mac("kvtier-connector", c.our_nonce, c.their_nonce), p->mac)) {
+        c.authed = true;
+      } else {
+        RefusePeer(ep, c, "its proof does not match the cluster secret");
+      }
+      return;
+    }
+    RefusePeer(ep, c,
+               absl::StrCat("it sent ", peer::MsgTypeName(m.type),
+                            " without authenticating; is cluster.secret_file set there?"));
   }
 
   // ---- UCX callbacks (progress thread) ----
@@ -633,7 +766,9 @@ class PeerTransport::Impl {
                    << "\"";
       return;
     }
-    self->conns_.emplace(ep, Conn{who, false});
+    Conn c{who, false};
+    c.authed = self->options_.secret.empty();
+    self->conns_.emplace(ep, std::move(c));
   }
 
   static void OnEpError(void* arg, ucp_ep_h ep, ucs_status_t status) {

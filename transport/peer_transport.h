@@ -46,6 +46,11 @@ struct PeerTransportOptions {
   // worker's fd, and a thread waiting for a batch's gets spins this long before it blocks: back
   // to back operations then pay no wakeup. Bounded, so an idle node sleeps. Default 50 us.
   uint32_t busy_poll_us = 50;
+  // Shared cluster secret. When set, every connection starts with a handshake in which each
+  // side proves it knows it (HMAC-SHA256 over both sides' fresh nonces, OpenSSL); a peer that
+  // fails it, or sends anything else first, is logged, counted (auth_refused) and
+  // disconnected. Empty (default): peers are not authenticated.
+  std::string secret;
   peer::Limits limits;
 };
 
@@ -87,6 +92,7 @@ struct PeerTransportCounters {
   uint64_t timeouts = 0;
   uint64_t gets = 0;
   uint64_t get_bytes = 0;
+  uint64_t auth_refused = 0;  // peers disconnected for failing authentication
 };
 
 class PeerTransport {

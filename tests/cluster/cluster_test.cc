@@ -15,6 +15,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -404,6 +405,75 @@ TEST(Cluster, PushesColdPagesToAPeerWithRoom) {
   }
   EXPECT_EQ(a.daemon->Stop(), 0);
   EXPECT_EQ(b.daemon->Stop(), 0);
+}
+
+// Peer authentication: A and B share a secret file and serve each other; C, started without
+// it, is refused by both (a metric and a log line on theirs) and fetches nothing.
+TEST(Cluster, PeersWithoutTheSecretAreRefused) {
+  const uint64_t seed = testing::TestSeed();
+  EtcdProcess etcd;
+  ASSERT_TRUE(etcd.Start()) << "etcd did not answer on " << etcd.endpoint();
+  const std::string prefix = absl::StrCat("/kvtier-auth-", seed, "/");
+  char tmpl[] = "/tmp/kvtier-secret-XXXXXX";
+  const std::string dir = ::mkdtemp(tmpl);
+  const std::string secret = dir + "/cluster.secret";
+  std::ofstream(secret) << "kvtier-test-secret-" << seed << "\n";
+  ASSERT_EQ(::chmod(secret.c_str(), 0600), 0);
+  auto yaml = [&](const std::string& id, const std::string& secret_file) {
+    std::string y = NodeYaml(id, etcd.endpoint(), prefix, "[\"*\"]", 0);
+    if (!secret_file.empty()) absl::StrAppend(&y, "  secret_file: ", secret_file, "\n");
+    return y;
+  };
+  std::vector<Node> nodes(3);
+  const std::string secrets[] = {secret, secret, ""};
+  for (int i = 0; i < 3; ++i) {
+    nodes[i].id = std::string("auth-") + static_cast<char>('a' + i);
+    if (i == 2) {
+      // C joins only after A and B have shown they work together.
+      Store(nodes[0], "shared/model", seed, 16);
+      EXPECT_TRUE(WaitFor([&] { return Probe(nodes[1], "shared/model", seed, 16) == 16; }))
+          << "B (with the secret) did not load A's pages";
+    }
+    absl::StatusOr<DaemonProcess> d = DaemonProcess::Start(yaml(nodes[i].id, secrets[i]));
+    ASSERT_TRUE(d.ok()) << d.status();
+    nodes[i].daemon.emplace(*std::move(d));
+    if (i >= 1) {
+      ASSERT_TRUE(WaitFor([&] {
+        int seen = 0;
+        auto client = *EtcdClient::Create({{etcd.endpoint()}, absl::Seconds(2)});
+        absl::StatusOr<EtcdClient::Range> r = client->GetPrefix(prefix + "members/");
+        if (!r.ok()) return false;
+        for (const auto& [k, v] : r->kvs) {
+          if (absl::StatusOr<MemberInfo> m = MemberInfo::FromJson(v); m.ok()) {
+            for (Node& n : nodes) {
+              if (n.id == m->node_id) n.http_port = m->http_port;
+            }
+            ++seen;
+          }
+        }
+        // Every running node sees all of them (C's lookups then go to A and B).
+        for (int j = 0; j <= i; ++j) {
+          if (Metric(nodes[j].http_port, "kvtier_cluster_members") != i + 1) return false;
+        }
+        return seen == i + 1;
+      }));
+    }
+  }
+  Node& a = nodes[0];
+  Node& b = nodes[1];
+  Node& c = nodes[2];
+  // C is in etcd (membership is not behind the secret) but no peer talks to it.
+  EXPECT_EQ(Probe(c, "shared/model", seed, 16), 0) << "C fetched pages without the secret";
+  const std::string refused = "kvtier_cluster_peer_events_total{kind=\"auth_refused\"}";
+  EXPECT_TRUE(WaitFor([&] {
+    return Metric(a.http_port, refused) + Metric(b.http_port, refused) >= 1;
+  })) << "neither A nor B counted C's refusal";
+  EXPECT_GE(Metric(a.http_port, "kvtier_cluster_pages_lent_total"), 16);
+  EXPECT_EQ(a.daemon->Stop(), 0);
+  EXPECT_EQ(b.daemon->Stop(), 0);
+  EXPECT_EQ(c.daemon->Stop(), 0);
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
 }
 
 // ---- The same cluster with every daemon in its own network namespace ----

@@ -26,6 +26,9 @@ TEST(PeerProtocol, RoundTripsEveryType) {
                                  {FetchEntry{0, {1, 2}, 2 << 20, 77, 0x2000, 1, 1, 3},
                                   FetchEntry{5, {3, 4}, 0, 0, 0, 0, 0, 0}}}});
   all.push_back({MsgType::kPush, 12, Push{"ns", "node-a", {{7, 8}}}});
+  all.push_back({MsgType::kAuthHello, 0, AuthHello{{1, 2}}});
+  all.push_back({MsgType::kAuthChallenge, 0, AuthChallenge{{3, 4}, std::string(32, 'm')}});
+  all.push_back({MsgType::kAuthProof, 0, AuthProof{std::string(32, 'p')}});
   for (const Message& m : all) {
     absl::StatusOr<std::string> bytes = Encode(m);
     ASSERT_TRUE(bytes.ok());

@@ -108,6 +108,11 @@ absl::Status ClusterNode::Init(metrics::Registry* registry, int http_port) {
   topt.ucx.tls = cc_.ucx_tls;
   topt.ucx.net_devices = cc_.ucx_net_devices;
   topt.busy_poll_us = cc_.busy_poll_us;
+  if (std::getenv("KVTIER_TEST_CORRUPT_LENDS") != nullptr) {
+    corrupt_lends_for_test_ = true;
+    LOG(WARNING) << "event=test_fault_injection what=corrupt_lent_checksums "
+                    "(KVTIER_TEST_CORRUPT_LENDS is set: peers will refuse every page lent)";
+  }
   if (!cc_.secret_file.empty()) {
     absl::StatusOr<std::string> secret = ReadSecretFile(cc_.secret_file);
     if (!secret.ok()) return secret.status();
@@ -727,6 +732,9 @@ peer::FetchBatchReply ClusterNode::LendBatch(const std::string& ns_name,
     e.rkey_index = staging_key;
     e.code = 0;
     lease.staging_slots.push_back(slot);
+  }
+  if (corrupt_lends_for_test_) {
+    for (peer::FetchEntry& e : out.entries) e.checksum ^= 1;
   }
   const size_t lent = lease.pinned.size() + lease.staging_slots.size();
   if (lent == 0) return out;

@@ -162,6 +162,9 @@ class ClusterNode final : public ClusterPages {
   Mapped dram_map_;
   std::vector<std::byte> staging_buf_;
   std::unique_ptr<ucx::Memory> dram_region_, staging_region_;
+  // Fault injection for the cluster tests (environment KVTIER_TEST_CORRUPT_LENDS set): every
+  // checksum this node lends is wrong, so its peers must refuse every page it sends.
+  bool corrupt_lends_for_test_ = false;
 
   mutable absl::Mutex mu_;
   std::vector<MemberInfo> members_ ABSL_GUARDED_BY(mu_);  // live, from etcd (self included)

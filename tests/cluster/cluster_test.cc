@@ -407,6 +407,57 @@ TEST(Cluster, PushesColdPagesToAPeerWithRoom) {
   EXPECT_EQ(b.daemon->Stop(), 0);
 }
 
+// A page whose bytes do not match the checksum its holder sent is reported failed, never
+// served: A (started with KVTIER_TEST_CORRUPT_LENDS) lends every page with a wrong checksum.
+TEST(Cluster, PagesFailingTheirChecksumAreNeverServed) {
+  const uint64_t seed = testing::TestSeed();
+  EtcdProcess etcd;
+  ASSERT_TRUE(etcd.Start()) << "etcd did not answer on " << etcd.endpoint();
+  const std::string prefix = absl::StrCat("/kvtier-verify-", seed, "/");
+  std::vector<Node> nodes(2);
+  for (int i = 0; i < 2; ++i) {
+    nodes[i].id = std::string("verify-") + static_cast<char>('a' + i);
+    if (i == 0) ::setenv("KVTIER_TEST_CORRUPT_LENDS", "1", 1);  // inherited by A alone
+    absl::StatusOr<DaemonProcess> d =
+        DaemonProcess::Start(NodeYaml(nodes[i].id, etcd.endpoint(), prefix, "[\"*\"]", 0));
+    ::unsetenv("KVTIER_TEST_CORRUPT_LENDS");
+    ASSERT_TRUE(d.ok()) << d.status();
+    nodes[i].daemon.emplace(*std::move(d));
+  }
+  auto client = *EtcdClient::Create({{etcd.endpoint()}, absl::Seconds(2)});
+  ASSERT_TRUE(WaitFor([&] {
+    absl::StatusOr<EtcdClient::Range> r = client->GetPrefix(prefix + "members/");
+    if (!r.ok() || r->kvs.size() != 2) return false;
+    for (const auto& [k, v] : r->kvs) {
+      absl::StatusOr<MemberInfo> m = MemberInfo::FromJson(v);
+      if (!m.ok()) return false;
+      for (Node& n : nodes) {
+        if (n.id == m->node_id) n.http_port = m->http_port;
+      }
+    }
+    return Metric(nodes[0].http_port, "kvtier_cluster_members") == 2 &&
+           Metric(nodes[1].http_port, "kvtier_cluster_members") == 2;
+  }));
+  Node& a = nodes[0];
+  Node& b = nodes[1];
+  constexpr int kPages = 8;
+  Store(a, "shared/model", seed, kPages);
+  const std::string verify_failed = "kvtier_cluster_remote_fetches_total{result=\"verify_failed\"}";
+  // B finds A's pages (Lookup), but every Load of one is refused after the transfer. Probed
+  // until the directory has them all (announcements are asynchronous); no probe may verify any.
+  int served = 0;
+  EXPECT_TRUE(WaitFor([&] {
+    served += std::max(0, Probe(b, "shared/model", seed, kPages));
+    return Metric(b.http_port, verify_failed) >= kPages;
+  })) << "B refused "
+      << Metric(b.http_port, verify_failed) << " pages";
+  EXPECT_EQ(served, 0) << "B served a page that failed its check";
+  EXPECT_EQ(Metric(b.http_port, "kvtier_cluster_remote_fetches_total{result=\"ok\"}"), 0);
+  EXPECT_EQ(Probe(a, "shared/model", seed, kPages), kPages);  // A's own copies are intact
+  EXPECT_EQ(a.daemon->Stop(), 0);
+  EXPECT_EQ(b.daemon->Stop(), 0);
+}
+
 // Peer authentication: A and B share a secret file and serve each other; C, started without
 // it, is refused by both (a metric and a log line on theirs) and fetches nothing.
 TEST(Cluster, PeersWithoutTheSecretAreRefused) {

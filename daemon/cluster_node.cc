@@ -353,8 +353,9 @@ void ClusterNode::FetchBatch(const std::string& ns_name, NamespaceId ns,
     for (const auto& [holder, idx] : by_holder) {
       // At most landing_pages pages under one lease; the rest ask again.
       for (size_t at = 0; at < idx.size(); at += cc_.landing_pages) {
-        const std::vector<size_t> chunk(
-            idx.begin() + at, idx.begin() + std::min<size_t>(idx.size(), at + cc_.landing_pages));
+        const size_t end = std::min<size_t>(idx.size(), at + cc_.landing_pages);
+        const std::vector<size_t> chunk(idx.begin() + static_cast<ptrdiff_t>(at),
+                                        idx.begin() + static_cast<ptrdiff_t>(end));
         const std::vector<size_t> stale = FetchFrom(
             *holder, ns_name, keys, chunk, dsts, results, [&](size_t i, const peer::FetchEntry& e) {
               MaybeReplicate(ns_name, ns, keys[i], e, dsts[i]);
@@ -992,6 +993,7 @@ peer::Ack ClusterNode::AcceptPush(const peer::Push& p) {
     pages.push_back({buf.data() + i * page_bytes_, page_bytes_});
     idx.push_back(i);
   }
+  dsts.reserve(pages.size());
   for (const MutableBuffer& b : pages) dsts.emplace_back(&b, 1);
   std::vector<absl::StatusOr<Tier>> results(p.ids.size(), absl::UnavailableError("not fetched"));
   size_t kept = 0;

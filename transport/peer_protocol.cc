@@ -71,8 +71,8 @@ class Reader {
     if (static_cast<uint64_t>(n) * min_item_bytes > in_.size() - pos_) return Fail(what, n);
     return true;
   }
-  void Invalid(std::string why) {
-    if (ok()) status_ = absl::InvalidArgumentError(std::move(why));
+  void Invalid(absl::string_view why) {
+    if (ok()) status_ = absl::InvalidArgumentError(why);
   }
   bool ok() const { return status_.ok(); }
   bool at_end() const { return pos_ == in_.size(); }

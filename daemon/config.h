@@ -1,6 +1,8 @@
 // kvtierd's options: one struct per section, every field with its default and why, loaded from
 // YAML (the embedded default, then a --config file over it, then flags) and validated once at
-// start. Errors name the key ("store.page_bytes: ...").
+// start. Errors name the key ("store.page_bytes: ..."). Each key is spelled once, in the field
+// table of config.cc that the reader, the validator and the printer all walk; an option the
+// daemon hands to a module takes its default from that module's options struct.
 #pragma once
 
 #include <sys/types.h>
@@ -13,8 +15,11 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "kernels/copy_batch.h"
 #include "tiering/layout.h"
 #include "tiering/memory_region.h"
+#include "tiering/policy/planner.h"
+#include "tiering/tiered_store.h"
 
 namespace kvtier {
 
@@ -22,18 +27,20 @@ struct StoreConfig {
   // Bytes of every page; each namespace's layout must produce exactly this. Default 64 KiB (a
   // laptop-sized stand-in for Llama-3-8B's 2 MiB).
   uint64_t page_bytes = uint64_t{64} * 1024;
-  uint32_t hbm_pages = 256;          // HBM slots (host-emulated without a GPU); 0 leaves HBM out
-  uint32_t dram_pages = 1024;        // DRAM slots (the memfd shared with workers)
-  std::string hbm_backend = "auto";  // auto, cuda or host-emulated
-  uint32_t sink_tokens = 4;          // StreamingLLM sinks: the first tokens of a sequence
-  uint32_t tokens_per_page = 16;
-  uint32_t maintain_interval_ms = 100;  // planner pass period
+  uint32_t hbm_pages = 256;    // HBM slots (host-emulated without a GPU); 0 leaves HBM out
+  uint32_t dram_pages = 1024;  // DRAM slots (the memfd shared with workers)
+  // auto, cuda or host-emulated. Default: the store's (auto).
+  std::string hbm_backend = std::string(HbmBackendName(StoreOptions{}.hbm_backend));
+  // StreamingLLM sinks: the first tokens of a sequence. Default: the store's (4).
+  uint32_t sink_tokens = StoreOptions{}.sink_tokens;
+  uint32_t tokens_per_page = StoreOptions{}.tokens_per_page;  // default: the store's (16)
+  uint32_t maintain_interval_ms = 100;                        // planner pass period
   // Placement policy: kvtier (sinks in reserved slots, frequency x utility), or a classic one
   // (lru, lfu, arc, streaming, h2o) for comparison. Default kvtier.
   std::string policy = "kvtier";
   // Average bandwidth the planner may spend moving pages between tiers (they compete with the
-  // loads inference waits on). Default 5 GB/s, a tenth of a PCIe 5.0 x16 link.
-  double max_migration_bytes_per_s = 5e9;
+  // loads inference waits on). Default: the planner's (5 GB/s, a tenth of a PCIe 5.0 x16 link).
+  double max_migration_bytes_per_s = PlannerOptions{}.max_migration_bytes_per_s;
 
   friend bool operator==(const StoreConfig&, const StoreConfig&) = default;
 };
@@ -50,9 +57,9 @@ struct NvmeConfig {
 // The CUDA copy engine (used when the build has CUDA and a GPU is present; ignored otherwise).
 struct GpuConfig {
   // SMs the gather/scatter copy kernels may occupy, beside the inference kernels on the same
-  // GPU; 0 means every SM. Default 16 (of an H100's 132): enough for host<->device copies to
-  // reach the PCIe limit.
-  int32_t sm_budget = 16;
+  // GPU; 0 means every SM. Default: the copy kernels' (16 of an H100's 132, enough for
+  // host<->device copies to reach the PCIe limit).
+  int32_t sm_budget = kernels::kDefaultGpuCopySmBudget;
   // The same for HBM->HBM copies; 0 (default) means sm_budget. One SM moves at most ~50 GB/s
   // HBM->HBM, so reaching 80% of a device-to-device memcpy on an H100 takes about 32.
   int32_t device_to_device_sm_budget = 0;
@@ -193,7 +200,29 @@ struct DaemonConfig {
 };
 
 // The embedded default: works for a non-root user with no GPU, from the current directory.
+// It is the structs' defaults plus the one namespace rule a daemon needs to be usable.
 absl::string_view EmbeddedDefaultConfigYaml();
+
+// One key of the config schema, as tests and tools see it.
+struct ConfigKey {
+  enum class Kind : uint8_t {
+    kBool,
+    kInteger,
+    kNumber,
+    kText,
+    kTextList,
+    kIdList,     // a list of integers (uids, gids)
+    kOctalMode,  // an integer written in octal (0600)
+    kEnum,       // written as its number
+    kMap,        // a section or a nested struct: its keys follow
+    kList,       // a list of structs: its element's keys follow, as "key[0].field"
+  };
+  std::string path;  // the full key, as errors name it: "store.page_bytes"
+  Kind kind;
+  bool checked = false;  // ValidateConfig checks more than the type
+};
+// Every key of the config, sections and nested keys included, in --print_config's order.
+std::vector<ConfigKey> ConfigSchemaKeys();
 
 // Applies `yaml` over `config` (keys absent in yaml keep their value). Unknown keys are errors.
 absl::Status ApplyConfigYaml(absl::string_view yaml, DaemonConfig& config);

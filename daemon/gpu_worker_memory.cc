@@ -81,33 +81,15 @@ absl::Status CheckGpuBufferRequest(const Layout& layout, const GpuBufferRequest&
   return absl::OkStatus();
 }
 
-// Every op of a batch must lie inside the registered buffer it touches on the worker side: the
-// last line of defence before a launch (block ids were checked by the Layout already).
-absl::Status CheckWorkerRanges(const GpuWorkerBuffers& b, absl::Span<const CopyOp> ops,
-                               PageCopyDirection dir) {
-  size_t guess = 0;  // consecutive ops mostly touch the same or the next buffer
-  auto inside = [&](uintptr_t p, uint64_t bytes, size_t i) {
-    const uintptr_t lo = reinterpret_cast<uintptr_t>(b.base(i));
-    return p >= lo && bytes <= b.size(i) && p - lo <= b.size(i) - bytes;
-  };
-  for (const CopyOp& op : ops) {
-    const uintptr_t p = reinterpret_cast<uintptr_t>(
-        dir == PageCopyDirection::kScatter ? static_cast<const void*>(op.dst) : op.src);
-    bool found = false;
-    for (size_t k = 0; k < b.count() && !found; ++k) {
-      const size_t i = (guess + k) % b.count();
-      if (inside(p, op.bytes, i)) {
-        found = true;
-        guess = i;
-      }
-    }
-    if (!found) {
-      return absl::InternalError(absl::StrCat("a copy of ", op.bytes,
-                                              " bytes falls outside every registered GPU buffer "
-                                              "of this worker; refused before launch"));
-    }
+absl::StatusOr<std::vector<kernels::PagedPiece>> BindWorkerPieces(const Layout& layout,
+                                                                  const GpuWorkerBuffers& b) {
+  std::vector<std::byte*> bases(b.count());
+  std::vector<uint64_t> sizes(b.count());
+  for (size_t i = 0; i < b.count(); ++i) {
+    bases[i] = b.base(i);
+    sizes[i] = b.size(i);
   }
-  return absl::OkStatus();
+  return BindPieceTemplates(layout, bases, sizes);
 }
 
 #if !defined(KVTIER_HAVE_CUDA_KERNELS)
@@ -419,6 +401,19 @@ class ReaderPool {
 
 // Pages of pinned staging per GPU, in two halves (one fills from NVMe while the other drains).
 constexpr uint32_t kStagingPages = 64;
+// Memory-tier loads go in chunks that start small, so that the kernel starts after a few pages'
+// planning, and double up to kMaxChunkPages, so that later launches are few.
+constexpr size_t kFirstChunkPages = 128;
+constexpr size_t kMaxChunkPages = 1024;
+
+// Descriptor-staging units (24 bytes each) that `launches` paged launches moving `pages` pages in
+// all need: a piece table a launch, 16 bytes a page, each launch rounded up to a whole unit.
+size_t PagedTableUnits(size_t pages, size_t launches, size_t pieces_per_page) {
+  return (pages * sizeof(kernels::PagedPage) +
+          launches * pieces_per_page * sizeof(kernels::PagedPiece)) /
+             sizeof(kernels::CopyDescriptor) +
+         launches + 1;
+}
 // Threads reading NVMe pages into staging: enough requests in flight to keep an NVMe busy.
 constexpr int kReaderThreads = 16;
 
@@ -440,6 +435,8 @@ struct GpuDevice {
   size_t descs_used ABSL_GUARDED_BY(mu) = 0;  // in this batch, until the stream is synchronized
   std::byte* staging ABSL_GUARDED_BY(mu) = nullptr;  // kStagingPages pages, pinned
   cudaEvent_t half_done[2] ABSL_GUARDED_BY(mu) = {nullptr, nullptr};
+  // KVTIER_GPU_TRACE only: one timing event a launch point of a load, made on first use.
+  std::vector<cudaEvent_t> trace_events ABSL_GUARDED_BY(mu);
   bool pool_peer = false;  // the HBM pool's GPU is reachable from this one (or is this one)
 
   ~GpuDevice() {
@@ -448,6 +445,7 @@ struct GpuDevice {
     if (stream != nullptr) cudaStreamSynchronize(stream);
     DestroyEvent(half_done[0]);
     DestroyEvent(half_done[1]);
+    for (cudaEvent_t e : trace_events) DestroyEvent(e);
     if (stream != nullptr) cudaStreamDestroy(stream);
     if (host_descs != nullptr) cudaFreeHost(host_descs);
     if (staging != nullptr) cudaFreeHost(staging);
@@ -471,15 +469,13 @@ struct GpuWorkers::Impl {
   // Makes room for `count` more descriptors of this batch in dev's staging.
   absl::Status ReserveDescriptors(GpuDevice& dev, size_t count)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(dev.mu);
-  // Builds the descriptors of `pages` straight into the pinned staging (spread over the reader
-  // threads for large batches), range-checks each against the worker's buffers, copies them to
-  // the device and launches one kernel on dev's stream.
-  absl::Status LaunchPages(GpuDevice& dev, const GpuWorkerBuffers& b, const Layout& layout,
-                           absl::Span<std::byte* const> bases, absl::Span<const PageTransfer> pages,
+  // Writes the piece table (bound by BindWorkerPieces) and one {slot, block} a page into the
+  // pinned descriptor staging, checks every block id, uploads them in one copy and launches the
+  // paged kernel on dev's stream.
+  absl::Status LaunchPages(GpuDevice& dev, absl::Span<const kernels::PagedPiece> pieces,
+                           uint32_t num_blocks, absl::Span<const PageTransfer> pages,
                            PageCopyDirection dir, int sm_budget)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(dev.mu);
-  // Runs fn(i) for i in [0, n): on the reader threads when n is large, else inline.
-  void ForEach(size_t n, const std::function<void(size_t)>& fn);
   int D2dBudget() const {
     return config.device_to_device_sm_budget > 0 ? config.device_to_device_sm_budget
                                                  : config.sm_budget;
@@ -594,65 +590,50 @@ absl::Status GpuWorkers::Impl::ReserveDescriptors(GpuDevice& dev, size_t count) 
   return absl::OkStatus();
 }
 
-void GpuWorkers::Impl::ForEach(size_t n, const std::function<void(size_t)>& fn) {
-  if (n <= 1 || readers == nullptr) {
-    for (size_t i = 0; i < n; ++i) fn(i);
-    return;
-  }
-  readers->Run(n, fn);
-}
-
-absl::Status GpuWorkers::Impl::LaunchPages(GpuDevice& dev, const GpuWorkerBuffers& b,
-                                           const Layout& layout, absl::Span<std::byte* const> bases,
+absl::Status GpuWorkers::Impl::LaunchPages(GpuDevice& dev,
+                                           absl::Span<const kernels::PagedPiece> pieces,
+                                           uint32_t num_blocks,
                                            absl::Span<const PageTransfer> pages,
                                            PageCopyDirection dir, int sm_budget) {
   if (pages.empty()) return absl::OkStatus();
-  const size_t ppp = layout.pieces_per_page();
-  const size_t count = pages.size() * ppp;
-  if (absl::Status s = ReserveDescriptors(dev, count); !s.ok()) return s;
-  kernels::CopyDescriptor* host = dev.host_descs + dev.descs_used;
-  // Chunks of pages, each built, checked and validated by one thread.
-  constexpr size_t kChunkPages = 128;
-  const size_t chunks = (pages.size() + kChunkPages - 1) / kChunkPages;
-  std::vector<absl::Status> chunk_status(chunks);
-  std::vector<uint64_t> chunk_max(chunks, 0);
-  ForEach(chunks, [&](size_t c) {
-    const size_t lo = c * kChunkPages;
-    const size_t hi = std::min(pages.size(), lo + kChunkPages);
-    thread_local std::vector<CopyOp> ops;
-    ops.clear();
-    absl::Status s = AppendPageCopies(layout, bases, pages.subspan(lo, hi - lo), dir, ops);
-    if (s.ok() && ops.size() != (hi - lo) * ppp) {
-      s = absl::InternalError(
-          absl::StrCat(ops.size(), " copies for ", hi - lo, " pages of ", ppp, " pieces"));
+  // One upload: the piece table, then one {slot, block} a page, in the descriptor staging
+  // (counted in its 24-byte units; both records need only 8-byte alignment).
+  const size_t table_bytes =
+      pieces.size() * sizeof(kernels::PagedPiece) + pages.size() * sizeof(kernels::PagedPage);
+  const size_t units = PagedTableUnits(pages.size(), 1, pieces.size());
+  if (absl::Status s = ReserveDescriptors(dev, units); !s.ok()) return s;
+  auto* host_pieces = reinterpret_cast<kernels::PagedPiece*>(dev.host_descs + dev.descs_used);
+  std::copy(pieces.begin(), pieces.end(), host_pieces);
+  auto* host_pages = reinterpret_cast<kernels::PagedPage*>(host_pieces + pieces.size());
+  for (size_t k = 0; k < pages.size(); ++k) {
+    if (pages[k].block_id >= num_blocks) {  // callers check too; a bad id must never launch
+      return absl::OutOfRangeError(
+          absl::StrCat("block id ", pages[k].block_id, " out of range [0, ", num_blocks, ")"));
     }
-    if (s.ok()) s = CheckWorkerRanges(b, ops, dir);
-    kernels::CopyDescriptor* out = host + lo * ppp;
-    uint64_t max_piece = 0;
-    for (size_t i = 0; s.ok() && i < ops.size(); ++i) {
-      out[i] = kernels::CopyDescriptor{ops[i].src, ops[i].dst, ops[i].bytes};
-      max_piece = std::max<uint64_t>(max_piece, ops[i].bytes);
-    }
-    if (s.ok()) s = kernels::ValidateCopyBatch(absl::MakeConstSpan(out, ops.size()));
-    chunk_status[c] = s;
-    chunk_max[c] = max_piece;
-  });
-  uint64_t max_piece = 0;
-  for (size_t c = 0; c < chunks; ++c) {
-    if (!chunk_status[c].ok()) return chunk_status[c];
-    max_piece = std::max(max_piece, chunk_max[c]);
+    host_pages[k] = kernels::PagedPage{pages[k].slot, pages[k].block_id};
   }
-  auto* device = static_cast<kernels::CopyDescriptor*>(dev.device_descs.get()) + dev.descs_used;
-  if (cudaError_t e = cudaMemcpyAsync(device, host, count * sizeof(kernels::CopyDescriptor),
+  if (absl::Status s =
+          kernels::ValidatePagedCopy(pieces, absl::MakeConstSpan(host_pages, pages.size()));
+      !s.ok()) {
+    return s;
+  }
+  auto* device_pieces = reinterpret_cast<kernels::PagedPiece*>(
+      static_cast<kernels::CopyDescriptor*>(dev.device_descs.get()) + dev.descs_used);
+  if (cudaError_t e = cudaMemcpyAsync(device_pieces, host_pieces, table_bytes,
                                       cudaMemcpyHostToDevice, dev.stream);
       e != cudaSuccess) {
-    return CudaStatus(e, "cudaMemcpyAsync(descriptors)");
+    return CudaStatus(e, "cudaMemcpyAsync(page table)");
   }
-  dev.descs_used += count;
+  dev.descs_used += units;
   kernels::GpuCopyOptions options;
   options.sm_budget = sm_budget;
-  return kernels::LaunchCopyBatch(device, static_cast<uint32_t>(count), max_piece, options,
-                                  dev.stream);
+  return kernels::LaunchPagedCopy(
+      device_pieces, static_cast<uint32_t>(pieces.size()),
+      reinterpret_cast<const kernels::PagedPage*>(device_pieces + pieces.size()),
+      static_cast<uint32_t>(pages.size()),
+      dir == PageCopyDirection::kScatter ? kernels::PagedDirection::kSlotToWorker
+                                         : kernels::PagedDirection::kWorkerToSlot,
+      kernels::MaxPagedPieceBytes(pieces), options, dev.stream);
 }
 
 GpuWorkers::GpuWorkers(const GpuConfig& config, TieredStore& store)
@@ -753,6 +734,7 @@ void GpuWorkers::Load(const GpuWorkerBuffers& buffers, const GpuPageBatch& batch
   TieredStore& store = impl_->store;
   const uint64_t t_start = SteadyClock::Get()->NowNs();
   uint64_t t_locked = 0, t_enqueued = 0, t_landed = 0, host_ns = 0;
+  std::string trace_points;
   const uint64_t page_bytes = store.page_bytes();
   std::vector<absl::StatusOr<Tier>> outcome(n, absl::InternalError("not copied"));
   absl::StatusOr<GpuDevice*> found = impl_->Device(b.device());
@@ -762,8 +744,8 @@ void GpuWorkers::Load(const GpuWorkerBuffers& buffers, const GpuPageBatch& batch
     return;
   }
   GpuDevice& dev = **found;
-  std::vector<std::byte*> bases(b.count());
-  for (size_t i = 0; i < b.count(); ++i) bases[i] = b.base(i);
+  const uint32_t num_blocks = batch.layout->spec().num_blocks;
+  absl::StatusOr<std::vector<kernels::PagedPiece>> pieces = BindWorkerPieces(*batch.layout, b);
   std::vector<PageKey> pinned;
   pinned.reserve(n);
   std::vector<size_t> staged_idx;
@@ -774,15 +756,36 @@ void GpuWorkers::Load(const GpuWorkerBuffers& buffers, const GpuPageBatch& batch
     t_locked = SteadyClock::Get()->NowNs();
     cudaSetDevice(dev.device);
     dev.descs_used = 0;
-    // Room for the whole batch up front: growing later would wait for the launches in flight.
-    if (absl::Status s = impl_->ReserveDescriptors(dev, n * batch.layout->pieces_per_page());
-        !s.ok()) {
+    if (!pieces.ok()) gpu_error = pieces.status();
+    // Room for the whole batch up front (a piece table a launch, 16 bytes a page): growing later
+    // would wait for the launches in flight. Launches: two a memory-tier chunk (HBM, DRAM), one a
+    // staged half.
+    const size_t launches =
+        2 * ((n + kFirstChunkPages - 1) / kFirstChunkPages) + n / (kStagingPages / 2) + 2;
+    if (absl::Status s = impl_->ReserveDescriptors(
+            dev, PagedTableUnits(n, launches, batch.layout->pieces_per_page()));
+        gpu_error.ok() && !s.ok()) {
       gpu_error = s;
     }
+    // Trace: a timing event at the start (the stream is idle, so it completes at once) and after
+    // each chunk's launches, with the host time of each, to see whether the GPU kept up.
+    std::vector<uint64_t> trace_host_ns;
+    auto trace_point = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(dev.mu) {
+      if (!impl_->trace) return;
+      const size_t k = trace_host_ns.size();
+      if (k == dev.trace_events.size()) {
+        cudaEvent_t e = nullptr;
+        if (cudaEventCreate(&e) != cudaSuccess) return;
+        dev.trace_events.push_back(e);
+      }
+      cudaEventRecord(dev.trace_events[k], dev.stream);
+      trace_host_ns.push_back(SteadyClock::Get()->NowNs());
+    };
+    trace_point();
     auto launch = [&](absl::Span<const PageTransfer> pages, absl::Span<const size_t> idx, Tier t,
                       int budget) ABSL_EXCLUSIVE_LOCKS_REQUIRED(dev.mu) {
       const absl::Status s = gpu_error.ok()
-                                 ? impl_->LaunchPages(dev, b, *batch.layout, bases, pages,
+                                 ? impl_->LaunchPages(dev, *pieces, num_blocks, pages,
                                                       PageCopyDirection::kScatter, budget)
                                  : gpu_error;
       for (size_t i : idx) outcome[i] = s.ok() ? absl::StatusOr<Tier>(t) : s;
@@ -790,14 +793,15 @@ void GpuWorkers::Load(const GpuWorkerBuffers& buffers, const GpuPageBatch& batch
     };
     // Pages in memory tiers go in chunks: the kernel copies one chunk while this thread pins,
     // locates and plans the next. A pinned page keeps its tier and slot while its bytes are read.
-    constexpr size_t kChunk = 1024;
+    size_t chunk_pages = kFirstChunkPages;
     std::vector<PageKey> keys;
     std::vector<PageEntry> located;
     std::vector<size_t> idx, hbm_idx, dram_idx;
     std::vector<PageTransfer> hbm, dram;
-    for (size_t lo = 0; lo < n; lo += kChunk) {
+    for (size_t lo = 0; lo < n;
+         lo += chunk_pages, chunk_pages = std::min(2 * chunk_pages, kMaxChunkPages)) {
       const uint64_t h0 = SteadyClock::Get()->NowNs();
-      const size_t hi = std::min(n, lo + kChunk);
+      const size_t hi = std::min(n, lo + chunk_pages);
       keys.clear();
       idx.clear();
       for (size_t i = lo; i < hi; ++i) {
@@ -855,6 +859,7 @@ void GpuWorkers::Load(const GpuWorkerBuffers& buffers, const GpuPageBatch& batch
       launch(hbm, hbm_idx, Tier::kHbm, impl_->D2dBudget());
       launch(dram, dram_idx, Tier::kDram, impl_->config.sm_budget);
       host_ns += SteadyClock::Get()->NowNs() - h0;
+      trace_point();
     }
     // Staged pages: the store reads each (verified) into one half of the staging while the
     // kernel drains the other half into the worker's blocks.
@@ -895,6 +900,14 @@ void GpuWorkers::Load(const GpuWorkerBuffers& buffers, const GpuPageBatch& batch
     }
     const cudaError_t landed = cudaStreamSynchronize(dev.stream);
     t_landed = SteadyClock::Get()->NowNs();
+    // "gpu_ms/host_ms" of each trace point after the first: when the GPU passed it against when
+    // the host enqueued it, both from the first point.
+    for (size_t k = 1; k < trace_host_ns.size(); ++k) {
+      float gpu_ms = 0;
+      cudaEventElapsedTime(&gpu_ms, dev.trace_events[0], dev.trace_events[k]);
+      absl::StrAppend(&trace_points, k == 1 ? "" : ",", absl::SixDigits(gpu_ms), "/",
+                      absl::SixDigits((trace_host_ns[k] - trace_host_ns[0]) * 1e-6));
+    }
     if (cudaError_t e = landed; e != cudaSuccess) {
       // Sticky errors mean the context is gone; every later batch will say so too.
       LOG(ERROR) << "event=gpu_copy_failed device=" << dev.device << " error=\""
@@ -903,10 +916,7 @@ void GpuWorkers::Load(const GpuWorkerBuffers& buffers, const GpuPageBatch& batch
     }
     dev.descs_used = 0;
   }
-  for (const PageKey& k : pinned) {
-    store.Touch(batch.ns, k).IgnoreError();  // a racing drop only loses the access count
-  }
-  store.Unpin(batch.ns, pinned).IgnoreError();  // our own pins: cannot fail
+  store.UnpinAfterRead(batch.ns, pinned).IgnoreError();  // our own pins: cannot fail
   if (impl_->trace) {
     // One line per batch, only when KVTIER_GPU_TRACE is set (benchmarks): where a load's time goes.
     const uint64_t t_end = SteadyClock::Get()->NowNs();
@@ -915,7 +925,8 @@ void GpuWorkers::Load(const GpuWorkerBuffers& buffers, const GpuPageBatch& batch
               << " dram=" << dram_pages << " staged=" << staged_idx.size()
               << " lock_ms=" << ms(t_start, t_locked) << " host_ms=" << host_ns * 1e-6
               << " enqueue_ms=" << ms(t_locked, t_enqueued)
-              << " land_ms=" << ms(t_enqueued, t_landed) << " unpin_ms=" << ms(t_landed, t_end);
+              << " land_ms=" << ms(t_enqueued, t_landed) << " unpin_ms=" << ms(t_landed, t_end)
+              << " gpu_vs_host_ms=" << trace_points;
   }
   if (!reply_when_enqueued) {
     for (size_t i = 0; i < n; ++i) {
@@ -942,8 +953,12 @@ void GpuWorkers::Store(const GpuWorkerBuffers& buffers, const GpuPageBatch& batc
     return;
   }
   GpuDevice& dev = **found;
-  std::vector<std::byte*> bases(b.count());
-  for (size_t i = 0; i < b.count(); ++i) bases[i] = b.base(i);
+  const uint32_t num_blocks = batch.layout->spec().num_blocks;
+  absl::StatusOr<std::vector<kernels::PagedPiece>> pieces = BindWorkerPieces(*batch.layout, b);
+  if (!pieces.ok()) {
+    for (size_t i = 0; i < n; ++i) result(i, pieces.status());
+    return;
+  }
   absl::MutexLock lock(&dev.mu);
   cudaSetDevice(dev.device);
   if (*wait != nullptr) cudaStreamWaitEvent(dev.stream, *wait, 0);
@@ -965,8 +980,8 @@ void GpuWorkers::Store(const GpuWorkerBuffers& buffers, const GpuPageBatch& batc
       idx.push_back(i);
     }
     dev.descs_used = 0;
-    absl::Status s = impl_->LaunchPages(dev, b, *batch.layout, bases, pages,
-                                        PageCopyDirection::kGather, impl_->config.sm_budget);
+    absl::Status s = impl_->LaunchPages(dev, *pieces, num_blocks, pages, PageCopyDirection::kGather,
+                                        impl_->config.sm_budget);
     if (s.ok()) {
       if (cudaError_t e = cudaStreamSynchronize(dev.stream); e != cudaSuccess) {
         s = CudaStatus(e, "copy out of worker blocks");

@@ -21,8 +21,10 @@
 //                        the other; an HBM page on a GPU without peer access takes this path too;
 //   blocks -> any tier   one kernel gathers the pages into pinned staging, then the store puts
 //                        each from there (the store decides the tier).
-// Every copy descriptor is checked against the registered buffer it touches before any launch:
-// an illegal address would kill the daemon's CUDA context and every other worker's service.
+// Copies go to the kernel in the paged form (the layout's piece table plus one {slot, block} a
+// page); every block id is checked against the layout and the piece table against the registered
+// buffers before any launch: an illegal address would kill the daemon's CUDA context and every
+// other worker's service.
 //
 // Ordering: each session has an interprocess event (cudaIpcGetEventHandle) recorded after every
 // operation's copies; the worker's stream may wait on it (cudaStreamWaitEvent) instead of the CPU
@@ -101,10 +103,12 @@ using GpuPutPageFn =
 // Checks a request against the layout before anything is opened: counts, handle and UUID sizes,
 // each buffer's size against the layout, 16-byte alignment, overflow, VMM ranges.
 absl::Status CheckGpuBufferRequest(const Layout& layout, const GpuBufferRequest& request);
-// Checks that every op's worker-side range ([dst, dst + bytes) for a scatter, [src, src + bytes)
-// for a gather) lies inside one of `buffers`: the last check before a launch.
-absl::Status CheckWorkerRanges(const GpuWorkerBuffers& buffers, absl::Span<const CopyOp> ops,
-                               PageCopyDirection direction);
+// The layout's pieces bound to the worker's registered buffers (tiering/copy_plan.h,
+// BindPieceTemplates): refused when any piece of any block in [0, num_blocks) would fall outside
+// its buffer. With every block id checked against the layout, this is the last check before a
+// launch: no page of the batch can then reach outside the worker's registered memory.
+absl::StatusOr<std::vector<kernels::PagedPiece>> BindWorkerPieces(const Layout& layout,
+                                                                  const GpuWorkerBuffers& buffers);
 
 class GpuWorkers {
  public:

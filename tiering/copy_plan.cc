@@ -43,6 +43,34 @@ absl::Status AppendPageCopies(const Layout& layout, absl::Span<std::byte* const>
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::vector<kernels::PagedPiece>> BindPieceTemplates(
+    const Layout& layout, absl::Span<std::byte* const> worker_buffers,
+    absl::Span<const uint64_t> buffer_bytes) {
+  if (worker_buffers.size() != layout.buffer_count() ||
+      buffer_bytes.size() != worker_buffers.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("layout expects ", layout.buffer_count(),
+                                                   " worker buffers, got ", worker_buffers.size(),
+                                                   " (and ", buffer_bytes.size(), " sizes)"));
+  }
+  const uint64_t last_block = layout.spec().num_blocks - 1;  // Create() refuses 0 blocks
+  std::vector<kernels::PagedPiece> out;
+  out.reserve(layout.pieces_per_page());
+  for (const PieceTemplate& t : layout.piece_templates()) {
+    std::byte* base = worker_buffers[t.buffer];
+    // offset + last_block * stride + length cannot overflow: Layout::Create bounded
+    // page_bytes * num_blocks, which is at least this extent.
+    const uint64_t end = t.offset + last_block * t.block_stride + t.length;
+    if (base == nullptr || end > buffer_bytes[t.buffer]) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("worker buffer ", t.buffer, " (", buffer_bytes[t.buffer], " bytes) ",
+                       base == nullptr ? "is null" : absl::StrCat("ends before byte ", end),
+                       ", which block ", last_block, " of the layout reaches"));
+    }
+    out.push_back(kernels::PagedPiece{base + t.offset, t.block_stride, t.length, t.page_offset});
+  }
+  return out;
+}
+
 size_t MergeAdjacentCopies(std::vector<CopyOp>& ops) {
   if (ops.empty()) return 0;
   size_t w = 0;

@@ -13,7 +13,9 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "kernels/copy_batch.h"
 #include "tiering/copy_engine.h"
 #include "tiering/layout.h"
 
@@ -35,6 +37,15 @@ struct PageTransfer {
 absl::Status AppendPageCopies(const Layout& layout, absl::Span<std::byte* const> worker_buffers,
                               absl::Span<const PageTransfer> pages, PageCopyDirection direction,
                               std::vector<CopyOp>& out);
+
+// The paged form of a batch: the layout's piece templates bound to the worker's buffers, for
+// kernels::LaunchPagedCopy / CopyPagedCpu (one PagedPage {slot, block} a page then). Checks, once
+// per table instead of once per copy, that every piece of every block in [0, num_blocks) lies
+// inside its buffer (`buffer_bytes[i]` bytes at `worker_buffers[i]`): with the block ids bounded
+// by the layout, no page of the batch can reach outside the worker's registered memory.
+absl::StatusOr<std::vector<kernels::PagedPiece>> BindPieceTemplates(
+    const Layout& layout, absl::Span<std::byte* const> worker_buffers,
+    absl::Span<const uint64_t> buffer_bytes);
 
 // Merges, in place, each op into the previous one when it starts exactly where the previous one's
 // src and dst end. Order is kept; returns the new op count (ops are resized to it).

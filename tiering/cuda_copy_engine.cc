@@ -67,13 +67,19 @@ CudaCopyEngine::~CudaCopyEngine() {
     cudaStreamSynchronize(stream_);
     cudaStreamDestroy(stream_);
   }
+  if (upload_stream_ != nullptr) {
+    cudaStreamSynchronize(upload_stream_);
+    cudaStreamDestroy(upload_stream_);
+  }
+  if (uploaded_ != nullptr) cudaEventDestroy(uploaded_);
   if (staging_ != nullptr) cudaFreeHost(staging_);
 }
 
 absl::StatusOr<std::unique_ptr<CudaCopyEngine>> CudaCopyEngine::Create(
     const CudaCopyEngineOptions& options) {
-  if (options.max_ops_per_launch == 0) {
-    return absl::InvalidArgumentError("cuda copy engine: max_ops_per_launch must be > 0");
+  if (options.max_ops_per_launch == 0 || options.first_launch_ops == 0) {
+    return absl::InvalidArgumentError(
+        "cuda copy engine: max_ops_per_launch and first_launch_ops must be > 0");
   }
   if (options.kernel.sm_budget < 0 || options.device_to_device_sm_budget < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -108,6 +114,16 @@ absl::Status CudaCopyEngine::Init() {
   }
   if (absl::Status s = CudaStatus(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking),
                                   "cudaStreamCreate");
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = CudaStatus(cudaStreamCreateWithFlags(&upload_stream_, cudaStreamNonBlocking),
+                                  "cudaStreamCreate(upload)");
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = CudaStatus(cudaEventCreateWithFlags(&uploaded_, cudaEventDisableTiming),
+                                  "cudaEventCreate(uploaded)");
       !s.ok()) {
     return s;
   }
@@ -287,9 +303,15 @@ absl::Status CudaCopyEngine::RunLocked(CopyRoute route, CudaCopyMethod method,
 absl::Status CudaCopyEngine::RunKernel(CopyRoute route, absl::Span<const CopyOp> ops,
                                        kernels::GpuCopyMover mover) {
   // Ops that break the kernel's 16-byte rule are set aside and copied per run; the rest are staged
-  // as descriptors, max_ops_per_launch per launch.
+  // as descriptors in chunks (first_launch_ops, doubling), each uploaded on upload_stream_ and
+  // copied by its own launch while the host stages the next. Chunks of one fill take disjoint
+  // slices of the staging and device buffers, so nothing is rewritten while in use; once
+  // max_ops_per_launch are staged, the streams drain and the next fill starts over at 0.
   unaligned_.clear();
-  size_t staged = 0;
+  const size_t capacity = options_.max_ops_per_launch;
+  size_t begin = 0;   // first descriptor of the chunk being staged
+  size_t staged = 0;  // descriptors staged so far in this fill
+  size_t target = std::min<size_t>(options_.first_launch_ops, capacity);
   uint64_t max_piece = 0;
   kernels::GpuCopyOptions kernel_options = options_.kernel;
   kernel_options.mover = mover;
@@ -298,23 +320,39 @@ absl::Status CudaCopyEngine::RunKernel(CopyRoute route, absl::Span<const CopyOp>
   }
   // The lambda runs under the caller's lock; Clang's analysis needs to be told so.
   auto launch = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> absl::Status {
-    if (staged == 0) return absl::OkStatus();
+    const size_t n = staged - begin;
+    if (n == 0) return absl::OkStatus();
+    auto* device = static_cast<kernels::CopyDescriptor*>(device_descs_.get()) + begin;
     if (absl::Status s = CudaStatus(
-            cudaMemcpyAsync(device_descs_.get(), staging_, staged * sizeof(kernels::CopyDescriptor),
-                            cudaMemcpyHostToDevice, stream_),
+            cudaMemcpyAsync(device, staging_ + begin, n * sizeof(kernels::CopyDescriptor),
+                            cudaMemcpyHostToDevice, upload_stream_),
             "cuda copy engine: descriptor upload");
         !s.ok()) {
       return s;
     }
-    if (absl::Status s = kernels::LaunchCopyBatch(
-            static_cast<const kernels::CopyDescriptor*>(device_descs_.get()),
-            static_cast<uint32_t>(staged), max_piece, kernel_options, stream_);
+    // A wait takes the event's latest record when it is enqueued, so one event serves every chunk.
+    if (absl::Status s = CudaStatus(cudaEventRecord(uploaded_, upload_stream_),
+                                    "cuda copy engine: cudaEventRecord");
         !s.ok()) {
       return s;
     }
-    staged = 0;
+    if (absl::Status s = CudaStatus(cudaStreamWaitEvent(stream_, uploaded_, 0),
+                                    "cuda copy engine: cudaStreamWaitEvent");
+        !s.ok()) {
+      return s;
+    }
+    if (absl::Status s = kernels::LaunchCopyBatch(device, static_cast<uint32_t>(n), max_piece,
+                                                  kernel_options, stream_);
+        !s.ok()) {
+      return s;
+    }
+    begin = staged;
     max_piece = 0;
-    // The staging buffer may be rewritten next: the upload above must have been read first.
+    target = std::min(2 * target, capacity);
+    if (staged < capacity) return absl::OkStatus();
+    // The buffers are full: what they hold must have been read before they are rewritten.
+    begin = staged = 0;
+    target = std::min<size_t>(options_.first_launch_ops, capacity);
     return Sync();
   };
   for (const CopyOp& op : ops) {
@@ -326,11 +364,13 @@ absl::Status CudaCopyEngine::RunKernel(CopyRoute route, absl::Span<const CopyOp>
     }
     staging_[staged++] = kernels::CopyDescriptor{op.src, op.dst, op.bytes};
     max_piece = std::max<uint64_t>(max_piece, op.bytes);
-    if (staged == options_.max_ops_per_launch) {
+    if (staged - begin == target || staged == capacity) {
       if (absl::Status s = launch(); !s.ok()) return s;
     }
   }
   if (absl::Status s = launch(); !s.ok()) return s;
+  // Drained before returning, as every launch used to be: the next call stages from slot 0 again.
+  if (absl::Status s = Sync(); !s.ok()) return s;
   if (!unaligned_.empty()) {
     CountFallback(unaligned_.size(), "copy ops not 16-byte aligned cannot take the copy kernel");
     return RunPerRun(unaligned_);

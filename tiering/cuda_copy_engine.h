@@ -74,6 +74,11 @@ struct CudaCopyEngineOptions {
   // Descriptors staged per kernel launch (24 bytes each, pinned + device). Larger batches are
   // split. Default 65536: a 4 GiB batch of 64 KiB pieces in one launch.
   uint32_t max_ops_per_launch = 65536;
+  // A kernel batch goes in chunks of descriptors that start at this many and double: the first
+  // kernel starts after a few microseconds of host work, and the host builds each next chunk
+  // while the GPU copies the last (the host's ~5 ns a descriptor otherwise comes before the whole
+  // copy). Default 1024.
+  uint32_t first_launch_ops = 1024;
 };
 
 // One row of the calibration table: GB/s of each method for `piece_bytes` pieces on `route`.
@@ -140,6 +145,10 @@ class CudaCopyEngine final : public CopyEngine {
 
   absl::Mutex mu_;
   cudaStream_t stream_ ABSL_GUARDED_BY(mu_) = nullptr;
+  // Descriptor uploads run on their own stream, so that chunk k+1's upload overlaps chunk k's
+  // kernel; `uploaded_` orders each kernel after its upload.
+  cudaStream_t upload_stream_ ABSL_GUARDED_BY(mu_) = nullptr;
+  cudaEvent_t uploaded_ ABSL_GUARDED_BY(mu_) = nullptr;
   std::vector<Region> regions_ ABSL_GUARDED_BY(mu_);  // sorted by begin, non-overlapping
   std::array<size_t, 2> last_hit_ ABSL_GUARDED_BY(mu_) = {~size_t{0}, ~size_t{0}};  // regions_
   // Descriptor staging: pinned host (cudaMallocHost) -> device, max_ops_per_launch each.

@@ -69,7 +69,42 @@ absl::StatusOr<Layout> Layout::Create(const LayoutSpec& spec) {
   }
   layout.half_piece_bytes_ = half;
   layout.page_bytes_ = page;
+  layout.templates_ = layout.MakeTemplates();
   return layout;
+}
+
+std::vector<PieceTemplate> Layout::MakeTemplates() const {
+  const uint64_t half = half_piece_bytes_;
+  const uint64_t blocks = spec_.num_blocks;
+  std::vector<PieceTemplate> t;
+  switch (spec_.tensor_layout) {
+    case TensorLayout::kVllmPerLayer:
+      // Per layer [2, num_blocks, ...]: K of block b at b*half, V at (num_blocks + b)*half.
+      for (uint32_t layer = 0; layer < spec_.layers; ++layer) {
+        for (uint32_t kv = 0; kv < 2; ++kv) {
+          t.push_back({layer, kv * blocks * half, half, half, (uint64_t{layer} * 2 + kv) * half});
+        }
+      }
+      break;
+    case TensorLayout::kBlockMajorPerLayer:
+      // Per layer [num_blocks, 2, ...]: K and V of a block side by side.
+      for (uint32_t layer = 0; layer < spec_.layers; ++layer) {
+        t.push_back({layer, 0, 2 * half, 2 * half, uint64_t{layer} * 2 * half});
+      }
+      break;
+    case TensorLayout::kPageContiguous:
+      t.push_back({0, 0, page_bytes_, page_bytes_, 0});
+      break;
+    case TensorLayout::kSplitKvPageFirst:
+    case TensorLayout::kSplitKvPageFirstDirect: {
+      // [2, num_blocks, ...]: K of block b at b*(page/2), V at (num_blocks + b)*(page/2).
+      const uint64_t kv_half = page_bytes_ / 2;
+      t.push_back({0, 0, kv_half, kv_half, 0});
+      t.push_back({0, blocks * kv_half, kv_half, kv_half, kv_half});
+      break;
+    }
+  }
+  return t;
 }
 
 uint32_t Layout::buffer_count() const {
@@ -91,54 +126,13 @@ uint64_t Layout::buffer_bytes() const {
   return per_block * spec_.num_blocks;
 }
 
-uint32_t Layout::pieces_per_page() const {
-  switch (spec_.tensor_layout) {
-    case TensorLayout::kVllmPerLayer:
-      return 2 * spec_.layers;
-    case TensorLayout::kBlockMajorPerLayer:
-      return spec_.layers;
-    case TensorLayout::kPageContiguous:
-      return 1;
-    case TensorLayout::kSplitKvPageFirst:
-    case TensorLayout::kSplitKvPageFirstDirect:
-      return 2;
-  }
-  return 0;
-}
-
 absl::Status Layout::AppendPieces(uint32_t block_id, std::vector<Piece>& out) const {
   if (block_id >= spec_.num_blocks) {
     return absl::OutOfRangeError(
         absl::StrCat("block id ", block_id, " out of range [0, ", spec_.num_blocks, ")"));
   }
-  const uint64_t half = half_piece_bytes_;
-  switch (spec_.tensor_layout) {
-    case TensorLayout::kVllmPerLayer:
-      // Per layer: K of block b at b*half, V of block b at (num_blocks + b)*half.
-      for (uint32_t layer = 0; layer < spec_.layers; ++layer) {
-        for (uint32_t kv = 0; kv < 2; ++kv) {
-          out.push_back(Piece{layer, (uint64_t{kv} * spec_.num_blocks + block_id) * half, half,
-                              (uint64_t{layer} * 2 + kv) * half});
-        }
-      }
-      break;
-    case TensorLayout::kBlockMajorPerLayer:
-      for (uint32_t layer = 0; layer < spec_.layers; ++layer) {
-        out.push_back(
-            Piece{layer, uint64_t{block_id} * 2 * half, 2 * half, uint64_t{layer} * 2 * half});
-      }
-      break;
-    case TensorLayout::kPageContiguous:
-      out.push_back(Piece{0, uint64_t{block_id} * page_bytes_, page_bytes_, 0});
-      break;
-    case TensorLayout::kSplitKvPageFirst:
-    case TensorLayout::kSplitKvPageFirstDirect: {
-      // K of block b at b*(page/2), V of block b at (num_blocks + b)*(page/2).
-      const uint64_t kv_half = page_bytes_ / 2;
-      out.push_back(Piece{0, uint64_t{block_id} * kv_half, kv_half, 0});
-      out.push_back(Piece{0, (uint64_t{spec_.num_blocks} + block_id) * kv_half, kv_half, kv_half});
-      break;
-    }
+  for (const PieceTemplate& t : templates_) {
+    out.push_back(Piece{t.buffer, t.offset + block_id * t.block_stride, t.length, t.page_offset});
   }
   return absl::OkStatus();
 }

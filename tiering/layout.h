@@ -66,6 +66,18 @@ struct Piece {
   uint64_t page_offset = 0;  // where these bytes sit in the page's contiguous slot image
 };
 
+// One piece of every page: block b's copy of it lies at `offset + b * block_stride` of buffer
+// `buffer`, and at `page_offset` of the page's slot image. Every layout is affine in the block id,
+// so a page's pieces are this table plus its block id (the GPU worker path hands the table and
+// one block id a page to the copy kernel instead of one descriptor a piece).
+struct PieceTemplate {
+  uint32_t buffer = 0;
+  uint64_t offset = 0;
+  uint64_t block_stride = 0;
+  uint64_t length = 0;
+  uint64_t page_offset = 0;
+};
+
 class Layout {
  public:
   // Validates every field; rejects zero sizes and pages or buffers whose size overflows.
@@ -80,8 +92,10 @@ class Layout {
   uint32_t buffer_count() const;
   // Bytes each worker buffer must have.
   uint64_t buffer_bytes() const;
-  // Pieces per page after merging adjacent runs.
-  uint32_t pieces_per_page() const;
+  // Pieces per page.
+  uint32_t pieces_per_page() const { return static_cast<uint32_t>(templates_.size()); }
+  // The pieces of every page, in page order (AppendPieces expands them for one block).
+  absl::Span<const PieceTemplate> piece_templates() const { return templates_; }
 
   // Appends the pieces of block `block_id` to `out`, in page order. Fails when the block id is
   // outside [0, num_blocks).
@@ -91,10 +105,12 @@ class Layout {
 
  private:
   explicit Layout(const LayoutSpec& spec);
+  std::vector<PieceTemplate> MakeTemplates() const;
 
   LayoutSpec spec_;
   uint64_t half_piece_bytes_ = 0;
   uint64_t page_bytes_ = 0;
+  std::vector<PieceTemplate> templates_;
 };
 
 }  // namespace kvtier

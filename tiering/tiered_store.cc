@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "base/invariant.h"
@@ -316,6 +317,19 @@ PageKey TieredStore::IndexKey(NamespaceId ns, const PageKey& key) const {
     if (ns < salts_.size()) salt = salts_[ns];
   }
   return MixIndexKey(options_.index_key_secret, salt, key);
+}
+
+void TieredStore::IndexKeys(NamespaceId ns, absl::Span<const PageKey> keys,
+                            std::vector<PageKey>& out) const {
+  PageKey salt;
+  {
+    absl::ReaderMutexLock lock(&salts_mu_);
+    if (ns < salts_.size()) salt = salts_[ns];
+  }
+  out.resize(keys.size());
+  for (size_t i = 0; i < keys.size(); ++i) {
+    out[i] = keys[i].is_null() ? keys[i] : MixIndexKey(options_.index_key_secret, salt, keys[i]);
+  }
 }
 
 absl::StatusOr<PageKey> TieredStore::NamespaceSaltOf(NamespaceId ns) const {
@@ -861,37 +875,75 @@ absl::Status TieredStore::Pin(NamespaceId ns, absl::Span<const PageKey> client_k
 absl::Status TieredStore::PinAndLocate(NamespaceId ns, absl::Span<const PageKey> client_keys,
                                        std::vector<PageEntry>& entries) {
   entries.clear();
-  std::vector<PageKey> keys(client_keys.size());
-  for (size_t i = 0; i < keys.size(); ++i) keys[i] = IndexKey(ns, client_keys[i]);
+  std::vector<PageKey> keys;
+  IndexKeys(ns, client_keys, keys);
+  pin_waiters_.fetch_add(1, std::memory_order_relaxed);
   absl::MutexLock lock(&mu_);
-  for (const PageKey& key : keys) {
-    absl::StatusOr<PageEntry> e = FindOwned(ns, key);
-    if (!e.ok()) {
+  pin_waiters_.fetch_sub(1, std::memory_order_relaxed);
+  // One index probe a page (the GPU load path calls this for thousands of pages): pin while
+  // finding, and take the pins back if a later page is missing, before the lock is let go.
+  for (size_t i = 0; i < keys.size(); ++i) {
+    bool owned = false;
+    index_.Update(keys[i], [&](PageEntry& x) {
+      if (x.ns != ns || x.state != PageState::kReady) return;
+      ++x.pin_count;
+      entries.push_back(x);
+      owned = true;
+    });
+    if (!owned) {
+      for (size_t j = 0; j < i; ++j) index_.Update(keys[j], [](PageEntry& x) { ReleasePin(x); });
       entries.clear();
-      return e.status();
+      return NotFound(keys[i]);
     }
-    entries.push_back(*e);
   }
-  for (const PageKey& key : keys) index_.Update(key, [](PageEntry& x) { ++x.pin_count; });
   return absl::OkStatus();
 }
 
 absl::Status TieredStore::Unpin(NamespaceId ns, absl::Span<const PageKey> client_keys) {
-  std::vector<PageKey> keys(client_keys.size());
-  for (size_t i = 0; i < keys.size(); ++i) keys[i] = IndexKey(ns, client_keys[i]);
-  absl::MutexLock lock(&mu_);
-  // A key listed twice releases two pins: check each key against how often it is listed, so that
-  // the decrements below can never go below zero.
-  absl::flat_hash_map<PageKey, uint32_t> listed;
-  for (const PageKey& key : keys) ++listed[key];
-  for (size_t i = 0; i < keys.size(); ++i) {
-    absl::StatusOr<PageEntry> e = FindOwned(ns, keys[i]);
-    if (!e.ok()) return e.status();
-    if (e->pin_count < listed[keys[i]]) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "page ", client_keys[i].ToHex(), " is not pinned ", listed[keys[i]], " times"));
+  return ReleasePins(ns, client_keys, /*count_access=*/false);
+}
+
+absl::Status TieredStore::UnpinAfterRead(NamespaceId ns, absl::Span<const PageKey> client_keys) {
+  return ReleasePins(ns, client_keys, /*count_access=*/true);
+}
+
+absl::Status TieredStore::ReleasePins(NamespaceId ns, absl::Span<const PageKey> client_keys,
+                                      bool count_access) {
+  std::vector<PageKey> keys;
+  IndexKeys(ns, client_keys, keys);
+  {
+    absl::MutexLock lock(&mu_);
+    // A key listed twice releases two pins: check each key against how often it is listed, so
+    // that the decrements below can never go below zero.
+    absl::flat_hash_map<PageKey, uint32_t> listed;
+    for (const PageKey& key : keys) ++listed[key];
+    for (size_t i = 0; i < keys.size(); ++i) {
+      absl::StatusOr<PageEntry> e = FindOwned(ns, keys[i]);
+      if (!e.ok()) return e.status();
+      if (e->pin_count < listed[keys[i]]) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "page ", client_keys[i].ToHex(), " is not pinned ", listed[keys[i]], " times"));
+      }
     }
   }
+  // The accesses first, while the caller's pins keep every page in place, in chunks that let go
+  // of the lock between them: the policy's bookkeeping for a large load (microseconds a page)
+  // must not hold up the next load's pinning for its whole length. Only the pins' owner releases
+  // them, so the check above still holds.
+  constexpr size_t kAccessChunk = 256;
+  for (size_t lo = 0; count_access && lo < keys.size(); lo += kAccessChunk) {
+    while (pin_waiters_.load(std::memory_order_relaxed) > 0) std::this_thread::yield();
+    absl::MutexLock lock(&mu_);
+    for (size_t i = lo; i < std::min(keys.size(), lo + kAccessChunk); ++i) {
+      PageEntry e;
+      index_.Update(keys[i], [&](PageEntry& x) {
+        RecordAccess(x);
+        e = x;
+      });
+      policy_->OnAccess(keys[i], e);
+    }
+  }
+  absl::MutexLock lock(&mu_);
   for (const PageKey& key : keys) {
     index_.Update(key, [](PageEntry& x) { ReleasePin(x); });
     LeaveRetiredReserveLocked(key);  // a sink pinned when its namespace retired

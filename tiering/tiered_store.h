@@ -62,9 +62,9 @@ struct StoreOptions {
   bool pin_dram = true;
   // StreamingLLM's attention sinks: pages covering the first `sink_tokens` tokens of a sequence
   // are sinks by position. Default 4; 0 disables position-based classification.
-  uint32_t sink_tokens = 4;
+  uint32_t sink_tokens = kDefaultSinkTokens;
   // Tokens per page, for the position rule and recompute cost. Default 16 (vLLM's block size).
-  uint32_t tokens_per_page = 16;
+  uint32_t tokens_per_page = kDefaultTokensPerPage;
   // Half-life of the decayed access frequency. Default 30 s of store clock.
   double frequency_half_life_ms = 30'000;
   // Weight of a new attention report in the EWMAs (0 < alpha <= 1). Default 0.2.
@@ -208,6 +208,9 @@ class TieredStore {
   absl::Status PinAndLocate(NamespaceId ns, absl::Span<const PageKey> keys,
                             std::vector<PageEntry>& entries);
   absl::Status Unpin(NamespaceId ns, absl::Span<const PageKey> keys);
+  // Unpin after the pages' bytes were read some other way (the GPU load path), counting each as
+  // an access as Touch does: the whole batch under one lock, one index probe a page.
+  absl::Status UnpinAfterRead(NamespaceId ns, absl::Span<const PageKey> keys);
 
   // Feeds attention statistics into the page's EWMAs.
   absl::Status ReportAttention(NamespaceId ns, const PageKey& key, const AttentionSample& sample);
@@ -304,8 +307,14 @@ class TieredStore {
   void RecordAccess(PageEntry& e) const;
   PageClass ClassifyOnPut(const PutOptions& o, ClassSource* source) const;
   absl::StatusOr<PageEntry> FindOwned(NamespaceId ns, const PageKey& key) const;
+  // Unpin and UnpinAfterRead: checks every pin first, then releases them (and with
+  // `count_access`, records an access and tells the policy) under one lock.
+  absl::Status ReleasePins(NamespaceId ns, absl::Span<const PageKey> keys, bool count_access)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // The index key of a client's `key` in `ns` (null stays null). Takes salts_mu_ only.
   PageKey IndexKey(NamespaceId ns, const PageKey& key) const;
+  // IndexKey of every key of a batch, taking salts_mu_ once.
+  void IndexKeys(NamespaceId ns, absl::Span<const PageKey> keys, std::vector<PageKey>& out) const;
   void AdoptRecovered(const RecoveredPage& page) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // A sink of a retired namespace, no longer pinned, leaves its reserved slot (see
   // RetireNamespace). Does nothing for any other page.
@@ -319,6 +328,10 @@ class TieredStore {
   PageIndex index_;
 
   mutable absl::Mutex mu_;
+  // PinAndLocate calls waiting for mu_: the access bookkeeping of UnpinAfterRead, which takes mu_
+  // chunk after chunk for milliseconds after a large load, steps aside for them (absl::Mutex is
+  // not fair, so otherwise the next load's pinning waits for all of it).
+  std::atomic<int> pin_waiters_{0};
   std::unique_ptr<PlacementPolicy> policy_ ABSL_GUARDED_BY(mu_);
   // The policy's name, copied once: reading it needs no lock.
   const std::string policy_name_;

@@ -25,6 +25,13 @@ absl::string_view ClassSourceName(ClassSource s);
 // Index of the namespace a page belongs to (model fingerprint + tenant), assigned by the store.
 using NamespaceId = uint32_t;
 
+// StreamingLLM's sinks (Xiao et al., ICLR'24): pages covering the first 4 tokens of a sequence
+// are sinks by position. The default of every option that applies the rule (the store, the sink
+// classifier, the streaming policy, kvtierd's store.sink_tokens).
+inline constexpr uint32_t kDefaultSinkTokens = 4;
+// Tokens per page where nothing says otherwise: vLLM's block size.
+inline constexpr uint32_t kDefaultTokensPerPage = 16;
+
 // A borrowed, read-only byte range (a piece of a worker buffer, a slot, a staging area).
 struct ConstBuffer {
   const std::byte* data = nullptr;

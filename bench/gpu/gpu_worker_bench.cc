@@ -27,6 +27,8 @@
 #include "absl/strings/str_cat.h"
 #include "bench/gpu/gpu_worker_lib.h"
 #include "client/client.h"
+#include "kernels/cuda/gpu_kernels.h"
+#include "tiering/copy_plan.h"
 #include "tiering/page_key.h"
 
 ABSL_FLAG(std::string, socket, "", "kvtierd socket");
@@ -39,6 +41,8 @@ ABSL_FLAG(uint32_t, naive_pages, 2048, "pages the naive per-piece path moves");
 ABSL_FLAG(uint32_t, sm_budget, 16, "gpu.sm_budget of the daemon (printed)");
 ABSL_FLAG(uint32_t, d2d_sm_budget, 0, "gpu.device_to_device_sm_budget of the daemon (printed)");
 ABSL_FLAG(uint64_t, seed, 7, "sequence seed");
+ABSL_FLAG(bool, vmm, false,
+          "register the blocks as a CUDA VMM allocation by fd, not an IPC handle");
 ABSL_FLAG(bool, store_only, false, "store --store_pages and exit (NVMe: loads follow a restart)");
 
 namespace kvtier::gpuw {
@@ -140,7 +144,8 @@ int Main() {
   absl::StatusOr<Layout> layout = Layout::Create(Llama3_8B(blocks));
   if (!layout.ok()) return Fail("layout", layout.status());
   const uint64_t page_bytes = layout->page_bytes();
-  absl::StatusOr<std::unique_ptr<WorkerCache>> cache = WorkerCache::Create(*layout, false);
+  absl::StatusOr<std::unique_ptr<WorkerCache>> cache =
+      WorkerCache::Create(*layout, absl::GetFlag(FLAGS_vmm));
   if (!cache.ok()) return Fail("alloc", cache.status());
   WorkerCache& c = **cache;
   absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(absl::GetFlag(FLAGS_socket));
@@ -169,7 +174,9 @@ int Main() {
   for (uint32_t prefix : {256u, 2048u, 8192u}) {
     if (prefix > pages) continue;
     std::vector<double> secs;
-    double reply_s = 0;  // of the best run: Lookup until the last reply (the daemon's CPU side)
+    double reply_s = 0;   // of the best run: Lookup until the last reply (the daemon's CPU side)
+    double lookup_s = 0;  // of the best run: the Lookup RPC alone
+    std::vector<double> load_secs;  // each run without its Lookup: Load until the stream can use it
     std::string tiers_seen;
     for (uint32_t r = 0; r < absl::GetFlag(FLAGS_repeats); ++r) {
       if (absl::Status s = c.Clear(); !s.ok()) return Fail("clear", s);
@@ -177,6 +184,7 @@ int Main() {
       absl::StatusOr<LookupReply> found =
           (*client)->Lookup(absl::MakeConstSpan(keys).subspan(0, prefix));
       if (!found.ok()) return Fail("lookup", found.status());
+      const double t_lookup = NowSeconds() - t0;
       if (found->prefix_pages != prefix) {
         return Fail("lookup", absl::NotFoundError(absl::StrCat(found->prefix_pages, " of ", prefix,
                                                                " pages cached")));
@@ -207,7 +215,11 @@ int Main() {
       const double t_reply = NowSeconds() - t0;
       CK(cudaStreamSynchronize(c.stream()));
       secs.push_back(NowSeconds() - t0);
-      if (secs.back() <= *std::min_element(secs.begin(), secs.end())) reply_s = t_reply;
+      load_secs.push_back(secs.back() - t_lookup);
+      if (secs.back() <= *std::min_element(secs.begin(), secs.end())) {
+        reply_s = t_reply;
+        lookup_s = t_lookup;
+      }
       if (ok != prefix) {
         return Fail("load", absl::InternalError(absl::StrCat(ok, " of ", prefix, " pages")));
       }
@@ -215,15 +227,16 @@ int Main() {
     absl::StatusOr<uint64_t> bad = c.Verify(seed, prefix, 0);
     if (!bad.ok()) return Fail("verify", bad.status());
     std::sort(secs.begin(), secs.end());
+    std::sort(load_secs.begin(), load_secs.end());
     const double bytes = double(prefix) * page_bytes;
     std::printf(
         "gpu_worker_bench load tier=%s served_from=%s prefix_tokens=%u pages=%u bytes=%.0f "
         "best_ms=%.2f reply_ms=%.2f best_gbps=%.2f median_gbps=%.2f mismatched_words=%llu "
-        "sm_budget=%u d2d_sm_budget=%u\n",
+        "sm_budget=%u d2d_sm_budget=%u lookup_ms=%.2f load_only_best_gbps=%.2f\n",
         tier.c_str(), tiers_seen.c_str(), prefix * 16, prefix, bytes, secs.front() * 1e3,
         reply_s * 1e3, bytes / secs.front() / 1e9, bytes / secs[secs.size() / 2] / 1e9,
         static_cast<unsigned long long>(*bad), absl::GetFlag(FLAGS_sm_budget),
-        absl::GetFlag(FLAGS_d2d_sm_budget));
+        absl::GetFlag(FLAGS_d2d_sm_budget), lookup_s * 1e3, bytes / load_secs.front() / 1e9);
     std::fflush(stdout);
     if (*bad != 0) return 1;
   }
@@ -279,6 +292,84 @@ int Main() {
         "gpu_worker_bench naive tier=hbm what=cudaMemcpyAsync_per_piece pages=%u "
         "calls=%u gbps=%.2f\n",
         naive_pages, naive_pages * layers * 2, naive_bytes / tn / 1e9);
+    // The daemon's copy kernel alone, in this process, on the same blocks: page i of the slot
+    // image at `a` into block i, as the paged kernel (both item orders, both movers) and as the
+    // descriptor-list kernel fed the same copies. What the daemon's loads could reach at most.
+    {
+      std::vector<std::byte*> bases(layers);
+      std::vector<uint64_t> sizes(layers, layout->buffer_bytes());
+      for (uint32_t l = 0; l < layers; ++l) bases[l] = static_cast<std::byte*>(c.layer(l));
+      absl::StatusOr<std::vector<kernels::PagedPiece>> pieces =
+          BindPieceTemplates(*layout, bases, sizes);
+      if (!pieces.ok()) return Fail("paged pieces", pieces.status());
+      std::vector<kernels::PagedPage> paged(naive_pages);
+      std::vector<kernels::CopyDescriptor> list;
+      for (uint32_t i = 0; i < naive_pages; ++i) {
+        paged[i] = {static_cast<std::byte*>(a) + uint64_t{i} * page_bytes, i};
+        for (uint32_t k = 0; k < pieces->size(); ++k) {
+          list.push_back(kernels::PagedItem(pieces->data(), static_cast<uint32_t>(pieces->size()),
+                                            paged.data(), kernels::PagedDirection::kSlotToWorker,
+                                            i * static_cast<uint32_t>(pieces->size()) + k));
+        }
+      }
+      void* table = nullptr;
+      const size_t piece_bytes = pieces->size() * sizeof(kernels::PagedPiece);
+      CK(cudaMalloc(&table, piece_bytes + paged.size() * sizeof(kernels::PagedPage) +
+                                list.size() * sizeof(kernels::CopyDescriptor)));
+      auto* d_pieces = static_cast<kernels::PagedPiece*>(table);
+      auto* d_pages = reinterpret_cast<kernels::PagedPage*>(d_pieces + pieces->size());
+      auto* d_list = reinterpret_cast<kernels::CopyDescriptor*>(d_pages + paged.size());
+      CK(cudaMemcpy(d_pieces, pieces->data(), piece_bytes, cudaMemcpyHostToDevice));
+      CK(cudaMemcpy(d_pages, paged.data(), paged.size() * sizeof(kernels::PagedPage),
+                    cudaMemcpyHostToDevice));
+      CK(cudaMemcpy(d_list, list.data(), list.size() * sizeof(kernels::CopyDescriptor),
+                    cudaMemcpyHostToDevice));
+      const uint64_t max_piece = kernels::MaxPagedPieceBytes(*pieces);
+      auto must = [](const absl::Status& st) {
+        if (!st.ok()) {
+          std::fprintf(stderr, "gpu_worker_bench: kernel launch: %s\n", st.ToString().c_str());
+          std::abort();
+        }
+      };
+      for (int budget : {32, 64, 132}) {
+        for (kernels::GpuCopyMover mover :
+             {kernels::GpuCopyMover::kLoadStore, kernels::GpuCopyMover::kBulkAsync}) {
+          kernels::GpuCopyOptions opt;
+          opt.sm_budget = budget;
+          opt.mover = mover;
+          const char* mover_name =
+              mover == kernels::GpuCopyMover::kLoadStore ? "loadstore" : "bulk";
+          for (kernels::PagedOrder order :
+               {kernels::PagedOrder::kPageMajor, kernels::PagedOrder::kPieceMajor}) {
+            opt.paged_order = order;
+            const double tk = timed(
+                [&] {
+                  must(kernels::LaunchPagedCopy(d_pieces, static_cast<uint32_t>(pieces->size()),
+                                                d_pages, static_cast<uint32_t>(paged.size()),
+                                                kernels::PagedDirection::kSlotToWorker, max_piece,
+                                                opt, s));
+                },
+                5);
+            std::printf(
+                "gpu_worker_bench kernel tier=hbm what=paged order=%s mover=%s sm=%d pages=%u "
+                "gbps=%.2f\n",
+                order == kernels::PagedOrder::kPageMajor ? "page_major" : "piece_major", mover_name,
+                budget, naive_pages, naive_bytes / tk / 1e9);
+          }
+          const double tl = timed(
+              [&] {
+                must(kernels::LaunchCopyBatch(d_list, static_cast<uint32_t>(list.size()), max_piece,
+                                              opt, s));
+              },
+              5);
+          std::printf(
+              "gpu_worker_bench kernel tier=hbm what=list mover=%s sm=%d pages=%u gbps=%.2f\n",
+              mover_name, budget, naive_pages, naive_bytes / tl / 1e9);
+        }
+      }
+      std::fflush(stdout);
+      cudaFree(table);
+    }
     cudaFree(a);
     cudaFree(b);
   } else if (tier == "dram") {

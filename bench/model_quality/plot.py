@@ -28,7 +28,9 @@ def main(argv: list[str]) -> int:
             if e["budget_pages"] not in (None, c["budgets"][0]):
                 continue
             xs = [(i + 0.5) * c["bin_tokens"] for i in range(len(e["ppl_bins"]))]
-            label = f"{key}: {e['ppl']:.1f}" + (f" ({e['streams']} stream)" if e["streams"]
+            label = f"{key}: {e['ppl']:.2f}" + (
+                f" (kvtierd, DRAM load {e['load_us_per_step']:.0f} us/step)" if e.get("kvtierd")
+                else "") + (f" ({e['streams']} stream)" if e["streams"]
                                                   < max(v["streams"] for v in
                                                         r["eval"].values()) else "")
             ax.plot(xs, e["ppl_bins"], marker=".", label=label)
@@ -36,9 +38,12 @@ def main(argv: list[str]) -> int:
         ax.set_yscale("log")
         ax.set_xlabel("stream position (tokens)")
         ax.set_ylabel(f"perplexity per {c['bin_tokens']} tokens")
-        ax.set_title(f"{path.split('/')[-1]}: {r['train']['steps']} steps, "
+        ax.set_title(f"{'/'.join(path.split('/')[-2:])}: {r['train']['steps']} steps, "
+                     f"{'<|bos|>, ' if c.get('bos') else ''}"
                      f"{c['budgets'][0]} pages x {c['tokens_per_page']} tokens"
-                     + (f"\n{note}" if note else ""), fontsize=10)
+                     + (f"\nkvtierd rows: {c['hbm_pages']} HBM + {c['dram_pages']} DRAM pages"
+                        if "hbm_pages" in c else "")
+                     + (f"\n{note}" if note else ""), fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=110)

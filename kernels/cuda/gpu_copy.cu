@@ -50,8 +50,36 @@ namespace {
 
 constexpr int kUnroll = 8;
 
-__global__ void CopyBatchKernel(const CopyDescriptor* __restrict__ descs, uint32_t count,
-                                uint32_t warps_per_desc) {
+// Where a kernel's descriptors come from: a list in device memory, or a paged batch whose
+// descriptors are computed from its piece table and page list (kernels/copy_batch.h, PagedItem).
+struct ListSource {
+  const CopyDescriptor* __restrict__ descs;
+  __device__ CopyDescriptor operator()(uint64_t d) const { return descs[d]; }
+};
+
+struct PagedSource {
+  const PagedPiece* __restrict__ pieces;
+  const PagedPage* __restrict__ pages;
+  uint32_t piece_count;
+  uint32_t page_count;
+  PagedDirection direction;
+  bool piece_major;
+  __device__ CopyDescriptor operator()(uint64_t d) const {
+    // 32-bit index math: LaunchPagedCopy bounds pages x pieces below 2^32.
+    const uint32_t i = static_cast<uint32_t>(d);
+    if (piece_major) {
+      // Item i is piece i / pages of page i % pages: the same item as page-major's
+      // (i % pages) * pieces + i / pages.
+      const uint32_t piece = i / page_count;
+      return PagedItem(pieces, piece_count, pages, direction,
+                       (i - piece * page_count) * piece_count + piece);
+    }
+    return PagedItem(pieces, piece_count, pages, direction, i);
+  }
+};
+
+template <typename Source>
+__global__ void CopyBatchKernel(Source source, uint32_t count, uint32_t warps_per_desc) {
   const uint32_t lane = threadIdx.x & 31u;
   const uint32_t warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
   const uint32_t total_warps = (gridDim.x * blockDim.x) >> 5;
@@ -61,7 +89,7 @@ __global__ void CopyBatchKernel(const CopyDescriptor* __restrict__ descs, uint32
   const uint64_t stride = uint64_t{warps_per_desc} * 32;
   const uint64_t first = uint64_t{warp % warps_per_desc} * 32 + lane;
   for (uint32_t d = group; d < count; d += groups) {
-    const CopyDescriptor desc = descs[d];
+    const CopyDescriptor desc = source(d);
     const uint4* __restrict__ src = static_cast<const uint4*>(desc.src);
     uint4* __restrict__ dst = static_cast<uint4*>(desc.dst);
     const uint64_t n = desc.bytes / 16;
@@ -175,9 +203,9 @@ class BulkRing {
 // of each (M = blocks_per_desc). The warp fetches descriptors 32 at a time, one per lane, a batch
 // ahead of use, so that lane 0 never waits on a descriptor read between chunks; lane 0 alone
 // drives the ring.
+template <typename Source>
 __global__ void __launch_bounds__(32, 1)
-    CopyBatchBulkKernel(const CopyDescriptor* __restrict__ descs, uint32_t count,
-                        uint32_t blocks_per_desc) {
+    CopyBatchBulkKernel(Source source, uint32_t count, uint32_t blocks_per_desc) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
   __trap();  // LaunchCopyBatch refuses such devices; this arch only has to compile
 #else
@@ -193,7 +221,7 @@ __global__ void __launch_bounds__(32, 1)
   if (lane == 0) ring.Init();
   auto fetch = [&](uint64_t first) {
     const uint64_t d = first + lane * stride;
-    return d < count ? descs[d] : CopyDescriptor{};
+    return d < count ? source(d) : CopyDescriptor{};
   };
   CopyDescriptor next = fetch(base);
   for (; base < count; base += batch_stride) {
@@ -222,9 +250,9 @@ __global__ void __launch_bounds__(32, 1)
 #endif
 }
 
-absl::Status LaunchCopyBatchBulk(int device, const CopyDescriptor* device_descriptors,
-                                 uint32_t count, uint64_t max_piece_bytes, int budget,
-                                 cudaStream_t stream) {
+template <typename Source>
+absl::Status LaunchCopyBatchBulk(int device, Source source, uint32_t count,
+                                 uint64_t max_piece_bytes, int budget, cudaStream_t stream) {
   int major = 0, smem_optin = 0;
   if (absl::Status s = CudaStatus(
           cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "CC major");
@@ -245,10 +273,10 @@ absl::Status LaunchCopyBatchBulk(int device, const CopyDescriptor* device_descri
   }
   // A per-device function attribute; setting it on every launch keeps launches on any device
   // correct without a cache to guard.
-  if (absl::Status s = CudaStatus(
-          cudaFuncSetAttribute(CopyBatchBulkKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               static_cast<int>(kBulkSmemBytes)),
-          "cudaFuncSetAttribute(bulk copy)");
+  if (absl::Status s = CudaStatus(cudaFuncSetAttribute(CopyBatchBulkKernel<Source>,
+                                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                       static_cast<int>(kBulkSmemBytes)),
+                                  "cudaFuncSetAttribute(bulk copy)");
       !s.ok()) {
     return s;
   }
@@ -259,16 +287,15 @@ absl::Status LaunchCopyBatchBulk(int device, const CopyDescriptor* device_descri
   const uint32_t blocks_per_desc = static_cast<uint32_t>(
       std::min<uint64_t>(std::max<uint32_t>(1, static_cast<uint32_t>(budget) / count), max_chunks));
   const uint32_t groups = std::min(static_cast<uint32_t>(budget) / blocks_per_desc, count);
-  CopyBatchBulkKernel<<<groups * blocks_per_desc, 32, kBulkSmemBytes, stream>>>(
-      device_descriptors, count, blocks_per_desc);
+  CopyBatchBulkKernel<Source>
+      <<<groups * blocks_per_desc, 32, kBulkSmemBytes, stream>>>(source, count, blocks_per_desc);
   return CudaStatus(cudaGetLastError(), "CopyBatchBulkKernel launch");
 }
 
-}  // namespace
-
-absl::Status LaunchCopyBatch(const CopyDescriptor* device_descriptors, uint32_t count,
-                             uint64_t max_piece_bytes, const GpuCopyOptions& options,
-                             cudaStream_t stream) {
+// Both launches: checks the options, sizes the grid to the SM budget, and picks the mover.
+template <typename Source>
+absl::Status LaunchCopy(Source source, uint32_t count, uint64_t max_piece_bytes,
+                        const GpuCopyOptions& options, cudaStream_t stream) {
   if (count == 0) return absl::OkStatus();
   if (options.threads_per_block <= 0 || options.threads_per_block % 32 != 0 ||
       options.threads_per_block > 1024 || options.sm_budget < 0) {
@@ -286,7 +313,7 @@ absl::Status LaunchCopyBatch(const CopyDescriptor* device_descriptors, uint32_t 
   }
   const int budget = options.sm_budget == 0 ? sms : std::min(options.sm_budget, sms);
   if (options.mover == GpuCopyMover::kBulkAsync) {
-    return LaunchCopyBatchBulk(device, device_descriptors, count, max_piece_bytes, budget, stream);
+    return LaunchCopyBatchBulk(device, source, count, max_piece_bytes, budget, stream);
   }
   const uint32_t total_warps = static_cast<uint32_t>(budget) * (options.threads_per_block / 32);
   // Spread short batches over every warp; but a warp group never gets more lanes than the largest
@@ -295,9 +322,31 @@ absl::Status LaunchCopyBatch(const CopyDescriptor* device_descriptors, uint32_t 
   const uint64_t max_useful = std::max<uint64_t>(1, max_piece_bytes / (16 * 32 * kUnroll));
   warps_per_desc = static_cast<uint32_t>(std::min<uint64_t>(warps_per_desc, max_useful));
   warps_per_desc = std::min(warps_per_desc, total_warps);
-  CopyBatchKernel<<<budget, options.threads_per_block, 0, stream>>>(device_descriptors, count,
-                                                                    warps_per_desc);
+  CopyBatchKernel<Source>
+      <<<budget, options.threads_per_block, 0, stream>>>(source, count, warps_per_desc);
   return CudaStatus(cudaGetLastError(), "CopyBatchKernel launch");
+}
+
+}  // namespace
+
+absl::Status LaunchCopyBatch(const CopyDescriptor* device_descriptors, uint32_t count,
+                             uint64_t max_piece_bytes, const GpuCopyOptions& options,
+                             cudaStream_t stream) {
+  return LaunchCopy(ListSource{device_descriptors}, count, max_piece_bytes, options, stream);
+}
+
+absl::Status LaunchPagedCopy(const PagedPiece* device_pieces, uint32_t piece_count,
+                             const PagedPage* device_pages, uint32_t page_count,
+                             PagedDirection direction, uint64_t max_piece_bytes,
+                             const GpuCopyOptions& options, cudaStream_t stream) {
+  const uint64_t items = uint64_t{piece_count} * page_count;
+  if (items > UINT32_MAX) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(page_count, " pages of ", piece_count, " pieces exceed 2^32 - 1 copy items"));
+  }
+  return LaunchCopy(PagedSource{device_pieces, device_pages, piece_count, page_count, direction,
+                                options.paged_order == PagedOrder::kPieceMajor},
+                    static_cast<uint32_t>(items), max_piece_bytes, options, stream);
 }
 
 }  // namespace kvtier::kernels

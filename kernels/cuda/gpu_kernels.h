@@ -61,15 +61,23 @@ enum class GpuCopyMover : uint8_t {
   kBulkAsync = 1,
 };
 
+// Which items of a paged batch (LaunchPagedCopy) run side by side: page-major walks the pieces of
+// one page, then the next page (neighbouring warps read one slot and write every layer's
+// tensor); piece-major walks one piece of every page, then the next piece (neighbouring warps
+// write neighbouring blocks of one tensor and read many slots).
+enum class PagedOrder : uint8_t { kPageMajor = 0, kPieceMajor = 1 };
+
 struct GpuCopyOptions {
   // Streaming multiprocessors the copy may occupy: the kernel launches at most this many blocks
   // (one block runs on one SM), so the inference kernels beside it keep the rest. Default 16 of
-  // an H100's 132. 0 means every SM of the device.
-  int sm_budget = 16;
+  // an H100's 132 (kDefaultGpuCopySmBudget). 0 means every SM of the device.
+  int sm_budget = kDefaultGpuCopySmBudget;
   // Threads per block. 1024 keeps a whole SM's worth of loads in flight from one block.
   int threads_per_block = 1024;
   // kLoadStore (default) serves every route; kBulkAsync is for device <-> device batches.
   GpuCopyMover mover = GpuCopyMover::kLoadStore;
+  // Paged batches only.
+  PagedOrder paged_order = PagedOrder::kPageMajor;
 };
 
 // Launches the gather/scatter kernel over `count` descriptors that live in DEVICE memory (or
@@ -84,6 +92,14 @@ struct GpuCopyOptions {
 absl::Status LaunchCopyBatch(const CopyDescriptor* device_descriptors, uint32_t count,
                              uint64_t max_piece_bytes, const GpuCopyOptions& options,
                              cudaStream_t stream);
+
+// The paged form of LaunchCopyBatch (kernels/copy_batch.h): `piece_count` PagedPieces and
+// `page_count` PagedPages in DEVICE memory, pages x pieces copies, each computed on the device by
+// PagedItem. The caller validated them (ValidatePagedCopy) and bounded every block id and range.
+absl::Status LaunchPagedCopy(const PagedPiece* device_pieces, uint32_t piece_count,
+                             const PagedPage* device_pages, uint32_t page_count,
+                             PagedDirection direction, uint64_t max_piece_bytes,
+                             const GpuCopyOptions& options, cudaStream_t stream);
 
 namespace detail {
 // Pass 1 of an attention-statistics shape: which kernel, on what grid, with how much work a block

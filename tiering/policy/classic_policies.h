@@ -24,6 +24,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "tiering/ranked_policy.h"
+#include "tiering/types.h"
 
 namespace kvtier {
 
@@ -37,8 +38,8 @@ class LfuPolicy final : public RankedPolicy {
 
 struct StreamingLlmOptions {
   // Pages covering the first `sink_tokens` tokens are kept above everything. Default 4 tokens.
-  uint32_t sink_tokens = 4;
-  uint32_t tokens_per_page = 16;
+  uint32_t sink_tokens = kDefaultSinkTokens;
+  uint32_t tokens_per_page = kDefaultTokensPerPage;
 };
 
 class StreamingLlmPolicy final : public RankedPolicy {

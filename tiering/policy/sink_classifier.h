@@ -28,8 +28,8 @@ struct SinkClassifierOptions {
   // Position rule: pages covering the first `sink_tokens` tokens are sinks. Default 4
   // (StreamingLLM); 0 disables the rule (prefix-reuse workloads, where "first block" means "most
   // shared", not "sink").
-  uint32_t sink_tokens = 4;
-  uint32_t tokens_per_page = 16;
+  uint32_t sink_tokens = kDefaultSinkTokens;
+  uint32_t tokens_per_page = kDefaultTokensPerPage;
   // Measurement rule. A page is a measured sink when all three hold:
   // breadth >= min_breadth: share of queries whose mass on it exceeds the breadth threshold.
   // Default 0.85: sinks are attended by nearly every query; heavy hitters by a topic's queries.

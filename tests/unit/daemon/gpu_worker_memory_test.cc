@@ -24,12 +24,14 @@ LayoutSpec Spec() {
 
 class HostRanges final : public GpuWorkerBuffers {
  public:
-  HostRanges(const Layout& layout, size_t slack) {
+  // Buffers of the layout's size plus `slack` unregistered bytes, registered as `registered`
+  // bytes each (the layout's size when 0).
+  HostRanges(const Layout& layout, size_t slack, size_t registered = 0) {
     for (uint32_t i = 0; i < layout.buffer_count(); ++i) {
       storage_.emplace_back(layout.buffer_bytes() + slack);
       bases_.push_back(storage_.back().data());
     }
-    size_ = layout.buffer_bytes();
+    size_ = registered != 0 ? registered : layout.buffer_bytes();
   }
   size_t count() const override { return bases_.size(); }
   std::byte* base(size_t i) const override { return bases_[i]; }
@@ -83,42 +85,37 @@ TEST(CheckGpuBufferRequestTest, RefusesEachMistakeNamingIt) {
   EXPECT_NE(CheckGpuBufferRequest(layout, r).message().find("both"), absl::string_view::npos);
 }
 
-TEST(CheckWorkerRangesTest, EveryPlannedCopyIsInsideAndAnyOutsideIsRefused) {
+TEST(BindWorkerPiecesTest, EveryPagedCopyIsInsideAndAShortBufferIsRefused) {
   const uint64_t seed = std::random_device{}();
   std::mt19937_64 rng(seed);
   const Layout layout = *Layout::Create(Spec());
   HostRanges buffers(layout, /*slack=*/4096);
-  std::vector<std::byte*> bases;
-  for (size_t i = 0; i < buffers.count(); ++i) bases.push_back(buffers.base(i));
-  std::vector<std::byte> slots(layout.page_bytes() * 4);
-  std::vector<PageTransfer> pages;
-  for (int i = 0; i < 4; ++i) {
-    pages.push_back({static_cast<uint32_t>(rng() % layout.spec().num_blocks),
-                     slots.data() + i * layout.page_bytes()});
-  }
-  for (PageCopyDirection dir : {PageCopyDirection::kScatter, PageCopyDirection::kGather}) {
-    std::vector<CopyOp> ops;
-    ASSERT_TRUE(AppendPageCopies(layout, bases, pages, dir, ops).ok());
-    EXPECT_TRUE(CheckWorkerRanges(buffers, ops, dir).ok()) << "seed " << seed;
-    // One op moved past its buffer's registered end (into the slack: memory the worker did not
-    // register) must stop the whole batch.
-    std::vector<CopyOp> bad = ops;
-    CopyOp& victim = bad[rng() % bad.size()];
-    std::byte* const end = buffers.base(0) + buffers.size(0);
-    if (dir == PageCopyDirection::kScatter) {
-      victim.dst = end - victim.bytes + 16;
-    } else {
-      victim.src = end - victim.bytes + 16;
+  absl::StatusOr<std::vector<kernels::PagedPiece>> pieces = BindWorkerPieces(layout, buffers);
+  ASSERT_TRUE(pieces.ok()) << pieces.status();
+  ASSERT_EQ(pieces->size(), layout.pieces_per_page());
+  // Every copy the paged kernel would make for any block in range lies inside a registered buffer.
+  std::vector<std::byte> slot(layout.page_bytes());
+  for (int round = 0; round < 16; ++round) {
+    const kernels::PagedPage page{slot.data(), rng() % layout.spec().num_blocks};
+    for (uint32_t i = 0; i < pieces->size(); ++i) {
+      const kernels::CopyDescriptor d =
+          kernels::PagedItem(pieces->data(), static_cast<uint32_t>(pieces->size()), &page,
+                             kernels::PagedDirection::kSlotToWorker, i);
+      bool inside = false;
+      for (size_t b = 0; b < buffers.count(); ++b) {
+        inside |= d.dst >= buffers.base(b) &&
+                  static_cast<std::byte*>(d.dst) + d.bytes <= buffers.base(b) + buffers.size(b);
+      }
+      EXPECT_TRUE(inside) << "seed " << seed << " block " << page.block << " piece " << i;
     }
-    absl::Status s = CheckWorkerRanges(buffers, bad, dir);
-    EXPECT_FALSE(s.ok()) << "seed " << seed;
-    EXPECT_NE(s.message().find("outside every registered GPU buffer"), absl::string_view::npos);
-    // A block id out of range never becomes a copy at all.
-    std::vector<CopyOp> none;
-    const PageTransfer out_of_range{layout.spec().num_blocks, slots.data()};
-    EXPECT_FALSE(AppendPageCopies(layout, bases, {&out_of_range, 1}, dir, none).ok());
-    EXPECT_TRUE(none.empty());
   }
+  // Registered 16 bytes shorter than the layout needs: refused before any copy is planned.
+  HostRanges short_buffers(layout, /*slack=*/4096, layout.buffer_bytes() - 16);
+  absl::StatusOr<std::vector<kernels::PagedPiece>> refused =
+      BindWorkerPieces(layout, short_buffers);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("ends before byte"), absl::string_view::npos)
+      << refused.status();
 }
 
 }  // namespace

@@ -101,6 +101,88 @@ TEST(CopyPlanTest, RejectsBadBlocksAndBuffersWithoutAppending) {
             absl::StatusCode::kInvalidArgument);
 }
 
+// The paged form (piece table + one {slot, block} a page, expanded by kernels::PagedItem) moves
+// exactly the bytes AppendPageCopies' per-piece ops move, for every layout, both directions.
+TEST(CopyPlanTest, PagedCopyMatchesPerPieceCopiesOnEveryLayout) {
+  std::mt19937_64 rng(kernels::testing::TestSeed("PagedCopyMatchesPerPieceCopiesOnEveryLayout"));
+  for (uint32_t tl = 0; tl <= static_cast<uint32_t>(kLastTensorLayout); ++tl) {
+    LayoutSpec spec;
+    spec.layers = 1 + rng() % 5;
+    spec.kv_heads = 1 + rng() % 3;
+    spec.head_dim = 8 * (1 + rng() % 4);
+    spec.tokens_per_page = 1 + rng() % 9;
+    spec.tensor_layout = static_cast<TensorLayout>(tl);
+    spec.num_blocks = 3 + rng() % 20;
+    auto layout = Layout::Create(spec);
+    ASSERT_TRUE(layout.ok()) << layout.status();
+    const size_t nbuf = layout->buffer_count(), bytes = layout->buffer_bytes();
+    auto random_buffers = [&] {
+      std::vector<std::vector<std::byte>> b(nbuf, std::vector<std::byte>(bytes));
+      for (auto& v : b) {
+        for (auto& x : v) x = static_cast<std::byte>(rng());
+      }
+      return b;
+    };
+    auto worker_a = random_buffers();
+    auto worker_b = worker_a;
+    std::vector<std::byte*> ptr_a, ptr_b;
+    for (auto& v : worker_a) ptr_a.push_back(v.data());
+    for (auto& v : worker_b) ptr_b.push_back(v.data());
+    std::vector<uint64_t> sizes(nbuf, bytes);
+    std::vector<uint32_t> blocks(spec.num_blocks);
+    std::iota(blocks.begin(), blocks.end(), 0);
+    std::shuffle(blocks.begin(), blocks.end(), rng);
+    blocks.resize(1 + rng() % spec.num_blocks);
+    std::vector<std::byte> slots_a(blocks.size() * layout->page_bytes());
+    for (auto& x : slots_a) x = static_cast<std::byte>(rng());
+    std::vector<std::byte> slots_b = slots_a;
+    for (PageCopyDirection dir : {PageCopyDirection::kGather, PageCopyDirection::kScatter}) {
+      std::vector<PageTransfer> pages;
+      std::vector<kernels::PagedPage> paged;
+      for (size_t i = 0; i < blocks.size(); ++i) {
+        pages.push_back({blocks[i], slots_a.data() + i * layout->page_bytes()});
+        paged.push_back({slots_b.data() + i * layout->page_bytes(), blocks[i]});
+      }
+      std::vector<CopyOp> ops;
+      ASSERT_TRUE(AppendPageCopies(*layout, ptr_a, pages, dir, ops).ok());
+      for (const CopyOp& op : ops) std::memmove(op.dst, op.src, op.bytes);
+      absl::StatusOr<std::vector<kernels::PagedPiece>> pieces =
+          BindPieceTemplates(*layout, ptr_b, sizes);
+      ASSERT_TRUE(pieces.ok()) << pieces.status();
+      ASSERT_TRUE(kernels::CopyPagedCpu(*pieces, paged,
+                                        dir == PageCopyDirection::kGather
+                                            ? kernels::PagedDirection::kWorkerToSlot
+                                            : kernels::PagedDirection::kSlotToWorker)
+                      .ok());
+      EXPECT_EQ(slots_a, slots_b) << "layout " << tl;
+      EXPECT_EQ(worker_a, worker_b) << "layout " << tl;
+    }
+  }
+}
+
+TEST(CopyPlanTest, BindPieceTemplatesRefusesBuffersShorterThanTheLayout) {
+  LayoutSpec spec;
+  spec.layers = 2;
+  spec.kv_heads = 1;
+  spec.head_dim = 8;
+  spec.tokens_per_page = 4;
+  spec.num_blocks = 6;
+  auto layout = Layout::Create(spec);
+  ASSERT_TRUE(layout.ok());
+  std::vector<std::byte> a(layout->buffer_bytes()), b(layout->buffer_bytes());
+  std::vector<std::byte*> ptrs{a.data(), b.data()};
+  std::vector<uint64_t> sizes{layout->buffer_bytes(), layout->buffer_bytes() - 16};
+  absl::StatusOr<std::vector<kernels::PagedPiece>> bound = BindPieceTemplates(*layout, ptrs, sizes);
+  EXPECT_EQ(bound.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bound.status().message().find("worker buffer 1"), std::string::npos) << bound.status();
+  sizes[1] = layout->buffer_bytes();
+  EXPECT_TRUE(BindPieceTemplates(*layout, ptrs, sizes).ok());
+  EXPECT_FALSE(BindPieceTemplates(*layout, absl::MakeConstSpan(ptrs.data(), 1), sizes).ok());
+  // Unaligned or null slots are the validator's to refuse.
+  std::vector<kernels::PagedPage> bad{{nullptr, 0}};
+  EXPECT_FALSE(kernels::ValidatePagedCopy(*BindPieceTemplates(*layout, ptrs, sizes), bad).ok());
+}
+
 TEST(CopyPlanTest, MergeAdjacentCopiesCoalescesOnlyContinuations) {
   std::mt19937_64 rng(kernels::testing::TestSeed("MergeAdjacentCopiesCoalescesOnlyContinuations"));
   std::vector<std::byte> src(1 << 16), dst(1 << 16);

@@ -202,6 +202,101 @@ TEST(GpuCopyTest, BulkAsyncBatchesShorterThanTheBudget) {
   }
 }
 
+// The paged kernel (piece table + one {slot, block} a page) against its CPU twin, on a vLLM
+// per-layer layout (64 pieces a page), device memory on both sides, both movers and directions.
+TEST(GpuCopyTest, PagedCopyMatchesTheCpuTwin) {
+  std::mt19937_64 rng(testing::TestSeed("GpuCopyTest.PagedCopyMatchesTheCpuTwin"));
+  LayoutSpec spec{
+      .layers = 32, .kv_heads = 8, .head_dim = 128, .tokens_per_page = 16, .num_blocks = 40};
+  auto layout = Layout::Create(spec);
+  ASSERT_TRUE(layout.ok());
+  const size_t nbuf = layout->buffer_count(), buf_bytes = layout->buffer_bytes();
+  const size_t pages = 24, page_bytes = layout->page_bytes();
+  // Host images of the worker's buffers and the slots; device copies of both.
+  std::vector<std::vector<std::byte>> worker_host(nbuf, std::vector<std::byte>(buf_bytes));
+  for (auto& v : worker_host) {
+    for (auto& x : v) x = static_cast<std::byte>(rng());
+  }
+  std::vector<std::byte> slots_host(pages * page_bytes);
+  for (auto& x : slots_host) x = static_cast<std::byte>(rng());
+  std::vector<DeviceBuffer> worker_dev;
+  std::vector<std::byte*> worker_ptrs;
+  for (size_t i = 0; i < nbuf; ++i) {
+    auto b = DeviceBuffer::Allocate(buf_bytes);
+    ASSERT_TRUE(b.ok());
+    worker_ptrs.push_back(static_cast<std::byte*>(b->get()));
+    worker_dev.push_back(*std::move(b));
+  }
+  auto slots_dev = DeviceBuffer::Allocate(slots_host.size());
+  ASSERT_TRUE(slots_dev.ok());
+  std::vector<uint32_t> blocks(spec.num_blocks);
+  std::iota(blocks.begin(), blocks.end(), 0);
+  std::shuffle(blocks.begin(), blocks.end(), rng);
+  std::vector<uint64_t> sizes(nbuf, buf_bytes);
+  Stream stream;
+  for (PagedDirection dir : {PagedDirection::kSlotToWorker, PagedDirection::kWorkerToSlot}) {
+    for (GpuCopyMover mover : {GpuCopyMover::kLoadStore, GpuCopyMover::kBulkAsync}) {
+      for (int budget : {1, 16, 0}) {
+        SCOPED_TRACE(::testing::Message() << "direction " << static_cast<int>(dir) << " mover "
+                                          << static_cast<int>(mover) << " budget " << budget);
+        // Reset the device to the host images, then run the kernel there and the twin here.
+        for (size_t i = 0; i < nbuf; ++i) {
+          ASSERT_CUDA(
+              cudaMemcpy(worker_ptrs[i], worker_host[i].data(), buf_bytes, cudaMemcpyHostToDevice));
+        }
+        ASSERT_CUDA(cudaMemcpy(slots_dev->get(), slots_host.data(), slots_host.size(),
+                               cudaMemcpyHostToDevice));
+        auto dev_pieces = BindPieceTemplates(*layout, worker_ptrs, sizes);
+        ASSERT_TRUE(dev_pieces.ok()) << dev_pieces.status();
+        std::vector<PagedPage> dev_pages(pages);
+        for (size_t p = 0; p < pages; ++p) {
+          dev_pages[p] = {static_cast<std::byte*>(slots_dev->get()) + p * page_bytes, blocks[p]};
+        }
+        ASSERT_TRUE(ValidatePagedCopy(*dev_pieces, dev_pages).ok());
+        auto table = DeviceBuffer::Allocate(dev_pieces->size() * sizeof(PagedPiece) +
+                                            pages * sizeof(PagedPage));
+        ASSERT_TRUE(table.ok());
+        auto* d_pieces = static_cast<PagedPiece*>(table->get());
+        auto* d_pages = reinterpret_cast<PagedPage*>(d_pieces + dev_pieces->size());
+        ASSERT_CUDA(cudaMemcpy(d_pieces, dev_pieces->data(),
+                               dev_pieces->size() * sizeof(PagedPiece), cudaMemcpyHostToDevice));
+        ASSERT_CUDA(cudaMemcpy(d_pages, dev_pages.data(), pages * sizeof(PagedPage),
+                               cudaMemcpyHostToDevice));
+        GpuCopyOptions opt;
+        opt.sm_budget = budget;
+        opt.mover = mover;
+        const absl::Status launched = LaunchPagedCopy(
+            d_pieces, static_cast<uint32_t>(dev_pieces->size()), d_pages,
+            static_cast<uint32_t>(pages), dir, MaxPagedPieceBytes(*dev_pieces), opt, stream.s);
+        ASSERT_TRUE(launched.ok()) << launched;
+        ASSERT_CUDA(cudaStreamSynchronize(stream.s));
+
+        auto worker_expect = worker_host;
+        auto slots_expect = slots_host;
+        std::vector<std::byte*> host_ptrs;
+        for (auto& v : worker_expect) host_ptrs.push_back(v.data());
+        auto host_pieces = BindPieceTemplates(*layout, host_ptrs, sizes);
+        ASSERT_TRUE(host_pieces.ok());
+        std::vector<PagedPage> host_pages(pages);
+        for (size_t p = 0; p < pages; ++p) {
+          host_pages[p] = {slots_expect.data() + p * page_bytes, blocks[p]};
+        }
+        ASSERT_TRUE(CopyPagedCpu(*host_pieces, host_pages, dir).ok());
+        std::vector<std::byte> readback(buf_bytes);
+        for (size_t i = 0; i < nbuf; ++i) {
+          ASSERT_CUDA(
+              cudaMemcpy(readback.data(), worker_ptrs[i], buf_bytes, cudaMemcpyDeviceToHost));
+          ASSERT_EQ(readback, worker_expect[i]) << "worker buffer " << i;
+        }
+        readback.resize(slots_host.size());
+        ASSERT_CUDA(cudaMemcpy(readback.data(), slots_dev->get(), slots_host.size(),
+                               cudaMemcpyDeviceToHost));
+        ASSERT_EQ(readback, slots_expect);
+      }
+    }
+  }
+}
+
 struct AttnCase {
   AttentionStatsShape shape;
   const char* name;

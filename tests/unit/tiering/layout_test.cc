@@ -132,6 +132,17 @@ TEST(LayoutTest, PiecesTileThePageExactlyForRandomShapes) {
       next += p.length;
     }
     EXPECT_EQ(next, l->page_bytes());
+    // The templates are the same pieces for every block, and each one's last block stays inside
+    // its buffer (what BindPieceTemplates relies on).
+    ASSERT_EQ(l->piece_templates().size(), pieces.size());
+    for (size_t i = 0; i < pieces.size(); ++i) {
+      const PieceTemplate& t = l->piece_templates()[i];
+      EXPECT_EQ(t.buffer, pieces[i].buffer);
+      EXPECT_EQ(t.offset + block * t.block_stride, pieces[i].offset);
+      EXPECT_EQ(t.length, pieces[i].length);
+      EXPECT_EQ(t.page_offset, pieces[i].page_offset);
+      EXPECT_LE(t.offset + (spec.num_blocks - 1) * t.block_stride + t.length, l->buffer_bytes());
+    }
   }
 }
 

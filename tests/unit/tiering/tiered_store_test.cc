@@ -465,6 +465,26 @@ TEST_F(TieredStoreTest, PinAndLocateReturnsStableSlotsAndIsAllOrNothing) {
   EXPECT_TRUE(store_->Evict(ns_, Key(0)).ok()) << "the refused batch left no pin behind";
 }
 
+// UnpinAfterRead releases a batch's pins as Unpin does and counts one access a listing, as Touch
+// would; a page pinned fewer times than listed fails the batch before any pin is released.
+TEST_F(TieredStoreTest, UnpinAfterReadReleasesPinsAndCountsAccesses) {
+  Make(4, 16);
+  for (uint64_t i = 0; i < 3; ++i) ASSERT_TRUE(Put(i).ok());
+  const std::vector<PageKey> keys{Key(0), Key(1), Key(2), Key(0)};
+  std::vector<PageEntry> entries;
+  ASSERT_TRUE(store_->PinAndLocate(ns_, keys, entries).ok());
+  const uint32_t before0 = store_->Find(ns_, Key(0))->stats.access_count;
+  const uint32_t before1 = store_->Find(ns_, Key(1))->stats.access_count;
+  const std::vector<PageKey> too_many{Key(1), Key(1)};
+  EXPECT_EQ(store_->UnpinAfterRead(ns_, too_many).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(store_->Find(ns_, Key(1))->pin_count, 1u) << "a refused batch releases nothing";
+  ASSERT_TRUE(store_->UnpinAfterRead(ns_, keys).ok());
+  EXPECT_EQ(store_->Find(ns_, Key(0))->stats.access_count, before0 + 2);
+  EXPECT_EQ(store_->Find(ns_, Key(1))->stats.access_count, before1 + 1);
+  for (uint64_t i = 0; i < 3; ++i) EXPECT_EQ(store_->Find(ns_, Key(i))->pin_count, 0u);
+  EXPECT_TRUE(store_->Evict(ns_, Key(0)).ok());
+}
+
 TEST_F(TieredStoreTest, PutBatchLargerThanTheStoreStoresWhatPutByPageWould) {
   // 6 pages into 2 + 2 slots: page by page, each Put evicts an older page of the same request; a
   // batch's own pages are pinned while their bytes land, so it lands them and goes on.

@@ -1,6 +1,7 @@
 // PeerTransport: kvtierd's link to its peers over UCX. Control messages (transport/peer_protocol.h)
 // travel as UCP active messages; bulk bytes move by RMA get from memory the holder registered
-// (PeerTransport::Register), straight into memory the requester registered.
+// (PeerTransport::Register), straight into the requester's destination (registered, or any
+// memory: UCX registers or bounces as its transport needs), many at once (StartGets).
 //
 // Peers are named by their listen address "host:port": each node runs one UCP listener there and
 // connects to others through UCX's sockaddr connection manager, so the port is fixed and
@@ -13,8 +14,8 @@
 // destination is never written after Get returns. A peer whose message does not decode is logged,
 // counted and disconnected; the node keeps serving everyone else.
 //
-// Thread model: one progress thread owns the UCP worker and every endpoint; it sleeps on the
-// worker's event fd when idle. Public methods are thread-safe: they post work to the progress
+// Thread model: one progress thread owns the UCP worker and every endpoint; after work it polls
+// for busy_poll_us, then sleeps on the worker's event fd. Public methods are thread-safe: they post work to the progress
 // thread and block on the result (Call, Get) or return at once (Send). Incoming requests are
 // decoded on the progress thread and handled on `handler_threads` threads, so a handler may block
 // (copy a page, call another peer) without stalling the link.

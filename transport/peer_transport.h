@@ -15,10 +15,10 @@
 // counted and disconnected; the node keeps serving everyone else.
 //
 // Thread model: one progress thread owns the UCP worker and every endpoint; after work it polls
-// for busy_poll_us, then sleeps on the worker's event fd. Public methods are thread-safe: they post work to the progress
-// thread and block on the result (Call, Get) or return at once (Send). Incoming requests are
-// decoded on the progress thread and handled on `handler_threads` threads, so a handler may block
-// (copy a page, call another peer) without stalling the link.
+// for busy_poll_us, then sleeps on the worker's event fd. Public methods are thread-safe: they post
+// work to the progress thread and block on the result (Call, Get) or return at once (Send).
+// Incoming requests are decoded on the progress thread and handled on `handler_threads` threads, so
+// a handler may block (copy a page, call another peer) without stalling the link.
 #pragma once
 
 #include <atomic>

@@ -1,5 +1,6 @@
 #include "daemon/cluster_directory.h"
 
+#define XXH_STATIC_LINKING_ONLY  // XXH3_state_t on the stack
 #include <xxhash.h>
 
 #include <algorithm>
@@ -22,8 +23,21 @@ size_t HomeOf(absl::Span<const std::string> nodes, const std::string& ns, const 
   return best;
 }
 
+namespace {
+uint64_t ChecksumSeed(const PageKey& key) { return key.hi ^ (key.lo * 0xC2B2AE3D27D4EB4Full); }
+}  // namespace
+
 uint64_t PageChecksum(const PageKey& key, const std::byte* data, size_t size) {
-  return XXH3_64bits_withSeed(data, size, key.hi ^ (key.lo * 0xC2B2AE3D27D4EB4Full));
+  return XXH3_64bits_withSeed(data, size, ChecksumSeed(key));
+}
+
+uint64_t PageChecksum(const PageKey& key, absl::Span<const MutableBuffer> pieces) {
+  if (pieces.size() == 1) return PageChecksum(key, pieces[0].data, pieces[0].size);
+  // XXH3's streaming form gives the one-shot digest of the concatenation.
+  XXH3_state_t state;
+  XXH3_64bits_reset_withSeed(&state, ChecksumSeed(key));
+  for (const MutableBuffer& b : pieces) XXH3_64bits_update(&state, b.data, b.size);
+  return XXH3_64bits_digest(&state);
 }
 
 bool PageDirectory::Add(const std::string& ns, const PageKey& key, const std::string& holder) {

@@ -24,6 +24,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
 #include "tiering/page_key.h"
+#include "tiering/types.h"
 
 namespace kvtier {
 
@@ -33,6 +34,8 @@ size_t HomeOf(absl::Span<const std::string> nodes, const std::string& ns, const 
 // Checksum a holder sends with a page and the fetching node checks: XXH3 seeded by the key, so
 // bytes that belong to another key do not verify either.
 uint64_t PageChecksum(const PageKey& key, const std::byte* data, size_t size);
+// The same checksum over a page held in pieces (in page order), as a worker's blocks hold it.
+uint64_t PageChecksum(const PageKey& key, absl::Span<const MutableBuffer> pieces);
 
 class PageDirectory {
  public:

@@ -40,4 +40,30 @@ void AnnounceToCluster(const std::string& ns_name, NamespaceId ns, const PageKey
   }
 }
 
+bool ClusterLoadBatch::Defer(size_t index, const PageKey& key, absl::Span<const MutableBuffer> dst,
+                             const absl::StatusOr<Tier>& local) {
+  if (active.load(std::memory_order_acquire) == nullptr || !absl::IsNotFound(local.status())) {
+    return false;
+  }
+  index_.push_back(index);
+  keys_.push_back(key);
+  local_.push_back(local.status());
+  dst_.emplace_back(dst.begin(), dst.end());
+  return true;
+}
+
+void ClusterLoadBatch::Finish(const std::string& ns_name, NamespaceId ns,
+                              absl::FunctionRef<void(size_t, const absl::StatusOr<Tier>&)> record) {
+  if (index_.empty()) return;
+  std::vector<absl::StatusOr<Tier>> results(index_.size());
+  if (ClusterPages* c = active.load(std::memory_order_acquire); c != nullptr) {
+    std::vector<absl::Span<const MutableBuffer>> dsts(dst_.begin(), dst_.end());
+    c->FetchBatch(ns_name, ns, keys_, dsts, absl::MakeSpan(results));
+  }
+  for (size_t k = 0; k < index_.size(); ++k) {
+    // A failed fetch is the local miss it started as.
+    record(index_[k], results[k].ok() ? results[k] : absl::StatusOr<Tier>(local_[k]));
+  }
+}
+
 }  // namespace kvtier

@@ -11,7 +11,9 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "client/proto/kvtier.pb.h"
@@ -32,6 +34,13 @@ class ClusterPages {
   // no peer could serve it (a miss: the worker recomputes the page).
   virtual absl::StatusOr<Tier> Fetch(const std::string& ns_name, NamespaceId ns, const PageKey& key,
                                      absl::Span<const MutableBuffer> dst) = 0;
+  // Fetch for many pages, each into its own destination, as one batch (one directory query per
+  // home, one lease per holder, the transfers in flight together). results[i] is the remote
+  // tier, or an error (a miss) for that page alone.
+  virtual void FetchBatch(const std::string& ns_name, NamespaceId ns,
+                          absl::Span<const PageKey> keys,
+                          absl::Span<const absl::Span<const MutableBuffer>> dsts,
+                          absl::Span<absl::StatusOr<Tier>> results) = 0;
   // A page was stored on this node: its home node learns that this node holds it.
   virtual void Stored(const std::string& ns_name, NamespaceId ns, const PageKey& key) = 0;
 };
@@ -48,5 +57,26 @@ absl::StatusOr<Tier> LoadFromCluster(const std::string& ns_name, NamespaceId ns,
                                      absl::Span<const MutableBuffer> dst,
                                      absl::StatusOr<Tier> local);
 void AnnounceToCluster(const std::string& ns_name, NamespaceId ns, const PageKey& key);
+
+// A Load's local misses, gathered page by page and then fetched from peers as one batch.
+// One per Load operation, on the thread that runs it.
+class ClusterLoadBatch {
+ public:
+  // Keeps page `index` for the batch when `local` is a miss a cluster may serve (the caller
+  // then reports it from Finish, and keeps the memory `dst` names valid until then); false
+  // when the caller should report `local` itself.
+  bool Defer(size_t index, const PageKey& key, absl::Span<const MutableBuffer> dst,
+             const absl::StatusOr<Tier>& local);
+  // Fetches every deferred page and reports each with record(index, result); a page no peer
+  // served is reported with its local miss.
+  void Finish(const std::string& ns_name, NamespaceId ns,
+              absl::FunctionRef<void(size_t, const absl::StatusOr<Tier>&)> record);
+
+ private:
+  std::vector<size_t> index_;
+  std::vector<PageKey> keys_;
+  std::vector<absl::Status> local_;
+  std::vector<std::vector<MutableBuffer>> dst_;
+};
 
 }  // namespace kvtier

@@ -1,11 +1,16 @@
 #include "daemon/cluster_node.h"
 
+#include <fcntl.h>
 #include <glog/logging.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -25,6 +30,40 @@ std::string Expand(const std::string& v) {
   if (v.size() < 2 || v[0] != '$') return v;
   const char* e = std::getenv(v.c_str() + 1);
   return e != nullptr ? e : "";
+}
+
+// The shared cluster secret: the file's bytes, trailing whitespace dropped. Refused when empty,
+// oversized, or open to group or others (as ssh refuses a private key).
+absl::StatusOr<std::string> ReadSecretFile(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    return absl::ErrnoToStatus(errno, absl::StrCat("cluster.secret_file '", path, "'"));
+  }
+  if ((st.st_mode & 077) != 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cluster.secret_file '", path, "' is open to group or others (mode 0",
+                     absl::Hex(st.st_mode & 0777), "); chmod 600 it"));
+  }
+  constexpr off_t kMaxSecretBytes = 4096;
+  if (st.st_size > kMaxSecretBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("cluster.secret_file '", path, "' holds ",
+                                                   st.st_size, " bytes; at most ",
+                                                   kMaxSecretBytes));
+  }
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream buf;
+  buf << in.rdbuf();
+  std::string secret = buf.str();
+  while (!secret.empty() && std::isspace(static_cast<unsigned char>(secret.back()))) {
+    secret.pop_back();
+  }
+  if (!in.good() && !in.eof()) {
+    return absl::UnavailableError(absl::StrCat("cluster.secret_file '", path, "': read failed"));
+  }
+  if (secret.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("cluster.secret_file '", path, "' is empty"));
+  }
+  return secret;
 }
 
 peer::ObjectId IdOf(const PageKey& k) { return {k.hi, k.lo}; }
@@ -69,6 +108,17 @@ absl::Status ClusterNode::Init(metrics::Registry* registry, int http_port) {
   topt.listen_address = cc_.listen_address;
   topt.ucx.tls = cc_.ucx_tls;
   topt.ucx.net_devices = cc_.ucx_net_devices;
+  topt.busy_poll_us = cc_.busy_poll_us;
+  if (std::getenv("KVTIER_TEST_CORRUPT_LENDS") != nullptr) {
+    corrupt_lends_for_test_ = true;
+    LOG(WARNING) << "event=test_fault_injection what=corrupt_lent_checksums "
+                    "(KVTIER_TEST_CORRUPT_LENDS is set: peers will refuse every page lent)";
+  }
+  if (!cc_.secret_file.empty()) {
+    absl::StatusOr<std::string> secret = ReadSecretFile(cc_.secret_file);
+    if (!secret.ok()) return secret.status();
+    topt.secret = *std::move(secret);
+  }
   absl::StatusOr<std::unique_ptr<PeerTransport>> t =
       PeerTransport::Create(topt, [this](const peer::Message& m) { return OnRequest(m); });
   if (!t.ok()) return t.status();
@@ -91,19 +141,13 @@ absl::Status ClusterNode::Init(metrics::Registry* registry, int http_port) {
     dram_region_ = *std::move(r);
   }
   staging_buf_.resize(static_cast<size_t>(cc_.staging_pages) * page_bytes_);
-  landing_buf_.resize(static_cast<size_t>(cc_.landing_pages) * page_bytes_);
   absl::StatusOr<std::unique_ptr<ucx::Memory>> s =
       transport_->Register(staging_buf_.data(), staging_buf_.size());
   if (!s.ok()) return s.status();
   staging_region_ = *std::move(s);
-  absl::StatusOr<std::unique_ptr<ucx::Memory>> l =
-      transport_->Register(landing_buf_.data(), landing_buf_.size());
-  if (!l.ok()) return l.status();
-  landing_region_ = *std::move(l);
   {
     absl::MutexLock lock(&mu_);
     for (uint32_t i = 0; i < cc_.staging_pages; ++i) free_staging_.push_back(static_cast<int>(i));
-    for (uint32_t i = 0; i < cc_.landing_pages; ++i) free_landing_.push_back(static_cast<int>(i));
     members_.push_back(Self());  // until etcd answers, the cluster is this node
   }
   MembershipOptions mopt;
@@ -119,7 +163,8 @@ absl::Status ClusterNode::Init(metrics::Registry* registry, int http_port) {
   background_ = std::thread([this] { BackgroundLoop(); });
   LOG(INFO) << "event=cluster_started node=" << node_id_ << " peer_address=" << peer_address_
             << " ucx_tls=" << cc_.ucx_tls << " namespaces=" << absl::StrJoin(cc_.namespaces, ",")
-            << " etcd=" << absl::StrJoin(cc_.etcd_endpoints, ",");
+            << " etcd=" << absl::StrJoin(cc_.etcd_endpoints, ",")
+            << " peer_auth=" << (cc_.secret_file.empty() ? "off" : "secret_file");
   return absl::OkStatus();
 }
 
@@ -132,9 +177,7 @@ ClusterNode::~ClusterNode() {
   membership_.reset();  // leave etcd first: peers stop asking
   {
     absl::MutexLock lock(&mu_);
-    for (auto& [id, lease] : leases_) {
-      if (lease.pinned) store_.Unpin(lease.ns, {&lease.key, 1}).IgnoreError();  // shutting down
-    }
+    for (auto& [id, lease] : leases_) ReleaseLeaseLocked(lease);
     leases_.clear();
   }
   // Regions before the transport that registered them; the transport's destructor completes
@@ -142,7 +185,6 @@ ClusterNode::~ClusterNode() {
   transport_.reset();
   dram_region_.reset();
   staging_region_.reset();
-  landing_region_.reset();
 }
 
 MemberInfo ClusterNode::Self() const {
@@ -254,115 +296,208 @@ size_t ClusterNode::RemotePrefix(const std::string& ns_name, NamespaceId ns,
   return n;
 }
 
-int ClusterNode::AcquireLanding() {
-  absl::MutexLock lock(&mu_);
-  const bool got =
-      mu_.AwaitWithTimeout(absl::Condition(
-                               +[](ClusterNode* c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu_) {
-                                 return !c->free_landing_.empty() || c->stop_;
-                               },
-                               this),
-                           absl::Milliseconds(cc_.transfer_timeout_ms));
-  if (!got || free_landing_.empty()) return -1;
-  const int slot = free_landing_.back();
-  free_landing_.pop_back();
-  return slot;
-}
-
-void ClusterNode::ReleaseLanding(int slot) {
-  absl::MutexLock lock(&mu_);
-  free_landing_.push_back(slot);
-}
-
 absl::StatusOr<Tier> ClusterNode::Fetch(const std::string& ns_name, NamespaceId ns,
                                         const PageKey& key, absl::Span<const MutableBuffer> dst) {
-  if (!Serves(ns_name)) {
-    return absl::NotFoundError(
-        absl::StrCat("namespace '", ns_name, "' is not served by the cluster on this node"));
+  absl::StatusOr<Tier> result;
+  FetchBatch(ns_name, ns, {&key, 1}, {&dst, 1}, {&result, 1});
+  return result;
+}
+
+void ClusterNode::FetchBatch(const std::string& ns_name, NamespaceId ns,
+                             absl::Span<const PageKey> keys,
+                             absl::Span<const absl::Span<const MutableBuffer>> dsts,
+                             absl::Span<absl::StatusOr<Tier>> results) {
+  for (size_t i = 0; i < keys.size(); ++i) {
+    results[i] = absl::NotFoundError(absl::StrCat("page ", keys[i].ToHex(), " is on no live peer"));
   }
-  size_t total = 0;
-  for (const MutableBuffer& b : dst) total += b.size;
-  if (total != page_bytes_) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("destination of ", total, " bytes for pages of ", page_bytes_));
+  if (!Serves(ns_name)) {
+    for (size_t i = 0; i < keys.size(); ++i) {
+      results[i] = absl::NotFoundError(
+          absl::StrCat("namespace '", ns_name, "' is not served by the cluster on this node"));
+    }
+    return;
+  }
+  std::vector<bool> sized(keys.size(), true);
+  for (size_t i = 0; i < keys.size(); ++i) {
+    size_t total = 0;
+    for (const MutableBuffer& b : dsts[i]) total += b.size;
+    if (total != page_bytes_) {
+      sized[i] = false;
+      results[i] = absl::InvalidArgumentError(
+          absl::StrCat("destination of ", total, " bytes for pages of ", page_bytes_));
+    }
   }
   {
     absl::MutexLock lock(&mu_);
     ns_ids_.try_emplace(ns_name, ns);
   }
-  const std::vector<MemberInfo> holders = QueryHolders(ns_name, {&key, 1})[0];
-  for (const MemberInfo& h : holders) {
-    peer::Message req;
-    req.type = peer::MsgType::kFetch;
-    req.body = peer::Fetch{ns_name, IdOf(key)};
-    absl::StatusOr<peer::Message> r = transport_->Call(h.peer_address, std::move(req),
-                                                       absl::Milliseconds(cc_.request_timeout_ms));
-    const auto* fr = r.ok() ? std::get_if<peer::FetchReply>(&r->body) : nullptr;
-    if (fr == nullptr) {
-      counters_.fetch_failed.fetch_add(1, std::memory_order_relaxed);
+  const std::vector<std::vector<MemberInfo>> holders = QueryHolders(ns_name, keys);
+  // Each page goes to the first holder the directory names; pages a holder failed try the next
+  // one in a later round, so a batch costs one call per holder while holders are healthy.
+  std::vector<size_t> next(keys.size(), 0);
+  std::vector<size_t> pending;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    if (sized[i] && !holders[i].empty()) pending.push_back(i);
+  }
+  while (!pending.empty()) {
+    std::vector<std::pair<const MemberInfo*, std::vector<size_t>>> by_holder;
+    for (size_t i : pending) {
+      const MemberInfo& h = holders[i][next[i]];
+      auto it = std::find_if(by_holder.begin(), by_holder.end(),
+                             [&](const auto& g) { return g.first->node_id == h.node_id; });
+      if (it == by_holder.end()) {
+        by_holder.emplace_back(&h, std::vector<size_t>{i});
+      } else {
+        it->second.push_back(i);
+      }
+    }
+    for (const auto& [holder, idx] : by_holder) {
+      // At most landing_pages pages under one lease; the rest ask again.
+      for (size_t at = 0; at < idx.size(); at += cc_.landing_pages) {
+        const size_t end = std::min<size_t>(idx.size(), at + cc_.landing_pages);
+        const std::vector<size_t> chunk(idx.begin() + static_cast<ptrdiff_t>(at),
+                                        idx.begin() + static_cast<ptrdiff_t>(end));
+        const std::vector<size_t> stale = FetchFrom(
+            *holder, ns_name, keys, chunk, dsts, results, [&](size_t i, const peer::FetchEntry& e) {
+              MaybeReplicate(ns_name, ns, keys[i], e, dsts[i]);
+            });
+        if (!stale.empty()) {
+          // The directory was stale: tell the pages' homes.
+          std::vector<PageKey> gone;
+          gone.reserve(stale.size());
+          for (size_t i : stale) gone.push_back(keys[i]);
+          Announce(ns_name, gone, /*add=*/false, holder->node_id);
+        }
+      }
+    }
+    std::vector<size_t> again;
+    for (size_t i : pending) {
+      if (!results[i].ok() && ++next[i] < holders[i].size()) again.push_back(i);
+    }
+    pending.swap(again);
+  }
+  for (size_t i = 0; i < keys.size(); ++i) {
+    if (results[i].ok()) {
+      counters_.fetch_ok.fetch_add(1, std::memory_order_relaxed);
+      counters_.fetch_bytes.fetch_add(page_bytes_, std::memory_order_relaxed);
+    } else if (sized[i] && holders[i].empty()) {
+      counters_.fetch_miss.fetch_add(1, std::memory_order_relaxed);
+    }
+  }
+}
+
+std::vector<size_t> ClusterNode::FetchFrom(
+    const MemberInfo& h, const std::string& ns_name, absl::Span<const PageKey> keys,
+    const std::vector<size_t>& idx, absl::Span<const absl::Span<const MutableBuffer>> dsts,
+    absl::Span<absl::StatusOr<Tier>> results,
+    absl::FunctionRef<void(size_t, const peer::FetchEntry&)> verified) {
+  std::vector<size_t> stale;
+  auto failed = [&](size_t n) { counters_.fetch_failed.fetch_add(n, std::memory_order_relaxed); };
+  peer::Message req;
+  req.type = peer::MsgType::kFetchBatch;
+  peer::FetchBatch fb;
+  fb.ns = ns_name;
+  fb.ids.reserve(idx.size());
+  for (size_t i : idx) fb.ids.push_back(IdOf(keys[i]));
+  req.body = std::move(fb);
+  absl::StatusOr<peer::Message> r =
+      transport_->Call(h.peer_address, std::move(req), absl::Milliseconds(cc_.request_timeout_ms));
+  const auto* reply = r.ok() ? std::get_if<peer::FetchBatchReply>(&r->body) : nullptr;
+  if (reply == nullptr) {
+    failed(idx.size());
+    LOG_EVERY_N(WARNING, 100) << "event=peer_fetch_failed peer=" << h.node_id << " error=\""
+                              << (r.ok() ? "bad reply" : r.status().message()) << "\"";
+    return stale;
+  }
+  auto release = [&] {
+    if (reply->lease != 0) {
+      transport_->Send(h.peer_address, Reply(peer::MsgType::kRelease, peer::Release{reply->lease}));
+    }
+  };
+  if (reply->entries.size() != idx.size()) {
+    counters_.verify_failed.fetch_add(idx.size(), std::memory_order_relaxed);
+    LOG_EVERY_N(WARNING, 100) << "event=peer_fetch_reply_mismatch peer=" << h.node_id
+                              << " entries=" << reply->entries.size() << " asked=" << idx.size();
+    release();
+    return stale;
+  }
+  // Every readable page's pieces, read straight into the destination; group k is page idx[k].
+  std::vector<RemoteRead> reads;
+  std::vector<bool> readable(idx.size(), false);
+  for (size_t k = 0; k < idx.size(); ++k) {
+    const peer::FetchEntry& e = reply->entries[k];
+    const PageKey& key = keys[idx[k]];
+    if (e.code == static_cast<int32_t>(absl::StatusCode::kNotFound)) {
+      stale.push_back(idx[k]);
       continue;
     }
-    if (fr->code == static_cast<int32_t>(absl::StatusCode::kNotFound)) {
-      // The directory was stale: tell the page's home, then try the next holder.
-      Announce(ns_name, {&key, 1}, /*add=*/false, h.node_id);
+    if (e.code != 0) {
+      failed(1);
       continue;
     }
-    if (fr->code != 0) {
-      counters_.fetch_failed.fetch_add(1, std::memory_order_relaxed);
-      continue;
-    }
-    if (!(KeyOf(fr->id) == key) || fr->bytes != page_bytes_) {
+    if (!(KeyOf(e.id) == key) || e.bytes != page_bytes_) {
       counters_.verify_failed.fetch_add(1, std::memory_order_relaxed);
       LOG_EVERY_N(WARNING, 100) << "event=peer_fetch_reply_mismatch peer=" << h.node_id
-                                << " bytes=" << fr->bytes;
-      transport_->Send(h.peer_address, Reply(peer::MsgType::kRelease, peer::Release{fr->lease}));
+                                << " bytes=" << e.bytes;
       continue;
     }
-    const int slot = AcquireLanding();
-    if (slot < 0) {
-      transport_->Send(h.peer_address, Reply(peer::MsgType::kRelease, peer::Release{fr->lease}));
-      counters_.fetch_failed.fetch_add(1, std::memory_order_relaxed);
-      break;  // this node is saturated: a miss, not a queue
+    readable[k] = true;
+    uint64_t off = 0;
+    for (const MutableBuffer& b : dsts[idx[k]]) {
+      reads.push_back(RemoteRead{e.remote_addr + off, e.rkey_index, b.data, b.size,
+                                 static_cast<uint32_t>(k), nullptr});
+      off += b.size;
     }
-    const size_t offset = static_cast<size_t>(slot) * page_bytes_;
-    absl::Status got =
-        transport_->Get(h.peer_address, fr->remote_addr, fr->rkey, *landing_region_, offset,
-                        page_bytes_, absl::Milliseconds(cc_.transfer_timeout_ms));
-    transport_->Send(h.peer_address, Reply(peer::MsgType::kRelease, peer::Release{fr->lease}));
-    const std::byte* landed = landing_buf_.data() + offset;
-    if (!got.ok()) {
-      counters_.fetch_failed.fetch_add(1, std::memory_order_relaxed);
+  }
+  if (reads.empty()) {
+    release();
+    return stale;
+  }
+  absl::StatusOr<std::unique_ptr<GetBatch>> gets = transport_->StartGets(
+      h.peer_address, reply->rkeys, std::move(reads), static_cast<uint32_t>(idx.size()),
+      absl::Milliseconds(cc_.transfer_timeout_ms));
+  if (!gets.ok()) {
+    failed(std::count(readable.begin(), readable.end(), true));
+    LOG_EVERY_N(WARNING, 100) << "event=peer_fetch_failed peer=" << h.node_id << " error=\""
+                              << gets.status().message() << "\"";
+    release();
+    return stale;
+  }
+  for (size_t k = 0; k < idx.size(); ++k) {
+    if (!readable[k]) continue;
+    const size_t i = idx[k];
+    // Page k is checked while pages k+1... are still moving.
+    if (absl::Status got = (*gets)->Wait(static_cast<uint32_t>(k)); !got.ok()) {
+      failed(1);
       LOG_EVERY_N(WARNING, 100) << "event=peer_fetch_failed peer=" << h.node_id << " error=\""
                                 << got.message() << "\"";
-      ReleaseLanding(slot);
+      results[i] = absl::NotFoundError(absl::StrCat("page ", keys[i].ToHex(), " from peer ",
+                                                    h.node_id, " failed: ", got.message()));
       continue;
     }
-    if (PageChecksum(key, landed, page_bytes_) != fr->checksum) {
+    if (PageChecksum(keys[i], dsts[i]) != reply->entries[k].checksum) {
       counters_.verify_failed.fetch_add(1, std::memory_order_relaxed);
       LOG_EVERY_N(WARNING, 100) << "event=peer_page_checksum_mismatch peer=" << h.node_id
-                                << " key=" << key.ToHex();
-      ReleaseLanding(slot);
+                                << " key=" << keys[i].ToHex();
+      results[i] =
+          absl::NotFoundError(absl::StrCat("page ", keys[i].ToHex(), " from peer ", h.node_id,
+                                           " does not match its checksum; not served"));
       continue;
     }
-    // Whole and verified: only now does the worker's buffer see a byte of it.
-    size_t at = 0;
-    for (const MutableBuffer& b : dst) {
-      std::memcpy(b.data, landed + at, b.size);
-      at += b.size;
-    }
-    MaybeReplicate(ns_name, ns, key, *fr, landed);
-    ReleaseLanding(slot);
-    counters_.fetch_ok.fetch_add(1, std::memory_order_relaxed);
-    counters_.fetch_bytes.fetch_add(page_bytes_, std::memory_order_relaxed);
-    return static_cast<Tier>(kRemoteTierByte);
+    results[i] = static_cast<Tier>(kRemoteTierByte);
   }
-  counters_.fetch_miss.fetch_add(1, std::memory_order_relaxed);
-  return absl::NotFoundError(absl::StrCat("page ", key.ToHex(), " is on no live peer"));
+  gets->reset();  // every read is over: the holder may take its pages back
+  release();
+  for (size_t k = 0; k < idx.size(); ++k) {
+    if (results[idx[k]].ok()) verified(idx[k], reply->entries[k]);
+  }
+  return stale;
 }
 
 void ClusterNode::MaybeReplicate(const std::string& ns_name, NamespaceId ns, const PageKey& key,
-                                 const peer::FetchReply& reply, const std::byte* page) {
-  const PageClass cls = static_cast<PageClass>(reply.object_class);
+                                 const peer::FetchEntry& entry,
+                                 absl::Span<const MutableBuffer> page) {
+  const PageClass cls = static_cast<PageClass>(entry.object_class);
   if (cc_.replicate_after_remote_reads == 0 || cls == PageClass::kSink) return;
   {
     absl::MutexLock lock(&mu_);
@@ -385,10 +520,12 @@ void ClusterNode::MaybeReplicate(const std::string& ns_name, NamespaceId ns, con
   }
   PutOptions po;
   po.class_hint = cls == PageClass::kSemantic ? PageClass::kSemantic : PageClass::kUnknown;
-  po.position = reply.object_position;
-  const ConstBuffer src{page, page_bytes_};
+  po.position = entry.object_position;
+  std::vector<ConstBuffer> src;
+  src.reserve(page.size());
+  for (const MutableBuffer& b : page) src.push_back({b.data, b.size});
   // Placed by this node's own policy like any page; a full node may simply not keep it.
-  if (store_.Put(ns, key, {&src, 1}, po).ok()) {
+  if (store_.Put(ns, key, src, po).ok()) {
     counters_.replicated.fetch_add(1, std::memory_order_relaxed);
     Stored(ns_name, ns, key);
   }
@@ -398,6 +535,7 @@ void ClusterNode::Stored(const std::string& ns_name, NamespaceId ns, const PageK
   if (!Serves(ns_name)) return;
   absl::MutexLock lock(&mu_);
   ns_ids_.try_emplace(ns_name, ns);
+  lend_checksums_.erase(std::make_pair(ns, key));  // its bytes may be new
   if (held_[ns_name].insert(key).second) to_announce_.emplace_back(ns_name, key);
 }
 
@@ -466,99 +604,161 @@ std::optional<peer::Message> ClusterNode::OnRequest(const peer::Message& m) {
     }
     case peer::MsgType::kFetch:
       return Lend(std::get<peer::Fetch>(m.body));
+    case peer::MsgType::kFetchBatch: {
+      const auto& f = std::get<peer::FetchBatch>(m.body);
+      return Reply(peer::MsgType::kFetchBatchReply, LendBatch(f.ns, f.ids));
+    }
     case peer::MsgType::kRelease:
       EndLease(std::get<peer::Release>(m.body).lease);
       return std::nullopt;
+    case peer::MsgType::kPush:
+      return Reply(peer::MsgType::kAck, AcceptPush(std::get<peer::Push>(m.body)));
     default:
       return std::nullopt;  // replies are routed by the transport, never here
   }
 }
 
 peer::Message ClusterNode::Lend(const peer::Fetch& f) {
-  if (!Serves(f.ns)) {
-    return FetchError(absl::StatusCode::kPermissionDenied, f.id,
-                      absl::StrCat("namespace '", f.ns, "' is not served here"));
+  // The one-page request: a batch of one, answered in the one-page reply's shape.
+  peer::FetchBatchReply b = LendBatch(f.ns, {&f.id, 1});
+  const peer::FetchEntry& e = b.entries[0];
+  if (e.code != 0) {
+    return FetchError(static_cast<absl::StatusCode>(e.code), f.id,
+                      e.code == static_cast<int32_t>(absl::StatusCode::kPermissionDenied)
+                          ? absl::StrCat("namespace '", f.ns, "' is not served here")
+                          : "page not lent");
+  }
+  peer::FetchReply r;
+  r.id = e.id;
+  r.bytes = e.bytes;
+  r.checksum = e.checksum;
+  r.remote_addr = e.remote_addr;
+  r.lease = b.lease;
+  r.object_class = e.object_class;
+  r.object_position = e.object_position;
+  r.rkey = b.rkeys[e.rkey_index];
+  return Reply(peer::MsgType::kFetchReply, std::move(r));
+}
+
+uint64_t ClusterNode::LendChecksum(NamespaceId ns, const PageKey& key, const std::byte* at) {
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = lend_checksums_.find(std::make_pair(ns, key));
+    if (it != lend_checksums_.end()) return it->second;
+  }
+  const uint64_t sum = PageChecksum(key, at, page_bytes_);
+  absl::MutexLock lock(&mu_);
+  if (lend_checksums_.size() >= (1u << 18)) lend_checksums_.clear();  // a bound, not a policy
+  lend_checksums_[std::make_pair(ns, key)] = sum;
+  return sum;
+}
+
+peer::FetchBatchReply ClusterNode::LendBatch(const std::string& ns_name,
+                                             absl::Span<const peer::ObjectId> ids) {
+  peer::FetchBatchReply out;
+  out.entries.resize(ids.size());
+  for (size_t k = 0; k < ids.size(); ++k) {
+    out.entries[k].id = ids[k];
+    out.entries[k].code = static_cast<int32_t>(absl::StatusCode::kNotFound);
+  }
+  if (!Serves(ns_name)) {
+    for (peer::FetchEntry& e : out.entries) {
+      e.code = static_cast<int32_t>(absl::StatusCode::kPermissionDenied);
+    }
+    return out;
   }
   NamespaceId ns;
   {
     absl::MutexLock lock(&mu_);
-    auto it = ns_ids_.find(f.ns);
-    if (it == ns_ids_.end()) return FetchError(absl::StatusCode::kNotFound, f.id, "no such page");
+    auto it = ns_ids_.find(ns_name);
+    if (it == ns_ids_.end()) return out;
     ns = it->second;
   }
-  const PageKey key = KeyOf(f.id);
-  const absl::Time expires = absl::Now() + absl::Milliseconds(cc_.fetch_lease_ms);
-  if (!store_.Pin(ns, {&key, 1}).ok()) {
-    return FetchError(absl::StatusCode::kNotFound, f.id, "no such page");
+  // Remote keys of the regions pages are lent from: the DRAM pool (in place) and staging.
+  uint32_t dram_key = 0, staging_key = 0;
+  if (dram_region_ != nullptr) {
+    dram_key = static_cast<uint32_t>(out.rkeys.size());
+    out.rkeys.push_back(dram_region_->packed_rkey());
   }
-  // Pinned: the page cannot move while we look where it is.
-  std::optional<PageEntry> e = store_.Find(ns, key);
+  staging_key = static_cast<uint32_t>(out.rkeys.size());
+  out.rkeys.push_back(staging_region_->packed_rkey());
   const TieredStore::SharedPool pool = store_.dram_pool();
-  const uint32_t cls = e.has_value() ? static_cast<uint32_t>(e->cls) : 0;
-  const uint32_t position = e.has_value() ? e->position : 0;
-  if (e.has_value() && e->tier == Tier::kDram && dram_region_ != nullptr && e->slot < pool.slots) {
-    const std::byte* at = dram_region_->base() + static_cast<size_t>(e->slot) * pool.slot_bytes;
-    peer::FetchReply r;
-    r.id = f.id;
-    r.bytes = page_bytes_;
-    r.checksum = PageChecksum(key, at, page_bytes_);
-    r.remote_addr = reinterpret_cast<uint64_t>(at);
-    r.rkey = dram_region_->packed_rkey();
-    r.object_class = cls;
-    r.object_position = position;
-    store_.Touch(ns, key).IgnoreError();  // remote demand counts as an access; pinned, so present
-    absl::MutexLock lock(&mu_);
-    r.lease = next_lease_++;
-    leases_.emplace(r.lease, Lease{ns, key, true, -1, expires});
-    counters_.pages_lent.fetch_add(1, std::memory_order_relaxed);
-    return Reply(peer::MsgType::kFetchReply, std::move(r));
-  }
-  // Elsewhere (HBM, NVMe): copied into a staging slot, then unpinned.
-  int slot = -1;
-  {
-    absl::MutexLock lock(&mu_);
-    if (!free_staging_.empty()) {
-      slot = free_staging_.back();
-      free_staging_.pop_back();
+  Lease lease;
+  lease.ns = ns;
+  lease.expires = absl::Now() + absl::Milliseconds(cc_.fetch_lease_ms);
+  for (size_t k = 0; k < ids.size(); ++k) {
+    peer::FetchEntry& e = out.entries[k];
+    const PageKey key = KeyOf(ids[k]);
+    if (!store_.Pin(ns, {&key, 1}).ok()) continue;  // not here (NotFound)
+    // Pinned: the page cannot move while we look where it is.
+    std::optional<PageEntry> pe = store_.Find(ns, key);
+    e.object_class = pe.has_value() ? static_cast<uint32_t>(pe->cls) : 0;
+    e.object_position = pe.has_value() ? pe->position : 0;
+    e.bytes = page_bytes_;
+    if (pe.has_value() && pe->tier == Tier::kDram && dram_region_ != nullptr &&
+        pe->slot < pool.slots) {
+      const std::byte* at = dram_region_->base() + static_cast<size_t>(pe->slot) * pool.slot_bytes;
+      e.checksum = LendChecksum(ns, key, at);
+      e.remote_addr = reinterpret_cast<uint64_t>(at);
+      e.rkey_index = dram_key;
+      e.code = 0;
+      store_.Touch(ns, key).IgnoreError();  // remote demand counts as an access; pinned: present
+      lease.pinned.push_back(key);
+      continue;
     }
+    // Elsewhere (HBM, NVMe): copied into a staging slot, then unpinned.
+    int slot = -1;
+    {
+      absl::MutexLock lock(&mu_);
+      if (!free_staging_.empty()) {
+        slot = free_staging_.back();
+        free_staging_.pop_back();
+      }
+    }
+    if (slot < 0) {
+      store_.Unpin(ns, {&key, 1}).IgnoreError();                      // we hold that pin
+      e.code = static_cast<int32_t>(absl::StatusCode::kUnavailable);  // staging_pages all lent
+      continue;
+    }
+    std::byte* at = staging_buf_.data() + static_cast<size_t>(slot) * page_bytes_;
+    MutableBuffer dst{at, page_bytes_};
+    absl::StatusOr<Tier> got = store_.Get(ns, key, {&dst, 1});  // counts as an access
+    store_.Unpin(ns, {&key, 1}).IgnoreError();                  // we hold that pin
+    if (!got.ok()) {
+      absl::MutexLock lock(&mu_);
+      free_staging_.push_back(slot);
+      continue;
+    }
+    e.checksum = LendChecksum(ns, key, at);
+    e.remote_addr = reinterpret_cast<uint64_t>(at);
+    e.rkey_index = staging_key;
+    e.code = 0;
+    lease.staging_slots.push_back(slot);
   }
-  if (slot < 0) {
-    store_.Unpin(ns, {&key, 1}).IgnoreError();  // we hold that pin
-    return FetchError(absl::StatusCode::kUnavailable, f.id,
-                      "every staging slot is lent (cluster.staging_pages)");
+  if (corrupt_lends_for_test_) {
+    for (peer::FetchEntry& e : out.entries) e.checksum ^= 1;
   }
-  std::byte* at = staging_buf_.data() + static_cast<size_t>(slot) * page_bytes_;
-  MutableBuffer dst{at, page_bytes_};
-  absl::StatusOr<Tier> got = store_.Get(ns, key, {&dst, 1});  // counts as an access
-  store_.Unpin(ns, {&key, 1}).IgnoreError();                  // we hold that pin
+  const size_t lent = lease.pinned.size() + lease.staging_slots.size();
+  if (lent == 0) return out;
   absl::MutexLock lock(&mu_);
-  if (!got.ok()) {
-    free_staging_.push_back(slot);
-    return FetchError(absl::StatusCode::kNotFound, f.id, std::string(got.status().message()));
-  }
-  peer::FetchReply r;
-  r.id = f.id;
-  r.bytes = page_bytes_;
-  r.checksum = PageChecksum(key, at, page_bytes_);
-  r.remote_addr = reinterpret_cast<uint64_t>(at);
-  r.rkey = staging_region_->packed_rkey();
-  r.object_class = cls;
-  r.object_position = position;
-  r.lease = next_lease_++;
-  leases_.emplace(r.lease, Lease{ns, key, false, slot, expires});
-  counters_.pages_lent.fetch_add(1, std::memory_order_relaxed);
-  return Reply(peer::MsgType::kFetchReply, std::move(r));
+  out.lease = next_lease_++;
+  leases_.emplace(out.lease, std::move(lease));
+  counters_.pages_lent.fetch_add(lent, std::memory_order_relaxed);
+  return out;
+}
+
+void ClusterNode::ReleaseLeaseLocked(Lease& lease) {
+  if (!lease.pinned.empty()) store_.Unpin(lease.ns, lease.pinned).IgnoreError();  // lease held
+  for (int slot : lease.staging_slots) free_staging_.push_back(slot);
+  lease.pinned.clear();
+  lease.staging_slots.clear();
 }
 
 void ClusterNode::EndLease(uint64_t id) {
   absl::MutexLock lock(&mu_);
   auto it = leases_.find(id);
   if (it == leases_.end()) return;  // expired already, or never ours
-  if (it->second.pinned) {
-    store_.Unpin(it->second.ns, {&it->second.key, 1}).IgnoreError();  // the lease held it
-  } else if (it->second.staging_slot >= 0) {
-    free_staging_.push_back(it->second.staging_slot);
-  }
+  ReleaseLeaseLocked(it->second);
   leases_.erase(it);
 }
 
@@ -581,11 +781,7 @@ void ClusterNode::BackgroundLoop() {
       const absl::Time now = absl::Now();
       for (auto it = leases_.begin(); it != leases_.end();) {
         if (it->second.expires < now) {
-          if (it->second.pinned) {
-            store_.Unpin(it->second.ns, {&it->second.key, 1}).IgnoreError();  // held by lease
-          } else if (it->second.staging_slot >= 0) {
-            free_staging_.push_back(it->second.staging_slot);
-          }
+          ReleaseLeaseLocked(it->second);
           leases_.erase(it++);
         } else {
           ++it;
@@ -636,7 +832,191 @@ void ClusterNode::BackgroundLoop() {
         Announce(ns, absl::MakeConstSpan(keys).subspan(at, n), /*add=*/true, node_id_);
       }
     }
+    MaybePush();
   }
+}
+
+std::pair<uint64_t, uint64_t> ClusterNode::FreeAndCapacity() const {
+  uint64_t free = 0, capacity = 0;
+  for (Tier t : {Tier::kHbm, Tier::kDram, Tier::kNvme}) {
+    if (!store_.has_tier(t)) continue;
+    const TierUsage u = store_.Usage(t);
+    capacity += u.capacity_slots;
+    free += u.capacity_slots > u.used_slots ? u.capacity_slots - u.used_slots : 0;
+  }
+  return {free, capacity};
+}
+
+void ClusterNode::MaybePush() {
+  if (cc_.push_below_free_fraction <= 0) return;
+  const auto [free, capacity] = FreeAndCapacity();
+  if (capacity == 0 ||
+      static_cast<double>(free) >= cc_.push_below_free_fraction * static_cast<double>(capacity)) {
+    return;
+  }
+  // The coldest pages held here that are not sinks and were not pushed yet. A bounded scan:
+  // pressure persists, so the next turn sees the pages this one did not reach.
+  struct Candidate {
+    uint64_t last_access_ns;
+    std::string ns;
+    PageKey key;
+  };
+  constexpr size_t kMaxScan = 16384;
+  std::vector<Candidate> cold;
+  {
+    absl::MutexLock lock(&mu_);
+    size_t scanned = 0;
+    for (const auto& [ns, keys] : held_) {
+      auto id = ns_ids_.find(ns);
+      if (id == ns_ids_.end()) continue;
+      for (const PageKey& k : keys) {
+        if (++scanned > kMaxScan) break;
+        if (pushed_.contains(std::make_pair(ns, k))) continue;
+        std::optional<PageEntry> e = store_.Find(id->second, k);
+        if (!e.has_value() || e->cls == PageClass::kSink || e->in_sink_slot) continue;
+        cold.push_back(Candidate{e->stats.last_access_ns, ns, k});
+      }
+    }
+  }
+  if (cold.empty()) return;
+  const size_t n = std::min<size_t>(cold.size(), cc_.landing_pages);
+  std::partial_sort(
+      cold.begin(), cold.begin() + static_cast<ptrdiff_t>(n), cold.end(),
+      [](const Candidate& a, const Candidate& b) { return a.last_access_ns < b.last_access_ns; });
+  cold.resize(n);
+  // One Push per namespace, to the live peer that serves it and advertises the most room.
+  absl::flat_hash_map<std::string, std::vector<PageKey>> by_ns;
+  for (const Candidate& c : cold) by_ns[c.ns].push_back(c.key);
+  const std::vector<MemberInfo> live = membership_->Members();
+  for (auto& [ns, keys] : by_ns) {
+    const MemberInfo* target = nullptr;
+    for (const MemberInfo& m : live) {
+      if (m.node_id == node_id_ || !m.Serves(ns) || m.page_bytes != page_bytes_ ||
+          m.free_slots < keys.size()) {
+        continue;
+      }
+      if (target == nullptr || m.free_slots > target->free_slots) target = &m;
+    }
+    if (target == nullptr) {
+      counters_.push_no_peer.fetch_add(keys.size(), std::memory_order_relaxed);
+      continue;
+    }
+    {
+      // The push budget: a token bucket holding at most one second of bandwidth.
+      absl::MutexLock lock(&mu_);
+      const absl::Time now = absl::Now();
+      push_tokens_ = std::min(
+          cc_.max_push_bytes_per_s,
+          push_tokens_ + absl::ToDoubleSeconds(now - push_refilled_) * cc_.max_push_bytes_per_s);
+      push_refilled_ = now;
+      const auto affordable = static_cast<size_t>(push_tokens_ / static_cast<double>(page_bytes_));
+      if (affordable < keys.size()) {
+        counters_.push_deferred.fetch_add(keys.size() - affordable, std::memory_order_relaxed);
+        keys.resize(affordable);
+      }
+      push_tokens_ -= static_cast<double>(keys.size() * page_bytes_);
+    }
+    if (keys.empty()) continue;
+    peer::Push push;
+    push.ns = ns;
+    push.holder = node_id_;
+    for (const PageKey& k : keys) push.ids.push_back(IdOf(k));
+    peer::Message m;
+    m.type = peer::MsgType::kPush;
+    m.body = std::move(push);
+    // The peer fetches the pages before it answers: a transfer's time, not a request's.
+    absl::StatusOr<peer::Message> r =
+        transport_->Call(target->peer_address, std::move(m),
+                         absl::Milliseconds(cc_.request_timeout_ms + cc_.transfer_timeout_ms));
+    const auto* ack = r.ok() ? std::get_if<peer::Ack>(&r->body) : nullptr;
+    if (ack == nullptr || ack->code != 0) {
+      counters_.push_refused.fetch_add(keys.size(), std::memory_order_relaxed);
+      LOG_EVERY_N(WARNING, 100) << "event=cluster_push_refused peer=" << target->node_id
+                                << " pages=" << keys.size() << " error=\""
+                                << (!r.ok()          ? r.status().message()
+                                    : ack == nullptr ? "bad reply"
+                                                     : absl::string_view(ack->error))
+                                << "\"";
+      continue;
+    }
+    counters_.pushed.fetch_add(keys.size(), std::memory_order_relaxed);
+    counters_.push_bytes.fetch_add(keys.size() * page_bytes_, std::memory_order_relaxed);
+    absl::MutexLock lock(&mu_);
+    if (pushed_.size() > (1u << 18)) pushed_.clear();  // a bound, not a policy
+    for (const PageKey& k : keys) pushed_.insert(std::make_pair(ns, k));
+  }
+}
+
+peer::Ack ClusterNode::AcceptPush(const peer::Push& p) {
+  auto refuse = [](absl::StatusCode code, std::string why) {
+    return peer::Ack{static_cast<int32_t>(code), std::move(why)};
+  };
+  if (!Serves(p.ns)) {
+    return refuse(absl::StatusCode::kPermissionDenied,
+                  absl::StrCat("namespace '", p.ns, "' is not served here"));
+  }
+  if (p.ids.size() > cc_.landing_pages) {
+    return refuse(absl::StatusCode::kInvalidArgument,
+                  absl::StrCat("push of ", p.ids.size(), " pages exceeds cluster.landing_pages (",
+                               cc_.landing_pages, ")"));
+  }
+  NamespaceId ns;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = ns_ids_.find(p.ns);
+    if (it == ns_ids_.end()) {
+      return refuse(absl::StatusCode::kFailedPrecondition,
+                    absl::StrCat("namespace '", p.ns, "' has not been opened on this node"));
+    }
+    ns = it->second;
+  }
+  const std::vector<MemberInfo> serving = ServingMembers(p.ns);
+  auto from = std::find_if(serving.begin(), serving.end(),
+                           [&](const MemberInfo& m) { return m.node_id == p.holder; });
+  if (from == serving.end() || p.holder == node_id_) {
+    return refuse(absl::StatusCode::kFailedPrecondition,
+                  absl::StrCat("'", p.holder, "' is not a live member serving '", p.ns, "'"));
+  }
+  if (FreeAndCapacity().first < p.ids.size()) {
+    return refuse(absl::StatusCode::kResourceExhausted,
+                  absl::StrCat("no room here for ", p.ids.size(), " pages"));
+  }
+  // Landed in a buffer of our own, verified, then stored like any page.
+  std::vector<std::byte> buf(p.ids.size() * page_bytes_);
+  std::vector<PageKey> keys;
+  std::vector<MutableBuffer> pages;
+  std::vector<absl::Span<const MutableBuffer>> dsts;
+  std::vector<size_t> idx;
+  keys.reserve(p.ids.size());
+  pages.reserve(p.ids.size());
+  for (size_t i = 0; i < p.ids.size(); ++i) {
+    keys.push_back(KeyOf(p.ids[i]));
+    pages.push_back({buf.data() + i * page_bytes_, page_bytes_});
+    idx.push_back(i);
+  }
+  dsts.reserve(pages.size());
+  for (const MutableBuffer& b : pages) dsts.emplace_back(&b, 1);
+  std::vector<absl::StatusOr<Tier>> results(p.ids.size(), absl::UnavailableError("not fetched"));
+  size_t kept = 0;
+  FetchFrom(*from, p.ns, keys, idx, dsts, absl::MakeSpan(results),
+            [&](size_t i, const peer::FetchEntry& e) {
+              const auto cls = static_cast<PageClass>(e.object_class);
+              if (cls == PageClass::kSink) return;  // sinks never leave their node
+              PutOptions po;
+              po.class_hint = cls == PageClass::kSemantic ? cls : PageClass::kUnknown;
+              po.position = e.object_position;
+              const ConstBuffer src{pages[i].data, pages[i].size};
+              if (store_.Put(ns, keys[i], {&src, 1}, po).ok()) {
+                Stored(p.ns, ns, keys[i]);
+                ++kept;
+              }
+            });
+  counters_.push_received.fetch_add(kept, std::memory_order_relaxed);
+  if (kept < p.ids.size()) {
+    return refuse(absl::StatusCode::kUnavailable,
+                  absl::StrCat("kept ", kept, " of ", p.ids.size(), " pushed pages"));
+  }
+  return peer::Ack{0, ""};
 }
 
 std::string ClusterNode::ReadinessDetail() const {
@@ -684,8 +1064,18 @@ void ClusterNode::BindMetrics(metrics::Registry& registry) {
                                          "Pages read often from peers and copied here, or put off "
                                          "by cluster.max_migration_bytes_per_s",
                                          {"result"});
+  auto& pushes =
+      registry.AddCounter("kvtier_cluster_push_pages_total",
+                          "Cold pages this node pushed to a peer with room (pushed, refused, "
+                          "deferred_by_bandwidth by cluster.max_push_bytes_per_s, no_peer) or "
+                          "took from a peer (received)",
+                          {"result"});
+  auto& push_bytes = registry
+                         .AddCounter("kvtier_cluster_push_bytes_total",
+                                     "Page bytes this node pushed to peers and they kept")
+                         .Get({});
   registry.AddCollector([this, &etcd_up, &members, &rejoins, &fetches, &fetch_bytes, &lent,
-                         &lookups, &dir, &peer_events, &replicated] {
+                         &lookups, &dir, &peer_events, &replicated, &pushes, &push_bytes] {
     auto r = [](const std::atomic<uint64_t>& a) {
       return static_cast<double>(a.load(std::memory_order_relaxed));
     };
@@ -709,10 +1099,17 @@ void ClusterNode::BindMetrics(metrics::Registry& registry) {
     peer_events.Get({"disconnected"}).Set(static_cast<double>(t.disconnects));
     peer_events.Get({"endpoint_error"}).Set(static_cast<double>(t.endpoint_errors));
     peer_events.Get({"timeout"}).Set(static_cast<double>(t.timeouts));
+    peer_events.Get({"auth_refused"}).Set(static_cast<double>(t.auth_refused));
     peer_events.Get({"announce_failed"}).Set(r(counters_.announce_failed));
     peer_events.Get({"directory_full"}).Set(r(counters_.directory_full));
     replicated.Get({"replicated"}).Set(r(counters_.replicated));
     replicated.Get({"deferred_by_bandwidth"}).Set(r(counters_.replication_deferred));
+    pushes.Get({"pushed"}).Set(r(counters_.pushed));
+    pushes.Get({"refused"}).Set(r(counters_.push_refused));
+    pushes.Get({"deferred_by_bandwidth"}).Set(r(counters_.push_deferred));
+    pushes.Get({"no_peer"}).Set(r(counters_.push_no_peer));
+    pushes.Get({"received"}).Set(r(counters_.push_received));
+    push_bytes.Set(r(counters_.push_bytes));
   });
 }
 

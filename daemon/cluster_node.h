@@ -5,14 +5,21 @@
 // A page's life across nodes:
 //  - Stored here: remembered as held, announced (batched, in the background) to its home node,
 //    the live member serving its namespace that wins rendezvous hashing.
-//  - Missed here (Lookup/Load): the home node is asked who holds it; a holder is asked to lend
-//    it (Fetch), answers with an address, a remote key, a checksum and a lease; the bytes come
-//    by RMA get into this node's registered landing buffer, are verified against key and
-//    checksum, and only then are copied into the worker's blocks. Any failure on the way — the
-//    holder died mid-transfer, a timeout, a checksum that does not match — is a miss.
+//  - Missed here (Lookup/Load): a Load's misses go as one batch. Each page's home node is asked
+//    who holds it (one query per home); each holder is asked to lend its pages (one FetchBatch
+//    per holder), answering with addresses, remote keys, checksums and one lease; the bytes
+//    come by RMA get straight into the worker's blocks, all pages in flight together, and each
+//    page is verified there against key and checksum while later ones still move. Any failure
+//    on the way — the holder died mid-transfer, a timeout, a checksum that does not match — is a
+//    miss reported for that page (the block's bytes are then unspecified and never served).
 //  - Lent from here: a page in the DRAM pool is pinned and read in place; one elsewhere (HBM,
 //    NVMe) is copied into a registered staging slot first. Either is held until the reader
 //    releases its lease or `fetch_lease_ms` passes.
+//  - Short of space here (free slots under `push_below_free_fraction` of capacity): the coldest
+//    non-sink pages held here are offered (Push) to the live peer advertising the most free
+//    room, within `max_push_bytes_per_s`; the peer fetches them like any page, verifies them,
+//    stores them and announces itself as a holder, so the directory finds them there after this
+//    node's own policy drops them. Sinks never leave their node.
 //  - Membership changed: every held page is re-announced to its (possibly new) home, and the
 //    directory drops holders that left and entries this node is no longer home for.
 //
@@ -36,6 +43,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "daemon/cluster_directory.h"
@@ -62,6 +70,9 @@ class ClusterNode final : public ClusterPages {
                       absl::Span<const PageKey> keys) override;
   absl::StatusOr<Tier> Fetch(const std::string& ns_name, NamespaceId ns, const PageKey& key,
                              absl::Span<const MutableBuffer> dst) override;
+  void FetchBatch(const std::string& ns_name, NamespaceId ns, absl::Span<const PageKey> keys,
+                  absl::Span<const absl::Span<const MutableBuffer>> dsts,
+                  absl::Span<absl::StatusOr<Tier>> results) override;
   void Stored(const std::string& ns_name, NamespaceId ns, const PageKey& key) override;
 
   const std::string& node_id() const { return node_id_; }
@@ -76,12 +87,13 @@ class ClusterNode final : public ClusterPages {
     std::atomic<uint64_t> fetch_bytes{0}, pages_lent{0}, lookups_found{0}, lookups_missing{0};
     std::atomic<uint64_t> announce_failed{0}, directory_full{0};
     std::atomic<uint64_t> replicated{0}, replication_deferred{0};
+    std::atomic<uint64_t> pushed{0}, push_bytes{0}, push_refused{0}, push_deferred{0};
+    std::atomic<uint64_t> push_no_peer{0}, push_received{0};
   };
   struct Lease {
     NamespaceId ns;
-    PageKey key;
-    bool pinned;       // in-place DRAM read: unpin when done
-    int staging_slot;  // or a staging slot to free (-1: none)
+    std::vector<PageKey> pinned;     // in-place DRAM reads: unpinned when done
+    std::vector<int> staging_slots;  // pages copied out of HBM/NVMe: slots freed when done
     absl::Time expires;
   };
   struct Mapped {  // the DRAM pool mapped read-only for RMA
@@ -105,16 +117,36 @@ class ClusterNode final : public ClusterPages {
                 const std::string& holder);
   std::optional<peer::Message> OnRequest(const peer::Message& m);
   peer::Message Lend(const peer::Fetch& f);
+  // Lends many pages under one lease: DRAM pages in place, others through staging slots.
+  peer::FetchBatchReply LendBatch(const std::string& ns_name, absl::Span<const peer::ObjectId> ids);
+  // Fetches pages [idx] of a batch from one holder: one FetchBatch call, the gets of every page
+  // in flight together, each page verified in its destination while later ones still move.
+  // Fills results[i] with the remote tier for every verified page; returns the pages the
+  // holder no longer had (stale directory entries).
+  // `verified(i, entry)` runs for each verified page once the holder's lease is released.
+  std::vector<size_t> FetchFrom(const MemberInfo& holder, const std::string& ns_name,
+                                absl::Span<const PageKey> keys, const std::vector<size_t>& idx,
+                                absl::Span<const absl::Span<const MutableBuffer>> dsts,
+                                absl::Span<absl::StatusOr<Tier>> results,
+                                absl::FunctionRef<void(size_t, const peer::FetchEntry&)> verified);
+  // Free page slots over all tiers, and their capacity.
+  std::pair<uint64_t, uint64_t> FreeAndCapacity() const;
+  // Background: pushes cold non-sink pages to a peer with room when this node is short of it.
+  void MaybePush();
+  // A peer's Push: fetch its pages, verify, store, announce. Runs on a handler thread.
+  peer::Ack AcceptPush(const peer::Push& p);
   void EndLease(uint64_t lease);
+  void ReleaseLeaseLocked(Lease& lease) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The checksum peers verify `key` against: cached per page (bytes under a key do not change
+  // while it is cached here; Stored() forgets it when the key is stored again).
+  uint64_t LendChecksum(NamespaceId ns, const PageKey& key, const std::byte* at);
   void BackgroundLoop();
   void OnMembershipChanged(std::vector<MemberInfo> live);
-  int AcquireLanding();
-  void ReleaseLanding(int slot);
   void BindMetrics(metrics::Registry& registry);
   // After a verified fetch: keeps a local copy of a page read often from peers, within the
   // migration budget. Sinks are never copied off their node.
   void MaybeReplicate(const std::string& ns_name, NamespaceId ns, const PageKey& key,
-                      const peer::FetchReply& reply, const std::byte* page);
+                      const peer::FetchEntry& entry, absl::Span<const MutableBuffer> page);
 
   const ClusterConfig& cc_;
   TieredStore& store_;
@@ -129,8 +161,10 @@ class ClusterNode final : public ClusterPages {
   std::unique_ptr<Membership> membership_;
   Mapped dram_map_;
   std::vector<std::byte> staging_buf_;
-  std::vector<std::byte> landing_buf_;
-  std::unique_ptr<ucx::Memory> dram_region_, staging_region_, landing_region_;
+  std::unique_ptr<ucx::Memory> dram_region_, staging_region_;
+  // Fault injection for the cluster tests (environment KVTIER_TEST_CORRUPT_LENDS set): every
+  // checksum this node lends is wrong, so its peers must refuse every page it sends.
+  bool corrupt_lends_for_test_ = false;
 
   mutable absl::Mutex mu_;
   std::vector<MemberInfo> members_ ABSL_GUARDED_BY(mu_);  // live, from etcd (self included)
@@ -140,11 +174,17 @@ class ClusterNode final : public ClusterPages {
   absl::flat_hash_map<uint64_t, Lease> leases_ ABSL_GUARDED_BY(mu_);
   uint64_t next_lease_ ABSL_GUARDED_BY(mu_) = 1;
   std::vector<int> free_staging_ ABSL_GUARDED_BY(mu_);
-  std::vector<int> free_landing_ ABSL_GUARDED_BY(mu_);
+  // Checksums of pages lent before (bounded: cleared when it grows large).
+  absl::flat_hash_map<std::pair<NamespaceId, PageKey>, uint64_t> lend_checksums_
+      ABSL_GUARDED_BY(mu_);
   bool members_changed_ ABSL_GUARDED_BY(mu_) = false;
   // Remote reads per page since it was last replicated (bounded: cleared when it grows large).
   absl::flat_hash_map<std::pair<std::string, PageKey>, uint32_t> remote_reads_ ABSL_GUARDED_BY(mu_);
   double migration_tokens_ ABSL_GUARDED_BY(mu_) = 0;  // bytes replication may copy now
+  // Pages pushed to a peer already (bounded: cleared when it grows large).
+  absl::flat_hash_set<std::pair<std::string, PageKey>> pushed_ ABSL_GUARDED_BY(mu_);
+  double push_tokens_ ABSL_GUARDED_BY(mu_) = 0;  // bytes pushes may send now
+  absl::Time push_refilled_ ABSL_GUARDED_BY(mu_) = absl::Now();
   absl::Time migration_refilled_ ABSL_GUARDED_BY(mu_) = absl::Now();
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::thread background_;

@@ -244,6 +244,14 @@ FieldTable<ClusterConfig> ClusterTable() {
   });
   t.Add("replicate_after_remote_reads", &C::replicate_after_remote_reads);
   t.Add("max_migration_bytes_per_s", &C::max_migration_bytes_per_s, Positive<double>());
+  t.Add("busy_poll_us", &C::busy_poll_us, Within<uint32_t>(0, 10'000));
+  t.Add("push_below_free_fraction", &C::push_below_free_fraction,
+        [](double v, const DaemonConfig&) -> Problem {
+          if (v >= 0 && v < 1) return {};
+          return absl::StrCat(v, " is outside [0, 1)");
+        });
+  t.Add("max_push_bytes_per_s", &C::max_push_bytes_per_s, Positive<double>());
+  t.Add("secret_file", &C::secret_file);
   return t;
 }
 

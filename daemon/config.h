@@ -148,8 +148,9 @@ struct ClusterConfig {
   std::vector<std::string> namespaces = {"*"};
   uint32_t request_timeout_ms = 1000;   // a directory call or a fetch request to one peer
   uint32_t transfer_timeout_ms = 5000;  // one page's RMA get
-  // Pages that may be in flight into this node at once (its registered landing buffer).
-  uint32_t landing_pages = 8;
+  // Pages one fetch asks one holder for under one lease, their RMA gets in flight together
+  // (a Load missing more pages asks again for the rest). Default 64.
+  uint32_t landing_pages = 64;
   // Pages this node may be serving to peers at once from outside its DRAM pool (HBM, NVMe).
   uint32_t staging_pages = 8;
   // How long a peer may take to read a page it was granted before the holder takes it back.
@@ -159,6 +160,23 @@ struct ClusterConfig {
   uint32_t replicate_after_remote_reads = 2;
   // Bytes a second replication may copy into this node, beside what workers load. Default 1 GB/s.
   double max_migration_bytes_per_s = 1e9;
+  // Placement across nodes: when this node's free page slots (all tiers) fall below this share
+  // of its capacity, it pushes its coldest non-sink pages to the live peer advertising the most
+  // free room, before its own policy drops them; sinks never leave their node. 0 never pushes.
+  // Default 0.1.
+  double push_below_free_fraction = 0.1;
+  // Bytes a second this node may push to peers, apart from fetches and replication. Default
+  // 256 MB/s.
+  double max_push_bytes_per_s = 256e6;
+  // A file holding the cluster's shared secret (mode 0600). When set, peers authenticate each
+  // connection with an HMAC-SHA256 handshake over it, and a peer without it is refused and
+  // disconnected (kvtier_cluster_peer_events_total{kind="auth_refused"}). Default: empty, no
+  // authentication (any host that reaches listen_address is a peer).
+  std::string secret_file;
+  // How long the peer transport's progress thread (and a fetch waiting for its gets) keeps
+  // polling after work before it sleeps: back-to-back messages then pay no wakeup. 0 always
+  // sleeps. Default 50 us.
+  uint32_t busy_poll_us = 50;
 
   friend bool operator==(const ClusterConfig&, const ClusterConfig&) = default;
 };

@@ -818,6 +818,7 @@ void Dispatcher::CopyPerPage(LoadStoreOp& op) {
   pieces.reserve(op.layout.pieces_per_page());
   std::vector<MutableBuffer> dst;
   dst.reserve(op.layout.pieces_per_page());
+  ClusterLoadBatch misses;  // local misses, fetched from peers together after the loop
   for (size_t i = 0; i < op.keys.size(); ++i) {
     pieces.clear();
     const absl::Status placed = op.layout.AppendPieces(op.blocks[i], pieces);
@@ -830,10 +831,12 @@ void Dispatcher::CopyPerPage(LoadStoreOp& op) {
       for (const Piece& p : pieces) {
         dst.push_back({op.buffers->base(p.buffer) + p.offset, p.length});
       }
-      op.Record(i, LoadFromCluster(op.ns_name, op.ns, op.keys[i], dst,
-                                   store_.Get(op.ns, op.keys[i], dst)));
+      const absl::StatusOr<Tier> local = store_.Get(op.ns, op.keys[i], dst);
+      if (!misses.Defer(i, op.keys[i], dst, local)) op.Record(i, local);
     }
   }
+  misses.Finish(op.ns_name, op.ns,
+                [&op](size_t i, const absl::StatusOr<Tier>& tier) { op.Record(i, tier); });
 }
 
 absl::StatusOr<Tier> Dispatcher::CopyThroughFds(LoadStoreOp& op, size_t i,

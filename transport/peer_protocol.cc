@@ -8,6 +8,8 @@
 namespace kvtier::peer {
 namespace {
 
+constexpr uint32_t kMaxMacBytes = 64;
+
 class Writer {
  public:
   explicit Writer(std::string& out) : out_(out) {}
@@ -69,6 +71,9 @@ class Reader {
     if (static_cast<uint64_t>(n) * min_item_bytes > in_.size() - pos_) return Fail(what, n);
     return true;
   }
+  void Invalid(absl::string_view why) {
+    if (ok()) status_ = absl::InvalidArgumentError(why);
+  }
   bool ok() const { return status_.ok(); }
   bool at_end() const { return pos_ == in_.size(); }
   size_t left() const { return in_.size() - pos_; }
@@ -108,6 +113,18 @@ bool BodyMatches(MsgType t, const Body& b) {
       return Holds<Release>(b);
     case MsgType::kAck:
       return Holds<Ack>(b);
+    case MsgType::kFetchBatch:
+      return Holds<FetchBatch>(b);
+    case MsgType::kFetchBatchReply:
+      return Holds<FetchBatchReply>(b);
+    case MsgType::kPush:
+      return Holds<Push>(b);
+    case MsgType::kAuthHello:
+      return Holds<AuthHello>(b);
+    case MsgType::kAuthChallenge:
+      return Holds<AuthChallenge>(b);
+    case MsgType::kAuthProof:
+      return Holds<AuthProof>(b);
   }
   return false;
 }
@@ -115,7 +132,8 @@ bool BodyMatches(MsgType t, const Body& b) {
 }  // namespace
 
 bool IsReply(MsgType t) {
-  return t == MsgType::kDirQueryReply || t == MsgType::kFetchReply || t == MsgType::kAck;
+  return t == MsgType::kDirQueryReply || t == MsgType::kFetchReply || t == MsgType::kAck ||
+         t == MsgType::kFetchBatchReply;
 }
 
 absl::string_view MsgTypeName(MsgType t) {
@@ -136,6 +154,18 @@ absl::string_view MsgTypeName(MsgType t) {
       return "Release";
     case MsgType::kAck:
       return "Ack";
+    case MsgType::kFetchBatch:
+      return "FetchBatch";
+    case MsgType::kFetchBatchReply:
+      return "FetchBatchReply";
+    case MsgType::kPush:
+      return "Push";
+    case MsgType::kAuthHello:
+      return "AuthHello";
+    case MsgType::kAuthChallenge:
+      return "AuthChallenge";
+    case MsgType::kAuthProof:
+      return "AuthProof";
   }
   return "(unknown)";
 }
@@ -190,6 +220,37 @@ absl::StatusOr<std::string> Encode(const Message& m) {
         } else if constexpr (std::is_same_v<T, Ack>) {
           w.Put(b.code);
           w.Str(b.error);
+        } else if constexpr (std::is_same_v<T, FetchBatch>) {
+          w.Str(b.ns);
+          w.Put(static_cast<uint32_t>(b.ids.size()));
+          for (const ObjectId& id : b.ids) w.Id(id);
+        } else if constexpr (std::is_same_v<T, FetchBatchReply>) {
+          w.Put(b.lease);
+          w.Put(static_cast<uint32_t>(b.rkeys.size()));
+          for (const std::string& k : b.rkeys) w.Str(k);
+          w.Put(static_cast<uint32_t>(b.entries.size()));
+          for (const FetchEntry& e : b.entries) {
+            w.Put(e.code);
+            w.Id(e.id);
+            w.Put(e.bytes);
+            w.Put(e.checksum);
+            w.Put(e.remote_addr);
+            w.Put(e.rkey_index);
+            w.Put(e.object_class);
+            w.Put(e.object_position);
+          }
+        } else if constexpr (std::is_same_v<T, Push>) {
+          w.Str(b.ns);
+          w.Str(b.holder);
+          w.Put(static_cast<uint32_t>(b.ids.size()));
+          for (const ObjectId& id : b.ids) w.Id(id);
+        } else if constexpr (std::is_same_v<T, AuthHello>) {
+          w.Id(b.nonce);
+        } else if constexpr (std::is_same_v<T, AuthChallenge>) {
+          w.Id(b.nonce);
+          w.Str(b.mac);
+        } else if constexpr (std::is_same_v<T, AuthProof>) {
+          w.Str(b.mac);
         }
       },
       m.body);
@@ -215,7 +276,7 @@ absl::StatusOr<Header> DecodeHeader(absl::string_view bytes) {
         absl::StrCat("peer protocol version ", version, "; this node speaks ", kVersion));
   }
   if (type < static_cast<uint16_t>(MsgType::kDirAdd) ||
-      type > static_cast<uint16_t>(MsgType::kAck)) {
+      type > static_cast<uint16_t>(MsgType::kAuthProof)) {
     return absl::InvalidArgumentError(absl::StrCat("unknown message type ", type));
   }
   if (reserved != 0) return absl::InvalidArgumentError("reserved header word is not zero");
@@ -305,6 +366,74 @@ absl::StatusOr<Message> Decode(absl::string_view bytes, const Limits& limits) {
     case MsgType::kAck: {
       Ack a;
       if (r.Get(a.code, "code")) r.Str(a.error, limits.max_error_bytes, "error");
+      m.body = std::move(a);
+      break;
+    }
+    case MsgType::kFetchBatch: {
+      FetchBatch f;
+      uint32_t n = 0;
+      if (r.Str(f.ns, limits.max_name_bytes, "namespace") &&
+          r.Count(n, limits.max_ids, 16, "ids")) {
+        f.ids.resize(n);
+        for (ObjectId& id : f.ids) r.Id(id, "id");
+      }
+      m.body = std::move(f);
+      break;
+    }
+    case MsgType::kFetchBatchReply: {
+      FetchBatchReply f;
+      uint32_t nk = 0, n = 0;
+      if (r.Get(f.lease, "lease") && r.Count(nk, limits.max_rkeys, 2, "rkeys")) {
+        f.rkeys.resize(nk);
+        for (std::string& k : f.rkeys) r.Str(k, limits.max_rkey_bytes, "rkey");
+      }
+      constexpr size_t kEntryBytes = 4 + 16 + 8 + 8 + 8 + 4 + 4 + 4;
+      if (r.ok() && r.Count(n, limits.max_ids, kEntryBytes, "entries")) {
+        f.entries.resize(n);
+        for (FetchEntry& e : f.entries) {
+          if (!(r.Get(e.code, "code") && r.Id(e.id, "id") && r.Get(e.bytes, "bytes") &&
+                r.Get(e.checksum, "checksum") && r.Get(e.remote_addr, "remote_addr") &&
+                r.Get(e.rkey_index, "rkey_index") && r.Get(e.object_class, "object_class") &&
+                r.Get(e.object_position, "object_position"))) {
+            break;
+          }
+          if (e.rkey_index >= nk) {
+            r.Invalid(absl::StrCat("rkey_index ", e.rkey_index, " is outside the ", nk,
+                                   " remote keys sent"));
+            break;
+          }
+        }
+      }
+      m.body = std::move(f);
+      break;
+    }
+    case MsgType::kPush: {
+      Push p;
+      uint32_t n = 0;
+      if (r.Str(p.ns, limits.max_name_bytes, "namespace") &&
+          r.Str(p.holder, limits.max_name_bytes, "holder") &&
+          r.Count(n, limits.max_ids, 16, "ids")) {
+        p.ids.resize(n);
+        for (ObjectId& id : p.ids) r.Id(id, "id");
+      }
+      m.body = std::move(p);
+      break;
+    }
+    case MsgType::kAuthHello: {
+      AuthHello a;
+      r.Id(a.nonce, "nonce");
+      m.body = a;
+      break;
+    }
+    case MsgType::kAuthChallenge: {
+      AuthChallenge a;
+      if (r.Id(a.nonce, "nonce")) r.Str(a.mac, kMaxMacBytes, "mac");
+      m.body = std::move(a);
+      break;
+    }
+    case MsgType::kAuthProof: {
+      AuthProof a;
+      r.Str(a.mac, kMaxMacBytes, "mac");
       m.body = std::move(a);
       break;
     }

@@ -38,6 +38,7 @@ struct Limits {
   uint32_t max_holders = 16;        // holders listed per id in a query reply
   uint32_t max_rkey_bytes = 4096;   // a packed UCX remote key
   uint32_t max_error_bytes = 1024;  // an error message
+  uint32_t max_rkeys = 8;           // remote keys in one batch reply (one per lent region)
 };
 
 enum class MsgType : uint16_t {
@@ -48,7 +49,14 @@ enum class MsgType : uint16_t {
   kFetch = 5,          // Fetch -> FetchReply
   kFetchReply = 6,     // reply
   kRelease = 7,        // Release: the fetch lease is over (one-way)
-  kAck = 8,            // reply to a DirAdd/DirRemove
+  kAck = 8,            // reply to a DirAdd/DirRemove/Push
+  kFetchBatch = 9,     // FetchBatch -> FetchBatchReply: many objects, one lease
+  kFetchBatchReply = 10,
+  kPush = 11,  // Push -> Ack: the receiver is asked to fetch these ids from `holder` and keep them
+  // Peer authentication (a shared cluster secret), first on every connection when it is on:
+  kAuthHello = 12,      // connector -> acceptor: AuthHello (its nonce)
+  kAuthChallenge = 13,  // acceptor -> connector: AuthChallenge (its nonce, its proof)
+  kAuthProof = 14,      // connector -> acceptor: AuthProof
 };
 bool IsReply(MsgType t);
 absl::string_view MsgTypeName(MsgType t);
@@ -90,12 +98,52 @@ struct FetchReply {
 struct Release {
   uint64_t lease = 0;
 };
+struct FetchBatch {
+  std::string ns;
+  std::vector<ObjectId> ids;
+};
+// One object of a FetchBatchReply; its bytes are at remote_addr under rkeys[rkey_index].
+struct FetchEntry {
+  int32_t code = 0;  // absl::StatusCode; 0: readable
+  ObjectId id;
+  uint64_t bytes = 0;
+  uint64_t checksum = 0;
+  uint64_t remote_addr = 0;
+  uint32_t rkey_index = 0;
+  uint32_t object_class = 0;
+  uint32_t object_position = 0;
+  friend bool operator==(const FetchEntry&, const FetchEntry&) = default;
+};
+struct FetchBatchReply {
+  uint64_t lease = 0;  // one lease for every readable entry; hand back with Release
+  std::vector<std::string> rkeys;
+  std::vector<FetchEntry> entries;  // in request order
+};
+struct Push {
+  std::string ns;
+  std::string holder;  // node id of the sender, which holds the ids now
+  std::vector<ObjectId> ids;
+};
 struct Ack {
   int32_t code = 0;
   std::string error;
 };
 
-using Body = std::variant<DirUpdate, DirQuery, DirQueryReply, Fetch, FetchReply, Release, Ack>;
+// The handshake: each side proves it knows the secret with an HMAC over both nonces (so a
+// recorded handshake does not replay on another connection).
+struct AuthHello {
+  ObjectId nonce;
+};
+struct AuthChallenge {
+  ObjectId nonce;
+  std::string mac;  // HMAC-SHA256(secret, "kvtier-acceptor" | connector nonce | acceptor nonce)
+};
+struct AuthProof {
+  std::string mac;  // HMAC-SHA256(secret, "kvtier-connector" | acceptor nonce | connector nonce)
+};
+
+using Body = std::variant<DirUpdate, DirQuery, DirQueryReply, Fetch, FetchReply, Release, Ack,
+                          FetchBatch, FetchBatchReply, Push, AuthHello, AuthChallenge, AuthProof>;
 
 struct Message {
   MsgType type = MsgType::kAck;

@@ -3,6 +3,10 @@
 #include <arpa/inet.h>
 #include <glog/logging.h>
 #include <netdb.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -20,6 +24,45 @@
 #include "absl/synchronization/mutex.h"
 
 namespace kvtier {
+
+// Shared by the caller's GetBatch and the progress thread's pending reads.
+struct GetBatch::State {
+  explicit State(uint32_t n) : groups(n), remaining(new std::atomic<uint32_t>[n]), status(n) {
+    for (uint32_t i = 0; i < n; ++i) remaining[i].store(0, std::memory_order_relaxed);
+  }
+  // Progress thread: one read of `group` finished.
+  void Complete(uint32_t group, const absl::Status& s) {
+    absl::MutexLock lock(&mu);
+    if (!s.ok() && status[group].ok()) status[group] = s;
+    remaining[group].fetch_sub(1, std::memory_order_release);
+  }
+  const uint32_t groups;
+  absl::Mutex mu;
+  // Reads of each group not yet finished; the waiter spins on it before taking mu.
+  std::unique_ptr<std::atomic<uint32_t>[]> remaining;
+  std::vector<absl::Status> status ABSL_GUARDED_BY(mu);  // first failure of each group
+  // ---- progress thread only ----
+  size_t in_flight = 0;
+  std::vector<ucx::RemoteKey> rkeys;
+};
+
+GetBatch::~GetBatch() {
+  for (uint32_t g = 0; g < state_->groups; ++g) Wait(g).IgnoreError();  // draining only
+}
+
+absl::Status GetBatch::Wait(uint32_t group) {
+  std::atomic<uint32_t>& left = state_->remaining[group];
+  if (left.load(std::memory_order_acquire) != 0 && spin_us_ > 0) {
+    const absl::Time until = absl::Now() + absl::Microseconds(spin_us_);
+    while (left.load(std::memory_order_acquire) != 0 && absl::Now() < until) {
+    }
+  }
+  absl::MutexLock lock(&state_->mu);
+  state_->mu.Await(absl::Condition(
+      +[](std::atomic<uint32_t>* l) { return l->load(std::memory_order_acquire) == 0; }, &left));
+  return state_->status[group];
+}
+
 namespace {
 
 constexpr uint16_t kAmId = 0x4b56;  // every peer message travels on this active-message id
@@ -196,46 +239,35 @@ class PeerTransport::Impl {
                                                 " overruns a registered region of ",
                                                 local.length()));
     }
-    auto promise = std::make_shared<std::promise<absl::Status>>();
-    std::future<absl::Status> done = promise->get_future();
+    RemoteRead read;
+    read.remote_addr = remote_addr;
+    read.local = local.base() + offset;
+    read.length = length;
+    read.local_region = &local;
+    absl::StatusOr<std::unique_ptr<GetBatch>> b =
+        StartGets(peer_addr, {std::string(rkey)}, {read}, 1, timeout);
+    if (!b.ok()) return b.status();
+    return (*b)->Wait(0);
+  }
+
+  absl::StatusOr<std::unique_ptr<GetBatch>> StartGets(const std::string& peer_addr,
+                                                      std::vector<std::string> rkeys,
+                                                      std::vector<RemoteRead> reads,
+                                                      uint32_t groups, absl::Duration timeout) {
+    for (const RemoteRead& r : reads) {
+      if (r.group >= groups || r.rkey_index >= rkeys.size()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("read of group ", r.group, " with remote key ", r.rkey_index,
+                         " in a batch of ", groups, " groups and ", rkeys.size(), " keys"));
+      }
+    }
+    auto state = std::make_shared<GetBatch::State>(groups);
+    for (const RemoteRead& r : reads) state->remaining[r.group].fetch_add(1);
+    state->in_flight = reads.size();
     const absl::Time deadline = absl::Now() + timeout;
-    Post([this, peer_addr, remote_addr, key = std::string(rkey), &local, offset, length, deadline,
-          promise]() mutable {
-      absl::StatusOr<ucp_ep_h> ep = Connect(peer_addr);
-      if (!ep.ok()) {
-        promise->set_value(ep.status());
-        return;
-      }
-      absl::StatusOr<ucx::RemoteKey> rk = ucx::RemoteKey::Unpack(*ep, key);
-      if (!rk.ok()) {
-        promise->set_value(rk.status());
-        return;
-      }
-      const uint64_t id = next_get_++;
-      auto g = std::make_unique<PendingGet>(
-          PendingGet{std::move(*promise), deadline, *ep, std::move(*rk), false, this, id});
-      ucp_request_param_t p{};
-      p.op_attr_mask =
-          UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_MEMH;
-      p.cb.send = &Impl::OnGetDone;
-      p.user_data = g.get();
-      p.memh = local.memh();
-      ucs_status_ptr_t r =
-          ucp_get_nbx(*ep, local.base() + offset, length, remote_addr, g->rkey.get(), &p);
-      if (r == nullptr) {
-        counters_.gets++;
-        counters_.get_bytes += length;
-        g->promise.set_value(absl::OkStatus());
-        return;
-      }
-      if (UCS_PTR_IS_ERR(r)) {
-        g->promise.set_value(ucx::ToStatus(UCS_PTR_STATUS(r), "ucp_get_nbx"));
-        return;
-      }
-      g->length = length;
-      gets_.emplace(id, std::move(g));
-    });
-    return done.get();
+    Post([this, peer_addr, state, deadline, keys = std::move(rkeys),
+          rs = std::move(reads)]() mutable { IssueGets(peer_addr, state, keys, rs, deadline); });
+    return std::make_unique<GetBatch>(std::move(state), options_.busy_poll_us);
   }
 
   void Disconnect(const std::string& peer_addr) {
@@ -262,10 +294,10 @@ class PeerTransport::Impl {
     std::string peer;
   };
   struct PendingGet {
-    std::promise<absl::Status> promise;
+    std::shared_ptr<GetBatch::State> batch;
+    uint32_t group;
     absl::Time deadline;
     ucp_ep_h ep;
-    ucx::RemoteKey rkey;
     bool timed_out;
     Impl* impl;
     uint64_t id;
@@ -281,14 +313,25 @@ class PeerTransport::Impl {
   struct Conn {
     std::string peer;  // listen address for outgoing endpoints; client address for accepted
     bool outgoing;
+    // Authentication (options_.secret set): messages wait in `queued` on an outgoing endpoint
+    // until the acceptor proved it knows the secret; an accepted one takes only the handshake
+    // until the connector did.
+    bool authed = false;
+    peer::ObjectId our_nonce, their_nonce;
+    bool challenged = false;  // accepted: a challenge went out
+    std::vector<std::string> queued;
   };
 
   void Post(std::function<void()> fn) {
     {
       absl::MutexLock lock(&post_mu_);
       posted_.push_back(std::move(fn));
+      has_posted_.store(true, std::memory_order_seq_cst);
     }
-    Wake();
+    // Paired with ProgressLoop: it announces it sleeps, then looks for work; we announce work,
+    // then look whether it sleeps. One of the two sees the other (seq_cst), so no post is lost,
+    // and a progress thread that is polling costs no syscall.
+    if (sleeping_.load(std::memory_order_seq_cst)) Wake();
   }
   void Wake() {
     const uint64_t one = 1;
@@ -296,14 +339,68 @@ class PeerTransport::Impl {
   }
 
   // ---- progress thread ----
+  // One read of `batch` is over: the remote keys go with its last read (they belong to this
+  // thread's worker), then its group learns the outcome.
+  static void FinishRead(GetBatch::State& batch, uint32_t group, const absl::Status& s) {
+    if (--batch.in_flight == 0) batch.rkeys.clear();
+    batch.Complete(group, s);
+  }
+
+  void IssueGets(const std::string& peer_addr, const std::shared_ptr<GetBatch::State>& state,
+                 const std::vector<std::string>& keys, const std::vector<RemoteRead>& reads,
+                 absl::Time deadline) {
+    absl::StatusOr<ucp_ep_h> ep = Connect(peer_addr);
+    absl::Status failed = ep.status();
+    if (failed.ok()) {
+      for (const std::string& k : keys) {
+        absl::StatusOr<ucx::RemoteKey> rk = ucx::RemoteKey::Unpack(*ep, k);
+        if (!rk.ok()) {
+          failed = rk.status();
+          break;
+        }
+        state->rkeys.push_back(*std::move(rk));
+      }
+    }
+    for (const RemoteRead& r : reads) {
+      if (!failed.ok()) {
+        FinishRead(*state, r.group, failed);
+        continue;
+      }
+      const uint64_t id = next_get_++;
+      auto g = std::make_unique<PendingGet>(
+          PendingGet{state, r.group, deadline, *ep, false, this, id, r.length});
+      ucp_request_param_t p{};
+      p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+      p.cb.send = &Impl::OnGetDone;
+      p.user_data = g.get();
+      if (r.local_region != nullptr) {
+        p.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
+        p.memh = r.local_region->memh();
+      }
+      ucs_status_ptr_t q =
+          ucp_get_nbx(*ep, r.local, r.length, r.remote_addr, state->rkeys[r.rkey_index].get(), &p);
+      if (q == nullptr) {
+        counters_.gets++;
+        counters_.get_bytes += r.length;
+        FinishRead(*state, r.group, absl::OkStatus());
+      } else if (UCS_PTR_IS_ERR(q)) {
+        FinishRead(*state, r.group, ucx::ToStatus(UCS_PTR_STATUS(q), "ucp_get_nbx"));
+      } else {
+        gets_.emplace(id, std::move(g));
+      }
+    }
+    if (state->in_flight == 0) state->rkeys.clear();  // an empty batch
+  }
+
   void ProgressLoop() {
+    const absl::Duration spin = absl::Microseconds(options_.busy_poll_us);
+    absl::Time last_work = absl::InfinitePast();
     while (true) {
-      uint64_t drained;
-      [[maybe_unused]] ssize_t n = ::read(wake_fd_, &drained, sizeof(drained));
       std::deque<std::function<void()>> work;
-      {
+      if (has_posted_.load(std::memory_order_acquire)) {
         absl::MutexLock lock(&post_mu_);
         work.swap(posted_);
+        has_posted_.store(false, std::memory_order_relaxed);
       }
       bool busy = !work.empty();
       for (auto& fn : work) fn();
@@ -313,14 +410,27 @@ class PeerTransport::Impl {
       ReapClosing();
       Publish();
       if (stop_.load(std::memory_order_acquire)) break;
-      if (busy) continue;
+      // Busy-poll a short while after any work: the next message of an exchange usually
+      // arrives within microseconds, and sleeping on the fd would cost a wakeup for it.
+      const absl::Time now = absl::Now();
+      if (busy) last_work = now;
+      if (busy || now - last_work < spin) continue;
       if (ucx_fd_ >= 0) {
         if (ucp_worker_arm(worker_->get()) == UCS_ERR_BUSY) continue;
+      }
+      sleeping_.store(true, std::memory_order_seq_cst);
+      if (has_posted_.load(std::memory_order_seq_cst)) {
+        sleeping_.store(false, std::memory_order_relaxed);
+        continue;
       }
       pollfd fds[2] = {{wake_fd_, POLLIN, 0}, {ucx_fd_, POLLIN, 0}};
       const bool waiting = !calls_.empty() || !gets_.empty() || !closing_.empty();
       const int timeout_ms = ucx_fd_ < 0 ? 1 : waiting ? 10 : 200;
       ::poll(fds, ucx_fd_ >= 0 ? 2 : 1, timeout_ms);
+      sleeping_.store(false, std::memory_order_relaxed);
+      uint64_t drained;
+      [[maybe_unused]] ssize_t n = ::read(wake_fd_, &drained, sizeof(drained));
+      last_work = absl::Now();  // woken: whatever woke us likely has a follow-up
     }
     Shutdown();
   }
@@ -346,6 +456,7 @@ class PeerTransport::Impl {
     }
     for (auto& [id, g] : gets_) {
       LOG(ERROR) << "event=ucx_get_not_completed_at_shutdown id=" << id;
+      FinishRead(*g->batch, g->group, absl::CancelledError("transport stopped"));
     }
   }
 
@@ -370,12 +481,30 @@ class PeerTransport::Impl {
     if (ucs_status_t s = ucp_ep_create(worker_->get(), &p, &ep); s != UCS_OK) {
       return ucx::ToStatus(s, absl::StrCat("connecting to peer ", peer_addr));
     }
-    conns_.emplace(ep, Conn{peer_addr, true});
+    Conn& conn = conns_.emplace(ep, Conn{peer_addr, true}).first->second;
     outgoing_.emplace(peer_addr, ep);
+    if (!options_.secret.empty()) {
+      conn.our_nonce = RandomNonce();
+      SendNow(ep, EncodeOrDie(peer::MsgType::kAuthHello, peer::AuthHello{conn.our_nonce}))
+          .IgnoreError();  // a failed send shows up as an endpoint error
+    } else {
+      conn.authed = true;
+    }
     return ep;
   }
 
+  // Sends now, or once the endpoint is authenticated.
   absl::Status SendOn(ucp_ep_h ep, std::string bytes) {
+    auto c = conns_.find(ep);
+    if (c != conns_.end() && !c->second.authed) {
+      if (!c->second.outgoing) return absl::PermissionDeniedError("peer not authenticated");
+      c->second.queued.push_back(std::move(bytes));
+      return absl::OkStatus();
+    }
+    return SendNow(ep, std::move(bytes));
+  }
+
+  absl::Status SendNow(ucp_ep_h ep, std::string bytes) {
     auto buf = std::make_unique<SendBuffer>(SendBuffer{std::move(bytes)});
     ucp_request_param_t p{};
     p.op_attr_mask =
@@ -481,6 +610,17 @@ class PeerTransport::Impl {
       }
       return;
     }
+    if (!options_.secret.empty()) {
+      auto c = from != nullptr ? conns_.find(from) : conns_.end();
+      if (c == conns_.end()) return;  // its endpoint is closing: nothing it says counts
+      if (!c->second.authed) {
+        Authenticate(from, c->second, *m);
+        return;
+      }
+      if (IsAuth(m->type)) return;  // a handshake is done once
+    } else if (IsAuth(m->type)) {
+      return;  // this node has no secret: it cannot answer (the connector's calls time out)
+    }
     if (peer::IsReply(m->type)) {
       auto it = calls_.find(m->request_id);
       if (it == calls_.end()) return;  // answered too late: the caller has moved on
@@ -491,6 +631,99 @@ class PeerTransport::Impl {
     counters_.requests_in++;
     absl::MutexLock lock(&handler_mu_);
     incoming_.push_back(Incoming{*std::move(m), from});
+  }
+
+  static bool IsAuth(peer::MsgType t) {
+    return t == peer::MsgType::kAuthHello || t == peer::MsgType::kAuthChallenge ||
+           t == peer::MsgType::kAuthProof;
+  }
+
+  static peer::ObjectId RandomNonce() {
+    peer::ObjectId n;
+    unsigned char b[16];
+    if (RAND_bytes(b, sizeof(b)) != 1) LOG(FATAL) << "event=rand_bytes_failed";  // cannot go on
+    std::memcpy(&n.hi, b, 8);
+    std::memcpy(&n.lo, b + 8, 8);
+    return n;
+  }
+
+  static std::string EncodeOrDie(peer::MsgType type, peer::Body body) {
+    peer::Message m;
+    m.type = type;
+    m.body = std::move(body);
+    absl::StatusOr<std::string> bytes = peer::Encode(m);
+    CHECK(bytes.ok()) << bytes.status();  // our own message always matches its type
+    return *std::move(bytes);
+  }
+
+  // HMAC-SHA256(secret, label | a | b).
+  std::string Mac(absl::string_view label, const peer::ObjectId& a, const peer::ObjectId& b) const {
+    std::string in(label);
+    for (uint64_t w : {a.hi, a.lo, b.hi, b.lo}) in.append(reinterpret_cast<const char*>(&w), 8);
+    unsigned char out[EVP_MAX_MD_SIZE];
+    unsigned int len = 0;
+    if (HMAC(EVP_sha256(), options_.secret.data(), static_cast<int>(options_.secret.size()),
+             reinterpret_cast<const unsigned char*>(in.data()), in.size(), out, &len) == nullptr) {
+      return "";
+    }
+    return std::string(reinterpret_cast<const char*>(out), len);
+  }
+
+  static bool MacEqual(const std::string& want, const std::string& got) {
+    return !want.empty() && want.size() == got.size() &&
+           CRYPTO_memcmp(want.data(), got.data(), want.size()) == 0;
+  }
+
+  // A peer that failed authentication: logged, counted, disconnected; its calls fail.
+  void RefusePeer(ucp_ep_h ep, const Conn& c, absl::string_view why) {
+    counters_.auth_refused++;
+    LOG_EVERY_N(WARNING, 20) << "event=peer_auth_refused peer=" << c.peer << " reason=\"" << why
+                             << "\" action=disconnect";
+    deferred_close_.emplace_back(
+        ep, absl::PermissionDeniedError(absl::StrCat(
+                "peer ", c.peer, " failed authentication (cluster.secret_file): ", why)));
+  }
+
+  // The handshake, on an endpoint not yet authenticated.
+  void Authenticate(ucp_ep_h ep, Conn& c, const peer::Message& m) {
+    if (c.outgoing) {
+      const auto* ch = std::get_if<peer::AuthChallenge>(&m.body);
+      if (ch == nullptr) return;  // nothing else can come before the challenge
+      if (!MacEqual(Mac("kvtier-acceptor", c.our_nonce, ch->nonce), ch->mac)) {
+        RefusePeer(ep, c, "it does not know the cluster secret");
+        return;
+      }
+      c.their_nonce = ch->nonce;
+      SendNow(ep, EncodeOrDie(peer::MsgType::kAuthProof,
+                              peer::AuthProof{Mac("kvtier-connector", ch->nonce, c.our_nonce)}))
+          .IgnoreError();  // a failed send shows up as an endpoint error
+      c.authed = true;
+      std::vector<std::string> queued;
+      queued.swap(c.queued);
+      for (std::string& b : queued) SendNow(ep, std::move(b)).IgnoreError();  // as above
+      return;
+    }
+    if (const auto* h = std::get_if<peer::AuthHello>(&m.body); h != nullptr && !c.challenged) {
+      c.their_nonce = h->nonce;
+      c.our_nonce = RandomNonce();
+      c.challenged = true;
+      SendNow(ep, EncodeOrDie(peer::MsgType::kAuthChallenge,
+                              peer::AuthChallenge{c.our_nonce,
+                                                  Mac("kvtier-acceptor", h->nonce, c.our_nonce)}))
+          .IgnoreError();  // a failed send shows up as an endpoint error
+      return;
+    }
+    if (const auto* p = std::get_if<peer::AuthProof>(&m.body); p != nullptr && c.challenged) {
+      if (MacEqual(Mac("kvtier-connector", c.our_nonce, c.their_nonce), p->mac)) {
+        c.authed = true;
+      } else {
+        RefusePeer(ep, c, "its proof does not match the cluster secret");
+      }
+      return;
+    }
+    RefusePeer(ep, c,
+               absl::StrCat("it sent ", peer::MsgTypeName(m.type),
+                            " without authenticating; is cluster.secret_file set there?"));
   }
 
   // ---- UCX callbacks (progress thread) ----
@@ -533,7 +766,9 @@ class PeerTransport::Impl {
                    << "\"";
       return;
     }
-    self->conns_.emplace(ep, Conn{who, false});
+    Conn c{who, false};
+    c.authed = self->options_.secret.empty();
+    self->conns_.emplace(ep, std::move(c));
   }
 
   static void OnEpError(void* arg, ucp_ep_h ep, ucs_status_t status) {
@@ -565,18 +800,18 @@ class PeerTransport::Impl {
   static void OnGetDone(void* request, ucs_status_t status, void* user_data) {
     auto* g = static_cast<PendingGet*>(user_data);
     Impl* self = g->impl;
-    auto it = self->gets_.find(g->id);
+    absl::Status result;
     if (status == UCS_OK && !g->timed_out) {
       self->counters_.gets++;
       self->counters_.get_bytes += g->length;
-      g->promise.set_value(absl::OkStatus());
     } else if (g->timed_out) {
-      g->promise.set_value(absl::DeadlineExceededError("RMA get timed out; endpoint closed"));
+      result = absl::DeadlineExceededError("RMA get timed out; endpoint closed");
     } else {
-      g->promise.set_value(ucx::ToStatus(status, "RMA get"));
+      result = ucx::ToStatus(status, "RMA get");
     }
+    FinishRead(*g->batch, g->group, result);
     ucp_request_free(request);
-    if (it != self->gets_.end()) self->gets_.erase(it);
+    self->gets_.erase(g->id);  // destroys g
   }
 
   // ---- handler threads ----
@@ -617,6 +852,8 @@ class PeerTransport::Impl {
   int wake_fd_ = -1;
   int ucx_fd_ = -1;
   std::atomic<bool> stop_{false};
+  std::atomic<bool> has_posted_{false};  // posted_ is not empty (read without the lock)
+  std::atomic<bool> sleeping_{false};    // the progress thread is in poll() or about to be
   std::atomic<uint64_t> next_request_{1};
   std::thread progress_;
   std::vector<std::thread> handlers_;
@@ -675,6 +912,13 @@ absl::Status PeerTransport::Get(const std::string& peer, uint64_t remote_addr,
                                 absl::string_view rkey, const ucx::Memory& local, size_t offset,
                                 size_t length, absl::Duration timeout) {
   return impl_->Get(peer, remote_addr, rkey, local, offset, length, timeout);
+}
+absl::StatusOr<std::unique_ptr<GetBatch>> PeerTransport::StartGets(const std::string& peer,
+                                                                   std::vector<std::string> rkeys,
+                                                                   std::vector<RemoteRead> reads,
+                                                                   uint32_t groups,
+                                                                   absl::Duration timeout) {
+  return impl_->StartGets(peer, std::move(rkeys), std::move(reads), groups, timeout);
 }
 void PeerTransport::Disconnect(const std::string& peer) { impl_->Disconnect(peer); }
 PeerTransportCounters PeerTransport::Counters() const { return impl_->Counters(); }

@@ -1,6 +1,7 @@
 // PeerTransport: kvtierd's link to its peers over UCX. Control messages (transport/peer_protocol.h)
 // travel as UCP active messages; bulk bytes move by RMA get from memory the holder registered
-// (PeerTransport::Register), straight into memory the requester registered.
+// (PeerTransport::Register), straight into the requester's destination (registered, or any
+// memory: UCX registers or bounces as its transport needs), many at once (StartGets).
 //
 // Peers are named by their listen address "host:port": each node runs one UCP listener there and
 // connects to others through UCX's sockaddr connection manager, so the port is fixed and
@@ -13,11 +14,11 @@
 // destination is never written after Get returns. A peer whose message does not decode is logged,
 // counted and disconnected; the node keeps serving everyone else.
 //
-// Thread model: one progress thread owns the UCP worker and every endpoint; it sleeps on the
-// worker's event fd when idle. Public methods are thread-safe: they post work to the progress
-// thread and block on the result (Call, Get) or return at once (Send). Incoming requests are
-// decoded on the progress thread and handled on `handler_threads` threads, so a handler may block
-// (copy a page, call another peer) without stalling the link.
+// Thread model: one progress thread owns the UCP worker and every endpoint; after work it polls
+// for busy_poll_us, then sleeps on the worker's event fd. Public methods are thread-safe: they post
+// work to the progress thread and block on the result (Call, Get) or return at once (Send).
+// Incoming requests are decoded on the progress thread and handled on `handler_threads` threads, so
+// a handler may block (copy a page, call another peer) without stalling the link.
 #pragma once
 
 #include <atomic>
@@ -42,7 +43,46 @@ struct PeerTransportOptions {
   ucx::ContextOptions ucx;
   // Threads that run incoming requests. Default 2.
   uint32_t handler_threads = 2;
+  // After any work, the progress thread keeps polling UCX this long before it sleeps on the
+  // worker's fd, and a thread waiting for a batch's gets spins this long before it blocks: back
+  // to back operations then pay no wakeup. Bounded, so an idle node sleeps. Default 50 us.
+  uint32_t busy_poll_us = 50;
+  // Shared cluster secret. When set, every connection starts with a handshake in which each
+  // side proves it knows it (HMAC-SHA256 over both sides' fresh nonces, OpenSSL); a peer that
+  // fails it, or sends anything else first, is logged, counted (auth_refused) and
+  // disconnected. Empty (default): peers are not authenticated.
+  std::string secret;
   peer::Limits limits;
+};
+
+// One RMA read of a batch started by PeerTransport::StartGets.
+struct RemoteRead {
+  uint64_t remote_addr = 0;
+  uint32_t rkey_index = 0;  // into the batch's packed remote keys
+  std::byte* local = nullptr;
+  size_t length = 0;
+  uint32_t group = 0;  // reads are waited for by group (e.g. the pieces of one page)
+  // The destination's registration, or null: UCX then registers (or bounces) as it needs.
+  const ucx::Memory* local_region = nullptr;
+};
+
+// Reads in flight from one peer, waited for group by group, so a caller can check group i while
+// group i+1 still moves. Destroying it waits for every read: nothing lands in a destination
+// after the destructor returns. Wait and the destructor are for the thread that started it.
+class GetBatch {
+ public:
+  struct State;
+  explicit GetBatch(std::shared_ptr<State> state, uint32_t spin_us)
+      : state_(std::move(state)), spin_us_(spin_us) {}
+  ~GetBatch();
+  GetBatch(const GetBatch&) = delete;
+  GetBatch& operator=(const GetBatch&) = delete;
+  // Blocks until every read of `group` is done; OK when all of them succeeded.
+  absl::Status Wait(uint32_t group);
+
+ private:
+  std::shared_ptr<State> state_;
+  uint32_t spin_us_;
 };
 
 struct PeerTransportCounters {
@@ -53,6 +93,7 @@ struct PeerTransportCounters {
   uint64_t timeouts = 0;
   uint64_t gets = 0;
   uint64_t get_bytes = 0;
+  uint64_t auth_refused = 0;  // peers disconnected for failing authentication
 };
 
 class PeerTransport {
@@ -89,6 +130,14 @@ class PeerTransport {
   // Get returns.
   absl::Status Get(const std::string& peer, uint64_t remote_addr, absl::string_view rkey,
                    const ucx::Memory& local, size_t offset, size_t length, absl::Duration timeout);
+
+  // Starts `reads` from `peer` at once (UCX pipelines them) and returns without waiting;
+  // `rkeys` are packed remote keys, unpacked once for the batch. Every read of a group that
+  // fails fails its group; a read past `timeout` closes the endpoint, as Get does.
+  absl::StatusOr<std::unique_ptr<GetBatch>> StartGets(const std::string& peer,
+                                                      std::vector<std::string> rkeys,
+                                                      std::vector<RemoteRead> reads,
+                                                      uint32_t groups, absl::Duration timeout);
 
   // Closes the endpoint to `peer` (it left the cluster); its operations in flight fail.
   void Disconnect(const std::string& peer);

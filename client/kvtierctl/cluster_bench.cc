@@ -1,9 +1,14 @@
 // `kvtierctl bench cluster`: remote page fetch between two real kvtierd nodes (a real etcd on
 // loopback, the UCX transport the flags name), beside ucx_perftest's RMA get of the same size
-// on the same transport, in one run. Each figure comes from a worker's Load of one 2 MiB page
-// that only the other node holds: lookup at its home, fetch lease, RMA get, checksum, copy.
+// on the same transport, in one run. Two kvtier figures: a worker's Load of one 2 MiB page that
+// only the other node holds (lookup at its home, fetch lease, RMA get into the worker's block,
+// checksum), and Loads of --batch such pages at once (one lookup per home and one lease per
+// holder for the batch, the gets in flight together, each page verified as the next moves).
+// With --tls sm, ucx_perftest also runs on cma alone: UCX's sm get of memory it did not
+// allocate itself (kvtier's DRAM pool is the store's memfd) is a cma get.
 //
-//   kvtierctl bench cluster [--json] [--pages N] [--iterations N] [--tls tcp] [--kvtierd BIN]
+//   kvtierctl bench cluster [--json] [--pages N] [--iterations N] [--batch N] [--tls tcp]
+//                           [--kvtierd BIN] [--mooncake_python PY]
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -18,6 +23,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -36,6 +42,7 @@ struct ClusterArgs {
   bool json = false;
   uint32_t pages = 32;
   uint32_t iterations = 200;
+  uint32_t batch = 16;  // pages per Load in the batch figure
   uint64_t page_bytes = 2 << 20;
   std::string tls = "tcp";
   std::string kvtierd;
@@ -121,9 +128,9 @@ double Percentile(std::vector<double> v, double q) {
 }
 
 // ucx_perftest ucp_get of `bytes` on `tls` over loopback: overall MB/s and p50 latency (us).
-bool UcxPerftest(const ClusterArgs& a, double* mb_s, double* p50_us) {
+bool UcxPerftest(const ClusterArgs& a, const std::string& tls, double* mb_s, double* p50_us) {
   const int port = FreePort();
-  const std::string env = absl::StrCat("UCX_TLS=", a.tls, ",self UCX_NET_DEVICES=lo ");
+  const std::string env = absl::StrCat("UCX_TLS=", tls, ",self UCX_NET_DEVICES=lo ");
   const std::string server =
       absl::StrCat(env, "timeout 120 ucx_perftest -p ", port, " >/dev/null 2>&1 &");
   if (std::system(server.c_str()) != 0) return false;
@@ -195,7 +202,8 @@ int Run(const ClusterArgs& a) {
           "  ucx_net_devices: lo\n  ucx_tls: ",
           // Peers connect through UCX's TCP connection manager, so tcp stays listed; UCX then
           // moves page bytes over the fastest transport listed (sm: CMA on one host).
-          a.tls == "tcp" ? "tcp" : a.tls + ",tcp", ",self\n  replicate_after_remote_reads: 0\n");
+          a.tls == "tcp" ? "tcp" : a.tls + ",tcp",
+          ",self\n  replicate_after_remote_reads: 0\n  push_below_free_fraction: 0\n");
       std::ofstream(d + "/kvtierd.yaml") << yaml;
       nodes.push_back(std::make_unique<Child>(
           std::vector<std::string>{a.kvtierd, "--config", d + "/kvtierd.yaml"},
@@ -210,7 +218,7 @@ int Run(const ClusterArgs& a) {
       return nullptr;
     };
     std::unique_ptr<Client> ca = connect(sockets[0]), cb = connect(sockets[1]);
-    absl::StatusOr<LayoutSpec> spec = FlatLayoutFor(a.page_bytes, 8);
+    absl::StatusOr<LayoutSpec> spec = FlatLayoutFor(a.page_bytes, std::max(8u, a.batch + 1));
     absl::StatusOr<Layout> layout = spec.ok() ? Layout::Create(*spec) : spec.status();
     if (ca == nullptr || cb == nullptr || !layout.ok()) {
       std::fprintf(stderr, "bench cluster: daemons did not start (logs in %s)\n", dir.c_str());
@@ -250,39 +258,70 @@ int Run(const ClusterArgs& a) {
       std::fprintf(stderr, "bench cluster: B never saw A's pages (logs in %s)\n", dir.c_str());
       return 1;
     }
+    // Loads of `batch` pages each (keys in order, wrapping), into blocks 1..batch, until
+    // `iterations` pages moved; every page is compared byte for byte once. Returns GB/s and the
+    // per-Load latencies.
     std::vector<std::byte> got(a.page_bytes);
-    std::vector<double> lat_us;
-    const uint32_t warmup = 10;
-    auto t0 = std::chrono::steady_clock::now();
-    for (uint32_t i = 0; i < warmup + a.iterations; ++i) {
-      if (i == warmup) t0 = std::chrono::steady_clock::now();
-      const uint32_t p = i % a.pages;
-      const auto s = std::chrono::steady_clock::now();
-      absl::StatusOr<OpHandle> op = cb->LoadAsync({&keys[p], 1}, {1u});
-      absl::StatusOr<PageResults> r = op.ok() ? cb->Wait(*op) : op.status();
-      const auto e = std::chrono::steady_clock::now();
-      if (!r.ok() || r->ok_pages != 1 || r->tiers[0] != static_cast<Tier>(3)) {
-        std::fprintf(stderr, "bench cluster: remote load %u failed\n", i);
-        return 1;
-      }
-      if (i < a.pages) {  // every page checked once, byte for byte
-        if (!bb->ReadBlock(*layout, 1, absl::MakeSpan(got)).ok() ||
-            std::memcmp(got.data(), images[p].data(), a.page_bytes) != 0) {
-          std::fprintf(stderr, "bench cluster: page %u differs after a remote load\n", p);
-          return 1;
+    struct Figures {
+      double gb_s = 0, p50_us = 0, p99_us = 0;
+    };
+    auto measure = [&](uint32_t batch) -> std::optional<Figures> {
+      const uint32_t loads = std::max(1u, a.iterations / batch), warmup = 10;
+      std::vector<double> lat_us;
+      std::vector<PageKey> k(batch);
+      std::vector<uint32_t> blocks(batch);
+      for (uint32_t j = 0; j < batch; ++j) blocks[j] = 1 + j;
+      auto t0 = std::chrono::steady_clock::now();
+      for (uint32_t i = 0; i < warmup + loads; ++i) {
+        if (i == warmup) t0 = std::chrono::steady_clock::now();
+        for (uint32_t j = 0; j < batch; ++j) k[j] = keys[(i * batch + j) % a.pages];
+        const auto s = std::chrono::steady_clock::now();
+        absl::StatusOr<OpHandle> op = cb->LoadAsync(k, blocks);
+        absl::StatusOr<PageResults> r = op.ok() ? cb->Wait(*op) : op.status();
+        const auto e = std::chrono::steady_clock::now();
+        if (!r.ok() || r->ok_pages != batch) {
+          std::fprintf(stderr, "bench cluster: remote load %u of %u pages failed (%u ok)\n", i,
+                       batch, r.ok() ? r->ok_pages : 0);
+          return std::nullopt;
         }
+        for (uint32_t j = 0; j < batch; ++j) {
+          if (r->tiers[j] != static_cast<Tier>(3)) {
+            std::fprintf(stderr, "bench cluster: page %u of load %u was not remote\n", j, i);
+            return std::nullopt;
+          }
+          const uint32_t p = (i * batch + j) % a.pages;
+          if (i * batch + j < a.pages) {  // every page checked once, byte for byte
+            if (!bb->ReadBlock(*layout, blocks[j], absl::MakeSpan(got)).ok() ||
+                std::memcmp(got.data(), images[p].data(), a.page_bytes) != 0) {
+              std::fprintf(stderr, "bench cluster: page %u differs after a remote load\n", p);
+              return std::nullopt;
+            }
+          }
+        }
+        if (i >= warmup) lat_us.push_back(std::chrono::duration<double, std::micro>(e - s).count());
       }
-      if (i >= warmup) lat_us.push_back(std::chrono::duration<double, std::micro>(e - s).count());
-    }
-    const double secs =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    const double gbps = static_cast<double>(a.page_bytes) * a.iterations / secs / 1e9;
-    const double p50 = Percentile(lat_us, 0.5), p99 = Percentile(lat_us, 0.99);
+      const double secs =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      Figures f;
+      f.gb_s = static_cast<double>(a.page_bytes) * batch * loads / secs / 1e9;
+      f.p50_us = Percentile(lat_us, 0.5);
+      f.p99_us = Percentile(lat_us, 0.99);
+      return f;
+    };
+    const std::optional<Figures> one = measure(1);
+    const std::optional<Figures> many = one.has_value() ? measure(a.batch) : std::nullopt;
+    if (!one.has_value() || !many.has_value()) return 1;
+    const double gbps = one->gb_s, p50 = one->p50_us, p99 = one->p99_us;
     ca.reset();
     cb.reset();
     nodes.clear();
-    double perf_mb_s = 0, perf_p50 = 0;
-    const bool perf = UcxPerftest(a, &perf_mb_s, &perf_p50);
+    double perf_mb_s = 0, perf_p50 = 0, cma_mb_s = 0, cma_p50 = 0;
+    const bool perf = UcxPerftest(a, a.tls, &perf_mb_s, &perf_p50);
+    const bool cma = a.tls == "sm" && UcxPerftest(a, "cma,tcp", &cma_mb_s, &cma_p50);
+    const double cma_gbps = cma_mb_s * 1024 * 1024 / 1e9;
+    const std::string cma_json = cma ? absl::StrCat("{\"gb_s\":", absl::SixDigits(cma_gbps),
+                                                    ",\"p50_us\":", absl::SixDigits(cma_p50), "}")
+                                     : "null";
     const MooncakeFigures mc = Mooncake(a);
     const std::string mc_json =
         mc.ok ? absl::StrCat("{\"protocol\":\"tcp\",\"gb_s\":", mc.gb_s, ",\"p50_us\":", mc.p50_us,
@@ -296,26 +335,44 @@ int Run(const ClusterArgs& a) {
           "{\"bench\":\"cluster\",\"machine\":\"%s %s\",\"cpus\":%u,\"tls\":\"%s\","
           "\"page_bytes\":%llu,\"iterations\":%u,\"seed\":%llu,"
           "\"kvtier_remote_fetch\":{\"gb_s\":%.4f,\"p50_us\":%.1f,\"p99_us\":%.1f},"
+          "\"kvtier_remote_fetch_batch\":{\"pages_per_load\":%u,\"gb_s\":%.4f,"
+          "\"p50_us_per_load\":%.1f,\"p99_us_per_load\":%.1f},"
           "\"ucx_perftest_get\":{\"ok\":%s,\"gb_s\":%.4f,\"p50_us\":%.1f},"
-          "\"ratio_kvtier_over_ucx_perftest\":%.3f,\"mooncake_get_into\":%s,"
-          "\"ratio_kvtier_over_mooncake\":%.3f}\n",
+          "\"ucx_perftest_get_cma\":%s,"
+          "\"ratio_kvtier_over_ucx_perftest\":%.3f,\"ratio_kvtier_batch_over_ucx_perftest\":%.3f,"
+          "\"mooncake_get_into\":%s,"
+          "\"ratio_kvtier_over_mooncake\":%.3f,\"ratio_kvtier_batch_over_mooncake\":%.3f}\n",
           u.nodename, u.release, std::thread::hardware_concurrency(), a.tls.c_str(),
           static_cast<unsigned long long>(a.page_bytes), a.iterations,
-          static_cast<unsigned long long>(seed), gbps, p50, p99, perf ? "true" : "false", perf_gbps,
-          perf_p50, perf_gbps > 0 ? gbps / perf_gbps : 0.0, mc_json.c_str(),
-          mc.ok ? gbps / mc.gb_s : 0.0);
+          static_cast<unsigned long long>(seed), gbps, p50, p99, a.batch, many->gb_s, many->p50_us,
+          many->p99_us, perf ? "true" : "false", perf_gbps, perf_p50, cma_json.c_str(),
+          perf_gbps > 0 ? gbps / perf_gbps : 0.0, perf_gbps > 0 ? many->gb_s / perf_gbps : 0.0,
+          mc_json.c_str(), mc.ok ? gbps / mc.gb_s : 0.0, mc.ok ? many->gb_s / mc.gb_s : 0.0);
     } else {
       std::printf("bench cluster: %u remote loads of %llu-byte pages over UCX %s (seed %llu)\n",
                   a.iterations, static_cast<unsigned long long>(a.page_bytes), a.tls.c_str(),
                   static_cast<unsigned long long>(seed));
-      std::printf("  kvtier remote fetch : %.3f GB/s, p50 %.0f us, p99 %.0f us\n", gbps, p50, p99);
+      std::printf("  kvtier remote fetch : %.3f GB/s, p50 %.0f us, p99 %.0f us (1 page a Load)\n",
+                  gbps, p50, p99);
+      std::printf(
+          "  kvtier remote fetch : %.3f GB/s, p50 %.0f us, p99 %.0f us a Load (%u pages a "
+          "Load)\n",
+          many->gb_s, many->p50_us, many->p99_us, a.batch);
       std::printf("  ucx_perftest ucp_get: %.3f GB/s, p50 %.0f us%s\n", perf_gbps, perf_p50,
                   perf ? "" : " (did not run)");
-      if (perf_gbps > 0) std::printf("  ratio kvtier / ucx_perftest: %.2f\n", gbps / perf_gbps);
+      if (cma) {
+        std::printf("  ucx_perftest ucp_get on cma alone: %.3f GB/s, p50 %.0f us\n", cma_gbps,
+                    cma_p50);
+      }
+      if (perf_gbps > 0) {
+        std::printf("  ratio kvtier / ucx_perftest: %.3f (1 page), %.3f (%u pages)\n",
+                    gbps / perf_gbps, many->gb_s / perf_gbps, a.batch);
+      }
       if (mc.ok) {
         std::printf("  Mooncake get_into   : %.3f GB/s, p50 %.0f us, p99 %.0f us (TCP)\n", mc.gb_s,
                     mc.p50_us, mc.p99_us);
-        std::printf("  ratio kvtier / Mooncake: %.2f\n", gbps / mc.gb_s);
+        std::printf("  ratio kvtier / Mooncake: %.2f (1 page), %.2f (%u pages)\n", gbps / mc.gb_s,
+                    many->gb_s / mc.gb_s, a.batch);
       } else {
         std::printf("  Mooncake get_into   : not run (--mooncake_python PYTHON)\n");
       }
@@ -344,6 +401,8 @@ int RunBenchCluster(int argc, char** argv) {
     } else if ((arg == "--pages" && absl::SimpleAtoi(next(), &a.pages) && a.pages > 0) ||
                (arg == "--iterations" && absl::SimpleAtoi(next(), &a.iterations) &&
                 a.iterations > 0) ||
+               (arg == "--batch" && absl::SimpleAtoi(next(), &a.batch) && a.batch > 0 &&
+                a.batch <= 256) ||
                (arg == "--page-bytes" && absl::SimpleAtoi(next(), &a.page_bytes))) {
       // parsed into `a`
     } else if (arg == "--tls") {
@@ -353,9 +412,10 @@ int RunBenchCluster(int argc, char** argv) {
     } else if (arg == "--mooncake_python") {
       a.mooncake_python = next();
     } else {
-      std::fprintf(stderr,
-                   "usage: kvtierctl bench cluster [--json] [--pages N] [--iterations N] "
-                   "[--page-bytes N] [--tls tcp|sm] [--kvtierd BIN] [--mooncake_python PY]\n");
+      std::fprintf(
+          stderr,
+          "usage: kvtierctl bench cluster [--json] [--pages N] [--iterations N] "
+          "[--batch N] [--page-bytes N] [--tls tcp|sm] [--kvtierd BIN] [--mooncake_python PY]\n");
       return 2;
     }
   }

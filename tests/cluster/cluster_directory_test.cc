@@ -81,6 +81,14 @@ TEST(ClusterConfig, ValidatesEveryKeyByName) {
   EXPECT_NE(ValidateConfig(c).message().find("cluster.fetch_lease_ms"), std::string::npos);
   ASSERT_TRUE(ApplyConfigYaml("cluster: {fetch_lease_ms: 60000}", c).ok());
   EXPECT_TRUE(ValidateConfig(c).ok()) << ValidateConfig(c);
+  for (const char* bad :
+       {"push_below_free_fraction: 1.5", "max_push_bytes_per_s: 0", "busy_poll_us: 20000"}) {
+    DaemonConfig d = c;
+    ASSERT_TRUE(ApplyConfigYaml(absl::StrCat("cluster: {", bad, "}"), d).ok()) << bad;
+    const std::string key(absl::string_view(bad).substr(0, absl::string_view(bad).find(':')));
+    EXPECT_NE(ValidateConfig(d).message().find("cluster." + key), std::string::npos)
+        << ValidateConfig(d);
+  }
   EXPECT_FALSE(ApplyConfigYaml("cluster: {bogus: 1}", c).ok());
   EXPECT_NE(ConfigToYaml(c).find("etcd_endpoints"), std::string::npos);
 }

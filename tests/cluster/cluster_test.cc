@@ -15,6 +15,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -312,6 +313,218 @@ TEST(Cluster, ThreeNodesOnLoopback) {
   EXPECT_TRUE(WaitFor([&] { return Probe(c, "shared/model", seed + 4, kPages) == kPages; }));
   EXPECT_EQ(b.daemon->Stop(), 0);
   EXPECT_EQ(c.daemon->Stop(), 0);
+}
+
+// Placement across nodes: A (16 slots) is set to push when under half its room is free; B has
+// plenty. A's cold pages go to B before A's own policy drops them, and A's later misses find
+// them there, bit-identical. Page 0 of every stored sequence is a sink: it never leaves A.
+TEST(Cluster, PushesColdPagesToAPeerWithRoom) {
+  const uint64_t seed = testing::TestSeed();
+  EtcdProcess etcd;
+  ASSERT_TRUE(etcd.Start()) << "etcd did not answer on " << etcd.endpoint();
+  const std::string prefix = absl::StrCat("/kvtier-push-", seed, "/");
+  auto yaml = [&](const std::string& id, int hbm, int dram, double push_below) {
+    return absl::StrCat("http_address: 127.0.0.1:0\nstore:\n  page_bytes: 32768\n  hbm_pages: ",
+                        hbm, "\n  dram_pages: ", dram,
+                        "\nnamespaces:\n  - name: \"*\"\n    sink_slots: 1\ncluster:\n"
+                        "  enabled: true\n  node_id: ",
+                        id, "\n  etcd_endpoints: [", etcd.endpoint(), "]\n  etcd_prefix: ", prefix,
+                        "\n  lease_ttl_s: 2\n  listen_address: 127.0.0.1:0\n"
+                        "  advertise_host: 127.0.0.1\n  ucx_net_devices: lo\n"
+                        "  ucx_tls: tcp,sm,self\n  replicate_after_remote_reads: 0\n"
+                        "  push_below_free_fraction: ",
+                        push_below, "\n  max_push_bytes_per_s: 1e9\n");
+  };
+  std::vector<Node> nodes(2);
+  nodes[0].id = "push-a";
+  nodes[1].id = "push-b";
+  const int hbm[] = {4, 64}, dram[] = {12, 256};
+  const double push_below[] = {0.5, 0};
+  for (int i = 0; i < 2; ++i) {
+    absl::StatusOr<DaemonProcess> d =
+        DaemonProcess::Start(yaml(nodes[i].id, hbm[i], dram[i], push_below[i]));
+    ASSERT_TRUE(d.ok()) << d.status();
+    nodes[i].daemon.emplace(*std::move(d));
+  }
+  Node& a = nodes[0];
+  Node& b = nodes[1];
+  auto client = *EtcdClient::Create({{etcd.endpoint()}, absl::Seconds(2)});
+  auto members = [&] {
+    std::map<std::string, MemberInfo> out;
+    absl::StatusOr<EtcdClient::Range> r = client->GetPrefix(prefix + "members/");
+    if (!r.ok()) return out;
+    for (const auto& [k, v] : r->kvs) {
+      if (absl::StatusOr<MemberInfo> m = MemberInfo::FromJson(v); m.ok()) out[m->node_id] = *m;
+    }
+    return out;
+  };
+  ASSERT_TRUE(WaitFor([&] { return members().size() == 2; })) << "members: " << members().size();
+  for (Node& n : nodes) n.http_port = members()[n.id].http_port;
+  ASSERT_TRUE(WaitFor([&] {
+    return Metric(a.http_port, "kvtier_cluster_members") == 2 &&
+           Metric(b.http_port, "kvtier_cluster_members") == 2;
+  }));
+  const std::string ns = "shared/model";
+  // B takes pushes only for namespaces a worker opened there: a probe opens it.
+  EXPECT_EQ(Probe(b, ns, seed + 100, 1), 0);
+
+  // 12 of A's 16 slots used: under half free, so A pushes its 11 non-sink pages to B.
+  constexpr int kPages = 12;
+  Store(a, ns, seed, kPages);
+  const std::string pushed = "kvtier_cluster_push_pages_total{result=\"pushed\"}";
+  const std::string received = "kvtier_cluster_push_pages_total{result=\"received\"}";
+  EXPECT_TRUE(WaitFor([&] { return Metric(a.http_port, pushed) >= kPages - 1; }))
+      << "A pushed " << Metric(a.http_port, pushed) << " pages";
+  EXPECT_GE(Metric(b.http_port, received), kPages - 1);
+  EXPECT_GE(Metric(a.http_port, "kvtier_cluster_push_bytes_total"), (kPages - 1) * 32768.0);
+  // Then A fills past its capacity: its policy drops the first sequence's pages.
+  Store(a, ns, seed + 1, kPages);
+  Store(a, ns, seed + 2, kPages);
+  EXPECT_GE(Metric(a.http_port, "kvtier_evictions_total{class=\"unknown\",tier=\"dram\"}") +
+                Metric(a.http_port, "kvtier_evictions_total{class=\"semantic\",tier=\"dram\"}"),
+            1)
+      << "A never dropped a page; the test did not fill it";
+  // The pushed pages load bit-identical from B itself, and through A's miss path.
+  EXPECT_TRUE(WaitFor([&] { return Probe(b, ns, seed, kPages) >= kPages - 1; }))
+      << "B does not hold A's pushed pages";
+  const double fetched_before =
+      Metric(a.http_port, "kvtier_cluster_remote_fetches_total{result=\"ok\"}");
+  EXPECT_TRUE(WaitFor([&] { return Probe(a, ns, seed, kPages) >= kPages - 1; }))
+      << "A's misses did not find its pushed pages on B";
+  EXPECT_GT(Metric(a.http_port, "kvtier_cluster_remote_fetches_total{result=\"ok\"}"),
+            fetched_before)
+      << "A served every page locally: its miss path was not exercised";
+  EXPECT_EQ(Metric(a.http_port, "kvtier_cluster_remote_fetches_total{result=\"verify_failed\"}"),
+            0);
+  // Sinks never left A: B holds none in any tier.
+  for (const char* tier : {"hbm", "dram"}) {
+    EXPECT_EQ(
+        Metric(b.http_port, absl::StrCat("kvtier_tier_pages{class=\"sink\",tier=\"", tier, "\"}")),
+        0)
+        << tier;
+  }
+  EXPECT_EQ(a.daemon->Stop(), 0);
+  EXPECT_EQ(b.daemon->Stop(), 0);
+}
+
+// A page whose bytes do not match the checksum its holder sent is reported failed, never
+// served: A (started with KVTIER_TEST_CORRUPT_LENDS) lends every page with a wrong checksum.
+TEST(Cluster, PagesFailingTheirChecksumAreNeverServed) {
+  const uint64_t seed = testing::TestSeed();
+  EtcdProcess etcd;
+  ASSERT_TRUE(etcd.Start()) << "etcd did not answer on " << etcd.endpoint();
+  const std::string prefix = absl::StrCat("/kvtier-verify-", seed, "/");
+  std::vector<Node> nodes(2);
+  for (int i = 0; i < 2; ++i) {
+    nodes[i].id = std::string("verify-") + static_cast<char>('a' + i);
+    if (i == 0) ::setenv("KVTIER_TEST_CORRUPT_LENDS", "1", 1);  // inherited by A alone
+    absl::StatusOr<DaemonProcess> d =
+        DaemonProcess::Start(NodeYaml(nodes[i].id, etcd.endpoint(), prefix, "[\"*\"]", 0));
+    ::unsetenv("KVTIER_TEST_CORRUPT_LENDS");
+    ASSERT_TRUE(d.ok()) << d.status();
+    nodes[i].daemon.emplace(*std::move(d));
+  }
+  auto client = *EtcdClient::Create({{etcd.endpoint()}, absl::Seconds(2)});
+  ASSERT_TRUE(WaitFor([&] {
+    absl::StatusOr<EtcdClient::Range> r = client->GetPrefix(prefix + "members/");
+    if (!r.ok() || r->kvs.size() != 2) return false;
+    for (const auto& [k, v] : r->kvs) {
+      absl::StatusOr<MemberInfo> m = MemberInfo::FromJson(v);
+      if (!m.ok()) return false;
+      for (Node& n : nodes) {
+        if (n.id == m->node_id) n.http_port = m->http_port;
+      }
+    }
+    return Metric(nodes[0].http_port, "kvtier_cluster_members") == 2 &&
+           Metric(nodes[1].http_port, "kvtier_cluster_members") == 2;
+  }));
+  Node& a = nodes[0];
+  Node& b = nodes[1];
+  constexpr int kPages = 8;
+  Store(a, "shared/model", seed, kPages);
+  const std::string verify_failed = "kvtier_cluster_remote_fetches_total{result=\"verify_failed\"}";
+  // B finds A's pages (Lookup), but every Load of one is refused after the transfer. Probed
+  // until the directory has them all (announcements are asynchronous); no probe may verify any.
+  int served = 0;
+  EXPECT_TRUE(WaitFor([&] {
+    served += std::max(0, Probe(b, "shared/model", seed, kPages));
+    return Metric(b.http_port, verify_failed) >= kPages;
+  })) << "B refused "
+      << Metric(b.http_port, verify_failed) << " pages";
+  EXPECT_EQ(served, 0) << "B served a page that failed its check";
+  EXPECT_EQ(Metric(b.http_port, "kvtier_cluster_remote_fetches_total{result=\"ok\"}"), 0);
+  EXPECT_EQ(Probe(a, "shared/model", seed, kPages), kPages);  // A's own copies are intact
+  EXPECT_EQ(a.daemon->Stop(), 0);
+  EXPECT_EQ(b.daemon->Stop(), 0);
+}
+
+// Peer authentication: A and B share a secret file and serve each other; C, started without
+// it, is refused by both (a metric and a log line on theirs) and fetches nothing.
+TEST(Cluster, PeersWithoutTheSecretAreRefused) {
+  const uint64_t seed = testing::TestSeed();
+  EtcdProcess etcd;
+  ASSERT_TRUE(etcd.Start()) << "etcd did not answer on " << etcd.endpoint();
+  const std::string prefix = absl::StrCat("/kvtier-auth-", seed, "/");
+  char tmpl[] = "/tmp/kvtier-secret-XXXXXX";
+  const std::string dir = ::mkdtemp(tmpl);
+  const std::string secret = dir + "/cluster.secret";
+  std::ofstream(secret) << "kvtier-test-secret-" << seed << "\n";
+  ASSERT_EQ(::chmod(secret.c_str(), 0600), 0);
+  auto yaml = [&](const std::string& id, const std::string& secret_file) {
+    std::string y = NodeYaml(id, etcd.endpoint(), prefix, "[\"*\"]", 0);
+    if (!secret_file.empty()) absl::StrAppend(&y, "  secret_file: ", secret_file, "\n");
+    return y;
+  };
+  std::vector<Node> nodes(3);
+  const std::string secrets[] = {secret, secret, ""};
+  for (int i = 0; i < 3; ++i) {
+    nodes[i].id = std::string("auth-") + static_cast<char>('a' + i);
+    if (i == 2) {
+      // C joins only after A and B have shown they work together.
+      Store(nodes[0], "shared/model", seed, 16);
+      EXPECT_TRUE(WaitFor([&] { return Probe(nodes[1], "shared/model", seed, 16) == 16; }))
+          << "B (with the secret) did not load A's pages";
+    }
+    absl::StatusOr<DaemonProcess> d = DaemonProcess::Start(yaml(nodes[i].id, secrets[i]));
+    ASSERT_TRUE(d.ok()) << d.status();
+    nodes[i].daemon.emplace(*std::move(d));
+    if (i >= 1) {
+      ASSERT_TRUE(WaitFor([&] {
+        int seen = 0;
+        auto client = *EtcdClient::Create({{etcd.endpoint()}, absl::Seconds(2)});
+        absl::StatusOr<EtcdClient::Range> r = client->GetPrefix(prefix + "members/");
+        if (!r.ok()) return false;
+        for (const auto& [k, v] : r->kvs) {
+          if (absl::StatusOr<MemberInfo> m = MemberInfo::FromJson(v); m.ok()) {
+            for (Node& n : nodes) {
+              if (n.id == m->node_id) n.http_port = m->http_port;
+            }
+            ++seen;
+          }
+        }
+        // Every running node sees all of them (C's lookups then go to A and B).
+        for (int j = 0; j <= i; ++j) {
+          if (Metric(nodes[j].http_port, "kvtier_cluster_members") != i + 1) return false;
+        }
+        return seen == i + 1;
+      }));
+    }
+  }
+  Node& a = nodes[0];
+  Node& b = nodes[1];
+  Node& c = nodes[2];
+  // C is in etcd (membership is not behind the secret) but no peer talks to it.
+  EXPECT_EQ(Probe(c, "shared/model", seed, 16), 0) << "C fetched pages without the secret";
+  const std::string refused = "kvtier_cluster_peer_events_total{kind=\"auth_refused\"}";
+  EXPECT_TRUE(WaitFor([&] {
+    return Metric(a.http_port, refused) + Metric(b.http_port, refused) >= 1;
+  })) << "neither A nor B counted C's refusal";
+  EXPECT_GE(Metric(a.http_port, "kvtier_cluster_pages_lent_total"), 16);
+  EXPECT_EQ(a.daemon->Stop(), 0);
+  EXPECT_EQ(b.daemon->Stop(), 0);
+  EXPECT_EQ(c.daemon->Stop(), 0);
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
 }
 
 // ---- The same cluster with every daemon in its own network namespace ----

@@ -19,6 +19,16 @@ TEST(PeerProtocol, RoundTripsEveryType) {
                  FetchReply{0, {11, 12}, 2 << 20, 99, 0x1000, 5, 2, 7, "rkey", ""}});
   all.push_back({MsgType::kRelease, 0, Release{5}});
   all.push_back({MsgType::kAck, 7, Ack{5, "not found"}});
+  all.push_back({MsgType::kFetchBatch, 11, FetchBatch{"ns", {{1, 2}, {3, 4}}}});
+  all.push_back({MsgType::kFetchBatchReply, 11,
+                 FetchBatchReply{9,
+                                 {"dram-rkey", "staging-rkey"},
+                                 {FetchEntry{0, {1, 2}, 2 << 20, 77, 0x2000, 1, 1, 3},
+                                  FetchEntry{5, {3, 4}, 0, 0, 0, 0, 0, 0}}}});
+  all.push_back({MsgType::kPush, 12, Push{"ns", "node-a", {{7, 8}}}});
+  all.push_back({MsgType::kAuthHello, 0, AuthHello{{1, 2}}});
+  all.push_back({MsgType::kAuthChallenge, 0, AuthChallenge{{3, 4}, std::string(32, 'm')}});
+  all.push_back({MsgType::kAuthProof, 0, AuthProof{std::string(32, 'p')}});
   for (const Message& m : all) {
     absl::StatusOr<std::string> bytes = Encode(m);
     ASSERT_TRUE(bytes.ok());
@@ -55,6 +65,12 @@ TEST(PeerProtocol, RefusesWhatDoesNotFit) {
     bad[at] ^= 0x7f;
     EXPECT_FALSE(Decode(bad).ok()) << at;
   }
+  // A batch entry that names a remote key the reply did not send.
+  const std::string batch =
+      *Encode({MsgType::kFetchBatchReply, 3,
+               FetchBatchReply{1, {"k"}, {FetchEntry{0, {1, 2}, 8, 0, 0, 1}}}});
+  s = Decode(batch).status();
+  EXPECT_NE(s.message().find("rkey_index 1"), std::string::npos) << s;
   // A body that does not match its type cannot be encoded.
   EXPECT_FALSE(Encode({MsgType::kFetch, 1, Ack{}}).ok());
 }

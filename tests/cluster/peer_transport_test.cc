@@ -160,6 +160,86 @@ TEST_P(PeerTransportTest, PeerDyingMidTransferFailsCleanly) {
   region->reset();
 }
 
+TEST_P(PeerTransportTest, BatchOfGetsIsWaitedForGroupByGroup) {
+  // Eight 256 KiB "pages", each read in four pieces straight into unregistered memory.
+  constexpr size_t kPage = 256 << 10, kPages = 8, kPieces = 4;
+  std::vector<std::byte> exported(kPage * kPages);
+  const uint64_t seed = std::random_device{}();
+  std::printf("seed %llu\n", static_cast<unsigned long long>(seed));
+  std::mt19937_64 rng(seed);
+  for (auto& b : exported) b = static_cast<std::byte>(rng());
+  auto server = PeerTransport::Create(Loopback(GetParam()), EchoAck);
+  auto client = PeerTransport::Create(Loopback(GetParam()), EchoAck);
+  ASSERT_TRUE(server.ok() && client.ok());
+  auto region = (*server)->Register(exported.data(), exported.size());
+  ASSERT_TRUE(region.ok());
+  std::vector<std::byte> landing(exported.size());
+  std::vector<RemoteRead> reads;
+  for (uint32_t p = 0; p < kPages; ++p) {
+    // Pages land in reverse order, so a mix-up of groups and offsets shows.
+    std::byte* dst = landing.data() + (kPages - 1 - p) * kPage;
+    for (size_t k = 0; k < kPieces; ++k) {
+      const size_t off = p * kPage + k * (kPage / kPieces);
+      reads.push_back(RemoteRead{reinterpret_cast<uint64_t>(exported.data()) + off, 0,
+                                 dst + k * (kPage / kPieces), kPage / kPieces, p, nullptr});
+    }
+  }
+  auto batch = (*client)->StartGets(Addr(**server), {(*region)->packed_rkey()}, reads, kPages,
+                                    absl::Seconds(10));
+  ASSERT_TRUE(batch.ok()) << batch.status();
+  for (uint32_t p = 0; p < kPages; ++p) {
+    ASSERT_TRUE((*batch)->Wait(p).ok()) << p;
+    EXPECT_EQ(
+        std::memcmp(landing.data() + (kPages - 1 - p) * kPage, exported.data() + p * kPage, kPage),
+        0)
+        << "page " << p;
+  }
+  batch->reset();
+  // A read naming a group or key the batch does not have is refused before anything moves.
+  reads[0].rkey_index = 1;
+  EXPECT_FALSE(
+      (*client)
+          ->StartGets(Addr(**server), {(*region)->packed_rkey()}, reads, kPages, absl::Seconds(1))
+          .ok());
+  region->reset();
+}
+
+TEST_P(PeerTransportTest, PeersWithoutTheSecretAreRefused) {
+  auto secured = [&](const std::string& secret) {
+    PeerTransportOptions o = Loopback(GetParam());
+    o.secret = secret;
+    return PeerTransport::Create(o, EchoAck);
+  };
+  auto server = secured("cluster-secret-1");
+  auto good = secured("cluster-secret-1");
+  auto wrong = secured("cluster-secret-2");
+  auto none = PeerTransport::Create(Loopback(GetParam()), EchoAck);
+  ASSERT_TRUE(server.ok() && good.ok() && wrong.ok() && none.ok());
+  peer::Message m;
+  m.type = peer::MsgType::kDirAdd;
+  m.body = peer::DirUpdate{"ns", "node-b", {{1, 2}}};
+  auto ok = (*good)->Call(Addr(**server), m, absl::Seconds(10));
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(std::get<peer::Ack>(ok->body).error, "ns/node-b/1");
+  // No secret: its first message is not a handshake; the server refuses and disconnects it.
+  auto r1 = (*none)->Call(Addr(**server), m, absl::Seconds(3));
+  EXPECT_FALSE(r1.ok());
+  // Counters are published by the progress thread after the turn that failed the call.
+  auto refused = [](PeerTransport& t) {
+    for (int i = 0; i < 100 && t.Counters().auth_refused == 0; ++i)
+      absl::SleepFor(absl::Milliseconds(20));
+    return t.Counters().auth_refused;
+  };
+  EXPECT_GE(refused(**server), 1u);
+  // Another secret: the server's challenge does not verify; the connector refuses the server.
+  auto r2 = (*wrong)->Call(Addr(**server), m, absl::Seconds(3));
+  EXPECT_EQ(r2.status().code(), absl::StatusCode::kPermissionDenied) << r2.status();
+  EXPECT_NE(r2.status().message().find("authentication"), std::string::npos) << r2.status();
+  EXPECT_GE(refused(**wrong), 1u);
+  // The peer that knows the secret is still served.
+  EXPECT_TRUE((*good)->Call(Addr(**server), m, absl::Seconds(10)).ok());
+}
+
 INSTANTIATE_TEST_SUITE_P(Transports, PeerTransportTest, ::testing::Values("tcp", "sm,tcp"),
                          [](const auto& p) { return p.index == 0 ? "tcp" : "sm"; });
 

@@ -296,6 +296,9 @@ TEST(ConfigSchema, EveryCheckedKeyNamesItselfInItsError) {
       {"cluster.staging_pages", "4097"},
       {"cluster.fetch_lease_ms", "10"},
       {"cluster.max_migration_bytes_per_s", "0"},
+      {"cluster.busy_poll_us", "20000"},
+      {"cluster.push_below_free_fraction", "1.5"},
+      {"cluster.max_push_bytes_per_s", "0"},
   };
   {
     DaemonConfig base = Parse(kValidBase);

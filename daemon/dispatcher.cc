@@ -816,9 +816,10 @@ void Dispatcher::StoreMapped(LoadStoreOp& op) {
 void Dispatcher::CopyPerPage(LoadStoreOp& op) {
   std::vector<Piece> pieces;
   pieces.reserve(op.layout.pieces_per_page());
-  std::vector<MutableBuffer> dst;
-  dst.reserve(op.layout.pieces_per_page());
-  ClusterLoadBatch misses;  // local misses, fetched from peers together after the loop
+  // Loads into mapped buffers are read as one GetBatch (one backend call per tier); the pages of
+  // fd buffers go one by one through a staging page.
+  std::vector<size_t> mapped;
+  std::vector<std::vector<MutableBuffer>> dsts;
   for (size_t i = 0; i < op.keys.size(); ++i) {
     pieces.clear();
     const absl::Status placed = op.layout.AppendPieces(op.blocks[i], pieces);
@@ -827,13 +828,26 @@ void Dispatcher::CopyPerPage(LoadStoreOp& op) {
     } else if (!op.buffers->fd_buffers().empty()) {
       op.Record(i, CopyThroughFds(op, i, pieces));
     } else {  // a load into mapped buffers (their stores are batched: StoreMapped)
-      dst.clear();
+      std::vector<MutableBuffer>& dst = dsts.emplace_back();
+      dst.reserve(pieces.size());
       for (const Piece& p : pieces) {
         dst.push_back({op.buffers->base(p.buffer) + p.offset, p.length});
       }
-      const absl::StatusOr<Tier> local = store_.Get(op.ns, op.keys[i], dst);
-      if (!misses.Defer(i, op.keys[i], dst, local)) op.Record(i, local);
+      mapped.push_back(i);
     }
+  }
+  if (mapped.empty()) return;
+  std::vector<PageKey> keys;
+  std::vector<absl::Span<const MutableBuffer>> spans;
+  for (size_t k = 0; k < mapped.size(); ++k) {
+    keys.push_back(op.keys[mapped[k]]);
+    spans.emplace_back(dsts[k]);
+  }
+  std::vector<absl::StatusOr<Tier>> local(mapped.size());
+  store_.GetBatch(op.ns, keys, spans, absl::MakeSpan(local));
+  ClusterLoadBatch misses;  // local misses, fetched from peers together
+  for (size_t k = 0; k < mapped.size(); ++k) {
+    if (!misses.Defer(mapped[k], keys[k], spans[k], local[k])) op.Record(mapped[k], local[k]);
   }
   misses.Finish(op.ns_name, op.ns,
                 [&op](size_t i, const absl::StatusOr<Tier>& tier) { op.Record(i, tier); });

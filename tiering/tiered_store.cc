@@ -913,6 +913,82 @@ absl::StatusOr<Tier> TieredStore::Get(NamespaceId ns, const PageKey& client_key,
   return entry.tier;
 }
 
+void TieredStore::GetBatch(NamespaceId ns, absl::Span<const PageKey> client_keys,
+                           absl::Span<const absl::Span<const MutableBuffer>> dsts,
+                           absl::Span<absl::StatusOr<Tier>> results) {
+  const size_t n = client_keys.size();
+  if (dsts.size() != n || results.size() != n) {
+    for (auto& r : results) {
+      r = absl::InvalidArgumentError(absl::StrCat(n, " keys, ", dsts.size(), " destinations and ",
+                                                  results.size(), " results"));
+    }
+    return;
+  }
+  std::vector<PageKey> keys;
+  IndexKeys(ns, client_keys, keys);
+  std::vector<PageEntry> entries(n);
+  std::vector<bool> pinned(n, false);
+  {
+    absl::MutexLock lock(&mu_);
+    for (size_t i = 0; i < n; ++i) {
+      uint64_t total = 0;
+      for (const MutableBuffer& b : dsts[i]) total += b.size;
+      if (total != options_.page_bytes) {
+        results[i] = absl::InvalidArgumentError(
+            absl::StrCat("destination of ", total, " bytes, expected ", options_.page_bytes));
+        continue;
+      }
+      absl::StatusOr<PageEntry> found = FindOwned(ns, keys[i]);
+      if (!found.ok()) {
+        Bump(counters_->misses);
+        results[i] = found.status();
+        continue;
+      }
+      index_.Update(keys[i], [&](PageEntry& x) {
+        ++x.pin_count;  // the reader's pin: the page cannot move while its bytes are copied out
+        RecordAccess(x);
+        entries[i] = x;
+      });
+      policy_->OnAccess(keys[i], entries[i]);
+      pinned[i] = true;
+    }
+  }
+  // One Read per tier, outside the lock: the pins hold every slot.
+  for (Tier t : kAllTiers) {
+    std::vector<SlotRead> reads;
+    std::vector<size_t> which;
+    for (size_t i = 0; i < n; ++i) {
+      if (!pinned[i] || entries[i].tier != t) continue;
+      reads.push_back(SlotRead{
+          entries[i].slot, PageMeta{keys[i], ns, entries[i].cls, options_.page_bytes}, dsts[i]});
+      which.push_back(i);
+    }
+    if (reads.empty()) continue;
+    std::vector<absl::Status> read(reads.size());
+    backends_[TierIndex(t)]->Read(reads, absl::MakeSpan(read));
+    for (size_t k = 0; k < which.size(); ++k) {
+      results[which[k]] = read[k].ok() ? absl::StatusOr<Tier>(t) : read[k];
+    }
+  }
+  absl::MutexLock lock(&mu_);
+  for (size_t i = 0; i < n; ++i) {
+    if (!pinned[i]) continue;
+    index_.Update(keys[i], [](PageEntry& x) { ReleasePin(x); });
+    const Tier t = entries[i].tier;
+    if (!results[i].ok()) {
+      // A page that cannot be read is gone: drop it so it is recomputed, never served wrong.
+      Bump(counters_->io_errors[TierIndex(t)]);
+      Bump(counters_->misses);
+      if (std::optional<PageEntry> e = index_.Find(keys[i]); e.has_value() && e->pin_count == 0) {
+        DropLocked(keys[i], *e);
+      }
+      continue;
+    }
+    if (entries[i].in_sink_slot) LeaveRetiredReserveLocked(keys[i]);  // retired while read
+    Bump(counters_->hits[TierIndex(t)]);
+  }
+}
+
 LookupResult TieredStore::LookupPrefix(NamespaceId ns, absl::Span<const PageKey> keys) const {
   LookupResult result;
   result.tiers.resize(keys.size());

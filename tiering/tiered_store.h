@@ -191,6 +191,12 @@ class TieredStore {
                 absl::Span<absl::StatusOr<Tier>> results);
   // Copies a page into `dst` (pieces in page order); NotFound on a miss. Returns the serving tier.
   absl::StatusOr<Tier> Get(NamespaceId ns, const PageKey& key, absl::Span<const MutableBuffer> dst);
+  // Get for a whole request: every page's lookup, pin and access under one lock, one backend
+  // Read per tier (an NVMe tier gets the batch's reads at once), the pins back under one lock.
+  // results[i] is what Get(ns, keys[i], dsts[i]) would return; a page that fails alone fails.
+  void GetBatch(NamespaceId ns, absl::Span<const PageKey> keys,
+                absl::Span<const absl::Span<const MutableBuffer>> dsts,
+                absl::Span<absl::StatusOr<Tier>> results);
   // Longest cached prefix of `keys`; does not count as an access.
   LookupResult LookupPrefix(NamespaceId ns, absl::Span<const PageKey> keys) const;
   // Records an access without copying (the caller served the bytes some other way).

@@ -333,6 +333,41 @@ void BM_StoreNvme256(benchmark::State& state) {
 }
 BENCHMARK(BM_StoreNvme256)->Arg(0)->Arg(1)->UseRealTime()->Unit(benchmark::kMillisecond);
 
+// 256 pages loaded from the NVMe tier of an NvmeBenchStore: Arg 0 reads them with one Get each
+// (the dispatcher before GetBatch), Arg 1 with one GetBatch of 256. Items are pages.
+void BM_LoadNvme256(benchmark::State& state) {
+  constexpr uint32_t kBatch = kNvmeBatch;
+  auto bench = NvmeBenchStore::Make(state, TierOptions{.slots = 1});
+  if (bench == nullptr) return;
+  TieredStore* store = bench->store.get();
+  const NamespaceId ns = bench->ns;
+  bench->NextBatch(Tier::kNvme);
+  store->PutBatch(ns, bench->pages, absl::MakeSpan(bench->results));
+  std::vector<PageKey> keys;
+  for (const PutRequest& p : bench->pages) keys.push_back(p.key);
+  std::vector<std::byte> out(kNvmePage * kBatch);
+  std::vector<MutableBuffer> bufs;
+  std::vector<absl::Span<const MutableBuffer>> dsts;
+  for (uint32_t i = 0; i < kBatch; ++i) bufs.push_back({out.data() + i * kNvmePage, kNvmePage});
+  for (const MutableBuffer& b : bufs) dsts.push_back(absl::MakeConstSpan(&b, 1));
+  std::vector<absl::StatusOr<Tier>>& results = bench->results;
+  for (auto _ : state) {
+    if (state.range(0) == 0) {
+      for (uint32_t i = 0; i < kBatch; ++i) results[i] = store->Get(ns, keys[i], dsts[i]);
+    } else {
+      store->GetBatch(ns, keys, dsts, absl::MakeSpan(results));
+    }
+    for (uint32_t i = 0; i < kBatch; ++i) {
+      if (!results[i].ok() || *results[i] != Tier::kNvme) {
+        state.SkipWithError("a page did not come back from NVMe");
+        break;
+      }
+    }
+  }
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * kBatch));
+}
+BENCHMARK(BM_LoadNvme256)->Arg(0)->Arg(1)->UseRealTime()->Unit(benchmark::kMillisecond);
+
 // The planner demoting 256 pages from a full DRAM tier to the NVMe tier of an NvmeBenchStore:
 // one Maintain pass with watermarks that send every page down. Items are pages moved; each
 // iteration refills DRAM (untimed) first.
@@ -425,6 +460,14 @@ int main(int argc, char** argv) {
         "{\"bench\":\"store_nvme_256\",\"put_pages_per_s\":%.0f,\"putbatch_pages_per_s\":%.0f,"
         "\"putbatch_vs_put\":%.2f}\n",
         nvme_put, nvme_batch, nvme_batch / nvme_put);
+  }
+  const double nvme_get = reporter.rate("BM_LoadNvme256/0/real_time");
+  const double nvme_get_batch = reporter.rate("BM_LoadNvme256/1/real_time");
+  if (nvme_get > 0 && nvme_get_batch > 0) {
+    std::printf(
+        "{\"bench\":\"load_nvme_256\",\"get_pages_per_s\":%.0f,\"getbatch_pages_per_s\":%.0f,"
+        "\"getbatch_vs_get\":%.2f}\n",
+        nvme_get, nvme_get_batch, nvme_get_batch / nvme_get);
   }
   if (const double demote = reporter.rate("BM_PlannerDemoteNvme256/real_time"); demote > 0) {
     std::printf("{\"bench\":\"planner_nvme_256\",\"demote_pages_per_s\":%.0f}\n", demote);

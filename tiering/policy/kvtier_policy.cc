@@ -54,7 +54,7 @@ double KvtierPolicy::ReuseTerm(const Node& p, const PageEntry& e) const {
   const double reference = options_.reference_tokens / options_.prefill_tokens_per_s;
   // Among equals (one request's pages share their last use), the page more cached pages hang
   // from stays longest and the deeper one goes first: chains are cut leaf first.
-  return std::log2(p.p_chain * saved / reference) + p.virtual_last +
+  return beta() * std::log2(p.p_chain) + std::log2(saved / reference) + p.virtual_last +
          1e-9 * (static_cast<double>(e.cached_children) - static_cast<double>(e.position));
 }
 
@@ -88,7 +88,7 @@ std::pair<double, int> KvtierPolicy::RankAndLevel(const Node& node, const PageEn
       log_saved = saved > 0 ? std::log2(saved / reference) : -HUGE_VAL;
     }
     if (log_saved > -HUGE_VAL) {
-      const double c = std::log2(node.p_chain) + log_saved + options_.hysteresis * height;
+      const double c = beta() * std::log2(node.p_chain) + log_saved + options_.hysteresis * height;
       const double q =
           std::clamp(std::floor(c / kLevelWidth), -kPrefixLevels / 2.0, kPrefixLevels / 2.0 - 1);
       // Among equals (one request's pages share their last use), the page more cached pages
@@ -149,6 +149,11 @@ void KvtierPolicy::Observe(const PageKey& key, const PageEntry& e) {
   nodes_.prefetch(key);
   if (e.stats.stat_reports > 0) attention_namespaces_.insert(e.ns);
   const uint64_t now = e.stats.last_access_ns;
+  // The parent's chain probability caps the page's. last_observed_ stays valid after the
+  // parent is evicted (it often is, by this very request's next Put under a small cache):
+  // forgetting it made a child of an evicted parent look more reusable than its chain, so the
+  // cache churned on the tails of broken chains (worth 1-3 points of hit share on the public
+  // trace, more at large beta).
   double parent_p = 1.0;
   if (!e.parent.is_null()) {
     if (e.parent == last_observed_) {
@@ -178,6 +183,24 @@ void KvtierPolicy::Observe(const PageKey& key, const PageEntry& e) {
   last_observed_ = key;
   last_p_chain_ = p;
   Place(key, node, e, fresh);
+  if (options_.adaptive_beta && RanksByReuse(e) && e.cls != PageClass::kSink) {
+    // The duel samples whole chains: a page inherits its root from its parent, which a request
+    // observes just before it.
+    const bool continues = !e.parent.is_null() && e.parent == duel_last_;
+    const uint64_t root = continues ? duel_root_ : key.lo;
+    const bool sampled = duel_.Sampled(root);
+    duel_.Count(sampled);
+    duel_last_ = key;
+    duel_root_ = root;
+    const double reference = options_.reference_tokens / options_.prefill_tokens_per_s;
+    const double saved = SavedSeconds(Tier::kHbm, e.stats.tokens);
+    if (sampled && saved > 0) {
+      duel_.Observe(
+          key, root, continues, node.virtual_last, std::log2(p), std::log2(saved / reference),
+          1e-9 * (static_cast<double>(e.cached_children) - static_cast<double>(e.position)),
+          e.stats.tokens, nodes_.size());
+    }
+  }
 }
 
 void KvtierPolicy::OnInsert(const PageKey& key, const PageEntry& e) { Observe(key, e); }
@@ -219,7 +242,6 @@ void KvtierPolicy::OnRemove(const PageKey& key, const PageEntry&) {
   if (halvings < 8) reuse_.sketch().Remember(key, it->second.count >> halvings);
   Erase(it->second.tier, it->second.level, it->second.rank, key);
   nodes_.erase(it);
-  if (key == last_observed_) last_observed_ = PageKey{};
 }
 
 void KvtierPolicy::LeastValuable(Tier tier, size_t count,

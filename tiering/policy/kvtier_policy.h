@@ -24,7 +24,12 @@
 // Prefix pages (no attention report, in a namespace that never reported attention) are ranked by
 // what they are predicted to save instead (tiering/policy/reuse_estimator.h):
 //
-//   rank = log2(P(reuse within horizon | class) * saved(tier) / saved_ref) + V(last access)
+//   rank = beta * log2(P(reuse within horizon | class)) + log2(saved(tier) / saved_ref)
+//          + V(last access)
+//
+// beta weighs the learned reuse probability (the frequency side) against recency (V); it is
+// learned online by racing shadow caches on a sample of the chains (score_duel.h), as ARC and
+// S3-FIFO adapt their recency/frequency split.
 //
 // P is learned online per class (asked-for count, depth, fork, partial block); V is virtual time
 // in units of the learned inter-reuse gap tau, so the estimate decays as p * 2^-(age / tau);
@@ -55,6 +60,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "tiering/policy.h"
 #include "tiering/policy/reuse_estimator.h"
+#include "tiering/policy/score_duel.h"
 
 namespace kvtier {
 
@@ -82,6 +88,10 @@ struct KvtierPolicyOptions {
   // Prefix pages: the reuse estimator's options, and the cost model that prices what a page saves
   // in each tier (defaults: Llama-3-8B bf16 on one H100 SXM, as the simulator's CostModel).
   ReuseEstimatorOptions reuse;
+  // How beta, the weight of log2(P) against recency in the prefix rank, is learned
+  // (score_duel.h). `adaptive_beta` false keeps beta at duel.initial_beta. Default: learned.
+  bool adaptive_beta = true;
+  ScoreDuelOptions duel;
   double hbm_gbps = 3350;
   double dram_gbps = 50;
   double nvme_gbps = 6;
@@ -92,7 +102,7 @@ struct KvtierPolicyOptions {
 class KvtierPolicy final : public PlacementPolicy {
  public:
   explicit KvtierPolicy(const KvtierPolicyOptions& options = {})
-      : options_(options), reuse_(options.reuse) {}
+      : options_(options), reuse_(options.reuse), duel_(options.duel) {}
   absl::string_view name() const override { return "kvtier"; }
 
   void OnInsert(const PageKey& key, const PageEntry& entry) override;
@@ -111,6 +121,9 @@ class KvtierPolicy final : public PlacementPolicy {
   // costs more than recomputing it).
   double SavedSeconds(Tier tier, uint32_t tokens) const;
   const ReuseEstimator& reuse() const { return reuse_; }
+  const ScoreDuel& duel() const { return duel_; }
+  // The weight of log2(P) in the prefix rank now.
+  double beta() const { return options_.adaptive_beta ? duel_.beta() : options_.duel.initial_beta; }
   size_t tracked() const { return nodes_.size(); }
 
   // The parts of the rank, exposed for tests and for the simulator's explanations.
@@ -167,6 +180,9 @@ class KvtierPolicy final : public PlacementPolicy {
 
   KvtierPolicyOptions options_;
   ReuseEstimator reuse_;
+  ScoreDuel duel_;
+  PageKey duel_last_;       // the prefix page observed last, and
+  uint64_t duel_root_ = 0;  // its chain's root (low word), which the duel samples by
   absl::flat_hash_map<PageKey, Node> nodes_;
   std::array<TierSets, kNumTiers> tiers_;
   // The page observed last and its chain probability: a request reads its prefix in order, so a

@@ -40,7 +40,8 @@ double KvtierPolicy::SavedSeconds(Tier tier, uint32_t tokens) const {
 }
 
 bool KvtierPolicy::RanksByReuse(const PageEntry& e) const {
-  return e.stats.stat_reports == 0 && !attention_namespaces_.contains(e.ns);
+  return e.stats.stat_reports == 0 &&
+         (attention_namespaces_.empty() || !attention_namespaces_.contains(e.ns));
 }
 
 bool KvtierPolicy::Admits(Tier tier, const PageEntry& e) const {
@@ -174,6 +175,7 @@ void KvtierPolicy::Observe(const PageKey& key, const PageEntry& e) {
     count = std::min<uint32_t>((halvings >= 8 ? 0u : node.count >> halvings) + 1, 15);
   }
   node.count = static_cast<uint8_t>(count);
+  node.count_in_sketch = fresh;
   node.count_epoch = static_cast<uint8_t>(sketch.epoch());
   const int cls = reuse_.ObserveCounted(key, e, now, count);
   const double p = std::min(reuse_.Probability(cls), parent_p);
@@ -192,9 +194,10 @@ void KvtierPolicy::Observe(const PageKey& key, const PageEntry& e) {
     duel_.Count(sampled);
     duel_last_ = key;
     duel_root_ = root;
+    if (!sampled) return;
     const double reference = options_.reference_tokens / options_.prefill_tokens_per_s;
     const double saved = SavedSeconds(Tier::kHbm, e.stats.tokens);
-    if (sampled && saved > 0) {
+    if (saved > 0) {
       duel_.Observe(
           key, root, continues, node.virtual_last, std::log2(p), std::log2(saved / reference),
           1e-9 * (static_cast<double>(e.cached_children) - static_cast<double>(e.position)),
@@ -239,7 +242,11 @@ void KvtierPolicy::OnRemove(const PageKey& key, const PageEntry&) {
   // The sketch remembers the count of a page that leaves (it may be asked for again).
   const FrequencySketch& sketch = reuse_.sketch();
   const uint32_t halvings = static_cast<uint8_t>(sketch.epoch() - it->second.count_epoch);
-  if (halvings < 8) reuse_.sketch().Remember(key, it->second.count >> halvings);
+  // (Nothing to write for a page never hit while cached: the sketch was raised to its count
+  // when it arrived, and only halves since.)
+  if (halvings < 8 && !it->second.count_in_sketch) {
+    reuse_.sketch().Remember(key, it->second.count >> halvings);
+  }
   Erase(it->second.tier, it->second.level, it->second.rank, key);
   nodes_.erase(it);
 }

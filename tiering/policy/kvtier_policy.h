@@ -149,6 +149,7 @@ class KvtierPolicy final : public PlacementPolicy {
     // whenever the sketch is (count_epoch: the sketch's epoch it is current for).
     uint8_t count = 0;
     uint8_t count_epoch = 0;
+    bool count_in_sketch = false;  // the sketch already holds `count` (no hit since it arrived)
   };
   using Ordered = absl::btree_set<std::pair<double, PageKey>>;
   // Prefix ranks are V + c with c = log2(p x saved / reference) + hysteresis x height. c is

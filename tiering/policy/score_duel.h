@@ -40,8 +40,9 @@ struct ScoreDuelOptions {
   double initial_beta = 2.0;
   // Most pages a shadow holds: the sample shift grows until capacity >> shift fits. Default 512.
   uint32_t max_shadow_pages = 512;
-  // Sampled accesses between two decisions. Default 2048.
-  uint32_t period = 2048;
+  // Sampled accesses between two decisions. Default 4096 (2048 moved beta on noise more often:
+  // 0.2 points lower hit share on the public trace at 5 %, no better elsewhere).
+  uint32_t period = 4096;
   // The shadows' counts are multiplied by this at each decision. Default 0.75 (a memory of
   // about four periods).
   double decay = 0.75;

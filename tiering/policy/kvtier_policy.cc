@@ -206,7 +206,11 @@ void KvtierPolicy::Observe(const PageKey& key, const PageEntry& e) {
   }
 }
 
-void KvtierPolicy::OnInsert(const PageKey& key, const PageEntry& e) { Observe(key, e); }
+void KvtierPolicy::OnInsert(const PageKey& key, const PageEntry& e) {
+  // A new page reads its count from the sketch: start that miss before the node's.
+  reuse_.Prefetch(key);
+  Observe(key, e);
+}
 
 void KvtierPolicy::OnAccess(const PageKey& key, const PageEntry& e) { Observe(key, e); }
 

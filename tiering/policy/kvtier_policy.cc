@@ -153,8 +153,8 @@ void KvtierPolicy::Observe(const PageKey& key, const PageEntry& e) {
   // The parent's chain probability caps the page's. last_observed_ stays valid after the
   // parent is evicted (it often is, by this very request's next Put under a small cache):
   // forgetting it made a child of an evicted parent look more reusable than its chain, so the
-  // cache churned on the tails of broken chains (worth 1-3 points of hit share on the public
-  // trace, more at large beta).
+  // cache churned on the tails of broken chains (up to 1.6 points of hit share on the public
+  // trace at beta 1, and what made a larger beta pay: bench/RESULTS.md).
   double parent_p = 1.0;
   if (!e.parent.is_null()) {
     if (e.parent == last_observed_) {

@@ -29,7 +29,7 @@ double LearnedBeta(bool honest, std::mt19937_64& rng) {
   for (int i = 0; i < hot; ++i) hot_keys.push_back(Key(rng));
   const double hot_p = honest ? 0.0 : -4.0, cold_p = honest ? -4.0 : 0.0;
   double v = 0;
-  for (int cycle = 0; cycle < 200; ++cycle) {
+  for (int cycle = 0; cycle < 80; ++cycle) {
     std::vector<std::pair<PageKey, double>> order;
     for (const PageKey& k : hot_keys) order.push_back({k, hot_p});
     for (int i = 0; i < cold; ++i) order.push_back({Key(rng), cold_p});

@@ -151,13 +151,15 @@ class KvtierPolicy final : public PlacementPolicy {
     uint8_t count_epoch = 0;
     bool count_in_sketch = false;  // the sketch already holds `count` (no hit since it arrived)
   };
+  static_assert(sizeof(PageKey) + sizeof(Node) <= 48, "kvtier's per-page record grew");
   using Ordered = absl::btree_set<std::pair<double, PageKey>>;
-  // Prefix ranks are V + c with c = log2(p x saved / reference) + hysteresis x height. c is
-  // rounded down to 1/16 (4 % in p x saved, below the estimator's noise) and each value of it
-  // has its own ordered set, a level: within a level pages order by V, which only grows, so an
-  // access inserts at the level's end (the cached rightmost path) instead of at a random place
-  // in one large set; the old entry's erase is the one random step, as LRU's. c beyond +-32 is
-  // clamped. The last level holds every other page (sinks, decode-ranked, worthless) exactly.
+  // Prefix ranks are V + c with c = beta x log2(p) + log2(saved / reference) + hysteresis x
+  // height. c is rounded down to 1/16 (4 % in p x saved, below the estimator's noise) and each
+  // value of it has its own ordered set, a level: within a level pages order by V, which only
+  // grows, so an access inserts at the level's end (the cached rightmost path) instead of at a
+  // random place in one large set; the old entry's erase is the one random step, as LRU's. c beyond
+  // +-32 is clamped. The last level holds every other page (sinks, decode-ranked, worthless)
+  // exactly.
   static constexpr double kLevelWidth = 1.0 / 16;
   static constexpr int kPrefixLevels = 1024;
   static constexpr int kMiscLevel = kPrefixLevels;

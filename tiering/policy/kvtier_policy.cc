@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "absl/container/inlined_vector.h"
+
 namespace kvtier {
 namespace {
 // Sinks sit above any reachable rank: F grows by 1 per half-life, so 1e12 is millennia away.
@@ -38,7 +40,8 @@ double KvtierPolicy::SavedSeconds(Tier tier, uint32_t tokens) const {
 }
 
 bool KvtierPolicy::RanksByReuse(const PageEntry& e) const {
-  return e.stats.stat_reports == 0 && !attention_namespaces_.contains(e.ns);
+  return e.stats.stat_reports == 0 &&
+         (attention_namespaces_.empty() || !attention_namespaces_.contains(e.ns));
 }
 
 bool KvtierPolicy::Admits(Tier tier, const PageEntry& e) const {
@@ -46,81 +49,274 @@ bool KvtierPolicy::Admits(Tier tier, const PageEntry& e) const {
   return SavedSeconds(tier, e.stats.tokens) > 0;
 }
 
-double KvtierPolicy::ReuseTerm(const PageKey& key, const PageEntry& e) const {
+double KvtierPolicy::ReuseTerm(const Node& p, const PageEntry& e) const {
   const double saved = SavedSeconds(e.tier, e.stats.tokens);
   if (!(saved > 0)) return kWorthlessRank;
   const double reference = options_.reference_tokens / options_.prefill_tokens_per_s;
-  Prefix p{reuse_.VirtualTime(0), 0, reuse_.Probability(0)};
-  if (key == last_observed_) {
-    p = last_prefix_;
-  } else if (auto it = prefix_.find(key); it != prefix_.end()) {
-    p = it->second;
-  }
   // Among equals (one request's pages share their last use), the page more cached pages hang
   // from stays longest and the deeper one goes first: chains are cut leaf first.
-  return std::log2(p.p_chain * saved / reference) + p.virtual_last +
+  return beta() * std::log2(p.p_chain) + std::log2(saved / reference) + p.virtual_last +
          1e-9 * (static_cast<double>(e.cached_children) - static_cast<double>(e.position));
+}
+
+double KvtierPolicy::ReuseTerm(const PageKey& key, const PageEntry& e) const {
+  auto it = nodes_.find(key);
+  if (it != nodes_.end()) return ReuseTerm(it->second, e);
+  Node fresh;
+  fresh.virtual_last = reuse_.VirtualTime(0);
+  fresh.p_chain = reuse_.Probability(0);
+  return ReuseTerm(fresh, e);
 }
 
 double KvtierPolicy::ChainProbability(const PageEntry& e, int cls) const {
   double p = reuse_.Probability(cls);
   if (!e.parent.is_null()) {
-    if (auto it = prefix_.find(e.parent); it != prefix_.end()) p = std::min(p, it->second.p_chain);
+    if (auto it = nodes_.find(e.parent); it != nodes_.end()) p = std::min(p, it->second.p_chain);
   }
   return p;
 }
 
-double KvtierPolicy::Rank(const PageKey& key, const PageEntry& e) const {
+std::pair<double, int> KvtierPolicy::RankAndLevel(const Node& node, const PageEntry& e) const {
   const double height = static_cast<double>(kNumTiers - 1 - TierIndex(e.tier));
+  if (RanksByReuse(e) && e.cls != PageClass::kSink) {
+    // log2(saved / reference) per tier, for the last page size seen there (nearly all pages of
+    // a deployment are full blocks of one size).
+    auto& [tokens, log_saved] = log_saved_[TierIndex(e.tier)];
+    if (tokens != e.stats.tokens) {
+      const double reference = options_.reference_tokens / options_.prefill_tokens_per_s;
+      const double saved = SavedSeconds(e.tier, e.stats.tokens);
+      tokens = e.stats.tokens;
+      log_saved = saved > 0 ? std::log2(saved / reference) : -HUGE_VAL;
+    }
+    if (log_saved > -HUGE_VAL) {
+      const double c = beta() * std::log2(node.p_chain) + log_saved + options_.hysteresis * height;
+      const double q =
+          std::clamp(std::floor(c / kLevelWidth), -kPrefixLevels / 2.0, kPrefixLevels / 2.0 - 1);
+      // Among equals (one request's pages share their last use), the page more cached pages
+      // hang from stays longest and the deeper one goes first: chains are cut leaf first.
+      const double tie =
+          1e-9 * (static_cast<double>(e.cached_children) - static_cast<double>(e.position));
+      return {q * kLevelWidth + node.virtual_last + tie, static_cast<int>(q) + kPrefixLevels / 2};
+    }
+    return {kWorthlessRank + options_.hysteresis * height, kMiscLevel};
+  }
   const double base = e.cls == PageClass::kSink ? kSinkRank : 0.0;
-  if (RanksByReuse(e)) return base + ReuseTerm(key, e) + options_.hysteresis * height;
-  return base + options_.frequency_weight * FrequencyTerm(e.stats) +
-         options_.utility_weight * UtilityTerm(e) + options_.hysteresis * height;
+  if (RanksByReuse(e))
+    return {base + ReuseTerm(node, e) + options_.hysteresis * height, kMiscLevel};
+  return {base + options_.frequency_weight * FrequencyTerm(e.stats) +
+              options_.utility_weight * UtilityTerm(e) + options_.hysteresis * height,
+          kMiscLevel};
+}
+
+void KvtierPolicy::Insert(Tier tier, int level, double rank, const PageKey& key) {
+  TierSets& t = tiers_[TierIndex(tier)];
+  Ordered& set = t.levels[level];
+  const bool new_head = set.empty() || rank < set.begin()->first ||
+                        (rank == set.begin()->first && key < set.begin()->second);
+  if (new_head && !set.empty()) t.heads.erase({set.begin()->first, static_cast<uint16_t>(level)});
+  set.insert({rank, key});
+  if (new_head) t.heads.insert({rank, static_cast<uint16_t>(level)});
+  t.lowest = std::min(t.lowest, level);
+  t.highest = std::max(t.highest, level);
+}
+
+void KvtierPolicy::Erase(Tier tier, int level, double rank, const PageKey& key) {
+  TierSets& t = tiers_[TierIndex(tier)];
+  Ordered& set = t.levels[level];
+  auto it = set.find({rank, key});
+  if (it == set.end()) return;
+  if (it == set.begin()) {
+    t.heads.erase({rank, static_cast<uint16_t>(level)});
+    it = set.erase(it);
+    if (it != set.end()) t.heads.insert({it->first, static_cast<uint16_t>(level)});
+  } else {
+    set.erase(it);
+  }
+}
+
+void KvtierPolicy::Place(const PageKey& key, Node& node, const PageEntry& e, bool fresh) {
+  const auto [rank, level] = RankAndLevel(node, e);
+  if (!fresh) {
+    if (node.tier == e.tier && node.rank == rank && node.level == level) return;
+    Erase(node.tier, node.level, node.rank, key);
+  }
+  node.rank = rank;
+  node.level = static_cast<uint16_t>(level);
+  node.tier = e.tier;
+  Insert(e.tier, level, rank, key);
 }
 
 void KvtierPolicy::Observe(const PageKey& key, const PageEntry& e) {
+  nodes_.prefetch(key);
   if (e.stats.stat_reports > 0) attention_namespaces_.insert(e.ns);
   const uint64_t now = e.stats.last_access_ns;
-  const int cls = reuse_.Observe(key, e, now);
-  double p = reuse_.Probability(cls);
+  // The parent's chain probability caps the page's. last_observed_ stays valid after the
+  // parent is evicted (it often is, by this very request's next Put under a small cache):
+  // forgetting it made a child of an evicted parent look more reusable than its chain, so the
+  // cache churned on the tails of broken chains (up to 1.6 points of hit share on the public
+  // trace at beta 1, and what made a larger beta pay: bench/RESULTS.md).
+  double parent_p = 1.0;
   if (!e.parent.is_null()) {
     if (e.parent == last_observed_) {
-      p = std::min(p, last_p_chain_);
-    } else if (auto it = prefix_.find(e.parent); it != prefix_.end()) {
-      p = std::min(p, it->second.p_chain);
+      parent_p = last_p_chain_;
+    } else if (auto it = nodes_.find(e.parent); it != nodes_.end()) {
+      parent_p = it->second.p_chain;
     }
   }
-  last_prefix_ = Prefix{reuse_.VirtualTime(now), cls, p};
-  prefix_[key] = last_prefix_;
+  auto [it, fresh] = nodes_.try_emplace(key);
+  Node& node = it->second;
+  FrequencySketch& sketch = reuse_.sketch();
+  uint32_t count;
+  if (fresh) {
+    count = sketch.Increment(key);  // what the sketch remembers of the page, plus this access
+  } else {
+    sketch.Tick();
+    const uint32_t halvings = static_cast<uint8_t>(sketch.epoch() - node.count_epoch);
+    count = std::min<uint32_t>((halvings >= 8 ? 0u : node.count >> halvings) + 1, 15);
+  }
+  node.count = static_cast<uint8_t>(count);
+  node.count_in_sketch = fresh;
+  node.count_epoch = static_cast<uint8_t>(sketch.epoch());
+  const int cls = reuse_.ObserveCounted(key, e, now, count);
+  const double p = std::min(reuse_.Probability(cls), parent_p);
+  node.virtual_last = reuse_.VirtualTime(now);
+  node.cls = static_cast<uint8_t>(cls);
+  node.p_chain = p;
   last_observed_ = key;
   last_p_chain_ = p;
+  Place(key, node, e, fresh);
+  if (options_.adaptive_beta && RanksByReuse(e) && e.cls != PageClass::kSink) {
+    // The duel samples whole chains: a page inherits its root from its parent, which a request
+    // observes just before it.
+    const bool continues = !e.parent.is_null() && e.parent == duel_last_;
+    const uint64_t root = continues ? duel_root_ : key.lo;
+    const bool sampled = duel_.Sampled(root);
+    duel_.Count(sampled);
+    duel_last_ = key;
+    duel_root_ = root;
+    if (!sampled) return;
+    const double reference = options_.reference_tokens / options_.prefill_tokens_per_s;
+    const double saved = SavedSeconds(Tier::kHbm, e.stats.tokens);
+    if (saved > 0) {
+      duel_.Observe(
+          key, root, continues, node.virtual_last, std::log2(p), std::log2(saved / reference),
+          1e-9 * (static_cast<double>(e.cached_children) - static_cast<double>(e.position)),
+          e.stats.tokens, nodes_.size());
+    }
+  }
 }
 
 void KvtierPolicy::OnInsert(const PageKey& key, const PageEntry& e) {
+  // A new page reads its count from the sketch: start that miss before the node's.
+  reuse_.Prefetch(key);
   Observe(key, e);
-  Place(key, e);
 }
 
-void KvtierPolicy::OnAccess(const PageKey& key, const PageEntry& e) {
-  Observe(key, e);
-  Place(key, e);
-}
+void KvtierPolicy::OnAccess(const PageKey& key, const PageEntry& e) { Observe(key, e); }
 
 void KvtierPolicy::OnUpdate(const PageKey& key, const PageEntry& e) {
   if (e.stats.stat_reports > 0) attention_namespaces_.insert(e.ns);
-  // A fork (a new cached child) changes the page's class, not its last use.
-  if (auto it = prefix_.find(key); it != prefix_.end()) {
-    it->second.cls = reuse_.ClassOf(key, e);
-    it->second.p_chain = ChainProbability(e, it->second.cls);
-    if (key == last_observed_) last_prefix_ = it->second;
+  auto it = nodes_.find(key);
+  if (it == nodes_.end()) {
+    // Not seen before (a store reports an insertion first; kept for robustness).
+    Node fresh;
+    fresh.virtual_last = reuse_.VirtualTime(0);
+    fresh.p_chain = reuse_.Probability(0);
+    it = nodes_.emplace(key, fresh).first;
+    Place(key, it->second, e, /*fresh=*/true);
+    return;
   }
-  Place(key, e);
+  // A fork (a new cached child) changes the page's class, not its last use.
+  const int cls = reuse_.ClassOf(it->second.count, e);
+  it->second.cls = static_cast<uint8_t>(cls);
+  it->second.p_chain = ChainProbability(e, cls);
+  if (key == last_observed_) last_p_chain_ = it->second.p_chain;
+  Place(key, it->second, e, /*fresh=*/false);
+}
+
+void KvtierPolicy::OnMove(const PageKey& key, Tier, const PageEntry& e) {
+  auto it = nodes_.find(key);
+  if (it == nodes_.end()) return OnUpdate(key, e);
+  Place(key, it->second, e, /*fresh=*/false);
 }
 
 void KvtierPolicy::OnRemove(const PageKey& key, const PageEntry&) {
-  prefix_.erase(key);
-  if (key == last_observed_) last_observed_ = PageKey{};
-  Forget(key);
+  auto it = nodes_.find(key);
+  if (it == nodes_.end()) return;
+  // The sketch remembers the count of a page that leaves (it may be asked for again).
+  const FrequencySketch& sketch = reuse_.sketch();
+  const uint32_t halvings = static_cast<uint8_t>(sketch.epoch() - it->second.count_epoch);
+  // (Nothing to write for a page never hit while cached: the sketch was raised to its count
+  // when it arrived, and only halves since.)
+  if (halvings < 8 && !it->second.count_in_sketch) {
+    reuse_.sketch().Remember(key, it->second.count >> halvings);
+  }
+  Erase(it->second.tier, it->second.level, it->second.rank, key);
+  nodes_.erase(it);
+}
+
+void KvtierPolicy::LeastValuable(Tier tier, size_t count,
+                                 absl::FunctionRef<bool(const PageKey&)> eligible,
+                                 std::vector<PageKey>& out) {
+  // A merge of the levels in rank order: a level joins once its head is the smallest rank left.
+  const TierSets& t = tiers_[TierIndex(tier)];
+  struct Cursor {
+    Ordered::const_iterator it, end;
+  };
+  absl::InlinedVector<Cursor, 8> active;
+  auto head = t.heads.begin();
+  size_t added = 0;
+  while (added < count) {
+    size_t best = active.size();
+    for (size_t i = 0; i < active.size(); ++i) {
+      if (best == active.size() || *active[i].it < *active[best].it) best = i;
+    }
+    if (head != t.heads.end() && (best == active.size() || head->first <= active[best].it->first)) {
+      const Ordered& set = t.levels[head->second];
+      active.push_back(Cursor{set.begin(), set.end()});
+      ++head;
+      continue;
+    }
+    if (best == active.size()) break;
+    Cursor& c = active[best];
+    if (eligible(c.it->second)) {
+      out.push_back(c.it->second);
+      ++added;
+    }
+    if (++c.it == c.end) active.erase(active.begin() + static_cast<ptrdiff_t>(best));
+  }
+}
+
+void KvtierPolicy::MostValuable(Tier tier, size_t count,
+                                absl::FunctionRef<bool(const PageKey&)> eligible,
+                                std::vector<PageKey>& out) {
+  // Called once per planning pass, not per access: a merge over every non-empty level's end.
+  const TierSets& t = tiers_[TierIndex(tier)];
+  struct Cursor {
+    Ordered::const_reverse_iterator it, end;
+  };
+  std::vector<Cursor> active;
+  for (int l = t.lowest; l <= t.highest; ++l) {
+    if (!t.levels[l].empty()) active.push_back(Cursor{t.levels[l].rbegin(), t.levels[l].rend()});
+  }
+  size_t added = 0;
+  while (added < count && !active.empty()) {
+    size_t best = 0;
+    for (size_t i = 1; i < active.size(); ++i) {
+      if (*active[best].it < *active[i].it) best = i;
+    }
+    Cursor& c = active[best];
+    if (eligible(c.it->second)) {
+      out.push_back(c.it->second);
+      ++added;
+    }
+    if (++c.it == c.end) active.erase(active.begin() + static_cast<ptrdiff_t>(best));
+  }
+}
+
+double KvtierPolicy::Value(const PageKey& key) const {
+  auto it = nodes_.find(key);
+  return it == nodes_.end() ? 0.0 : it->second.rank;
 }
 
 }  // namespace kvtier

@@ -24,7 +24,12 @@
 // Prefix pages (no attention report, in a namespace that never reported attention) are ranked by
 // what they are predicted to save instead (tiering/policy/reuse_estimator.h):
 //
-//   rank = log2(P(reuse within horizon | class) * saved(tier) / saved_ref) + V(last access)
+//   rank = beta * log2(P(reuse within horizon | class)) + log2(saved(tier) / saved_ref)
+//          + V(last access)
+//
+// beta weighs the learned reuse probability (the frequency side) against recency (V); it is
+// learned online by racing shadow caches on a sample of the chains (score_duel.h), as ARC and
+// S3-FIFO adapt their recency/frequency split.
 //
 // P is learned online per class (asked-for count, depth, fork, partial block); V is virtual time
 // in units of the learned inter-reuse gap tau, so the estimate decays as p * 2^-(age / tau);
@@ -39,13 +44,23 @@
 // Hysteresis is a bonus per tier of height, so a lower-tier page must beat the page it would
 // displace by `hysteresis` before the planner swaps them (no bouncing on noise).
 //
+// Data structure (cost per access, measured by kvtier-bench-core's PolicyAccess): one hash map
+// holds each page's record and its current rank, so an access costs one probe; per tier, pages
+// sit in ordered sets by level of their rank's time-invariant part (see TierSets), so an access
+// appends at a level's end, and victims come from a merge of the levels' fronts.
+//
 // Thread model: as every PlacementPolicy, called only under the store's lock.
 #pragma once
 
+#include <array>
+#include <utility>
+
+#include "absl/container/btree_set.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "tiering/policy.h"
 #include "tiering/policy/reuse_estimator.h"
-#include "tiering/ranked_policy.h"
+#include "tiering/policy/score_duel.h"
 
 namespace kvtier {
 
@@ -73,6 +88,10 @@ struct KvtierPolicyOptions {
   // Prefix pages: the reuse estimator's options, and the cost model that prices what a page saves
   // in each tier (defaults: Llama-3-8B bf16 on one H100 SXM, as the simulator's CostModel).
   ReuseEstimatorOptions reuse;
+  // How beta, the weight of log2(P) against recency in the prefix rank, is learned
+  // (score_duel.h). `adaptive_beta` false keeps beta at duel.initial_beta. Default: learned.
+  bool adaptive_beta = true;
+  ScoreDuelOptions duel;
   double hbm_gbps = 3350;
   double dram_gbps = 50;
   double nvme_gbps = 6;
@@ -80,22 +99,32 @@ struct KvtierPolicyOptions {
   double bytes_per_token = 131'072;
 };
 
-class KvtierPolicy final : public RankedPolicy {
+class KvtierPolicy final : public PlacementPolicy {
  public:
   explicit KvtierPolicy(const KvtierPolicyOptions& options = {})
-      : options_(options), reuse_(options.reuse) {}
+      : options_(options), reuse_(options.reuse), duel_(options.duel) {}
   absl::string_view name() const override { return "kvtier"; }
 
   void OnInsert(const PageKey& key, const PageEntry& entry) override;
   void OnAccess(const PageKey& key, const PageEntry& entry) override;
   void OnUpdate(const PageKey& key, const PageEntry& entry) override;
+  void OnMove(const PageKey& key, Tier from, const PageEntry& entry) override;
   void OnRemove(const PageKey& key, const PageEntry& entry) override;
+  void LeastValuable(Tier tier, size_t count, absl::FunctionRef<bool(const PageKey&)> eligible,
+                     std::vector<PageKey>& out) override;
+  void MostValuable(Tier tier, size_t count, absl::FunctionRef<bool(const PageKey&)> eligible,
+                    std::vector<PageKey>& out) override;
+  double Value(const PageKey& key) const override;
   bool Admits(Tier tier, const PageEntry& entry) const override;
 
   // Seconds of prefill a page of `tokens` saves when served from `tier` (negative: loading it
   // costs more than recomputing it).
   double SavedSeconds(Tier tier, uint32_t tokens) const;
   const ReuseEstimator& reuse() const { return reuse_; }
+  const ScoreDuel& duel() const { return duel_; }
+  // The weight of log2(P) in the prefix rank now.
+  double beta() const { return options_.adaptive_beta ? duel_.beta() : options_.duel.initial_beta; }
+  size_t tracked() const { return nodes_.size(); }
 
   // The parts of the rank, exposed for tests and for the simulator's explanations.
   double FrequencyTerm(const PageStats& stats) const;
@@ -103,29 +132,69 @@ class KvtierPolicy final : public RankedPolicy {
   // The prefix rank without the sink and hysteresis parts.
   double ReuseTerm(const PageKey& key, const PageEntry& entry) const;
 
- protected:
-  double Rank(const PageKey& key, const PageEntry& entry) const override;
-
  private:
-  struct Prefix {
+  // Everything kvtier keeps per page, in the one map that also says where the page is ranked:
+  // one probe finds both (48 bytes a slot with the key).
+  struct Node {
+    double rank = 0;          // the page's entry in its level is (rank, key)
     double virtual_last = 0;  // V at the page's last access
-    int cls = 0;              // its class at that access
     // min(P(reuse | cls), the parent's): a page is served only behind its whole prefix, so it
     // is never predicted more reusable than its parent, and chains are evicted leaf first.
     double p_chain = 0;
+    uint16_t level = 0;
+    uint8_t cls = 0;  // its reuse class at that access
+    Tier tier = Tier::kDram;
+    // Times asked for (0..15), kept here while the page is cached so a hit needs no sketch
+    // access; read from the sketch when the page arrives, written back when it leaves, halved
+    // whenever the sketch is (count_epoch: the sketch's epoch it is current for).
+    uint8_t count = 0;
+    uint8_t count_epoch = 0;
+    bool count_in_sketch = false;  // the sketch already holds `count` (no hit since it arrived)
   };
+  static_assert(sizeof(PageKey) + sizeof(Node) <= 48, "kvtier's per-page record grew");
+  using Ordered = absl::btree_set<std::pair<double, PageKey>>;
+  // Prefix ranks are V + c with c = beta x log2(p) + log2(saved / reference) + hysteresis x
+  // height. c is rounded down to 1/16 (4 % in p x saved, below the estimator's noise) and each
+  // value of it has its own ordered set, a level: within a level pages order by V, which only
+  // grows, so an access inserts at the level's end (the cached rightmost path) instead of at a
+  // random place in one large set; the old entry's erase is the one random step, as LRU's. c beyond
+  // +-32 is clamped. The last level holds every other page (sinks, decode-ranked, worthless)
+  // exactly.
+  static constexpr double kLevelWidth = 1.0 / 16;
+  static constexpr int kPrefixLevels = 1024;
+  static constexpr int kMiscLevel = kPrefixLevels;
+  struct TierSets {
+    std::array<Ordered, kPrefixLevels + 1> levels;
+    // (smallest rank, level) of every non-empty level: the global order's merge front.
+    absl::btree_set<std::pair<double, uint16_t>> heads;
+    int lowest = kPrefixLevels + 1, highest = -1;  // non-empty levels lie within
+  };
+
+  // The rank and level of the page; `node` holds its last use and chain probability.
+  std::pair<double, int> RankAndLevel(const Node& node, const PageEntry& entry) const;
+  double ReuseTerm(const Node& node, const PageEntry& entry) const;
   double ChainProbability(const PageEntry& entry, int cls) const;
   void Observe(const PageKey& key, const PageEntry& entry);
+  // (Re-)ranks the page in its current tier.
+  void Place(const PageKey& key, Node& node, const PageEntry& entry, bool fresh);
+  void Insert(Tier tier, int level, double rank, const PageKey& key);
+  void Erase(Tier tier, int level, double rank, const PageKey& key);
   bool RanksByReuse(const PageEntry& entry) const;
 
   KvtierPolicyOptions options_;
   ReuseEstimator reuse_;
-  absl::flat_hash_map<PageKey, Prefix> prefix_;
+  ScoreDuel duel_;
+  PageKey duel_last_;       // the prefix page observed last, and
+  uint64_t duel_root_ = 0;  // its chain's root (low word), which the duel samples by
+  absl::flat_hash_map<PageKey, Node> nodes_;
+  std::array<TierSets, kNumTiers> tiers_;
   // The page observed last and its chain probability: a request reads its prefix in order, so a
   // page's parent is nearly always the page just before it (no lookup needed).
   PageKey last_observed_;
   double last_p_chain_ = 0;
-  Prefix last_prefix_;  // what Observe just stored for last_observed_ (spares Rank a lookup)
+  // (tokens, log2(saved / reference)) last computed per tier, cached: the rank's one logarithm
+  // that does not depend on the page.
+  mutable std::array<std::pair<uint32_t, double>, kNumTiers> log_saved_{};
   // Namespaces whose workers report attention (decode): their unreported pages keep the
   // frequency x utility ranking.
   absl::flat_hash_set<NamespaceId> attention_namespaces_;

@@ -56,8 +56,25 @@ uint32_t FrequencySketch::Increment(const PageKey& key) {
     for (uint8_t& c : table_) c >>= 1;
     additions_ /= 2;
     low >>= 1;
+    ++epoch_;
   }
   return low;
+}
+
+void FrequencySketch::Tick() {
+  if (++additions_ >= reset_at_) {
+    for (uint8_t& c : table_) c >>= 1;
+    additions_ /= 2;
+    ++epoch_;
+  }
+}
+
+void FrequencySketch::Remember(const PageKey& key, uint32_t count) {
+  const auto c = static_cast<uint8_t>(std::min<uint32_t>(count, kMax));
+  for (int r = 0; r < kRows; ++r) {
+    uint8_t& cell = table_[Index(key, r)];
+    cell = std::max(cell, c);
+  }
 }
 
 uint32_t FrequencySketch::Estimate(const PageKey& key) const {
@@ -142,9 +159,14 @@ double ReuseEstimator::VirtualTime(uint64_t now_ns) const {
 }
 
 int ReuseEstimator::Observe(const PageKey& key, const PageEntry& e, uint64_t now_ns) {
+  return ObserveCounted(key, e, now_ns, sketch_.Increment(key));
+}
+
+int ReuseEstimator::ObserveCounted(const PageKey& key, const PageEntry& e, uint64_t now_ns,
+                                   uint32_t count) {
   AdvanceClock(now_ns);
   largest_tokens_ = std::max(largest_tokens_, e.stats.tokens);
-  const int cls = ClassOf(sketch_.Increment(key), e);
+  const int cls = ClassOf(count, e);
   const uint64_t pick = (key.hi >> 17) & ((uint64_t{1} << options_.sample_shift) - 1);
   if (pick != 0) return cls;
   Expire(now_ns);

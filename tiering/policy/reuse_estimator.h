@@ -49,6 +49,15 @@ class FrequencySketch {
   uint32_t Increment(const PageKey& key);
   // Estimated accesses (0..15), an over-estimate by at most the colliding keys' counts.
   uint32_t Estimate(const PageKey& key) const;
+  // Counts an access whose count the caller keeps itself (a cached page's record): ages the table
+  // as Increment would, without touching the key's counters.
+  void Tick();
+  // Raises the key's counters to at least `count` (a record's count returned as the page leaves).
+  void Remember(const PageKey& key, uint32_t count);
+  // How many times the table has been halved: a count kept outside it halves as often.
+  uint32_t epoch() const { return epoch_; }
+  // Starts loading the key's counters (one cache line), so the miss overlaps the caller's work.
+  void Prefetch(const PageKey& key) const { __builtin_prefetch(&table_[Index(key, 0)]); }
 
  private:
   static constexpr int kRows = 4;
@@ -59,6 +68,7 @@ class FrequencySketch {
   uint32_t mask_;
   uint64_t additions_ = 0;
   uint64_t reset_at_;
+  uint32_t epoch_ = 0;
 };
 
 struct ReuseEstimatorOptions {
@@ -92,8 +102,14 @@ class ReuseEstimator {
 
   explicit ReuseEstimator(const ReuseEstimatorOptions& options = {});
 
+  // Starts loading what Observe(key, ...) will read first.
+  void Prefetch(const PageKey& key) const { sketch_.Prefetch(key); }
   // Records an access (or the insertion) of `key` at `now_ns`; returns the page's class.
   int Observe(const PageKey& key, const PageEntry& entry, uint64_t now_ns);
+  // The same for a caller that keeps the page's count itself while the page is cached (see
+  // KvtierPolicy): `count` is the page's asked-for count after this access.
+  int ObserveCounted(const PageKey& key, const PageEntry& entry, uint64_t now_ns, uint32_t count);
+  FrequencySketch& sketch() { return sketch_; }
   // The class the page would have now (no side effects).
   int ClassOf(const PageKey& key, const PageEntry& entry) const;
   int ClassOf(uint32_t count, const PageEntry& entry) const;

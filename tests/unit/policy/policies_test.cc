@@ -1,8 +1,11 @@
 // Rankings of kvtier and the classic policies, checked on entries whose right order is known.
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "gtest/gtest.h"
 #include "test_seed.h"
 #include "tiering/policy/classic_policies.h"
@@ -118,7 +121,8 @@ TEST(KvtierPolicyTest, HysteresisIsABonusPerTierOfHeight) {
   const double saved = std::log2(policy.SavedSeconds(Tier::kHbm, e.stats.tokens) /
                                  policy.SavedSeconds(Tier::kDram, e.stats.tokens));
   EXPECT_GT(saved, 0);
-  EXPECT_NEAR(policy.Value(k) - in_dram, o.hysteresis + saved, 1e-9);
+  // Prefix ranks are ordered by their time-invariant part rounded down to 1/16 (a level).
+  EXPECT_NEAR(policy.Value(k) - in_dram, o.hysteresis + saved, 1.0 / 16);
 }
 
 TEST(ClassicPoliciesTest, LfuEvictsLeastCountedThenLeastRecent) {
@@ -254,6 +258,83 @@ TEST(PolicyFactoryTest, BuildsEveryNamedPolicyAndRejectsOthers) {
     EXPECT_EQ(MakePolicy(name).ok(), name != "belady") << name;
   }
   EXPECT_FALSE(MakePolicy("fifo").ok());
+}
+
+}  // namespace
+}  // namespace kvtier
+
+namespace kvtier {
+namespace {
+
+// kvtier keeps its pages in per-tier levels (one ordered set per rounded time-invariant part of
+// the rank) and merges their fronts: under random inserts, accesses, forks, moves and removals,
+// every page is listed once, victims come out in ascending Value and promotion candidates in
+// descending Value, and ineligible pages are skipped.
+TEST(KvtierPolicyTest, LevelsMergeIntoOneRankOrder) {
+  std::mt19937_64 rng = testing::SeededRng();
+  KvtierPolicy policy;
+  std::vector<PageKey> keys;
+  absl::flat_hash_map<PageKey, PageEntry> live;
+  uint64_t now = 1'000'000'000;
+  for (int op = 0; op < 4000; ++op) {
+    now += 1'000'000 * (1 + rng() % 2000);
+    const int kind = static_cast<int>(rng() % 10);
+    if (kind < 4 || keys.empty()) {
+      const PageKey k = RandomKey(rng);
+      PageEntry e = Entry(rng() % 3 == 0 ? Tier::kDram : Tier::kHbm, now, 1.0f);
+      e.stats.tokens = rng() % 4 == 0 ? 7 : 16;
+      if (!keys.empty() && rng() % 2 == 0) {
+        e.parent = keys[rng() % keys.size()];
+        e.position = 1 + static_cast<uint32_t>(rng() % 100);
+      }
+      keys.push_back(k);
+      live[k] = e;
+      policy.OnInsert(k, e);
+      continue;
+    }
+    const size_t i = rng() % keys.size();
+    PageEntry& e = live[keys[i]];
+    if (kind < 7) {
+      e.stats.last_access_ns = now;
+      policy.OnAccess(keys[i], e);
+    } else if (kind == 7) {
+      e.cached_children = static_cast<uint32_t>(rng() % 3);
+      policy.OnUpdate(keys[i], e);
+    } else if (kind == 8) {
+      const Tier from = e.tier;
+      e.tier = from == Tier::kHbm ? Tier::kDram : Tier::kHbm;
+      policy.OnMove(keys[i], from, e);
+    } else {
+      policy.OnRemove(keys[i], e);
+      live.erase(keys[i]);
+      keys[i] = keys.back();
+      keys.pop_back();
+    }
+  }
+  ASSERT_EQ(policy.tracked(), live.size());
+  for (Tier t : {Tier::kHbm, Tier::kDram}) {
+    const size_t in_tier = static_cast<size_t>(std::count_if(
+        live.begin(), live.end(), [&](const auto& kv) { return kv.second.tier == t; }));
+    const std::vector<PageKey> low = Victims(policy, t, live.size());
+    ASSERT_EQ(low.size(), in_tier);
+    for (size_t j = 1; j < low.size(); ++j) {
+      EXPECT_LE(policy.Value(low[j - 1]), policy.Value(low[j])) << "victim " << j;
+    }
+    std::vector<PageKey> high;
+    policy.MostValuable(
+        t, live.size(), [](const PageKey&) { return true; }, high);
+    ASSERT_EQ(high.size(), in_tier);
+    for (size_t j = 1; j < high.size(); ++j) {
+      EXPECT_GE(policy.Value(high[j - 1]), policy.Value(high[j])) << "candidate " << j;
+    }
+    // Skipping: every other page of the order is ineligible.
+    absl::flat_hash_set<PageKey> barred;
+    for (size_t j = 0; j < low.size(); j += 2) barred.insert(low[j]);
+    std::vector<PageKey> some;
+    policy.LeastValuable(
+        t, 5, [&](const PageKey& k) { return !barred.contains(k); }, some);
+    for (size_t j = 0; j < some.size(); ++j) EXPECT_EQ(some[j], low[2 * j + 1]);
+  }
 }
 
 }  // namespace

@@ -453,22 +453,19 @@ int main(int argc, char** argv) {
         1e9 / reporter.rate("BM_PolicyAccess/3"), 1e9 / reporter.rate("BM_PolicyAccess/4"),
         lru_per_s / kvtier_per_s);
   }
-  const double nvme_put = reporter.rate("BM_StoreNvme256/0/real_time");
-  const double nvme_batch = reporter.rate("BM_StoreNvme256/1/real_time");
-  if (nvme_put > 0 && nvme_batch > 0) {
+  // One page at a time (Arg 0) against one batch call (Arg 1), as one JSON line.
+  auto print_batch_gain = [&](const char* bench, const char* name, const char* one,
+                              const char* batch) {
+    const double one_rate = reporter.rate(std::string(name) + "/0/real_time");
+    const double batch_rate = reporter.rate(std::string(name) + "/1/real_time");
+    if (one_rate <= 0 || batch_rate <= 0) return;
     std::printf(
-        "{\"bench\":\"store_nvme_256\",\"put_pages_per_s\":%.0f,\"putbatch_pages_per_s\":%.0f,"
-        "\"putbatch_vs_put\":%.2f}\n",
-        nvme_put, nvme_batch, nvme_batch / nvme_put);
-  }
-  const double nvme_get = reporter.rate("BM_LoadNvme256/0/real_time");
-  const double nvme_get_batch = reporter.rate("BM_LoadNvme256/1/real_time");
-  if (nvme_get > 0 && nvme_get_batch > 0) {
-    std::printf(
-        "{\"bench\":\"load_nvme_256\",\"get_pages_per_s\":%.0f,\"getbatch_pages_per_s\":%.0f,"
-        "\"getbatch_vs_get\":%.2f}\n",
-        nvme_get, nvme_get_batch, nvme_get_batch / nvme_get);
-  }
+        "{\"bench\":\"%s\",\"%s_pages_per_s\":%.0f,\"%s_pages_per_s\":%.0f,"
+        "\"%s_vs_%s\":%.2f}\n",
+        bench, one, one_rate, batch, batch_rate, batch, one, batch_rate / one_rate);
+  };
+  print_batch_gain("store_nvme_256", "BM_StoreNvme256", "put", "putbatch");
+  print_batch_gain("load_nvme_256", "BM_LoadNvme256", "get", "getbatch");
   if (const double demote = reporter.rate("BM_PlannerDemoteNvme256/real_time"); demote > 0) {
     std::printf("{\"bench\":\"planner_nvme_256\",\"demote_pages_per_s\":%.0f}\n", demote);
   }

@@ -871,46 +871,10 @@ std::byte* TieredStore::SlotAddress(Tier t, uint32_t slot) const {
 
 absl::StatusOr<Tier> TieredStore::Get(NamespaceId ns, const PageKey& client_key,
                                       absl::Span<const MutableBuffer> dst) {
-  const PageKey key = IndexKey(ns, client_key);
-  uint64_t total = 0;
-  for (const MutableBuffer& b : dst) total += b.size;
-  if (total != options_.page_bytes) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("destination of ", total, " bytes, expected ", options_.page_bytes));
-  }
-  PageEntry entry;
-  {
-    absl::MutexLock lock(&mu_);
-    absl::StatusOr<PageEntry> found = FindOwned(ns, key);
-    if (!found.ok()) {
-      Bump(counters_->misses);
-      return found.status();
-    }
-    index_.Update(key, [&](PageEntry& x) {
-      ++x.pin_count;  // the reader's pin: the page cannot move while its bytes are copied out
-      RecordAccess(x);
-      entry = x;
-    });
-    policy_->OnAccess(key, entry);
-  }
-  absl::Status read;
-  backends_[TierIndex(entry.tier)]->Read(
-      {SlotRead{entry.slot, PageMeta{key, ns, entry.cls, options_.page_bytes}, dst}},
-      absl::MakeSpan(&read, 1));
-  absl::MutexLock lock(&mu_);
-  index_.Update(key, [](PageEntry& x) { ReleasePin(x); });
-  if (!read.ok()) {
-    // A page that cannot be read is gone: drop it so it is recomputed, never served wrong.
-    Bump(counters_->io_errors[TierIndex(entry.tier)]);
-    Bump(counters_->misses);
-    if (std::optional<PageEntry> e = index_.Find(key); e.has_value() && e->pin_count == 0) {
-      DropLocked(key, *e);
-    }
-    return read;
-  }
-  if (entry.in_sink_slot) LeaveRetiredReserveLocked(key);  // retired while it was read
-  Bump(counters_->hits[TierIndex(entry.tier)]);
-  return entry.tier;
+  absl::StatusOr<Tier> result;
+  GetBatch(ns, absl::MakeConstSpan(&client_key, 1), absl::MakeConstSpan(&dst, 1),
+           absl::MakeSpan(&result, 1));
+  return result;
 }
 
 void TieredStore::GetBatch(NamespaceId ns, absl::Span<const PageKey> client_keys,
@@ -1021,14 +985,8 @@ absl::Status TieredStore::Touch(NamespaceId ns, const PageKey& client_key) {
 }
 
 absl::Status TieredStore::Pin(NamespaceId ns, absl::Span<const PageKey> client_keys) {
-  std::vector<PageKey> keys(client_keys.size());
-  for (size_t i = 0; i < keys.size(); ++i) keys[i] = IndexKey(ns, client_keys[i]);
-  absl::MutexLock lock(&mu_);
-  for (const PageKey& key : keys) {
-    if (absl::StatusOr<PageEntry> e = FindOwned(ns, key); !e.ok()) return e.status();
-  }
-  for (const PageKey& key : keys) index_.Update(key, [](PageEntry& x) { ++x.pin_count; });
-  return absl::OkStatus();
+  std::vector<PageEntry> entries;
+  return PinAndLocate(ns, client_keys, entries);
 }
 
 absl::Status TieredStore::PinAndLocate(NamespaceId ns, absl::Span<const PageKey> client_keys,

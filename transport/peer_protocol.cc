@@ -28,6 +28,10 @@ class Writer {
     Put(id.hi);
     Put(id.lo);
   }
+  void Ids(const std::vector<ObjectId>& ids) {
+    Put(static_cast<uint32_t>(ids.size()));
+    for (const ObjectId& id : ids) Id(id);
+  }
 
  private:
   std::string& out_;
@@ -59,6 +63,14 @@ class Reader {
     return true;
   }
   bool Id(ObjectId& id, const char* what) { return Get(id.hi, what) && Get(id.lo, what); }
+  // A counted list of ids (Writer::Ids), at most `max`.
+  bool Ids(std::vector<ObjectId>& ids, uint32_t max) {
+    uint32_t n = 0;
+    if (!Count(n, max, 16, "ids")) return false;
+    ids.resize(n);
+    for (ObjectId& id : ids) Id(id, "id");
+    return ok();
+  }
   // A count of items of at least `min_item_bytes` each: bounded by `max` and by what is left, so
   // a forged count cannot make the decoder reserve memory the message does not back.
   bool Count(uint32_t& n, uint32_t max, size_t min_item_bytes, const char* what) {
@@ -186,15 +198,13 @@ absl::StatusOr<std::string> Encode(const Message& m) {
   std::visit(
       [&](const auto& b) {
         using T = std::decay_t<decltype(b)>;
-        if constexpr (std::is_same_v<T, DirUpdate>) {
+        if constexpr (std::is_same_v<T, DirUpdate> || std::is_same_v<T, Push>) {
           w.Str(b.ns);
           w.Str(b.holder);
-          w.Put(static_cast<uint32_t>(b.ids.size()));
-          for (const ObjectId& id : b.ids) w.Id(id);
-        } else if constexpr (std::is_same_v<T, DirQuery>) {
+          w.Ids(b.ids);
+        } else if constexpr (std::is_same_v<T, DirQuery> || std::is_same_v<T, FetchBatch>) {
           w.Str(b.ns);
-          w.Put(static_cast<uint32_t>(b.ids.size()));
-          for (const ObjectId& id : b.ids) w.Id(id);
+          w.Ids(b.ids);
         } else if constexpr (std::is_same_v<T, DirQueryReply>) {
           w.Put(static_cast<uint32_t>(b.holders.size()));
           for (const auto& hs : b.holders) {
@@ -220,10 +230,6 @@ absl::StatusOr<std::string> Encode(const Message& m) {
         } else if constexpr (std::is_same_v<T, Ack>) {
           w.Put(b.code);
           w.Str(b.error);
-        } else if constexpr (std::is_same_v<T, FetchBatch>) {
-          w.Str(b.ns);
-          w.Put(static_cast<uint32_t>(b.ids.size()));
-          for (const ObjectId& id : b.ids) w.Id(id);
         } else if constexpr (std::is_same_v<T, FetchBatchReply>) {
           w.Put(b.lease);
           w.Put(static_cast<uint32_t>(b.rkeys.size()));
@@ -239,11 +245,6 @@ absl::StatusOr<std::string> Encode(const Message& m) {
             w.Put(e.object_class);
             w.Put(e.object_position);
           }
-        } else if constexpr (std::is_same_v<T, Push>) {
-          w.Str(b.ns);
-          w.Str(b.holder);
-          w.Put(static_cast<uint32_t>(b.ids.size()));
-          for (const ObjectId& id : b.ids) w.Id(id);
         } else if constexpr (std::is_same_v<T, AuthHello>) {
           w.Id(b.nonce);
         } else if constexpr (std::is_same_v<T, AuthChallenge>) {
@@ -303,24 +304,16 @@ absl::StatusOr<Message> Decode(absl::string_view bytes, const Limits& limits) {
     case MsgType::kDirAdd:
     case MsgType::kDirRemove: {
       DirUpdate u;
-      uint32_t n = 0;
       if (r.Str(u.ns, limits.max_name_bytes, "namespace") &&
-          r.Str(u.holder, limits.max_name_bytes, "holder") &&
-          r.Count(n, limits.max_ids, 16, "ids")) {
-        u.ids.resize(n);
-        for (ObjectId& id : u.ids) r.Id(id, "id");
+          r.Str(u.holder, limits.max_name_bytes, "holder")) {
+        r.Ids(u.ids, limits.max_ids);
       }
       m.body = std::move(u);
       break;
     }
     case MsgType::kDirQuery: {
       DirQuery q;
-      uint32_t n = 0;
-      if (r.Str(q.ns, limits.max_name_bytes, "namespace") &&
-          r.Count(n, limits.max_ids, 16, "ids")) {
-        q.ids.resize(n);
-        for (ObjectId& id : q.ids) r.Id(id, "id");
-      }
+      if (r.Str(q.ns, limits.max_name_bytes, "namespace")) r.Ids(q.ids, limits.max_ids);
       m.body = std::move(q);
       break;
     }
@@ -371,12 +364,7 @@ absl::StatusOr<Message> Decode(absl::string_view bytes, const Limits& limits) {
     }
     case MsgType::kFetchBatch: {
       FetchBatch f;
-      uint32_t n = 0;
-      if (r.Str(f.ns, limits.max_name_bytes, "namespace") &&
-          r.Count(n, limits.max_ids, 16, "ids")) {
-        f.ids.resize(n);
-        for (ObjectId& id : f.ids) r.Id(id, "id");
-      }
+      if (r.Str(f.ns, limits.max_name_bytes, "namespace")) r.Ids(f.ids, limits.max_ids);
       m.body = std::move(f);
       break;
     }
@@ -409,12 +397,9 @@ absl::StatusOr<Message> Decode(absl::string_view bytes, const Limits& limits) {
     }
     case MsgType::kPush: {
       Push p;
-      uint32_t n = 0;
       if (r.Str(p.ns, limits.max_name_bytes, "namespace") &&
-          r.Str(p.holder, limits.max_name_bytes, "holder") &&
-          r.Count(n, limits.max_ids, 16, "ids")) {
-        p.ids.resize(n);
-        for (ObjectId& id : p.ids) r.Id(id, "id");
+          r.Str(p.holder, limits.max_name_bytes, "holder")) {
+        r.Ids(p.ids, limits.max_ids);
       }
       m.body = std::move(p);
       break;

@@ -4,6 +4,8 @@
 //   {"bench":"core","lookup1_keys_per_s":..,"move_gbps":..,"move_vs_memcpy":..,"putget_vs_memcpy":..}
 #include <benchmark/benchmark.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -11,6 +13,7 @@
 #include <map>
 #include <random>
 #include <string>
+#include <thread>
 
 #include "tiering/nvme/nvme_tier.h"
 #include "tiering/policy/policy_factory.h"
@@ -63,7 +66,64 @@ void BM_IndexLookupPrefix(benchmark::State& state) {
   }
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * batch));
 }
-BENCHMARK(BM_IndexLookupPrefix)->Arg(1)->Arg(256);
+BENCHMARK(BM_IndexLookupPrefix)->Arg(1)->Arg(256)->Arg(8192);
+
+// A GPU worker's 128k-token load, the store's share of it: PinAndLocate of 8192 pages in chunks
+// as daemon/gpu_worker_memory.cc pins them, then UnpinAfterRead of all (the accesses counted).
+// Argument 1: the same with a second thread doing 8192-key LookupPrefix calls all the while, as
+// the next request's Lookup overlaps the last load's bookkeeping; the counter `lookup_us` is the
+// mean LookupPrefix time seen by that thread.
+void BM_GpuLoadPins(benchmark::State& state) {
+  constexpr uint32_t kLoadPages = 8192;
+  auto store = MakeStore(kLoadPages, 0, 64);
+  const NamespaceId ns = *store->AddNamespace("bench", 0);
+  std::vector<PageKey> keys;
+  std::vector<std::byte> page(64, std::byte{1});
+  const ConstBuffer src{page.data(), page.size()};
+  PageKey parent;
+  for (uint64_t i = 0; i < kLoadPages; ++i) {
+    parent = ChainKeyFromId(*store->NamespaceSaltOf(ns), parent, i);
+    keys.push_back(parent);
+    PutOptions o;
+    o.position = static_cast<uint32_t>(i);
+    o.tier = Tier::kHbm;
+    (void)store->Put(ns, parent, absl::MakeConstSpan(&src, 1), o);
+  }
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> lookups{0}, lookup_ns{0};
+  std::thread looker;
+  if (state.range(0) == 1) {
+    looker = std::thread([&] {
+      while (!stop.load(std::memory_order_relaxed)) {
+        const auto t0 = std::chrono::steady_clock::now();
+        LookupResult r = store->LookupPrefix(ns, keys);
+        benchmark::DoNotOptimize(r.prefix_pages);
+        lookup_ns.fetch_add(static_cast<uint64_t>(
+            std::chrono::nanoseconds(std::chrono::steady_clock::now() - t0).count()));
+        lookups.fetch_add(1);
+      }
+    });
+  }
+  std::vector<PageEntry> located;
+  for (auto _ : state) {
+    for (size_t lo = 0, chunk = 128; lo < keys.size();
+         lo += chunk, chunk = std::min<size_t>(2 * chunk, 1024)) {
+      const size_t n = std::min(chunk, keys.size() - lo);
+      if (!store->PinAndLocate(ns, absl::MakeConstSpan(keys).subspan(lo, n), located).ok()) {
+        state.SkipWithError("PinAndLocate failed");
+        break;
+      }
+    }
+    if (!store->UnpinAfterRead(ns, keys).ok()) state.SkipWithError("UnpinAfterRead failed");
+  }
+  stop = true;
+  if (looker.joinable()) looker.join();
+  if (lookups.load() > 0) {
+    state.counters["lookup_us"] = static_cast<double>(lookup_ns.load()) / lookups.load() / 1e3;
+  }
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * kLoadPages));
+}
+BENCHMARK(BM_GpuLoadPins)->Arg(0)->Arg(1)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 // One page HBM -> DRAM and back through TieredStore::Move (slot copies via the CPU copy engine).
 void BM_StoreMoveHbmDram(benchmark::State& state) {

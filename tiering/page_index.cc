@@ -1,5 +1,8 @@
 #include "tiering/page_index.h"
 
+#include <algorithm>
+#include <vector>
+
 namespace kvtier {
 
 bool PageIndex::Insert(const PageKey& key, const PageEntry& entry) {
@@ -40,21 +43,85 @@ size_t PageIndex::size() const {
   return n;
 }
 
+void PageIndex::GroupByShard(absl::Span<const PageKey> keys,
+                             absl::FunctionRef<void(size_t, absl::Span<const uint32_t>)> fn) {
+  // A counting sort of the positions by shard; reused buffers, as a daemon thread calls this for
+  // every load.
+  thread_local std::vector<uint32_t> order;
+  std::array<uint32_t, kShards + 1> start{};
+  for (const PageKey& key : keys) ++start[key.hi % kShards + 1];
+  for (size_t s = 0; s < kShards; ++s) start[s + 1] += start[s];
+  order.resize(keys.size());
+  std::array<uint32_t, kShards> next;
+  std::copy(start.begin(), start.end() - 1, next.begin());
+  for (size_t i = 0; i < keys.size(); ++i)
+    order[next[keys[i].hi % kShards]++] = static_cast<uint32_t>(i);
+  for (size_t s = 0; s < kShards; ++s) {
+    if (start[s + 1] > start[s]) {
+      fn(s, absl::MakeConstSpan(order).subspan(start[s], start[s + 1] - start[s]));
+    }
+  }
+}
+
+namespace {
+// How many keys ahead a batched probe prefetches: enough misses in flight to cover DRAM latency.
+constexpr size_t kPrefetchAhead = 8;
+}  // namespace
+
+void PageIndex::FindEach(absl::Span<const PageKey> keys,
+                         absl::FunctionRef<void(size_t, const PageEntry*)> fn) const {
+  GroupByShard(keys, [&](size_t s, absl::Span<const uint32_t> at) {
+    const Shard& shard = shards_[s];
+    absl::ReaderMutexLock lock(&shard.mu);
+    for (size_t j = 0; j < std::min(kPrefetchAhead, at.size()); ++j)
+      shard.map.prefetch(keys[at[j]]);
+    for (size_t j = 0; j < at.size(); ++j) {
+      if (j + kPrefetchAhead < at.size()) shard.map.prefetch(keys[at[j + kPrefetchAhead]]);
+      auto it = shard.map.find(keys[at[j]]);
+      fn(at[j], it == shard.map.end() ? nullptr : &it->second);
+    }
+  });
+}
+
+void PageIndex::UpdateEach(absl::Span<const PageKey> keys,
+                           absl::FunctionRef<void(size_t, PageEntry*)> fn) {
+  GroupByShard(keys, [&](size_t s, absl::Span<const uint32_t> at) {
+    Shard& shard = shards_[s];
+    absl::MutexLock lock(&shard.mu);
+    for (size_t j = 0; j < std::min(kPrefetchAhead, at.size()); ++j)
+      shard.map.prefetch(keys[at[j]]);
+    for (size_t j = 0; j < at.size(); ++j) {
+      if (j + kPrefetchAhead < at.size()) shard.map.prefetch(keys[at[j + kPrefetchAhead]]);
+      auto it = shard.map.find(keys[at[j]]);
+      fn(at[j], it == shard.map.end() ? nullptr : &it->second);
+    }
+  });
+}
+
 size_t PageIndex::LookupPrefix(NamespaceId ns, absl::Span<const PageKey> keys,
                                absl::Span<Tier> tiers_out) const {
-  size_t n = 0;
-  for (const PageKey& key : keys) {
-    const Shard& shard = ShardFor(key);
+  if (keys.size() == 1) {  // the common single-page case: no grouping
+    const Shard& shard = ShardFor(keys[0]);
     absl::ReaderMutexLock lock(&shard.mu);
-    auto it = shard.map.find(key);
-    // A page of another namespace is a miss: keys are salted per namespace, and this check keeps
-    // a forged key from reading across the boundary anyway.
+    auto it = shard.map.find(keys[0]);
     if (it == shard.map.end() || it->second.ns != ns || it->second.state != PageState::kReady) {
-      break;
+      return 0;
     }
-    tiers_out[n++] = it->second.tier;
+    tiers_out[0] = it->second.tier;
+    return 1;
   }
-  return n;
+  // Every key is probed (each shard once), then the prefix is the run of hits from the start. A
+  // page of another namespace is a miss: keys are salted per namespace, and this check keeps a
+  // forged key from reading across the boundary anyway.
+  size_t first_miss = keys.size();
+  FindEach(keys, [&](size_t i, const PageEntry* e) {
+    if (e == nullptr || e->ns != ns || e->state != PageState::kReady) {
+      first_miss = std::min(first_miss, i);
+      return;
+    }
+    tiers_out[i] = e->tier;
+  });
+  return first_miss;
 }
 
 void PageIndex::ForEach(absl::FunctionRef<void(const PageKey&, const PageEntry&)> fn) const {

@@ -82,6 +82,15 @@ class PageIndex {
   size_t LookupPrefix(NamespaceId ns, absl::Span<const PageKey> keys,
                       absl::Span<Tier> tiers_out) const;
 
+  // Batched forms for the thousands of keys of one load or lookup. Keys are grouped by shard; each
+  // shard's lock is taken once for all its keys and the probes are prefetched a few keys ahead,
+  // so a batch pays one lock and overlapping cache misses a shard instead of a lock and a serial
+  // miss a key. `fn(i, entry)` sees keys[i] (entry null when absent), shard by shard rather than
+  // in key order; a key listed twice is seen twice.
+  void FindEach(absl::Span<const PageKey> keys,
+                absl::FunctionRef<void(size_t, const PageEntry*)> fn) const;
+  void UpdateEach(absl::Span<const PageKey> keys, absl::FunctionRef<void(size_t, PageEntry*)> fn);
+
   // Visits every entry, shard by shard, under each shard's shared lock.
   void ForEach(absl::FunctionRef<void(const PageKey&, const PageEntry&)> fn) const;
 
@@ -93,6 +102,10 @@ class PageIndex {
   };
   Shard& ShardFor(const PageKey& key) { return shards_[key.hi % kShards]; }
   const Shard& ShardFor(const PageKey& key) const { return shards_[key.hi % kShards]; }
+
+  // Visits the keys' shards in order: fn(shard, positions in `keys` of that shard's keys).
+  static void GroupByShard(absl::Span<const PageKey> keys,
+                           absl::FunctionRef<void(size_t, absl::Span<const uint32_t>)> fn);
 
   std::array<Shard, kShards> shards_;
 };

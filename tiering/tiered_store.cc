@@ -997,21 +997,26 @@ absl::Status TieredStore::PinAndLocate(NamespaceId ns, absl::Span<const PageKey>
   pin_waiters_.fetch_add(1, std::memory_order_relaxed);
   absl::MutexLock lock(&mu_);
   pin_waiters_.fetch_sub(1, std::memory_order_relaxed);
-  // One index probe a page (the GPU load path calls this for thousands of pages): pin while
-  // finding, and take the pins back if a later page is missing, before the lock is let go.
-  for (size_t i = 0; i < keys.size(); ++i) {
-    bool owned = false;
-    index_.Update(keys[i], [&](PageEntry& x) {
-      if (x.ns != ns || x.state != PageState::kReady) return;
-      ++x.pin_count;
-      entries.push_back(x);
-      owned = true;
-    });
-    if (!owned) {
-      for (size_t j = 0; j < i; ++j) index_.Update(keys[j], [](PageEntry& x) { ReleasePin(x); });
-      entries.clear();
-      return NotFound(keys[i]);
+  // One batched probe (the GPU load path calls this for thousands of pages): pin while finding,
+  // and take the pins back if any page is missing, before the lock is let go.
+  entries.resize(keys.size());
+  size_t first_missing = keys.size();
+  index_.UpdateEach(keys, [&](size_t i, PageEntry* x) {
+    if (x == nullptr || x->ns != ns || x->state != PageState::kReady) {
+      first_missing = std::min(first_missing, i);
+      return;
     }
+    ++x->pin_count;
+    entries[i] = *x;
+  });
+  if (first_missing < keys.size()) {
+    std::vector<PageKey> pinned;
+    for (size_t i = 0; i < keys.size(); ++i) {
+      if (entries[i].pin_count > 0) pinned.push_back(keys[i]);
+    }
+    index_.UpdateEach(pinned, [](size_t, PageEntry* x) { ReleasePin(*x); });
+    entries.clear();
+    return NotFound(keys[first_missing]);
   }
   return absl::OkStatus();
 }
@@ -1033,38 +1038,48 @@ absl::Status TieredStore::ReleasePins(NamespaceId ns, absl::Span<const PageKey> 
     // A key listed twice releases two pins: check each key against how often it is listed, so
     // that the decrements below can never go below zero.
     absl::flat_hash_map<PageKey, uint32_t> listed;
+    listed.reserve(keys.size());
     for (const PageKey& key : keys) ++listed[key];
-    for (size_t i = 0; i < keys.size(); ++i) {
-      absl::StatusOr<PageEntry> e = FindOwned(ns, keys[i]);
-      if (!e.ok()) return e.status();
-      if (e->pin_count < listed[keys[i]]) {
-        return absl::FailedPreconditionError(absl::StrCat(
+    size_t bad = keys.size();
+    absl::Status why;
+    index_.FindEach(keys, [&](size_t i, const PageEntry* e) {
+      if (i >= bad) return;  // the first bad key in key order is the one reported
+      if (e == nullptr || e->ns != ns || e->state != PageState::kReady) {
+        bad = i;
+        why = NotFound(keys[i]);
+      } else if (e->pin_count < listed[keys[i]]) {
+        bad = i;
+        why = absl::FailedPreconditionError(absl::StrCat(
             "page ", client_keys[i].ToHex(), " is not pinned ", listed[keys[i]], " times"));
       }
-    }
+    });
+    if (!why.ok()) return why;
   }
   // The accesses first, while the caller's pins keep every page in place, in chunks that let go
   // of the lock between them: the policy's bookkeeping for a large load (microseconds a page)
   // must not hold up the next load's pinning for its whole length. Only the pins' owner releases
-  // them, so the check above still holds.
+  // them, so the check above still holds. The policy sees the accesses in key order.
   constexpr size_t kAccessChunk = 256;
+  std::vector<PageEntry> accessed;
   for (size_t lo = 0; count_access && lo < keys.size(); lo += kAccessChunk) {
     while (pin_waiters_.load(std::memory_order_relaxed) > 0) std::this_thread::yield();
+    const absl::Span<const PageKey> chunk =
+        absl::MakeConstSpan(keys).subspan(lo, std::min(kAccessChunk, keys.size() - lo));
+    accessed.resize(chunk.size());
     absl::MutexLock lock(&mu_);
-    for (size_t i = lo; i < std::min(keys.size(), lo + kAccessChunk); ++i) {
-      PageEntry e;
-      index_.Update(keys[i], [&](PageEntry& x) {
-        RecordAccess(x);
-        e = x;
-      });
-      policy_->OnAccess(keys[i], e);
-    }
+    index_.UpdateEach(chunk, [&](size_t i, PageEntry* x) {
+      RecordAccess(*x);  // present: the pins hold it
+      accessed[i] = *x;
+    });
+    for (size_t i = 0; i < chunk.size(); ++i) policy_->OnAccess(chunk[i], accessed[i]);
   }
   absl::MutexLock lock(&mu_);
-  for (const PageKey& key : keys) {
-    index_.Update(key, [](PageEntry& x) { ReleasePin(x); });
-    LeaveRetiredReserveLocked(key);  // a sink pinned when its namespace retired
-  }
+  std::vector<PageKey> leaving;  // unpinned sinks: those of a retired namespace leave the reserve
+  index_.UpdateEach(keys, [&](size_t i, PageEntry* x) {
+    ReleasePin(*x);
+    if (x->in_sink_slot && x->pin_count == 0) leaving.push_back(keys[i]);
+  });
+  for (const PageKey& key : leaving) LeaveRetiredReserveLocked(key);
   return absl::OkStatus();
 }
 

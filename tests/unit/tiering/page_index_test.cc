@@ -1,6 +1,7 @@
 #include "tiering/page_index.h"
 
 #include <thread>
+#include <vector>
 
 #include "gtest/gtest.h"
 #include "tests/unit/tiering/test_seed.h"
@@ -80,6 +81,40 @@ TEST(PageIndexTest, LookupPrefixIsScopedToTheNamespaceAndSkipsUnfinishedPages) {
   EXPECT_EQ(index.LookupPrefix(7, k, tiers), 4u);
   index.Erase(k[0]);
   EXPECT_EQ(index.LookupPrefix(7, k, tiers), 0u) << "a missing first page is no prefix";
+}
+
+// The batched forms visit every listed key once a listing (duplicates twice), across all shards,
+// with null for an absent key; UpdateEach's changes land; LookupPrefix of many keys (which goes
+// through FindEach) stops at the first miss in key order, not in shard order.
+TEST(PageIndexTest, BatchedProbesSeeEveryListingAcrossShards) {
+  PageIndex index;
+  std::vector<PageKey> keys;
+  for (uint64_t i = 0; i < 1000; ++i) {
+    keys.push_back(PageKey{i * 7919 + 3, i});
+    if (i % 10 != 9) index.Insert(keys.back(), Ready(1, static_cast<uint32_t>(i)));
+  }
+  keys.push_back(keys[5]);  // listed twice
+  std::vector<int> seen(keys.size(), 0);
+  size_t absent = 0;
+  index.FindEach(keys, [&](size_t i, const PageEntry* e) {
+    ++seen[i];
+    if (e == nullptr) {
+      ++absent;
+    } else {
+      EXPECT_EQ(e->slot, keys[i].lo) << "entry of key " << i;
+    }
+  });
+  EXPECT_EQ(absent, 100u);
+  for (size_t i = 0; i < seen.size(); ++i) EXPECT_EQ(seen[i], 1) << "listing " << i;
+  index.UpdateEach(keys, [](size_t, PageEntry* e) {
+    if (e != nullptr) ++e->pin_count;
+  });
+  EXPECT_EQ(index.Find(keys[5])->pin_count, 2u) << "a key listed twice is updated twice";
+  EXPECT_EQ(index.Find(keys[6])->pin_count, 1u);
+  std::vector<Tier> tiers(keys.size());
+  EXPECT_EQ(index.LookupPrefix(1, keys, absl::MakeSpan(tiers)), 9u) << "key 9 is the first miss";
+  EXPECT_EQ(index.LookupPrefix(1, absl::MakeConstSpan(keys).subspan(0, 9), absl::MakeSpan(tiers)),
+            9u);
 }
 
 }  // namespace

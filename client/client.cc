@@ -416,9 +416,11 @@ absl::Status Client::RegisterGpuBuffers(absl::string_view device_uuid,
 
 absl::StatusOr<OpHandle> Client::LoadGpuAsync(absl::Span<const PageKey> keys,
                                               absl::Span<const uint32_t> block_ids,
-                                              bool reply_when_enqueued) {
+                                              bool reply_when_enqueued, bool prefix_only) {
   wire::Request req;
-  FillLoad(keys, block_ids, req)->set_reply_when_enqueued(reply_when_enqueued);
+  wire::Load* load = FillLoad(keys, block_ids, req);
+  load->set_reply_when_enqueued(reply_when_enqueued);
+  load->set_prefix_only(prefix_only);
   return Submit(req, {});
 }
 

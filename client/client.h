@@ -164,10 +164,12 @@ class Client {
                                   absl::Span<const GpuBufferHandle> buffers);
   // Load into GPU blocks. With reply_when_enqueued the reply comes once the copies are queued on
   // the daemon's stream: cudaStreamWaitEvent(stream, event of cuda_event_handle) before using the
-  // blocks. Without it the reply means the bytes have landed.
+  // blocks. Without it the reply means the bytes have landed. With prefix_only the Lookup is
+  // folded in: the longest cached prefix of `keys` is loaded, and the first page not cached and
+  // all after it come back NotFound unread (ok_pages is the prefix).
   absl::StatusOr<OpHandle> LoadGpuAsync(absl::Span<const PageKey> keys,
                                         absl::Span<const uint32_t> block_ids,
-                                        bool reply_when_enqueued);
+                                        bool reply_when_enqueued, bool prefix_only = false);
   // Store from GPU blocks. The daemon reads them when the Store runs: either the worker has
   // synchronized the kernels that wrote them, or it passes an interprocess event
   // (cudaIpcGetEventHandle, recorded after those kernels) that the daemon's copy waits on.

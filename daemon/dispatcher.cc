@@ -628,6 +628,7 @@ struct Dispatcher::LoadStoreOp {
   wire::AttentionStats stats;
   uint64_t submitted_ns = 0;
   bool reply_when_enqueued = false;  // GPU buffers: answer before the copies land
+  bool prefix_only = false;          // GPU buffers: load the longest cached prefix only
   std::string wait_event;            // GPU buffers: the worker's event a Store waits on
   std::string ns_name;               // for the cluster hooks
 
@@ -684,6 +685,7 @@ absl::Status Dispatcher::SubmitLoadStore(const std::shared_ptr<Session>& session
     op->wait_event = req.store().wait_event_handle();
   } else {
     op->reply_when_enqueued = req.load().reply_when_enqueued();
+    op->prefix_only = req.load().prefix_only();
   }
   if (metrics_ != nullptr) op->submitted_ns = SteadyClock::Get()->NowNs();
   op->ns_name = s.namespace_name;
@@ -699,6 +701,10 @@ absl::StatusOr<std::vector<PageKey>> Dispatcher::CheckLoadStore(const Session& s
   if (s.buffers == nullptr) {
     return absl::FailedPreconditionError(
         absl::StrCat(is_store ? "Store" : "Load", " before RegisterBuffers"));
+  }
+  if (!is_store && req.load().prefix_only() && s.buffers->gpu() == nullptr) {
+    return absl::InvalidArgumentError(
+        "Load prefix_only is for GPU buffers; host workers Lookup, then Load the prefix");
   }
   std::vector<PageKey> keys;
   RETURN_IF_ERROR(Keys(words, keys));
@@ -763,7 +769,7 @@ void Dispatcher::RunLoadStore(LoadStoreOp& op) {
 
 void Dispatcher::CopyGpu(LoadStoreOp& op, const GpuWorkerBuffers& gpu) {
   op.pages().set_cuda_event_handle(gpu.event_handle());
-  const GpuPageBatch batch{op.ns, &op.layout, op.keys, op.blocks};
+  const GpuPageBatch batch{op.ns, &op.layout, op.keys, op.blocks, op.prefix_only};
   auto record = [&op](size_t i, const absl::StatusOr<Tier>& tier) { op.Record(i, tier); };
   if (op.is_store) {
     auto put = [this, &op](size_t i, absl::Span<const ConstBuffer> src) {

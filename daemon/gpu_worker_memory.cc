@@ -795,22 +795,24 @@ void GpuWorkers::Load(const GpuWorkerBuffers& buffers, const GpuPageBatch& batch
     // Pages in memory tiers go in chunks: the kernel copies one chunk while this thread pins,
     // locates and plans the next. A pinned page keeps its tier and slot while its bytes are read.
     size_t chunk_pages = kFirstChunkPages;
+    size_t prefix_end = n;  // prefix_only: the first page not loaded
     std::vector<PageKey> keys;
     std::vector<PageEntry> located;
     std::vector<size_t> idx, hbm_idx, dram_idx;
     std::vector<PageTransfer> hbm, dram;
-    for (size_t lo = 0; lo < n;
+    for (size_t lo = 0; lo < n && prefix_end == n;
          lo += chunk_pages, chunk_pages = std::min(2 * chunk_pages, kMaxChunkPages)) {
       const uint64_t h0 = SteadyClock::Get()->NowNs();
       const size_t hi = std::min(n, lo + chunk_pages);
       keys.clear();
       idx.clear();
-      for (size_t i = lo; i < hi; ++i) {
+      for (size_t i = lo; i < hi && prefix_end == n; ++i) {
         // Block ids are checked here, so no bad one reaches a copy plan.
         if (batch.blocks[i] >= batch.layout->spec().num_blocks) {
           outcome[i] =
               absl::OutOfRangeError(absl::StrCat("block id ", batch.blocks[i], " out of range [0, ",
                                                  batch.layout->spec().num_blocks, ")"));
+          if (batch.prefix_only) prefix_end = i;
           continue;
         }
         keys.push_back(batch.keys[i]);
@@ -825,10 +827,12 @@ void GpuWorkers::Load(const GpuWorkerBuffers& buffers, const GpuPageBatch& batch
         std::vector<size_t> kept;
         std::vector<PageEntry> one;
         for (size_t i : idx) {
+          if (i > prefix_end) break;  // prefix_only: ended at an earlier page
           if (absl::Status st =
                   store.PinAndLocate(batch.ns, absl::MakeConstSpan(&batch.keys[i], 1), one);
               !st.ok()) {
             outcome[i] = st;
+            if (batch.prefix_only) prefix_end = i;
             continue;
           }
           pinned.push_back(batch.keys[i]);
@@ -861,6 +865,10 @@ void GpuWorkers::Load(const GpuWorkerBuffers& buffers, const GpuPageBatch& batch
       launch(dram, dram_idx, Tier::kDram, impl_->config.sm_budget);
       host_ns += SteadyClock::Get()->NowNs() - h0;
       trace_point();
+    }
+    for (size_t i = prefix_end + 1; i < n; ++i) {
+      outcome[i] = absl::NotFoundError(
+          absl::StrCat("not loaded: page ", prefix_end, " ends the cached prefix"));
     }
     // Staged pages: the store reads each (verified) into one half of the staging while the
     // kernel drains the other half into the worker's blocks.

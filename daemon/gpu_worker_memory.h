@@ -91,6 +91,8 @@ struct GpuPageBatch {
   const Layout* layout = nullptr;
   absl::Span<const PageKey> keys;
   absl::Span<const uint32_t> blocks;
+  // Loads only: stop at the first page that is not cached (it and the rest: NotFound, unread).
+  bool prefix_only = false;
 };
 
 // Per-page outcome, called once for every page of a batch (from the calling thread).

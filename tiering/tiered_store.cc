@@ -1059,7 +1059,7 @@ absl::Status TieredStore::ReleasePins(NamespaceId ns, absl::Span<const PageKey> 
   // of the lock between them: the policy's bookkeeping for a large load (microseconds a page)
   // must not hold up the next load's pinning for its whole length. Only the pins' owner releases
   // them, so the check above still holds. The policy sees the accesses in key order.
-  constexpr size_t kAccessChunk = 256;
+  constexpr size_t kAccessChunk = 64;
   std::vector<PageEntry> accessed;
   for (size_t lo = 0; count_access && lo < keys.size(); lo += kAccessChunk) {
     while (pin_waiters_.load(std::memory_order_relaxed) > 0) std::this_thread::yield();

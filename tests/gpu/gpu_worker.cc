@@ -20,7 +20,9 @@
 #include "tiering/page_key.h"
 
 ABSL_FLAG(std::string, socket, "", "kvtierd socket");
-ABSL_FLAG(std::string, mode, "load", "store, load or loop");
+ABSL_FLAG(std::string, mode, "load", "store, load, loop or prefix");
+ABSL_FLAG(uint32_t, cached_prefix, 0,
+          "prefix mode: page at this index is replaced by one never stored (0: pages / 2)");
 ABSL_FLAG(uint32_t, pages, 256, "pages of the sequence");
 ABSL_FLAG(uint32_t, blocks, 0, "blocks per layer tensor (0: pages + 64)");
 ABSL_FLAG(uint64_t, seed, 1, "sequence seed (tokens and bytes)");
@@ -74,6 +76,34 @@ int Main() {
     std::printf("gpu_worker stored pages=%u tiers_first=%c tiers_last=%c\n", pages, tiers.front(),
                 tiers.back());
     return 0;
+  }
+  if (mode == "prefix") {
+    // One prefix_only Load of the sequence with page k swapped for a page never stored: pages
+    // [0, k) land bit-identical, k and every page after it come back NOT_FOUND.
+    const uint32_t k = absl::GetFlag(FLAGS_cached_prefix) != 0
+                           ? std::min(absl::GetFlag(FLAGS_cached_prefix), pages - 1)
+                           : pages / 2;
+    std::vector<PageKey> asked = keys;
+    asked[k] = PageKey{seed ^ 0x5eedf00d, ~seed};
+    std::vector<uint32_t> ids(pages);
+    for (uint32_t i = 0; i < pages; ++i) ids[i] = (i + shift) % blocks;
+    if (absl::Status s = (*cache)->Clear(); !s.ok()) return Fail("clear", s);
+    absl::StatusOr<OpHandle> op = (*client)->LoadGpuAsync(asked, ids, true, /*prefix_only=*/true);
+    if (!op.ok()) return Fail("prefix load", op.status());
+    absl::StatusOr<GpuPageResults> r = (*client)->WaitGpu(*op);
+    if (!r.ok()) return Fail("prefix load wait", r.status());
+    if (absl::Status s = (*cache)->WaitOn(r->cuda_event_handle); !s.ok()) return Fail("event", s);
+    uint32_t not_found_after = 0;
+    for (size_t i = k; i < r->pages.codes.size(); ++i) {
+      not_found_after += r->pages.codes[i] == absl::StatusCode::kNotFound;
+    }
+    absl::StatusOr<uint64_t> bad = (*cache)->Verify(seed, k, shift);
+    if (!bad.ok()) return Fail("verify", bad.status());
+    std::printf(
+        "gpu_worker prefix pages=%u cached_prefix=%u ok=%u not_found_from_prefix=%u "
+        "mismatched_words=%llu\n",
+        pages, k, r->pages.ok_pages, not_found_after, static_cast<unsigned long long>(*bad));
+    return r->pages.ok_pages == k && not_found_after == pages - k && *bad == 0 ? 0 : 1;
   }
   const uint32_t iterations = mode == "loop" ? absl::GetFlag(FLAGS_iterations) : 1;
   const std::string expect = absl::GetFlag(FLAGS_expect_tier);

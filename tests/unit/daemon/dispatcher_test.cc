@@ -298,6 +298,24 @@ TEST_F(DispatcherTest, LoadIsAnsweredByTheExecutorNotByHandle) {
   EXPECT_EQ(counters_.inflight_ops.load(), 0u);
 }
 
+// A prefix_only Load folds the Lookup into a GPU worker's Load; on host buffers it is refused
+// with a message that says what to do instead, and nothing is queued.
+TEST_F(DispatcherTest, PrefixOnlyLoadIsForGpuBuffers) {
+  std::shared_ptr<Session> s = Ready();
+  wire::Request load;
+  load.set_id(21);
+  AddKeys({PageKey{1, 2}}, load.mutable_load()->mutable_key_words());
+  load.mutable_load()->add_block_ids(0);
+  load.mutable_load()->set_prefix_only(true);
+  EXPECT_EQ(Send(s, load), Dispatcher::Verdict::kKeep);
+  const wire::Response r = TakeReply();
+  EXPECT_EQ(r.id(), 21u);
+  EXPECT_EQ(r.error().code(), static_cast<int32_t>(absl::StatusCode::kInvalidArgument));
+  EXPECT_EQ(r.error().message(),
+            "Load prefix_only is for GPU buffers; host workers Lookup, then Load the prefix");
+  EXPECT_EQ(counters_.inflight_ops.load(), 0u);
+}
+
 TEST_F(DispatcherTest, OperationsQueuedWhenTheSessionEndsAreCancelled) {
   std::shared_ptr<Session> s = Ready();
   queue_tasks_ = true;

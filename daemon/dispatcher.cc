@@ -687,7 +687,7 @@ absl::Status Dispatcher::SubmitLoadStore(const std::shared_ptr<Session>& session
     op->reply_when_enqueued = req.load().reply_when_enqueued();
     op->prefix_only = req.load().prefix_only();
   }
-  if (metrics_ != nullptr) op->submitted_ns = SteadyClock::Get()->NowNs();
+  op->submitted_ns = SteadyClock::Get()->NowNs();
   op->ns_name = s.namespace_name;
   executor_([this, op] { RunLoadStore(*op); });
   return absl::OkStatus();
@@ -769,7 +769,7 @@ void Dispatcher::RunLoadStore(LoadStoreOp& op) {
 
 void Dispatcher::CopyGpu(LoadStoreOp& op, const GpuWorkerBuffers& gpu) {
   op.pages().set_cuda_event_handle(gpu.event_handle());
-  const GpuPageBatch batch{op.ns, &op.layout, op.keys, op.blocks, op.prefix_only};
+  const GpuPageBatch batch{op.ns, &op.layout, op.keys, op.blocks, op.prefix_only, op.submitted_ns};
   auto record = [&op](size_t i, const absl::StatusOr<Tier>& tier) { op.Record(i, tier); };
   if (op.is_store) {
     auto put = [this, &op](size_t i, absl::Span<const ConstBuffer> src) {

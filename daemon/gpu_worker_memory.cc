@@ -930,8 +930,9 @@ void GpuWorkers::Load(const GpuWorkerBuffers& buffers, const GpuPageBatch& batch
     // One line per batch, only when KVTIER_GPU_TRACE is set (benchmarks): where a load's time goes.
     const uint64_t t_end = SteadyClock::Get()->NowNs();
     auto ms = [](uint64_t a, uint64_t z) { return static_cast<double>(z - a) * 1e-6; };
-    LOG(INFO) << "event=gpu_load_trace pages=" << n << " hbm=" << hbm_pages
-              << " dram=" << dram_pages << " staged=" << staged_idx.size()
+    LOG(INFO) << "event=gpu_load_trace pages=" << n
+              << " queued_ms=" << (batch.submitted_ns != 0 ? ms(batch.submitted_ns, t_start) : 0.0)
+              << " hbm=" << hbm_pages << " dram=" << dram_pages << " staged=" << staged_idx.size()
               << " lock_ms=" << ms(t_start, t_locked) << " host_ms=" << host_ns * 1e-6
               << " enqueue_ms=" << ms(t_locked, t_enqueued)
               << " land_ms=" << ms(t_enqueued, t_landed) << " unpin_ms=" << ms(t_landed, t_end)

@@ -93,6 +93,7 @@ struct GpuPageBatch {
   absl::Span<const uint32_t> blocks;
   // Loads only: stop at the first page that is not cached (it and the rest: NotFound, unread).
   bool prefix_only = false;
+  uint64_t submitted_ns = 0;  // when the request was parsed (SteadyClock), for the load trace
 };
 
 // Per-page outcome, called once for every page of a batch (from the calling thread).

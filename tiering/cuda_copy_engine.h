@@ -59,8 +59,12 @@ struct CudaCopyEngineOptions {
   kernels::GpuCopyOptions kernel;
   // SM budget of device->device kernel copies; 0 (default) means kernel.sm_budget. A separate
   // knob because one SM moves at most ~50 GB/s HBM->HBM whatever the mover (measured on an H100,
-  // bench/RESULTS.md), so 16 SMs cap such copies near half of a device-to-device memcpy, while
-  // host<->device copies reach the PCIe limit with far fewer.
+  // bench/RESULTS.md), so 16 SMs cap such copies near a third of a device-to-device memcpy, while
+  // host<->device copies reach the PCIe limit with far fewer. Measured on an H200
+  // (bench/RESULTS.md, issue 18, session 13; 512 MiB of 16-64 KiB scattered pieces, the engine end
+  // to end): 64 SMs give 73-77% of a device memcpy, every SM (132) 81-84%; so 132 where HBM->HBM
+  // copies must reach 80% of a memcpy, 64 to leave half the SMs to inference at about three
+  // quarters of it.
   int device_to_device_sm_budget = 0;
   // Method per route. kAuto (default) takes the calibration table's pick for the batch's mean
   // piece size; another value pins that method and skips calibrating the route. kKernelBulk may

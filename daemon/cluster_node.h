@@ -85,6 +85,7 @@ class ClusterNode final : public ClusterPages {
   struct Counters {
     std::atomic<uint64_t> fetch_ok{0}, fetch_miss{0}, fetch_failed{0}, verify_failed{0};
     std::atomic<uint64_t> fetch_bytes{0}, pages_lent{0}, lookups_found{0}, lookups_missing{0};
+    std::atomic<uint64_t> pages_lent_shared{0};
     std::atomic<uint64_t> announce_failed{0}, directory_full{0};
     std::atomic<uint64_t> replicated{0}, replication_deferred{0};
     std::atomic<uint64_t> pushed{0}, push_bytes{0}, push_refused{0}, push_deferred{0};
@@ -118,7 +119,10 @@ class ClusterNode final : public ClusterPages {
   std::optional<peer::Message> OnRequest(const peer::Message& m);
   peer::Message Lend(const peer::Fetch& f);
   // Lends many pages under one lease: DRAM pages in place, others through staging slots.
-  peer::FetchBatchReply LendBatch(const std::string& ns_name, absl::Span<const peer::ObjectId> ids);
+  // With peer::kFetchLendShared in `flags` (a requester on this host), DRAM pages are copied
+  // into staging too, while slots last.
+  peer::FetchBatchReply LendBatch(const std::string& ns_name, absl::Span<const peer::ObjectId> ids,
+                                  uint32_t flags);
   // Fetches pages [idx] of a batch from one holder: one FetchBatch call, the gets of every page
   // in flight together, each page verified in its destination while later ones still move.
   // Fills results[i] with the remote tier for every verified page; returns the pages the
@@ -129,6 +133,9 @@ class ClusterNode final : public ClusterPages {
                                 absl::Span<const absl::Span<const MutableBuffer>> dsts,
                                 absl::Span<absl::StatusOr<Tier>> results,
                                 absl::FunctionRef<void(size_t, const peer::FetchEntry&)> verified);
+  // From a FetchBatch reply: whether `h`'s staging slots map here (then later requests ask for
+  // peer::kFetchLendShared), remembered per peer.
+  void LearnMapsStaging(const MemberInfo& h, const peer::FetchBatchReply& reply);
   // Free page slots over all tiers, and their capacity.
   std::pair<uint64_t, uint64_t> FreeAndCapacity() const;
   // Background: pushes cold non-sink pages to a peer with room when this node is short of it.
@@ -162,6 +169,9 @@ class ClusterNode final : public ClusterPages {
   Mapped dram_map_;
   std::vector<std::byte> staging_buf_;
   std::unique_ptr<ucx::Memory> dram_region_, staging_region_;
+  // Staging was allocated by UCX (its shared-memory domains first), so peers on this host may
+  // map it; false when only the registered heap fallback (staging_buf_) was had.
+  bool shared_staging_ = false;
   // Fault injection for the cluster tests (environment KVTIER_TEST_CORRUPT_LENDS set): every
   // checksum this node lends is wrong, so its peers must refuse every page it sends.
   bool corrupt_lends_for_test_ = false;
@@ -178,6 +188,10 @@ class ClusterNode final : public ClusterPages {
   absl::flat_hash_map<std::pair<NamespaceId, PageKey>, uint64_t> lend_checksums_
       ABSL_GUARDED_BY(mu_);
   bool members_changed_ ABSL_GUARDED_BY(mu_) = false;
+  // Per peer address: whether that holder's staging slots map here (peer::kFetchLendShared is
+  // then asked for). Absent: not known yet, asked for optimistically. Cleared on membership
+  // changes (an address may now be another process).
+  absl::flat_hash_map<std::string, bool> maps_staging_ ABSL_GUARDED_BY(mu_);
   // Remote reads per page since it was last replicated (bounded: cleared when it grows large).
   absl::flat_hash_map<std::pair<std::string, PageKey>, uint32_t> remote_reads_ ABSL_GUARDED_BY(mu_);
   double migration_tokens_ ABSL_GUARDED_BY(mu_) = 0;  // bytes replication may copy now

@@ -124,6 +124,18 @@ class PeerTransport {
   // Registers [base, base + length) for RMA: peers may read it with the returned region's key.
   // The region may outlive the transport (it holds the UCP context).
   absl::StatusOr<std::unique_ptr<ucx::Memory>> Register(void* base, size_t length);
+  // Allocates and registers `length` bytes through UCX (ucx::Memory::Allocate): a region peers
+  // on this host map, so their gets from it are a memcpy, not a kernel copy.
+  absl::StatusOr<std::unique_ptr<ucx::Memory>> Allocate(size_t length);
+
+  // Whether memory under `rkey` on `peer` is mapped into this process by UCX (a shared-memory
+  // transport reaches it: the peer is on this host and the region is one UCX allocated there),
+  // so gets from it are a memcpy. False for a peer on another host or registered memory.
+  absl::StatusOr<bool> Mappable(const std::string& peer, std::string rkey, uint64_t remote_addr,
+                                absl::Duration timeout);
+  // UCX's description of the endpoint to `peer` (ucp_ep_print_info: its lanes, the transport of
+  // each, which carry active messages and which RMA), for logs and tests.
+  absl::StatusOr<std::string> EndpointInfo(const std::string& peer, absl::Duration timeout);
 
   // Reads `length` bytes at `remote_addr` (under `rkey`) on `peer` into `local` at `offset`. On
   // any error the bytes at the destination are unspecified, and nothing is written there after

@@ -363,23 +363,45 @@ void ClusterNode::FetchBatch(const std::string& ns_name, NamespaceId ns,
       }
     }
     for (const auto& [holder, idx] : by_holder) {
-      // At most landing_pages pages under one lease; the rest ask again.
-      for (size_t at = 0; at < idx.size(); at += cc_.landing_pages) {
-        const size_t end = std::min<size_t>(idx.size(), at + cc_.landing_pages);
-        const std::vector<size_t> chunk(idx.begin() + static_cast<ptrdiff_t>(at),
-                                        idx.begin() + static_cast<ptrdiff_t>(end));
-        const std::vector<size_t> stale = FetchFrom(
-            *holder, ns_name, keys, chunk, dsts, results, [&](size_t i, const peer::FetchEntry& e) {
-              MaybeReplicate(ns_name, ns, keys[i], e, dsts[i]);
-            });
-        if (!stale.empty()) {
-          // The directory was stale: tell the pages' homes.
-          std::vector<PageKey> gone;
-          gone.reserve(stale.size());
-          for (size_t i : stale) gone.push_back(keys[i]);
-          Announce(ns_name, gone, /*add=*/false, holder->node_id);
-        }
+      // At most landing_pages pages under one lease; the rest ask again. A holder on this host
+      // copies each page into its shared staging before it answers: the batch then goes as
+      // sub-batches over two streams, so its copy of one overlaps our reads of the other.
+      bool maps_staging = false;
+      {
+        absl::MutexLock lock(&mu_);
+        auto it = maps_staging_.find(holder->peer_address);
+        maps_staging = it != maps_staging_.end() && it->second;
       }
+      const size_t step = maps_staging && idx.size() >= 2 * kSharedSubBatchPages
+                              ? kSharedSubBatchPages
+                              : cc_.landing_pages;
+      std::vector<std::vector<size_t>> chunks;
+      for (size_t at = 0; at < idx.size(); at += step) {
+        const size_t end = std::min<size_t>(idx.size(), at + step);
+        chunks.emplace_back(idx.begin() + static_cast<ptrdiff_t>(at),
+                            idx.begin() + static_cast<ptrdiff_t>(end));
+      }
+      absl::Mutex stale_mu;
+      std::vector<PageKey> gone;
+      std::atomic<size_t> next_chunk{0};
+      auto stream = [&] {
+        for (size_t c; (c = next_chunk.fetch_add(1, std::memory_order_relaxed)) < chunks.size();) {
+          // Each chunk writes only its own pages' results and blocks.
+          const std::vector<size_t> stale =
+              FetchFrom(*holder, ns_name, keys, chunks[c], dsts, results,
+                        [&](size_t i, const peer::FetchEntry& e) {
+                          MaybeReplicate(ns_name, ns, keys[i], e, dsts[i]);
+                        });
+          absl::MutexLock lock(&stale_mu);
+          for (size_t i : stale) gone.push_back(keys[i]);
+        }
+      };
+      std::thread second;
+      if (step == kSharedSubBatchPages) second = std::thread(stream);
+      stream();
+      if (second.joinable()) second.join();
+      // The directory was stale: tell the pages' homes.
+      if (!gone.empty()) Announce(ns_name, gone, /*add=*/false, holder->node_id);
     }
     std::vector<size_t> again;
     for (size_t i : pending) {

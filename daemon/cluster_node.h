@@ -105,6 +105,11 @@ class ClusterNode final : public ClusterPages {
     }
   };
 
+  // Pages per sub-batch when a batch comes from a holder that lends through shared staging
+  // (two sub-batches in flight: the holder's copy of one overlaps the reads of the other; two
+  // of them fit the default cluster.staging_pages).
+  static constexpr size_t kSharedSubBatchPages = 4;
+
   ClusterNode(const DaemonConfig& config, TieredStore& store);
   absl::Status Init(metrics::Registry* registry, int http_port);
   MemberInfo Self() const;

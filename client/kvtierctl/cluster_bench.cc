@@ -229,10 +229,7 @@ int Run(const ClusterArgs& a) {
           // Peers connect through UCX's TCP connection manager, so tcp stays listed; UCX then
           // moves page bytes over the fastest transport listed (sm: CMA on one host).
           a.tls == "tcp" ? "tcp" : a.tls + ",tcp",
-          ",self\n  replicate_after_remote_reads: 0\n  push_below_free_fraction: 0\n"
-          // Room for two batches at once in the holder's shared staging slots.
-          "  staging_pages: ",
-          2 * a.batch, "\n");
+          ",self\n  replicate_after_remote_reads: 0\n  push_below_free_fraction: 0\n");
       std::ofstream(d + "/kvtierd.yaml") << yaml;
       nodes.push_back(std::make_unique<Child>(
           std::vector<std::string>{a.kvtierd, "--config", d + "/kvtierd.yaml"},

@@ -749,7 +749,7 @@ peer::FetchBatchReply ClusterNode::LendBatch(const std::string& ns_name,
   // The requester maps our staging slots: DRAM pages are copied there too (one local memcpy
   // here, one memcpy there) rather than read in place by a kernel copy, while slots last.
   const bool copy_dram = shared_staging_ && (flags & peer::kFetchLendShared) != 0;
-  size_t copied_dram = 0;
+  size_t lent_shared = 0;
   const TieredStore::SharedPool pool = store_.dram_pool();
   Lease lease;
   lease.ns = ns;
@@ -767,8 +767,11 @@ peer::FetchBatchReply ClusterNode::LendBatch(const std::string& ns_name,
                          pe->slot < pool.slots;
     int slot = -1;
     if (!in_dram || copy_dram) {
+      // A DRAM page (which can be lent in place) takes a slot only while enough stay free for
+      // every later page of this request, which may need one (HBM, NVMe pages have no other way).
+      const size_t later = ids.size() - k - 1;
       absl::MutexLock lock(&mu_);
-      if (!free_staging_.empty()) {
+      if (!free_staging_.empty() && (!in_dram || free_staging_.size() > later)) {
         slot = free_staging_.back();
         free_staging_.pop_back();
       }
@@ -804,7 +807,7 @@ peer::FetchBatchReply ClusterNode::LendBatch(const std::string& ns_name,
     e.rkey_index = staging_key;
     e.code = 0;
     lease.staging_slots.push_back(slot);
-    if (in_dram) ++copied_dram;
+    if (copy_dram) ++lent_shared;
   }
   if (corrupt_lends_for_test_) {
     for (peer::FetchEntry& e : out.entries) e.checksum ^= 1;
@@ -815,7 +818,7 @@ peer::FetchBatchReply ClusterNode::LendBatch(const std::string& ns_name,
   out.lease = next_lease_++;
   leases_.emplace(out.lease, std::move(lease));
   counters_.pages_lent.fetch_add(lent, std::memory_order_relaxed);
-  counters_.pages_lent_shared.fetch_add(copied_dram, std::memory_order_relaxed);
+  counters_.pages_lent_shared.fetch_add(lent_shared, std::memory_order_relaxed);
   return out;
 }
 
@@ -1126,8 +1129,8 @@ void ClusterNode::BindMetrics(metrics::Registry& registry) {
   auto& lent_shared =
       registry
           .AddCounter("kvtier_cluster_pages_lent_shared_total",
-                      "DRAM pages lent to peers on this host by a copy into the shared staging "
-                      "slots (their gets are a memcpy, not a kernel copy)")
+                      "Pages lent through the shared staging slots to peers on this host that map "
+                      "them (their gets are a memcpy, not a transport read)")
           .Get({});
   auto& lookups =
       registry.AddCounter("kvtier_cluster_remote_lookup_pages_total",

@@ -13,8 +13,12 @@
 //    on the way — the holder died mid-transfer, a timeout, a checksum that does not match — is a
 //    miss reported for that page (the block's bytes are then unspecified and never served).
 //  - Lent from here: a page in the DRAM pool is pinned and read in place; one elsewhere (HBM,
-//    NVMe) is copied into a registered staging slot first. Either is held until the reader
-//    releases its lease or `fetch_lease_ms` passes.
+//    NVMe) is copied into a staging slot first. Staging is allocated by UCX in its shared-memory
+//    domain, so a reader on this host maps it: such a reader asks for DRAM pages to be copied
+//    there too, and its get is then a memcpy rather than a read through the transport (a batch
+//    from such a holder goes as sub-batches on two streams, so the holder's copy of one overlaps
+//    the reads of the other). Either is held until the reader releases its lease or
+//    `fetch_lease_ms` passes.
 //  - Short of space here (free slots under `push_below_free_fraction` of capacity): the coldest
 //    non-sink pages held here are offered (Push) to the live peer advertising the most free
 //    room, within `max_push_bytes_per_s`; the peer fetches them like any page, verifies them,

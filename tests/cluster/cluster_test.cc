@@ -254,6 +254,9 @@ TEST(Cluster, ThreeNodesOnLoopback) {
   EXPECT_GE(Metric(c.http_port, "kvtier_cluster_remote_fetches_total{result=\"ok\"}"), kPages);
   EXPECT_EQ(Metric(c.http_port, "kvtier_cluster_remote_fetches_total{result=\"verify_failed\"}"),
             0);
+  // Three processes of one host: A lends through the staging slots UCX allocated in shared
+  // memory, which C maps (its gets are a memcpy over UCX's sysv/posix lane).
+  EXPECT_GE(Metric(a.http_port, "kvtier_cluster_pages_lent_shared_total"), 1);
 
   // 2. Isolation: private/* is served by A and B only.
   Store(a, "private/model", seed + 1, kPages);

@@ -777,6 +777,12 @@ peer::FetchBatchReply ClusterNode::LendBatch(const std::string& ns_name,
       }
     }
     if (in_dram && slot < 0) {
+      if (copy_dram) {
+        counters_.shared_staging_full.fetch_add(1, std::memory_order_relaxed);
+        LOG_FIRST_N(WARNING, 1) << "event=cluster_shared_staging_full staging_pages="
+                                << cc_.staging_pages
+                                << " (a page for a peer on this host is read in place: slower)";
+      }
       const std::byte* at = dram_region_->base() + static_cast<size_t>(pe->slot) * pool.slot_bytes;
       e.checksum = LendChecksum(ns, key, at);
       e.remote_addr = reinterpret_cast<uint64_t>(at);
@@ -1132,6 +1138,12 @@ void ClusterNode::BindMetrics(metrics::Registry& registry) {
                       "Pages lent through the shared staging slots to peers on this host that map "
                       "them (their gets are a memcpy, not a transport read)")
           .Get({});
+  auto& staging_full =
+      registry
+          .AddCounter("kvtier_cluster_shared_staging_full_total",
+                      "Pages a peer on this host asked to read through shared staging that were "
+                      "lent in place instead, all cluster.staging_pages slots being lent")
+          .Get({});
   auto& lookups =
       registry.AddCounter("kvtier_cluster_remote_lookup_pages_total",
                           "Pages looked up on peers after a local miss, by result", {"result"});
@@ -1156,8 +1168,8 @@ void ClusterNode::BindMetrics(metrics::Registry& registry) {
                                      "Page bytes this node pushed to peers and they kept")
                          .Get({});
   registry.AddCollector([this, &etcd_up, &members, &rejoins, &fetches, &fetch_bytes, &lent,
-                         &lent_shared, &lookups, &dir, &peer_events, &replicated, &pushes,
-                         &push_bytes] {
+                         &lent_shared, &staging_full, &lookups, &dir, &peer_events, &replicated,
+                         &pushes, &push_bytes] {
     auto r = [](const std::atomic<uint64_t>& a) {
       return static_cast<double>(a.load(std::memory_order_relaxed));
     };
@@ -1174,6 +1186,7 @@ void ClusterNode::BindMetrics(metrics::Registry& registry) {
     fetch_bytes.Set(r(counters_.fetch_bytes));
     lent.Set(r(counters_.pages_lent));
     lent_shared.Set(r(counters_.pages_lent_shared));
+    staging_full.Set(r(counters_.shared_staging_full));
     lookups.Get({"found"}).Set(r(counters_.lookups_found));
     lookups.Get({"missing"}).Set(r(counters_.lookups_missing));
     dir.Set(static_cast<double>(directory_.size()));

@@ -89,7 +89,7 @@ class ClusterNode final : public ClusterPages {
   struct Counters {
     std::atomic<uint64_t> fetch_ok{0}, fetch_miss{0}, fetch_failed{0}, verify_failed{0};
     std::atomic<uint64_t> fetch_bytes{0}, pages_lent{0}, lookups_found{0}, lookups_missing{0};
-    std::atomic<uint64_t> pages_lent_shared{0};
+    std::atomic<uint64_t> pages_lent_shared{0}, shared_staging_full{0};
     std::atomic<uint64_t> announce_failed{0}, directory_full{0};
     std::atomic<uint64_t> replicated{0}, replication_deferred{0};
     std::atomic<uint64_t> pushed{0}, push_bytes{0}, push_refused{0}, push_deferred{0};

@@ -384,11 +384,12 @@ void ClusterNode::FetchBatch(const std::string& ns_name, NamespaceId ns,
       absl::Mutex stale_mu;
       std::vector<PageKey> gone;
       std::atomic<size_t> next_chunk{0};
+      const MemberInfo& from = *holder;  // a structured binding cannot be captured (Clang 14)
       auto stream = [&] {
         for (size_t c; (c = next_chunk.fetch_add(1, std::memory_order_relaxed)) < chunks.size();) {
           // Each chunk writes only its own pages' results and blocks.
           const std::vector<size_t> stale =
-              FetchFrom(*holder, ns_name, keys, chunks[c], dsts, results,
+              FetchFrom(from, ns_name, keys, chunks[c], dsts, results,
                         [&](size_t i, const peer::FetchEntry& e) {
                           MaybeReplicate(ns_name, ns, keys[i], e, dsts[i]);
                         });

@@ -109,6 +109,9 @@ absl::Status ClusterNode::Init(metrics::Registry* registry, int http_port) {
   topt.ucx.tls = cc_.ucx_tls;
   topt.ucx.net_devices = cc_.ucx_net_devices;
   topt.busy_poll_us = cc_.busy_poll_us;
+  // Directory requests are a lookup or update under the directory's own lock: answered on the
+  // progress thread. Lending copies pages and takes store locks: it stays on handler threads.
+  topt.inline_types = {peer::MsgType::kDirQuery, peer::MsgType::kDirAdd, peer::MsgType::kDirRemove};
   if (std::getenv("KVTIER_TEST_CORRUPT_LENDS") != nullptr) {
     corrupt_lends_for_test_ = true;
     LOG(WARNING) << "event=test_fault_injection what=corrupt_lent_checksums "

@@ -11,6 +11,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -714,6 +715,21 @@ class PeerTransport::Impl {
       return;
     }
     counters_.requests_in++;
+    if (std::find(options_.inline_types.begin(), options_.inline_types.end(), m->type) !=
+        options_.inline_types.end()) {
+      std::optional<peer::Message> reply = handler_(*m);
+      if (!reply.has_value() || from == nullptr) return;
+      reply->request_id = m->request_id;
+      absl::StatusOr<std::string> encoded = peer::Encode(*reply);
+      if (!encoded.ok()) {
+        LOG(ERROR) << "event=peer_reply_encode_failed error=\"" << encoded.status().message()
+                   << "\"";
+        return;
+      }
+      // The endpoint may be closing (a malformed message from it earlier in this progress pass).
+      if (conns_.contains(from)) SendOn(from, *std::move(encoded)).IgnoreError();  // best effort
+      return;
+    }
     absl::MutexLock lock(&handler_mu_);
     incoming_.push_back(Incoming{*std::move(m), from});
   }

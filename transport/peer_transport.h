@@ -27,6 +27,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -43,6 +44,10 @@ struct PeerTransportOptions {
   ucx::ContextOptions ucx;
   // Threads that run incoming requests. Default 2.
   uint32_t handler_threads = 2;
+  // Request types the handler answers at once, without blocking (a lookup under a short lock):
+  // run on the progress thread itself, which saves a round trip through the handler threads
+  // (two thread wakeups) per request. Default none.
+  std::vector<peer::MsgType> inline_types;
   // After any work, the progress thread keeps polling UCX this long before it sleeps on the
   // worker's fd, and a thread waiting for a batch's gets spins this long before it blocks: back
   // to back operations then pay no wakeup. Bounded, so an idle node sleeps. Default 50 us.

@@ -133,6 +133,47 @@ TEST_P(PeerTransportTest, AllocatedRegionMapsOverSharedMemoryOnly) {
   registered->reset();
 }
 
+// Request types marked inline are answered on the progress thread, the rest on handler
+// threads; both replies reach the caller.
+TEST_P(PeerTransportTest, InlineTypesAreAnsweredOnTheProgressThread) {
+  absl::Mutex mu;
+  std::thread::id query_thread, update_thread;
+  PeerTransportOptions o = Loopback(GetParam());
+  o.inline_types = {peer::MsgType::kDirQuery};
+  auto server = PeerTransport::Create(o, [&](const peer::Message& req) {
+    absl::MutexLock lock(&mu);
+    (req.type == peer::MsgType::kDirQuery ? query_thread : update_thread) =
+        std::this_thread::get_id();
+    peer::Message r;
+    if (req.type == peer::MsgType::kDirQuery) {
+      r.type = peer::MsgType::kDirQueryReply;
+      r.body = peer::DirQueryReply{{{"holder-x"}}};
+    } else {
+      r = EchoAck(req);
+    }
+    return std::optional<peer::Message>(r);
+  });
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = PeerTransport::Create(Loopback(GetParam()), EchoAck);
+  ASSERT_TRUE(client.ok()) << client.status();
+  peer::Message q;
+  q.type = peer::MsgType::kDirQuery;
+  q.body = peer::DirQuery{"ns", {{1, 2}}};
+  auto qr = (*client)->Call(Addr(**server), q, absl::Seconds(10));
+  ASSERT_TRUE(qr.ok()) << qr.status();
+  EXPECT_EQ(std::get<peer::DirQueryReply>(qr->body).holders[0][0], "holder-x");
+  peer::Message u;
+  u.type = peer::MsgType::kDirAdd;
+  u.body = peer::DirUpdate{"ns", "n", {{3, 4}}};
+  auto ur = (*client)->Call(Addr(**server), u, absl::Seconds(10));
+  ASSERT_TRUE(ur.ok()) << ur.status();
+  EXPECT_EQ(std::get<peer::Ack>(ur->body).error, "ns/n/1");
+  absl::MutexLock lock(&mu);
+  EXPECT_NE(query_thread, std::thread::id());
+  EXPECT_NE(update_thread, std::thread::id());
+  EXPECT_NE(query_thread, update_thread);
+}
+
 TEST_P(PeerTransportTest, DeadPeerFailsFastAndTimeoutsHold) {
   auto client = PeerTransport::Create(Loopback(GetParam()), EchoAck);
   ASSERT_TRUE(client.ok()) << client.status();

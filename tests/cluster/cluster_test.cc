@@ -521,8 +521,13 @@ TEST(Cluster, SameHostReadsFallBackInPlaceWhenStagingIsFull) {
     return std::make_pair(*std::move(c), buf.ok() ? std::make_optional(*std::move(buf))
                                                   : std::optional<WorkerBuffers>());
   };
-  auto [ca, ba] = open(a);
-  auto [cb, bb] = open(b);
+  // Not structured bindings: Clang 14 cannot capture those in the lambdas below.
+  auto opened_a = open(a);
+  auto opened_b = open(b);
+  std::unique_ptr<Client>& ca = opened_a.first;
+  std::unique_ptr<Client>& cb = opened_b.first;
+  std::optional<WorkerBuffers>& ba = opened_a.second;
+  std::optional<WorkerBuffers>& bb = opened_b.second;
   ASSERT_TRUE(ca && cb && ba && bb);
   std::mt19937_64 rng(seed);
   std::vector<PageKey> keys(kPages);

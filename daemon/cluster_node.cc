@@ -145,14 +145,15 @@ absl::Status ClusterNode::Init(metrics::Registry* registry, int http_port) {
   }
   // Staging slots, allocated by UCX: from its shared-memory domains when it has them, so a peer
   // on this host maps the slots and its gets from them are a memcpy. Such a peer asks for its
-  // pages to be copied here (kFetchLendShared) instead of read in place by a kernel copy.
+  // pages to be copied here (kFetchLendShared): read in place, over a shared-memory endpoint, a
+  // page would go by UCX's active-message emulation of get, far slower.
   const size_t staging_bytes = static_cast<size_t>(cc_.staging_pages) * page_bytes_;
   absl::StatusOr<std::unique_ptr<ucx::Memory>> s = transport_->Allocate(staging_bytes);
   if (s.ok()) {
     shared_staging_ = true;
   } else {
     LOG(WARNING) << "event=cluster_shared_staging_unavailable error=\"" << s.status().message()
-                 << "\" fallback=registered_heap (same-host peers read pages by cma)";
+                 << "\" fallback=registered_heap (peers on this host read pages in place: slow)";
     staging_buf_.resize(staging_bytes);
     s = transport_->Register(staging_buf_.data(), staging_buf_.size());
   }
@@ -751,7 +752,7 @@ peer::FetchBatchReply ClusterNode::LendBatch(const std::string& ns_name,
   out.rkeys.push_back(staging_region_->packed_rkey());
   if (shared_staging_) out.shared_rkey_index = staging_key;
   // The requester maps our staging slots: DRAM pages are copied there too (one local memcpy
-  // here, one memcpy there) rather than read in place by a kernel copy, while slots last.
+  // here, one memcpy there) rather than read in place, while slots last.
   const bool copy_dram = shared_staging_ && (flags & peer::kFetchLendShared) != 0;
   size_t lent_shared = 0;
   const TieredStore::SharedPool pool = store_.dram_pool();

@@ -100,7 +100,8 @@ struct Release {
 };
 // FetchBatch::flags: the requester maps the holder's shared lend region (it is on the same host
 // and UCX reaches it by shared memory), so the holder should copy pages into that region rather
-// than lend them in place: a get from it is then a memcpy, not a kernel copy.
+// than lend them in place: a get from it is then a memcpy (from registered memory, over a
+// shared-memory endpoint, UCX emulates the get with active messages).
 inline constexpr uint32_t kFetchLendShared = 1;
 // FetchBatchReply::shared_rkey_index when the holder has no shared lend region.
 inline constexpr uint32_t kNoRkey = 0xffffffff;

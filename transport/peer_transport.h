@@ -130,7 +130,7 @@ class PeerTransport {
   // The region may outlive the transport (it holds the UCP context).
   absl::StatusOr<std::unique_ptr<ucx::Memory>> Register(void* base, size_t length);
   // Allocates and registers `length` bytes through UCX (ucx::Memory::Allocate): a region peers
-  // on this host map, so their gets from it are a memcpy, not a kernel copy.
+  // on this host map, so their gets from it are a memcpy.
   absl::StatusOr<std::unique_ptr<ucx::Memory>> Allocate(size_t length);
 
   // Whether memory under `rkey` on `peer` is mapped into this process by UCX (a shared-memory

@@ -86,7 +86,8 @@ class Memory {
   // Allocates `length` bytes through UCX (UCP_MEM_MAP_ALLOCATE) and registers them. UCX takes
   // them from its shared-memory domains first (sysv, then posix: UCX_ALLOC_PRIO), which are the
   // only memory a peer process on this host can map: its gets from such a region are a memcpy
-  // (UCX's sysv/posix transports) instead of a kernel copy (cma) from registered memory.
+  // (UCX's sysv/posix transports); from registered memory, such an endpoint emulates it with
+  // active messages.
   static absl::StatusOr<std::unique_ptr<Memory>> Allocate(std::shared_ptr<const Context> context,
                                                           size_t length);
   ~Memory();

@@ -109,6 +109,9 @@ absl::Status ClusterNode::Init(metrics::Registry* registry, int http_port) {
   topt.ucx.tls = cc_.ucx_tls;
   topt.ucx.net_devices = cc_.ucx_net_devices;
   topt.busy_poll_us = cc_.busy_poll_us;
+  // Directory requests are a lookup or update under the directory's own lock: answered on the
+  // progress thread. Lending copies pages and takes store locks: it stays on handler threads.
+  topt.inline_types = {peer::MsgType::kDirQuery, peer::MsgType::kDirAdd, peer::MsgType::kDirRemove};
   if (std::getenv("KVTIER_TEST_CORRUPT_LENDS") != nullptr) {
     corrupt_lends_for_test_ = true;
     LOG(WARNING) << "event=test_fault_injection what=corrupt_lent_checksums "
@@ -140,9 +143,20 @@ absl::Status ClusterNode::Init(metrics::Registry* registry, int http_port) {
     if (!r.ok()) return r.status();
     dram_region_ = *std::move(r);
   }
-  staging_buf_.resize(static_cast<size_t>(cc_.staging_pages) * page_bytes_);
-  absl::StatusOr<std::unique_ptr<ucx::Memory>> s =
-      transport_->Register(staging_buf_.data(), staging_buf_.size());
+  // Staging slots, allocated by UCX: from its shared-memory domains when it has them, so a peer
+  // on this host maps the slots and its gets from them are a memcpy. Such a peer asks for its
+  // pages to be copied here (kFetchLendShared): read in place, over a shared-memory endpoint, a
+  // page would go by UCX's active-message emulation of get, far slower.
+  const size_t staging_bytes = static_cast<size_t>(cc_.staging_pages) * page_bytes_;
+  absl::StatusOr<std::unique_ptr<ucx::Memory>> s = transport_->Allocate(staging_bytes);
+  if (s.ok()) {
+    shared_staging_ = true;
+  } else {
+    LOG(WARNING) << "event=cluster_shared_staging_unavailable error=\"" << s.status().message()
+                 << "\" fallback=registered_heap (peers on this host read pages in place: slow)";
+    staging_buf_.resize(staging_bytes);
+    s = transport_->Register(staging_buf_.data(), staging_buf_.size());
+  }
   if (!s.ok()) return s.status();
   staging_region_ = *std::move(s);
   {
@@ -234,6 +248,7 @@ void ClusterNode::OnMembershipChanged(std::vector<MemberInfo> live) {
   }
   members_ = std::move(live);
   members_changed_ = true;
+  maps_staging_.clear();
 }
 
 std::vector<std::vector<MemberInfo>> ClusterNode::QueryHolders(const std::string& ns,
@@ -352,23 +367,46 @@ void ClusterNode::FetchBatch(const std::string& ns_name, NamespaceId ns,
       }
     }
     for (const auto& [holder, idx] : by_holder) {
-      // At most landing_pages pages under one lease; the rest ask again.
-      for (size_t at = 0; at < idx.size(); at += cc_.landing_pages) {
-        const size_t end = std::min<size_t>(idx.size(), at + cc_.landing_pages);
-        const std::vector<size_t> chunk(idx.begin() + static_cast<ptrdiff_t>(at),
-                                        idx.begin() + static_cast<ptrdiff_t>(end));
-        const std::vector<size_t> stale = FetchFrom(
-            *holder, ns_name, keys, chunk, dsts, results, [&](size_t i, const peer::FetchEntry& e) {
-              MaybeReplicate(ns_name, ns, keys[i], e, dsts[i]);
-            });
-        if (!stale.empty()) {
-          // The directory was stale: tell the pages' homes.
-          std::vector<PageKey> gone;
-          gone.reserve(stale.size());
-          for (size_t i : stale) gone.push_back(keys[i]);
-          Announce(ns_name, gone, /*add=*/false, holder->node_id);
-        }
+      // At most landing_pages pages under one lease; the rest ask again. A holder on this host
+      // copies each page into its shared staging before it answers: the batch then goes as
+      // sub-batches over two streams, so its copy of one overlaps our reads of the other.
+      bool maps_staging = false;
+      {
+        absl::MutexLock lock(&mu_);
+        auto it = maps_staging_.find(holder->peer_address);
+        maps_staging = it != maps_staging_.end() && it->second;
       }
+      const size_t step = maps_staging && idx.size() >= 2 * kSharedSubBatchPages
+                              ? kSharedSubBatchPages
+                              : cc_.landing_pages;
+      std::vector<std::vector<size_t>> chunks;
+      for (size_t at = 0; at < idx.size(); at += step) {
+        const size_t end = std::min<size_t>(idx.size(), at + step);
+        chunks.emplace_back(idx.begin() + static_cast<ptrdiff_t>(at),
+                            idx.begin() + static_cast<ptrdiff_t>(end));
+      }
+      absl::Mutex stale_mu;
+      std::vector<PageKey> gone;
+      std::atomic<size_t> next_chunk{0};
+      const MemberInfo& from = *holder;  // a structured binding cannot be captured (Clang 14)
+      auto stream = [&] {
+        for (size_t c; (c = next_chunk.fetch_add(1, std::memory_order_relaxed)) < chunks.size();) {
+          // Each chunk writes only its own pages' results and blocks.
+          const std::vector<size_t> stale =
+              FetchFrom(from, ns_name, keys, chunks[c], dsts, results,
+                        [&](size_t i, const peer::FetchEntry& e) {
+                          MaybeReplicate(ns_name, ns, keys[i], e, dsts[i]);
+                        });
+          absl::MutexLock lock(&stale_mu);
+          for (size_t i : stale) gone.push_back(keys[i]);
+        }
+      };
+      std::thread second;
+      if (step == kSharedSubBatchPages) second = std::thread(stream);
+      stream();
+      if (second.joinable()) second.join();
+      // The directory was stale: tell the pages' homes.
+      if (!gone.empty()) Announce(ns_name, gone, /*add=*/false, holder->node_id);
     }
     std::vector<size_t> again;
     for (size_t i : pending) {
@@ -399,6 +437,13 @@ std::vector<size_t> ClusterNode::FetchFrom(
   fb.ns = ns_name;
   fb.ids.reserve(idx.size());
   for (size_t i : idx) fb.ids.push_back(IdOf(keys[i]));
+  std::optional<bool> maps_staging;  // unknown: asked for, and found out from the reply
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = maps_staging_.find(h.peer_address);
+    if (it != maps_staging_.end()) maps_staging = it->second;
+  }
+  if (maps_staging.value_or(true)) fb.flags |= peer::kFetchLendShared;
   req.body = std::move(fb);
   absl::StatusOr<peer::Message> r =
       transport_->Call(h.peer_address, std::move(req), absl::Milliseconds(cc_.request_timeout_ms));
@@ -414,6 +459,7 @@ std::vector<size_t> ClusterNode::FetchFrom(
       transport_->Send(h.peer_address, Reply(peer::MsgType::kRelease, peer::Release{reply->lease}));
     }
   };
+  if (!maps_staging.has_value()) LearnMapsStaging(h, *reply);
   if (reply->entries.size() != idx.size()) {
     counters_.verify_failed.fetch_add(idx.size(), std::memory_order_relaxed);
     LOG_EVERY_N(WARNING, 100) << "event=peer_fetch_reply_mismatch peer=" << h.node_id
@@ -492,6 +538,28 @@ std::vector<size_t> ClusterNode::FetchFrom(
     if (results[idx[k]].ok()) verified(idx[k], reply->entries[k]);
   }
   return stale;
+}
+
+void ClusterNode::LearnMapsStaging(const MemberInfo& h, const peer::FetchBatchReply& reply) {
+  std::optional<bool> maps;
+  if (reply.shared_rkey_index == peer::kNoRkey) {
+    maps = false;
+  } else {
+    for (const peer::FetchEntry& e : reply.entries) {
+      if (e.code != 0 || e.rkey_index != reply.shared_rkey_index) continue;
+      absl::StatusOr<bool> m =
+          transport_->Mappable(h.peer_address, reply.rkeys[reply.shared_rkey_index], e.remote_addr,
+                               absl::Milliseconds(cc_.request_timeout_ms));
+      if (m.ok()) maps = *m;
+      break;
+    }
+  }
+  if (!maps.has_value()) return;  // nothing lent from staging this time: ask again next time
+  LOG(INFO) << "event=cluster_peer_data_path peer=" << h.node_id << " path="
+            << (*maps ? "shared_staging (memcpy from a UCX shared-memory segment)"
+                      : "in_place (the transport's RMA get)");
+  absl::MutexLock lock(&mu_);
+  maps_staging_[h.peer_address] = *maps;
 }
 
 void ClusterNode::MaybeReplicate(const std::string& ns_name, NamespaceId ns, const PageKey& key,
@@ -606,7 +674,7 @@ std::optional<peer::Message> ClusterNode::OnRequest(const peer::Message& m) {
       return Lend(std::get<peer::Fetch>(m.body));
     case peer::MsgType::kFetchBatch: {
       const auto& f = std::get<peer::FetchBatch>(m.body);
-      return Reply(peer::MsgType::kFetchBatchReply, LendBatch(f.ns, f.ids));
+      return Reply(peer::MsgType::kFetchBatchReply, LendBatch(f.ns, f.ids, f.flags));
     }
     case peer::MsgType::kRelease:
       EndLease(std::get<peer::Release>(m.body).lease);
@@ -620,7 +688,7 @@ std::optional<peer::Message> ClusterNode::OnRequest(const peer::Message& m) {
 
 peer::Message ClusterNode::Lend(const peer::Fetch& f) {
   // The one-page request: a batch of one, answered in the one-page reply's shape.
-  peer::FetchBatchReply b = LendBatch(f.ns, {&f.id, 1});
+  peer::FetchBatchReply b = LendBatch(f.ns, {&f.id, 1}, /*flags=*/0);
   const peer::FetchEntry& e = b.entries[0];
   if (e.code != 0) {
     return FetchError(static_cast<absl::StatusCode>(e.code), f.id,
@@ -654,7 +722,7 @@ uint64_t ClusterNode::LendChecksum(NamespaceId ns, const PageKey& key, const std
 }
 
 peer::FetchBatchReply ClusterNode::LendBatch(const std::string& ns_name,
-                                             absl::Span<const peer::ObjectId> ids) {
+                                             absl::Span<const peer::ObjectId> ids, uint32_t flags) {
   peer::FetchBatchReply out;
   out.entries.resize(ids.size());
   for (size_t k = 0; k < ids.size(); ++k) {
@@ -682,6 +750,11 @@ peer::FetchBatchReply ClusterNode::LendBatch(const std::string& ns_name,
   }
   staging_key = static_cast<uint32_t>(out.rkeys.size());
   out.rkeys.push_back(staging_region_->packed_rkey());
+  if (shared_staging_) out.shared_rkey_index = staging_key;
+  // The requester maps our staging slots: DRAM pages are copied there too (one local memcpy
+  // here, one memcpy there) rather than read in place, while slots last.
+  const bool copy_dram = shared_staging_ && (flags & peer::kFetchLendShared) != 0;
+  size_t lent_shared = 0;
   const TieredStore::SharedPool pool = store_.dram_pool();
   Lease lease;
   lease.ns = ns;
@@ -695,8 +768,26 @@ peer::FetchBatchReply ClusterNode::LendBatch(const std::string& ns_name,
     e.object_class = pe.has_value() ? static_cast<uint32_t>(pe->cls) : 0;
     e.object_position = pe.has_value() ? pe->position : 0;
     e.bytes = page_bytes_;
-    if (pe.has_value() && pe->tier == Tier::kDram && dram_region_ != nullptr &&
-        pe->slot < pool.slots) {
+    const bool in_dram = pe.has_value() && pe->tier == Tier::kDram && dram_region_ != nullptr &&
+                         pe->slot < pool.slots;
+    int slot = -1;
+    if (!in_dram || copy_dram) {
+      // A DRAM page (which can be lent in place) takes a slot only while enough stay free for
+      // every later page of this request, which may need one (HBM, NVMe pages have no other way).
+      const size_t later = ids.size() - k - 1;
+      absl::MutexLock lock(&mu_);
+      if (!free_staging_.empty() && (!in_dram || free_staging_.size() > later)) {
+        slot = free_staging_.back();
+        free_staging_.pop_back();
+      }
+    }
+    if (in_dram && slot < 0) {
+      if (copy_dram) {
+        counters_.shared_staging_full.fetch_add(1, std::memory_order_relaxed);
+        LOG_FIRST_N(WARNING, 1) << "event=cluster_shared_staging_full staging_pages="
+                                << cc_.staging_pages
+                                << " (a page for a peer on this host is read in place: slower)";
+      }
       const std::byte* at = dram_region_->base() + static_cast<size_t>(pe->slot) * pool.slot_bytes;
       e.checksum = LendChecksum(ns, key, at);
       e.remote_addr = reinterpret_cast<uint64_t>(at);
@@ -706,21 +797,14 @@ peer::FetchBatchReply ClusterNode::LendBatch(const std::string& ns_name,
       lease.pinned.push_back(key);
       continue;
     }
-    // Elsewhere (HBM, NVMe): copied into a staging slot, then unpinned.
-    int slot = -1;
-    {
-      absl::MutexLock lock(&mu_);
-      if (!free_staging_.empty()) {
-        slot = free_staging_.back();
-        free_staging_.pop_back();
-      }
-    }
+    // Elsewhere (HBM, NVMe), or for a peer that maps staging: copied into a staging slot, then
+    // unpinned.
     if (slot < 0) {
       store_.Unpin(ns, {&key, 1}).IgnoreError();                      // we hold that pin
       e.code = static_cast<int32_t>(absl::StatusCode::kUnavailable);  // staging_pages all lent
       continue;
     }
-    std::byte* at = staging_buf_.data() + static_cast<size_t>(slot) * page_bytes_;
+    std::byte* at = staging_region_->base() + static_cast<size_t>(slot) * page_bytes_;
     MutableBuffer dst{at, page_bytes_};
     absl::StatusOr<Tier> got = store_.Get(ns, key, {&dst, 1});  // counts as an access
     store_.Unpin(ns, {&key, 1}).IgnoreError();                  // we hold that pin
@@ -734,6 +818,7 @@ peer::FetchBatchReply ClusterNode::LendBatch(const std::string& ns_name,
     e.rkey_index = staging_key;
     e.code = 0;
     lease.staging_slots.push_back(slot);
+    if (copy_dram) ++lent_shared;
   }
   if (corrupt_lends_for_test_) {
     for (peer::FetchEntry& e : out.entries) e.checksum ^= 1;
@@ -744,6 +829,7 @@ peer::FetchBatchReply ClusterNode::LendBatch(const std::string& ns_name,
   out.lease = next_lease_++;
   leases_.emplace(out.lease, std::move(lease));
   counters_.pages_lent.fetch_add(lent, std::memory_order_relaxed);
+  counters_.pages_lent_shared.fetch_add(lent_shared, std::memory_order_relaxed);
   return out;
 }
 
@@ -1051,6 +1137,18 @@ void ClusterNode::BindMetrics(metrics::Registry& registry) {
                    .AddCounter("kvtier_cluster_pages_lent_total",
                                "Pages this node lent to peers for reading")
                    .Get({});
+  auto& lent_shared =
+      registry
+          .AddCounter("kvtier_cluster_pages_lent_shared_total",
+                      "Pages lent through the shared staging slots to peers on this host that map "
+                      "them (their gets are a memcpy, not a transport read)")
+          .Get({});
+  auto& staging_full =
+      registry
+          .AddCounter("kvtier_cluster_shared_staging_full_total",
+                      "Pages a peer on this host asked to read through shared staging that were "
+                      "lent in place instead, all cluster.staging_pages slots being lent")
+          .Get({});
   auto& lookups =
       registry.AddCounter("kvtier_cluster_remote_lookup_pages_total",
                           "Pages looked up on peers after a local miss, by result", {"result"});
@@ -1075,7 +1173,8 @@ void ClusterNode::BindMetrics(metrics::Registry& registry) {
                                      "Page bytes this node pushed to peers and they kept")
                          .Get({});
   registry.AddCollector([this, &etcd_up, &members, &rejoins, &fetches, &fetch_bytes, &lent,
-                         &lookups, &dir, &peer_events, &replicated, &pushes, &push_bytes] {
+                         &lent_shared, &staging_full, &lookups, &dir, &peer_events, &replicated,
+                         &pushes, &push_bytes] {
     auto r = [](const std::atomic<uint64_t>& a) {
       return static_cast<double>(a.load(std::memory_order_relaxed));
     };
@@ -1091,6 +1190,8 @@ void ClusterNode::BindMetrics(metrics::Registry& registry) {
     fetches.Get({"verify_failed"}).Set(r(counters_.verify_failed));
     fetch_bytes.Set(r(counters_.fetch_bytes));
     lent.Set(r(counters_.pages_lent));
+    lent_shared.Set(r(counters_.pages_lent_shared));
+    staging_full.Set(r(counters_.shared_staging_full));
     lookups.Get({"found"}).Set(r(counters_.lookups_found));
     lookups.Get({"missing"}).Set(r(counters_.lookups_missing));
     dir.Set(static_cast<double>(directory_.size()));

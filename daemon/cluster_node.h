@@ -13,8 +13,12 @@
 //    on the way — the holder died mid-transfer, a timeout, a checksum that does not match — is a
 //    miss reported for that page (the block's bytes are then unspecified and never served).
 //  - Lent from here: a page in the DRAM pool is pinned and read in place; one elsewhere (HBM,
-//    NVMe) is copied into a registered staging slot first. Either is held until the reader
-//    releases its lease or `fetch_lease_ms` passes.
+//    NVMe) is copied into a staging slot first. Staging is allocated by UCX in its shared-memory
+//    domain, so a reader on this host maps it: such a reader asks for DRAM pages to be copied
+//    there too, and its get is then a memcpy rather than a read through the transport (a batch
+//    from such a holder goes as sub-batches on two streams, so the holder's copy of one overlaps
+//    the reads of the other). Either is held until the reader releases its lease or
+//    `fetch_lease_ms` passes.
 //  - Short of space here (free slots under `push_below_free_fraction` of capacity): the coldest
 //    non-sink pages held here are offered (Push) to the live peer advertising the most free
 //    room, within `max_push_bytes_per_s`; the peer fetches them like any page, verifies them,
@@ -85,6 +89,7 @@ class ClusterNode final : public ClusterPages {
   struct Counters {
     std::atomic<uint64_t> fetch_ok{0}, fetch_miss{0}, fetch_failed{0}, verify_failed{0};
     std::atomic<uint64_t> fetch_bytes{0}, pages_lent{0}, lookups_found{0}, lookups_missing{0};
+    std::atomic<uint64_t> pages_lent_shared{0}, shared_staging_full{0};
     std::atomic<uint64_t> announce_failed{0}, directory_full{0};
     std::atomic<uint64_t> replicated{0}, replication_deferred{0};
     std::atomic<uint64_t> pushed{0}, push_bytes{0}, push_refused{0}, push_deferred{0};
@@ -104,6 +109,11 @@ class ClusterNode final : public ClusterPages {
     }
   };
 
+  // Pages per sub-batch when a batch comes from a holder that lends through shared staging
+  // (two sub-batches in flight: the holder's copy of one overlaps the reads of the other; two
+  // of them fit the default cluster.staging_pages).
+  static constexpr size_t kSharedSubBatchPages = 4;
+
   ClusterNode(const DaemonConfig& config, TieredStore& store);
   absl::Status Init(metrics::Registry* registry, int http_port);
   MemberInfo Self() const;
@@ -118,7 +128,10 @@ class ClusterNode final : public ClusterPages {
   std::optional<peer::Message> OnRequest(const peer::Message& m);
   peer::Message Lend(const peer::Fetch& f);
   // Lends many pages under one lease: DRAM pages in place, others through staging slots.
-  peer::FetchBatchReply LendBatch(const std::string& ns_name, absl::Span<const peer::ObjectId> ids);
+  // With peer::kFetchLendShared in `flags` (a requester on this host), DRAM pages are copied
+  // into staging too, while slots last.
+  peer::FetchBatchReply LendBatch(const std::string& ns_name, absl::Span<const peer::ObjectId> ids,
+                                  uint32_t flags);
   // Fetches pages [idx] of a batch from one holder: one FetchBatch call, the gets of every page
   // in flight together, each page verified in its destination while later ones still move.
   // Fills results[i] with the remote tier for every verified page; returns the pages the
@@ -129,6 +142,9 @@ class ClusterNode final : public ClusterPages {
                                 absl::Span<const absl::Span<const MutableBuffer>> dsts,
                                 absl::Span<absl::StatusOr<Tier>> results,
                                 absl::FunctionRef<void(size_t, const peer::FetchEntry&)> verified);
+  // From a FetchBatch reply: whether `h`'s staging slots map here (then later requests ask for
+  // peer::kFetchLendShared), remembered per peer.
+  void LearnMapsStaging(const MemberInfo& h, const peer::FetchBatchReply& reply);
   // Free page slots over all tiers, and their capacity.
   std::pair<uint64_t, uint64_t> FreeAndCapacity() const;
   // Background: pushes cold non-sink pages to a peer with room when this node is short of it.
@@ -162,6 +178,9 @@ class ClusterNode final : public ClusterPages {
   Mapped dram_map_;
   std::vector<std::byte> staging_buf_;
   std::unique_ptr<ucx::Memory> dram_region_, staging_region_;
+  // Staging was allocated by UCX (its shared-memory domains first), so peers on this host may
+  // map it; false when only the registered heap fallback (staging_buf_) was had.
+  bool shared_staging_ = false;
   // Fault injection for the cluster tests (environment KVTIER_TEST_CORRUPT_LENDS set): every
   // checksum this node lends is wrong, so its peers must refuse every page it sends.
   bool corrupt_lends_for_test_ = false;
@@ -178,6 +197,10 @@ class ClusterNode final : public ClusterPages {
   absl::flat_hash_map<std::pair<NamespaceId, PageKey>, uint64_t> lend_checksums_
       ABSL_GUARDED_BY(mu_);
   bool members_changed_ ABSL_GUARDED_BY(mu_) = false;
+  // Per peer address: whether that holder's staging slots map here (peer::kFetchLendShared is
+  // then asked for). Absent: not known yet, asked for optimistically. Cleared on membership
+  // changes (an address may now be another process).
+  absl::flat_hash_map<std::string, bool> maps_staging_ ABSL_GUARDED_BY(mu_);
   // Remote reads per page since it was last replicated (bounded: cleared when it grows large).
   absl::flat_hash_map<std::pair<std::string, PageKey>, uint32_t> remote_reads_ ABSL_GUARDED_BY(mu_);
   double migration_tokens_ ABSL_GUARDED_BY(mu_) = 0;  // bytes replication may copy now

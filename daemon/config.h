@@ -151,8 +151,11 @@ struct ClusterConfig {
   // Pages one fetch asks one holder for under one lease, their RMA gets in flight together
   // (a Load missing more pages asks again for the rest). Default 64.
   uint32_t landing_pages = 64;
-  // Pages this node may be serving to peers at once from outside its DRAM pool (HBM, NVMe).
-  uint32_t staging_pages = 8;
+  // Pages this node may be serving to peers at once from outside its DRAM pool (HBM, NVMe),
+  // or to peers on this host, which read every page through these slots (UCX shared memory;
+  // without a free slot a page is read in place, far slower between processes of one host).
+  // Default 32.
+  uint32_t staging_pages = 32;
   // How long a peer may take to read a page it was granted before the holder takes it back.
   uint32_t fetch_lease_ms = 10000;
   // A non-sink page this node fetched this many times is kept here too (a replica, announced

@@ -202,9 +202,13 @@ absl::StatusOr<std::string> Encode(const Message& m) {
           w.Str(b.ns);
           w.Str(b.holder);
           w.Ids(b.ids);
-        } else if constexpr (std::is_same_v<T, DirQuery> || std::is_same_v<T, FetchBatch>) {
+        } else if constexpr (std::is_same_v<T, DirQuery>) {
           w.Str(b.ns);
           w.Ids(b.ids);
+        } else if constexpr (std::is_same_v<T, FetchBatch>) {
+          w.Str(b.ns);
+          w.Ids(b.ids);
+          w.Put(b.flags);
         } else if constexpr (std::is_same_v<T, DirQueryReply>) {
           w.Put(static_cast<uint32_t>(b.holders.size()));
           for (const auto& hs : b.holders) {
@@ -234,6 +238,7 @@ absl::StatusOr<std::string> Encode(const Message& m) {
           w.Put(b.lease);
           w.Put(static_cast<uint32_t>(b.rkeys.size()));
           for (const std::string& k : b.rkeys) w.Str(k);
+          w.Put(b.shared_rkey_index);
           w.Put(static_cast<uint32_t>(b.entries.size()));
           for (const FetchEntry& e : b.entries) {
             w.Put(e.code);
@@ -364,7 +369,9 @@ absl::StatusOr<Message> Decode(absl::string_view bytes, const Limits& limits) {
     }
     case MsgType::kFetchBatch: {
       FetchBatch f;
-      if (r.Str(f.ns, limits.max_name_bytes, "namespace")) r.Ids(f.ids, limits.max_ids);
+      if (r.Str(f.ns, limits.max_name_bytes, "namespace") && r.Ids(f.ids, limits.max_ids)) {
+        r.Get(f.flags, "flags");
+      }
       m.body = std::move(f);
       break;
     }
@@ -374,6 +381,11 @@ absl::StatusOr<Message> Decode(absl::string_view bytes, const Limits& limits) {
       if (r.Get(f.lease, "lease") && r.Count(nk, limits.max_rkeys, 2, "rkeys")) {
         f.rkeys.resize(nk);
         for (std::string& k : f.rkeys) r.Str(k, limits.max_rkey_bytes, "rkey");
+      }
+      if (r.ok() && r.Get(f.shared_rkey_index, "shared_rkey_index") &&
+          f.shared_rkey_index != kNoRkey && f.shared_rkey_index >= nk) {
+        r.Invalid(absl::StrCat("shared_rkey_index ", f.shared_rkey_index, " is outside the ", nk,
+                               " remote keys sent"));
       }
       constexpr size_t kEntryBytes = 4 + 16 + 8 + 8 + 8 + 4 + 4 + 4;
       if (r.ok() && r.Count(n, limits.max_ids, kEntryBytes, "entries")) {

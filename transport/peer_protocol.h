@@ -26,7 +26,7 @@
 namespace kvtier::peer {
 
 inline constexpr uint32_t kMagic = 0x5054564b;  // "KVTP" read little-endian
-inline constexpr uint16_t kVersion = 1;
+inline constexpr uint16_t kVersion = 2;
 inline constexpr size_t kHeaderBytes = 24;
 
 // Bounds every decoded message respects; anything larger is malformed.
@@ -98,9 +98,17 @@ struct FetchReply {
 struct Release {
   uint64_t lease = 0;
 };
+// FetchBatch::flags: the requester maps the holder's shared lend region (it is on the same host
+// and UCX reaches it by shared memory), so the holder should copy pages into that region rather
+// than lend them in place: a get from it is then a memcpy (from registered memory, over a
+// shared-memory endpoint, UCX emulates the get with active messages).
+inline constexpr uint32_t kFetchLendShared = 1;
+// FetchBatchReply::shared_rkey_index when the holder has no shared lend region.
+inline constexpr uint32_t kNoRkey = 0xffffffff;
 struct FetchBatch {
   std::string ns;
   std::vector<ObjectId> ids;
+  uint32_t flags = 0;  // kFetch* bits; unknown bits are ignored
 };
 // One object of a FetchBatchReply; its bytes are at remote_addr under rkeys[rkey_index].
 struct FetchEntry {
@@ -118,6 +126,9 @@ struct FetchBatchReply {
   uint64_t lease = 0;  // one lease for every readable entry; hand back with Release
   std::vector<std::string> rkeys;
   std::vector<FetchEntry> entries;  // in request order
+  // Which of rkeys is the holder's shared lend region (UCX-allocated: peers on its host map it
+  // and may then ask with kFetchLendShared), or kNoRkey.
+  uint32_t shared_rkey_index = kNoRkey;
 };
 struct Push {
   std::string ns;

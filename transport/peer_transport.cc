@@ -11,6 +11,9 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <future>
@@ -43,7 +46,7 @@ struct GetBatch::State {
   std::vector<absl::Status> status ABSL_GUARDED_BY(mu);  // first failure of each group
   // ---- progress thread only ----
   size_t in_flight = 0;
-  std::vector<ucx::RemoteKey> rkeys;
+  std::vector<std::shared_ptr<const ucx::RemoteKey>> rkeys;
 };
 
 GetBatch::~GetBatch() {
@@ -280,6 +283,67 @@ class PeerTransport::Impl {
   absl::StatusOr<std::unique_ptr<ucx::Memory>> Register(void* base, size_t length) {
     return ucx::Memory::Register(context_, base, length);
   }
+  absl::StatusOr<std::unique_ptr<ucx::Memory>> Allocate(size_t length) {
+    return ucx::Memory::Allocate(context_, length);
+  }
+
+  absl::StatusOr<std::string> EndpointInfo(const std::string& peer_addr, absl::Duration timeout) {
+    auto promise = std::make_shared<std::promise<absl::StatusOr<std::string>>>();
+    std::future<absl::StatusOr<std::string>> done = promise->get_future();
+    Post([this, peer_addr, promise] {
+      absl::StatusOr<ucp_ep_h> ep = Connect(peer_addr);
+      if (!ep.ok()) {
+        promise->set_value(ep.status());
+        return;
+      }
+      char* text = nullptr;
+      size_t size = 0;
+      FILE* f = ::open_memstream(&text, &size);
+      if (f == nullptr) {
+        promise->set_value(absl::ErrnoToStatus(errno, "open_memstream"));
+        return;
+      }
+      ucp_ep_print_info(*ep, f);
+      std::fclose(f);
+      std::string out(text, size);
+      std::free(text);
+      promise->set_value(std::move(out));
+    });
+    if (done.wait_for(std::chrono::microseconds(absl::ToInt64Microseconds(timeout))) !=
+        std::future_status::ready) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("describing the endpoint to '", peer_addr, "'"));
+    }
+    return done.get();
+  }
+
+  absl::StatusOr<bool> Mappable(const std::string& peer_addr, std::string rkey,
+                                uint64_t remote_addr, absl::Duration timeout) {
+    auto promise = std::make_shared<std::promise<absl::StatusOr<bool>>>();
+    std::future<absl::StatusOr<bool>> done = promise->get_future();
+    Post([this, peer_addr, promise, remote_addr, k = std::move(rkey)] {
+      absl::StatusOr<ucp_ep_h> ep = Connect(peer_addr);
+      if (!ep.ok()) {
+        promise->set_value(ep.status());
+        return;
+      }
+      // Unpacking keeps only the memory domains this endpoint reaches; a pointer into the
+      // region exists here only when one of them mapped the peer's segment (sysv, posix).
+      absl::StatusOr<std::shared_ptr<const ucx::RemoteKey>> rk = RemoteKeyFor(*ep, k);
+      if (!rk.ok()) {
+        promise->set_value(rk.status());
+        return;
+      }
+      void* local = nullptr;
+      promise->set_value(ucp_rkey_ptr((*rk)->get(), remote_addr, &local) == UCS_OK);
+    });
+    if (done.wait_for(std::chrono::microseconds(absl::ToInt64Microseconds(timeout))) !=
+        std::future_status::ready) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("asking whether '", peer_addr, "' memory maps here"));
+    }
+    return done.get();
+  }
 
   PeerTransportCounters Counters() {
     absl::MutexLock lock(&counters_mu_);
@@ -320,7 +384,29 @@ class PeerTransport::Impl {
     peer::ObjectId our_nonce, their_nonce;
     bool challenged = false;  // accepted: a challenge went out
     std::vector<std::string> queued;
+    // Remote keys unpacked on this endpoint, by their packed bytes. A peer lends from a few
+    // regions registered once, so their keys repeat; unpacking one again would map a shared-
+    // memory segment again (and fault in every page of it on first touch). Bounded.
+    absl::flat_hash_map<std::string, std::shared_ptr<const ucx::RemoteKey>> rkeys;
   };
+  static constexpr size_t kMaxCachedRkeys = 32;
+
+  // The unpacked form of `packed` on `ep`, from the endpoint's cache when it has it.
+  absl::StatusOr<std::shared_ptr<const ucx::RemoteKey>> RemoteKeyFor(ucp_ep_h ep,
+                                                                     const std::string& packed) {
+    auto c = conns_.find(ep);
+    if (c != conns_.end()) {
+      if (auto it = c->second.rkeys.find(packed); it != c->second.rkeys.end()) return it->second;
+    }
+    absl::StatusOr<ucx::RemoteKey> rk = ucx::RemoteKey::Unpack(ep, packed);
+    if (!rk.ok()) return rk.status();
+    auto shared = std::make_shared<const ucx::RemoteKey>(*std::move(rk));
+    if (c != conns_.end()) {
+      if (c->second.rkeys.size() >= kMaxCachedRkeys) c->second.rkeys.clear();  // a bound
+      c->second.rkeys.emplace(packed, shared);
+    }
+    return shared;
+  }
 
   void Post(std::function<void()> fn) {
     {
@@ -353,7 +439,7 @@ class PeerTransport::Impl {
     absl::Status failed = ep.status();
     if (failed.ok()) {
       for (const std::string& k : keys) {
-        absl::StatusOr<ucx::RemoteKey> rk = ucx::RemoteKey::Unpack(*ep, k);
+        absl::StatusOr<std::shared_ptr<const ucx::RemoteKey>> rk = RemoteKeyFor(*ep, k);
         if (!rk.ok()) {
           failed = rk.status();
           break;
@@ -378,7 +464,7 @@ class PeerTransport::Impl {
         p.memh = r.local_region->memh();
       }
       ucs_status_ptr_t q =
-          ucp_get_nbx(*ep, r.local, r.length, r.remote_addr, state->rkeys[r.rkey_index].get(), &p);
+          ucp_get_nbx(*ep, r.local, r.length, r.remote_addr, state->rkeys[r.rkey_index]->get(), &p);
       if (q == nullptr) {
         counters_.gets++;
         counters_.get_bytes += r.length;
@@ -629,6 +715,21 @@ class PeerTransport::Impl {
       return;
     }
     counters_.requests_in++;
+    if (std::find(options_.inline_types.begin(), options_.inline_types.end(), m->type) !=
+        options_.inline_types.end()) {
+      std::optional<peer::Message> reply = handler_(*m);
+      if (!reply.has_value() || from == nullptr) return;
+      reply->request_id = m->request_id;
+      absl::StatusOr<std::string> encoded = peer::Encode(*reply);
+      if (!encoded.ok()) {
+        LOG(ERROR) << "event=peer_reply_encode_failed error=\"" << encoded.status().message()
+                   << "\"";
+        return;
+      }
+      // The endpoint may be closing (a malformed message from it earlier in this progress pass).
+      if (conns_.contains(from)) SendOn(from, *std::move(encoded)).IgnoreError();  // best effort
+      return;
+    }
     absl::MutexLock lock(&handler_mu_);
     incoming_.push_back(Incoming{*std::move(m), from});
   }
@@ -919,6 +1020,17 @@ absl::StatusOr<std::unique_ptr<GetBatch>> PeerTransport::StartGets(const std::st
                                                                    uint32_t groups,
                                                                    absl::Duration timeout) {
   return impl_->StartGets(peer, std::move(rkeys), std::move(reads), groups, timeout);
+}
+absl::StatusOr<std::unique_ptr<ucx::Memory>> PeerTransport::Allocate(size_t length) {
+  return impl_->Allocate(length);
+}
+absl::StatusOr<bool> PeerTransport::Mappable(const std::string& peer, std::string rkey,
+                                             uint64_t remote_addr, absl::Duration timeout) {
+  return impl_->Mappable(peer, std::move(rkey), remote_addr, timeout);
+}
+absl::StatusOr<std::string> PeerTransport::EndpointInfo(const std::string& peer,
+                                                        absl::Duration timeout) {
+  return impl_->EndpointInfo(peer, timeout);
 }
 void PeerTransport::Disconnect(const std::string& peer) { impl_->Disconnect(peer); }
 PeerTransportCounters PeerTransport::Counters() const { return impl_->Counters(); }

@@ -27,6 +27,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -43,6 +44,10 @@ struct PeerTransportOptions {
   ucx::ContextOptions ucx;
   // Threads that run incoming requests. Default 2.
   uint32_t handler_threads = 2;
+  // Request types the handler answers at once, without blocking (a lookup under a short lock):
+  // run on the progress thread itself, which saves a round trip through the handler threads
+  // (two thread wakeups) per request. Default none.
+  std::vector<peer::MsgType> inline_types;
   // After any work, the progress thread keeps polling UCX this long before it sleeps on the
   // worker's fd, and a thread waiting for a batch's gets spins this long before it blocks: back
   // to back operations then pay no wakeup. Bounded, so an idle node sleeps. Default 50 us.
@@ -124,6 +129,18 @@ class PeerTransport {
   // Registers [base, base + length) for RMA: peers may read it with the returned region's key.
   // The region may outlive the transport (it holds the UCP context).
   absl::StatusOr<std::unique_ptr<ucx::Memory>> Register(void* base, size_t length);
+  // Allocates and registers `length` bytes through UCX (ucx::Memory::Allocate): a region peers
+  // on this host map, so their gets from it are a memcpy.
+  absl::StatusOr<std::unique_ptr<ucx::Memory>> Allocate(size_t length);
+
+  // Whether memory under `rkey` on `peer` is mapped into this process by UCX (a shared-memory
+  // transport reaches it: the peer is on this host and the region is one UCX allocated there),
+  // so gets from it are a memcpy. False for a peer on another host or registered memory.
+  absl::StatusOr<bool> Mappable(const std::string& peer, std::string rkey, uint64_t remote_addr,
+                                absl::Duration timeout);
+  // UCX's description of the endpoint to `peer` (ucp_ep_print_info: its lanes, the transport of
+  // each, which carry active messages and which RMA), for logs and tests.
+  absl::StatusOr<std::string> EndpointInfo(const std::string& peer, absl::Duration timeout);
 
   // Reads `length` bytes at `remote_addr` (under `rkey`) on `peer` into `local` at `offset`. On
   // any error the bytes at the destination are unspecified, and nothing is written there after

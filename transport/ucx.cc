@@ -42,6 +42,13 @@ absl::StatusOr<Context> Context::Create(const ContextOptions& options) {
   if (ucs_status_t s = ucp_config_modify(config, "RNDV_THRESH", "inf"); s != UCS_OK) {
     return ToStatus(s, "UCX_RNDV_THRESH");
   }
+  // Every kvtier endpoint asks for peer-failure handling, and UCX 1.13 leaves its shared-memory
+  // transports (sysv, posix) out of such endpoints unless they are told to claim it: without
+  // this, peers on one host move page bytes over TCP on loopback. A dead holder is still found
+  // out (UCP's keepalive, and every call's deadline), and every page is verified on arrival.
+  if (ucs_status_t s = ucp_config_modify(config, "MM_ERROR_HANDLING", "y"); s != UCS_OK) {
+    return ToStatus(s, "UCX_MM_ERROR_HANDLING");
+  }
   ucp_params_t params{};
   params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED;
   params.features = UCP_FEATURE_AM | UCP_FEATURE_RMA | UCP_FEATURE_WAKEUP;
@@ -97,6 +104,36 @@ absl::StatusOr<std::unique_ptr<Memory>> Memory::Register(std::shared_ptr<const C
   ucp_rkey_buffer_release(packed);
   return std::unique_ptr<Memory>(
       new Memory(std::move(context), memh, static_cast<std::byte*>(base), length, std::move(rkey)));
+}
+
+absl::StatusOr<std::unique_ptr<Memory>> Memory::Allocate(std::shared_ptr<const Context> context,
+                                                         size_t length) {
+  ucp_mem_map_params_t params{};
+  params.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH |
+                      UCP_MEM_MAP_PARAM_FIELD_FLAGS;
+  params.address = nullptr;
+  params.length = length;
+  params.flags = UCP_MEM_MAP_ALLOCATE;
+  ucp_mem_h memh = nullptr;
+  if (ucs_status_t s = ucp_mem_map(context->get(), &params, &memh); s != UCS_OK) {
+    return ToStatus(s, absl::StrCat("ucp_mem_map allocating ", length, " bytes"));
+  }
+  ucp_mem_attr_t attr{};
+  attr.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS | UCP_MEM_ATTR_FIELD_LENGTH;
+  if (ucs_status_t s = ucp_mem_query(memh, &attr); s != UCS_OK || attr.length < length) {
+    ucp_mem_unmap(context->get(), memh);
+    return ToStatus(s != UCS_OK ? s : UCS_ERR_NO_MEMORY, "ucp_mem_query of an allocated region");
+  }
+  void* packed = nullptr;
+  size_t packed_size = 0;
+  if (ucs_status_t s = ucp_rkey_pack(context->get(), memh, &packed, &packed_size); s != UCS_OK) {
+    ucp_mem_unmap(context->get(), memh);
+    return ToStatus(s, "ucp_rkey_pack");
+  }
+  std::string rkey(static_cast<const char*>(packed), packed_size);
+  ucp_rkey_buffer_release(packed);
+  return std::unique_ptr<Memory>(new Memory(
+      std::move(context), memh, static_cast<std::byte*>(attr.address), length, std::move(rkey)));
 }
 
 Memory::~Memory() { ucp_mem_unmap(context_->get(), memh_); }

@@ -83,6 +83,13 @@ class Memory {
   // The region keeps its context alive: it may outlive the worker and transport that used it.
   static absl::StatusOr<std::unique_ptr<Memory>> Register(std::shared_ptr<const Context> context,
                                                           void* base, size_t length);
+  // Allocates `length` bytes through UCX (UCP_MEM_MAP_ALLOCATE) and registers them. UCX takes
+  // them from its shared-memory domains first (sysv, then posix: UCX_ALLOC_PRIO), which are the
+  // only memory a peer process on this host can map: its gets from such a region are a memcpy
+  // (UCX's sysv/posix transports); from registered memory, such an endpoint emulates it with
+  // active messages.
+  static absl::StatusOr<std::unique_ptr<Memory>> Allocate(std::shared_ptr<const Context> context,
+                                                          size_t length);
   ~Memory();
   Memory(const Memory&) = delete;
   Memory& operator=(const Memory&) = delete;

@@ -4,11 +4,13 @@
 // only the other node holds (lookup at its home, fetch lease, RMA get into the worker's block,
 // checksum), and Loads of --batch such pages at once (one lookup per home and one lease per
 // holder for the batch, the gets in flight together, each page verified as the next moves).
-// With --tls sm, ucx_perftest also runs on cma alone: UCX's sm get of memory it did not
-// allocate itself (kvtier's DRAM pool is the store's memfd) is a cma get.
+// Over shared memory (--tls sm) a holder copies each page into staging slots UCX allocated in
+// its shared-memory domain, and the reader's get is a memcpy from there (UCX's sysv/posix lane),
+// as ucx_perftest's is from the buffer it allocates the same way. The contenders run in
+// alternating rounds (--rounds), and medians are reported, with the median of per-round ratios.
 //
-//   kvtierctl bench cluster [--json] [--pages N] [--iterations N] [--batch N] [--tls tcp]
-//                           [--kvtierd BIN] [--mooncake_python PY]
+//   kvtierctl bench cluster [--json] [--pages N] [--iterations N] [--rounds N] [--batch N]
+//                           [--tls tcp|sm] [--kvtierd BIN] [--mooncake_python PY]
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -31,6 +33,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "client/client.h"
 #include "client/kvtierctl/commands.h"
@@ -43,6 +46,7 @@ struct ClusterArgs {
   uint32_t pages = 32;
   uint32_t iterations = 200;
   uint32_t batch = 16;  // pages per Load in the batch figure
+  uint32_t rounds = 5;  // alternating rounds of every contender; medians are reported
   uint64_t page_bytes = 2 << 20;
   std::string tls = "tcp";
   std::string kvtierd;
@@ -125,6 +129,28 @@ double Percentile(std::vector<double> v, double q) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
   return v[std::min(v.size() - 1, static_cast<size_t>(q * static_cast<double>(v.size())))];
+}
+
+struct Figures {
+  double gb_s = 0, p50_us = 0, p99_us = 0;
+};
+
+double Median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 == 1 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+// Each figure's median over rounds, taken separately.
+Figures MedianFigures(const std::vector<Figures>& v) {
+  std::vector<double> g, p50, p99;
+  for (const Figures& f : v) {
+    g.push_back(f.gb_s);
+    p50.push_back(f.p50_us);
+    p99.push_back(f.p99_us);
+  }
+  return {Median(g), Median(p50), Median(p99)};
 }
 
 // ucx_perftest ucp_get of `bytes` on `tls` over loopback: overall MB/s and p50 latency (us).
@@ -258,13 +284,18 @@ int Run(const ClusterArgs& a) {
       std::fprintf(stderr, "bench cluster: B never saw A's pages (logs in %s)\n", dir.c_str());
       return 1;
     }
+    if (!a.json) {
+      std::printf(
+          "bench cluster: %u rounds of %u remote loads of %llu-byte pages over UCX %s (seed "
+          "%llu)\n",
+          a.rounds, a.iterations, static_cast<unsigned long long>(a.page_bytes), a.tls.c_str(),
+          static_cast<unsigned long long>(seed));
+      std::fflush(stdout);
+    }
     // Loads of `batch` pages each (keys in order, wrapping), into blocks 1..batch, until
-    // `iterations` pages moved; every page is compared byte for byte once. Returns GB/s and the
-    // per-Load latencies.
+    // `iterations` pages moved; every page is compared byte for byte once (that check is not
+    // timed). Returns GB/s and the per-Load latencies.
     std::vector<std::byte> got(a.page_bytes);
-    struct Figures {
-      double gb_s = 0, p50_us = 0, p99_us = 0;
-    };
     auto measure = [&](uint32_t batch) -> std::optional<Figures> {
       const uint32_t loads = std::max(1u, a.iterations / batch), warmup = 10;
       std::vector<double> lat_us;
@@ -272,6 +303,7 @@ int Run(const ClusterArgs& a) {
       std::vector<uint32_t> blocks(batch);
       for (uint32_t j = 0; j < batch; ++j) blocks[j] = 1 + j;
       auto t0 = std::chrono::steady_clock::now();
+      double check_secs = 0;
       for (uint32_t i = 0; i < warmup + loads; ++i) {
         if (i == warmup) t0 = std::chrono::steady_clock::now();
         for (uint32_t j = 0; j < batch; ++j) k[j] = keys[(i * batch + j) % a.pages];
@@ -298,81 +330,115 @@ int Run(const ClusterArgs& a) {
             }
           }
         }
-        if (i >= warmup) lat_us.push_back(std::chrono::duration<double, std::micro>(e - s).count());
+        if (i >= warmup) {
+          lat_us.push_back(std::chrono::duration<double, std::micro>(e - s).count());
+          check_secs += std::chrono::duration<double>(std::chrono::steady_clock::now() - e).count();
+        }
       }
       const double secs =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() - check_secs;
       Figures f;
       f.gb_s = static_cast<double>(a.page_bytes) * batch * loads / secs / 1e9;
       f.p50_us = Percentile(lat_us, 0.5);
       f.p99_us = Percentile(lat_us, 0.99);
       return f;
     };
-    const std::optional<Figures> one = measure(1);
-    const std::optional<Figures> many = one.has_value() ? measure(a.batch) : std::nullopt;
-    if (!one.has_value() || !many.has_value()) return 1;
-    const double gbps = one->gb_s, p50 = one->p50_us, p99 = one->p99_us;
-    ca.reset();
-    cb.reset();
-    nodes.clear();
-    double perf_mb_s = 0, perf_p50 = 0, cma_mb_s = 0, cma_p50 = 0;
-    const bool perf = UcxPerftest(a, a.tls, &perf_mb_s, &perf_p50);
-    const bool cma = a.tls == "sm" && UcxPerftest(a, "cma,tcp", &cma_mb_s, &cma_p50);
-    const double cma_gbps = cma_mb_s * 1024 * 1024 / 1e9;
-    const std::string cma_json = cma ? absl::StrCat("{\"gb_s\":", absl::SixDigits(cma_gbps),
-                                                    ",\"p50_us\":", absl::SixDigits(cma_p50), "}")
-                                     : "null";
-    const MooncakeFigures mc = Mooncake(a);
-    const std::string mc_json =
-        mc.ok ? absl::StrCat("{\"protocol\":\"tcp\",\"gb_s\":", mc.gb_s, ",\"p50_us\":", mc.p50_us,
-                             ",\"p99_us\":", mc.p99_us, "}")
-              : "null";
-    const double perf_gbps = perf_mb_s * 1024 * 1024 / 1e9;  // ucx_perftest's MB is MiB
+    // Rounds alternate the contenders (kvtier 1 page, kvtier a batch, ucx_perftest, Mooncake),
+    // so a noisy moment on a shared machine lands in one round of each, not on one contender;
+    // medians and the median of per-round ratios are reported.
+    std::vector<Figures> one, many, perf, mc;
+    std::vector<double> r_one_perf, r_many_perf, r_one_mc, r_many_mc;
+    for (uint32_t round = 0; round < a.rounds; ++round) {
+      const std::optional<Figures> o = measure(1);
+      const std::optional<Figures> m = o.has_value() ? measure(a.batch) : std::nullopt;
+      if (!o.has_value() || !m.has_value()) return 1;
+      one.push_back(*o);
+      many.push_back(*m);
+      double perf_mb_s = 0, perf_p50 = 0;
+      if (UcxPerftest(a, a.tls, &perf_mb_s, &perf_p50)) {
+        perf.push_back({perf_mb_s * 1024 * 1024 / 1e9, perf_p50, 0});  // its MB is MiB
+        r_one_perf.push_back(o->gb_s / perf.back().gb_s);
+        r_many_perf.push_back(m->gb_s / perf.back().gb_s);
+      }
+      const MooncakeFigures f = Mooncake(a);
+      if (f.ok) {
+        mc.push_back({f.gb_s, f.p50_us, f.p99_us});
+        r_one_mc.push_back(o->gb_s / f.gb_s);
+        r_many_mc.push_back(m->gb_s / f.gb_s);
+      }
+      if (!a.json) {
+        std::printf(
+            "  round %u: kvtier %.3f GB/s (1 page), %.3f GB/s (%u pages); ucx_perftest %s;"
+            " Mooncake %s\n",
+            round + 1, o->gb_s, m->gb_s, a.batch,
+            perf.size() == round + 1 ? absl::StrFormat("%.3f GB/s", perf.back().gb_s).c_str()
+                                     : "did not run",
+            mc.size() == round + 1 ? absl::StrFormat("%.3f GB/s", mc.back().gb_s).c_str()
+                                   : "not run");
+        std::fflush(stdout);
+      }
+    }
+    const Figures one_m = MedianFigures(one), many_m = MedianFigures(many),
+                  perf_m = MedianFigures(perf), mc_m = MedianFigures(mc);
+    const double ratio_one_perf = Median(r_one_perf), ratio_many_perf = Median(r_many_perf);
+    const double ratio_one_mc = Median(r_one_mc), ratio_many_mc = Median(r_many_mc);
     utsname u{};
     ::uname(&u);
     if (a.json) {
+      auto rounds = [](const std::vector<Figures>& v) {
+        std::string out = "[";
+        for (size_t i = 0; i < v.size(); ++i) {
+          absl::StrAppend(&out, i ? "," : "", absl::StrFormat("%.4f", v[i].gb_s));
+        }
+        return out + "]";
+      };
+      const std::string mc_json =
+          mc.empty() ? "null"
+                     : absl::StrFormat(
+                           "{\"protocol\":\"tcp\",\"gb_s\":%.4f,\"p50_us\":%.1f,\"p99_us\":%.1f,"
+                           "\"rounds_gb_s\":%s}",
+                           mc_m.gb_s, mc_m.p50_us, mc_m.p99_us, rounds(mc));
       std::printf(
           "{\"bench\":\"cluster\",\"machine\":\"%s %s\",\"cpus\":%u,\"tls\":\"%s\","
-          "\"page_bytes\":%llu,\"iterations\":%u,\"seed\":%llu,"
-          "\"kvtier_remote_fetch\":{\"gb_s\":%.4f,\"p50_us\":%.1f,\"p99_us\":%.1f},"
+          "\"page_bytes\":%llu,\"iterations\":%u,\"rounds\":%u,\"seed\":%llu,"
+          "\"kvtier_remote_fetch\":{\"gb_s\":%.4f,\"p50_us\":%.1f,\"p99_us\":%.1f,"
+          "\"rounds_gb_s\":%s},"
           "\"kvtier_remote_fetch_batch\":{\"pages_per_load\":%u,\"gb_s\":%.4f,"
-          "\"p50_us_per_load\":%.1f,\"p99_us_per_load\":%.1f},"
-          "\"ucx_perftest_get\":{\"ok\":%s,\"gb_s\":%.4f,\"p50_us\":%.1f},"
-          "\"ucx_perftest_get_cma\":%s,"
+          "\"p50_us_per_load\":%.1f,\"p99_us_per_load\":%.1f,\"rounds_gb_s\":%s},"
+          "\"ucx_perftest_get\":{\"ok\":%s,\"gb_s\":%.4f,\"p50_us\":%.1f,\"rounds_gb_s\":%s},"
           "\"ratio_kvtier_over_ucx_perftest\":%.3f,\"ratio_kvtier_batch_over_ucx_perftest\":%.3f,"
           "\"mooncake_get_into\":%s,"
           "\"ratio_kvtier_over_mooncake\":%.3f,\"ratio_kvtier_batch_over_mooncake\":%.3f}\n",
           u.nodename, u.release, std::thread::hardware_concurrency(), a.tls.c_str(),
-          static_cast<unsigned long long>(a.page_bytes), a.iterations,
-          static_cast<unsigned long long>(seed), gbps, p50, p99, a.batch, many->gb_s, many->p50_us,
-          many->p99_us, perf ? "true" : "false", perf_gbps, perf_p50, cma_json.c_str(),
-          perf_gbps > 0 ? gbps / perf_gbps : 0.0, perf_gbps > 0 ? many->gb_s / perf_gbps : 0.0,
-          mc_json.c_str(), mc.ok ? gbps / mc.gb_s : 0.0, mc.ok ? many->gb_s / mc.gb_s : 0.0);
+          static_cast<unsigned long long>(a.page_bytes), a.iterations, a.rounds,
+          static_cast<unsigned long long>(seed), one_m.gb_s, one_m.p50_us, one_m.p99_us,
+          rounds(one).c_str(), a.batch, many_m.gb_s, many_m.p50_us, many_m.p99_us,
+          rounds(many).c_str(), perf.empty() ? "false" : "true", perf_m.gb_s, perf_m.p50_us,
+          rounds(perf).c_str(), ratio_one_perf, ratio_many_perf, mc_json.c_str(), ratio_one_mc,
+          ratio_many_mc);
     } else {
-      std::printf("bench cluster: %u remote loads of %llu-byte pages over UCX %s (seed %llu)\n",
-                  a.iterations, static_cast<unsigned long long>(a.page_bytes), a.tls.c_str(),
-                  static_cast<unsigned long long>(seed));
+      std::printf("  medians of %u rounds:\n", a.rounds);
       std::printf("  kvtier remote fetch : %.3f GB/s, p50 %.0f us, p99 %.0f us (1 page a Load)\n",
-                  gbps, p50, p99);
+                  one_m.gb_s, one_m.p50_us, one_m.p99_us);
       std::printf(
           "  kvtier remote fetch : %.3f GB/s, p50 %.0f us, p99 %.0f us a Load (%u pages a "
           "Load)\n",
-          many->gb_s, many->p50_us, many->p99_us, a.batch);
-      std::printf("  ucx_perftest ucp_get: %.3f GB/s, p50 %.0f us%s\n", perf_gbps, perf_p50,
-                  perf ? "" : " (did not run)");
-      if (cma) {
-        std::printf("  ucx_perftest ucp_get on cma alone: %.3f GB/s, p50 %.0f us\n", cma_gbps,
-                    cma_p50);
+          many_m.gb_s, many_m.p50_us, many_m.p99_us, a.batch);
+      std::printf("  ucx_perftest ucp_get: %.3f GB/s, p50 %.0f us%s\n", perf_m.gb_s, perf_m.p50_us,
+                  perf.empty() ? " (did not run)" : "");
+      if (!perf.empty()) {
+        std::printf(
+            "  ratio kvtier / ucx_perftest (median of rounds): %.3f (1 page), %.3f (%u "
+            "pages)\n",
+            ratio_one_perf, ratio_many_perf, a.batch);
       }
-      if (perf_gbps > 0) {
-        std::printf("  ratio kvtier / ucx_perftest: %.3f (1 page), %.3f (%u pages)\n",
-                    gbps / perf_gbps, many->gb_s / perf_gbps, a.batch);
-      }
-      if (mc.ok) {
-        std::printf("  Mooncake get_into   : %.3f GB/s, p50 %.0f us, p99 %.0f us (TCP)\n", mc.gb_s,
-                    mc.p50_us, mc.p99_us);
-        std::printf("  ratio kvtier / Mooncake: %.2f (1 page), %.2f (%u pages)\n", gbps / mc.gb_s,
-                    many->gb_s / mc.gb_s, a.batch);
+      if (!mc.empty()) {
+        std::printf("  Mooncake get_into   : %.3f GB/s, p50 %.0f us, p99 %.0f us (TCP)\n",
+                    mc_m.gb_s, mc_m.p50_us, mc_m.p99_us);
+        std::printf(
+            "  ratio kvtier / Mooncake (median of rounds): %.2f (1 page), %.2f (%u "
+            "pages)\n",
+            ratio_one_mc, ratio_many_mc, a.batch);
       } else {
         std::printf("  Mooncake get_into   : not run (--mooncake_python PYTHON)\n");
       }
@@ -380,7 +446,7 @@ int Run(const ClusterArgs& a) {
     rc = 0;
   }
   std::error_code ec;
-  std::filesystem::remove_all(dir, ec);
+  if (std::getenv("KVTIER_BENCH_KEEP") == nullptr) std::filesystem::remove_all(dir, ec);
   return rc;
 }
 
@@ -401,6 +467,8 @@ int RunBenchCluster(int argc, char** argv) {
     } else if ((arg == "--pages" && absl::SimpleAtoi(next(), &a.pages) && a.pages > 0) ||
                (arg == "--iterations" && absl::SimpleAtoi(next(), &a.iterations) &&
                 a.iterations > 0) ||
+               (arg == "--rounds" && absl::SimpleAtoi(next(), &a.rounds) && a.rounds > 0 &&
+                a.rounds <= 100) ||
                (arg == "--batch" && absl::SimpleAtoi(next(), &a.batch) && a.batch > 0 &&
                 a.batch <= 256) ||
                (arg == "--page-bytes" && absl::SimpleAtoi(next(), &a.page_bytes))) {
@@ -414,7 +482,7 @@ int RunBenchCluster(int argc, char** argv) {
     } else {
       std::fprintf(
           stderr,
-          "usage: kvtierctl bench cluster [--json] [--pages N] [--iterations N] "
+          "usage: kvtierctl bench cluster [--json] [--pages N] [--iterations N] [--rounds N] "
           "[--batch N] [--page-bytes N] [--tls tcp|sm] [--kvtierd BIN] [--mooncake_python PY]\n");
       return 2;
     }

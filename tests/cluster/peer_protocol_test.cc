@@ -20,11 +20,13 @@ TEST(PeerProtocol, RoundTripsEveryType) {
   all.push_back({MsgType::kRelease, 0, Release{5}});
   all.push_back({MsgType::kAck, 7, Ack{5, "not found"}});
   all.push_back({MsgType::kFetchBatch, 11, FetchBatch{"ns", {{1, 2}, {3, 4}}}});
+  all.push_back({MsgType::kFetchBatch, 11, FetchBatch{"ns", {{1, 2}}, kFetchLendShared}});
   all.push_back({MsgType::kFetchBatchReply, 11,
                  FetchBatchReply{9,
                                  {"dram-rkey", "staging-rkey"},
                                  {FetchEntry{0, {1, 2}, 2 << 20, 77, 0x2000, 1, 1, 3},
-                                  FetchEntry{5, {3, 4}, 0, 0, 0, 0, 0, 0}}}});
+                                  FetchEntry{5, {3, 4}, 0, 0, 0, 0, 0, 0}},
+                                 1}});
   all.push_back({MsgType::kPush, 12, Push{"ns", "node-a", {{7, 8}}}});
   all.push_back({MsgType::kAuthHello, 0, AuthHello{{1, 2}}});
   all.push_back({MsgType::kAuthChallenge, 0, AuthChallenge{{3, 4}, std::string(32, 'm')}});
@@ -71,6 +73,14 @@ TEST(PeerProtocol, RefusesWhatDoesNotFit) {
                FetchBatchReply{1, {"k"}, {FetchEntry{0, {1, 2}, 8, 0, 0, 1}}}});
   s = Decode(batch).status();
   EXPECT_NE(s.message().find("rkey_index 1"), std::string::npos) << s;
+  // A shared lend region that names a remote key the reply did not send.
+  s = Decode(*Encode({MsgType::kFetchBatchReply, 3, FetchBatchReply{1, {"k"}, {}, 1}})).status();
+  EXPECT_NE(s.message().find("shared_rkey_index 1"), std::string::npos) << s;
+  // The flags round-trip.
+  absl::StatusOr<Message> fb =
+      Decode(*Encode({MsgType::kFetchBatch, 4, FetchBatch{"ns", {{1, 2}}, kFetchLendShared}}));
+  ASSERT_TRUE(fb.ok()) << fb.status();
+  EXPECT_EQ(std::get<FetchBatch>(fb->body).flags, kFetchLendShared);
   // A body that does not match its type cannot be encoded.
   EXPECT_FALSE(Encode({MsgType::kFetch, 1, Ack{}}).ok());
 }

@@ -70,6 +70,110 @@ TEST_P(PeerTransportTest, CallAndGet) {
   region->reset();
 }
 
+// A region UCX allocated: gets from it land like any, and a peer in another process of this
+// host (here: another worker) maps it exactly when shared memory is among the transports (its gets
+// are then a memcpy; kvtierd asks such a holder to lend through its allocated staging slots).
+// Registered memory (a heap buffer) never maps.
+TEST_P(PeerTransportTest, AllocatedRegionMapsOverSharedMemoryOnly) {
+  const uint64_t seed = std::random_device{}();
+  std::printf("seed %llu\n", static_cast<unsigned long long>(seed));
+  std::mt19937_64 rng(seed);
+  auto server = PeerTransport::Create(Loopback(GetParam()), EchoAck);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = PeerTransport::Create(Loopback(GetParam()), EchoAck);
+  ASSERT_TRUE(client.ok()) << client.status();
+  const size_t len = 2 << 20;
+  auto shared = (*server)->Allocate(len);
+  ASSERT_TRUE(shared.ok()) << shared.status();
+  ASSERT_GE((*shared)->length(), len);
+  for (size_t i = 0; i < len; ++i) (*shared)->base()[i] = static_cast<std::byte>(rng());
+  std::vector<std::byte> heap(len);
+  auto registered = (*server)->Register(heap.data(), heap.size());
+  ASSERT_TRUE(registered.ok()) << registered.status();
+
+  // A call first: the endpoint is wired up when keys are unpacked on it.
+  peer::Message m;
+  m.type = peer::MsgType::kDirAdd;
+  m.body = peer::DirUpdate{"ns", "n", {}};
+  ASSERT_TRUE((*client)->Call(Addr(**server), m, absl::Seconds(10)).ok());
+  const uint64_t at = reinterpret_cast<uint64_t>((*shared)->base());
+  auto maps = (*client)->Mappable(Addr(**server), (*shared)->packed_rkey(), at, absl::Seconds(10));
+  ASSERT_TRUE(maps.ok()) << maps.status();
+  EXPECT_EQ(*maps, GetParam() != "tcp") << GetParam();
+  auto heap_maps = (*client)->Mappable(Addr(**server), (*registered)->packed_rkey(),
+                                       reinterpret_cast<uint64_t>(heap.data()), absl::Seconds(10));
+  ASSERT_TRUE(heap_maps.ok()) << heap_maps.status();
+  EXPECT_FALSE(*heap_maps);
+  // And UCX reads it over a shared-memory lane: the endpoint has sysv or posix get lanes on sm
+  // (UCX 1.13 leaves them out of endpoints that handle peer failure unless the context says
+  // MM_ERROR_HANDLING, which ucx::Context does).
+  auto info = (*client)->EndpointInfo(Addr(**server), absl::Seconds(10));
+  ASSERT_TRUE(info.ok()) << info.status();
+  const bool mm_lane =
+      info->find("sysv/") != std::string::npos || info->find("posix/") != std::string::npos;
+  EXPECT_EQ(mm_lane, GetParam() != "tcp") << *info;
+
+  // Twice through the same (cached) remote key, into unregistered memory.
+  std::vector<std::byte> landing(len);
+  for (int round = 0; round < 2; ++round) {
+    std::fill(landing.begin(), landing.end(), std::byte{0});
+    std::vector<RemoteRead> reads = {
+        {at, 0, landing.data(), len / 2, 0, nullptr},
+        {at + len / 2, 0, landing.data() + len / 2, len / 2, 1, nullptr}};
+    auto batch = (*client)->StartGets(Addr(**server), {(*shared)->packed_rkey()}, std::move(reads),
+                                      2, absl::Seconds(10));
+    ASSERT_TRUE(batch.ok()) << batch.status();
+    ASSERT_TRUE((*batch)->Wait(0).ok());
+    ASSERT_TRUE((*batch)->Wait(1).ok());
+    batch->reset();
+    EXPECT_EQ(std::memcmp(landing.data(), (*shared)->base(), len), 0) << "round " << round;
+  }
+  client->reset();  // endpoints (and their keys) before the regions they name
+  shared->reset();
+  registered->reset();
+}
+
+// Request types marked inline are answered on the progress thread, the rest on handler
+// threads; both replies reach the caller.
+TEST_P(PeerTransportTest, InlineTypesAreAnsweredOnTheProgressThread) {
+  absl::Mutex mu;
+  std::thread::id query_thread, update_thread;
+  PeerTransportOptions o = Loopback(GetParam());
+  o.inline_types = {peer::MsgType::kDirQuery};
+  auto server = PeerTransport::Create(o, [&](const peer::Message& req) {
+    absl::MutexLock lock(&mu);
+    (req.type == peer::MsgType::kDirQuery ? query_thread : update_thread) =
+        std::this_thread::get_id();
+    peer::Message r;
+    if (req.type == peer::MsgType::kDirQuery) {
+      r.type = peer::MsgType::kDirQueryReply;
+      r.body = peer::DirQueryReply{{{"holder-x"}}};
+    } else {
+      r = EchoAck(req);
+    }
+    return std::optional<peer::Message>(r);
+  });
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = PeerTransport::Create(Loopback(GetParam()), EchoAck);
+  ASSERT_TRUE(client.ok()) << client.status();
+  peer::Message q;
+  q.type = peer::MsgType::kDirQuery;
+  q.body = peer::DirQuery{"ns", {{1, 2}}};
+  auto qr = (*client)->Call(Addr(**server), q, absl::Seconds(10));
+  ASSERT_TRUE(qr.ok()) << qr.status();
+  EXPECT_EQ(std::get<peer::DirQueryReply>(qr->body).holders[0][0], "holder-x");
+  peer::Message u;
+  u.type = peer::MsgType::kDirAdd;
+  u.body = peer::DirUpdate{"ns", "n", {{3, 4}}};
+  auto ur = (*client)->Call(Addr(**server), u, absl::Seconds(10));
+  ASSERT_TRUE(ur.ok()) << ur.status();
+  EXPECT_EQ(std::get<peer::Ack>(ur->body).error, "ns/n/1");
+  absl::MutexLock lock(&mu);
+  EXPECT_NE(query_thread, std::thread::id());
+  EXPECT_NE(update_thread, std::thread::id());
+  EXPECT_NE(query_thread, update_thread);
+}
+
 TEST_P(PeerTransportTest, DeadPeerFailsFastAndTimeoutsHold) {
   auto client = PeerTransport::Create(Loopback(GetParam()), EchoAck);
   ASSERT_TRUE(client.ok()) << client.status();

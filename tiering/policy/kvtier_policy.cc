@@ -76,6 +76,55 @@ double KvtierPolicy::ChainProbability(const PageEntry& e, int cls) const {
   return p;
 }
 
+double KvtierPolicy::Level(double beta, double p_chain, int tier) const {
+  const double height = static_cast<double>(kNumTiers - 1 - tier);
+  const double c =
+      beta * std::log2(p_chain) + log_saved_[tier].second + options_.hysteresis * height;
+  return std::clamp(std::floor(c / kLevelWidth), -kPrefixLevels / 2.0, kPrefixLevels / 2.0 - 1) *
+         kLevelWidth;
+}
+
+double KvtierPolicy::UndoDrop(const Node& node) const {
+  // drop key = V + w x level + tie + bonus; the rank is V + level + tie.
+  const double bonus = node.count >= 2 ? options_.drop_proven_bonus : 0.0;
+  return node.rank - bonus +
+         (1 - options_.drop_reuse_weight) * Level(beta(), node.p_chain, TierIndex(node.tier));
+}
+
+void KvtierPolicy::Rerank(int only_tier, double old_beta) {
+  std::vector<std::pair<double, PageKey>> moved;
+  for (int ti = 0; ti < kNumTiers; ++ti) {
+    if (only_tier >= 0 && ti != only_tier) continue;
+    TierSets& t = tiers_[ti];
+    moved.clear();
+    for (int l = 0; l <= kDropLevel; ++l) {
+      if (l == kMiscLevel || t.levels[l].empty()) continue;
+      t.heads.erase({t.levels[l].begin()->first, static_cast<uint16_t>(l)});
+      moved.insert(moved.end(), t.levels[l].begin(), t.levels[l].end());
+      t.levels[l].clear();
+    }
+    const double w = options_.drop_reuse_weight;
+    for (const auto& [rank, key] : moved) {
+      Node& node = nodes_.find(key)->second;
+      const double bonus = node.count >= 2 ? options_.drop_proven_bonus : 0.0;
+      // The tie-break (leaf first) is what is left of the old rank once its parts are removed.
+      const double tie =
+          node.level == kDropLevel
+              ? rank - node.virtual_last - bonus - w * Level(old_beta, node.p_chain, ti)
+              : rank - node.virtual_last - (node.level - kPrefixLevels / 2) * kLevelWidth;
+      const double level = Level(beta(), node.p_chain, ti);
+      if (ti == drop_tier_) {
+        node.rank = node.virtual_last + w * level + tie + bonus;
+        node.level = kDropLevel;
+      } else {
+        node.rank = node.virtual_last + level + tie;
+        node.level = static_cast<uint16_t>(std::lround(level / kLevelWidth) + kPrefixLevels / 2);
+      }
+      Insert(static_cast<Tier>(ti), node.level, node.rank, key);
+    }
+  }
+}
+
 std::pair<double, int> KvtierPolicy::RankAndLevel(const Node& node, const PageEntry& e) const {
   const double height = static_cast<double>(kNumTiers - 1 - TierIndex(e.tier));
   if (RanksByReuse(e) && e.cls != PageClass::kSink) {
@@ -96,6 +145,11 @@ std::pair<double, int> KvtierPolicy::RankAndLevel(const Node& node, const PageEn
       // hang from stays longest and the deeper one goes first: chains are cut leaf first.
       const double tie =
           1e-9 * (static_cast<double>(e.cached_children) - static_cast<double>(e.position));
+      if (TierIndex(e.tier) == drop_tier_) {
+        const double bonus = node.count >= 2 ? options_.drop_proven_bonus : 0.0;
+        return {node.virtual_last + options_.drop_reuse_weight * q * kLevelWidth + tie + bonus,
+                kDropLevel};
+      }
       return {q * kLevelWidth + node.virtual_last + tie, static_cast<int>(q) + kPrefixLevels / 2};
     }
     return {kWorthlessRank + options_.hysteresis * height, kMiscLevel};
@@ -135,6 +189,12 @@ void KvtierPolicy::Erase(Tier tier, int level, double rank, const PageKey& key) 
 }
 
 void KvtierPolicy::Place(const PageKey& key, Node& node, const PageEntry& e, bool fresh) {
+  if (const int ti = TierIndex(e.tier); ti > drop_tier_) {
+    // A page below the drop tier: that tier is the lowest now; the old one gets the plain order.
+    const int old = drop_tier_;
+    drop_tier_ = ti;
+    if (old >= 0) Rerank(old, beta());
+  }
   const auto [rank, level] = RankAndLevel(node, e);
   if (!fresh) {
     if (node.tier == e.tier && node.rank == rank && node.level == level) return;
@@ -198,10 +258,12 @@ void KvtierPolicy::Observe(const PageKey& key, const PageEntry& e) {
     const double reference = options_.reference_tokens / options_.prefill_tokens_per_s;
     const double saved = SavedSeconds(Tier::kHbm, e.stats.tokens);
     if (saved > 0) {
+      const double before = beta();
       duel_.Observe(
           key, root, continues, node.virtual_last, std::log2(p), std::log2(saved / reference),
           1e-9 * (static_cast<double>(e.cached_children) - static_cast<double>(e.position)),
           e.stats.tokens, nodes_.size());
+      if (beta() != before) Rerank(-1, before);
     }
   }
 }
@@ -314,9 +376,15 @@ void KvtierPolicy::MostValuable(Tier tier, size_t count,
   }
 }
 
-double KvtierPolicy::Value(const PageKey& key) const {
+double KvtierPolicy::OrderKey(const PageKey& key) const {
   auto it = nodes_.find(key);
   return it == nodes_.end() ? 0.0 : it->second.rank;
+}
+
+double KvtierPolicy::Value(const PageKey& key) const {
+  auto it = nodes_.find(key);
+  if (it == nodes_.end()) return 0.0;
+  return it->second.level == kDropLevel ? UndoDrop(it->second) : it->second.rank;
 }
 
 }  // namespace kvtier

@@ -80,47 +80,44 @@ double KvtierPolicy::Level(double beta, double p_chain, int tier) const {
   const double height = static_cast<double>(kNumTiers - 1 - tier);
   const double c =
       beta * std::log2(p_chain) + log_saved_[tier].second + options_.hysteresis * height;
-  return std::clamp(std::floor(c / kLevelWidth), -kPrefixLevels / 2.0, kPrefixLevels / 2.0 - 1) *
-         kLevelWidth;
+  return std::floor(c / kLevelWidth);
+}
+
+int KvtierPolicy::LevelIndex(double q, bool drop, uint8_t count) const {
+  if (drop) {
+    // The drop key's time-invariant part, on the same grid.
+    const double bonus = count >= 2 ? options_.drop_proven_bonus : 0.0;
+    q = std::floor((options_.drop_reuse_weight * q * kLevelWidth + bonus) / kLevelWidth);
+  }
+  return static_cast<int>(std::clamp(q, -kPrefixLevels / 2.0, kPrefixLevels / 2.0 - 1)) +
+         kPrefixLevels / 2;
 }
 
 double KvtierPolicy::UndoDrop(const Node& node) const {
-  // drop key = V + w x level + tie + bonus; the rank is V + level + tie.
-  const double bonus = node.count >= 2 ? options_.drop_proven_bonus : 0.0;
-  return node.rank - bonus +
-         (1 - options_.drop_reuse_weight) * Level(beta(), node.p_chain, TierIndex(node.tier));
+  // Both ranks are V + level + tie: swap the drop level for the plain one.
+  const int plain = LevelIndex(Level(beta(), node.p_chain, TierIndex(node.tier)), false, 0);
+  return node.rank + (plain - node.level) * kLevelWidth;
 }
 
-void KvtierPolicy::Rerank(int only_tier, double old_beta) {
+void KvtierPolicy::Rerank(int only_tier) {
   std::vector<std::pair<double, PageKey>> moved;
   for (int ti = 0; ti < kNumTiers; ++ti) {
     if (only_tier >= 0 && ti != only_tier) continue;
     TierSets& t = tiers_[ti];
     moved.clear();
-    for (int l = 0; l <= kDropLevel; ++l) {
-      if (l == kMiscLevel || t.levels[l].empty()) continue;
+    for (int l = 0; l < kPrefixLevels; ++l) {
+      if (t.levels[l].empty()) continue;
       t.heads.erase({t.levels[l].begin()->first, static_cast<uint16_t>(l)});
       moved.insert(moved.end(), t.levels[l].begin(), t.levels[l].end());
       t.levels[l].clear();
     }
-    const double w = options_.drop_reuse_weight;
     for (const auto& [rank, key] : moved) {
       Node& node = nodes_.find(key)->second;
-      const double bonus = node.count >= 2 ? options_.drop_proven_bonus : 0.0;
-      // The tie-break (leaf first) is what is left of the old rank once its parts are removed.
-      const double tie =
-          node.level == kDropLevel
-              ? rank - node.virtual_last - bonus - w * Level(old_beta, node.p_chain, ti)
-              : rank - node.virtual_last - (node.level - kPrefixLevels / 2) * kLevelWidth;
-      const double level = Level(beta(), node.p_chain, ti);
-      if (ti == drop_tier_) {
-        node.rank = node.virtual_last + w * level + tie + bonus;
-        node.level = kDropLevel;
-      } else {
-        node.rank = node.virtual_last + level + tie;
-        node.level = static_cast<uint16_t>(std::lround(level / kLevelWidth) + kPrefixLevels / 2);
-      }
-      Insert(static_cast<Tier>(ti), node.level, node.rank, key);
+      const int level = LevelIndex(Level(beta(), node.p_chain, ti), ti == drop_tier_, node.count);
+      // V and the tie-break (leaf first) stay; only the level moves.
+      node.rank = rank + (level - node.level) * kLevelWidth;
+      node.level = static_cast<uint16_t>(level);
+      Insert(static_cast<Tier>(ti), level, node.rank, key);
     }
   }
 }
@@ -139,18 +136,13 @@ std::pair<double, int> KvtierPolicy::RankAndLevel(const Node& node, const PageEn
     }
     if (log_saved > -HUGE_VAL) {
       const double c = beta() * std::log2(node.p_chain) + log_saved + options_.hysteresis * height;
-      const double q =
-          std::clamp(std::floor(c / kLevelWidth), -kPrefixLevels / 2.0, kPrefixLevels / 2.0 - 1);
+      const int level =
+          LevelIndex(std::floor(c / kLevelWidth), TierIndex(e.tier) == drop_tier_, node.count);
       // Among equals (one request's pages share their last use), the page more cached pages
       // hang from stays longest and the deeper one goes first: chains are cut leaf first.
       const double tie =
           1e-9 * (static_cast<double>(e.cached_children) - static_cast<double>(e.position));
-      if (TierIndex(e.tier) == drop_tier_) {
-        const double bonus = node.count >= 2 ? options_.drop_proven_bonus : 0.0;
-        return {node.virtual_last + options_.drop_reuse_weight * q * kLevelWidth + tie + bonus,
-                kDropLevel};
-      }
-      return {q * kLevelWidth + node.virtual_last + tie, static_cast<int>(q) + kPrefixLevels / 2};
+      return {(level - kPrefixLevels / 2) * kLevelWidth + node.virtual_last + tie, level};
     }
     return {kWorthlessRank + options_.hysteresis * height, kMiscLevel};
   }
@@ -168,7 +160,13 @@ void KvtierPolicy::Insert(Tier tier, int level, double rank, const PageKey& key)
   const bool new_head = set.empty() || rank < set.begin()->first ||
                         (rank == set.begin()->first && key < set.begin()->second);
   if (new_head && !set.empty()) t.heads.erase({set.begin()->first, static_cast<uint16_t>(level)});
-  set.insert({rank, key});
+  // A page's rank within its level is its last use: it nearly always goes to the level's end,
+  // where the hint saves the descent from the root.
+  if (!set.empty() && *std::prev(set.end()) < std::make_pair(rank, key)) {
+    set.insert(set.end(), {rank, key});
+  } else {
+    set.insert({rank, key});
+  }
   if (new_head) t.heads.insert({rank, static_cast<uint16_t>(level)});
   t.lowest = std::min(t.lowest, level);
   t.highest = std::max(t.highest, level);
@@ -193,7 +191,7 @@ void KvtierPolicy::Place(const PageKey& key, Node& node, const PageEntry& e, boo
     // A page below the drop tier: that tier is the lowest now; the old one gets the plain order.
     const int old = drop_tier_;
     drop_tier_ = ti;
-    if (old >= 0) Rerank(old, beta());
+    if (old >= 0) Rerank(old);
   }
   const auto [rank, level] = RankAndLevel(node, e);
   if (!fresh) {
@@ -263,7 +261,7 @@ void KvtierPolicy::Observe(const PageKey& key, const PageEntry& e) {
           key, root, continues, node.virtual_last, std::log2(p), std::log2(saved / reference),
           1e-9 * (static_cast<double>(e.cached_children) - static_cast<double>(e.position)),
           e.stats.tokens, nodes_.size());
-      if (beta() != before) Rerank(-1, before);
+      if (beta() != before) Rerank(-1);
     }
   }
 }
@@ -384,7 +382,9 @@ double KvtierPolicy::OrderKey(const PageKey& key) const {
 double KvtierPolicy::Value(const PageKey& key) const {
   auto it = nodes_.find(key);
   if (it == nodes_.end()) return 0.0;
-  return it->second.level == kDropLevel ? UndoDrop(it->second) : it->second.rank;
+  const Node& node = it->second;
+  const bool dropped = node.level < kMiscLevel && TierIndex(node.tier) == drop_tier_;
+  return dropped ? UndoDrop(node) : node.rank;
 }
 
 }  // namespace kvtier

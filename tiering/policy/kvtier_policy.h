@@ -47,7 +47,8 @@
 //   17.06 % at a fixed beta 2 and 16.79 % at a fixed 4; 16.98 % re-ranked).
 // - The lowest tier of a hierarchy (the one a page leaves for good) orders its prefix pages by
 //   a drop key instead: V + drop_reuse_weight x (beta x log2(P) + ...) + drop_proven_bonus if the
-//   page has been asked for at least twice. A page dropped there is lost, and by the time it gets
+//   page has been asked for at least twice (its time-invariant part on the same 1/16 grid, so
+//   the drop tier keeps the levels below). A page dropped there is lost, and by the time it gets
 //   there it has outlived several inter-reuse gaps, so whether it was ever reused says more
 //   than its recency; upper tiers keep the score above (their victims are only demoted). The
 //   drop tier is the lowest tier that has held a page: HBM in a one-tier cache, where it is
@@ -193,10 +194,8 @@ class KvtierPolicy final : public PlacementPolicy {
   static constexpr double kLevelWidth = 1.0 / 16;
   static constexpr int kPrefixLevels = 1024;
   static constexpr int kMiscLevel = kPrefixLevels;
-  // Prefix pages of the drop tier, ordered exactly by their drop key.
-  static constexpr int kDropLevel = kPrefixLevels + 1;
   struct TierSets {
-    std::array<Ordered, kPrefixLevels + 2> levels;
+    std::array<Ordered, kPrefixLevels + 1> levels;
     // (smallest rank, level) of every non-empty level: the global order's merge front.
     absl::btree_set<std::pair<double, uint16_t>> heads;
     int lowest = kPrefixLevels + 1, highest = -1;  // non-empty levels lie within
@@ -207,13 +206,16 @@ class KvtierPolicy final : public PlacementPolicy {
   double ReuseTerm(const Node& node, const PageEntry& entry) const;
   double ChainProbability(const PageEntry& entry, int cls) const;
   void Observe(const PageKey& key, const PageEntry& entry);
-  // The quantised time-invariant part of a prefix page's rank in `tier` under `beta`.
+  // The time-invariant part of a prefix page's rank in `tier` under `beta`, in level widths
+  // (rounded down), and the level it puts the page in (`drop`: in the drop tier, where the level
+  // is that of the drop key, see above; `count`: the page's asked-for count).
   double Level(double beta, double p_chain, int tier) const;
-  // A drop-level page's rank as the other tiers would hold it, from its drop key.
+  int LevelIndex(double q, bool drop, uint8_t count) const;
+  // A drop-tier page's rank as the other tiers would hold it: the plain level for the drop one.
   double UndoDrop(const Node& node) const;
-  // Re-ranks every prefix page of the tier (tier < 0: of every tier) after beta moved from
-  // `old_beta` or the drop tier moved.
-  void Rerank(int tier, double old_beta);
+  // Re-ranks every prefix page of the tier (tier < 0: of every tier) after beta or the drop tier
+  // moved.
+  void Rerank(int tier);
   // (Re-)ranks the page in its current tier.
   void Place(const PageKey& key, Node& node, const PageEntry& entry, bool fresh);
   void Insert(Tier tier, int level, double rank, const PageKey& key);

@@ -52,7 +52,7 @@
 //   there it has outlived several inter-reuse gaps, so whether it was ever reused says more
 //   than its recency; upper tiers keep the score above (their victims are only demoted). The
 //   drop tier is the lowest tier that has held a page: HBM in a one-tier cache, where it is
-//   worth as much (17.13 % against 16.98 % at 5 % HBM, 28.50 against 27.72 % at 10 %). Value()
+//   worth as much (17.17 % against 16.98 % at 5 % HBM, 28.58 against 27.72 % at 10 %). Value()
 //   undoes the drop key, so the planner compares the same rank across tiers.
 //
 // Sinks (class kSink, from any source) rank above every other page: outside the reserved slots
@@ -111,8 +111,9 @@ struct KvtierPolicyOptions {
   ScoreDuelOptions duel;
   // The lowest tier's drop key (see above): weight of the time-invariant score against recency,
   // and the bonus, in units of tau, of a page asked for at least twice. Defaults 0.5 and 16,
-  // chosen on the public trace's tiered table only (0.25 and 0.75 each lose a column there to
-  // ARC or LFU; the bonus is flat from 8 to 256 there); 1 and 0 give the plain order.
+  // picked from a small grid looking at both prefix traces (bench/RESULTS.md, Session 13): 0.75
+  // loses a tiered column to ARC, 1 and 0 (the plain order) three; 0.25, and bonuses 8 or 64,
+  // also keep every column to the second decimal.
   double drop_reuse_weight = 0.5;
   double drop_proven_bonus = 16;
   double hbm_gbps = 3350;

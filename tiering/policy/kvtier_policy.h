@@ -43,10 +43,10 @@
 // - When beta moves, every cached prefix page is re-ranked with the new beta (O(n log n), at most
 //   once per duel period; it runs under the store's lock, about as long as one access per page,
 //   so a very large store pauses for it: not measured beyond the simulator's 44 K pages). Ranks
-//   placed under different betas are not comparable: a cache that
-//   kept them mixed ranked old pages by one score and new pages by another, which cost more than
-//   either beta alone (public trace, one tier, 5 % HBM: 16.45 % hit share with the duel against
-//   17.06 % at a fixed beta 2 and 16.79 % at a fixed 4; 16.98 % re-ranked).
+//   placed under different betas are not comparable: a cache that kept them mixed ranked old
+//   pages by one score and new pages by another, which cost more than either beta alone (public
+//   trace, one tier, 5 % HBM: 16.45 % hit share with the duel against 17.06 % at a fixed beta 2
+//   and 16.79 % at a fixed 4; 16.98 % re-ranked).
 // - The lowest tier of a hierarchy (the one a page leaves for good) orders its prefix pages by
 //   a drop key instead: V + drop_reuse_weight x (beta x log2(P) + ...) + drop_proven_bonus if the
 //   page has been asked for at least twice (its time-invariant part on the same 1/16 grid, so

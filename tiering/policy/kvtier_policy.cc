@@ -76,6 +76,52 @@ double KvtierPolicy::ChainProbability(const PageEntry& e, int cls) const {
   return p;
 }
 
+double KvtierPolicy::Level(double beta, double p_chain, int tier) const {
+  const double height = static_cast<double>(kNumTiers - 1 - tier);
+  const double c =
+      beta * std::log2(p_chain) + log_saved_[tier].second + options_.hysteresis * height;
+  return std::floor(c / kLevelWidth);
+}
+
+int KvtierPolicy::LevelIndex(double q, bool drop, uint8_t count) const {
+  if (drop) {
+    // The drop key's time-invariant part, on the same grid.
+    const double bonus = count >= 2 ? options_.drop_proven_bonus : 0.0;
+    q = std::floor((options_.drop_reuse_weight * q * kLevelWidth + bonus) / kLevelWidth);
+  }
+  return static_cast<int>(std::clamp(q, -kPrefixLevels / 2.0, kPrefixLevels / 2.0 - 1)) +
+         kPrefixLevels / 2;
+}
+
+double KvtierPolicy::UndoDrop(const Node& node) const {
+  // Both ranks are V + level + tie: swap the drop level for the plain one.
+  const int plain = LevelIndex(Level(beta(), node.p_chain, TierIndex(node.tier)), false, 0);
+  return node.rank + (plain - node.level) * kLevelWidth;
+}
+
+void KvtierPolicy::Rerank(int only_tier) {
+  std::vector<std::pair<double, PageKey>> moved;
+  for (int ti = 0; ti < kNumTiers; ++ti) {
+    if (only_tier >= 0 && ti != only_tier) continue;
+    TierSets& t = tiers_[ti];
+    moved.clear();
+    for (int l = 0; l < kPrefixLevels; ++l) {
+      if (t.levels[l].empty()) continue;
+      t.heads.erase({t.levels[l].begin()->first, static_cast<uint16_t>(l)});
+      moved.insert(moved.end(), t.levels[l].begin(), t.levels[l].end());
+      t.levels[l].clear();
+    }
+    for (const auto& [rank, key] : moved) {
+      Node& node = nodes_.find(key)->second;
+      const int level = LevelIndex(Level(beta(), node.p_chain, ti), ti == drop_tier_, node.count);
+      // V and the tie-break (leaf first) stay; only the level moves.
+      node.rank = rank + (level - node.level) * kLevelWidth;
+      node.level = static_cast<uint16_t>(level);
+      Insert(static_cast<Tier>(ti), level, node.rank, key);
+    }
+  }
+}
+
 std::pair<double, int> KvtierPolicy::RankAndLevel(const Node& node, const PageEntry& e) const {
   const double height = static_cast<double>(kNumTiers - 1 - TierIndex(e.tier));
   if (RanksByReuse(e) && e.cls != PageClass::kSink) {
@@ -90,13 +136,13 @@ std::pair<double, int> KvtierPolicy::RankAndLevel(const Node& node, const PageEn
     }
     if (log_saved > -HUGE_VAL) {
       const double c = beta() * std::log2(node.p_chain) + log_saved + options_.hysteresis * height;
-      const double q =
-          std::clamp(std::floor(c / kLevelWidth), -kPrefixLevels / 2.0, kPrefixLevels / 2.0 - 1);
+      const int level =
+          LevelIndex(std::floor(c / kLevelWidth), TierIndex(e.tier) == drop_tier_, node.count);
       // Among equals (one request's pages share their last use), the page more cached pages
       // hang from stays longest and the deeper one goes first: chains are cut leaf first.
       const double tie =
           1e-9 * (static_cast<double>(e.cached_children) - static_cast<double>(e.position));
-      return {q * kLevelWidth + node.virtual_last + tie, static_cast<int>(q) + kPrefixLevels / 2};
+      return {(level - kPrefixLevels / 2) * kLevelWidth + node.virtual_last + tie, level};
     }
     return {kWorthlessRank + options_.hysteresis * height, kMiscLevel};
   }
@@ -114,7 +160,13 @@ void KvtierPolicy::Insert(Tier tier, int level, double rank, const PageKey& key)
   const bool new_head = set.empty() || rank < set.begin()->first ||
                         (rank == set.begin()->first && key < set.begin()->second);
   if (new_head && !set.empty()) t.heads.erase({set.begin()->first, static_cast<uint16_t>(level)});
-  set.insert({rank, key});
+  // A page's rank within its level is its last use: it nearly always goes to the level's end,
+  // where the hint saves the descent from the root.
+  if (!set.empty() && *std::prev(set.end()) < std::make_pair(rank, key)) {
+    set.insert(set.end(), {rank, key});
+  } else {
+    set.insert({rank, key});
+  }
   if (new_head) t.heads.insert({rank, static_cast<uint16_t>(level)});
   t.lowest = std::min(t.lowest, level);
   t.highest = std::max(t.highest, level);
@@ -135,6 +187,12 @@ void KvtierPolicy::Erase(Tier tier, int level, double rank, const PageKey& key) 
 }
 
 void KvtierPolicy::Place(const PageKey& key, Node& node, const PageEntry& e, bool fresh) {
+  if (const int ti = TierIndex(e.tier); ti > drop_tier_) {
+    // A page below the drop tier: that tier is the lowest now; the old one gets the plain order.
+    const int old = drop_tier_;
+    drop_tier_ = ti;
+    if (old >= 0) Rerank(old);
+  }
   const auto [rank, level] = RankAndLevel(node, e);
   if (!fresh) {
     if (node.tier == e.tier && node.rank == rank && node.level == level) return;
@@ -198,10 +256,12 @@ void KvtierPolicy::Observe(const PageKey& key, const PageEntry& e) {
     const double reference = options_.reference_tokens / options_.prefill_tokens_per_s;
     const double saved = SavedSeconds(Tier::kHbm, e.stats.tokens);
     if (saved > 0) {
+      const double before = beta();
       duel_.Observe(
           key, root, continues, node.virtual_last, std::log2(p), std::log2(saved / reference),
           1e-9 * (static_cast<double>(e.cached_children) - static_cast<double>(e.position)),
           e.stats.tokens, nodes_.size());
+      if (beta() != before) Rerank(-1);
     }
   }
 }
@@ -314,9 +374,17 @@ void KvtierPolicy::MostValuable(Tier tier, size_t count,
   }
 }
 
-double KvtierPolicy::Value(const PageKey& key) const {
+double KvtierPolicy::OrderKey(const PageKey& key) const {
   auto it = nodes_.find(key);
   return it == nodes_.end() ? 0.0 : it->second.rank;
+}
+
+double KvtierPolicy::Value(const PageKey& key) const {
+  auto it = nodes_.find(key);
+  if (it == nodes_.end()) return 0.0;
+  const Node& node = it->second;
+  const bool dropped = node.level < kMiscLevel && TierIndex(node.tier) == drop_tier_;
+  return dropped ? UndoDrop(node) : node.rank;
 }
 
 }  // namespace kvtier

@@ -39,6 +39,24 @@
 // so admission, eviction and promotion agree. Decode namespaces keep the attention ranking below
 // for pages not yet reported, as before.
 //
+// Two refinements (issue 14, session 13), both measured in bench/RESULTS.md:
+// - When beta moves, every cached prefix page is re-ranked with the new beta (O(n log n), at most
+//   once per duel period; it runs under the store's lock, about as long as one access per page,
+//   so a very large store pauses for it: not measured beyond the simulator's 44 K pages). Ranks
+//   placed under different betas are not comparable: a cache that kept them mixed ranked old
+//   pages by one score and new pages by another, which cost more than either beta alone (public
+//   trace, one tier, 5 % HBM: 16.45 % hit share with the duel against 17.06 % at a fixed beta 2
+//   and 16.79 % at a fixed 4; 16.98 % re-ranked).
+// - The lowest tier of a hierarchy (the one a page leaves for good) orders its prefix pages by
+//   a drop key instead: V + drop_reuse_weight x (beta x log2(P) + ...) + drop_proven_bonus if the
+//   page has been asked for at least twice (its time-invariant part on the same 1/16 grid, so
+//   the drop tier keeps the levels below). A page dropped there is lost, and by the time it gets
+//   there it has outlived several inter-reuse gaps, so whether it was ever reused says more
+//   than its recency; upper tiers keep the score above (their victims are only demoted). The
+//   drop tier is the lowest tier that has held a page: HBM in a one-tier cache, where it is
+//   worth as much (17.17 % against 16.98 % at 5 % HBM, 28.58 against 27.72 % at 10 %). Value()
+//   undoes the drop key, so the planner compares the same rank across tiers.
+//
 // Sinks (class kSink, from any source) rank above every other page: outside the reserved slots
 // (when the reserve is full or not configured) they still should not be the first victims.
 // Hysteresis is a bonus per tier of height, so a lower-tier page must beat the page it would
@@ -53,6 +71,7 @@
 #pragma once
 
 #include <array>
+#include <optional>
 #include <utility>
 
 #include "absl/container/btree_set.h"
@@ -92,6 +111,13 @@ struct KvtierPolicyOptions {
   // (score_duel.h). `adaptive_beta` false keeps beta at duel.initial_beta. Default: learned.
   bool adaptive_beta = true;
   ScoreDuelOptions duel;
+  // The lowest tier's drop key (see above): weight of the time-invariant score against recency,
+  // and the bonus, in units of tau, of a page asked for at least twice. Defaults 0.5 and 16,
+  // picked from a small grid looking at both prefix traces (bench/RESULTS.md, Session 13): 0.75
+  // loses a tiered column to ARC, 1 and 0 (the plain order) three; 0.25, and bonuses 8 or 64,
+  // also keep every column to the second decimal.
+  double drop_reuse_weight = 0.5;
+  double drop_proven_bonus = 16;
   double hbm_gbps = 3350;
   double dram_gbps = 50;
   double nvme_gbps = 6;
@@ -125,6 +151,14 @@ class KvtierPolicy final : public PlacementPolicy {
   // The weight of log2(P) in the prefix rank now.
   double beta() const { return options_.adaptive_beta ? duel_.beta() : options_.duel.initial_beta; }
   size_t tracked() const { return nodes_.size(); }
+  // The key the page is ordered by within its tier (its Value, except in the drop tier, where
+  // it is the drop key); for tests. 0 for unknown keys.
+  double OrderKey(const PageKey& key) const;
+  // The tier ordered by the drop key (none before the first page).
+  std::optional<Tier> drop_tier() const {
+    if (drop_tier_ < 0) return std::nullopt;
+    return static_cast<Tier>(drop_tier_);
+  }
 
   // The parts of the rank, exposed for tests and for the simulator's explanations.
   double FrequencyTerm(const PageStats& stats) const;
@@ -175,6 +209,16 @@ class KvtierPolicy final : public PlacementPolicy {
   double ReuseTerm(const Node& node, const PageEntry& entry) const;
   double ChainProbability(const PageEntry& entry, int cls) const;
   void Observe(const PageKey& key, const PageEntry& entry);
+  // The time-invariant part of a prefix page's rank in `tier` under `beta`, in level widths
+  // (rounded down), and the level it puts the page in (`drop`: in the drop tier, where the level
+  // is that of the drop key, see above; `count`: the page's asked-for count).
+  double Level(double beta, double p_chain, int tier) const;
+  int LevelIndex(double q, bool drop, uint8_t count) const;
+  // A drop-tier page's rank as the other tiers would hold it: the plain level for the drop one.
+  double UndoDrop(const Node& node) const;
+  // Re-ranks every prefix page of the tier (tier < 0: of every tier) after beta or the drop tier
+  // moved.
+  void Rerank(int tier);
   // (Re-)ranks the page in its current tier.
   void Place(const PageKey& key, Node& node, const PageEntry& entry, bool fresh);
   void Insert(Tier tier, int level, double rank, const PageKey& key);
@@ -198,6 +242,8 @@ class KvtierPolicy final : public PlacementPolicy {
   // Namespaces whose workers report attention (decode): their unreported pages keep the
   // frequency x utility ranking.
   absl::flat_hash_set<NamespaceId> attention_namespaces_;
+  // The tier whose prefix pages are ordered by the drop key: the lowest that has held a page.
+  int drop_tier_ = -1;
 };
 
 }  // namespace kvtier

@@ -266,66 +266,27 @@ TEST(PolicyFactoryTest, BuildsEveryNamedPolicyAndRejectsOthers) {
 namespace kvtier {
 namespace {
 
-// kvtier keeps its pages in per-tier levels (one ordered set per rounded time-invariant part of
-// the rank) and merges their fronts: under random inserts, accesses, forks, moves and removals,
-// every page is listed once, victims come out in ascending Value and promotion candidates in
-// descending Value, and ineligible pages are skipped.
-TEST(KvtierPolicyTest, LevelsMergeIntoOneRankOrder) {
-  std::mt19937_64 rng = testing::SeededRng();
-  KvtierPolicy policy;
-  std::vector<PageKey> keys;
-  absl::flat_hash_map<PageKey, PageEntry> live;
-  uint64_t now = 1'000'000'000;
-  for (int op = 0; op < 4000; ++op) {
-    now += 1'000'000 * (1 + rng() % 2000);
-    const int kind = static_cast<int>(rng() % 10);
-    if (kind < 4 || keys.empty()) {
-      const PageKey k = RandomKey(rng);
-      PageEntry e = Entry(rng() % 3 == 0 ? Tier::kDram : Tier::kHbm, now, 1.0f);
-      e.stats.tokens = rng() % 4 == 0 ? 7 : 16;
-      if (!keys.empty() && rng() % 2 == 0) {
-        e.parent = keys[rng() % keys.size()];
-        e.position = 1 + static_cast<uint32_t>(rng() % 100);
-      }
-      keys.push_back(k);
-      live[k] = e;
-      policy.OnInsert(k, e);
-      continue;
-    }
-    const size_t i = rng() % keys.size();
-    PageEntry& e = live[keys[i]];
-    if (kind < 7) {
-      e.stats.last_access_ns = now;
-      policy.OnAccess(keys[i], e);
-    } else if (kind == 7) {
-      e.cached_children = static_cast<uint32_t>(rng() % 3);
-      policy.OnUpdate(keys[i], e);
-    } else if (kind == 8) {
-      const Tier from = e.tier;
-      e.tier = from == Tier::kHbm ? Tier::kDram : Tier::kHbm;
-      policy.OnMove(keys[i], from, e);
-    } else {
-      policy.OnRemove(keys[i], e);
-      live.erase(keys[i]);
-      keys[i] = keys.back();
-      keys.pop_back();
-    }
-  }
-  ASSERT_EQ(policy.tracked(), live.size());
-  for (Tier t : {Tier::kHbm, Tier::kDram}) {
+// Random inserts, accesses, updates, moves between all three tiers and removals: each tier's
+// victims come out in the order of the key the tier ranks by, candidates in the reverse order, and
+// that key is the page's Value everywhere but in the drop tier (the lowest one holding pages).
+void CheckOrders(KvtierPolicy& policy, const absl::flat_hash_map<PageKey, PageEntry>& live) {
+  for (Tier t : kAllTiers) {
     const size_t in_tier = static_cast<size_t>(std::count_if(
         live.begin(), live.end(), [&](const auto& kv) { return kv.second.tier == t; }));
     const std::vector<PageKey> low = Victims(policy, t, live.size());
     ASSERT_EQ(low.size(), in_tier);
     for (size_t j = 1; j < low.size(); ++j) {
-      EXPECT_LE(policy.Value(low[j - 1]), policy.Value(low[j])) << "victim " << j;
+      EXPECT_LE(policy.OrderKey(low[j - 1]), policy.OrderKey(low[j])) << "victim " << j;
+    }
+    if (policy.drop_tier() != t) {
+      for (const PageKey& k : low) EXPECT_EQ(policy.OrderKey(k), policy.Value(k));
     }
     std::vector<PageKey> high;
     policy.MostValuable(
         t, live.size(), [](const PageKey&) { return true; }, high);
     ASSERT_EQ(high.size(), in_tier);
     for (size_t j = 1; j < high.size(); ++j) {
-      EXPECT_GE(policy.Value(high[j - 1]), policy.Value(high[j])) << "candidate " << j;
+      EXPECT_GE(policy.OrderKey(high[j - 1]), policy.OrderKey(high[j])) << "candidate " << j;
     }
     // Skipping: every other page of the order is ineligible.
     absl::flat_hash_set<PageKey> barred;
@@ -334,6 +295,85 @@ TEST(KvtierPolicyTest, LevelsMergeIntoOneRankOrder) {
     policy.LeastValuable(
         t, 5, [&](const PageKey& k) { return !barred.contains(k); }, some);
     for (size_t j = 0; j < some.size(); ++j) EXPECT_EQ(some[j], low[2 * j + 1]);
+  }
+}
+
+TEST(KvtierPolicyTest, LevelsMergeIntoOneRankOrder) {
+  std::mt19937_64 rng = testing::SeededRng();
+  KvtierPolicy policy;
+  std::vector<PageKey> keys;
+  absl::flat_hash_map<PageKey, PageEntry> live;
+  uint64_t now = 1'000'000'000;
+  for (int op = 0; op < 6000; ++op) {
+    now += 1'000'000 * (1 + rng() % 2000);
+    const int kind = static_cast<int>(rng() % 10);
+    if (kind < 4 || keys.empty()) {
+      const PageKey k = RandomKey(rng);
+      // NVMe only in the second half: the drop tier moves from DRAM to NVMe mid-run.
+      const Tier tier = rng() % 3 != 0                ? Tier::kHbm
+                        : op > 3000 && rng() % 2 == 0 ? Tier::kNvme
+                                                      : Tier::kDram;
+      PageEntry e = Entry(tier, now, 1.0f);
+      e.stats.tokens = rng() % 4 == 0 ? 7 : 16;
+      if (!keys.empty() && rng() % 2 == 0) {
+        e.parent = keys[rng() % keys.size()];
+        e.position = 1 + static_cast<uint32_t>(rng() % 100);
+      }
+      keys.push_back(k);
+      live[k] = e;
+      policy.OnInsert(k, e);
+    } else {
+      const size_t i = rng() % keys.size();
+      PageEntry& e = live[keys[i]];
+      if (kind < 7) {
+        e.stats.last_access_ns = now;
+        policy.OnAccess(keys[i], e);
+      } else if (kind == 7) {
+        e.cached_children = static_cast<uint32_t>(rng() % 3);
+        policy.OnUpdate(keys[i], e);
+      } else if (kind == 8) {
+        const Tier from = e.tier;
+        e.tier = static_cast<Tier>((TierIndex(from) + 1 + rng() % 2) % (op > 3000 ? 3 : 2));
+        policy.OnMove(keys[i], from, e);
+      } else {
+        policy.OnRemove(keys[i], e);
+        live.erase(keys[i]);
+        keys[i] = keys.back();
+        keys.pop_back();
+      }
+    }
+    if (op == 2999) {
+      EXPECT_EQ(policy.drop_tier(), Tier::kDram);
+      CheckOrders(policy, live);
+    }
+  }
+  ASSERT_EQ(policy.tracked(), live.size());
+  EXPECT_EQ(policy.drop_tier(), Tier::kNvme);
+  CheckOrders(policy, live);
+}
+
+// The drop tier (NVMe below HBM; HBM alone in a one-tier cache) keeps a page asked for twice over
+// a newer one asked for once, as long as the newer one's lead in recency is below the bonus;
+// Value, what the planner compares across tiers, is still the plain rank (recency first here:
+// the learned probabilities are about the prior for both classes this early).
+TEST(KvtierPolicyTest, DropTierKeepsPagesAskedForTwice) {
+  std::mt19937_64 rng = testing::SeededRng();
+  for (const bool tiered : {false, true}) {
+    KvtierPolicyOptions o;
+    o.adaptive_beta = false;
+    KvtierPolicy policy(o);
+    const Tier t = tiered ? Tier::kNvme : Tier::kHbm;
+    if (tiered) policy.OnInsert(RandomKey(rng), Entry(Tier::kHbm, 1'000'000, 1.0f));
+    const PageKey proven = RandomKey(rng), fresh = RandomKey(rng);
+    const uint64_t t0 = 1'000'000'000ull + rng() % 1'000'000'000ull;
+    policy.OnInsert(proven, Entry(t, t0, 1.0f));
+    policy.OnAccess(proven, Entry(t, t0 + 1'000'000'000ull, 1.0f));
+    // Five initial taus (60 s each) later: less than the 16-tau bonus.
+    policy.OnInsert(fresh, Entry(t, t0 + 300'000'000'000ull, 1.0f));
+    EXPECT_EQ(policy.drop_tier(), t);
+    EXPECT_EQ(Victims(policy, t, 1).front(), fresh) << "tiered " << tiered;
+    // The planner compares plain ranks across tiers, in the drop tier too.
+    EXPECT_LT(policy.Value(proven), policy.Value(fresh));
   }
 }
 

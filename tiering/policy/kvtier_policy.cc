@@ -261,7 +261,7 @@ void KvtierPolicy::Observe(const PageKey& key, const PageEntry& e) {
           key, root, continues, node.virtual_last, std::log2(p), std::log2(saved / reference),
           1e-9 * (static_cast<double>(e.cached_children) - static_cast<double>(e.position)),
           e.stats.tokens, nodes_.size());
-      if (beta() != before) Rerank(-1);
+      if (beta() != before && nodes_.size() <= options_.max_eager_rerank_pages) Rerank(-1);
     }
   }
 }

@@ -118,6 +118,11 @@ struct KvtierPolicyOptions {
   // also keep every column to the second decimal.
   double drop_reuse_weight = 0.5;
   double drop_proven_bonus = 16;
+  // Above this many tracked pages a move of beta re-ranks nothing at once (each page takes the
+  // new beta at its next access): the re-rank runs under the store's lock and costs a set
+  // insertion a page, so a large store would pause for it. Default 65536 (the simulator's tables,
+  // 44K pages, stay under it; a beta move is decided at most once every 4096 sampled accesses).
+  size_t max_eager_rerank_pages = 65536;
   double hbm_gbps = 3350;
   double dram_gbps = 50;
   double nvme_gbps = 6;

@@ -142,7 +142,8 @@ std::pair<double, int> KvtierPolicy::RankAndLevel(const Node& node, const PageEn
       // hang from stays longest and the deeper one goes first: chains are cut leaf first.
       const double tie =
           1e-9 * (static_cast<double>(e.cached_children) - static_cast<double>(e.position));
-      return {(level - kPrefixLevels / 2) * kLevelWidth + node.virtual_last + tie, level};
+      const int centred = level - kPrefixLevels / 2;  // levels below the middle are negative
+      return {centred * kLevelWidth + node.virtual_last + tie, level};
     }
     return {kWorthlessRank + options_.hysteresis * height, kMiscLevel};
   }

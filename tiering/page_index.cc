@@ -45,17 +45,17 @@ size_t PageIndex::size() const {
 
 void PageIndex::GroupByShard(absl::Span<const PageKey> keys,
                              absl::FunctionRef<void(size_t, absl::Span<const uint32_t>)> fn) {
-  // A counting sort of the positions by shard; reused buffers, as a daemon thread calls this for
-  // every load.
-  thread_local std::vector<uint32_t> order;
+  // A counting sort of the positions by shard. A local buffer, not a reused one: a callback may
+  // itself probe the index.
   std::array<uint32_t, kShards + 1> start{};
   for (const PageKey& key : keys) ++start[key.hi % kShards + 1];
   for (size_t s = 0; s < kShards; ++s) start[s + 1] += start[s];
-  order.resize(keys.size());
+  std::vector<uint32_t> order(keys.size());
   std::array<uint32_t, kShards> next;
   std::copy(start.begin(), start.end() - 1, next.begin());
-  for (size_t i = 0; i < keys.size(); ++i)
+  for (size_t i = 0; i < keys.size(); ++i) {
     order[next[keys[i].hi % kShards]++] = static_cast<uint32_t>(i);
+  }
   for (size_t s = 0; s < kShards; ++s) {
     if (start[s + 1] > start[s]) {
       fn(s, absl::MakeConstSpan(order).subspan(start[s], start[s + 1] - start[s]));
@@ -64,8 +64,22 @@ void PageIndex::GroupByShard(absl::Span<const PageKey> keys,
 }
 
 namespace {
+
 // How many keys ahead a batched probe prefetches: enough misses in flight to cover DRAM latency.
 constexpr size_t kPrefetchAhead = 8;
+
+// Probes the keys at positions `at` of one shard's map (its lock held by the caller), prefetching
+// ahead; `fn(i, entry)` with a null entry for an absent key. Map is const for FindEach.
+template <typename Map, typename Fn>
+void ProbeRun(Map& map, absl::Span<const PageKey> keys, absl::Span<const uint32_t> at, Fn& fn) {
+  for (size_t j = 0; j < std::min(kPrefetchAhead, at.size()); ++j) map.prefetch(keys[at[j]]);
+  for (size_t j = 0; j < at.size(); ++j) {
+    if (j + kPrefetchAhead < at.size()) map.prefetch(keys[at[j + kPrefetchAhead]]);
+    auto it = map.find(keys[at[j]]);
+    fn(at[j], it == map.end() ? nullptr : &it->second);
+  }
+}
+
 }  // namespace
 
 void PageIndex::FindEach(absl::Span<const PageKey> keys,
@@ -73,13 +87,7 @@ void PageIndex::FindEach(absl::Span<const PageKey> keys,
   GroupByShard(keys, [&](size_t s, absl::Span<const uint32_t> at) {
     const Shard& shard = shards_[s];
     absl::ReaderMutexLock lock(&shard.mu);
-    for (size_t j = 0; j < std::min(kPrefetchAhead, at.size()); ++j)
-      shard.map.prefetch(keys[at[j]]);
-    for (size_t j = 0; j < at.size(); ++j) {
-      if (j + kPrefetchAhead < at.size()) shard.map.prefetch(keys[at[j + kPrefetchAhead]]);
-      auto it = shard.map.find(keys[at[j]]);
-      fn(at[j], it == shard.map.end() ? nullptr : &it->second);
-    }
+    ProbeRun(shard.map, keys, at, fn);
   });
 }
 
@@ -88,13 +96,7 @@ void PageIndex::UpdateEach(absl::Span<const PageKey> keys,
   GroupByShard(keys, [&](size_t s, absl::Span<const uint32_t> at) {
     Shard& shard = shards_[s];
     absl::MutexLock lock(&shard.mu);
-    for (size_t j = 0; j < std::min(kPrefetchAhead, at.size()); ++j)
-      shard.map.prefetch(keys[at[j]]);
-    for (size_t j = 0; j < at.size(); ++j) {
-      if (j + kPrefetchAhead < at.size()) shard.map.prefetch(keys[at[j + kPrefetchAhead]]);
-      auto it = shard.map.find(keys[at[j]]);
-      fn(at[j], it == shard.map.end() ? nullptr : &it->second);
-    }
+    ProbeRun(shard.map, keys, at, fn);
   });
 }
 

@@ -84,6 +84,24 @@ void Listener::Reset() {
   h_ = nullptr;
 }
 
+namespace {
+
+// The remote key of a mapped region, for peers to read it with; on failure the region is unmapped
+// (both Register and Allocate hand back either a whole Memory or nothing).
+absl::StatusOr<std::string> PackRkeyOrUnmap(const Context& context, ucp_mem_h memh) {
+  void* packed = nullptr;
+  size_t packed_size = 0;
+  if (ucs_status_t s = ucp_rkey_pack(context.get(), memh, &packed, &packed_size); s != UCS_OK) {
+    ucp_mem_unmap(context.get(), memh);
+    return ToStatus(s, "ucp_rkey_pack");
+  }
+  std::string rkey(static_cast<const char*>(packed), packed_size);
+  ucp_rkey_buffer_release(packed);
+  return rkey;
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<Memory>> Memory::Register(std::shared_ptr<const Context> context,
                                                          void* base, size_t length) {
   ucp_mem_map_params_t params{};
@@ -94,16 +112,10 @@ absl::StatusOr<std::unique_ptr<Memory>> Memory::Register(std::shared_ptr<const C
   if (ucs_status_t s = ucp_mem_map(context->get(), &params, &memh); s != UCS_OK) {
     return ToStatus(s, absl::StrCat("ucp_mem_map of ", length, " bytes"));
   }
-  void* packed = nullptr;
-  size_t packed_size = 0;
-  if (ucs_status_t s = ucp_rkey_pack(context->get(), memh, &packed, &packed_size); s != UCS_OK) {
-    ucp_mem_unmap(context->get(), memh);
-    return ToStatus(s, "ucp_rkey_pack");
-  }
-  std::string rkey(static_cast<const char*>(packed), packed_size);
-  ucp_rkey_buffer_release(packed);
-  return std::unique_ptr<Memory>(
-      new Memory(std::move(context), memh, static_cast<std::byte*>(base), length, std::move(rkey)));
+  absl::StatusOr<std::string> rkey = PackRkeyOrUnmap(*context, memh);
+  if (!rkey.ok()) return rkey.status();
+  return std::unique_ptr<Memory>(new Memory(std::move(context), memh, static_cast<std::byte*>(base),
+                                            length, *std::move(rkey)));
 }
 
 absl::StatusOr<std::unique_ptr<Memory>> Memory::Allocate(std::shared_ptr<const Context> context,
@@ -124,16 +136,10 @@ absl::StatusOr<std::unique_ptr<Memory>> Memory::Allocate(std::shared_ptr<const C
     ucp_mem_unmap(context->get(), memh);
     return ToStatus(s != UCS_OK ? s : UCS_ERR_NO_MEMORY, "ucp_mem_query of an allocated region");
   }
-  void* packed = nullptr;
-  size_t packed_size = 0;
-  if (ucs_status_t s = ucp_rkey_pack(context->get(), memh, &packed, &packed_size); s != UCS_OK) {
-    ucp_mem_unmap(context->get(), memh);
-    return ToStatus(s, "ucp_rkey_pack");
-  }
-  std::string rkey(static_cast<const char*>(packed), packed_size);
-  ucp_rkey_buffer_release(packed);
+  absl::StatusOr<std::string> rkey = PackRkeyOrUnmap(*context, memh);
+  if (!rkey.ok()) return rkey.status();
   return std::unique_ptr<Memory>(new Memory(
-      std::move(context), memh, static_cast<std::byte*>(attr.address), length, std::move(rkey)));
+      std::move(context), memh, static_cast<std::byte*>(attr.address), length, *std::move(rkey)));
 }
 
 Memory::~Memory() { ucp_mem_unmap(context_->get(), memh_); }

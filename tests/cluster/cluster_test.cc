@@ -161,6 +161,30 @@ struct Node {
   int http_port = 0;
 };
 
+// Waits until every one of `nodes` is listed under `prefix`members/ in etcd (learning its HTTP
+// port there) and each counts all of them in its `kvtier_cluster_members` metric.
+bool WaitForMembers(const std::string& etcd_endpoint, const std::string& prefix,
+                    std::vector<Node>& nodes) {
+  auto client = *EtcdClient::Create({{etcd_endpoint}, absl::Seconds(2)});
+  return WaitFor([&] {
+    absl::StatusOr<EtcdClient::Range> r = client->GetPrefix(prefix + "members/");
+    if (!r.ok() || r->kvs.size() != nodes.size()) return false;
+    for (const auto& [k, v] : r->kvs) {
+      absl::StatusOr<MemberInfo> m = MemberInfo::FromJson(v);
+      if (!m.ok()) return false;
+      for (Node& n : nodes) {
+        if (n.id == m->node_id) n.http_port = m->http_port;
+      }
+    }
+    for (const Node& n : nodes) {
+      if (Metric(n.http_port, "kvtier_cluster_members") != static_cast<double>(nodes.size())) {
+        return false;
+      }
+    }
+    return true;
+  });
+}
+
 std::string NodeYaml(const std::string& id, const std::string& etcd, const std::string& prefix,
                      const std::string& namespaces, int replicate_after,
                      const std::string& host = "127.0.0.1", const std::string& devices = "lo",
@@ -356,22 +380,7 @@ TEST(Cluster, PushesColdPagesToAPeerWithRoom) {
   }
   Node& a = nodes[0];
   Node& b = nodes[1];
-  auto client = *EtcdClient::Create({{etcd.endpoint()}, absl::Seconds(2)});
-  auto members = [&] {
-    std::map<std::string, MemberInfo> out;
-    absl::StatusOr<EtcdClient::Range> r = client->GetPrefix(prefix + "members/");
-    if (!r.ok()) return out;
-    for (const auto& [k, v] : r->kvs) {
-      if (absl::StatusOr<MemberInfo> m = MemberInfo::FromJson(v); m.ok()) out[m->node_id] = *m;
-    }
-    return out;
-  };
-  ASSERT_TRUE(WaitFor([&] { return members().size() == 2; })) << "members: " << members().size();
-  for (Node& n : nodes) n.http_port = members()[n.id].http_port;
-  ASSERT_TRUE(WaitFor([&] {
-    return Metric(a.http_port, "kvtier_cluster_members") == 2 &&
-           Metric(b.http_port, "kvtier_cluster_members") == 2;
-  }));
+  ASSERT_TRUE(WaitForMembers(etcd.endpoint(), prefix, nodes));
   const std::string ns = "shared/model";
   // B takes pushes only for namespaces a worker opened there: a probe opens it.
   EXPECT_EQ(Probe(b, ns, seed + 100, 1), 0);
@@ -432,20 +441,7 @@ TEST(Cluster, PagesFailingTheirChecksumAreNeverServed) {
     ASSERT_TRUE(d.ok()) << d.status();
     nodes[i].daemon.emplace(*std::move(d));
   }
-  auto client = *EtcdClient::Create({{etcd.endpoint()}, absl::Seconds(2)});
-  ASSERT_TRUE(WaitFor([&] {
-    absl::StatusOr<EtcdClient::Range> r = client->GetPrefix(prefix + "members/");
-    if (!r.ok() || r->kvs.size() != 2) return false;
-    for (const auto& [k, v] : r->kvs) {
-      absl::StatusOr<MemberInfo> m = MemberInfo::FromJson(v);
-      if (!m.ok()) return false;
-      for (Node& n : nodes) {
-        if (n.id == m->node_id) n.http_port = m->http_port;
-      }
-    }
-    return Metric(nodes[0].http_port, "kvtier_cluster_members") == 2 &&
-           Metric(nodes[1].http_port, "kvtier_cluster_members") == 2;
-  }));
+  ASSERT_TRUE(WaitForMembers(etcd.endpoint(), prefix, nodes));
   Node& a = nodes[0];
   Node& b = nodes[1];
   constexpr int kPages = 8;
@@ -487,20 +483,7 @@ TEST(Cluster, SameHostReadsFallBackInPlaceWhenStagingIsFull) {
     ASSERT_TRUE(d.ok()) << d.status();
     nodes[i].daemon.emplace(*std::move(d));
   }
-  auto client = *EtcdClient::Create({{etcd.endpoint()}, absl::Seconds(2)});
-  ASSERT_TRUE(WaitFor([&] {
-    absl::StatusOr<EtcdClient::Range> r = client->GetPrefix(prefix + "members/");
-    if (!r.ok() || r->kvs.size() != 2) return false;
-    for (const auto& [k, v] : r->kvs) {
-      absl::StatusOr<MemberInfo> m = MemberInfo::FromJson(v);
-      if (!m.ok()) return false;
-      for (Node& n : nodes) {
-        if (n.id == m->node_id) n.http_port = m->http_port;
-      }
-    }
-    return Metric(nodes[0].http_port, "kvtier_cluster_members") == 2 &&
-           Metric(nodes[1].http_port, "kvtier_cluster_members") == 2;
-  }));
+  ASSERT_TRUE(WaitForMembers(etcd.endpoint(), prefix, nodes));
   Node& a = nodes[0];
   Node& b = nodes[1];
   // Pages stored through A, then loaded through B in one Load of them all, so the lend needs

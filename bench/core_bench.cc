@@ -15,6 +15,7 @@
 #include <string>
 #include <thread>
 
+#include "absl/functional/function_ref.h"
 #include "tiering/nvme/nvme_tier.h"
 #include "tiering/policy/policy_factory.h"
 #include "tiering/tiered_store.h"
@@ -42,22 +43,31 @@ void FillRandom(std::vector<std::byte>& v, uint64_t seed) {
   }
 }
 
+// Stores one chain of `pages` 64-byte pages in `ns`, page i with options_of(i); returns its keys.
+std::vector<PageKey> PutChain(TieredStore& store, NamespaceId ns, uint64_t pages,
+                              absl::FunctionRef<PutOptions(uint64_t)> options_of) {
+  std::vector<PageKey> keys;
+  std::vector<std::byte> page(64, std::byte{1});
+  const ConstBuffer src{page.data(), page.size()};
+  PageKey parent;
+  for (uint64_t i = 0; i < pages; ++i) {
+    parent = ChainKeyFromId(*store.NamespaceSaltOf(ns), parent, i);
+    keys.push_back(parent);
+    (void)store.Put(ns, parent, absl::MakeConstSpan(&src, 1), options_of(i));
+  }
+  return keys;
+}
+
 // LookupPrefix of a batch of keys on an index of 100k pages.
 void BM_IndexLookupPrefix(benchmark::State& state) {
   const size_t batch = static_cast<size_t>(state.range(0));
   auto store = MakeStore(0, 100'000, 64);
   const NamespaceId ns = *store->AddNamespace("bench", 0);
-  std::vector<PageKey> keys;
-  std::vector<std::byte> page(64, std::byte{1});
-  const ConstBuffer src{page.data(), page.size()};
-  PageKey parent;
-  for (uint64_t i = 0; i < 100'000; ++i) {
-    parent = ChainKeyFromId(*store->NamespaceSaltOf(ns), parent, i);
-    keys.push_back(parent);
+  const std::vector<PageKey> keys = PutChain(*store, ns, 100'000, [](uint64_t) {
     PutOptions o;
     o.position = 1;
-    (void)store->Put(ns, parent, absl::MakeConstSpan(&src, 1), o);
-  }
+    return o;
+  });
   std::mt19937_64 rng(1);
   for (auto _ : state) {
     const size_t start = rng() % (keys.size() - batch);
@@ -77,18 +87,12 @@ void BM_GpuLoadPins(benchmark::State& state) {
   constexpr uint32_t kLoadPages = 8192;
   auto store = MakeStore(kLoadPages, 0, 64);
   const NamespaceId ns = *store->AddNamespace("bench", 0);
-  std::vector<PageKey> keys;
-  std::vector<std::byte> page(64, std::byte{1});
-  const ConstBuffer src{page.data(), page.size()};
-  PageKey parent;
-  for (uint64_t i = 0; i < kLoadPages; ++i) {
-    parent = ChainKeyFromId(*store->NamespaceSaltOf(ns), parent, i);
-    keys.push_back(parent);
+  const std::vector<PageKey> keys = PutChain(*store, ns, kLoadPages, [](uint64_t i) {
     PutOptions o;
     o.position = static_cast<uint32_t>(i);
     o.tier = Tier::kHbm;
-    (void)store->Put(ns, parent, absl::MakeConstSpan(&src, 1), o);
-  }
+    return o;
+  });
   std::atomic<bool> stop{false};
   std::atomic<uint64_t> lookups{0}, lookup_ns{0};
   std::thread looker;

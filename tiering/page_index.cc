@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
+
 namespace kvtier {
 
 bool PageIndex::Insert(const PageKey& key, const PageEntry& entry) {
@@ -45,12 +47,22 @@ size_t PageIndex::size() const {
 
 void PageIndex::GroupByShard(absl::Span<const PageKey> keys,
                              absl::FunctionRef<void(size_t, absl::Span<const uint32_t>)> fn) {
-  // A counting sort of the positions by shard. A local buffer, not a reused one: a callback may
-  // itself probe the index.
+  // A counting sort of the positions by shard, into a buffer the thread reuses (every load and
+  // lookup comes here; a fresh buffer each time is an allocation on that path); a callback that
+  // probes the index again gets a buffer of its own.
+  thread_local std::vector<uint32_t> reused;
+  thread_local bool reused_busy = false;
+  std::vector<uint32_t> nested;
+  std::vector<uint32_t>& order = reused_busy ? nested : reused;
+  const bool owns_reused = !reused_busy;
+  reused_busy = true;
+  absl::Cleanup release = [owns_reused] {
+    if (owns_reused) reused_busy = false;
+  };
   std::array<uint32_t, kShards + 1> start{};
   for (const PageKey& key : keys) ++start[key.hi % kShards + 1];
   for (size_t s = 0; s < kShards; ++s) start[s + 1] += start[s];
-  std::vector<uint32_t> order(keys.size());
+  order.resize(keys.size());
   std::array<uint32_t, kShards> next;
   std::copy(start.begin(), start.end() - 1, next.begin());
   for (size_t i = 0; i < keys.size(); ++i) {

@@ -956,15 +956,9 @@ void TieredStore::GetBatch(NamespaceId ns, absl::Span<const PageKey> client_keys
 LookupResult TieredStore::LookupPrefix(NamespaceId ns, absl::Span<const PageKey> keys) const {
   LookupResult result;
   result.tiers.resize(keys.size());
-  std::vector<PageKey> index_keys(keys.size());
-  PageKey salt;
-  {
-    absl::ReaderMutexLock lock(&salts_mu_);
-    if (ns < salts_.size()) salt = salts_[ns];
-  }
-  for (size_t i = 0; i < keys.size(); ++i) {
-    index_keys[i] = MixIndexKey(options_.index_key_secret, salt, keys[i]);
-  }
+  // A null key stays null here and is never in the index (Put refuses it): a miss either way.
+  std::vector<PageKey> index_keys;
+  IndexKeys(ns, keys, index_keys);
   result.prefix_pages = index_.LookupPrefix(ns, index_keys, absl::MakeSpan(result.tiers));
   result.tiers.resize(result.prefix_pages);
   return result;

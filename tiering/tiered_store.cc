@@ -1049,31 +1049,34 @@ absl::Status TieredStore::ReleasePins(NamespaceId ns, absl::Span<const PageKey> 
     });
     if (!why.ok()) return why;
   }
-  // The accesses first, while the caller's pins keep every page in place, in chunks that let go
-  // of the lock between them: the policy's bookkeeping for a large load (microseconds a page)
-  // must not hold up the next load's pinning for its whole length. Only the pins' owner releases
-  // them, so the check above still holds. The policy sees the accesses in key order.
-  constexpr size_t kAccessChunk = 64;
+  // In chunks that let go of the lock between them, each counted (while its pins still hold the
+  // pages) and released in one index pass: the policy's bookkeeping for a large load
+  // (microseconds a page) must not hold up the next load's pinning for its whole length. Only
+  // the pins' owner releases them, so the check above still holds for the later chunks. The
+  // policy sees the accesses in key order.
+  constexpr size_t kChunk = 64;
   std::vector<PageEntry> accessed;
-  for (size_t lo = 0; count_access && lo < keys.size(); lo += kAccessChunk) {
+  std::vector<PageKey> leaving;  // unpinned sinks: those of a retired namespace leave the reserve
+  for (size_t lo = 0; lo < keys.size(); lo += kChunk) {
     while (pin_waiters_.load(std::memory_order_relaxed) > 0) std::this_thread::yield();
     const absl::Span<const PageKey> chunk =
-        absl::MakeConstSpan(keys).subspan(lo, std::min(kAccessChunk, keys.size() - lo));
+        absl::MakeConstSpan(keys).subspan(lo, std::min(kChunk, keys.size() - lo));
     accessed.resize(chunk.size());
+    leaving.clear();
     absl::MutexLock lock(&mu_);
     index_.UpdateEach(chunk, [&](size_t i, PageEntry* x) {
-      RecordAccess(*x);  // present: the pins hold it
-      accessed[i] = *x;
+      if (count_access) {
+        RecordAccess(*x);  // present: the pins hold it
+        accessed[i] = *x;
+      }
+      ReleasePin(*x);
+      if (x->in_sink_slot && x->pin_count == 0) leaving.push_back(chunk[i]);
     });
-    for (size_t i = 0; i < chunk.size(); ++i) policy_->OnAccess(chunk[i], accessed[i]);
+    for (size_t i = 0; count_access && i < chunk.size(); ++i) {
+      policy_->OnAccess(chunk[i], accessed[i]);
+    }
+    for (const PageKey& key : leaving) LeaveRetiredReserveLocked(key);
   }
-  absl::MutexLock lock(&mu_);
-  std::vector<PageKey> leaving;  // unpinned sinks: those of a retired namespace leave the reserve
-  index_.UpdateEach(keys, [&](size_t i, PageEntry* x) {
-    ReleasePin(*x);
-    if (x->in_sink_slot && x->pin_count == 0) leaving.push_back(keys[i]);
-  });
-  for (const PageKey& key : leaving) LeaveRetiredReserveLocked(key);
   return absl::OkStatus();
 }
 

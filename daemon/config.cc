@@ -68,6 +68,11 @@ Rule<int32_t> SmBudget(absl::string_view zero_means) {
   };
 }
 
+// Bounds of store.hbm_devices: a node has a handful of GPUs; the bounds only keep a typo from
+// asking for thousands of pools.
+constexpr size_t kMaxHbmPools = 64;
+constexpr int32_t kMaxCudaDevice = 1024;
+
 // ---- The tables: every key of the config, once, in --print_config's order. ----
 
 FieldTable<StoreConfig> StoreTable() {
@@ -79,6 +84,24 @@ FieldTable<StoreConfig> StoreTable() {
     return {};
   });
   t.Add("hbm_pages", &StoreConfig::hbm_pages);
+  t.Add("hbm_devices", &StoreConfig::hbm_devices,
+        [](const std::vector<int32_t>& v, const DaemonConfig& c) -> Problem {
+          if (v.size() > kMaxHbmPools) {
+            return absl::StrCat(v.size(), " pools; at most ", kMaxHbmPools);
+          }
+          for (size_t i = 0; i < v.size(); ++i) {
+            if (v[i] < 0 || v[i] >= kMaxCudaDevice) {
+              return absl::StrCat("[", i, "] = ", v[i], " is not a CUDA device ordinal in [0, ",
+                                  kMaxCudaDevice, ")");
+            }
+          }
+          if (c.store.hbm_slots() > UINT32_MAX) {
+            return absl::StrCat("store.hbm_pages ", c.store.hbm_pages, " in each of ", v.size(),
+                                " pools is more than 2^32 slots");
+          }
+          return {};
+        })
+      .OmitWhenEmpty();
   t.Add("dram_pages", &StoreConfig::dram_pages, [](uint32_t v, const DaemonConfig& c) -> Problem {
     if (v != 0) return {};
     return c.store.hbm_pages == 0 ? "no tier has slots (store.hbm_pages is 0 too)"
@@ -308,14 +331,16 @@ absl::Status CheckPoolsFitTheMachine(const StoreConfig& s) {
   const unsigned __int128 machine = static_cast<unsigned __int128>(pages) * page_size;
   unsigned __int128 host = static_cast<unsigned __int128>(s.page_bytes) * s.dram_pages;
   const bool host_hbm = s.hbm_backend == "host-emulated";
-  if (host_hbm) host += static_cast<unsigned __int128>(s.page_bytes) * s.hbm_pages;
+  if (host_hbm) host += static_cast<unsigned __int128>(s.page_bytes) * s.hbm_slots();
   if (host <= machine) return absl::OkStatus();
   const auto gib = [](unsigned __int128 b) {
     return absl::StrCat(static_cast<uint64_t>(b >> 30), " GiB");
   };
   return absl::InvalidArgumentError(absl::StrCat(
       "store.page_bytes: ", s.page_bytes, " bytes x store.dram_pages ", s.dram_pages,
-      host_hbm ? absl::StrCat(" (+ store.hbm_pages ", s.hbm_pages, ", host-emulated)") : "",
+      host_hbm ? absl::StrCat(" (+ store.hbm_pages ", s.hbm_pages, " x ",
+                              std::max<size_t>(1, s.hbm_devices.size()), " pools, host-emulated)")
+               : "",
       " make ", gib(host), " of host memory pools, more than this machine's ", gib(machine)));
 }
 

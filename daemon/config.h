@@ -7,6 +7,7 @@
 
 #include <sys/types.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -27,7 +28,16 @@ struct StoreConfig {
   // Bytes of every page; each namespace's layout must produce exactly this. Default 64 KiB (a
   // laptop-sized stand-in for Llama-3-8B's 2 MiB).
   uint64_t page_bytes = uint64_t{64} * 1024;
-  uint32_t hbm_pages = 256;    // HBM slots (host-emulated without a GPU); 0 leaves HBM out
+  // HBM slots of each pool (host-emulated without a GPU); 0 leaves HBM out.
+  uint32_t hbm_pages = 256;
+  // CUDA devices that each hold an HBM pool of hbm_pages slots (a page's HBM copy is on one of
+  // them; a worker's stores go to its own GPU's pool when it has room). Empty (default): one
+  // pool, on device 0.
+  std::vector<int32_t> hbm_devices;
+  // Slots of the whole HBM tier: hbm_pages in each pool.
+  uint64_t hbm_slots() const {
+    return uint64_t{hbm_pages} * std::max<size_t>(1, hbm_devices.size());
+  }
   uint32_t dram_pages = 1024;  // DRAM slots (the memfd shared with workers)
   // auto, cuda or host-emulated. Default: the store's (auto).
   std::string hbm_backend = std::string(HbmBackendName(StoreOptions{}.hbm_backend));

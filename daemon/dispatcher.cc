@@ -53,6 +53,12 @@ void FillTier(const TieredStore& store, Tier t, wire::TierStatus& out) {
   uint64_t ev = 0;
   for (uint64_t e : c.evictions[TierIndex(t)]) ev += e;
   out.set_evictions(ev);
+  for (const PoolUsage& p : u.pools) {
+    wire::TierPoolStatus& pool = *out.add_pools();
+    pool.set_device(p.device);
+    pool.set_capacity_slots(p.capacity_slots);
+    pool.set_used_slots(p.used_slots);
+  }
 }
 
 // Checks the per-page attention arrays: absent, or one value per key.
@@ -630,6 +636,7 @@ struct Dispatcher::LoadStoreOp {
   bool reply_when_enqueued = false;  // GPU buffers: answer before the copies land
   bool prefix_only = false;          // GPU buffers: load the longest cached prefix only
   std::string wait_event;            // GPU buffers: the worker's event a Store waits on
+  std::optional<int> hbm_device;     // GPU buffers: the worker's GPU, where its pages go in HBM
   std::string ns_name;               // for the cluster hooks
 
   // The reply, filled page by page.
@@ -657,6 +664,7 @@ struct Dispatcher::LoadStoreOp {
     if (!class_hints.empty()) {
       po.class_hint = static_cast<PageClass>(static_cast<uint8_t>(class_hints[i]));
     }
+    po.hbm_device = hbm_device;
     return po;
   }
 };
@@ -772,6 +780,8 @@ void Dispatcher::CopyGpu(LoadStoreOp& op, const GpuWorkerBuffers& gpu) {
   const GpuPageBatch batch{op.ns, &op.layout, op.keys, op.blocks, op.prefix_only, op.submitted_ns};
   auto record = [&op](size_t i, const absl::StatusOr<Tier>& tier) { op.Record(i, tier); };
   if (op.is_store) {
+    // The pages go to the HBM pool on the worker's own GPU when it has room.
+    op.hbm_device = gpu.device();
     auto put = [this, &op](size_t i, absl::Span<const ConstBuffer> src) {
       return PutPage(op, i, src);
     };

@@ -438,7 +438,13 @@ struct GpuDevice {
   cudaEvent_t half_done[2] ABSL_GUARDED_BY(mu) = {nullptr, nullptr};
   // KVTIER_GPU_TRACE only: one timing event a launch point of a load, made on first use.
   std::vector<cudaEvent_t> trace_events ABSL_GUARDED_BY(mu);
-  bool pool_peer = false;  // the HBM pool's GPU is reachable from this one (or is this one)
+  // The GPUs whose HBM pools this one's kernels reach: itself, and each pool's GPU that allows
+  // peer access. A page in a pool on any other GPU is staged through pinned DRAM.
+  std::vector<int> reachable_pool_devices;
+  bool ReachesPoolOn(int pool_device) const {
+    return std::find(reachable_pool_devices.begin(), reachable_pool_devices.end(), pool_device) !=
+           reachable_pool_devices.end();
+  }
 
   ~GpuDevice() {
     cudaSetDevice(device);
@@ -544,17 +550,19 @@ absl::StatusOr<GpuDevice*> GpuWorkers::Impl::Device(int ordinal) {
     }
     dev->staging = static_cast<std::byte*>(staging);
   }
-  const int pool = store.options().cuda_device;
-  dev->pool_peer = !store.has_tier(Tier::kHbm) || pool == ordinal;
-  if (!dev->pool_peer) {
+  dev->reachable_pool_devices.push_back(ordinal);
+  for (const TierPool& pool : store.hbm_pools()) {
+    if (dev->ReachesPoolOn(pool.device)) continue;
     int can = 0;
-    if (cudaDeviceCanAccessPeer(&can, ordinal, pool) == cudaSuccess && can != 0) {
-      cudaError_t e = cudaDeviceEnablePeerAccess(pool, 0);
-      dev->pool_peer = e == cudaSuccess || e == cudaErrorPeerAccessAlreadyEnabled;
-      cudaGetLastError();
+    bool peer = false;
+    if (cudaDeviceCanAccessPeer(&can, ordinal, pool.device) == cudaSuccess && can != 0) {
+      cudaError_t e = cudaDeviceEnablePeerAccess(pool.device, 0);
+      peer = e == cudaSuccess || e == cudaErrorPeerAccessAlreadyEnabled;
     }
-    LOG(INFO) << "event=gpu_worker_device device=" << ordinal << " hbm_pool_device=" << pool
-              << " path=" << (dev->pool_peer ? "peer" : "staged_through_dram");
+    cudaGetLastError();
+    if (peer) dev->reachable_pool_devices.push_back(pool.device);
+    LOG(INFO) << "event=gpu_worker_device device=" << ordinal << " hbm_pool_device=" << pool.device
+              << " path=" << (peer ? "peer" : "staged_through_dram");
   }
   if (readers == nullptr) readers = std::make_unique<ReaderPool>(kReaderThreads);
   GpuDevice* raw = dev.get();
@@ -852,7 +860,8 @@ void GpuWorkers::Load(const GpuWorkerBuffers& buffers, const GpuPageBatch& batch
         if (e.tier == Tier::kDram && slot != nullptr) {
           dram.push_back({batch.blocks[i], slot});
           dram_idx.push_back(i);
-        } else if (e.tier == Tier::kHbm && slot != nullptr && dev.pool_peer) {
+        } else if (e.tier == Tier::kHbm && slot != nullptr &&
+                   dev.ReachesPoolOn(store.HbmDeviceOfSlot(e.slot))) {
           hbm.push_back({batch.blocks[i], slot});
           hbm_idx.push_back(i);
         } else {

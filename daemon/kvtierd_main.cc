@@ -111,7 +111,10 @@ int Run(const kvtier::KvtierdHooks& hooks) {
   }
   kvtier::StoreOptions options;
   options.page_bytes = config->store.page_bytes;
-  options.hbm.slots = config->store.hbm_pages;
+  // Checked at start (config.cc): the product fits 32 bits.
+  options.hbm.slots = static_cast<uint32_t>(config->store.hbm_slots());
+  options.hbm_devices.assign(config->store.hbm_devices.begin(), config->store.hbm_devices.end());
+  if (!options.hbm_devices.empty()) options.cuda_device = options.hbm_devices.front();
   options.dram.slots = config->store.dram_pages;
   options.hbm_backend = *kvtier::ParseHbmBackend(config->store.hbm_backend);
   options.sink_tokens = config->store.sink_tokens;
@@ -133,12 +136,25 @@ int Run(const kvtier::KvtierdHooks& hooks) {
   // start, the CPU engine serves and HBM is host-emulated: said once here, and on /metrics.
   if (config->store.hbm_backend != "host-emulated" && kvtier::CudaDeviceAvailable()) {
     kvtier::CudaCopyEngineOptions engine_options;
+    engine_options.device = options.cuda_device;
     engine_options.kernel.sm_budget = config->gpu.sm_budget;
     engine_options.device_to_device_sm_budget = config->gpu.device_to_device_sm_budget;
     absl::StatusOr<std::unique_ptr<kvtier::CudaCopyEngine>> engine =
         kvtier::CudaCopyEngine::Create(engine_options);
     if (engine.ok()) {
       parts.copy_engine = *std::move(engine);
+      // Each other GPU with an HBM pool gets an engine of its own: its kernels run there.
+      for (int device : options.hbm_devices) {
+        if (device == options.cuda_device || parts.hbm_engines.contains(device)) continue;
+        engine_options.device = device;
+        engine = kvtier::CudaCopyEngine::Create(engine_options);
+        if (!engine.ok()) {
+          LOG(ERROR) << "event=cuda_copy_engine_failed device=" << device << " error=\""
+                     << engine.status().ToString() << "\"";
+          return 1;
+        }
+        parts.hbm_engines[device] = *std::move(engine);
+      }
     } else {
       LOG(WARNING) << "event=cuda_copy_engine_unavailable fallback=cpu error=\""
                    << engine.status().ToString() << "\"";
@@ -206,6 +222,7 @@ int Run(const kvtier::KvtierdHooks& hooks) {
   const kvtier::TieredStore::SharedPool pool = (*store)->dram_pool();
   LOG(INFO) << "event=serving socket=" << config->socket_path << " pid=" << ::getpid()
             << " hbm_pages=" << config->store.hbm_pages
+            << " hbm_pools=" << (*store)->hbm_pools().size()
             << " hbm_backend=" << (*store)->hbm_backend() << " dram_pages=" << pool.slots
             << " page_bytes=" << options.page_bytes << " policy=" << (*store)->policy_name()
             << " nvme=" << ((*store)->has_tier(kvtier::Tier::kNvme) ? 1 : 0);

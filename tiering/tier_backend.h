@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
@@ -44,6 +45,16 @@ struct SlotRead {
   absl::Span<const MutableBuffer> dst;  // the slot is scattered, in order, into these
 };
 
+// A tier's slots may sit in several pools (the HBM tier: one pool per GPU); pool p holds the
+// consecutive slots [first_slot, first_slot + slots), in the memory of `device`.
+struct TierPool {
+  uint32_t first_slot = 0;
+  uint32_t slots = 0;
+  // The CUDA device the pool's memory is on (for a host-emulated HBM pool, the device it stands
+  // in for); -1 for host memory.
+  int device = -1;
+};
+
 // A page a persistent backend found at start.
 struct RecoveredPage {
   uint32_t slot = 0;
@@ -68,6 +79,9 @@ class TierBackend {
   virtual uint64_t slot_bytes() const = 0;
   // Host address of a slot when the CPU can address it directly, else nullptr.
   virtual std::byte* HostSlot(uint32_t slot) const = 0;
+  // The tier's pools, in slot order, covering [0, slot_count()). Default: one pool of host
+  // memory (or of no memory, for NVMe).
+  virtual std::vector<TierPool> pools() const { return {TierPool{0, slot_count(), -1}}; }
 
   // Batched I/O; `results[i]` is the outcome of item i (sizes equal). A failed item never
   // affects another. Writes are durable (for a persistent tier) when the call returns OK.

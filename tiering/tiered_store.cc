@@ -76,6 +76,7 @@ TieredStore::TieredStore(const StoreOptions& options, StoreParts parts)
     : options_(options),
       clock_(options.clock != nullptr ? options.clock : SteadyClock::Get()),
       copy_engine_(std::move(parts.copy_engine)),
+      hbm_engines_(std::move(parts.hbm_engines)),
       policy_(std::move(parts.policy)),
       policy_name_(policy_->name()),
       counters_(std::make_unique<Counters_>()) {
@@ -117,13 +118,31 @@ absl::Status TieredStore::Init() {
                    ? HbmBackend::kCuda
                    : HbmBackend::kHostEmulated;
     }
-    absl::StatusOr<std::unique_ptr<MemoryRegion>> region =
-        choice == HbmBackend::kCuda
-            ? CreateCudaDeviceRegion(bytes * options_.hbm.slots, options_.cuda_device)
-            : CreateHostEmulatedDeviceRegion(bytes * options_.hbm.slots);
-    if (!region.ok()) return region.status();
-    absl::StatusOr<std::unique_ptr<MemoryTier>> tier = MemoryTier::Create(
-        Tier::kHbm, *std::move(region), options_.hbm.slots, bytes, copy_engine_.get());
+    const std::vector<int> devices = options_.hbm_devices.empty()
+                                         ? std::vector<int>{options_.cuda_device}
+                                         : options_.hbm_devices;
+    if (devices.size() > options_.hbm.slots) {
+      return absl::InvalidArgumentError(absl::StrCat(options_.hbm.slots, " HBM slots cannot make ",
+                                                     devices.size(), " pools of at least one"));
+    }
+    std::vector<MemoryPool> pools;
+    for (size_t p = 0; p < devices.size(); ++p) {
+      MemoryPool pool;
+      pool.slots = static_cast<uint32_t>(options_.hbm.slots / devices.size() +
+                                         (p < options_.hbm.slots % devices.size() ? 1 : 0));
+      pool.device = devices[p];
+      absl::StatusOr<std::unique_ptr<MemoryRegion>> region =
+          choice == HbmBackend::kCuda ? CreateCudaDeviceRegion(bytes * pool.slots, pool.device)
+                                      : CreateHostEmulatedDeviceRegion(bytes * pool.slots);
+      if (!region.ok()) return region.status();
+      pool.region = *std::move(region);
+      auto engine = hbm_engines_.find(pool.device);
+      pool.engine = engine != hbm_engines_.end() && engine->second != nullptr ? engine->second.get()
+                                                                              : copy_engine_.get();
+      pools.push_back(std::move(pool));
+    }
+    absl::StatusOr<std::unique_ptr<MemoryTier>> tier =
+        MemoryTier::Create(Tier::kHbm, std::move(pools), bytes);
     if (!tier.ok()) return tier.status();
     hbm = *std::move(tier);
   }
@@ -155,7 +174,23 @@ absl::Status TieredStore::Init() {
     if (backend->slot_count() == 0) {
       return absl::InvalidArgumentError(absl::StrCat(TierName(t), " tier has no slots"));
     }
-    slots_[TierIndex(t)].emplace(backend->slot_count());
+    std::vector<uint32_t> pool_sizes;
+    uint64_t covered = 0;
+    for (const TierPool& pool : backend->pools()) {
+      if (pool.first_slot != covered || pool.slots == 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            TierName(t), " tier's pools do not cover its slots in order (a pool at slot ",
+            pool.first_slot, " of ", pool.slots, " slots after ", covered, ")"));
+      }
+      covered += pool.slots;
+      pool_sizes.push_back(pool.slots);
+    }
+    if (covered != backend->slot_count()) {
+      return absl::InvalidArgumentError(absl::StrCat(TierName(t), " tier's pools hold ", covered,
+                                                     " slots, not its ", backend->slot_count()));
+    }
+    slots_[TierIndex(t)].emplace(absl::MakeConstSpan(pool_sizes));
+    if (t == Tier::kHbm) hbm_pools_ = backend->pools();
     any = true;
   }
   if (!any) return absl::InvalidArgumentError("the store needs at least one tier with slots");
@@ -369,10 +404,22 @@ bool TieredStore::Evictable(const PageKey& key) const {
   return e.has_value() && e->pin_count == 0 && e->state == PageState::kReady && !e->in_sink_slot;
 }
 
-std::optional<uint32_t> TieredStore::AcquireSemanticSlot(Tier t, int depth) {
+uint32_t TieredStore::HbmPoolOn(std::optional<int> device) const {
+  const auto& slots = slots_[TierIndex(Tier::kHbm)];
+  uint32_t best = SlotAllocator::kAnyPool;
+  if (!device.has_value() || !slots.has_value()) return best;
+  for (uint32_t p = 0; p < hbm_pools_.size(); ++p) {
+    if (hbm_pools_[p].device != *device) continue;
+    if (best == SlotAllocator::kAnyPool || slots->pool_free(p) > slots->pool_free(best)) best = p;
+  }
+  return best;
+}
+
+std::optional<uint32_t> TieredStore::AcquireSemanticSlot(Tier t, int depth, uint32_t hbm_pool) {
   auto& slots = slots_[TierIndex(t)];
   if (!slots.has_value()) return std::nullopt;
-  if (SemanticUsed(t) < SemanticCapacity(t)) return slots->Allocate();
+  const uint32_t pool = t == Tier::kHbm ? hbm_pool : SlotAllocator::kAnyPool;
+  if (SemanticUsed(t) < SemanticCapacity(t)) return slots->Allocate(pool);
   if (depth > kNumTiers) return std::nullopt;
   std::vector<PageKey> victims;
   policy_->LeastValuable(
@@ -393,11 +440,13 @@ std::optional<uint32_t> TieredStore::AcquireSemanticSlot(Tier t, int depth) {
       DropLocked(victim, *e);
     }
   }
-  if (SemanticUsed(t) < SemanticCapacity(t)) return slots->Allocate();
+  // The victim's slot may be in another pool than the one asked for: the page goes there (a
+  // worker on another GPU reads it by peer access or through DRAM).
+  if (SemanticUsed(t) < SemanticCapacity(t)) return slots->Allocate(pool);
   return std::nullopt;
 }
 
-std::optional<uint32_t> TieredStore::AcquireSinkSlot(NamespaceId ns) {
+std::optional<uint32_t> TieredStore::AcquireSinkSlot(NamespaceId ns, uint32_t hbm_pool) {
   NamespaceState& n = namespaces_[ns];
   if (n.sink_reserved == 0 || n.retired) return std::nullopt;
   if (n.sink_used == n.sink_reserved) {
@@ -422,7 +471,7 @@ std::optional<uint32_t> TieredStore::AcquireSinkSlot(NamespaceId ns) {
     Bump(counters_->sink_replacements);
     if (n.sink_used == n.sink_reserved) return std::nullopt;
   }
-  std::optional<uint32_t> slot = slots_[TierIndex(Tier::kHbm)]->Allocate();
+  std::optional<uint32_t> slot = slots_[TierIndex(Tier::kHbm)]->Allocate(hbm_pool);
   if (slot.has_value()) {
     ++n.sink_used;
     ++total_sink_used_;
@@ -781,8 +830,9 @@ std::optional<absl::StatusOr<Tier>> TieredStore::ReservePutLocked(NamespaceId ns
   bool sink_slot = false;
   std::optional<uint32_t> slot;
   Tier tier = options.tier.value_or(Tier::kHbm);
+  const uint32_t hbm_pool = HbmPoolOn(options.hbm_device);
   if (!options.tier.has_value() && cls == PageClass::kSink && has_tier(Tier::kHbm)) {
-    slot = AcquireSinkSlot(ns);
+    slot = AcquireSinkSlot(ns, hbm_pool);
     sink_slot = slot.has_value();
     if (!sink_slot && namespaces_[ns].sink_reserved > 0) Bump(counters_->sink_overflows);
   }
@@ -797,7 +847,7 @@ std::optional<absl::StatusOr<Tier>> TieredStore::ReservePutLocked(NamespaceId ns
     candidate.position = options.position;
     candidate.stats.tokens = options.tokens != 0 ? options.tokens : options_.tokens_per_page;
     if (!policy_->Admits(t, candidate)) continue;  // not worth a slot there: try the next
-    slot = AcquireSemanticSlot(t, 0);
+    slot = AcquireSemanticSlot(t, 0, hbm_pool);
     tier = t;
   }
   if (!slot.has_value()) {
@@ -863,10 +913,21 @@ TieredStore::SharedPool TieredStore::dram_pool() const {
 
 std::byte* TieredStore::SlotAddress(Tier t, uint32_t slot) const {
   const auto* tier = dynamic_cast<const MemoryTier*>(backends_[TierIndex(t)].get());
-  if (tier == nullptr || slot >= tier->slot_count()) return nullptr;
+  if (tier == nullptr) return nullptr;
+  const MemoryRegion* region = nullptr;
+  std::byte* address = tier->SlotAddress(slot, &region);
   // Host memory a GPU kernel cannot reach (not registered with CUDA) is no address for it.
-  if (tier->region().kind() == MemoryKind::kHost && !tier->region().pinned()) return nullptr;
-  return tier->SlotAddress(slot);
+  if (address == nullptr || (region->kind() == MemoryKind::kHost && !region->pinned())) {
+    return nullptr;
+  }
+  return address;
+}
+
+int TieredStore::HbmDeviceOfSlot(uint32_t slot) const {
+  for (const TierPool& p : hbm_pools_) {
+    if (slot >= p.first_slot && slot - p.first_slot < p.slots) return p.device;
+  }
+  return -1;
 }
 
 absl::StatusOr<Tier> TieredStore::Get(NamespaceId ns, const PageKey& client_key,
@@ -1294,6 +1355,11 @@ TierUsage TieredStore::Usage(Tier tier) const {
     u.sink_used_slots = total_sink_used_;
   }
   u.pages_by_class = pages_by_class_[TierIndex(tier)];
+  const std::vector<TierPool> pools =
+      tier == Tier::kHbm ? hbm_pools_ : backends_[TierIndex(tier)]->pools();
+  for (uint32_t p = 0; p < pools.size() && p < slots->pool_count(); ++p) {
+    u.pools.push_back(PoolUsage{pools[p].device, slots->pool_size(p), slots->pool_used(p)});
+  }
   return u;
 }
 

@@ -19,6 +19,7 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -58,6 +59,13 @@ struct StoreOptions {
   // when this build has CUDA and a GPU is present). Chosen once at Create and reported.
   HbmBackend hbm_backend = HbmBackend::kAuto;
   int cuda_device = 0;
+  // One HBM pool per entry, on that CUDA device (a node's GPUs each give the cache a pool, and a
+  // page's HBM copy lives in one of them); hbm.slots is split evenly between them, the first
+  // pools taking one more when it does not divide. Empty (default): one pool on cuda_device. A
+  // device may be listed twice (two pools on one GPU; tests use it to run the several-pool code
+  // on a one-GPU machine). With a host-emulated HBM backend each entry is a host region
+  // standing in for that device.
+  std::vector<int> hbm_devices;
   // Pin the DRAM pool with cudaHostRegister when CUDA is live (faster, zero-copy-mappable).
   bool pin_dram = true;
   // StreamingLLM's attention sinks: pages covering the first `sink_tokens` tokens of a sequence
@@ -84,8 +92,11 @@ struct StoreParts {
   std::unique_ptr<PlacementPolicy> policy;  // default: LruPolicy
   std::unique_ptr<CopyEngine> copy_engine;  // default: CpuCopyEngine(1)
   std::unique_ptr<TierBackend> hbm;         // default: built from options (HBM backend choice)
-  std::unique_ptr<TierBackend> dram;        // default: memfd pool from options
-  std::unique_ptr<TierBackend> nvme;        // default: no NVMe tier
+  // The copy engine of each CUDA device an HBM pool is on (keyed by ordinal); a pool on a device
+  // without one here is copied by copy_engine. Used only when the store builds the HBM tier.
+  std::map<int, std::unique_ptr<CopyEngine>> hbm_engines;
+  std::unique_ptr<TierBackend> dram;  // default: memfd pool from options
+  std::unique_ptr<TierBackend> nvme;  // default: no NVMe tier
 };
 
 struct PutOptions {
@@ -94,6 +105,9 @@ struct PutOptions {
   uint32_t tokens = 0;                         // tokens covered; 0 means tokens_per_page
   PageClass class_hint = PageClass::kUnknown;  // the worker's memory-intent hint
   std::optional<Tier> tier;  // place in this tier instead of the fastest with room
+  // Put the page's HBM copy in a pool on this CUDA device when one has room (the GPU of the
+  // worker that stored it); otherwise, or when unset, in the pool with the most free slots.
+  std::optional<int> hbm_device;
 };
 
 // One page of a PutBatch: its key, its bytes (pieces in page order) and its options.
@@ -116,6 +130,13 @@ struct LookupResult {
   std::vector<Tier> tiers;  // tier of each of those pages
 };
 
+// One pool of a tier (TierPool) and how full it is.
+struct PoolUsage {
+  int device = -1;
+  uint32_t capacity_slots = 0;
+  uint32_t used_slots = 0;
+};
+
 struct TierUsage {
   bool present = false;
   std::string backend;
@@ -124,6 +145,7 @@ struct TierUsage {
   uint32_t sink_reserved_slots = 0;                        // HBM only
   uint32_t sink_used_slots = 0;                            // HBM only
   std::array<uint32_t, kNumPageClasses> pages_by_class{};  // indexed by PageClass
+  std::vector<PoolUsage> pools;                            // in slot order; one for most tiers
 };
 
 struct StoreCounters {
@@ -256,6 +278,10 @@ class TieredStore {
   // memory (NVMe), host memory not registered with CUDA, or a slot out of range. For copy paths
   // outside Get/Put that move a batch of pages in one launch: valid while the page is pinned.
   std::byte* SlotAddress(Tier t, uint32_t slot) const;
+  // The HBM tier's pools (empty without HBM); fixed at Create.
+  const std::vector<TierPool>& hbm_pools() const { return hbm_pools_; }
+  // The CUDA device of the HBM pool that holds `slot`, or -1 for a slot out of range.
+  int HbmDeviceOfSlot(uint32_t slot) const;
   // Adopts pages a persistent tier recovered (called once by Create for NVMe).
   uint32_t recovered_pages() const { return recovered_pages_; }
 
@@ -283,7 +309,13 @@ class TieredStore {
 
   // Returns a free slot in `t` for an ordinary page, demoting or dropping the policy's victims
   // to make one. nullopt when nothing can be moved (all pinned).
-  std::optional<uint32_t> AcquireSemanticSlot(Tier t, int depth) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // In HBM, the slot comes from `hbm_pool` when that pool has room.
+  std::optional<uint32_t> AcquireSemanticSlot(Tier t, int depth,
+                                              uint32_t hbm_pool = SlotAllocator::kAnyPool)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The HBM pool on `device` with the most free slots (kAnyPool: no device given, or no pool on
+  // it).
+  uint32_t HbmPoolOn(std::optional<int> device) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ReleaseSlot(Tier t, uint32_t slot, bool sink_slot, NamespaceId ns)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Moves one unpinned page; on a copy failure the page is dropped and the error counted.
@@ -334,7 +366,9 @@ class TieredStore {
   absl::Status CopyBetween(TierBackend& from, uint32_t from_slot, TierBackend& to, uint32_t to_slot,
                            const PageMeta& meta) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Claims a reserved sink slot for `ns`, replacing its LRU unpinned sink if the reserve is full.
-  std::optional<uint32_t> AcquireSinkSlot(NamespaceId ns) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::optional<uint32_t> AcquireSinkSlot(NamespaceId ns,
+                                          uint32_t hbm_pool = SlotAllocator::kAnyPool)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RecordAccess(PageEntry& e) const;
   PageClass ClassifyOnPut(const PutOptions& o, ClassSource* source) const;
   absl::StatusOr<PageEntry> FindOwned(NamespaceId ns, const PageKey& key) const;
@@ -354,7 +388,9 @@ class TieredStore {
   const StoreOptions options_;
   const Clock* const clock_;
   std::unique_ptr<CopyEngine> copy_engine_;
+  std::map<int, std::unique_ptr<CopyEngine>> hbm_engines_;  // outlive the backends
   std::array<std::unique_ptr<TierBackend>, kNumTiers> backends_;
+  std::vector<TierPool> hbm_pools_;  // set by Init, then read-only
   std::string hbm_backend_name_;
   PageIndex index_;
 

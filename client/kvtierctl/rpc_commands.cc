@@ -77,6 +77,11 @@ void PrintTiers(const google::protobuf::RepeatedPtrField<wire::TierStatus>& tier
                 t.backend().c_str(), t.capacity_slots(), t.used_slots(), t.sink_used_slots(),
                 t.sink_reserved_slots(), static_cast<unsigned long long>(t.hits()),
                 static_cast<unsigned long long>(t.evictions()));
+    if (t.pools_size() < 2) continue;
+    for (int p = 0; p < t.pools_size(); ++p) {
+      std::printf("  pool %d on GPU %d: %u of %u slots used\n", p, t.pools(p).device(),
+                  t.pools(p).used_slots(), t.pools(p).capacity_slots());
+    }
   }
 }
 

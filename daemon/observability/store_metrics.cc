@@ -1,6 +1,8 @@
 #include "daemon/observability/store_metrics.h"
 
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "base/invariant.h"
 
@@ -28,6 +30,11 @@ void BindStoreMetrics(metrics::Registry& r, const TieredStore& store) {
       r.AddGauge("kvtier_tier_pages", "Pages held in the tier, by class.", {"tier", "class"});
   auto& sink_slots = r.AddGauge(
       "kvtier_sink_slots", "Reserved HBM sink slots over all namespaces, used or free.", {"state"});
+  auto& pool_slots =
+      r.AddGauge("kvtier_hbm_pool_slots",
+                 "HBM page slots of each pool (one per GPU; `pool` is its index, `device` its CUDA "
+                 "ordinal), used or capacity.",
+                 {"pool", "device", "state"});
   auto& hits =
       r.AddCounter("kvtier_hits_total", "Page reads served, by the tier that served.", {"tier"});
   auto& misses = r.AddCounter("kvtier_misses_total", "Page reads that found no page.");
@@ -85,6 +92,14 @@ void BindStoreMetrics(metrics::Registry& r, const TieredStore& store) {
       m.migrated[TierIndex(to)] = &migrated.Get({tier, S(TierName(to))});
     }
   }
+  // Per HBM pool: {used, capacity}.
+  auto per_pool = std::make_shared<std::vector<std::pair<metrics::Gauge*, metrics::Gauge*>>>();
+  for (size_t p = 0; p < store.hbm_pools().size(); ++p) {
+    const std::string pool = std::to_string(p);
+    const std::string device = std::to_string(store.hbm_pools()[p].device);
+    per_pool->emplace_back(&pool_slots.Get({pool, device, "used"}),
+                           &pool_slots.Get({pool, device, "capacity"}));
+  }
   metrics::Gauge* sinks_used = &sink_slots.Get({"used"});
   metrics::Gauge* sinks_free = &sink_slots.Get({"free"});
   metrics::Counter* misses_c = &misses.Get({});
@@ -94,8 +109,8 @@ void BindStoreMetrics(metrics::Registry& r, const TieredStore& store) {
   metrics::Counter* replacements_c = &replacements.Get({});
   metrics::Counter* invariants_c = &invariants.Get({});
 
-  r.AddCollector([&store, per_tier, sinks_used, sinks_free, misses_c, puts_c, dup_c, overflows_c,
-                  replacements_c, invariants_c] {
+  r.AddCollector([&store, per_tier, per_pool, sinks_used, sinks_free, misses_c, puts_c, dup_c,
+                  overflows_c, replacements_c, invariants_c] {
     const StoreCounters c = store.Counters();
     const double page = static_cast<double>(store.page_bytes());
     for (Tier t : kAllTiers) {
@@ -119,6 +134,10 @@ void BindStoreMetrics(metrics::Registry& r, const TieredStore& store) {
             static_cast<double>(c.migrated_bytes[TierIndex(t)][TierIndex(to)]));
       }
       if (t == Tier::kHbm) {
+        for (size_t p = 0; p < u.pools.size() && p < per_pool->size(); ++p) {
+          (*per_pool)[p].first->Set(u.pools[p].used_slots);
+          (*per_pool)[p].second->Set(u.pools[p].capacity_slots);
+        }
         sinks_used->Set(u.sink_used_slots);
         sinks_free->Set(u.sink_reserved_slots - u.sink_used_slots);
       }

@@ -260,6 +260,7 @@ TEST(ConfigSchema, EveryCheckedKeyNamesItselfInItsError) {
       {"store.page_bytes", "0"},
       {"store.dram_pages", "0"},
       {"store.hbm_backend", "gpu"},
+      {"store.hbm_devices", "[0, -1]"},
       {"store.tokens_per_page", "0"},
       {"store.maintain_interval_ms", "0"},
       {"store.policy", "fifo"},
@@ -321,6 +322,26 @@ TEST(ConfigSchema, EveryCheckedKeyNamesItselfInItsError) {
     EXPECT_TRUE(absl::StartsWith(s.message(), k.path + ": ")) << yaml << "\n" << s;
   }
   EXPECT_EQ(checked, bad.size()) << "a bad value for a key the schema does not check";
+}
+
+TEST(Config, HbmDevicesMakeOnePoolEachOfHbmPages) {
+  DaemonConfig c =
+      Parse("store: {hbm_pages: 100, hbm_devices: [0, 1, 3]}\nnamespaces: [{name: \"*\"}]\n");
+  EXPECT_TRUE(ValidateConfig(c).ok()) << ValidateConfig(c);
+  EXPECT_EQ(c.store.hbm_slots(), 300u);
+  EXPECT_EQ(Parse("store: {hbm_pages: 100}\n").store.hbm_slots(), 100u);
+  // The tier's slot count must fit 32 bits, and a typo must not ask for a thousand pools.
+  for (const char* yaml : {"store: {hbm_pages: 3000000000, hbm_devices: [0, 1]}\n",
+                           "store: {hbm_devices: [0, 1024]}\n"}) {
+    c = Parse(yaml);
+    absl::Status s = ValidateConfig(c);
+    ASSERT_FALSE(s.ok()) << yaml;
+    EXPECT_TRUE(absl::StartsWith(s.message(), "store.hbm_devices: ")) << s;
+  }
+  std::string many = "store: {hbm_devices: [";
+  for (int i = 0; i < 65; ++i) absl::StrAppend(&many, i == 0 ? "" : ", ", i % 8);
+  c = Parse(many + "]}\n");
+  EXPECT_NE(ValidateConfig(c).message().find("at most 64"), std::string::npos);
 }
 
 TEST(ConfigSchema, EmbeddedDefaultAddsOnlyANamespaceRule) {

@@ -87,6 +87,7 @@ std::unique_ptr<TieredStore> StoreWithTraffic() {
   o.hbm.slots = 32;
   o.dram.slots = 64;
   o.hbm_backend = HbmBackend::kHostEmulated;
+  o.hbm_devices = {0, 1};  // two pools of 16, as on a two-GPU node
   o.tokens_per_page = 512;
   auto store = *TieredStore::Create(o);
   const NamespaceId ns = *store->AddNamespace("metrics-test", 4);
@@ -129,6 +130,21 @@ TEST(StoreMetricsTest, LiveStoreMetricsPassPromtoolAndAddUp) {
             std::string::npos);
   EXPECT_GT(c.hits[TierIndex(Tier::kDram)], 0u);
   EXPECT_NE(text.find("kvtier_sink_slots{state=\"used\"} 4"), std::string::npos) << text;
+  const TierUsage hbm = store->Usage(Tier::kHbm);
+  ASSERT_EQ(hbm.pools.size(), 2u);
+  EXPECT_EQ(hbm.pools[0].used_slots + hbm.pools[1].used_slots, hbm.used_slots);
+  for (int p = 0; p < 2; ++p) {
+    // Labels print in name order.
+    const std::string labels = "device=\"" + std::to_string(p) + "\",pool=\"" + std::to_string(p);
+    EXPECT_NE(text.find("kvtier_hbm_pool_slots{" + labels + "\",state=\"capacity\"} 16"),
+              std::string::npos)
+        << text;
+    EXPECT_NE(text.find("kvtier_hbm_pool_slots{" + labels + "\",state=\"used\"} " +
+                        std::to_string(hbm.pools[p].used_slots)),
+              std::string::npos)
+        << text;
+  }
+  EXPECT_GT(hbm.pools[1].used_slots, 0u);  // the traffic used both pools
 }
 
 TEST(AdminHttpTest, ServesMetricsHealthAndReadiness) {

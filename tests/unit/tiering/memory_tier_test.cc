@@ -3,6 +3,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "gtest/gtest.h"
@@ -47,6 +48,126 @@ TEST(SlotAllocatorTest, DoubleFreeAndOutOfRangeAreRefused) {
   EXPECT_FALSE(a.Claim(9));
   for (int i = 0; i < 3; ++i) EXPECT_NE(a.Allocate(), std::optional<uint32_t>(2));
   EXPECT_FALSE(a.Allocate().has_value());
+}
+
+TEST(SlotAllocatorTest, PoolsServeTheirOwnSlotsAndFallBackToTheEmptiestPool) {
+  SlotAllocator a({3, 5, 2});  // pool 0: slots 0-2, pool 1: 3-7, pool 2: 8-9
+  ASSERT_EQ(a.pool_count(), 3u);
+  EXPECT_EQ(a.capacity(), 10u);
+  EXPECT_EQ(a.PoolOf(0), 0u);
+  EXPECT_EQ(a.PoolOf(2), 0u);
+  EXPECT_EQ(a.PoolOf(3), 1u);
+  EXPECT_EQ(a.PoolOf(7), 1u);
+  EXPECT_EQ(a.PoolOf(8), 2u);
+  EXPECT_EQ(a.PoolOf(9), 2u);
+  // A preferred pool with room serves, lowest slot first.
+  EXPECT_EQ(a.Allocate(2), std::optional<uint32_t>(8));
+  EXPECT_EQ(a.Allocate(2), std::optional<uint32_t>(9));
+  EXPECT_EQ(a.pool_used(2), 2u);
+  // Pool 2 is full: the emptiest pool (1, five free) serves instead, as does no preference and an
+  // out-of-range one.
+  EXPECT_EQ(a.Allocate(2), std::optional<uint32_t>(3));
+  EXPECT_EQ(a.PoolOf(*a.Allocate()), 1u);   // pool 1 still has the most free: 4 against 3
+  EXPECT_EQ(a.PoolOf(*a.Allocate(7)), 0u);  // 3 and 3: the first pool wins a tie
+  EXPECT_EQ(a.used(), 5u);
+  EXPECT_EQ(a.pool_free(0) + a.pool_free(1) + a.pool_free(2), a.free());
+  // Freed slots go back to their own pool.
+  EXPECT_TRUE(a.Free(9));
+  EXPECT_EQ(a.pool_free(2), 1u);
+  EXPECT_EQ(a.Allocate(2), std::optional<uint32_t>(9));
+  EXPECT_FALSE(a.Free(10));
+  // Claim takes a slot out of its pool; everything ends up allocated exactly once.
+  EXPECT_TRUE(a.Claim(6));
+  EXPECT_FALSE(a.Claim(6));
+  std::vector<uint32_t> rest;
+  while (std::optional<uint32_t> s = a.Allocate(0)) rest.push_back(*s);
+  EXPECT_EQ(a.free(), 0u);
+  EXPECT_EQ(a.used(), 10u);
+  EXPECT_EQ(rest.size() + 5 + 1,
+            10u);  // five allocated above (one freed, taken again), one claimed
+  std::sort(rest.begin(), rest.end());
+  EXPECT_TRUE(std::adjacent_find(rest.begin(), rest.end()) == rest.end());
+  for (uint32_t s : rest) EXPECT_NE(s, 6u);
+}
+
+TEST(MemoryTierPoolsTest, PagesInSeveralPoolsRoundTripThroughTheirOwnEngines) {
+  constexpr uint64_t kSlot = 256;
+  CpuCopyEngine engine_a(1), engine_b(1);
+  std::vector<MemoryPool> pools(2);
+  for (int p = 0; p < 2; ++p) {
+    auto region = CreateHostEmulatedDeviceRegion(kSlot * (p + 2));
+    ASSERT_TRUE(region.ok()) << region.status();
+    pools[p].region = *std::move(region);
+    pools[p].slots = p + 2;  // 2 and 3 slots
+    pools[p].engine = p == 0 ? &engine_a : &engine_b;
+    pools[p].device = 7 - p;
+  }
+  const std::byte* base1 = pools[1].region->data();
+  auto tier = MemoryTier::Create(Tier::kHbm, std::move(pools), kSlot);
+  ASSERT_TRUE(tier.ok()) << tier.status();
+  MemoryTier& t = **tier;
+  EXPECT_EQ(t.slot_count(), 5u);
+  const std::vector<TierPool> got = t.pools();
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_EQ(got[0].first_slot, 0u);
+  EXPECT_EQ(got[0].slots, 2u);
+  EXPECT_EQ(got[0].device, 7);
+  EXPECT_EQ(got[1].first_slot, 2u);
+  EXPECT_EQ(got[1].slots, 3u);
+  EXPECT_EQ(got[1].device, 6);
+  EXPECT_EQ(t.SlotAddress(2), base1);  // pool 1's first slot starts its own region
+  EXPECT_EQ(t.SlotAddress(4), base1 + 2 * kSlot);
+  EXPECT_EQ(t.SlotAddress(5), nullptr);
+  // One batch over both pools: every page comes back as written.
+  std::vector<std::vector<std::byte>> pages(5, std::vector<std::byte>(kSlot));
+  std::vector<ConstBuffer> src(5);
+  std::vector<SlotWrite> writes(5);
+  for (uint32_t i = 0; i < 5; ++i) {
+    std::fill(pages[i].begin(), pages[i].end(), std::byte(0x10 + i));
+    src[i] = ConstBuffer{pages[i].data(), kSlot};
+    writes[i] = SlotWrite{i, PageMeta{.bytes = kSlot}, absl::MakeConstSpan(&src[i], 1)};
+  }
+  std::vector<absl::Status> results(5);
+  t.Write(writes, absl::MakeSpan(results));
+  for (const absl::Status& r : results) EXPECT_TRUE(r.ok()) << r;
+  EXPECT_EQ(t.SlotAddress(3)[0], std::byte(0x13));
+  std::vector<std::vector<std::byte>> back(5, std::vector<std::byte>(kSlot));
+  std::vector<MutableBuffer> dst(5);
+  std::vector<SlotRead> reads(5);
+  for (uint32_t i = 0; i < 5; ++i) {
+    dst[i] = MutableBuffer{back[i].data(), kSlot};
+    reads[4 - i] = SlotRead{i, PageMeta{.bytes = kSlot}, absl::MakeConstSpan(&dst[i], 1)};
+  }
+  t.Read(reads, absl::MakeSpan(results));
+  for (uint32_t i = 0; i < 5; ++i) {
+    EXPECT_TRUE(results[i].ok()) << results[i];
+    EXPECT_EQ(back[i], pages[i]) << "slot " << i;
+  }
+}
+
+TEST(MemoryTierPoolsTest, PoolsWithoutSlotsOrRoomAreRefused) {
+  CpuCopyEngine engine(1);
+  std::vector<MemoryPool> pools(2);
+  for (auto& p : pools) {
+    p.region = *CreateHostEmulatedDeviceRegion(1024);
+    p.engine = &engine;
+    p.slots = 1;
+  }
+  pools[1].slots = 0;
+  absl::StatusOr<std::unique_ptr<MemoryTier>> t =
+      MemoryTier::Create(Tier::kHbm, std::move(pools), 1024);
+  EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(t.status().message().find("no slots"), std::string::npos) << t.status();
+  // Regions are rounded up to the OS page: two slots of a whole region each cannot fit.
+  std::vector<MemoryPool> big(1);
+  big[0].region = *CreateHostEmulatedDeviceRegion(1024);
+  big[0].engine = &engine;
+  big[0].slots = 2;
+  const uint64_t slot_bytes = big[0].region->size();
+  t = MemoryTier::Create(Tier::kHbm, std::move(big), slot_bytes);
+  EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument) << t.status();
+  EXPECT_EQ(MemoryTier::Create(Tier::kHbm, std::vector<MemoryPool>{}, 1024).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST(MemfdRegionTest, AnotherMappingOfTheFdSeesTheSameBytesAndCannotShrinkIt) {

@@ -116,6 +116,100 @@ TEST_F(TieredStoreTest, FullHbmDemotesTheLeastRecentlyUsedPageToDram) {
   EXPECT_EQ(c.hits[TierIndex(Tier::kHbm)], 1u);
 }
 
+// A store whose HBM tier has one pool per listed device (host-emulated: the same code a node
+// with several GPUs runs, minus the GPUs).
+std::unique_ptr<TieredStore> MakeWithHbmPools(std::vector<int> devices, uint32_t hbm, uint32_t dram,
+                                              const Clock* clock) {
+  StoreOptions o;
+  o.page_bytes = kPage;
+  o.hbm.slots = hbm;
+  o.dram.slots = dram;
+  o.hbm_backend = HbmBackend::kHostEmulated;
+  o.hbm_devices = std::move(devices);
+  o.clock = clock;
+  auto s = TieredStore::Create(o);
+  EXPECT_TRUE(s.ok()) << s.status();
+  return s.ok() ? *std::move(s) : nullptr;
+}
+
+TEST_F(TieredStoreTest, EachHbmPageLivesInOnePoolPreferablyOnTheStoringWorkersGpu) {
+  store_ = MakeWithHbmPools({0, 1}, 7, 16, &clock_);  // pool 0: 4 slots, pool 1: 3
+  ASSERT_NE(store_, nullptr);
+  ns_ = *store_->AddNamespace("model-a/tenant-1", 0);
+  ASSERT_EQ(store_->hbm_pools().size(), 2u);
+  EXPECT_EQ(store_->hbm_pools()[0].slots, 4u);
+  EXPECT_EQ(store_->hbm_pools()[1].slots, 3u);
+  EXPECT_EQ(store_->hbm_pools()[1].first_slot, 4u);
+  EXPECT_EQ(store_->hbm_pools()[1].device, 1);
+  auto device_of = [&](uint64_t i) {
+    return store_->HbmDeviceOfSlot(store_->Find(ns_, Key(i))->slot);
+  };
+  PutOptions on1;
+  on1.hbm_device = 1;
+  // A worker on GPU 1 fills GPU 1's pool first; then its pages go where there is room.
+  for (uint64_t i = 0; i < 3; ++i) {
+    ASSERT_EQ(*Put(i, on1), Tier::kHbm);
+    EXPECT_EQ(device_of(i), 1) << "page " << i;
+  }
+  ASSERT_EQ(*Put(3, on1), Tier::kHbm);
+  EXPECT_EQ(device_of(3), 0);
+  // No preference (a host worker, a promotion): the pool with the most free slots.
+  ASSERT_EQ(*Put(4), Tier::kHbm);
+  EXPECT_EQ(device_of(4), 0);
+  // A device with no pool is no preference either.
+  PutOptions on5;
+  on5.hbm_device = 5;
+  ASSERT_EQ(*Put(5, on5), Tier::kHbm);
+  EXPECT_EQ(device_of(5), 0);
+  const TierUsage u = store_->Usage(Tier::kHbm);
+  ASSERT_EQ(u.pools.size(), 2u);
+  EXPECT_EQ(u.pools[0].device, 0);
+  EXPECT_EQ(u.pools[0].used_slots, 3u);
+  EXPECT_EQ(u.pools[0].capacity_slots, 4u);
+  EXPECT_EQ(u.pools[1].used_slots, 3u);
+  EXPECT_EQ(u.used_slots, 6u);
+  // Full HBM: the least valuable page anywhere (page 0, LRU, in pool 1) goes down to DRAM, and
+  // the new page takes its slot, in the pool that freed it.
+  ASSERT_EQ(*Put(6, on1), Tier::kHbm);
+  ASSERT_EQ(*Put(7, on1), Tier::kHbm);
+  EXPECT_EQ(TierOf(0), Tier::kDram);
+  EXPECT_EQ(device_of(7), 1);
+  // Every page reads back as written, from whichever pool holds it.
+  for (uint64_t i = 0; i < 8; ++i) EXPECT_TRUE(GetAndCheck(i).ok()) << "page " << i;
+  // Promotion back into HBM lands in a pool with room and keeps the bytes.
+  ASSERT_TRUE(store_->Evict(ns_, Key(5)).ok());
+  ASSERT_TRUE(store_->Move(ns_, Key(0), Tier::kHbm).ok());
+  EXPECT_EQ(TierOf(0), Tier::kHbm);
+  EXPECT_EQ(device_of(0), 0);  // page 5's slot, in pool 0
+  EXPECT_EQ(*GetAndCheck(0), Tier::kHbm);
+}
+
+TEST_F(TieredStoreTest, HbmPoolsTwoOnOneDeviceAndTooFewSlotsForThePools) {
+  // Two pools on one device (how tests run the several-pool code on a one-GPU machine): a
+  // preference for that device takes the emptier of the two.
+  store_ = MakeWithHbmPools({3, 3}, 4, 4, &clock_);
+  ASSERT_NE(store_, nullptr);
+  ns_ = *store_->AddNamespace("model-a/tenant-1", 0);
+  PutOptions on3;
+  on3.hbm_device = 3;
+  std::vector<uint32_t> pools;
+  for (uint64_t i = 0; i < 4; ++i) {
+    ASSERT_EQ(*Put(i, on3), Tier::kHbm);
+    const uint32_t slot = store_->Find(ns_, Key(i))->slot;
+    EXPECT_EQ(store_->HbmDeviceOfSlot(slot), 3);
+    pools.push_back(slot < store_->hbm_pools()[1].first_slot ? 0 : 1);
+  }
+  EXPECT_EQ(pools, (std::vector<uint32_t>{0, 1, 0, 1}));
+  StoreOptions o;
+  o.page_bytes = kPage;
+  o.hbm.slots = 2;
+  o.hbm_backend = HbmBackend::kHostEmulated;
+  o.hbm_devices = {0, 1, 2};
+  absl::StatusOr<std::unique_ptr<TieredStore>> bad = TieredStore::Create(o);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument) << bad.status();
+  EXPECT_NE(bad.status().message().find("3 pools"), std::string::npos) << bad.status();
+}
+
 TEST_F(TieredStoreTest, BottomTierDropsAndMissesAreCounted) {
   Make(2, 2);
   for (int i = 0; i < 6; ++i) ASSERT_TRUE(Put(i).ok());

@@ -11,7 +11,10 @@
 // each (kv head, row split) merges the blocks' running (max, sum) pairs; in the generic one, a
 // second launch reduces the page partials. Pass 3, one block per 16 pages over every q head, turns
 // the partials into masses, breadth, entropy over heads and mean value norm (launched as a
-// programmatic dependent, so that its launch overlaps pass 1's drain).
+// programmatic dependent, so that its launch overlaps pass 1's drain). Where the tiled pass has
+// one row split and its grid fits the device at once (Llama-3-8B's 32/8 heads, window 32), pass 1
+// is launched cooperatively and does pass 3's work in its tail instead (mma_pass::FusedTail): no
+// second launch.
 // Nothing of size tokens x rows is ever stored: the page partials are [rows][pages] floats, 1/16
 // of K's bytes at 16 tokens a page.
 #include <cuda.h>
@@ -386,8 +389,10 @@ __global__ void __launch_bounds__(kThreads)
 //
 // Measured on an H200 (bench/RESULTS.md, issue 18; us of the whole statistics, 32k tokens, 32/8
 // heads, d 128, window 32; K+V read once 31.8-32.3 us): options 0 (the H100's kernel) 81.5-82.1,
-// kOptFixedRef 78.2, + kOptMmaNorms 68.9-69.4, + kOptBulkLoads 69.8, + kOptEvictFirst (the
-// default) 66.1-67.5; pass 1 alone 56-63 us under ncu, pass 3 9-10 us.
+// kOptFixedRef 78.2, + kOptMmaNorms 68.9-69.4, + kOptBulkLoads 69.8, + kOptEvictFirst (15, the
+// default until session 14) 66.1-67.5; pass 1 alone 56-63 us under ncu, pass 3 9-10 us. Session 14:
+// + the fused tail (kOptFusedTail, now the default) 63.7-67.4, median 66.0 against 66.5 for 15 in
+// the same processes; the one kernel 63.6-65.1 us under ncu.
 namespace mma_pass {
 
 constexpr int kTile = 64;

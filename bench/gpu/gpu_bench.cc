@@ -8,7 +8,10 @@
 //   3. attention statistics on a 32k-token sequence vs the time to read K and V once at the
 //      device bandwidth measured by a large device-to-device copy (read + write bytes).
 // Beside the engine's rows, `kernel_wall` times the raw kernel as the engine is timed (launch plus
-// synchronise, wall clock), and a `PROBE` line gives the host's descriptor staging cost per piece.
+// synchronise, wall clock), a `PROBE` line gives the host's descriptor staging cost per piece, and
+// an `engine_check` line per route says whether the engine's kernel method wrote what the raw
+// kernel writes; `attention_stats_rearm` checks that a reused attention workspace gives what a
+// fresh one gives.
 // KVTIER_BENCH_ATTN_OPTS="15,3,..." also times the attention pass's other option sets
 // (KVTIER_ATTN_OPT, kernels/cuda/gpu_attention_stats.cu) against the default's output.
 // Prints a table, then one machine-readable `BENCH key=value ...` line per figure.
@@ -290,6 +293,46 @@ int Main(int argc, char** argv) {
           Record({section, dir_name[dir], me, piece_kib, d2d_budgets[i], gb / t, baseline});
         }
       }
+      // What the engine's kernel method wrote must be what the raw kernel writes: destination
+      // poisoned, engine, snapshot, poisoned again, raw kernel, compare. Once per route, at 16 KiB
+      // pieces (32768 descriptors in six chunks).
+      if (piece_kib == 16) {
+        const bool dst_host = dir == 1;
+        std::byte* dst = dir == 0 ? worker_b : dir == 1 ? host_b : dir == 2 ? slots_b : worker_b;
+        const size_t dst_bytes = dir == 0 || dir == 3 ? 2 * total : total;
+        CudaCopyEngine& e = d2d ? *d2d_engines.back() : **engine;
+        std::vector<std::byte> by_engine(dst_bytes), by_kernel(dst_bytes);
+        auto snapshot = [&](std::vector<std::byte>& into) {
+          CHECK_CUDA(cudaMemcpy(into.data(), dst, dst_bytes, cudaMemcpyDefault));
+        };
+        auto poison = [&] {
+          if (dst_host) {
+            std::memset(dst, 0x77, dst_bytes);
+          } else {
+            CHECK_CUDA(cudaMemset(dst, 0x77, dst_bytes));
+          }
+        };
+        poison();
+        CHECK_OK(e.CopyWith(route, CudaCopyMethod::kKernel, ops));
+        snapshot(by_engine);
+        poison();
+        kernels::GpuCopyOptions opt;
+        CHECK_OK(kernels::LaunchCopyBatch(static_cast<const CopyDescriptor*>(descs->get()),
+                                          static_cast<uint32_t>(n), piece, opt, stream));
+        CHECK_CUDA(cudaStreamSynchronize(stream));
+        snapshot(by_kernel);
+        size_t written = 0;
+        for (size_t i = 0; i < dst_bytes; i += 4096) written += by_kernel[i] != std::byte{0x77};
+        const bool same = by_engine == by_kernel;
+        std::printf(
+            "BENCH section=engine_check dir=%s piece_kib=16 sm=%d same_as_kernel=%d "
+            "pages_written=%zu\n",
+            dir_name[dir], d2d ? 64 : 16, same ? 1 : 0, written);
+        if (!same || written == 0) {
+          std::fprintf(stderr, "engine output differs from the raw kernel's (%s)\n", dir_name[dir]);
+          std::exit(1);
+        }
+      }
       // The engine's host work before its launch, alone: building the batch's descriptors in a
       // pinned buffer (ns an op), the reason its rows trail the kernel's on device-to-device.
       {
@@ -409,6 +452,38 @@ int Main(int argc, char** argv) {
         std::fflush(stdout);
       }
       unsetenv("KVTIER_ATTN_OPT");
+    }
+    // The timed workspace's cross-block counters (the fused tail's) must be rearmed after every
+    // launch: given other inputs (K and V swapped), it must give what a fresh workspace gives.
+    // (Last: it leaves the swapped inputs' statistics in dout.)
+    {
+      std::vector<kernels::PageAttentionStats> used(pages), fresh(pages);
+      auto run = [&](kernels::AttentionStatsWorkspace& w,
+                     std::vector<kernels::PageAttentionStats>& dst) {
+        CHECK_CUDA(cudaMemset(dout->get(), 0xff, pages * sizeof(dst[0])));  // NaN poison
+        CHECK_OK(kernels::LaunchAttentionStats(
+            s, {}, dq->get(), dv->get(), dk->get(),
+            static_cast<kernels::PageAttentionStats*>(dout->get()), w, stream));
+        CHECK_CUDA(cudaStreamSynchronize(stream));
+        CHECK_CUDA(
+            cudaMemcpy(dst.data(), dout->get(), pages * sizeof(dst[0]), cudaMemcpyDeviceToHost));
+      };
+      run(*ws, used);
+      auto wf = kernels::AttentionStatsWorkspace::Create(s);
+      CHECK_OK(wf.status());
+      run(*wf, fresh);
+      uint32_t differ = 0, unwritten = 0;
+      for (uint32_t i = 0; i < pages; ++i) {
+        differ += std::memcmp(&used[i], &fresh[i], sizeof(used[i])) != 0 ? 1 : 0;
+        unwritten += std::isfinite(used[i].mass) && std::isfinite(used[i].mass_entropy) ? 0 : 1;
+      }
+      std::printf(
+          "BENCH section=attention_stats_rearm pages=%u pages_differing=%u pages_unwritten=%u\n",
+          pages, differ, unwritten);
+      if (differ != 0 || unwritten != 0) {
+        std::fprintf(stderr, "attention stats: a reused workspace differs from a fresh one\n");
+        std::exit(1);
+      }
     }
   }
 

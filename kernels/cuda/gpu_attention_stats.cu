@@ -11,7 +11,10 @@
 // each (kv head, row split) merges the blocks' running (max, sum) pairs; in the generic one, a
 // second launch reduces the page partials. Pass 3, one block per 16 pages over every q head, turns
 // the partials into masses, breadth, entropy over heads and mean value norm (launched as a
-// programmatic dependent, so that its launch overlaps pass 1's drain).
+// programmatic dependent, so that its launch overlaps pass 1's drain). Where the tiled pass has
+// one row split and its grid fits the device at once (Llama-3-8B's 32/8 heads, window 32), pass 1
+// is launched cooperatively and does pass 3's work in its tail instead (mma_pass::FusedTail): no
+// second launch.
 // Nothing of size tokens x rows is ever stored: the page partials are [rows][pages] floats, 1/16
 // of K's bytes at 16 tokens a page.
 #include <cuda.h>
@@ -386,8 +389,10 @@ __global__ void __launch_bounds__(kThreads)
 //
 // Measured on an H200 (bench/RESULTS.md, issue 18; us of the whole statistics, 32k tokens, 32/8
 // heads, d 128, window 32; K+V read once 31.8-32.3 us): options 0 (the H100's kernel) 81.5-82.1,
-// kOptFixedRef 78.2, + kOptMmaNorms 68.9-69.4, + kOptBulkLoads 69.8, + kOptEvictFirst (the
-// default) 66.1-67.5; pass 1 alone 56-63 us under ncu, pass 3 9-10 us.
+// kOptFixedRef 78.2, + kOptMmaNorms 68.9-69.4, + kOptBulkLoads 69.8, + kOptEvictFirst (15, the
+// default until session 14) 66.1-67.5; pass 1 alone 56-63 us under ncu, pass 3 9-10 us. Session 14:
+// + the fused tail (kOptFusedTail, now the default) 63.7-67.4, median 66.0 against 66.5 for 15 in
+// the same processes; the one kernel 63.6-65.1 us under ncu.
 namespace mma_pass {
 
 constexpr int kTile = 64;
@@ -427,6 +432,16 @@ struct Params {
   // [kv_heads][splits] chunks handed out past the grid's first ones (kOptDynamic); zero between
   // launches.
   uint32_t* next_chunk;
+  // The fused tail (kOptFusedTail; a launch-time choice, nonzero only for a cooperative launch
+  // with one row split and the static schedule): pass 3's work done by pass 1's blocks, see
+  // FusedTail. Counters zero between launches.
+  uint32_t fused;
+  float breadth_threshold;
+  uint32_t* arrive;    // [kv_heads] blocks whose running (max, sum) pairs are published
+  uint32_t* depart;    // [kv_heads] blocks done reading them
+  uint32_t* finished;  // [gridDim.x] kv heads' blocks done with the pages of block column x
+  float4* kv_part;     // [kv_heads][pages] (mass, sum of mass log mass, breadth count, unused)
+  PageAttentionStats* out;
 };
 
 using ptx::CpAsync16;
@@ -513,6 +528,241 @@ __device__ void MergeRowParts(const Params& p, uint32_t rbeg, uint32_t nrows) {
   }
 }
 
+// Pass 3 folded into pass 1's tail (kOptFusedTail), for one row split: the grid is launched
+// cooperatively (every block resident at once), so a block can wait for the other blocks of its
+// kv head. Each block then
+//  1. publishes its rows' running (max, sum) pairs (written before the call) and waits until
+//     every block of its kv head has: one counter a kv head, no grid-wide barrier;
+//  2. merges them into its rows' log2-sum-exp over the whole sequence, each block for itself;
+//  3. turns the page partials of its own pages (page_lse, which its threads wrote) into each q
+//     head's mass, and per page the sums over its q heads of mass, mass log mass and the breadth
+//     count: one float4 a (kv head, page);
+//  4. counts itself done with its pages; the last kv head's block of a block column adds the kv
+//     heads' float4s in kv-head order and the value norms, and writes the pages' statistics.
+// Mass and entropy need only sums over heads, so nothing waits for the whole grid, and no second
+// launch (nor its 61-65% SM occupancy, measured) is left. Deterministic: every sum runs in a
+// fixed order (the breadth counts are integers).
+constexpr uint32_t kTailPages = 64;
+// A block waiting for its kv head's others longer than this traps (an error at the next
+// synchronisation) instead of hanging: with a cooperative launch it never happens.
+constexpr uint64_t kTailSpinLimitNs = 20'000'000'000ull;
+
+__device__ __forceinline__ uint32_t LoadAcquireGpu(const uint32_t* address) {
+  uint32_t v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(address) : "memory");
+  return v;
+}
+
+__device__ __forceinline__ uint64_t GlobalTimerNs() {
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t));
+  return t;
+}
+
+// `s_mass`: at least q_heads / kv_heads * kTailPages floats of shared memory the block no longer
+// uses (its stage ring).
+template <int kTpp>
+__device__ void FusedTail(const Params& p, uint32_t tile_begin, uint32_t tile_end, float* s_mass) {
+  constexpr uint32_t kPagesPerTile = kTile / kTpp;
+  constexpr uint32_t kNormParts = kTpp / 8;
+  constexpr uint32_t kSlots = 4;  // step 4: threads a page
+  __shared__ float s_lse[kMaxWarps * 16];
+  __shared__ uint32_t s_above[kTailPages];
+  __shared__ float4 s_sum[kSlots][kTailPages];
+  __shared__ bool s_last;
+  const uint32_t tid = threadIdx.x, g = blockIdx.y;
+  const uint32_t group = p.q_heads / p.kv_heads;
+  const uint32_t nrows = group * p.window;  // one row split: the kv head's whole q-head group
+  const uint32_t row0 = g * nrows;          // its first row of page_lse
+
+  // 1. Publish, then wait for the kv head's other blocks (thread 0 spins, the rest at the barrier).
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) {
+    atomicAdd(p.arrive + g, 1u);
+    const uint64_t t0 = GlobalTimerNs();
+    while (LoadAcquireGpu(p.arrive + g) < gridDim.x) {
+      __nanosleep(32);
+      if (GlobalTimerNs() - t0 > kTailSpinLimitNs) __trap();
+    }
+  }
+  __syncthreads();
+  __threadfence();
+
+  // 2. Rows' log2-sum-exp, two threads a row, into shared memory. The parts come in batches of
+  // loads issued together, each batch merged as max then sum (no chain of dependent merges).
+  // A part (m, s) stands for s * 2^m; s == 0 is an empty one (m may be -inf).
+  constexpr int kMergeBatch = 16;
+  const uint32_t rows_pad = (nrows + 15) / 16 * 16;
+  for (uint32_t item = tid; item < 2 * rows_pad; item += blockDim.x) {
+    const uint32_t r = item / 2, half = item % 2;
+    float m = -INFINITY, s = 0;
+    if (r < nrows) {
+      const float2* part = p.row_part + size_t{row0 + r} * gridDim.x;
+      for (uint32_t c0 = half; c0 < gridDim.x; c0 += 2 * kMergeBatch) {
+        float2 x[kMergeBatch];
+#pragma unroll
+        for (int k = 0; k < kMergeBatch; ++k) {
+          const uint32_t c = c0 + 2 * k;
+          x[k] = c < gridDim.x ? __ldcg(part + c) : make_float2(-INFINITY, 0.0f);  // other SMs'
+        }
+        float mx = m;
+#pragma unroll
+        for (int k = 0; k < kMergeBatch; ++k) {
+          if (x[k].y > 0) mx = fmaxf(mx, x[k].x);
+        }
+        if (mx != -INFINITY) {
+          float sum = s > 0 ? s * Ex2(m - mx) : 0.0f;
+#pragma unroll
+          for (int k = 0; k < kMergeBatch; ++k) {
+            sum += x[k].y > 0 ? x[k].y * Ex2(x[k].x - mx) : 0.0f;
+          }
+          m = mx;
+          s = sum;
+        }
+      }
+    }
+    const float om = __shfl_xor_sync(0xffffffffu, m, 1);
+    const float os = __shfl_xor_sync(0xffffffffu, s, 1);
+    const float mx = fmaxf(m, om);
+    const float total = (s > 0 ? s * Ex2(m - mx) : 0.0f) + (os > 0 ? os * Ex2(om - mx) : 0.0f);
+    if (r < nrows && half == 0) s_lse[r] = total > 0 ? mx + log2f(total) : -INFINITY;
+  }
+  __syncthreads();
+  // Every block of the kv head is past its wait: the last to leave rearms the counters.
+  if (tid == 0 && atomicAdd(p.depart + g, 1u) == gridDim.x - 1) {
+    p.arrive[g] = 0;
+    p.depart[g] = 0;
+  }
+
+  // 3. Masses of the block's pages, kTailPages at a time: one thread a (q head, page) walks the
+  // window; consecutive threads read consecutive pages of one page_lse row.
+  const uint32_t pg_begin = tile_begin * kPagesPerTile;
+  const uint32_t pg_end = min(p.pages, tile_end * kPagesPerTile);
+  for (uint32_t c0 = pg_begin; c0 < pg_end; c0 += kTailPages) {
+    const uint32_t n = min(kTailPages, pg_end - c0);
+    if (tid < kTailPages) s_above[tid] = 0;
+    __syncthreads();
+    for (uint32_t item = tid; item < group * kTailPages; item += blockDim.x) {
+      const uint32_t j = item / kTailPages, col = item % kTailPages;
+      float mass = 0;
+      uint32_t above = 0;
+      if (col < n) {
+        // Queries i of q head j: 32 loads issued together, then their exponentials.
+        constexpr int kMassBatch = 32;
+        const float* x_ptr = p.page_lse + size_t{row0 + j * p.window} * p.pages + c0 + col;
+        const float* ref_ptr = s_lse + j * p.window;
+        for (uint32_t i0 = 0; i0 < p.window; i0 += kMassBatch) {
+          float x[kMassBatch];
+#pragma unroll
+          for (int k = 0; k < kMassBatch; ++k) {
+            const uint32_t i = i0 + k;
+            x[k] = i < p.window ? x_ptr[size_t{i} * p.pages] : -INFINITY;  // this block wrote it
+          }
+#pragma unroll
+          for (int k = 0; k < kMassBatch; ++k) {
+            const uint32_t i = i0 + k;
+            const float m = Ex2(x[k] - (i < p.window ? ref_ptr[i] : 0.0f));  // ex2(-inf) = 0
+            mass += m;
+            above += m > p.breadth_threshold ? 1u : 0u;
+          }
+        }
+      }
+      s_mass[j * kTailPages + col] = mass;
+      if (above != 0) atomicAdd(&s_above[col], above);
+    }
+    __syncthreads();
+    if (tid < n) {
+      float total = 0, h_log_h = 0;
+      for (uint32_t j = 0; j < group; ++j) {
+        const float m = s_mass[j * kTailPages + tid];
+        total += m;
+        if (m > 0) h_log_h += m * __logf(m);
+      }
+      p.kv_part[size_t{g} * p.pages + c0 + tid] =
+          make_float4(total, h_log_h, __uint_as_float(s_above[tid]), 0.0f);
+    }
+    __syncthreads();
+  }
+
+  // 4. The last kv head's block of this block column writes the pages.
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) s_last = atomicAdd(p.finished + blockIdx.x, 1u) == gridDim.y - 1;
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();
+  const uint32_t norm_values = p.kv_heads * kNormParts;
+  for (uint32_t c0 = pg_begin; c0 < pg_end; c0 += kTailPages) {
+    const uint32_t col = tid % kTailPages, slot = tid / kTailPages;
+    const uint32_t pg = c0 + col;
+    if (slot < kSlots) {
+      // Slot k adds kv heads k, k + 4, ... and norm parts k, k + 4, ...: independent loads.
+      float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      uint32_t above = 0;
+      if (pg < pg_end) {
+        // Batches of loads issued together: kv heads slot, slot + 4, ...; norm parts likewise.
+        constexpr int kBatch = 4;
+        for (uint32_t h0 = slot; h0 < p.kv_heads; h0 += kSlots * kBatch) {
+          float4 x[kBatch];
+#pragma unroll
+          for (int k = 0; k < kBatch; ++k) {
+            const uint32_t h = h0 + k * kSlots;
+            x[k] = h < p.kv_heads ? __ldcg(&p.kv_part[size_t{h} * p.pages + pg])
+                                  : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+          }
+#pragma unroll
+          for (int k = 0; k < kBatch; ++k) {
+            acc.x += x[k].x;
+            acc.y += x[k].y;
+            above += __float_as_uint(x[k].z);
+          }
+        }
+        for (uint32_t k0 = slot; k0 < norm_values; k0 += kSlots * kBatch) {
+          float x[kBatch];
+#pragma unroll
+          for (int k = 0; k < kBatch; ++k) {
+            const uint32_t part = k0 + k * kSlots;
+            x[k] = part < norm_values ? __ldcg(&p.norm_sum[size_t{pg} * norm_values + part]) : 0.0f;
+          }
+#pragma unroll
+          for (int k = 0; k < kBatch; ++k) acc.w += x[k];
+        }
+      }
+      acc.z = __uint_as_float(above);
+      s_sum[slot][col] = acc;
+    }
+    __syncthreads();
+    if (tid < kTailPages && pg < pg_end) {
+      float total = 0, h_log_h = 0, norm = 0;
+      uint32_t above = 0;
+#pragma unroll
+      for (uint32_t k = 0; k < kSlots; ++k) {
+        const float4 x = s_sum[k][tid];
+        total += x.x;
+        h_log_h += x.y;
+        above += __float_as_uint(x.z);
+        norm += x.w;
+      }
+      // As AttentionStatsPageMass writes it.
+      PageAttentionStats o;
+      const float pairs = static_cast<float>(p.q_heads) * p.window;
+      o.mass = total / pairs;
+      o.breadth = above / pairs;
+      o.mass_entropy =
+          (p.q_heads > 1 && total > 0)
+              ? fminf(1.0f, fmaxf(0.0f, (logf(total) - h_log_h / total) / logf(float(p.q_heads))))
+              : 1.0f;
+      const uint32_t t0 = pg * kTpp;
+      const uint32_t t1 = min(p.tokens, t0 + kTpp);
+      o.value_norm = norm / (float(t1 - t0) * p.kv_heads);
+      p.out[pg] = o;
+    }
+    __syncthreads();
+  }
+  if (tid == 0) p.finished[blockIdx.x] = 0;
+}
+
 // Options of the tiled pass, a bit each (kOptDefault is what the plan launches; the others stay
 // selectable for side-by-side measurements, see PlanMmaPass).
 //  kOptFixedRef: a row's exponentials take a fixed reference, the first tile's maximum, instead
@@ -546,7 +796,15 @@ constexpr int kOptDeep = 16;
 constexpr int kOptDynamic = 32;
 constexpr uint32_t kNoTile = 0xffffffffu;
 constexpr uint32_t kChunkTiles = 2;
-constexpr int kOptDefault = kOptFixedRef | kOptMmaNorms | kOptBulkLoads | kOptEvictFirst;
+//  kOptFusedTail: pass 3 in pass 1's tail (FusedTail above) instead of a second launch. Not a
+//    template option: the same kernel takes it at launch (Params::fused) where the plan can
+//    launch the grid cooperatively with one row split and the static schedule; elsewhere the
+//    launch falls back to pass 3.
+constexpr int kOptFusedTail = 64;
+constexpr int kOptDefault =
+    kOptFixedRef | kOptMmaNorms | kOptBulkLoads | kOptEvictFirst | kOptFusedTail;
+// The options the kernel template takes (the rest are launch-time).
+constexpr int kKernelOpts = ~kOptFusedTail;
 
 // One stage tile of K or V (64 tokens x head_dim + 8 elements of kv head `head`), global ->
 // shared, by the tensor copy unit; completes its bytes on the mbarrier.
@@ -1024,6 +1282,14 @@ __global__ void __launch_bounds__((kMaxWarps + 1) * 32,
       }
     }
   }
+  if constexpr (!kDynamic) {
+    if (p.fused != 0) {  // grid-uniform
+      static_assert(G::kBarrierOff >= kMaxWarps * 16 * kTailPages * sizeof(float),
+                    "FusedTail's masses fit in the stage ring");
+      FusedTail<kTpp>(p, tile_begin, tile_end, reinterpret_cast<float*>(smem));
+      return;
+    }
+  }
   // Pass 3 may be scheduled now; it waits for this grid's completion before reading anything.
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
   MergeRowParts(p, rbeg, nrows);
@@ -1207,6 +1473,7 @@ struct MmaPick {
   MmaKernel fallback = nullptr;  // the same options without tensor maps
   size_t smem = 0;
   bool tensor_maps = false;
+  bool fused_tail = false;  // kOptFusedTail, where the plan allows it
 };
 
 // KVTIER_ATTN_OPT=<bits of mma_pass::kOpt*> picks another option set of the tiled pass for the
@@ -1239,6 +1506,12 @@ MmaPick PickExperiment(const AttentionStatsShape& s) {
     case 15:
       return {mma_pass::AttentionStatsPass1Mma<B, 128, 16, 15>,
               mma_pass::AttentionStatsPass1Mma<B, 128, 16, 3>, kSmem, true};
+    case 67:  // 3 + kOptFusedTail
+      return {mma_pass::AttentionStatsPass1Mma<B, 128, 16, 3>,
+              mma_pass::AttentionStatsPass1Mma<B, 128, 16, 3>, kSmem, false, true};
+    case 79:  // 15 + kOptFusedTail (the default)
+      return {mma_pass::AttentionStatsPass1Mma<B, 128, 16, 15>,
+              mma_pass::AttentionStatsPass1Mma<B, 128, 16, 3>, kSmem, true, true};
     case 19:
       return {mma_pass::AttentionStatsPass1Mma<B, 128, 16, 19>,
               mma_pass::AttentionStatsPass1Mma<B, 128, 16, 19>, kDeepSmem, false};
@@ -1264,22 +1537,23 @@ MmaPick PickExperiment(const AttentionStatsShape& s) {
 
 template <typename T>
 MmaPick PickMmaKernel(const AttentionStatsShape& s) {
-  constexpr int kOpt = mma_pass::kOptDefault;
+  constexpr int kOpt = mma_pass::kOptDefault & mma_pass::kKernelOpts;
   constexpr int kNoMaps = kOpt & ~mma_pass::kOptBulkLoads;
   constexpr bool kMaps = (kOpt & mma_pass::kOptBulkLoads) != 0;
+  constexpr bool kFused = (mma_pass::kOptDefault & mma_pass::kOptFusedTail) != 0;
   const uint32_t tpp = s.tokens_per_page;
   switch (s.head_dim) {
     case 64:
       return {MmaKernelFor<T, 64, kOpt>(tpp), MmaKernelFor<T, 64, kNoMaps>(tpp),
-              mma_pass::Geometry<64>::kSmemBytes, kMaps};
+              mma_pass::Geometry<64>::kSmemBytes, kMaps, kFused};
     case 128: {
       if (MmaPick e = PickExperiment(s); e.kernel != nullptr) return e;
       return {MmaKernelFor<T, 128, kOpt>(tpp), MmaKernelFor<T, 128, kNoMaps>(tpp),
-              mma_pass::Geometry<128>::kSmemBytes, kMaps};
+              mma_pass::Geometry<128>::kSmemBytes, kMaps, kFused};
     }
     default: {  // head_dim 256 has no tensor-map producer (see kOptBulkLoads)
       const MmaKernel k = MmaKernelFor<T, 256, kNoMaps>(tpp);
-      return {k, k, mma_pass::Geometry<256>::kSmemBytes, false};
+      return {k, k, mma_pass::Geometry<256>::kSmemBytes, false, kFused};
     }
   }
 }
@@ -1360,13 +1634,30 @@ absl::StatusOr<Pass1Plan> PlanMmaPass(const AttentionStatsShape& shape, int sms,
   plan.rows_per_block = ((rows_total + splits - 1) / splits + 15) / 16 * 16;
   auto per_sm = PrepareKernel(reinterpret_cast<MmaKernel>(plan.kernel), plan.threads, smem);
   if (!per_sm.ok()) return per_sm.status();
+  int resident_per_sm = *per_sm;  // of the kernel and its fallback, the fewer
   if (plan.fallback != plan.kernel) {
     auto fallback_per_sm = PrepareKernel(pick.fallback, plan.threads, smem);
     if (!fallback_per_sm.ok()) return fallback_per_sm.status();
+    resident_per_sm = std::min(resident_per_sm, *fallback_per_sm);
   }
   const uint32_t tiles = MmaTiles(shape);
   plan.per_block = PerBlockForOneWave(uint64_t{tiles} * shape.kv_heads * splits, sms, *per_sm);
   plan.grid = dim3((tiles + plan.per_block - 1) / plan.per_block, shape.kv_heads, splits);
+  // The fused tail waits across blocks: only for a cooperative launch (every block resident),
+  // one row split, and a grid that fits the device at once.
+  if (pick.fused_tail && splits == 1) {
+    int device = 0, cooperative = 0;
+    if (absl::Status s = CudaStatus(cudaGetDevice(&device), "cudaGetDevice"); !s.ok()) return s;
+    if (absl::Status s =
+            CudaStatus(cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device),
+                       "cooperative launch attribute");
+        !s.ok()) {
+      return s;
+    }
+    const uint64_t blocks = uint64_t{plan.grid.x} * plan.grid.y * plan.grid.z;
+    plan.fused_tail =
+        cooperative != 0 && blocks <= uint64_t(std::max(1, sms)) * uint64_t(resident_per_sm);
+  }
   return plan;
 }
 
@@ -1443,6 +1734,13 @@ absl::Status LaunchPlanned(const Pass1Plan& plan, Params& p, cudaStream_t stream
       "attention stats pass 1");
 }
 
+// The same, cooperatively: every block resident at once (the fused tail waits across blocks).
+cudaError_t LaunchCooperative(const Pass1Plan& plan, mma_pass::Params& p, cudaStream_t stream) {
+  void* args[] = {&p};
+  return cudaLaunchCooperativeKernel(plan.kernel, plan.grid, dim3(plan.threads), args,
+                                     plan.smem_bytes, stream);
+}
+
 }  // namespace
 
 absl::StatusOr<AttentionStatsWorkspace> AttentionStatsWorkspace::Create(
@@ -1464,8 +1762,14 @@ absl::StatusOr<AttentionStatsWorkspace> AttentionStatsWorkspace::Create(
       // along the sequence than tiles.
       {&w.row_part_, UsesMmaPass(shape) ? rows * MmaTiles(shape) * sizeof(float2) : 0},
       // Finished-block counters of pass 1's last-block merges, one per (kv head, row split).
-      // ... and the chunk counters of the dynamic schedule, behind them.
-      {&w.done_, 2 * size_t{shape.kv_heads} * MmaSplits(shape) * sizeof(uint32_t)},
+      // ... and the chunk counters of the dynamic schedule, behind them; then the fused tail's
+      // arrive and depart counters (one a kv head) and its finished counters (one a block
+      // column, at most one a tile).
+      {&w.done_, (2 * size_t{shape.kv_heads} * MmaSplits(shape) + 2 * size_t{shape.kv_heads} +
+                  (UsesMmaPass(shape) ? MmaTiles(shape) : 0)) *
+                     sizeof(uint32_t)},
+      // The fused tail's per (kv head, page) sums.
+      {&w.kv_part_, UsesMmaPass(shape) ? size_t{shape.kv_heads} * pages * sizeof(float4) : 0},
   };
   for (const Need& n : needs) {
     auto b = DeviceBuffer::Allocate(n.bytes);
@@ -1525,6 +1829,22 @@ absl::Status LaunchAttentionStats(const AttentionStatsShape& shape,
     if (plan.tensor_maps && (!MakeKvTensorMap(plan.encode_tiled, shape, k, &p.tmap_k) ||
                              !MakeKvTensorMap(plan.encode_tiled, shape, v, &p.tmap_v))) {
       launch.kernel = plan.fallback;  // e.g. K or V not 16-byte aligned
+    }
+    if (plan.fused_tail) {  // pass 1 writes the pages' statistics itself: no pass 3
+      p.fused = 1;
+      p.breadth_threshold = options.breadth_threshold;
+      p.arrive = p.next_chunk + size_t{shape.kv_heads} * MmaSplits(shape);
+      p.depart = p.arrive + shape.kv_heads;
+      p.finished = p.depart + shape.kv_heads;
+      p.kv_part = static_cast<float4*>(workspace.kv_part_.get());
+      p.out = out;
+      const cudaError_t e = LaunchCooperative(launch, p, stream);
+      if (e != cudaErrorCooperativeLaunchTooLarge) {
+        return CudaStatus(e, "attention stats pass 1 (cooperative, fused tail)");
+      }
+      // Fewer SMs than the plan saw (e.g. shared through MPS): pass 1, then pass 3.
+      cudaGetLastError();
+      p.fused = 0;
     }
     if (absl::Status s = LaunchPlanned(launch, p, stream); !s.ok()) return s;
   } else {

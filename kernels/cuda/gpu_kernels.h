@@ -117,6 +117,9 @@ struct AttentionPass1Plan {
   bool tensor_maps = false;
   const void* fallback = nullptr;
   void* encode_tiled = nullptr;
+  // Tiled pass launched cooperatively that also does pass 3's work in its tail (no pass 3
+  // launch): one row split, and the whole grid resident at once on this device.
+  bool fused_tail = false;
 };
 }  // namespace detail
 
@@ -141,7 +144,10 @@ class AttentionStatsWorkspace {
   DeviceBuffer norm_sum_;  // [pages][kv_heads] sum of value-vector norms
   DeviceBuffer row_part_;  // [q_heads * window][blocks] running (max, sum) of the tiled pass
   DeviceBuffer done_;      // finished-block counters of the last-block merges, then the
-                           // dynamic schedule's chunk counters; zero at rest
+                           // dynamic schedule's chunk counters, then the fused tail's; zero at
+                           // rest
+  DeviceBuffer kv_part_;   // [kv_heads][pages] float4 sums over each kv head's q heads (fused
+                           // tail)
 };
 
 // The attention-statistics kernel: one pass over K (tensor-core Q.K^T per 64-token tile, a

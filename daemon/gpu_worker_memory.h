@@ -13,12 +13,13 @@
 // Copies (one batch per Load or Store, never a launch per page):
 //   HBM pool -> blocks   the gather/scatter kernel, device to device,
 //   gpu.device_to_device_sm_budget
-//                        (through peer access when the pool sits on another GPU that allows it);
+//                        (one HBM pool per GPU: a page in another GPU's pool is read
+//                        through peer access where the GPUs allow it, else staged as NVMe);
 //   DRAM pool -> blocks  the same kernel reading pinned, mapped host memory over PCIe,
 //                        gpu.sm_budget;
 //   NVMe -> blocks       the store's reads (io_uring, verified) into pinned staging by a pool of
 //                        reader threads, one half of the staging filling while the kernel empties
-//                        the other; an HBM page on a GPU without peer access takes this path too;
+//                        the other; an HBM page in a pool this GPU cannot reach takes this path;
 //   blocks -> any tier   one kernel gathers the pages into pinned staging, then the store puts
 //                        each from there (the store decides the tier).
 // Copies go to the kernel in the paged form (the layout's piece table plus one {slot, block} a

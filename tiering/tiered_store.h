@@ -9,6 +9,10 @@
 // from moving (a page being written is invisible until published). LookupPrefix never takes the
 // store mutex, only the index's shard locks. Moves made by the planner copy under the store mutex.
 //
+// HBM pools: the HBM tier may be one pool per GPU (StoreOptions::hbm_devices). One policy ranks
+// every HBM page; a put that names a GPU (PutOptions::hbm_device) takes a slot in that GPU's pool
+// when it has room, and every other placement goes to the pool with the most room.
+//
 // Reserved sink slots: each namespace may reserve HBM slots that only SINK pages use, outside the
 // semantic budget. A sink in a reserved slot is never a victim of semantic pressure; when a
 // namespace's reserve is full, a new sink replaces that namespace's least recently used *unpinned*

@@ -2,6 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
+#include <queue>
+#include <utility>
+#include <vector>
 
 #include "absl/container/inlined_vector.h"
 
@@ -354,54 +358,63 @@ void KvtierPolicy::LeastValuable(Tier tier, size_t count,
                                  absl::FunctionRef<bool(const PageKey&)> eligible,
                                  std::vector<PageKey>& out) {
   // A merge of the levels in rank order: a level joins once its head is the smallest rank left.
-  // In the deferred tier an entry may stand below its page's rank (never above): the first
-  // entry of the merge whose page is settled is the smallest rank left, and one that is not is
-  // moved to its rank and the merge starts again, past the entries it had already decided.
+  // In the deferred tier an entry may stand below its page's rank (never above): an unsettled
+  // page met in the merge joins it again at its true rank (a local heap, the sets untouched, so
+  // the cursors stay valid and nothing is walked twice, however many pinned pages lie ahead), and
+  // every page met that way is moved to its rank once the walk is over.
+  using Entry = std::pair<double, PageKey>;
   const int ti = TierIndex(tier);
   const TierSets& t = tiers_[ti];
   struct Cursor {
     Ordered::const_iterator it, end;
   };
   absl::InlinedVector<Cursor, 8> active;
-  size_t added = 0, decided = 0;
-  for (bool again = true; again;) {
-    again = false;
-    active.clear();
-    auto head = t.heads.begin();
-    size_t position = 0;
-    while (added < count) {
-      size_t best = active.size();
-      for (size_t i = 0; i < active.size(); ++i) {
-        if (best == active.size() || *active[i].it < *active[best].it) best = i;
-      }
-      if (head != t.heads.end() &&
-          (best == active.size() || head->first <= active[best].it->first)) {
-        const Ordered& set = t.levels[head->second];
-        active.push_back(Cursor{set.begin(), set.end()});
-        ++head;
-        continue;
-      }
-      if (best == active.size()) break;
-      Cursor& c = active[best];
-      const PageKey key = c.it->second;  // a copy: Settle erases the entry
-      if (position++ == decided) {
-        if (ti == kDeferredTier) {
-          Node& node = nodes_.find(key)->second;
-          if (node.dirty) {
-            Settle(key, node);  // invalidates the cursors
-            again = true;
-            break;
-          }
-        }
-        ++decided;
-        if (eligible(key)) {
-          out.push_back(key);
-          ++added;
-        }
-      }
-      if (++c.it == c.end) active.erase(active.begin() + static_cast<ptrdiff_t>(best));
+  std::priority_queue<Entry, std::vector<Entry>, std::greater<Entry>> rejoined;
+  std::vector<PageKey> unsettled;
+  auto head = t.heads.begin();
+  size_t added = 0;
+  while (added < count) {
+    size_t best = active.size();
+    for (size_t i = 0; i < active.size(); ++i) {
+      if (best == active.size() || *active[i].it < *active[best].it) best = i;
     }
+    const Entry* front = best < active.size() ? &*active[best].it : nullptr;
+    const Entry* again = rejoined.empty() ? nullptr : &rejoined.top();
+    if (head != t.heads.end() && (front == nullptr || head->first <= front->first) &&
+        (again == nullptr || head->first <= again->first)) {
+      const Ordered& set = t.levels[head->second];
+      active.push_back(Cursor{set.begin(), set.end()});
+      ++head;
+      continue;
+    }
+    if (front == nullptr && again == nullptr) break;
+    if (again != nullptr && (front == nullptr || *again < *front)) {
+      const PageKey key = again->second;
+      rejoined.pop();
+      if (eligible(key)) {
+        out.push_back(key);
+        ++added;
+      }
+      continue;
+    }
+    Cursor& c = active[best];
+    const PageKey key = c.it->second;
+    bool decided = true;
+    if (ti == kDeferredTier) {
+      const Node& node = nodes_.find(key)->second;
+      if (node.dirty) {
+        rejoined.emplace(TrueRank(node), key);
+        unsettled.push_back(key);
+        decided = false;
+      }
+    }
+    if (decided && eligible(key)) {
+      out.push_back(key);
+      ++added;
+    }
+    if (++c.it == c.end) active.erase(active.begin() + static_cast<ptrdiff_t>(best));
   }
+  for (const PageKey& key : unsettled) Settle(key, nodes_.find(key)->second);
 }
 
 void KvtierPolicy::MostValuable(Tier tier, size_t count,

@@ -2,6 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
+#include <queue>
+#include <utility>
+#include <vector>
 
 #include "absl/container/inlined_vector.h"
 
@@ -39,11 +43,6 @@ double KvtierPolicy::SavedSeconds(Tier tier, uint32_t tokens) const {
   return t / options_.prefill_tokens_per_s - t * options_.bytes_per_token / (gbps * 1e9);
 }
 
-bool KvtierPolicy::RanksByReuse(const PageEntry& e) const {
-  return e.stats.stat_reports == 0 &&
-         (attention_namespaces_.empty() || !attention_namespaces_.contains(e.ns));
-}
-
 bool KvtierPolicy::Admits(Tier tier, const PageEntry& e) const {
   if (e.cls == PageClass::kSink || !RanksByReuse(e)) return true;
   return SavedSeconds(tier, e.stats.tokens) > 0;
@@ -56,7 +55,7 @@ double KvtierPolicy::ReuseTerm(const Node& p, const PageEntry& e) const {
   // Among equals (one request's pages share their last use), the page more cached pages hang
   // from stays longest and the deeper one goes first: chains are cut leaf first.
   return beta() * std::log2(p.p_chain) + std::log2(saved / reference) + p.virtual_last +
-         1e-9 * (static_cast<double>(e.cached_children) - static_cast<double>(e.position));
+         1e-9 * static_cast<double>(TieUnits(e));
 }
 
 double KvtierPolicy::ReuseTerm(const PageKey& key, const PageEntry& e) const {
@@ -83,20 +82,10 @@ double KvtierPolicy::Level(double beta, double p_chain, int tier) const {
   return std::floor(c / kLevelWidth);
 }
 
-int KvtierPolicy::LevelIndex(double q, bool drop, uint8_t count) const {
-  if (drop) {
-    // The drop key's time-invariant part, on the same grid.
-    const double bonus = count >= 2 ? options_.drop_proven_bonus : 0.0;
-    q = std::floor((options_.drop_reuse_weight * q * kLevelWidth + bonus) / kLevelWidth);
-  }
-  return static_cast<int>(std::clamp(q, -kPrefixLevels / 2.0, kPrefixLevels / 2.0 - 1)) +
-         kPrefixLevels / 2;
-}
-
 double KvtierPolicy::UndoDrop(const Node& node) const {
   // Both ranks are V + level + tie: swap the drop level for the plain one.
-  const int plain = LevelIndex(Level(beta(), node.p_chain, TierIndex(node.tier)), false, 0);
-  return node.rank + (plain - node.level) * kLevelWidth;
+  const int plain = LevelIndex(Level(beta(), node.p_chain, TierIndex(node.tier())), false, 0);
+  return TrueRank(node) + (plain - static_cast<int>(node.level)) * kLevelWidth;
 }
 
 void KvtierPolicy::Rerank(int only_tier) {
@@ -115,14 +104,17 @@ void KvtierPolicy::Rerank(int only_tier) {
       Node& node = nodes_.find(key)->second;
       const int level = LevelIndex(Level(beta(), node.p_chain, ti), ti == drop_tier_, node.count);
       // V and the tie-break (leaf first) stay; only the level moves.
-      node.rank = rank + (level - node.level) * kLevelWidth;
-      node.level = static_cast<uint16_t>(level);
-      Insert(static_cast<Tier>(ti), level, node.rank, key);
+      node.set_rank = (node.dirty ? TrueRank(node) : rank) +
+                      (level - static_cast<int>(node.level)) * kLevelWidth;
+      node.dirty = false;
+      node.level = node.set_level = static_cast<uint32_t>(level);
+      Insert(static_cast<Tier>(ti), level, node.set_rank, key);
     }
   }
 }
 
-std::pair<double, int> KvtierPolicy::RankAndLevel(const Node& node, const PageEntry& e) const {
+std::pair<double, int> KvtierPolicy::RankAndLevel(const Node& node, const PageEntry& e,
+                                                  double log_p) const {
   const double height = static_cast<double>(kNumTiers - 1 - TierIndex(e.tier));
   if (RanksByReuse(e) && e.cls != PageClass::kSink) {
     // log2(saved / reference) per tier, for the last page size seen there (nearly all pages of
@@ -135,13 +127,13 @@ std::pair<double, int> KvtierPolicy::RankAndLevel(const Node& node, const PageEn
       log_saved = saved > 0 ? std::log2(saved / reference) : -HUGE_VAL;
     }
     if (log_saved > -HUGE_VAL) {
-      const double c = beta() * std::log2(node.p_chain) + log_saved + options_.hysteresis * height;
+      if (std::isnan(log_p)) log_p = std::log2(node.p_chain);
+      const double c = beta() * log_p + log_saved + options_.hysteresis * height;
       const int level =
           LevelIndex(std::floor(c / kLevelWidth), TierIndex(e.tier) == drop_tier_, node.count);
       // Among equals (one request's pages share their last use), the page more cached pages
       // hang from stays longest and the deeper one goes first: chains are cut leaf first.
-      const double tie =
-          1e-9 * (static_cast<double>(e.cached_children) - static_cast<double>(e.position));
+      const double tie = 1e-9 * static_cast<double>(TieUnits(e));
       const int centred = level - kPrefixLevels / 2;  // levels below the middle are negative
       return {centred * kLevelWidth + node.virtual_last + tie, level};
     }
@@ -158,17 +150,20 @@ std::pair<double, int> KvtierPolicy::RankAndLevel(const Node& node, const PageEn
 void KvtierPolicy::Insert(Tier tier, int level, double rank, const PageKey& key) {
   TierSets& t = tiers_[TierIndex(tier)];
   Ordered& set = t.levels[level];
-  const bool new_head = set.empty() || rank < set.begin()->first ||
-                        (rank == set.begin()->first && key < set.begin()->second);
-  if (new_head && !set.empty()) t.heads.erase({set.begin()->first, static_cast<uint16_t>(level)});
+  const std::pair<double, PageKey> entry{rank, key};
   // A page's rank within its level is its last use: it nearly always goes to the level's end,
-  // where the hint saves the descent from the root.
-  if (!set.empty() && *std::prev(set.end()) < std::make_pair(rank, key)) {
-    set.insert(set.end(), {rank, key});
+  // where the hint saves the descent from the root, and the level's head (its first entry, a
+  // cache line the access would otherwise touch) stays.
+  if (!set.empty() && *std::prev(set.end()) < entry) {
+    set.insert(set.end(), entry);
   } else {
-    set.insert({rank, key});
+    const bool new_head = set.empty() || entry < *set.begin();
+    if (new_head && !set.empty()) {
+      t.heads.erase({set.begin()->first, static_cast<uint16_t>(level)});
+    }
+    set.insert(entry);
+    if (new_head) t.heads.insert({rank, static_cast<uint16_t>(level)});
   }
-  if (new_head) t.heads.insert({rank, static_cast<uint16_t>(level)});
   t.lowest = std::min(t.lowest, level);
   t.highest = std::max(t.highest, level);
 }
@@ -187,21 +182,42 @@ void KvtierPolicy::Erase(Tier tier, int level, double rank, const PageKey& key) 
   }
 }
 
-void KvtierPolicy::Place(const PageKey& key, Node& node, const PageEntry& e, bool fresh) {
+void KvtierPolicy::Place(const PageKey& key, Node& node, const PageEntry& e, bool fresh,
+                         double log_p) {
   if (const int ti = TierIndex(e.tier); ti > drop_tier_) {
     // A page below the drop tier: that tier is the lowest now; the old one gets the plain order.
     const int old = drop_tier_;
     drop_tier_ = ti;
     if (old >= 0) Rerank(old);
   }
-  const auto [rank, level] = RankAndLevel(node, e);
+  const auto [rank, level] = RankAndLevel(node, e, log_p);
   if (!fresh) {
-    if (node.tier == e.tier && node.rank == rank && node.level == level) return;
-    Erase(node.tier, node.level, node.rank, key);
+    if (node.tier() == e.tier) {
+      if (level == static_cast<int>(node.set_level) && rank == node.set_rank) {
+        // The entry already stands where the page ranks.
+        node.tie = TieUnits(e);
+        node.level = node.set_level;
+        node.dirty = false;
+        return;
+      }
+      if (TierIndex(e.tier) == kDeferredTier && level != kMiscLevel &&
+          node.set_level != kMiscLevel && rank > node.set_rank) {
+        // Deferred: the entry stays where it is, below the page's rank, until it comes up as a
+        // victim (LeastValuable moves it then). A hit in the top tier costs no set update.
+        node.tie = TieUnits(e);
+        node.level = static_cast<uint32_t>(level);
+        node.dirty = true;
+        ++deferred_hits_;
+        return;
+      }
+    }
+    Erase(node.tier(), static_cast<int>(node.set_level), node.set_rank, key);
   }
-  node.rank = rank;
-  node.level = static_cast<uint16_t>(level);
-  node.tier = e.tier;
+  node.set_rank = rank;
+  node.tie = TieUnits(e);
+  node.dirty = false;
+  node.level = node.set_level = static_cast<uint32_t>(level);
+  node.tier_bits = static_cast<uint32_t>(TierIndex(e.tier));
   Insert(e.tier, level, rank, key);
 }
 
@@ -214,12 +230,14 @@ void KvtierPolicy::Observe(const PageKey& key, const PageEntry& e) {
   // forgetting it made a child of an evicted parent look more reusable than its chain, so the
   // cache churned on the tails of broken chains (up to 1.6 points of hit share on the public
   // trace at beta 1, and what made a larger beta pay: bench/RESULTS.md).
-  double parent_p = 1.0;
+  double parent_p = 1.0, parent_log_p = 0.0;  // NaN: log2(parent_p) not computed yet
   if (!e.parent.is_null()) {
     if (e.parent == last_observed_) {
       parent_p = last_p_chain_;
+      parent_log_p = last_log_p_chain_;
     } else if (auto it = nodes_.find(e.parent); it != nodes_.end()) {
       parent_p = it->second.p_chain;
+      parent_log_p = kUnknownLogP;
     }
   }
   auto [it, fresh] = nodes_.try_emplace(key);
@@ -237,13 +255,20 @@ void KvtierPolicy::Observe(const PageKey& key, const PageEntry& e) {
   node.count_in_sketch = fresh;
   node.count_epoch = static_cast<uint8_t>(sketch.epoch());
   const int cls = reuse_.ObserveCounted(key, e, now, count);
-  const double p = std::min(reuse_.Probability(cls), parent_p);
+  // p = min(P(cls), the parent's), with its log2 taken from whichever side it is (as std::min
+  // picks: the parent's only if strictly smaller).
+  const auto [p_cls, log_p_cls] = reuse_.ProbabilityAndLog(cls);
+  const bool own = !(parent_p < p_cls);
+  const double p = own ? p_cls : parent_p;
+  const double log_p =
+      own ? log_p_cls : (std::isnan(parent_log_p) ? std::log2(parent_p) : parent_log_p);
   node.virtual_last = reuse_.VirtualTime(now);
-  node.cls = static_cast<uint8_t>(cls);
+  node.cls = static_cast<uint32_t>(cls);
   node.p_chain = p;
   last_observed_ = key;
   last_p_chain_ = p;
-  Place(key, node, e, fresh);
+  last_log_p_chain_ = log_p;
+  Place(key, node, e, fresh, log_p);
   if (options_.adaptive_beta && RanksByReuse(e) && e.cls != PageClass::kSink) {
     // The duel samples whole chains: a page inherits its root from its parent, which a request
     // observes just before it.
@@ -258,10 +283,8 @@ void KvtierPolicy::Observe(const PageKey& key, const PageEntry& e) {
     const double saved = SavedSeconds(Tier::kHbm, e.stats.tokens);
     if (saved > 0) {
       const double before = beta();
-      duel_.Observe(
-          key, root, continues, node.virtual_last, std::log2(p), std::log2(saved / reference),
-          1e-9 * (static_cast<double>(e.cached_children) - static_cast<double>(e.position)),
-          e.stats.tokens, nodes_.size());
+      duel_.Observe(key, root, continues, node.virtual_last, log_p, std::log2(saved / reference),
+                    1e-9 * static_cast<double>(TieUnits(e)), e.stats.tokens, nodes_.size());
       if (beta() != before && nodes_.size() <= options_.max_eager_rerank_pages) Rerank(-1);
     }
   }
@@ -289,9 +312,12 @@ void KvtierPolicy::OnUpdate(const PageKey& key, const PageEntry& e) {
   }
   // A fork (a new cached child) changes the page's class, not its last use.
   const int cls = reuse_.ClassOf(it->second.count, e);
-  it->second.cls = static_cast<uint8_t>(cls);
+  it->second.cls = static_cast<uint32_t>(cls);
   it->second.p_chain = ChainProbability(e, cls);
-  if (key == last_observed_) last_p_chain_ = it->second.p_chain;
+  if (key == last_observed_) {
+    last_p_chain_ = it->second.p_chain;
+    last_log_p_chain_ = std::log2(last_p_chain_);
+  }
   Place(key, it->second, e, /*fresh=*/false);
 }
 
@@ -302,6 +328,9 @@ void KvtierPolicy::OnMove(const PageKey& key, Tier, const PageEntry& e) {
 }
 
 void KvtierPolicy::OnRemove(const PageKey& key, const PageEntry&) {
+  // A page hit while cached writes its count back to the sketch: start that miss before the
+  // node's.
+  reuse_.Prefetch(key);
   auto it = nodes_.find(key);
   if (it == nodes_.end()) return;
   // The sketch remembers the count of a page that leaves (it may be asked for again).
@@ -312,19 +341,36 @@ void KvtierPolicy::OnRemove(const PageKey& key, const PageEntry&) {
   if (halvings < 8 && !it->second.count_in_sketch) {
     reuse_.sketch().Remember(key, it->second.count >> halvings);
   }
-  Erase(it->second.tier, it->second.level, it->second.rank, key);
+  Erase(it->second.tier(), static_cast<int>(it->second.set_level), it->second.set_rank, key);
   nodes_.erase(it);
+}
+
+void KvtierPolicy::Settle(const PageKey& key, Node& node) {
+  const double rank = TrueRank(node);
+  Erase(node.tier(), static_cast<int>(node.set_level), node.set_rank, key);
+  node.set_rank = rank;
+  node.set_level = node.level;
+  node.dirty = false;
+  Insert(node.tier(), static_cast<int>(node.level), rank, key);
 }
 
 void KvtierPolicy::LeastValuable(Tier tier, size_t count,
                                  absl::FunctionRef<bool(const PageKey&)> eligible,
                                  std::vector<PageKey>& out) {
   // A merge of the levels in rank order: a level joins once its head is the smallest rank left.
-  const TierSets& t = tiers_[TierIndex(tier)];
+  // In the deferred tier an entry may stand below its page's rank (never above): an unsettled
+  // page met in the merge joins it again at its true rank (a local heap, the sets untouched, so
+  // the cursors stay valid and nothing is walked twice, however many pinned pages lie ahead), and
+  // every page met that way is moved to its rank once the walk is over.
+  using Entry = std::pair<double, PageKey>;
+  const int ti = TierIndex(tier);
+  const TierSets& t = tiers_[ti];
   struct Cursor {
     Ordered::const_iterator it, end;
   };
   absl::InlinedVector<Cursor, 8> active;
+  std::priority_queue<Entry, std::vector<Entry>, std::greater<Entry>> rejoined;
+  std::vector<PageKey> unsettled;
   auto head = t.heads.begin();
   size_t added = 0;
   while (added < count) {
@@ -332,26 +378,60 @@ void KvtierPolicy::LeastValuable(Tier tier, size_t count,
     for (size_t i = 0; i < active.size(); ++i) {
       if (best == active.size() || *active[i].it < *active[best].it) best = i;
     }
-    if (head != t.heads.end() && (best == active.size() || head->first <= active[best].it->first)) {
+    const Entry* front = best < active.size() ? &*active[best].it : nullptr;
+    const Entry* again = rejoined.empty() ? nullptr : &rejoined.top();
+    if (head != t.heads.end() && (front == nullptr || head->first <= front->first) &&
+        (again == nullptr || head->first <= again->first)) {
       const Ordered& set = t.levels[head->second];
       active.push_back(Cursor{set.begin(), set.end()});
       ++head;
       continue;
     }
-    if (best == active.size()) break;
+    if (front == nullptr && again == nullptr) break;
+    if (again != nullptr && (front == nullptr || *again < *front)) {
+      const PageKey key = again->second;
+      rejoined.pop();
+      if (eligible(key)) {
+        out.push_back(key);
+        ++added;
+      }
+      continue;
+    }
     Cursor& c = active[best];
-    if (eligible(c.it->second)) {
-      out.push_back(c.it->second);
+    const PageKey key = c.it->second;
+    bool decided = true;
+    if (ti == kDeferredTier) {
+      const Node& node = nodes_.find(key)->second;
+      if (node.dirty) {
+        rejoined.emplace(TrueRank(node), key);
+        unsettled.push_back(key);
+        decided = false;
+      }
+    }
+    if (decided && eligible(key)) {
+      out.push_back(key);
       ++added;
     }
     if (++c.it == c.end) active.erase(active.begin() + static_cast<ptrdiff_t>(best));
   }
+  for (const PageKey& key : unsettled) Settle(key, nodes_.find(key)->second);
 }
 
 void KvtierPolicy::MostValuable(Tier tier, size_t count,
                                 absl::FunctionRef<bool(const PageKey&)> eligible,
                                 std::vector<PageKey>& out) {
   // Called once per planning pass, not per access: a merge over every non-empty level's end.
+  // The store asks it only of tiers that have one above (never of the deferred one); asked of
+  // the deferred tier, it first settles every page there (a pass over the tier).
+  if (TierIndex(tier) == kDeferredTier) {
+    std::vector<PageKey> unsettled;
+    for (const Ordered& level : tiers_[kDeferredTier].levels) {
+      for (const auto& [rank, key] : level) {
+        if (nodes_.find(key)->second.dirty) unsettled.push_back(key);
+      }
+    }
+    for (const PageKey& key : unsettled) Settle(key, nodes_.find(key)->second);
+  }
   const TierSets& t = tiers_[TierIndex(tier)];
   struct Cursor {
     Ordered::const_reverse_iterator it, end;
@@ -377,15 +457,15 @@ void KvtierPolicy::MostValuable(Tier tier, size_t count,
 
 double KvtierPolicy::OrderKey(const PageKey& key) const {
   auto it = nodes_.find(key);
-  return it == nodes_.end() ? 0.0 : it->second.rank;
+  return it == nodes_.end() ? 0.0 : TrueRank(it->second);
 }
 
 double KvtierPolicy::Value(const PageKey& key) const {
   auto it = nodes_.find(key);
   if (it == nodes_.end()) return 0.0;
   const Node& node = it->second;
-  const bool dropped = node.level < kMiscLevel && TierIndex(node.tier) == drop_tier_;
-  return dropped ? UndoDrop(node) : node.rank;
+  const bool dropped = node.level < kMiscLevel && TierIndex(node.tier()) == drop_tier_;
+  return dropped ? UndoDrop(node) : TrueRank(node);
 }
 
 }  // namespace kvtier

@@ -65,12 +65,23 @@
 // Data structure (cost per access, measured by kvtier-bench-core's PolicyAccess): one hash map
 // holds each page's record and its current rank, so an access costs one probe; per tier, pages
 // sit in ordered sets by level of their rank's time-invariant part (see TierSets), so an access
-// appends at a level's end, and victims come from a merge of the levels' fronts.
+// appends at a level's end, and victims come from a merge of the levels' fronts. In the top
+// tier a hit that raises the page's rank (nearly every hit: V only grows) does not move its
+// entry at all: the entry stays below the page's rank, a lower bound, and the page is marked;
+// when a marked entry comes up first in LeastValuable's merge it is moved to its rank then
+// (once, however many hits it had), and the merge goes on. Victims come out in exactly the
+// order an eager update gives (the simulator's tables are identical to the digit), and a hit
+// costs the record's probe and the rank's arithmetic, no ordered-set update: less than LRU's
+// (bench/RESULTS.md, Session 14). The store asks MostValuable only of lower tiers; asked of
+// the top one it settles every marked page first.
 //
 // Thread model: as every PlacementPolicy, called only under the store's lock.
 #pragma once
 
+#include <algorithm>
 #include <array>
+#include <cmath>
+#include <limits>
 #include <optional>
 #include <utility>
 
@@ -156,6 +167,8 @@ class KvtierPolicy final : public PlacementPolicy {
   // The weight of log2(P) in the prefix rank now.
   double beta() const { return options_.adaptive_beta ? duel_.beta() : options_.duel.initial_beta; }
   size_t tracked() const { return nodes_.size(); }
+  // Hits in the top tier that left the page's entry where it stood (see Place); for tests.
+  uint64_t deferred_hits() const { return deferred_hits_; }
   // The key the page is ordered by within its tier (its Value, except in the drop tier, where
   // it is the drop key); for tests. 0 for unknown keys.
   double OrderKey(const PageKey& key) const;
@@ -175,22 +188,44 @@ class KvtierPolicy final : public PlacementPolicy {
   // Everything kvtier keeps per page, in the one map that also says where the page is ranked:
   // one probe finds both (48 bytes a slot with the key).
   struct Node {
-    double rank = 0;          // the page's entry in its level is (rank, key)
+    // The page's entry is (set_rank, key) in level set_level of its tier. It is the page's rank
+    // and level, except in the deferred tier while `dirty` (see TrueRank).
+    double set_rank = 0;
     double virtual_last = 0;  // V at the page's last access
     // min(P(reuse | cls), the parent's): a page is served only behind its whole prefix, so it
     // is never predicted more reusable than its parent, and chains are evicted leaf first.
     double p_chain = 0;
-    uint16_t level = 0;
-    uint8_t cls = 0;  // its reuse class at that access
-    Tier tier = Tier::kDram;
+    int16_t tie = 0;  // TieUnits at the last placement
     // Times asked for (0..15), kept here while the page is cached so a hit needs no sketch
     // access; read from the sketch when the page arrives, written back when it leaves, halved
     // whenever the sketch is (count_epoch: the sketch's epoch it is current for).
-    uint8_t count = 0;
     uint8_t count_epoch = 0;
-    bool count_in_sketch = false;  // the sketch already holds `count` (no hit since it arrived)
+    uint8_t count : 4 = 0;
+    bool count_in_sketch : 1 = false;  // the sketch already holds `count` (no hit since)
+    bool dirty : 1 = false;            // ranked above its entry (deferred tier only)
+    uint32_t level : 11 = 0;           // the page's level (kMiscLevel included)
+    uint32_t set_level : 11 = 0;       // its entry's
+    uint32_t tier_bits : 2 = 0;        // the tier it is ranked in
+    uint32_t cls : 8 = 0;              // its reuse class at that access
+    Tier tier() const { return static_cast<Tier>(tier_bits); }
   };
   static_assert(sizeof(PageKey) + sizeof(Node) <= 48, "kvtier's per-page record grew");
+  // The tier whose hits may leave a page's entry where it stands: the top one, which the store
+  // never asks MostValuable of (nothing above it to promote into).
+  static constexpr int kDeferredTier = TierIndex(Tier::kHbm);
+  // The tie-break among equal ranks, in units of 1e-9: more cached children first, deeper
+  // pages first (chains are cut leaf first). Clamped to 16 bits (beyond, pages tie exactly).
+  static int16_t TieUnits(const PageEntry& e) {
+    return static_cast<int16_t>(std::clamp<int64_t>(
+        static_cast<int64_t>(e.cached_children) - static_cast<int64_t>(e.position), -32768, 32767));
+  }
+  // The page's rank: its entry's, or, for a deferred hit, V + level + tie recomputed exactly
+  // as RankAndLevel computed it.
+  static double TrueRank(const Node& node) {
+    if (!node.dirty) return node.set_rank;
+    const int centred = static_cast<int>(node.level) - kPrefixLevels / 2;
+    return centred * kLevelWidth + node.virtual_last + 1e-9 * static_cast<double>(node.tie);
+  }
   using Ordered = absl::btree_set<std::pair<double, PageKey>>;
   // Prefix ranks are V + c with c = beta x log2(p) + log2(saved / reference) + hysteresis x
   // height. c is rounded down to 1/16 (4 % in p x saved, below the estimator's noise) and each
@@ -210,7 +245,10 @@ class KvtierPolicy final : public PlacementPolicy {
   };
 
   // The rank and level of the page; `node` holds its last use and chain probability.
-  std::pair<double, int> RankAndLevel(const Node& node, const PageEntry& entry) const;
+  // `log_p`: log2(node.p_chain) if the caller has it, kUnknownLogP if not.
+  static constexpr double kUnknownLogP = std::numeric_limits<double>::quiet_NaN();
+  std::pair<double, int> RankAndLevel(const Node& node, const PageEntry& entry,
+                                      double log_p = kUnknownLogP) const;
   double ReuseTerm(const Node& node, const PageEntry& entry) const;
   double ChainProbability(const PageEntry& entry, int cls) const;
   void Observe(const PageKey& key, const PageEntry& entry);
@@ -218,17 +256,31 @@ class KvtierPolicy final : public PlacementPolicy {
   // (rounded down), and the level it puts the page in (`drop`: in the drop tier, where the level
   // is that of the drop key, see above; `count`: the page's asked-for count).
   double Level(double beta, double p_chain, int tier) const;
-  int LevelIndex(double q, bool drop, uint8_t count) const;
+  int LevelIndex(double q, bool drop, uint8_t count) const {
+    if (drop) {
+      // The drop key's time-invariant part, on the same grid.
+      const double bonus = count >= 2 ? options_.drop_proven_bonus : 0.0;
+      q = std::floor((options_.drop_reuse_weight * q * kLevelWidth + bonus) / kLevelWidth);
+    }
+    return static_cast<int>(std::clamp(q, -kPrefixLevels / 2.0, kPrefixLevels / 2.0 - 1)) +
+           kPrefixLevels / 2;
+  }
   // A drop-tier page's rank as the other tiers would hold it: the plain level for the drop one.
   double UndoDrop(const Node& node) const;
+  // Moves a deferred page's entry to its rank.
+  void Settle(const PageKey& key, Node& node);
   // Re-ranks every prefix page of the tier (tier < 0: of every tier) after beta or the drop tier
   // moved.
   void Rerank(int tier);
   // (Re-)ranks the page in its current tier.
-  void Place(const PageKey& key, Node& node, const PageEntry& entry, bool fresh);
+  void Place(const PageKey& key, Node& node, const PageEntry& entry, bool fresh,
+             double log_p = kUnknownLogP);
   void Insert(Tier tier, int level, double rank, const PageKey& key);
   void Erase(Tier tier, int level, double rank, const PageKey& key);
-  bool RanksByReuse(const PageEntry& entry) const;
+  bool RanksByReuse(const PageEntry& entry) const {
+    return entry.stats.stat_reports == 0 &&
+           (attention_namespaces_.empty() || !attention_namespaces_.contains(entry.ns));
+  }
 
   KvtierPolicyOptions options_;
   ReuseEstimator reuse_;
@@ -241,6 +293,7 @@ class KvtierPolicy final : public PlacementPolicy {
   // page's parent is nearly always the page just before it (no lookup needed).
   PageKey last_observed_;
   double last_p_chain_ = 0;
+  double last_log_p_chain_ = -HUGE_VAL;  // log2(last_p_chain_)
   // (tokens, log2(saved / reference)) last computed per tier, cached: the rank's one logarithm
   // that does not depend on the page.
   mutable std::array<std::pair<uint32_t, double>, kNumTiers> log_saved_{};
@@ -249,6 +302,7 @@ class KvtierPolicy final : public PlacementPolicy {
   absl::flat_hash_set<NamespaceId> attention_namespaces_;
   // The tier whose prefix pages are ordered by the drop key: the lowest that has held a page.
   int drop_tier_ = -1;
+  uint64_t deferred_hits_ = 0;
 };
 
 }  // namespace kvtier

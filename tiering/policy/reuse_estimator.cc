@@ -7,14 +7,6 @@
 namespace kvtier {
 namespace {
 
-uint64_t Mix(uint64_t x) {
-  x ^= x >> 30;
-  x *= 0xbf58476d1ce4e5b9ull;
-  x ^= x >> 27;
-  x *= 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
-
 // Decayed counts are halved once this many outcomes have accumulated, so the estimate follows
 // a drifting workload (about the last 16 K sampled accesses weigh).
 constexpr double kDecayAt = 16'384;
@@ -23,27 +15,19 @@ constexpr double kDecayAt = 16'384;
 
 FrequencySketch::FrequencySketch(uint32_t width) {
   width_ = std::bit_ceil(std::max<uint32_t>(width, 64));
-  // Blocked layout (as Caffeine's): a key's four counters share one 64-byte block, one row per
-  // 16-byte quarter, so an access costs one cache miss instead of four.
   mask_ = width_ / 16 - 1;
   table_.assign(size_t{kRows} * width_, 0);
   reset_at_ = uint64_t{10} * width_;
 }
 
-uint32_t FrequencySketch::Index(const PageKey& key, int row) const {
-  const uint64_t h = Mix(key.lo ^ Mix(key.hi));
-  const uint32_t block = static_cast<uint32_t>(h & mask_) * 64;
-  return block + static_cast<uint32_t>(row) * 16 +
-         static_cast<uint32_t>((h >> (40 + 4 * row)) & 15);
-}
-
 uint32_t FrequencySketch::Increment(const PageKey& key) {
   // Conservative update: only the smallest counters grow, which keeps collisions from inflating
   // the estimate of a cold key.
+  const uint64_t h = Hash(key);
   uint32_t idx[kRows];
   uint8_t low = kMax;
   for (int r = 0; r < kRows; ++r) {
-    idx[r] = Index(key, r);
+    idx[r] = Index(h, r);
     low = std::min(low, table_[idx[r]]);
   }
   if (low < kMax) {
@@ -71,15 +55,17 @@ void FrequencySketch::Tick() {
 
 void FrequencySketch::Remember(const PageKey& key, uint32_t count) {
   const auto c = static_cast<uint8_t>(std::min<uint32_t>(count, kMax));
+  const uint64_t h = Hash(key);
   for (int r = 0; r < kRows; ++r) {
-    uint8_t& cell = table_[Index(key, r)];
+    uint8_t& cell = table_[Index(h, r)];
     cell = std::max(cell, c);
   }
 }
 
 uint32_t FrequencySketch::Estimate(const PageKey& key) const {
   uint8_t low = kMax;
-  for (int r = 0; r < kRows; ++r) low = std::min(low, table_[Index(key, r)]);
+  const uint64_t h = Hash(key);
+  for (int r = 0; r < kRows; ++r) low = std::min(low, table_[Index(h, r)]);
   return low;
 }
 
@@ -91,16 +77,6 @@ ReuseEstimator::ReuseEstimator(const ReuseEstimatorOptions& options)
 
 int ReuseEstimator::ClassOf(const PageKey& key, const PageEntry& e) const {
   return ClassOf(sketch_.Estimate(key), e);
-}
-
-int ReuseEstimator::ClassOf(uint32_t n, const PageEntry& e) const {
-  const int count = n <= 1 ? 0 : n == 2 ? 1 : n <= 4 ? 2 : 3;
-  const uint32_t p = e.position;
-  const int depth = p == 0 ? 0 : p < 8 ? 1 : p < 64 ? 2 : 3;
-  const int forked = e.cached_children >= 2 ? 1 : 0;
-  // A block with fewer tokens than the largest seen is a sequence's partial last block.
-  const int partial = e.stats.tokens < largest_tokens_ ? 1 : 0;
-  return ((count * kDepthBuckets + depth) * 2 + forked) * 2 + partial;
 }
 
 uint64_t ReuseEstimator::HorizonNs() const {
@@ -126,30 +102,26 @@ void ReuseEstimator::Record(int cls, bool reused) {
 }
 
 void ReuseEstimator::Expire(uint64_t now_ns) {
+  // The log is read in order (no lookup): a follow whose horizon passed unlabelled records a
+  // non-reuse, and one past the tracking window (or beyond the bound) is forgotten.
   const uint64_t horizon = HorizonNs();
-  while (!unlabelled_.empty() && unlabelled_.front().at_ns + horizon < now_ns) {
-    const Pending p = unlabelled_.front();
-    unlabelled_.pop_front();
-    auto it = samples_.find(p.key);
-    if (it == samples_.end() || it->second.seq != p.seq || it->second.labelled) continue;
-    Record(it->second.cls, /*reused=*/false);
-    it->second.labelled = true;
+  for (; label_seq_ < next_seq_; ++label_seq_) {
+    Follow& f = log_[label_seq_ - base_seq_];
+    if (!(f.at_ns + horizon < now_ns)) break;
+    if (f.superseded || f.dropped || f.labelled) continue;
+    Record(f.cls, /*reused=*/false);
+    f.labelled = true;
   }
   const auto track = static_cast<uint64_t>(options_.track_ms * 1e6);
-  while (!order_.empty() &&
-         (order_.front().at_ns + track < now_ns || order_.size() > options_.max_samples)) {
-    const Pending p = order_.front();
-    order_.pop_front();
-    auto it = samples_.find(p.key);
+  for (; drop_seq_ < next_seq_; ++drop_seq_) {
+    Follow& f = log_[drop_seq_ - base_seq_];
+    if (!(f.at_ns + track < now_ns || next_seq_ - drop_seq_ > options_.max_samples)) break;
     // A sample pushed out by the bound before its horizon has no outcome: dropped, not counted.
-    if (it != samples_.end() && it->second.seq == p.seq) samples_.erase(it);
+    if (!f.superseded) samples_.erase(f.key);  // the key's live sample
+    f.dropped = true;
   }
-}
-
-void ReuseEstimator::AdvanceClock(uint64_t now_ns) {
-  if (now_ns > clock_ns_) {
-    virtual_ += static_cast<double>(now_ns - clock_ns_) / 1e6 / tau_ms_;
-    clock_ns_ = now_ns;
+  for (const uint64_t done = std::min(label_seq_, drop_seq_); base_seq_ < done; ++base_seq_) {
+    log_.pop_front();
   }
 }
 
@@ -162,31 +134,25 @@ int ReuseEstimator::Observe(const PageKey& key, const PageEntry& e, uint64_t now
   return ObserveCounted(key, e, now_ns, sketch_.Increment(key));
 }
 
-int ReuseEstimator::ObserveCounted(const PageKey& key, const PageEntry& e, uint64_t now_ns,
-                                   uint32_t count) {
-  AdvanceClock(now_ns);
-  largest_tokens_ = std::max(largest_tokens_, e.stats.tokens);
-  const int cls = ClassOf(count, e);
-  const uint64_t pick = (key.hi >> 17) & ((uint64_t{1} << options_.sample_shift) - 1);
-  if (pick != 0) return cls;
+void ReuseEstimator::FollowSample(const PageKey& key, uint64_t now_ns, int cls) {
   Expire(now_ns);
-  auto it = samples_.find(key);
-  if (it != samples_.end()) {
-    const uint64_t gap_ns = now_ns - std::min(now_ns, it->second.at_ns);
+  auto [it, fresh] = samples_.try_emplace(key, next_seq_);
+  if (!fresh) {
+    Follow& previous = log_[it->second - base_seq_];
+    const uint64_t gap_ns = now_ns - std::min(now_ns, previous.at_ns);
     // Accesses within one millisecond are one request touching the page twice, not a reuse.
-    if (gap_ns < 1'000'000) return cls;
-    if (!it->second.labelled) Record(it->second.cls, gap_ns <= HorizonNs());
+    if (gap_ns < 1'000'000) return;
+    if (!previous.labelled) Record(previous.cls, gap_ns <= HorizonNs());
     // Tracks the median gap (a stochastic quantile step in log space): gaps span orders of
     // magnitude and bursts of near-simultaneous requests would drag a mean down.
     log_tau_ += std::log(static_cast<double>(gap_ns) / 1e6) > log_tau_ ? options_.tau_alpha
                                                                        : -options_.tau_alpha;
     tau_ms_ = std::exp(log_tau_);
+    previous.superseded = true;
+    it->second = next_seq_;
   }
-  const Sample s{now_ns, next_seq_++, cls, false};
-  samples_[key] = s;
-  unlabelled_.push_back(Pending{key, now_ns, s.seq});
-  order_.push_back(Pending{key, now_ns, s.seq});
-  return cls;
+  log_.push_back(Follow{key, now_ns, static_cast<uint8_t>(cls)});
+  ++next_seq_;
 }
 
 double ReuseEstimator::Probability(int cls) const {

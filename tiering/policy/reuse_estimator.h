@@ -26,13 +26,18 @@
 // p x 2^-(age / tau) does at every instant, and never has to be recomputed when tau changes).
 //
 // Cost per access: 4 sketch counters, one hash probe for 1 in 8 keys, O(1) amortised expiry.
-// Memory: 4 x history_width bytes + at most max_samples samples; nothing per cached page.
+// Memory: 4 x history_width bytes + at most max_samples followed keys (a log entry of 32 bytes
+// and a map slot of 24 each; the log also keeps follows whose horizon has not passed yet);
+// nothing per cached page.
 // Thread model: owned by one policy, called under the store's lock.
 #pragma once
 
+#include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstdint>
 #include <deque>
+#include <utility>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -57,12 +62,27 @@ class FrequencySketch {
   // How many times the table has been halved: a count kept outside it halves as often.
   uint32_t epoch() const { return epoch_; }
   // Starts loading the key's counters (one cache line), so the miss overlaps the caller's work.
-  void Prefetch(const PageKey& key) const { __builtin_prefetch(&table_[Index(key, 0)]); }
+  void Prefetch(const PageKey& key) const { __builtin_prefetch(&table_[Index(Hash(key), 0)]); }
 
  private:
   static constexpr int kRows = 4;
   static constexpr uint8_t kMax = 15;
-  uint32_t Index(const PageKey& key, int row) const;
+  static uint64_t Mix(uint64_t x) {
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ull;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+  }
+  // One hash a key; every row's counter is picked from it.
+  static uint64_t Hash(const PageKey& key) { return Mix(key.lo ^ Mix(key.hi)); }
+  // Blocked layout (as Caffeine's): a key's four counters share one 64-byte block, one row per
+  // 16-byte quarter, so an access costs one cache miss instead of four.
+  uint32_t Index(uint64_t h, int row) const {
+    const uint32_t block = static_cast<uint32_t>(h & mask_) * 64;
+    return block + static_cast<uint32_t>(row) * 16 +
+           static_cast<uint32_t>((h >> (40 + 4 * row)) & 15);
+  }
   std::vector<uint8_t> table_;  // kRows x width_
   uint32_t width_;
   uint32_t mask_;
@@ -108,48 +128,87 @@ class ReuseEstimator {
   int Observe(const PageKey& key, const PageEntry& entry, uint64_t now_ns);
   // The same for a caller that keeps the page's count itself while the page is cached (see
   // KvtierPolicy): `count` is the page's asked-for count after this access.
-  int ObserveCounted(const PageKey& key, const PageEntry& entry, uint64_t now_ns, uint32_t count);
+  int ObserveCounted(const PageKey& key, const PageEntry& entry, uint64_t now_ns, uint32_t count) {
+    AdvanceClock(now_ns);
+    largest_tokens_ = std::max(largest_tokens_, entry.stats.tokens);
+    const int cls = ClassOf(count, entry);
+    const uint64_t pick = (key.hi >> 17) & ((uint64_t{1} << options_.sample_shift) - 1);
+    if (pick == 0) FollowSample(key, now_ns, cls);
+    return cls;
+  }
   FrequencySketch& sketch() { return sketch_; }
   // The class the page would have now (no side effects).
   int ClassOf(const PageKey& key, const PageEntry& entry) const;
-  int ClassOf(uint32_t count, const PageEntry& entry) const;
+  int ClassOf(uint32_t count, const PageEntry& entry) const {
+    const int c = count <= 1 ? 0 : count == 2 ? 1 : count <= 4 ? 2 : 3;
+    const uint32_t p = entry.position;
+    const int depth = p == 0 ? 0 : p < 8 ? 1 : p < 64 ? 2 : 3;
+    const int forked = entry.cached_children >= 2 ? 1 : 0;
+    // A block with fewer tokens than the largest seen is a sequence's partial last block.
+    const int partial = entry.stats.tokens < largest_tokens_ ? 1 : 0;
+    return ((c * kDepthBuckets + depth) * 2 + forked) * 2 + partial;
+  }
   // P(accessed again within the horizon | class), smoothed.
   double Probability(int cls) const;
+  // Probability(cls) and its log2, as computed from them, kept per class until the next
+  // recorded outcome (which moves every class's estimate through the prior): an access of a
+  // page whose class was looked up since costs no division and no logarithm.
+  std::pair<double, double> ProbabilityAndLog(int cls) const {
+    Cached& c = cached_[cls];
+    if (c.version != recorded_) {
+      c.p = Probability(cls);
+      c.log_p = std::log2(c.p);
+      c.version = recorded_;
+    }
+    return {c.p, c.log_p};
+  }
   // Virtual time (in units of tau) at `now_ns`; monotone.
   double VirtualTime(uint64_t now_ns) const;
   double tau_ms() const { return tau_ms_; }
   uint64_t samples_recorded() const { return recorded_; }
 
  private:
-  struct Sample {
-    uint64_t at_ns;
-    uint64_t seq;
-    int cls;
-    bool labelled;  // its outcome within the horizon is recorded
-  };
-  struct Pending {
+  // One follow of a sampled key, from one access to the next (or to the end of its window).
+  struct Follow {
     PageKey key;
-    uint64_t at_ns;
-    uint64_t seq;
+    uint64_t at_ns = 0;
+    uint8_t cls = 0;
+    bool labelled = false;    // its outcome within the horizon is recorded
+    bool superseded = false;  // the key was accessed again: a newer follow is its live one
+    bool dropped = false;     // past the tracking window, or pushed out by the bound
   };
+  struct Cached {
+    uint64_t version = ~uint64_t{0};  // recorded_ when computed
+    double p = 0, log_p = 0;
+  };
+  // A sampled key's access: labels its previous one, and follows this one.
+  void FollowSample(const PageKey& key, uint64_t now_ns, int cls);
   void Record(int cls, bool reused);
   void Expire(uint64_t now_ns);
-  void AdvanceClock(uint64_t now_ns);
+  void AdvanceClock(uint64_t now_ns) {
+    if (now_ns > clock_ns_) {
+      virtual_ += static_cast<double>(now_ns - clock_ns_) / 1e6 / tau_ms_;
+      clock_ns_ = now_ns;
+    }
+  }
   uint64_t HorizonNs() const;
 
   ReuseEstimatorOptions options_;
   FrequencySketch sketch_;
   uint32_t largest_tokens_ = 0;
-  absl::flat_hash_map<PageKey, Sample> samples_;
-  // Oldest first; an entry is stale when its seq differs from the live sample's. `unlabelled_`
-  // reaches the horizon (no reuse: recorded), `order_` the tracking window (forgotten).
-  std::deque<Pending> unlabelled_;
-  std::deque<Pending> order_;
-  uint64_t next_seq_ = 0;
+  // Each followed key's live follow, by sequence number; the follows in order of their start
+  // (sequence numbers base_seq_ .. next_seq_ - 1). The log is read at two cursors: label_seq_
+  // reaches the horizon (no reuse: recorded), drop_seq_ the tracking window (forgotten); a
+  // follow leaves the log once both passed it. So expiry reads the log in order and needs no
+  // lookup of the key.
+  absl::flat_hash_map<PageKey, uint64_t> samples_;
+  std::deque<Follow> log_;
+  uint64_t base_seq_ = 0, label_seq_ = 0, drop_seq_ = 0, next_seq_ = 0;
   std::array<double, kClasses> reused_{};
   std::array<double, kClasses> seen_{};
   double reused_all_ = 0, seen_all_ = 0;
   uint64_t recorded_ = 0;
+  mutable std::array<Cached, kClasses> cached_{};
   double log_tau_;
   double tau_ms_;
   uint64_t clock_ns_ = 0;  // last time the virtual clock was advanced to

@@ -352,6 +352,81 @@ TEST(KvtierPolicyTest, LevelsMergeIntoOneRankOrder) {
   CheckOrders(policy, live);
 }
 
+// Hits in the top tier leave a page's entry below its rank (deferred); victims must still come out
+// in the exact (rank, key) order an eager update gives, each one as it is asked for, with
+// ineligible pages skipped, while pages are hit, forked, moved and evicted in between.
+TEST(KvtierPolicyTest, DeferredHitsEvictInExactRankOrder) {
+  std::mt19937_64 rng = testing::SeededRng();
+  for (const bool tiered : {false, true}) {
+    KvtierPolicy policy;
+    std::vector<PageKey> keys;
+    absl::flat_hash_map<PageKey, PageEntry> live;
+    uint64_t now = 1'000'000'000;
+    auto expected_order = [&] {
+      std::vector<std::pair<double, PageKey>> order;
+      for (const auto& [k, e] : live) {
+        if (e.tier == Tier::kHbm) order.emplace_back(policy.OrderKey(k), k);
+      }
+      std::sort(order.begin(), order.end());
+      return order;
+    };
+    for (int op = 0; op < 4000; ++op) {
+      now += 1'000'000 * (1 + rng() % 500);
+      const int kind = static_cast<int>(rng() % 10);
+      if (kind < 3 || keys.size() < 8) {
+        const PageKey k = RandomKey(rng);
+        PageEntry e = Entry(tiered && rng() % 3 == 0 ? Tier::kDram : Tier::kHbm, now, 1.0f);
+        if (!keys.empty() && rng() % 2 == 0) {
+          e.parent = keys[rng() % keys.size()];
+          e.position = 1 + static_cast<uint32_t>(rng() % 50);
+        }
+        keys.push_back(k);
+        live[k] = e;
+        policy.OnInsert(k, e);
+      } else if (kind < 8) {
+        const size_t i = rng() % keys.size();
+        PageEntry& e = live[keys[i]];
+        e.stats.last_access_ns = now;
+        if (kind == 7) e.cached_children = static_cast<uint32_t>(rng() % 3);
+        policy.OnAccess(keys[i], e);
+      } else if (kind == 8 && tiered) {
+        const size_t i = rng() % keys.size();
+        PageEntry& e = live[keys[i]];
+        const Tier from = e.tier;
+        e.tier = from == Tier::kHbm ? Tier::kDram : Tier::kHbm;
+        policy.OnMove(keys[i], from, e);
+      } else {
+        // Evict the top tier's victim, checked against the order of the pages' ranks.
+        const auto order = expected_order();
+        if (order.empty()) continue;
+        // Every other page barred: the merge must skip them and still settle marked entries.
+        std::vector<PageKey> some;
+        policy.LeastValuable(
+            Tier::kHbm, 4,
+            [&](const PageKey& k) {
+              const auto it = std::find_if(order.begin(), order.end(),
+                                           [&](const auto& rk) { return rk.second == k; });
+              return (it - order.begin()) % 2 == 1;
+            },
+            some);
+        for (size_t j = 0; j < some.size(); ++j) {
+          ASSERT_LT(2 * j + 1, order.size());
+          EXPECT_EQ(some[j], order[2 * j + 1].second) << "op " << op << " skip " << j;
+        }
+        const std::vector<PageKey> victim = Victims(policy, Tier::kHbm, 1);
+        ASSERT_EQ(victim.size(), 1u);
+        ASSERT_EQ(victim.front(), order.front().second) << "op " << op;
+        policy.OnRemove(victim.front(), live[victim.front()]);
+        live.erase(victim.front());
+        keys.erase(std::find(keys.begin(), keys.end(), victim.front()));
+      }
+    }
+    EXPECT_GT(policy.deferred_hits(), 500u) << "tiered " << tiered;
+    ASSERT_EQ(policy.tracked(), live.size());
+    CheckOrders(policy, live);
+  }
+}
+
 // The drop tier (NVMe below HBM; HBM alone in a one-tier cache) keeps a page asked for twice over
 // a newer one asked for once, as long as the newer one's lead in recency is below the bonus;
 // Value, what the planner compares across tiers, is still the plain rank (recency first here:

@@ -543,8 +543,10 @@ absl::StatusOr<GpuDevice*> GpuWorkers::Impl::Device(int ordinal) {
       }
     }
     void* staging = nullptr;
+    // Portable: the store's engine of another GPU's HBM pool reads and writes it too (a page
+    // staged from, or stored into, a pool this GPU does not own).
     if (cudaError_t e = cudaHostAlloc(&staging, size_t{kStagingPages} * store.page_bytes(),
-                                      cudaHostAllocMapped);
+                                      cudaHostAllocMapped | cudaHostAllocPortable);
         e != cudaSuccess) {
       return CudaStatus(e, "cudaHostAlloc(staging)");
     }

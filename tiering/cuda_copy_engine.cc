@@ -51,6 +51,27 @@ namespace {
 constexpr uint64_t kCalibrationPieces[] = {uint64_t{16} << 10, uint64_t{64} << 10,
                                            uint64_t{256} << 10};
 
+// Makes the engine's GPU the calling thread's current device for a call, and gives the caller's
+// back after: the engine's streams belong to its GPU (a kernel launched into another device's
+// stream fails), while its callers may hold another GPU current (a GPU worker's copies, when a
+// node has one HBM pool per GPU and one engine each).
+class ScopedDevice {
+ public:
+  explicit ScopedDevice(int device) : device_(device) {
+    if (cudaGetDevice(&previous_) != cudaSuccess) previous_ = -1;
+    if (previous_ != device_) cudaSetDevice(device_);
+  }
+  ~ScopedDevice() {
+    if (previous_ >= 0 && previous_ != device_) cudaSetDevice(previous_);
+  }
+  ScopedDevice(const ScopedDevice&) = delete;
+  ScopedDevice& operator=(const ScopedDevice&) = delete;
+
+ private:
+  const int device_;
+  int previous_ = -1;
+};
+
 // RAII owner of a cudaMallocHost allocation.
 struct PinnedHost {
   void* p = nullptr;
@@ -64,6 +85,7 @@ CudaCopyEngine::CudaCopyEngine(const CudaCopyEngineOptions& options) : options_(
 
 CudaCopyEngine::~CudaCopyEngine() {
   absl::MutexLock lock(&mu_);
+  ScopedDevice on_device(options_.device);
   if (stream_ != nullptr) {
     cudaStreamSynchronize(stream_);
     cudaStreamDestroy(stream_);
@@ -93,6 +115,7 @@ absl::StatusOr<std::unique_ptr<CudaCopyEngine>> CudaCopyEngine::Create(
         "cuda copy engine: kernel-bulk copies device to device only; pin it for "
         "device_to_device alone");
   }
+  ScopedDevice on_device(options.device);
   std::unique_ptr<CudaCopyEngine> engine(new CudaCopyEngine(options));
   RETURN_IF_ERROR(engine->Init());
   RETURN_IF_ERROR(engine->Calibrate());
@@ -215,6 +238,7 @@ void CudaCopyEngine::CountFallback(size_t ops, const char* why) {
 
 absl::Status CudaCopyEngine::Copy(absl::Span<const CopyOp> ops) {
   absl::MutexLock lock(&mu_);
+  ScopedDevice on_device(options_.device);
   for (auto& v : by_route_) v.clear();
   std::vector<CopyOp>& pageable = pageable_;
   pageable.clear();
@@ -260,6 +284,7 @@ absl::Status CudaCopyEngine::Copy(absl::Span<const CopyOp> ops) {
 absl::Status CudaCopyEngine::CopyWith(CopyRoute route, CudaCopyMethod method,
                                       absl::Span<const CopyOp> ops) {
   absl::MutexLock lock(&mu_);
+  ScopedDevice on_device(options_.device);
   if (method == CudaCopyMethod::kAuto) {
     uint64_t bytes = 0;
     for (const CopyOp& op : ops) bytes += op.bytes;

@@ -392,7 +392,8 @@ __global__ void __launch_bounds__(kThreads)
 // kOptFixedRef 78.2, + kOptMmaNorms 68.9-69.4, + kOptBulkLoads 69.8, + kOptEvictFirst (15, the
 // default until session 14) 66.1-67.5; pass 1 alone 56-63 us under ncu, pass 3 9-10 us. Session 14:
 // + the fused tail (kOptFusedTail, now the default) 63.7-67.4, median 66.0 against 66.5 for 15 in
-// the same processes; the one kernel 63.6-65.1 us under ncu.
+// the same processes; the one kernel 63.6-65.1 us under ncu. Run 7: + unpadded swizzled tiles
+// (kOptSwizzle, now the default) 64.3-68.6, against 64.2-69.4 for 79 in the same processes.
 namespace mma_pass {
 
 constexpr int kTile = 64;
@@ -819,9 +820,13 @@ constexpr int kOptFusedTail = 64;
 //    box of head_dim + 8 elements a row: the padded box also fetched 16 bytes of the next head
 //    (a 32-byte sector more per 256-byte row, 12.5% more sectors from L2) and took 6 KiB more
 //    shared memory a block. ldmatrix stays free of bank conflicts (the swizzle spreads 8 rows'
-//    chunks over all banks). Needs kOptBulkLoads and kOptMmaNorms.
+//    chunks over all banks). Needs kOptBulkLoads and kOptMmaNorms. Measured (option set 207 =
+//    79 + this, H200, bench/RESULTS.md): bit-identical output; faster than 79 in 13 of 20
+//    back-to-back pairs, 0.36 us on average; one kernel 61.8-62.1 us under ncu against
+//    62.8-65.6; the load pipeline alone (consumers releasing stages unread) 51 us against 57.
 //  kOptPromote256: with kOptSwizzle, the tensor maps promote L2 fills to 256 bytes (a token's
-//    whole head row, both boxes); launch-time (the tensor map), not a template option.
+//    whole head row, both boxes); launch-time (the tensor map), not a template option. Measured
+//    no faster than kOptSwizzle alone (option set 463: 62.1 us under ncu, L2 hits 40% not 25%).
 constexpr int kOptSwizzle = 128;
 constexpr int kOptPromote256 = 256;
 constexpr int kOptDefault =

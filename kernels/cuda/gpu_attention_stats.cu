@@ -392,24 +392,38 @@ __global__ void __launch_bounds__(kThreads)
 // kOptFixedRef 78.2, + kOptMmaNorms 68.9-69.4, + kOptBulkLoads 69.8, + kOptEvictFirst (15, the
 // default until session 14) 66.1-67.5; pass 1 alone 56-63 us under ncu, pass 3 9-10 us. Session 14:
 // + the fused tail (kOptFusedTail, now the default) 63.7-67.4, median 66.0 against 66.5 for 15 in
-// the same processes; the one kernel 63.6-65.1 us under ncu.
+// the same processes; the one kernel 63.6-65.1 us under ncu. Run 7: + unpadded swizzled tiles
+// (kOptSwizzle, now the default) 64.3-68.6, against 64.2-69.4 for 79 in the same processes.
 namespace mma_pass {
 
 constexpr int kTile = 64;
 constexpr int kMaxWarps = 8;  // 128 rows a block: the q-head group x window of Llama-3-8B
 
 // kDeep: one block an SM with 6 stages (head_dim <= 128) instead of two blocks with 3 each.
-template <int kHeadDim, bool kDeep = false>
+// kSwizzle (kOptSwizzle): unpadded tiles in the tensor copy's 128-byte swizzle (see
+// SwizzledChunk); the ring then starts at the first 1024-byte boundary of the dynamic shared
+// memory, hence the 1024 extra bytes.
+template <int kHeadDim, bool kDeep = false, bool kSwizzle = false>
 struct Geometry {
   // 2 blocks an SM up to head_dim 128
   static constexpr int kStages = kDeep && kHeadDim <= 128 ? 6 : kHeadDim <= 128 ? 3 : 2;
-  static constexpr int kRowElems = kHeadDim + 8;  // 16-byte pad: ldmatrix rows on distinct banks
+  // Padded: a 16-byte pad puts the 8 rows of an ldmatrix on distinct banks.
+  static constexpr int kRowElems = kSwizzle ? kHeadDim : kHeadDim + 8;
   static constexpr int kChunksPerRow = kHeadDim / 8;  // 16-byte vectors per token row
   static constexpr size_t kTileBytes = size_t{kTile} * kRowElems * 2;
   static constexpr size_t kStageBytes = 2 * kTileBytes;         // K, then V
   static constexpr size_t kBarrierOff = kStages * kStageBytes;  // full[kStages], empty[kStages]
-  static constexpr size_t kSmemBytes = kBarrierOff + 2 * kStages * sizeof(uint64_t);
+  static constexpr size_t kAlignPad = kSwizzle ? 1024 : 0;
+  static constexpr size_t kSmemBytes = kBarrierOff + 2 * kStages * sizeof(uint64_t) + kAlignPad;
 };
+
+// kOptSwizzle's tile layout: the tensor copy writes a tile as head_dim / 64 boxes of 64 tokens x
+// 128 bytes, 8 KiB each, with CU_TENSOR_MAP_SWIZZLE_128B: 16-byte chunk c of token row t lands at
+// chunk c ^ (t % 8) of its 128-byte row. The byte offset in the tile of chunk `chunk` (16 bytes,
+// counted along the whole head row) of token row `row`.
+__device__ __forceinline__ uint32_t SwizzledChunk(uint32_t row, uint32_t chunk) {
+  return (chunk / 8) * (kTile * 128) + row * 128 + (((chunk % 8) ^ (row % 8)) << 4);
+}
 
 struct Params {
   // K and V as [tokens][kv_heads * head_dim] for the bulk tensor copies (kOptBulkLoads): a box
@@ -801,10 +815,24 @@ constexpr uint32_t kChunkTiles = 2;
 //    launch the grid cooperatively with one row split and the static schedule; elsewhere the
 //    launch falls back to pass 3.
 constexpr int kOptFusedTail = 64;
+//  kOptSwizzle (session 14, run 7): the tensor copies land unpadded tiles, head_dim / 64 boxes
+//    of 64 tokens x 128 bytes each in CU_TENSOR_MAP_SWIZZLE_128B (SwizzledChunk), instead of one
+//    box of head_dim + 8 elements a row: the padded box also fetched 16 bytes of the next head
+//    (a 32-byte sector more per 256-byte row, 12.5% more sectors from L2) and took 6 KiB more
+//    shared memory a block. ldmatrix stays free of bank conflicts (the swizzle spreads 8 rows'
+//    chunks over all banks). Needs kOptBulkLoads and kOptMmaNorms. Measured (option set 207 =
+//    79 + this, H200, bench/RESULTS.md): bit-identical output; faster than 79 in 13 of 20
+//    back-to-back pairs, 0.36 us on average; one kernel 61.8-62.1 us under ncu against
+//    62.8-65.6; the load pipeline alone (consumers releasing stages unread) 51 us against 57.
+//  kOptPromote256: with kOptSwizzle, the tensor maps promote L2 fills to 256 bytes (a token's
+//    whole head row, both boxes); launch-time (the tensor map), not a template option. Measured
+//    no faster than kOptSwizzle alone (option set 463: 62.1 us under ncu, L2 hits 40% not 25%).
+constexpr int kOptSwizzle = 128;
+constexpr int kOptPromote256 = 256;
 constexpr int kOptDefault =
-    kOptFixedRef | kOptMmaNorms | kOptBulkLoads | kOptEvictFirst | kOptFusedTail;
+    kOptFixedRef | kOptMmaNorms | kOptBulkLoads | kOptEvictFirst | kOptFusedTail | kOptSwizzle;
 // The options the kernel template takes (the rest are launch-time).
-constexpr int kKernelOpts = ~kOptFusedTail;
+constexpr int kKernelOpts = ~(kOptFusedTail | kOptPromote256);
 
 // One stage tile of K or V (64 tokens x head_dim + 8 elements of kv head `head`), global ->
 // shared, by the tensor copy unit; completes its bytes on the mbarrier.
@@ -865,13 +893,14 @@ template <typename T, int kHeadDim, int kTpp, int kOpt>
 __global__ void __launch_bounds__((kMaxWarps + 1) * 32,
                                   kHeadDim <= 128 && (kOpt & kOptDeep) == 0 ? 2 : 1)
     AttentionStatsPass1Mma(const __grid_constant__ Params p) {
-  using G = Geometry<kHeadDim, (kOpt & kOptDeep) != 0>;
+  // The tensor copy's box is at most 256 elements wide: head_dim 256 keeps the cp.async producer.
+  constexpr bool kBulk = (kOpt & kOptBulkLoads) != 0 && kHeadDim <= 128;
+  constexpr bool kSwizzle = kBulk && (kOpt & kOptSwizzle) != 0;
+  using G = Geometry<kHeadDim, (kOpt & kOptDeep) != 0, kSwizzle>;
   constexpr bool kDynamic = (kOpt & kOptDynamic) != 0;
   __shared__ uint32_t stage_tile[G::kStages];  // kDynamic: the tile in each stage, or kNoTile
   constexpr bool kFixedRef = (kOpt & kOptFixedRef) != 0;
   constexpr bool kMmaNorms = (kOpt & kOptMmaNorms) != 0;
-  // The tensor copy's box is at most 256 elements wide: head_dim 256 keeps the cp.async producer.
-  constexpr bool kBulk = (kOpt & kOptBulkLoads) != 0 && kHeadDim <= 128;
   constexpr bool kEvictFirst = kBulk && (kOpt & kOptEvictFirst) != 0;
   constexpr int kPagesPerTile = kTile / kTpp;
   constexpr int kNTilesPerPage = kTpp / 8;
@@ -879,7 +908,12 @@ __global__ void __launch_bounds__((kMaxWarps + 1) * 32,
   constexpr int kNormParts = kTpp / 8;  // each consumer warp sums the value norms of 8 tokens
   static_assert(kTile % kTpp == 0 && kTpp % 8 == 0, "pages must tile the 64-token tile");
   static_assert(kTile == kMaxWarps * 8, "value norms: 8 tokens a consumer warp");
-  extern __shared__ __align__(128) unsigned char smem[];
+  static_assert(!kSwizzle || kMmaNorms, "the swizzled layout has no FMA value-norm path");
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  // The stage ring (and its barriers behind it): with kSwizzle, from the first 1024-byte boundary
+  // (the swizzle pattern repeats every 1024 bytes and is anchored to the address).
+  unsigned char* const smem =
+      smem_raw + (kSwizzle ? (1024u - SmemAddress(smem_raw) % 1024u) % 1024u : 0u);
   const uint32_t bar_full = SmemAddress(smem + G::kBarrierOff);
   const uint32_t bar_empty = bar_full + G::kStages * sizeof(uint64_t);
 
@@ -956,9 +990,25 @@ __global__ void __launch_bounds__((kMaxWarps + 1) * 32,
                        : "memory");
           const uint32_t base = SmemAddress(smem + s * G::kStageBytes);
           const auto token = static_cast<int32_t>(tile * kTile);
-          TmaTileLoad(base, &p.tmap_k, col, token, bar, policy, kEvictFirst);
-          if (do_norms) {
-            TmaTileLoad(base + G::kTileBytes, &p.tmap_v, col, token, bar, policy, kEvictFirst);
+          if constexpr (kSwizzle) {
+            // One box a 64-dimension half of the row (the swizzle's box is 128 bytes wide).
+#pragma unroll
+            for (int h = 0; h < kHeadDim / 64; ++h) {
+              TmaTileLoad(base + h * kTile * 128, &p.tmap_k, col + h * 64, token, bar, policy,
+                          kEvictFirst);
+            }
+            if (do_norms) {
+#pragma unroll
+              for (int h = 0; h < kHeadDim / 64; ++h) {
+                TmaTileLoad(base + G::kTileBytes + h * kTile * 128, &p.tmap_v, col + h * 64, token,
+                            bar, policy, kEvictFirst);
+              }
+            }
+          } else {
+            TmaTileLoad(base, &p.tmap_k, col, token, bar, policy, kEvictFirst);
+            if (do_norms) {
+              TmaTileLoad(base + G::kTileBytes, &p.tmap_v, col, token, bar, policy, kEvictFirst);
+            }
           }
         }
       }
@@ -1044,6 +1094,18 @@ __global__ void __launch_bounds__((kMaxWarps + 1) * 32,
     // ldmatrix.x4 of two n-tiles x two k-halves: lane supplies row (lane % 8) of matrix lane / 8.
     const uint32_t lm_offset =
         (((lane / 16) * 8 + lane % 8) * G::kRowElems + (lane / 8) % 2 * 8) * 2;
+    // kSwizzle: the same lanes' offsets in the swizzled tile (SwizzledChunk), for k steps ks with
+    // ks % 4 == j (ks / 4 picks the 8 KiB box and n-tile pair np adds 16 rows: both multiples of
+    // the swizzle's 8 rows, so compile-time offsets), and for the value norms' ldmatrix at
+    // dimensions 32q with q % 2 == j.
+    uint32_t k_swz[4], v_swz[2];
+#pragma unroll
+    for (uint32_t j = 0; j < 4; ++j) {
+      k_swz[j] = SwizzledChunk((lane / 16) * 8 + lane % 8, j * 2 + (lane / 8) % 2);
+    }
+#pragma unroll
+    for (uint32_t j = 0; j < 2; ++j)
+      v_swz[j] = SwizzledChunk(warp * 8 + lane % 8, j * 4 + lane / 8);
     for (uint32_t it = 0;; ++it) {
       if (!kDynamic && tile_begin + it >= tile_end) break;
       const uint32_t s = it % G::kStages;
@@ -1059,13 +1121,16 @@ __global__ void __launch_bounds__((kMaxWarps + 1) * 32,
         // + 8], which are at once the A fragment (rows 8..15 repeat rows 0..7) and the B
         // fragment of V8 . V8^T over those 16 dimensions; token i's squared norm is the
         // diagonal element (i, i), held by lane 4i + i / 2.
-        const uint32_t vbase = SmemAddress(stage + G::kTileBytes) +
-                               ((warp * 8 + lane % 8) * G::kRowElems + (lane / 8) * 8) * 2;
+        const uint32_t vbase =
+            SmemAddress(stage + G::kTileBytes) +
+            (kSwizzle ? 0u : ((warp * 8 + lane % 8) * G::kRowElems + (lane / 8) * 8) * 2);
         float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
         for (int q = 0; q < kHeadDim / 32; ++q) {
           uint32_t r0, r1, r2, r3;
-          LdMatrixX4(vbase + q * 64, r0, r1, r2, r3);
+          // Lane l: row 8w + l % 8, 16-byte chunk 4q + l / 8 of it.
+          LdMatrixX4(kSwizzle ? vbase + (q / 2) * (kTile * 128) + v_swz[q % 2] : vbase + q * 64, r0,
+                     r1, r2, r3);
           const uint32_t a0[4] = {r0, r0, r1, r1};
           const uint32_t a1[4] = {r2, r2, r3, r3};
           Mma16816<T>(c, a0, r0, r1);
@@ -1114,15 +1179,21 @@ __global__ void __launch_bounds__((kMaxWarps + 1) * 32,
         float acc[8][4];
 #pragma unroll
         for (int n = 0; n < 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
-        const uint32_t kbase = SmemAddress(stage) + lm_offset;
+        const uint32_t kbase = SmemAddress(stage) + (kSwizzle ? 0u : lm_offset);
         // B fragments double-buffered by k step: the shared-memory loads of step ks + 1 are in
         // flight while the tensor cores work on step ks.
         uint32_t b[2][4][4];
         auto load_b = [&](int ks, uint32_t(&dst)[4][4]) {
 #pragma unroll
           for (int np = 0; np < 4; ++np) {
-            LdMatrixX4(kbase + (np * 16 * G::kRowElems + ks * 16) * 2, dst[np][0], dst[np][1],
-                       dst[np][2], dst[np][3]);
+            if constexpr (kSwizzle) {
+              // Lane l: row 16 np + 8 (l / 16) + l % 8, 16-byte chunk 2 ks + (l / 8) % 2.
+              LdMatrixX4(kbase + (ks / 4) * (kTile * 128) + np * 16 * 128 + k_swz[ks % 4],
+                         dst[np][0], dst[np][1], dst[np][2], dst[np][3]);
+            } else {
+              LdMatrixX4(kbase + (np * 16 * G::kRowElems + ks * 16) * 2, dst[np][0], dst[np][1],
+                         dst[np][2], dst[np][3]);
+            }
           }
         };
         load_b(0, b[0]);
@@ -1474,7 +1545,14 @@ struct MmaPick {
   size_t smem = 0;
   bool tensor_maps = false;
   bool fused_tail = false;  // kOptFusedTail, where the plan allows it
+  int map_layout = 0;       // kTensorMap* below
 };
+
+// Tensor maps of K and V (MakeKvTensorMap): one padded box a tile row, or kOptSwizzle's boxes
+// (with or without kOptPromote256).
+constexpr int kTensorMapPadded = 0;
+constexpr int kTensorMapSwizzled = 1;
+constexpr int kTensorMapSwizzledPromoted = 2;
 
 // KVTIER_ATTN_OPT=<bits of mma_pass::kOpt*> picks another option set of the tiled pass for the
 // benchmark's shape (bf16, head_dim 128, 16 tokens a page), for side-by-side measurements; every
@@ -1509,9 +1587,17 @@ MmaPick PickExperiment(const AttentionStatsShape& s) {
     case 67:  // 3 + kOptFusedTail
       return {mma_pass::AttentionStatsPass1Mma<B, 128, 16, 3>,
               mma_pass::AttentionStatsPass1Mma<B, 128, 16, 3>, kSmem, false, true};
-    case 79:  // 15 + kOptFusedTail (the default)
+    case 79:  // 15 + kOptFusedTail (the default until session 14's run 7)
       return {mma_pass::AttentionStatsPass1Mma<B, 128, 16, 15>,
               mma_pass::AttentionStatsPass1Mma<B, 128, 16, 3>, kSmem, true, true};
+    case 207:  // 79 + kOptSwizzle (the default)
+    case 463:  // 79 + kOptSwizzle + kOptPromote256
+      return {mma_pass::AttentionStatsPass1Mma<B, 128, 16, 15 | mma_pass::kOptSwizzle>,
+              mma_pass::AttentionStatsPass1Mma<B, 128, 16, 3>,
+              std::max(kSmem, mma_pass::Geometry<128, false, true>::kSmemBytes),
+              true,
+              true,
+              std::atoi(env) == 463 ? kTensorMapSwizzledPromoted : kTensorMapSwizzled};
     case 19:
       return {mma_pass::AttentionStatsPass1Mma<B, 128, 16, 19>,
               mma_pass::AttentionStatsPass1Mma<B, 128, 16, 19>, kDeepSmem, false};
@@ -1541,15 +1627,33 @@ MmaPick PickMmaKernel(const AttentionStatsShape& s) {
   constexpr int kNoMaps = kOpt & ~mma_pass::kOptBulkLoads;
   constexpr bool kMaps = (kOpt & mma_pass::kOptBulkLoads) != 0;
   constexpr bool kFused = (mma_pass::kOptDefault & mma_pass::kOptFusedTail) != 0;
+  constexpr bool kSwz = kMaps && (kOpt & mma_pass::kOptSwizzle) != 0;
+  constexpr int kLayout = !kSwz ? kTensorMapPadded
+                          : (mma_pass::kOptDefault & mma_pass::kOptPromote256) != 0
+                              ? kTensorMapSwizzledPromoted
+                              : kTensorMapSwizzled;
+  // The kernel's shared memory, or its fallback's (padded tiles) if more.
+  constexpr size_t kSmem64 =
+      std::max(mma_pass::Geometry<64, false, kSwz>::kSmemBytes, mma_pass::Geometry<64>::kSmemBytes);
+  constexpr size_t kSmem128 = std::max(mma_pass::Geometry<128, false, kSwz>::kSmemBytes,
+                                       mma_pass::Geometry<128>::kSmemBytes);
   const uint32_t tpp = s.tokens_per_page;
   switch (s.head_dim) {
     case 64:
-      return {MmaKernelFor<T, 64, kOpt>(tpp), MmaKernelFor<T, 64, kNoMaps>(tpp),
-              mma_pass::Geometry<64>::kSmemBytes, kMaps, kFused};
+      return {MmaKernelFor<T, 64, kOpt>(tpp),
+              MmaKernelFor<T, 64, kNoMaps>(tpp),
+              kSmem64,
+              kMaps,
+              kFused,
+              kLayout};
     case 128: {
       if (MmaPick e = PickExperiment(s); e.kernel != nullptr) return e;
-      return {MmaKernelFor<T, 128, kOpt>(tpp), MmaKernelFor<T, 128, kNoMaps>(tpp),
-              mma_pass::Geometry<128>::kSmemBytes, kMaps, kFused};
+      return {MmaKernelFor<T, 128, kOpt>(tpp),
+              MmaKernelFor<T, 128, kNoMaps>(tpp),
+              kSmem128,
+              kMaps,
+              kFused,
+              kLayout};
     }
     default: {  // head_dim 256 has no tensor-map producer (see kOptBulkLoads)
       const MmaKernel k = MmaKernelFor<T, 256, kNoMaps>(tpp);
@@ -1571,22 +1675,27 @@ void* TensorMapEncoder() {
   return fn;
 }
 
-// K or V as a 2-D tensor [tokens][kv_heads * head_dim] whose box is one padded stage tile.
-bool MakeKvTensorMap(void* encode, const AttentionStatsShape& s, const void* base,
+// K or V as a 2-D tensor [tokens][kv_heads * head_dim] whose box is one padded stage tile, or
+// (kOptSwizzle) 64 tokens x 64 elements, 128-byte swizzled.
+bool MakeKvTensorMap(void* encode, const AttentionStatsShape& s, int layout, const void* base,
                      CUtensorMap* map) {
   const auto fn = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(encode);
+  const bool swizzled = layout != kTensorMapPadded;
   const cuuint64_t dims[2] = {cuuint64_t{s.kv_heads} * s.head_dim, s.tokens};
   const cuuint64_t strides[1] = {cuuint64_t{s.kv_heads} * s.head_dim * 2};
-  const cuuint32_t box[2] = {s.head_dim + 8, mma_pass::kTile};
+  const cuuint32_t box[2] = {swizzled ? 64u : s.head_dim + 8, mma_pass::kTile};
   const cuuint32_t element_strides[2] = {1, 1};
   return fn(map,
             s.dtype == KvDType::kBF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
                                       : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
             2, const_cast<void*>(base), dims, strides, box, element_strides,
-            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
-            // No L2 promotion: the box's 8 extra elements would otherwise pull in 256 bytes of the
-            // next head's row (measured slower with L2_256B).
-            CU_TENSOR_MAP_L2_PROMOTION_NONE, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+            CU_TENSOR_MAP_INTERLEAVE_NONE,
+            swizzled ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_NONE,
+            // Padded: no L2 promotion, the box's 8 extra elements would otherwise pull in 256
+            // bytes of the next head's row (measured slower with L2_256B).
+            layout == kTensorMapSwizzledPromoted ? CU_TENSOR_MAP_L2_PROMOTION_L2_256B
+                                                 : CU_TENSOR_MAP_L2_PROMOTION_NONE,
+            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
 // Value-norm sums per (page, kv head): the tiled pass leaves one per 8 tokens.
@@ -1627,6 +1736,7 @@ absl::StatusOr<Pass1Plan> PlanMmaPass(const AttentionStatsShape& shape, int sms,
   plan.fallback = reinterpret_cast<const void*>(pick.fallback);
   plan.encode_tiled = pick.tensor_maps ? TensorMapEncoder() : nullptr;
   plan.tensor_maps = plan.encode_tiled != nullptr;
+  plan.tensor_map_layout = pick.map_layout;
   plan.kernel = plan.tensor_maps ? reinterpret_cast<const void*>(pick.kernel) : plan.fallback;
   // Rows of a kv head's q-head group, split evenly into blocks of at most 128 (8 warps of 16).
   const uint32_t rows_total = shape.q_heads / shape.kv_heads * shape.window;
@@ -1826,8 +1936,9 @@ absl::Status LaunchAttentionStats(const AttentionStatsShape& shape,
     p.done = static_cast<uint32_t*>(workspace.done_.get());
     p.next_chunk = p.done + size_t{shape.kv_heads} * MmaSplits(shape);
     Pass1Plan launch = plan;
-    if (plan.tensor_maps && (!MakeKvTensorMap(plan.encode_tiled, shape, k, &p.tmap_k) ||
-                             !MakeKvTensorMap(plan.encode_tiled, shape, v, &p.tmap_v))) {
+    if (plan.tensor_maps &&
+        (!MakeKvTensorMap(plan.encode_tiled, shape, plan.tensor_map_layout, k, &p.tmap_k) ||
+         !MakeKvTensorMap(plan.encode_tiled, shape, plan.tensor_map_layout, v, &p.tmap_v))) {
       launch.kernel = plan.fallback;  // e.g. K or V not 16-byte aligned
     }
     if (plan.fused_tail) {  // pass 1 writes the pages' statistics itself: no pass 3

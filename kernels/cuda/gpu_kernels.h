@@ -117,6 +117,7 @@ struct AttentionPass1Plan {
   bool tensor_maps = false;
   const void* fallback = nullptr;
   void* encode_tiled = nullptr;
+  int tensor_map_layout = 0;  // padded boxes, or swizzled ones (gpu_attention_stats.cu)
   // Tiled pass launched cooperatively that also does pass 3's work in its tail (no pass 3
   // launch): one row split, and the whole grid resident at once on this device.
   bool fused_tail = false;

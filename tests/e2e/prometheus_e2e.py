@@ -75,8 +75,8 @@ def main():
         with open(config, "w") as f:
             f.write(f"data_dir: {data_dir}\nsocket_path: {socket_path}\n"
                     f"http_address: 127.0.0.1:{http_port}\n"
-                    "store:\n  page_bytes: 65536\n  hbm_pages: 64\n  dram_pages: 256\n"
-                    "  hbm_backend: host-emulated\n")
+                    "store:\n  page_bytes: 65536\n  hbm_pages: 32\n  dram_pages: 256\n"
+                    "  hbm_backend: host-emulated\n  hbm_devices: [0, 1]\n")
         daemon_log = open(os.path.join(tmp, "kvtierd.log"), "w")
         daemon = subprocess.Popen([os.path.join(build_dir, "daemon", "kvtierd"), f"--config={config}"],
                                   stdout=daemon_log, stderr=subprocess.STDOUT)
@@ -126,6 +126,11 @@ def main():
         sessions = wait_for("sessions counted", lambda: scalar(prom_port, "kvtier_client_sessions_total"), 30)
         backend = query(prom_port, "kvtier_hbm_backend_info")
         capacity = query(prom_port, "kvtier_tier_capacity_bytes")
+        # The dashboard's per-GPU pool panel, its own query: one series a pool, a share in [0, 1].
+        with open(os.path.join(source_dir, "deploy", "grafana", "kvtier-dashboard.json")) as f:
+            panels = json.load(f)["panels"]
+        pool_expr = next(p for p in panels if p["title"].startswith("HBM pools"))["targets"][0]["expr"]
+        pools = query(prom_port, pool_expr)
         rules = json.loads(http_get(f"http://127.0.0.1:{prom_port}/api/v1/rules")[1])
         alerts = [r["name"] for g in rules["data"]["groups"] for r in g["rules"]]
         checks = [
@@ -135,6 +140,8 @@ def main():
             (len(backend) == 1 and backend[0]["metric"].get("backend") == "host-emulated",
              f"backend {backend}"),
             ({m["metric"]["tier"] for m in capacity} == {"hbm", "dram"}, f"capacity {capacity}"),
+            (sorted(m["metric"].get("device") for m in pools) == ["0", "1"] and
+             all(0 <= float(m["value"][1]) <= 1 for m in pools), f"hbm pools {pools}"),
             ("KvtierDown" in alerts and len(alerts) >= 6, f"alerts {alerts}"),
         ]
         failed = [why for ok, why in checks if not ok]

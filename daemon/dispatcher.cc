@@ -782,10 +782,12 @@ void Dispatcher::CopyGpu(LoadStoreOp& op, const GpuWorkerBuffers& gpu) {
   if (op.is_store) {
     // The pages go to the HBM pool on the worker's own GPU when it has room.
     op.hbm_device = gpu.device();
-    auto put = [this, &op](size_t i, absl::Span<const ConstBuffer> src) {
-      return PutPage(op, i, src);
-    };
-    gpu_->Store(gpu, batch, op.wait_event, put, record);
+    const GpuStoreHooks hooks{.options = [&op](size_t i) { return op.PutOptionsFor(i); },
+                              .after =
+                                  [this, &op](size_t i, absl::StatusOr<Tier> tier) {
+                                    return AfterStore(op, i, std::move(tier));
+                                  }};
+    gpu_->Store(gpu, batch, op.wait_event, hooks, record);
   } else {
     gpu_->Load(gpu, batch, op.reply_when_enqueued, record, [this, &op] { SendPages(op); });
   }

@@ -120,7 +120,7 @@ void GpuWorkers::Load(const GpuWorkerBuffers&, const GpuPageBatch& batch, bool,
 }
 
 void GpuWorkers::Store(const GpuWorkerBuffers&, const GpuPageBatch& batch, absl::string_view,
-                       const GpuPutPageFn&, const GpuPageResultFn& result) {
+                       const GpuStoreHooks&, const GpuPageResultFn& result) {
   for (size_t i = 0; i < batch.keys.size(); ++i) {
     result(i, absl::FailedPreconditionError("this kvtierd was built without CUDA"));
   }
@@ -958,7 +958,7 @@ void GpuWorkers::Load(const GpuWorkerBuffers& buffers, const GpuPageBatch& batch
 }
 
 void GpuWorkers::Store(const GpuWorkerBuffers& buffers, const GpuPageBatch& batch,
-                       absl::string_view wait_event_handle, const GpuPutPageFn& put,
+                       absl::string_view wait_event_handle, const GpuStoreHooks& hooks,
                        const GpuPageResultFn& result) {
   const auto& b = static_cast<const CudaWorkerBuffers&>(buffers);
   const size_t n = batch.keys.size();
@@ -980,43 +980,94 @@ void GpuWorkers::Store(const GpuWorkerBuffers& buffers, const GpuPageBatch& batc
     for (size_t i = 0; i < n; ++i) result(i, pieces.status());
     return;
   }
+  TieredStore& store = impl_->store;
   absl::MutexLock lock(&dev.mu);
   cudaSetDevice(dev.device);
   if (*wait != nullptr) cudaStreamWaitEvent(dev.stream, *wait, 0);
-  std::vector<PageTransfer> pages;
+  std::vector<PutRequest> requests;
   std::vector<size_t> idx;
+  std::vector<PageTransfer> to_hbm, to_dram, staged;
+  std::vector<size_t> staged_k;  // which page of the chunk each staged transfer is
+  std::vector<absl::Status> written;
+  std::vector<absl::Span<const ConstBuffer>> src;
+  std::vector<ConstBuffer> images;
+  std::vector<absl::StatusOr<Tier>> stored;
+  TieredStore::DirectPutBatch direct;
   for (size_t chunk = 0; chunk < n; chunk += kStagingPages) {
     const size_t count = std::min<size_t>(kStagingPages, n - chunk);
-    pages.clear();
+    requests.clear();
     idx.clear();
-    for (size_t j = 0; j < count; ++j) {
-      const size_t i = chunk + j;
-      if (batch.blocks[i] >= batch.layout->spec().num_blocks) {
+    for (size_t i = chunk; i < chunk + count; ++i) {
+      if (batch.blocks[i] >= num_blocks) {
         result(i, absl::OutOfRangeError(absl::StrCat("block id ", batch.blocks[i],
-                                                     " out of range [0, ",
-                                                     batch.layout->spec().num_blocks, ")")));
+                                                     " out of range [0, ", num_blocks, ")")));
         continue;
       }
-      pages.push_back({batch.blocks[i], dev.staging + j * page_bytes});
+      requests.push_back(PutRequest{batch.keys[i], {}, hooks.options(i)});
       idx.push_back(i);
     }
-    dev.descs_used = 0;
-    absl::Status s = impl_->LaunchPages(dev, *pieces, num_blocks, pages, PageCopyDirection::kGather,
-                                        impl_->config.sm_budget);
-    if (s.ok()) {
-      if (cudaError_t e = cudaStreamSynchronize(dev.stream); e != cudaSuccess) {
-        s = CudaStatus(e, "copy out of worker blocks");
-      }
-    }
-    dev.descs_used = 0;
+    // Every slot is reserved (in order, with Put's placement) before the kernel writes into it.
+    store.BeginDirectPuts(batch.ns, requests, direct);
+    to_hbm.clear();
+    to_dram.clear();
+    staged.clear();
+    staged_k.clear();
     for (size_t k = 0; k < idx.size(); ++k) {
-      if (!s.ok()) {
-        result(idx[k], s);
+      const TieredStore::DirectPutBatch::Page& page = direct.pages[k];
+      const uint32_t block = batch.blocks[idx[k]];
+      if (page.done.has_value()) {
+        // No room while this chunk's pages hold their slots: put it alone once they are landed.
+        if (!page.done->ok() &&
+            page.done->status().code() == absl::StatusCode::kResourceExhausted) {
+          staged.push_back({block, dev.staging + staged.size() * page_bytes});
+          staged_k.push_back(k);
+        }
         continue;
       }
-      const ConstBuffer image{pages[k].slot, page_bytes};
-      result(idx[k], put(idx[k], absl::MakeConstSpan(&image, 1)));
+      if (page.address != nullptr && page.tier == Tier::kDram) {
+        to_dram.push_back({block, page.address});
+      } else if (page.address != nullptr && page.tier == Tier::kHbm &&
+                 dev.ReachesPoolOn(store.HbmDeviceOfSlot(page.slot))) {
+        to_hbm.push_back({block, page.address});
+      } else {
+        staged.push_back({block, dev.staging + staged.size() * page_bytes});
+        staged_k.push_back(k);
+      }
     }
+    dev.descs_used = 0;
+    absl::Status s = impl_->LaunchPages(dev, *pieces, num_blocks, to_hbm,
+                                        PageCopyDirection::kGather, impl_->D2dBudget());
+    if (s.ok()) {
+      s = impl_->LaunchPages(dev, *pieces, num_blocks, to_dram, PageCopyDirection::kGather,
+                             impl_->config.sm_budget);
+    }
+    if (s.ok()) {
+      s = impl_->LaunchPages(dev, *pieces, num_blocks, staged, PageCopyDirection::kGather,
+                             impl_->config.sm_budget);
+    }
+    // Synchronized even after a failed launch: an earlier one may still write into the slots.
+    if (cudaError_t e = cudaStreamSynchronize(dev.stream); e != cudaSuccess && s.ok()) {
+      s = CudaStatus(e, "copy out of worker blocks");
+    }
+    dev.descs_used = 0;
+    written.assign(idx.size(), s);
+    src.assign(idx.size(), {});
+    images.assign(staged.size(), ConstBuffer{});
+    for (size_t j = 0; j < staged.size(); ++j) {
+      images[j] = ConstBuffer{staged[j].slot, page_bytes};
+      if (!direct.pages[staged_k[j]].done.has_value()) src[staged_k[j]] = {&images[j], 1};
+    }
+    stored.assign(idx.size(), absl::InternalError("not stored"));
+    store.EndDirectPuts(direct, written, src, absl::MakeSpan(stored));
+    for (size_t j = 0; j < staged.size(); ++j) {
+      const size_t k = staged_k[j];
+      if (!stored[k].ok() && stored[k].status().code() == absl::StatusCode::kResourceExhausted) {
+        stored[k] =
+            s.ok() ? store.Put(batch.ns, batch.keys[idx[k]], {&images[j], 1}, requests[k].options)
+                   : absl::StatusOr<Tier>(s);
+      }
+    }
+    for (size_t k = 0; k < idx.size(); ++k) result(idx[k], hooks.after(idx[k], stored[k]));
   }
   cudaEventRecord(b.event(), dev.stream);
 }

@@ -20,8 +20,9 @@
 //   NVMe -> blocks       the store's reads (io_uring, verified) into pinned staging by a pool of
 //                        reader threads, one half of the staging filling while the kernel empties
 //                        the other; an HBM page in a pool this GPU cannot reach takes this path;
-//   blocks -> any tier   one kernel gathers the pages into pinned staging, then the store puts
-//                        each from there (the store decides the tier).
+//   blocks -> any tier   the store reserves each page's slot (it decides the tier), and the
+//                        gather kernel writes the blocks straight into DRAM or HBM slots; pages
+//                        bound for NVMe or an unreachable pool go through pinned staging.
 // Copies go to the kernel in the paged form (the layout's piece table plus one {slot, block} a
 // page); every block id is checked against the layout and the piece table against the registered
 // buffers before any launch: an illegal address would kill the daemon's CUDA context and every
@@ -99,10 +100,12 @@ struct GpuPageBatch {
 
 // Per-page outcome, called once for every page of a batch (from the calling thread).
 using GpuPageResultFn = std::function<void(size_t page, const absl::StatusOr<Tier>& tier)>;
-// Store: puts page `page` into the store from `image` (page_bytes of pinned host memory, valid
-// during the call) and returns the tier it went to.
-using GpuPutPageFn =
-    std::function<absl::StatusOr<Tier>(size_t page, absl::Span<const ConstBuffer> image)>;
+// Store: what each page is put with, and what follows once it is stored (the dispatcher's cluster
+// announcement and attention statistics), returning the page's outcome.
+struct GpuStoreHooks {
+  std::function<PutOptions(size_t page)> options;
+  std::function<absl::StatusOr<Tier>(size_t page, absl::StatusOr<Tier> stored)> after;
+};
 
 // Checks a request against the layout before anything is opened: counts, handle and UUID sizes,
 // each buffer's size against the layout, 16-byte alignment, overflow, VMM ranges.
@@ -136,10 +139,12 @@ class GpuWorkers {
   void Load(const GpuWorkerBuffers& buffers, const GpuPageBatch& batch, bool reply_when_enqueued,
             const GpuPageResultFn& result, const std::function<void()>& enqueued);
 
-  // Gathers the batch's blocks into pinned staging (after the worker's interprocess event when
-  // `wait_event_handle` is not empty) and hands each page to `put`; result(i, ...) for every page.
+  // Stores the batch's blocks (after the worker's interprocess event when `wait_event_handle` is
+  // not empty): the store reserves each page's slot, and the gather kernel writes the blocks
+  // straight into the reserved DRAM or HBM slots (a page placed on NVMe, or in a pool this GPU
+  // cannot reach, goes through pinned staging); result(i, ...) for every page.
   void Store(const GpuWorkerBuffers& buffers, const GpuPageBatch& batch,
-             absl::string_view wait_event_handle, const GpuPutPageFn& put,
+             absl::string_view wait_event_handle, const GpuStoreHooks& hooks,
              const GpuPageResultFn& result);
 
   struct Impl;

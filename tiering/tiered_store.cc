@@ -699,16 +699,6 @@ absl::StatusOr<PageEntry> TieredStore::FindOwned(NamespaceId ns, const PageKey& 
   return *e;
 }
 
-struct TieredStore::PutReservation {
-  size_t index = 0;  // in the batch
-  PageKey key;       // index key
-  PageKey client_key;
-  PutOptions options;  // parent as an index key
-  PageEntry entry;
-  PageKey ns_salt;
-  absl::Span<const ConstBuffer> src;
-};
-
 absl::StatusOr<Tier> TieredStore::Put(NamespaceId ns, const PageKey& key,
                                       absl::Span<const ConstBuffer> src,
                                       const PutOptions& options) {
@@ -777,6 +767,92 @@ void TieredStore::PutBatch(NamespaceId ns, absl::Span<const PutRequest> pages,
     }
   }
   land(absl::MakeSpan(pending));
+}
+
+void TieredStore::BeginDirectPuts(NamespaceId ns, absl::Span<const PutRequest> pages,
+                                  DirectPutBatch& batch) {
+  batch.ns = ns;
+  batch.pages.assign(pages.size(), {});
+  batch.reserved.assign(pages.size(), {});
+  for (size_t i = 0; i < pages.size(); ++i) {
+    DirectPutBatch::Page& page = batch.pages[i];
+    PutReservation& r = batch.reserved[i];
+    r.index = i;
+    // The bytes come later: checked against page_bytes here as PreparePut would.
+    const ConstBuffer placeholder{nullptr, options_.page_bytes};
+    PutRequest request = pages[i];
+    request.src = absl::MakeConstSpan(&placeholder, 1);
+    page.done = PreparePut(ns, request, r);
+    r.src = {};
+    if (!page.done.has_value()) {
+      absl::MutexLock lock(&mu_);
+      page.done = ReservePutLocked(ns, r);
+    }
+    if (page.done.has_value()) continue;
+    page.tier = r.entry.tier;
+    page.slot = r.entry.slot;
+    page.address = page.tier == Tier::kNvme ? nullptr : SlotAddress(page.tier, page.slot);
+  }
+}
+
+void TieredStore::EndDirectPuts(DirectPutBatch& batch, absl::Span<const absl::Status> written,
+                                absl::Span<const absl::Span<const ConstBuffer>> src,
+                                absl::Span<absl::StatusOr<Tier>> results) {
+  const size_t n = batch.pages.size();
+  if (!KVTIER_INVARIANT(written.size() == n && src.size() == n && results.size() == n,
+                        "EndDirectPuts spans sized to the batch")) {
+    // Still undo every reservation: a pinned, filling page would never leave.
+    for (size_t i = 0; i < n; ++i) {
+      if (batch.pages[i].done.has_value()) continue;
+      absl::MutexLock lock(&mu_);
+      (void)FinishPutLocked(batch.reserved[i], absl::InternalError("EndDirectPuts: sizes"));
+    }
+    for (absl::StatusOr<Tier>& r : results) r = absl::InternalError("EndDirectPuts: sizes");
+    return;
+  }
+  // Pages whose bytes the store writes: one backend call per tier.
+  std::vector<absl::Status> outcome(written.begin(), written.end());
+  for (Tier t : kAllTiers) {
+    std::vector<SlotWrite> writes;
+    std::vector<size_t> which;
+    for (size_t i = 0; i < n; ++i) {
+      const PutReservation& r = batch.reserved[i];
+      if (batch.pages[i].done.has_value() || r.entry.tier != t || !outcome[i].ok() ||
+          src[i].empty()) {
+        continue;
+      }
+      uint64_t bytes = 0;
+      for (const ConstBuffer& b : src[i]) bytes += b.size;
+      if (bytes != options_.page_bytes) {
+        outcome[i] = absl::InvalidArgumentError(
+            absl::StrCat("page data of ", bytes, " bytes, expected ", options_.page_bytes));
+        continue;
+      }
+      writes.push_back(SlotWrite{
+          r.entry.slot, PageMeta{r.key, batch.ns, r.entry.cls, options_.page_bytes, r.ns_salt},
+          src[i]});
+      which.push_back(i);
+    }
+    if (writes.empty()) continue;
+    std::vector<absl::Status> done(writes.size());
+    backends_[TierIndex(t)]->Write(writes, absl::MakeSpan(done));
+    for (size_t k = 0; k < which.size(); ++k) outcome[which[k]] = done[k];
+  }
+  absl::MutexLock lock(&mu_);
+  for (size_t i = 0; i < n; ++i) {
+    const DirectPutBatch::Page& page = batch.pages[i];
+    if (page.done.has_value()) {
+      results[i] = *page.done;
+      continue;
+    }
+    absl::Status s = outcome[i];
+    if (s.ok() && src[i].empty() && page.address == nullptr) {
+      s = absl::InternalError("a direct put without an address was given no bytes");
+    }
+    results[i] = FinishPutLocked(batch.reserved[i], s);
+  }
+  batch.pages.clear();
+  batch.reserved.clear();
 }
 
 std::optional<absl::StatusOr<Tier>> TieredStore::PreparePut(NamespaceId ns, const PutRequest& page,

@@ -186,6 +186,37 @@ struct PlannerReport {
 
 class TieredStore {
  public:
+  // A page whose slot a put has taken and whose bytes are yet to land (internal to the store;
+  // public only so that DirectPutBatch can hold it).
+  struct PutReservation {
+    size_t index = 0;  // in the batch
+    PageKey key;       // index key
+    PageKey client_key;
+    PutOptions options;  // parent as an index key
+    PageEntry entry;
+    PageKey ns_salt;
+    absl::Span<const ConstBuffer> src;
+  };
+  // Puts whose bytes the caller writes straight into the reserved slots (a GPU kernel gathering a
+  // worker's blocks into the DRAM or HBM pool, with no staging copy); see BeginDirectPuts.
+  struct DirectPutBatch {
+    struct Page {
+      // Set when the page was finished at Begin: a duplicate (its tier), or refused.
+      std::optional<absl::StatusOr<Tier>> done;
+      Tier tier = Tier::kHbm;
+      uint32_t slot = 0;
+      // Where the caller may write the page's bytes (SlotAddress of the slot): host or device
+      // memory a GPU kernel reaches. nullptr (NVMe, unpinned host memory): give them to End.
+      std::byte* address = nullptr;
+    };
+    std::vector<Page> pages;
+
+   private:
+    friend class TieredStore;
+    NamespaceId ns = 0;
+    std::vector<PutReservation> reserved;  // by page; meaningful where !done
+  };
+
   static absl::StatusOr<std::unique_ptr<TieredStore>> Create(const StoreOptions& options,
                                                              StoreParts parts = {});
   ~TieredStore();
@@ -215,6 +246,17 @@ class TieredStore {
   // published together. Pages placed in memory are written at once, as by Put.
   void PutBatch(NamespaceId ns, absl::Span<const PutRequest> pages,
                 absl::Span<absl::StatusOr<Tier>> results);
+  // Direct puts, in two calls. Begin reserves a slot for each page of `pages` (their `src` is not
+  // read), in order and with Put's placement, and pins it; the caller then writes page_bytes at
+  // the `address` of each reserved page, and calls End with each page's outcome: End publishes a
+  // page whose write succeeded (`src[i]`, when not empty, is written for it by the store instead:
+  // pages without an address), and undoes the rest (its slot freed, the page absent). Between
+  // the two calls the pages are invisible and cannot move; every Begin must be followed by one
+  // End. results[i] is what Put would have returned.
+  void BeginDirectPuts(NamespaceId ns, absl::Span<const PutRequest> pages, DirectPutBatch& batch);
+  void EndDirectPuts(DirectPutBatch& batch, absl::Span<const absl::Status> written,
+                     absl::Span<const absl::Span<const ConstBuffer>> src,
+                     absl::Span<absl::StatusOr<Tier>> results);
   // Copies a page into `dst` (pieces in page order); NotFound on a miss. Returns the serving tier.
   absl::StatusOr<Tier> Get(NamespaceId ns, const PageKey& key, absl::Span<const MutableBuffer> dst);
   // Get for a whole request: every page's lookup, pin and access under one lock, one backend
@@ -354,8 +396,6 @@ class TieredStore {
   // Maintain's displacement pass (MaintainOptions::displace).
   void DisplaceLocked(const MaintainOptions& options, PlannerReport& report)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // A page whose slot PutBatch has taken and whose bytes are yet to land.
-  struct PutReservation;
   // The part of a put that needs no lock (checks, index keys, the class), filled into `out`; a
   // result when the page is refused.
   std::optional<absl::StatusOr<Tier>> PreparePut(NamespaceId ns, const PutRequest& page,

@@ -210,6 +210,72 @@ TEST_F(TieredStoreTest, HbmPoolsTwoOnOneDeviceAndTooFewSlotsForThePools) {
   EXPECT_NE(bad.status().message().find("3 pools"), std::string::npos) << bad.status();
 }
 
+TEST_F(TieredStoreTest, DirectPutsReserveInOrderAndPublishOnlyWhatWasWritten) {
+  Make(4, 16);
+  ASSERT_EQ(*Put(0), Tier::kHbm);  // already cached: a direct put of it is a duplicate
+  std::vector<PutRequest> requests;
+  for (uint64_t i = 0; i < 4; ++i) {
+    PutOptions o;
+    o.position = 1;
+    requests.push_back(PutRequest{Key(i), {}, o});
+  }
+  TieredStore::DirectPutBatch batch;
+  store_->BeginDirectPuts(ns_, requests, batch);
+  ASSERT_EQ(batch.pages.size(), 4u);
+  ASSERT_TRUE(batch.pages[0].done.has_value());
+  EXPECT_EQ(**batch.pages[0].done, Tier::kHbm);
+  for (size_t k = 1; k < 4; ++k) {
+    EXPECT_FALSE(batch.pages[k].done.has_value()) << k;
+    EXPECT_EQ(batch.pages[k].tier, Tier::kHbm) << k;
+    // Host-emulated HBM is no memory a GPU kernel reaches: the bytes come with End.
+    EXPECT_EQ(batch.pages[k].address, nullptr) << k;
+    // Reserved but not written: invisible to readers.
+    EXPECT_FALSE(GetAndCheck(k).ok()) << k;
+  }
+  // Page 1 written, page 2's write failed, page 3 "written" without bytes (a caller bug).
+  const std::vector<std::byte> one = Contents(Key(1));
+  const ConstBuffer one_buf{one.data(), one.size()};
+  std::vector<absl::Status> written(4);
+  written[2] = absl::DataLossError("the kernel failed");
+  std::vector<absl::Span<const ConstBuffer>> src(4);
+  src[1] = absl::MakeConstSpan(&one_buf, 1);
+  std::vector<absl::StatusOr<Tier>> results(4);
+  store_->EndDirectPuts(batch, written, src, absl::MakeSpan(results));
+  EXPECT_EQ(*results[0], Tier::kHbm);
+  EXPECT_EQ(*results[1], Tier::kHbm);
+  EXPECT_EQ(results[2].status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(results[3].status().code(), absl::StatusCode::kInternal);
+  EXPECT_EQ(*GetAndCheck(1), Tier::kHbm);
+  EXPECT_FALSE(store_->Find(ns_, Key(2)).has_value());
+  EXPECT_FALSE(store_->Find(ns_, Key(3)).has_value());
+  // The failed pages' slots are free again: two more pages fit in HBM without a demotion.
+  EXPECT_EQ(store_->Usage(Tier::kHbm).used_slots, 2u);
+  ASSERT_EQ(*Put(2), Tier::kHbm);
+  ASSERT_EQ(*Put(3), Tier::kHbm);
+  EXPECT_EQ(store_->Counters().migrations[TierIndex(Tier::kHbm)][TierIndex(Tier::kDram)], 0u);
+  // A full tier: each reservation makes room as Put would (the unpinned pages go down a tier).
+  requests.clear();
+  for (uint64_t i = 10; i < 13; ++i) requests.push_back(PutRequest{Key(i), {}, PutOptions{}});
+  store_->BeginDirectPuts(ns_, requests, batch);
+  std::vector<std::vector<std::byte>> bytes;
+  std::vector<ConstBuffer> bufs(3);
+  src.assign(3, {});
+  for (size_t k = 0; k < 3; ++k) {
+    ASSERT_FALSE(batch.pages[k].done.has_value()) << k;
+    bytes.push_back(Contents(Key(10 + k)));
+    bufs[k] = ConstBuffer{bytes[k].data(), bytes[k].size()};
+    src[k] = absl::MakeConstSpan(&bufs[k], 1);
+  }
+  written.assign(3, absl::OkStatus());
+  results.assign(3, absl::InternalError("unset"));
+  store_->EndDirectPuts(batch, written, src, absl::MakeSpan(results));
+  for (size_t k = 0; k < 3; ++k) {
+    ASSERT_TRUE(results[k].ok()) << results[k].status();
+    EXPECT_EQ(*GetAndCheck(10 + k), *results[k]);
+  }
+  EXPECT_EQ(store_->Usage(Tier::kHbm).used_slots, 4u);
+}
+
 TEST_F(TieredStoreTest, BottomTierDropsAndMissesAreCounted) {
   Make(2, 2);
   for (int i = 0; i < 6; ++i) ASSERT_TRUE(Put(i).ok());

@@ -66,6 +66,17 @@ PageKey MixIndexKey(uint64_t secret, const PageKey& salt, const PageKey& key) {
   return out;
 }
 
+// A page's scattered side must add up to exactly one page; `what` names it in the error.
+template <typename Buffer>
+absl::Status CheckPageBytes(absl::Span<const Buffer> bufs, uint64_t page_bytes,
+                            absl::string_view what) {
+  uint64_t total = 0;
+  for (const Buffer& b : bufs) total += b.size;
+  if (total == page_bytes) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat(what, " of ", total, " bytes, expected ", page_bytes));
+}
+
 absl::Status NotFound(const PageKey& key) {
   return absl::NotFoundError(absl::StrCat("page ", key.ToHex(), " is not cached"));
 }
@@ -720,16 +731,8 @@ void TieredStore::PutBatch(NamespaceId ns, absl::Span<const PutRequest> pages,
   constexpr size_t kMaxPending = 256;  // bounds the pages pinned and waiting at once
   std::vector<PutReservation> pending;
   auto land = [&](absl::Span<PutReservation> batch) {
-    std::vector<SlotWrite> writes;
-    writes.reserve(batch.size());
-    for (const PutReservation& r : batch) {
-      writes.push_back(SlotWrite{
-          r.entry.slot, PageMeta{r.key, ns, r.entry.cls, options_.page_bytes, r.ns_salt}, r.src});
-    }
     std::vector<absl::Status> written(batch.size());
-    if (!batch.empty()) {
-      backends_[TierIndex(batch.front().entry.tier)]->Write(writes, absl::MakeSpan(written));
-    }
+    WriteReserved(ns, batch, absl::MakeSpan(written));
     absl::MutexLock lock(&mu_);
     for (size_t k = 0; k < batch.size(); ++k) {
       results[batch[k].index] = FinishPutLocked(batch[k], written[k]);
@@ -738,7 +741,7 @@ void TieredStore::PutBatch(NamespaceId ns, absl::Span<const PutRequest> pages,
   for (size_t next = 0; next < pages.size();) {
     PutReservation r;
     r.index = next;
-    std::optional<absl::StatusOr<Tier>> done = PreparePut(ns, pages[next], r);
+    std::optional<absl::StatusOr<Tier>> done = PreparePut(ns, pages[next], false, r);
     if (!done.has_value()) {
       absl::MutexLock lock(&mu_);
       done = ReservePutLocked(ns, r);
@@ -769,6 +772,18 @@ void TieredStore::PutBatch(NamespaceId ns, absl::Span<const PutRequest> pages,
   land(absl::MakeSpan(pending));
 }
 
+void TieredStore::WriteReserved(NamespaceId ns, absl::Span<const PutReservation> batch,
+                                absl::Span<absl::Status> written) {
+  if (batch.empty()) return;
+  std::vector<SlotWrite> writes;
+  writes.reserve(batch.size());
+  for (const PutReservation& r : batch) {
+    writes.push_back(SlotWrite{
+        r.entry.slot, PageMeta{r.key, ns, r.entry.cls, options_.page_bytes, r.ns_salt}, r.src});
+  }
+  backends_[TierIndex(batch.front().entry.tier)]->Write(writes, written);
+}
+
 void TieredStore::BeginDirectPuts(NamespaceId ns, absl::Span<const PutRequest> pages,
                                   DirectPutBatch& batch) {
   batch.ns = ns;
@@ -778,12 +793,7 @@ void TieredStore::BeginDirectPuts(NamespaceId ns, absl::Span<const PutRequest> p
     DirectPutBatch::Page& page = batch.pages[i];
     PutReservation& r = batch.reserved[i];
     r.index = i;
-    // The bytes come later: checked against page_bytes here as PreparePut would.
-    const ConstBuffer placeholder{nullptr, options_.page_bytes};
-    PutRequest request = pages[i];
-    request.src = absl::MakeConstSpan(&placeholder, 1);
-    page.done = PreparePut(ns, request, r);
-    r.src = {};
+    page.done = PreparePut(ns, pages[i], /*bytes_come_later=*/true, r);
     if (!page.done.has_value()) {
       absl::MutexLock lock(&mu_);
       page.done = ReservePutLocked(ns, r);
@@ -813,30 +823,21 @@ void TieredStore::EndDirectPuts(DirectPutBatch& batch, absl::Span<const absl::St
   // Pages whose bytes the store writes: one backend call per tier.
   std::vector<absl::Status> outcome(written.begin(), written.end());
   for (Tier t : kAllTiers) {
-    std::vector<SlotWrite> writes;
-    std::vector<size_t> which;
+    std::vector<PutReservation> to_write;
     for (size_t i = 0; i < n; ++i) {
-      const PutReservation& r = batch.reserved[i];
+      PutReservation& r = batch.reserved[i];
       if (batch.pages[i].done.has_value() || r.entry.tier != t || !outcome[i].ok() ||
           src[i].empty()) {
         continue;
       }
-      uint64_t bytes = 0;
-      for (const ConstBuffer& b : src[i]) bytes += b.size;
-      if (bytes != options_.page_bytes) {
-        outcome[i] = absl::InvalidArgumentError(
-            absl::StrCat("page data of ", bytes, " bytes, expected ", options_.page_bytes));
-        continue;
-      }
-      writes.push_back(SlotWrite{
-          r.entry.slot, PageMeta{r.key, batch.ns, r.entry.cls, options_.page_bytes, r.ns_salt},
-          src[i]});
-      which.push_back(i);
+      outcome[i] = CheckPageBytes(src[i], options_.page_bytes, "page data");
+      if (!outcome[i].ok()) continue;
+      r.src = src[i];
+      to_write.push_back(r);
     }
-    if (writes.empty()) continue;
-    std::vector<absl::Status> done(writes.size());
-    backends_[TierIndex(t)]->Write(writes, absl::MakeSpan(done));
-    for (size_t k = 0; k < which.size(); ++k) outcome[which[k]] = done[k];
+    std::vector<absl::Status> done(to_write.size());
+    WriteReserved(batch.ns, to_write, absl::MakeSpan(done));
+    for (size_t k = 0; k < to_write.size(); ++k) outcome[to_write[k].index] = done[k];
   }
   absl::MutexLock lock(&mu_);
   for (size_t i = 0; i < n; ++i) {
@@ -856,13 +857,13 @@ void TieredStore::EndDirectPuts(DirectPutBatch& batch, absl::Span<const absl::St
 }
 
 std::optional<absl::StatusOr<Tier>> TieredStore::PreparePut(NamespaceId ns, const PutRequest& page,
+                                                            bool bytes_come_later,
                                                             PutReservation& out) const {
   if (page.key.is_null()) return absl::InvalidArgumentError("null page key");
-  uint64_t total = 0;
-  for (const ConstBuffer& b : page.src) total += b.size;
-  if (total != options_.page_bytes) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("page data of ", total, " bytes, expected ", options_.page_bytes));
+  if (!bytes_come_later) {
+    if (absl::Status s = CheckPageBytes(page.src, options_.page_bytes, "page data"); !s.ok()) {
+      return s;
+    }
   }
   if (page.options.tier.has_value() && backends_[TierIndex(*page.options.tier)] == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat("no ", TierName(*page.options.tier), " tier"));
@@ -1032,11 +1033,8 @@ void TieredStore::GetBatch(NamespaceId ns, absl::Span<const PageKey> client_keys
   {
     absl::MutexLock lock(&mu_);
     for (size_t i = 0; i < n; ++i) {
-      uint64_t total = 0;
-      for (const MutableBuffer& b : dsts[i]) total += b.size;
-      if (total != options_.page_bytes) {
-        results[i] = absl::InvalidArgumentError(
-            absl::StrCat("destination of ", total, " bytes, expected ", options_.page_bytes));
+      if (absl::Status s = CheckPageBytes(dsts[i], options_.page_bytes, "destination"); !s.ok()) {
+        results[i] = s;
         continue;
       }
       absl::StatusOr<PageEntry> found = FindOwned(ns, keys[i]);
@@ -1431,8 +1429,7 @@ TierUsage TieredStore::Usage(Tier tier) const {
     u.sink_used_slots = total_sink_used_;
   }
   u.pages_by_class = pages_by_class_[TierIndex(tier)];
-  const std::vector<TierPool> pools =
-      tier == Tier::kHbm ? hbm_pools_ : backends_[TierIndex(tier)]->pools();
+  const std::vector<TierPool> pools = backends_[TierIndex(tier)]->pools();
   for (uint32_t p = 0; p < pools.size() && p < slots->pool_count(); ++p) {
     u.pools.push_back(PoolUsage{pools[p].device, slots->pool_size(p), slots->pool_used(p)});
   }

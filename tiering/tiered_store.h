@@ -398,8 +398,13 @@ class TieredStore {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The part of a put that needs no lock (checks, index keys, the class), filled into `out`; a
   // result when the page is refused.
+  // `bytes_come_later`: a direct put (BeginDirectPuts), whose src is empty until its End.
   std::optional<absl::StatusOr<Tier>> PreparePut(NamespaceId ns, const PutRequest& page,
-                                                 PutReservation& out) const;
+                                                 bool bytes_come_later, PutReservation& out) const;
+  // Writes the bytes (each reservation's src) of reservations all in one tier, in one backend
+  // call; written[i] is reservation i's outcome.
+  void WriteReserved(NamespaceId ns, absl::Span<const PutReservation> batch,
+                     absl::Span<absl::Status> written);
   // Then under mu_: a finished result (a duplicate's tier, or why not), or a slot reserved in
   // `out`.
   std::optional<absl::StatusOr<Tier>> ReservePutLocked(NamespaceId ns, PutReservation& out)

@@ -274,6 +274,13 @@ int kvtier_load_gpu(kvtier_client* c, const kvtier_key* keys, const uint32_t* bl
 
 int kvtier_abi_version(void) { return KVTIER_C_ABI_VERSION; }
 
+int kvtier_set_timeout_ms(kvtier_client* c, uint64_t timeout_ms) {
+  // Past ~292 years absl::Milliseconds saturates; any such limit is no limit.
+  c->client->set_call_timeout(timeout_ms == 0 ? absl::InfiniteDuration()
+                                              : absl::Milliseconds(timeout_ms));
+  return 0;
+}
+
 const char* kvtier_thread_error(void) { return thread_error.c_str(); }
 
 int kvtier_hello_info_get(kvtier_client* c, const char* ns, const kvtier_layout* l,

@@ -1,6 +1,7 @@
 #include "client/client.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 
@@ -12,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "base/errno_status.h"
 #include "base/memfd.h"
 #include "base/seqpacket.h"
 #include "base/status_macros.h"
@@ -211,7 +213,53 @@ PageResults FromWire(const wire::PageStatusReply& p) {
 
 }  // namespace
 
-absl::StatusOr<Client::Received> Client::Await(OpHandle id) {
+void Client::set_call_timeout(absl::Duration timeout) {
+  const int64_t ns = timeout == absl::InfiniteDuration() || timeout <= absl::ZeroDuration()
+                         ? 0
+                         : std::max<int64_t>(1, absl::ToInt64Nanoseconds(timeout));
+  call_timeout_ns_.store(ns, std::memory_order_relaxed);
+}
+
+absl::StatusOr<Datagram> Client::ReadDatagram(absl::Time deadline) {
+  absl::StatusOr<Datagram> d = absl::UnavailableError("would block");
+  const WaiterScope waiting;  // counts this thread as waiting until the reply is in
+  if (const uint32_t spin_us = spin_wait_us_.load(std::memory_order_relaxed); spin_us > 0) {
+    if (waiting.may_spin()) {
+      const absl::Time until = std::min(deadline, absl::Now() + absl::Microseconds(spin_us));
+      do {
+        d = ReceiveDatagram(socket_.get(), recv_buffer_, kMaxReplyBytes, /*nonblocking=*/true);
+      } while (!d.ok() && IsWouldBlock(d.status()) && absl::Now() < until);
+    }
+  }
+  if (d.ok() || !IsWouldBlock(d.status())) return d;
+  if (deadline == absl::InfiniteFuture()) {
+    return ReceiveDatagram(socket_.get(), recv_buffer_, kMaxReplyBytes);
+  }
+  while (true) {
+    const absl::Duration left = deadline - absl::Now();
+    if (left <= absl::ZeroDuration()) return absl::DeadlineExceededError("");
+    pollfd p{socket_.get(), POLLIN, 0};
+    // Rounded up to a whole millisecond so a sub-millisecond rest does not spin.
+    const int ms =
+        static_cast<int>(std::min<int64_t>(absl::ToInt64Milliseconds(left) + 1, 1 << 30));
+    const int n = ::poll(&p, 1, ms);
+    if (n < 0 && errno != EINTR) return ErrnoStatus(errno, "poll on the kvtierd socket");
+    if (n <= 0) continue;
+    d = ReceiveDatagram(socket_.get(), recv_buffer_, kMaxReplyBytes, /*nonblocking=*/true);
+    if (d.ok() || !IsWouldBlock(d.status())) return d;
+  }
+}
+
+absl::StatusOr<Client::Received> Client::Await(OpHandle id, bool abandon_on_timeout) {
+  const int64_t timeout_ns = call_timeout_ns_.load(std::memory_order_relaxed);
+  const absl::Time deadline =
+      timeout_ns == 0 ? absl::InfiniteFuture() : absl::Now() + absl::Nanoseconds(timeout_ns);
+  auto timed_out = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(recv_mu_) {
+    if (abandon_on_timeout) abandoned_.insert(id);
+    return absl::DeadlineExceededError(absl::StrCat(
+        "no reply from kvtierd within ", absl::FormatDuration(absl::Nanoseconds(timeout_ns)),
+        abandon_on_timeout ? "" : "; the operation is still in flight: wait for it again"));
+  };
   absl::MutexLock lock(&recv_mu_);
   while (true) {
     if (auto it = parked_.find(id); it != parked_.end()) {
@@ -219,38 +267,54 @@ absl::StatusOr<Client::Received> Client::Await(OpHandle id) {
       parked_.erase(it);
       return r;
     }
-    absl::StatusOr<Datagram> d = absl::UnavailableError("would block");
-    const WaiterScope waiting;  // counts this thread as waiting until the reply is in
-    if (const uint32_t spin_us = spin_wait_us_.load(std::memory_order_relaxed); spin_us > 0) {
-      if (waiting.may_spin()) {
-        const absl::Time until = absl::Now() + absl::Microseconds(spin_us);
-        do {
-          d = ReceiveDatagram(socket_.get(), recv_buffer_, kMaxReplyBytes, /*nonblocking=*/true);
-        } while (!d.ok() && IsWouldBlock(d.status()) && absl::Now() < until);
-      }
+    if (!broken_.ok()) return broken_;
+    if (reading_) {
+      // Another thread reads: it parks this reply and wakes us, or leaves the socket to us.
+      auto wake = [this, id]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(recv_mu_) {
+        return !reading_ || !broken_.ok() || parked_.contains(id);
+      };
+      if (!recv_mu_.AwaitWithDeadline(absl::Condition(&wake), deadline)) return timed_out();
+      continue;
     }
-    if (!d.ok() && IsWouldBlock(d.status())) {
-      d = ReceiveDatagram(socket_.get(), recv_buffer_, kMaxReplyBytes);
-    }
-    if (!d.ok()) return d.status();
-    if (d->eof) return absl::UnavailableError("kvtierd closed the connection");
-    if (d->truncated) return absl::DataLossError("reply larger than the client's limit");
+    reading_ = true;
+    recv_mu_.Unlock();
+    absl::StatusOr<Datagram> d = ReadDatagram(deadline);
     Received r;
-    if (!r.response.ParseFromArray(recv_buffer_.data(), static_cast<int>(d->size))) {
-      return absl::DataLossError("reply does not parse");
+    absl::Status bad;
+    if (d.ok()) {
+      if (d->eof) {
+        bad = absl::UnavailableError("kvtierd closed the connection");
+      } else if (d->truncated) {
+        bad = absl::DataLossError("reply larger than the client's limit");
+      } else if (!r.response.ParseFromArray(recv_buffer_.data(), static_cast<int>(d->size))) {
+        bad = absl::DataLossError("reply does not parse");
+      } else if (r.response.id() == 0 && r.response.has_error()) {
+        // An unsolicited error (id 0) is the daemon explaining why it closes the connection.
+        bad = FromWire(r.response.error());
+      }
+      r.fds = std::move(d->fds);
     }
-    r.fds = std::move(d->fds);
-    if (r.response.id() == id) return r;
-    // An unsolicited error (id 0) is the daemon explaining why it closes the connection.
-    if (r.response.id() == 0 && r.response.has_error()) return FromWire(r.response.error());
-    parked_.emplace(r.response.id(), std::move(r));
+    recv_mu_.Lock();
+    reading_ = false;
+    if (!d.ok()) {
+      if (absl::IsDeadlineExceeded(d.status())) return timed_out();
+      broken_ = d.status();
+      return broken_;
+    }
+    if (!bad.ok()) {
+      broken_ = bad;
+      return broken_;
+    }
+    const uint64_t got = r.response.id();
+    if (got == id) return r;
+    if (abandoned_.erase(got) == 0) parked_.emplace(got, std::move(r));
   }
 }
 
 absl::StatusOr<wire::Response> Client::Call(wire::Request& request, absl::Span<const int> fds) {
   absl::StatusOr<OpHandle> id = Submit(request, fds);
   if (!id.ok()) return id.status();
-  absl::StatusOr<Received> r = Await(*id);
+  absl::StatusOr<Received> r = Await(*id, /*abandon_on_timeout=*/true);
   if (!r.ok()) return r.status();
   if (r->response.has_error() && r->response.error().code() != 0) {
     return FromWire(r->response.error());
@@ -276,7 +340,7 @@ absl::StatusOr<HelloInfo> Client::Hello(absl::string_view namespace_name, const 
   l->set_num_blocks(layout.num_blocks);
   absl::StatusOr<OpHandle> id = Submit(req, {});
   if (!id.ok()) return id.status();
-  absl::StatusOr<Received> r = Await(*id);
+  absl::StatusOr<Received> r = Await(*id, /*abandon_on_timeout=*/true);
   if (!r.ok()) return r.status();
   if (r->response.has_error()) return FromWire(r->response.error());
   const wire::HelloReply& hr = r->response.hello();
@@ -337,7 +401,7 @@ absl::StatusOr<OpHandle> Client::StoreAsync(absl::Span<const PageKey> keys,
 }
 
 absl::StatusOr<PageResults> Client::Wait(OpHandle op) {
-  absl::StatusOr<Received> r = Await(op);
+  absl::StatusOr<Received> r = Await(op, /*abandon_on_timeout=*/false);
   if (!r.ok()) return r.status();
   if (r->response.has_error()) return FromWire(r->response.error());
   return FromWire(r->response.pages());
@@ -434,7 +498,7 @@ absl::StatusOr<OpHandle> Client::StoreGpuAsync(absl::Span<const PageKey> keys,
 }
 
 absl::StatusOr<GpuPageResults> Client::WaitGpu(OpHandle op) {
-  absl::StatusOr<Received> r = Await(op);
+  absl::StatusOr<Received> r = Await(op, /*abandon_on_timeout=*/false);
   if (!r.ok()) return r.status();
   if (r->response.has_error()) return FromWire(r->response.error());
   GpuPageResults out;

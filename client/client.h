@@ -4,10 +4,16 @@
 // Store are asynchronous: *Async submits and returns an OpHandle at once; Wait(handle) returns the
 // per-page outcome. Several operations may be in flight (up to the daemon's max_inflight_ops).
 //
-// Thread model: every method may be called from any thread. Sends are serialized by a mutex;
-// replies are read by whichever thread is waiting (no background thread, so a synchronous call is
-// one send and one receive on the caller's thread) and replies for other waiters are parked for
-// them.
+// Thread model: every method may be called from any thread. Sends are serialized by a mutex.
+// Replies are read by one waiting thread at a time, the reader (no background thread, so a
+// synchronous call is one send and one receive on the caller's thread); it reads without holding
+// the lock, parks replies for the other waiters and wakes them, so a slow operation never holds
+// back another thread's reply. When the reader leaves, a waiting thread takes its place.
+//
+// Deadlines: set_call_timeout bounds how long any call waits for its reply. A synchronous call
+// that runs out returns DeadlineExceeded and its late reply is dropped; Wait/WaitGpu that run out
+// return DeadlineExceeded and leave the operation in flight: Wait for it again (a Load's blocks
+// are the daemon's to write until a Wait returns its result).
 #pragma once
 
 #include <cstdint>
@@ -18,12 +24,15 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "base/mapping.h"
+#include "base/seqpacket.h"
 #include "base/unique_fd.h"
 #include "client/proto/kvtier.pb.h"
 #include "tiering/layout.h"
@@ -155,6 +164,9 @@ class Client {
   // more threads of the process wait than half the CPUs, so many concurrent callers sleep and
   // never starve the daemon (or the inference work) of cores. Default 50 us; 0 always sleeps.
   void set_spin_wait_us(uint32_t spin_us) { spin_wait_us_ = spin_us; }
+  // The longest any call waits for its reply (absl::InfiniteDuration(), the default: no limit).
+  // A non-positive duration means no limit too. See "Deadlines" above.
+  void set_call_timeout(absl::Duration timeout);
 
   // GPU workers (README "GPU workers"). Registers the worker's KV buffers in GPU memory, in
   // layout order; `device_uuid` is cudaDeviceProp::uuid (16 bytes) of their GPU. All handles are
@@ -186,19 +198,30 @@ class Client {
     wire::Response response;
     std::vector<UniqueFd> fds;
   };
-  absl::StatusOr<Received> Await(OpHandle id);
+  // Waits for reply `id` until `deadline`. `abandon_on_timeout`: a synchronous call's; its reply,
+  // should it come later, is dropped instead of parked.
+  absl::StatusOr<Received> Await(OpHandle id, bool abandon_on_timeout);
+  // The reader's step, run without recv_mu_: one datagram from the socket, or DeadlineExceeded.
+  absl::StatusOr<Datagram> ReadDatagram(absl::Time deadline);
 
   UniqueFd socket_;
   std::atomic<uint64_t> next_id_{1};
   absl::Mutex send_mu_;
   std::string send_buffer_ ABSL_GUARDED_BY(send_mu_);
   absl::Mutex recv_mu_ ABSL_ACQUIRED_AFTER(send_mu_);
-  std::string recv_buffer_ ABSL_GUARDED_BY(recv_mu_);
+  bool reading_ ABSL_GUARDED_BY(recv_mu_) = false;  // a thread is the reader
+  // The reader's alone while reading_ is set (it is read outside recv_mu_, so not GUARDED_BY).
+  std::string recv_buffer_;
   absl::flat_hash_map<uint64_t, Received> parked_ ABSL_GUARDED_BY(recv_mu_);
+  absl::flat_hash_set<uint64_t> abandoned_ ABSL_GUARDED_BY(recv_mu_);
+  // Set once the connection is unusable (closed by kvtierd, a reply that does not parse): every
+  // waiter returns it.
+  absl::Status broken_ ABSL_GUARDED_BY(recv_mu_);
   Mapping dram_pool_;
   uint64_t dram_slot_bytes_ = 0;
   uint32_t dram_slots_ = 0;
   std::atomic<uint32_t> spin_wait_us_{50};
+  std::atomic<int64_t> call_timeout_ns_{0};  // 0: no limit
 };
 
 // Packs keys as the wire's (hi, lo) word pairs.

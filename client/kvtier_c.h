@@ -74,7 +74,7 @@ int kvtier_load_gpu(kvtier_client* client, const kvtier_key* keys, const uint32_
 /* ---- ABI version 2: what language bindings (the Python package) need beyond version 1. ----
  * libkvtier.so exports only kvtier_* symbols, under the linker version node KVTIER_1; a binding
  * checks kvtier_abi_version() >= the version it was written for before calling anything newer. */
-#define KVTIER_C_ABI_VERSION 3
+#define KVTIER_C_ABI_VERSION 4
 int kvtier_abi_version(void);
 
 /* The message of the last failure of a kvtier_* call on the calling thread ("" if none). Unlike
@@ -155,6 +155,13 @@ int kvtier_has_cuda_kernels(void);
 int kvtier_attention_stats_cuda(const kvtier_attention_shape* shape, float breadth_threshold,
                                 const void* q, const void* k, const void* v,
                                 kvtier_page_attention* out, size_t capacity, void* stream);
+
+/* ---- ABI version 4: a deadline on every call. ----
+ * The longest any call on `client` waits for kvtierd's reply, in milliseconds (0: no limit, the
+ * default). A call that runs out returns DEADLINE_EXCEEDED (4). kvtier_wait / kvtier_wait_pages
+ * that run out leave the op in flight: wait for it again before reusing its blocks (the daemon may
+ * still write them); a synchronous call's late reply is dropped. */
+int kvtier_set_timeout_ms(kvtier_client* client, uint64_t timeout_ms);
 
 #ifdef __cplusplus
 }

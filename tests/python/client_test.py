@@ -291,6 +291,38 @@ class ClientTest(unittest.TestCase):
         with self.assertRaises(kvtier.KvtierError):
             c.lookup(keys)
 
+    def test_a_stalled_daemon_times_out_and_the_load_completes_once_it_resumes(self) -> None:
+        c, bufs = self.connect()
+        fill_random(bufs, self.rng)
+        keys = c.chain_keys(self.tokens(8 * 2))
+        c.store(keys, [0, 1]).wait(check=True)
+        want = [block(arr, c.layout, b).copy() for arr in bufs.numpy() for b in (0, 1)]
+        c.set_timeout(0.2)
+        assert self.daemon.proc is not None
+        os.kill(self.daemon.proc.pid, signal.SIGSTOP)
+        wait_until_stopped(self.daemon.proc.pid)
+        try:
+            with self.assertRaises(kvtier.DeadlineExceeded) as ctx:
+                c.lookup(keys)
+            self.assertIsInstance(ctx.exception, TimeoutError)
+            op = c.load(keys, [2, 3])
+            with self.assertRaises(kvtier.DeadlineExceeded) as ctx:
+                op.wait()
+            self.assertIn("still in flight", str(ctx.exception))
+        finally:
+            os.kill(self.daemon.proc.pid, signal.SIGCONT)
+        c.set_timeout(None)
+        # The load was in flight all along: waiting again gets its result and its bytes.
+        result = op.wait(check=True)
+        self.assertEqual(result.ok_pages, 2)
+        got = [block(arr, c.layout, b).copy() for arr in bufs.numpy() for b in (2, 3)]
+        for w, g in zip(want, got):
+            np.testing.assert_array_equal(w, g)
+        # The timed-out lookup's late reply was dropped: the next one gets its own answer.
+        self.assertEqual(c.lookup(keys).prefix_pages, 2)
+        with self.assertRaises(ValueError):
+            c.set_timeout(0)
+
     def test_keys_from_an_engines_block_hash(self) -> None:
         c, _ = self.connect()
         k8 = c.key_from_block_hash(0x1234_5678_9ABC_DEF0)

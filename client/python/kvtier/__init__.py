@@ -14,6 +14,7 @@ kvtier.hf reuses cached prefixes in a Hugging Face transformers model.
 """
 
 from ._errors import (
+    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     KvtierError,
@@ -44,6 +45,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AttentionStats",
     "Client",
+    "DeadlineExceeded",
     "FailedPrecondition",
     "HelloInfo",
     "HostBuffers",

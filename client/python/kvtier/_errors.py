@@ -51,12 +51,18 @@ class FailedPrecondition(KvtierError):
     """The call came in the wrong state, e.g. a load before hello or buffer registration."""
 
 
+class DeadlineExceeded(KvtierError, TimeoutError):
+    """No reply within the client's timeout (Client.set_timeout). A wait that times out leaves its
+    operation in flight: wait for it again before reusing its blocks."""
+
+
 class Unavailable(KvtierError):
     """kvtierd is not there: the socket is missing or the connection closed (daemon gone)."""
 
 
 _BY_CODE: dict[int, type[KvtierError]] = {
     3: InvalidArgument,
+    4: DeadlineExceeded,
     7: PermissionDenied,
     8: ResourceExhausted,
     9: FailedPrecondition,

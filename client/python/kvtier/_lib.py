@@ -14,7 +14,7 @@ import pathlib
 import threading
 
 # The C ABI version this package is written against (KVTIER_C_ABI_VERSION in kvtier_c.h).
-ABI_VERSION = 3
+ABI_VERSION = 4
 
 
 class Key(ctypes.Structure):
@@ -121,6 +121,8 @@ _SIGNATURES = {
          ctypes.c_void_p, ctypes.POINTER(PageAttention), _sz, ctypes.c_void_p],
     ),
     "kvtier_has_cuda_kernels": (_i, []),
+    # ABI 4: a deadline on every call.
+    "kvtier_set_timeout_ms": (_i, [_h, ctypes.c_uint64]),
 }
 
 _lock = threading.Lock()

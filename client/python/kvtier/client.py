@@ -151,7 +151,7 @@ def key_from_block_hash(
 
 
 class Op:
-    """An asynchronous load or store; wait() once for its per-page results."""
+    """An asynchronous load or store; wait() for its per-page results (again after a timeout)."""
 
     def __init__(self, client: "Client", op_id: int, count: int, kind: str) -> None:
         self._client = client
@@ -204,9 +204,9 @@ class Client:
         self._buffers: list[Any] = []  # kept alive while registered
 
     @classmethod
-    def connect(cls, socket_path: Optional[str] = None) -> "Client":
+    def connect(cls, socket_path: Optional[str] = None, timeout: Optional[float] = None) -> "Client":
         """Connects to kvtierd's socket (default: kvtier-data/kvtierd.sock under the current
-        directory, where `kvtierd` with no arguments serves)."""
+        directory, where `kvtierd` with no arguments serves). `timeout`: see set_timeout."""
         code = ctypes.c_int(0)
         lib = _lib.lib()
         handle = lib.kvtier_connect(
@@ -214,7 +214,20 @@ class Client:
         )
         if not handle:
             raise error_for(code.value or 2, _lib.thread_error(), f"connect {socket_path or ''}")
-        return cls(handle)
+        client = cls(handle)
+        if timeout is not None:
+            client.set_timeout(timeout)
+        return client
+
+    def set_timeout(self, seconds: Optional[float]) -> None:
+        """The longest any call waits for kvtierd's reply (None: no limit, the default). A call
+        that runs out raises DeadlineExceeded (a TimeoutError). A wait() that runs out leaves its
+        operation in flight: wait for it again before reusing its blocks, which the daemon may
+        still write; a synchronous call's late reply is dropped."""
+        if seconds is not None and not seconds > 0:
+            raise ValueError(f"timeout must be positive seconds or None, not {seconds!r}")
+        ms = 0 if seconds is None else max(1, int(seconds * 1000 + 0.999))
+        self._check(_lib.lib().kvtier_set_timeout_ms(self._handle(), ms), "set_timeout")
 
     def _handle(self) -> int:
         if self._ptr is None:

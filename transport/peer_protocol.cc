@@ -10,28 +10,45 @@ namespace {
 
 constexpr uint32_t kMaxMacBytes = 64;
 
+// The two sides of a body's field list (Fields below). A Writer appends each field; a Reader
+// takes it back with a bounds check against the Limits. Both take a field with the same call, so
+// one list per body says the wire order to both; the limit and the name are the Reader's.
+using Limit = uint32_t Limits::*;
+
 class Writer {
  public:
+  static constexpr bool kReads = false;
   explicit Writer(std::string& out) : out_(out) {}
   template <typename T>
-  void Put(T v) {
+  bool Get(T v, const char* /*what*/) {
     static_assert(std::is_integral_v<T>);
     char b[sizeof(T)];
     std::memcpy(b, &v, sizeof(T));  // little-endian hosts only (x86-64, aarch64)
     out_.append(b, sizeof(T));
+    return true;
   }
-  void Str(absl::string_view s) {
-    Put(static_cast<uint16_t>(s.size()));
+  bool Str(absl::string_view s, Limit /*max*/, const char* what) {
+    Get(static_cast<uint16_t>(s.size()), what);
     out_.append(s.data(), s.size());
+    return true;
   }
-  void Id(const ObjectId& id) {
-    Put(id.hi);
-    Put(id.lo);
+  bool Str(absl::string_view s, uint32_t /*max*/, const char* what) {
+    return Str(s, Limit{}, what);
   }
-  void Ids(const std::vector<ObjectId>& ids) {
-    Put(static_cast<uint32_t>(ids.size()));
-    for (const ObjectId& id : ids) Id(id);
+  bool Id(const ObjectId& id, const char* what) { return Get(id.hi, what) && Get(id.lo, what); }
+  // A counted list: the count, then each item by `item`.
+  template <typename T, typename F>
+  bool List(const std::vector<T>& v, Limit /*max*/, size_t /*min_item_bytes*/, const char* what,
+            F&& item) {
+    Get(static_cast<uint32_t>(v.size()), what);
+    for (const T& x : v) item(x);
+    return true;
   }
+  bool Ids(const std::vector<ObjectId>& ids, Limit max) {
+    return List(ids, max, 16, "ids", [&](const ObjectId& id) { return Id(id, "id"); });
+  }
+  bool ok() const { return true; }
+  void Invalid(absl::string_view /*why*/) {}
 
  private:
   std::string& out_;
@@ -40,7 +57,8 @@ class Writer {
 // Reads with a bounds check on every field; the first failure sticks and names the field.
 class Reader {
  public:
-  explicit Reader(absl::string_view in) : in_(in) {}
+  static constexpr bool kReads = true;
+  Reader(absl::string_view in, const Limits& limits) : in_(in), limits_(limits) {}
   template <typename T>
   bool Get(T& v, const char* what) {
     if (!ok()) return false;
@@ -49,6 +67,7 @@ class Reader {
     pos_ += sizeof(T);
     return true;
   }
+  bool Str(std::string& s, Limit max, const char* what) { return Str(s, limits_.*max, what); }
   bool Str(std::string& s, uint32_t max, const char* what) {
     uint16_t n = 0;
     if (!Get(n, what)) return false;
@@ -63,13 +82,20 @@ class Reader {
     return true;
   }
   bool Id(ObjectId& id, const char* what) { return Get(id.hi, what) && Get(id.lo, what); }
-  // A counted list of ids (Writer::Ids), at most `max`.
-  bool Ids(std::vector<ObjectId>& ids, uint32_t max) {
+  // A counted list (Writer::List) of at most `max` items of at least `min_item_bytes` each, each
+  // read by `item`, which returns false to stop.
+  template <typename T, typename F>
+  bool List(std::vector<T>& v, Limit max, size_t min_item_bytes, const char* what, F&& item) {
     uint32_t n = 0;
-    if (!Count(n, max, 16, "ids")) return false;
-    ids.resize(n);
-    for (ObjectId& id : ids) Id(id, "id");
+    if (!Count(n, limits_.*max, min_item_bytes, what)) return false;
+    v.resize(n);
+    for (T& x : v) {
+      if (!item(x)) break;
+    }
     return ok();
+  }
+  bool Ids(std::vector<ObjectId>& ids, Limit max) {
+    return List(ids, max, 16, "ids", [&](ObjectId& id) { return Id(id, "id"); });
   }
   // A count of items of at least `min_item_bytes` each: bounded by `max` and by what is left, so
   // a forged count cannot make the decoder reserve memory the message does not back.
@@ -99,46 +125,139 @@ class Reader {
     return false;
   }
   absl::string_view in_;
+  const Limits& limits_;
   size_t pos_ = 0;
   absl::Status status_;
 };
 
-template <typename T>
-bool Holds(const Body& b) {
-  return std::holds_alternative<T>(b);
+// A body as the side of IO sees it: const to a Writer, filled by a Reader.
+template <typename B, typename IO>
+using Side = std::conditional_t<IO::kReads, B, const B>;
+
+// Each body's fields in wire order: the one list both Encode and Decode follow. A Reader stops at
+// the first field that fails (the && chains); checks that only a reader makes go through Invalid.
+template <typename IO>
+void Fields(IO& io, Side<DirUpdate, IO>& b) {
+  io.Str(b.ns, &Limits::max_name_bytes, "namespace") &&
+      io.Str(b.holder, &Limits::max_name_bytes, "holder") && io.Ids(b.ids, &Limits::max_ids);
+}
+template <typename IO>
+void Fields(IO& io, Side<Push, IO>& b) {
+  io.Str(b.ns, &Limits::max_name_bytes, "namespace") &&
+      io.Str(b.holder, &Limits::max_name_bytes, "holder") && io.Ids(b.ids, &Limits::max_ids);
+}
+template <typename IO>
+void Fields(IO& io, Side<DirQuery, IO>& b) {
+  io.Str(b.ns, &Limits::max_name_bytes, "namespace") && io.Ids(b.ids, &Limits::max_ids);
+}
+template <typename IO>
+void Fields(IO& io, Side<FetchBatch, IO>& b) {
+  io.Str(b.ns, &Limits::max_name_bytes, "namespace") && io.Ids(b.ids, &Limits::max_ids) &&
+      io.Get(b.flags, "flags");
+}
+template <typename IO>
+void Fields(IO& io, Side<DirQueryReply, IO>& b) {
+  io.List(b.holders, &Limits::max_ids, 4, "holder lists", [&](auto& holders) {
+    return io.List(holders, &Limits::max_holders, 2, "holders",
+                   [&](auto& h) { return io.Str(h, &Limits::max_name_bytes, "holder"); });
+  });
+}
+template <typename IO>
+void Fields(IO& io, Side<Fetch, IO>& b) {
+  io.Str(b.ns, &Limits::max_name_bytes, "namespace") && io.Id(b.id, "id");
+}
+template <typename IO>
+void Fields(IO& io, Side<FetchReply, IO>& b) {
+  io.Get(b.code, "code") && io.Id(b.id, "id") && io.Get(b.bytes, "bytes") &&
+      io.Get(b.checksum, "checksum") && io.Get(b.remote_addr, "remote_addr") &&
+      io.Get(b.lease, "lease") && io.Get(b.object_class, "object_class") &&
+      io.Get(b.object_position, "object_position") &&
+      io.Str(b.rkey, &Limits::max_rkey_bytes, "rkey") &&
+      io.Str(b.error, &Limits::max_error_bytes, "error");
+}
+template <typename IO>
+void Fields(IO& io, Side<Release, IO>& b) {
+  io.Get(b.lease, "lease");
+}
+template <typename IO>
+void Fields(IO& io, Side<Ack, IO>& b) {
+  io.Get(b.code, "code") && io.Str(b.error, &Limits::max_error_bytes, "error");
+}
+template <typename IO>
+void Fields(IO& io, Side<FetchBatchReply, IO>& b) {
+  if (!(io.Get(b.lease, "lease") &&
+        io.List(b.rkeys, &Limits::max_rkeys, 2, "rkeys",
+                [&](auto& k) { return io.Str(k, &Limits::max_rkey_bytes, "rkey"); }) &&
+        io.Get(b.shared_rkey_index, "shared_rkey_index"))) {
+    return;
+  }
+  const size_t rkeys = b.rkeys.size();
+  if (b.shared_rkey_index != kNoRkey && b.shared_rkey_index >= rkeys) {
+    io.Invalid(absl::StrCat("shared_rkey_index ", b.shared_rkey_index, " is outside the ", rkeys,
+                            " remote keys sent"));
+    return;
+  }
+  constexpr size_t kEntryBytes = 4 + 16 + 8 + 8 + 8 + 4 + 4 + 4;
+  io.List(b.entries, &Limits::max_ids, kEntryBytes, "entries", [&](auto& e) {
+    if (!(io.Get(e.code, "code") && io.Id(e.id, "id") && io.Get(e.bytes, "bytes") &&
+          io.Get(e.checksum, "checksum") && io.Get(e.remote_addr, "remote_addr") &&
+          io.Get(e.rkey_index, "rkey_index") && io.Get(e.object_class, "object_class") &&
+          io.Get(e.object_position, "object_position"))) {
+      return false;
+    }
+    if (e.rkey_index >= rkeys) {
+      io.Invalid(absl::StrCat("rkey_index ", e.rkey_index, " is outside the ", rkeys,
+                              " remote keys sent"));
+      return false;
+    }
+    return true;
+  });
+}
+template <typename IO>
+void Fields(IO& io, Side<AuthHello, IO>& b) {
+  io.Id(b.nonce, "nonce");
+}
+template <typename IO>
+void Fields(IO& io, Side<AuthChallenge, IO>& b) {
+  io.Id(b.nonce, "nonce") && io.Str(b.mac, kMaxMacBytes, "mac");
+}
+template <typename IO>
+void Fields(IO& io, Side<AuthProof, IO>& b) {
+  io.Str(b.mac, kMaxMacBytes, "mac");
 }
 
-bool BodyMatches(MsgType t, const Body& b) {
+// The body each message type carries, empty.
+Body EmptyBody(MsgType t) {
   switch (t) {
     case MsgType::kDirAdd:
     case MsgType::kDirRemove:
-      return Holds<DirUpdate>(b);
+      return DirUpdate{};
     case MsgType::kDirQuery:
-      return Holds<DirQuery>(b);
+      return DirQuery{};
     case MsgType::kDirQueryReply:
-      return Holds<DirQueryReply>(b);
+      return DirQueryReply{};
     case MsgType::kFetch:
-      return Holds<Fetch>(b);
+      return Fetch{};
     case MsgType::kFetchReply:
-      return Holds<FetchReply>(b);
+      return FetchReply{};
     case MsgType::kRelease:
-      return Holds<Release>(b);
+      return Release{};
     case MsgType::kAck:
-      return Holds<Ack>(b);
+      return Ack{};
     case MsgType::kFetchBatch:
-      return Holds<FetchBatch>(b);
+      return FetchBatch{};
     case MsgType::kFetchBatchReply:
-      return Holds<FetchBatchReply>(b);
+      return FetchBatchReply{};
     case MsgType::kPush:
-      return Holds<Push>(b);
+      return Push{};
     case MsgType::kAuthHello:
-      return Holds<AuthHello>(b);
+      return AuthHello{};
     case MsgType::kAuthChallenge:
-      return Holds<AuthChallenge>(b);
+      return AuthChallenge{};
     case MsgType::kAuthProof:
-      return Holds<AuthProof>(b);
+      return AuthProof{};
   }
-  return false;
+  return Ack{};  // DecodeHeader refuses unknown types before a body is made
 }
 
 }  // namespace
@@ -183,90 +302,27 @@ absl::string_view MsgTypeName(MsgType t) {
 }
 
 absl::StatusOr<std::string> Encode(const Message& m) {
-  if (!BodyMatches(m.type, m.body)) {
+  if (EmptyBody(m.type).index() != m.body.index()) {
     return absl::InvalidArgumentError(
         absl::StrCat("peer message of type ", MsgTypeName(m.type), " carries another body"));
   }
   std::string out;
   Writer w(out);
-  w.Put(kMagic);
-  w.Put(kVersion);
-  w.Put(static_cast<uint16_t>(m.type));
-  w.Put(m.request_id);
-  w.Put(uint32_t{0});  // body_bytes, patched below
-  w.Put(uint32_t{0});
-  std::visit(
-      [&](const auto& b) {
-        using T = std::decay_t<decltype(b)>;
-        if constexpr (std::is_same_v<T, DirUpdate> || std::is_same_v<T, Push>) {
-          w.Str(b.ns);
-          w.Str(b.holder);
-          w.Ids(b.ids);
-        } else if constexpr (std::is_same_v<T, DirQuery>) {
-          w.Str(b.ns);
-          w.Ids(b.ids);
-        } else if constexpr (std::is_same_v<T, FetchBatch>) {
-          w.Str(b.ns);
-          w.Ids(b.ids);
-          w.Put(b.flags);
-        } else if constexpr (std::is_same_v<T, DirQueryReply>) {
-          w.Put(static_cast<uint32_t>(b.holders.size()));
-          for (const auto& hs : b.holders) {
-            w.Put(static_cast<uint32_t>(hs.size()));
-            for (const std::string& h : hs) w.Str(h);
-          }
-        } else if constexpr (std::is_same_v<T, Fetch>) {
-          w.Str(b.ns);
-          w.Id(b.id);
-        } else if constexpr (std::is_same_v<T, FetchReply>) {
-          w.Put(b.code);
-          w.Id(b.id);
-          w.Put(b.bytes);
-          w.Put(b.checksum);
-          w.Put(b.remote_addr);
-          w.Put(b.lease);
-          w.Put(b.object_class);
-          w.Put(b.object_position);
-          w.Str(b.rkey);
-          w.Str(b.error);
-        } else if constexpr (std::is_same_v<T, Release>) {
-          w.Put(b.lease);
-        } else if constexpr (std::is_same_v<T, Ack>) {
-          w.Put(b.code);
-          w.Str(b.error);
-        } else if constexpr (std::is_same_v<T, FetchBatchReply>) {
-          w.Put(b.lease);
-          w.Put(static_cast<uint32_t>(b.rkeys.size()));
-          for (const std::string& k : b.rkeys) w.Str(k);
-          w.Put(b.shared_rkey_index);
-          w.Put(static_cast<uint32_t>(b.entries.size()));
-          for (const FetchEntry& e : b.entries) {
-            w.Put(e.code);
-            w.Id(e.id);
-            w.Put(e.bytes);
-            w.Put(e.checksum);
-            w.Put(e.remote_addr);
-            w.Put(e.rkey_index);
-            w.Put(e.object_class);
-            w.Put(e.object_position);
-          }
-        } else if constexpr (std::is_same_v<T, AuthHello>) {
-          w.Id(b.nonce);
-        } else if constexpr (std::is_same_v<T, AuthChallenge>) {
-          w.Id(b.nonce);
-          w.Str(b.mac);
-        } else if constexpr (std::is_same_v<T, AuthProof>) {
-          w.Str(b.mac);
-        }
-      },
-      m.body);
+  w.Get(kMagic, "magic");
+  w.Get(kVersion, "version");
+  w.Get(static_cast<uint16_t>(m.type), "type");
+  w.Get(m.request_id, "request_id");
+  w.Get(uint32_t{0}, "body_bytes");  // patched below
+  w.Get(uint32_t{0}, "reserved");
+  std::visit([&](const auto& b) { Fields<Writer>(w, b); }, m.body);
   const uint32_t body = static_cast<uint32_t>(out.size() - kHeaderBytes);
   std::memcpy(out.data() + 16, &body, sizeof(body));
   return out;
 }
 
 absl::StatusOr<Header> DecodeHeader(absl::string_view bytes) {
-  Reader r(bytes);
+  const Limits limits;
+  Reader r(bytes, limits);
   uint32_t magic = 0, body = 0, reserved = 0;
   uint16_t version = 0, type = 0;
   uint64_t id = 0;
@@ -304,137 +360,9 @@ absl::StatusOr<Message> Decode(absl::string_view bytes, const Limits& limits) {
   Message m;
   m.type = h->type;
   m.request_id = h->request_id;
-  Reader r(bytes.substr(kHeaderBytes));
-  switch (h->type) {
-    case MsgType::kDirAdd:
-    case MsgType::kDirRemove: {
-      DirUpdate u;
-      if (r.Str(u.ns, limits.max_name_bytes, "namespace") &&
-          r.Str(u.holder, limits.max_name_bytes, "holder")) {
-        r.Ids(u.ids, limits.max_ids);
-      }
-      m.body = std::move(u);
-      break;
-    }
-    case MsgType::kDirQuery: {
-      DirQuery q;
-      if (r.Str(q.ns, limits.max_name_bytes, "namespace")) r.Ids(q.ids, limits.max_ids);
-      m.body = std::move(q);
-      break;
-    }
-    case MsgType::kDirQueryReply: {
-      DirQueryReply q;
-      uint32_t n = 0;
-      if (r.Count(n, limits.max_ids, 4, "holder lists")) {
-        q.holders.resize(n);
-        for (auto& hs : q.holders) {
-          uint32_t k = 0;
-          if (!r.Count(k, limits.max_holders, 2, "holders")) break;
-          hs.resize(k);
-          for (std::string& s : hs) r.Str(s, limits.max_name_bytes, "holder");
-        }
-      }
-      m.body = std::move(q);
-      break;
-    }
-    case MsgType::kFetch: {
-      Fetch f;
-      if (r.Str(f.ns, limits.max_name_bytes, "namespace")) r.Id(f.id, "id");
-      m.body = std::move(f);
-      break;
-    }
-    case MsgType::kFetchReply: {
-      FetchReply f;
-      if (r.Get(f.code, "code") && r.Id(f.id, "id") && r.Get(f.bytes, "bytes") &&
-          r.Get(f.checksum, "checksum") && r.Get(f.remote_addr, "remote_addr") &&
-          r.Get(f.lease, "lease") && r.Get(f.object_class, "object_class") &&
-          r.Get(f.object_position, "object_position") &&
-          r.Str(f.rkey, limits.max_rkey_bytes, "rkey")) {
-        r.Str(f.error, limits.max_error_bytes, "error");
-      }
-      m.body = std::move(f);
-      break;
-    }
-    case MsgType::kRelease: {
-      Release rel;
-      r.Get(rel.lease, "lease");
-      m.body = rel;
-      break;
-    }
-    case MsgType::kAck: {
-      Ack a;
-      if (r.Get(a.code, "code")) r.Str(a.error, limits.max_error_bytes, "error");
-      m.body = std::move(a);
-      break;
-    }
-    case MsgType::kFetchBatch: {
-      FetchBatch f;
-      if (r.Str(f.ns, limits.max_name_bytes, "namespace") && r.Ids(f.ids, limits.max_ids)) {
-        r.Get(f.flags, "flags");
-      }
-      m.body = std::move(f);
-      break;
-    }
-    case MsgType::kFetchBatchReply: {
-      FetchBatchReply f;
-      uint32_t nk = 0, n = 0;
-      if (r.Get(f.lease, "lease") && r.Count(nk, limits.max_rkeys, 2, "rkeys")) {
-        f.rkeys.resize(nk);
-        for (std::string& k : f.rkeys) r.Str(k, limits.max_rkey_bytes, "rkey");
-      }
-      if (r.ok() && r.Get(f.shared_rkey_index, "shared_rkey_index") &&
-          f.shared_rkey_index != kNoRkey && f.shared_rkey_index >= nk) {
-        r.Invalid(absl::StrCat("shared_rkey_index ", f.shared_rkey_index, " is outside the ", nk,
-                               " remote keys sent"));
-      }
-      constexpr size_t kEntryBytes = 4 + 16 + 8 + 8 + 8 + 4 + 4 + 4;
-      if (r.ok() && r.Count(n, limits.max_ids, kEntryBytes, "entries")) {
-        f.entries.resize(n);
-        for (FetchEntry& e : f.entries) {
-          if (!(r.Get(e.code, "code") && r.Id(e.id, "id") && r.Get(e.bytes, "bytes") &&
-                r.Get(e.checksum, "checksum") && r.Get(e.remote_addr, "remote_addr") &&
-                r.Get(e.rkey_index, "rkey_index") && r.Get(e.object_class, "object_class") &&
-                r.Get(e.object_position, "object_position"))) {
-            break;
-          }
-          if (e.rkey_index >= nk) {
-            r.Invalid(absl::StrCat("rkey_index ", e.rkey_index, " is outside the ", nk,
-                                   " remote keys sent"));
-            break;
-          }
-        }
-      }
-      m.body = std::move(f);
-      break;
-    }
-    case MsgType::kPush: {
-      Push p;
-      if (r.Str(p.ns, limits.max_name_bytes, "namespace") &&
-          r.Str(p.holder, limits.max_name_bytes, "holder")) {
-        r.Ids(p.ids, limits.max_ids);
-      }
-      m.body = std::move(p);
-      break;
-    }
-    case MsgType::kAuthHello: {
-      AuthHello a;
-      r.Id(a.nonce, "nonce");
-      m.body = a;
-      break;
-    }
-    case MsgType::kAuthChallenge: {
-      AuthChallenge a;
-      if (r.Id(a.nonce, "nonce")) r.Str(a.mac, kMaxMacBytes, "mac");
-      m.body = std::move(a);
-      break;
-    }
-    case MsgType::kAuthProof: {
-      AuthProof a;
-      r.Str(a.mac, kMaxMacBytes, "mac");
-      m.body = std::move(a);
-      break;
-    }
-  }
+  Reader r(bytes.substr(kHeaderBytes), limits);
+  m.body = EmptyBody(h->type);
+  std::visit([&](auto& b) { Fields<Reader>(r, b); }, m.body);
   if (!r.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat(MsgTypeName(h->type), ": ", r.status().message()));

@@ -5,6 +5,8 @@
 
 #include <cstring>
 
+#include "absl/strings/str_cat.h"
+
 namespace kvtier::peer {
 namespace {
 
@@ -83,6 +85,29 @@ TEST(PeerProtocol, RefusesWhatDoesNotFit) {
   EXPECT_EQ(std::get<FetchBatch>(fb->body).flags, kFetchLendShared);
   // A body that does not match its type cannot be encoded.
   EXPECT_FALSE(Encode({MsgType::kFetch, 1, Ack{}}).ok());
+}
+
+// The bytes on the wire, pinned: peers of one protocol version must agree on them whatever the
+// encoder's code looks like (hex of Encode's output when this test was written).
+TEST(PeerProtocol, TheWireFormatIsPinned) {
+  auto hex = [](const std::string& b) {
+    std::string out;
+    for (unsigned char c : b) absl::StrAppend(&out, absl::Hex(c, absl::kZeroPad2));
+    return out;
+  };
+  EXPECT_EQ(hex(*Encode({MsgType::kDirQueryReply, 9, DirQueryReply{{{"a", "b"}, {}}}})),
+            "4b5654500200040009000000000000001200000000000000020000000200000001006101006200000000");
+  EXPECT_EQ(
+      hex(*Encode({MsgType::kFetchBatchReply, 11,
+                   FetchBatchReply{9,
+                                   {"dram-rkey", "staging-rkey"},
+                                   {FetchEntry{0, {1, 2}, 2 << 20, 77, 0x2000, 1, 1, 3},
+                                    FetchEntry{5, {3, 4}, 0, 0, 0, 0, 0, 0}},
+                                   1}})),
+      "4b56545002000a000b000000000000009d0000000000000009000000000000000200000009006472616d2d726b65"
+      "790c0073746167696e672d726b657901000000020000000000000001000000000000000200000000000000000020"
+      "00000000004d00000000000000002000000000000001000000010000000300000005000000030000000000000004"
+      "00000000000000000000000000000000000000000000000000000000000000000000000000000000000000");
 }
 
 }  // namespace

@@ -275,9 +275,10 @@ int kvtier_load_gpu(kvtier_client* c, const kvtier_key* keys, const uint32_t* bl
 int kvtier_abi_version(void) { return KVTIER_C_ABI_VERSION; }
 
 int kvtier_set_timeout_ms(kvtier_client* c, uint64_t timeout_ms) {
-  // Past ~292 years absl::Milliseconds saturates; any such limit is no limit.
-  c->client->set_call_timeout(timeout_ms == 0 ? absl::InfiniteDuration()
-                                              : absl::Milliseconds(timeout_ms));
+  // 0, or a limit of more than ~146 million years, is no limit.
+  c->client->set_call_timeout(timeout_ms == 0 || timeout_ms > (uint64_t{1} << 62)
+                                  ? absl::InfiniteDuration()
+                                  : absl::Milliseconds(static_cast<int64_t>(timeout_ms)));
   return 0;
 }
 

@@ -140,6 +140,7 @@ void Finish(const SimOptions& o, const TieredStore& store, uint32_t tokens_per_p
       const uint64_t pages = counters.migrations[from][to];
       if (pages == 0) continue;
       r.pages_migrated += pages;
+      r.pages_moved[from][to] = pages;
       const double bytes = static_cast<double>(pages) * page_model_bytes;
       r.bytes_migrated += static_cast<uint64_t>(bytes);
       // A move touching NVMe runs at the drive's speed, anything else over PCIe.
@@ -374,6 +375,7 @@ std::string SimResultJson(const SimResult& r) {
   j["miss_tokens"] = r.miss_tokens;
   j["pages_migrated"] = r.pages_migrated;
   j["bytes_migrated"] = r.bytes_migrated;
+  j["pages_moved"] = r.pages_moved;
   j["load_seconds"] = r.load_seconds;
   j["recompute_seconds"] = r.recompute_seconds;
   j["migration_seconds"] = r.migration_seconds;

@@ -23,6 +23,7 @@
 // Thread model: single-threaded; one store per policy, built and destroyed inside the call.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -98,6 +99,8 @@ struct SimResult {
   uint64_t miss_tokens = 0;
   uint64_t pages_migrated = 0;
   uint64_t bytes_migrated = 0;  // modeled: pages x tokens per page x bytes_per_token
+  // Pages moved from tier i to tier j (HBM, DRAM, NVMe), which the migration seconds price.
+  std::array<std::array<uint64_t, kNumTiers>, kNumTiers> pages_moved{};
   double load_seconds = 0, recompute_seconds = 0, migration_seconds = 0;
   double modeled_prefill_seconds = 0;  // load + recompute + migration
   // Share of the tokens asked for that were served from a tier (any tier; hbm: from HBM).

@@ -213,6 +213,13 @@ void KvtierPolicy::Place(const PageKey& key, Node& node, const PageEntry& e, boo
     }
     Erase(node.tier(), static_cast<int>(node.set_level), node.set_rank, key);
   }
+  if (fresh) {
+    ++pages_[TierIndex(e.tier)];
+  } else if (node.tier() != e.tier) {
+    --pages_[TierIndex(node.tier())];
+    ++pages_[TierIndex(e.tier)];
+  }
+  held_[TierIndex(e.tier)] = true;
   node.set_rank = rank;
   node.tie = TieUnits(e);
   node.dirty = false;
@@ -263,6 +270,7 @@ void KvtierPolicy::Observe(const PageKey& key, const PageEntry& e) {
   const double log_p =
       own ? log_p_cls : (std::isnan(parent_log_p) ? std::log2(parent_p) : parent_log_p);
   node.virtual_last = reuse_.VirtualTime(now);
+  virtual_now_ = std::max(virtual_now_, node.virtual_last);
   node.cls = static_cast<uint32_t>(cls);
   node.p_chain = p;
   last_observed_ = key;
@@ -321,7 +329,61 @@ void KvtierPolicy::OnUpdate(const PageKey& key, const PageEntry& e) {
   Place(key, it->second, e, /*fresh=*/false);
 }
 
-void KvtierPolicy::OnMove(const PageKey& key, Tier, const PageEntry& e) {
+void KvtierPolicy::Departed(Tier tier) {
+  const int t = TierIndex(tier);
+  const double gap = virtual_now_ - last_departure_[t];
+  last_departure_[t] = virtual_now_;
+  if (!departed_[t]) {
+    departed_[t] = true;  // the first departure only starts the clock
+    return;
+  }
+  if (departure_gap_[t] < 0) {
+    departure_gap_[t] = gap;
+    return;
+  }
+  // The mean over about the last turnover: one gap weighs 1 / (pages in the tier).
+  const double a = 1.0 / std::max<double>(static_cast<double>(pages_[t]), 1.0);
+  departure_gap_[t] += a * (gap - departure_gap_[t]);
+}
+
+double KvtierPolicy::Residency(Tier tier) const {
+  const int t = TierIndex(tier);
+  if (departure_gap_[t] < 0) return HUGE_VAL;
+  // Little's law: pages in the tier x the mean time between departures.
+  return static_cast<double>(pages_[t]) * departure_gap_[t];
+}
+
+double KvtierPolicy::SwapPrice(Tier upper) const {
+  const int below = TierBelow(TierIndex(upper));
+  if (below < 0) return 0.0;
+  const double residency = Residency(upper);
+  if (!(residency < HUGE_VAL)) return 0.0;
+  auto load = [this](int t) {
+    return 1.0 / (t == TierIndex(Tier::kHbm)    ? options_.hbm_gbps
+                  : t == TierIndex(Tier::kDram) ? options_.dram_gbps
+                                                : options_.nvme_gbps);
+  };
+  const double lower = load(below), gain = lower - load(TierIndex(upper));
+  if (!(gain > 0)) return HUGE_VAL;  // the upper tier is no faster: never worth a move
+  // Two moves, each a load over the lower link, in hits of (lower - upper) each, and the hits per
+  // horizon that the page's residency above turns into hits.
+  return 2 * lower / gain * options_.reuse.horizon_taus / std::max(residency, 1e-9);
+}
+
+double KvtierPolicy::SwapValue(const Node& node) const {
+  const double horizon = options_.reuse.horizon_taus;
+  // P(reuse within the horizon) now, capped where it stops resolving the rate (one reuse a tau).
+  const double p = std::min(node.p_chain * std::exp2(-(virtual_now_ - node.virtual_last)),
+                            1.0 - std::exp(-horizon));
+  double value = -std::log1p(-p);  // Poisson: reuses per horizon
+  for (int t = TierIndex(node.tier()); t >= 0 && TierBelow(t) >= 0; t = TierBelow(t)) {
+    value += SwapPrice(static_cast<Tier>(t));
+  }
+  return value;
+}
+
+void KvtierPolicy::OnMove(const PageKey& key, Tier from, const PageEntry& e) {
+  Departed(from);
   auto it = nodes_.find(key);
   if (it == nodes_.end()) return OnUpdate(key, e);
   Place(key, it->second, e, /*fresh=*/false);
@@ -342,6 +404,8 @@ void KvtierPolicy::OnRemove(const PageKey& key, const PageEntry&) {
     reuse_.sketch().Remember(key, it->second.count >> halvings);
   }
   Erase(it->second.tier(), static_cast<int>(it->second.set_level), it->second.set_rank, key);
+  Departed(it->second.tier());
+  --pages_[TierIndex(it->second.tier())];
   nodes_.erase(it);
 }
 
@@ -464,6 +528,7 @@ double KvtierPolicy::Value(const PageKey& key) const {
   auto it = nodes_.find(key);
   if (it == nodes_.end()) return 0.0;
   const Node& node = it->second;
+  if (options_.priced_swaps && node.level < kMiscLevel) return SwapValue(node);
   const bool dropped = node.level < kMiscLevel && TierIndex(node.tier()) == drop_tier_;
   return dropped ? UndoDrop(node) : TrueRank(node);
 }

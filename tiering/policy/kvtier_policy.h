@@ -128,7 +128,8 @@ struct KvtierPolicyOptions {
   // Rank bonus per tier above the bottom (log2 units). Default 2: a candidate must be 4x more
   // valuable than the page it displaces, because a swap costs two page moves over PCIe (or the
   // drive) and has to pay them back; on the example prefix trace 0.5 migrated ~25 % more bytes
-  // for no fewer misses (bench/RESULTS.md).
+  // for no fewer misses (bench/RESULTS.md). With priced_swaps (the default) it decides only the
+  // swaps of decode-ranked pages and sinks; prefix pages' swaps are priced instead.
   double hysteresis = 2.0;
   // Prefix pages: the planner's swaps priced in the cost model (see above). false: Value is the
   // rank, as before session 15 (prefix ranks with the hysteresis above).

@@ -102,7 +102,7 @@ void KvtierPolicy::Rerank(int only_tier) {
     }
     for (const auto& [rank, key] : moved) {
       Node& node = nodes_.find(key)->second;
-      const int level = LevelIndex(Level(beta(), node.p_chain, ti), ti == drop_tier_, node.count);
+      const int level = LevelIndex(Level(beta(), node.p_chain, ti), DropOrdered(ti), node.count);
       // V and the tie-break (leaf first) stay; only the level moves.
       node.set_rank = (node.dirty ? TrueRank(node) : rank) +
                       (level - static_cast<int>(node.level)) * kLevelWidth;
@@ -130,7 +130,7 @@ std::pair<double, int> KvtierPolicy::RankAndLevel(const Node& node, const PageEn
       if (std::isnan(log_p)) log_p = std::log2(node.p_chain);
       const double c = beta() * log_p + log_saved + options_.hysteresis * height;
       const int level =
-          LevelIndex(std::floor(c / kLevelWidth), TierIndex(e.tier) == drop_tier_, node.count);
+          LevelIndex(std::floor(c / kLevelWidth), DropOrdered(TierIndex(e.tier)), node.count);
       // Among equals (one request's pages share their last use), the page more cached pages
       // hang from stays longest and the deeper one goes first: chains are cut leaf first.
       const double tie = 1e-9 * static_cast<double>(TieUnits(e));
@@ -185,10 +185,11 @@ void KvtierPolicy::Erase(Tier tier, int level, double rank, const PageKey& key) 
 void KvtierPolicy::Place(const PageKey& key, Node& node, const PageEntry& e, bool fresh,
                          double log_p) {
   if (const int ti = TierIndex(e.tier); ti > drop_tier_) {
-    // A page below the drop tier: that tier is the lowest now; the old one gets the plain order.
+    // A page below the drop tier: that tier is the lowest now; the old one gets the plain order
+    // (unless it is the top tier under priced swaps, which keeps the drop key).
     const int old = drop_tier_;
     drop_tier_ = ti;
-    if (old >= 0) Rerank(old);
+    if (old >= 0 && !DropOrdered(old)) Rerank(old);
   }
   const auto [rank, level] = RankAndLevel(node, e, log_p);
   if (!fresh) {
@@ -529,7 +530,7 @@ double KvtierPolicy::Value(const PageKey& key) const {
   if (it == nodes_.end()) return 0.0;
   const Node& node = it->second;
   if (options_.priced_swaps && node.level < kMiscLevel) return SwapValue(node);
-  const bool dropped = node.level < kMiscLevel && TierIndex(node.tier()) == drop_tier_;
+  const bool dropped = node.level < kMiscLevel && DropOrdered(TierIndex(node.tier()));
   return dropped ? UndoDrop(node) : TrueRank(node);
 }
 

@@ -55,7 +55,15 @@
 //   than its recency; upper tiers keep the score above (their victims are only demoted). The
 //   drop tier is the lowest tier that has held a page: HBM in a one-tier cache, where it is
 //   worth as much (17.17 % against 16.98 % at 5 % HBM, 28.58 against 27.72 % at 10 %). Value()
-//   undoes the drop key, so the planner compares the same rank across tiers.
+//   undoes the drop key, so the planner compares the same rank across tiers (without priced
+//   swaps; with them, Value is the swap's worth, see below).
+//   Under priced swaps the top tier (HBM) orders by the drop key as well: a page demoted from it
+//   seldom comes back (a swap up must pay two moves; public trace, tiered, 20 % HBM: 785 of
+//   37,380 pages that left HBM), so HBM's victim order alone decides what HBM serves, as the drop
+//   tier's decides what the cache serves (bench/RESULTS.md, Session 15: public tiered 1,674.3 ->
+//   1,658.0 modeled s at 20 %, generated 554.0 -> 550.8 at 2 %, hit share equal or higher in
+//   every tiered cell). DRAM keeps the plain rank: the drop key there too gains seconds but costs
+//   0.01 point of hit share at 5 % HBM on the public trace.
 //
 // Sinks (class kSink, from any source) rank above every other page: outside the reserved slots
 // (when the reserve is full or not configured) they still should not be the first victims.
@@ -289,6 +297,11 @@ class KvtierPolicy final : public PlacementPolicy {
   // (rounded down), and the level it puts the page in (`drop`: in the drop tier, where the level
   // is that of the drop key, see above; `count`: the page's asked-for count).
   double Level(double beta, double p_chain, int tier) const;
+  // Whether the tier orders its prefix pages by the drop key: the drop tier, and the top tier
+  // under priced swaps (see above).
+  bool DropOrdered(int tier) const {
+    return tier == drop_tier_ || (options_.priced_swaps && tier == kDeferredTier);
+  }
   int LevelIndex(double q, bool drop, uint8_t count) const {
     if (drop) {
       // The drop key's time-invariant part, on the same grid.

@@ -519,5 +519,29 @@ TEST(KvtierPolicyTest, PricedSwapValueIsReuseRatePlusThePriceOfTheBoundariesBelo
   EXPECT_NE(policy.OrderKey(hbm.back().first), v_hbm);
 }
 
+// Under priced swaps the top tier orders its prefix pages by the drop key too (a page leaving HBM
+// seldom comes back, since a swap up must pay two moves): in a tiered cache HBM keeps a page asked
+// for twice over a newer one asked for once, as the bottom tier does; without priced swaps HBM
+// keeps the plain rank (recency first here).
+TEST(KvtierPolicyTest, TopTierKeepsPagesAskedForTwiceUnderPricedSwaps) {
+  std::mt19937_64 rng = testing::SeededRng();
+  for (const bool priced : {false, true}) {
+    KvtierPolicyOptions o;
+    o.adaptive_beta = false;
+    o.priced_swaps = priced;
+    KvtierPolicy policy(o);
+    policy.OnInsert(RandomKey(rng), Entry(Tier::kNvme, 1'000'000, 1.0f));
+    const PageKey proven = RandomKey(rng), fresh = RandomKey(rng);
+    const uint64_t t0 = 1'000'000'000ull + rng() % 1'000'000'000ull;
+    policy.OnInsert(proven, Entry(Tier::kHbm, t0, 1.0f));
+    policy.OnAccess(proven, Entry(Tier::kHbm, t0 + 1'000'000'000ull, 1.0f));
+    // Five initial taus (60 s each) later: less than the 16-tau bonus.
+    policy.OnInsert(fresh, Entry(Tier::kHbm, t0 + 300'000'000'000ull, 1.0f));
+    EXPECT_EQ(policy.drop_tier(), Tier::kNvme);
+    EXPECT_EQ(Victims(policy, Tier::kHbm, 1).front(), priced ? fresh : proven)
+        << "priced " << priced;
+  }
+}
+
 }  // namespace
 }  // namespace kvtier

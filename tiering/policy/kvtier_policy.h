@@ -58,8 +58,8 @@
 //   undoes the drop key, so the planner compares the same rank across tiers (without priced
 //   swaps; with them, Value is the swap's worth, see below).
 //   Under priced swaps the top tier (HBM) orders by the drop key as well: a page demoted from it
-//   seldom comes back (a swap up must pay two moves; public trace, tiered, 20 % HBM: 785 of
-//   37,380 pages that left HBM), so HBM's victim order alone decides what HBM serves, as the drop
+//   seldom comes back (a swap up must pay two moves; public trace, tiered, 20 % HBM: 817 of
+//   37,378 pages that left HBM), so HBM's victim order alone decides what HBM serves, as the drop
 //   tier's decides what the cache serves (bench/RESULTS.md, Session 15: public tiered 1,674.3 ->
 //   1,658.0 modeled s at 20 %, generated 554.0 -> 550.8 at 2 %, hit share equal or higher in
 //   every tiered cell). DRAM keeps the plain rank: the drop key there too gains seconds but costs

@@ -85,6 +85,8 @@ constexpr char kSimUsage[] =
     "           --half-life-ms MS (600000, prefix), --attention-half-life-ms MS (250),\n"
     "           --step-ms MS (25 per decode step), --attention-alpha A (0.2, EWMA weight)\n"
     "  kvtier score: --w-frequency W (1), --w-utility W (1), --hysteresis H (2);\n"
+    "           --priced-swaps 0|1 (1: the planner swaps prefix pages when the hits gained pay\n"
+    "           for the two moves; 0: when the rank, with the hysteresis, is higher)\n"
     "           prefix pages: --reuse-horizon-taus H (4), --reuse-initial-tau-ms MS (60000),\n"
     "           --reuse-tau-step S (0.02 per reuse; 0 keeps tau at its initial value)\n"
     "  cost model (Llama-3-8B bf16 on one H100): --hbm-gbps (3350) --dram-gbps (50)\n"
@@ -113,6 +115,7 @@ int SimCommand(int argc, char** argv) {
                                              {"w-frequency", false},
                                              {"w-utility", false},
                                              {"hysteresis", false},
+                                             {"priced-swaps", false},
                                              {"reuse-horizon-taus", false},
                                              {"reuse-initial-tau-ms", false},
                                              {"reuse-tau-step", false},
@@ -158,6 +161,13 @@ int SimCommand(int argc, char** argv) {
       Get(flags, "prefill-tokens-per-s", o.cost.prefill_tokens_per_s) &&
       Get(flags, "bytes-per-token", o.cost.bytes_per_token);
   if (!ok) return 2;
+  int priced_swaps = o.policy.kvtier.priced_swaps ? 1 : 0;
+  if (!Get(flags, "priced-swaps", priced_swaps)) return 2;
+  if (priced_swaps != 0 && priced_swaps != 1) {
+    std::fprintf(stderr, "--priced-swaps: 0 or 1, not %d\n", priced_swaps);
+    return 2;
+  }
+  o.policy.kvtier.priced_swaps = priced_swaps == 1;
   const std::string format = flags.count("format") ? flags["format"] : "mooncake";
   absl::StatusOr<std::vector<SimResult>> results;
   if (format == "mooncake") {

@@ -102,7 +102,7 @@ void KvtierPolicy::Rerank(int only_tier) {
     }
     for (const auto& [rank, key] : moved) {
       Node& node = nodes_.find(key)->second;
-      const int level = LevelIndex(Level(beta(), node.p_chain, ti), ti == drop_tier_, node.count);
+      const int level = LevelIndex(Level(beta(), node.p_chain, ti), DropOrdered(ti), node.count);
       // V and the tie-break (leaf first) stay; only the level moves.
       node.set_rank = (node.dirty ? TrueRank(node) : rank) +
                       (level - static_cast<int>(node.level)) * kLevelWidth;
@@ -130,7 +130,7 @@ std::pair<double, int> KvtierPolicy::RankAndLevel(const Node& node, const PageEn
       if (std::isnan(log_p)) log_p = std::log2(node.p_chain);
       const double c = beta() * log_p + log_saved + options_.hysteresis * height;
       const int level =
-          LevelIndex(std::floor(c / kLevelWidth), TierIndex(e.tier) == drop_tier_, node.count);
+          LevelIndex(std::floor(c / kLevelWidth), DropOrdered(TierIndex(e.tier)), node.count);
       // Among equals (one request's pages share their last use), the page more cached pages
       // hang from stays longest and the deeper one goes first: chains are cut leaf first.
       const double tie = 1e-9 * static_cast<double>(TieUnits(e));
@@ -185,10 +185,11 @@ void KvtierPolicy::Erase(Tier tier, int level, double rank, const PageKey& key) 
 void KvtierPolicy::Place(const PageKey& key, Node& node, const PageEntry& e, bool fresh,
                          double log_p) {
   if (const int ti = TierIndex(e.tier); ti > drop_tier_) {
-    // A page below the drop tier: that tier is the lowest now; the old one gets the plain order.
+    // A page below the drop tier: that tier is the lowest now; the old one gets the plain order
+    // (unless it is the top tier under priced swaps, which keeps the drop key).
     const int old = drop_tier_;
     drop_tier_ = ti;
-    if (old >= 0) Rerank(old);
+    if (old >= 0 && !DropOrdered(old)) Rerank(old);
   }
   const auto [rank, level] = RankAndLevel(node, e, log_p);
   if (!fresh) {
@@ -213,6 +214,13 @@ void KvtierPolicy::Place(const PageKey& key, Node& node, const PageEntry& e, boo
     }
     Erase(node.tier(), static_cast<int>(node.set_level), node.set_rank, key);
   }
+  if (fresh) {
+    ++pages_[TierIndex(e.tier)];
+  } else if (node.tier() != e.tier) {
+    --pages_[TierIndex(node.tier())];
+    ++pages_[TierIndex(e.tier)];
+  }
+  held_[TierIndex(e.tier)] = true;
   node.set_rank = rank;
   node.tie = TieUnits(e);
   node.dirty = false;
@@ -263,6 +271,7 @@ void KvtierPolicy::Observe(const PageKey& key, const PageEntry& e) {
   const double log_p =
       own ? log_p_cls : (std::isnan(parent_log_p) ? std::log2(parent_p) : parent_log_p);
   node.virtual_last = reuse_.VirtualTime(now);
+  virtual_now_ = std::max(virtual_now_, node.virtual_last);
   node.cls = static_cast<uint32_t>(cls);
   node.p_chain = p;
   last_observed_ = key;
@@ -321,7 +330,61 @@ void KvtierPolicy::OnUpdate(const PageKey& key, const PageEntry& e) {
   Place(key, it->second, e, /*fresh=*/false);
 }
 
-void KvtierPolicy::OnMove(const PageKey& key, Tier, const PageEntry& e) {
+void KvtierPolicy::Departed(Tier tier) {
+  const int t = TierIndex(tier);
+  const double gap = virtual_now_ - last_departure_[t];
+  last_departure_[t] = virtual_now_;
+  if (!departed_[t]) {
+    departed_[t] = true;  // the first departure only starts the clock
+    return;
+  }
+  if (departure_gap_[t] < 0) {
+    departure_gap_[t] = gap;
+    return;
+  }
+  // The mean over about the last turnover: one gap weighs 1 / (pages in the tier).
+  const double a = 1.0 / std::max<double>(static_cast<double>(pages_[t]), 1.0);
+  departure_gap_[t] += a * (gap - departure_gap_[t]);
+}
+
+double KvtierPolicy::Residency(Tier tier) const {
+  const int t = TierIndex(tier);
+  if (departure_gap_[t] < 0) return HUGE_VAL;
+  // Little's law: pages in the tier x the mean time between departures.
+  return static_cast<double>(pages_[t]) * departure_gap_[t];
+}
+
+double KvtierPolicy::SwapPrice(Tier upper) const {
+  const int below = TierBelow(TierIndex(upper));
+  if (below < 0) return 0.0;
+  const double residency = Residency(upper);
+  if (!(residency < HUGE_VAL)) return 0.0;
+  auto load = [this](int t) {
+    return 1.0 / (t == TierIndex(Tier::kHbm)    ? options_.hbm_gbps
+                  : t == TierIndex(Tier::kDram) ? options_.dram_gbps
+                                                : options_.nvme_gbps);
+  };
+  const double lower = load(below), gain = lower - load(TierIndex(upper));
+  if (!(gain > 0)) return HUGE_VAL;  // the upper tier is no faster: never worth a move
+  // Two moves, each a load over the lower link, in hits of (lower - upper) each, and the hits per
+  // horizon that the page's residency above turns into hits.
+  return 2 * lower / gain * options_.reuse.horizon_taus / std::max(residency, 1e-9);
+}
+
+double KvtierPolicy::SwapValue(const Node& node) const {
+  const double horizon = options_.reuse.horizon_taus;
+  // P(reuse within the horizon) now, capped where it stops resolving the rate (one reuse a tau).
+  const double p = std::min(node.p_chain * std::exp2(-(virtual_now_ - node.virtual_last)),
+                            1.0 - std::exp(-horizon));
+  double value = -std::log1p(-p);  // Poisson: reuses per horizon
+  for (int t = TierIndex(node.tier()); t >= 0 && TierBelow(t) >= 0; t = TierBelow(t)) {
+    value += SwapPrice(static_cast<Tier>(t));
+  }
+  return value;
+}
+
+void KvtierPolicy::OnMove(const PageKey& key, Tier from, const PageEntry& e) {
+  Departed(from);
   auto it = nodes_.find(key);
   if (it == nodes_.end()) return OnUpdate(key, e);
   Place(key, it->second, e, /*fresh=*/false);
@@ -342,6 +405,8 @@ void KvtierPolicy::OnRemove(const PageKey& key, const PageEntry&) {
     reuse_.sketch().Remember(key, it->second.count >> halvings);
   }
   Erase(it->second.tier(), static_cast<int>(it->second.set_level), it->second.set_rank, key);
+  Departed(it->second.tier());
+  --pages_[TierIndex(it->second.tier())];
   nodes_.erase(it);
 }
 
@@ -464,7 +529,8 @@ double KvtierPolicy::Value(const PageKey& key) const {
   auto it = nodes_.find(key);
   if (it == nodes_.end()) return 0.0;
   const Node& node = it->second;
-  const bool dropped = node.level < kMiscLevel && TierIndex(node.tier()) == drop_tier_;
+  if (options_.priced_swaps && node.level < kMiscLevel) return SwapValue(node);
+  const bool dropped = node.level < kMiscLevel && DropOrdered(TierIndex(node.tier()));
   return dropped ? UndoDrop(node) : TrueRank(node);
 }
 

@@ -55,12 +55,43 @@
 //   than its recency; upper tiers keep the score above (their victims are only demoted). The
 //   drop tier is the lowest tier that has held a page: HBM in a one-tier cache, where it is
 //   worth as much (17.17 % against 16.98 % at 5 % HBM, 28.58 against 27.72 % at 10 %). Value()
-//   undoes the drop key, so the planner compares the same rank across tiers.
+//   undoes the drop key, so the planner compares the same rank across tiers (without priced
+//   swaps; with them, Value is the swap's worth, see below).
+//   Under priced swaps the top tier (HBM) orders by the drop key as well: a page demoted from it
+//   seldom comes back (a swap up must pay two moves; public trace, tiered, 20 % HBM: 817 of
+//   37,378 pages that left HBM), so HBM's victim order alone decides what HBM serves, as the drop
+//   tier's decides what the cache serves (bench/RESULTS.md, Session 15: public tiered 1,674.3 ->
+//   1,658.0 modeled s at 20 %, generated 554.0 -> 550.8 at 2 %, hit share equal or higher in
+//   every tiered cell). DRAM keeps the plain rank: the drop key there too gains seconds but costs
+//   0.01 point of hit share at 5 % HBM on the public trace.
 //
 // Sinks (class kSink, from any source) rank above every other page: outside the reserved slots
 // (when the reserve is full or not configured) they still should not be the first victims.
 // Hysteresis is a bonus per tier of height, so a lower-tier page must beat the page it would
 // displace by `hysteresis` before the planner swaps them (no bouncing on noise).
+//
+// Priced swaps (issue 14, session 15; `priced_swaps`, default on). The planner swaps a page X of a
+// lower tier with the upper tier's victim Y when Value(X) > Value(Y). For prefix pages Value is not
+// the rank but what the swap is worth, in the cost model the rank already uses: X served from the
+// upper tier saves (load_lower - load_upper) on each of its hits there, Y loses as much on each of
+// its, and the swap costs two page moves over the link, each as long as one load from the lower
+// tier. So the swap pays when
+//
+//   (hits_X - hits_Y) x (load_lower - load_upper) > 2 x load_lower,
+//
+// with hits = the page's reuse rate times its expected residency in the upper tier. The rate comes
+// from the estimate the rank uses: the page's P(reuse within the horizon H) decayed by its age,
+// p x 2^-(age / tau), read as a Poisson process (P = 1 - e^(-rate x H)), so rate x H = -ln(1 - p),
+// capped at horizon_taus (one reuse per tau: the estimate cannot resolve faster). The residency
+// comes from Little's law: pages in the tier x the mean gap between its departures, averaged over
+// the last turnover (one gap weighs 1 / pages). Hence Value = -ln(1 - p) + the price of every
+// boundary below the page's tier, price = 2 x load_lower / (load_lower - load_upper) x H /
+// residency(upper): comparing two adjacent tiers' pages is exactly the inequality above.
+// A move costs as much as one load over the same link, so a swap pays only for a page that will
+// be read about twice more from the upper tier than its victim: the rank's fixed hysteresis let
+// through swaps that never paid back (generated trace, 2 % HBM: 7,995 DRAM->HBM swaps bought 0.4
+// extra HBM hits each), and held back ones that did where the upper tier keeps pages long.
+// Decode-ranked pages and sinks keep Value = rank.
 //
 // Data structure (cost per access, measured by kvtier-bench-core's PolicyAccess): one hash map
 // holds each page's record and its current rank, so an access costs one probe; per tier, pages
@@ -105,8 +136,12 @@ struct KvtierPolicyOptions {
   // Rank bonus per tier above the bottom (log2 units). Default 2: a candidate must be 4x more
   // valuable than the page it displaces, because a swap costs two page moves over PCIe (or the
   // drive) and has to pay them back; on the example prefix trace 0.5 migrated ~25 % more bytes
-  // for no fewer misses (bench/RESULTS.md).
+  // for no fewer misses (bench/RESULTS.md). With priced_swaps (the default) it decides only the
+  // swaps of decode-ranked pages and sinks; prefix pages' swaps are priced instead.
   double hysteresis = 2.0;
+  // Prefix pages: the planner's swaps priced in the cost model (see above). false: Value is the
+  // rank, as before session 15 (prefix ranks with the hysteresis above).
+  bool priced_swaps = true;
   // Normalisers: the mass of a page receiving a uniform share among ~100 pages, the mean value
   // norm, one page's tokens. Only ratios matter for the order; these keep U near 0 for an
   // ordinary page so w_f and w_u weigh comparable magnitudes.
@@ -177,6 +212,12 @@ class KvtierPolicy final : public PlacementPolicy {
     if (drop_tier_ < 0) return std::nullopt;
     return static_cast<Tier>(drop_tier_);
   }
+
+  // The priced-swap parts (see above), for tests: the expected residency of a page in `tier`
+  // (virtual time, units of tau; infinite before the tier's second departure) and the price of
+  // a swap across the boundary below `tier` (0 when nothing lies below or nothing has left `tier`).
+  double Residency(Tier tier) const;
+  double SwapPrice(Tier upper) const;
 
   // The parts of the rank, exposed for tests and for the simulator's explanations.
   double FrequencyTerm(const PageStats& stats) const;
@@ -256,6 +297,11 @@ class KvtierPolicy final : public PlacementPolicy {
   // (rounded down), and the level it puts the page in (`drop`: in the drop tier, where the level
   // is that of the drop key, see above; `count`: the page's asked-for count).
   double Level(double beta, double p_chain, int tier) const;
+  // Whether the tier orders its prefix pages by the drop key: the drop tier, and the top tier
+  // under priced swaps (see above).
+  bool DropOrdered(int tier) const {
+    return tier == drop_tier_ || (options_.priced_swaps && tier == kDeferredTier);
+  }
   int LevelIndex(double q, bool drop, uint8_t count) const {
     if (drop) {
       // The drop key's time-invariant part, on the same grid.
@@ -267,6 +313,17 @@ class KvtierPolicy final : public PlacementPolicy {
   }
   // A drop-tier page's rank as the other tiers would hold it: the plain level for the drop one.
   double UndoDrop(const Node& node) const;
+  // A page left `tier` (moved or removed): one more gap for its residency.
+  void Departed(Tier tier);
+  // The value of a priced swap for a prefix page (see above).
+  double SwapValue(const Node& node) const;
+  // The next lower tier that has held a page (none: -1).
+  int TierBelow(int tier) const {
+    for (int t = tier + 1; t < kNumTiers; ++t) {
+      if (held_[t]) return t;
+    }
+    return -1;
+  }
   // Moves a deferred page's entry to its rank.
   void Settle(const PageKey& key, Node& node);
   // Re-ranks every prefix page of the tier (tier < 0: of every tier) after beta or the drop tier
@@ -302,6 +359,14 @@ class KvtierPolicy final : public PlacementPolicy {
   absl::flat_hash_set<NamespaceId> attention_namespaces_;
   // The tier whose prefix pages are ordered by the drop key: the lowest that has held a page.
   int drop_tier_ = -1;
+  // For priced swaps: the latest virtual time observed; per tier, whether it ever held a page,
+  // its pages, when one last left it and the mean gap between departures (< 0: none yet).
+  double virtual_now_ = 0;
+  std::array<bool, kNumTiers> held_{};
+  std::array<uint64_t, kNumTiers> pages_{};
+  std::array<bool, kNumTiers> departed_{};
+  std::array<double, kNumTiers> last_departure_{};
+  std::array<double, kNumTiers> departure_gap_{-1.0, -1.0, -1.0};
   uint64_t deferred_hits_ = 0;
 };
 

@@ -23,6 +23,7 @@
 // Thread model: single-threaded; one store per policy, built and destroyed inside the call.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -98,7 +99,14 @@ struct SimResult {
   uint64_t miss_tokens = 0;
   uint64_t pages_migrated = 0;
   uint64_t bytes_migrated = 0;  // modeled: pages x tokens per page x bytes_per_token
-  double load_seconds = 0, recompute_seconds = 0, migration_seconds = 0;
+  // Pages moved from tier i to tier j (HBM, DRAM, NVMe), which the migration seconds price.
+  std::array<std::array<uint64_t, kNumTiers>, kNumTiers> pages_moved{};
+  // New pages the store placed straight into DRAM or NVMe (HBM had no evictable page, or the
+  // policy refused them there), per tier. Their bytes still cross the link to that tier, so they
+  // are priced as a move from HBM would be (in bytes_migrated and migration_seconds).
+  std::array<uint64_t, kNumTiers> pages_put_below{};
+  double load_seconds = 0, recompute_seconds = 0;
+  double migration_seconds = 0;        // moves between tiers and pages_put_below's writes
   double modeled_prefill_seconds = 0;  // load + recompute + migration
   // Share of the tokens asked for that were served from a tier (any tier; hbm: from HBM).
   double hit_share = 0, hbm_hit_share = 0;

@@ -95,6 +95,7 @@ TEST(PlannerTest, KvtierHysteresisHoldsBackSmallGains) {
     KvtierPolicyOptions o;
     o.hysteresis = hysteresis;
     o.frequency_half_life_ms = 30'000;
+    o.priced_swaps = false;  // the rank decides swaps (before session 15)
     auto f = Make(std::make_unique<KvtierPolicy>(o), 2, 8, 0, rng, 6);
     // One touch of a demoted page one tau (the reuse estimator's initial 60 s) after the others
     // were written makes it a little more valuable than the HBM pages (its reuse estimate has
@@ -107,6 +108,40 @@ TEST(PlannerTest, KvtierHysteresisHoldsBackSmallGains) {
         f->store->Maintain(MaintainOptions{.max_migration_bytes = 0, .displace = true});
     EXPECT_EQ(r.promoted, hysteresis == 0.0 ? 1u : 0u) << "hysteresis " << hysteresis;
     EXPECT_EQ(f->store->Find(f->ns, demoted)->tier, hysteresis == 0.0 ? Tier::kHbm : Tier::kDram);
+  }
+}
+
+// Priced swaps (kvtier's default): the same touch as above, with no hysteresis, promotes the page
+// only when HBM keeps pages long enough for the page's hits there to pay for the two moves: not
+// when HBM turns over every millisecond, yes when a page stays there for 200 taus (the price is
+// then 0.04 reuses per horizon, below any page's estimate: the prior alone is at least 1 / 8 here).
+TEST(PlannerTest, KvtierSwapsOnlyWhenHitsOverHbmResidencyPayForTwoMoves) {
+  std::mt19937_64 rng = testing::SeededRng();
+  for (const bool slow : {false, true}) {
+    KvtierPolicyOptions o;
+    o.hysteresis = 0;
+    o.adaptive_beta = false;
+    auto policy = std::make_unique<KvtierPolicy>(o);
+    const KvtierPolicy* kvtier = policy.get();
+    auto f = Make(std::move(policy), 2, 8, 0, rng, 0);
+    const uint64_t gap_ns = slow ? 6'000'000'000'000ull : 1'000'000ull;  // 100 taus or 1 ms
+    std::vector<std::byte> bytes(kPageBytes);
+    for (int i = 0; i < 6; ++i) {
+      f->clock.AdvanceNs(gap_ns);
+      f->keys.push_back(PageKey{rng() | 1, rng()});
+      const ConstBuffer src{bytes.data(), bytes.size()};
+      ASSERT_TRUE(f->store->Put(f->ns, f->keys.back(), absl::MakeConstSpan(&src, 1)).ok());
+    }
+    ASSERT_EQ(InHbm(*f, f->keys), 2);
+    // HBM's two pages each stay two gaps: 200 taus, or 2 ms (3.3e-5 taus).
+    EXPECT_NEAR(kvtier->Residency(Tier::kHbm), slow ? 200.0 : 2.0 / 60'000, slow ? 1e-6 : 1e-9);
+    const PageKey demoted = f->keys[rng() % 4];
+    f->clock.AdvanceNs(60'000'000'000ull);
+    ASSERT_TRUE(f->store->Touch(f->ns, demoted).ok());
+    const PlannerReport r =
+        f->store->Maintain(MaintainOptions{.max_migration_bytes = 0, .displace = true});
+    EXPECT_EQ(r.promoted, slow ? 1u : 0u) << "slow " << slow;
+    EXPECT_EQ(f->store->Find(f->ns, demoted)->tier, slow ? Tier::kHbm : Tier::kDram);
   }
 }
 

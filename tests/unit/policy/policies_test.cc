@@ -110,6 +110,7 @@ TEST(KvtierPolicyTest, HysteresisIsABonusPerTierOfHeight) {
   std::mt19937_64 rng = testing::SeededRng();
   KvtierPolicyOptions o;
   o.hysteresis = 0.25 + static_cast<double>(rng() % 100) / 50;
+  o.priced_swaps = false;  // the rank is the planner's Value (before session 15)
   KvtierPolicy policy(o);
   const PageKey k = RandomKey(rng);
   PageEntry e = Entry(Tier::kDram, 7'000'000'000ull, 2.5f);
@@ -269,7 +270,9 @@ namespace {
 // Random inserts, accesses, updates, moves between all three tiers and removals: each tier's
 // victims come out in the order of the key the tier ranks by, candidates in the reverse order, and
 // that key is the page's Value everywhere but in the drop tier (the lowest one holding pages).
-void CheckOrders(KvtierPolicy& policy, const absl::flat_hash_map<PageKey, PageEntry>& live) {
+// (With priced swaps, the default, Value is what a swap is worth instead: see kvtier_policy.h.)
+void CheckOrders(KvtierPolicy& policy, const absl::flat_hash_map<PageKey, PageEntry>& live,
+                 bool priced_swaps = true) {
   for (Tier t : kAllTiers) {
     const size_t in_tier = static_cast<size_t>(std::count_if(
         live.begin(), live.end(), [&](const auto& kv) { return kv.second.tier == t; }));
@@ -278,7 +281,7 @@ void CheckOrders(KvtierPolicy& policy, const absl::flat_hash_map<PageKey, PageEn
     for (size_t j = 1; j < low.size(); ++j) {
       EXPECT_LE(policy.OrderKey(low[j - 1]), policy.OrderKey(low[j])) << "victim " << j;
     }
-    if (policy.drop_tier() != t) {
+    if (policy.drop_tier() != t && !priced_swaps) {
       for (const PageKey& k : low) EXPECT_EQ(policy.OrderKey(k), policy.Value(k));
     }
     std::vector<PageKey> high;
@@ -300,56 +303,60 @@ void CheckOrders(KvtierPolicy& policy, const absl::flat_hash_map<PageKey, PageEn
 
 TEST(KvtierPolicyTest, LevelsMergeIntoOneRankOrder) {
   std::mt19937_64 rng = testing::SeededRng();
-  KvtierPolicy policy;
-  std::vector<PageKey> keys;
-  absl::flat_hash_map<PageKey, PageEntry> live;
-  uint64_t now = 1'000'000'000;
-  for (int op = 0; op < 6000; ++op) {
-    now += 1'000'000 * (1 + rng() % 2000);
-    const int kind = static_cast<int>(rng() % 10);
-    if (kind < 4 || keys.empty()) {
-      const PageKey k = RandomKey(rng);
-      // NVMe only in the second half: the drop tier moves from DRAM to NVMe mid-run.
-      const Tier tier = rng() % 3 != 0                ? Tier::kHbm
-                        : op > 3000 && rng() % 2 == 0 ? Tier::kNvme
-                                                      : Tier::kDram;
-      PageEntry e = Entry(tier, now, 1.0f);
-      e.stats.tokens = rng() % 4 == 0 ? 7 : 16;
-      if (!keys.empty() && rng() % 2 == 0) {
-        e.parent = keys[rng() % keys.size()];
-        e.position = 1 + static_cast<uint32_t>(rng() % 100);
-      }
-      keys.push_back(k);
-      live[k] = e;
-      policy.OnInsert(k, e);
-    } else {
-      const size_t i = rng() % keys.size();
-      PageEntry& e = live[keys[i]];
-      if (kind < 7) {
-        e.stats.last_access_ns = now;
-        policy.OnAccess(keys[i], e);
-      } else if (kind == 7) {
-        e.cached_children = static_cast<uint32_t>(rng() % 3);
-        policy.OnUpdate(keys[i], e);
-      } else if (kind == 8) {
-        const Tier from = e.tier;
-        e.tier = static_cast<Tier>((TierIndex(from) + 1 + rng() % 2) % (op > 3000 ? 3 : 2));
-        policy.OnMove(keys[i], from, e);
+  for (const bool priced : {false, true}) {
+    KvtierPolicyOptions o;
+    o.priced_swaps = priced;
+    KvtierPolicy policy(o);
+    std::vector<PageKey> keys;
+    absl::flat_hash_map<PageKey, PageEntry> live;
+    uint64_t now = 1'000'000'000;
+    for (int op = 0; op < 6000; ++op) {
+      now += 1'000'000 * (1 + rng() % 2000);
+      const int kind = static_cast<int>(rng() % 10);
+      if (kind < 4 || keys.empty()) {
+        const PageKey k = RandomKey(rng);
+        // NVMe only in the second half: the drop tier moves from DRAM to NVMe mid-run.
+        const Tier tier = rng() % 3 != 0                ? Tier::kHbm
+                          : op > 3000 && rng() % 2 == 0 ? Tier::kNvme
+                                                        : Tier::kDram;
+        PageEntry e = Entry(tier, now, 1.0f);
+        e.stats.tokens = rng() % 4 == 0 ? 7 : 16;
+        if (!keys.empty() && rng() % 2 == 0) {
+          e.parent = keys[rng() % keys.size()];
+          e.position = 1 + static_cast<uint32_t>(rng() % 100);
+        }
+        keys.push_back(k);
+        live[k] = e;
+        policy.OnInsert(k, e);
       } else {
-        policy.OnRemove(keys[i], e);
-        live.erase(keys[i]);
-        keys[i] = keys.back();
-        keys.pop_back();
+        const size_t i = rng() % keys.size();
+        PageEntry& e = live[keys[i]];
+        if (kind < 7) {
+          e.stats.last_access_ns = now;
+          policy.OnAccess(keys[i], e);
+        } else if (kind == 7) {
+          e.cached_children = static_cast<uint32_t>(rng() % 3);
+          policy.OnUpdate(keys[i], e);
+        } else if (kind == 8) {
+          const Tier from = e.tier;
+          e.tier = static_cast<Tier>((TierIndex(from) + 1 + rng() % 2) % (op > 3000 ? 3 : 2));
+          policy.OnMove(keys[i], from, e);
+        } else {
+          policy.OnRemove(keys[i], e);
+          live.erase(keys[i]);
+          keys[i] = keys.back();
+          keys.pop_back();
+        }
+      }
+      if (op == 2999) {
+        EXPECT_EQ(policy.drop_tier(), Tier::kDram);
+        CheckOrders(policy, live, priced);
       }
     }
-    if (op == 2999) {
-      EXPECT_EQ(policy.drop_tier(), Tier::kDram);
-      CheckOrders(policy, live);
-    }
+    ASSERT_EQ(policy.tracked(), live.size());
+    EXPECT_EQ(policy.drop_tier(), Tier::kNvme);
+    CheckOrders(policy, live, priced);
   }
-  ASSERT_EQ(policy.tracked(), live.size());
-  EXPECT_EQ(policy.drop_tier(), Tier::kNvme);
-  CheckOrders(policy, live);
 }
 
 // Hits in the top tier leave a page's entry below its rank (deferred); victims must still come out
@@ -449,6 +456,90 @@ TEST(KvtierPolicyTest, DropTierKeepsPagesAskedForTwice) {
     EXPECT_EQ(Victims(policy, t, 1).front(), fresh) << "tiered " << tiered;
     // The planner compares plain ranks across tiers, in the drop tier too.
     EXPECT_LT(policy.Value(proven), policy.Value(fresh));
+  }
+}
+
+// Priced swaps (the default): a prefix page's Value is its reuses per horizon, -ln(1 - p) with p
+// its decayed P(reuse within the horizon), plus the price of each boundary below its tier; the
+// price is two moves' worth of hits over the upper tier's residency (Little's law: pages there x
+// mean gap between departures).
+TEST(KvtierPolicyTest, PricedSwapValueIsReuseRatePlusThePriceOfTheBoundariesBelow) {
+  std::mt19937_64 rng = testing::SeededRng();
+  KvtierPolicyOptions o;
+  o.adaptive_beta = false;
+  KvtierPolicy policy(o);
+  // One page per tier first (each tier has held a page), then pages through HBM and DRAM: a page
+  // leaves HBM every `gap_ns` and DRAM every second time, so HBM holds 2 and DRAM 3.
+  const uint64_t gap_ns = (1 + rng() % 20) * 60'000'000'000ull;  // 1-20 initial taus
+  uint64_t now = 1'000'000'000;
+  const PageKey bottom = RandomKey(rng);
+  policy.OnInsert(bottom, Entry(Tier::kNvme, now, 1.0f));
+  std::vector<std::pair<PageKey, PageEntry>> hbm, dram;
+  for (int i = 0; i < 40; ++i) {
+    now += gap_ns;
+    const PageKey k = RandomKey(rng);
+    hbm.emplace_back(k, Entry(Tier::kHbm, now, 1.0f));
+    policy.OnInsert(k, hbm.back().second);
+    if (hbm.size() > 2) {
+      auto [key, e] = hbm.front();
+      hbm.erase(hbm.begin());
+      e.tier = Tier::kDram;
+      policy.OnMove(key, Tier::kHbm, e);
+      dram.emplace_back(key, e);
+    }
+    if (dram.size() > 3 && i % 2 == 0) {
+      policy.OnRemove(dram.front().first, dram.front().second);
+      dram.erase(dram.begin());
+    }
+  }
+  // Gaps are in virtual time (units of tau, 60 s until reuse teaches otherwise).
+  const double tau_gap = static_cast<double>(gap_ns) / 60e9;
+  EXPECT_NEAR(policy.Residency(Tier::kHbm), 2 * tau_gap, 1e-6 * tau_gap);
+  EXPECT_GT(policy.Residency(Tier::kDram), 0);
+  EXPECT_EQ(policy.Residency(Tier::kNvme), HUGE_VAL);  // nothing has left it
+  const double hd = 2 * (1 / o.dram_gbps) / (1 / o.dram_gbps - 1 / o.hbm_gbps) *
+                    o.reuse.horizon_taus / policy.Residency(Tier::kHbm);
+  EXPECT_NEAR(policy.SwapPrice(Tier::kHbm), hd, 1e-9 * hd);
+  const double dn = 2 * (1 / o.nvme_gbps) / (1 / o.nvme_gbps - 1 / o.dram_gbps) *
+                    o.reuse.horizon_taus / policy.Residency(Tier::kDram);
+  EXPECT_NEAR(policy.SwapPrice(Tier::kDram), dn, 1e-9 * dn);
+  EXPECT_EQ(policy.SwapPrice(Tier::kNvme), 0.0);  // nothing below
+  // The newest HBM page, the newest DRAM page and the NVMe page; all but the NVMe one were
+  // observed at `now` or one gap earlier, so their reuse terms are -ln(1 - p) with p <= the cap.
+  const double cap = -std::log1p(-(1 - std::exp(-o.reuse.horizon_taus)));
+  const double v_hbm = policy.Value(hbm.back().first), v_dram = policy.Value(dram.back().first);
+  const double v_nvme = policy.Value(bottom);
+  EXPECT_GT(v_hbm, hd + dn);
+  EXPECT_LE(v_hbm, hd + dn + cap + 1e-9);
+  EXPECT_GT(v_dram, dn);
+  EXPECT_LE(v_dram, dn + cap + 1e-9);
+  EXPECT_GE(v_nvme, 0);
+  EXPECT_LT(v_nvme, 1e-6);  // decayed for 40 gaps of at least a tau each
+  // The rank, not the swap value, still orders victims within a tier.
+  EXPECT_NE(policy.OrderKey(hbm.back().first), v_hbm);
+}
+
+// Under priced swaps the top tier orders its prefix pages by the drop key too (a page leaving HBM
+// seldom comes back, since a swap up must pay two moves): in a tiered cache HBM keeps a page asked
+// for twice over a newer one asked for once, as the bottom tier does; without priced swaps HBM
+// keeps the plain rank (recency first here).
+TEST(KvtierPolicyTest, TopTierKeepsPagesAskedForTwiceUnderPricedSwaps) {
+  std::mt19937_64 rng = testing::SeededRng();
+  for (const bool priced : {false, true}) {
+    KvtierPolicyOptions o;
+    o.adaptive_beta = false;
+    o.priced_swaps = priced;
+    KvtierPolicy policy(o);
+    policy.OnInsert(RandomKey(rng), Entry(Tier::kNvme, 1'000'000, 1.0f));
+    const PageKey proven = RandomKey(rng), fresh = RandomKey(rng);
+    const uint64_t t0 = 1'000'000'000ull + rng() % 1'000'000'000ull;
+    policy.OnInsert(proven, Entry(Tier::kHbm, t0, 1.0f));
+    policy.OnAccess(proven, Entry(Tier::kHbm, t0 + 1'000'000'000ull, 1.0f));
+    // Five initial taus (60 s each) later: less than the 16-tau bonus.
+    policy.OnInsert(fresh, Entry(Tier::kHbm, t0 + 300'000'000'000ull, 1.0f));
+    EXPECT_EQ(policy.drop_tier(), Tier::kNvme);
+    EXPECT_EQ(Victims(policy, Tier::kHbm, 1).front(), priced ? fresh : proven)
+        << "priced " << priced;
   }
 }
 

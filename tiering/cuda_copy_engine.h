@@ -82,10 +82,12 @@ struct CudaCopyEngineOptions {
   // A kernel batch goes in chunks of descriptors that start at this many and grow by
   // `launch_growth` each: the first kernel starts after a few microseconds of host work, and the
   // host builds each next chunk while the GPU copies the last (the host's ~4 ns a descriptor
-  // otherwise comes before the whole copy). Default 1024.
-  uint32_t first_launch_ops = 1024;
-  // Each chunk holds this many times the descriptors of the one before (>= 1; default 2).
-  double launch_growth = 2.0;
+  // otherwise comes before the whole copy). Default 512: with growth 1.5 the best schedule of
+  // those measured on an H200 (bench/gpu/results/h200-run8.md), where the host's build of chunk
+  // k+1 (~4 ns a descriptor) stays ahead of chunk k's copy (~10 ns a 16 KiB piece at 64 SMs).
+  uint32_t first_launch_ops = 512;
+  // Each chunk holds this many times the descriptors of the one before (>= 1; default 1.5).
+  double launch_growth = 1.5;
   // Consecutive chunk kernels of a batch go alternately on two streams, each ordered only after
   // its own chunk's upload, so that chunk k+1's blocks take the SMs that chunk k's blocks leave
   // (no SM idles through a kernel's tail and the next launch). Below every SM of the device the

@@ -182,8 +182,8 @@ int Main(int argc, char** argv) {
   std::vector<Variant> variants;
   {
     std::string list =
-        "16:0:1024:2,16:1:1024:2,16:1:256:2,64:0:1024:2,64:1:1024:2,64:1:256:2,64:1:512:1.5,"
-        "64:1:256:2:1,0:0:1024:2,0:1:1024:2,0:1:256:2,0:1:512:1.5,0:1:256:2:1";
+        "16:0:1024:2,16:1:1024:2,16:1:512:1.5,64:0:1024:2,64:1:1024:2,64:1:512:1.5,"
+        "64:1:768:1.5,64:1:512:1.25,0:0:1024:2,0:1:1024:2,0:1:512:1.5,0:1:768:1.5,0:1:512:1.25";
     if (const char* v = std::getenv("KVTIER_BENCH_ENGINE_VARIANTS"); v != nullptr) list = v;
     for (size_t at = 0; at < list.size();) {
       size_t end = list.find(',', at);
@@ -202,8 +202,10 @@ int Main(int argc, char** argv) {
                     v.growth, same_stream != 0 ? "_u" : "");
       v.label = label;
       CudaCopyEngineOptions o;
+      // Both routes at the variant's budget (a device_to_device budget of 0 would mean the
+      // 16-SM kernel.sm_budget, not every SM).
+      o.kernel.sm_budget = v.budget;
       o.device_to_device_sm_budget = v.budget;
-      if (v.budget <= 16 && v.budget != 0) o.kernel.sm_budget = v.budget;
       o.overlap_launches = v.overlap;
       o.first_launch_ops = v.first;
       o.launch_growth = v.growth;

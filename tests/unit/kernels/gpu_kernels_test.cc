@@ -549,7 +549,8 @@ TEST(CudaCopyEngineTest, OverlappedChunksLandExactlyAtEveryBudget) {
   for (const Setting& st : settings) {
     CudaCopyEngineOptions options;
     options.kernel.sm_budget = 16;
-    options.device_to_device_sm_budget = st.budget;
+    // Every SM spelled as the device's count: a device_to_device budget of 0 means kernel's.
+    options.device_to_device_sm_budget = st.budget == 0 ? device_sms : st.budget;
     options.overlap_launches = st.overlap;
     options.first_launch_ops = st.first;
     options.launch_growth = st.growth;

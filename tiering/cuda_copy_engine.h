@@ -61,11 +61,12 @@ struct CudaCopyEngineOptions {
   // SM budget of device->device kernel copies; 0 (default) means kernel.sm_budget. A separate
   // knob because one SM moves at most ~50 GB/s HBM->HBM whatever the mover (measured on an H100,
   // bench/RESULTS.md), so 16 SMs cap such copies near a third of a device-to-device memcpy, while
-  // host<->device copies reach the PCIe limit with far fewer. Measured on an H200
-  // (bench/RESULTS.md, issue 18, session 13; 512 MiB of 16-64 KiB scattered pieces, the engine end
-  // to end): 64 SMs give 73-77% of a device memcpy, every SM (132) 81-84%; so 132 where HBM->HBM
-  // copies must reach 80% of a memcpy, 64 to leave half the SMs to inference at about three
-  // quarters of it.
+  // host<->device copies reach the PCIe limit with far fewer. Measured on an H200 with overlapped
+  // launches (bench/gpu/results/h200-run8.md; 512 MiB of 16-64 KiB scattered pieces, the engine
+  // end to end, chunks from 768 growing by 1.5): every SM (132) gives 80-89% of a device memcpy
+  // (16 KiB scatter 79.9% once), 64 SMs 83-88% for 32 and 64 KiB pieces and 76-83% for 16 KiB;
+  // so 132 where every HBM->HBM copy must reach 80% of a memcpy, 64 to leave half the SMs to
+  // inference at 80% or more for pieces of 32 KiB and up.
   int device_to_device_sm_budget = 0;
   // Method per route. kAuto (default) takes the calibration table's pick for the batch's mean
   // piece size; another value pins that method and skips calibrating the route. kKernelBulk may
@@ -82,10 +83,11 @@ struct CudaCopyEngineOptions {
   // A kernel batch goes in chunks of descriptors that start at this many and grow by
   // `launch_growth` each: the first kernel starts after a few microseconds of host work, and the
   // host builds each next chunk while the GPU copies the last (the host's ~4 ns a descriptor
-  // otherwise comes before the whole copy). Default 512: with growth 1.5 the best schedule of
-  // those measured on an H200 (bench/gpu/results/h200-run8.md), where the host's build of chunk
-  // k+1 (~4 ns a descriptor) stays ahead of chunk k's copy (~10 ns a 16 KiB piece at 64 SMs).
-  uint32_t first_launch_ops = 512;
+  // otherwise comes before the whole copy). Default 768: with growth 1.5 the best of the
+  // schedules measured on an H200 for 16 KiB pieces at 64 and 132 SMs, and level with the others
+  // at 32 and 64 KiB (bench/gpu/results/h200-run8.md); the host builds chunk k+1 (~4-5 ns a
+  // descriptor) while chunk k copies (~10 ns a 16 KiB piece at 64 SMs).
+  uint32_t first_launch_ops = 768;
   // Each chunk holds this many times the descriptors of the one before (>= 1; default 1.5).
   double launch_growth = 1.5;
   // Consecutive chunk kernels of a batch go alternately on two streams, each ordered only after

@@ -1,12 +1,15 @@
 #include "tiering/cuda_copy_engine.h"
 
+#include <cuda.h>
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
@@ -79,6 +82,81 @@ struct PinnedHost {
     if (p != nullptr) cudaFreeHost(p);
   }
 };
+
+// The driver's green-context entry points, reached through the runtime (no -lcuda link): null
+// members where the driver lacks them (before CUDA 12.5), and then `ok` is false.
+struct GreenApi {
+  decltype(&cuDeviceGet) device_get = nullptr;
+  decltype(&cuDeviceGetDevResource) get_resource = nullptr;
+  decltype(&cuDevSmResourceSplitByCount) split = nullptr;
+  decltype(&cuDevResourceGenerateDesc) generate_desc = nullptr;
+  decltype(&cuGreenCtxCreate) create = nullptr;
+  decltype(&cuGreenCtxDestroy) destroy = nullptr;
+  decltype(&cuGreenCtxStreamCreate) stream_create = nullptr;
+  decltype(&cuStreamDestroy) stream_destroy = nullptr;
+  decltype(&cuCtxFromGreenCtx) to_ctx = nullptr;
+  decltype(&cuCtxPushCurrent) push = nullptr;
+  decltype(&cuCtxPopCurrent) pop = nullptr;
+  bool ok = false;
+};
+
+template <typename Fn>
+bool ResolveDriver(const char* name, Fn& out) {
+  void* fn = nullptr;
+  cudaDriverEntryPointQueryResult q{};
+  if (cudaGetDriverEntryPointByVersion(name, &fn, 12050, cudaEnableDefault, &q) != cudaSuccess ||
+      q != cudaDriverEntryPointSuccess || fn == nullptr) {
+    cudaGetLastError();
+    return false;
+  }
+  out = reinterpret_cast<Fn>(fn);
+  return true;
+}
+
+const GreenApi& Green() {
+  static const GreenApi api = [] {
+    GreenApi a;
+    a.ok = ResolveDriver("cuDeviceGet", a.device_get) &&
+           ResolveDriver("cuDeviceGetDevResource", a.get_resource) &&
+           ResolveDriver("cuDevSmResourceSplitByCount", a.split) &&
+           ResolveDriver("cuDevResourceGenerateDesc", a.generate_desc) &&
+           ResolveDriver("cuGreenCtxCreate", a.create) &&
+           ResolveDriver("cuGreenCtxDestroy", a.destroy) &&
+           ResolveDriver("cuGreenCtxStreamCreate", a.stream_create) &&
+           ResolveDriver("cuStreamDestroy", a.stream_destroy) &&
+           ResolveDriver("cuCtxFromGreenCtx", a.to_ctx) &&
+           ResolveDriver("cuCtxPushCurrent", a.push) && ResolveDriver("cuCtxPopCurrent", a.pop);
+    return a;
+  }();
+  return api;
+}
+
+absl::Status DriverStatus(CUresult r, const char* what) {
+  if (r == CUDA_SUCCESS) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat(what, ": CUresult ", static_cast<int>(r)));
+}
+
+// Makes a green context current for a launch, when its lane asks for that.
+class ScopedGreen {
+ public:
+  ScopedGreen(void* green, bool push) {
+    if (!push || green == nullptr) return;
+    CUcontext ctx = nullptr;
+    pushed_ = Green().to_ctx(&ctx, static_cast<CUgreenCtx>(green)) == CUDA_SUCCESS &&
+              Green().push(ctx) == CUDA_SUCCESS;
+  }
+  ~ScopedGreen() {
+    CUcontext popped = nullptr;
+    if (pushed_) Green().pop(&popped);
+  }
+  ScopedGreen(const ScopedGreen&) = delete;
+  ScopedGreen& operator=(const ScopedGreen&) = delete;
+
+ private:
+  bool pushed_ = false;
+};
+
+std::atomic<bool> lane_fallback_logged{false};
 }  // namespace
 
 CudaCopyEngine::CudaCopyEngine(const CudaCopyEngineOptions& options) : options_(options) {}
@@ -96,13 +174,162 @@ CudaCopyEngine::~CudaCopyEngine() {
   }
   if (uploaded_ != nullptr) cudaEventDestroy(uploaded_);
   if (staging_ != nullptr) cudaFreeHost(staging_);
+  for (Lane& lane : lanes_) DestroyLane(lane);
+}
+
+void CudaCopyEngine::DestroyLane(Lane& lane) {
+  for (cudaStream_t& s : lane.streams) {
+    if (s == nullptr) continue;
+    cudaStreamSynchronize(s);
+    if (lane.green != nullptr) {
+      Green().stream_destroy(reinterpret_cast<CUstream>(s));
+    } else {
+      cudaStreamDestroy(s);
+    }
+    s = nullptr;
+  }
+  if (lane.green != nullptr) Green().destroy(static_cast<CUgreenCtx>(lane.green));
+  lane.green = nullptr;
+  lane.mode = "one_stream";
+}
+
+absl::string_view CudaCopyEngine::LaunchMode(CopyRoute route) const {
+  return route == CopyRoute::kHostToHost ? "none" : LaneFor(route).mode;
+}
+
+int CudaCopyEngine::LaunchSms(CopyRoute route) const {
+  return route == CopyRoute::kHostToHost ? 0 : LaneFor(route).sms;
+}
+
+absl::Status CudaCopyEngine::InitLane(int budget, int device_sms, Lane& lane) {
+  lane.sms = budget == 0 ? device_sms : std::min(budget, device_sms);
+  if (!options_.overlap_launches) return absl::OkStatus();
+  auto fall_back = [&](const std::string& why) {
+    DestroyLane(lane);
+    cudaGetLastError();
+    if (!lane_fallback_logged.exchange(true)) {
+      std::fprintf(stderr,
+                   "kvtier cuda copy engine: chunk kernels of a %d-SM budget go on one stream: "
+                   "%s (logged once)\n",
+                   lane.sms, why.c_str());
+    }
+    return absl::OkStatus();
+  };
+  if (lane.sms == device_sms) {
+    // Every SM: two ordinary streams; the kernels cannot exceed the budget.
+    for (cudaStream_t& s : lane.streams) {
+      if (cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) != cudaSuccess) {
+        return fall_back("cudaStreamCreate failed");
+      }
+    }
+    lane.mode = "two_stream";
+  } else {
+    const char* env = std::getenv("KVTIER_COPY_GREEN");
+    if (env != nullptr && std::strcmp(env, "0") == 0) return fall_back("KVTIER_COPY_GREEN=0");
+    const GreenApi& api = Green();
+    if (!api.ok) return fall_back("the driver has no green contexts (CUDA 12.5)");
+    CUdevice dev = 0;
+    CUdevResource all{};
+    if (absl::Status s = DriverStatus(api.device_get(&dev, options_.device), "cuDeviceGet");
+        !s.ok()) {
+      return fall_back(s.ToString());
+    }
+    if (absl::Status s = DriverStatus(api.get_resource(dev, &all, CU_DEV_RESOURCE_TYPE_SM),
+                                      "cuDeviceGetDevResource");
+        !s.ok()) {
+      return fall_back(s.ToString());
+    }
+    // A group of exactly the budget's SMs: the default split first (aligned to the device's
+    // co-scheduling granularity, 8 SMs on Hopper), then SM by SM.
+    CUdevResource group{};
+    bool exact = false;
+    for (unsigned flags : {0u, unsigned{CU_DEV_SM_RESOURCE_SPLIT_IGNORE_SM_COSCHEDULING}}) {
+      unsigned groups = 1;
+      CUdevResource rest{};
+      if (api.split(&group, &groups, &all, &rest, flags, static_cast<unsigned>(lane.sms)) ==
+              CUDA_SUCCESS &&
+          groups == 1 && group.sm.smCount == static_cast<unsigned>(lane.sms)) {
+        exact = true;
+        break;
+      }
+    }
+    if (!exact) {
+      return fall_back(absl::StrCat("no green context of exactly ", lane.sms, " SMs"));
+    }
+    CUdevResourceDesc desc = nullptr;
+    if (absl::Status s =
+            DriverStatus(api.generate_desc(&desc, &group, 1), "cuDevResourceGenerateDesc");
+        !s.ok()) {
+      return fall_back(s.ToString());
+    }
+    CUgreenCtx green = nullptr;
+    if (absl::Status s = DriverStatus(api.create(&green, desc, dev, CU_GREEN_CTX_DEFAULT_STREAM),
+                                      "cuGreenCtxCreate");
+        !s.ok()) {
+      return fall_back(s.ToString());
+    }
+    lane.green = green;
+    for (cudaStream_t& st : lane.streams) {
+      CUstream cs = nullptr;
+      if (absl::Status s = DriverStatus(api.stream_create(&cs, green, CU_STREAM_NON_BLOCKING, 0),
+                                        "cuGreenCtxStreamCreate");
+          !s.ok()) {
+        return fall_back(s.ToString());
+      }
+      st = reinterpret_cast<cudaStream_t>(cs);
+    }
+    lane.mode = "two_stream_green";
+  }
+  // Kernels launched on the lane's streams must run: first as they are, then with the green
+  // context made current around each launch.
+  absl::Status probe = ProbeLane(lane);
+  if (!probe.ok() && lane.green != nullptr) {
+    cudaGetLastError();
+    lane.push_ctx = true;
+    probe = ProbeLane(lane);
+  }
+  if (!probe.ok()) return fall_back(probe.ToString());
+  return absl::OkStatus();
+}
+
+absl::Status CudaCopyEngine::ProbeLane(const Lane& lane) {
+  // Two 16-byte pieces of a scratch buffer and their descriptors: one copy on each stream.
+  auto scratch = kernels::DeviceBuffer::Allocate(64 + 2 * sizeof(kernels::CopyDescriptor));
+  if (!scratch.ok()) return scratch.status();
+  auto* base = static_cast<unsigned char*>(scratch->get());
+  const kernels::CopyDescriptor descs[2] = {{base, base + 16, 16}, {base + 32, base + 48, 16}};
+  auto* device_descs = reinterpret_cast<kernels::CopyDescriptor*>(base + 64);
+  unsigned char init[64];
+  for (int i = 0; i < 64; ++i)
+    init[i] = static_cast<unsigned char>(i < 16 || (i >= 32 && i < 48) ? 0xC3 : 0);
+  RETURN_IF_ERROR(CudaStatus(cudaMemcpy(base, init, 64, cudaMemcpyHostToDevice), "probe init"));
+  RETURN_IF_ERROR(CudaStatus(cudaMemcpy(device_descs, descs, sizeof(descs), cudaMemcpyHostToDevice),
+                             "probe descriptors"));
+  kernels::GpuCopyOptions opt = options_.kernel;
+  opt.sm_budget = lane.sms;
+  opt.mover = kernels::GpuCopyMover::kLoadStore;
+  for (int k = 0; k < 2; ++k) {
+    ScopedGreen current(lane.green, lane.push_ctx);
+    RETURN_IF_ERROR(kernels::LaunchCopyBatch(device_descs + k, 1, 16, opt, lane.streams[k]));
+  }
+  for (cudaStream_t st : lane.streams) {
+    RETURN_IF_ERROR(CudaStatus(cudaStreamSynchronize(st), "probe synchronize"));
+  }
+  unsigned char got[64];
+  RETURN_IF_ERROR(CudaStatus(cudaMemcpy(got, base, 64, cudaMemcpyDeviceToHost), "probe read"));
+  for (int i = 0; i < 64; ++i) {
+    if (got[i] != 0xC3) return absl::InternalError("probe copy did not land");
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::unique_ptr<CudaCopyEngine>> CudaCopyEngine::Create(
     const CudaCopyEngineOptions& options) {
-  if (options.max_ops_per_launch == 0 || options.first_launch_ops == 0) {
+  if (options.max_ops_per_launch == 0 || options.first_launch_ops == 0 ||
+      !(options.launch_growth >= 1.0)) {
     return absl::InvalidArgumentError(
-        "cuda copy engine: max_ops_per_launch and first_launch_ops must be > 0");
+        "cuda copy engine: max_ops_per_launch and first_launch_ops must be > 0 and "
+        "launch_growth >= 1");
   }
   if (options.kernel.sm_budget < 0 || options.device_to_device_sm_budget < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -161,6 +388,16 @@ absl::Status CudaCopyEngine::Init() {
   auto descs = kernels::DeviceBuffer::Allocate(bytes);
   if (!descs.ok()) return descs.status();
   device_descs_ = std::move(*descs);
+  int sms = 0;
+  RETURN_IF_ERROR(CudaStatus(
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, options_.device), "SM count"));
+  const int budget = options_.kernel.sm_budget;
+  const int d2d_budget =
+      options_.device_to_device_sm_budget != 0 ? options_.device_to_device_sm_budget : budget;
+  auto capped = [&](int b) { return b == 0 ? sms : std::min(b, sms); };
+  RETURN_IF_ERROR(InitLane(budget, sms, lanes_[0]));
+  d2d_lane_ = capped(d2d_budget) == capped(budget) ? 0 : 1;
+  if (d2d_lane_ == 1) RETURN_IF_ERROR(InitLane(d2d_budget, sms, lanes_[1]));
   return absl::OkStatus();
 }
 
@@ -329,74 +566,95 @@ absl::Status CudaCopyEngine::RunLocked(CopyRoute route, CudaCopyMethod method,
 absl::Status CudaCopyEngine::RunKernel(CopyRoute route, absl::Span<const CopyOp> ops,
                                        kernels::GpuCopyMover mover) {
   // Ops that break the kernel's 16-byte rule are set aside and copied per run; the rest are staged
-  // as descriptors in chunks (first_launch_ops, doubling), each uploaded on upload_stream_ and
-  // copied by its own launch while the host stages the next. Chunks of one fill take disjoint
-  // slices of the staging and device buffers, so nothing is rewritten while in use; once
-  // max_ops_per_launch are staged, the streams drain and the next fill starts over at 0.
+  // as descriptors in chunks (first_launch_ops, growing by launch_growth), each uploaded on
+  // upload_stream_ and copied by its own launch while the host stages the next. With two streams
+  // (the route's lane), chunk k+1's kernel waits only on its own upload and so overlaps chunk k's
+  // tail. Chunks of one fill take disjoint slices of the staging and device buffers, so nothing
+  // is rewritten while in use; once max_ops_per_launch are staged, the streams drain and the next
+  // fill starts over at 0.
   unaligned_.clear();
+  const Lane& lane = LaneFor(route);
+  const bool two = lane.streams[1] != nullptr;
+  const std::array<cudaStream_t, 2> streams = {two ? lane.streams[0] : stream_,
+                                               two ? lane.streams[1] : stream_};
+  int turn = 0;  // the stream of the next launch
+  const bool upload_on_launch_stream = two && options_.upload_on_launch_stream;
   const size_t capacity = options_.max_ops_per_launch;
+  const size_t first = std::min<size_t>(options_.first_launch_ops, capacity);
   size_t begin = 0;   // first descriptor of the chunk being staged
   size_t staged = 0;  // descriptors staged so far in this fill
-  size_t target = std::min<size_t>(options_.first_launch_ops, capacity);
+  size_t target = first;
   uint64_t max_piece = 0;
   kernels::GpuCopyOptions kernel_options = options_.kernel;
   kernel_options.mover = mover;
-  if (route == CopyRoute::kDeviceToDevice && options_.device_to_device_sm_budget != 0) {
-    kernel_options.sm_budget = options_.device_to_device_sm_budget;
-  }
+  kernel_options.sm_budget = lane.sms;
+  auto drain = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> absl::Status {
+    absl::Status status;
+    for (int k = 0; k < (two ? 2 : 1); ++k) {
+      status.Update(
+          CudaStatus(cudaStreamSynchronize(streams[k]), "cuda copy engine: stream synchronize"));
+    }
+    return status;
+  };
   // The lambda runs under the caller's lock; Clang's analysis needs to be told so.
   auto launch = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> absl::Status {
     const size_t n = staged - begin;
     if (n == 0) return absl::OkStatus();
     auto* device = static_cast<kernels::CopyDescriptor*>(device_descs_.get()) + begin;
-    if (absl::Status s = CudaStatus(
-            cudaMemcpyAsync(device, staging_ + begin, n * sizeof(kernels::CopyDescriptor),
-                            cudaMemcpyHostToDevice, upload_stream_),
-            "cuda copy engine: descriptor upload");
-        !s.ok()) {
-      return s;
+    cudaStream_t stream = streams[turn];
+    turn ^= 1;
+    RETURN_IF_ERROR(CudaStatus(
+        cudaMemcpyAsync(device, staging_ + begin, n * sizeof(kernels::CopyDescriptor),
+                        cudaMemcpyHostToDevice, upload_on_launch_stream ? stream : upload_stream_),
+        "cuda copy engine: descriptor upload"));
+    if (!upload_on_launch_stream) {
+      // A wait takes the event's latest record when it is enqueued, so one event serves every
+      // chunk.
+      RETURN_IF_ERROR(CudaStatus(cudaEventRecord(uploaded_, upload_stream_),
+                                 "cuda copy engine: cudaEventRecord"));
+      RETURN_IF_ERROR(CudaStatus(cudaStreamWaitEvent(stream, uploaded_, 0),
+                                 "cuda copy engine: cudaStreamWaitEvent"));
     }
-    // A wait takes the event's latest record when it is enqueued, so one event serves every chunk.
-    if (absl::Status s = CudaStatus(cudaEventRecord(uploaded_, upload_stream_),
-                                    "cuda copy engine: cudaEventRecord");
-        !s.ok()) {
-      return s;
-    }
-    if (absl::Status s = CudaStatus(cudaStreamWaitEvent(stream_, uploaded_, 0),
-                                    "cuda copy engine: cudaStreamWaitEvent");
-        !s.ok()) {
-      return s;
-    }
-    if (absl::Status s = kernels::LaunchCopyBatch(device, static_cast<uint32_t>(n), max_piece,
-                                                  kernel_options, stream_);
-        !s.ok()) {
-      return s;
+    {
+      ScopedGreen current(lane.green, lane.push_ctx);
+      RETURN_IF_ERROR(kernels::LaunchCopyBatch(device, static_cast<uint32_t>(n), max_piece,
+                                               kernel_options, stream));
     }
     begin = staged;
     max_piece = 0;
-    target = std::min(2 * target, capacity);
+    const double grown = std::ceil(static_cast<double>(target) * options_.launch_growth);
+    target = grown >= static_cast<double>(capacity) ? capacity : static_cast<size_t>(grown);
     if (staged < capacity) return absl::OkStatus();
     // The buffers are full: what they hold must have been read before they are rewritten.
     begin = staged = 0;
-    target = std::min<size_t>(options_.first_launch_ops, capacity);
-    return Sync();
+    target = first;
+    return drain();
   };
-  for (const CopyOp& op : ops) {
-    if ((reinterpret_cast<uintptr_t>(op.src) | reinterpret_cast<uintptr_t>(op.dst) | op.bytes) %
-            kernels::kCopyAlignment !=
-        0) {
-      unaligned_.push_back(op);
-      continue;
+  auto stage = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> absl::Status {
+    for (const CopyOp& op : ops) {
+      if ((reinterpret_cast<uintptr_t>(op.src) | reinterpret_cast<uintptr_t>(op.dst) | op.bytes) %
+              kernels::kCopyAlignment !=
+          0) {
+        unaligned_.push_back(op);
+        continue;
+      }
+      staging_[staged++] = kernels::CopyDescriptor{op.src, op.dst, op.bytes};
+      max_piece = std::max<uint64_t>(max_piece, op.bytes);
+      if (staged - begin == target || staged == capacity) {
+        RETURN_IF_ERROR(launch());
+      }
     }
-    staging_[staged++] = kernels::CopyDescriptor{op.src, op.dst, op.bytes};
-    max_piece = std::max<uint64_t>(max_piece, op.bytes);
-    if (staged - begin == target || staged == capacity) {
-      RETURN_IF_ERROR(launch());
-    }
+    return launch();
+  };
+  absl::Status status = stage();
+  // Drained before returning, error or not, as every launch used to be: the next call stages
+  // from slot 0 again, and nothing may still read the staging buffer. (An upload enqueued before
+  // a refused launch is ordered before the next call's uploads on upload_stream_.)
+  status.Update(drain());
+  if (!status.ok()) {
+    cudaStreamSynchronize(upload_stream_);
+    return status;
   }
-  RETURN_IF_ERROR(launch());
-  // Drained before returning, as every launch used to be: the next call stages from slot 0 again.
-  RETURN_IF_ERROR(Sync());
   if (!unaligned_.empty()) {
     CountFallback(unaligned_.size(), "copy ops not 16-byte aligned cannot take the copy kernel");
     return RunPerRun(unaligned_);

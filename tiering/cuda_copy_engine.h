@@ -60,11 +60,12 @@ struct CudaCopyEngineOptions {
   // SM budget of device->device kernel copies; 0 (default) means kernel.sm_budget. A separate
   // knob because one SM moves at most ~50 GB/s HBM->HBM whatever the mover (measured on an H100,
   // bench/RESULTS.md), so 16 SMs cap such copies near a third of a device-to-device memcpy, while
-  // host<->device copies reach the PCIe limit with far fewer. Measured on an H200
-  // (bench/RESULTS.md, issue 18, session 13; 512 MiB of 16-64 KiB scattered pieces, the engine end
-  // to end): 64 SMs give 73-77% of a device memcpy, every SM (132) 81-84%; so 132 where HBM->HBM
-  // copies must reach 80% of a memcpy, 64 to leave half the SMs to inference at about three
-  // quarters of it.
+  // host<->device copies reach the PCIe limit with far fewer. Measured on an H200 with overlapped
+  // launches (bench/gpu/results/h200-run8.md; 512 MiB of 16-64 KiB scattered pieces, the engine
+  // end to end, chunks from 768 growing by 1.5): every SM (132) gives 80-89% of a device memcpy
+  // (16 KiB scatter 79.9% once), 64 SMs 83-88% for 32 and 64 KiB pieces and 76-83% for 16 KiB;
+  // so 132 where every HBM->HBM copy must reach 80% of a memcpy, 64 to leave half the SMs to
+  // inference at 80% or more for pieces of 32 KiB and up.
   int device_to_device_sm_budget = 0;
   // Method per route. kAuto (default) takes the calibration table's pick for the batch's mean
   // piece size; another value pins that method and skips calibrating the route. kKernelBulk may
@@ -78,11 +79,28 @@ struct CudaCopyEngineOptions {
   // Descriptors staged per kernel launch (24 bytes each, pinned + device). Larger batches are
   // split. Default 65536: a 4 GiB batch of 64 KiB pieces in one launch.
   uint32_t max_ops_per_launch = 65536;
-  // A kernel batch goes in chunks of descriptors that start at this many and double: the first
-  // kernel starts after a few microseconds of host work, and the host builds each next chunk
-  // while the GPU copies the last (the host's ~5 ns a descriptor otherwise comes before the whole
-  // copy). Default 1024.
-  uint32_t first_launch_ops = 1024;
+  // A kernel batch goes in chunks of descriptors that start at this many and grow by
+  // `launch_growth` each: the first kernel starts after a few microseconds of host work, and the
+  // host builds each next chunk while the GPU copies the last (the host's ~4 ns a descriptor
+  // otherwise comes before the whole copy). Default 768: with growth 1.5 the best of the
+  // schedules measured on an H200 for 16 KiB pieces at 64 and 132 SMs, and level with the others
+  // at 32 and 64 KiB (bench/gpu/results/h200-run8.md); the host builds chunk k+1 (~4-5 ns a
+  // descriptor) while chunk k copies (~10 ns a 16 KiB piece at 64 SMs).
+  uint32_t first_launch_ops = 768;
+  // Each chunk holds this many times the descriptors of the one before (>= 1; default 1.5).
+  double launch_growth = 1.5;
+  // Consecutive chunk kernels of a batch go alternately on two streams, each ordered only after
+  // its own chunk's upload, so that chunk k+1's blocks take the SMs that chunk k's blocks leave
+  // (no SM idles through a kernel's tail and the next launch). Below every SM of the device the
+  // two streams belong to a green context that holds exactly the budget's SMs, so two kernels in
+  // flight still occupy at most the budget. Where no such context can be made (a driver before
+  // CUDA 12.5, MPS, a budget the device cannot partition exactly, KVTIER_COPY_GREEN=0 in the
+  // environment), chunks of that budget go on one stream as with false, logged once. Default true.
+  bool overlap_launches = true;
+  // With two streams: each chunk's descriptor upload goes on the stream of its own kernel (which
+  // then needs no event), behind the kernel two chunks back, instead of on the upload stream.
+  // Saves two API calls a chunk. Default false.
+  bool upload_on_launch_stream = false;
 };
 
 // One row of the calibration table: GB/s of each method for `piece_bytes` pieces on `route`.
@@ -121,6 +139,12 @@ class CudaCopyEngine final : public CopyEngine {
   const std::vector<CopyCalibration>& calibration() const { return calibration_; }
   // Ops that could not take their route's method (pageable memory, unaligned) and went per run.
   uint64_t fallbacks() const { return fallbacks_.load(std::memory_order_relaxed); }
+  // How the kernel methods launch a batch's chunks on `route` (host->host: none):
+  // "two_stream_green" (two streams of a green context of the route's budget), "two_stream"
+  // (two streams, the budget is every SM) or "one_stream".
+  absl::string_view LaunchMode(CopyRoute route) const;
+  // SMs the kernel methods may occupy on `route`: its budget, capped at the device's SM count.
+  int LaunchSms(CopyRoute route) const;
 
  private:
   struct Region {
@@ -128,6 +152,16 @@ class CudaCopyEngine final : public CopyEngine {
     MemoryKind kind;
   };
   enum class PtrKind : uint8_t { kDevice, kPinnedHost, kPageableHost };
+  // Where the chunk kernels of one SM budget run: two streams (overlap_launches) of a green
+  // context holding the budget's SMs, or of the primary context when the budget is every SM; or,
+  // with streams[1] null, the engine's stream_. Made by Init, then fixed.
+  struct Lane {
+    int sms = 0;            // the budget, capped at the device's SM count
+    void* green = nullptr;  // CUgreenCtx, or null
+    bool push_ctx = false;  // launches need the green context current (Init's probe decides)
+    std::array<cudaStream_t, 2> streams = {nullptr, nullptr};
+    absl::string_view mode = "one_stream";
+  };
 
   explicit CudaCopyEngine(const CudaCopyEngineOptions& options);
   absl::Status Init();
@@ -140,6 +174,14 @@ class CudaCopyEngine final : public CopyEngine {
   absl::Status RunBatch(absl::Span<const CopyOp> ops) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status RunPerRun(absl::Span<const CopyOp> ops) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Sync() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status InitLane(int budget, int device_sms, Lane& lane) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Copies 16 bytes with the copy kernel on each of `lane`'s streams and checks them: whether
+  // kernels launched there run.
+  absl::Status ProbeLane(const Lane& lane) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void DestroyLane(Lane& lane);
+  const Lane& LaneFor(CopyRoute route) const {
+    return lanes_[route == CopyRoute::kDeviceToDevice ? d2d_lane_ : 0];
+  }
   void CountFallback(size_t ops, const char* why);
 
   const CudaCopyEngineOptions options_;
@@ -153,6 +195,10 @@ class CudaCopyEngine final : public CopyEngine {
   // kernel; `uploaded_` orders each kernel after its upload.
   cudaStream_t upload_stream_ ABSL_GUARDED_BY(mu_) = nullptr;
   cudaEvent_t uploaded_ ABSL_GUARDED_BY(mu_) = nullptr;
+  // [0]: host<->device (kernel.sm_budget); [d2d_lane_]: device->device (1 when its budget
+  // differs, else 0). Written by Init only.
+  std::array<Lane, 2> lanes_;
+  int d2d_lane_ = 0;
   std::vector<Region> regions_ ABSL_GUARDED_BY(mu_);  // sorted by begin, non-overlapping
   std::array<size_t, 2> last_hit_ ABSL_GUARDED_BY(mu_) = {~size_t{0}, ~size_t{0}};  // regions_
   // Descriptor staging: pinned host (cudaMallocHost) -> device, max_ops_per_launch each.

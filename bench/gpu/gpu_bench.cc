@@ -7,15 +7,17 @@
 //      SM budget);
 //   3. attention statistics on a 32k-token sequence vs the time to read K and V once at the
 //      device bandwidth measured by a large device-to-device copy (read + write bytes).
-// Beside the engine's rows, `kernel_wall` times the raw kernel as the engine is timed (launch plus
-// synchronise, wall clock), a `PROBE` line gives the host's descriptor staging cost per piece, and
-// an `engine_check` line per route says whether the engine's kernel method wrote what the raw
-// kernel writes; `attention_stats_rearm` checks that a reused attention workspace gives what a
-// fresh one gives.
-// KVTIER_BENCH_ATTN_OPTS="15,3,..." also times the attention pass's other option sets
-// (KVTIER_ATTN_OPT, kernels/cuda/gpu_attention_stats.cu) against the default's output.
-// Prints a table, then one machine-readable `BENCH key=value ...` line per figure.
-// Usage: kvtier_gpu_bench [--total_mib=512] [--reps=5] [--attn_only]
+// Beside the engine's rows (the default engine, and variants with one stream or overlapped chunk
+// launches at 16, 64 and every SM: `engine_kernel_<one|two>_f<first chunk>_g<growth>`, their
+// launch mode in `engine_mode` lines), `kernel_wall` times the raw kernel as the engine is timed
+// (one launch plus synchronise, wall clock), a `PROBE` line gives the host's descriptor staging
+// cost per piece, and an `engine_check` line per route and overlapped variant says whether the
+// engine's kernel method wrote what the raw kernel writes; `attention_stats_rearm` checks that a
+// reused attention workspace gives what a fresh one gives. KVTIER_BENCH_ATTN_OPTS="15,3,..." also
+// times the attention pass's other option sets (KVTIER_ATTN_OPT,
+// kernels/cuda/gpu_attention_stats.cu) against the default's output. Prints a table, then one
+// machine-readable `BENCH key=value ...` line per figure. Usage: kvtier_gpu_bench [--total_mib=512]
+// [--reps=5] [--attn_only]
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -158,16 +160,65 @@ int Main(int argc, char** argv) {
   CudaCopyEngineOptions engine_options;  // defaults: SM budget 16, methods by calibration
   auto engine = CudaCopyEngine::Create(engine_options);
   CHECK_OK(engine.status());
-  // The same engine with gpu.device_to_device_sm_budget 32, 48 and 64 for the HBM->HBM rows (on
-  // an H200 the kernel needs about 64 SMs for 80% of a device-to-device memcpy).
-  const int d2d_budgets[] = {32, 48, 64};
-  std::vector<std::unique_ptr<CudaCopyEngine>> d2d_engines;
-  for (int budget : d2d_budgets) {
-    CudaCopyEngineOptions o;
-    o.device_to_device_sm_budget = budget;
-    auto e = CudaCopyEngine::Create(o);
-    CHECK_OK(e.status());
-    d2d_engines.push_back(*std::move(e));
+  std::printf("BENCH section=engine_mode engine=default h2d=%s h2d_sms=%d d2d=%s d2d_sms=%d\n",
+              std::string((*engine)->LaunchMode(CopyRoute::kHostToDevice)).c_str(),
+              (*engine)->LaunchSms(CopyRoute::kHostToDevice),
+              std::string((*engine)->LaunchMode(CopyRoute::kDeviceToDevice)).c_str(),
+              (*engine)->LaunchSms(CopyRoute::kDeviceToDevice));
+  // Engine variants, kernel method pinned (no calibration), timed beside the default engine:
+  // each SM budget's engine with one stream (chunk launches in sequence) and with overlapped
+  // chunk launches (two streams, a green context of the budget's SMs below every SM), at a few
+  // chunk schedules (first chunk, growth). A budget of 16 serves the HBM <-> DRAM rows, larger
+  // ones (0: every SM) the HBM -> HBM rows. KVTIER_BENCH_ENGINE_VARIANTS="budget:overlap:first:
+  // growth[:1],..." replaces the list (a fifth field 1: upload_on_launch_stream, label `_u`).
+  struct Variant {
+    int budget;
+    bool overlap;
+    uint32_t first;
+    double growth;
+    std::string label;
+    std::unique_ptr<CudaCopyEngine> engine;
+  };
+  std::vector<Variant> variants;
+  {
+    std::string list =
+        "16:0:1024:2,16:1:1024:2,16:1:512:1.5,64:0:1024:2,64:1:1024:2,64:1:512:1.5,"
+        "64:1:768:1.5,64:1:512:1.25,0:0:1024:2,0:1:1024:2,0:1:512:1.5,0:1:768:1.5,0:1:512:1.25";
+    if (const char* v = std::getenv("KVTIER_BENCH_ENGINE_VARIANTS"); v != nullptr) list = v;
+    for (size_t at = 0; at < list.size();) {
+      size_t end = list.find(',', at);
+      if (end == std::string::npos) end = list.size();
+      Variant v{};
+      int overlap = 0, same_stream = 0;
+      if (std::sscanf(list.substr(at, end - at).c_str(), "%d:%d:%u:%lf:%d", &v.budget, &overlap,
+                      &v.first, &v.growth, &same_stream) < 4) {
+        std::fprintf(stderr, "bad KVTIER_BENCH_ENGINE_VARIANTS entry at %zu\n", at);
+        return 1;
+      }
+      at = end + 1;
+      v.overlap = overlap != 0;
+      char label[64];
+      std::snprintf(label, sizeof(label), "%s_f%u_g%g%s", v.overlap ? "two" : "one", v.first,
+                    v.growth, same_stream != 0 ? "_u" : "");
+      v.label = label;
+      CudaCopyEngineOptions o;
+      // Both routes at the variant's budget (a device_to_device budget of 0 would mean the
+      // 16-SM kernel.sm_budget, not every SM).
+      o.kernel.sm_budget = v.budget;
+      o.device_to_device_sm_budget = v.budget;
+      o.overlap_launches = v.overlap;
+      o.first_launch_ops = v.first;
+      o.launch_growth = v.growth;
+      o.upload_on_launch_stream = same_stream != 0;
+      o.host_to_device = o.device_to_host = o.device_to_device = CudaCopyMethod::kKernel;
+      auto e = CudaCopyEngine::Create(o);
+      CHECK_OK(e.status());
+      v.engine = *std::move(e);
+      const CopyRoute r = v.budget == 16 ? CopyRoute::kHostToDevice : CopyRoute::kDeviceToDevice;
+      std::printf("BENCH section=engine_mode engine=%s budget=%d mode=%s sms=%d\n", v.label.c_str(),
+                  v.budget, std::string(v.engine->LaunchMode(r)).c_str(), v.engine->LaunchSms(r));
+      variants.push_back(std::move(v));
+    }
   }
   CopyDescriptor* host_descs = nullptr;  // pinned, for the staging probe below
   CHECK_CUDA(cudaMallocHost(reinterpret_cast<void**>(&host_descs),
@@ -284,23 +335,22 @@ int Main(int argc, char** argv) {
       t = TimeHost(reps, [&] { CHECK_OK((*engine)->CopyWith(route, CudaCopyMethod::kAuto, ops)); });
       Record({section, dir_name[dir], m, piece_kib, engine_options.kernel.sm_budget, gb / t,
               baseline});
-      if (d2d) {
-        for (size_t i = 0; i < d2d_engines.size(); ++i) {
-          CudaCopyEngine& e = *d2d_engines[i];
-          const std::string me =
-              "engine_" + std::string(CudaCopyMethodName(e.MethodFor(route, piece)));
-          t = TimeHost(reps, [&] { CHECK_OK(e.CopyWith(route, CudaCopyMethod::kAuto, ops)); });
-          Record({section, dir_name[dir], me, piece_kib, d2d_budgets[i], gb / t, baseline});
-        }
+      for (Variant& v : variants) {
+        if ((v.budget == 16) == d2d) continue;
+        CudaCopyEngine& e = *v.engine;
+        t = TimeHost(reps, [&] { CHECK_OK(e.CopyWith(route, CudaCopyMethod::kKernel, ops)); });
+        Record({section, dir_name[dir], "engine_kernel_" + v.label, piece_kib, e.LaunchSms(route),
+                gb / t, baseline});
       }
       // What the engine's kernel method wrote must be what the raw kernel writes: destination
-      // poisoned, engine, snapshot, poisoned again, raw kernel, compare. Once per route, at 16 KiB
-      // pieces (32768 descriptors in six chunks).
-      if (piece_kib == 16) {
+      // poisoned, engine, snapshot, poisoned again, raw kernel, compare. Once per route and
+      // overlapped engine variant, at 16 KiB pieces (32768 descriptors in 6-8 chunks).
+      for (Variant& v : variants) {
+        if (piece_kib != 16 || !v.overlap || (v.budget == 16) == d2d) continue;
         const bool dst_host = dir == 1;
         std::byte* dst = dir == 0 ? worker_b : dir == 1 ? host_b : dir == 2 ? slots_b : worker_b;
         const size_t dst_bytes = dir == 0 || dir == 3 ? 2 * total : total;
-        CudaCopyEngine& e = d2d ? *d2d_engines.back() : **engine;
+        CudaCopyEngine& e = *v.engine;
         std::vector<std::byte> by_engine(dst_bytes), by_kernel(dst_bytes);
         auto snapshot = [&](std::vector<std::byte>& into) {
           CHECK_CUDA(cudaMemcpy(into.data(), dst, dst_bytes, cudaMemcpyDefault));
@@ -325,9 +375,10 @@ int Main(int argc, char** argv) {
         for (size_t i = 0; i < dst_bytes; i += 4096) written += by_kernel[i] != std::byte{0x77};
         const bool same = by_engine == by_kernel;
         std::printf(
-            "BENCH section=engine_check dir=%s piece_kib=16 sm=%d same_as_kernel=%d "
-            "pages_written=%zu\n",
-            dir_name[dir], d2d ? 64 : 16, same ? 1 : 0, written);
+            "BENCH section=engine_check dir=%s piece_kib=16 engine=%s mode=%s sm=%d "
+            "same_as_kernel=%d pages_written=%zu\n",
+            dir_name[dir], v.label.c_str(), std::string(e.LaunchMode(route)).c_str(),
+            e.LaunchSms(route), same ? 1 : 0, written);
         if (!same || written == 0) {
           std::fprintf(stderr, "engine output differs from the raw kernel's (%s)\n", dir_name[dir]);
           std::exit(1);
@@ -347,7 +398,7 @@ int Main(int argc, char** argv) {
       }
       // The raw kernel timed as the engine is (wall clock: launch, copy, synchronise), at the
       // engine's budgets: what an engine without any host work of its own would reach.
-      for (int budget : d2d ? std::vector<int>{16, 32, 48, 64} : std::vector<int>{16}) {
+      for (int budget : d2d ? std::vector<int>{16, 64, 0} : std::vector<int>{16}) {
         kernels::GpuCopyOptions opt;
         opt.sm_budget = budget;
         t = TimeHost(reps, [&] {
@@ -355,7 +406,8 @@ int Main(int argc, char** argv) {
                                             static_cast<uint32_t>(n), piece, opt, stream));
           CHECK_CUDA(cudaStreamSynchronize(stream));
         });
-        Record({section, dir_name[dir], "kernel_wall", piece_kib, budget, gb / t, baseline});
+        Record({section, dir_name[dir], "kernel_wall", piece_kib,
+                budget == 0 ? prop.multiProcessorCount : budget, gb / t, baseline});
       }
     }
   }

@@ -26,6 +26,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #include "absl/strings/str_cat.h"
@@ -393,7 +394,11 @@ __global__ void __launch_bounds__(kThreads)
 // default until session 14) 66.1-67.5; pass 1 alone 56-63 us under ncu, pass 3 9-10 us. Session 14:
 // + the fused tail (kOptFusedTail, now the default) 63.7-67.4, median 66.0 against 66.5 for 15 in
 // the same processes; the one kernel 63.6-65.1 us under ncu. Run 7: + unpadded swizzled tiles
-// (kOptSwizzle, now the default) 64.3-68.6, against 64.2-69.4 for 79 in the same processes.
+// (kOptSwizzle) 64.3-68.6, against 64.2-69.4 for 79 in the same processes. Session 15 (run 9):
+// + tensor maps cached per K/V pointer (kOptCacheMaps, now the default) 64.1-65.6, median 64.9
+// (2.04x), against 64.4-65.7 for 207 in the same processes. V outside the stage ring, norms in two
+// chains, S in two halves and two other launch paths were all slower or no faster
+// (bench/gpu/results/h200-run9.md; their code: s15-attention-experiments.patch there).
 namespace mma_pass {
 
 constexpr int kTile = 64;
@@ -829,10 +834,17 @@ constexpr int kOptFusedTail = 64;
 //    no faster than kOptSwizzle alone (option set 463: 62.1 us under ncu, L2 hits 40% not 25%).
 constexpr int kOptSwizzle = 128;
 constexpr int kOptPromote256 = 256;
-constexpr int kOptDefault =
-    kOptFixedRef | kOptMmaNorms | kOptBulkLoads | kOptEvictFirst | kOptFusedTail | kOptSwizzle;
-// The options the kernel template takes (the rest are launch-time).
-constexpr int kKernelOpts = ~(kOptFusedTail | kOptPromote256);
+// Launch-time (session 15):
+//  kOptCacheMaps: the workspace keeps K's and V's tensor maps with the pointers they were made
+//    for, and a launch encodes them again (cuTensorMapEncodeTiled, on the host, between the
+//    call's start and the kernel's) only for other pointers. A workspace serves one shape, so
+//    the pointer is the whole key. Measured (H200, run 9; 4303 = 207 + it): a lone call faster
+//    than 207 in 9 of 13 back-to-back pairs (3 ties, 1 slower), by 0.3 us on average; two calls
+//    back to back faster in 13 of 13, by 0.5-2.6 us.
+constexpr int kOptCacheMaps = 4096;
+constexpr int kOptDefault = kOptFixedRef | kOptMmaNorms | kOptBulkLoads | kOptEvictFirst |
+                            kOptFusedTail | kOptSwizzle | kOptCacheMaps;
+constexpr int kKernelOpts = ~(kOptFusedTail | kOptPromote256 | kOptCacheMaps);
 
 // One stage tile of K or V (64 tokens x head_dim + 8 elements of kv head `head`), global ->
 // shared, by the tensor copy unit; completes its bytes on the mbarrier.
@@ -1546,6 +1558,7 @@ struct MmaPick {
   bool tensor_maps = false;
   bool fused_tail = false;  // kOptFusedTail, where the plan allows it
   int map_layout = 0;       // kTensorMap* below
+  int launch_opts = 0;      // kOptCacheMaps
 };
 
 // Tensor maps of K and V (MakeKvTensorMap): one padded box a tile row, or kOptSwizzle's boxes
@@ -1598,6 +1611,14 @@ MmaPick PickExperiment(const AttentionStatsShape& s) {
               true,
               true,
               std::atoi(env) == 463 ? kTensorMapSwizzledPromoted : kTensorMapSwizzled};
+    case 4303:  // 207 + kOptCacheMaps
+      return {mma_pass::AttentionStatsPass1Mma<B, 128, 16, 15 | mma_pass::kOptSwizzle>,
+              mma_pass::AttentionStatsPass1Mma<B, 128, 16, 3>,
+              std::max(kSmem, mma_pass::Geometry<128, false, true>::kSmemBytes),
+              true,
+              true,
+              kTensorMapSwizzled,
+              mma_pass::kOptCacheMaps};
     case 19:
       return {mma_pass::AttentionStatsPass1Mma<B, 128, 16, 19>,
               mma_pass::AttentionStatsPass1Mma<B, 128, 16, 19>, kDeepSmem, false};
@@ -1628,6 +1649,7 @@ MmaPick PickMmaKernel(const AttentionStatsShape& s) {
   constexpr bool kMaps = (kOpt & mma_pass::kOptBulkLoads) != 0;
   constexpr bool kFused = (mma_pass::kOptDefault & mma_pass::kOptFusedTail) != 0;
   constexpr bool kSwz = kMaps && (kOpt & mma_pass::kOptSwizzle) != 0;
+  constexpr int kLaunch = mma_pass::kOptDefault & mma_pass::kOptCacheMaps;
   constexpr int kLayout = !kSwz ? kTensorMapPadded
                           : (mma_pass::kOptDefault & mma_pass::kOptPromote256) != 0
                               ? kTensorMapSwizzledPromoted
@@ -1645,7 +1667,8 @@ MmaPick PickMmaKernel(const AttentionStatsShape& s) {
               kSmem64,
               kMaps,
               kFused,
-              kLayout};
+              kLayout,
+              kLaunch};
     case 128: {
       if (MmaPick e = PickExperiment(s); e.kernel != nullptr) return e;
       return {MmaKernelFor<T, 128, kOpt>(tpp),
@@ -1653,11 +1676,12 @@ MmaPick PickMmaKernel(const AttentionStatsShape& s) {
               kSmem128,
               kMaps,
               kFused,
-              kLayout};
+              kLayout,
+              kLaunch};
     }
     default: {  // head_dim 256 has no tensor-map producer (see kOptBulkLoads)
       const MmaKernel k = MmaKernelFor<T, 256, kNoMaps>(tpp);
-      return {k, k, mma_pass::Geometry<256>::kSmemBytes, false, kFused};
+      return {k, k, mma_pass::Geometry<256>::kSmemBytes, false, kFused, 0, kLaunch};
     }
   }
 }
@@ -1737,6 +1761,7 @@ absl::StatusOr<Pass1Plan> PlanMmaPass(const AttentionStatsShape& shape, int sms,
   plan.encode_tiled = pick.tensor_maps ? TensorMapEncoder() : nullptr;
   plan.tensor_maps = plan.encode_tiled != nullptr;
   plan.tensor_map_layout = pick.map_layout;
+  plan.cache_tensor_maps = (pick.launch_opts & mma_pass::kOptCacheMaps) != 0;
   plan.kernel = plan.tensor_maps ? reinterpret_cast<const void*>(pick.kernel) : plan.fallback;
   // Rows of a kv head's q-head group, split evenly into blocks of at most 128 (8 warps of 16).
   const uint32_t rows_total = shape.q_heads / shape.kv_heads * shape.window;
@@ -1851,6 +1876,23 @@ cudaError_t LaunchCooperative(const Pass1Plan& plan, mma_pass::Params& p, cudaSt
                                      plan.smem_bytes, stream);
 }
 
+// K's or V's tensor map for `base` (MakeKvTensorMap), from the workspace's cache where the plan
+// keeps one (kOptCacheMaps) and it was made for `base`.
+bool KvTensorMap(const Pass1Plan& plan, const AttentionStatsShape& shape, const void* base,
+                 detail::AttentionTensorMapCache& cache, CUtensorMap* map) {
+  static_assert(sizeof(CUtensorMap) == sizeof(cache.map), "the cache holds one CUtensorMap");
+  if (plan.cache_tensor_maps && cache.base == base) {
+    std::memcpy(map, cache.map, sizeof(*map));
+    return true;
+  }
+  if (!MakeKvTensorMap(plan.encode_tiled, shape, plan.tensor_map_layout, base, map)) return false;
+  if (plan.cache_tensor_maps) {
+    std::memcpy(cache.map, map, sizeof(*map));
+    cache.base = base;
+  }
+  return true;
+}
+
 }  // namespace
 
 absl::StatusOr<AttentionStatsWorkspace> AttentionStatsWorkspace::Create(
@@ -1936,9 +1978,8 @@ absl::Status LaunchAttentionStats(const AttentionStatsShape& shape,
     p.done = static_cast<uint32_t*>(workspace.done_.get());
     p.next_chunk = p.done + size_t{shape.kv_heads} * MmaSplits(shape);
     Pass1Plan launch = plan;
-    if (plan.tensor_maps &&
-        (!MakeKvTensorMap(plan.encode_tiled, shape, plan.tensor_map_layout, k, &p.tmap_k) ||
-         !MakeKvTensorMap(plan.encode_tiled, shape, plan.tensor_map_layout, v, &p.tmap_v))) {
+    if (plan.tensor_maps && (!KvTensorMap(plan, shape, k, workspace.tensor_maps_[0], &p.tmap_k) ||
+                             !KvTensorMap(plan, shape, v, workspace.tensor_maps_[1], &p.tmap_v))) {
       launch.kernel = plan.fallback;  // e.g. K or V not 16-byte aligned
     }
     if (plan.fused_tail) {  // pass 1 writes the pages' statistics itself: no pass 3

@@ -121,6 +121,14 @@ struct AttentionPass1Plan {
   // Tiled pass launched cooperatively that also does pass 3's work in its tail (no pass 3
   // launch): one row split, and the whole grid resident at once on this device.
   bool fused_tail = false;
+  // Keep the tensor maps in the workspace with the pointers they were made for (kOptCacheMaps).
+  bool cache_tensor_maps = false;
+};
+
+// A tensor map (a CUtensorMap, 128 bytes) of K or V and the pointer it was made for.
+struct AttentionTensorMapCache {
+  unsigned char map[128] = {};  // copied with memcpy
+  const void* base = nullptr;
 };
 }  // namespace detail
 
@@ -149,6 +157,7 @@ class AttentionStatsWorkspace {
                            // rest
   DeviceBuffer kv_part_;   // [kv_heads][pages] float4 sums over each kv head's q heads (fused
                            // tail)
+  detail::AttentionTensorMapCache tensor_maps_[2];  // K's, V's (plan's cache_tensor_maps)
 };
 
 // The attention-statistics kernel: one pass over K (tensor-core Q.K^T per 64-token tile, a

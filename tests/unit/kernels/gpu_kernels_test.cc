@@ -370,6 +370,79 @@ TEST(GpuAttentionStatsTest, MatchesFloat64ReferenceWithPoisonedOutput) {
   }
 }
 
+// A workspace keeps what it can between launches (the tensor maps of K and V, made for their
+// pointers; the fused tail's counters): launched on other buffers, or on the first ones again,
+// it must give what a fresh workspace gives. Within float rounding, not bit for bit: where the
+// statistics take two launches (e.g. KVTIER_ATTN_OPT=15), pass 3 adds in shared-memory atomics.
+TEST(GpuAttentionStatsTest, ReusedWorkspaceFollowsNewBuffers) {
+  std::mt19937_64 rng(testing::TestSeed("GpuAttentionStatsReuse"));
+  const AttentionStatsShape s{2048, 32, 8, 128, 32, 16, KvDType::kBF16};
+  const size_t nq = size_t{s.window} * s.q_heads * s.head_dim;
+  const size_t nkv = size_t{s.tokens} * s.kv_heads * s.head_dim;
+  const uint32_t pages = AttentionStatsPageCount(s);
+  const auto q = testing::RandomHalves(rng, nq, s.dtype, 1.0f);
+  auto dq = DeviceBuffer::Allocate(nq * 2);
+  ASSERT_TRUE(dq.ok());
+  ASSERT_CUDA(cudaMemcpy(dq->get(), q.data(), nq * 2, cudaMemcpyHostToDevice));
+  // Two K/V sets in separate buffers.
+  std::vector<DeviceBuffer> kv;
+  for (int i = 0; i < 4; ++i) {
+    const auto h = testing::RandomHalves(rng, nkv, s.dtype, i % 2 == 0 ? 1.0f : 0.5f);
+    auto d = DeviceBuffer::Allocate(nkv * 2);
+    ASSERT_TRUE(d.ok());
+    ASSERT_CUDA(cudaMemcpy(d->get(), h.data(), nkv * 2, cudaMemcpyHostToDevice));
+    kv.push_back(std::move(*d));
+  }
+  auto dout = DeviceBuffer::Allocate(pages * sizeof(PageAttentionStats));
+  ASSERT_TRUE(dout.ok());
+  Stream stream;
+  AttentionStatsOptions opt;
+  opt.breadth_threshold = 2.0f / pages;
+  auto run = [&](AttentionStatsWorkspace& w, int set, std::vector<PageAttentionStats>& got) {
+    ASSERT_CUDA(cudaMemset(dout->get(), 0xFF, pages * sizeof(PageAttentionStats)));  // NaNs
+    const absl::Status st =
+        LaunchAttentionStats(s, opt, dq->get(), kv[2 * set].get(), kv[2 * set + 1].get(),
+                             static_cast<PageAttentionStats*>(dout->get()), w, stream.s);
+    ASSERT_TRUE(st.ok()) << st;
+    ASSERT_CUDA(cudaStreamSynchronize(stream.s));
+    got.resize(pages);
+    ASSERT_CUDA(cudaMemcpy(got.data(), dout->get(), pages * sizeof(PageAttentionStats),
+                           cudaMemcpyDeviceToHost));
+  };
+  // Pages whose statistics differ by more than rounding (NaN, i.e. unwritten, differs).
+  const double pair = 1.0 / (double(s.window) * s.q_heads);
+  auto pages_differing = [&](const std::vector<PageAttentionStats>& a,
+                             const std::vector<PageAttentionStats>& b) {
+    uint32_t n = 0;
+    for (uint32_t p = 0; p < pages; ++p) {
+      const bool close =
+          std::abs(double(a[p].mass) - b[p].mass) <= 1e-5 * std::max(b[p].mass, 1.0f / pages) &&
+          std::abs(double(a[p].value_norm) - b[p].value_norm) <= 1e-5 * b[p].value_norm &&
+          std::abs(double(a[p].mass_entropy) - b[p].mass_entropy) <= 1e-5 &&
+          std::abs(double(a[p].breadth) - b[p].breadth) <= pair + 1e-6;
+      n += close ? 0 : 1;
+    }
+    return n;
+  };
+  auto reused = AttentionStatsWorkspace::Create(s);
+  ASSERT_TRUE(reused.ok()) << reused.status();
+  std::vector<PageAttentionStats> fresh[2];
+  for (int set = 0; set < 2; ++set) {
+    auto w = AttentionStatsWorkspace::Create(s);
+    ASSERT_TRUE(w.ok()) << w.status();
+    run(*w, set, fresh[set]);
+  }
+  ASSERT_GT(pages_differing(fresh[0], fresh[1]), pages / 2)
+      << "the two K/V sets must give different statistics";
+  for (const int set : {0, 1, 1, 0}) {
+    SCOPED_TRACE(set);
+    std::vector<PageAttentionStats> got;
+    run(*reused, set, got);
+    ASSERT_EQ(got.size(), pages);
+    EXPECT_EQ(0u, pages_differing(got, fresh[set]));
+  }
+}
+
 TEST(GpuAttentionStatsTest, RejectsShapesTheKernelCannotRun) {
   AttentionStatsShape s{64, 4, 2, 24, 4, 16, KvDType::kBF16};  // head_dim not a multiple of 16
   auto ws = AttentionStatsWorkspace::Create(s);

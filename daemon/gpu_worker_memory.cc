@@ -24,6 +24,7 @@
 #include <cuda.h>
 #include <cuda_runtime_api.h>
 
+#include "kernels/cuda/driver_entry.h"
 #include "kernels/cuda/gpu_kernels.h"
 #endif
 
@@ -147,28 +148,18 @@ struct Driver {
   bool ok = false;
 };
 
-template <typename Fn>
-bool Resolve(const char* name, Fn& out) {
-  void* fn = nullptr;
-  cudaDriverEntryPointQueryResult q{};
-  if (cudaGetDriverEntryPointByVersion(name, &fn, 12000, cudaEnableDefault, &q) != cudaSuccess ||
-      q != cudaDriverEntryPointSuccess || fn == nullptr) {
-    return false;
-  }
-  out = reinterpret_cast<Fn>(fn);
-  return true;
-}
-
 const Driver& GetDriver() {
   static const Driver d = [] {
     Driver x;
-    x.ok = Resolve("cuMemGetAddressRange", x.mem_get_address_range) &&
-           Resolve("cuMemImportFromShareableHandle", x.import_handle) &&
-           Resolve("cuMemAddressReserve", x.address_reserve) &&
-           Resolve("cuMemAddressFree", x.address_free) && Resolve("cuMemMap", x.map) &&
-           Resolve("cuMemUnmap", x.unmap) && Resolve("cuMemSetAccess", x.set_access) &&
-           Resolve("cuMemRelease", x.release) &&
-           Resolve("cuMemGetAllocationPropertiesFromHandle", x.properties);
+    x.ok = ResolveCudaDriverEntry("cuMemGetAddressRange", x.mem_get_address_range) &&
+           ResolveCudaDriverEntry("cuMemImportFromShareableHandle", x.import_handle) &&
+           ResolveCudaDriverEntry("cuMemAddressReserve", x.address_reserve) &&
+           ResolveCudaDriverEntry("cuMemAddressFree", x.address_free) &&
+           ResolveCudaDriverEntry("cuMemMap", x.map) &&
+           ResolveCudaDriverEntry("cuMemUnmap", x.unmap) &&
+           ResolveCudaDriverEntry("cuMemSetAccess", x.set_access) &&
+           ResolveCudaDriverEntry("cuMemRelease", x.release) &&
+           ResolveCudaDriverEntry("cuMemGetAllocationPropertiesFromHandle", x.properties);
     return x;
   }();
   return d;

@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
+#include "kernels/cuda/driver_entry.h"
 #include "tiering/copy_plan.h"
 
 namespace kvtier {
@@ -100,17 +101,10 @@ struct GreenApi {
   bool ok = false;
 };
 
+// Green contexts came with CUDA 12.5.
 template <typename Fn>
 bool ResolveDriver(const char* name, Fn& out) {
-  void* fn = nullptr;
-  cudaDriverEntryPointQueryResult q{};
-  if (cudaGetDriverEntryPointByVersion(name, &fn, 12050, cudaEnableDefault, &q) != cudaSuccess ||
-      q != cudaDriverEntryPointSuccess || fn == nullptr) {
-    cudaGetLastError();
-    return false;
-  }
-  out = reinterpret_cast<Fn>(fn);
-  return true;
+  return ResolveCudaDriverEntry(name, out, 12050);
 }
 
 const GreenApi& Green() {

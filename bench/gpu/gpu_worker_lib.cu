@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "bench/gpu/gpu_worker_lib.h"
+#include "kernels/cuda/driver_entry.h"
 #include "tiering/page_key.h"
 
 namespace kvtier::gpuw {
@@ -15,17 +16,6 @@ namespace {
 absl::Status Cuda(cudaError_t e, const char* what) {
   if (e == cudaSuccess) return absl::OkStatus();
   return absl::InternalError(absl::StrCat(what, ": ", cudaGetErrorString(e)));
-}
-
-template <typename Fn>
-Fn DriverFn(const char* name) {
-  void* fn = nullptr;
-  cudaDriverEntryPointQueryResult q{};
-  if (cudaGetDriverEntryPointByVersion(name, &fn, 12000, cudaEnableDefault, &q) != cudaSuccess ||
-      q != cudaDriverEntryPointSuccess) {
-    return nullptr;
-  }
-  return reinterpret_cast<Fn>(fn);
 }
 
 __host__ __device__ inline uint64_t SplitMix64(uint64_t x) {
@@ -146,14 +136,14 @@ absl::StatusOr<std::unique_ptr<WorkerCache>> WorkerCache::Create(const Layout& l
     if (absl::Status s = Cuda(cudaMalloc(&c->base_, want), "cudaMalloc(cache)"); !s.ok()) return s;
     c->bytes_ = want;
   } else {
-    auto create = DriverFn<decltype(&cuMemCreate)>("cuMemCreate");
+    auto create = CudaDriverEntry<decltype(&cuMemCreate)>("cuMemCreate");
     auto granularity =
-        DriverFn<decltype(&cuMemGetAllocationGranularity)>("cuMemGetAllocationGranularity");
-    auto reserve = DriverFn<decltype(&cuMemAddressReserve)>("cuMemAddressReserve");
-    auto map = DriverFn<decltype(&cuMemMap)>("cuMemMap");
-    auto access = DriverFn<decltype(&cuMemSetAccess)>("cuMemSetAccess");
+        CudaDriverEntry<decltype(&cuMemGetAllocationGranularity)>("cuMemGetAllocationGranularity");
+    auto reserve = CudaDriverEntry<decltype(&cuMemAddressReserve)>("cuMemAddressReserve");
+    auto map = CudaDriverEntry<decltype(&cuMemMap)>("cuMemMap");
+    auto access = CudaDriverEntry<decltype(&cuMemSetAccess)>("cuMemSetAccess");
     auto exporter =
-        DriverFn<decltype(&cuMemExportToShareableHandle)>("cuMemExportToShareableHandle");
+        CudaDriverEntry<decltype(&cuMemExportToShareableHandle)>("cuMemExportToShareableHandle");
     if (!create || !granularity || !reserve || !map || !access || !exporter) {
       return absl::FailedPreconditionError("the driver lacks the VMM entry points");
     }
@@ -205,9 +195,9 @@ WorkerCache::~WorkerCache() {
   if (mismatches_ != nullptr) cudaFree(mismatches_);
   if (vmm_ == 0 && base_ != nullptr) cudaFree(base_);
   if (vmm_ != 0) {
-    auto unmap = DriverFn<decltype(&cuMemUnmap)>("cuMemUnmap");
-    auto free_va = DriverFn<decltype(&cuMemAddressFree)>("cuMemAddressFree");
-    auto release = DriverFn<decltype(&cuMemRelease)>("cuMemRelease");
+    auto unmap = CudaDriverEntry<decltype(&cuMemUnmap)>("cuMemUnmap");
+    auto free_va = CudaDriverEntry<decltype(&cuMemAddressFree)>("cuMemAddressFree");
+    auto release = CudaDriverEntry<decltype(&cuMemRelease)>("cuMemRelease");
     unmap(reinterpret_cast<CUdeviceptr>(base_), bytes_);
     free_va(reinterpret_cast<CUdeviceptr>(base_), bytes_);
     release(vmm_);
@@ -217,7 +207,7 @@ WorkerCache::~WorkerCache() {
 
 std::vector<GpuBufferHandle> WorkerCache::Handles() const {
   std::vector<GpuBufferHandle> out;
-  auto range = DriverFn<decltype(&cuMemGetAddressRange_v2)>("cuMemGetAddressRange");
+  auto range = CudaDriverEntry<decltype(&cuMemGetAddressRange_v2)>("cuMemGetAddressRange");
   for (size_t l = 0; l < layers_.size(); ++l) {
     GpuBufferHandle h;
     h.size = layout_.buffer_bytes();

@@ -30,6 +30,7 @@
 #include <type_traits>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/cuda/driver_entry.h"
 #include "kernels/cuda/gpu_kernels.h"
 #include "kernels/cuda/ptx.cuh"
 
@@ -1687,17 +1688,7 @@ MmaPick PickMmaKernel(const AttentionStatsShape& s) {
 }
 
 // The driver's cuTensorMapEncodeTiled, or null where the driver has none.
-void* TensorMapEncoder() {
-  void* fn = nullptr;
-  cudaDriverEntryPointQueryResult found{};
-  if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault,
-                                       &found) != cudaSuccess ||
-      found != cudaDriverEntryPointSuccess) {
-    cudaGetLastError();
-    return nullptr;
-  }
-  return fn;
-}
+void* TensorMapEncoder() { return CudaDriverEntry<void*>("cuTensorMapEncodeTiled"); }
 
 // K or V as a 2-D tensor [tokens][kv_heads * head_dim] whose box is one padded stage tile, or
 // (kOptSwizzle) 64 tokens x 64 elements, 128-byte swizzled.

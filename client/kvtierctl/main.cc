@@ -14,9 +14,11 @@ struct Command {
 
 // One line per command.
 constexpr Command kCommands[] = {
-    {"status", "daemon version, backends and tier occupancy (--socket PATH)",
+    {"status",
+     "daemon version, backends and tier occupancy (--socket PATH, --timeout_ms N: default 10000)",
      kvtier::ctl::RunStatus},
-    {"stats", "daemon counters: sessions, pins, errors, hits (--socket PATH, --json)",
+    {"stats",
+     "daemon counters: sessions, pins, errors, hits (--socket PATH, --json, --timeout_ms N)",
      kvtier::ctl::RunStats},
     {"bench",
      "bench rpc [--json]: lookup latency and throughput against Redis; "

@@ -30,6 +30,8 @@ struct Args {
   uint64_t seed = 0;
   std::string redis = "redis-server";
   uint32_t spin_us = 50;  // the client library's default
+  // status / stats give up on a daemon that does not answer within this (0: wait forever).
+  uint32_t timeout_ms = 10000;
   std::vector<std::string> positional;
 };
 
@@ -52,6 +54,8 @@ bool ParseArgs(int argc, char** argv, Args& a) {
       if (!value(v) || !absl::SimpleAtoi(v, &a.seed)) return false;
     } else if (arg == "--spin_us") {
       if (!value(v) || !absl::SimpleAtoi(v, &a.spin_us)) return false;
+    } else if (arg == "--timeout_ms") {
+      if (!value(v) || !absl::SimpleAtoi(v, &a.timeout_ms)) return false;
     } else if (arg == "--redis_server") {
       if (!value(a.redis)) return false;
     } else if (!arg.empty() && arg[0] == '-') {
@@ -62,6 +66,13 @@ bool ParseArgs(int argc, char** argv, Args& a) {
     }
   }
   return true;
+}
+
+// A client for status / stats: connected, with the command's deadline on every call.
+absl::StatusOr<std::unique_ptr<Client>> ConnectForQuery(const Args& a) {
+  absl::StatusOr<std::unique_ptr<Client>> c = Client::Connect(a.socket);
+  if (c.ok() && a.timeout_ms > 0) (*c)->set_call_timeout(absl::Milliseconds(a.timeout_ms));
+  return c;
 }
 
 int Fail(const absl::Status& s) {
@@ -90,7 +101,7 @@ void PrintTiers(const google::protobuf::RepeatedPtrField<wire::TierStatus>& tier
 int RunStatus(int argc, char** argv) {
   Args a;
   if (!ParseArgs(argc, argv, a)) return 2;
-  absl::StatusOr<std::unique_ptr<Client>> c = Client::Connect(a.socket);
+  absl::StatusOr<std::unique_ptr<Client>> c = ConnectForQuery(a);
   if (!c.ok()) return Fail(c.status());
   absl::StatusOr<wire::StatusReply> s = (*c)->Status();
   if (!s.ok()) return Fail(s.status());
@@ -106,7 +117,7 @@ int RunStatus(int argc, char** argv) {
 int RunStats(int argc, char** argv) {
   Args a;
   if (!ParseArgs(argc, argv, a)) return 2;
-  absl::StatusOr<std::unique_ptr<Client>> c = Client::Connect(a.socket);
+  absl::StatusOr<std::unique_ptr<Client>> c = ConnectForQuery(a);
   if (!c.ok()) return Fail(c.status());
   absl::StatusOr<wire::StatsReply> s = (*c)->Stats();
   if (!s.ok()) return Fail(s.status());

@@ -100,30 +100,33 @@ size_t DaemonProcess::MappedAreas(const std::string& name) const {
 }
 
 namespace {
-// Starts the worker with its stdout on a pipe; `read_end` receives the pipe's read end.
-pid_t SpawnWithPipe(const std::vector<std::string>& args, UniqueFd& read_end) {
+// Starts argv[0] with argv; its stdout (and with `with_stderr` its stderr) into *read_end.
+pid_t SpawnWithPipe(std::vector<std::string> argv_strings, UniqueFd& read_end,
+                    bool with_stderr = false) {
   int p[2];
   if (::pipe2(p, O_CLOEXEC) != 0) return -1;
   read_end.Reset(p[0]);
   UniqueFd write_end(p[1]);
-  std::vector<std::string> full = {KVTIER_WORKER_BIN};
-  full.insert(full.end(), args.begin(), args.end());
   std::vector<char*> argv;
-  for (std::string& a : full) argv.push_back(a.data());
+  for (std::string& a : argv_strings) argv.push_back(a.data());
   argv.push_back(nullptr);
   const pid_t pid = ::fork();
   if (pid == 0) {
     ::dup2(write_end.get(), 1);
+    if (with_stderr) ::dup2(write_end.get(), 2);
     ::execv(argv[0], argv.data());
     ::_exit(127);
   }
-  return pid;  // the parent's write end closes here, so EOF follows the worker's exit
+  return pid;  // the parent's write end closes here, so EOF follows the child's exit
 }
-}  // namespace
 
-WorkerResult RunWorker(const std::vector<std::string>& args) {
-  UniqueFd out;
-  const pid_t pid = SpawnWithPipe(args, out);
+std::vector<std::string> WorkerArgv(const std::vector<std::string>& args) {
+  std::vector<std::string> full = {KVTIER_WORKER_BIN};
+  full.insert(full.end(), args.begin(), args.end());
+  return full;
+}
+
+WorkerResult Collect(pid_t pid, const UniqueFd& out) {
   WorkerResult r;
   char buf[4096];
   for (ssize_t n; (n = ::read(out.get(), buf, sizeof(buf))) > 0;) r.output.append(buf, n);
@@ -132,11 +135,24 @@ WorkerResult RunWorker(const std::vector<std::string>& args) {
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
   return r;
 }
+}  // namespace
+
+WorkerResult RunWorker(const std::vector<std::string>& args) {
+  UniqueFd out;
+  const pid_t pid = SpawnWithPipe(WorkerArgv(args), out);
+  return Collect(pid, out);
+}
+
+WorkerResult RunProgram(const std::vector<std::string>& argv) {
+  UniqueFd out;
+  const pid_t pid = SpawnWithPipe(argv, out, /*with_stderr=*/true);
+  return Collect(pid, out);
+}
 
 absl::StatusOr<pid_t> SpawnWorkerUntil(const std::vector<std::string>& args,
                                        const std::string& ready_line) {
   UniqueFd out;
-  const pid_t pid = SpawnWithPipe(args, out);
+  const pid_t pid = SpawnWithPipe(WorkerArgv(args), out);
   std::string text;
   char buf[256];
   for (ssize_t n; text.find(ready_line) == std::string::npos &&

@@ -44,6 +44,8 @@ struct WorkerResult {
   std::string output;
 };
 WorkerResult RunWorker(const std::vector<std::string>& args);
+// Runs argv[0] (a path) with argv; its exit status and stdout and stderr together.
+WorkerResult RunProgram(const std::vector<std::string>& argv);
 // Starts a worker and returns its pid once it printed `ready_line`; output in *fd_out.
 absl::StatusOr<pid_t> SpawnWorkerUntil(const std::vector<std::string>& args,
                                        const std::string& ready_line);

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <random>
 #include <sstream>
 #include <thread>
@@ -561,6 +562,47 @@ TEST(DaemonIntegration, ARestartKeepsTheNvmeTiersPages) {
       << probe.output;
   EXPECT_EQ(d->Stop(), 0);
   std::filesystem::remove_all(nvme_dir);
+}
+
+// Every thread of `pid` stopped (SIGSTOP is delivered asynchronously: a thread on another core
+// could still answer for a moment).
+bool WaitUntilStopped(pid_t pid) {
+  for (int i = 0; i < 30000; ++i) {
+    bool all = true, any = false;
+    for (const auto& task :
+         std::filesystem::directory_iterator(absl::StrCat("/proc/", pid, "/task"))) {
+      std::ifstream in(task.path() / "stat");
+      std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      const size_t paren = stat.rfind(')');
+      if (paren == std::string::npos || paren + 2 >= stat.size()) continue;  // a thread that ended
+      any = true;
+      const char state = stat[paren + 2];
+      all = all && (state == 'T' || state == 't');
+    }
+    if (any && all) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return false;
+}
+
+// An operator's `kvtierctl status` against a daemon that does not answer fails with the reason
+// instead of hanging the shell; once the daemon runs again it answers.
+TEST(DaemonIntegration, KvtierctlGivesUpOnAStalledDaemon) {
+  absl::StatusOr<DaemonProcess> d = DaemonProcess::Start("");
+  ASSERT_TRUE(d.ok()) << d.status();
+  ASSERT_EQ(::kill(d->pid(), SIGSTOP), 0);
+  ASSERT_TRUE(WaitUntilStopped(d->pid()));
+  const WorkerResult stalled =
+      RunProgram({KVTIERCTL_BIN, "status", "--socket", d->socket_path(), "--timeout_ms", "300"});
+  ASSERT_EQ(::kill(d->pid(), SIGCONT), 0);
+  EXPECT_EQ(stalled.exit_code, 1) << stalled.output;
+  EXPECT_NE(stalled.output.find("DEADLINE_EXCEEDED"), std::string::npos) << stalled.output;
+  EXPECT_NE(stalled.output.find("no reply from kvtierd within 300ms"), std::string::npos)
+      << stalled.output;
+  const WorkerResult running = RunProgram({KVTIERCTL_BIN, "status", "--socket", d->socket_path()});
+  EXPECT_EQ(running.exit_code, 0) << running.output;
+  EXPECT_NE(running.output.find("protocol"), std::string::npos) << running.output;
+  EXPECT_EQ(d->Stop(), 0);
 }
 
 TEST(DaemonIntegration, ConfigErrorsNameTheKeyAndNvmeIsNotSilentlyDropped) {

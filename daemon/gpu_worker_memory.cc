@@ -165,9 +165,9 @@ const Driver& GetDriver() {
   return d;
 }
 
+// Driver calls here open what a worker sent: a failure is the worker's handle's fault.
 absl::Status DriverStatus(CUresult r, absl::string_view what) {
-  return absl::InvalidArgumentError(
-      absl::StrCat(what, ": CUDA driver error ", static_cast<int>(r)));
+  return CudaDriverStatus(r, what, absl::StatusCode::kInvalidArgument);
 }
 
 std::string UuidHex(absl::string_view uuid) { return absl::BytesToHexString(uuid); }

@@ -126,8 +126,7 @@ const GreenApi& Green() {
 }
 
 absl::Status DriverStatus(CUresult r, const char* what) {
-  if (r == CUDA_SUCCESS) return absl::OkStatus();
-  return absl::InternalError(absl::StrCat(what, ": CUresult ", static_cast<int>(r)));
+  return CudaDriverStatus(r, what, absl::StatusCode::kInternal);
 }
 
 // Makes a green context current for a launch, when its lane asks for that.
@@ -184,11 +183,10 @@ void CudaCopyEngine::DestroyLane(Lane& lane) {
   }
   if (lane.green != nullptr) Green().destroy(static_cast<CUgreenCtx>(lane.green));
   lane.green = nullptr;
-  lane.mode = "one_stream";
 }
 
 absl::string_view CudaCopyEngine::LaunchMode(CopyRoute route) const {
-  return route == CopyRoute::kHostToHost ? "none" : LaneFor(route).mode;
+  return route == CopyRoute::kHostToHost ? "none" : LaneFor(route).mode();
 }
 
 int CudaCopyEngine::LaunchSms(CopyRoute route) const {
@@ -216,7 +214,6 @@ absl::Status CudaCopyEngine::InitLane(int budget, int device_sms, Lane& lane) {
         return fall_back("cudaStreamCreate failed");
       }
     }
-    lane.mode = "two_stream";
   } else {
     const char* env = std::getenv("KVTIER_COPY_GREEN");
     if (env != nullptr && std::strcmp(env, "0") == 0) return fall_back("KVTIER_COPY_GREEN=0");
@@ -272,7 +269,6 @@ absl::Status CudaCopyEngine::InitLane(int budget, int device_sms, Lane& lane) {
       }
       st = reinterpret_cast<cudaStream_t>(cs);
     }
-    lane.mode = "two_stream_green";
   }
   // Kernels launched on the lane's streams must run: first as they are, then with the green
   // context made current around each launch.

@@ -160,7 +160,11 @@ class CudaCopyEngine final : public CopyEngine {
     void* green = nullptr;  // CUgreenCtx, or null
     bool push_ctx = false;  // launches need the green context current (Init's probe decides)
     std::array<cudaStream_t, 2> streams = {nullptr, nullptr};
-    absl::string_view mode = "one_stream";
+    absl::string_view mode() const {
+      return streams[1] == nullptr ? "one_stream"
+             : green != nullptr    ? "two_stream_green"
+                                   : "two_stream";
+    }
   };
 
   explicit CudaCopyEngine(const CudaCopyEngineOptions& options);

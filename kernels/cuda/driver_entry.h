@@ -2,7 +2,12 @@
 // libcuda: the runtime is linked statically and the driver is whatever the machine has.
 #pragma once
 
+#include <cuda.h>
 #include <cuda_runtime_api.h>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 
 namespace kvtier {
 
@@ -27,6 +32,13 @@ template <typename Fn>
 bool ResolveCudaDriverEntry(const char* name, Fn& out, int version = 12000) {
   out = CudaDriverEntry<Fn>(name, version);
   return out != nullptr;
+}
+
+// A driver call's result: OK, or an error of `code` naming the call and the CUresult.
+inline absl::Status CudaDriverStatus(CUresult result, absl::string_view what,
+                                     absl::StatusCode code) {
+  if (result == CUDA_SUCCESS) return absl::OkStatus();
+  return absl::Status(code, absl::StrCat(what, ": CUDA driver error ", static_cast<int>(result)));
 }
 
 }  // namespace kvtier

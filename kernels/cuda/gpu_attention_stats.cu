@@ -1643,46 +1643,55 @@ MmaPick PickExperiment(const AttentionStatsShape& s) {
   }
 }
 
+// The default option set as the tiled pass's template and plan take it.
+namespace mma_default {
+constexpr int kOpt = mma_pass::kOptDefault & mma_pass::kKernelOpts;
+constexpr int kNoMaps = kOpt & ~mma_pass::kOptBulkLoads;
+constexpr bool kMaps = (kOpt & mma_pass::kOptBulkLoads) != 0;
+constexpr bool kFused = (mma_pass::kOptDefault & mma_pass::kOptFusedTail) != 0;
+constexpr bool kSwz = kMaps && (kOpt & mma_pass::kOptSwizzle) != 0;
+constexpr int kLaunch = mma_pass::kOptDefault & mma_pass::kOptCacheMaps;
+constexpr int kLayout = !kSwz ? kTensorMapPadded
+                        : (mma_pass::kOptDefault & mma_pass::kOptPromote256) != 0
+                            ? kTensorMapSwizzledPromoted
+                            : kTensorMapSwizzled;
+}  // namespace mma_default
+
+// The default kernel of head_dim 64 or 128 with the tensor-map producer, its fallback without
+// it, and the shared memory of whichever needs more (the fallback's padded tiles).
+template <typename T, int kHeadDim>
+MmaPick DefaultMmaPick(uint32_t tpp) {
+  using namespace mma_default;
+  constexpr size_t kSmem = std::max(mma_pass::Geometry<kHeadDim, false, kSwz>::kSmemBytes,
+                                    mma_pass::Geometry<kHeadDim>::kSmemBytes);
+  return {MmaKernelFor<T, kHeadDim, kOpt>(tpp),
+          MmaKernelFor<T, kHeadDim, kNoMaps>(tpp),
+          kSmem,
+          kMaps,
+          kFused,
+          kLayout,
+          kLaunch};
+}
+
 template <typename T>
 MmaPick PickMmaKernel(const AttentionStatsShape& s) {
-  constexpr int kOpt = mma_pass::kOptDefault & mma_pass::kKernelOpts;
-  constexpr int kNoMaps = kOpt & ~mma_pass::kOptBulkLoads;
-  constexpr bool kMaps = (kOpt & mma_pass::kOptBulkLoads) != 0;
-  constexpr bool kFused = (mma_pass::kOptDefault & mma_pass::kOptFusedTail) != 0;
-  constexpr bool kSwz = kMaps && (kOpt & mma_pass::kOptSwizzle) != 0;
-  constexpr int kLaunch = mma_pass::kOptDefault & mma_pass::kOptCacheMaps;
-  constexpr int kLayout = !kSwz ? kTensorMapPadded
-                          : (mma_pass::kOptDefault & mma_pass::kOptPromote256) != 0
-                              ? kTensorMapSwizzledPromoted
-                              : kTensorMapSwizzled;
-  // The kernel's shared memory, or its fallback's (padded tiles) if more.
-  constexpr size_t kSmem64 =
-      std::max(mma_pass::Geometry<64, false, kSwz>::kSmemBytes, mma_pass::Geometry<64>::kSmemBytes);
-  constexpr size_t kSmem128 = std::max(mma_pass::Geometry<128, false, kSwz>::kSmemBytes,
-                                       mma_pass::Geometry<128>::kSmemBytes);
   const uint32_t tpp = s.tokens_per_page;
   switch (s.head_dim) {
     case 64:
-      return {MmaKernelFor<T, 64, kOpt>(tpp),
-              MmaKernelFor<T, 64, kNoMaps>(tpp),
-              kSmem64,
-              kMaps,
-              kFused,
-              kLayout,
-              kLaunch};
+      return DefaultMmaPick<T, 64>(tpp);
     case 128: {
       if (MmaPick e = PickExperiment(s); e.kernel != nullptr) return e;
-      return {MmaKernelFor<T, 128, kOpt>(tpp),
-              MmaKernelFor<T, 128, kNoMaps>(tpp),
-              kSmem128,
-              kMaps,
-              kFused,
-              kLayout,
-              kLaunch};
+      return DefaultMmaPick<T, 128>(tpp);
     }
     default: {  // head_dim 256 has no tensor-map producer (see kOptBulkLoads)
-      const MmaKernel k = MmaKernelFor<T, 256, kNoMaps>(tpp);
-      return {k, k, mma_pass::Geometry<256>::kSmemBytes, false, kFused, 0, kLaunch};
+      const MmaKernel k = MmaKernelFor<T, 256, mma_default::kNoMaps>(tpp);
+      return {k,
+              k,
+              mma_pass::Geometry<256>::kSmemBytes,
+              false,
+              mma_default::kFused,
+              0,
+              mma_default::kLaunch};
     }
   }
 }

@@ -215,12 +215,12 @@ void KvtierPolicy::Place(const PageKey& key, Node& node, const PageEntry& e, boo
     Erase(node.tier(), static_cast<int>(node.set_level), node.set_rank, key);
   }
   if (fresh) {
-    ++pages_[TierIndex(e.tier)];
+    ++turnover_[TierIndex(e.tier)].pages;
   } else if (node.tier() != e.tier) {
-    --pages_[TierIndex(node.tier())];
-    ++pages_[TierIndex(e.tier)];
+    --turnover_[TierIndex(node.tier())].pages;
+    ++turnover_[TierIndex(e.tier)].pages;
   }
-  held_[TierIndex(e.tier)] = true;
+  turnover_[TierIndex(e.tier)].held = true;
   node.set_rank = rank;
   node.tie = TieUnits(e);
   node.dirty = false;
@@ -331,27 +331,27 @@ void KvtierPolicy::OnUpdate(const PageKey& key, const PageEntry& e) {
 }
 
 void KvtierPolicy::Departed(Tier tier) {
-  const int t = TierIndex(tier);
-  const double gap = virtual_now_ - last_departure_[t];
-  last_departure_[t] = virtual_now_;
-  if (!departed_[t]) {
-    departed_[t] = true;  // the first departure only starts the clock
+  Turnover& t = turnover_[TierIndex(tier)];
+  const double gap = virtual_now_ - t.last_departure;
+  t.last_departure = virtual_now_;
+  if (!t.departed) {
+    t.departed = true;  // the first departure only starts the clock
     return;
   }
-  if (departure_gap_[t] < 0) {
-    departure_gap_[t] = gap;
+  if (t.gap < 0) {
+    t.gap = gap;
     return;
   }
   // The mean over about the last turnover: one gap weighs 1 / (pages in the tier).
-  const double a = 1.0 / std::max<double>(static_cast<double>(pages_[t]), 1.0);
-  departure_gap_[t] += a * (gap - departure_gap_[t]);
+  const double a = 1.0 / std::max<double>(static_cast<double>(t.pages), 1.0);
+  t.gap += a * (gap - t.gap);
 }
 
 double KvtierPolicy::Residency(Tier tier) const {
-  const int t = TierIndex(tier);
-  if (departure_gap_[t] < 0) return HUGE_VAL;
+  const Turnover& t = turnover_[TierIndex(tier)];
+  if (t.gap < 0) return HUGE_VAL;
   // Little's law: pages in the tier x the mean time between departures.
-  return static_cast<double>(pages_[t]) * departure_gap_[t];
+  return static_cast<double>(t.pages) * t.gap;
 }
 
 double KvtierPolicy::SwapPrice(Tier upper) const {
@@ -406,7 +406,7 @@ void KvtierPolicy::OnRemove(const PageKey& key, const PageEntry&) {
   }
   Erase(it->second.tier(), static_cast<int>(it->second.set_level), it->second.set_rank, key);
   Departed(it->second.tier());
-  --pages_[TierIndex(it->second.tier())];
+  --turnover_[TierIndex(it->second.tier())].pages;
   nodes_.erase(it);
 }
 

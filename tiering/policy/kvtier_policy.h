@@ -320,7 +320,7 @@ class KvtierPolicy final : public PlacementPolicy {
   // The next lower tier that has held a page (none: -1).
   int TierBelow(int tier) const {
     for (int t = tier + 1; t < kNumTiers; ++t) {
-      if (held_[t]) return t;
+      if (turnover_[t].held) return t;
     }
     return -1;
   }
@@ -359,14 +359,16 @@ class KvtierPolicy final : public PlacementPolicy {
   absl::flat_hash_set<NamespaceId> attention_namespaces_;
   // The tier whose prefix pages are ordered by the drop key: the lowest that has held a page.
   int drop_tier_ = -1;
-  // For priced swaps: the latest virtual time observed; per tier, whether it ever held a page,
-  // its pages, when one last left it and the mean gap between departures (< 0: none yet).
+  // For priced swaps: the latest virtual time observed, and each tier's turnover.
+  struct Turnover {
+    bool held = false;  // the tier ever held a page
+    uint64_t pages = 0;
+    bool departed = false;      // a page has left it (the clock of departures runs)
+    double last_departure = 0;  // virtual time
+    double gap = -1.0;          // mean virtual time between departures (< 0: none yet)
+  };
   double virtual_now_ = 0;
-  std::array<bool, kNumTiers> held_{};
-  std::array<uint64_t, kNumTiers> pages_{};
-  std::array<bool, kNumTiers> departed_{};
-  std::array<double, kNumTiers> last_departure_{};
-  std::array<double, kNumTiers> departure_gap_{-1.0, -1.0, -1.0};
+  std::array<Turnover, kNumTiers> turnover_{};
   uint64_t deferred_hits_ = 0;
 };
 

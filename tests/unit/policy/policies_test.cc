@@ -301,6 +301,20 @@ void CheckOrders(KvtierPolicy& policy, const absl::flat_hash_map<PageKey, PageEn
   }
 }
 
+// Inserts page `k` into `policy` and the test's records; half the time (when there are pages) as
+// the child of a random one of them, at a random position in [1, max_position].
+void InsertMaybeAsChild(std::mt19937_64& rng, const PageKey& k, PageEntry e, uint32_t max_position,
+                        KvtierPolicy& policy, std::vector<PageKey>& keys,
+                        absl::flat_hash_map<PageKey, PageEntry>& live) {
+  if (!keys.empty() && rng() % 2 == 0) {
+    e.parent = keys[rng() % keys.size()];
+    e.position = 1 + static_cast<uint32_t>(rng() % max_position);
+  }
+  keys.push_back(k);
+  live[k] = e;
+  policy.OnInsert(k, e);
+}
+
 TEST(KvtierPolicyTest, LevelsMergeIntoOneRankOrder) {
   std::mt19937_64 rng = testing::SeededRng();
   for (const bool priced : {false, true}) {
@@ -321,13 +335,7 @@ TEST(KvtierPolicyTest, LevelsMergeIntoOneRankOrder) {
                                                         : Tier::kDram;
         PageEntry e = Entry(tier, now, 1.0f);
         e.stats.tokens = rng() % 4 == 0 ? 7 : 16;
-        if (!keys.empty() && rng() % 2 == 0) {
-          e.parent = keys[rng() % keys.size()];
-          e.position = 1 + static_cast<uint32_t>(rng() % 100);
-        }
-        keys.push_back(k);
-        live[k] = e;
-        policy.OnInsert(k, e);
+        InsertMaybeAsChild(rng, k, e, 100, policy, keys, live);
       } else {
         const size_t i = rng() % keys.size();
         PageEntry& e = live[keys[i]];
@@ -383,13 +391,7 @@ TEST(KvtierPolicyTest, DeferredHitsEvictInExactRankOrder) {
       if (kind < 3 || keys.size() < 8) {
         const PageKey k = RandomKey(rng);
         PageEntry e = Entry(tiered && rng() % 3 == 0 ? Tier::kDram : Tier::kHbm, now, 1.0f);
-        if (!keys.empty() && rng() % 2 == 0) {
-          e.parent = keys[rng() % keys.size()];
-          e.position = 1 + static_cast<uint32_t>(rng() % 50);
-        }
-        keys.push_back(k);
-        live[k] = e;
-        policy.OnInsert(k, e);
+        InsertMaybeAsChild(rng, k, e, 50, policy, keys, live);
       } else if (kind < 8) {
         const size_t i = rng() % keys.size();
         PageEntry& e = live[keys[i]];

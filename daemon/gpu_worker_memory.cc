@@ -165,7 +165,7 @@ const Driver& GetDriver() {
   return d;
 }
 
-// Driver calls here open what a worker sent: a failure is the worker's handle's fault.
+// Driver calls here map what a worker registers: a failure fails that registration.
 absl::Status DriverStatus(CUresult r, absl::string_view what) {
   return CudaDriverStatus(r, what, absl::StatusCode::kInvalidArgument);
 }

@@ -502,6 +502,97 @@ __device__ __forceinline__ void Mma16816(float (&c)[4], const uint32_t (&a)[4], 
   }
 }
 
+// Hopper's warpgroup MMA (kOptWgmma), compiled only for sm_90a: anywhere else kHaveWgmma is
+// false and the option's kernels take the mma.sync path, so a build for any other target still
+// gets a working kernel.
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+constexpr bool kHaveWgmma = true;
+#else
+constexpr bool kHaveWgmma = false;
+#endif
+
+// The matrix descriptor of a K-major operand in the tensor copy's 128-byte swizzle (PTX ISA,
+// "Matrix Descriptor Format"): start address >> 4 in bits 0-13; leading byte offset (unused for a
+// swizzled K-major layout whose K extent fits one 128-byte row: 1 by convention) in bits 16-29;
+// stride byte offset 1024 >> 4 (8 rows of 128 bytes, one swizzle atom, to the next 8 rows) in
+// bits 32-45; base offset 0 (the atoms start 1024-byte aligned); swizzle mode 1 (128B) in bits
+// 62-63. A shared-memory address < 256 KiB fits the 14 bits, so adding (bytes >> 4) to the
+// descriptor moves its start address.
+__device__ __forceinline__ uint64_t SwizzledKDescriptor(uint32_t smem_addr) {
+  return uint64_t{(smem_addr & 0x3ffffu) >> 4} | (uint64_t{1} << 16) | (uint64_t{1024 >> 4} << 32) |
+         (uint64_t{1} << 62);
+}
+
+// Registers the warpgroup MMA writes asynchronously: an empty volatile asm that "rewrites" them,
+// kept in order with the wgmma waits (volatile too), so that no read of them is moved above the
+// wait that makes them valid.
+__device__ __forceinline__ void FenceAccumulators(float (&acc)[8][4]) {
+#pragma unroll
+  for (int n = 0; n < 8; ++n) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(acc[n][e])::"memory");
+  }
+}
+
+template <int kPending>
+__device__ __forceinline__ void WgmmaWait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory");
+}
+
+// acc (+)= A . B for a 64 x 64 x 16 tile on the warpgroup: A (16 rows a warp) from registers in
+// mma.sync's m16n8k16 A layout, B = 64 token rows x 16 dimensions through `desc`; the
+// accumulator's per-thread layout is that of eight m16n8 C fragments (acc[n] = tokens 8n..8n+7).
+// `accumulate` false: acc = A . B (the old contents are ignored).
+template <typename T>
+__device__ __forceinline__ void Wgmma64x64x16(float (&acc)[8][4], const uint32_t (&a)[4],
+                                              uint64_t desc, bool accumulate) {
+#define KVTIER_WGMMA_ACC                                                                   \
+  "+f"(acc[0][0]), "+f"(acc[0][1]), "+f"(acc[0][2]), "+f"(acc[0][3]), "+f"(acc[1][0]),     \
+      "+f"(acc[1][1]), "+f"(acc[1][2]), "+f"(acc[1][3]), "+f"(acc[2][0]), "+f"(acc[2][1]), \
+      "+f"(acc[2][2]), "+f"(acc[2][3]), "+f"(acc[3][0]), "+f"(acc[3][1]), "+f"(acc[3][2]), \
+      "+f"(acc[3][3]), "+f"(acc[4][0]), "+f"(acc[4][1]), "+f"(acc[4][2]), "+f"(acc[4][3]), \
+      "+f"(acc[5][0]), "+f"(acc[5][1]), "+f"(acc[5][2]), "+f"(acc[5][3]), "+f"(acc[6][0]), \
+      "+f"(acc[6][1]), "+f"(acc[6][2]), "+f"(acc[6][3]), "+f"(acc[7][0]), "+f"(acc[7][1]), \
+      "+f"(acc[7][2]), "+f"(acc[7][3])
+#define KVTIER_WGMMA_OPERANDS                                                         \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, " \
+  "%18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "           \
+  "{%32, %33, %34, %35}, %36, p, 1, 1, 0;\n"
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " KVTIER_WGMMA_OPERANDS "}\n"
+        : KVTIER_WGMMA_ACC
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(accumulate ? 1 : 0));
+  } else {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " KVTIER_WGMMA_OPERANDS "}\n"
+        : KVTIER_WGMMA_ACC
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(accumulate ? 1 : 0));
+  }
+#undef KVTIER_WGMMA_ACC
+#undef KVTIER_WGMMA_OPERANDS
+}
+
+// Issues S = Q . K^T for one 64-token tile of the swizzled ring (kOptSwizzle's layout: head_dim /
+// 64 boxes of 64 tokens x 128 bytes) as one wgmma group: k step ks starts 32 bytes further into
+// the 128-byte rows, and every 4 steps one 8 KiB box further. The fence orders the warpgroup's
+// earlier register accesses to acc (the last tile's statistics read it) before the MMAs.
+template <typename T, int kHeadDim>
+__device__ __forceinline__ void IssueTileS(float (&acc)[8][4],
+                                           const uint32_t (&qa)[kHeadDim / 16][4],
+                                           uint32_t k_tile) {
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+  const uint64_t desc = SwizzledKDescriptor(k_tile);
+#pragma unroll
+  for (int ks = 0; ks < kHeadDim / 16; ++ks) {
+    const uint32_t off = (ks / 4) * (64 * 128) + (ks % 4) * 32;
+    Wgmma64x64x16<T>(acc, qa[ks], desc + (off >> 4), ks > 0);
+  }
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+
 __device__ __forceinline__ float QuadMax(float x) {
   x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
   return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
@@ -843,9 +934,24 @@ constexpr int kOptPromote256 = 256;
 //    than 207 in 9 of 13 back-to-back pairs (3 ties, 1 slower), by 0.3 us on average; two calls
 //    back to back faster in 13 of 13, by 0.5-2.6 us.
 constexpr int kOptCacheMaps = 4096;
+// Session 16:
+//  kOptWgmma: S = Q.K^T by Hopper's warpgroup MMA (wgmma, sm_90a builds only; elsewhere the
+//    option's kernels take mma.sync): the two warpgroups of 64 rows each take B straight from
+//    the swizzled K tile through a matrix descriptor, so K is read from shared memory twice a
+//    block instead of 8 times (ldmatrix a warp), and the MMAs run asynchronously under the
+//    value norms. Needs kOptSwizzle.
+//  kOptWgmmaPipe: with kOptWgmma, two accumulator sets: tile t + 1's MMAs are issued before
+//    tile t's exponentials and page sums, so the tensor cores and the special-function unit
+//    work at once (FlashAttention-3's intra-warpgroup overlap).
+constexpr int kOptWgmma = 8192;
+constexpr int kOptWgmmaPipe = 16384;
 constexpr int kOptDefault = kOptFixedRef | kOptMmaNorms | kOptBulkLoads | kOptEvictFirst |
                             kOptFusedTail | kOptSwizzle | kOptCacheMaps;
 constexpr int kKernelOpts = ~(kOptFusedTail | kOptPromote256 | kOptCacheMaps);
+// What head_dim 64 and 128 take instead where the device code has wgmma (an sm_90a build on a
+// Hopper GPU: WgmmaBuilt): one block an SM with 6 stages (kOptDeep), since the pipelined
+// consumer's two accumulator sets need ~150 registers a thread.
+constexpr int kOptDefaultWgmma = kOptDefault | kOptWgmma | kOptWgmmaPipe | kOptDeep;
 
 // One stage tile of K or V (64 tokens x head_dim + 8 elements of kv head `head`), global ->
 // shared, by the tensor copy unit; completes its bytes on the mbarrier.
@@ -915,6 +1021,9 @@ __global__ void __launch_bounds__((kMaxWarps + 1) * 32,
   constexpr bool kFixedRef = (kOpt & kOptFixedRef) != 0;
   constexpr bool kMmaNorms = (kOpt & kOptMmaNorms) != 0;
   constexpr bool kEvictFirst = kBulk && (kOpt & kOptEvictFirst) != 0;
+  constexpr bool kWgmma =
+      kHaveWgmma && kSwizzle && (kOpt & kOptWgmma) != 0 && (kOpt & kOptDynamic) == 0;
+  constexpr bool kWgmmaPipe = kWgmma && (kOpt & kOptWgmmaPipe) != 0;
   constexpr int kPagesPerTile = kTile / kTpp;
   constexpr int kNTilesPerPage = kTpp / 8;
   constexpr int kKSteps = kHeadDim / 16;
@@ -1119,16 +1228,8 @@ __global__ void __launch_bounds__((kMaxWarps + 1) * 32,
 #pragma unroll
     for (uint32_t j = 0; j < 2; ++j)
       v_swz[j] = SwizzledChunk(warp * 8 + lane % 8, j * 4 + lane / 8);
-    for (uint32_t it = 0;; ++it) {
-      if (!kDynamic && tile_begin + it >= tile_end) break;
-      const uint32_t s = it % G::kStages;
-      MbarrierWait(bar_full + s * 8, (it / G::kStages) & 1);
-      const uint32_t tile =
-          kDynamic ? *static_cast<volatile uint32_t*>(&stage_tile[s]) : tile_begin + it;
-      if (tile == kNoTile) break;
-      const unsigned char* stage = smem + s * G::kStageBytes;
-      const uint32_t c0 = tile * kTile;
-
+    // The value norms of a tile (row split 0 only): V in `stage`, tokens from c0.
+    auto value_norms = [&](const unsigned char* stage, uint32_t c0) {
       if (do_norms && kMmaNorms) {
         // Tokens c0 + 8w .. +7. ldmatrix.x4 at dimensions 32q.. gives r0..r3 = V8[:, 32q + 8m ..
         // + 8], which are at once the A fragment (rows 8..15 repeat rows 0..7) and the B
@@ -1187,170 +1288,245 @@ __global__ void __launch_bounds__((kMaxWarps + 1) * 32,
           p.norm_sum[(size_t{pg} * p.kv_heads + g) * kNormParts + first % kTpp / 8] = norm;
         }
       }
+    };
+    // A tile's page partials and the rows' running sums from its S accumulators (masked in
+    // place). Warps with rows only: the shuffles are warp-wide.
+    auto tile_stats = [&](float(&acc)[8][4], uint32_t tile, uint32_t c0) {
+      // Causal mask, only in the tiles that reach past the first window query's position (it
+      // also hides the columns past the sequence's end, zero-filled or stale).
+      if (c0 + kTile > p.tokens - p.window + 1) {
+#pragma unroll
+        for (int n = 0; n < 8; ++n) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            if (c0 + n * 8 + tig * 2 + (e & 1) > pos[e >> 1]) acc[n][e] = -INFINITY;
+          }
+        }
+      }
 
-      if (warp_has_rows) {  // warp-uniform
-        float acc[8][4];
+      if constexpr (kFixedRef) {
+        // Page sums relative to the row's fixed reference. Any sum not below 2^100 (overflow
+        // near, or the first tile, whose reference is -inf and gives inf or NaN) sends the
+        // whole warp (its shuffles are warp-wide) through the exact path below for this tile.
+        float v[2][kPagesPerTile];
+        auto page_sums = [&](const float(&ref)[2]) {
 #pragma unroll
-        for (int n = 0; n < 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
-        const uint32_t kbase = SmemAddress(stage) + (kSwizzle ? 0u : lm_offset);
-        // B fragments double-buffered by k step: the shared-memory loads of step ks + 1 are in
-        // flight while the tensor cores work on step ks.
-        uint32_t b[2][4][4];
-        auto load_b = [&](int ks, uint32_t(&dst)[4][4]) {
+          for (int h = 0; h < 2; ++h) {
 #pragma unroll
-          for (int np = 0; np < 4; ++np) {
-            if constexpr (kSwizzle) {
-              // Lane l: row 16 np + 8 (l / 16) + l % 8, 16-byte chunk 2 ks + (l / 8) % 2.
-              LdMatrixX4(kbase + (ks / 4) * (kTile * 128) + np * 16 * 128 + k_swz[ks % 4],
-                         dst[np][0], dst[np][1], dst[np][2], dst[np][3]);
-            } else {
-              LdMatrixX4(kbase + (np * 16 * G::kRowElems + ks * 16) * 2, dst[np][0], dst[np][1],
-                         dst[np][2], dst[np][3]);
+            for (int pp = 0; pp < kPagesPerTile; ++pp) {
+              float sum = 0;
+#pragma unroll
+              for (int n = pp * kNTilesPerPage; n < (pp + 1) * kNTilesPerPage; ++n) {
+                sum += Ex2(fmaf(acc[n][2 * h], p.scale_log2, -ref[h])) +
+                       Ex2(fmaf(acc[n][2 * h + 1], p.scale_log2, -ref[h]));
+              }
+              v[h][pp] = sum;
             }
+            QuadReduceScatter<kPagesPerTile>(v[h], tig);
           }
         };
-        load_b(0, b[0]);
+        page_sums(m_run);
+        constexpr int kSlots = kPagesPerTile >= 4 ? kPagesPerTile / 4 : 1;
+        bool bad = false;
 #pragma unroll
-        for (int ks = 0; ks < kKSteps; ++ks) {
-          if (ks + 1 < kKSteps) load_b(ks + 1, b[(ks + 1) % 2]);
+        for (int h = 0; h < 2; ++h) {
 #pragma unroll
-          for (int np = 0; np < 4; ++np) {
-            Mma16816<T>(acc[2 * np], qa[ks], b[ks % 2][np][0], b[ks % 2][np][1]);
-            Mma16816<T>(acc[2 * np + 1], qa[ks], b[ks % 2][np][2], b[ks % 2][np][3]);
-          }
+          for (int i = 0; i < kSlots; ++i) bad |= !(v[h][i] < 0x1p100f);
         }
-        // The stage is read: release it to the producer before the arithmetic below.
-        MbarrierArrive(bar_empty + s * 8);
-
-        // Causal mask, only in the tiles that reach past the first window query's position (it
-        // also hides the columns past the sequence's end, zero-filled or stale).
-        if (c0 + kTile > p.tokens - p.window + 1) {
-#pragma unroll
-          for (int n = 0; n < 8; ++n) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              if (c0 + n * 8 + tig * 2 + (e & 1) > pos[e >> 1]) acc[n][e] = -INFINITY;
-            }
-          }
-        }
-
-        if constexpr (kFixedRef) {
-          // Page sums relative to the row's fixed reference. Any sum not below 2^100 (overflow
-          // near, or the first tile, whose reference is -inf and gives inf or NaN) sends the
-          // whole warp (its shuffles are warp-wide) through the exact path below for this tile.
-          float v[2][kPagesPerTile];
-          auto page_sums = [&](const float(&ref)[2]) {
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-#pragma unroll
-              for (int pp = 0; pp < kPagesPerTile; ++pp) {
-                float sum = 0;
-#pragma unroll
-                for (int n = pp * kNTilesPerPage; n < (pp + 1) * kNTilesPerPage; ++n) {
-                  sum += Ex2(fmaf(acc[n][2 * h], p.scale_log2, -ref[h])) +
-                         Ex2(fmaf(acc[n][2 * h + 1], p.scale_log2, -ref[h]));
-                }
-                v[h][pp] = sum;
-              }
-              QuadReduceScatter<kPagesPerTile>(v[h], tig);
-            }
-          };
-          page_sums(m_run);
-          constexpr int kSlots = kPagesPerTile >= 4 ? kPagesPerTile / 4 : 1;
-          bool bad = false;
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-#pragma unroll
-            for (int i = 0; i < kSlots; ++i) bad |= !(v[h][i] < 0x1p100f);
-          }
-          if (__any_sync(0xffffffffu, bad)) {
-            float ref[2];
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-              float mx = -INFINITY;
-#pragma unroll
-              for (int n = 0; n < 8; ++n) mx = fmaxf(mx, fmaxf(acc[n][2 * h], acc[n][2 * h + 1]));
-              mx = QuadMax(mx);
-              const float m_new = fmaxf(m_run[h], mx * p.scale_log2);  // -inf: all masked
-              if (m_new != -INFINITY) {
-                s_run[h] = m_run[h] == -INFINITY ? 0.0f : s_run[h] * Ex2(m_run[h] - m_new);
-                m_run[h] = m_new;
-              }
-              ref[h] = m_run[h] == -INFINITY ? 0.0f : m_run[h];
-            }
-            page_sums(ref);
-          }
-          // Lane tig owns pages 4i + tig (4+ pages a tile), tig (2 pages, lanes 0-1) or the
-          // tile's one page (lane 0); owners write the page's log2-sum-exp and add it to their
-          // share of the row's sum.
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-#pragma unroll
-            for (int i = 0; i < kSlots; ++i) {
-              const uint32_t pp = kPagesPerTile >= 4   ? 4 * i + tig
-                                  : kPagesPerTile == 2 ? (tig & 1)
-                                                       : 0;
-              const bool owner = kPagesPerTile >= 4 || tig < static_cast<uint32_t>(kPagesPerTile);
-              const uint32_t pg = tile * kPagesPerTile + pp;
-              const float sum = v[h][i];
-              if (owner && row_ok[h] && pg < p.pages) {
-                p.page_lse[size_t{row_global[h]} * p.pages + pg] =
-                    sum > 0 ? m_run[h] + __log2f(sum) : -INFINITY;
-              }
-              if (owner) s_run[h] += sum;
-            }
-          }
-        } else {
-          // One reference per row and tile (its maximum): every page sum of the tile is relative
-          // to it, and the row's running sum merges once per tile. A page more than 2^126 below
-          // the tile's maximum flushes to zero mass, which it is to fp32 anyway.
+        if (__any_sync(0xffffffffu, bad)) {
+          float ref[2];
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
             float mx = -INFINITY;
 #pragma unroll
             for (int n = 0; n < 8; ++n) mx = fmaxf(mx, fmaxf(acc[n][2 * h], acc[n][2 * h + 1]));
             mx = QuadMax(mx);
-            const float ref = mx == -INFINITY ? 0.0f : mx * p.scale_log2;
-            float sums[kPagesPerTile];
-            float tile_sum = 0;
-#pragma unroll
-            for (int pp = 0; pp < kPagesPerTile; ++pp) {
-              float sum = 0;
-#pragma unroll
-              for (int n = pp * kNTilesPerPage; n < (pp + 1) * kNTilesPerPage; ++n) {
-                sum += Ex2(fmaf(acc[n][2 * h], p.scale_log2, -ref)) +
-                       Ex2(fmaf(acc[n][2 * h + 1], p.scale_log2, -ref));
-              }
-              sums[pp] = QuadSum(sum);
-              tile_sum += sums[pp];
-            }
-            // Lane tig of the quad writes pages tig, tig + 4, ...: selects, not divergent
-            // branches.
-#pragma unroll
-            for (int slot = 0; slot < (kPagesPerTile + 3) / 4; ++slot) {
-              float mine = sums[slot * 4];
-#pragma unroll
-              for (int k = 1; k < 4; ++k) {
-                if (slot * 4 + k < kPagesPerTile && tig == static_cast<uint32_t>(k)) {
-                  mine = sums[slot * 4 + k];
-                }
-              }
-              const uint32_t pp = slot * 4 + tig;
-              const uint32_t pg = tile * kPagesPerTile + pp;
-              if (pp < kPagesPerTile && row_ok[h] && pg < p.pages) {
-                p.page_lse[size_t{row_global[h]} * p.pages + pg] =
-                    mine > 0 ? ref + __log2f(mine) : -INFINITY;
-              }
-            }
-            if (tile_sum > 0) {
-              const float m_new = fmaxf(m_run[h], ref);
-              s_run[h] = s_run[h] * Ex2(m_run[h] - m_new) + tile_sum * Ex2(ref - m_new);
+            const float m_new = fmaxf(m_run[h], mx * p.scale_log2);  // -inf: all masked
+            if (m_new != -INFINITY) {
+              s_run[h] = m_run[h] == -INFINITY ? 0.0f : s_run[h] * Ex2(m_run[h] - m_new);
               m_run[h] = m_new;
             }
+            ref[h] = m_run[h] == -INFINITY ? 0.0f : m_run[h];
+          }
+          page_sums(ref);
+        }
+        // Lane tig owns pages 4i + tig (4+ pages a tile), tig (2 pages, lanes 0-1) or the
+        // tile's one page (lane 0); owners write the page's log2-sum-exp and add it to their
+        // share of the row's sum.
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+#pragma unroll
+          for (int i = 0; i < kSlots; ++i) {
+            const uint32_t pp = kPagesPerTile >= 4   ? 4 * i + tig
+                                : kPagesPerTile == 2 ? (tig & 1)
+                                                     : 0;
+            const bool owner = kPagesPerTile >= 4 || tig < static_cast<uint32_t>(kPagesPerTile);
+            const uint32_t pg = tile * kPagesPerTile + pp;
+            const float sum = v[h][i];
+            if (owner && row_ok[h] && pg < p.pages) {
+              p.page_lse[size_t{row_global[h]} * p.pages + pg] =
+                  sum > 0 ? m_run[h] + __log2f(sum) : -INFINITY;
+            }
+            if (owner) s_run[h] += sum;
           }
         }
       } else {
-        MbarrierArrive(bar_empty + s * 8);
+        // One reference per row and tile (its maximum): every page sum of the tile is relative
+        // to it, and the row's running sum merges once per tile. A page more than 2^126 below
+        // the tile's maximum flushes to zero mass, which it is to fp32 anyway.
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          float mx = -INFINITY;
+#pragma unroll
+          for (int n = 0; n < 8; ++n) mx = fmaxf(mx, fmaxf(acc[n][2 * h], acc[n][2 * h + 1]));
+          mx = QuadMax(mx);
+          const float ref = mx == -INFINITY ? 0.0f : mx * p.scale_log2;
+          float sums[kPagesPerTile];
+          float tile_sum = 0;
+#pragma unroll
+          for (int pp = 0; pp < kPagesPerTile; ++pp) {
+            float sum = 0;
+#pragma unroll
+            for (int n = pp * kNTilesPerPage; n < (pp + 1) * kNTilesPerPage; ++n) {
+              sum += Ex2(fmaf(acc[n][2 * h], p.scale_log2, -ref)) +
+                     Ex2(fmaf(acc[n][2 * h + 1], p.scale_log2, -ref));
+            }
+            sums[pp] = QuadSum(sum);
+            tile_sum += sums[pp];
+          }
+          // Lane tig of the quad writes pages tig, tig + 4, ...: selects, not divergent
+          // branches.
+#pragma unroll
+          for (int slot = 0; slot < (kPagesPerTile + 3) / 4; ++slot) {
+            float mine = sums[slot * 4];
+#pragma unroll
+            for (int k = 1; k < 4; ++k) {
+              if (slot * 4 + k < kPagesPerTile && tig == static_cast<uint32_t>(k)) {
+                mine = sums[slot * 4 + k];
+              }
+            }
+            const uint32_t pp = slot * 4 + tig;
+            const uint32_t pg = tile * kPagesPerTile + pp;
+            if (pp < kPagesPerTile && row_ok[h] && pg < p.pages) {
+              p.page_lse[size_t{row_global[h]} * p.pages + pg] =
+                  mine > 0 ? ref + __log2f(mine) : -INFINITY;
+            }
+          }
+          if (tile_sum > 0) {
+            const float m_new = fmaxf(m_run[h], ref);
+            s_run[h] = s_run[h] * Ex2(m_run[h] - m_new) + tile_sum * Ex2(ref - m_new);
+            m_run[h] = m_new;
+          }
+        }
+      }
+    };
+    if constexpr (kWgmma) {
+      // Warpgroup MMA (kOptWgmma): warps 4i .. 4i + 3 issue S for their 64 rows together (every
+      // warp, with rows or without: wgmma is warpgroup-wide), B straight from the swizzled K
+      // tile, so shared memory is read once a warpgroup instead of once a warp. Each tile's MMAs
+      // run while the warps compute the tile's value norms; with kOptWgmmaPipe also while they
+      // compute the previous tile's statistics (two accumulator sets). A stage is released once
+      // the MMAs that read its K and the norms that read its V are done.
+      float acc0[8][4], acc1[8][4];
+#pragma unroll
+      for (int n = 0; n < 8; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc0[n][e] = acc1[n][e] = 0.0f;
+      }
+      const uint32_t tiles = tile_end > tile_begin ? tile_end - tile_begin : 0u;
+      auto stage_of = [&](uint32_t it) { return smem + it % G::kStages * G::kStageBytes; };
+      auto wait_full = [&](uint32_t it) {
+        MbarrierWait(bar_full + it % G::kStages * 8, (it / G::kStages) & 1);
+      };
+      if constexpr (kWgmmaPipe) {
+        // Tile it's S is in cur (complete); tile it + 1's MMAs go into nxt first and run under
+        // tile it's norms and statistics. Every group is waited for before the step ends: an
+        // accumulator in flight across the loop's back edge, a wgmma or a wgmma wait under a
+        // branch, serialize every wgmma of the kernel (ptxas C7514, C7518). So the loop takes
+        // tiles in pairs, and past the block's last tile a step issues its MMAs all the same, on
+        // a stale stage nobody writes any more, and never reads their result.
+        auto step = [&](float(&cur)[8][4], float(&nxt)[8][4], uint32_t it) {
+          const bool real = it < tiles;  // block-uniform
+          if (it + 1 < tiles) wait_full(it + 1);
+          IssueTileS<T, kHeadDim>(nxt, qa, SmemAddress(stage_of(it + 1)));
+          const uint32_t tile = tile_begin + it, c0 = tile * kTile;
+          if (real) {
+            value_norms(stage_of(it), c0);
+            MbarrierArrive(bar_empty + it % G::kStages * 8);
+            if (warp_has_rows) tile_stats(cur, tile, c0);
+          }
+          WgmmaWait<0>();
+          FenceAccumulators(nxt);
+        };
+        if (tiles > 0) wait_full(0);
+        IssueTileS<T, kHeadDim>(acc0, qa, SmemAddress(stage_of(0)));
+        WgmmaWait<0>();
+        FenceAccumulators(acc0);
+        for (uint32_t it = 0; it < tiles; it += 2) {
+          step(acc0, acc1, it);
+          step(acc1, acc0, it + 1);
+        }
+      } else {
+        for (uint32_t it = 0; it < tiles; ++it) {
+          wait_full(it);
+          const unsigned char* stage = stage_of(it);
+          const uint32_t tile = tile_begin + it, c0 = tile * kTile;
+          IssueTileS<T, kHeadDim>(acc0, qa, SmemAddress(stage));
+          value_norms(stage, c0);
+          WgmmaWait<0>();
+          FenceAccumulators(acc0);
+          MbarrierArrive(bar_empty + it % G::kStages * 8);
+          if (warp_has_rows) tile_stats(acc0, tile, c0);
+        }
+      }
+    } else {
+      for (uint32_t it = 0;; ++it) {
+        if (!kDynamic && tile_begin + it >= tile_end) break;
+        const uint32_t s = it % G::kStages;
+        MbarrierWait(bar_full + s * 8, (it / G::kStages) & 1);
+        const uint32_t tile =
+            kDynamic ? *static_cast<volatile uint32_t*>(&stage_tile[s]) : tile_begin + it;
+        if (tile == kNoTile) break;
+        const unsigned char* stage = smem + s * G::kStageBytes;
+        const uint32_t c0 = tile * kTile;
+        value_norms(stage, c0);
+        if (warp_has_rows) {  // warp-uniform
+          float acc[8][4];
+#pragma unroll
+          for (int n = 0; n < 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+          const uint32_t kbase = SmemAddress(stage) + (kSwizzle ? 0u : lm_offset);
+          // B fragments double-buffered by k step: the shared-memory loads of step ks + 1 are in
+          // flight while the tensor cores work on step ks.
+          uint32_t b[2][4][4];
+          auto load_b = [&](int ks, uint32_t(&dst)[4][4]) {
+#pragma unroll
+            for (int np = 0; np < 4; ++np) {
+              if constexpr (kSwizzle) {
+                // Lane l: row 16 np + 8 (l / 16) + l % 8, 16-byte chunk 2 ks + (l / 8) % 2.
+                LdMatrixX4(kbase + (ks / 4) * (kTile * 128) + np * 16 * 128 + k_swz[ks % 4],
+                           dst[np][0], dst[np][1], dst[np][2], dst[np][3]);
+              } else {
+                LdMatrixX4(kbase + (np * 16 * G::kRowElems + ks * 16) * 2, dst[np][0], dst[np][1],
+                           dst[np][2], dst[np][3]);
+              }
+            }
+          };
+          load_b(0, b[0]);
+#pragma unroll
+          for (int ks = 0; ks < kKSteps; ++ks) {
+            if (ks + 1 < kKSteps) load_b(ks + 1, b[(ks + 1) % 2]);
+#pragma unroll
+            for (int np = 0; np < 4; ++np) {
+              Mma16816<T>(acc[2 * np], qa[ks], b[ks % 2][np][0], b[ks % 2][np][1]);
+              Mma16816<T>(acc[2 * np + 1], qa[ks], b[ks % 2][np][2], b[ks % 2][np][3]);
+            }
+          }
+          // The stage is read: release it to the producer before the arithmetic below.
+          MbarrierArrive(bar_empty + s * 8);
+          tile_stats(acc, tile, c0);
+        } else {
+          MbarrierArrive(bar_empty + s * 8);
+        }
       }
     }
     if constexpr (kFixedRef) {
@@ -1568,9 +1744,27 @@ constexpr int kTensorMapPadded = 0;
 constexpr int kTensorMapSwizzled = 1;
 constexpr int kTensorMapSwizzledPromoted = 2;
 
+// The benchmark shape's kernel with kOpt (kOptSwizzle and kOptWgmma among them) and the launch
+// options of 4303; its fallback without tensor maps is 3's (19's with kOptDeep).
+template <int kOpt>
+MmaPick WgmmaPick() {
+  using B = __nv_bfloat16;
+  constexpr bool kDeep = (kOpt & mma_pass::kOptDeep) != 0;
+  constexpr int kFallback = kDeep ? 19 : 3;
+  return {mma_pass::AttentionStatsPass1Mma<B, 128, 16, kOpt>,
+          mma_pass::AttentionStatsPass1Mma<B, 128, 16, kFallback>,
+          std::max(mma_pass::Geometry<128, kDeep>::kSmemBytes,
+                   mma_pass::Geometry<128, kDeep, true>::kSmemBytes),
+          true,
+          true,
+          kTensorMapSwizzled,
+          mma_pass::kOptCacheMaps};
+}
+
 // KVTIER_ATTN_OPT=<bits of mma_pass::kOpt*> picks another option set of the tiled pass for the
 // benchmark's shape (bf16, head_dim 128, 16 tokens a page), for side-by-side measurements; every
-// other shape, and any value not listed, takes kOptDefault.
+// other shape, and any value not listed, takes the default (kOptDefaultWgmma where WgmmaBuilt,
+// else kOptDefault).
 MmaPick PickExperiment(const AttentionStatsShape& s) {
   const char* env = std::getenv("KVTIER_ATTN_OPT");
   if (env == nullptr || s.dtype != KvDType::kBF16 || s.head_dim != 128 || s.tokens_per_page != 16) {
@@ -1620,6 +1814,17 @@ MmaPick PickExperiment(const AttentionStatsShape& s) {
               true,
               kTensorMapSwizzled,
               mma_pass::kOptCacheMaps};
+    // 4303 + kOptWgmma (+ kOptWgmmaPipe) (+ kOptDeep: one block an SM, 6 stages).
+    case 4303 | mma_pass::kOptWgmma:
+      return WgmmaPick<15 | mma_pass::kOptSwizzle | mma_pass::kOptWgmma>();
+    case 4303 | mma_pass::kOptWgmma | mma_pass::kOptWgmmaPipe:
+      return WgmmaPick<15 | mma_pass::kOptSwizzle | mma_pass::kOptWgmma |
+                       mma_pass::kOptWgmmaPipe>();
+    case 4303 | mma_pass::kOptWgmma | mma_pass::kOptDeep:
+      return WgmmaPick<15 | mma_pass::kOptSwizzle | mma_pass::kOptWgmma | mma_pass::kOptDeep>();
+    case 4303 | mma_pass::kOptWgmma | mma_pass::kOptWgmmaPipe | mma_pass::kOptDeep:
+      return WgmmaPick<15 | mma_pass::kOptSwizzle | mma_pass::kOptWgmma | mma_pass::kOptWgmmaPipe |
+                       mma_pass::kOptDeep>();
     case 19:
       return {mma_pass::AttentionStatsPass1Mma<B, 128, 16, 19>,
               mma_pass::AttentionStatsPass1Mma<B, 128, 16, 19>, kDeepSmem, false};
@@ -1646,6 +1851,7 @@ MmaPick PickExperiment(const AttentionStatsShape& s) {
 // The default option set as the tiled pass's template and plan take it.
 namespace mma_default {
 constexpr int kOpt = mma_pass::kOptDefault & mma_pass::kKernelOpts;
+constexpr int kWgmmaOpt = mma_pass::kOptDefaultWgmma & mma_pass::kKernelOpts;
 constexpr int kNoMaps = kOpt & ~mma_pass::kOptBulkLoads;
 constexpr bool kMaps = (kOpt & mma_pass::kOptBulkLoads) != 0;
 constexpr bool kFused = (mma_pass::kOptDefault & mma_pass::kOptFusedTail) != 0;
@@ -1657,20 +1863,40 @@ constexpr int kLayout = !kSwz ? kTensorMapPadded
                             : kTensorMapSwizzled;
 }  // namespace mma_default
 
-// The default kernel of head_dim 64 or 128 with the tensor-map producer, its fallback without
-// it, and the shared memory of whichever needs more (the fallback's padded tiles).
+// Whether the device code loaded for the current device has the wgmma path (built for sm_90a).
+__device__ int wgmma_built = mma_pass::kHaveWgmma ? 1 : 0;
+
+bool WgmmaBuilt() {
+  int built = 0;
+  if (cudaMemcpyFromSymbol(&built, wgmma_built, sizeof(built)) != cudaSuccess) {
+    (void)cudaGetLastError();  // no symbol means no such code: the mma.sync default
+    return false;
+  }
+  return built != 0;
+}
+
+// The default kernel of head_dim 64 or 128 with the tensor-map producer (kOptDefaultWgmma's where
+// `wgmma`), its fallback without it, and the shared memory of whichever needs more (the
+// fallback's padded tiles, or the 6-stage ring).
 template <typename T, int kHeadDim>
-MmaPick DefaultMmaPick(uint32_t tpp) {
+MmaPick DefaultMmaPick(uint32_t tpp, bool wgmma) {
   using namespace mma_default;
   constexpr size_t kSmem = std::max(mma_pass::Geometry<kHeadDim, false, kSwz>::kSmemBytes,
                                     mma_pass::Geometry<kHeadDim>::kSmemBytes);
-  return {MmaKernelFor<T, kHeadDim, kOpt>(tpp),
-          MmaKernelFor<T, kHeadDim, kNoMaps>(tpp),
-          kSmem,
-          kMaps,
-          kFused,
-          kLayout,
-          kLaunch};
+  MmaPick pick{MmaKernelFor<T, kHeadDim, kOpt>(tpp),
+               MmaKernelFor<T, kHeadDim, kNoMaps>(tpp),
+               kSmem,
+               kMaps,
+               kFused,
+               kLayout,
+               kLaunch};
+  if constexpr (kSwz) {
+    if (wgmma) {
+      pick.kernel = MmaKernelFor<T, kHeadDim, kWgmmaOpt>(tpp);
+      pick.smem = std::max(kSmem, mma_pass::Geometry<kHeadDim, true, true>::kSmemBytes);
+    }
+  }
+  return pick;
 }
 
 template <typename T>
@@ -1678,10 +1904,10 @@ MmaPick PickMmaKernel(const AttentionStatsShape& s) {
   const uint32_t tpp = s.tokens_per_page;
   switch (s.head_dim) {
     case 64:
-      return DefaultMmaPick<T, 64>(tpp);
+      return DefaultMmaPick<T, 64>(tpp, WgmmaBuilt());
     case 128: {
       if (MmaPick e = PickExperiment(s); e.kernel != nullptr) return e;
-      return DefaultMmaPick<T, 128>(tpp);
+      return DefaultMmaPick<T, 128>(tpp, WgmmaBuilt());
     }
     default: {  // head_dim 256 has no tensor-map producer (see kOptBulkLoads)
       const MmaKernel k = MmaKernelFor<T, 256, mma_default::kNoMaps>(tpp);

@@ -3,7 +3,8 @@
 // Pass 1 reads K and V once and leaves, per (row = query x q head, page), the log2-sum-exp of the
 // page's scaled logits, and per (page, kv head) the sum of value-vector norms. Two versions:
 //  - tiled (mma_pass below), for tokens_per_page 8/16/32/64 and head_dim 64/128/256: every page
-//    lies inside one 64-token tile, so page sums come straight out of the MMA accumulators;
+//    lies inside one 64-token tile, so page sums come straight out of the MMA accumulators
+//    (mma.sync, or Hopper's wgmma where the build has sm_90a code: kOptWgmma);
 //  - generic (any tokens_per_page, head_dim a multiple of 16): one block per (kv head, run of
 //    whole pages) computes S = Q.K^T per 64-token tile on the tensor cores (WMMA) into shared
 //    memory, then walks it with an online softmax per page, carrying a page across tiles.
@@ -399,7 +400,9 @@ __global__ void __launch_bounds__(kThreads)
 // + tensor maps cached per K/V pointer (kOptCacheMaps, now the default) 64.1-65.6, median 64.9
 // (2.04x), against 64.4-65.7 for 207 in the same processes. V outside the stage ring, norms in two
 // chains, S in two halves and two other launch paths were all slower or no faster
-// (bench/gpu/results/h200-run9.md; their code: s15-attention-experiments.patch there).
+// (bench/gpu/results/h200-run9.md; their code: s15-attention-experiments.patch there). Session 16:
+// S by wgmma (kOptWgmma, the default of sm_90a builds) 58.6-60.2 us (1.84-1.88x) against
+// 65.0-66.9 for 4303 in the same processes (bench/gpu/results/h200-s16-attnw.md).
 namespace mma_pass {
 
 constexpr int kTile = 64;
@@ -518,7 +521,10 @@ constexpr bool kHaveWgmma = false;
 // bits 32-45; base offset 0 (the atoms start 1024-byte aligned); swizzle mode 1 (128B) in bits
 // 62-63. A shared-memory address < 256 KiB fits the 14 bits, so adding (bytes >> 4) to the
 // descriptor moves its start address.
+// (A template only so that a build without wgmma, which never calls it, does not warn.)
+template <int kSwizzleBytes = 128>
 __device__ __forceinline__ uint64_t SwizzledKDescriptor(uint32_t smem_addr) {
+  static_assert(kSwizzleBytes == 128, "the tensor copy's 128-byte swizzle only");
   return uint64_t{(smem_addr & 0x3ffffu) >> 4} | (uint64_t{1} << 16) | (uint64_t{1024 >> 4} << 32) |
          (uint64_t{1} << 62);
 }
@@ -526,9 +532,10 @@ __device__ __forceinline__ uint64_t SwizzledKDescriptor(uint32_t smem_addr) {
 // Registers the warpgroup MMA writes asynchronously: an empty volatile asm that "rewrites" them,
 // kept in order with the wgmma waits (volatile too), so that no read of them is moved above the
 // wait that makes them valid.
-__device__ __forceinline__ void FenceAccumulators(float (&acc)[8][4]) {
+template <int kN>
+__device__ __forceinline__ void FenceAccumulators(float (&acc)[kN][4]) {
 #pragma unroll
-  for (int n = 0; n < 8; ++n) {
+  for (int n = 0; n < kN; ++n) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(acc[n][e])::"memory");
   }
@@ -940,18 +947,23 @@ constexpr int kOptCacheMaps = 4096;
 //    the swizzled K tile through a matrix descriptor, so K is read from shared memory twice a
 //    block instead of 8 times (ldmatrix a warp), and the MMAs run asynchronously under the
 //    value norms. Needs kOptSwizzle.
+//    Measured (H200, 4303 + it = 12495): 58.6-60.2 us against 65.0-66.9 for 4303 in the same
+//    processes; with kOptDeep (12511, 116 registers, one block an SM) 66.8-68.2.
 //  kOptWgmmaPipe: with kOptWgmma, two accumulator sets: tile t + 1's MMAs are issued before
 //    tile t's exponentials and page sums, so the tensor cores and the special-function unit
-//    work at once (FlashAttention-3's intra-warpgroup overlap).
+//    work at once (FlashAttention-3's intra-warpgroup overlap). Not taken: it needs ~150
+//    registers a thread, so one block an SM (with kOptDeep, 28895: 67.2-68.7 us, occupancy 14%);
+//    at two blocks an SM (96 registers: 18 warps on 4 schedulers) it spills and ptxas serializes
+//    the wgmmas (28879: 96.6-98.5 us).
 constexpr int kOptWgmma = 8192;
 constexpr int kOptWgmmaPipe = 16384;
 constexpr int kOptDefault = kOptFixedRef | kOptMmaNorms | kOptBulkLoads | kOptEvictFirst |
                             kOptFusedTail | kOptSwizzle | kOptCacheMaps;
 constexpr int kKernelOpts = ~(kOptFusedTail | kOptPromote256 | kOptCacheMaps);
 // What head_dim 64 and 128 take instead where the device code has wgmma (an sm_90a build on a
-// Hopper GPU: WgmmaBuilt): one block an SM with 6 stages (kOptDeep), since the pipelined
-// consumer's two accumulator sets need ~150 registers a thread.
-constexpr int kOptDefaultWgmma = kOptDefault | kOptWgmma | kOptWgmmaPipe | kOptDeep;
+// Hopper GPU: WgmmaBuilt). Measured (H200, session 16, bench/gpu/results/h200-s16-attnw.md):
+// 4303 + kOptWgmma (12495) 58.6-60.2 us against 65.0-66.9 for 4303 in the same processes.
+constexpr int kOptDefaultWgmma = kOptDefault | kOptWgmma;
 
 // One stage tile of K or V (64 tokens x head_dim + 8 elements of kv head `head`), global ->
 // shared, by the tensor copy unit; completes its bytes on the mbarrier.
@@ -1877,7 +1889,7 @@ bool WgmmaBuilt() {
 
 // The default kernel of head_dim 64 or 128 with the tensor-map producer (kOptDefaultWgmma's where
 // `wgmma`), its fallback without it, and the shared memory of whichever needs more (the
-// fallback's padded tiles, or the 6-stage ring).
+// fallback's padded tiles).
 template <typename T, int kHeadDim>
 MmaPick DefaultMmaPick(uint32_t tpp, bool wgmma) {
   using namespace mma_default;
@@ -1891,10 +1903,7 @@ MmaPick DefaultMmaPick(uint32_t tpp, bool wgmma) {
                kLayout,
                kLaunch};
   if constexpr (kSwz) {
-    if (wgmma) {
-      pick.kernel = MmaKernelFor<T, kHeadDim, kWgmmaOpt>(tpp);
-      pick.smem = std::max(kSmem, mma_pass::Geometry<kHeadDim, true, true>::kSmemBytes);
-    }
+    if (wgmma) pick.kernel = MmaKernelFor<T, kHeadDim, kWgmmaOpt>(tpp);
   }
   return pick;
 }

@@ -401,8 +401,9 @@ __global__ void __launch_bounds__(kThreads)
 // (2.04x), against 64.4-65.7 for 207 in the same processes. V outside the stage ring, norms in two
 // chains, S in two halves and two other launch paths were all slower or no faster
 // (bench/gpu/results/h200-run9.md; their code: s15-attention-experiments.patch there). Session 16:
-// S by wgmma (kOptWgmma, the default of sm_90a builds) 58.6-60.2 us (1.84-1.88x) against
-// 65.0-66.9 for 4303 in the same processes (bench/gpu/results/h200-s16-attnw.md).
+// S by wgmma (kOptWgmma, the default of sm_90a builds) 58.6-60.7 us, median 59.8 (1.84-1.90x),
+// against 65.0-66.9, median 66.3, for 4303 in the same processes; the one kernel 59.9 us under ncu
+// against 62.4-63.3 (bench/gpu/results/h200-s16-attnw.md).
 namespace mma_pass {
 
 constexpr int kTile = 64;
@@ -947,7 +948,7 @@ constexpr int kOptCacheMaps = 4096;
 //    the swizzled K tile through a matrix descriptor, so K is read from shared memory twice a
 //    block instead of 8 times (ldmatrix a warp), and the MMAs run asynchronously under the
 //    value norms. Needs kOptSwizzle.
-//    Measured (H200, 4303 + it = 12495): 58.6-60.2 us against 65.0-66.9 for 4303 in the same
+//    Measured (H200, 4303 + it = 12495): 58.6-60.7 us against 65.0-66.9 for 4303 in the same
 //    processes; with kOptDeep (12511, 116 registers, one block an SM) 66.8-68.2.
 //  kOptWgmmaPipe: with kOptWgmma, two accumulator sets: tile t + 1's MMAs are issued before
 //    tile t's exponentials and page sums, so the tensor cores and the special-function unit
@@ -961,8 +962,7 @@ constexpr int kOptDefault = kOptFixedRef | kOptMmaNorms | kOptBulkLoads | kOptEv
                             kOptFusedTail | kOptSwizzle | kOptCacheMaps;
 constexpr int kKernelOpts = ~(kOptFusedTail | kOptPromote256 | kOptCacheMaps);
 // What head_dim 64 and 128 take instead where the device code has wgmma (an sm_90a build on a
-// Hopper GPU: WgmmaBuilt). Measured (H200, session 16, bench/gpu/results/h200-s16-attnw.md):
-// 4303 + kOptWgmma (12495) 58.6-60.2 us against 65.0-66.9 for 4303 in the same processes.
+// Hopper GPU: WgmmaBuilt); measured above (kOptWgmma).
 constexpr int kOptDefaultWgmma = kOptDefault | kOptWgmma;
 
 // One stage tile of K or V (64 tokens x head_dim + 8 elements of kv head `head`), global ->

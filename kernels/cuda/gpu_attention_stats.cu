@@ -402,8 +402,10 @@ __global__ void __launch_bounds__(kThreads)
 // chains, S in two halves and two other launch paths were all slower or no faster
 // (bench/gpu/results/h200-run9.md; their code: s15-attention-experiments.patch there). Session 16:
 // S by wgmma (kOptWgmma, the default of sm_90a builds) 58.6-60.7 us, median 59.8 (1.84-1.90x),
-// against 65.0-66.9, median 66.3, for 4303 in the same processes; the one kernel 59.9 us under ncu
-// against 62.4-63.3 (bench/gpu/results/h200-s16-attnw.md).
+// against 65.0-66.9, median 66.3, for 4303 in the same processes; the one kernel under ncu 59.9 us
+// against 62.4-63.3 (SpeedOfLight), 61.7 against 61.8 (a multi-metric replay): 9% fewer
+// instructions, half the shared-memory loads, and its warps now wait on the warpgroup-wide wgmma
+// instead (bench/gpu/results/h200-s16-attnw.md).
 namespace mma_pass {
 
 constexpr int kTile = 64;

@@ -101,6 +101,23 @@ struct CudaCopyEngineOptions {
   // then needs no event), behind the kernel two chunks back, instead of on the upload stream.
   // Saves two API calls a chunk. Default false.
   bool upload_on_launch_stream = false;
+  // Load/store kernel method only: each chunk kernel reads its descriptors straight from the
+  // pinned staging buffer over PCIe (GpuCopyOptions::host_descriptors, fetched 32 at a time a batch
+  // ahead) instead of from a device copy: a chunk costs one launch, no upload and no event, so the
+  // first kernel starts sooner and the GPU waits less on the host between early chunks. The
+  // staging buffer is then read by the GPU until the batch drains (as the device copy was).
+  // Default false.
+  bool descriptors_from_staging = false;
+};
+
+// The host's side of the last kernel-method batch (Copy or CopyWith), for the benchmarks: where
+// the wall time of a batch goes when the GPU copies faster than the host stages.
+struct KernelRunTrace {
+  uint32_t chunks = 0;     // kernel launches
+  uint32_t api_calls = 0;  // CUDA calls the chunks made (uploads, events, launches, context pushes)
+  double first_launch_us = 0;  // from entering the batch to the first launch returning
+  double enqueued_us = 0;      // ... to the last launch returning
+  double done_us = 0;          // ... to the streams drained
 };
 
 // One row of the calibration table: GB/s of each method for `piece_bytes` pieces on `route`.
@@ -145,6 +162,10 @@ class CudaCopyEngine final : public CopyEngine {
   absl::string_view LaunchMode(CopyRoute route) const;
   // SMs the kernel methods may occupy on `route`: its budget, capped at the device's SM count.
   int LaunchSms(CopyRoute route) const;
+  KernelRunTrace LastKernelRun() {
+    absl::MutexLock lock(&mu_);
+    return last_kernel_run_;
+  }
 
  private:
   struct Region {
@@ -216,6 +237,7 @@ class CudaCopyEngine final : public CopyEngine {
   std::vector<void*> batch_dsts_ ABSL_GUARDED_BY(mu_);
   std::vector<const void*> batch_srcs_ ABSL_GUARDED_BY(mu_);
   std::vector<size_t> batch_sizes_ ABSL_GUARDED_BY(mu_);
+  KernelRunTrace last_kernel_run_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace kvtier

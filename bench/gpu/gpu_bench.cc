@@ -170,7 +170,8 @@ int Main(int argc, char** argv) {
   // chunk launches (two streams, a green context of the budget's SMs below every SM), at a few
   // chunk schedules (first chunk, growth). A budget of 16 serves the HBM <-> DRAM rows, larger
   // ones (0: every SM) the HBM -> HBM rows. KVTIER_BENCH_ENGINE_VARIANTS="budget:overlap:first:
-  // growth[:1],..." replaces the list (a fifth field 1: upload_on_launch_stream, label `_u`).
+  // growth[:u[:s]],..." replaces the list (a fifth field 1: upload_on_launch_stream, label `_u`;
+  // a sixth field 1: descriptors_from_staging, label `_s`).
   struct Variant {
     int budget;
     bool overlap;
@@ -189,17 +190,17 @@ int Main(int argc, char** argv) {
       size_t end = list.find(',', at);
       if (end == std::string::npos) end = list.size();
       Variant v{};
-      int overlap = 0, same_stream = 0;
-      if (std::sscanf(list.substr(at, end - at).c_str(), "%d:%d:%u:%lf:%d", &v.budget, &overlap,
-                      &v.first, &v.growth, &same_stream) < 4) {
+      int overlap = 0, same_stream = 0, from_staging = 0;
+      if (std::sscanf(list.substr(at, end - at).c_str(), "%d:%d:%u:%lf:%d:%d", &v.budget, &overlap,
+                      &v.first, &v.growth, &same_stream, &from_staging) < 4) {
         std::fprintf(stderr, "bad KVTIER_BENCH_ENGINE_VARIANTS entry at %zu\n", at);
         return 1;
       }
       at = end + 1;
       v.overlap = overlap != 0;
       char label[64];
-      std::snprintf(label, sizeof(label), "%s_f%u_g%g%s", v.overlap ? "two" : "one", v.first,
-                    v.growth, same_stream != 0 ? "_u" : "");
+      std::snprintf(label, sizeof(label), "%s_f%u_g%g%s%s", v.overlap ? "two" : "one", v.first,
+                    v.growth, same_stream != 0 ? "_u" : "", from_staging != 0 ? "_s" : "");
       v.label = label;
       CudaCopyEngineOptions o;
       // Both routes at the variant's budget (a device_to_device budget of 0 would mean the
@@ -210,6 +211,7 @@ int Main(int argc, char** argv) {
       o.first_launch_ops = v.first;
       o.launch_growth = v.growth;
       o.upload_on_launch_stream = same_stream != 0;
+      o.descriptors_from_staging = from_staging != 0;
       o.host_to_device = o.device_to_host = o.device_to_device = CudaCopyMethod::kKernel;
       auto e = CudaCopyEngine::Create(o);
       CHECK_OK(e.status());
@@ -238,6 +240,8 @@ int Main(int argc, char** argv) {
   auto* slots_b = static_cast<std::byte*>(slots->get());
   const double gb = static_cast<double>(total) / 1e9;
 
+  // The engine_check's snapshots of a destination, kept across checks (up to 2 GiB each).
+  std::vector<std::byte> by_engine, by_kernel;
   // --- 1 and 2: scattered pieces ---
   for (int dir = 0; dir < (attn_only ? 0 : 4);
        ++dir) {  // 0 h2d (scatter), 1 d2h (gather), 2 d2d gather, 3 d2d scatter
@@ -335,12 +339,65 @@ int Main(int argc, char** argv) {
       t = TimeHost(reps, [&] { CHECK_OK((*engine)->CopyWith(route, CudaCopyMethod::kAuto, ops)); });
       Record({section, dir_name[dir], m, piece_kib, engine_options.kernel.sm_budget, gb / t,
               baseline});
+      // The route's variants and the raw kernel timed as they are (kernel_wall: one launch plus
+      // synchronise, wall clock, descriptors already on the device; what an engine without any
+      // host work of its own would reach), at the variants' budgets, in rounds: one run of each a
+      // round after one warm-up each, so that the machine's drift over the rounds falls on all of
+      // them alike. Medians.
+      struct Timed {
+        std::string method;
+        int sm;
+        std::function<void()> body;
+        Variant* variant;
+        std::vector<double> secs;
+      };
+      std::vector<Timed> timed;
       for (Variant& v : variants) {
         if ((v.budget == 16) == d2d) continue;
         CudaCopyEngine& e = *v.engine;
-        t = TimeHost(reps, [&] { CHECK_OK(e.CopyWith(route, CudaCopyMethod::kKernel, ops)); });
-        Record({section, dir_name[dir], "engine_kernel_" + v.label, piece_kib, e.LaunchSms(route),
-                gb / t, baseline});
+        timed.push_back(
+            {"engine_kernel_" + v.label,
+             e.LaunchSms(route),
+             [&e, &ops, route] { CHECK_OK(e.CopyWith(route, CudaCopyMethod::kKernel, ops)); },
+             &v,
+             {}});
+      }
+      for (int budget : d2d ? std::vector<int>{16, 64, 0} : std::vector<int>{16}) {
+        kernels::GpuCopyOptions opt;
+        opt.sm_budget = budget;
+        timed.push_back(
+            {"kernel_wall",
+             budget == 0 ? prop.multiProcessorCount : budget,
+             [&, opt] {
+               CHECK_OK(kernels::LaunchCopyBatch(static_cast<const CopyDescriptor*>(descs->get()),
+                                                 static_cast<uint32_t>(n), piece, opt, stream));
+               CHECK_CUDA(cudaStreamSynchronize(stream));
+             },
+             nullptr,
+             {}});
+      }
+      for (Timed& x : timed) x.body();
+      for (int r = 0; r < reps; ++r) {
+        for (Timed& x : timed) {
+          const auto t0 = std::chrono::steady_clock::now();
+          x.body();
+          x.secs.push_back(
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+        }
+      }
+      for (Timed& x : timed) {
+        std::sort(x.secs.begin(), x.secs.end());
+        Record({section, dir_name[dir], x.method, piece_kib, x.sm, gb / x.secs[x.secs.size() / 2],
+                baseline});
+        if (x.variant == nullptr) continue;
+        // The host's side of the variant's last run: lead time to the first kernel, time to the
+        // last launch, CUDA calls.
+        const KernelRunTrace tr = x.variant->engine->LastKernelRun();
+        std::printf(
+            "BENCH section=engine_host dir=%s piece_kib=%llu engine=%s chunks=%u api_calls=%u "
+            "first_launch_us=%.1f enqueued_us=%.1f done_us=%.1f\n",
+            dir_name[dir], static_cast<unsigned long long>(piece_kib), x.variant->label.c_str(),
+            tr.chunks, tr.api_calls, tr.first_launch_us, tr.enqueued_us, tr.done_us);
       }
       // What the engine's kernel method wrote must be what the raw kernel writes: destination
       // poisoned, engine, snapshot, poisoned again, raw kernel, compare. Once per route and
@@ -351,7 +408,10 @@ int Main(int argc, char** argv) {
         std::byte* dst = dir == 0 ? worker_b : dir == 1 ? host_b : dir == 2 ? slots_b : worker_b;
         const size_t dst_bytes = dir == 0 || dir == 3 ? 2 * total : total;
         CudaCopyEngine& e = *v.engine;
-        std::vector<std::byte> by_engine(dst_bytes), by_kernel(dst_bytes);
+        if (by_engine.size() < dst_bytes) {
+          by_engine.resize(dst_bytes);
+          by_kernel.resize(dst_bytes);
+        }
         auto snapshot = [&](std::vector<std::byte>& into) {
           CHECK_CUDA(cudaMemcpy(into.data(), dst, dst_bytes, cudaMemcpyDefault));
         };
@@ -373,7 +433,7 @@ int Main(int argc, char** argv) {
         snapshot(by_kernel);
         size_t written = 0;
         for (size_t i = 0; i < dst_bytes; i += 4096) written += by_kernel[i] != std::byte{0x77};
-        const bool same = by_engine == by_kernel;
+        const bool same = std::memcmp(by_engine.data(), by_kernel.data(), dst_bytes) == 0;
         std::printf(
             "BENCH section=engine_check dir=%s piece_kib=16 engine=%s mode=%s sm=%d "
             "same_as_kernel=%d pages_written=%zu\n",
@@ -395,19 +455,6 @@ int Main(int argc, char** argv) {
             std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - s0).count();
         std::printf("PROBE dir=%s piece_kib=%llu ops=%zu staging_pinned_ns_per_op=%.2f\n",
                     dir_name[dir], static_cast<unsigned long long>(piece_kib), n, ns / n);
-      }
-      // The raw kernel timed as the engine is (wall clock: launch, copy, synchronise), at the
-      // engine's budgets: what an engine without any host work of its own would reach.
-      for (int budget : d2d ? std::vector<int>{16, 64, 0} : std::vector<int>{16}) {
-        kernels::GpuCopyOptions opt;
-        opt.sm_budget = budget;
-        t = TimeHost(reps, [&] {
-          CHECK_OK(kernels::LaunchCopyBatch(static_cast<const CopyDescriptor*>(descs->get()),
-                                            static_cast<uint32_t>(n), piece, opt, stream));
-          CHECK_CUDA(cudaStreamSynchronize(stream));
-        });
-        Record({section, dir_name[dir], "kernel_wall", piece_kib,
-                budget == 0 ? prop.multiProcessorCount : budget, gb / t, baseline});
       }
     }
   }

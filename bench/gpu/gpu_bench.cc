@@ -17,7 +17,7 @@
 // times the attention pass's other option sets (KVTIER_ATTN_OPT,
 // kernels/cuda/gpu_attention_stats.cu) against the default's output. Prints a table, then one
 // machine-readable `BENCH key=value ...` line per figure. Usage: kvtier_gpu_bench [--total_mib=512]
-// [--reps=5] [--attn_only]
+// [--reps=5] [--attn_only] [--engine_only]
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -121,8 +121,12 @@ int Main(int argc, char** argv) {
   size_t total_mib = 512;
   int reps = 5;
   bool attn_only = false;  // --attn_only: just the attention statistics (for profiling)
+  // --engine_only: of the copy sections, only the one large memcpy, the engine's rows, kernel_wall
+  // and the engine checks; no attention section.
+  bool engine_only = false;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--attn_only") == 0) attn_only = true;
+    if (std::strcmp(argv[i], "--engine_only") == 0) engine_only = true;
     if (std::strncmp(argv[i], "--total_mib=", 12) == 0) total_mib = std::atoi(argv[i] + 12);
     if (std::strncmp(argv[i], "--reps=", 7) == 0) reps = std::atoi(argv[i] + 7);
   }
@@ -290,43 +294,47 @@ int Main(int argc, char** argv) {
       CHECK_CUDA(cudaMemcpy(descs->get(), list.data(), n * sizeof(CopyDescriptor),
                             cudaMemcpyHostToDevice));
       const char* section = d2d ? "hbm_hbm" : "hbm_dram";
-      const int slow_reps = std::max(1, reps / 2);
-      double t = TimeIt(stream, slow_reps, [&] {
-        for (size_t i = 0; i < n; ++i) {
-          CHECK_CUDA(cudaMemcpyAsync(dsts[i], srcs[i], piece, cudaMemcpyDefault, stream));
-        }
-      });
-      Record({section, dir_name[dir], "per_piece_memcpy", piece_kib, -1, gb / t, baseline});
-      cudaMemcpyAttributes attr{};
-      attr.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
-      size_t attr_idx = 0;
-      t = TimeIt(stream, reps, [&] {
-        CHECK_CUDA(cudaMemcpyBatchAsync(dsts.data(), srcs.data(), sizes.data(), n, &attr, &attr_idx,
-                                        1, stream));
-      });
-      Record({section, dir_name[dir], "memcpy_batch", piece_kib, -1, gb / t, baseline});
-      for (int budget : budgets) {
-        kernels::GpuCopyOptions opt;
-        opt.sm_budget = budget;
-        t = TimeIt(stream, reps, [&] {
-          CHECK_OK(kernels::LaunchCopyBatch(static_cast<const CopyDescriptor*>(descs->get()),
-                                            static_cast<uint32_t>(n), piece, opt, stream));
+      double t = 0;
+      // --engine_only: the engine's rows, kernel_wall and the checks alone.
+      if (!engine_only) {
+        const int slow_reps = std::max(1, reps / 2);
+        t = TimeIt(stream, slow_reps, [&] {
+          for (size_t i = 0; i < n; ++i) {
+            CHECK_CUDA(cudaMemcpyAsync(dsts[i], srcs[i], piece, cudaMemcpyDefault, stream));
+          }
         });
-        Record({section, dir_name[dir], "kernel", piece_kib,
-                budget == 0 ? prop.multiProcessorCount : budget, gb / t, baseline});
-      }
-      // The bulk-async mover reads and writes device memory only: HBM <-> HBM rows alone.
-      if (d2d) {
+        Record({section, dir_name[dir], "per_piece_memcpy", piece_kib, -1, gb / t, baseline});
+        cudaMemcpyAttributes attr{};
+        attr.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
+        size_t attr_idx = 0;
+        t = TimeIt(stream, reps, [&] {
+          CHECK_CUDA(cudaMemcpyBatchAsync(dsts.data(), srcs.data(), sizes.data(), n, &attr,
+                                          &attr_idx, 1, stream));
+        });
+        Record({section, dir_name[dir], "memcpy_batch", piece_kib, -1, gb / t, baseline});
         for (int budget : budgets) {
           kernels::GpuCopyOptions opt;
           opt.sm_budget = budget;
-          opt.mover = kernels::GpuCopyMover::kBulkAsync;
           t = TimeIt(stream, reps, [&] {
             CHECK_OK(kernels::LaunchCopyBatch(static_cast<const CopyDescriptor*>(descs->get()),
                                               static_cast<uint32_t>(n), piece, opt, stream));
           });
-          Record({section, dir_name[dir], "kernel_bulk", piece_kib,
+          Record({section, dir_name[dir], "kernel", piece_kib,
                   budget == 0 ? prop.multiProcessorCount : budget, gb / t, baseline});
+        }
+        // The bulk-async mover reads and writes device memory only: HBM <-> HBM rows alone.
+        if (d2d) {
+          for (int budget : budgets) {
+            kernels::GpuCopyOptions opt;
+            opt.sm_budget = budget;
+            opt.mover = kernels::GpuCopyMover::kBulkAsync;
+            t = TimeIt(stream, reps, [&] {
+              CHECK_OK(kernels::LaunchCopyBatch(static_cast<const CopyDescriptor*>(descs->get()),
+                                                static_cast<uint32_t>(n), piece, opt, stream));
+            });
+            Record({section, dir_name[dir], "kernel_bulk", piece_kib,
+                    budget == 0 ? prop.multiProcessorCount : budget, gb / t, baseline});
+          }
         }
       }
       // The engine as the daemon would use it: descriptor staging + upload + launch + sync,
@@ -460,7 +468,7 @@ int Main(int argc, char** argv) {
   }
 
   // --- 3: attention statistics ---
-  {
+  if (!engine_only) {
     kernels::AttentionStatsShape s{32768, 32, 8, 128, 32, 16, kernels::KvDType::kBF16};
     const size_t nq = size_t{s.window} * s.q_heads * s.head_dim;
     const size_t nkv = size_t{s.tokens} * s.kv_heads * s.head_dim;

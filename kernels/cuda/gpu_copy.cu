@@ -100,8 +100,9 @@ __device__ __forceinline__ void CopyShare(const void* from, void* to, uint64_t b
 // PCIe (a microsecond or two), which the device-list kernel would pay once a descriptor. Here group
 // g takes a contiguous run of descriptors, and each of its warps fetches the run 32 at a time, one
 // per lane (one coalesced read), a batch before it copies them.
-__global__ void CopyBatchHostListKernel(const CopyDescriptor* __restrict__ descs, uint32_t count,
-                                        uint32_t warps_per_desc) {
+__global__ void __launch_bounds__(1024)
+    CopyBatchHostListKernel(const CopyDescriptor* __restrict__ descs, uint32_t count,
+                            uint32_t warps_per_desc) {
   const uint32_t lane = threadIdx.x & 31u;
   const uint32_t warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
   const uint32_t total_warps = (gridDim.x * blockDim.x) >> 5;

@@ -101,13 +101,22 @@ struct CudaCopyEngineOptions {
   // then needs no event), behind the kernel two chunks back, instead of on the upload stream.
   // Saves two API calls a chunk. Default false.
   bool upload_on_launch_stream = false;
-  // Load/store kernel method only: each chunk kernel reads its descriptors straight from the
-  // pinned staging buffer over PCIe (GpuCopyOptions::host_descriptors, fetched 32 at a time a batch
-  // ahead) instead of from a device copy: a chunk costs one launch, no upload and no event, so the
-  // first kernel starts sooner and the GPU waits less on the host between early chunks. The
-  // staging buffer is then read by the GPU until the batch drains (as the device copy was).
-  // Default false.
-  bool descriptors_from_staging = false;
+  // Load/store kernel method only: a batch whose pieces are under this many bytes on average
+  // (judged by its first 64 pieces; a batch is mostly one layout's pages) goes in chunk kernels
+  // that read their descriptors straight from the pinned staging buffer over PCIe
+  // (GpuCopyOptions::host_descriptors, 32 at a time a batch ahead) instead of from a device copy:
+  // a chunk then costs one launch (4 CUDA calls instead of 7), no upload and no event, so the
+  // first kernel starts sooner (5-8 us after the call instead of 11-16 at 16 KiB, H200) and the
+  // GPU waits less on the host between the early, short chunks. Larger batches upload. Default
+  // 32 KiB, measured on an H200 against uploads in one process (bench/gpu/results/h200-run11.md):
+  // 16 KiB pieces HBM->HBM 102.5-104.2 % of the upload path's GB/s at 64 and 132 SMs, 32 KiB
+  // 99.8-100.9 %, 64 KiB 97.0-98.4 %; HBM<->DRAM at 16 SMs level. 0: always upload; UINT64_MAX:
+  // never upload.
+  uint64_t staging_descriptors_below_bytes = uint64_t{32} << 10;
+  // The first chunk of a batch whose descriptors come from staging (its chunks still grow by
+  // launch_growth). Smaller than first_launch_ops because such a chunk costs the host less: at
+  // 64 SMs, 16 KiB pieces, 384 gave 2-3 % more than 768 (h200-run11.md). Default 384.
+  uint32_t first_launch_ops_from_staging = 384;
 };
 
 // The host's side of the last kernel-method batch (Copy or CopyWith), for the benchmarks: where

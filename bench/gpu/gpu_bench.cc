@@ -8,9 +8,10 @@
 //   3. attention statistics on a 32k-token sequence vs the time to read K and V once at the
 //      device bandwidth measured by a large device-to-device copy (read + write bytes).
 // Beside the engine's rows (the default engine, and variants with one stream or overlapped chunk
-// launches at 16, 64 and every SM: `engine_kernel_<one|two>_f<first chunk>_g<growth>`, their
-// launch mode in `engine_mode` lines), `kernel_wall` times the raw kernel as the engine is timed
-// (one launch plus synchronise, wall clock), a `PROBE` line gives the host's descriptor staging
+// launches at 16, 64 and every SM: `engine_kernel_<one|two>_f<first chunk>_g<growth>[_s|_sd]`,
+// their launch mode in `engine_mode` lines, their host side in `engine_host` lines),
+// `kernel_wall` times the raw kernel as the engine is timed (one launch plus synchronise, wall
+// clock; in the same rounds as the variants), a `PROBE` line gives the host's descriptor staging
 // cost per piece, and an `engine_check` line per route and overlapped variant says whether the
 // engine's kernel method wrote what the raw kernel writes; `attention_stats_rearm` checks that a
 // reused attention workspace gives what a fresh one gives. KVTIER_BENCH_ATTN_OPTS="15,3,..." also
@@ -175,7 +176,10 @@ int Main(int argc, char** argv) {
   // chunk schedules (first chunk, growth). A budget of 16 serves the HBM <-> DRAM rows, larger
   // ones (0: every SM) the HBM -> HBM rows. KVTIER_BENCH_ENGINE_VARIANTS="budget:overlap:first:
   // growth[:u[:s]],..." replaces the list (a fifth field 1: upload_on_launch_stream, label `_u`;
-  // a sixth field 1: descriptors_from_staging, label `_s`).
+  // a sixth field: 0 or none, descriptors always uploaded (the engine before session 16); 1,
+  // chunk kernels always read them from the pinned staging, first chunk `first`, label `_s`; 2,
+  // the engine's default choice by piece size (staging_descriptors_below_bytes, its first chunk
+  // first_launch_ops_from_staging), label `_sd`).
   struct Variant {
     int budget;
     bool overlap;
@@ -187,8 +191,9 @@ int Main(int argc, char** argv) {
   std::vector<Variant> variants;
   {
     std::string list =
-        "16:0:1024:2,16:1:1024:2,16:1:512:1.5,64:0:1024:2,64:1:1024:2,64:1:512:1.5,"
-        "64:1:768:1.5,64:1:512:1.25,0:0:1024:2,0:1:1024:2,0:1:512:1.5,0:1:768:1.5,0:1:512:1.25";
+        "16:1:768:1.5,16:1:768:1.5:0:1,16:1:768:1.5:0:2,64:1:768:1.5,64:1:768:1.5:0:1,"
+        "64:1:384:1.5:0:1,64:1:768:1.5:0:2,0:1:768:1.5,0:1:768:1.5:0:1,0:1:384:1.5:0:1,"
+        "0:1:768:1.5:0:2";
     if (const char* v = std::getenv("KVTIER_BENCH_ENGINE_VARIANTS"); v != nullptr) list = v;
     for (size_t at = 0; at < list.size();) {
       size_t end = list.find(',', at);
@@ -204,7 +209,10 @@ int Main(int argc, char** argv) {
       v.overlap = overlap != 0;
       char label[64];
       std::snprintf(label, sizeof(label), "%s_f%u_g%g%s%s", v.overlap ? "two" : "one", v.first,
-                    v.growth, same_stream != 0 ? "_u" : "", from_staging != 0 ? "_s" : "");
+                    v.growth, same_stream != 0 ? "_u" : "",
+                    from_staging == 1   ? "_s"
+                    : from_staging == 2 ? "_sd"
+                                        : "");
       v.label = label;
       CudaCopyEngineOptions o;
       // Both routes at the variant's budget (a device_to_device budget of 0 would mean the
@@ -215,7 +223,11 @@ int Main(int argc, char** argv) {
       o.first_launch_ops = v.first;
       o.launch_growth = v.growth;
       o.upload_on_launch_stream = same_stream != 0;
-      o.descriptors_from_staging = from_staging != 0;
+      if (from_staging == 0) o.staging_descriptors_below_bytes = 0;
+      if (from_staging == 1) {
+        o.staging_descriptors_below_bytes = UINT64_MAX;
+        o.first_launch_ops_from_staging = v.first;
+      }
       o.host_to_device = o.device_to_host = o.device_to_device = CudaCopyMethod::kKernel;
       auto e = CudaCopyEngine::Create(o);
       CHECK_OK(e.status());

@@ -643,7 +643,9 @@ TEST(CudaCopyEngineTest, OverlappedChunksLandExactlyAtEveryBudget) {
     options.first_launch_ops = st.first;
     options.launch_growth = st.growth;
     options.upload_on_launch_stream = st.upload_on_launch_stream;
-    options.descriptors_from_staging = st.descriptors_from_staging;
+    // The test's pieces are small: pin each setting to one descriptor path.
+    options.staging_descriptors_below_bytes = st.descriptors_from_staging ? UINT64_MAX : 0;
+    options.first_launch_ops_from_staging = st.first;
     options.max_ops_per_launch = 1000;
     options.host_to_device = options.device_to_host = options.device_to_device =
         CudaCopyMethod::kKernel;

@@ -65,7 +65,9 @@ struct CudaCopyEngineOptions {
   // end to end, chunks from 768 growing by 1.5): every SM (132) gives 80-89% of a device memcpy
   // (16 KiB scatter 79.9% once), 64 SMs 83-88% for 32 and 64 KiB pieces and 76-83% for 16 KiB;
   // so 132 where every HBM->HBM copy must reach 80% of a memcpy, 64 to leave half the SMs to
-  // inference at 80% or more for pieces of 32 KiB and up.
+  // inference at 80% or more for pieces of 32 KiB and up. With descriptors read from the staging
+  // for small pieces (staging_descriptors_below_bytes), 16 KiB at 64 SMs measured 83.7-84.8%
+  // (bench/gpu/results/h200-run11-engine7.md, one process).
   int device_to_device_sm_budget = 0;
   // Method per route. kAuto (default) takes the calibration table's pick for the batch's mean
   // piece size; another value pins that method and skips calibrating the route. kKernelBulk may

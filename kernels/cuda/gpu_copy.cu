@@ -99,7 +99,9 @@ __device__ __forceinline__ void CopyShare(const void* from, void* to, uint64_t b
 // Descriptors in mapped pinned host memory (GpuCopyOptions::host_descriptors): every read crosses
 // PCIe (a microsecond or two), which the device-list kernel would pay once a descriptor. Here group
 // g takes a contiguous run of descriptors, and each of its warps fetches the run 32 at a time, one
-// per lane (one coalesced read), a batch before it copies them.
+// per lane (one coalesced read), a batch before it copies them. Its first lines repeat
+// CopyBatchKernel's warp-group split on purpose: with the split in a shared helper, ptxas compiled
+// CopyBatchKernel<ListSource> differently (32 registers instead of 56), a change not measured.
 __global__ void __launch_bounds__(1024)
     CopyBatchHostListKernel(const CopyDescriptor* __restrict__ descs, uint32_t count,
                             uint32_t warps_per_desc) {

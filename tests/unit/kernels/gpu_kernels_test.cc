@@ -697,6 +697,46 @@ TEST(CudaCopyEngineTest, OverlappedChunksLandExactlyAtEveryBudget) {
   }
 }
 
+// A batch whose pieces are under staging_descriptors_below_bytes skips the descriptor upload: its
+// chunk kernels read the pinned staging, so each chunk makes exactly the upload's three CUDA calls
+// (copy, event record, stream wait) fewer than a batch of larger pieces; both land exactly.
+TEST(CudaCopyEngineTest, SmallPiecesReadDescriptorsFromTheStaging) {
+  std::mt19937_64 rng(testing::TestSeed("SmallPiecesReadDescriptorsFromTheStaging"));
+  CudaCopyEngineOptions opt;
+  opt.host_to_device = opt.device_to_host = opt.device_to_device = CudaCopyMethod::kKernel;
+  opt.first_launch_ops = opt.first_launch_ops_from_staging = 4;
+  auto engine = CudaCopyEngine::Create(opt);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  const size_t n = size_t{4} << 20;
+  auto dev_a = DeviceBuffer::Allocate(n);
+  auto dev_b = DeviceBuffer::Allocate(n);
+  ASSERT_TRUE(dev_a.ok() && dev_b.ok());
+  auto* a = static_cast<unsigned char*>(dev_a->get());
+  auto* b = static_cast<unsigned char*>(dev_b->get());
+  std::vector<unsigned char> init(n), got(n), expect(n);
+  for (auto& x : init) x = static_cast<unsigned char>(rng());
+  ASSERT_CUDA(cudaMemcpy(a, init.data(), n, cudaMemcpyHostToDevice));
+  std::vector<uint32_t> calls_per_chunk;
+  for (uint64_t piece :
+       {opt.staging_descriptors_below_bytes / 2, opt.staging_descriptors_below_bytes * 2}) {
+    ASSERT_CUDA(cudaMemset(b, 0xA5, n));
+    const size_t count = n / piece;
+    std::vector<CopyOp> ops;
+    for (size_t i = 0; i < count; ++i) {  // reversed: no two pieces continue each other
+      ops.push_back({b + (count - 1 - i) * piece, a + i * piece, piece});
+      std::memcpy(expect.data() + (count - 1 - i) * piece, init.data() + i * piece, piece);
+    }
+    ASSERT_TRUE((*engine)->CopyWith(CopyRoute::kDeviceToDevice, CudaCopyMethod::kKernel, ops).ok());
+    ASSERT_CUDA(cudaMemcpy(got.data(), b, n, cudaMemcpyDeviceToHost));
+    EXPECT_EQ(0, std::memcmp(got.data(), expect.data(), n)) << "pieces of " << piece;
+    const KernelRunTrace trace = (*engine)->LastKernelRun();
+    ASSERT_GT(trace.chunks, 1u) << "pieces of " << piece;
+    ASSERT_EQ(trace.api_calls % trace.chunks, 0u) << "pieces of " << piece;
+    calls_per_chunk.push_back(trace.api_calls / trace.chunks);
+  }
+  EXPECT_EQ(calls_per_chunk[0] + 3, calls_per_chunk[1]);
+}
+
 // kernel-bulk is a device->device method: pinned for that route it moves scattered pieces exactly
 // (registered and unregistered device memory alike); pinned elsewhere, or asked for off that
 // route, it is refused rather than handed host memory.

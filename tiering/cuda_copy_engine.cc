@@ -316,10 +316,10 @@ absl::Status CudaCopyEngine::ProbeLane(const Lane& lane) {
 absl::StatusOr<std::unique_ptr<CudaCopyEngine>> CudaCopyEngine::Create(
     const CudaCopyEngineOptions& options) {
   if (options.max_ops_per_launch == 0 || options.first_launch_ops == 0 ||
-      !(options.launch_growth >= 1.0)) {
+      options.first_launch_ops_from_staging == 0 || !(options.launch_growth >= 1.0)) {
     return absl::InvalidArgumentError(
-        "cuda copy engine: max_ops_per_launch and first_launch_ops must be > 0 and "
-        "launch_growth >= 1");
+        "cuda copy engine: max_ops_per_launch, first_launch_ops and "
+        "first_launch_ops_from_staging must be > 0 and launch_growth >= 1");
   }
   if (options.kernel.sm_budget < 0 || options.device_to_device_sm_budget < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -559,9 +559,16 @@ absl::Status CudaCopyEngine::RunKernel(CopyRoute route, absl::Span<const CopyOp>
   // as descriptors in chunks (first_launch_ops, growing by launch_growth), each uploaded on
   // upload_stream_ and copied by its own launch while the host stages the next. With two streams
   // (the route's lane), chunk k+1's kernel waits only on its own upload and so overlaps chunk k's
-  // tail. Chunks of one fill take disjoint slices of the staging and device buffers, so nothing
-  // is rewritten while in use; once max_ops_per_launch are staged, the streams drain and the next
-  // fill starts over at 0.
+  // tail. A batch of small pieces (staging_descriptors_below_bytes) skips the upload: its chunk
+  // kernels read their slices of the staging buffer. Chunks of one fill take disjoint slices of
+  // the staging and device buffers, so nothing is rewritten while in use; once max_ops_per_launch
+  // are staged, the streams drain and the next fill starts over at 0.
+  const auto t_begin = std::chrono::steady_clock::now();
+  auto us_since_begin = [&t_begin] {
+    return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t_begin)
+        .count();
+  };
+  KernelRunTrace trace;
   unaligned_.clear();
   const Lane& lane = LaneFor(route);
   const bool two = lane.streams[1] != nullptr;
@@ -569,8 +576,21 @@ absl::Status CudaCopyEngine::RunKernel(CopyRoute route, absl::Span<const CopyOp>
                                                two ? lane.streams[1] : stream_};
   int turn = 0;  // the stream of the next launch
   const bool upload_on_launch_stream = two && options_.upload_on_launch_stream;
+  // Chunk kernels read the staging buffer itself (small pieces: nothing to upload).
+  uint64_t leading_bytes = 0;
+  const size_t leading = std::min<size_t>(ops.size(), 64);
+  for (size_t i = 0; i < leading; ++i) leading_bytes += ops[i].bytes;
+  const bool from_staging = mover == kernels::GpuCopyMover::kLoadStore && leading > 0 &&
+                            leading_bytes / leading < options_.staging_descriptors_below_bytes;
+  // CUDA calls a chunk makes besides its launch's own four (LaunchCopyBatch: device, SM count,
+  // launch, error check), for the trace.
+  const uint32_t calls_per_chunk = (from_staging              ? 0
+                                    : upload_on_launch_stream ? 1
+                                                              : 3) +
+                                   4 + (lane.push_ctx && lane.green != nullptr ? 3 : 0);
   const size_t capacity = options_.max_ops_per_launch;
-  const size_t first = std::min<size_t>(options_.first_launch_ops, capacity);
+  const size_t first = std::min<size_t>(
+      from_staging ? options_.first_launch_ops_from_staging : options_.first_launch_ops, capacity);
   size_t begin = 0;   // first descriptor of the chunk being staged
   size_t staged = 0;  // descriptors staged so far in this fill
   size_t target = first;
@@ -578,6 +598,7 @@ absl::Status CudaCopyEngine::RunKernel(CopyRoute route, absl::Span<const CopyOp>
   kernels::GpuCopyOptions kernel_options = options_.kernel;
   kernel_options.mover = mover;
   kernel_options.sm_budget = lane.sms;
+  kernel_options.host_descriptors = from_staging;
   auto drain = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> absl::Status {
     absl::Status status;
     for (int k = 0; k < (two ? 2 : 1); ++k) {
@@ -590,14 +611,19 @@ absl::Status CudaCopyEngine::RunKernel(CopyRoute route, absl::Span<const CopyOp>
   auto launch = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> absl::Status {
     const size_t n = staged - begin;
     if (n == 0) return absl::OkStatus();
-    auto* device = static_cast<kernels::CopyDescriptor*>(device_descs_.get()) + begin;
+    auto* device = from_staging
+                       ? staging_ + begin
+                       : static_cast<kernels::CopyDescriptor*>(device_descs_.get()) + begin;
     cudaStream_t stream = streams[turn];
     turn ^= 1;
-    RETURN_IF_ERROR(CudaStatus(
-        cudaMemcpyAsync(device, staging_ + begin, n * sizeof(kernels::CopyDescriptor),
-                        cudaMemcpyHostToDevice, upload_on_launch_stream ? stream : upload_stream_),
-        "cuda copy engine: descriptor upload"));
-    if (!upload_on_launch_stream) {
+    if (!from_staging) {
+      RETURN_IF_ERROR(
+          CudaStatus(cudaMemcpyAsync(device, staging_ + begin, n * sizeof(kernels::CopyDescriptor),
+                                     cudaMemcpyHostToDevice,
+                                     upload_on_launch_stream ? stream : upload_stream_),
+                     "cuda copy engine: descriptor upload"));
+    }
+    if (!from_staging && !upload_on_launch_stream) {
       // A wait takes the event's latest record when it is enqueued, so one event serves every
       // chunk.
       RETURN_IF_ERROR(CudaStatus(cudaEventRecord(uploaded_, upload_stream_),
@@ -610,6 +636,8 @@ absl::Status CudaCopyEngine::RunKernel(CopyRoute route, absl::Span<const CopyOp>
       RETURN_IF_ERROR(kernels::LaunchCopyBatch(device, static_cast<uint32_t>(n), max_piece,
                                                kernel_options, stream));
     }
+    if (trace.chunks++ == 0) trace.first_launch_us = us_since_begin();
+    trace.api_calls += calls_per_chunk;
     begin = staged;
     max_piece = 0;
     const double grown = std::ceil(static_cast<double>(target) * options_.launch_growth);
@@ -637,10 +665,13 @@ absl::Status CudaCopyEngine::RunKernel(CopyRoute route, absl::Span<const CopyOp>
     return launch();
   };
   absl::Status status = stage();
+  trace.enqueued_us = us_since_begin();
   // Drained before returning, error or not, as every launch used to be: the next call stages
   // from slot 0 again, and nothing may still read the staging buffer. (An upload enqueued before
   // a refused launch is ordered before the next call's uploads on upload_stream_.)
   status.Update(drain());
+  trace.done_us = us_since_begin();
+  last_kernel_run_ = trace;
   if (!status.ok()) {
     cudaStreamSynchronize(upload_stream_);
     return status;

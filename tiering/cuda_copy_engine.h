@@ -65,7 +65,9 @@ struct CudaCopyEngineOptions {
   // end to end, chunks from 768 growing by 1.5): every SM (132) gives 80-89% of a device memcpy
   // (16 KiB scatter 79.9% once), 64 SMs 83-88% for 32 and 64 KiB pieces and 76-83% for 16 KiB;
   // so 132 where every HBM->HBM copy must reach 80% of a memcpy, 64 to leave half the SMs to
-  // inference at 80% or more for pieces of 32 KiB and up.
+  // inference at 80% or more for pieces of 32 KiB and up. With descriptors read from the staging
+  // for small pieces (staging_descriptors_below_bytes), 16 KiB at 64 SMs measured 83.7-84.8%
+  // (bench/gpu/results/h200-run11-engine7.md, one process).
   int device_to_device_sm_budget = 0;
   // Method per route. kAuto (default) takes the calibration table's pick for the batch's mean
   // piece size; another value pins that method and skips calibrating the route. kKernelBulk may
@@ -101,6 +103,32 @@ struct CudaCopyEngineOptions {
   // then needs no event), behind the kernel two chunks back, instead of on the upload stream.
   // Saves two API calls a chunk. Default false.
   bool upload_on_launch_stream = false;
+  // Load/store kernel method only: a batch whose pieces are under this many bytes on average
+  // (judged by its first 64 pieces; a batch is mostly one layout's pages) goes in chunk kernels
+  // that read their descriptors straight from the pinned staging buffer over PCIe
+  // (GpuCopyOptions::host_descriptors, 32 at a time a batch ahead) instead of from a device copy:
+  // a chunk then costs one launch (4 CUDA calls instead of 7), no upload and no event, so the
+  // first kernel starts sooner (5-8 us after the call instead of 11-16 at 16 KiB, H200) and the
+  // GPU waits less on the host between the early, short chunks. Larger batches upload. Default
+  // 32 KiB, measured on an H200 against uploads in one process (bench/gpu/results/h200-run11.md):
+  // 16 KiB pieces HBM->HBM 102.5-104.2 % of the upload path's GB/s at 64 and 132 SMs, 32 KiB
+  // 99.8-100.9 %, 64 KiB 97.0-98.4 %; HBM<->DRAM at 16 SMs level. 0: always upload; UINT64_MAX:
+  // never upload.
+  uint64_t staging_descriptors_below_bytes = uint64_t{32} << 10;
+  // The first chunk of a batch whose descriptors come from staging (its chunks still grow by
+  // launch_growth). Smaller than first_launch_ops because such a chunk costs the host less: at
+  // 64 SMs, 16 KiB pieces, 384 gave 2-3 % more than 768 (h200-run11.md). Default 384.
+  uint32_t first_launch_ops_from_staging = 384;
+};
+
+// The host's side of the last kernel-method batch (Copy or CopyWith), for the benchmarks: where
+// the wall time of a batch goes when the GPU copies faster than the host stages.
+struct KernelRunTrace {
+  uint32_t chunks = 0;     // kernel launches
+  uint32_t api_calls = 0;  // CUDA calls the chunks made (uploads, events, launches, context pushes)
+  double first_launch_us = 0;  // from entering the batch to the first launch returning
+  double enqueued_us = 0;      // ... to the last launch returning
+  double done_us = 0;          // ... to the streams drained
 };
 
 // One row of the calibration table: GB/s of each method for `piece_bytes` pieces on `route`.
@@ -145,6 +173,10 @@ class CudaCopyEngine final : public CopyEngine {
   absl::string_view LaunchMode(CopyRoute route) const;
   // SMs the kernel methods may occupy on `route`: its budget, capped at the device's SM count.
   int LaunchSms(CopyRoute route) const;
+  KernelRunTrace LastKernelRun() {
+    absl::MutexLock lock(&mu_);
+    return last_kernel_run_;
+  }
 
  private:
   struct Region {
@@ -216,6 +248,7 @@ class CudaCopyEngine final : public CopyEngine {
   std::vector<void*> batch_dsts_ ABSL_GUARDED_BY(mu_);
   std::vector<const void*> batch_srcs_ ABSL_GUARDED_BY(mu_);
   std::vector<size_t> batch_sizes_ ABSL_GUARDED_BY(mu_);
+  KernelRunTrace last_kernel_run_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace kvtier

@@ -8,16 +8,17 @@
 //   3. attention statistics on a 32k-token sequence vs the time to read K and V once at the
 //      device bandwidth measured by a large device-to-device copy (read + write bytes).
 // Beside the engine's rows (the default engine, and variants with one stream or overlapped chunk
-// launches at 16, 64 and every SM: `engine_kernel_<one|two>_f<first chunk>_g<growth>`, their
-// launch mode in `engine_mode` lines), `kernel_wall` times the raw kernel as the engine is timed
-// (one launch plus synchronise, wall clock), a `PROBE` line gives the host's descriptor staging
+// launches at 16, 64 and every SM: `engine_kernel_<one|two>_f<first chunk>_g<growth>[_s|_sd]`,
+// their launch mode in `engine_mode` lines, their host side in `engine_host` lines),
+// `kernel_wall` times the raw kernel as the engine is timed (one launch plus synchronise, wall
+// clock; in the same rounds as the variants), a `PROBE` line gives the host's descriptor staging
 // cost per piece, and an `engine_check` line per route and overlapped variant says whether the
 // engine's kernel method wrote what the raw kernel writes; `attention_stats_rearm` checks that a
 // reused attention workspace gives what a fresh one gives. KVTIER_BENCH_ATTN_OPTS="15,3,..." also
 // times the attention pass's other option sets (KVTIER_ATTN_OPT,
 // kernels/cuda/gpu_attention_stats.cu) against the default's output. Prints a table, then one
 // machine-readable `BENCH key=value ...` line per figure. Usage: kvtier_gpu_bench [--total_mib=512]
-// [--reps=5] [--attn_only]
+// [--reps=5] [--attn_only] [--engine_only]
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -121,8 +122,12 @@ int Main(int argc, char** argv) {
   size_t total_mib = 512;
   int reps = 5;
   bool attn_only = false;  // --attn_only: just the attention statistics (for profiling)
+  // --engine_only: of the copy sections, only the one large memcpy, the engine's rows, kernel_wall
+  // and the engine checks; no attention section.
+  bool engine_only = false;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--attn_only") == 0) attn_only = true;
+    if (std::strcmp(argv[i], "--engine_only") == 0) engine_only = true;
     if (std::strncmp(argv[i], "--total_mib=", 12) == 0) total_mib = std::atoi(argv[i] + 12);
     if (std::strncmp(argv[i], "--reps=", 7) == 0) reps = std::atoi(argv[i] + 7);
   }
@@ -170,7 +175,11 @@ int Main(int argc, char** argv) {
   // chunk launches (two streams, a green context of the budget's SMs below every SM), at a few
   // chunk schedules (first chunk, growth). A budget of 16 serves the HBM <-> DRAM rows, larger
   // ones (0: every SM) the HBM -> HBM rows. KVTIER_BENCH_ENGINE_VARIANTS="budget:overlap:first:
-  // growth[:1],..." replaces the list (a fifth field 1: upload_on_launch_stream, label `_u`).
+  // growth[:u[:s]],..." replaces the list (a fifth field 1: upload_on_launch_stream, label `_u`;
+  // a sixth field: 0 or none, descriptors always uploaded (the engine before session 16); 1,
+  // chunk kernels always read them from the pinned staging, first chunk `first`, label `_s`; 2,
+  // the engine's default choice by piece size (staging_descriptors_below_bytes, its first chunk
+  // first_launch_ops_from_staging), label `_sd`).
   struct Variant {
     int budget;
     bool overlap;
@@ -182,24 +191,28 @@ int Main(int argc, char** argv) {
   std::vector<Variant> variants;
   {
     std::string list =
-        "16:0:1024:2,16:1:1024:2,16:1:512:1.5,64:0:1024:2,64:1:1024:2,64:1:512:1.5,"
-        "64:1:768:1.5,64:1:512:1.25,0:0:1024:2,0:1:1024:2,0:1:512:1.5,0:1:768:1.5,0:1:512:1.25";
+        "16:1:768:1.5,16:1:768:1.5:0:1,16:1:768:1.5:0:2,64:1:768:1.5,64:1:768:1.5:0:1,"
+        "64:1:384:1.5:0:1,64:1:768:1.5:0:2,0:1:768:1.5,0:1:768:1.5:0:1,0:1:384:1.5:0:1,"
+        "0:1:768:1.5:0:2";
     if (const char* v = std::getenv("KVTIER_BENCH_ENGINE_VARIANTS"); v != nullptr) list = v;
     for (size_t at = 0; at < list.size();) {
       size_t end = list.find(',', at);
       if (end == std::string::npos) end = list.size();
       Variant v{};
-      int overlap = 0, same_stream = 0;
-      if (std::sscanf(list.substr(at, end - at).c_str(), "%d:%d:%u:%lf:%d", &v.budget, &overlap,
-                      &v.first, &v.growth, &same_stream) < 4) {
+      int overlap = 0, same_stream = 0, from_staging = 0;
+      if (std::sscanf(list.substr(at, end - at).c_str(), "%d:%d:%u:%lf:%d:%d", &v.budget, &overlap,
+                      &v.first, &v.growth, &same_stream, &from_staging) < 4) {
         std::fprintf(stderr, "bad KVTIER_BENCH_ENGINE_VARIANTS entry at %zu\n", at);
         return 1;
       }
       at = end + 1;
       v.overlap = overlap != 0;
       char label[64];
-      std::snprintf(label, sizeof(label), "%s_f%u_g%g%s", v.overlap ? "two" : "one", v.first,
-                    v.growth, same_stream != 0 ? "_u" : "");
+      std::snprintf(label, sizeof(label), "%s_f%u_g%g%s%s", v.overlap ? "two" : "one", v.first,
+                    v.growth, same_stream != 0 ? "_u" : "",
+                    from_staging == 1   ? "_s"
+                    : from_staging == 2 ? "_sd"
+                                        : "");
       v.label = label;
       CudaCopyEngineOptions o;
       // Both routes at the variant's budget (a device_to_device budget of 0 would mean the
@@ -210,6 +223,11 @@ int Main(int argc, char** argv) {
       o.first_launch_ops = v.first;
       o.launch_growth = v.growth;
       o.upload_on_launch_stream = same_stream != 0;
+      if (from_staging == 0) o.staging_descriptors_below_bytes = 0;
+      if (from_staging == 1) {
+        o.staging_descriptors_below_bytes = UINT64_MAX;
+        o.first_launch_ops_from_staging = v.first;
+      }
       o.host_to_device = o.device_to_host = o.device_to_device = CudaCopyMethod::kKernel;
       auto e = CudaCopyEngine::Create(o);
       CHECK_OK(e.status());
@@ -238,6 +256,8 @@ int Main(int argc, char** argv) {
   auto* slots_b = static_cast<std::byte*>(slots->get());
   const double gb = static_cast<double>(total) / 1e9;
 
+  // The engine_check's snapshots of a destination, kept across checks (up to 2 GiB each).
+  std::vector<std::byte> by_engine, by_kernel;
   // --- 1 and 2: scattered pieces ---
   for (int dir = 0; dir < (attn_only ? 0 : 4);
        ++dir) {  // 0 h2d (scatter), 1 d2h (gather), 2 d2d gather, 3 d2d scatter
@@ -286,43 +306,47 @@ int Main(int argc, char** argv) {
       CHECK_CUDA(cudaMemcpy(descs->get(), list.data(), n * sizeof(CopyDescriptor),
                             cudaMemcpyHostToDevice));
       const char* section = d2d ? "hbm_hbm" : "hbm_dram";
-      const int slow_reps = std::max(1, reps / 2);
-      double t = TimeIt(stream, slow_reps, [&] {
-        for (size_t i = 0; i < n; ++i) {
-          CHECK_CUDA(cudaMemcpyAsync(dsts[i], srcs[i], piece, cudaMemcpyDefault, stream));
-        }
-      });
-      Record({section, dir_name[dir], "per_piece_memcpy", piece_kib, -1, gb / t, baseline});
-      cudaMemcpyAttributes attr{};
-      attr.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
-      size_t attr_idx = 0;
-      t = TimeIt(stream, reps, [&] {
-        CHECK_CUDA(cudaMemcpyBatchAsync(dsts.data(), srcs.data(), sizes.data(), n, &attr, &attr_idx,
-                                        1, stream));
-      });
-      Record({section, dir_name[dir], "memcpy_batch", piece_kib, -1, gb / t, baseline});
-      for (int budget : budgets) {
-        kernels::GpuCopyOptions opt;
-        opt.sm_budget = budget;
-        t = TimeIt(stream, reps, [&] {
-          CHECK_OK(kernels::LaunchCopyBatch(static_cast<const CopyDescriptor*>(descs->get()),
-                                            static_cast<uint32_t>(n), piece, opt, stream));
+      double t = 0;
+      // --engine_only: the engine's rows, kernel_wall and the checks alone.
+      if (!engine_only) {
+        const int slow_reps = std::max(1, reps / 2);
+        t = TimeIt(stream, slow_reps, [&] {
+          for (size_t i = 0; i < n; ++i) {
+            CHECK_CUDA(cudaMemcpyAsync(dsts[i], srcs[i], piece, cudaMemcpyDefault, stream));
+          }
         });
-        Record({section, dir_name[dir], "kernel", piece_kib,
-                budget == 0 ? prop.multiProcessorCount : budget, gb / t, baseline});
-      }
-      // The bulk-async mover reads and writes device memory only: HBM <-> HBM rows alone.
-      if (d2d) {
+        Record({section, dir_name[dir], "per_piece_memcpy", piece_kib, -1, gb / t, baseline});
+        cudaMemcpyAttributes attr{};
+        attr.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
+        size_t attr_idx = 0;
+        t = TimeIt(stream, reps, [&] {
+          CHECK_CUDA(cudaMemcpyBatchAsync(dsts.data(), srcs.data(), sizes.data(), n, &attr,
+                                          &attr_idx, 1, stream));
+        });
+        Record({section, dir_name[dir], "memcpy_batch", piece_kib, -1, gb / t, baseline});
         for (int budget : budgets) {
           kernels::GpuCopyOptions opt;
           opt.sm_budget = budget;
-          opt.mover = kernels::GpuCopyMover::kBulkAsync;
           t = TimeIt(stream, reps, [&] {
             CHECK_OK(kernels::LaunchCopyBatch(static_cast<const CopyDescriptor*>(descs->get()),
                                               static_cast<uint32_t>(n), piece, opt, stream));
           });
-          Record({section, dir_name[dir], "kernel_bulk", piece_kib,
+          Record({section, dir_name[dir], "kernel", piece_kib,
                   budget == 0 ? prop.multiProcessorCount : budget, gb / t, baseline});
+        }
+        // The bulk-async mover reads and writes device memory only: HBM <-> HBM rows alone.
+        if (d2d) {
+          for (int budget : budgets) {
+            kernels::GpuCopyOptions opt;
+            opt.sm_budget = budget;
+            opt.mover = kernels::GpuCopyMover::kBulkAsync;
+            t = TimeIt(stream, reps, [&] {
+              CHECK_OK(kernels::LaunchCopyBatch(static_cast<const CopyDescriptor*>(descs->get()),
+                                                static_cast<uint32_t>(n), piece, opt, stream));
+            });
+            Record({section, dir_name[dir], "kernel_bulk", piece_kib,
+                    budget == 0 ? prop.multiProcessorCount : budget, gb / t, baseline});
+          }
         }
       }
       // The engine as the daemon would use it: descriptor staging + upload + launch + sync,
@@ -335,12 +359,65 @@ int Main(int argc, char** argv) {
       t = TimeHost(reps, [&] { CHECK_OK((*engine)->CopyWith(route, CudaCopyMethod::kAuto, ops)); });
       Record({section, dir_name[dir], m, piece_kib, engine_options.kernel.sm_budget, gb / t,
               baseline});
+      // The route's variants and the raw kernel timed as they are (kernel_wall: one launch plus
+      // synchronise, wall clock, descriptors already on the device; what an engine without any
+      // host work of its own would reach), at the variants' budgets, in rounds: one run of each a
+      // round after one warm-up each, so that the machine's drift over the rounds falls on all of
+      // them alike. Medians.
+      struct Timed {
+        std::string method;
+        int sm;
+        std::function<void()> body;
+        Variant* variant;
+        std::vector<double> secs;
+      };
+      std::vector<Timed> timed;
       for (Variant& v : variants) {
         if ((v.budget == 16) == d2d) continue;
         CudaCopyEngine& e = *v.engine;
-        t = TimeHost(reps, [&] { CHECK_OK(e.CopyWith(route, CudaCopyMethod::kKernel, ops)); });
-        Record({section, dir_name[dir], "engine_kernel_" + v.label, piece_kib, e.LaunchSms(route),
-                gb / t, baseline});
+        timed.push_back(
+            {"engine_kernel_" + v.label,
+             e.LaunchSms(route),
+             [&e, &ops, route] { CHECK_OK(e.CopyWith(route, CudaCopyMethod::kKernel, ops)); },
+             &v,
+             {}});
+      }
+      for (int budget : d2d ? std::vector<int>{16, 64, 0} : std::vector<int>{16}) {
+        kernels::GpuCopyOptions opt;
+        opt.sm_budget = budget;
+        timed.push_back(
+            {"kernel_wall",
+             budget == 0 ? prop.multiProcessorCount : budget,
+             [&, opt] {
+               CHECK_OK(kernels::LaunchCopyBatch(static_cast<const CopyDescriptor*>(descs->get()),
+                                                 static_cast<uint32_t>(n), piece, opt, stream));
+               CHECK_CUDA(cudaStreamSynchronize(stream));
+             },
+             nullptr,
+             {}});
+      }
+      for (Timed& x : timed) x.body();
+      for (int r = 0; r < reps; ++r) {
+        for (Timed& x : timed) {
+          const auto t0 = std::chrono::steady_clock::now();
+          x.body();
+          x.secs.push_back(
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+        }
+      }
+      for (Timed& x : timed) {
+        std::sort(x.secs.begin(), x.secs.end());
+        Record({section, dir_name[dir], x.method, piece_kib, x.sm, gb / x.secs[x.secs.size() / 2],
+                baseline});
+        if (x.variant == nullptr) continue;
+        // The host's side of the variant's last run: lead time to the first kernel, time to the
+        // last launch, CUDA calls.
+        const KernelRunTrace tr = x.variant->engine->LastKernelRun();
+        std::printf(
+            "BENCH section=engine_host dir=%s piece_kib=%llu engine=%s chunks=%u api_calls=%u "
+            "first_launch_us=%.1f enqueued_us=%.1f done_us=%.1f\n",
+            dir_name[dir], static_cast<unsigned long long>(piece_kib), x.variant->label.c_str(),
+            tr.chunks, tr.api_calls, tr.first_launch_us, tr.enqueued_us, tr.done_us);
       }
       // What the engine's kernel method wrote must be what the raw kernel writes: destination
       // poisoned, engine, snapshot, poisoned again, raw kernel, compare. Once per route and
@@ -351,7 +428,10 @@ int Main(int argc, char** argv) {
         std::byte* dst = dir == 0 ? worker_b : dir == 1 ? host_b : dir == 2 ? slots_b : worker_b;
         const size_t dst_bytes = dir == 0 || dir == 3 ? 2 * total : total;
         CudaCopyEngine& e = *v.engine;
-        std::vector<std::byte> by_engine(dst_bytes), by_kernel(dst_bytes);
+        if (by_engine.size() < dst_bytes) {
+          by_engine.resize(dst_bytes);
+          by_kernel.resize(dst_bytes);
+        }
         auto snapshot = [&](std::vector<std::byte>& into) {
           CHECK_CUDA(cudaMemcpy(into.data(), dst, dst_bytes, cudaMemcpyDefault));
         };
@@ -373,7 +453,7 @@ int Main(int argc, char** argv) {
         snapshot(by_kernel);
         size_t written = 0;
         for (size_t i = 0; i < dst_bytes; i += 4096) written += by_kernel[i] != std::byte{0x77};
-        const bool same = by_engine == by_kernel;
+        const bool same = std::memcmp(by_engine.data(), by_kernel.data(), dst_bytes) == 0;
         std::printf(
             "BENCH section=engine_check dir=%s piece_kib=16 engine=%s mode=%s sm=%d "
             "same_as_kernel=%d pages_written=%zu\n",
@@ -396,24 +476,11 @@ int Main(int argc, char** argv) {
         std::printf("PROBE dir=%s piece_kib=%llu ops=%zu staging_pinned_ns_per_op=%.2f\n",
                     dir_name[dir], static_cast<unsigned long long>(piece_kib), n, ns / n);
       }
-      // The raw kernel timed as the engine is (wall clock: launch, copy, synchronise), at the
-      // engine's budgets: what an engine without any host work of its own would reach.
-      for (int budget : d2d ? std::vector<int>{16, 64, 0} : std::vector<int>{16}) {
-        kernels::GpuCopyOptions opt;
-        opt.sm_budget = budget;
-        t = TimeHost(reps, [&] {
-          CHECK_OK(kernels::LaunchCopyBatch(static_cast<const CopyDescriptor*>(descs->get()),
-                                            static_cast<uint32_t>(n), piece, opt, stream));
-          CHECK_CUDA(cudaStreamSynchronize(stream));
-        });
-        Record({section, dir_name[dir], "kernel_wall", piece_kib,
-                budget == 0 ? prop.multiProcessorCount : budget, gb / t, baseline});
-      }
     }
   }
 
   // --- 3: attention statistics ---
-  {
+  if (!engine_only) {
     kernels::AttentionStatsShape s{32768, 32, 8, 128, 32, 16, kernels::KvDType::kBF16};
     const size_t nq = size_t{s.window} * s.q_heads * s.head_dim;
     const size_t nkv = size_t{s.tokens} * s.kv_heads * s.head_dim;

@@ -78,6 +78,62 @@ struct PagedSource {
   }
 };
 
+// One warp's share of one descriptor: vectors first, first + stride, ... of it, kUnroll independent
+// loads before the first store.
+__device__ __forceinline__ void CopyShare(const void* from, void* to, uint64_t bytes,
+                                          uint64_t first, uint64_t stride) {
+  const uint4* __restrict__ src = static_cast<const uint4*>(from);
+  uint4* __restrict__ dst = static_cast<uint4*>(to);
+  const uint64_t n = bytes / 16;
+  uint64_t i = first;
+  for (; i + (kUnroll - 1) * stride < n; i += kUnroll * stride) {
+    uint4 r[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) r[u] = src[i + u * stride];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) dst[i + u * stride] = r[u];
+  }
+  for (; i < n; i += stride) dst[i] = src[i];
+}
+
+// Descriptors in mapped pinned host memory (GpuCopyOptions::host_descriptors): every read crosses
+// PCIe (a microsecond or two), which the device-list kernel would pay once a descriptor. Here group
+// g takes a contiguous run of descriptors, and each of its warps fetches the run 32 at a time, one
+// per lane (one coalesced read), a batch before it copies them. Its first lines repeat
+// CopyBatchKernel's warp-group split on purpose: with the split in a shared helper, ptxas compiled
+// CopyBatchKernel<ListSource> differently (32 registers instead of 56), a change not measured.
+__global__ void __launch_bounds__(1024)
+    CopyBatchHostListKernel(const CopyDescriptor* __restrict__ descs, uint32_t count,
+                            uint32_t warps_per_desc) {
+  const uint32_t lane = threadIdx.x & 31u;
+  const uint32_t warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+  const uint32_t total_warps = (gridDim.x * blockDim.x) >> 5;
+  const uint32_t groups = total_warps / warps_per_desc;
+  const uint32_t group = warp / warps_per_desc;
+  if (group >= groups) return;  // warps beyond the last whole group sit out
+  const uint64_t per_group = (uint64_t{count} + groups - 1) / groups;
+  const uint64_t begin = min(uint64_t{count}, group * per_group);
+  const uint64_t end = min(uint64_t{count}, begin + per_group);
+  const uint64_t stride = uint64_t{warps_per_desc} * 32;
+  const uint64_t first = uint64_t{warp % warps_per_desc} * 32 + lane;
+  auto fetch = [&](uint64_t at) { return at + lane < end ? descs[at + lane] : CopyDescriptor{}; };
+  CopyDescriptor next = fetch(begin);
+  for (uint64_t base = begin; base < end; base += 32) {
+    const CopyDescriptor cur = next;
+    next = fetch(base + 32);
+    const uint32_t in_batch = end - base < 32 ? static_cast<uint32_t>(end - base) : 32u;
+    for (uint32_t j = 0; j < in_batch; ++j) {
+      const auto* src = reinterpret_cast<const void*>(
+          __shfl_sync(0xffffffffu, reinterpret_cast<unsigned long long>(cur.src), j));
+      auto* dst = reinterpret_cast<void*>(
+          __shfl_sync(0xffffffffu, reinterpret_cast<unsigned long long>(cur.dst), j));
+      const uint64_t bytes =
+          __shfl_sync(0xffffffffu, static_cast<unsigned long long>(cur.bytes), j);
+      CopyShare(src, dst, bytes, first, stride);
+    }
+  }
+}
+
 template <typename Source>
 __global__ void CopyBatchKernel(Source source, uint32_t count, uint32_t warps_per_desc) {
   const uint32_t lane = threadIdx.x & 31u;
@@ -90,19 +146,7 @@ __global__ void CopyBatchKernel(Source source, uint32_t count, uint32_t warps_pe
   const uint64_t first = uint64_t{warp % warps_per_desc} * 32 + lane;
   for (uint32_t d = group; d < count; d += groups) {
     const CopyDescriptor desc = source(d);
-    const uint4* __restrict__ src = static_cast<const uint4*>(desc.src);
-    uint4* __restrict__ dst = static_cast<uint4*>(desc.dst);
-    const uint64_t n = desc.bytes / 16;
-    uint64_t i = first;
-    // Full rounds: kUnroll independent loads before the first store.
-    for (; i + (kUnroll - 1) * stride < n; i += kUnroll * stride) {
-      uint4 r[kUnroll];
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) r[u] = src[i + u * stride];
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) dst[i + u * stride] = r[u];
-    }
-    for (; i < n; i += stride) dst[i] = src[i];
+    CopyShare(desc.src, desc.dst, desc.bytes, first, stride);
   }
 }
 
@@ -295,7 +339,8 @@ absl::Status LaunchCopyBatchBulk(int device, Source source, uint32_t count,
 // Both launches: checks the options, sizes the grid to the SM budget, and picks the mover.
 template <typename Source>
 absl::Status LaunchCopy(Source source, uint32_t count, uint64_t max_piece_bytes,
-                        const GpuCopyOptions& options, cudaStream_t stream) {
+                        const GpuCopyOptions& options, cudaStream_t stream,
+                        const CopyDescriptor* host_descriptors = nullptr) {
   if (count == 0) return absl::OkStatus();
   if (options.threads_per_block <= 0 || options.threads_per_block % 32 != 0 ||
       options.threads_per_block > 1024 || options.sm_budget < 0) {
@@ -322,6 +367,11 @@ absl::Status LaunchCopy(Source source, uint32_t count, uint64_t max_piece_bytes,
   const uint64_t max_useful = std::max<uint64_t>(1, max_piece_bytes / (16 * 32 * kUnroll));
   warps_per_desc = static_cast<uint32_t>(std::min<uint64_t>(warps_per_desc, max_useful));
   warps_per_desc = std::min(warps_per_desc, total_warps);
+  if (host_descriptors != nullptr) {
+    CopyBatchHostListKernel<<<budget, options.threads_per_block, 0, stream>>>(
+        host_descriptors, count, warps_per_desc);
+    return CudaStatus(cudaGetLastError(), "CopyBatchHostListKernel launch");
+  }
   CopyBatchKernel<Source>
       <<<budget, options.threads_per_block, 0, stream>>>(source, count, warps_per_desc);
   return CudaStatus(cudaGetLastError(), "CopyBatchKernel launch");
@@ -332,7 +382,12 @@ absl::Status LaunchCopy(Source source, uint32_t count, uint64_t max_piece_bytes,
 absl::Status LaunchCopyBatch(const CopyDescriptor* device_descriptors, uint32_t count,
                              uint64_t max_piece_bytes, const GpuCopyOptions& options,
                              cudaStream_t stream) {
-  return LaunchCopy(ListSource{device_descriptors}, count, max_piece_bytes, options, stream);
+  if (options.host_descriptors && options.mover != GpuCopyMover::kLoadStore) {
+    return absl::InvalidArgumentError(
+        "copy options: host_descriptors serves the load/store mover only");
+  }
+  return LaunchCopy(ListSource{device_descriptors}, count, max_piece_bytes, options, stream,
+                    options.host_descriptors ? device_descriptors : nullptr);
 }
 
 absl::Status LaunchPagedCopy(const PagedPiece* device_pieces, uint32_t piece_count,

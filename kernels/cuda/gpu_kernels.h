@@ -78,17 +78,21 @@ struct GpuCopyOptions {
   GpuCopyMover mover = GpuCopyMover::kLoadStore;
   // Paged batches only.
   PagedOrder paged_order = PagedOrder::kPageMajor;
+  // LaunchCopyBatch only, load/store mover only: the descriptors lie in mapped pinned host memory
+  // and the kernel reads them there over PCIe, each warp 32 at a time a batch ahead (no upload
+  // needed). Default false: they lie in device memory.
+  bool host_descriptors = false;
 };
 
 // Launches the gather/scatter kernel over `count` descriptors that live in DEVICE memory (or
-// mapped pinned host memory). Each descriptor's src and dst may be device memory or mapped pinned
-// host memory (zero-copy over PCIe); with GpuCopyMover::kBulkAsync both must be device memory.
-// The caller must have validated the batch with ValidateCopyBatch (the kernel trusts the 16-byte
-// rule). `max_piece_bytes` bounds the largest descriptor and decides how many warps (load/store
-// mover) or blocks (bulk-async mover, whose blocks share a descriptor only in batches shorter than
-// the SM budget) cooperate on one descriptor.
-// kBulkAsync on a device below compute capability 9.0, or with less shared memory per block than
-// its ring needs, is FailedPrecondition.
+// mapped pinned host memory, best with GpuCopyOptions::host_descriptors). Each descriptor's src and
+// dst may be device memory or mapped pinned host memory (zero-copy over PCIe); with
+// GpuCopyMover::kBulkAsync both must be device memory. The caller must have validated the batch
+// with ValidateCopyBatch (the kernel trusts the 16-byte rule). `max_piece_bytes` bounds the largest
+// descriptor and decides how many warps (load/store mover) or blocks (bulk-async mover, whose
+// blocks share a descriptor only in batches shorter than the SM budget) cooperate on one
+// descriptor. kBulkAsync on a device below compute capability 9.0, or with less shared memory per
+// block than its ring needs, is FailedPrecondition.
 absl::Status LaunchCopyBatch(const CopyDescriptor* device_descriptors, uint32_t count,
                              uint64_t max_piece_bytes, const GpuCopyOptions& options,
                              cudaStream_t stream);

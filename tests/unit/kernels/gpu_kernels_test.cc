@@ -70,6 +70,7 @@ TEST(GpuCopyTest, BitExactOnEveryRouteAndBudget) {
   ASSERT_TRUE(dev_src.ok() && dev_dst.ok());
   auto descs = DeviceBuffer::Allocate(sizeof(CopyDescriptor) * (bytes / 16));
   ASSERT_TRUE(descs.ok());
+  Pinned host_descs(sizeof(CopyDescriptor) * (bytes / 16));  // for host_descriptors runs
   Stream stream;
   for (size_t i = 0; i < bytes; ++i) host_src.get()[i] = static_cast<unsigned char>(rng());
   ASSERT_CUDA(cudaMemcpy(dev_src->get(), host_src.get(), bytes, cudaMemcpyHostToDevice));
@@ -83,12 +84,15 @@ TEST(GpuCopyTest, BitExactOnEveryRouteAndBudget) {
     GpuCopyMover mover;
     uint64_t max_piece;
     int budget;
+    bool host_descriptors = false;
   };
   std::vector<Run> runs;
   int round = 0;
   for (int route = 0; route < 3; ++route) {
     for (uint64_t max_piece : max_pieces) {
       runs.push_back({route, GpuCopyMover::kLoadStore, max_piece, budgets[round++ % 3]});
+      // The same mover reading its descriptors from mapped pinned host memory.
+      runs.push_back({route, GpuCopyMover::kLoadStore, max_piece, budgets[round % 3], true});
     }
   }
   // The bulk-async mover serves device to device only, at every budget and piece range.
@@ -101,7 +105,8 @@ TEST(GpuCopyTest, BitExactOnEveryRouteAndBudget) {
     const int route = run.route;
     SCOPED_TRACE(::testing::Message()
                  << "route " << route << " mover " << static_cast<int>(run.mover) << " max_piece "
-                 << run.max_piece << " sm_budget " << run.budget);
+                 << run.max_piece << " sm_budget " << run.budget << " host_descriptors "
+                 << run.host_descriptors);
     const Batch b = RandomBatch(rng, bytes, run.max_piece);
     auto* src = static_cast<unsigned char*>(route == 0 ? host_src.p : dev_src->get());
     auto* dst = static_cast<unsigned char*>(route == 1 ? host_dst.p : dev_dst->get());
@@ -124,11 +129,14 @@ TEST(GpuCopyTest, BitExactOnEveryRouteAndBudget) {
     }
     ASSERT_CUDA(cudaMemcpy(descs->get(), list.data(), list.size() * sizeof(CopyDescriptor),
                            cudaMemcpyHostToDevice));
+    std::memcpy(host_descs.get(), list.data(), list.size() * sizeof(CopyDescriptor));
     GpuCopyOptions opt;
     opt.sm_budget = run.budget;
     opt.mover = run.mover;
+    opt.host_descriptors = run.host_descriptors;
     const absl::Status launched =
-        LaunchCopyBatch(static_cast<const CopyDescriptor*>(descs->get()),
+        LaunchCopyBatch(reinterpret_cast<const CopyDescriptor*>(
+                            run.host_descriptors ? host_descs.get() : descs->get()),
                         static_cast<uint32_t>(list.size()), max_len, opt, stream.s);
     ASSERT_TRUE(launched.ok()) << launched;
     ASSERT_CUDA(cudaStreamSynchronize(stream.s));
@@ -144,6 +152,10 @@ TEST(GpuCopyTest, BitExactOnEveryRouteAndBudget) {
   GpuCopyOptions bulk;
   bulk.mover = GpuCopyMover::kBulkAsync;
   EXPECT_TRUE(LaunchCopyBatch(nullptr, 0, 0, bulk, stream.s).ok());
+  // Host descriptors are the load/store mover's alone.
+  bulk.host_descriptors = true;
+  EXPECT_EQ(LaunchCopyBatch(nullptr, 0, 0, bulk, stream.s).code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 // Batches shorter than the SM budget: the bulk-async mover then shares one descriptor among
@@ -614,11 +626,14 @@ TEST(CudaCopyEngineTest, OverlappedChunksLandExactlyAtEveryBudget) {
     uint32_t first;
     double growth;
     bool upload_on_launch_stream;
+    bool descriptors_from_staging = false;
   };
-  const Setting settings[] = {{16, true, 3, 1.5, false},   {64, true, 3, 2.0, false},
-                              {0, true, 3, 1.5, false},    {0, true, 5, 1.0, true},
-                              {64, true, 3, 2.0, true},    {64, false, 3, 2.0, false},
-                              {16, true, 1024, 2.0, false}};
+  const Setting settings[] = {{16, true, 3, 1.5, false},       {64, true, 3, 2.0, false},
+                              {0, true, 3, 1.5, false},        {0, true, 5, 1.0, true},
+                              {64, true, 3, 2.0, true},        {64, false, 3, 2.0, false},
+                              {16, true, 1024, 2.0, false},    {16, true, 3, 1.5, false, true},
+                              {64, true, 5, 2.0, false, true}, {0, true, 3, 1.5, false, true},
+                              {64, false, 3, 1.0, false, true}};
   for (const Setting& st : settings) {
     CudaCopyEngineOptions options;
     options.kernel.sm_budget = 16;
@@ -628,6 +643,9 @@ TEST(CudaCopyEngineTest, OverlappedChunksLandExactlyAtEveryBudget) {
     options.first_launch_ops = st.first;
     options.launch_growth = st.growth;
     options.upload_on_launch_stream = st.upload_on_launch_stream;
+    // The test's pieces are small: pin each setting to one descriptor path.
+    options.staging_descriptors_below_bytes = st.descriptors_from_staging ? UINT64_MAX : 0;
+    options.first_launch_ops_from_staging = st.first;
     options.max_ops_per_launch = 1000;
     options.host_to_device = options.device_to_host = options.device_to_device =
         CudaCopyMethod::kKernel;
@@ -673,9 +691,50 @@ TEST(CudaCopyEngineTest, OverlappedChunksLandExactlyAtEveryBudget) {
       }
       ASSERT_EQ(0, std::memcmp(host_dst.get(), cur.data(), total))
           << "budget " << st.budget << " overlap " << st.overlap << " first " << st.first
-          << " upload on launch stream " << st.upload_on_launch_stream << " round " << round;
+          << " upload on launch stream " << st.upload_on_launch_stream << " from staging "
+          << st.descriptors_from_staging << " round " << round;
     }
   }
+}
+
+// A batch whose pieces are under staging_descriptors_below_bytes skips the descriptor upload: its
+// chunk kernels read the pinned staging, so each chunk makes exactly the upload's three CUDA calls
+// (copy, event record, stream wait) fewer than a batch of larger pieces; both land exactly.
+TEST(CudaCopyEngineTest, SmallPiecesReadDescriptorsFromTheStaging) {
+  std::mt19937_64 rng(testing::TestSeed("SmallPiecesReadDescriptorsFromTheStaging"));
+  CudaCopyEngineOptions opt;
+  opt.host_to_device = opt.device_to_host = opt.device_to_device = CudaCopyMethod::kKernel;
+  opt.first_launch_ops = opt.first_launch_ops_from_staging = 4;
+  auto engine = CudaCopyEngine::Create(opt);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  const size_t n = size_t{4} << 20;
+  auto dev_a = DeviceBuffer::Allocate(n);
+  auto dev_b = DeviceBuffer::Allocate(n);
+  ASSERT_TRUE(dev_a.ok() && dev_b.ok());
+  auto* a = static_cast<unsigned char*>(dev_a->get());
+  auto* b = static_cast<unsigned char*>(dev_b->get());
+  std::vector<unsigned char> init(n), got(n), expect(n);
+  for (auto& x : init) x = static_cast<unsigned char>(rng());
+  ASSERT_CUDA(cudaMemcpy(a, init.data(), n, cudaMemcpyHostToDevice));
+  std::vector<uint32_t> calls_per_chunk;
+  for (uint64_t piece :
+       {opt.staging_descriptors_below_bytes / 2, opt.staging_descriptors_below_bytes * 2}) {
+    ASSERT_CUDA(cudaMemset(b, 0xA5, n));
+    const size_t count = n / piece;
+    std::vector<CopyOp> ops;
+    for (size_t i = 0; i < count; ++i) {  // reversed: no two pieces continue each other
+      ops.push_back({b + (count - 1 - i) * piece, a + i * piece, piece});
+      std::memcpy(expect.data() + (count - 1 - i) * piece, init.data() + i * piece, piece);
+    }
+    ASSERT_TRUE((*engine)->CopyWith(CopyRoute::kDeviceToDevice, CudaCopyMethod::kKernel, ops).ok());
+    ASSERT_CUDA(cudaMemcpy(got.data(), b, n, cudaMemcpyDeviceToHost));
+    EXPECT_EQ(0, std::memcmp(got.data(), expect.data(), n)) << "pieces of " << piece;
+    const KernelRunTrace trace = (*engine)->LastKernelRun();
+    ASSERT_GT(trace.chunks, 1u) << "pieces of " << piece;
+    ASSERT_EQ(trace.api_calls % trace.chunks, 0u) << "pieces of " << piece;
+    calls_per_chunk.push_back(trace.api_calls / trace.chunks);
+  }
+  EXPECT_EQ(calls_per_chunk[0] + 3, calls_per_chunk[1]);
 }
 
 // kernel-bulk is a device->device method: pinned for that route it moves scattered pieces exactly

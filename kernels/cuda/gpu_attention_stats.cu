@@ -843,35 +843,9 @@ constexpr int kOptPromote256 = 256;
 //    than 207 in 9 of 13 back-to-back pairs (3 ties, 1 slower), by 0.3 us on average; two calls
 //    back to back faster in 13 of 13, by 0.5-2.6 us.
 constexpr int kOptCacheMaps = 4096;
-//  kOptWarpTile (session 16): 16 consumer warps of 32 rows x 16 tokens (two m16 row tiles that
-//    share each B fragment) in one block an SM, instead of 8 warps of 16 rows x 64 tokens in two
-//    blocks an SM: the same 16 consumer warps an SM, but each reads a quarter of the K tile
-//    instead of all of it (K leaves shared memory 4 times a tile, not 8: half the ldmatrix
-//    traffic, one ldmatrix.x4 a k step for 4 MMAs instead of 4 for 8), and each B fragment feeds
-//    two independent MMAs. Q of 32 rows stays in registers (64 a thread at head_dim 128): too
-//    many for two blocks of 9 warps (at most 112 registers) but not for one block of 17 (120);
-//    the ring then takes 6 stages (Geometry's kDeep). Pages of 8 or 16 tokens lie inside a
-//    warp's 16 tokens; a 32- or 64-token page's quarters meet in shared memory (a barrier of the
-//    row group's 4 warps a tile). Each warp keeps its own rows' fixed references and sums; the
-//    4 quarters of a row merge once, at the end. Value norms: the 8 token groups of a tile go to
-//    warps 0-7 on even tiles and to warps 8-15 on odd ones. Needs kOptFixedRef, kOptMmaNorms and
-//    the static schedule; head_dim 64 and 128 (at 256, Q would take 128 registers).
-constexpr int kOptWarpTile = 131072;
-//  kOptWarpTile32 (session 16): the same with 8 consumer warps of 32 rows x 32 tokens (two row
-//    tiles x two n-tile pairs a k step) and the producer warp, one block an SM (9 warps leave up
-//    to 168 registers a thread); value norms as the 8-warp consumers take them.
-constexpr int kOptWarpTile32 = 524288;
-//  kOptPlainLaunch (session 16, launch-time): the fused tail's grid (planned to fit the device at
-//    once) through an ordinary launch instead of a cooperative one, which costs the host more
-//    (the driver checks the grid against the occupancy at every launch). Only where the stream is
-//    not in a green context (fewer SMs than the plan saw: there the cooperative launch refuses
-//    and the call falls back to pass 3); a device shared through MPS with fewer SMs than the
-//    attribute reported at planning would leave blocks waiting for others that cannot start,
-//    until the tail's spin limit traps.
-constexpr int kOptPlainLaunch = 262144;
 constexpr int kOptDefault = kOptFixedRef | kOptMmaNorms | kOptBulkLoads | kOptEvictFirst |
                             kOptFusedTail | kOptSwizzle | kOptCacheMaps;
-constexpr int kKernelOpts = ~(kOptFusedTail | kOptPromote256 | kOptCacheMaps | kOptPlainLaunch);
+constexpr int kKernelOpts = ~(kOptFusedTail | kOptPromote256 | kOptCacheMaps);
 
 // One stage tile of K or V (64 tokens x head_dim + 8 elements of kv head `head`), global ->
 // shared, by the tensor copy unit; completes its bytes on the mbarrier.
@@ -892,53 +866,6 @@ __device__ __forceinline__ void TmaTileLoad(uint32_t dst, const CUtensorMap* map
         "l"(desc), "r"(col), "r"(token), "r"(bar)
         : "memory");
   }
-}
-
-// The tensor copies of one stage: tile `tile` of K (and, with `do_norms`, of V) of the kv head
-// whose first column is `col`, into stage `s`, completing on its full barrier `bar` (which this
-// thread's expect_tx arrival arms). Rows past the sequence arrive as zeros.
-template <int kHeadDim, typename G, bool kSwizzle, bool kEvictFirst>
-__device__ __forceinline__ void LoadStage(const Params& p, const unsigned char* smem, uint32_t s,
-                                          uint32_t bar, uint32_t tile, int32_t col, uint64_t policy,
-                                          bool do_norms) {
-  const uint32_t bytes = static_cast<uint32_t>(G::kTileBytes) * (do_norms ? 2u : 1u);
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
-               : "memory");
-  const uint32_t base = SmemAddress(smem + s * G::kStageBytes);
-  const auto token = static_cast<int32_t>(tile * kTile);
-  if constexpr (kSwizzle) {
-    // One box a 64-dimension half of the row (the swizzle's box is 128 bytes wide).
-#pragma unroll
-    for (int h = 0; h < kHeadDim / 64; ++h) {
-      TmaTileLoad(base + h * kTile * 128, &p.tmap_k, col + h * 64, token, bar, policy, kEvictFirst);
-    }
-    if (do_norms) {
-#pragma unroll
-      for (int h = 0; h < kHeadDim / 64; ++h) {
-        TmaTileLoad(base + G::kTileBytes + h * kTile * 128, &p.tmap_v, col + h * 64, token, bar,
-                    policy, kEvictFirst);
-      }
-    }
-  } else {
-    TmaTileLoad(base, &p.tmap_k, col, token, bar, policy, kEvictFirst);
-    if (do_norms)
-      TmaTileLoad(base + G::kTileBytes, &p.tmap_v, col, token, bar, policy, kEvictFirst);
-  }
-}
-
-// Whether the phase of `bar` with parity `parity` has completed (acquire), without waiting.
-__device__ __forceinline__ bool MbarrierTestWait(uint32_t bar, uint32_t parity) {
-  uint32_t done;
-  asm volatile(
-      "{\n"
-      ".reg .pred done;\n"
-      "mbarrier.test_wait.parity.acquire.cta.shared::cta.b64 done, [%1], %2;\n"
-      "selp.u32 %0, 1, 0, done;\n"
-      "}\n"
-      : "=r"(done)
-      : "r"(bar), "r"(parity)
-      : "memory");
-  return done != 0;
 }
 
 // Sums page partials over the 4 lanes of a quad (the lanes that hold one row's columns) and
@@ -970,374 +897,19 @@ __device__ __forceinline__ void QuadReduceScatter(float (&v)[P], uint32_t tig) {
   }
 }
 
-constexpr int kWarpTileWarps = 16;
-constexpr int kRowGroups = 4;  // of 32 rows
-
-template <int kHeadDim, int kOpt>
-__host__ __device__ constexpr bool WarpTiled() {
-  return (kOpt & (kOptWarpTile | kOptWarpTile32)) != 0 && kHeadDim <= 128;
-}
-template <int kHeadDim, int kOpt>
-__host__ __device__ constexpr int ConsumerWarps() {
-  return !WarpTiled<kHeadDim, kOpt>()   ? kMaxWarps
-         : (kOpt & kOptWarpTile32) != 0 ? kMaxWarps
-                                        : kWarpTileWarps;
-}
-// With the tensor-copy producer, kOptWarpTile's block has no producer warp: one consumer lane
-// issues the copies (WarpTileConsumers), so that the block's 16 warps take 4 a scheduler and
-// 128 registers each (17 warps would leave 96, and Q's 64 would spill).
-template <int kHeadDim, int kOpt>
-__host__ __device__ constexpr int BlockWarps() {
-  const bool folded =
-      WarpTiled<kHeadDim, kOpt>() && (kOpt & kOptBulkLoads) != 0 && (kOpt & kOptWarpTile32) == 0;
-  return ConsumerWarps<kHeadDim, kOpt>() + (folded ? 0 : 1);
-}
-
-// Named barriers of the kOptWarpTile consumers (0 is __syncthreads): one per row group, and one
-// of all consumer warps.
-__device__ __forceinline__ void NamedBarrier(uint32_t id, uint32_t threads) {
-  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
-}
-
-// The kOptWarpTile consumers (see kOptWarpTile): warp w takes rows [32 (w % 4), +32) of the
-// block and tokens [16 (w / 4), +16) of each tile. `kSwizzle`: the stage's tiles are swizzled
-// (SwizzledChunk) rather than padded (G::kRowElems a token row). `kBulk`: there is no producer
-// warp, warp 0's lane 0 issues the tensor copies (LoadStage) as stages come free.
-template <typename T, int kHeadDim, int kTpp, typename G, bool kSwizzle, bool kBulk,
-          bool kEvictFirst, int kWarpTokens>
-__device__ __forceinline__ void WarpTileConsumers(const Params& p, const unsigned char* smem,
-                                                  uint32_t bar_full, uint32_t bar_empty,
-                                                  uint32_t tile_begin, uint32_t tile_end,
-                                                  uint32_t rbeg, uint32_t nrows, bool do_norms,
-                                                  uint32_t warp, uint32_t lane) {
-  constexpr int kKSteps = kHeadDim / 16;
-  constexpr int kPagesPerTile = kTile / kTpp;
-  constexpr int kNormParts = kTpp / 8;
-  // Pages a warp's 16 tokens hold (2 of 8 tokens, else 1), n-tiles a page, and quarters a page.
-  constexpr int kQuarterTokens = kWarpTokens;  // tokens of a warp (16 or 32)
-  constexpr int kParts = kTile / kWarpTokens;  // warps of a row group
-  constexpr int kWarps = kRowGroups * kParts;
-  constexpr int kNT = kWarpTokens / 8;  // n-tiles of a warp
-  constexpr int kWarpPages = kTpp < kQuarterTokens ? kQuarterTokens / kTpp : 1;
-  constexpr int kNTilesPerPage = kTpp < kQuarterTokens ? kTpp / 8 : kNT;
-  constexpr int kSpan = kTpp > kQuarterTokens ? kTpp / kQuarterTokens : 1;
-  constexpr int kBlockRows = kRowGroups * 32;
-  static_assert(kWarpTokens == 16 || kWarpTokens == 32, "layout of the warps");
-  static_assert(kWarpPages <= 4, "a lane owns at most one page of the warp's");
-  static_assert(G::kChunksPerRow * 8 == kHeadDim, "16-byte chunks of a token row");
-  // Quarter page partials of 32- and 64-token pages ([tile parity][quarter][row]), and each
-  // quarter's running (reference, sum) of its rows for the merge at the end.
-  __shared__ float s_page_part[2][kParts][kSpan > 1 ? kBlockRows : 1];
-  __shared__ float2 s_row_part[kParts][kBlockRows];
-
-  const uint32_t g = blockIdx.y;
-  const uint32_t group = p.q_heads / p.kv_heads;
-  const uint32_t rg = warp % kRowGroups, tq = warp / kRowGroups;
-  const uint32_t gid = lane / 4, tig = lane % 4;
-  const uint32_t wrow0 = rg * 32;                         // the warp's first row in the block
-  const bool warp_has_rows = wrow0 < nrows;               // uniform across the row group's 4 warps
-  const uint32_t row_base = g * group * p.window + rbeg;  // page_lse row of block row 0
-  // Thread row i = 2 rt + h: block row wrow0 + 16 rt + 8 h + gid.
-  auto brow = [&](int i) -> uint32_t { return wrow0 + 16 * (i / 2) + 8 * (i % 2) + gid; };
-
-  uint32_t qa[2][kKSteps][4];
-#pragma unroll
-  for (int rt = 0; rt < 2; ++rt) {
-    const T* q_row[2];
-    bool ok[2];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const uint32_t r = brow(2 * rt + h);
-      ok[h] = r < nrows;
-      const uint32_t rr = ok[h] ? rbeg + r : 0;
-      const uint32_t j = rr / p.window, i = rr % p.window;
-      q_row[h] = static_cast<const T*>(p.q) + (size_t{i} * p.q_heads + g * group + j) * kHeadDim;
-    }
-#pragma unroll
-    for (int ks = 0; ks < kKSteps; ++ks) {
-      const uint32_t c = ks * 16 + tig * 2;
-      qa[rt][ks][0] = ok[0] ? *reinterpret_cast<const uint32_t*>(q_row[0] + c) : 0u;
-      qa[rt][ks][1] = ok[1] ? *reinterpret_cast<const uint32_t*>(q_row[1] + c) : 0u;
-      qa[rt][ks][2] = ok[0] ? *reinterpret_cast<const uint32_t*>(q_row[0] + c + 8) : 0u;
-      qa[rt][ks][3] = ok[1] ? *reinterpret_cast<const uint32_t*>(q_row[1] + c + 8) : 0u;
-    }
-  }
-  // Per thread row: the fixed reference and this lane's share of the sum (kOptFixedRef).
-  float m_run[4], s_run[4];
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    m_run[i] = -INFINITY;
-    s_run[i] = 0.0f;
-  }
-  // ldmatrix.x4 of the warp's two n-tiles x two k-halves (lane: row lane % 8 of matrix lane / 8),
-  // padded or swizzled (as the 8-warp consumers).
-  const uint32_t k_row = tq * kQuarterTokens + (lane / 16) * 8 + lane % 8;
-  const uint32_t lm_offset = (k_row * G::kRowElems + (lane / 8) % 2 * 8) * 2;
-  uint32_t k_swz[4];
-#pragma unroll
-  for (uint32_t j = 0; j < 4; ++j) k_swz[j] = SwizzledChunk(k_row, j * 2 + (lane / 8) % 2);
-  const uint32_t norm_group = warp % kMaxWarps, norm_parity = warp / kMaxWarps;
-  uint32_t v_swz[2];
-#pragma unroll
-  for (uint32_t j = 0; j < 2; ++j)
-    v_swz[j] = SwizzledChunk(norm_group * 8 + lane % 8, j * 4 + lane / 8);
-
-  // The issuer (kBulk): tiles issued so far; the L2 policy of the copies.
-  const bool issuer = kBulk && kWarps == kWarpTileWarps && warp == 0 && lane == 0;
-  uint32_t issued = 0;
-  uint64_t policy = 0;
-  if constexpr (kEvictFirst) {
-    if (issuer)
-      asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
-  }
-  const uint32_t ntiles = tile_end > tile_begin ? tile_end - tile_begin : 0;
-
-  for (uint32_t it = 0; it < ntiles; ++it) {
-    const uint32_t s = it % G::kStages;
-    if constexpr (kBulk && kWarps == kWarpTileWarps) {
-      // Issue every tile whose stage is free; tile `it` itself (needed now) waits for its stage.
-      // Its stage held tile it - kStages, which every warp reaches without this warp: no
-      // deadlock. issued >= it here.
-      if (issuer) {
-        while (issued < ntiles) {
-          const uint32_t is = issued % G::kStages, round = issued / G::kStages;
-          if (round > 0) {
-            const uint32_t empty = bar_empty + is * 8, parity = (round - 1) & 1;
-            if (issued == it) {
-              MbarrierWait(empty, parity);
-            } else if (!MbarrierTestWait(empty, parity)) {
-              break;
-            }
-          }
-          LoadStage<kHeadDim, G, kSwizzle, kEvictFirst>(
-              p, smem, is, bar_full + is * 8, tile_begin + issued,
-              static_cast<int32_t>(g * kHeadDim), policy, do_norms);
-          ++issued;
-        }
-      }
-      __syncwarp();
-    }
-    MbarrierWait(bar_full + s * 8, (it / G::kStages) & 1);
-    const uint32_t tile = tile_begin + it;
-    const unsigned char* stage = smem + s * G::kStageBytes;
-    const uint32_t c0 = tile * kTile;
-
-    if (do_norms && (kWarps == kMaxWarps ||
-                     (it & 1) == norm_parity)) {  // warp-uniform; as the 8-warp consumers
-      const uint32_t vbase =
-          SmemAddress(stage + G::kTileBytes) +
-          (kSwizzle ? 0u : ((norm_group * 8 + lane % 8) * G::kRowElems + (lane / 8) * 8) * 2);
-      float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-      for (int q = 0; q < kHeadDim / 32; ++q) {
-        uint32_t r0, r1, r2, r3;
-        LdMatrixX4(kSwizzle ? vbase + (q / 2) * (kTile * 128) + v_swz[q % 2] : vbase + q * 64, r0,
-                   r1, r2, r3);
-        const uint32_t a0[4] = {r0, r0, r1, r1};
-        const uint32_t a1[4] = {r2, r2, r3, r3};
-        Mma16816<T>(c, a0, r0, r1);
-        Mma16816<T>(c, a1, r2, r3);
-      }
-      const uint32_t tok = c0 + norm_group * 8 + gid;
-      const bool diag = tig == gid / 2 && tok < p.tokens;
-      float norm = diag ? sqrtf((gid & 1) ? c[1] : c[0]) : 0.0f;
-#pragma unroll
-      for (int off = 16; off > 0; off /= 2) norm += __shfl_xor_sync(0xffffffffu, norm, off);
-      const uint32_t first = c0 + norm_group * 8, pg = first / kTpp;
-      if (lane == 0 && pg < p.pages) {
-        p.norm_sum[(size_t{pg} * p.kv_heads + g) * kNormParts + first % kTpp / 8] = norm;
-      }
-    }
-    if (!warp_has_rows) {
-      MbarrierArrive(bar_empty + s * 8);
-      continue;
-    }
-
-    // S for 32 rows x 16 tokens: per k step one ldmatrix.x4 (B of both n-tiles), 4 MMAs.
-    float acc[2][kNT][4];
-#pragma unroll
-    for (int rt = 0; rt < 2; ++rt) {
-#pragma unroll
-      for (int n = 0; n < kNT; ++n) {
-        acc[rt][n][0] = acc[rt][n][1] = acc[rt][n][2] = acc[rt][n][3] = 0;
-      }
-    }
-    const uint32_t kbase = SmemAddress(stage) + (kSwizzle ? 0u : lm_offset);
-    // n-tile pair np adds 16 token rows (a multiple of the swizzle's 8: a constant offset).
-    auto load_b = [&](int ks, uint32_t(&dst)[kNT / 2][4]) {
-#pragma unroll
-      for (int np = 0; np < kNT / 2; ++np) {
-        if constexpr (kSwizzle) {
-          LdMatrixX4(kbase + (ks / 4) * (kTile * 128) + np * 16 * 128 + k_swz[ks % 4], dst[np][0],
-                     dst[np][1], dst[np][2], dst[np][3]);  // k_row has the warp's first token
-        } else {
-          LdMatrixX4(kbase + (np * 16 * G::kRowElems + ks * 16) * 2, dst[np][0], dst[np][1],
-                     dst[np][2], dst[np][3]);
-        }
-      }
-    };
-    uint32_t b[2][kNT / 2][4];
-    load_b(0, b[0]);
-#pragma unroll
-    for (int ks = 0; ks < kKSteps; ++ks) {
-      if (ks + 1 < kKSteps) load_b(ks + 1, b[(ks + 1) % 2]);
-#pragma unroll
-      for (int np = 0; np < kNT / 2; ++np) {
-#pragma unroll
-        for (int rt = 0; rt < 2; ++rt) {
-          Mma16816<T>(acc[rt][2 * np], qa[rt][ks], b[ks % 2][np][0], b[ks % 2][np][1]);
-          Mma16816<T>(acc[rt][2 * np + 1], qa[rt][ks], b[ks % 2][np][2], b[ks % 2][np][3]);
-        }
-      }
-    }
-    MbarrierArrive(bar_empty + s * 8);  // the stage is read
-
-    const uint32_t t0 = c0 + tq * kQuarterTokens;         // the warp's first token
-    if (t0 + kQuarterTokens > p.tokens - p.window + 1) {  // causal mask (and past the end)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const uint32_t r = brow(i);
-        const uint32_t pos = p.tokens - p.window + (r < nrows ? rbeg + r : 0) % p.window;
-#pragma unroll
-        for (int n = 0; n < kNT; ++n) {
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            if (t0 + n * 8 + tig * 2 + e > pos) acc[i / 2][n][2 * (i % 2) + e] = -INFINITY;
-          }
-        }
-      }
-    }
-
-    // Page sums relative to the rows' fixed references, as the 8-warp consumers take them.
-    float v[4][kWarpPages];
-    auto page_sums = [&](const float(&ref)[4]) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-#pragma unroll
-        for (int pp = 0; pp < kWarpPages; ++pp) {
-          float sum = 0;
-#pragma unroll
-          for (int n = pp * kNTilesPerPage; n < (pp + 1) * kNTilesPerPage; ++n) {
-            sum += Ex2(fmaf(acc[i / 2][n][2 * (i % 2)], p.scale_log2, -ref[i])) +
-                   Ex2(fmaf(acc[i / 2][n][2 * (i % 2) + 1], p.scale_log2, -ref[i]));
-          }
-          v[i][pp] = sum;
-        }
-        QuadReduceScatter<kWarpPages>(v[i], tig);  // v[i][0]: page tig (4), tig & 1 (2), the page
-      }
-    };
-    page_sums(m_run);
-    bool bad = false;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) bad |= !(v[i][0] < 0x1p100f);
-    if (__any_sync(0xffffffffu, bad)) {
-      float ref[4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        float mx = -INFINITY;
-#pragma unroll
-        for (int n = 0; n < kNT; ++n) {
-          mx = fmaxf(mx, fmaxf(acc[i / 2][n][2 * (i % 2)], acc[i / 2][n][2 * (i % 2) + 1]));
-        }
-        mx = QuadMax(mx);
-        const float m_new = fmaxf(m_run[i], mx * p.scale_log2);
-        if (m_new != -INFINITY) {
-          s_run[i] = m_run[i] == -INFINITY ? 0.0f : s_run[i] * Ex2(m_run[i] - m_new);
-          m_run[i] = m_new;
-        }
-        ref[i] = m_run[i] == -INFINITY ? 0.0f : m_run[i];
-      }
-      page_sums(ref);
-    }
-
-    // Owners: lane tig of 4 pages, lanes 0-1 of 2, lane 0 of one (or of the warp's part of one).
-    const bool owner = tig < static_cast<uint32_t>(kWarpPages);
-    const uint32_t pg = tile * kPagesPerTile + (tq * kQuarterTokens) / kTpp + (owner ? tig : 0);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const float sum = v[i][0];
-      const float lse = sum > 0 ? m_run[i] + __log2f(sum) : -INFINITY;
-      if (owner) s_run[i] += sum;
-      const uint32_t r = brow(i);
-      if constexpr (kSpan == 1) {
-        if (owner && r < nrows && pg < p.pages) {
-          p.page_lse[size_t{row_base + r} * p.pages + pg] = lse;
-        }
-      } else {
-        if (owner) s_page_part[it & 1][tq][r] = lse;
-      }
-    }
-    if constexpr (kSpan > 1) {
-      // The page's kSpan quarters meet: the first quarter's lane 0s merge them. Double-buffered
-      // by tile parity: a buffer is written again only past the next tile's barrier, which
-      // every reader of it reaches after its reads.
-      NamedBarrier(1 + rg, kParts * 32);
-      if (owner && tq % kSpan == 0 && pg < p.pages) {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const uint32_t r = brow(i);
-          float x[kSpan], mx = -INFINITY;
-#pragma unroll
-          for (int k = 0; k < kSpan; ++k) {
-            x[k] = s_page_part[it & 1][tq + k][r];
-            mx = fmaxf(mx, x[k]);
-          }
-          float sum = 0;
-          if (mx != -INFINITY) {
-#pragma unroll
-            for (int k = 0; k < kSpan; ++k) sum += Ex2(x[k] - mx);
-          }
-          if (r < nrows) {
-            p.page_lse[size_t{row_base + r} * p.pages + pg] =
-                mx != -INFINITY ? mx + __log2f(sum) : -INFINITY;
-          }
-        }
-      }
-    }
-  }
-
-  // Each row's 4 quarters of (reference, sum) merge in shared memory, in quarter order.
-#pragma unroll
-  for (int i = 0; i < 4; ++i) s_run[i] = QuadSum(s_run[i]);  // warp-wide: every warp runs it
-  if (tig == 0) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) s_row_part[tq][brow(i)] = make_float2(m_run[i], s_run[i]);
-  }
-  NamedBarrier(1 + kRowGroups, kWarps * 32);
-  if (warp_has_rows && tq == 0 && tig == 0) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const uint32_t r = brow(i);
-      float m = 0, sum = 0;
-#pragma unroll
-      for (int k = 0; k < kParts; ++k) {
-        const float2 x = s_row_part[k][r];
-        MergeLse(m, sum, x.x, x.y);
-      }
-      if (r < nrows) {
-        p.row_part[size_t{row_base + r} * gridDim.x + blockIdx.x] =
-            sum > 0 ? make_float2(m, sum) : make_float2(-INFINITY, 0.0f);
-      }
-    }
-  }
-}
-
 // Warp-specialised: kMaxWarps consumer warps compute, one producer warp keeps the stage ring
 // full. Stages are handed over through mbarriers instead of block barriers, so consumer warps
 // drift apart and one warp's tensor-core work overlaps another's exponentials and shuffles
 // (with a barrier per tile, every warp was in the same phase at once and the SM's units took
 // turns idling).
 template <typename T, int kHeadDim, int kTpp, int kOpt>
-__global__ void __launch_bounds__(
-    BlockWarps<kHeadDim, kOpt>() * 32,
-    kHeadDim <= 128 && (kOpt & kOptDeep) == 0 && !WarpTiled<kHeadDim, kOpt>() ? 2 : 1)
+__global__ void __launch_bounds__((kMaxWarps + 1) * 32,
+                                  kHeadDim <= 128 && (kOpt & kOptDeep) == 0 ? 2 : 1)
     AttentionStatsPass1Mma(const __grid_constant__ Params p) {
   // The tensor copy's box is at most 256 elements wide: head_dim 256 keeps the cp.async producer.
   constexpr bool kBulk = (kOpt & kOptBulkLoads) != 0 && kHeadDim <= 128;
   constexpr bool kSwizzle = kBulk && (kOpt & kOptSwizzle) != 0;
-  constexpr bool kWarpTile = WarpTiled<kHeadDim, kOpt>();
-  constexpr int kConsumerWarps = ConsumerWarps<kHeadDim, kOpt>();
-  using G = Geometry<kHeadDim, (kOpt & kOptDeep) != 0 || kWarpTile, kSwizzle>;
+  using G = Geometry<kHeadDim, (kOpt & kOptDeep) != 0, kSwizzle>;
   constexpr bool kDynamic = (kOpt & kOptDynamic) != 0;
   __shared__ uint32_t stage_tile[G::kStages];  // kDynamic: the tile in each stage, or kNoTile
   constexpr bool kFixedRef = (kOpt & kOptFixedRef) != 0;
@@ -1350,8 +922,6 @@ __global__ void __launch_bounds__(
   static_assert(kTile % kTpp == 0 && kTpp % 8 == 0, "pages must tile the 64-token tile");
   static_assert(kTile == kMaxWarps * 8, "value norms: 8 tokens a consumer warp");
   static_assert(!kSwizzle || kMmaNorms, "the swizzled layout has no FMA value-norm path");
-  static_assert(!kWarpTile || (kFixedRef && kMmaNorms && !kDynamic),
-                "kOptWarpTile needs kOptFixedRef and kOptMmaNorms, and the static schedule");
   extern __shared__ __align__(128) unsigned char smem_raw[];
   // The stage ring (and its barriers behind it): with kSwizzle, from the first 1024-byte boundary
   // (the swizzle pattern repeats every 1024 bytes and is anchored to the address).
@@ -1393,7 +963,7 @@ __global__ void __launch_bounds__(
       // (+1 with kDynamic on cp.async: lane 0's release of the stage's tile index).
       MbarrierInit(bar_full + s * 8, kBulk ? 1 : (kDynamic ? 33 : 32));
       // Every consumer thread: each one's release covers its own reads of the stage.
-      MbarrierInit(bar_empty + s * 8, kConsumerWarps * 32);
+      MbarrierInit(bar_empty + s * 8, kMaxWarps * 32);
     }
     if constexpr (kBulk) {
       // The bulk copies complete on these barriers through the async proxy: make their
@@ -1404,7 +974,7 @@ __global__ void __launch_bounds__(
   }
   __syncthreads();
 
-  if (warp == kConsumerWarps) {
+  if (warp == kMaxWarps) {
     if constexpr (kBulk) {
       // Producer, tensor copies: lane 0 issues two per tile (K, V), each completing a whole
       // padded tile on the stage's barrier; rows past the sequence arrive as zeros.
@@ -1427,8 +997,32 @@ __global__ void __launch_bounds__(
               break;
             }
           }
-          LoadStage<kHeadDim, G, kSwizzle, kEvictFirst>(p, smem, s, bar, tile, col, policy,
-                                                        do_norms);
+          const uint32_t bytes = static_cast<uint32_t>(G::kTileBytes) * (do_norms ? 2u : 1u);
+          asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar),
+                       "r"(bytes)
+                       : "memory");
+          const uint32_t base = SmemAddress(smem + s * G::kStageBytes);
+          const auto token = static_cast<int32_t>(tile * kTile);
+          if constexpr (kSwizzle) {
+            // One box a 64-dimension half of the row (the swizzle's box is 128 bytes wide).
+#pragma unroll
+            for (int h = 0; h < kHeadDim / 64; ++h) {
+              TmaTileLoad(base + h * kTile * 128, &p.tmap_k, col + h * 64, token, bar, policy,
+                          kEvictFirst);
+            }
+            if (do_norms) {
+#pragma unroll
+              for (int h = 0; h < kHeadDim / 64; ++h) {
+                TmaTileLoad(base + G::kTileBytes + h * kTile * 128, &p.tmap_v, col + h * 64, token,
+                            bar, policy, kEvictFirst);
+              }
+            }
+          } else {
+            TmaTileLoad(base, &p.tmap_k, col, token, bar, policy, kEvictFirst);
+            if (do_norms) {
+              TmaTileLoad(base + G::kTileBytes, &p.tmap_v, col, token, bar, policy, kEvictFirst);
+            }
+          }
         }
       }
       __syncwarp();
@@ -1479,10 +1073,6 @@ __global__ void __launch_bounds__(
       }
       CpAsyncWait<0>();
     }
-  } else if constexpr (kWarpTile) {
-    WarpTileConsumers<T, kHeadDim, kTpp, G, kSwizzle, kBulk, kEvictFirst,
-                      (kOpt & kOptWarpTile32) != 0 ? 32 : 16>(
-        p, smem, bar_full, bar_empty, tile_begin, tile_end, rbeg, nrows, do_norms, warp, lane);
   } else {
     // Consumers. The thread's two rows: fragment rows gid and gid + 8 of the warp's 16. Block
     // row r is query i of q head g * group + j, r = j * window + i, as in the generic pass.
@@ -1967,11 +1557,9 @@ struct MmaPick {
   MmaKernel fallback = nullptr;  // the same options without tensor maps
   size_t smem = 0;
   bool tensor_maps = false;
-  bool fused_tail = false;                       // kOptFusedTail, where the plan allows it
-  int map_layout = 0;                            // kTensorMap* below
-  int launch_opts = 0;                           // kOptCacheMaps
-  int threads = (mma_pass::kMaxWarps + 1) * 32;  // consumers + the producer (BlockWarps)
-  int fallback_threads = (mma_pass::kMaxWarps + 1) * 32;
+  bool fused_tail = false;  // kOptFusedTail, where the plan allows it
+  int map_layout = 0;       // kTensorMap* below
+  int launch_opts = 0;      // kOptCacheMaps
 };
 
 // Tensor maps of K and V (MakeKvTensorMap): one padded box a tile row, or kOptSwizzle's boxes
@@ -2032,14 +1620,6 @@ MmaPick PickExperiment(const AttentionStatsShape& s) {
               true,
               kTensorMapSwizzled,
               mma_pass::kOptCacheMaps};
-    case 4303 | mma_pass::kOptPlainLaunch:  // 266447
-      return {mma_pass::AttentionStatsPass1Mma<B, 128, 16, 15 | mma_pass::kOptSwizzle>,
-              mma_pass::AttentionStatsPass1Mma<B, 128, 16, 3>,
-              std::max(kSmem, mma_pass::Geometry<128, false, true>::kSmemBytes),
-              true,
-              true,
-              kTensorMapSwizzled,
-              mma_pass::kOptCacheMaps | mma_pass::kOptPlainLaunch};
     case 19:
       return {mma_pass::AttentionStatsPass1Mma<B, 128, 16, 19>,
               mma_pass::AttentionStatsPass1Mma<B, 128, 16, 19>, kDeepSmem, false};
@@ -2077,64 +1657,20 @@ constexpr int kLayout = !kSwz ? kTensorMapPadded
                             : kTensorMapSwizzled;
 }  // namespace mma_default
 
-// The kernel of head_dim 64 or 128 with options kOpt (the tensor-map producer's), its fallback
-// without tensor maps (kNoMaps), the shared memory of whichever needs more (the fallback's padded
-// tiles), and the block size.
-template <typename T, int kHeadDim, int kOpt, int kNoMaps>
-MmaPick TiledMmaPick(uint32_t tpp, int launch_opts) {
-  using mma_pass::Geometry;
-  using mma_pass::WarpTiled;
-  constexpr bool kSwz = mma_default::kSwz;
-  static_assert(WarpTiled<kHeadDim, kOpt>() == WarpTiled<kHeadDim, kNoMaps>(), "one block size");
-  constexpr size_t kSmem =
-      std::max(Geometry<kHeadDim, WarpTiled<kHeadDim, kOpt>(), kSwz>::kSmemBytes,
-               Geometry<kHeadDim, WarpTiled<kHeadDim, kNoMaps>()>::kSmemBytes);
-  return {MmaKernelFor<T, kHeadDim, kOpt>(tpp),
-          MmaKernelFor<T, kHeadDim, kNoMaps>(tpp),
-          kSmem,
-          mma_default::kMaps,
-          mma_default::kFused,
-          mma_default::kLayout,
-          launch_opts,
-          mma_pass::BlockWarps<kHeadDim, kOpt>() * 32,
-          mma_pass::BlockWarps<kHeadDim, kNoMaps>() * 32};
-}
-
-// The default kernel of head_dim 64 or 128 (TiledMmaPick).
+// The default kernel of head_dim 64 or 128 with the tensor-map producer, its fallback without
+// it, and the shared memory of whichever needs more (the fallback's padded tiles).
 template <typename T, int kHeadDim>
 MmaPick DefaultMmaPick(uint32_t tpp) {
   using namespace mma_default;
-  return TiledMmaPick<T, kHeadDim, kOpt, kNoMaps>(tpp, kLaunch);
-}
-
-// KVTIER_ATTN_OPT=135375 (4303 + kOptWarpTile) or 397519 (+ kOptPlainLaunch too): the default
-// options with kOptWarpTile, for every shape of head_dim 64 or 128 (so that the tests cover
-// every page size); the launch-time options, or -1 for any other value.
-// 528591 (4303 + kOptWarpTile32) likewise.
-int WarpTileExperiment() {
-  const char* env = std::getenv("KVTIER_ATTN_OPT");
-  if (env == nullptr) return -1;
-  constexpr int k4303 = mma_default::kLaunch | mma_pass::kOptFusedTail | mma_default::kOpt;
-  const int opt = std::atoi(env);
-  const int rest =
-      opt & ~(mma_pass::kOptWarpTile | mma_pass::kOptWarpTile32 | mma_pass::kOptPlainLaunch);
-  const int warp = opt & (mma_pass::kOptWarpTile | mma_pass::kOptWarpTile32);
-  if (rest != k4303 || warp == 0 || warp == (mma_pass::kOptWarpTile | mma_pass::kOptWarpTile32)) {
-    return -1;
-  }
-  return opt;
-}
-
-template <typename T, int kHeadDim>
-MmaPick WarpTileMmaPick(uint32_t tpp, int opt) {
-  using namespace mma_default;
-  const int launch = kLaunch | (opt & mma_pass::kOptPlainLaunch);
-  if ((opt & mma_pass::kOptWarpTile32) != 0) {
-    constexpr int kWarp = mma_pass::kOptWarpTile32;
-    return TiledMmaPick<T, kHeadDim, kOpt | kWarp, kNoMaps | kWarp>(tpp, launch);
-  }
-  constexpr int kWarp = mma_pass::kOptWarpTile;
-  return TiledMmaPick<T, kHeadDim, kOpt | kWarp, kNoMaps | kWarp>(tpp, launch);
+  constexpr size_t kSmem = std::max(mma_pass::Geometry<kHeadDim, false, kSwz>::kSmemBytes,
+                                    mma_pass::Geometry<kHeadDim>::kSmemBytes);
+  return {MmaKernelFor<T, kHeadDim, kOpt>(tpp),
+          MmaKernelFor<T, kHeadDim, kNoMaps>(tpp),
+          kSmem,
+          kMaps,
+          kFused,
+          kLayout,
+          kLaunch};
 }
 
 template <typename T>
@@ -2142,10 +1678,8 @@ MmaPick PickMmaKernel(const AttentionStatsShape& s) {
   const uint32_t tpp = s.tokens_per_page;
   switch (s.head_dim) {
     case 64:
-      if (const int opt = WarpTileExperiment(); opt >= 0) return WarpTileMmaPick<T, 64>(tpp, opt);
       return DefaultMmaPick<T, 64>(tpp);
     case 128: {
-      if (const int opt = WarpTileExperiment(); opt >= 0) return WarpTileMmaPick<T, 128>(tpp, opt);
       if (MmaPick e = PickExperiment(s); e.kernel != nullptr) return e;
       return DefaultMmaPick<T, 128>(tpp);
     }
@@ -2222,20 +1756,13 @@ absl::StatusOr<Pass1Plan> PlanMmaPass(const AttentionStatsShape& shape, int sms,
   }
   Pass1Plan plan;
   plan.smem_bytes = smem;
-  plan.threads = pick.threads;
-  plan.fallback_threads = pick.fallback_threads;
+  plan.threads = (mma_pass::kMaxWarps + 1) * 32;  // consumers + the producer
   plan.fallback = reinterpret_cast<const void*>(pick.fallback);
   plan.encode_tiled = pick.tensor_maps ? TensorMapEncoder() : nullptr;
   plan.tensor_maps = plan.encode_tiled != nullptr;
   plan.tensor_map_layout = pick.map_layout;
   plan.cache_tensor_maps = (pick.launch_opts & mma_pass::kOptCacheMaps) != 0;
-  if ((pick.launch_opts & mma_pass::kOptPlainLaunch) != 0) {
-    // Null on a driver without green contexts: then the launch stays cooperative.
-    plan.stream_green_ctx = CudaDriverEntry<void*>("cuStreamGetGreenCtx", 12040);
-    plan.plain_fused_launch = plan.stream_green_ctx != nullptr;
-  }
   plan.kernel = plan.tensor_maps ? reinterpret_cast<const void*>(pick.kernel) : plan.fallback;
-  if (!plan.tensor_maps) plan.threads = plan.fallback_threads;
   // Rows of a kv head's q-head group, split evenly into blocks of at most 128 (8 warps of 16).
   const uint32_t rows_total = shape.q_heads / shape.kv_heads * shape.window;
   const uint32_t splits = MmaSplits(shape);
@@ -2244,7 +1771,7 @@ absl::StatusOr<Pass1Plan> PlanMmaPass(const AttentionStatsShape& shape, int sms,
   if (!per_sm.ok()) return per_sm.status();
   int resident_per_sm = *per_sm;  // of the kernel and its fallback, the fewer
   if (plan.fallback != plan.kernel) {
-    auto fallback_per_sm = PrepareKernel(pick.fallback, plan.fallback_threads, smem);
+    auto fallback_per_sm = PrepareKernel(pick.fallback, plan.threads, smem);
     if (!fallback_per_sm.ok()) return fallback_per_sm.status();
     resident_per_sm = std::min(resident_per_sm, *fallback_per_sm);
   }
@@ -2347,15 +1874,6 @@ cudaError_t LaunchCooperative(const Pass1Plan& plan, mma_pass::Params& p, cudaSt
   void* args[] = {&p};
   return cudaLaunchCooperativeKernel(plan.kernel, plan.grid, dim3(plan.threads), args,
                                      plan.smem_bytes, stream);
-}
-
-// Whether the fused tail's planned grid may take an ordinary launch on `stream`
-// (kOptPlainLaunch): the stream is in no green context, whose SMs could be fewer than planned.
-bool PlainFusedLaunch(const Pass1Plan& plan, cudaStream_t stream) {
-  if (!plan.plain_fused_launch) return false;
-  CUgreenCtx green = nullptr;
-  const auto get = reinterpret_cast<CUresult (*)(CUstream, CUgreenCtx*)>(plan.stream_green_ctx);
-  return get(reinterpret_cast<CUstream>(stream), &green) == CUDA_SUCCESS && green == nullptr;
 }
 
 // K's or V's tensor map for `base` (MakeKvTensorMap), from the workspace's cache where the plan
@@ -2463,7 +1981,6 @@ absl::Status LaunchAttentionStats(const AttentionStatsShape& shape,
     if (plan.tensor_maps && (!KvTensorMap(plan, shape, k, workspace.tensor_maps_[0], &p.tmap_k) ||
                              !KvTensorMap(plan, shape, v, workspace.tensor_maps_[1], &p.tmap_v))) {
       launch.kernel = plan.fallback;  // e.g. K or V not 16-byte aligned
-      launch.threads = plan.fallback_threads;
     }
     if (plan.fused_tail) {  // pass 1 writes the pages' statistics itself: no pass 3
       p.fused = 1;
@@ -2473,7 +1990,6 @@ absl::Status LaunchAttentionStats(const AttentionStatsShape& shape,
       p.finished = p.depart + shape.kv_heads;
       p.kv_part = static_cast<float4*>(workspace.kv_part_.get());
       p.out = out;
-      if (PlainFusedLaunch(plan, stream)) return LaunchPlanned(launch, p, stream);
       const cudaError_t e = LaunchCooperative(launch, p, stream);
       if (e != cudaErrorCooperativeLaunchTooLarge) {
         return CudaStatus(e, "attention stats pass 1 (cooperative, fused tail)");

@@ -116,7 +116,6 @@ struct AttentionPass1Plan {
   // pass without them, launched where a map cannot be made.
   bool tensor_maps = false;
   const void* fallback = nullptr;
-  int fallback_threads = 0;  // the fallback's block (the tiled pass's blocks may differ)
   void* encode_tiled = nullptr;
   int tensor_map_layout = 0;  // padded boxes, or swizzled ones (gpu_attention_stats.cu)
   // Tiled pass launched cooperatively that also does pass 3's work in its tail (no pass 3
@@ -124,10 +123,6 @@ struct AttentionPass1Plan {
   bool fused_tail = false;
   // Keep the tensor maps in the workspace with the pointers they were made for (kOptCacheMaps).
   bool cache_tensor_maps = false;
-  // The fused tail's grid through an ordinary launch where the stream is in no green context
-  // (kOptPlainLaunch); `stream_green_ctx` is the driver's cuStreamGetGreenCtx that tells.
-  bool plain_fused_launch = false;
-  void* stream_green_ctx = nullptr;
 };
 
 // A tensor map (a CUtensorMap, 128 bytes) of K or V and the pointer it was made for.

@@ -326,6 +326,7 @@ TEST(GpuAttentionStatsTest, MatchesFloat64ReferenceWithPoisonedOutput) {
       {{2000, 16, 2, 64, 17, 8, KvDType::kBF16}, "tiled: tpp 8, d 64, 136 rows in two splits"},
       {{333, 8, 1, 256, 6, 32, KvDType::kFP16}, "tiled: tpp 32, d 256, partial tile"},
       {{50, 4, 2, 128, 50, 64, KvDType::kBF16}, "tiled: one partial tile, window = sequence"},
+      {{1500, 8, 2, 128, 12, 32, KvDType::kBF16}, "tiled: tpp 32, d 128, 48 rows, partial page"},
       {{4100, 64, 8, 128, 20, 16, KvDType::kFP16}, "tiled: 160 rows a kv head in two splits"},
   };
   Stream stream;

@@ -60,14 +60,11 @@ struct CudaCopyEngineOptions {
   // SM budget of device->device kernel copies; 0 (default) means kernel.sm_budget. A separate
   // knob because one SM moves at most ~50 GB/s HBM->HBM whatever the mover (measured on an H100,
   // bench/RESULTS.md), so 16 SMs cap such copies near a third of a device-to-device memcpy, while
-  // host<->device copies reach the PCIe limit with far fewer. Measured on an H200 with overlapped
-  // launches (bench/gpu/results/h200-run8.md; 512 MiB of 16-64 KiB scattered pieces, the engine
-  // end to end, chunks from 768 growing by 1.5): every SM (132) gives 80-89% of a device memcpy
-  // (16 KiB scatter 79.9% once), 64 SMs 83-88% for 32 and 64 KiB pieces and 76-83% for 16 KiB;
-  // so 132 where every HBM->HBM copy must reach 80% of a memcpy, 64 to leave half the SMs to
-  // inference at 80% or more for pieces of 32 KiB and up. With descriptors read from the staging
-  // for small pieces (staging_descriptors_below_bytes), 16 KiB at 64 SMs measured 83.7-84.8%
-  // (bench/gpu/results/h200-run11-engine7.md, one process).
+  // host<->device copies reach the PCIe limit with far fewer. Measured on an H200 (512 MiB of
+  // 16-64 KiB scattered pieces, the engine end to end, three processes:
+  // bench/gpu/results/h200-run12.md): 64 SMs give 80.8-88.0% of a device memcpy (97-104% of the
+  // raw kernel at 64 SMs), all 132 SMs 82.6-88.1%. So 64 is the recommendation: half the SMs left
+  // to inference for as much as the whole device gives.
   int device_to_device_sm_budget = 0;
   // Method per route. kAuto (default) takes the calibration table's pick for the batch's mean
   // piece size; another value pins that method and skips calibrating the route. kKernelBulk may
@@ -110,14 +107,14 @@ struct CudaCopyEngineOptions {
   // a chunk then costs one launch (4 CUDA calls instead of 7), no upload and no event, so the
   // first kernel starts sooner (5-8 us after the call instead of 11-16 at 16 KiB, H200) and the
   // GPU waits less on the host between the early, short chunks. Larger batches upload. Default
-  // 32 KiB, measured on an H200 against uploads in one process (bench/gpu/results/h200-run11.md):
-  // 16 KiB pieces HBM->HBM 102.5-104.2 % of the upload path's GB/s at 64 and 132 SMs, 32 KiB
-  // 99.8-100.9 %, 64 KiB 97.0-98.4 %; HBM<->DRAM at 16 SMs level. 0: always upload; UINT64_MAX:
-  // never upload.
+  // 32 KiB, measured on an H200 against uploads in one process
+  // (bench/gpu/results/h200-run11-engine7.md): 16 KiB pieces HBM->HBM 102.5-104.2 % of the upload
+  // path's GB/s at 64 and 132 SMs, 32 KiB 99.8-100.9 %, 64 KiB 97.0-98.4 %; HBM<->DRAM at 16 SMs
+  // level. 0: always upload; UINT64_MAX: never upload.
   uint64_t staging_descriptors_below_bytes = uint64_t{32} << 10;
   // The first chunk of a batch whose descriptors come from staging (its chunks still grow by
   // launch_growth). Smaller than first_launch_ops because such a chunk costs the host less: at
-  // 64 SMs, 16 KiB pieces, 384 gave 2-3 % more than 768 (h200-run11.md). Default 384.
+  // 64 SMs, 16 KiB pieces, 384 gave 2-3 % more than 768 (h200-run11-engine7.md). Default 384.
   uint32_t first_launch_ops_from_staging = 384;
 };
 

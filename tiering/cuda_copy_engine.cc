@@ -611,14 +611,14 @@ absl::Status CudaCopyEngine::RunKernel(CopyRoute route, absl::Span<const CopyOp>
   auto launch = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> absl::Status {
     const size_t n = staged - begin;
     if (n == 0) return absl::OkStatus();
-    auto* device = from_staging
-                       ? staging_ + begin
-                       : static_cast<kernels::CopyDescriptor*>(device_descs_.get()) + begin;
+    // The chunk's descriptors as its kernel reads them: the staging itself, or their upload.
+    auto* descs = from_staging ? staging_ + begin
+                               : static_cast<kernels::CopyDescriptor*>(device_descs_.get()) + begin;
     cudaStream_t stream = streams[turn];
     turn ^= 1;
     if (!from_staging) {
       RETURN_IF_ERROR(
-          CudaStatus(cudaMemcpyAsync(device, staging_ + begin, n * sizeof(kernels::CopyDescriptor),
+          CudaStatus(cudaMemcpyAsync(descs, staging_ + begin, n * sizeof(kernels::CopyDescriptor),
                                      cudaMemcpyHostToDevice,
                                      upload_on_launch_stream ? stream : upload_stream_),
                      "cuda copy engine: descriptor upload"));
@@ -633,7 +633,7 @@ absl::Status CudaCopyEngine::RunKernel(CopyRoute route, absl::Span<const CopyOp>
     }
     {
       ScopedGreen current(lane.green, lane.push_ctx);
-      RETURN_IF_ERROR(kernels::LaunchCopyBatch(device, static_cast<uint32_t>(n), max_piece,
+      RETURN_IF_ERROR(kernels::LaunchCopyBatch(descs, static_cast<uint32_t>(n), max_piece,
                                                kernel_options, stream));
     }
     if (trace.chunks++ == 0) trace.first_launch_us = us_since_begin();

@@ -8,6 +8,7 @@
 //     completing on a per-stage mbarrier, shared -> global tracked by bulk async-groups.
 #include <algorithm>
 #include <cstddef>
+#include <type_traits>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/gpu_kernels.h"
@@ -55,6 +56,12 @@ constexpr int kUnroll = 8;
 struct ListSource {
   const CopyDescriptor* __restrict__ descs;
   __device__ CopyDescriptor operator()(uint64_t d) const { return descs[d]; }
+};
+
+// A list in mapped pinned host memory (GpuCopyOptions::host_descriptors): only the load/store
+// mover takes it, through CopyBatchHostListKernel, 32 descriptors at a time.
+struct HostListSource {
+  const CopyDescriptor* descs;
 };
 
 struct PagedSource {
@@ -339,8 +346,7 @@ absl::Status LaunchCopyBatchBulk(int device, Source source, uint32_t count,
 // Both launches: checks the options, sizes the grid to the SM budget, and picks the mover.
 template <typename Source>
 absl::Status LaunchCopy(Source source, uint32_t count, uint64_t max_piece_bytes,
-                        const GpuCopyOptions& options, cudaStream_t stream,
-                        const CopyDescriptor* host_descriptors = nullptr) {
+                        const GpuCopyOptions& options, cudaStream_t stream) {
   if (count == 0) return absl::OkStatus();
   if (options.threads_per_block <= 0 || options.threads_per_block % 32 != 0 ||
       options.threads_per_block > 1024 || options.sm_budget < 0) {
@@ -357,8 +363,11 @@ absl::Status LaunchCopy(Source source, uint32_t count, uint64_t max_piece_bytes,
     return s;
   }
   const int budget = options.sm_budget == 0 ? sms : std::min(options.sm_budget, sms);
-  if (options.mover == GpuCopyMover::kBulkAsync) {
-    return LaunchCopyBatchBulk(device, source, count, max_piece_bytes, budget, stream);
+  // (A host list is the load/store mover's alone: LaunchCopyBatch refuses it to the other.)
+  if constexpr (!std::is_same_v<Source, HostListSource>) {
+    if (options.mover == GpuCopyMover::kBulkAsync) {
+      return LaunchCopyBatchBulk(device, source, count, max_piece_bytes, budget, stream);
+    }
   }
   const uint32_t total_warps = static_cast<uint32_t>(budget) * (options.threads_per_block / 32);
   // Spread short batches over every warp; but a warp group never gets more lanes than the largest
@@ -367,14 +376,15 @@ absl::Status LaunchCopy(Source source, uint32_t count, uint64_t max_piece_bytes,
   const uint64_t max_useful = std::max<uint64_t>(1, max_piece_bytes / (16 * 32 * kUnroll));
   warps_per_desc = static_cast<uint32_t>(std::min<uint64_t>(warps_per_desc, max_useful));
   warps_per_desc = std::min(warps_per_desc, total_warps);
-  if (host_descriptors != nullptr) {
-    CopyBatchHostListKernel<<<budget, options.threads_per_block, 0, stream>>>(
-        host_descriptors, count, warps_per_desc);
+  if constexpr (std::is_same_v<Source, HostListSource>) {
+    CopyBatchHostListKernel<<<budget, options.threads_per_block, 0, stream>>>(source.descs, count,
+                                                                              warps_per_desc);
     return CudaStatus(cudaGetLastError(), "CopyBatchHostListKernel launch");
+  } else {
+    CopyBatchKernel<Source>
+        <<<budget, options.threads_per_block, 0, stream>>>(source, count, warps_per_desc);
+    return CudaStatus(cudaGetLastError(), "CopyBatchKernel launch");
   }
-  CopyBatchKernel<Source>
-      <<<budget, options.threads_per_block, 0, stream>>>(source, count, warps_per_desc);
-  return CudaStatus(cudaGetLastError(), "CopyBatchKernel launch");
 }
 
 }  // namespace
@@ -386,8 +396,10 @@ absl::Status LaunchCopyBatch(const CopyDescriptor* device_descriptors, uint32_t 
     return absl::InvalidArgumentError(
         "copy options: host_descriptors serves the load/store mover only");
   }
-  return LaunchCopy(ListSource{device_descriptors}, count, max_piece_bytes, options, stream,
-                    options.host_descriptors ? device_descriptors : nullptr);
+  if (options.host_descriptors) {
+    return LaunchCopy(HostListSource{device_descriptors}, count, max_piece_bytes, options, stream);
+  }
+  return LaunchCopy(ListSource{device_descriptors}, count, max_piece_bytes, options, stream);
 }
 
 absl::Status LaunchPagedCopy(const PagedPiece* device_pieces, uint32_t piece_count,

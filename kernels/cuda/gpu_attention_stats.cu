@@ -952,12 +952,17 @@ constexpr int kOptCacheMaps = 4096;
 //    value norms. Needs kOptSwizzle.
 //    Measured (H200, 4303 + it = 12495): 58.6-60.7 us against 65.0-66.9 for 4303 in the same
 //    processes; with kOptDeep (12511, 116 registers, one block an SM) 66.8-68.2.
-//  Measured and not kept (its code: bench/gpu/results/s16-wgmma-pipe.patch): two accumulator
-//    sets, tile t + 1's MMAs issued before tile t's exponentials and page sums (FlashAttention-3's
-//    intra-warpgroup overlap). It needs ~150 registers a thread, so one block an SM (67.2-68.7
-//    us, occupancy 14%); at two blocks an SM (96 registers: 18 warps on 4 schedulers) it spills
-//    and ptxas serializes the wgmmas (96.6-98.5 us).
+//  kOptWgmmaPipe: with kOptWgmma, two accumulator sets: tile t + 1's MMAs are issued before
+//    tile t's exponentials and page sums, so the tensor cores and the special-function unit
+//    work at once (FlashAttention-3's intra-warpgroup overlap). Not taken: it needs ~150
+//    registers a thread, so one block an SM (with kOptDeep, 28895: 67.2-68.7 us, occupancy 14%);
+//    at two blocks an SM (96 registers: 18 warps on 4 schedulers) it spills and ptxas serializes
+//    the wgmmas (28879: 96.6-98.5 us). Kept, with the default's loop written as it is: the same
+//    kernel with this option taken out and the wgmma loop rewritten as one plain loop measured
+//    66.0-67.4 us, not 58 (ncu 59.6 against 55.4; bench/gpu/results/h200-run13.md); ptxas's
+//    scheduling of the wgmmas follows the loop's shape, so measure any change to it.
 constexpr int kOptWgmma = 8192;
+constexpr int kOptWgmmaPipe = 16384;
 constexpr int kOptDefault = kOptFixedRef | kOptMmaNorms | kOptBulkLoads | kOptEvictFirst |
                             kOptFusedTail | kOptSwizzle | kOptCacheMaps;
 constexpr int kKernelOpts = ~(kOptFusedTail | kOptPromote256 | kOptCacheMaps);
@@ -1035,6 +1040,7 @@ __global__ void __launch_bounds__((kMaxWarps + 1) * 32,
   constexpr bool kEvictFirst = kBulk && (kOpt & kOptEvictFirst) != 0;
   constexpr bool kWgmma =
       kHaveWgmma && kSwizzle && (kOpt & kOptWgmma) != 0 && (kOpt & kOptDynamic) == 0;
+  constexpr bool kWgmmaPipe = kWgmma && (kOpt & kOptWgmmaPipe) != 0;
   constexpr int kPagesPerTile = kTile / kTpp;
   constexpr int kNTilesPerPage = kTpp / 8;
   constexpr int kKSteps = kHeadDim / 16;
@@ -1435,25 +1441,60 @@ __global__ void __launch_bounds__((kMaxWarps + 1) * 32,
       // Warpgroup MMA (kOptWgmma): warps 4i .. 4i + 3 issue S for their 64 rows together (every
       // warp, with rows or without: wgmma is warpgroup-wide), B straight from the swizzled K
       // tile, so shared memory is read once a warpgroup instead of once a warp. Each tile's MMAs
-      // run while the warps compute the tile's value norms. A stage is released once the MMAs
-      // that read its K and the norms that read its V are done.
-      float acc[8][4];
+      // run while the warps compute the tile's value norms; with kOptWgmmaPipe also while they
+      // compute the previous tile's statistics (two accumulator sets). A stage is released once
+      // the MMAs that read its K and the norms that read its V are done.
+      float acc0[8][4], acc1[8][4];
 #pragma unroll
       for (int n = 0; n < 8; ++n) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) acc[n][e] = 0.0f;
+        for (int e = 0; e < 4; ++e) acc0[n][e] = acc1[n][e] = 0.0f;
       }
-      for (uint32_t it = 0; tile_begin + it < tile_end; ++it) {
-        const uint32_t s = it % G::kStages;
-        MbarrierWait(bar_full + s * 8, (it / G::kStages) & 1);
-        const unsigned char* stage = smem + s * G::kStageBytes;
-        const uint32_t tile = tile_begin + it, c0 = tile * kTile;
-        IssueTileS<T, kHeadDim>(acc, qa, SmemAddress(stage));
-        value_norms(stage, c0);
+      const uint32_t tiles = tile_end > tile_begin ? tile_end - tile_begin : 0u;
+      auto stage_of = [&](uint32_t it) { return smem + it % G::kStages * G::kStageBytes; };
+      auto wait_full = [&](uint32_t it) {
+        MbarrierWait(bar_full + it % G::kStages * 8, (it / G::kStages) & 1);
+      };
+      if constexpr (kWgmmaPipe) {
+        // Tile it's S is in cur (complete); tile it + 1's MMAs go into nxt first and run under
+        // tile it's norms and statistics. Every group is waited for before the step ends: an
+        // accumulator in flight across the loop's back edge, a wgmma or a wgmma wait under a
+        // branch, serialize every wgmma of the kernel (ptxas C7514, C7518). So the loop takes
+        // tiles in pairs, and past the block's last tile a step issues its MMAs all the same, on
+        // a stale stage nobody writes any more, and never reads their result.
+        auto step = [&](float(&cur)[8][4], float(&nxt)[8][4], uint32_t it) {
+          const bool real = it < tiles;  // block-uniform
+          if (it + 1 < tiles) wait_full(it + 1);
+          IssueTileS<T, kHeadDim>(nxt, qa, SmemAddress(stage_of(it + 1)));
+          const uint32_t tile = tile_begin + it, c0 = tile * kTile;
+          if (real) {
+            value_norms(stage_of(it), c0);
+            MbarrierArrive(bar_empty + it % G::kStages * 8);
+            if (warp_has_rows) tile_stats(cur, tile, c0);
+          }
+          WgmmaWait<0>();
+          FenceAccumulators(nxt);
+        };
+        if (tiles > 0) wait_full(0);
+        IssueTileS<T, kHeadDim>(acc0, qa, SmemAddress(stage_of(0)));
         WgmmaWait<0>();
-        FenceAccumulators(acc);
-        MbarrierArrive(bar_empty + s * 8);
-        if (warp_has_rows) tile_stats(acc, tile, c0);
+        FenceAccumulators(acc0);
+        for (uint32_t it = 0; it < tiles; it += 2) {
+          step(acc0, acc1, it);
+          step(acc1, acc0, it + 1);
+        }
+      } else {
+        for (uint32_t it = 0; it < tiles; ++it) {
+          wait_full(it);
+          const unsigned char* stage = stage_of(it);
+          const uint32_t tile = tile_begin + it, c0 = tile * kTile;
+          IssueTileS<T, kHeadDim>(acc0, qa, SmemAddress(stage));
+          value_norms(stage, c0);
+          WgmmaWait<0>();
+          FenceAccumulators(acc0);
+          MbarrierArrive(bar_empty + it % G::kStages * 8);
+          if (warp_has_rows) tile_stats(acc0, tile, c0);
+        }
       }
     } else {
       for (uint32_t it = 0;; ++it) {
@@ -1790,11 +1831,17 @@ MmaPick PickExperiment(const AttentionStatsShape& s) {
               true,
               kTensorMapSwizzled,
               mma_pass::kOptCacheMaps};
-    // 4303 + kOptWgmma (+ kOptDeep: one block an SM, 6 stages).
+    // 4303 + kOptWgmma (+ kOptWgmmaPipe) (+ kOptDeep: one block an SM, 6 stages).
     case 4303 | mma_pass::kOptWgmma:
       return WgmmaPick<15 | mma_pass::kOptSwizzle | mma_pass::kOptWgmma>();
+    case 4303 | mma_pass::kOptWgmma | mma_pass::kOptWgmmaPipe:
+      return WgmmaPick<15 | mma_pass::kOptSwizzle | mma_pass::kOptWgmma |
+                       mma_pass::kOptWgmmaPipe>();
     case 4303 | mma_pass::kOptWgmma | mma_pass::kOptDeep:
       return WgmmaPick<15 | mma_pass::kOptSwizzle | mma_pass::kOptWgmma | mma_pass::kOptDeep>();
+    case 4303 | mma_pass::kOptWgmma | mma_pass::kOptWgmmaPipe | mma_pass::kOptDeep:
+      return WgmmaPick<15 | mma_pass::kOptSwizzle | mma_pass::kOptWgmma | mma_pass::kOptWgmmaPipe |
+                       mma_pass::kOptDeep>();
     case 19:
       return {mma_pass::AttentionStatsPass1Mma<B, 128, 16, 19>,
               mma_pass::AttentionStatsPass1Mma<B, 128, 16, 19>, kDeepSmem, false};
